@@ -1,0 +1,167 @@
+//! `bgsched list`: what is scheduled, what ran, what runs now.
+
+use super::commands::{load_config, local_rfc3339, open_state};
+use super::{Cli, CliError};
+use crate::coordination::{LeaderInfo, RunRecord};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+/// The stable JSON document of `list --json` (documented in README).
+#[derive(Debug, Serialize)]
+pub struct ListView {
+    pub mode: &'static str,
+    pub state_dir: String,
+    pub leader: Option<LeaderInfo>,
+    pub jobs: Vec<JobView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub name: String,
+    pub description: Option<String>,
+    pub schedule: String,
+    pub timezone: String,
+    pub enabled: bool,
+    pub overlap: String,
+    /// `running`, `idle` or `disabled`.
+    pub state: &'static str,
+    /// RFC 3339 in the job's time zone.
+    pub next_run: Option<String>,
+    /// Active runs (usually at most one).
+    pub running: Vec<RunRecord>,
+    /// The newest run that started a process (not a skip or a miss).
+    pub last_run: Option<RunRecord>,
+    /// Skipped ticks among the retained history.
+    pub recent_skips: usize,
+    /// Missed ticks among the retained history.
+    pub recent_missed: u64,
+}
+
+pub fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
+    let config = load_config(cli)?;
+    let state = open_state(cli, &config)?;
+    let now = Utc::now();
+    let mut jobs = Vec::new();
+    for job in config.jobs.values() {
+        let history = state.history(&job.name, state.history_limit())?;
+        let running: Vec<RunRecord> = state.active_runs(&job.name)?;
+        let last_run = history
+            .iter()
+            .find(|r| r.outcome.is_run() && r.outcome != crate::coordination::Outcome::Running)
+            .cloned();
+        jobs.push(JobView {
+            name: job.name.clone(),
+            description: job.description.clone(),
+            schedule: job.schedule.as_str().to_string(),
+            timezone: job.timezone.name().to_string(),
+            enabled: job.enabled,
+            overlap: job.overlap.to_string(),
+            state: match (job.enabled, running.is_empty()) {
+                (_, false) => "running",
+                (false, true) => "disabled",
+                (true, true) => "idle",
+            },
+            next_run: job
+                .enabled
+                .then(|| job.schedule.next_after(now))
+                .flatten()
+                .map(|t| local_rfc3339(job, t)),
+            running,
+            last_run,
+            recent_skips: history.iter().filter(|r| r.outcome == crate::coordination::Outcome::Skipped).count(),
+            recent_missed: history
+                .iter()
+                .filter_map(|r| r.missed_ticks)
+                .sum(),
+        });
+    }
+    let view = ListView {
+        mode: "standalone",
+        state_dir: state.root().display().to_string(),
+        leader: state.leader()?,
+        jobs,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view).expect("list view serializes"));
+    } else {
+        print_table(&view, now);
+    }
+    Ok(())
+}
+
+fn print_table(view: &ListView, now: DateTime<Utc>) {
+    let leader = match &view.leader {
+        Some(l) => format!(
+            "{} (term {}, since {})",
+            l.instance,
+            l.term,
+            l.since.to_rfc3339_opts(SecondsFormat::Secs, true)
+        ),
+        None => "none (no `bgsched run` is firing jobs)".to_string(),
+    };
+    println!("mode: {}   state: {}   leader: {leader}", view.mode, view.state_dir);
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(["JOB", "SCHEDULE", "NEXT RUN", "LAST RUN", "STATE"]);
+    for job in &view.jobs {
+        let next = match &job.next_run {
+            Some(t) => {
+                let at = DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc)).unwrap_or(now);
+                format!("{} ({})", t, relative(at - now))
+            }
+            None if !job.enabled => "-".to_string(),
+            None => "never".to_string(),
+        };
+        let last = match &job.last_run {
+            Some(r) => format!(
+                "{} ({}) {}{}",
+                relative(r.started_at - now),
+                r.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                r.outcome,
+                r.duration_ms
+                    .map(|ms| format!(" in {}", humantime::format_duration(std::time::Duration::from_millis(ms))))
+                    .unwrap_or_default()
+            ),
+            None => "never".to_string(),
+        };
+        let state = match job.running.first() {
+            Some(r) => format!(
+                "running since {} on {}",
+                relative(r.started_at - now),
+                r.instance
+            ),
+            None => job.state.to_string(),
+        };
+        let skips = if job.recent_skips > 0 {
+            format!(", {} skipped", job.recent_skips)
+        } else {
+            String::new()
+        };
+        table.add_row([
+            job.name.clone(),
+            format!("{} ({})", job.schedule, job.timezone),
+            next,
+            last,
+            format!("{state}{skips}"),
+        ]);
+    }
+    println!("{table}");
+}
+
+/// "in 4m", "3s ago": one coarse unit is enough to read at a glance.
+fn relative(d: chrono::Duration) -> String {
+    let secs = d.num_seconds();
+    let abs = secs.unsigned_abs();
+    let amount = match abs {
+        0..=59 => format!("{abs}s"),
+        60..=3599 => format!("{}m", abs / 60),
+        3600..=86_399 => format!("{}h{}m", abs / 3600, (abs % 3600) / 60),
+        _ => format!("{}d", abs / 86_400),
+    };
+    if secs >= 0 {
+        format!("in {amount}")
+    } else {
+        format!("{amount} ago")
+    }
+}

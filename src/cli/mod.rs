@@ -1,0 +1,153 @@
+//! The command line: argument parsing, the commands, and the one place where
+//! errors become exit codes.
+
+mod commands;
+mod list;
+
+use crate::config::ConfigErrors;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Exit codes, documented in README and `--help`.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// An operational error (state directory unusable, I/O failure).
+    pub const FAILURE: i32 = 1;
+    /// Bad command-line usage (also what clap uses).
+    pub const USAGE: i32 = 2;
+    /// `trigger` / `next` named a job that is not in the config.
+    pub const UNKNOWN_JOB: i32 = 64;
+    /// `trigger`: skipped because a run of the job is active (EX_TEMPFAIL).
+    pub const SKIPPED: i32 = 75;
+    /// The config file is invalid (EX_CONFIG).
+    pub const CONFIG: i32 = 78;
+    /// `run` was stopped by a second SIGINT/SIGTERM and killed running jobs.
+    pub const FORCED_STOP: i32 = 130;
+}
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success (for trigger: the job succeeded)
+  1    operational error (state directory, I/O)
+  2    bad command-line usage
+  64   unknown job name
+  75   trigger: skipped, a run of the job is still active
+  78   invalid config file
+  124  trigger: the job timed out
+  127  trigger: the job's command could not start
+  128+N trigger: the job was killed by signal N
+  130  run: stopped by a second SIGINT/SIGTERM
+  other trigger: the job's own exit code";
+
+#[derive(Debug, Parser)]
+#[command(name = "bgsched", version, about = "A cron-style scheduler for background jobs", after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Config file.
+    #[arg(long, short = 'c', global = true, env = "BGSCHED_CONFIG", default_value = "jobs.toml")]
+    pub config: PathBuf,
+    /// State directory (overrides the config's [scheduler] state_dir and the per-user default).
+    #[arg(long, global = true, env = "BGSCHED_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Log format on stderr. The level comes from $BGSCHED_LOG (e.g. "debug"), default "info".
+    #[arg(long, global = true, env = "BGSCHED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the scheduler (one instance per state directory fires; others stand by).
+    Run {
+        /// Name of this instance in run records and `list` (default: hostname-pid).
+        #[arg(long, env = "BGSCHED_INSTANCE_ID")]
+        instance_id: Option<String>,
+    },
+    /// Show each job: schedule, next run, last run and whether it runs now.
+    List {
+        /// Print JSON (stable; see README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a job once now, under its overlap policy, and exit with its exit code.
+    Trigger {
+        /// The job to run.
+        job: String,
+        /// Start it in the background, print its run id and return.
+        #[arg(long)]
+        detach: bool,
+        /// Name of this instance in the run record (default: hostname-pid).
+        #[arg(long, env = "BGSCHED_INSTANCE_ID")]
+        instance_id: Option<String>,
+    },
+    /// Validate the config; print each job's next fire time.
+    Check,
+    /// Print a job's next fire instants.
+    Next {
+        /// The job.
+        job: String,
+        /// How many instants.
+        #[arg(short = 'n', default_value_t = 5)]
+        count: usize,
+        /// Start after this instant (RFC 3339; default now).
+        #[arg(long)]
+        after: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Internal: supervise one run (started by the scheduler).
+    #[command(name = "__supervise", hide = true)]
+    Supervise,
+}
+
+/// Errors that end a command, each with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("{0}")]
+    UnknownJob(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Coordination(#[from] crate::coordination::CoordError),
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Config(_) => exit::CONFIG,
+            CliError::UnknownJob(_) => exit::UNKNOWN_JOB,
+            CliError::Usage(_) => exit::USAGE,
+            CliError::Coordination(_) | CliError::Other(_) => exit::FAILURE,
+        }
+    }
+}
+
+/// Parse the command line, run the command, and return the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match commands::dispatch(cli) {
+        Ok(code) => code,
+        Err(CliError::Config(errors)) => {
+            // Located errors lead with file:line:col, as compilers print them.
+            eprintln!("{errors}");
+            let n = errors.0.len();
+            eprintln!("bgsched: {n} error{} in the config", if n == 1 { "" } else { "s" });
+            exit::CONFIG
+        }
+        Err(e) => {
+            eprintln!("bgsched: {e}");
+            e.exit_code()
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Configuration: the job model, loading from TOML, and validation that
+//! reports every problem at once with file, line:column and job name.
+
+mod load;
+
+use crate::schedule::Schedule;
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use load::{load, load_str};
+
+/// Retention of run records per job when the config does not say.
+pub const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+/// A validated configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file the config was read from, as given.
+    pub path: PathBuf,
+    pub scheduler: SchedulerSettings,
+    /// Jobs by name, sorted by name.
+    pub jobs: BTreeMap<String, Job>,
+}
+
+/// The `[scheduler]` table: settings of the scheduler process itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerSettings {
+    /// `state_dir`: where the standalone backend keeps locks and records.
+    /// Relative paths are resolved against the config file's directory.
+    pub state_dir: Option<PathBuf>,
+    /// `shutdown_grace` (default 30s): how long SIGTERM waits for running jobs.
+    pub shutdown_grace: Duration,
+    /// `history` (default 100): run records kept per job.
+    pub history_limit: usize,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            state_dir: None,
+            shutdown_grace: Duration::from_secs(30),
+            history_limit: DEFAULT_HISTORY_LIMIT,
+        }
+    }
+}
+
+/// What to do when a tick comes while a run of the same job is active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    #[default]
+    Skip,
+    Allow,
+}
+
+impl fmt::Display for Overlap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Overlap::Skip => "skip",
+            Overlap::Allow => "allow",
+        })
+    }
+}
+
+/// How the job's process is started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Program {
+    /// `command = [...]`: argv, executed directly.
+    Argv(Vec<String>),
+    /// `shell = "..."`: run with `/bin/sh -c`.
+    Shell(String),
+}
+
+impl Program {
+    /// The argv actually executed.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Program::Argv(v) => v.clone(),
+            Program::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+        }
+    }
+}
+
+/// One validated job, with `[defaults]` already applied.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub description: Option<String>,
+    pub schedule: Schedule,
+    pub timezone: Tz,
+    pub program: Program,
+    /// Relative paths are resolved against the config file's directory.
+    pub working_dir: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    pub overlap: Overlap,
+    /// A tick missed by at most this much still fires once, late. Zero disables.
+    pub catchup: Duration,
+    pub kill_grace: Duration,
+    pub enabled: bool,
+}
+
+/// One problem in a config file, located as precisely as the input allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based; 0 when the problem has no position (e.g. the file is missing).
+    pub line: usize,
+    /// 1-based, in characters.
+    pub column: usize,
+    pub job: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        write!(f, ": ")?;
+        if let Some(job) = &self.job {
+            write!(f, "job \"{job}\": ")?;
+        }
+        write!(f, "{}", self.message)
+    }
+}
+
+/// Every problem found in one config file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// The directory relative paths in the config are resolved against.
+    pub fn base_dir(&self) -> &Path {
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    }
+}

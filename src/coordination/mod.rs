@@ -1,0 +1,236 @@
+//! Coordination: who may fire, which ticks were already fired, which runs are
+//! active, and where run records live.
+//!
+//! The scheduler core talks to [`Coordinator`] only, so it does not know
+//! whether it runs standalone (a local state directory, kernel file locks) or
+//! as one replica of a cluster. Run *supervisors* (see `executor`) talk to the
+//! same backend through [`RunRecorder`] to keep their run marked as active and
+//! to write its record.
+
+mod fsutil;
+pub mod standalone;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::future::Future;
+use std::os::fd::OwnedFd;
+
+pub use standalone::Standalone;
+
+/// Errors of the coordination layer.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordError {
+    #[error("state directory {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("corrupt state file {path}: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+pub type Result<T, E = CoordError> = std::result::Result<T, E>;
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Schedule,
+    Catchup,
+    Manual,
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Catchup => "catchup",
+            Trigger::Manual => "manual",
+        })
+    }
+}
+
+/// The state or result of one entry in a job's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Still running (or its supervisor died; see [`RunRecord::outcome`] readers).
+    Running,
+    Success,
+    /// Exited with a non-zero code.
+    Failed,
+    /// Ended by a signal not sent for a timeout.
+    Killed,
+    TimedOut,
+    /// The command could not be started (not found, not executable, bad working_dir).
+    StartFailed,
+    /// Its supervisor vanished (e.g. `kill -9` of the supervisor, host crash).
+    Lost,
+    /// The tick came while an earlier run was active (overlap = "skip").
+    Skipped,
+    /// Ticks that passed while nothing was scheduling, beyond the catch-up window.
+    Missed,
+}
+
+impl Outcome {
+    /// Whether this entry describes a run that actually started a process.
+    pub fn is_run(self) -> bool {
+        !matches!(self, Outcome::Skipped | Outcome::Missed)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Running => "running",
+            Outcome::Success => "success",
+            Outcome::Failed => "failed",
+            Outcome::Killed => "killed",
+            Outcome::TimedOut => "timed out",
+            Outcome::StartFailed => "could not start",
+            Outcome::Lost => "lost",
+            Outcome::Skipped => "skipped",
+            Outcome::Missed => "missed",
+        })
+    }
+}
+
+/// One entry in a job's history: a run, a skipped tick, or a stretch of missed
+/// ticks. Serialized as JSON in the state directory and by `list --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub job: String,
+    /// The nominal instant this entry is for (for `missed`: the newest missed tick).
+    pub tick: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub instance: String,
+    /// The leadership term that claimed the fire (the fencing token).
+    pub term: u64,
+    pub outcome: Outcome,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Human-readable detail: why it could not start, why it was skipped, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// PID of the job's process (and its process group id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// For `missed`: how many ticks this entry stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_ticks: Option<u64>,
+    /// The last bytes of the run's combined stdout and stderr.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output_tail: String,
+}
+
+/// Who currently leads, as far as the backend knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    pub instance: String,
+    pub term: u64,
+    pub since: DateTime<Utc>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+}
+
+/// Held while this instance leads. Dropping it resigns.
+pub struct Leadership {
+    pub term: u64,
+    /// Backend-specific resources that embody leadership (a locked file, a lease).
+    _hold: Box<dyn Send + Sync>,
+}
+
+impl Leadership {
+    pub fn new(term: u64, hold: Box<dyn Send + Sync>) -> Self {
+        Leadership { term, _hold: hold }
+    }
+}
+
+/// A request to fire `job` once for `tick`.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub job: &'a str,
+    pub tick: DateTime<Utc>,
+    pub trigger: Trigger,
+    /// Whether an active run of the job must make this claim fail.
+    pub exclusive: bool,
+    /// Whether `tick` becomes the job's last fired tick (scheduled and
+    /// catch-up fires; not manual triggers).
+    pub advances_schedule: bool,
+}
+
+/// A successful claim: the right to start exactly one run.
+#[derive(Debug)]
+pub struct Claim {
+    pub run_id: String,
+    pub term: u64,
+    /// What the run's supervisor must hold for as long as the run is alive
+    /// (for the standalone backend: the job's locked run-lock file).
+    pub hold: Option<OwnedFd>,
+}
+
+/// Why a claim was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimRejected {
+    #[error("already running: {}", describe_running(.0.as_deref()))]
+    StillRunning(Option<Box<RunRecord>>),
+    #[error("tick {0} was already fired")]
+    AlreadyFired(DateTime<Utc>),
+    #[error("this instance is not the leader")]
+    NotLeader,
+    #[error(transparent)]
+    Backend(#[from] CoordError),
+}
+
+fn describe_running(active: Option<&RunRecord>) -> String {
+    match active {
+        Some(r) => format!(
+            "run {} since {} on instance {} (pid {})",
+            r.run_id,
+            r.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            r.instance,
+            r.pid.map_or_else(|| "?".to_string(), |p| p.to_string())
+        ),
+        None => "a run is starting".to_string(),
+    }
+}
+
+/// The scheduler's view of the backend.
+pub trait Coordinator: Send + Sync + 'static {
+    /// Wait until this instance leads. Standbys block here.
+    fn acquire_leadership(
+        &self,
+        instance: &str,
+    ) -> impl Future<Output = Result<Leadership>> + Send;
+
+    /// The newest tick fired for `job` by any leader, if any.
+    fn last_fired(&self, job: &str) -> impl Future<Output = Result<Option<DateTime<Utc>>>> + Send;
+
+    /// Atomically check the overlap policy and mark the tick as fired.
+    fn claim(
+        &self,
+        leadership: &Leadership,
+        req: ClaimRequest<'_>,
+    ) -> impl Future<Output = Result<Claim, ClaimRejected>> + Send;
+
+    /// Append a history entry that no supervisor writes (skips, missed ticks).
+    fn record(&self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The supervisor's view of the backend: keeps one run's record current.
+pub trait RunRecorder: Send {
+    /// Store `record` (outcome `running`) and mark the run active.
+    fn started(&mut self, record: &RunRecord) -> Result<()>;
+    /// Replace the active record with the final one.
+    fn finished(&mut self, record: &RunRecord) -> Result<()>;
+}

@@ -1,0 +1,371 @@
+//! Running one job: a per-run supervisor that owns the child's process group,
+//! its output, its timeout and its record.
+//!
+//! The scheduler never runs jobs itself. For every fire it starts a
+//! supervisor (`bgsched` re-executed with the hidden `__supervise` command)
+//! and hands it the run's [`RunSpec`] and the claim's lock. From then on the
+//! run does not depend on the scheduler: if the scheduler is killed or
+//! paused, the supervisor still enforces the timeout, keeps the job's run
+//! lock (so `overlap = "skip"` holds) and records the outcome.
+//! `bgsched trigger` runs the same supervisor code in the foreground.
+
+pub mod output;
+
+use crate::config::{Job, Program};
+use crate::coordination::standalone::duration_ms;
+use crate::coordination::{Outcome, RunRecord, RunRecorder, Trigger};
+use chrono::{DateTime, Utc};
+use output::{pump, Stream, Tail};
+use rustix::process::{kill_process_group, Pid, Signal};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The environment variable that carries a [`RunSpec`] to a supervisor.
+pub const SPEC_ENV: &str = "BGSCHED_SUPERVISE_SPEC";
+/// How long to keep reading output after the job's group is gone; only a
+/// process that escaped the group (e.g. `setsid`) can hold a pipe that long.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// Everything a supervisor needs to run one job once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub run_id: String,
+    pub job: String,
+    pub tick: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub instance: String,
+    pub term: u64,
+    pub program: Program,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<PathBuf>,
+    pub timeout: Option<Duration>,
+    pub kill_grace: Duration,
+    /// The state directory the supervisor records into.
+    pub state_dir: PathBuf,
+    pub history_limit: usize,
+    /// Descriptor number of the inherited run lock, if the claim took one.
+    pub hold_fd: Option<i32>,
+    pub log_json: bool,
+}
+
+impl RunSpec {
+    pub fn new(job: &Job, run_id: String, tick: DateTime<Utc>, trigger: Trigger) -> Self {
+        RunSpec {
+            run_id,
+            job: job.name.clone(),
+            tick,
+            trigger,
+            instance: String::new(),
+            term: 0,
+            program: job.program.clone(),
+            env: job.env.clone(),
+            working_dir: job.working_dir.clone(),
+            timeout: job.timeout,
+            kill_grace: job.kill_grace,
+            state_dir: PathBuf::new(),
+            history_limit: crate::config::DEFAULT_HISTORY_LIMIT,
+            hold_fd: None,
+            log_json: false,
+        }
+    }
+
+    fn record(&self, outcome: Outcome, started_at: DateTime<Utc>) -> RunRecord {
+        RunRecord {
+            run_id: self.run_id.clone(),
+            job: self.job.clone(),
+            tick: self.tick,
+            trigger: self.trigger,
+            instance: self.instance.clone(),
+            term: self.term,
+            outcome,
+            started_at,
+            ended_at: None,
+            duration_ms: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            pid: None,
+            missed_ticks: None,
+            output_tail: String::new(),
+        }
+    }
+}
+
+/// Where a foreground supervisor echoes the job's output (for `trigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// Only tracing events (a background supervisor).
+    Log,
+    /// Copy stdout/stderr lines to this process's stdout/stderr instead.
+    Terminal,
+}
+
+/// The exit code `bgsched trigger` reports for a finished run, following
+/// shell conventions: the job's own code, 128+N for signal N, 124 for a
+/// timeout (as timeout(1)), 127 when it could not start.
+pub fn exit_code_of(record: &RunRecord) -> i32 {
+    match record.outcome {
+        Outcome::Success => 0,
+        Outcome::Failed => record.exit_code.unwrap_or(1),
+        Outcome::Killed => 128 + record.signal.unwrap_or(9),
+        Outcome::TimedOut => 124,
+        Outcome::StartFailed => 127,
+        Outcome::Lost | Outcome::Running | Outcome::Skipped | Outcome::Missed => 1,
+    }
+}
+
+/// Run the job described by `spec` to completion and record it through
+/// `recorder`. `hold` (the claim's lock) is kept until the record is final.
+pub async fn supervise(
+    spec: &RunSpec,
+    recorder: &mut dyn RunRecorder,
+    hold: Option<OwnedFd>,
+    echo: Echo,
+) -> RunRecord {
+    // Registered before the job starts, so a stop request can never kill
+    // the supervisor with the default action and orphan the run.
+    let mut sigterm = signal(SignalKind::terminate()).ok();
+    let mut sigint = signal(SignalKind::interrupt()).ok();
+    let started_at = Utc::now();
+    let mut rec = spec.record(Outcome::Running, started_at);
+    let finish = |rec: &mut RunRecord, recorder: &mut dyn RunRecorder| {
+        let ended = Utc::now();
+        rec.ended_at = Some(ended);
+        rec.duration_ms = Some(duration_ms(rec.started_at, ended));
+        if let Err(e) = recorder.finished(rec) {
+            tracing::error!(job = %rec.job, run_id = %rec.run_id, "could not write the run record: {e}");
+        }
+    };
+
+    let mut child = match spawn_job(spec) {
+        Ok(child) => child,
+        Err(reason) => {
+            tracing::error!(job = %spec.job, run_id = %spec.run_id, "could not start: {reason}");
+            rec.outcome = Outcome::StartFailed;
+            rec.reason = Some(reason);
+            finish(&mut rec, recorder);
+            drop(hold);
+            return rec;
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    rec.pid = Some(pid);
+    if let Err(e) = recorder.started(&rec) {
+        tracing::error!(job = %spec.job, run_id = %spec.run_id, "could not record the run start: {e}");
+    }
+    tracing::info!(
+        job = %spec.job, run_id = %spec.run_id, tick = %spec.tick.to_rfc3339(),
+        trigger = %spec.trigger, instance = %spec.instance, term = spec.term, pid,
+        "run started"
+    );
+
+    let tail = Tail::default();
+    let readers = [
+        child.stdout.take().map(|p| spawn_pump(p, Stream::Stdout, spec, &tail, echo)),
+        child.stderr.take().map(|p| spawn_pump(p, Stream::Stderr, spec, &tail, echo)),
+    ];
+    let group = Pid::from_raw(pid as i32);
+    let stop_requested = async {
+        tokio::select! {
+            Some(()) = recv(&mut sigterm) => "terminated",
+            Some(()) = recv(&mut sigint) => "interrupted",
+        }
+    };
+    let deadline = async {
+        match spec.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+
+    let (status, stopped_because) = tokio::select! {
+        status = child.wait() => (status, None),
+        () = deadline => (terminate(&mut child, group, spec.kill_grace, &mut sigint).await, Some("timeout")),
+        why = stop_requested => (terminate(&mut child, group, spec.kill_grace, &mut sigint).await, Some(why)),
+    };
+    // The direct child is gone; anything it left behind in its group goes too,
+    // so no orphan survives and no grandchild holds the output pipes open.
+    if let Some(g) = group {
+        let _ = kill_process_group(g, Signal::KILL);
+    }
+    for reader in readers.into_iter().flatten() {
+        let abort = reader.abort_handle();
+        if tokio::time::timeout(DRAIN_LIMIT, reader).await.is_err() {
+            abort.abort();
+        }
+    }
+
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(st) => {
+            rec.exit_code = st.code();
+            rec.signal = st.signal();
+            rec.outcome = match (stopped_because, st.code()) {
+                (Some("timeout"), _) => Outcome::TimedOut,
+                (_, Some(0)) => Outcome::Success,
+                (_, Some(_)) => Outcome::Failed,
+                (_, None) => Outcome::Killed,
+            };
+            rec.reason = match stopped_because {
+                Some("timeout") => Some(format!(
+                    "timed out after {}",
+                    humantime::format_duration(spec.timeout.unwrap_or_default())
+                )),
+                Some(why) => Some(format!("supervisor {why}: job stopped")),
+                None => None,
+            };
+        }
+        Err(e) => {
+            rec.outcome = Outcome::Lost;
+            rec.reason = Some(format!("could not wait for the job: {e}"));
+        }
+    }
+    rec.output_tail = tail.contents();
+    finish(&mut rec, recorder);
+    drop(hold);
+    tracing::info!(
+        job = %spec.job, run_id = %spec.run_id, outcome = %rec.outcome,
+        exit_code = rec.exit_code, signal = rec.signal, duration_ms = rec.duration_ms,
+        "run finished"
+    );
+    rec
+}
+
+async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// SIGTERM the job's group, SIGKILL it after `grace` (or at once on a
+/// second SIGINT), and reap the direct child.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    group: Option<Pid>,
+    grace: Duration,
+    sigint: &mut Option<tokio::signal::unix::Signal>,
+) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(g) = group {
+        let _ = kill_process_group(g, Signal::TERM);
+    }
+    tokio::select! {
+        status = child.wait() => return status,
+        () = tokio::time::sleep(grace) => {}
+        Some(()) = recv(sigint) => {}
+    }
+    if let Some(g) = group {
+        let _ = kill_process_group(g, Signal::KILL);
+    }
+    child.wait().await
+}
+
+fn spawn_pump(
+    pipe: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    stream: Stream,
+    spec: &RunSpec,
+    tail: &Tail,
+    echo: Echo,
+) -> tokio::task::JoinHandle<()> {
+    let (job, run_id) = (spec.job.clone(), spec.run_id.clone());
+    tokio::spawn(pump(pipe, stream, tail.clone(), move |stream, line| {
+        match (echo, stream) {
+            (Echo::Terminal, Stream::Stdout) => println!("{line}"),
+            (Echo::Terminal, Stream::Stderr) => eprintln!("{line}"),
+            (Echo::Log, Stream::Stdout) => {
+                tracing::info!(target: "bgsched::job", job = %job, run_id = %run_id, stream = "stdout", "{line}")
+            }
+            (Echo::Log, Stream::Stderr) => {
+                tracing::warn!(target: "bgsched::job", job = %job, run_id = %run_id, stream = "stderr", "{line}")
+            }
+        }
+    }))
+}
+
+/// Start the job's process in a new process group, or say why it cannot start.
+fn spawn_job(spec: &RunSpec) -> Result<tokio::process::Child, String> {
+    let argv = spec.program.argv();
+    let (program, args) = argv.split_first().ok_or("empty command")?;
+    if let Some(dir) = &spec.working_dir {
+        if !dir.is_dir() {
+            return Err(format!("working_dir {} is not a directory", dir.display()));
+        }
+    }
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_remove(SPEC_ENV)
+        .envs(&spec.env)
+        .env("BGSCHED_JOB", &spec.job)
+        .env("BGSCHED_RUN_ID", &spec.run_id)
+        .env(
+            "BGSCHED_SCHEDULED_AT",
+            spec.tick.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        )
+        .env("BGSCHED_TRIGGER", spec.trigger.to_string())
+        .env("BGSCHED_INSTANCE", &spec.instance)
+        .env("BGSCHED_FENCING_TOKEN", spec.term.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(dir) = &spec.working_dir {
+        cmd.current_dir(dir);
+    }
+    cmd.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("command not found: {program}"),
+        std::io::ErrorKind::PermissionDenied => format!("permission denied: {program}"),
+        _ => format!("cannot execute {program}: {e}"),
+    })
+}
+
+/// Start a background supervisor for `spec`, handing it `hold`. The
+/// supervisor lives in its own process group, so a Ctrl-C meant for the
+/// scheduler's terminal does not reach it; the scheduler forwards shutdown
+/// itself.
+pub fn spawn_supervisor(
+    mut spec: RunSpec,
+    hold: Option<OwnedFd>,
+) -> std::io::Result<tokio::process::Child> {
+    use std::os::fd::AsRawFd;
+    spec.hold_fd = hold.as_ref().map(|fd| fd.as_raw_fd());
+    if let Some(fd) = &hold {
+        // Inherited by exactly this spawn: the scheduler spawns from one task
+        // and closes its copy right after.
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+    }
+    let json = serde_json::to_string(&spec).expect("run spec serializes");
+    let exe = std::env::current_exe()?;
+    let child = Command::new(exe)
+        .arg("__supervise")
+        .env(SPEC_ENV, json)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn();
+    // Closing our copy does not release the lock: the supervisor's
+    // descriptor refers to the same open file description.
+    drop(hold);
+    child
+}
+
+/// In a supervisor process: take over the lock the scheduler handed down.
+pub fn adopt_hold(fd: Option<i32>) -> Option<OwnedFd> {
+    let raw = fd?;
+    // SAFETY: the descriptor was opened by the parent for this process and
+    // nothing else in this process refers to it.
+    let owned = unsafe {
+        use std::os::fd::FromRawFd;
+        OwnedFd::from_raw_fd(raw)
+    };
+    // The job itself must not inherit the lock, or a stray grandchild could
+    // keep the job "running" forever.
+    let _ = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC);
+    Some(owned)
+}

@@ -61,7 +61,9 @@ pub fn plan_due(job: &Job, first_due: DateTime<Utc>, now: DateTime<Utc>) -> DueP
             // of walking every tick in between.
             let window = chrono::Duration::from_std(job.catchup + LATE_TOLERANCE)
                 .unwrap_or(chrono::Duration::zero());
-            let mut t = job.schedule.next_after(now - window - chrono::Duration::seconds(1));
+            let mut t = job
+                .schedule
+                .next_after(now - window - chrono::Duration::seconds(1));
             while let Some(tt) = t.filter(|tt| *tt <= now) {
                 previous = Some(latest);
                 latest = tt;
@@ -134,11 +136,15 @@ impl<C: Coordinator> Scheduler<C> {
         tracing::info!(instance = %self.instance, term = leadership.term, "leading: firing jobs");
         let mut running: HashMap<u32, Tracked> = HashMap::new();
         let mut reaper: JoinSet<u32> = JoinSet::new();
-        self.fire_loop(&leadership, &mut stop, &mut running, &mut reaper).await?;
+        self.fire_loop(&leadership, &mut stop, &mut running, &mut reaper)
+            .await?;
         // Resign at once so a standby can take over while our runs finish;
         // their supervisors keep holding the run locks.
         drop(leadership);
-        tracing::info!(running = running.len(), "stopping: no new fires; waiting for running jobs");
+        tracing::info!(
+            running = running.len(),
+            "stopping: no new fires; waiting for running jobs"
+        );
         Ok(self.drain(&mut stop, &mut running, &mut reaper).await)
     }
 
@@ -166,7 +172,10 @@ impl<C: Coordinator> Scheduler<C> {
         let mut skipped: HashMap<&str, u64> = HashMap::new();
         loop {
             let wait = match due.peek() {
-                Some(Reverse((t, _))) => (*t - Utc::now()).to_std().unwrap_or_default().min(MAX_SLEEP),
+                Some(Reverse((t, _))) => (*t - Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(MAX_SLEEP),
                 None => MAX_SLEEP,
             };
             tokio::select! {
@@ -187,9 +196,18 @@ impl<C: Coordinator> Scheduler<C> {
                     self.record_missed(job, count, oldest, newest, plan.fire.map(|f| f.0));
                 }
                 if let Some((tick, trigger)) = plan.fire {
-                    if let Some((pid, child)) = self.fire(leadership, job, tick, trigger, &mut skipped).await {
+                    if let Some((pid, child)) = self
+                        .fire(leadership, job, tick, trigger, &mut skipped)
+                        .await
+                    {
                         let run_id = child.1;
-                        running.insert(pid, Tracked { job: job.name.clone(), run_id });
+                        running.insert(
+                            pid,
+                            Tracked {
+                                job: job.name.clone(),
+                                run_id,
+                            },
+                        );
                         let mut child = child.0;
                         reaper.spawn(async move {
                             let _ = child.wait().await;
@@ -245,14 +263,20 @@ impl<C: Coordinator> Scheduler<C> {
         spec.state_dir = self.supervisors.state_dir.clone();
         spec.history_limit = self.supervisors.history_limit;
         spec.log_json = self.supervisors.log_json;
-        match spawn_supervisor(spec, claim.hold) {
+        match spawn_supervisor(spec, claim.hold, false) {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);
                 tracing::debug!(job = %job.name, run_id = %claim.run_id, supervisor_pid = pid, "fired");
                 Some((pid, (child, claim.run_id)))
             }
             Err(e) => {
-                let mut rec = self.entry(job, tick, trigger, Outcome::StartFailed, format!("could not start its supervisor: {e}"));
+                let mut rec = self.entry(
+                    job,
+                    tick,
+                    trigger,
+                    Outcome::StartFailed,
+                    format!("could not start its supervisor: {e}"),
+                );
                 rec.run_id = claim.run_id;
                 tracing::error!(job = %job.name, "could not start a supervisor: {e}");
                 self.record_in_background(rec);
@@ -269,7 +293,11 @@ impl<C: Coordinator> Scheduler<C> {
         newest: DateTime<Utc>,
         fired: Option<DateTime<Utc>>,
     ) {
-        let at_least = if count >= MISSED_SCAN_LIMIT { "at least " } else { "" };
+        let at_least = if count >= MISSED_SCAN_LIMIT {
+            "at least "
+        } else {
+            ""
+        };
         let reason = match fired {
             Some(t) => format!(
                 "{at_least}{count} tick(s) from {} to {} passed while nothing was firing; coalesced into the run for {}",
@@ -286,7 +314,14 @@ impl<C: Coordinator> Scheduler<C> {
         self.record_in_background(rec);
     }
 
-    fn entry(&self, job: &Job, tick: DateTime<Utc>, trigger: Trigger, outcome: Outcome, reason: String) -> RunRecord {
+    fn entry(
+        &self,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        outcome: Outcome,
+        reason: String,
+    ) -> RunRecord {
         let now = Utc::now();
         RunRecord {
             run_id: new_run_id(),

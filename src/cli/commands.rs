@@ -42,7 +42,8 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
 /// `default_level`), text or one JSON object per line, on stderr.
 pub fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("BGSCHED_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_env("BGSCHED_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -65,7 +66,10 @@ pub fn state_dir(cli: &Cli, config: &Config) -> PathBuf {
 }
 
 pub fn open_state(cli: &Cli, config: &Config) -> Result<Standalone, CliError> {
-    Ok(Standalone::open(&state_dir(cli, config), config.scheduler.history_limit)?)
+    Ok(Standalone::open(
+        &state_dir(cli, config),
+        config.scheduler.history_limit,
+    )?)
 }
 
 fn instance_id(given: Option<String>) -> String {
@@ -98,7 +102,11 @@ pub fn find_job<'c>(config: &'c Config, name: &str) -> Result<&'c Job, CliError>
         ),
         c => format!(
             "; did you mean {}?",
-            c.iter().take(3).map(|(_, n)| format!("\"{n}\"")).collect::<Vec<_>>().join(" or ")
+            c.iter()
+                .take(3)
+                .map(|(_, n)| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(" or ")
         ),
     };
     Err(CliError::UnknownJob(format!(
@@ -118,7 +126,10 @@ async fn run(cli: &Cli, instance: Option<String>) -> Result<i32, CliError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(0u32);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         loop {
@@ -146,7 +157,12 @@ async fn run(cli: &Cli, instance: Option<String>) -> Result<i32, CliError> {
     Ok(if forced { exit::FORCED_STOP } else { exit::OK })
 }
 
-async fn trigger(cli: &Cli, name: &str, detach: bool, instance: Option<String>) -> Result<i32, CliError> {
+async fn trigger(
+    cli: &Cli,
+    name: &str,
+    detach: bool,
+    instance: Option<String>,
+) -> Result<i32, CliError> {
     let config = load_config(cli)?;
     let job = find_job(&config, name)?;
     let state = open_state(cli, &config)?;
@@ -167,7 +183,7 @@ async fn trigger(cli: &Cli, name: &str, detach: bool, instance: Option<String>) 
     spec.log_json = cli.log_format == LogFormat::Json;
     if detach {
         let run_id = spec.run_id.clone();
-        executor::spawn_supervisor(spec, hold).map_err(anyhow::Error::from)?;
+        executor::spawn_supervisor(spec, hold, true).map_err(anyhow::Error::from)?;
         println!("{run_id}");
         return Ok(exit::OK);
     }
@@ -178,7 +194,10 @@ async fn trigger(cli: &Cli, name: &str, detach: bool, instance: Option<String>) 
 }
 
 async fn report_skip(state: &Standalone, job: &Job, now: DateTime<Utc>, instance: &str) -> i32 {
-    let active = state.active_runs(&job.name).ok().and_then(|r| r.into_iter().next());
+    let active = state
+        .active_runs(&job.name)
+        .ok()
+        .and_then(|r| r.into_iter().next());
     let detail = match &active {
         Some(r) => format!(
             "since {} on instance {} (run {}, pid {})",
@@ -189,7 +208,10 @@ async fn report_skip(state: &Standalone, job: &Job, now: DateTime<Utc>, instance
         ),
         None => "(its run is just starting)".to_string(),
     };
-    eprintln!("bgsched: job \"{}\" is already running {detail}; skipped (overlap = \"skip\")", job.name);
+    eprintln!(
+        "bgsched: job \"{}\" is already running {detail}; skipped (overlap = \"skip\")",
+        job.name
+    );
     let rec = RunRecord {
         run_id: new_run_id(),
         job: job.name.clone(),
@@ -219,28 +241,58 @@ pub fn summary(rec: &RunRecord) -> String {
     let detail = match (rec.outcome, rec.exit_code, rec.signal) {
         (Outcome::Failed, Some(code), _) => format!(" (exit {code})"),
         (Outcome::Killed, _, Some(sig)) => format!(" (signal {sig})"),
-        _ => rec.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        _ => rec
+            .reason
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
     };
-    let took = rec.duration_ms.map(|ms| format!(" after {}", humantime::format_duration(std::time::Duration::from_millis(ms)))).unwrap_or_default();
-    format!("run {} of \"{}\": {}{detail}{took}", rec.run_id, rec.job, rec.outcome)
+    let took = rec
+        .duration_ms
+        .map(|ms| {
+            format!(
+                " after {}",
+                humantime::format_duration(std::time::Duration::from_millis(ms))
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "run {} of \"{}\": {}{detail}{took}",
+        rec.run_id, rec.job, rec.outcome
+    )
 }
 
 fn check(cli: &Cli) -> Result<i32, CliError> {
     let config = load_config(cli)?;
     let now = Utc::now();
-    println!("{}: ok, {} job(s)", config.path.display(), config.jobs.len());
+    println!(
+        "{}: ok, {} job(s)",
+        config.path.display(),
+        config.jobs.len()
+    );
     for job in config.jobs.values() {
         let next = match (job.enabled, job.schedule.next_after(now)) {
             (false, _) => "disabled".to_string(),
             (true, Some(t)) => format!("next {}", local_rfc3339(job, t)),
             (true, None) => "never fires again".to_string(),
         };
-        println!("  {:<24} {:<20} {:<16} {next}", job.name, job.schedule.as_str(), job.timezone.name());
+        println!(
+            "  {:<24} {:<20} {:<16} {next}",
+            job.name,
+            job.schedule.as_str(),
+            job.timezone.name()
+        );
     }
     Ok(exit::OK)
 }
 
-fn next(cli: &Cli, name: &str, count: usize, after: Option<&str>, json: bool) -> Result<i32, CliError> {
+fn next(
+    cli: &Cli,
+    name: &str,
+    count: usize,
+    after: Option<&str>,
+    json: bool,
+) -> Result<i32, CliError> {
     let config = load_config(cli)?;
     let job = find_job(&config, name)?;
     let after = match after {
@@ -276,18 +328,31 @@ fn next(cli: &Cli, name: &str, count: usize, after: Option<&str>, json: bool) ->
 
 /// An instant in the job's time zone with its UTC offset, e.g. `2026-03-29T03:00:00+02:00`.
 pub fn local_rfc3339(job: &Job, t: DateTime<Utc>) -> String {
-    t.with_timezone(&job.timezone).to_rfc3339_opts(SecondsFormat::AutoSi, false)
+    t.with_timezone(&job.timezone)
+        .to_rfc3339_opts(SecondsFormat::AutoSi, false)
 }
 
 /// The hidden `__supervise` command: one run, started by a scheduler.
 fn supervise() -> Result<i32, CliError> {
-    let json = std::env::var(SPEC_ENV).map_err(|_| CliError::Usage(format!("__supervise is internal to bgsched ({SPEC_ENV} is not set)")))?;
-    let spec: RunSpec = serde_json::from_str(&json).map_err(|e| CliError::Usage(format!("bad {SPEC_ENV}: {e}")))?;
+    let json = std::env::var(SPEC_ENV).map_err(|_| {
+        CliError::Usage(format!(
+            "__supervise is internal to bgsched ({SPEC_ENV} is not set)"
+        ))
+    })?;
+    let spec: RunSpec =
+        serde_json::from_str(&json).map_err(|e| CliError::Usage(format!("bad {SPEC_ENV}: {e}")))?;
     // Remove it so the job does not see it (the executor also strips it).
     // SAFETY: single-threaded at this point; no runtime has started yet.
     unsafe { std::env::remove_var(SPEC_ENV) };
     let hold = executor::adopt_hold(spec.hold_fd);
-    init_logging(if spec.log_json { LogFormat::Json } else { LogFormat::Text }, "info");
+    init_logging(
+        if spec.log_json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        },
+        "info",
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

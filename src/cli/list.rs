@@ -68,11 +68,11 @@ pub fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
                 .map(|t| local_rfc3339(job, t)),
             running,
             last_run,
-            recent_skips: history.iter().filter(|r| r.outcome == crate::coordination::Outcome::Skipped).count(),
-            recent_missed: history
+            recent_skips: history
                 .iter()
-                .filter_map(|r| r.missed_ticks)
-                .sum(),
+                .filter(|r| r.outcome == crate::coordination::Outcome::Skipped)
+                .count(),
+            recent_missed: history.iter().filter_map(|r| r.missed_ticks).sum(),
         });
     }
     let view = ListView {
@@ -82,7 +82,10 @@ pub fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
         jobs,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&view).expect("list view serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).expect("list view serializes")
+        );
     } else {
         print_table(&view, now);
     }
@@ -99,7 +102,10 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
         ),
         None => "none (no `bgsched run` is firing jobs)".to_string(),
     };
-    println!("mode: {}   state: {}   leader: {leader}", view.mode, view.state_dir);
+    println!(
+        "mode: {}   state: {}   leader: {leader}",
+        view.mode, view.state_dir
+    );
     let mut table = comfy_table::Table::new();
     table
         .load_preset(comfy_table::presets::NOTHING)
@@ -107,7 +113,9 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
     for job in &view.jobs {
         let next = match &job.next_run {
             Some(t) => {
-                let at = DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc)).unwrap_or(now);
+                let at = DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.with_timezone(&Utc))
+                    .unwrap_or(now);
                 format!("{} ({})", t, relative(at - now))
             }
             None if !job.enabled => "-".to_string(),
@@ -120,7 +128,10 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
                 r.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
                 r.outcome,
                 r.duration_ms
-                    .map(|ms| format!(" in {}", humantime::format_duration(std::time::Duration::from_millis(ms))))
+                    .map(|ms| format!(
+                        " in {}",
+                        humantime::format_duration(std::time::Duration::from_millis(ms))
+                    ))
                     .unwrap_or_default()
             ),
             None => "never".to_string(),

@@ -43,7 +43,13 @@ Exit codes:
 #[command(name = "bgsched", version, about = "A cron-style scheduler for background jobs", after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// Config file.
-    #[arg(long, short = 'c', global = true, env = "BGSCHED_CONFIG", default_value = "jobs.toml")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "BGSCHED_CONFIG",
+        default_value = "jobs.toml"
+    )]
     pub config: PathBuf,
     /// State directory (overrides the config's [scheduler] state_dir and the per-user default).
     #[arg(long, global = true, env = "BGSCHED_STATE_DIR")]
@@ -142,7 +148,10 @@ pub fn main() -> i32 {
             // Located errors lead with file:line:col, as compilers print them.
             eprintln!("{errors}");
             let n = errors.0.len();
-            eprintln!("bgsched: {n} error{} in the config", if n == 1 { "" } else { "s" });
+            eprintln!(
+                "bgsched: {n} error{} in the config",
+                if n == 1 { "" } else { "s" }
+            );
             exit::CONFIG
         }
         Err(e) => {

@@ -1,17 +1,2065 @@
 //! Reading and validating a config file.
+//!
+//! The file is parsed with toml's span-keeping document API ([`DeTable`])
+//! instead of serde: serde stops at the first problem and forgets where things
+//! were, while users need every mistake at once, each with line:column. So the
+//! checks below walk the parsed tree themselves, keep going after a problem,
+//! and only build a [`Config`] when nothing was found.
 
-use super::{Config, ConfigErrors};
-use std::path::Path;
+use super::{Config, ConfigError, ConfigErrors, Job, Overlap, Program, SchedulerSettings};
+use crate::schedule::Schedule;
+use chrono_tz::Tz;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+use toml::de::{DeString, DeTable, DeValue};
+use toml::Spanned;
+
+/// A config file is a few kilobytes; anything this big is the wrong file, and
+/// refusing it early bounds the memory the parser can take.
+const MAX_FILE_SIZE: usize = 10 * 1024 * 1024;
+
+/// toml caps nesting at 80 levels per construct, but the caps multiply (80
+/// nested inline tables, each with an 80-part dotted key, make ~6,400 nested
+/// tables) and building and dropping that tree recurses: about 8 MiB of stack
+/// in a debug build, more than a test thread or a tokio worker has. Parsing
+/// runs on a thread of its own with this much headroom; only the pages
+/// actually touched are committed.
+const PARSE_STACK_SIZE: usize = 64 * 1024 * 1024;
+
+const MAX_JOB_NAME_LEN: usize = 128;
+const HISTORY_RANGE: RangeInclusive<i64> = 1..=100_000;
+/// Longer than any sensible timeout or grace period; a larger value is a
+/// typo (a missing unit separator, an extra digit), not an intent.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+/// Past this, the file is most likely not a config at all.
+const MAX_SYNTAX_ERRORS: usize = 20;
+
+const DEFAULT_CATCHUP: Duration = Duration::from_secs(60);
+const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
 /// Read and validate the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let _ = path;
-    todo!()
+    let unreadable = |reason: String| {
+        ConfigErrors(vec![ConfigError {
+            file: path.display().to_string(),
+            line: 0,
+            column: 0,
+            job: None,
+            message: format!("cannot read config file: {reason}"),
+        }])
+    };
+    let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
+    // One byte past the limit is enough for load_str to see it is too big.
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| unreadable(e.to_string()))?;
+    load_str(path, &bytes)
 }
 
 /// Validate config text; `path` is used for error locations and as the base
 /// directory of relative paths.
 pub fn load_str(path: &Path, text: &[u8]) -> Result<Config, ConfigErrors> {
-    let _ = (path, text);
-    todo!()
+    let file = path.display().to_string();
+    if text.len() > MAX_FILE_SIZE {
+        return Err(ConfigErrors(vec![ConfigError {
+            file,
+            line: 0,
+            column: 0,
+            job: None,
+            message: format!(
+                "file is too large ({} bytes; a config file may be at most {} MiB)",
+                text.len(),
+                MAX_FILE_SIZE / (1024 * 1024)
+            ),
+        }]));
+    }
+    let text = match std::str::from_utf8(text) {
+        Ok(text) => text,
+        Err(e) => return Err(ConfigErrors(vec![not_utf8(file, text, e)])),
+    };
+    on_big_stack(|| check(path, text))
+}
+
+/// Nothing can be parsed reliably past a bad byte, so this is the only error
+/// reported for such a file.
+fn not_utf8(file: String, bytes: &[u8], e: std::str::Utf8Error) -> ConfigError {
+    let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+    let (line, column) = Lines::new(valid).position(valid.len());
+    let bad = bytes[e.valid_up_to()];
+    let utf16 = if bytes.starts_with(&[0xFF, 0xFE]) || bytes.starts_with(&[0xFE, 0xFF]) {
+        "; it looks like UTF-16, save it as UTF-8"
+    } else {
+        ""
+    };
+    ConfigError {
+        file,
+        line,
+        column,
+        job: None,
+        message: format!("file is not valid UTF-8 (byte 0x{bad:02X} here){utf16}"),
+    }
+}
+
+/// Runs `f` on a thread with [`PARSE_STACK_SIZE`] of stack, or right here if
+/// no thread can be started (better a possible overflow on absurd input than
+/// no config at all).
+fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    // Shared by both paths; whichever runs first takes the closure.
+    let slot = Mutex::new(Some(f));
+    let run = || {
+        let f = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+        f.map(|f| f())
+    };
+    std::thread::scope(|scope| {
+        let on_thread = std::thread::Builder::new()
+            .name("config-load".into())
+            .stack_size(PARSE_STACK_SIZE)
+            .spawn_scoped(scope, run)
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            });
+        match on_thread {
+            Ok(Some(result)) => result,
+            _ => run().expect("the closure runs on the thread or here"),
+        }
+    })
+}
+
+fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let mut r = Report::new(path, text);
+    let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+    if !syntax_errors.is_empty() {
+        // The recovered tree may lack whole tables, so checking it would
+        // add bogus "missing schedule" errors: syntax comes first.
+        r.syntax_errors(syntax_errors);
+        return Err(r.into_errors());
+    }
+
+    let top = Fields::of(&mut r, doc.get_ref(), Section::Top);
+    let scheduler = top
+        .get("scheduler")
+        .map(|item| scheduler(&mut r, item))
+        .unwrap_or_default();
+    let defaults = top
+        .get("defaults")
+        .map(|item| defaults(&mut r, item))
+        .unwrap_or_default();
+    let jobs = top
+        .get("jobs")
+        .map(|item| jobs(&mut r, item, &defaults))
+        .unwrap_or_default();
+    if let Some(item) = top.get("cluster") {
+        r.error(
+            item.key_at,
+            "cluster mode (etcd) is not available in this build yet",
+        );
+    }
+
+    if r.has_errors() {
+        return Err(r.into_errors());
+    }
+    let mut config = Config {
+        path: path.to_path_buf(),
+        scheduler,
+        jobs,
+    };
+    resolve_relative_paths(&mut config);
+    Ok(config)
+}
+
+/// Paths are resolved here, once, so that nothing downstream depends on the
+/// process's working directory or has to remember to do it.
+fn resolve_relative_paths(config: &mut Config) {
+    let base = config.base_dir().to_path_buf();
+    let resolve = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    if let Some(dir) = &mut config.scheduler.state_dir {
+        resolve(dir);
+    }
+    for job in config.jobs.values_mut() {
+        if let Some(dir) = &mut job.working_dir {
+            resolve(dir);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sections
+
+/// The tables whose keys are checked, for unknown-key messages and for
+/// pointing a key that is in the wrong table to the right one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Top,
+    Scheduler,
+    Defaults,
+    Job,
+}
+
+impl Section {
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Section::Top => &["scheduler", "defaults", "jobs", "cluster"],
+            Section::Scheduler => &["state_dir", "shutdown_grace", "history"],
+            Section::Defaults => &["timezone", "overlap", "timeout", "catchup", "kill_grace"],
+            Section::Job => &[
+                "description",
+                "schedule",
+                "timezone",
+                "command",
+                "shell",
+                "working_dir",
+                "env",
+                "timeout",
+                "enabled",
+                "overlap",
+                "catchup",
+                "kill_grace",
+            ],
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Section::Top => "the top level",
+            Section::Scheduler => "[scheduler]",
+            Section::Defaults => "[defaults]",
+            Section::Job => "a job table ([jobs.<name>])",
+        }
+    }
+
+    fn unknown_key(self, key: &str) -> String {
+        let key = key.escape_debug();
+        let what = match self {
+            Section::Top => format!("unknown top-level key `{key}`"),
+            Section::Scheduler | Section::Defaults => {
+                format!("unknown key `{key}` in {}", self.title())
+            }
+            // The job is already named in the error's prefix.
+            Section::Job => format!("unknown key `{key}`"),
+        };
+        let key = key.to_string();
+        let homes: Vec<&str> = [Section::Scheduler, Section::Defaults, Section::Job]
+            .into_iter()
+            .filter(|s| *s != self && s.keys().contains(&key.as_str()))
+            .map(Section::title)
+            .collect();
+        if !homes.is_empty() {
+            return format!("{what}; `{key}` belongs in {}", homes.join(" or "));
+        }
+        if let Some(close) = did_you_mean(&key, self.keys().iter().copied()) {
+            return format!("{what}; did you mean `{close}`?");
+        }
+        let listed: Vec<&str> = self
+            .keys()
+            .iter()
+            .copied()
+            .filter(|k| *k != "cluster")
+            .collect();
+        format!("{what} (expected one of: {})", listed.join(", "))
+    }
+}
+
+/// The known keys of one table. Unknown keys are reported while it is built,
+/// so no key can be silently ignored.
+struct Fields<'a, 'i> {
+    known: Vec<Item<'a, 'i>>,
+}
+
+impl<'a, 'i> Fields<'a, 'i> {
+    fn of(r: &mut Report, table: &'a DeTable<'i>, section: Section) -> Self {
+        let mut known = Vec::new();
+        for (key, value) in table.iter() {
+            if section.keys().contains(&key.get_ref().as_ref()) {
+                known.push(Item::entry(key, value));
+            } else {
+                r.error(key.span().start, section.unknown_key(key.get_ref()));
+            }
+        }
+        Fields { known }
+    }
+
+    fn get(&self, name: &str) -> Option<&Item<'a, 'i>> {
+        self.known.iter().find(|item| item.label == name)
+    }
+}
+
+fn scheduler(r: &mut Report, item: &Item) -> SchedulerSettings {
+    let mut settings = SchedulerSettings::default();
+    let Some(table) = item.table(r) else {
+        return settings;
+    };
+    let f = Fields::of(r, table, Section::Scheduler);
+    settings.state_dir = f.get("state_dir").and_then(|i| i.path(r));
+    if let Some(d) = f.get("shutdown_grace").and_then(|i| i.duration(r)) {
+        settings.shutdown_grace = d;
+    }
+    if let Some(n) = f.get("history").and_then(|i| i.history(r)) {
+        settings.history_limit = n;
+    }
+    settings
+}
+
+/// What every job inherits. A bad value here is reported once, at its place
+/// in `[defaults]`; jobs then fall back to the built-in default rather than
+/// each repeating the same error.
+struct Defaults {
+    timezone: Tz,
+    overlap: Overlap,
+    timeout: Option<Duration>,
+    catchup: Duration,
+    kill_grace: Duration,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            timezone: Tz::UTC,
+            overlap: Overlap::Skip,
+            timeout: None,
+            catchup: DEFAULT_CATCHUP,
+            kill_grace: DEFAULT_KILL_GRACE,
+        }
+    }
+}
+
+fn defaults(r: &mut Report, item: &Item) -> Defaults {
+    let mut d = Defaults::default();
+    let Some(table) = item.table(r) else {
+        return d;
+    };
+    let f = Fields::of(r, table, Section::Defaults);
+    if let Some(tz) = f.get("timezone").and_then(|i| i.timezone(r)) {
+        d.timezone = tz;
+    }
+    if let Some(o) = f.get("overlap").and_then(|i| i.overlap(r)) {
+        d.overlap = o;
+    }
+    if let Some(t) = f.get("timeout").and_then(|i| i.timeout(r)) {
+        d.timeout = t;
+    }
+    if let Some(c) = f.get("catchup").and_then(|i| i.duration(r)) {
+        d.catchup = c;
+    }
+    if let Some(k) = f.get("kill_grace").and_then(|i| i.duration(r)) {
+        d.kill_grace = k;
+    }
+    d
+}
+
+fn jobs(r: &mut Report, item: &Item, defaults: &Defaults) -> BTreeMap<String, Job> {
+    let mut jobs = BTreeMap::new();
+    let table = match item.value() {
+        DeValue::Table(table) => table,
+        other => {
+            let hint = if matches!(other, DeValue::Array(_)) {
+                " (write [jobs.<name>], not [[jobs]])"
+            } else {
+                ""
+            };
+            r.error(
+                item.value_at(),
+                format!(
+                    "jobs must be a table with one [jobs.<name>] table per job, found {}{hint}",
+                    type_name(other)
+                ),
+            );
+            return jobs;
+        }
+    };
+    for (key, value) in table.iter() {
+        let name: &str = key.get_ref();
+        let entry = Item::entry(key, value);
+        if let Some(job) = r.in_job(name, |r| job(r, &entry, defaults)) {
+            jobs.insert(name.to_owned(), job);
+        }
+    }
+    jobs
+}
+
+/// Checks one job completely, even after its first problem, and returns it
+/// only if it is fully valid.
+fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Job> {
+    let name = item.label.as_ref();
+    let name_ok = job_name(r, name, item.key_at);
+    let table = match item.value() {
+        DeValue::Table(table) => table,
+        other => {
+            let hint = if matches!(other, DeValue::Array(_)) {
+                " (write [jobs.<name>], not [[jobs.<name>]])"
+            } else {
+                ""
+            };
+            r.error(
+                item.value_at(),
+                format!(
+                    "each job must be a table like [jobs.{}], found {}{hint}",
+                    if name_ok { name } else { "<name>" },
+                    type_name(other)
+                ),
+            );
+            return None;
+        }
+    };
+    let f = Fields::of(r, table, Section::Job);
+
+    let description = f.get("description").and_then(|i| i.string(r));
+    let timezone = match f.get("timezone") {
+        Some(i) => i.timezone(r),
+        None => Some(defaults.timezone),
+    };
+    let schedule = match f.get("schedule") {
+        // The cron syntax does not depend on the zone, so a bad zone still
+        // lets the expression be checked.
+        Some(i) => i.schedule(r, timezone.unwrap_or(Tz::UTC)),
+        None => {
+            r.error(
+                item.key_at,
+                "missing schedule; add e.g. schedule = \"30 2 * * *\"",
+            );
+            None
+        }
+    };
+    let program = program(r, item.key_at, f.get("command"), f.get("shell"));
+    let working_dir = f.get("working_dir").and_then(|i| i.path(r));
+    let env = f.get("env").and_then(|i| i.env(r)).unwrap_or_default();
+    let timeout = match f.get("timeout") {
+        Some(i) => i.timeout(r).unwrap_or(defaults.timeout),
+        None => defaults.timeout,
+    };
+    let overlap = f.get("overlap").and_then(|i| i.overlap(r));
+    let catchup = f.get("catchup").and_then(|i| i.duration(r));
+    let kill_grace = f.get("kill_grace").and_then(|i| i.duration(r));
+    let enabled = f.get("enabled").and_then(|i| i.boolean(r));
+
+    if !name_ok {
+        return None;
+    }
+    Some(Job {
+        name: name.to_owned(),
+        description,
+        schedule: schedule?,
+        timezone: timezone?,
+        program: program?,
+        working_dir,
+        env,
+        timeout,
+        overlap: overlap.unwrap_or(defaults.overlap),
+        catchup: catchup.unwrap_or(defaults.catchup),
+        kill_grace: kill_grace.unwrap_or(defaults.kill_grace),
+        enabled: enabled.unwrap_or(true),
+    })
+}
+
+/// Names become file names and CLI arguments, hence the narrow alphabet, and
+/// no `.`/`..`, which would name a directory instead of a file.
+fn job_name(r: &mut Report, name: &str, at: usize) -> bool {
+    let problem = if name.is_empty() {
+        "the name must not be empty".to_string()
+    } else if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        format!("only ASCII letters, digits, '.', '_' and '-' are allowed, found {bad:?}")
+    } else if name.chars().count() > MAX_JOB_NAME_LEN {
+        format!(
+            "the name is {} characters long, at most {MAX_JOB_NAME_LEN} are allowed",
+            name.chars().count()
+        )
+    } else if name == "." || name == ".." {
+        "\".\" and \"..\" are not allowed".to_string()
+    } else {
+        return true;
+    };
+    r.error(at, format!("invalid job name: {problem}"));
+    false
+}
+
+/// `command` and `shell` are two spellings of one setting: exactly one must
+/// be given, and each is still checked on its own so all problems show.
+fn program(
+    r: &mut Report,
+    job_at: usize,
+    command: Option<&Item>,
+    shell: Option<&Item>,
+) -> Option<Program> {
+    let argv = command.and_then(|i| i.command(r));
+    let line = shell.and_then(|i| i.shell(r));
+    match (command, shell) {
+        (Some(c), Some(s)) => {
+            r.error(
+                c.key_at.max(s.key_at),
+                "both command and shell are set; keep command (argv, run directly) \
+                 or shell (run with /bin/sh -c), not both",
+            );
+            None
+        }
+        (None, None) => {
+            r.error(
+                job_at,
+                "missing command; add command = [\"/path/to/program\", \"arg\"] \
+                 or shell = \"a shell command line\"",
+            );
+            None
+        }
+        _ => argv.map(Program::Argv).or(line.map(Program::Shell)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Located values
+
+/// A value together with the name it is reported under and where it is in
+/// the file. Every typed accessor reports its own problem at the right place
+/// and returns `None`, so callers just chain and move on.
+struct Item<'a, 'i> {
+    /// The key as written, or a path like `command[1]` / `env.HOME`.
+    label: Cow<'a, str>,
+    /// Byte offset of the key (of the value itself for array elements).
+    key_at: usize,
+    value: &'a Spanned<DeValue<'i>>,
+}
+
+impl<'a, 'i> Item<'a, 'i> {
+    fn entry(key: &'a Spanned<DeString<'i>>, value: &'a Spanned<DeValue<'i>>) -> Self {
+        Item {
+            label: Cow::Borrowed(key.get_ref().as_ref()),
+            key_at: key.span().start,
+            value,
+        }
+    }
+
+    fn value(&self) -> &'a DeValue<'i> {
+        self.value.get_ref()
+    }
+
+    fn value_at(&self) -> usize {
+        self.value.span().start
+    }
+
+    /// The value if `pick` accepts its type; otherwise reports
+    /// `<label> must be <what>, found <type><hint>`.
+    fn expect<T>(
+        &self,
+        r: &mut Report,
+        what: &str,
+        hint: impl FnOnce(&DeValue) -> &'static str,
+        pick: impl FnOnce(&'a DeValue<'i>) -> Option<T>,
+    ) -> Option<T> {
+        let value = self.value();
+        let picked = pick(value);
+        if picked.is_none() {
+            r.error(
+                self.value_at(),
+                format!(
+                    "{} must be {what}, found {}{}",
+                    self.label,
+                    type_name(value),
+                    hint(value)
+                ),
+            );
+        }
+        picked
+    }
+
+    fn str(&self, r: &mut Report) -> Option<&'a str> {
+        self.expect(r, "a string", |_| "", as_str)
+    }
+
+    fn string(&self, r: &mut Report) -> Option<String> {
+        self.str(r).map(str::to_owned)
+    }
+
+    fn boolean(&self, r: &mut Report) -> Option<bool> {
+        let hint = |v: &DeValue| match v {
+            DeValue::String(_) => " (write it without quotes)",
+            _ => "",
+        };
+        self.expect(r, "true or false", hint, |v| match v {
+            DeValue::Boolean(b) => Some(*b),
+            _ => None,
+        })
+    }
+
+    fn table(&self, r: &mut Report) -> Option<&'a DeTable<'i>> {
+        self.expect(
+            r,
+            "a table",
+            |_| "",
+            |v| match v {
+                DeValue::Table(t) => Some(t),
+                _ => None,
+            },
+        )
+    }
+
+    /// A string that will reach the OS (argv, env, paths), where a NUL byte
+    /// cannot be represented.
+    fn os_str(&self, r: &mut Report) -> Option<&'a str> {
+        let s = self.str(r)?;
+        if s.contains('\0') {
+            r.error(
+                self.value_at(),
+                format!("{} must not contain a NUL byte (\\u0000)", self.label),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    fn path(&self, r: &mut Report) -> Option<PathBuf> {
+        let s = self.os_str(r)?;
+        if s.is_empty() {
+            r.error(
+                self.value_at(),
+                format!(
+                    "{} must not be empty (leave it out to use the default)",
+                    self.label
+                ),
+            );
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+
+    fn duration(&self, r: &mut Report) -> Option<Duration> {
+        let s = self.expect(
+            r,
+            "a duration string like \"30s\" or \"1h 30m\"",
+            |_| "",
+            as_str,
+        )?;
+        let d = match humantime::parse_duration(s) {
+            Ok(d) => d,
+            Err(e) => {
+                let message = format!("invalid duration {} for {}: {e}", quoted(s), self.label);
+                r.error(self.value_at(), message);
+                return None;
+            }
+        };
+        if d > MAX_DURATION {
+            r.error(
+                self.value_at(),
+                format!(
+                    "{} {} is longer than 100 years; use a shorter duration",
+                    self.label,
+                    quoted(s)
+                ),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// `Some(None)` is an explicit "no limit", so a job can lift a timeout it
+    /// would otherwise inherit from `[defaults]`.
+    fn timeout(&self, r: &mut Report) -> Option<Option<Duration>> {
+        if matches!(self.value(), DeValue::String(s) if s.eq_ignore_ascii_case("none")) {
+            return Some(None);
+        }
+        let d = self.duration(r)?;
+        if d.is_zero() {
+            r.error(
+                self.value_at(),
+                format!(
+                    "{} must be greater than zero (use \"none\" or leave it out for no time limit)",
+                    self.label
+                ),
+            );
+            return None;
+        }
+        Some(Some(d))
+    }
+
+    fn history(&self, r: &mut Report) -> Option<usize> {
+        let n = self.expect(
+            r,
+            "an integer",
+            |_| "",
+            |v| match v {
+                DeValue::Integer(n) => Some(n),
+                _ => None,
+            },
+        )?;
+        match i64::from_str_radix(n.as_str(), n.radix()) {
+            Ok(v) if HISTORY_RANGE.contains(&v) => usize::try_from(v).ok(),
+            _ => {
+                r.error(
+                    self.value_at(),
+                    format!(
+                        "{} must be between {} and {} (run records kept per job), found {n}",
+                        self.label,
+                        HISTORY_RANGE.start(),
+                        HISTORY_RANGE.end()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn overlap(&self, r: &mut Report) -> Option<Overlap> {
+        let s = self.expect(r, "\"skip\" or \"allow\"", |_| "", as_str)?;
+        match s {
+            "skip" => Some(Overlap::Skip),
+            "allow" => Some(Overlap::Allow),
+            other => {
+                r.error(
+                    self.value_at(),
+                    format!(
+                        "{} must be \"skip\" or \"allow\", found {}",
+                        self.label,
+                        quoted(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn timezone(&self, r: &mut Report) -> Option<Tz> {
+        let name = self.str(r)?;
+        if let Ok(tz) = name.parse::<Tz>() {
+            return Some(tz);
+        }
+        let hint = match closest_time_zone(name) {
+            Some(close) => format!("; did you mean \"{close}\"?"),
+            None => " (use an IANA name such as \"Europe/Berlin\" or \"UTC\")".to_string(),
+        };
+        r.error(
+            self.value_at(),
+            format!("unknown time zone {}{hint}", quoted(name)),
+        );
+        None
+    }
+
+    fn schedule(&self, r: &mut Report, tz: Tz) -> Option<Schedule> {
+        let expr = self.str(r)?;
+        if expr.trim().is_empty() {
+            r.error(
+                self.value_at(),
+                "schedule must not be empty; use a cron expression like \"30 2 * * *\"",
+            );
+            return None;
+        }
+        match Schedule::parse(expr, tz) {
+            Ok(schedule) => Some(schedule),
+            Err(e) => {
+                r.error(
+                    self.value_at(),
+                    format!("invalid schedule {}: {e}", quoted(expr)),
+                );
+                None
+            }
+        }
+    }
+
+    fn command(&self, r: &mut Report) -> Option<Vec<String>> {
+        let hint = |v: &DeValue| match v {
+            DeValue::String(_) => "; for a shell command line use shell = \"...\" instead",
+            _ => "",
+        };
+        let array = self.expect(
+            r,
+            "an array of strings like [\"/usr/bin/backup\", \"--full\"]",
+            hint,
+            |v| match v {
+                DeValue::Array(a) => Some(a),
+                _ => None,
+            },
+        )?;
+        if array.is_empty() {
+            r.error(
+                self.value_at(),
+                "command must not be empty; give the program and its arguments, \
+                 e.g. [\"/usr/bin/backup\", \"--full\"]",
+            );
+            return None;
+        }
+        let mut argv = Some(Vec::with_capacity(array.len()));
+        for (index, element) in array.iter().enumerate() {
+            let item = Item {
+                label: Cow::Owned(format!("command[{index}]")),
+                key_at: element.span().start,
+                value: element,
+            };
+            let arg = item.os_str(r);
+            // Later arguments may legitimately be empty (`-N ""`); the
+            // program may not.
+            if index == 0 && arg.is_some_and(|a| a.trim().is_empty()) {
+                r.error(
+                    item.value_at(),
+                    "command[0] (the program to run) must not be empty",
+                );
+                argv = None;
+            }
+            match (arg, &mut argv) {
+                (Some(arg), Some(argv)) => argv.push(arg.to_owned()),
+                _ => argv = None,
+            }
+        }
+        argv
+    }
+
+    fn shell(&self, r: &mut Report) -> Option<String> {
+        let hint = |v: &DeValue| match v {
+            DeValue::Array(_) => "; for an argv list use command = [...] instead",
+            _ => "",
+        };
+        let line = self.expect(r, "a string (a command line for /bin/sh -c)", hint, as_str)?;
+        if line.trim().is_empty() {
+            r.error(
+                self.value_at(),
+                "shell must not be empty; give a command line such as \"pg_dump shop | gzip > /backups/shop.gz\"",
+            );
+            return None;
+        }
+        self.os_str(r).map(str::to_owned)
+    }
+
+    fn env(&self, r: &mut Report) -> Option<BTreeMap<String, String>> {
+        let table = self.expect(
+            r,
+            "a table of strings like { NAME = \"value\" }",
+            |_| "",
+            |v| match v {
+                DeValue::Table(t) => Some(t),
+                _ => None,
+            },
+        )?;
+        let mut env = Some(BTreeMap::new());
+        for (key, value) in table.iter() {
+            let name: &str = key.get_ref();
+            let problem = if name.is_empty() {
+                Some("env variable name must not be empty".to_string())
+            } else if name.contains('=') {
+                Some(format!(
+                    "env variable name {} must not contain '='",
+                    quoted(name)
+                ))
+            } else if name.contains('\0') {
+                Some(format!(
+                    "env variable name {} must not contain a NUL byte",
+                    quoted(name)
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                r.error(key.span().start, problem);
+                env = None;
+            }
+            let item = Item {
+                label: Cow::Owned(format!("env.{}", name.escape_debug())),
+                key_at: key.span().start,
+                value,
+            };
+            let quote_hint = |v: &DeValue| match v {
+                DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) => {
+                    " (put the value in quotes)"
+                }
+                _ => "",
+            };
+            let value = item
+                .expect(r, "a string", quote_hint, as_str)
+                .and_then(|_| item.os_str(r));
+            match (value, &mut env) {
+                (Some(value), Some(env)) => {
+                    env.insert(name.to_owned(), value.to_owned());
+                }
+                _ => env = None,
+            }
+        }
+        env
+    }
+}
+
+/// toml messages about array or inline table contents.
+fn in_brackets(message: &str) -> bool {
+    ["array", "inline table", "key-value pairs"]
+        .iter()
+        .any(|m| message.contains(m))
+}
+
+fn as_str<'a>(v: &'a DeValue<'_>) -> Option<&'a str> {
+    match v {
+        DeValue::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn type_name(v: &DeValue) -> &'static str {
+    match v {
+        DeValue::String(_) => "string",
+        DeValue::Integer(_) => "integer",
+        DeValue::Float(_) => "float",
+        DeValue::Boolean(_) => "boolean",
+        DeValue::Datetime(_) => "datetime",
+        DeValue::Array(_) => "array",
+        DeValue::Table(_) => "table",
+    }
+}
+
+/// A user string in double quotes, escaped so that messages stay on one
+/// line, and shortened so that a pasted blob does not drown the message.
+fn quoted(s: &str) -> String {
+    const MAX_CHARS: usize = 100;
+    let mut chars = s.chars();
+    let head: String = chars.by_ref().take(MAX_CHARS).collect();
+    let more = if chars.next().is_some() { "…" } else { "" };
+    format!("\"{}{more}\"", head.escape_debug())
+}
+
+// ---------------------------------------------------------------------------
+// Suggestions
+
+/// The candidate a typo most likely meant: a small edit distance (scaled to
+/// the length), ignoring case, or one name being a prefix of the other
+/// (`working_directory` for `working_dir`).
+fn did_you_mean<'c>(input: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    let input = input.to_lowercase();
+    let allowed = match input.chars().count() {
+        0..=3 => 1,
+        4..=8 => 2,
+        _ => 3,
+    };
+    candidates
+        .into_iter()
+        .filter_map(|c| {
+            let lower = c.to_lowercase();
+            let distance = strsim::damerau_levenshtein(&input, &lower);
+            let (short, long) = if input.len() < lower.len() {
+                (&input, &lower)
+            } else {
+                (&lower, &input)
+            };
+            let prefix = short.len() >= 3 && long.starts_with(short.as_str());
+            (distance <= allowed || prefix).then_some((distance, c))
+        })
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, c)| c)
+}
+
+/// Besides typos, people often write just the city (`Berlin`) or get the
+/// case wrong (`europe/berlin`), which plain edit distance ranks poorly.
+fn closest_time_zone(input: &str) -> Option<&'static str> {
+    let names = || chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
+    if let Some(exact) = names().find(|n| n.eq_ignore_ascii_case(input)) {
+        return Some(exact);
+    }
+    let city = input.replace(' ', "_");
+    if let Some(by_city) = names().find(|n| {
+        n.contains('/')
+            && n.rsplit('/')
+                .next()
+                .is_some_and(|c| c.eq_ignore_ascii_case(&city))
+    }) {
+        return Some(by_city);
+    }
+    let input_lower = input.to_lowercase();
+    let allowed = (input.chars().count() / 5).clamp(1, 3);
+    names()
+        .map(|n| {
+            (
+                strsim::damerau_levenshtein(&input_lower, &n.to_lowercase()),
+                n,
+            )
+        })
+        .filter(|(distance, _)| *distance <= allowed)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, n)| n)
+}
+
+// ---------------------------------------------------------------------------
+// Reporting
+
+/// Collects errors as byte offsets while the tree is walked (in whatever
+/// order the table maps yield keys), then sorts them into file order and
+/// converts to line:column once at the end.
+struct Report<'t> {
+    file: String,
+    text: &'t str,
+    /// The job the errors being reported belong to, if any.
+    job: Option<String>,
+    found: Vec<Found>,
+}
+
+struct Found {
+    /// `None` when the parser could not say where (sorted first).
+    at: Option<usize>,
+    job: Option<String>,
+    message: String,
+}
+
+impl<'t> Report<'t> {
+    fn new(path: &Path, text: &'t str) -> Self {
+        Report {
+            file: path.display().to_string(),
+            text,
+            job: None,
+            found: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, at: usize, message: impl Into<String>) {
+        self.error_at(Some(at), message);
+    }
+
+    fn error_at(&mut self, at: Option<usize>, message: impl Into<String>) {
+        self.found.push(Found {
+            at,
+            job: self.job.clone(),
+            message: message.into(),
+        });
+    }
+
+    /// Runs `f` with errors attributed to job `name`. The name is escaped,
+    /// since an invalid one may hold quotes or control characters, and
+    /// shortened like any other user string.
+    fn in_job<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> T) -> T {
+        let shown = quoted(name);
+        self.job = Some(shown[1..shown.len() - 1].to_string());
+        let result = f(self);
+        self.job = None;
+        result
+    }
+
+    fn has_errors(&self) -> bool {
+        !self.found.is_empty()
+    }
+
+    /// Syntax errors in file order, up to the first one inside an array or
+    /// inline table: those may span lines, so after an unclosed bracket
+    /// toml's recovery reads the rest of the file as its contents and
+    /// complains about every later line.
+    fn syntax_errors(&mut self, errors: Vec<toml::de::Error>) {
+        let mut found: Vec<(Option<usize>, &toml::de::Error)> = errors
+            .iter()
+            .map(|e| (e.span().map(|s| s.start), e))
+            .collect();
+        // toml reports parser errors before document errors (duplicates).
+        found.sort_by_key(|(at, _)| *at);
+        let mut reported = Vec::new();
+        for (at, e) in found {
+            let reason = self.syntax_reason(e);
+            if reported.contains(&(at, reason.clone())) {
+                continue;
+            }
+            if reported.len() == MAX_SYNTAX_ERRORS {
+                self.error_at(at, "too many TOML syntax errors; fix the ones above first");
+                break;
+            }
+            self.error_at(at, format!("invalid TOML: {reason}"));
+            reported.push((at, reason));
+            if in_brackets(e.message()) {
+                break;
+            }
+        }
+    }
+
+    /// toml's `Display` draws a multi-line snippet; the message alone is the
+    /// reason, to which the offending text is added where toml leaves it out.
+    fn syntax_reason(&self, e: &toml::de::Error) -> String {
+        let reason = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        let snippet = e
+            .span()
+            .and_then(|s| self.text.get(s))
+            .filter(|s| !s.is_empty());
+        let at = e.span().map_or(0, |s| s.start);
+        let line_start = self
+            .text
+            .get(..at)
+            .and_then(|b| b.rfind('\n'))
+            .map_or(0, |i| i + 1);
+        let in_header = self
+            .text
+            .get(line_start..)
+            .is_some_and(|line| line.trim_start().starts_with('['));
+        let at_line_start = self
+            .text
+            .get(line_start..at)
+            .is_some_and(|before| before.trim().is_empty());
+        let rest_of_line = self
+            .text
+            .get(at..)
+            .and_then(|rest| rest.lines().next())
+            .unwrap_or("")
+            .trim();
+        match (reason.as_str(), snippet) {
+            ("duplicate key", Some(key)) if in_header => {
+                format!(
+                    "duplicate table: `{}` is already defined above",
+                    key.escape_debug()
+                )
+            }
+            ("duplicate key", Some(key)) => {
+                format!(
+                    "duplicate key `{}`; a key may appear only once in a table",
+                    key.escape_debug()
+                )
+            }
+            (r, _) if r.starts_with("string values must be quoted") && rest_of_line.is_empty() => {
+                "missing value after `=`".to_string()
+            }
+            ("recursion limit", _) => "a dotted key or table name has too many parts".to_string(),
+            (r, _) if in_brackets(r) && at_line_start => {
+                format!("{r} (or is the `]` or `}}` closing an earlier line missing?)")
+            }
+            (r, _) if r.starts_with("cannot recurse further") => {
+                "arrays or inline tables are nested too deeply".to_string()
+            }
+            _ => reason,
+        }
+    }
+
+    fn into_errors(mut self) -> ConfigErrors {
+        // Stable: errors at one spot keep the order they were checked in.
+        self.found.sort_by_key(|f| f.at);
+        self.found
+            .dedup_by(|a, b| a.at == b.at && a.message == b.message);
+        let lines = Lines::new(self.text);
+        let file = self.file;
+        ConfigErrors(
+            self.found
+                .into_iter()
+                .map(|f| {
+                    let (line, column) = f.at.map_or((0, 0), |at| lines.position(at));
+                    ConfigError {
+                        file: file.clone(),
+                        line,
+                        column,
+                        job: f.job,
+                        message: f.message,
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Byte offset to 1-based line:column, the column counted in characters as
+/// editors do. A leading byte-order mark is not a column.
+struct Lines<'t> {
+    text: &'t str,
+    starts: Vec<usize>,
+}
+
+impl<'t> Lines<'t> {
+    fn new(text: &'t str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Lines { text, starts }
+    }
+
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&start| start <= offset);
+        let start = self.starts[line - 1];
+        let before = &self.text[start..offset];
+        let before = if start == 0 {
+            before.strip_prefix('\u{feff}').unwrap_or(before)
+        } else {
+            before
+        };
+        (line, before.chars().count() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(src: &str) -> Result<Config, ConfigErrors> {
+        load_str(Path::new("jobs.toml"), src.as_bytes())
+    }
+
+    fn valid(src: &str) -> Config {
+        load_text(src).unwrap_or_else(|e| panic!("expected a valid config, got:\n{e}"))
+    }
+
+    /// Every error as the user sees it.
+    fn errors(src: &str) -> Vec<String> {
+        match load_text(src) {
+            Ok(_) => panic!("expected errors, the config was accepted:\n{src}"),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn assert_errors(src: &str, expected: &[&str]) {
+        assert_eq!(errors(src), expected, "for input:\n{src}");
+    }
+
+    /// A valid job with `line` added as its line 4.
+    fn job_with(line: &str) -> String {
+        format!("[jobs.backup]\nschedule = \"0 3 * * *\"\ncommand = [\"/bin/backup\"]\n{line}\n")
+    }
+
+    const FULL: &str = r#"
+[scheduler]
+state_dir = "state"
+shutdown_grace = "45s"
+history = 500
+
+[defaults]
+timezone = "America/New_York"
+overlap = "allow"
+timeout = "1h"
+catchup = "5m"
+kill_grace = "20s"
+
+[jobs.nightly-report]
+description = "Build the daily sales report"
+schedule = "30 2 * * *"
+timezone = "Europe/Berlin"
+command = ["/usr/local/bin/report", "--full", ""]
+working_dir = "reports"
+env = { REPORT_BUCKET = "s3://reports", EMPTY = "" }
+timeout = "20m"
+enabled = false
+overlap = "skip"
+catchup = "0s"
+kill_grace = "1m 30s"
+
+[jobs.backup]
+schedule = "0 3 * * *"
+shell = "pg_dump shop | gzip > /backups/shop.gz"
+working_dir = "/srv/backup"
+
+[jobs.no-limit]
+schedule = "*/5 * * * *"
+command = ["/bin/true"]
+timeout = "none"
+"#;
+
+    #[test]
+    fn full_config_applies_defaults_and_overrides() {
+        let config = load_str(Path::new("/etc/bgsched/jobs.toml"), FULL.as_bytes()).unwrap();
+        assert_eq!(config.path, Path::new("/etc/bgsched/jobs.toml"));
+        assert_eq!(
+            config.scheduler,
+            SchedulerSettings {
+                state_dir: Some(PathBuf::from("/etc/bgsched/state")),
+                shutdown_grace: Duration::from_secs(45),
+                history_limit: 500,
+            }
+        );
+        assert_eq!(
+            config.jobs.keys().collect::<Vec<_>>(),
+            ["backup", "nightly-report", "no-limit"]
+        );
+
+        let report = &config.jobs["nightly-report"];
+        assert_eq!(report.name, "nightly-report");
+        assert_eq!(
+            report.description.as_deref(),
+            Some("Build the daily sales report")
+        );
+        assert_eq!(report.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(
+            report.program,
+            Program::Argv(vec![
+                "/usr/local/bin/report".into(),
+                "--full".into(),
+                "".into()
+            ])
+        );
+        assert_eq!(
+            report.working_dir.as_deref(),
+            Some(Path::new("/etc/bgsched/reports"))
+        );
+        assert_eq!(
+            report.env,
+            BTreeMap::from([
+                ("EMPTY".to_string(), String::new()),
+                ("REPORT_BUCKET".to_string(), "s3://reports".to_string()),
+            ])
+        );
+        assert_eq!(report.timeout, Some(Duration::from_secs(20 * 60)));
+        assert!(!report.enabled);
+        assert_eq!(report.overlap, Overlap::Skip);
+        assert_eq!(report.catchup, Duration::ZERO);
+        assert_eq!(report.kill_grace, Duration::from_secs(90));
+
+        // Everything not set on the job comes from [defaults].
+        let backup = &config.jobs["backup"];
+        assert_eq!(backup.description, None);
+        assert_eq!(backup.timezone, chrono_tz::America::New_York);
+        assert_eq!(
+            backup.program,
+            Program::Shell("pg_dump shop | gzip > /backups/shop.gz".into())
+        );
+        assert_eq!(
+            backup.working_dir.as_deref(),
+            Some(Path::new("/srv/backup"))
+        );
+        assert!(backup.env.is_empty());
+        assert_eq!(backup.timeout, Some(Duration::from_secs(3600)));
+        assert!(backup.enabled);
+        assert_eq!(backup.overlap, Overlap::Allow);
+        assert_eq!(backup.catchup, Duration::from_secs(300));
+        assert_eq!(backup.kill_grace, Duration::from_secs(20));
+
+        // "none" lifts the inherited timeout.
+        assert_eq!(config.jobs["no-limit"].timeout, None);
+    }
+
+    #[test]
+    fn built_in_defaults_apply_when_nothing_is_set() {
+        let config = valid("[jobs.tick]\nschedule = \"* * * * *\"\ncommand = [\"/bin/true\"]\n");
+        assert_eq!(config.scheduler, SchedulerSettings::default());
+        assert_eq!(config.scheduler.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(config.scheduler.history_limit, 100);
+        let job = &config.jobs["tick"];
+        assert_eq!(job.timezone, Tz::UTC);
+        assert_eq!(job.overlap, Overlap::Skip);
+        assert_eq!(job.timeout, None);
+        assert_eq!(job.catchup, Duration::from_secs(60));
+        assert_eq!(job.kill_grace, Duration::from_secs(10));
+        assert!(job.enabled);
+        assert_eq!(job.working_dir, None);
+    }
+
+    #[test]
+    fn config_without_jobs_is_valid() {
+        for src in [
+            "",
+            "# nothing yet\n",
+            "[jobs]\n",
+            "[scheduler]\nhistory = 1\n",
+        ] {
+            assert!(valid(src).jobs.is_empty(), "{src:?}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let src = "[scheduler]\nstate_dir = \"state\"\n[jobs.a]\nschedule = \"* * * * *\"\ncommand = [\"x\"]\nworking_dir = \"work\"\n";
+        let config = load_str(Path::new("conf/jobs.toml"), src.as_bytes()).unwrap();
+        assert_eq!(
+            config.scheduler.state_dir,
+            Some(PathBuf::from("conf/state"))
+        );
+        assert_eq!(
+            config.jobs["a"].working_dir,
+            Some(PathBuf::from("conf/work"))
+        );
+        let config = load_str(Path::new("jobs.toml"), src.as_bytes()).unwrap();
+        assert_eq!(config.jobs["a"].working_dir, Some(PathBuf::from("./work")));
+    }
+
+    #[test]
+    fn missing_file_reports_the_os_reason_without_position() {
+        let e = load(Path::new("/nonexistent/bgsched/jobs.toml")).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!((e.0[0].line, e.0[0].column), (0, 0));
+        assert_eq!(
+            e.to_string(),
+            "/nonexistent/bgsched/jobs.toml: cannot read config file: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn load_reads_the_file() {
+        let dir = std::env::temp_dir().join(format!("bgsched-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jobs.toml");
+        std::fs::write(&path, FULL).unwrap();
+        let config = load(&path).unwrap();
+        assert_eq!(config.jobs.len(), 3);
+        assert_eq!(config.scheduler.state_dir, Some(dir.join("state")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // 1. TOML syntax
+
+    #[test]
+    fn syntax_errors_are_one_line_and_located() {
+        assert_errors(
+            "[jobs.backup]\nschedule = \"0 3 * * *\ncommand = [\"x\"]\n",
+            &["jobs.toml:2:22: invalid TOML: invalid basic string, expected `\"`"],
+        );
+        assert_errors(
+            "[jobs.backup]\nschedule \"0 3 * * *\"\n",
+            &["jobs.toml:2:10: invalid TOML: key with no value, expected `=`"],
+        );
+        assert_errors(
+            "[jobs.backup]\nschedule =\n",
+            &["jobs.toml:2:11: invalid TOML: missing value after `=`"],
+        );
+        assert_errors(
+            "[jobs.a]\nschedule = \"1 * * * *\"\nschedule = \"2 * * * *\"\n",
+            &["jobs.toml:3:1: invalid TOML: duplicate key `schedule`; a key may appear only once in a table"],
+        );
+        assert_errors(
+            "[jobs.a]\n[jobs.a]\n",
+            &["jobs.toml:2:7: invalid TOML: duplicate table: `a` is already defined above"],
+        );
+    }
+
+    #[test]
+    fn several_syntax_errors_are_all_reported() {
+        assert_errors(
+            "a = 'x\nb = 1\n[jobs\n",
+            &[
+                "jobs.toml:1:7: invalid TOML: invalid literal string, expected `'`",
+                "jobs.toml:3:6: invalid TOML: unclosed table, expected `]`",
+            ],
+        );
+    }
+
+    #[test]
+    fn an_unclosed_bracket_does_not_flood_the_rest_of_the_file() {
+        let src = "[jobs.a]\nschedule = \"* * * * *\"\ncommand = [\"/bin/x\", \"--full\"\nenabled = true\n\n[jobs.b]\nschedule = 5\n";
+        assert_errors(
+            src,
+            &["jobs.toml:4:1: invalid TOML: missing comma between array elements, expected `,` (or is the `]` or `}` closing an earlier line missing?)"],
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_toml_gives_a_bounded_list() {
+        let src = "This is a README, not a config.\n".repeat(100);
+        let errors = errors(&src);
+        assert_eq!(errors.len(), MAX_SYNTAX_ERRORS + 1);
+        assert_eq!(
+            errors[0],
+            "jobs.toml:1:6: invalid TOML: key with no value, expected `=`"
+        );
+        assert_eq!(
+            errors[MAX_SYNTAX_ERRORS],
+            "jobs.toml:21:6: too many TOML syntax errors; fix the ones above first"
+        );
+    }
+
+    #[test]
+    fn columns_count_characters_and_skip_a_byte_order_mark() {
+        assert_errors(
+            "[jobs.\"ä\"]\nschedule = \"* * * * *\"\ncommand = [\"x\"]\n",
+            &["jobs.toml:1:7: job \"ä\": invalid job name: only ASCII letters, digits, '.', '_' and '-' are allowed, found 'ä'"],
+        );
+        assert_errors(
+            &job_with("env = { \"größe\" = \"x\", B = 1 }"),
+            &["jobs.toml:4:28: job \"backup\": env.B must be a string, found integer (put the value in quotes)"],
+        );
+        let src = "\u{feff}history = 1\r\n";
+        assert_errors(
+            src,
+            &["jobs.toml:1:1: unknown top-level key `history`; `history` belongs in [scheduler]"],
+        );
+        let src = "[scheduler]\r\nhistory = 0\r\n";
+        assert_errors(
+            src,
+            &["jobs.toml:2:11: history must be between 1 and 100000 (run records kept per job), found 0"],
+        );
+    }
+
+    // 2. Types
+
+    #[test]
+    fn wrong_types_name_the_expected_and_found_type() {
+        assert_errors(
+            "[jobs.backup]\nschedule = 5\ncommand = [\"x\"]\n",
+            &["jobs.toml:2:12: job \"backup\": schedule must be a string, found integer"],
+        );
+        assert_errors(
+            "[jobs.backup]\nschedule = \"* * * * *\"\ncommand = \"ls -l\"\n",
+            &["jobs.toml:3:11: job \"backup\": command must be an array of strings like [\"/usr/bin/backup\", \"--full\"], found string; for a shell command line use shell = \"...\" instead"],
+        );
+        assert_errors(
+            "[jobs.backup]\nschedule = \"* * * * *\"\nshell = [\"ls\", \"-l\"]\n",
+            &["jobs.toml:3:9: job \"backup\": shell must be a string (a command line for /bin/sh -c), found array; for an argv list use command = [...] instead"],
+        );
+        assert_errors(
+            &job_with("enabled = \"yes\""),
+            &["jobs.toml:4:11: job \"backup\": enabled must be true or false, found string (write it without quotes)"],
+        );
+        assert_errors(
+            &job_with("description = [\"a\"]"),
+            &["jobs.toml:4:15: job \"backup\": description must be a string, found array"],
+        );
+        assert_errors(
+            &job_with("working_dir = 1979-05-27"),
+            &["jobs.toml:4:15: job \"backup\": working_dir must be a string, found datetime"],
+        );
+        assert_errors(
+            &job_with("env = { PORT = 8080, DEBUG = true, NAME = \"ok\", LIST = [] }"),
+            &[
+                "jobs.toml:4:16: job \"backup\": env.PORT must be a string, found integer (put the value in quotes)",
+                "jobs.toml:4:30: job \"backup\": env.DEBUG must be a string, found boolean (put the value in quotes)",
+                "jobs.toml:4:56: job \"backup\": env.LIST must be a string, found array",
+            ],
+        );
+        assert_errors(
+            &job_with("env = [\"A=1\"]"),
+            &["jobs.toml:4:7: job \"backup\": env must be a table of strings like { NAME = \"value\" }, found array"],
+        );
+        assert_errors(
+            "[jobs.backup]\nschedule = \"* * * * *\"\ncommand = [\"/bin/x\", 2]\n",
+            &["jobs.toml:3:22: job \"backup\": command[1] must be a string, found integer"],
+        );
+        assert_errors(
+            &job_with("timeout = 30"),
+            &["jobs.toml:4:11: job \"backup\": timeout must be a duration string like \"30s\" or \"1h 30m\", found integer"],
+        );
+        assert_errors(
+            "[scheduler]\nhistory = \"100\"\n",
+            &["jobs.toml:2:11: history must be an integer, found string"],
+        );
+    }
+
+    #[test]
+    fn jobs_and_sections_must_be_tables() {
+        assert_errors(
+            "[jobs]\nx = 1\n",
+            &["jobs.toml:2:5: job \"x\": each job must be a table like [jobs.x], found integer"],
+        );
+        assert_errors(
+            "[[jobs.x]]\nschedule = \"* * * * *\"\n",
+            &["jobs.toml:1:1: job \"x\": each job must be a table like [jobs.x], found array (write [jobs.<name>], not [[jobs.<name>]])"],
+        );
+        assert_errors(
+            "jobs = 5\n",
+            &["jobs.toml:1:8: jobs must be a table with one [jobs.<name>] table per job, found integer"],
+        );
+        assert_errors(
+            "[[jobs]]\nname = \"x\"\n",
+            &["jobs.toml:1:1: jobs must be a table with one [jobs.<name>] table per job, found array (write [jobs.<name>], not [[jobs]])"],
+        );
+        assert_errors(
+            "scheduler = \"x\"\ndefaults = []\n",
+            &[
+                "jobs.toml:1:13: scheduler must be a table, found string",
+                "jobs.toml:2:12: defaults must be a table, found array",
+            ],
+        );
+    }
+
+    // 3. Unknown keys
+
+    #[test]
+    fn unknown_keys_at_every_level_suggest_the_closest_key() {
+        assert_errors(
+            "[job.backup]\n",
+            &["jobs.toml:1:2: unknown top-level key `job`; did you mean `jobs`?"],
+        );
+        assert_errors(
+            "title = \"x\"\n",
+            &["jobs.toml:1:1: unknown top-level key `title` (expected one of: scheduler, defaults, jobs)"],
+        );
+        assert_errors(
+            "[scheduler]\nhistroy = 5\nstate = \"x\"\n",
+            &[
+                "jobs.toml:2:1: unknown key `histroy` in [scheduler]; did you mean `history`?",
+                "jobs.toml:3:1: unknown key `state` in [scheduler]; did you mean `state_dir`?",
+            ],
+        );
+        assert_errors(
+            "[defaults]\ntimzone = \"UTC\"\nschedule = \"* * * * *\"\n",
+            &[
+                "jobs.toml:2:1: unknown key `timzone` in [defaults]; did you mean `timezone`?",
+                "jobs.toml:3:1: unknown key `schedule` in [defaults]; `schedule` belongs in a job table ([jobs.<name>])",
+            ],
+        );
+        assert_errors(
+            "[jobs.backup]\nschedul = \"* * * * *\"\ncomand = [\"x\"]\ntime_out = \"1s\"\nworking_directory = \"/\"\nhistory = 3\ncolor = \"red\"\n",
+            &[
+                "jobs.toml:1:7: job \"backup\": missing schedule; add e.g. schedule = \"30 2 * * *\"",
+                "jobs.toml:1:7: job \"backup\": missing command; add command = [\"/path/to/program\", \"arg\"] or shell = \"a shell command line\"",
+                "jobs.toml:2:1: job \"backup\": unknown key `schedul`; did you mean `schedule`?",
+                "jobs.toml:3:1: job \"backup\": unknown key `comand`; did you mean `command`?",
+                "jobs.toml:4:1: job \"backup\": unknown key `time_out`; did you mean `timeout`?",
+                "jobs.toml:5:1: job \"backup\": unknown key `working_directory`; did you mean `working_dir`?",
+                "jobs.toml:6:1: job \"backup\": unknown key `history`; `history` belongs in [scheduler]",
+                "jobs.toml:7:1: job \"backup\": unknown key `color` (expected one of: description, schedule, timezone, command, shell, working_dir, env, timeout, enabled, overlap, catchup, kill_grace)",
+            ],
+        );
+    }
+
+    // 4. Schedules
+
+    #[test]
+    fn bad_schedule_is_located_at_its_value() {
+        let src = "[defaults]\ntimezone = \"UTC\"\n\n[jobs.nightly]\nschedule = \"30 2 * * *\"\ncommand = [\"x\"]\n\n\n\n\n\n\n[jobs.backup]\nschedule = \"61 * * * *\"\ncommand = [\"/bin/backup\"]\n";
+        assert_errors(
+            src,
+            &["jobs.toml:14:12: job \"backup\": invalid schedule \"61 * * * *\": minute 61 out of range 0-59"],
+        );
+        assert_errors(
+            "[jobs.backup]\nschedule = \"  \"\ncommand = [\"x\"]\n",
+            &["jobs.toml:2:12: job \"backup\": schedule must not be empty; use a cron expression like \"30 2 * * *\""],
+        );
+    }
+
+    #[test]
+    fn bad_schedule_is_still_checked_when_the_zone_is_bad() {
+        let errs = errors(
+            "[jobs.a]\ntimezone = \"Mars/Olympus\"\nschedule = \"61 * * * *\"\ncommand = [\"x\"]\n",
+        );
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("jobs.toml:2:12: job \"a\": unknown time zone \"Mars/Olympus\"")
+        );
+        assert!(errs[1].starts_with("jobs.toml:3:12: job \"a\": invalid schedule"));
+    }
+
+    // 5. Time zones
+
+    #[test]
+    fn unknown_time_zone_suggests_a_real_one() {
+        assert_errors(
+            "[defaults]\ntimezone = \"Europe/Berln\"\n",
+            &["jobs.toml:2:12: unknown time zone \"Europe/Berln\"; did you mean \"Europe/Berlin\"?"],
+        );
+        assert_errors(
+            &job_with("timezone = \"europe/paris\""),
+            &["jobs.toml:4:12: job \"backup\": unknown time zone \"europe/paris\"; did you mean \"Europe/Paris\"?"],
+        );
+        assert_errors(
+            &job_with("timezone = \"Tokyo\""),
+            &["jobs.toml:4:12: job \"backup\": unknown time zone \"Tokyo\"; did you mean \"Asia/Tokyo\"?"],
+        );
+        assert_errors(
+            &job_with("timezone = \"Middle Earth\""),
+            &["jobs.toml:4:12: job \"backup\": unknown time zone \"Middle Earth\" (use an IANA name such as \"Europe/Berlin\" or \"UTC\")"],
+        );
+    }
+
+    // 6. Durations
+
+    #[test]
+    fn bad_durations_give_the_reason() {
+        assert_errors(
+            &job_with("timeout = \"5 minuts\""),
+            &["jobs.toml:4:11: job \"backup\": invalid duration \"5 minuts\" for timeout: unknown time unit \"minuts\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)"],
+        );
+        assert_errors(
+            "[scheduler]\nshutdown_grace = \"30\"\n",
+            &["jobs.toml:2:18: invalid duration \"30\" for shutdown_grace: time unit needed, for example 30sec or 30ms"],
+        );
+        assert_errors(
+            &job_with("timeout = \"0s\""),
+            &["jobs.toml:4:11: job \"backup\": timeout must be greater than zero (use \"none\" or leave it out for no time limit)"],
+        );
+        assert_errors(
+            "[defaults]\ntimeout = \"0\"\n",
+            &["jobs.toml:2:11: timeout must be greater than zero (use \"none\" or leave it out for no time limit)"],
+        );
+        assert_errors(
+            &job_with("kill_grace = \"101 years\""),
+            &["jobs.toml:4:14: job \"backup\": kill_grace \"101 years\" is longer than 100 years; use a shorter duration"],
+        );
+        assert_errors(
+            "[defaults]\ncatchup = \"99999999999999999999s\"\n",
+            &["jobs.toml:2:11: invalid duration \"99999999999999999999s\" for catchup: number is too large or cannot be represented without a lack of precision (values below 1ns are not supported)"],
+        );
+        // Zero is fine where it means "off" or "immediately".
+        let config = valid(&job_with("catchup = \"0s\"\nkill_grace = \"0s\""));
+        assert_eq!(config.jobs["backup"].catchup, Duration::ZERO);
+    }
+
+    // 7, 8. Command and shell
+
+    #[test]
+    fn empty_command_or_shell_is_rejected() {
+        assert_errors(
+            "[jobs.backup]\nschedule = \"* * * * *\"\ncommand = []\n",
+            &["jobs.toml:3:11: job \"backup\": command must not be empty; give the program and its arguments, e.g. [\"/usr/bin/backup\", \"--full\"]"],
+        );
+        assert_errors(
+            "[jobs.backup]\nschedule = \"* * * * *\"\ncommand = [\"\", \"--full\"]\n",
+            &["jobs.toml:3:12: job \"backup\": command[0] (the program to run) must not be empty"],
+        );
+        assert_errors(
+            "[jobs.backup]\nschedule = \"* * * * *\"\nshell = \" \"\n",
+            &["jobs.toml:3:9: job \"backup\": shell must not be empty; give a command line such as \"pg_dump shop | gzip > /backups/shop.gz\""],
+        );
+    }
+
+    #[test]
+    fn exactly_one_of_command_and_shell() {
+        assert_errors(
+            "[jobs.backup]\nschedule = \"* * * * *\"\ncommand = [\"x\"]\nshell = \"x\"\n",
+            &["jobs.toml:4:1: job \"backup\": both command and shell are set; keep command (argv, run directly) or shell (run with /bin/sh -c), not both"],
+        );
+        assert_errors(
+            "\n[jobs.backup]\nschedule = \"* * * * *\"\n",
+            &["jobs.toml:2:7: job \"backup\": missing command; add command = [\"/path/to/program\", \"arg\"] or shell = \"a shell command line\""],
+        );
+    }
+
+    // 9. Job names
+
+    #[test]
+    fn bad_job_names_are_located_at_the_header() {
+        let job = "schedule = \"* * * * *\"\ncommand = [\"x\"]\n";
+        assert_errors(
+            &format!("[jobs.\"nightly report\"]\n{job}"),
+            &["jobs.toml:1:7: job \"nightly report\": invalid job name: only ASCII letters, digits, '.', '_' and '-' are allowed, found ' '"],
+        );
+        assert_errors(
+            &format!("[jobs.\"\"]\n{job}"),
+            &["jobs.toml:1:7: job \"\": invalid job name: the name must not be empty"],
+        );
+        assert_errors(
+            &format!("[jobs.\"a\\\"b\\n\"]\n{job}"),
+            &["jobs.toml:1:7: job \"a\\\"b\\n\": invalid job name: only ASCII letters, digits, '.', '_' and '-' are allowed, found '\"'"],
+        );
+        assert_errors(
+            &format!("[jobs.\"..\"]\n{job}"),
+            &["jobs.toml:1:7: job \"..\": invalid job name: \".\" and \"..\" are not allowed"],
+        );
+        let long = "a".repeat(129);
+        let errs = errors(&format!("[jobs.{long}]\n{job}"));
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("jobs.toml:1:7: job \"aaaa")
+                && errs[0].ends_with(
+                    "…\": invalid job name: the name is 129 characters long, at most 128 are allowed"
+                ),
+            "{errs:?}"
+        );
+        let longest = "a".repeat(128);
+        assert!(valid(&format!("[jobs.{longest}]\n{job}"))
+            .jobs
+            .contains_key(&longest));
+        assert_eq!(
+            valid(&format!("[jobs.\"Nightly_report-2.0\"]\n{job}"))
+                .jobs
+                .len(),
+            1
+        );
+    }
+
+    // 10. Missing schedule
+
+    #[test]
+    fn missing_schedule_is_located_at_the_job() {
+        assert_errors(
+            "[jobs.backup]\ncommand = [\"x\"]\n",
+            &["jobs.toml:1:7: job \"backup\": missing schedule; add e.g. schedule = \"30 2 * * *\""],
+        );
+        // Also when the job only exists through a sub-table.
+        assert_errors(
+            "[jobs.backup.env]\nA = \"1\"\n",
+            &[
+                "jobs.toml:1:7: job \"backup\": missing schedule; add e.g. schedule = \"30 2 * * *\"",
+                "jobs.toml:1:7: job \"backup\": missing command; add command = [\"/path/to/program\", \"arg\"] or shell = \"a shell command line\"",
+            ],
+        );
+    }
+
+    // 11. Overlap
+
+    #[test]
+    fn bad_overlap_value() {
+        assert_errors(
+            &job_with("overlap = \"never\""),
+            &["jobs.toml:4:11: job \"backup\": overlap must be \"skip\" or \"allow\", found \"never\""],
+        );
+        assert_errors(
+            "[defaults]\noverlap = false\n",
+            &["jobs.toml:2:11: overlap must be \"skip\" or \"allow\", found boolean"],
+        );
+    }
+
+    // 12. Encoding
+
+    #[test]
+    fn invalid_utf8_is_located_at_the_first_bad_byte() {
+        let mut src = b"[jobs.backup]\nschedule = \"* * * * *\"\ndescription = \"gr".to_vec();
+        src.extend_from_slice(&[0xF6, 0xDF, b'e', b'"', b'\n']);
+        let e = load_str(Path::new("jobs.toml"), &src).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "jobs.toml:3:18: file is not valid UTF-8 (byte 0xF6 here)"
+        );
+        let e = load_str(Path::new("jobs.toml"), b"\xFF\xFEa\0").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "jobs.toml:1:1: file is not valid UTF-8 (byte 0xFF here); it looks like UTF-16, save it as UTF-8"
+        );
+        let mut src = "é = 1\néé".as_bytes().to_vec();
+        src.push(0xC3);
+        let e = load_str(Path::new("jobs.toml"), &src).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "jobs.toml:2:3: file is not valid UTF-8 (byte 0xC3 here)"
+        );
+    }
+
+    // 13. Strings that reach the OS
+
+    #[test]
+    fn nul_bytes_and_bad_env_names_are_rejected() {
+        assert_errors(
+            "[jobs.backup]\nschedule = \"* * * * *\"\ncommand = [\"/bin/x\", \"a\\u0000b\"]\n",
+            &["jobs.toml:3:22: job \"backup\": command[1] must not contain a NUL byte (\\u0000)"],
+        );
+        assert_errors(
+            "[jobs.backup]\nschedule = \"* * * * *\"\nshell = \"ls\\u0000\"\n",
+            &["jobs.toml:3:9: job \"backup\": shell must not contain a NUL byte (\\u0000)"],
+        );
+        assert_errors(
+            &job_with("working_dir = \"/srv\\u0000\""),
+            &["jobs.toml:4:15: job \"backup\": working_dir must not contain a NUL byte (\\u0000)"],
+        );
+        assert_errors(
+            "[scheduler]\nstate_dir = \"\"\n",
+            &["jobs.toml:2:13: state_dir must not be empty (leave it out to use the default)"],
+        );
+        assert_errors(
+            &job_with(
+                "env = { \"\" = \"x\", \"A=B\" = \"x\", \"N\\u0000\" = \"x\", V = \"\\u0000\" }",
+            ),
+            &[
+                "jobs.toml:4:9: job \"backup\": env variable name must not be empty",
+                "jobs.toml:4:19: job \"backup\": env variable name \"A=B\" must not contain '='",
+                "jobs.toml:4:32: job \"backup\": env variable name \"N\\0\" must not contain a NUL byte",
+                "jobs.toml:4:53: job \"backup\": env.V must not contain a NUL byte (\\u0000)",
+            ],
+        );
+        // Relative working directories are fine.
+        let config = valid(&job_with("working_dir = \"sub/dir\""));
+        assert_eq!(
+            config.jobs["backup"].working_dir.as_deref(),
+            Some(Path::new("./sub/dir"))
+        );
+    }
+
+    // 14. Numbers
+
+    #[test]
+    fn history_must_be_in_range() {
+        for value in ["0", "-5", "100001", "0x7fffffffffffffff"] {
+            assert_errors(
+                &format!("[scheduler]\nhistory = {value}\n"),
+                &[&format!(
+                    "jobs.toml:2:11: history must be between 1 and 100000 (run records kept per job), found {value}"
+                )],
+            );
+        }
+        assert_errors(
+            "[scheduler]\nhistory = 1.5\n",
+            &["jobs.toml:2:11: history must be an integer, found float"],
+        );
+        let config = valid("[scheduler]\nhistory = 100_000\n");
+        assert_eq!(config.scheduler.history_limit, 100_000);
+        assert_eq!(
+            valid("[scheduler]\nhistory = 1\n").scheduler.history_limit,
+            1
+        );
+    }
+
+    #[test]
+    fn cluster_is_reserved() {
+        assert_errors(
+            "[jobs]\n[cluster]\nendpoints = [\"http://etcd:2379\"]\n",
+            &["jobs.toml:2:2: cluster mode (etcd) is not available in this build yet"],
+        );
+    }
+
+    // All at once
+
+    #[test]
+    fn every_error_is_reported_in_file_order() {
+        let src = r#"[scheduler]
+history = 0
+colour = "blue"
+
+[jobs.zeta]
+schedule = "61 * * * *"
+command = ["/bin/z"]
+
+[defaults]
+timezone = "Europe/Berln"
+
+[jobs.alpha]
+schedule = "* * * * *"
+shell = ""
+overlap = "never"
+"#;
+        assert_errors(
+            src,
+            &[
+                "jobs.toml:2:11: history must be between 1 and 100000 (run records kept per job), found 0",
+                "jobs.toml:3:1: unknown key `colour` in [scheduler] (expected one of: state_dir, shutdown_grace, history)",
+                "jobs.toml:6:12: job \"zeta\": invalid schedule \"61 * * * *\": minute 61 out of range 0-59",
+                "jobs.toml:10:12: unknown time zone \"Europe/Berln\"; did you mean \"Europe/Berlin\"?",
+                "jobs.toml:14:9: job \"alpha\": shell must not be empty; give a command line such as \"pg_dump shop | gzip > /backups/shop.gz\"",
+                "jobs.toml:15:11: job \"alpha\": overlap must be \"skip\" or \"allow\", found \"never\"",
+            ],
+        );
+        let e = load_text(src).unwrap_err();
+        assert_eq!(e.0[2].job.as_deref(), Some("zeta"));
+        assert_eq!((e.0[2].line, e.0[2].column), (6, 12));
+        assert_eq!(e.0[0].job, None);
+    }
+
+    // Robustness
+
+    /// A small deterministic generator, so that a failure reproduces.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 33) % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_inputs_never_panic() {
+        const PIECES: &[&str] = &[
+            "[",
+            "]",
+            "[[",
+            "]]",
+            "{",
+            "}",
+            "=",
+            ",",
+            ".",
+            "\"",
+            "'",
+            "\"\"\"",
+            "'''",
+            "\n",
+            " ",
+            "#",
+            "\\",
+            "\\u0000",
+            "jobs",
+            "scheduler",
+            "defaults",
+            "cluster",
+            "x",
+            "schedule",
+            "command",
+            "shell",
+            "env",
+            "timeout",
+            "timezone",
+            "overlap",
+            "history",
+            "1",
+            "-1",
+            "1.5",
+            "true",
+            "1979-05-27",
+            "\"61 * * * *\"",
+            "\"5 minuts\"",
+            "\"Europe/Berln\"",
+            "é",
+            "\u{feff}",
+            "\r",
+            "\t",
+        ];
+        const ASCII: &[u8] = b" \n=[]{}\",.'#abc0123";
+        let mut rng = Lcg(0x5eed);
+        for round in 0..3000 {
+            let input: Vec<u8> = match round % 3 {
+                // Raw bytes: mostly the UTF-8 check, sometimes the parser.
+                0 => (0..rng.below(200))
+                    .map(|_| match rng.below(4) {
+                        0 => rng.below(256) as u8,
+                        _ => ASCII[rng.below(ASCII.len())],
+                    })
+                    .collect(),
+                // Token soup: valid UTF-8, so it reaches the parser.
+                1 => (0..rng.below(60))
+                    .flat_map(|_| PIECES[rng.below(PIECES.len())].bytes())
+                    .collect(),
+                // A valid config with a few bytes changed: reaches the checks.
+                _ => {
+                    let mut bytes = FULL.as_bytes().to_vec();
+                    for _ in 0..1 + rng.below(4) {
+                        let at = rng.below(bytes.len());
+                        match rng.below(3) {
+                            0 => bytes[at] = PIECES[rng.below(PIECES.len())].as_bytes()[0],
+                            1 => {
+                                bytes.remove(at);
+                            }
+                            _ => bytes.insert(at, rng.below(128) as u8),
+                        }
+                    }
+                    bytes
+                }
+            };
+            if let Err(errors) = load_str(Path::new("fuzz.toml"), &input) {
+                assert!(!errors.0.is_empty(), "Err without errors for {input:?}");
+                for e in &errors.0 {
+                    assert!(!e.to_string().contains('\n'), "multi-line message: {e}");
+                }
+            }
+        }
+    }
+
+    /// Runs on an ordinary (2 MiB) test thread on purpose: loading must not
+    /// need more stack than that from its caller.
+    #[test]
+    fn deeply_nested_input_is_rejected_without_overflowing_the_stack() {
+        let n = 10_000;
+        let cases = [
+            format!("a = {}{}\n", "[".repeat(n), "]".repeat(n)),
+            format!("a = {}1{}\n", "{b = ".repeat(n), "}".repeat(n)),
+            format!("{} = 1\n", vec!["a"; n].join(".")),
+            format!("[{}]\n", vec!["a"; n].join(".")),
+            format!("[jobs.x]\nenv = {}\n", "[".repeat(n)),
+        ];
+        let expected = [
+            "jobs.toml:1:85: invalid TOML: arrays or inline tables are nested too deeply",
+            "jobs.toml:1:405: invalid TOML: arrays or inline tables are nested too deeply",
+            "jobs.toml: invalid TOML: a dotted key or table name has too many parts",
+            "jobs.toml: invalid TOML: a dotted key or table name has too many parts",
+            "jobs.toml:2:87: invalid TOML: arrays or inline tables are nested too deeply",
+        ];
+        for (src, expected) in cases.iter().zip(expected) {
+            let errors = errors(src);
+            assert_eq!(errors[0], expected);
+            assert!(errors.len() <= 2, "{errors:#?}");
+        }
+        // Within toml's limit for each kind of nesting, but the kinds
+        // multiply: ~6,400 nested tables, too deep for a 2 MiB stack.
+        let key: Vec<String> = (0..79).map(|i| format!("k{i}")).collect();
+        let level = format!("{{{} = ", key.join("."));
+        let src = format!("x = {}1{}\n", level.repeat(79), "}".repeat(79));
+        let e = load_text(&src).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(
+            e.0[0].message.starts_with("unknown top-level key `x`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn oversized_input_is_refused_up_front() {
+        let mut src = "# padding\n".repeat(MAX_FILE_SIZE / 10);
+        src.push_str("x = 1\n");
+        let e = load_text(&src).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "jobs.toml: file is too large ({} bytes; a config file may be at most 10 MiB)",
+                src.len()
+            )
+        );
+    }
 }

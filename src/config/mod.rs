@@ -30,7 +30,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerSettings {
     /// `state_dir`: where the standalone backend keeps locks and records.
-    /// Relative paths are resolved against the config file's directory.
+    /// A relative path in the file has already been resolved against the
+    /// config file's directory by [`load()`]; do not join it again.
     pub state_dir: Option<PathBuf>,
     /// `shutdown_grace` (default 30s): how long SIGTERM waits for running jobs.
     pub shutdown_grace: Duration,
@@ -94,7 +95,8 @@ pub struct Job {
     pub schedule: Schedule,
     pub timezone: Tz,
     pub program: Program,
-    /// Relative paths are resolved against the config file's directory.
+    /// A relative path in the file has already been resolved against the
+    /// config file's directory by [`load()`]; do not join it again.
     pub working_dir: Option<PathBuf>,
     pub env: BTreeMap<String, String>,
     pub timeout: Option<Duration>,

@@ -18,7 +18,10 @@ pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CoordError + '_ {
 /// `durable`, the data also survives a power loss once this returns.
 pub fn atomic_write(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;

@@ -197,7 +197,8 @@ fn describe_running(active: Option<&RunRecord>) -> String {
         Some(r) => format!(
             "run {} since {} on instance {} (pid {})",
             r.run_id,
-            r.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            r.started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             r.instance,
             r.pid.map_or_else(|| "?".to_string(), |p| p.to_string())
         ),
@@ -208,10 +209,8 @@ fn describe_running(active: Option<&RunRecord>) -> String {
 /// The scheduler's view of the backend.
 pub trait Coordinator: Send + Sync + 'static {
     /// Wait until this instance leads. Standbys block here.
-    fn acquire_leadership(
-        &self,
-        instance: &str,
-    ) -> impl Future<Output = Result<Leadership>> + Send;
+    fn acquire_leadership(&self, instance: &str)
+        -> impl Future<Output = Result<Leadership>> + Send;
 
     /// The newest tick fired for `job` by any leader, if any.
     fn last_fired(&self, job: &str) -> impl Future<Output = Result<Option<DateTime<Utc>>>> + Send;

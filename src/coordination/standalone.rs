@@ -53,9 +53,18 @@ impl Standalone {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
-        base.join(format!("{stem}-{:016x}", fnv1a(abs.as_os_str().as_encoded_bytes())))
+        base.join(format!(
+            "{stem}-{:016x}",
+            fnv1a(abs.as_os_str().as_encoded_bytes())
+        ))
     }
 
     pub fn root(&self) -> &Path {
@@ -168,7 +177,9 @@ impl Standalone {
             .map(|e| e.path())
             .filter(|p| {
                 p.extension().is_some_and(|x| x == "json")
-                    && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
             })
             .collect();
         paths.sort();
@@ -212,7 +223,10 @@ impl Standalone {
         StandaloneRecorder {
             state: self.clone(),
             job: job.to_string(),
-            path: self.job_dir(job).join("runs").join(format!("{run_id}.json")),
+            path: self
+                .job_dir(job)
+                .join("runs")
+                .join(format!("{run_id}.json")),
             held: None,
         }
     }
@@ -348,7 +362,11 @@ impl RunRecorder for StandaloneRecorder {
     }
 
     fn finished(&mut self, record: &RunRecord) -> Result<()> {
-        let result = write_record(&self.path, record);
+        // A run that could not start was never `started`.
+        let result = self
+            .state
+            .runs_dir(&self.job)
+            .and_then(|_| write_record(&self.path, record));
         self.held = None;
         result?;
         self.state.prune(&self.job)

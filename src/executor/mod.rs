@@ -167,8 +167,14 @@ pub async fn supervise(
 
     let tail = Tail::default();
     let readers = [
-        child.stdout.take().map(|p| spawn_pump(p, Stream::Stdout, spec, &tail, echo)),
-        child.stderr.take().map(|p| spawn_pump(p, Stream::Stderr, spec, &tail, echo)),
+        child
+            .stdout
+            .take()
+            .map(|p| spawn_pump(p, Stream::Stdout, spec, &tail, echo)),
+        child
+            .stderr
+            .take()
+            .map(|p| spawn_pump(p, Stream::Stderr, spec, &tail, echo)),
     ];
     let group = Pid::from_raw(pid as i32);
     let stop_requested = async {
@@ -274,8 +280,11 @@ fn spawn_pump(
     echo: Echo,
 ) -> tokio::task::JoinHandle<()> {
     let (job, run_id) = (spec.job.clone(), spec.run_id.clone());
-    tokio::spawn(pump(pipe, stream, tail.clone(), move |stream, line| {
-        match (echo, stream) {
+    tokio::spawn(pump(
+        pipe,
+        stream,
+        tail.clone(),
+        move |stream, line| match (echo, stream) {
             (Echo::Terminal, Stream::Stdout) => println!("{line}"),
             (Echo::Terminal, Stream::Stderr) => eprintln!("{line}"),
             (Echo::Log, Stream::Stdout) => {
@@ -284,8 +293,8 @@ fn spawn_pump(
             (Echo::Log, Stream::Stderr) => {
                 tracing::warn!(target: "bgsched::job", job = %job, run_id = %run_id, stream = "stderr", "{line}")
             }
-        }
-    }))
+        },
+    ))
 }
 
 /// Start the job's process in a new process group, or say why it cannot start.
@@ -305,7 +314,8 @@ fn spawn_job(spec: &RunSpec) -> Result<tokio::process::Child, String> {
         .env("BGSCHED_RUN_ID", &spec.run_id)
         .env(
             "BGSCHED_SCHEDULED_AT",
-            spec.tick.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            spec.tick
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         )
         .env("BGSCHED_TRIGGER", spec.trigger.to_string())
         .env("BGSCHED_INSTANCE", &spec.instance)
@@ -329,9 +339,14 @@ fn spawn_job(spec: &RunSpec) -> Result<tokio::process::Child, String> {
 /// supervisor lives in its own process group, so a Ctrl-C meant for the
 /// scheduler's terminal does not reach it; the scheduler forwards shutdown
 /// itself.
+///
+/// A `detached` supervisor (from `trigger --detach`) gets no stdout/stderr:
+/// nobody is left to read them, and holding the caller's pipes open would
+/// keep whoever reads them waiting for the whole run.
 pub fn spawn_supervisor(
     mut spec: RunSpec,
     hold: Option<OwnedFd>,
+    detached: bool,
 ) -> std::io::Result<tokio::process::Child> {
     use std::os::fd::AsRawFd;
     spec.hold_fd = hold.as_ref().map(|fd| fd.as_raw_fd());
@@ -342,7 +357,11 @@ pub fn spawn_supervisor(
     }
     let json = serde_json::to_string(&spec).expect("run spec serializes");
     let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if detached {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    }
+    let child = cmd
         .arg("__supervise")
         .env(SPEC_ENV, json)
         .stdin(Stdio::null())

@@ -75,10 +75,14 @@ where
         };
         let mut rest = &chunk[..n];
         while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            // A truncated line was already emitted when it overflowed.
             if !truncated {
                 pending.extend_from_slice(&rest[..pos]);
+                emit(
+                    &pending[..pending.len().min(MAX_LINE)],
+                    pending.len() > MAX_LINE,
+                );
             }
-            emit(&pending[..pending.len().min(MAX_LINE)], truncated || pending.len() > MAX_LINE);
             pending.clear();
             truncated = false;
             rest = &rest[pos + 1..];
@@ -105,7 +109,10 @@ mod tests {
     async fn collect(input: &[u8]) -> (Vec<String>, String) {
         let tail = Tail::default();
         let mut lines = Vec::new();
-        pump(input, Stream::Stdout, tail.clone(), |_, l| lines.push(l.to_string())).await;
+        pump(input, Stream::Stdout, tail.clone(), |_, l| {
+            lines.push(l.to_string())
+        })
+        .await;
         (lines, tail.contents())
     }
 
@@ -135,7 +142,9 @@ mod tests {
 
     #[tokio::test]
     async fn tail_keeps_only_the_newest_bytes() {
-        let input: Vec<u8> = (0..20_000).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let input: Vec<u8> = (0..20_000)
+            .flat_map(|i| format!("line {i}\n").into_bytes())
+            .collect();
         let (_, tail) = collect(&input).await;
         assert!(tail.len() <= TAIL_BYTES);
         assert!(tail.ends_with("line 19999\n"));

@@ -1,0 +1,235 @@
+//! `bgsched trigger`, `next`, `list` and the run outcomes of the executor.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn trigger_streams_output_and_returns_the_job_exit_code() {
+    let env = Env::new().config(
+        "[jobs.fails]\nschedule = \"@daily\"\nshell = 'echo to-stdout; echo to-stderr >&2; exit 7'\n",
+    );
+    let out = env.cmd(&["trigger", "fails"]).run().code(7);
+    assert!(out.stdout.contains("to-stdout"), "{out:?}");
+    assert!(out.stderr.contains("to-stderr"), "{out:?}");
+    let recs = env.records("fails");
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["outcome"], "failed");
+    assert_eq!(recs[0]["exit_code"], 7);
+    assert_eq!(recs[0]["trigger"], "manual");
+    assert!(recs[0]["output_tail"]
+        .as_str()
+        .unwrap()
+        .contains("to-stderr"));
+}
+
+#[test]
+fn trigger_of_a_running_skip_job_exits_75_and_says_since_when_and_where() {
+    let env = Env::new().config(&format!(
+        "[jobs.long]\nschedule = \"@daily\"\nshell = '{}; sleep 600'\n",
+        ledger_line("start", "ledger")
+    ));
+    let out = env
+        .cmd(&["trigger", "long", "--detach", "--instance-id", "first"])
+        .run()
+        .success();
+    let run_id = out.stdout.trim().to_string();
+    assert_eq!(run_id.len(), 36, "detach prints the run id: {out:?}");
+    wait_until(PATIENCE, "the detached run to start", || {
+        !env.lines("ledger").is_empty()
+    });
+    wait_until(PATIENCE, "the detached run to be recorded", || {
+        env.job_view("long")["state"] == "running"
+    });
+    let out = env.cmd(&["trigger", "long"]).run().code(75);
+    assert!(out.stderr.contains("already running since"), "{out:?}");
+    assert!(out.stderr.contains("on instance first"), "{out:?}");
+    assert!(out.stderr.contains(&run_id), "{out:?}");
+    assert!(env
+        .records("long")
+        .iter()
+        .any(|r| r["outcome"] == "skipped"));
+    // Clean up: kill the job's group through its recorded pid.
+    let pid = env.job_view("long")["running"][0]["pid"].as_i64().unwrap() as i32;
+    let _ = rustix::process::kill_process_group(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    wait_until(PATIENCE, "the killed run's record", || {
+        env.records("long")
+            .iter()
+            .any(|r| r["run_id"] == run_id.as_str() && r["outcome"] == "killed")
+    });
+}
+
+#[test]
+fn overlap_allow_lets_runs_overlap() {
+    let env = Env::new().config(&format!(
+        "[jobs.par]\nschedule = \"@daily\"\noverlap = \"allow\"\nshell = '{}; sleep 600'\n",
+        ledger_line("start", "ledger")
+    ));
+    env.cmd(&["trigger", "par", "--detach"]).run().success();
+    env.cmd(&["trigger", "par", "--detach"]).run().success();
+    wait_until(PATIENCE, "two concurrent runs", || {
+        env.job_view("par")["running"].as_array().unwrap().len() == 2
+    });
+    for r in env.job_view("par")["running"].as_array().unwrap() {
+        let pid = r["pid"].as_i64().unwrap() as i32;
+        let _ = rustix::process::kill_process_group(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+}
+
+#[test]
+fn a_timed_out_job_and_its_background_grandchild_are_gone_afterwards() {
+    let env = Env::new().config(
+        "[jobs.hang]\nschedule = \"@daily\"\ntimeout = \"1s\"\nkill_grace = \"1s\"\nshell = 'sleep 1000 & echo $! > {dir}/grandchild; trap \"\" TERM; sleep 1000'\n",
+    );
+    let out = env.cmd(&["trigger", "hang"]).run().code(124);
+    assert!(out.stderr.contains("timed out"), "{out:?}");
+    let pid: i32 = std::fs::read_to_string(env.path("grandchild"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until(PATIENCE, "the grandchild to be gone", || !alive(pid));
+    assert_eq!(env.records("hang")[0]["outcome"], "timed_out");
+}
+
+#[test]
+fn leftover_group_members_do_not_outlive_or_block_a_finished_job() {
+    let env = Env::new().config(
+        "[jobs.bg]\nschedule = \"@daily\"\nshell = 'sleep 1000 & echo $! > {dir}/grandchild; echo done'\n",
+    );
+    let start = std::time::Instant::now();
+    env.cmd(&["trigger", "bg"])
+        .run()
+        .success()
+        .stdout_has("done");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(20),
+        "the grandchild held the output pipe"
+    );
+    let pid: i32 = std::fs::read_to_string(env.path("grandchild"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until(PATIENCE, "the grandchild to be gone", || !alive(pid));
+}
+
+#[test]
+fn a_command_that_cannot_start_is_a_recorded_failure() {
+    let env = Env::new().config(
+        "[jobs.missing]\nschedule = \"@daily\"\ncommand = [\"/nonexistent/bin/tool\", \"--x\"]\n\n[jobs.baddir]\nschedule = \"@daily\"\ncommand = [\"true\"]\nworking_dir = \"/nonexistent/dir\"\n",
+    );
+    env.cmd(&["trigger", "missing"])
+        .run()
+        .code(127)
+        .stderr_has("command not found: /nonexistent/bin/tool");
+    env.cmd(&["trigger", "baddir"])
+        .run()
+        .code(127)
+        .stderr_has("working_dir /nonexistent/dir is not a directory");
+    assert_eq!(env.records("missing")[0]["outcome"], "start_failed");
+}
+
+#[test]
+fn a_job_killed_by_a_signal_reports_128_plus_n() {
+    let env =
+        Env::new().config("[jobs.selfkill]\nschedule = \"@daily\"\nshell = 'kill -USR1 $$'\n");
+    env.cmd(&["trigger", "selfkill"]).run().code(128 + 10);
+    assert_eq!(env.records("selfkill")[0]["outcome"], "killed");
+}
+
+#[test]
+fn unknown_job_names_suggest_close_matches() {
+    let env =
+        Env::new().config("[jobs.nightly-report]\nschedule = \"@daily\"\ncommand = [\"true\"]\n");
+    env.cmd(&["trigger", "nightly-reprot"])
+        .run()
+        .code(64)
+        .stderr_has("did you mean \"nightly-report\"");
+    env.cmd(&["next", "nighty"])
+        .run()
+        .code(64)
+        .stderr_has("nightly-report");
+}
+
+#[test]
+fn next_prints_instants_with_the_job_offset_across_dst() {
+    let env = Env::new().config(
+        "[jobs.berlin]\nschedule = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\ncommand = [\"true\"]\n",
+    );
+    let out = env
+        .cmd(&[
+            "next",
+            "berlin",
+            "-n",
+            "3",
+            "--after",
+            "2026-03-27T12:00:00Z",
+        ])
+        .run()
+        .success();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    // 2026-03-29 02:30 does not exist in Berlin: it runs right after the gap.
+    assert_eq!(
+        lines,
+        [
+            "2026-03-28T02:30:00+01:00",
+            "2026-03-29T03:00:00+02:00",
+            "2026-03-30T02:30:00+02:00"
+        ]
+    );
+    let json = env
+        .cmd(&[
+            "next",
+            "berlin",
+            "-n",
+            "1",
+            "--after",
+            "2026-03-27T12:00:00Z",
+            "--json",
+        ])
+        .run()
+        .success();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(v[0]["tick"], "2026-03-28T01:30:00Z");
+}
+
+#[test]
+fn list_shows_schedule_next_last_and_state_without_a_scheduler() {
+    let env = Env::new().config(
+        "[jobs.a]\nschedule = \"@every 1h\"\ncommand = [\"true\"]\n\n[jobs.off]\nschedule = \"@daily\"\nenabled = false\ncommand = [\"true\"]\n",
+    );
+    env.cmd(&["trigger", "a"]).run().success();
+    let out = env.cmd(&["list"]).run().success();
+    assert!(out.stdout.contains("mode: standalone"), "{}", out.stdout);
+    assert!(out.stdout.contains("leader: none"), "{}", out.stdout);
+    assert!(out.stdout.contains("success"), "{}", out.stdout);
+    assert!(out.stdout.contains("disabled"), "{}", out.stdout);
+    let v = env.list_json();
+    assert_eq!(v["mode"], "standalone");
+    assert!(v["leader"].is_null());
+    let a = &v["jobs"][0];
+    assert_eq!(a["name"], "a");
+    assert_eq!(a["state"], "idle");
+    assert_eq!(a["last_run"]["outcome"], "success");
+    assert!(a["next_run"].as_str().unwrap().ends_with(":00:00+00:00"));
+    assert_eq!(v["jobs"][1]["state"], "disabled");
+    assert!(v["jobs"][1]["next_run"].is_null());
+}
+
+#[test]
+fn history_is_bounded_by_the_retention_limit() {
+    let env = Env::new().config(
+        "[scheduler]\nhistory = 3\n[jobs.a]\nschedule = \"@daily\"\ncommand = [\"true\"]\n",
+    );
+    for _ in 0..5 {
+        env.cmd(&["trigger", "a"]).run().success();
+    }
+    assert_eq!(env.records("a").len(), 3);
+}

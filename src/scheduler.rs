@@ -402,3 +402,81 @@ fn signal_all(running: &HashMap<u32, Tracked>, sig: Signal) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn job(schedule: &str, catchup: &str) -> Job {
+        let text = format!(
+            "[jobs.j]\nschedule = \"{schedule}\"\ncatchup = \"{catchup}\"\ncommand = [\"true\"]\n"
+        );
+        let config = crate::config::load_str(std::path::Path::new("t.toml"), text.as_bytes())
+            .expect("valid config");
+        config.jobs["j"].clone()
+    }
+
+    fn at(s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(s.into())
+    }
+
+    #[test]
+    fn an_on_time_tick_fires_as_scheduled() {
+        let j = job("@every 10s", "1m");
+        let plan = plan_due(&j, at(10), at(10) + chrono::Duration::milliseconds(3));
+        assert_eq!(plan.fire, Some((at(10), Trigger::Schedule)));
+        assert_eq!(plan.missed, None);
+        assert_eq!(plan.next, Some(at(20)));
+    }
+
+    #[test]
+    fn several_missed_ticks_coalesce_into_one_catchup_of_the_newest() {
+        let j = job("@every 10s", "1m");
+        let plan = plan_due(&j, at(10), at(45));
+        assert_eq!(plan.fire, Some((at(40), Trigger::Catchup)));
+        assert_eq!(plan.missed, Some((3, at(10), at(30))));
+        assert_eq!(plan.next, Some(at(50)));
+    }
+
+    #[test]
+    fn ticks_older_than_catchup_are_only_missed() {
+        let j = job("@every 10s", "3s");
+        let plan = plan_due(&j, at(10), at(45));
+        assert_eq!(plan.fire, None);
+        assert_eq!(plan.missed, Some((4, at(10), at(40))));
+        assert_eq!(plan.next, Some(at(50)));
+    }
+
+    #[test]
+    fn catchup_zero_still_fires_a_tick_that_is_only_slightly_late() {
+        let j = job("@every 10s", "0s");
+        let plan = plan_due(&j, at(10), at(10) + chrono::Duration::milliseconds(400));
+        assert_eq!(plan.fire, Some((at(10), Trigger::Schedule)));
+        let plan = plan_due(&j, at(10), at(12));
+        assert_eq!(plan.fire, None);
+    }
+
+    #[test]
+    fn an_on_time_newest_tick_covers_the_missed_ones_before_it() {
+        let j = job("@every 10s", "1m");
+        let plan = plan_due(&j, at(10), at(30));
+        assert_eq!(plan.fire, Some((at(30), Trigger::Schedule)));
+        assert_eq!(plan.missed, Some((2, at(10), at(20))));
+    }
+
+    #[test]
+    fn a_long_outage_is_not_walked_tick_by_tick() {
+        let j = job("@every 1s", "1m");
+        let start = at(0) + chrono::Duration::seconds(1);
+        let now = start + chrono::Duration::days(30);
+        let t = std::time::Instant::now();
+        let plan = plan_due(&j, start, now);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert_eq!(plan.fire, Some((now, Trigger::Schedule)));
+        let (count, oldest, _) = plan.missed.unwrap();
+        assert!(count >= MISSED_SCAN_LIMIT);
+        assert_eq!(oldest, start);
+        assert_eq!(plan.next, Some(now + chrono::Duration::seconds(1)));
+    }
+}

@@ -196,19 +196,13 @@ impl<C: Coordinator> Scheduler<C> {
                     self.record_missed(job, count, oldest, newest, plan.fire.map(|f| f.0));
                 }
                 if let Some((tick, trigger)) = plan.fire {
-                    if let Some((pid, child)) = self
+                    if let Some((mut child, run_id)) = self
                         .fire(leadership, job, tick, trigger, &mut skipped)
                         .await
                     {
-                        let run_id = child.1;
-                        running.insert(
-                            pid,
-                            Tracked {
-                                job: job.name.clone(),
-                                run_id,
-                            },
-                        );
-                        let mut child = child.0;
+                        let pid = child.id().unwrap_or(0);
+                        let job = job.name.clone();
+                        running.insert(pid, Tracked { job, run_id });
                         reaper.spawn(async move {
                             let _ = child.wait().await;
                             pid
@@ -222,7 +216,8 @@ impl<C: Coordinator> Scheduler<C> {
         }
     }
 
-    /// Claim one fire and start its supervisor. Returns the supervisor.
+    /// Claim one fire and start its supervisor. Returns the supervisor and
+    /// the run id.
     async fn fire<'j>(
         &self,
         leadership: &Leadership,
@@ -230,7 +225,7 @@ impl<C: Coordinator> Scheduler<C> {
         tick: DateTime<Utc>,
         trigger: Trigger,
         skipped: &mut HashMap<&'j str, u64>,
-    ) -> Option<(u32, (tokio::process::Child, String))> {
+    ) -> Option<(tokio::process::Child, String)> {
         let req = ClaimRequest {
             job: &job.name,
             tick,
@@ -267,7 +262,7 @@ impl<C: Coordinator> Scheduler<C> {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);
                 tracing::debug!(job = %job.name, run_id = %claim.run_id, supervisor_pid = pid, "fired");
-                Some((pid, (child, claim.run_id)))
+                Some((child, claim.run_id))
             }
             Err(e) => {
                 let mut rec = self.entry(

@@ -3,16 +3,15 @@
 //! run to a supervisor process. It never knows which backend it runs on.
 
 use crate::config::{Config, Job, Overlap};
-use crate::coordination::standalone::new_run_id;
 use crate::coordination::{
     ClaimRejected, ClaimRequest, Coordinator, Leadership, Outcome, RunRecord, Trigger,
+    TriggerRequest,
 };
 use crate::executor::{spawn_supervisor, RunSpec};
 use chrono::{DateTime, Utc};
 use rustix::process::{kill_process, Pid, Signal};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -27,20 +26,12 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// Missed ticks counted one by one before the count is reported as a bound.
 const MISSED_SCAN_LIMIT: u64 = 10_000;
 
-/// How supervisors are told where to record (backend specifics the core
-/// passes through without interpreting).
-#[derive(Debug, Clone)]
-pub struct SupervisorSettings {
-    pub state_dir: PathBuf,
-    pub history_limit: usize,
-    pub log_json: bool,
-}
-
 /// What to do with the ticks of one job that are due now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DuePlan {
-    /// The tick to fire, and as what.
-    pub fire: Option<(DateTime<Utc>, Trigger)>,
+    /// Ticks to fire, oldest first, and as what: at most one catch-up (the
+    /// newest missed tick) and at most one on-time tick.
+    pub fires: Vec<(DateTime<Utc>, Trigger)>,
     /// Ticks passed over without a run: count, oldest, newest.
     pub missed: Option<(u64, DateTime<Utc>, DateTime<Utc>)>,
     /// The job's next tick after these.
@@ -48,49 +39,66 @@ pub struct DuePlan {
 }
 
 /// Decide what to do when `first_due` (and maybe later ticks) of `job` are
-/// due at `now`: several due ticks coalesce into one fire of the newest; a
-/// tick late by more than [`LATE_TOLERANCE`] fires as a catch-up only
-/// within the job's `catchup` window; everything else is missed.
+/// due at `now`. A tick at most [`LATE_TOLERANCE`] late fires as scheduled.
+/// Of the ticks before it (missed: the scheduler was down, stalled, or
+/// leadership changed hands), the newest fires once as a catch-up if it is
+/// within the job's `catchup` window; the others are recorded as missed.
 pub fn plan_due(job: &Job, first_due: DateTime<Utc>, now: DateTime<Utc>) -> DuePlan {
-    let mut latest = first_due;
-    let mut previous = None;
+    // The newest three due ticks (newest last) and how many there are.
+    let mut tail = vec![first_due];
     let mut count: u64 = 1;
-    while let Some(n) = job.schedule.next_after(latest).filter(|n| *n <= now) {
+    let push = |tail: &mut Vec<DateTime<Utc>>, t| {
+        if tail.len() == 3 {
+            tail.remove(0);
+        }
+        tail.push(t);
+    };
+    let mut cursor = first_due;
+    while let Some(n) = job.schedule.next_after(cursor).filter(|n| *n <= now) {
         if count >= MISSED_SCAN_LIMIT {
-            // A long outage: jump to the last tick at or before `now` instead
-            // of walking every tick in between.
+            // A long outage: jump to the ticks near `now` instead of walking
+            // every tick in between.
             let window = chrono::Duration::from_std(job.catchup + LATE_TOLERANCE)
                 .unwrap_or(chrono::Duration::zero());
             let mut t = job
                 .schedule
                 .next_after(now - window - chrono::Duration::seconds(1));
             while let Some(tt) = t.filter(|tt| *tt <= now) {
-                previous = Some(latest);
-                latest = tt;
+                push(&mut tail, tt);
+                count += 1;
                 t = job.schedule.next_after(tt);
             }
-            count += 1;
             break;
         }
-        previous = Some(latest);
-        latest = n;
+        push(&mut tail, n);
         count += 1;
+        cursor = n;
     }
-    let late = (now - latest).to_std().unwrap_or_default();
-    let fire = if late <= LATE_TOLERANCE {
-        Some((latest, Trigger::Schedule))
-    } else if late <= job.catchup {
-        Some((latest, Trigger::Catchup))
+    let latest = *tail.last().expect("at least one due tick");
+    let late = |t: DateTime<Utc>| (now - t).to_std().unwrap_or_default();
+    // `missed` holds the due ticks that will not fire on time, newest last.
+    let (on_time, missed_ticks, missed_count) = if late(latest) <= LATE_TOLERANCE {
+        (Some(latest), &tail[..tail.len() - 1], count - 1)
     } else {
-        None
+        (None, &tail[..], count)
     };
-    let missed = match (&fire, previous) {
-        (Some(_), None) => None,
-        (Some(_), Some(prev)) => Some((count - 1, first_due, prev)),
-        (None, _) => Some((count, first_due, latest)),
-    };
+    let mut fires = Vec::new();
+    let mut missed = None;
+    if let Some(&newest) = missed_ticks.last() {
+        if late(newest) <= job.catchup {
+            fires.push((newest, Trigger::Catchup));
+            if let Some(&before) = missed_ticks.iter().rev().nth(1) {
+                missed = Some((missed_count - 1, first_due, before));
+            }
+        } else {
+            missed = Some((missed_count, first_due, newest));
+        }
+    }
+    if let Some(t) = on_time {
+        fires.push((t, Trigger::Schedule));
+    }
     DuePlan {
-        fire,
+        fires,
         missed,
         next: job.schedule.next_after(latest),
     }
@@ -101,7 +109,7 @@ pub struct Scheduler<C: Coordinator> {
     config: Arc<Config>,
     coord: Arc<C>,
     instance: String,
-    supervisors: SupervisorSettings,
+    log_json: bool,
 }
 
 /// A supervisor this scheduler started and has not yet reaped.
@@ -110,51 +118,100 @@ struct Tracked {
     run_id: String,
 }
 
+/// Why the fire loop ended.
+enum LoopEnd {
+    Stop,
+    LostLeadership,
+}
+
+/// Supervisors started by this scheduler, reaped as they exit.
+#[derive(Default)]
+struct Running {
+    by_pid: HashMap<u32, Tracked>,
+    reaper: JoinSet<u32>,
+}
+
+impl Running {
+    fn track(&mut self, mut child: tokio::process::Child, job: &str, run_id: String) {
+        let pid = child.id().unwrap_or(0);
+        self.by_pid.insert(
+            pid,
+            Tracked {
+                job: job.to_string(),
+                run_id,
+            },
+        );
+        self.reaper.spawn(async move {
+            let _ = child.wait().await;
+            pid
+        });
+    }
+
+    /// Resolves when a supervisor exits (never, if none runs).
+    async fn reap_one(&mut self) {
+        match self.reaper.join_next().await {
+            Some(Ok(pid)) => {
+                self.by_pid.remove(&pid);
+            }
+            Some(Err(_)) => {}
+            None => std::future::pending().await,
+        }
+    }
+}
+
 impl<C: Coordinator> Scheduler<C> {
-    pub fn new(
-        config: Arc<Config>,
-        coord: Arc<C>,
-        instance: String,
-        supervisors: SupervisorSettings,
-    ) -> Self {
+    pub fn new(config: Arc<Config>, coord: Arc<C>, instance: String, log_json: bool) -> Self {
         Scheduler {
             config,
             coord,
             instance,
-            supervisors,
+            log_json,
         }
     }
 
     /// Run until `stop` counts a stop request. Returns whether the stop was
     /// forced (a second request), in which case runs were killed at once.
     pub async fn run(&self, mut stop: watch::Receiver<u32>) -> anyhow::Result<bool> {
-        tracing::info!(instance = %self.instance, jobs = self.config.jobs.len(), "waiting for leadership");
-        let leadership = tokio::select! {
-            l = self.coord.acquire_leadership(&self.instance) => l?,
-            _ = stop.changed() => return Ok(false),
-        };
-        tracing::info!(instance = %self.instance, term = leadership.term, "leading: firing jobs");
-        let mut running: HashMap<u32, Tracked> = HashMap::new();
-        let mut reaper: JoinSet<u32> = JoinSet::new();
-        self.fire_loop(&leadership, &mut stop, &mut running, &mut reaper)
-            .await?;
-        // Resign at once so a standby can take over while our runs finish;
-        // their supervisors keep holding the run locks.
-        drop(leadership);
+        let mut running = Running::default();
+        loop {
+            tracing::info!(instance = %self.instance, jobs = self.config.jobs.len(), "waiting for leadership");
+            let mut leadership = tokio::select! {
+                l = self.coord.acquire_leadership(&self.instance) => l?,
+                _ = stop.changed() => break,
+                () = running.reap_one() => continue,
+            };
+            tracing::info!(instance = %self.instance, term = leadership.term, "leading: firing jobs");
+            match self
+                .fire_loop(&mut leadership, &mut stop, &mut running)
+                .await?
+            {
+                LoopEnd::Stop => {
+                    // Resign at once so a standby takes over while our runs
+                    // finish; their supervisors keep them marked as active.
+                    self.coord.resign(leadership).await;
+                    break;
+                }
+                LoopEnd::LostLeadership => {
+                    tracing::warn!(term = leadership.term, "leadership lost: stopped firing");
+                    drop(leadership);
+                }
+            }
+        }
         tracing::info!(
-            running = running.len(),
+            running = running.by_pid.len(),
             "stopping: no new fires; waiting for running jobs"
         );
-        Ok(self.drain(&mut stop, &mut running, &mut reaper).await)
+        let forced = self.drain(&mut stop, &mut running).await;
+        self.coord.shutdown().await;
+        Ok(forced)
     }
 
     async fn fire_loop(
         &self,
-        leadership: &Leadership,
+        leadership: &mut Leadership,
         stop: &mut watch::Receiver<u32>,
-        running: &mut HashMap<u32, Tracked>,
-        reaper: &mut JoinSet<u32>,
-    ) -> anyhow::Result<()> {
+        running: &mut Running,
+    ) -> anyhow::Result<LoopEnd> {
         let jobs: Vec<&Job> = self.config.jobs.values().filter(|j| j.enabled).collect();
         let mut due: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> = BinaryHeap::new();
         let now = Utc::now();
@@ -169,7 +226,8 @@ impl<C: Coordinator> Scheduler<C> {
                 due.push(Reverse((t, i)));
             }
         }
-        let mut skipped: HashMap<&str, u64> = HashMap::new();
+        let mut requests = leadership.requests.take();
+        let mut skipped: HashMap<String, u64> = HashMap::new();
         loop {
             let wait = match due.peek() {
                 Some(Reverse((t, _))) => (*t - Utc::now())
@@ -180,8 +238,13 @@ impl<C: Coordinator> Scheduler<C> {
             };
             tokio::select! {
                 biased;
-                _ = stop.changed() => return Ok(()),
-                Some(Ok(pid)) = reaper.join_next() => { running.remove(&pid); continue; }
+                _ = stop.changed() => return Ok(LoopEnd::Stop),
+                () = leadership.lost() => return Ok(LoopEnd::LostLeadership),
+                () = running.reap_one() => continue,
+                Some(req) = recv_request(&mut requests) => {
+                    self.answer_request(leadership, req, running, &mut skipped).await;
+                    continue;
+                }
                 () = tokio::time::sleep(wait) => {}
             }
             let now = Utc::now();
@@ -193,20 +256,15 @@ impl<C: Coordinator> Scheduler<C> {
                 let job = jobs[i];
                 let plan = plan_due(job, tick, now);
                 if let Some((count, oldest, newest)) = plan.missed {
-                    self.record_missed(job, count, oldest, newest, plan.fire.map(|f| f.0));
+                    let caught_up = plan.fires.first().filter(|f| f.1 == Trigger::Catchup);
+                    self.record_missed(job, count, oldest, newest, caught_up.map(|f| f.0));
                 }
-                if let Some((tick, trigger)) = plan.fire {
-                    if let Some((mut child, run_id)) = self
-                        .fire(leadership, job, tick, trigger, &mut skipped)
+                for (tick, trigger) in plan.fires {
+                    if let Some((child, run_id)) = self
+                        .fire(leadership, job, tick, trigger, None, &mut skipped)
                         .await
                     {
-                        let pid = child.id().unwrap_or(0);
-                        let job = job.name.clone();
-                        running.insert(pid, Tracked { job, run_id });
-                        reaper.spawn(async move {
-                            let _ = child.wait().await;
-                            pid
-                        });
+                        running.track(child, &job.name, run_id);
                     }
                 }
                 if let Some(next) = plan.next {
@@ -216,31 +274,85 @@ impl<C: Coordinator> Scheduler<C> {
         }
     }
 
-    /// Claim one fire and start its supervisor. Returns the supervisor and
-    /// the run id.
-    async fn fire<'j>(
+    /// Run a job for a `bgsched trigger` request, under its overlap policy.
+    async fn answer_request(
         &self,
         leadership: &Leadership,
-        job: &'j Job,
+        req: TriggerRequest,
+        running: &mut Running,
+        skipped: &mut HashMap<String, u64>,
+    ) {
+        let Some(job) = self.config.jobs.get(&req.job) else {
+            tracing::warn!(job = %req.job, run_id = %req.run_id, "trigger request for a job this instance does not know");
+            let mut rec = RunRecord::not_run(
+                &req.job,
+                Utc::now(),
+                Trigger::Manual,
+                &self.instance,
+                Outcome::StartFailed,
+                format!("no job named \"{}\" in the leader's config", req.job),
+            );
+            rec.run_id = req.run_id.clone();
+            let _ = self.coord.record(&rec).await;
+            self.coord.finish_request(&req.run_id).await;
+            return;
+        };
+        tracing::info!(job = %job.name, run_id = %req.run_id, requested_by = %req.requested_by, "trigger request");
+        let now = Utc::now();
+        let tick = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+        if let Some((child, run_id)) = self
+            .fire(
+                leadership,
+                job,
+                tick,
+                Trigger::Manual,
+                Some(&req.run_id),
+                skipped,
+            )
+            .await
+        {
+            running.track(child, &job.name, run_id);
+        }
+    }
+
+    /// Claim one fire and start its supervisor. Returns the supervisor and
+    /// the run id.
+    async fn fire(
+        &self,
+        leadership: &Leadership,
+        job: &Job,
         tick: DateTime<Utc>,
         trigger: Trigger,
-        skipped: &mut HashMap<&'j str, u64>,
+        request: Option<&str>,
+        skipped: &mut HashMap<String, u64>,
     ) -> Option<(tokio::process::Child, String)> {
         let req = ClaimRequest {
             job: &job.name,
             tick,
             trigger,
+            instance: &self.instance,
             exclusive: job.overlap == Overlap::Skip,
-            advances_schedule: true,
+            advances_schedule: request.is_none(),
+            request,
         };
         let claim = match self.coord.claim(leadership, req).await {
             Ok(claim) => claim,
             Err(ClaimRejected::StillRunning(active)) => {
-                let total = skipped.entry(job.name.as_str()).or_default();
+                let total = skipped.entry(job.name.clone()).or_default();
                 *total += 1;
                 let reason = ClaimRejected::StillRunning(active).to_string();
                 tracing::warn!(job = %job.name, tick = %tick.to_rfc3339(), skipped_total = *total, "tick skipped: {reason}");
-                self.record_in_background(self.entry(job, tick, trigger, Outcome::Skipped, reason));
+                let mut rec = self.entry(job, tick, trigger, Outcome::Skipped, reason);
+                if let Some(id) = request {
+                    // The requester waits for a record under its own run id.
+                    rec.run_id = id.to_string();
+                    if let Err(e) = self.coord.record(&rec).await {
+                        tracing::error!(job = %job.name, "could not record the skip: {e}");
+                    }
+                    self.coord.finish_request(id).await;
+                } else {
+                    self.record_in_background(rec);
+                }
                 return None;
             }
             Err(ClaimRejected::AlreadyFired(t)) => {
@@ -248,16 +360,25 @@ impl<C: Coordinator> Scheduler<C> {
                 return None;
             }
             Err(e) => {
-                tracing::error!(job = %job.name, tick = %tick.to_rfc3339(), "claim failed: {e}");
+                let level_is_error = matches!(e, ClaimRejected::Backend(_));
+                if level_is_error {
+                    tracing::error!(job = %job.name, tick = %tick.to_rfc3339(), reason = e.kind(), "claim failed: {e}");
+                } else {
+                    tracing::warn!(job = %job.name, tick = %tick.to_rfc3339(), reason = e.kind(), "claim rejected: {e}");
+                }
                 return None;
             }
         };
-        let mut spec = RunSpec::new(job, claim.run_id.clone(), tick, trigger);
+        let mut spec = RunSpec::new(
+            job,
+            claim.run_id.clone(),
+            tick,
+            trigger,
+            self.coord.backend_spec(),
+        );
         spec.instance = self.instance.clone();
         spec.term = claim.term;
-        spec.state_dir = self.supervisors.state_dir.clone();
-        spec.history_limit = self.supervisors.history_limit;
-        spec.log_json = self.supervisors.log_json;
+        spec.log_json = self.log_json;
         match spawn_supervisor(spec, claim.hold, false) {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);
@@ -295,7 +416,7 @@ impl<C: Coordinator> Scheduler<C> {
         };
         let reason = match fired {
             Some(t) => format!(
-                "{at_least}{count} tick(s) from {} to {} passed while nothing was firing; coalesced into the run for {}",
+                "{at_least}{count} tick(s) from {} to {} passed while nothing was firing; only the newest missed tick, {}, was caught up",
                 oldest.to_rfc3339(), newest.to_rfc3339(), t.to_rfc3339()
             ),
             None => format!(
@@ -317,25 +438,7 @@ impl<C: Coordinator> Scheduler<C> {
         outcome: Outcome,
         reason: String,
     ) -> RunRecord {
-        let now = Utc::now();
-        RunRecord {
-            run_id: new_run_id(),
-            job: job.name.clone(),
-            tick,
-            trigger,
-            instance: self.instance.clone(),
-            term: 0,
-            outcome,
-            started_at: now,
-            ended_at: Some(now),
-            duration_ms: Some(0),
-            exit_code: None,
-            signal: None,
-            reason: Some(reason),
-            pid: None,
-            missed_ticks: None,
-            output_tail: String::new(),
-        }
+        RunRecord::not_run(&job.name, tick, trigger, &self.instance, outcome, reason)
     }
 
     /// History entries for ticks that did not run are written off the fire path.
@@ -350,30 +453,27 @@ impl<C: Coordinator> Scheduler<C> {
 
     /// Let running jobs finish for up to `shutdown_grace`, then stop their
     /// supervisors. Returns whether a second stop request forced it.
-    async fn drain(
-        &self,
-        stop: &mut watch::Receiver<u32>,
-        running: &mut HashMap<u32, Tracked>,
-        reaper: &mut JoinSet<u32>,
-    ) -> bool {
+    async fn drain(&self, stop: &mut watch::Receiver<u32>, running: &mut Running) -> bool {
         let grace = tokio::time::sleep(self.config.scheduler.shutdown_grace);
         tokio::pin!(grace);
         let mut forced = *stop.borrow() >= 2;
         let mut terminated = false;
-        while !running.is_empty() {
+        while !running.by_pid.is_empty() {
             if forced && !terminated {
-                signal_all(running, Signal::TERM);
-                signal_all(running, Signal::INT);
+                // SIGTERM starts the supervisor's stop; the SIGINT after it
+                // tells it to skip the grace period and SIGKILL the group.
+                signal_all(&running.by_pid, Signal::TERM);
+                signal_all(&running.by_pid, Signal::INT);
                 terminated = true;
             }
             tokio::select! {
-                Some(Ok(pid)) = reaper.join_next() => { running.remove(&pid); }
+                () = running.reap_one() => {}
                 () = &mut grace, if !terminated => {
-                    tracing::warn!(running = running.len(), "shutdown grace over: terminating running jobs");
-                    for t in running.values() {
+                    tracing::warn!(running = running.by_pid.len(), "shutdown grace over: terminating running jobs");
+                    for t in running.by_pid.values() {
                         tracing::warn!(job = %t.job, run_id = %t.run_id, "terminating");
                     }
-                    signal_all(running, Signal::TERM);
+                    signal_all(&running.by_pid, Signal::TERM);
                     terminated = true;
                 }
                 r = stop.changed(), if !forced => {
@@ -383,10 +483,18 @@ impl<C: Coordinator> Scheduler<C> {
                         terminated = false;
                     }
                 }
-                else => break,
             }
         }
         forced
+    }
+}
+
+async fn recv_request(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<TriggerRequest>>,
+) -> Option<TriggerRequest> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -420,7 +528,7 @@ mod tests {
     fn an_on_time_tick_fires_as_scheduled() {
         let j = job("@every 10s", "1m");
         let plan = plan_due(&j, at(10), at(10) + chrono::Duration::milliseconds(3));
-        assert_eq!(plan.fire, Some((at(10), Trigger::Schedule)));
+        assert_eq!(plan.fires, vec![(at(10), Trigger::Schedule)]);
         assert_eq!(plan.missed, None);
         assert_eq!(plan.next, Some(at(20)));
     }
@@ -429,7 +537,7 @@ mod tests {
     fn several_missed_ticks_coalesce_into_one_catchup_of_the_newest() {
         let j = job("@every 10s", "1m");
         let plan = plan_due(&j, at(10), at(45));
-        assert_eq!(plan.fire, Some((at(40), Trigger::Catchup)));
+        assert_eq!(plan.fires, vec![(at(40), Trigger::Catchup)]);
         assert_eq!(plan.missed, Some((3, at(10), at(30))));
         assert_eq!(plan.next, Some(at(50)));
     }
@@ -438,7 +546,7 @@ mod tests {
     fn ticks_older_than_catchup_are_only_missed() {
         let j = job("@every 10s", "3s");
         let plan = plan_due(&j, at(10), at(45));
-        assert_eq!(plan.fire, None);
+        assert_eq!(plan.fires, vec![]);
         assert_eq!(plan.missed, Some((4, at(10), at(40))));
         assert_eq!(plan.next, Some(at(50)));
     }
@@ -447,17 +555,27 @@ mod tests {
     fn catchup_zero_still_fires_a_tick_that_is_only_slightly_late() {
         let j = job("@every 10s", "0s");
         let plan = plan_due(&j, at(10), at(10) + chrono::Duration::milliseconds(400));
-        assert_eq!(plan.fire, Some((at(10), Trigger::Schedule)));
+        assert_eq!(plan.fires, vec![(at(10), Trigger::Schedule)]);
         let plan = plan_due(&j, at(10), at(12));
-        assert_eq!(plan.fire, None);
+        assert_eq!(plan.fires, vec![]);
+        assert_eq!(plan.missed, Some((1, at(10), at(10))));
     }
 
     #[test]
-    fn an_on_time_newest_tick_covers_the_missed_ones_before_it() {
+    fn missed_ticks_before_an_on_time_tick_are_caught_up_once_then_it_fires() {
         let j = job("@every 10s", "1m");
         let plan = plan_due(&j, at(10), at(30));
-        assert_eq!(plan.fire, Some((at(30), Trigger::Schedule)));
-        assert_eq!(plan.missed, Some((2, at(10), at(20))));
+        assert_eq!(
+            plan.fires,
+            vec![(at(20), Trigger::Catchup), (at(30), Trigger::Schedule)]
+        );
+        assert_eq!(plan.missed, Some((1, at(10), at(10))));
+        let plan = plan_due(&j, at(20), at(30));
+        assert_eq!(
+            plan.fires,
+            vec![(at(20), Trigger::Catchup), (at(30), Trigger::Schedule)]
+        );
+        assert_eq!(plan.missed, None);
     }
 
     #[test]
@@ -468,10 +586,15 @@ mod tests {
         let t = std::time::Instant::now();
         let plan = plan_due(&j, start, now);
         assert!(t.elapsed() < Duration::from_secs(5));
-        assert_eq!(plan.fire, Some((now, Trigger::Schedule)));
-        let (count, oldest, _) = plan.missed.unwrap();
+        let second = chrono::Duration::seconds(1);
+        assert_eq!(
+            plan.fires,
+            vec![(now - second, Trigger::Catchup), (now, Trigger::Schedule)]
+        );
+        let (count, oldest, newest) = plan.missed.unwrap();
         assert!(count >= MISSED_SCAN_LIMIT);
         assert_eq!(oldest, start);
-        assert_eq!(plan.next, Some(now + chrono::Duration::seconds(1)));
+        assert_eq!(newest, now - second * 2);
+        assert_eq!(plan.next, Some(now + second));
     }
 }

@@ -1,11 +1,11 @@
 //! The commands behind the parsed command line.
 
-use super::{exit, list, Cli, CliError, Command, LogFormat};
-use crate::config::{self, Config, Job, Overlap};
-use crate::coordination::standalone::new_run_id;
-use crate::coordination::{Coordinator, Outcome, RunRecord, Standalone, Trigger};
-use crate::executor::{self, exit_code_of, Echo, RunSpec, SPEC_ENV};
-use crate::scheduler::{Scheduler, SupervisorSettings};
+use super::{exit, list, trigger, Cli, CliError, Command, LogFormat};
+use crate::config::{self, ClusterSettings, Config, Job};
+use crate::coordination::etcd::{EtcdConfig, EtcdRecorder, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
+use crate::coordination::{BackendSpec, Etcd, Standalone};
+use crate::executor::{self, Echo, RunSpec, SPEC_ENV};
+use crate::scheduler::Scheduler;
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,12 +27,13 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
     runtime.block_on(async {
         match &cli.command {
             Command::Run { instance_id } => run(&cli, instance_id.clone()).await,
-            Command::List { json } => list::list(&cli, *json).map(|()| exit::OK),
+            Command::List { json } => list::list(&cli, *json).await.map(|()| exit::OK),
             Command::Trigger {
                 job,
                 detach,
                 instance_id,
-            } => trigger(&cli, job, *detach, instance_id.clone()).await,
+                timeout,
+            } => trigger::trigger(&cli, job, *detach, instance_id.clone(), *timeout).await,
             Command::Check | Command::Next { .. } | Command::Supervise => unreachable!(),
         }
     })
@@ -57,22 +58,94 @@ pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
     Ok(config::load(&cli.config)?)
 }
 
-/// The state directory: `--state-dir`, then the config's, then the per-user default.
-pub fn state_dir(cli: &Cli, config: &Config) -> PathBuf {
-    cli.state_dir
-        .clone()
-        .or_else(|| config.scheduler.state_dir.clone())
-        .unwrap_or_else(|| Standalone::default_dir(&config.path))
+/// Which backend a command talks to.
+pub enum BackendChoice {
+    /// The state directory: `--state-dir`, then the config's, then the per-user default.
+    Standalone(PathBuf),
+    Cluster(EtcdConfig),
 }
 
-pub fn open_state(cli: &Cli, config: &Config) -> Result<Standalone, CliError> {
-    Ok(Standalone::open(
-        &state_dir(cli, config),
-        config.scheduler.history_limit,
-    )?)
+/// Cluster mode when the config has `[cluster]` or `--etcd` /
+/// `$BGSCHED_ETCD_ENDPOINTS` names endpoints (which then override the
+/// config's); standalone otherwise.
+pub fn backend_config(cli: &Cli, config: &Config) -> Result<BackendChoice, CliError> {
+    if let Some(bad) = cli
+        .etcd
+        .iter()
+        .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+    {
+        return Err(CliError::Usage(format!(
+            "--etcd endpoint \"{bad}\" must be a URL like \"http://127.0.0.1:2379\""
+        )));
+    }
+    let Some(cluster) = config.cluster.as_ref() else {
+        if cli.etcd.is_empty() {
+            let dir = cli
+                .state_dir
+                .clone()
+                .or_else(|| config.scheduler.state_dir.clone())
+                .unwrap_or_else(|| Standalone::default_dir(&config.path));
+            return Ok(BackendChoice::Standalone(dir));
+        }
+        // `--etcd` alone: cluster mode with the documented defaults.
+        return Ok(BackendChoice::Cluster(EtcdConfig {
+            endpoints: cli.etcd.clone(),
+            prefix: DEFAULT_PREFIX.to_string(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
+            password: None,
+            history_limit: config.scheduler.history_limit,
+        }));
+    };
+    let cluster: ClusterSettings = cluster.clone();
+    Ok(BackendChoice::Cluster(EtcdConfig {
+        endpoints: if cli.etcd.is_empty() {
+            cluster.endpoints
+        } else {
+            cli.etcd.clone()
+        },
+        prefix: cluster.prefix,
+        lease_ttl: cluster.lease_ttl,
+        ca_file: cluster.ca_file,
+        cert_file: cluster.cert_file,
+        key_file: cluster.key_file,
+        user: cluster.user,
+        password: cluster.password.map(|p| p.expose().to_string()),
+        history_limit: config.scheduler.history_limit,
+    }))
 }
 
-fn instance_id(given: Option<String>) -> String {
+/// A connected backend, for the commands that read or write state.
+pub enum Backend {
+    Standalone(Standalone),
+    Cluster(Box<Etcd>),
+}
+
+impl Backend {
+    /// Open the backend for a short-lived command; etcd must answer now.
+    pub async fn open(cli: &Cli, config: &Config) -> Result<Backend, CliError> {
+        match backend_config(cli, config)? {
+            BackendChoice::Standalone(dir) => Ok(Backend::Standalone(Standalone::open(
+                &dir,
+                config.scheduler.history_limit,
+            )?)),
+            BackendChoice::Cluster(cfg) => {
+                let endpoints = cfg.endpoints.join(",");
+                Etcd::connect(cfg)
+                    .await
+                    .map(|e| Backend::Cluster(Box::new(e)))
+                    .map_err(|e| {
+                        CliError::Unavailable(format!("cannot reach etcd at {endpoints}: {e}"))
+                    })
+            }
+        }
+    }
+}
+
+pub fn instance_id(given: Option<String>) -> String {
     given.filter(|s| !s.is_empty()).unwrap_or_else(|| {
         format!(
             "{}-{}",
@@ -117,12 +190,7 @@ pub fn find_job<'c>(config: &'c Config, name: &str) -> Result<&'c Job, CliError>
 
 async fn run(cli: &Cli, instance: Option<String>) -> Result<i32, CliError> {
     let config = Arc::new(load_config(cli)?);
-    let state = Arc::new(open_state(cli, &config)?);
     let instance = instance_id(instance);
-    tracing::info!(
-        config = %config.path.display(), state_dir = %state.root().display(), instance = %instance,
-        "bgsched {} starting (standalone)", env!("CARGO_PKG_VERSION")
-    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(0u32);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -142,124 +210,35 @@ async fn run(cli: &Cli, instance: Option<String>) -> Result<i32, CliError> {
             let _ = stop_tx.send(n);
         }
     });
-    let scheduler = Scheduler::new(
-        config.clone(),
-        state.clone(),
-        instance,
-        SupervisorSettings {
-            state_dir: state.root().to_path_buf(),
-            history_limit: state.history_limit(),
-            log_json: cli.log_format == LogFormat::Json,
-        },
-    );
-    let forced = scheduler.run(stop_rx).await?;
+    let log_json = cli.log_format == LogFormat::Json;
+    let forced = match backend_config(cli, &config)? {
+        BackendChoice::Standalone(dir) => {
+            let state = Arc::new(Standalone::open(&dir, config.scheduler.history_limit)?);
+            tracing::info!(
+                config = %config.path.display(), state_dir = %dir.display(), instance = %instance,
+                "bgsched {} starting (standalone)", env!("CARGO_PKG_VERSION")
+            );
+            Scheduler::new(config.clone(), state, instance, log_json)
+                .run(stop_rx)
+                .await?
+        }
+        BackendChoice::Cluster(cfg) => {
+            tracing::info!(
+                config = %config.path.display(), etcd = ?cfg.endpoints, prefix = %cfg.prefix, instance = %instance,
+                "bgsched {} starting (cluster)", env!("CARGO_PKG_VERSION")
+            );
+            let mut stop_wait = stop_rx.clone();
+            let etcd = tokio::select! {
+                etcd = Etcd::connect_retrying(cfg) => etcd,
+                _ = stop_wait.changed() => return Ok(exit::OK),
+            };
+            Scheduler::new(config.clone(), Arc::new(etcd), instance, log_json)
+                .run(stop_rx)
+                .await?
+        }
+    };
     tracing::info!("stopped");
     Ok(if forced { exit::FORCED_STOP } else { exit::OK })
-}
-
-async fn trigger(
-    cli: &Cli,
-    name: &str,
-    detach: bool,
-    instance: Option<String>,
-) -> Result<i32, CliError> {
-    let config = load_config(cli)?;
-    let job = find_job(&config, name)?;
-    let state = open_state(cli, &config)?;
-    let instance = instance_id(instance);
-    let now = Utc::now();
-    let hold = match job.overlap {
-        Overlap::Skip => match state.try_run_lock(&job.name)? {
-            Some(fd) => Some(fd),
-            None => return Ok(report_skip(&state, job, now, &instance).await),
-        },
-        Overlap::Allow => None,
-    };
-    let mut spec = RunSpec::new(job, new_run_id(), now, Trigger::Manual);
-    spec.instance = instance;
-    spec.term = state.leader()?.map_or(0, |l| l.term);
-    spec.state_dir = state.root().to_path_buf();
-    spec.history_limit = state.history_limit();
-    spec.log_json = cli.log_format == LogFormat::Json;
-    if detach {
-        let run_id = spec.run_id.clone();
-        executor::spawn_supervisor(spec, hold, true).map_err(anyhow::Error::from)?;
-        println!("{run_id}");
-        return Ok(exit::OK);
-    }
-    let mut recorder = state.recorder(&job.name, &spec.run_id);
-    let rec = executor::supervise(&spec, &mut recorder, hold, Echo::Terminal).await;
-    eprintln!("bgsched: {}", summary(&rec));
-    Ok(exit_code_of(&rec))
-}
-
-async fn report_skip(state: &Standalone, job: &Job, now: DateTime<Utc>, instance: &str) -> i32 {
-    let active = state
-        .active_runs(&job.name)
-        .ok()
-        .and_then(|r| r.into_iter().next());
-    let detail = match &active {
-        Some(r) => format!(
-            "since {} on instance {} (run {}, pid {})",
-            r.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-            r.instance,
-            r.run_id,
-            r.pid.map_or("?".into(), |p| p.to_string())
-        ),
-        None => "(its run is just starting)".to_string(),
-    };
-    eprintln!(
-        "bgsched: job \"{}\" is already running {detail}; skipped (overlap = \"skip\")",
-        job.name
-    );
-    let rec = RunRecord {
-        run_id: new_run_id(),
-        job: job.name.clone(),
-        tick: now,
-        trigger: Trigger::Manual,
-        instance: instance.to_string(),
-        term: 0,
-        outcome: Outcome::Skipped,
-        started_at: now,
-        ended_at: Some(now),
-        duration_ms: Some(0),
-        exit_code: None,
-        signal: None,
-        reason: Some(format!("already running {detail}")),
-        pid: None,
-        missed_ticks: None,
-        output_tail: String::new(),
-    };
-    if let Err(e) = state.record(&rec).await {
-        eprintln!("bgsched: could not record the skip: {e}");
-    }
-    exit::SKIPPED
-}
-
-/// One line about a finished run, e.g. `run 0190… of "backup": failed (exit 3) after 1.2s`.
-pub fn summary(rec: &RunRecord) -> String {
-    let detail = match (rec.outcome, rec.exit_code, rec.signal) {
-        (Outcome::Failed, Some(code), _) => format!(" (exit {code})"),
-        (Outcome::Killed, _, Some(sig)) => format!(" (signal {sig})"),
-        _ => rec
-            .reason
-            .as_ref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default(),
-    };
-    let took = rec
-        .duration_ms
-        .map(|ms| {
-            format!(
-                " after {}",
-                humantime::format_duration(std::time::Duration::from_millis(ms))
-            )
-        })
-        .unwrap_or_default();
-    format!(
-        "run {} of \"{}\": {}{detail}{took}",
-        rec.run_id, rec.job, rec.outcome
-    )
 }
 
 fn check(cli: &Cli) -> Result<i32, CliError> {
@@ -341,8 +320,8 @@ fn supervise() -> Result<i32, CliError> {
     })?;
     let spec: RunSpec =
         serde_json::from_str(&json).map_err(|e| CliError::Usage(format!("bad {SPEC_ENV}: {e}")))?;
-    // Remove it so the job does not see it (the executor also strips it).
     // SAFETY: single-threaded at this point; no runtime has started yet.
+    // Removed so that nothing this process starts sees it.
     unsafe { std::env::remove_var(SPEC_ENV) };
     let hold = executor::adopt_hold(spec.hold_fd);
     init_logging(
@@ -357,8 +336,27 @@ fn supervise() -> Result<i32, CliError> {
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)?;
-    let state = Standalone::open(&spec.state_dir, spec.history_limit)?;
-    let mut recorder = state.recorder(&spec.job, &spec.run_id);
-    runtime.block_on(executor::supervise(&spec, &mut recorder, hold, Echo::Log));
-    Ok(exit::OK)
+    runtime.block_on(async {
+        match &spec.backend {
+            BackendSpec::Standalone {
+                state_dir,
+                history_limit,
+            } => {
+                let state = Standalone::open(state_dir, *history_limit)?;
+                let mut recorder = state.recorder(&spec.job, &spec.run_id);
+                executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
+            }
+            BackendSpec::Etcd(cfg) => {
+                let Some((lease, granted_at)) = spec.lease else {
+                    return Err(CliError::Usage(
+                        "__supervise: cluster run without a lease".into(),
+                    ));
+                };
+                let mut recorder =
+                    EtcdRecorder::start(cfg, &spec.job, &spec.run_id, lease, granted_at).await?;
+                executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
+            }
+        }
+        Ok(exit::OK)
+    })
 }

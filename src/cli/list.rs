@@ -1,17 +1,24 @@
 //! `bgsched list`: what is scheduled, what ran, what runs now.
 
-use super::commands::{load_config, local_rfc3339, open_state};
+use super::commands::{load_config, local_rfc3339, Backend};
 use super::{Cli, CliError};
-use crate::coordination::{LeaderInfo, RunRecord};
+use crate::coordination::etcd::MemberInfo;
+use crate::coordination::{LeaderInfo, Outcome, RunRecord};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
 /// The stable JSON document of `list --json` (documented in README).
 #[derive(Debug, Serialize)]
 pub struct ListView {
+    /// `standalone` or `cluster`.
     pub mode: &'static str,
-    pub state_dir: String,
+    /// Standalone: the state directory.
+    pub state_dir: Option<String>,
+    /// Cluster: the etcd key prefix.
+    pub etcd_prefix: Option<String>,
     pub leader: Option<LeaderInfo>,
+    /// Cluster: the live instances.
+    pub members: Vec<MemberInfo>,
     pub jobs: Vec<JobView>,
 }
 
@@ -37,17 +44,23 @@ pub struct JobView {
     pub recent_missed: u64,
 }
 
-pub fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
+pub async fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
     let config = load_config(cli)?;
-    let state = open_state(cli, &config)?;
+    let backend = Backend::open(cli, &config).await?;
+    let limit = config.scheduler.history_limit;
     let now = Utc::now();
     let mut jobs = Vec::new();
     for job in config.jobs.values() {
-        let history = state.history(&job.name, state.history_limit())?;
-        let running: Vec<RunRecord> = state.active_runs(&job.name)?;
+        let (history, running) = match &backend {
+            Backend::Standalone(s) => (s.history(&job.name, limit)?, s.active_runs(&job.name)?),
+            Backend::Cluster(e) => (
+                e.history(&job.name, limit).await?,
+                e.active_runs(&job.name).await?,
+            ),
+        };
         let last_run = history
             .iter()
-            .find(|r| r.outcome.is_run() && r.outcome != crate::coordination::Outcome::Running)
+            .find(|r| r.outcome.is_run() && r.outcome != Outcome::Running)
             .cloned();
         jobs.push(JobView {
             name: job.name.clone(),
@@ -70,16 +83,28 @@ pub fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
             last_run,
             recent_skips: history
                 .iter()
-                .filter(|r| r.outcome == crate::coordination::Outcome::Skipped)
+                .filter(|r| r.outcome == Outcome::Skipped)
                 .count(),
             recent_missed: history.iter().filter_map(|r| r.missed_ticks).sum(),
         });
     }
-    let view = ListView {
-        mode: "standalone",
-        state_dir: state.root().display().to_string(),
-        leader: state.leader()?,
-        jobs,
+    let view = match &backend {
+        Backend::Standalone(s) => ListView {
+            mode: "standalone",
+            state_dir: Some(s.root().display().to_string()),
+            etcd_prefix: None,
+            leader: s.leader()?,
+            members: Vec::new(),
+            jobs,
+        },
+        Backend::Cluster(e) => ListView {
+            mode: "cluster",
+            state_dir: None,
+            etcd_prefix: Some(e.config().prefix.clone()),
+            leader: e.leader().await?,
+            members: e.members().await?,
+            jobs,
+        },
     };
     if json {
         println!(
@@ -102,10 +127,20 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
         ),
         None => "none (no `bgsched run` is firing jobs)".to_string(),
     };
-    println!(
-        "mode: {}   state: {}   leader: {leader}",
-        view.mode, view.state_dir
-    );
+    let place = match (&view.state_dir, &view.etcd_prefix) {
+        (Some(dir), _) => format!("state: {dir}"),
+        (None, Some(prefix)) => format!("etcd prefix: {prefix}"),
+        (None, None) => String::new(),
+    };
+    println!("mode: {}   {place}   leader: {leader}", view.mode);
+    if !view.members.is_empty() {
+        let names: Vec<String> = view
+            .members
+            .iter()
+            .map(|m| format!("{} ({}, pid {})", m.instance, m.host, m.pid))
+            .collect();
+        println!("members: {}", names.join(", "));
+    }
     let mut table = comfy_table::Table::new();
     table
         .load_preset(comfy_table::presets::NOTHING)

@@ -3,6 +3,7 @@
 
 mod commands;
 mod list;
+mod trigger;
 
 use crate::config::ConfigErrors;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -17,6 +18,8 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// `trigger` / `next` named a job that is not in the config.
     pub const UNKNOWN_JOB: i32 = 64;
+    /// Cluster mode: etcd unreachable, or no leader accepted a trigger (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: i32 = 69;
     /// `trigger`: skipped because a run of the job is active (EX_TEMPFAIL).
     pub const SKIPPED: i32 = 75;
     /// The config file is invalid (EX_CONFIG).
@@ -31,6 +34,7 @@ Exit codes:
   1    operational error (state directory, I/O)
   2    bad command-line usage
   64   unknown job name
+  69   cluster: etcd unreachable, or no leader accepted the trigger in time
   75   trigger: skipped, a run of the job is still active
   78   invalid config file
   124  trigger: the job timed out
@@ -54,6 +58,14 @@ pub struct Cli {
     /// State directory (overrides the config's [scheduler] state_dir and the per-user default).
     #[arg(long, global = true, env = "BGSCHED_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// etcd endpoints (comma-separated): cluster mode, overriding [cluster] etcd.
+    #[arg(
+        long,
+        global = true,
+        env = "BGSCHED_ETCD_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    pub etcd: Vec<String>,
     /// Log format on stderr. The level comes from $BGSCHED_LOG (e.g. "debug"), default "info".
     #[arg(long, global = true, env = "BGSCHED_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -91,6 +103,9 @@ pub enum Command {
         /// Name of this instance in the run record (default: hostname-pid).
         #[arg(long, env = "BGSCHED_INSTANCE_ID")]
         instance_id: Option<String>,
+        /// Cluster mode: how long to wait for a leader to accept the request.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Validate the config; print each job's next fire time.
     Check,
@@ -122,6 +137,8 @@ pub enum CliError {
     UnknownJob(String),
     #[error("{0}")]
     Usage(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Coordination(#[from] crate::coordination::CoordError),
     #[error("{0:#}")]
@@ -134,6 +151,7 @@ impl CliError {
             CliError::Config(_) => exit::CONFIG,
             CliError::UnknownJob(_) => exit::UNKNOWN_JOB,
             CliError::Usage(_) => exit::USAGE,
+            CliError::Unavailable(_) => exit::UNAVAILABLE,
             CliError::Coordination(_) | CliError::Other(_) => exit::FAILURE,
         }
     }

@@ -6,12 +6,18 @@
 //! checks below walk the parsed tree themselves, keep going after a problem,
 //! and only build a [`Config`] when nothing was found.
 
-use super::{Config, ConfigError, ConfigErrors, Job, Overlap, Program, SchedulerSettings};
+use super::{
+    base_dir, ClusterSettings, Config, ConfigError, ConfigErrors, Job, Overlap, Program,
+    SchedulerSettings, Secret,
+};
 use crate::schedule::Schedule;
 use chrono_tz::Tz;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::env::VarError;
+use std::fs::File;
 use std::io::Read;
+use std::net::Ipv6Addr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -42,6 +48,26 @@ const MAX_SYNTAX_ERRORS: usize = 20;
 const DEFAULT_CATCHUP: Duration = Duration::from_secs(60);
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
+const DEFAULT_PREFIX: &str = "/bgsched";
+/// Every etcd key starts with the prefix; a longer one is a pasted mistake.
+const MAX_PREFIX_LEN: usize = 256;
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// A replica renews its lease several times per TTL and stops acting as
+/// leader well before it expires: below 2s one slow round trip to etcd costs
+/// the leadership; above 10m a crashed leader stalls every schedule that long.
+const LEASE_TTL_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(2)..=Duration::from_secs(10 * 60);
+/// In cluster mode the default catchup covers a failover: the next leader
+/// takes over up to one lease TTL after the old one died, plus this much to
+/// notice, start up and read the state.
+const FAILOVER_MARGIN: Duration = Duration::from_secs(10);
+const EXAMPLE_ENDPOINT: &str = "http://10.0.0.5:2379";
+/// etcd's client port, suggested when an endpoint has none.
+const ETCD_CLIENT_PORT: u16 = 2379;
+/// A password file holds one line; anything this big is the wrong file
+/// (or a device like /dev/zero, which would never end).
+const MAX_PASSWORD_FILE_SIZE: u64 = 64 * 1024;
+
 /// Read and validate the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let unreadable = |reason: String| {
@@ -64,6 +90,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Validate config text; `path` is used for error locations and as the base
 /// directory of relative paths.
+///
+/// With a `[cluster]` table this also opens its TLS files and reads the etcd
+/// password from its file or environment variable, so that a broken setup
+/// is reported now, located, rather than at the first connect.
 pub fn load_str(path: &Path, text: &[u8]) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     if text.len() > MAX_FILE_SIZE {
@@ -148,20 +178,21 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .get("scheduler")
         .map(|item| scheduler(&mut r, item))
         .unwrap_or_default();
-    let defaults = top
-        .get("defaults")
-        .map(|item| defaults(&mut r, item))
-        .unwrap_or_default();
+    let cluster = top
+        .get("cluster")
+        .and_then(|item| cluster(&mut r, item, base_dir(path)));
+    let built_in = Defaults {
+        catchup: default_catchup(cluster.as_ref()),
+        ..Defaults::default()
+    };
+    let defaults = match top.get("defaults") {
+        Some(item) => defaults(&mut r, item, built_in),
+        None => built_in,
+    };
     let jobs = top
         .get("jobs")
         .map(|item| jobs(&mut r, item, &defaults))
         .unwrap_or_default();
-    if let Some(item) = top.get("cluster") {
-        r.error(
-            item.key_at,
-            "cluster mode (etcd) is not available in this build yet",
-        );
-    }
 
     if r.has_errors() {
         return Err(r.into_errors());
@@ -170,20 +201,18 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         path: path.to_path_buf(),
         scheduler,
         jobs,
+        cluster,
     };
     resolve_relative_paths(&mut config);
     Ok(config)
 }
 
 /// Paths are resolved here, once, so that nothing downstream depends on the
-/// process's working directory or has to remember to do it.
+/// process's working directory or has to remember to do it. (The files of
+/// `[cluster]` are resolved while they are checked, since they are read.)
 fn resolve_relative_paths(config: &mut Config) {
     let base = config.base_dir().to_path_buf();
-    let resolve = |p: &mut PathBuf| {
-        if p.is_relative() {
-            *p = base.join(&*p);
-        }
-    };
+    let resolve = |p: &mut PathBuf| *p = resolved(&base, std::mem::take(p));
     if let Some(dir) = &mut config.scheduler.state_dir {
         resolve(dir);
     }
@@ -191,6 +220,14 @@ fn resolve_relative_paths(config: &mut Config) {
         if let Some(dir) = &mut job.working_dir {
             resolve(dir);
         }
+    }
+}
+
+fn resolved(base: &Path, path: PathBuf) -> PathBuf {
+    if path.is_relative() {
+        base.join(path)
+    } else {
+        path
     }
 }
 
@@ -205,6 +242,7 @@ enum Section {
     Scheduler,
     Defaults,
     Job,
+    Cluster,
 }
 
 impl Section {
@@ -227,7 +265,36 @@ impl Section {
                 "catchup",
                 "kill_grace",
             ],
+            Section::Cluster => &[
+                "etcd",
+                "prefix",
+                "lease_ttl",
+                "ca_file",
+                "cert_file",
+                "key_file",
+                "user",
+                "password_env",
+                "password_file",
+            ],
         }
+    }
+
+    /// Names people bring along from elsewhere (mostly etcdctl's flags) that
+    /// neither edit distance nor a shared prefix would map.
+    fn alias(self, key: &str) -> Option<&'static str> {
+        let aliases: &[(&str, &'static str)] = match self {
+            Section::Cluster => &[
+                ("endpoints", "etcd"),
+                ("endpoint", "etcd"),
+                ("ttl", "lease_ttl"),
+                ("cacert", "ca_file"),
+            ],
+            _ => &[],
+        };
+        aliases
+            .iter()
+            .find(|(alias, _)| alias.eq_ignore_ascii_case(key))
+            .map(|(_, known)| *known)
     }
 
     fn title(self) -> &'static str {
@@ -236,6 +303,7 @@ impl Section {
             Section::Scheduler => "[scheduler]",
             Section::Defaults => "[defaults]",
             Section::Job => "a job table ([jobs.<name>])",
+            Section::Cluster => "[cluster]",
         }
     }
 
@@ -243,31 +311,44 @@ impl Section {
         let key = key.escape_debug();
         let what = match self {
             Section::Top => format!("unknown top-level key `{key}`"),
-            Section::Scheduler | Section::Defaults => {
+            Section::Scheduler | Section::Defaults | Section::Cluster => {
                 format!("unknown key `{key}` in {}", self.title())
             }
             // The job is already named in the error's prefix.
             Section::Job => format!("unknown key `{key}`"),
         };
         let key = key.to_string();
-        let homes: Vec<&str> = [Section::Scheduler, Section::Defaults, Section::Job]
-            .into_iter()
-            .filter(|s| *s != self && s.keys().contains(&key.as_str()))
-            .map(Section::title)
-            .collect();
+        // `user` or `prefix` in a job most likely means something else
+        // than the cluster settings of that name.
+        let cluster_is_a_home = matches!(self, Section::Top | Section::Scheduler);
+        let homes: Vec<&str> = [
+            Section::Scheduler,
+            Section::Defaults,
+            Section::Job,
+            Section::Cluster,
+        ]
+        .into_iter()
+        .filter(|s| *s != self && (*s != Section::Cluster || cluster_is_a_home))
+        .filter(|s| s.keys().contains(&key.as_str()))
+        .map(Section::title)
+        .collect();
         if !homes.is_empty() {
             return format!("{what}; `{key}` belongs in {}", homes.join(" or "));
+        }
+        if self == Section::Cluster && key.eq_ignore_ascii_case("password") {
+            return format!(
+                "{what}; keep the password out of the config: set password_env \
+                 (the name of an environment variable holding it) or password_file \
+                 (a file holding it)"
+            );
+        }
+        if let Some(known) = self.alias(&key) {
+            return format!("{what}; did you mean `{known}`?");
         }
         if let Some(close) = did_you_mean(&key, self.keys().iter().copied()) {
             return format!("{what}; did you mean `{close}`?");
         }
-        let listed: Vec<&str> = self
-            .keys()
-            .iter()
-            .copied()
-            .filter(|k| *k != "cluster")
-            .collect();
-        format!("{what} (expected one of: {})", listed.join(", "))
+        format!("{what} (expected one of: {})", self.keys().join(", "))
     }
 }
 
@@ -334,8 +415,9 @@ impl Default for Defaults {
     }
 }
 
-fn defaults(r: &mut Report, item: &Item) -> Defaults {
-    let mut d = Defaults::default();
+/// `built_in` is what applies where `[defaults]` does not say.
+fn defaults(r: &mut Report, item: &Item, built_in: Defaults) -> Defaults {
+    let mut d = built_in;
     let Some(table) = item.table(r) else {
         return d;
     };
@@ -514,6 +596,292 @@ fn program(
             None
         }
         _ => argv.map(Program::Argv).or(line.map(Program::Shell)),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Cluster
+
+/// Without `[cluster]` the built-in one minute; with it, at least a lease
+/// TTL plus [`FAILOVER_MARGIN`], so that the ticks a failover misses are
+/// caught up by default instead of silently dropped.
+fn default_catchup(cluster: Option<&ClusterSettings>) -> Duration {
+    cluster.map_or(DEFAULT_CATCHUP, |c| {
+        DEFAULT_CATCHUP.max(c.lease_ttl + FAILOVER_MARGIN)
+    })
+}
+
+/// Checks `[cluster]` completely, even after its first problem, and returns
+/// it only if it is fully valid. `base` is the directory relative file
+/// names are resolved against.
+fn cluster(r: &mut Report, item: &Item, base: &Path) -> Option<ClusterSettings> {
+    let hint = |v: &DeValue| match v {
+        DeValue::Array(_) => " (write [cluster], not [[cluster]])",
+        _ => "",
+    };
+    let table = item.expect(r, "a table", hint, |v| match v {
+        DeValue::Table(t) => Some(t),
+        _ => None,
+    })?;
+    let f = Fields::of(r, table, Section::Cluster);
+
+    let endpoints = match f.get("etcd") {
+        Some(i) => i.endpoints(r),
+        None => {
+            r.error(
+                item.key_at,
+                format!(
+                    "missing etcd; add the etcd endpoints, e.g. etcd = [\"{EXAMPLE_ENDPOINT}\"]"
+                ),
+            );
+            None
+        }
+    };
+    let prefix = f
+        .get("prefix")
+        .map_or(Some(DEFAULT_PREFIX.to_owned()), |i| i.prefix(r));
+    let lease_ttl = f
+        .get("lease_ttl")
+        .map_or(Some(DEFAULT_LEASE_TTL), |i| i.lease_ttl(r));
+
+    // `Some(None)`: not set; `None`: set but invalid (already reported).
+    let mut file = |name: &str| {
+        f.get(name)
+            .map_or(Some(None), |i| i.readable_file(r, base).map(Some))
+    };
+    let ca_file = file("ca_file");
+    let cert_file = file("cert_file");
+    let key_file = file("key_file");
+    let tls_ok = tls_fits(
+        r,
+        [f.get("ca_file"), f.get("cert_file"), f.get("key_file")],
+        endpoints.as_deref(),
+    );
+
+    let user = f.get("user").map_or(Some(None), |i| i.user(r).map(Some));
+    let from_env = f
+        .get("password_env")
+        .map_or(Some(None), |i| i.password_env(r).map(Some));
+    let from_file = f
+        .get("password_file")
+        .map_or(Some(None), |i| i.password_file(r, base).map(Some));
+    let auth_ok = auth_fits(
+        r,
+        f.get("user"),
+        f.get("password_env"),
+        f.get("password_file"),
+    );
+
+    if !(tls_ok && auth_ok) {
+        return None;
+    }
+    Some(ClusterSettings {
+        endpoints: endpoints?,
+        prefix: prefix?,
+        lease_ttl: lease_ttl?,
+        ca_file: ca_file?,
+        cert_file: cert_file?,
+        key_file: key_file?,
+        user: user?,
+        password: from_env?.or(from_file?),
+    })
+}
+
+/// How the TLS files fit together and with the endpoints; each file is
+/// checked on its own by its accessor. `endpoints` is `None` when they are
+/// not all valid, and then nothing is concluded from them.
+fn tls_fits(
+    r: &mut Report,
+    [ca, cert, key]: [Option<&Item>; 3],
+    endpoints: Option<&[String]>,
+) -> bool {
+    let mut ok = true;
+    match (cert, key) {
+        (Some(cert), None) => {
+            r.error(
+                cert.key_at,
+                "cert_file is set but key_file is not; a client certificate needs its private key",
+            );
+            ok = false;
+        }
+        (None, Some(key)) => {
+            r.error(
+                key.key_at,
+                "key_file is set but cert_file is not; a private key needs its client certificate",
+            );
+            ok = false;
+        }
+        _ => {}
+    }
+    let all_http = endpoints.is_some_and(|e| e.iter().all(|url| url.starts_with("http://")));
+    let first_file = [ca, cert, key]
+        .into_iter()
+        .flatten()
+        .map(|i| i.key_at)
+        .min();
+    if let Some(at) = first_file.filter(|_| all_http) {
+        r.error(
+            at,
+            "TLS files are set but every etcd endpoint is http://; use https:// endpoints \
+             or remove ca_file, cert_file and key_file",
+        );
+        ok = false;
+    }
+    ok
+}
+
+/// etcd authenticates a user with a password: both or neither, and the
+/// password from exactly one source.
+fn auth_fits(
+    r: &mut Report,
+    user: Option<&Item>,
+    from_env: Option<&Item>,
+    from_file: Option<&Item>,
+) -> bool {
+    let mut ok = true;
+    if let (Some(env), Some(file)) = (from_env, from_file) {
+        r.error(
+            env.key_at.max(file.key_at),
+            "both password_env and password_file are set; keep one of them",
+        );
+        ok = false;
+    }
+    match user {
+        None => {
+            for source in [from_env, from_file].into_iter().flatten() {
+                r.error(
+                    source.key_at,
+                    format!(
+                        "{} is set but user is not; add the etcd user name, e.g. user = \"bgsched\"",
+                        source.label
+                    ),
+                );
+                ok = false;
+            }
+        }
+        Some(user) if from_env.is_none() && from_file.is_none() => {
+            r.error(
+                user.key_at,
+                "user is set without a password; add password_env = \"NAME\" (an environment \
+                 variable holding it) or password_file = \"/path/to/file\"",
+            );
+            ok = false;
+        }
+        Some(_) => {}
+    }
+    ok
+}
+
+const CREDENTIALS_IN_ENDPOINT: &str = "an etcd endpoint must not contain a user name or \
+     password; set user and password_env or password_file instead";
+
+/// An etcd endpoint in the form the client takes, `scheme://host:port`, or
+/// the message saying why it is not one, with the closest URL that is.
+fn endpoint(written: &str) -> Result<String, String> {
+    // Every other message quotes the endpoint, and with it the password.
+    if written.contains('@') {
+        return Err(CREDENTIALS_IN_ENDPOINT.to_string());
+    }
+    let trimmed = written.trim();
+    let (scheme, rest) = match trimmed.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, trimmed),
+    };
+    let known_scheme = scheme.filter(|s| matches!(*s, "http" | "https"));
+    let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let (host, port) = split_host_port(authority);
+    let port_number = port
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|p| p.parse::<u16>().ok())
+        .filter(|p| *p != 0);
+    let unbracketed_v6 = !host.starts_with('[') && host.contains(':');
+    let why = if trimmed.len() != written.len() {
+        " (without spaces)"
+    } else if scheme.is_some() && known_scheme.is_none() {
+        " (only http:// and https:// are supported)"
+    } else if unbracketed_v6 {
+        " (an IPv6 address goes in brackets)"
+    } else if !is_host(host) {
+        " (with a host name or IP address)"
+    } else if port.is_none() {
+        " (with a port)"
+    } else if port_number.is_none() {
+        " (the port must be a number from 1 to 65535)"
+    } else if !matches!(path, "" | "/") {
+        " (without a path)"
+    } else if let (Some(scheme), Some(port)) = (known_scheme, port_number) {
+        return Ok(format!("{scheme}://{host}:{port}"));
+    } else {
+        // Only the scheme is missing; the example shows it.
+        ""
+    };
+    let example = if unbracketed_v6 {
+        "http://[fd00::5]:2379".to_string()
+    } else if is_host(host) {
+        format!(
+            "{}://{host}:{}",
+            known_scheme.unwrap_or("http"),
+            port_number.unwrap_or(ETCD_CLIENT_PORT)
+        )
+    } else {
+        EXAMPLE_ENDPOINT.to_string()
+    };
+    Err(format!(
+        "etcd endpoint {} must be a URL like {}{why}",
+        quoted(written),
+        quoted(&example)
+    ))
+}
+
+/// `host:port` or `[v6]:port`; the port is `None` when there is no `:`.
+/// Junk after `]` is left in the host, which then fails [`is_host`].
+fn split_host_port(authority: &str) -> (&str, Option<&str>) {
+    if let Some(close) = authority.find(']').filter(|_| authority.starts_with('[')) {
+        let (host, after) = authority.split_at(close + 1);
+        if after.is_empty() {
+            return (host, None);
+        }
+        if let Some(port) = after.strip_prefix(':') {
+            return (host, Some(port));
+        }
+        return (authority, None);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    }
+}
+
+fn is_host(host: &str) -> bool {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        }
+    }
+}
+
+/// A name `std::env::var` can look up, in the portable shape. Anything else
+/// in `password_env` is likely the password itself, and is not echoed.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Opens a file the way its user will, refusing a directory (which Linux
+/// opens fine), so that "cannot be read" is said now and not at use.
+fn open_readable(path: &Path) -> Result<File, String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    match file.metadata() {
+        Ok(m) if m.is_dir() => Err("it is a directory".to_string()),
+        Ok(_) => Ok(file),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -882,6 +1250,231 @@ impl<'a, 'i> Item<'a, 'i> {
             }
         }
         env
+    }
+
+    /// `etcd`: every endpoint checked, each problem at its element.
+    fn endpoints(&self, r: &mut Report) -> Option<Vec<String>> {
+        let hint = |v: &DeValue| match v {
+            DeValue::String(_) => " (put it in brackets, even a single one)",
+            _ => "",
+        };
+        let array = self.expect(
+            r,
+            &format!("an array of URLs like [\"{EXAMPLE_ENDPOINT}\"]"),
+            hint,
+            |v| match v {
+                DeValue::Array(a) => Some(a),
+                _ => None,
+            },
+        )?;
+        if array.is_empty() {
+            r.error(
+                self.value_at(),
+                format!("etcd must list at least one endpoint, e.g. [\"{EXAMPLE_ENDPOINT}\"]"),
+            );
+            return None;
+        }
+        let mut all_valid = true;
+        // (normalized, as written, where)
+        let mut valid: Vec<(String, &str, usize)> = Vec::with_capacity(array.len());
+        for (index, element) in array.iter().enumerate() {
+            let item = Item {
+                label: Cow::Owned(format!("etcd[{index}]")),
+                key_at: element.span().start,
+                value: element,
+            };
+            let Some(written) = item.str(r) else {
+                all_valid = false;
+                continue;
+            };
+            match endpoint(written) {
+                Ok(url) if valid.iter().any(|(seen, _, _)| *seen == url) => {
+                    r.error(
+                        item.value_at(),
+                        format!("etcd endpoint {} is listed twice", quoted(written)),
+                    );
+                    all_valid = false;
+                }
+                Ok(url) => valid.push((url, written, item.value_at())),
+                Err(message) => {
+                    r.error(item.value_at(), message);
+                    all_valid = false;
+                }
+            }
+        }
+        // The client speaks TLS to every endpoint or to none.
+        let tls = |url: &str| url.starts_with("https://");
+        if let Some((first, rest)) = valid.split_first() {
+            if let Some((url, written, at)) =
+                rest.iter().find(|(url, _, _)| tls(url) != tls(&first.0))
+            {
+                let scheme = |url: &str| if tls(url) { "https://" } else { "http://" };
+                r.error(
+                    *at,
+                    format!(
+                        "etcd endpoint {} uses {} but {} uses {}; use the same scheme for every endpoint",
+                        quoted(written),
+                        scheme(url),
+                        quoted(first.1),
+                        scheme(&first.0)
+                    ),
+                );
+                return None;
+            }
+        }
+        all_valid.then(|| valid.into_iter().map(|(url, _, _)| url).collect())
+    }
+
+    /// `prefix`: keys are built as `{prefix}/...`.
+    fn prefix(&self, r: &mut Report) -> Option<String> {
+        let s = self.str(r)?;
+        let like = || match s.trim_matches('/') {
+            "" => quoted(DEFAULT_PREFIX),
+            inner => quoted(&format!("/{inner}")),
+        };
+        let problem = if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            format!(
+                "prefix {} must not contain whitespace or control characters",
+                quoted(s)
+            )
+        } else if !s.starts_with('/') {
+            format!("prefix {} must start with '/', like {}", quoted(s), like())
+        } else if s.ends_with('/') {
+            format!(
+                "prefix {} must not end with '/', like {}",
+                quoted(s),
+                like()
+            )
+        } else if s.chars().count() > MAX_PREFIX_LEN {
+            format!(
+                "prefix is {} characters long, at most {MAX_PREFIX_LEN} are allowed",
+                s.chars().count()
+            )
+        } else {
+            return Some(s.to_owned());
+        };
+        r.error(self.value_at(), problem);
+        None
+    }
+
+    fn lease_ttl(&self, r: &mut Report) -> Option<Duration> {
+        let d = self.duration(r)?;
+        let written = quoted(as_str(self.value()).unwrap_or_default());
+        let problem = if !LEASE_TTL_RANGE.contains(&d) {
+            format!(
+                "{} must be between {} and {} (how long a failover waits for a crashed leader), found {written}",
+                self.label,
+                humantime::format_duration(*LEASE_TTL_RANGE.start()),
+                humantime::format_duration(*LEASE_TTL_RANGE.end()),
+            )
+        } else if d.subsec_nanos() != 0 {
+            // Rounded silently, the lease would expire before the replica
+            // expects it to.
+            format!(
+                "{} must be a whole number of seconds (etcd grants leases in seconds), found {written}",
+                self.label
+            )
+        } else {
+            return Some(d);
+        };
+        r.error(self.value_at(), problem);
+        None
+    }
+
+    /// A file the etcd client will read, resolved against `base` and opened
+    /// now so that a wrong path is reported here, located.
+    fn readable_file(&self, r: &mut Report, base: &Path) -> Option<PathBuf> {
+        let path = resolved(base, self.path(r)?);
+        if let Err(reason) = open_readable(&path) {
+            r.error(
+                self.value_at(),
+                format!(
+                    "{} {} cannot be read: {reason}",
+                    self.label,
+                    quoted(&path.display().to_string())
+                ),
+            );
+            return None;
+        }
+        Some(path)
+    }
+
+    fn user(&self, r: &mut Report) -> Option<String> {
+        let user = self.str(r)?;
+        if user.is_empty() {
+            r.error(
+                self.value_at(),
+                "user must not be empty (leave it out to connect without authentication)",
+            );
+            return None;
+        }
+        Some(user.to_owned())
+    }
+
+    /// The password itself never reaches a message; only the variable's
+    /// name does, and only when it looks like one.
+    fn password_env(&self, r: &mut Report) -> Option<Secret> {
+        let name = self.str(r)?;
+        if !is_env_name(name) {
+            r.error(
+                self.value_at(),
+                format!(
+                    "{} must be the name of an environment variable, like \"BGSCHED_ETCD_PASSWORD\", \
+                     not the password itself",
+                    self.label
+                ),
+            );
+            return None;
+        }
+        let problem = match std::env::var(name) {
+            Ok(password) if !password.is_empty() => return Some(Secret::new(password)),
+            Ok(_) => "is set but empty",
+            Err(VarError::NotPresent) => "is not set in the environment",
+            Err(VarError::NotUnicode(_)) => "holds a value that is not valid UTF-8",
+        };
+        r.error(
+            self.value_at(),
+            format!("{} {} {problem}", self.label, quoted(name)),
+        );
+        None
+    }
+
+    /// The file's content without its trailing line break; the content
+    /// never reaches a message, only the file's name does.
+    fn password_file(&self, r: &mut Report, base: &Path) -> Option<Secret> {
+        let path = resolved(base, self.path(r)?);
+        let mut bytes = Vec::new();
+        let read = open_readable(&path).and_then(|file| {
+            file.take(MAX_PASSWORD_FILE_SIZE + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| e.to_string())
+        });
+        let problem = match read {
+            Err(reason) => format!("cannot be read: {reason}"),
+            Ok(_) if bytes.len() as u64 > MAX_PASSWORD_FILE_SIZE => format!(
+                "is larger than {} KiB; it should hold only the password",
+                MAX_PASSWORD_FILE_SIZE / 1024
+            ),
+            Ok(_) => match String::from_utf8(bytes) {
+                Err(_) => "is not valid UTF-8".to_string(),
+                Ok(mut password) => {
+                    password.truncate(password.trim_end_matches(['\n', '\r']).len());
+                    if !password.is_empty() {
+                        return Some(Secret::new(password));
+                    }
+                    "is empty".to_string()
+                }
+            },
+        };
+        r.error(
+            self.value_at(),
+            format!(
+                "{} {} {problem}",
+                self.label,
+                quoted(&path.display().to_string())
+            ),
+        );
+        None
     }
 }
 
@@ -1559,7 +2152,7 @@ timeout = "none"
         );
         assert_errors(
             "title = \"x\"\n",
-            &["jobs.toml:1:1: unknown top-level key `title` (expected one of: scheduler, defaults, jobs)"],
+            &["jobs.toml:1:1: unknown top-level key `title` (expected one of: scheduler, defaults, jobs, cluster)"],
         );
         assert_errors(
             "[scheduler]\nhistroy = 5\nstate = \"x\"\n",
@@ -1865,11 +2458,622 @@ timeout = "none"
         );
     }
 
+    // 15. Cluster
+
+    /// A directory of its own under the system temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("bgsched-cluster-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn file(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, content).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// `[cluster]` with one valid endpoint and `lines` from line 3 on.
+    fn cluster_with(lines: &str) -> String {
+        format!("[cluster]\netcd = [\"http://10.0.0.5:2379\"]\n{lines}\n")
+    }
+
     #[test]
-    fn cluster_is_reserved() {
+    fn full_cluster_section_is_parsed_with_tls_paths_resolved() {
+        let dir = Scratch::new("full");
+        std::fs::create_dir(dir.0.join("tls")).unwrap();
+        dir.file("ca.pem", "CA");
+        dir.file("tls/client.pem", "CERT");
+        let key = dir.file("client.key", "KEY");
+        dir.file("etcd-password", "s3cret\n");
+        let src = format!(
+            r#"[cluster]
+etcd = ["https://10.0.0.5:2379", "https://etcd-2.internal:2379/", "https://[fd00::7]:12379"]
+prefix = "/bgsched/prod"
+lease_ttl = "15s"
+ca_file = "ca.pem"
+cert_file = "tls/client.pem"
+key_file = "{}"
+user = "bgsched"
+password_file = "etcd-password"
+
+[jobs.tick]
+schedule = "* * * * *"
+command = ["/bin/true"]
+"#,
+            key.display()
+        );
+        let path = dir.file("jobs.toml", &src);
+        let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.cluster,
+            Some(ClusterSettings {
+                endpoints: vec![
+                    "https://10.0.0.5:2379".into(),
+                    "https://etcd-2.internal:2379".into(),
+                    "https://[fd00::7]:12379".into(),
+                ],
+                prefix: "/bgsched/prod".into(),
+                lease_ttl: Duration::from_secs(15),
+                ca_file: Some(dir.0.join("ca.pem")),
+                cert_file: Some(dir.0.join("tls/client.pem")),
+                key_file: Some(key),
+                user: Some("bgsched".into()),
+                password: Some(Secret::new("s3cret")),
+            })
+        );
+        // A relative config path gives relative, but resolved, file paths.
+        let src = "[cluster]\netcd = [\"https://etcd:2379\"]\nca_file = \"ca.pem\"\n";
+        let config = load_str(&dir.0.join("jobs.toml"), src.as_bytes()).unwrap();
+        assert_eq!(config.cluster.unwrap().ca_file, Some(dir.0.join("ca.pem")));
+    }
+
+    #[test]
+    fn cluster_defaults_apply_when_only_etcd_is_set() {
+        let config =
+            valid("[cluster]\netcd = [\"http://etcd-1:2379/\", \"http://10.0.0.6:2379\"]\n");
+        assert_eq!(
+            config.cluster,
+            Some(ClusterSettings {
+                endpoints: vec!["http://etcd-1:2379".into(), "http://10.0.0.6:2379".into()],
+                prefix: "/bgsched".into(),
+                lease_ttl: Duration::from_secs(10),
+                ca_file: None,
+                cert_file: None,
+                key_file: None,
+                user: None,
+                password: None,
+            })
+        );
+        assert_eq!(valid("").cluster, None);
+        // https without ca_file verifies against the system roots.
+        let config = valid("[cluster]\netcd = [\"https://etcd.example.com:2379\"]\n");
+        assert_eq!(config.cluster.unwrap().ca_file, None);
+    }
+
+    #[test]
+    fn password_env_is_read_at_load_time() {
+        std::env::set_var("BGSCHED_TEST_ETCD_PASSWORD_READ", "from-env\n");
+        let config = valid(&cluster_with(
+            "user = \"bgsched\"\npassword_env = \"BGSCHED_TEST_ETCD_PASSWORD_READ\"",
+        ));
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.user.as_deref(), Some("bgsched"));
+        // Taken as is: only a file's trailing line break is trimmed.
+        assert_eq!(cluster.password.unwrap().expose(), "from-env\n");
+    }
+
+    #[test]
+    fn cluster_must_be_a_table() {
         assert_errors(
-            "[jobs]\n[cluster]\nendpoints = [\"http://etcd:2379\"]\n",
-            &["jobs.toml:2:2: cluster mode (etcd) is not available in this build yet"],
+            "cluster = \"http://etcd:2379\"\n",
+            &["jobs.toml:1:11: cluster must be a table, found string"],
+        );
+        assert_errors(
+            "[[cluster]]\netcd = [\"http://etcd:2379\"]\n",
+            &["jobs.toml:1:1: cluster must be a table, found array (write [cluster], not [[cluster]])"],
+        );
+    }
+
+    #[test]
+    fn unknown_cluster_keys_suggest_the_right_key() {
+        assert_errors(
+            "[cluster]\nendpoints = [\"http://etcd:2379\"]\nttl = \"10s\"\nprefx = \"/x\"\ncacert = \"ca.pem\"\npassword = \"hunter2\"\ncolour = \"blue\"\n",
+            &[
+                "jobs.toml:1:2: missing etcd; add the etcd endpoints, e.g. etcd = [\"http://10.0.0.5:2379\"]",
+                "jobs.toml:2:1: unknown key `endpoints` in [cluster]; did you mean `etcd`?",
+                "jobs.toml:3:1: unknown key `ttl` in [cluster]; did you mean `lease_ttl`?",
+                "jobs.toml:4:1: unknown key `prefx` in [cluster]; did you mean `prefix`?",
+                "jobs.toml:5:1: unknown key `cacert` in [cluster]; did you mean `ca_file`?",
+                "jobs.toml:6:1: unknown key `password` in [cluster]; keep the password out of the config: set password_env (the name of an environment variable holding it) or password_file (a file holding it)",
+                "jobs.toml:7:1: unknown key `colour` in [cluster] (expected one of: etcd, prefix, lease_ttl, ca_file, cert_file, key_file, user, password_env, password_file)",
+            ],
+        );
+        assert_errors(
+            "etcd = [\"http://etcd:2379\"]\n[scheduler]\nlease_ttl = \"10s\"\n",
+            &[
+                "jobs.toml:1:1: unknown top-level key `etcd`; `etcd` belongs in [cluster]",
+                "jobs.toml:3:1: unknown key `lease_ttl` in [scheduler]; `lease_ttl` belongs in [cluster]",
+            ],
+        );
+        // A job's `user` is not the etcd user.
+        let errs = errors(&job_with("user = \"postgres\""));
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0]
+                .starts_with("jobs.toml:4:1: job \"backup\": unknown key `user` (expected one of:"),
+            "{errs:?}"
+        );
+        assert_errors(
+            &cluster_with("timezone = \"UTC\""),
+            &["jobs.toml:3:1: unknown key `timezone` in [cluster]; `timezone` belongs in [defaults] or a job table ([jobs.<name>])"],
+        );
+    }
+
+    #[test]
+    fn etcd_must_be_a_non_empty_array_of_strings() {
+        assert_errors(
+            "[cluster]\nprefix = \"/x\"\n",
+            &["jobs.toml:1:2: missing etcd; add the etcd endpoints, e.g. etcd = [\"http://10.0.0.5:2379\"]"],
+        );
+        assert_errors(
+            "[cluster]\netcd = \"http://etcd:2379\"\n",
+            &["jobs.toml:2:8: etcd must be an array of URLs like [\"http://10.0.0.5:2379\"], found string (put it in brackets, even a single one)"],
+        );
+        assert_errors(
+            "[cluster]\netcd = []\n",
+            &["jobs.toml:2:8: etcd must list at least one endpoint, e.g. [\"http://10.0.0.5:2379\"]"],
+        );
+        assert_errors(
+            "[cluster]\netcd = [\"http://a:2379\", 2379]\n",
+            &["jobs.toml:2:26: etcd[1] must be a string, found integer"],
+        );
+    }
+
+    #[test]
+    fn each_etcd_endpoint_must_be_an_http_url_with_a_port() {
+        let cases = [
+            ("10.0.0.5:2379", "\"http://10.0.0.5:2379\""),
+            ("etcd", "\"http://etcd:2379\" (with a port)"),
+            ("http://etcd", "\"http://etcd:2379\" (with a port)"),
+            (
+                "https://etcd:",
+                "\"https://etcd:2379\" (the port must be a number from 1 to 65535)",
+            ),
+            (
+                "https://etcd:0",
+                "\"https://etcd:2379\" (the port must be a number from 1 to 65535)",
+            ),
+            (
+                "http://etcd:65536",
+                "\"http://etcd:2379\" (the port must be a number from 1 to 65535)",
+            ),
+            (
+                "http://etcd:+1",
+                "\"http://etcd:2379\" (the port must be a number from 1 to 65535)",
+            ),
+            (
+                "http://etcd:2379/v3",
+                "\"http://etcd:2379\" (without a path)",
+            ),
+            (
+                "http://etcd:2379?x=1",
+                "\"http://etcd:2379\" (without a path)",
+            ),
+            (
+                "grpc://etcd:2379",
+                "\"http://etcd:2379\" (only http:// and https:// are supported)",
+            ),
+            (
+                "HTTPS://etcd:2379",
+                "\"http://etcd:2379\" (only http:// and https:// are supported)",
+            ),
+            (
+                "unix:///run/etcd.sock",
+                "\"http://10.0.0.5:2379\" (only http:// and https:// are supported)",
+            ),
+            (
+                " https://etcd:2379",
+                "\"https://etcd:2379\" (without spaces)",
+            ),
+            (
+                "http://:2379",
+                "\"http://10.0.0.5:2379\" (with a host name or IP address)",
+            ),
+            (
+                "http://et cd:2379",
+                "\"http://10.0.0.5:2379\" (with a host name or IP address)",
+            ),
+            (
+                "http://[::1]x:2379",
+                "\"http://10.0.0.5:2379\" (with a host name or IP address)",
+            ),
+            (
+                "http://[::g]:2379",
+                "\"http://10.0.0.5:2379\" (with a host name or IP address)",
+            ),
+            (
+                "http://::1:2379",
+                "\"http://[fd00::5]:2379\" (an IPv6 address goes in brackets)",
+            ),
+        ];
+        for (written, like) in cases {
+            assert_errors(
+                &format!("[cluster]\netcd = ['{written}']\n"),
+                &[&format!(
+                    "jobs.toml:2:9: etcd endpoint \"{written}\" must be a URL like {like}"
+                )],
+            );
+        }
+        for ok in [
+            "http://10.0.0.5:2379",
+            "https://etcd-1.example.com:2379/",
+            "http://etcd_1:1",
+            "http://localhost:65535",
+            "http://[::1]:2379",
+        ] {
+            let config = valid(&format!("[cluster]\netcd = ['{ok}']\n"));
+            assert_eq!(
+                config.cluster.unwrap().endpoints,
+                [ok.trim_end_matches('/')]
+            );
+        }
+    }
+
+    #[test]
+    fn etcd_endpoints_must_be_distinct_and_share_a_scheme() {
+        assert_errors(
+            "[cluster]\netcd = [\"http://a:2379\", \"http://a:2379/\"]\n",
+            &["jobs.toml:2:26: etcd endpoint \"http://a:2379/\" is listed twice"],
+        );
+        assert_errors(
+            "[cluster]\netcd = [\"http://a:2379\", \"https://b:2379\", \"http://c:2379\", \"https://d:2379\"]\n",
+            &["jobs.toml:2:26: etcd endpoint \"https://b:2379\" uses https:// but \"http://a:2379\" uses http://; use the same scheme for every endpoint"],
+        );
+        // Credentials are refused without repeating them.
+        assert_errors(
+            "[cluster]\netcd = [\"http://root:pa/ss@etcd:2379\"]\n",
+            &["jobs.toml:2:9: an etcd endpoint must not contain a user name or password; set user and password_env or password_file instead"],
+        );
+    }
+
+    #[test]
+    fn prefix_is_an_absolute_key_prefix() {
+        let cases = [
+            (
+                "bgsched/prod",
+                "prefix \"bgsched/prod\" must start with '/', like \"/bgsched/prod\"",
+            ),
+            ("", "prefix \"\" must start with '/', like \"/bgsched\""),
+            (
+                "/bgsched/",
+                "prefix \"/bgsched/\" must not end with '/', like \"/bgsched\"",
+            ),
+            ("/", "prefix \"/\" must not end with '/', like \"/bgsched\""),
+            (
+                "/bg sched",
+                "prefix \"/bg sched\" must not contain whitespace or control characters",
+            ),
+            (
+                "/bg\\u0000",
+                "prefix \"/bg\\0\" must not contain whitespace or control characters",
+            ),
+            (
+                "/bg\\t",
+                "prefix \"/bg\\t\" must not contain whitespace or control characters",
+            ),
+        ];
+        for (written, message) in cases {
+            assert_errors(
+                &cluster_with(&format!("prefix = \"{written}\"")),
+                &[&format!("jobs.toml:3:10: {message}")],
+            );
+        }
+        let long = format!("/{}", "a".repeat(256));
+        assert_errors(
+            &cluster_with(&format!("prefix = \"{long}\"")),
+            &["jobs.toml:3:10: prefix is 257 characters long, at most 256 are allowed"],
+        );
+        assert_errors(
+            &cluster_with("prefix = 1"),
+            &["jobs.toml:3:10: prefix must be a string, found integer"],
+        );
+        let longest = format!("/{}", "a".repeat(255));
+        let config = valid(&cluster_with(&format!("prefix = \"{longest}\"")));
+        assert_eq!(config.cluster.unwrap().prefix, longest);
+        let config = valid(&cluster_with("prefix = \"/a/b-c/d_e.f\""));
+        assert_eq!(config.cluster.unwrap().prefix, "/a/b-c/d_e.f");
+    }
+
+    #[test]
+    fn lease_ttl_must_be_a_duration_from_2s_to_10m() {
+        for value in ["1s", "1999ms", "0s", "10m 1s", "1h"] {
+            assert_errors(
+                &cluster_with(&format!("lease_ttl = \"{value}\"")),
+                &[&format!("jobs.toml:3:13: lease_ttl must be between 2s and 10m (how long a failover waits for a crashed leader), found \"{value}\"")],
+            );
+        }
+        assert_errors(
+            &cluster_with("lease_ttl = \"10 sekunden\""),
+            &["jobs.toml:3:13: invalid duration \"10 sekunden\" for lease_ttl: unknown time unit \"sekunden\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)"],
+        );
+        assert_errors(
+            &cluster_with("lease_ttl = 10"),
+            &["jobs.toml:3:13: lease_ttl must be a duration string like \"30s\" or \"1h 30m\", found integer"],
+        );
+        assert_errors(
+            &cluster_with("lease_ttl = \"2500ms\""),
+            &["jobs.toml:3:13: lease_ttl must be a whole number of seconds (etcd grants leases in seconds), found \"2500ms\""],
+        );
+        for (value, secs) in [("2s", 2), ("10m", 600), ("1m 30s", 90), ("3000ms", 3)] {
+            let config = valid(&cluster_with(&format!("lease_ttl = \"{value}\"")));
+            assert_eq!(config.cluster.unwrap().lease_ttl, Duration::from_secs(secs));
+        }
+    }
+
+    #[test]
+    fn tls_files_must_be_readable_and_fit_the_endpoints() {
+        let dir = Scratch::new("tls");
+        let ca = dir.file("ca.pem", "CA").display().to_string();
+        let https = |lines: &str| format!("[cluster]\netcd = [\"https://etcd:2379\"]\n{lines}\n");
+        assert_errors(
+            &https("ca_file = \"/nonexistent/bgsched/ca.pem\""),
+            &["jobs.toml:3:11: ca_file \"/nonexistent/bgsched/ca.pem\" cannot be read: No such file or directory (os error 2)"],
+        );
+        // Shown resolved, i.e. where it was looked for.
+        assert_errors(
+            &https("cert_file = \"client.pem\"\nkey_file = \"client.key\""),
+            &[
+                "jobs.toml:3:13: cert_file \"./client.pem\" cannot be read: No such file or directory (os error 2)",
+                "jobs.toml:4:12: key_file \"./client.key\" cannot be read: No such file or directory (os error 2)",
+            ],
+        );
+        assert_errors(
+            &https(&format!("ca_file = \"{}\"", dir.0.display())),
+            &[&format!(
+                "jobs.toml:3:11: ca_file \"{}\" cannot be read: it is a directory",
+                dir.0.display()
+            )],
+        );
+        assert_errors(
+            &https("ca_file = \"\""),
+            &["jobs.toml:3:11: ca_file must not be empty (leave it out to use the default)"],
+        );
+        assert_errors(
+            &https(&format!("cert_file = \"{ca}\"")),
+            &["jobs.toml:3:1: cert_file is set but key_file is not; a client certificate needs its private key"],
+        );
+        assert_errors(
+            &https(&format!("ca_file = \"{ca}\"\nkey_file = \"{ca}\"")),
+            &["jobs.toml:4:1: key_file is set but cert_file is not; a private key needs its client certificate"],
+        );
+        assert_errors(
+            &cluster_with(&format!("cert_file = \"{ca}\"\nkey_file = \"{ca}\"\nca_file = \"{ca}\"")),
+            &["jobs.toml:3:1: TLS files are set but every etcd endpoint is http://; use https:// endpoints or remove ca_file, cert_file and key_file"],
+        );
+        let config = valid(&https(&format!(
+            "ca_file = \"{ca}\"\ncert_file = \"{ca}\"\nkey_file = \"{ca}\""
+        )));
+        assert_eq!(config.cluster.unwrap().key_file, Some(PathBuf::from(&ca)));
+    }
+
+    #[test]
+    fn etcd_user_and_password_come_together_from_one_source() {
+        let dir = Scratch::new("auth");
+        let file = dir.file("password", "pw\r\n").display().to_string();
+        std::env::set_var("BGSCHED_TEST_ETCD_PASSWORD_AUTH", "pw");
+        let env = "password_env = \"BGSCHED_TEST_ETCD_PASSWORD_AUTH\"";
+        assert_errors(
+            &cluster_with(&format!(
+                "user = \"bgsched\"\n{env}\npassword_file = \"{file}\""
+            )),
+            &["jobs.toml:5:1: both password_env and password_file are set; keep one of them"],
+        );
+        assert_errors(
+            &cluster_with(env),
+            &["jobs.toml:3:1: password_env is set but user is not; add the etcd user name, e.g. user = \"bgsched\""],
+        );
+        assert_errors(
+            &cluster_with(&format!("password_file = \"{file}\"")),
+            &["jobs.toml:3:1: password_file is set but user is not; add the etcd user name, e.g. user = \"bgsched\""],
+        );
+        assert_errors(
+            &cluster_with("user = \"bgsched\""),
+            &["jobs.toml:3:1: user is set without a password; add password_env = \"NAME\" (an environment variable holding it) or password_file = \"/path/to/file\""],
+        );
+        assert_errors(
+            &cluster_with(&format!("user = \"\"\n{env}")),
+            &["jobs.toml:3:8: user must not be empty (leave it out to connect without authentication)"],
+        );
+        let config = valid(&cluster_with(&format!(
+            "user = \"bgsched\"\npassword_file = \"{file}\""
+        )));
+        assert_eq!(config.cluster.unwrap().password.unwrap().expose(), "pw");
+    }
+
+    #[test]
+    fn password_sources_must_be_readable() {
+        let dir = Scratch::new("sources");
+        std::env::set_var("BGSCHED_TEST_ETCD_PASSWORD_EMPTY", "");
+        let with = |line: &str| cluster_with(&format!("user = \"bgsched\"\n{line}"));
+        assert_errors(
+            &with("password_env = \"BGSCHED_TEST_ETCD_PASSWORD_UNSET\""),
+            &["jobs.toml:4:16: password_env \"BGSCHED_TEST_ETCD_PASSWORD_UNSET\" is not set in the environment"],
+        );
+        assert_errors(
+            &with("password_env = \"BGSCHED_TEST_ETCD_PASSWORD_EMPTY\""),
+            &["jobs.toml:4:16: password_env \"BGSCHED_TEST_ETCD_PASSWORD_EMPTY\" is set but empty"],
+        );
+        for not_a_name in ["", "9LIVES", "BGSCHED-PASSWORD", "$BGSCHED_PASSWORD"] {
+            assert_errors(
+                &with(&format!("password_env = \"{not_a_name}\"")),
+                &["jobs.toml:4:16: password_env must be the name of an environment variable, like \"BGSCHED_ETCD_PASSWORD\", not the password itself"],
+            );
+        }
+        assert_errors(
+            &with("password_file = \"/nonexistent/bgsched/etcd-password\""),
+            &["jobs.toml:4:17: password_file \"/nonexistent/bgsched/etcd-password\" cannot be read: No such file or directory (os error 2)"],
+        );
+        let empty = dir.file("empty", "\n").display().to_string();
+        assert_errors(
+            &with(&format!("password_file = \"{empty}\"")),
+            &[&format!(
+                "jobs.toml:4:17: password_file \"{empty}\" is empty"
+            )],
+        );
+        let binary = dir.file("binary", b"pw\xFF\n").display().to_string();
+        assert_errors(
+            &with(&format!("password_file = \"{binary}\"")),
+            &[&format!(
+                "jobs.toml:4:17: password_file \"{binary}\" is not valid UTF-8"
+            )],
+        );
+        let big = dir
+            .file("big", "x".repeat(64 * 1024 + 1))
+            .display()
+            .to_string();
+        assert_errors(
+            &with(&format!("password_file = \"{big}\"")),
+            &[&format!("jobs.toml:4:17: password_file \"{big}\" is larger than 64 KiB; it should hold only the password")],
+        );
+        assert_errors(
+            &with(&format!("password_file = \"{}\"", dir.0.display())),
+            &[&format!(
+                "jobs.toml:4:17: password_file \"{}\" cannot be read: it is a directory",
+                dir.0.display()
+            )],
+        );
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_output_or_errors() {
+        const SENTINEL: &str = "SENTINEL-pa55w0rd-7f3a";
+        let dir = Scratch::new("secret");
+        std::env::set_var("BGSCHED_TEST_ETCD_PASSWORD_SENTINEL", SENTINEL);
+        let file = dir
+            .file("password", format!("{SENTINEL}\n"))
+            .display()
+            .to_string();
+        let env = "password_env = \"BGSCHED_TEST_ETCD_PASSWORD_SENTINEL\"";
+
+        for source in [env.to_string(), format!("password_file = \"{file}\"")] {
+            let config = valid(&cluster_with(&format!("user = \"bgsched\"\n{source}")));
+            let debug = format!("{config:?} {config:#?}");
+            assert!(!debug.contains(SENTINEL), "{debug}");
+            assert!(debug.contains("Secret(***)"), "{debug}");
+            let password = config.cluster.unwrap().password.unwrap();
+            assert_eq!(password.expose(), SENTINEL);
+            assert_eq!(format!("{password} {password:?}"), "*** Secret(***)");
+        }
+
+        let big = dir
+            .file("big", SENTINEL.repeat(64 * 1024 / SENTINEL.len() + 1))
+            .display()
+            .to_string();
+        let mut binary = SENTINEL.as_bytes().to_vec();
+        binary.push(0xFF);
+        let binary = dir.file("binary", binary).display().to_string();
+        let broken = [
+            // Read fine, but rejected for other reasons.
+            cluster_with(&format!("user = \"bgsched\"\n{env}\npassword_file = \"{file}\"")),
+            cluster_with(env),
+            cluster_with(&format!("password_file = \"{file}\"\nprefix = \"x\"\nlease_ttl = \"1s\"")),
+            format!("[cluster]\netcd = [\"x\"]\nuser = \"u\"\n{env}\n[jobs.a]\nschedule = \"61 * * * *\"\n"),
+            // Unreadable as a password.
+            cluster_with(&format!("user = \"u\"\npassword_file = \"{big}\"")),
+            cluster_with(&format!("user = \"u\"\npassword_file = \"{binary}\"")),
+            // Written where it does not belong.
+            cluster_with(&format!("user = \"u\"\npassword_env = \"{SENTINEL}\"")),
+            cluster_with(&format!("password = \"{SENTINEL}\"")),
+            format!("[cluster]\netcd = [\"http://u:{SENTINEL}@etcd:2379\"]\n"),
+            format!("[cluster]\netcd = [\"http://u:{SENTINEL}/x@etcd\"]\n"),
+        ];
+        for src in broken {
+            let e = load_text(&src).expect_err(&src);
+            let text = format!("{e} {e:?}");
+            assert!(!text.contains(SENTINEL), "{text}");
+        }
+    }
+
+    #[test]
+    fn cluster_mode_raises_the_default_catchup_to_cover_a_failover() {
+        let job = "[jobs.a]\nschedule = \"* * * * *\"\ncommand = [\"x\"]\n";
+        let catchup = |src: String| valid(&src).jobs["a"].catchup;
+        let etcd = "[cluster]\netcd = [\"http://etcd:2379\"]\n";
+        assert_eq!(catchup(job.to_string()), Duration::from_secs(60));
+        // max(1m, 10s + 10s)
+        assert_eq!(catchup(format!("{etcd}{job}")), Duration::from_secs(60));
+        assert_eq!(
+            catchup(format!("{etcd}lease_ttl = \"50s\"\n{job}")),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            catchup(format!("{etcd}lease_ttl = \"2m\"\n{job}")),
+            Duration::from_secs(130)
+        );
+        assert_eq!(
+            catchup(format!("{etcd}lease_ttl = \"10m\"\n{job}")),
+            Duration::from_secs(610)
+        );
+        // What is configured is kept, even when shorter than a failover.
+        assert_eq!(
+            catchup(format!(
+                "{etcd}lease_ttl = \"2m\"\n[defaults]\ncatchup = \"30s\"\n{job}"
+            )),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            catchup(format!("{etcd}lease_ttl = \"2m\"\n{job}catchup = \"0s\"\n")),
+            Duration::ZERO
+        );
+        // [defaults] without catchup still gets the cluster default.
+        assert_eq!(
+            catchup(format!(
+                "{etcd}lease_ttl = \"2m\"\n[defaults]\noverlap = \"allow\"\n{job}"
+            )),
+            Duration::from_secs(130)
+        );
+    }
+
+    #[test]
+    fn every_cluster_error_is_reported_in_file_order() {
+        let src = r#"[jobs.a]
+schedule = "61 * * * *"
+command = ["x"]
+
+[cluster]
+etcd = ["10.0.0.5:2379", "http://10.0.0.6"]
+prefix = "bgsched"
+lease_ttl = "1s"
+cert_file = "/nonexistent/client.pem"
+user = "bgsched"
+ttl = "5s"
+"#;
+        assert_errors(
+            src,
+            &[
+                "jobs.toml:2:12: job \"a\": invalid schedule \"61 * * * *\": minute 61 out of range 0-59",
+                "jobs.toml:6:9: etcd endpoint \"10.0.0.5:2379\" must be a URL like \"http://10.0.0.5:2379\"",
+                "jobs.toml:6:26: etcd endpoint \"http://10.0.0.6\" must be a URL like \"http://10.0.0.6:2379\" (with a port)",
+                "jobs.toml:7:10: prefix \"bgsched\" must start with '/', like \"/bgsched\"",
+                "jobs.toml:8:13: lease_ttl must be between 2s and 10m (how long a failover waits for a crashed leader), found \"1s\"",
+                "jobs.toml:9:1: cert_file is set but key_file is not; a client certificate needs its private key",
+                "jobs.toml:9:13: cert_file \"/nonexistent/client.pem\" cannot be read: No such file or directory (os error 2)",
+                "jobs.toml:10:1: user is set without a password; add password_env = \"NAME\" (an environment variable holding it) or password_file = \"/path/to/file\"",
+                "jobs.toml:11:1: unknown key `ttl` in [cluster]; did you mean `lease_ttl`?",
+            ],
         );
     }
 

@@ -24,6 +24,9 @@ pub struct Config {
     pub scheduler: SchedulerSettings,
     /// Jobs by name, sorted by name.
     pub jobs: BTreeMap<String, Job>,
+    /// `[cluster]`: replicas coordinate through etcd instead of a local
+    /// state directory. `None` means standalone.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// The `[scheduler]` table: settings of the scheduler process itself.
@@ -46,6 +49,75 @@ impl Default for SchedulerSettings {
             shutdown_grace: Duration::from_secs(30),
             history_limit: DEFAULT_HISTORY_LIMIT,
         }
+    }
+}
+
+/// The `[cluster]` table: how replicas reach etcd. Everything here has been
+/// checked by [`load()`], including that the TLS files and the password
+/// source can be read, so that a replica with a broken setup fails at start
+/// with a located message instead of at its first connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `etcd`: never empty, each `http://host:port` or `https://host:port`
+    /// (no trailing `/`), all with the same scheme because the client uses
+    /// TLS for every endpoint or for none.
+    pub endpoints: Vec<String>,
+    /// `prefix` (default `/bgsched`): starts with `/` and does not end with
+    /// one, so that keys are built as `{prefix}/...` and several
+    /// deployments can share one etcd without seeing each other's keys.
+    pub prefix: String,
+    /// `lease_ttl` (default 10s, 2s to 10m, whole seconds as etcd grants
+    /// them): how long a replica that stops renewing keeps leadership and
+    /// its run locks, i.e. how long a failover takes. A replica renews
+    /// several times per TTL and stops acting as leader before it expires,
+    /// so the TTL must leave room for a few round trips to etcd.
+    pub lease_ttl: Duration,
+    /// `ca_file`: the CA that signed the servers' certificates, for a
+    /// private CA; without it https endpoints are verified against the
+    /// system roots. Like the other two files it has been resolved against
+    /// the config file's directory; do not join it again.
+    pub ca_file: Option<PathBuf>,
+    /// `cert_file`: client certificate for etcd's mutual TLS; set exactly
+    /// when `key_file` is.
+    pub cert_file: Option<PathBuf>,
+    /// `key_file`: the private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// `user`: the etcd user to authenticate as; set exactly when
+    /// `password` is.
+    pub user: Option<String>,
+    /// Read from `password_env` or `password_file` at load time, because
+    /// a password must not be written into a config file that is usually
+    /// world-readable and kept in version control.
+    pub password: Option<Secret>,
+}
+
+/// A secret that never shows up in Debug/Display/logs/errors: configs are
+/// printed with `{:?}` in logs and bug reports, and whoever needs the
+/// value has to ask for it with [`Secret::expose`], where it is easy to
+/// review.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Secret(secret.into())
+    }
+
+    /// The secret itself, for handing to the etcd client; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
     }
 }
 
@@ -154,9 +226,14 @@ impl std::error::Error for ConfigErrors {}
 impl Config {
     /// The directory relative paths in the config are resolved against.
     pub fn base_dir(&self) -> &Path {
-        self.path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
+        base_dir(&self.path)
     }
+}
+
+/// [`Config::base_dir`] for a config file at `path`, for use while the
+/// [`Config`] is still being built.
+fn base_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
 }

@@ -7,6 +7,7 @@
 //! same backend through [`RunRecorder`] to keep their run marked as active and
 //! to write its record.
 
+pub mod etcd;
 mod fsutil;
 pub mod standalone;
 
@@ -15,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::future::Future;
 use std::os::fd::OwnedFd;
+use tokio::sync::{mpsc, watch};
 
+pub use etcd::Etcd;
 pub use standalone::Standalone;
 
 /// Errors of the coordination layer.
@@ -29,6 +32,8 @@ pub enum CoordError {
     },
     #[error("corrupt state file {path}: {reason}")]
     Corrupt { path: String, reason: String },
+    #[error("etcd: {0}")]
+    Etcd(String),
 }
 
 pub type Result<T, E = CoordError> = std::result::Result<T, E>;
@@ -133,6 +138,39 @@ pub struct RunRecord {
     pub output_tail: String,
 }
 
+impl RunRecord {
+    /// A history entry for a tick or request that started no process
+    /// (skipped, missed, or refused before it could start).
+    pub fn not_run(
+        job: &str,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        instance: &str,
+        outcome: Outcome,
+        reason: String,
+    ) -> RunRecord {
+        let now = Utc::now();
+        RunRecord {
+            run_id: standalone::new_run_id(),
+            job: job.to_string(),
+            tick,
+            trigger,
+            instance: instance.to_string(),
+            term: 0,
+            outcome,
+            started_at: now,
+            ended_at: Some(now),
+            duration_ms: Some(0),
+            exit_code: None,
+            signal: None,
+            reason: Some(reason),
+            pid: None,
+            missed_ticks: None,
+            output_tail: String::new(),
+        }
+    }
+}
+
 /// Who currently leads, as far as the backend knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderInfo {
@@ -143,16 +181,58 @@ pub struct LeaderInfo {
     pub pid: Option<u32>,
 }
 
-/// Held while this instance leads. Dropping it resigns.
+/// A request to run a job now, made by `bgsched trigger` on any machine and
+/// carried out by the leader (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerRequest {
+    /// Chosen by the requester, so it can wait for this run's record.
+    pub run_id: String,
+    pub job: String,
+    pub requested_by: String,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// Held while this instance leads.
 pub struct Leadership {
     pub term: u64,
-    /// Backend-specific resources that embody leadership (a locked file, a lease).
+    /// `true` while leadership is confirmed; flips to `false` for good when
+    /// the backend can no longer vouch for it (session lost, key gone).
+    valid: watch::Receiver<bool>,
+    /// Manual trigger requests addressed to the leader, if the backend has any.
+    pub requests: Option<mpsc::Receiver<TriggerRequest>>,
+    /// Backend-specific resources that embody leadership (a locked file, a
+    /// watch task); dropping them gives leadership up.
     _hold: Box<dyn Send + Sync>,
 }
 
 impl Leadership {
-    pub fn new(term: u64, hold: Box<dyn Send + Sync>) -> Self {
-        Leadership { term, _hold: hold }
+    pub fn new(
+        term: u64,
+        valid: watch::Receiver<bool>,
+        requests: Option<mpsc::Receiver<TriggerRequest>>,
+        hold: Box<dyn Send + Sync>,
+    ) -> Self {
+        Leadership {
+            term,
+            valid,
+            requests,
+            _hold: hold,
+        }
+    }
+
+    pub fn is_valid(&self) -> bool {
+        *self.valid.borrow()
+    }
+
+    /// Resolves once leadership is lost.
+    pub async fn lost(&self) {
+        let mut valid = self.valid.clone();
+        while *valid.borrow_and_update() {
+            if valid.changed().await.is_err() {
+                // The backend dropped its side: nothing can revoke us any more.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
@@ -162,11 +242,28 @@ pub struct ClaimRequest<'a> {
     pub job: &'a str,
     pub tick: DateTime<Utc>,
     pub trigger: Trigger,
+    pub instance: &'a str,
     /// Whether an active run of the job must make this claim fail.
     pub exclusive: bool,
     /// Whether `tick` becomes the job's last fired tick (scheduled and
     /// catch-up fires; not manual triggers).
     pub advances_schedule: bool,
+    /// The run id chosen by a [`TriggerRequest`] this claim answers.
+    pub request: Option<&'a str>,
+}
+
+/// What a run's supervisor must keep for as long as the run is alive, so
+/// that the run counts as active everywhere.
+#[derive(Debug)]
+pub enum Hold {
+    None,
+    /// Standalone: the job's locked run-lock file.
+    Lock(OwnedFd),
+    /// Cluster: the lease the run's marker is bound to, and when it was granted.
+    Lease {
+        id: i64,
+        granted_at: DateTime<Utc>,
+    },
 }
 
 /// A successful claim: the right to start exactly one run.
@@ -174,9 +271,7 @@ pub struct ClaimRequest<'a> {
 pub struct Claim {
     pub run_id: String,
     pub term: u64,
-    /// What the run's supervisor must hold for as long as the run is alive
-    /// (for the standalone backend: the job's locked run-lock file).
-    pub hold: Option<OwnedFd>,
+    pub hold: Hold,
 }
 
 /// Why a claim was refused.
@@ -188,22 +283,48 @@ pub enum ClaimRejected {
     AlreadyFired(DateTime<Utc>),
     #[error("this instance is not the leader")]
     NotLeader,
+    #[error("trigger request {0} was already handled or withdrawn")]
+    RequestGone(String),
     #[error(transparent)]
     Backend(#[from] CoordError),
+}
+
+impl ClaimRejected {
+    /// A short label for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClaimRejected::StillRunning(_) => "still_running",
+            ClaimRejected::AlreadyFired(_) => "already_fired",
+            ClaimRejected::NotLeader => "not_leader",
+            ClaimRejected::RequestGone(_) => "request_gone",
+            ClaimRejected::Backend(_) => "backend_error",
+        }
+    }
 }
 
 fn describe_running(active: Option<&RunRecord>) -> String {
     match active {
         Some(r) => format!(
-            "run {} since {} on instance {} (pid {})",
+            "run {} since {} on instance {}{}",
             r.run_id,
             r.started_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             r.instance,
-            r.pid.map_or_else(|| "?".to_string(), |p| p.to_string())
+            r.pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
         ),
         None => "a run is starting".to_string(),
     }
+}
+
+/// How a supervisor reaches the backend to record its run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendSpec {
+    Standalone {
+        state_dir: std::path::PathBuf,
+        history_limit: usize,
+    },
+    Etcd(etcd::EtcdConfig),
 }
 
 /// The scheduler's view of the backend.
@@ -212,10 +333,14 @@ pub trait Coordinator: Send + Sync + 'static {
     fn acquire_leadership(&self, instance: &str)
         -> impl Future<Output = Result<Leadership>> + Send;
 
+    /// Give leadership up at once (graceful handoff).
+    fn resign(&self, leadership: Leadership) -> impl Future<Output = ()> + Send;
+
     /// The newest tick fired for `job` by any leader, if any.
     fn last_fired(&self, job: &str) -> impl Future<Output = Result<Option<DateTime<Utc>>>> + Send;
 
-    /// Atomically check the overlap policy and mark the tick as fired.
+    /// Atomically check leadership and the overlap policy and mark the tick
+    /// as fired; only a successful claim may start a run.
     fn claim(
         &self,
         leadership: &Leadership,
@@ -224,12 +349,26 @@ pub trait Coordinator: Send + Sync + 'static {
 
     /// Append a history entry that no supervisor writes (skips, missed ticks).
     fn record(&self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
+
+    /// Mark a trigger request as answered without a run (e.g. skipped).
+    fn finish_request(&self, run_id: &str) -> impl Future<Output = ()> + Send;
+
+    /// Where this backend's supervisors record.
+    fn backend_spec(&self) -> BackendSpec;
+
+    /// Leave for good: release anything held for this instance.
+    fn shutdown(&self) -> impl Future<Output = ()> + Send;
 }
 
 /// The supervisor's view of the backend: keeps one run's record current.
 pub trait RunRecorder: Send {
     /// Store `record` (outcome `running`) and mark the run active.
-    fn started(&mut self, record: &RunRecord) -> Result<()>;
-    /// Replace the active record with the final one.
-    fn finished(&mut self, record: &RunRecord) -> Result<()>;
+    fn started(&mut self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
+    /// Replace the active record with the final one; the run stops counting
+    /// as active.
+    fn finished(&mut self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
+    /// Resolves (with the reason) if the run can no longer be kept marked as
+    /// active, so the supervisor must stop it before anyone else may start
+    /// the job. Never resolves for backends that cannot lose the mark.
+    fn fenced(&mut self) -> impl Future<Output = String> + Send;
 }

@@ -15,8 +15,8 @@
 
 use super::fsutil::{atomic_write, io_err, lock_blocking, open_lock_file, read_json, try_lock};
 use super::{
-    Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, LeaderInfo, Leadership, Outcome,
-    Result, RunRecord, RunRecorder,
+    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, Hold, LeaderInfo,
+    Leadership, Outcome, Result, RunRecord, RunRecorder,
 };
 use chrono::{DateTime, Utc};
 use std::fs::{self, File};
@@ -247,14 +247,14 @@ impl Standalone {
     fn claim_sync(&self, term: u64, req: &ClaimRequest<'_>) -> Result<Claim, ClaimRejected> {
         let hold = if req.exclusive {
             match self.try_run_lock(req.job)? {
-                Some(fd) => Some(fd),
+                Some(fd) => Hold::Lock(fd),
                 None => {
                     let active = self.active_runs(req.job)?.into_iter().next().map(Box::new);
                     return Err(ClaimRejected::StillRunning(active));
                 }
             }
         } else {
-            None
+            Hold::None
         };
         if req.advances_schedule {
             if let Some(last) = self.last_fired_sync(req.job)? {
@@ -268,7 +268,7 @@ impl Standalone {
             atomic_write(&path, req.tick.to_rfc3339().as_bytes(), false)?;
         }
         Ok(Claim {
-            run_id: new_run_id(),
+            run_id: req.request.map_or_else(new_run_id, str::to_string),
             term,
             hold,
         })
@@ -306,7 +306,15 @@ impl Standalone {
         };
         let json = serde_json::to_vec_pretty(&info).expect("leader info serializes");
         atomic_write(&self.root.join("leader.json"), &json, true)?;
-        Ok(Leadership::new(term, Box::new(file)))
+        // A held flock cannot be taken away, so this leadership stays valid
+        // until it is dropped; the sender lives (and is dropped) with it.
+        let (valid_tx, valid) = tokio::sync::watch::channel(true);
+        Ok(Leadership::new(
+            term,
+            valid,
+            None,
+            Box::new((file, valid_tx)),
+        ))
     }
 }
 
@@ -317,6 +325,10 @@ impl Coordinator for Standalone {
         tokio::task::spawn_blocking(move || this.lead_blocking(&instance))
             .await
             .expect("leader lock task panicked")
+    }
+
+    async fn resign(&self, leadership: Leadership) {
+        drop(leadership);
     }
 
     async fn last_fired(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
@@ -336,6 +348,17 @@ impl Coordinator for Standalone {
         write_record(&dir.join(format!("{}.json", record.run_id)), record)?;
         self.prune(&record.job)
     }
+
+    async fn finish_request(&self, _run_id: &str) {}
+
+    fn backend_spec(&self) -> BackendSpec {
+        BackendSpec::Standalone {
+            state_dir: self.root.clone(),
+            history_limit: self.history_limit,
+        }
+    }
+
+    async fn shutdown(&self) {}
 }
 
 /// Keeps one run's entry; holds an exclusive flock on it while the run lives.
@@ -347,7 +370,7 @@ pub struct StandaloneRecorder {
 }
 
 impl RunRecorder for StandaloneRecorder {
-    fn started(&mut self, record: &RunRecord) -> Result<()> {
+    async fn started(&mut self, record: &RunRecord) -> Result<()> {
         let dir = self.state.runs_dir(&self.job)?;
         // Lock the file before it appears under its final name, so no reader
         // ever sees a `running` entry without a live lock on it.
@@ -361,7 +384,7 @@ impl RunRecorder for StandaloneRecorder {
         Ok(())
     }
 
-    fn finished(&mut self, record: &RunRecord) -> Result<()> {
+    async fn finished(&mut self, record: &RunRecord) -> Result<()> {
         // A run that could not start was never `started`.
         let result = self
             .state
@@ -370,6 +393,11 @@ impl RunRecorder for StandaloneRecorder {
         self.held = None;
         result?;
         self.state.prune(&self.job)
+    }
+
+    async fn fenced(&mut self) -> String {
+        // A kernel lock cannot be lost while this process lives.
+        std::future::pending().await
     }
 }
 

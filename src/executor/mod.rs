@@ -13,7 +13,7 @@ pub mod output;
 
 use crate::config::{Job, Program};
 use crate::coordination::standalone::duration_ms;
-use crate::coordination::{Outcome, RunRecord, RunRecorder, Trigger};
+use crate::coordination::{BackendSpec, Hold, Outcome, RunRecord, RunRecorder, Trigger};
 use chrono::{DateTime, Utc};
 use output::{pump, Stream, Tail};
 use rustix::process::{kill_process_group, Pid, Signal};
@@ -46,16 +46,23 @@ pub struct RunSpec {
     pub working_dir: Option<PathBuf>,
     pub timeout: Option<Duration>,
     pub kill_grace: Duration,
-    /// The state directory the supervisor records into.
-    pub state_dir: PathBuf,
-    pub history_limit: usize,
+    /// Where the supervisor records the run.
+    pub backend: BackendSpec,
     /// Descriptor number of the inherited run lock, if the claim took one.
     pub hold_fd: Option<i32>,
+    /// The lease keeping the run's marker alive, and when it was granted.
+    pub lease: Option<(i64, DateTime<Utc>)>,
     pub log_json: bool,
 }
 
 impl RunSpec {
-    pub fn new(job: &Job, run_id: String, tick: DateTime<Utc>, trigger: Trigger) -> Self {
+    pub fn new(
+        job: &Job,
+        run_id: String,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        backend: BackendSpec,
+    ) -> Self {
         RunSpec {
             run_id,
             job: job.name.clone(),
@@ -68,9 +75,9 @@ impl RunSpec {
             working_dir: job.working_dir.clone(),
             timeout: job.timeout,
             kill_grace: job.kill_grace,
-            state_dir: PathBuf::new(),
-            history_limit: crate::config::DEFAULT_HISTORY_LIMIT,
+            backend,
             hold_fd: None,
+            lease: None,
             log_json: false,
         }
     }
@@ -122,9 +129,9 @@ pub fn exit_code_of(record: &RunRecord) -> i32 {
 
 /// Run the job described by `spec` to completion and record it through
 /// `recorder`. `hold` (the claim's lock) is kept until the record is final.
-pub async fn supervise(
+pub async fn supervise<R: RunRecorder>(
     spec: &RunSpec,
-    recorder: &mut dyn RunRecorder,
+    recorder: &mut R,
     hold: Option<OwnedFd>,
     echo: Echo,
 ) -> RunRecord {
@@ -134,14 +141,6 @@ pub async fn supervise(
     let mut sigint = signal(SignalKind::interrupt()).ok();
     let started_at = Utc::now();
     let mut rec = spec.record(Outcome::Running, started_at);
-    let finish = |rec: &mut RunRecord, recorder: &mut dyn RunRecorder| {
-        let ended = Utc::now();
-        rec.ended_at = Some(ended);
-        rec.duration_ms = Some(duration_ms(rec.started_at, ended));
-        if let Err(e) = recorder.finished(rec) {
-            tracing::error!(job = %rec.job, run_id = %rec.run_id, "could not write the run record: {e}");
-        }
-    };
 
     let mut child = match spawn_job(spec) {
         Ok(child) => child,
@@ -149,14 +148,14 @@ pub async fn supervise(
             tracing::error!(job = %spec.job, run_id = %spec.run_id, "could not start: {reason}");
             rec.outcome = Outcome::StartFailed;
             rec.reason = Some(reason);
-            finish(&mut rec, recorder);
+            finish(&mut rec, recorder).await;
             drop(hold);
             return rec;
         }
     };
     let pid = child.id().unwrap_or(0);
     rec.pid = Some(pid);
-    if let Err(e) = recorder.started(&rec) {
+    if let Err(e) = recorder.started(&rec).await {
         tracing::error!(job = %spec.job, run_id = %spec.run_id, "could not record the run start: {e}");
     }
     tracing::info!(
@@ -190,10 +189,18 @@ pub async fn supervise(
         }
     };
 
+    let mut fence_reason = None;
     let (status, stopped_because) = tokio::select! {
         status = child.wait() => (status, None),
         () = deadline => (terminate(&mut child, group, spec.kill_grace, &mut sigint).await, Some("timeout")),
         why = stop_requested => (terminate(&mut child, group, spec.kill_grace, &mut sigint).await, Some(why)),
+        why = recorder.fenced() => {
+            // The run's mark is about to expire: stop the job now, without
+            // a grace period, so it never runs unmarked next to a new run.
+            tracing::error!(job = %spec.job, run_id = %spec.run_id, "self-fencing: {why}");
+            fence_reason = Some(why);
+            (terminate(&mut child, group, Duration::ZERO, &mut sigint).await, Some("fenced"))
+        }
     };
     // The direct child is gone; anything it left behind in its group goes too,
     // so no orphan survives and no grandchild holds the output pipes open.
@@ -214,6 +221,7 @@ pub async fn supervise(
             rec.signal = st.signal();
             rec.outcome = match (stopped_because, st.code()) {
                 (Some("timeout"), _) => Outcome::TimedOut,
+                (Some("fenced"), _) => Outcome::Lost,
                 (_, Some(0)) => Outcome::Success,
                 (_, Some(_)) => Outcome::Failed,
                 (_, None) => Outcome::Killed,
@@ -223,6 +231,7 @@ pub async fn supervise(
                     "timed out after {}",
                     humantime::format_duration(spec.timeout.unwrap_or_default())
                 )),
+                Some("fenced") => fence_reason.take(),
                 Some(why) => Some(format!("supervisor {why}: job stopped")),
                 None => None,
             };
@@ -233,7 +242,7 @@ pub async fn supervise(
         }
     }
     rec.output_tail = tail.contents();
-    finish(&mut rec, recorder);
+    finish(&mut rec, recorder).await;
     drop(hold);
     tracing::info!(
         job = %spec.job, run_id = %spec.run_id, outcome = %rec.outcome,
@@ -241,6 +250,15 @@ pub async fn supervise(
         "run finished"
     );
     rec
+}
+
+async fn finish<R: RunRecorder>(rec: &mut RunRecord, recorder: &mut R) {
+    let ended = Utc::now();
+    rec.ended_at = Some(ended);
+    rec.duration_ms = Some(duration_ms(rec.started_at, ended));
+    if let Err(e) = recorder.finished(rec).await {
+        tracing::error!(job = %rec.job, run_id = %rec.run_id, "could not write the run record: {e}");
+    }
 }
 
 async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
@@ -345,12 +363,20 @@ fn spawn_job(spec: &RunSpec) -> Result<tokio::process::Child, String> {
 /// keep whoever reads them waiting for the whole run.
 pub fn spawn_supervisor(
     mut spec: RunSpec,
-    hold: Option<OwnedFd>,
+    hold: Hold,
     detached: bool,
 ) -> std::io::Result<tokio::process::Child> {
     use std::os::fd::AsRawFd;
-    spec.hold_fd = hold.as_ref().map(|fd| fd.as_raw_fd());
-    if let Some(fd) = &hold {
+    let lock = match hold {
+        Hold::None => None,
+        Hold::Lock(fd) => Some(fd),
+        Hold::Lease { id, granted_at } => {
+            spec.lease = Some((id, granted_at));
+            None
+        }
+    };
+    spec.hold_fd = lock.as_ref().map(|fd| fd.as_raw_fd());
+    if let Some(fd) = &lock {
         // Inherited by exactly this spawn: the scheduler spawns from one task
         // and closes its copy right after.
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
@@ -370,7 +396,7 @@ pub fn spawn_supervisor(
         .spawn();
     // Closing our copy does not release the lock: the supervisor's
     // descriptor refers to the same open file description.
-    drop(hold);
+    drop(lock);
     child
 }
 

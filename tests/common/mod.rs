@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod etcd;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_bgsched");
 
 /// Generous bound for anything that should take a second or two; the suite

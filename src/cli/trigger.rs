@@ -1,0 +1,245 @@
+//! `bgsched trigger`: run a job once now, under its overlap policy.
+//!
+//! Standalone, this process supervises the run itself (or starts a detached
+//! supervisor). In a cluster, it asks the leader through etcd, so the run is
+//! claimed like any scheduled fire, and waits for the run's record.
+
+use super::commands::{find_job, instance_id, load_config, Backend};
+use super::{exit, Cli, CliError, LogFormat};
+use crate::config::{Job, Overlap};
+use crate::coordination::standalone::new_run_id;
+use crate::coordination::{
+    Coordinator, Etcd, Hold, Outcome, RunRecord, Standalone, Trigger, TriggerRequest,
+};
+use crate::executor::{self, exit_code_of, Echo, RunSpec};
+use chrono::{SecondsFormat, Utc};
+use std::time::Duration;
+
+pub async fn trigger(
+    cli: &Cli,
+    name: &str,
+    detach: bool,
+    instance: Option<String>,
+    timeout: Duration,
+) -> Result<i32, CliError> {
+    let config = load_config(cli)?;
+    let job = find_job(&config, name)?;
+    let instance = instance_id(instance);
+    match Backend::open(cli, &config).await? {
+        Backend::Standalone(state) => locally(cli, &state, job, detach, instance).await,
+        Backend::Cluster(etcd) => through_leader(&etcd, job, detach, instance, timeout).await,
+    }
+}
+
+async fn locally(
+    cli: &Cli,
+    state: &Standalone,
+    job: &Job,
+    detach: bool,
+    instance: String,
+) -> Result<i32, CliError> {
+    let now = Utc::now();
+    let hold = match job.overlap {
+        Overlap::Skip => match state.try_run_lock(&job.name)? {
+            Some(fd) => Hold::Lock(fd),
+            None => {
+                let active = state
+                    .active_runs(&job.name)
+                    .ok()
+                    .and_then(|r| r.into_iter().next());
+                let reason = skip_reason(active.as_ref());
+                let mut rec = RunRecord::not_run(
+                    &job.name,
+                    now,
+                    Trigger::Manual,
+                    &instance,
+                    Outcome::Skipped,
+                    reason.clone(),
+                );
+                rec.term = 0;
+                if let Err(e) = state.record(&rec).await {
+                    eprintln!("bgsched: could not record the skip: {e}");
+                }
+                eprintln!(
+                    "bgsched: job \"{}\" is {reason}; skipped (overlap = \"skip\")",
+                    job.name
+                );
+                return Ok(exit::SKIPPED);
+            }
+        },
+        Overlap::Allow => Hold::None,
+    };
+    let mut spec = RunSpec::new(
+        job,
+        new_run_id(),
+        now,
+        Trigger::Manual,
+        state.backend_spec(),
+    );
+    spec.instance = instance;
+    spec.term = state.leader()?.map_or(0, |l| l.term);
+    spec.log_json = cli.log_format == LogFormat::Json;
+    if detach {
+        let run_id = spec.run_id.clone();
+        executor::spawn_supervisor(spec, hold, true).map_err(anyhow::Error::from)?;
+        println!("{run_id}");
+        return Ok(exit::OK);
+    }
+    let lock = match hold {
+        Hold::Lock(fd) => Some(fd),
+        _ => None,
+    };
+    let mut recorder = state.recorder(&job.name, &spec.run_id);
+    let rec = executor::supervise(&spec, &mut recorder, lock, Echo::Terminal).await;
+    eprintln!("bgsched: {}", summary(&rec));
+    Ok(exit_code_of(&rec))
+}
+
+/// "already running since … on instance … (run …, pid …)".
+fn skip_reason(active: Option<&RunRecord>) -> String {
+    match active {
+        Some(r) => format!(
+            "already running since {} on instance {} (run {}{})",
+            r.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            r.instance,
+            r.run_id,
+            r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+        ),
+        None => "already running (its run is just starting)".to_string(),
+    }
+}
+
+/// Ask the leader to run the job, wait until it accepts (or `timeout`
+/// passes with no leader), then wait for the run's record.
+async fn through_leader(
+    etcd: &Etcd,
+    job: &Job,
+    detach: bool,
+    instance: String,
+    timeout: Duration,
+) -> Result<i32, CliError> {
+    use etcd_client::PutOptions;
+    let keys = etcd.keys();
+    let mut client = etcd.client();
+    let etcd_failed = |e: etcd_client::Error| CliError::Unavailable(format!("etcd: {e}"));
+    let run_id = new_run_id();
+    let req = TriggerRequest {
+        run_id: run_id.clone(),
+        job: job.name.clone(),
+        requested_by: instance,
+        requested_at: Utc::now(),
+    };
+    // The request dies with this lease, so an unanswered request never
+    // fires later behind the requester's back.
+    let lease = client
+        .lease_grant(timeout.as_secs().max(1) as i64 + 5, None)
+        .await
+        .map_err(etcd_failed)?
+        .id();
+    let body = serde_json::to_vec(&req).expect("request serializes");
+    client
+        .put(
+            keys.request(&run_id),
+            body,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .map_err(etcd_failed)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let pending = client
+            .get(keys.request(&run_id), None)
+            .await
+            .map_err(etcd_failed)?;
+        if pending.kvs().is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            // Withdraw, unless the leader took it in the meantime.
+            let withdrawn = client
+                .delete(keys.request(&run_id), None)
+                .await
+                .map_err(etcd_failed)?;
+            if withdrawn.deleted() > 0 {
+                return Err(CliError::Unavailable(format!(
+                    "no leader accepted the request within {}; is a `bgsched run` up for this cluster (prefix {})?",
+                    humantime::format_duration(timeout),
+                    etcd.config().prefix
+                )));
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = client.lease_revoke(lease).await;
+    if detach {
+        println!("{run_id}");
+        return Ok(exit::OK);
+    }
+    // Accepted: the leader has claimed it (or recorded why not).
+    let mut unseen_since = None;
+    loop {
+        let hist = client
+            .get(keys.history(&job.name, &run_id), None)
+            .await
+            .map_err(etcd_failed)?;
+        if let Some(kv) = hist.kvs().first() {
+            let rec: RunRecord = serde_json::from_slice(kv.value()).map_err(anyhow::Error::from)?;
+            if rec.outcome == Outcome::Skipped {
+                eprintln!(
+                    "bgsched: job \"{}\" is {}; skipped (overlap = \"skip\")",
+                    job.name,
+                    rec.reason.as_deref().unwrap_or("already running")
+                );
+                return Ok(exit::SKIPPED);
+            }
+            print!("{}", rec.output_tail);
+            eprintln!("bgsched: {} on instance {}", summary(&rec), rec.instance);
+            return Ok(exit_code_of(&rec));
+        }
+        let active = client
+            .get(keys.active(&job.name, &run_id), None)
+            .await
+            .map_err(etcd_failed)?;
+        if active.kvs().is_empty() {
+            // Between acceptance and the marker there is no gap (one
+            // transaction), so a run that is neither active nor recorded
+            // for a whole lease lost its leader before it started.
+            let since = *unseen_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > etcd.config().lease_ttl * 2 {
+                return Err(CliError::Other(anyhow::anyhow!(
+                    "run {run_id} was accepted but never started or recorded (its leader died)"
+                )));
+            }
+        } else {
+            unseen_since = None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One line about a finished run, e.g. `run 0190… of "backup": failed (exit 3) after 1.2s`.
+pub fn summary(rec: &RunRecord) -> String {
+    let detail = match (rec.outcome, rec.exit_code, rec.signal) {
+        (Outcome::Failed, Some(code), _) => format!(" (exit {code})"),
+        (Outcome::Killed, _, Some(sig)) => format!(" (signal {sig})"),
+        _ => rec
+            .reason
+            .as_ref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
+    };
+    let took = rec
+        .duration_ms
+        .map(|ms| {
+            format!(
+                " after {}",
+                humantime::format_duration(Duration::from_millis(ms))
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "run {} of \"{}\": {}{detail}{took}",
+        rec.run_id, rec.job, rec.outcome
+    )
+}

@@ -1,0 +1,1043 @@
+//! The cluster backend: replicas coordinate through etcd.
+//!
+//! Every key lives under the configured prefix `P`:
+//!
+//! ```text
+//! P/leader                      the leader's LeaderInfo, bound to its session lease;
+//!                               its create revision is the leader's term (fencing token)
+//! P/members/<instance>          one per live instance, bound to its session lease
+//! P/last/<job>                  the newest tick a leader claimed for the job
+//! P/active/<job>/<run-id>       a running marker, bound to the run's own lease,
+//!                               which the run's supervisor keeps alive
+//! P/history/<job>/<run-id>      run records (bounded per job)
+//! P/requests/<run-id>           `bgsched trigger` requests, bound to the requester's lease
+//! ```
+//!
+//! A fire is claimed in one transaction that succeeds only if the leader
+//! key still has this leader's term, the job's `last` key is unchanged since
+//! this leader read it (so the tick was not claimed before), and, for
+//! `overlap = "skip"`, no marker exists under `P/active/<job>/`. It records
+//! the new last tick and the run's marker atomically.
+
+use super::standalone::new_run_id;
+use super::{
+    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, Hold, LeaderInfo,
+    Leadership, Outcome, Result, RunRecord, RunRecorder, TriggerRequest,
+};
+use chrono::{DateTime, Utc};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
+    PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// The key prefix when the config names none.
+pub const DEFAULT_PREFIX: &str = "/bgsched";
+/// The session lease TTL when the config names none.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// How to reach etcd; also handed to run supervisors.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub lease_ttl: Duration,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub history_limit: usize,
+}
+
+impl fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdConfig {
+    /// The session/run lease TTL in whole seconds, as etcd takes it.
+    fn ttl_secs(&self) -> i64 {
+        self.lease_ttl.as_secs().max(1) as i64
+    }
+
+    /// Renew leases this often: three tries before the self-fencing deadline.
+    fn renew_every(&self) -> Duration {
+        self.lease_ttl / 4
+    }
+
+    /// Stop acting on a lease this long after its last confirmed renewal,
+    /// which leaves a third of the TTL between giving up and expiry.
+    fn fence_after(&self) -> Duration {
+        self.lease_ttl * 2 / 3
+    }
+}
+
+fn etcd_err(context: &str) -> impl FnOnce(etcd_client::Error) -> CoordError + '_ {
+    move |e| CoordError::Etcd(format!("{context}: {e}"))
+}
+
+/// Connect to etcd (the connection itself is established lazily and
+/// re-established by the client after failures).
+pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(cfg.lease_ttl.max(Duration::from_secs(2)) / 2)
+        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
+    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
+        opts = opts.with_user(user.clone(), password.clone());
+    }
+    if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &cfg.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| CoordError::Etcd(format!("ca_file {}: {e}", ca.display())))?;
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
+            let cert_pem = std::fs::read(cert)
+                .map_err(|e| CoordError::Etcd(format!("cert_file {}: {e}", cert.display())))?;
+            let key_pem = std::fs::read(key)
+                .map_err(|e| CoordError::Etcd(format!("key_file {}: {e}", key.display())))?;
+            tls = tls.identity(etcd_client::Identity::from_pem(cert_pem, key_pem));
+        }
+        opts = opts.with_tls(tls);
+    }
+    Client::connect(&cfg.endpoints, Some(opts))
+        .await
+        .map_err(etcd_err("cannot connect"))
+}
+
+/// Key layout under the prefix.
+#[derive(Debug, Clone)]
+pub struct Keys(String);
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys(prefix.trim_end_matches('/').to_string())
+    }
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.0)
+    }
+    pub fn members(&self) -> String {
+        format!("{}/members/", self.0)
+    }
+    pub fn member(&self, instance: &str) -> String {
+        format!("{}/members/{instance}", self.0)
+    }
+    pub fn lasts(&self) -> String {
+        format!("{}/last/", self.0)
+    }
+    pub fn last(&self, job: &str) -> String {
+        format!("{}/last/{job}", self.0)
+    }
+    pub fn actives(&self, job: &str) -> String {
+        format!("{}/active/{job}/", self.0)
+    }
+    pub fn active(&self, job: &str, run_id: &str) -> String {
+        format!("{}/active/{job}/{run_id}", self.0)
+    }
+    pub fn histories(&self, job: &str) -> String {
+        format!("{}/history/{job}/", self.0)
+    }
+    pub fn history(&self, job: &str, run_id: &str) -> String {
+        format!("{}/history/{job}/{run_id}", self.0)
+    }
+    pub fn requests(&self) -> String {
+        format!("{}/requests/", self.0)
+    }
+    pub fn request(&self, run_id: &str) -> String {
+        format!("{}/requests/{run_id}", self.0)
+    }
+}
+
+/// The value of `P/last/<job>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LastTick {
+    tick: DateTime<Utc>,
+    term: u64,
+    run_id: String,
+}
+
+/// The value of `P/members/<instance>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub instance: String,
+    pub host: String,
+    pub pid: u32,
+    pub since: DateTime<Utc>,
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("state serializes")
+}
+
+fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
+    serde_json::from_slice(kv.value()).map_err(|e| CoordError::Corrupt {
+        path: String::from_utf8_lossy(kv.key()).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Keep `lease` alive until it can no longer be vouched for, then flip
+/// `alive` to false (for good). A renewal counts from the moment its
+/// request was sent, so the local deadline always precedes the server's.
+pub async fn keep_lease_alive(
+    client: Client,
+    lease: i64,
+    cfg: EtcdConfig,
+    mut last_ok: Instant,
+    alive: watch::Sender<bool>,
+) {
+    let mut client = client;
+    let mut stream = None;
+    loop {
+        let deadline = last_ok + cfg.fence_after();
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                lease,
+                "lease not renewed for {:?}: giving it up",
+                cfg.fence_after()
+            );
+            let _ = alive.send(false);
+            return;
+        }
+        let sent = Instant::now();
+        let attempt = async {
+            if stream.is_none() {
+                stream = Some(client.lease_keep_alive(lease).await?);
+            }
+            let (keeper, responses) = stream.as_mut().expect("stream just opened");
+            keeper.keep_alive().await?;
+            responses.message().await
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(Some(resp))) if resp.ttl() > 0 => last_ok = sent,
+            Ok(Ok(Some(_))) => {
+                tracing::warn!(lease, "lease expired in etcd");
+                let _ = alive.send(false);
+                return;
+            }
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                stream = None;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(_) => continue,
+        }
+        if alive.is_closed() {
+            return;
+        }
+        tokio::time::sleep_until(sent + cfg.renew_every()).await;
+    }
+}
+
+/// One instance's session: a lease everything of the instance is bound to.
+struct Session {
+    lease: i64,
+    alive: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The etcd backend.
+pub struct Etcd {
+    cfg: EtcdConfig,
+    client: Client,
+    keys: Keys,
+    session: tokio::sync::Mutex<Option<Session>>,
+    /// The leader's view of `P/last/<job>`: (tick, mod revision). Only the
+    /// leader writes these keys, so this saves a read per claim; a stale
+    /// entry only makes the claim transaction fail and be retried.
+    last: Mutex<HashMap<String, (DateTime<Utc>, i64)>>,
+}
+
+impl Etcd {
+    /// Connect, retrying with backoff until etcd answers (or forever, with
+    /// a log line per attempt) — a scheduler without etcd has nothing to do.
+    pub async fn connect_retrying(cfg: EtcdConfig) -> Etcd {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match Self::connect(cfg.clone()).await {
+                Ok(etcd) => return etcd,
+                Err(e) => {
+                    tracing::warn!("etcd unreachable ({e}); retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    pub async fn connect(cfg: EtcdConfig) -> Result<Etcd> {
+        let mut client = connect(&cfg).await?;
+        // Prove the cluster answers before declaring the connection usable.
+        client.status().await.map_err(etcd_err("status"))?;
+        Ok(Etcd {
+            keys: Keys::new(&cfg.prefix),
+            cfg,
+            client,
+            session: tokio::sync::Mutex::new(None),
+            last: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn config(&self) -> &EtcdConfig {
+        &self.cfg
+    }
+
+    /// The live session, creating (and registering this instance under
+    /// `P/members/`) a new one if there is none or the old one died.
+    async fn session(&self, instance: &str) -> Result<(i64, watch::Receiver<bool>)> {
+        let mut guard = self.session.lock().await;
+        if let Some(s) = guard.as_ref() {
+            if *s.alive.borrow() {
+                return Ok((s.lease, s.alive.clone()));
+            }
+        }
+        let mut client = self.client.clone();
+        let granted = Instant::now();
+        let lease = client
+            .lease_grant(self.cfg.ttl_secs(), None)
+            .await
+            .map_err(etcd_err("lease grant"))?
+            .id();
+        let member = MemberInfo {
+            instance: instance.to_string(),
+            host: gethostname::gethostname().to_string_lossy().into_owned(),
+            pid: std::process::id(),
+            since: Utc::now(),
+        };
+        client
+            .put(
+                self.keys.member(instance),
+                json(&member),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(etcd_err("register member"))?;
+        let (tx, alive) = watch::channel(true);
+        let task = tokio::spawn(keep_lease_alive(
+            client,
+            lease,
+            self.cfg.clone(),
+            granted,
+            tx,
+        ));
+        tracing::info!(lease, ttl = ?self.cfg.lease_ttl, "etcd session started");
+        *guard = Some(Session {
+            lease,
+            alive: alive.clone(),
+            task,
+        });
+        Ok((lease, alive))
+    }
+
+    /// One attempt to become leader. `Ok(Err(rev))`: someone else leads as
+    /// of revision `rev`.
+    async fn try_lead(
+        &self,
+        instance: &str,
+        lease: i64,
+    ) -> Result<std::result::Result<u64, (i64, Option<LeaderInfo>)>> {
+        let key = self.keys.leader();
+        let info = LeaderInfo {
+            instance: instance.to_string(),
+            term: 0,
+            since: Utc::now(),
+            pid: Some(std::process::id()),
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.clone(),
+                json(&info),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(etcd_err("campaign"))?;
+        let rev = resp.header().map_or(0, |h| h.revision());
+        if resp.succeeded() {
+            return Ok(Ok(rev as u64));
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
+                let mut info: Option<LeaderInfo> = parse(kv).ok();
+                if let Some(i) = info.as_mut() {
+                    i.term = kv.create_revision() as u64;
+                }
+                info
+            }),
+            _ => None,
+        });
+        Ok(Err((rev, current.flatten())))
+    }
+
+    /// Wait (bounded) until the leader key is deleted after revision `rev`.
+    async fn wait_leader_gone(&self, rev: i64, session_alive: &mut watch::Receiver<bool>) {
+        let opts = WatchOptions::new().with_start_revision(rev + 1);
+        let watch = async {
+            let Ok(mut stream) = self
+                .client
+                .clone()
+                .watch(self.keys.leader(), Some(opts))
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return;
+            };
+            while let Ok(Some(resp)) = stream.message().await {
+                if resp.canceled()
+                    || resp
+                        .events()
+                        .iter()
+                        .any(|e| e.event_type() == EventType::Delete)
+                {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = watch => {}
+            _ = session_alive.changed() => {}
+            // A safety net against a watch that silently stalls.
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+
+    /// Fill the last-tick cache from etcd (after winning leadership).
+    async fn load_last_ticks(&self) -> Result<()> {
+        let resp = self
+            .client
+            .clone()
+            .get(self.keys.lasts(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_err("read last ticks"))?;
+        let mut cache = self.last.lock().expect("cache lock");
+        cache.clear();
+        let prefix_len = self.keys.lasts().len();
+        for kv in resp.kvs() {
+            let job = String::from_utf8_lossy(&kv.key()[prefix_len..]).into_owned();
+            if let Ok(last) = parse::<LastTick>(kv) {
+                cache.insert(job, (last.tick, kv.mod_revision()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Leader info with the term read from the key's create revision.
+    pub async fn leader(&self) -> Result<Option<LeaderInfo>> {
+        let resp = self
+            .client
+            .clone()
+            .get(self.keys.leader(), None)
+            .await
+            .map_err(etcd_err("read leader"))?;
+        Ok(resp.kvs().first().and_then(|kv| {
+            let mut info: LeaderInfo = parse(kv).ok()?;
+            info.term = kv.create_revision() as u64;
+            Some(info)
+        }))
+    }
+
+    pub async fn members(&self) -> Result<Vec<MemberInfo>> {
+        let resp = self
+            .client
+            .clone()
+            .get(self.keys.members(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_err("read members"))?;
+        Ok(resp.kvs().iter().filter_map(|kv| parse(kv).ok()).collect())
+    }
+
+    /// Active runs of `job` anywhere in the cluster, oldest first.
+    pub async fn active_runs(&self, job: &str) -> Result<Vec<RunRecord>> {
+        let resp = self
+            .client
+            .clone()
+            .get(
+                self.keys.actives(job),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(etcd_err("read active runs"))?;
+        Ok(resp.kvs().iter().filter_map(|kv| parse(kv).ok()).collect())
+    }
+
+    /// History of `job`, newest first (run ids sort by time).
+    pub async fn history(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        let opts = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(limit as i64);
+        let resp = self
+            .client
+            .clone()
+            .get(self.keys.histories(job), Some(opts))
+            .await
+            .map_err(etcd_err("read history"))?;
+        Ok(resp.kvs().iter().filter_map(|kv| parse(kv).ok()).collect())
+    }
+
+    /// Drop history entries of `job` beyond the retention limit.
+    async fn prune(client: &mut Client, keys: &Keys, job: &str, limit: usize) -> Result<()> {
+        let prefix = keys.histories(job);
+        let count = client
+            .get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map_err(etcd_err("count history"))?
+            .count() as usize;
+        // Prune in batches, not on every record.
+        if count <= limit + limit / 10 {
+            return Ok(());
+        }
+        let opts = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_sort(SortTarget::Key, SortOrder::Ascend)
+            .with_limit((count - limit + 1) as i64);
+        let resp = client
+            .get(prefix, Some(opts))
+            .await
+            .map_err(etcd_err("list history"))?;
+        if let (Some(first), Some(cut)) = (resp.kvs().first(), resp.kvs().get(count - limit)) {
+            client
+                .delete(
+                    first.key().to_vec(),
+                    Some(DeleteOptions::new().with_range(cut.key().to_vec())),
+                )
+                .await
+                .map_err(etcd_err("prune history"))?;
+        }
+        Ok(())
+    }
+
+    /// Stream trigger requests to the leader: the pending ones, then new ones.
+    fn watch_requests(&self, tx: mpsc::Sender<TriggerRequest>) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let prefix = self.keys.requests();
+        tokio::spawn(async move {
+            let mut client = client;
+            loop {
+                let Ok(resp) = client
+                    .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
+                for kv in resp.kvs() {
+                    if let Ok(req) = parse::<TriggerRequest>(kv) {
+                        if tx.send(req).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let rev = resp.header().map_or(0, |h| h.revision());
+                let opts = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1);
+                let Ok(mut stream) = client.watch(prefix.clone(), Some(opts)).await else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
+                // On compaction, cancellation or a broken stream: list again and rewatch.
+                while let Ok(Some(resp)) = stream.message().await {
+                    if resp.canceled() {
+                        break;
+                    }
+                    for event in resp.events() {
+                        if event.event_type() != EventType::Put {
+                            continue;
+                        }
+                        if let Some(Ok(req)) = event.kv().map(parse::<TriggerRequest>) {
+                            if tx.send(req).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Watch the leader key; invalidate leadership when it goes or changes hands.
+    fn guard_leadership(
+        &self,
+        term: u64,
+        mut session_alive: watch::Receiver<bool>,
+        valid: watch::Sender<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let key = self.keys.leader();
+        tokio::spawn(async move {
+            let mut client = client;
+            let watch_key = async {
+                let mut from = term as i64;
+                loop {
+                    let opts = WatchOptions::new().with_start_revision(from);
+                    if let Ok(mut stream) = client.watch(key.clone(), Some(opts)).await {
+                        while let Ok(Some(resp)) = stream.message().await {
+                            if resp.compact_revision() > 0 {
+                                from = resp.compact_revision();
+                                break;
+                            }
+                            for e in resp.events() {
+                                let gone = e.event_type() == EventType::Delete
+                                    || e.kv().is_some_and(|kv| kv.create_revision() as u64 != term);
+                                if gone {
+                                    return;
+                                }
+                                if let Some(kv) = e.kv() {
+                                    from = kv.mod_revision() + 1;
+                                }
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            };
+            tokio::select! {
+                () = watch_key => tracing::warn!(term, "leader key is gone or taken over"),
+                _ = async { while *session_alive.borrow_and_update() { if session_alive.changed().await.is_err() { break; } } } => {
+                    tracing::warn!(term, "session lost");
+                }
+            }
+            let _ = valid.send(false);
+        })
+    }
+
+    async fn claim_once(
+        &self,
+        leadership: &Leadership,
+        req: &ClaimRequest<'_>,
+        run_id: &str,
+    ) -> Result<Claim, (ClaimRejected, bool)> {
+        let term = leadership.term;
+        let cached = self.last.lock().expect("cache lock").get(req.job).copied();
+        if req.advances_schedule {
+            if let Some((last, _)) = cached {
+                if last >= req.tick {
+                    return Err((ClaimRejected::AlreadyFired(req.tick), false));
+                }
+            }
+        }
+        let mut client = self.client.clone();
+        let granted_at = Utc::now();
+        let lease = client
+            .lease_grant(self.cfg.ttl_secs(), None)
+            .await
+            .map_err(|e| (ClaimRejected::Backend(etcd_err("run lease")(e)), false))?
+            .id();
+        let now = Utc::now();
+        let marker = RunRecord {
+            run_id: run_id.to_string(),
+            job: req.job.to_string(),
+            tick: req.tick,
+            trigger: req.trigger,
+            instance: req.instance.to_string(),
+            term,
+            outcome: Outcome::Running,
+            started_at: now,
+            ended_at: None,
+            duration_ms: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            pid: None,
+            missed_ticks: None,
+            output_tail: String::new(),
+        };
+        let leader_key = self.keys.leader();
+        let last_key = self.keys.last(req.job);
+        let actives = self.keys.actives(req.job);
+        let mut when = vec![Compare::create_revision(
+            leader_key.clone(),
+            CompareOp::Equal,
+            term as i64,
+        )];
+        let mut ops = vec![TxnOp::put(
+            self.keys.active(req.job, run_id),
+            json(&marker),
+            Some(PutOptions::new().with_lease(lease)),
+        )];
+        if req.advances_schedule {
+            when.push(Compare::mod_revision(
+                last_key.clone(),
+                CompareOp::Equal,
+                cached.map_or(0, |c| c.1),
+            ));
+            let last = LastTick {
+                tick: req.tick,
+                term,
+                run_id: run_id.to_string(),
+            };
+            ops.push(TxnOp::put(last_key.clone(), json(&last), None));
+        }
+        if req.exclusive {
+            when.push(Compare::create_revision(actives.clone(), CompareOp::Equal, 0).with_prefix());
+        }
+        if let Some(id) = req.request {
+            when.push(Compare::create_revision(
+                self.keys.request(id),
+                CompareOp::Greater,
+                0,
+            ));
+            ops.push(TxnOp::delete(self.keys.request(id), None));
+        }
+        let txn = Txn::new().when(when).and_then(ops).or_else([
+            TxnOp::get(leader_key, None),
+            TxnOp::get(last_key, None),
+            TxnOp::get(actives, Some(GetOptions::new().with_prefix().with_limit(1))),
+            TxnOp::get(self.keys.request(req.request.unwrap_or("-")), None),
+        ]);
+        let resp = match client.txn(txn).await {
+            Ok(r) => r,
+            Err(e) => {
+                revoke_later(client, lease);
+                return Err((ClaimRejected::Backend(etcd_err("claim")(e)), false));
+            }
+        };
+        if resp.succeeded() {
+            if req.advances_schedule {
+                let rev = resp.header().map_or(0, |h| h.revision());
+                self.last
+                    .lock()
+                    .expect("cache lock")
+                    .insert(req.job.to_string(), (req.tick, rev));
+            }
+            return Ok(Claim {
+                run_id: run_id.to_string(),
+                term,
+                hold: Hold::Lease {
+                    id: lease,
+                    granted_at,
+                },
+            });
+        }
+        revoke_later(client, lease);
+        let gets: Vec<Vec<KeyValue>> = resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(mut g) => g.take_kvs(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let [leader, last, active, request] =
+            <[Vec<KeyValue>; 4]>::try_from(gets).map_err(|_| {
+                (
+                    ClaimRejected::Backend(CoordError::Etcd("unexpected claim response".into())),
+                    false,
+                )
+            })?;
+        if leader
+            .first()
+            .is_none_or(|kv| kv.create_revision() as u64 != term)
+        {
+            return Err((ClaimRejected::NotLeader, false));
+        }
+        if req.advances_schedule {
+            let seen = last.first().and_then(|kv| {
+                parse::<LastTick>(kv)
+                    .ok()
+                    .map(|l| (l.tick, kv.mod_revision()))
+            });
+            let mod_rev = last.first().map_or(0, |kv| kv.mod_revision());
+            if cached.map_or(0, |c| c.1) != mod_rev {
+                let mut cache = self.last.lock().expect("cache lock");
+                match seen {
+                    Some(s) => cache.insert(req.job.to_string(), s),
+                    None => cache.remove(req.job),
+                };
+                if seen.is_some_and(|(t, _)| t >= req.tick) {
+                    return Err((ClaimRejected::AlreadyFired(req.tick), false));
+                }
+                // Our cache was stale, nothing else: try again.
+                return Err((ClaimRejected::AlreadyFired(req.tick), true));
+            }
+        }
+        if let Some(id) = req.request {
+            if request.is_empty() {
+                return Err((ClaimRejected::RequestGone(id.to_string()), false));
+            }
+        }
+        if req.exclusive {
+            if let Some(kv) = active.first() {
+                return Err((
+                    ClaimRejected::StillRunning(parse(kv).ok().map(Box::new)),
+                    false,
+                ));
+            }
+        }
+        Err((
+            ClaimRejected::Backend(CoordError::Etcd("claim failed for no known reason".into())),
+            false,
+        ))
+    }
+}
+
+fn revoke_later(mut client: Client, lease: i64) {
+    tokio::spawn(async move {
+        let _ = client.lease_revoke(lease).await;
+    });
+}
+
+impl Coordinator for Etcd {
+    async fn acquire_leadership(&self, instance: &str) -> Result<Leadership> {
+        let mut delay = Duration::from_millis(200);
+        let mut announced = None;
+        loop {
+            let attempt = async {
+                let (lease, alive) = self.session(instance).await?;
+                Ok::<_, CoordError>((lease, alive, self.try_lead(instance, lease).await?))
+            };
+            match attempt.await {
+                Ok((_, alive, Ok(term))) => {
+                    self.load_last_ticks().await?;
+                    let (valid_tx, valid) = watch::channel(true);
+                    let guard = self.guard_leadership(term, alive, valid_tx);
+                    let (req_tx, req_rx) = mpsc::channel(256);
+                    let requests = self.watch_requests(req_tx);
+                    let hold = AbortOnDrop(vec![guard, requests]);
+                    return Ok(Leadership::new(term, valid, Some(req_rx), Box::new(hold)));
+                }
+                Ok((_, mut alive, Err((rev, current)))) => {
+                    delay = Duration::from_millis(200);
+                    if let Some(c) = &current {
+                        if announced.as_ref() != Some(&c.term) {
+                            tracing::info!(leader = %c.instance, term = c.term, "standing by: another instance leads");
+                            announced = Some(c.term);
+                        }
+                    }
+                    self.wait_leader_gone(rev, &mut alive).await;
+                }
+                Err(e) => {
+                    tracing::warn!("etcd: {e}; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn resign(&self, leadership: Leadership) {
+        let key = self.keys.leader();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                leadership.term as i64,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        match self.client.clone().txn(txn).await {
+            Ok(r) if r.succeeded() => tracing::info!(term = leadership.term, "resigned leadership"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("could not resign leadership: {e}"),
+        }
+    }
+
+    async fn last_fired(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(self.last.lock().expect("cache lock").get(job).map(|c| c.0))
+    }
+
+    async fn claim(
+        &self,
+        leadership: &Leadership,
+        req: ClaimRequest<'_>,
+    ) -> Result<Claim, ClaimRejected> {
+        if !leadership.is_valid() {
+            return Err(ClaimRejected::NotLeader);
+        }
+        let run_id = req.request.map_or_else(new_run_id, str::to_string);
+        let mut attempts = 0;
+        loop {
+            match self.claim_once(leadership, &req, &run_id).await {
+                Ok(claim) => return Ok(claim),
+                Err((_, true)) if attempts < 3 => attempts += 1,
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    async fn record(&self, record: &RunRecord) -> Result<()> {
+        let mut client = self.client.clone();
+        client
+            .put(
+                self.keys.history(&record.job, &record.run_id),
+                json(record),
+                None,
+            )
+            .await
+            .map_err(etcd_err("write record"))?;
+        Self::prune(&mut client, &self.keys, &record.job, self.cfg.history_limit).await
+    }
+
+    async fn finish_request(&self, run_id: &str) {
+        let _ = self
+            .client
+            .clone()
+            .delete(self.keys.request(run_id), None)
+            .await;
+    }
+
+    fn backend_spec(&self) -> BackendSpec {
+        BackendSpec::Etcd(self.cfg.clone())
+    }
+
+    async fn shutdown(&self) {
+        if let Some(s) = self.session.lock().await.take() {
+            // Revoking the session lease removes the member key at once.
+            let _ = self.client.clone().lease_revoke(s.lease).await;
+        }
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// A supervisor's recorder in cluster mode: keeps the run's lease (and so
+/// its marker) alive, fences itself when it cannot, and writes the record.
+pub struct EtcdRecorder {
+    client: Client,
+    keys: Keys,
+    job: String,
+    run_id: String,
+    lease: i64,
+    history_limit: usize,
+    alive: watch::Receiver<bool>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl EtcdRecorder {
+    /// Start keeping `lease` alive right away; `granted_at` is when the
+    /// scheduler obtained it, so the self-fencing deadline counts from there.
+    pub async fn start(
+        cfg: &EtcdConfig,
+        job: &str,
+        run_id: &str,
+        lease: i64,
+        granted_at: DateTime<Utc>,
+    ) -> Result<Self> {
+        let age = (Utc::now() - granted_at).to_std().unwrap_or_default();
+        let last_ok = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let client = connect(cfg).await?;
+        let (tx, alive) = watch::channel(true);
+        let keeper = tokio::spawn(keep_lease_alive(
+            client.clone(),
+            lease,
+            cfg.clone(),
+            last_ok,
+            tx,
+        ));
+        Ok(EtcdRecorder {
+            client,
+            keys: Keys::new(&cfg.prefix),
+            job: job.to_string(),
+            run_id: run_id.to_string(),
+            lease,
+            history_limit: cfg.history_limit,
+            alive,
+            keeper,
+        })
+    }
+}
+
+impl RunRecorder for EtcdRecorder {
+    async fn started(&mut self, record: &RunRecord) -> Result<()> {
+        // The claim already wrote the marker; add the pid for `list`.
+        let opts = PutOptions::new().with_lease(self.lease);
+        self.client
+            .put(
+                self.keys.active(&self.job, &self.run_id),
+                json(record),
+                Some(opts),
+            )
+            .await
+            .map_err(etcd_err("update marker"))?;
+        Ok(())
+    }
+
+    async fn finished(&mut self, record: &RunRecord) -> Result<()> {
+        // The record and the end of the marker are one transaction, so no
+        // reader ever sees the run neither active nor recorded. Keep trying
+        // for a while: etcd may be briefly away, and the record matters.
+        let mut delay = Duration::from_millis(100);
+        let give_up = Instant::now() + Duration::from_secs(120);
+        loop {
+            let txn = Txn::new().and_then([
+                TxnOp::put(
+                    self.keys.history(&self.job, &self.run_id),
+                    json(record),
+                    None,
+                ),
+                TxnOp::delete(self.keys.active(&self.job, &self.run_id), None),
+            ]);
+            match self.client.txn(txn).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < give_up => {
+                    tracing::warn!(run_id = %self.run_id, "could not record the run yet ({e}); retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(etcd_err("write record")(e)),
+            }
+        }
+        self.keeper.abort();
+        let _ = self.client.lease_revoke(self.lease).await;
+        Etcd::prune(&mut self.client, &self.keys, &self.job, self.history_limit).await
+    }
+
+    async fn fenced(&mut self) -> String {
+        while *self.alive.borrow_and_update() {
+            if self.alive.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        "lost contact with etcd: the run's lease could not be renewed in time, so the job was killed before its running marker could expire".to_string()
+    }
+}

@@ -60,7 +60,10 @@ fn ledger(env: &Env) -> Vec<Entry> {
 }
 
 fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// A config for `etcd` with the given job tables.
@@ -72,7 +75,10 @@ fn cluster_env(etcd: &Etcd, jobs: &str) -> Env {
 }
 
 fn beat_job() -> String {
-    format!("[jobs.beat]\nschedule = \"@every 1s\"\nshell = '{}'\n", ledger_cmd("start"))
+    format!(
+        "[jobs.beat]\nschedule = \"@every 1s\"\nshell = '{}'\n",
+        ledger_cmd("start")
+    )
 }
 
 fn long_job() -> String {
@@ -84,12 +90,16 @@ fn long_job() -> String {
 }
 
 fn leader_of(env: &Env) -> Option<String> {
-    env.list_json()["leader"]["instance"].as_str().map(str::to_string)
+    env.list_json()["leader"]["instance"]
+        .as_str()
+        .map(str::to_string)
 }
 
 fn start_replicas(env: &Env) -> HashMap<String, Scheduler> {
-    let replicas: HashMap<String, Scheduler> =
-        ["a", "b", "c"].into_iter().map(|i| (i.to_string(), env.spawn_run(i))).collect();
+    let replicas: HashMap<String, Scheduler> = ["a", "b", "c"]
+        .into_iter()
+        .map(|i| (i.to_string(), env.spawn_run(i)))
+        .collect();
     wait_until(PATIENCE, "a leader", || leader_of(env).is_some());
     replicas
 }
@@ -98,7 +108,11 @@ fn start_replicas(env: &Env) -> HashMap<String, Scheduler> {
 fn assert_each_tick_once(entries: &[Entry]) {
     let mut seen = HashSet::new();
     for e in entries.iter().filter(|e| e.event == "start") {
-        assert!(seen.insert(e.tick.clone()), "tick {} fired twice: {entries:#?}", e.tick);
+        assert!(
+            seen.insert(e.tick.clone()),
+            "tick {} fired twice: {entries:#?}",
+            e.tick
+        );
     }
 }
 
@@ -111,11 +125,18 @@ fn assert_no_overlap(entries: &[Entry]) {
             span.1 = Some(e.at);
         }
     }
-    let mut spans: Vec<(f64, f64, &str)> =
-        spans.into_iter().map(|(id, (s, end))| (s, end.unwrap_or(f64::MAX), id)).collect();
+    let mut spans: Vec<(f64, f64, &str)> = spans
+        .into_iter()
+        .map(|(id, (s, end))| (s, end.unwrap_or(f64::MAX), id))
+        .collect();
     spans.sort_by(|a, b| a.0.total_cmp(&b.0));
     for pair in spans.windows(2) {
-        assert!(pair[1].0 >= pair[0].1, "runs {} and {} overlapped: {entries:#?}", pair[0].2, pair[1].2);
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "runs {} and {} overlapped: {entries:#?}",
+            pair[0].2,
+            pair[1].2
+        );
     }
 }
 
@@ -149,20 +170,37 @@ fn kill_9_of_the_leader_fails_over_and_catches_up_once() {
     let old = leader_of(&env).unwrap();
     replicas.get_mut(&old).unwrap().kill9();
     let killed = now_secs();
-    wait_until(PATIENCE, "a fire by another replica", || ledger(&env).iter().any(|e| e.instance != old));
-    let first_new = ledger(&env).into_iter().find(|e| e.instance != old).unwrap();
+    wait_until(PATIENCE, "a fire by another replica", || {
+        ledger(&env).iter().any(|e| e.instance != old)
+    });
+    let first_new = ledger(&env)
+        .into_iter()
+        .find(|e| e.instance != old)
+        .unwrap();
     let gap = first_new.at - killed;
-    println!("failover after kill -9: first fire by {} {gap:.2}s after the kill (lease_ttl {TTL_SECS}s)", first_new.instance);
+    println!(
+        "failover after kill -9: first fire by {} {gap:.2}s after the kill (lease_ttl {TTL_SECS}s)",
+        first_new.instance
+    );
     assert!(gap < TTL_SECS as f64 + 10.0, "failover took {gap:.2}s");
-    wait_until(PATIENCE, "two more fires", || ledger(&env).iter().filter(|e| e.instance != old).count() >= 3);
+    wait_until(PATIENCE, "two more fires", || {
+        ledger(&env).iter().filter(|e| e.instance != old).count() >= 3
+    });
     let entries = ledger(&env);
     assert_each_tick_once(&entries);
     let catchups: Vec<&Entry> = entries.iter().filter(|e| e.trigger == "catchup").collect();
-    assert_eq!(catchups.len(), 1, "the missed ticks are caught up once: {entries:#?}");
+    assert_eq!(
+        catchups.len(),
+        1,
+        "the missed ticks are caught up once: {entries:#?}"
+    );
     assert_ne!(catchups[0].instance, old);
     let new_token = first_new.token;
     let old_token = entries.iter().find(|e| e.instance == old).unwrap().token;
-    assert!(new_token > old_token, "the fencing token grows with the term");
+    assert!(
+        new_token > old_token,
+        "the fencing token grows with the term"
+    );
 }
 
 #[test]
@@ -175,9 +213,13 @@ fn a_paused_leader_fires_nothing_after_it_resumes() {
     let old = leader_of(&env).unwrap();
     replicas[&old].signal(Signal::STOP);
     let paused = now_secs();
-    wait_until(PATIENCE, "a new leader firing", || ledger(&env).iter().any(|e| e.instance != old));
+    wait_until(PATIENCE, "a new leader firing", || {
+        ledger(&env).iter().any(|e| e.instance != old)
+    });
     // Keep it stopped well past its lease, then let it run again.
-    wait_until(PATIENCE, "the pause to exceed the lease", || now_secs() > paused + TTL_SECS as f64 * 2.0);
+    wait_until(PATIENCE, "the pause to exceed the lease", || {
+        now_secs() > paused + TTL_SECS as f64 * 2.0
+    });
     replicas[&old].signal(Signal::CONT);
     let resumed = now_secs();
     wait_until(PATIENCE, "the cluster to fire 4 more ticks", || {
@@ -185,12 +227,26 @@ fn a_paused_leader_fires_nothing_after_it_resumes() {
     });
     let entries = ledger(&env);
     assert_each_tick_once(&entries);
-    let stale: Vec<&Entry> = entries.iter().filter(|e| e.instance == old && e.at > paused).collect();
-    assert!(stale.is_empty(), "the stale leader fired after its pause: {stale:#?}");
+    let stale: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.instance == old && e.at > paused)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "the stale leader fired after its pause: {stale:#?}"
+    );
     // It rejoined as a standby.
-    wait_until(PATIENCE, "the resumed instance back among the members", || {
-        env.list_json()["members"].as_array().unwrap().iter().any(|m| m["instance"] == old.as_str())
-    });
+    wait_until(
+        PATIENCE,
+        "the resumed instance back among the members",
+        || {
+            env.list_json()["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["instance"] == old.as_str())
+        },
+    );
     assert_ne!(leader_of(&env).unwrap(), old);
 }
 
@@ -206,14 +262,24 @@ fn sigterm_hands_leadership_over_in_under_a_second() {
     replicas[&old].signal(Signal::TERM);
     let mut new_leader = None;
     wait_until(PATIENCE, "a new leader", || {
-        new_leader = etcd.get("/test/leader").filter(|v| !v.contains(&format!("\"instance\":\"{old}\"")));
+        new_leader = etcd
+            .get("/test/leader")
+            .filter(|v| !v.contains(&format!("\"instance\":\"{old}\"")));
         new_leader.is_some()
     });
     let handoff = start.elapsed();
-    println!("graceful handoff: new leader elected {handoff:?} after SIGTERM ({})", new_leader.unwrap());
-    assert!(handoff < Duration::from_secs(TTL_SECS), "handoff took {handoff:?}, as long as a lease expiry");
+    println!(
+        "graceful handoff: new leader elected {handoff:?} after SIGTERM ({})",
+        new_leader.unwrap()
+    );
+    assert!(
+        handoff < Duration::from_secs(TTL_SECS),
+        "handoff took {handoff:?}, as long as a lease expiry"
+    );
     assert_eq!(replicas.get_mut(&old).unwrap().wait_exit(PATIENCE), Some(0));
-    wait_until(PATIENCE, "fires by the new leader", || ledger(&env).iter().filter(|e| e.instance != old).count() >= 2);
+    wait_until(PATIENCE, "fires by the new leader", || {
+        ledger(&env).iter().filter(|e| e.instance != old).count() >= 2
+    });
     assert_each_tick_once(&ledger(&env));
 }
 
@@ -233,10 +299,14 @@ fn skip_holds_across_failover(fault: Signal) {
         sig => replicas[&old].signal(sig),
     }
     wait_until(PATIENCE, "a run started by another replica", || {
-        ledger(&env).iter().any(|e| e.event == "start" && e.instance != old)
+        ledger(&env)
+            .iter()
+            .any(|e| e.event == "start" && e.instance != old)
     });
     wait_until(PATIENCE, "that run to end", || {
-        ledger(&env).iter().any(|e| e.event == "end" && e.instance != old)
+        ledger(&env)
+            .iter()
+            .any(|e| e.event == "end" && e.instance != old)
     });
     if fault == Signal::STOP {
         replicas[&old].signal(Signal::CONT);
@@ -244,14 +314,20 @@ fn skip_holds_across_failover(fault: Signal) {
     let entries = ledger(&env);
     assert_no_overlap(&entries);
     assert_each_tick_once(&entries);
-    assert!(entries.iter().any(|e| e.event == "end" && e.run_id == first.run_id), "the interrupted run finished: {entries:#?}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.event == "end" && e.run_id == first.run_id),
+        "the interrupted run finished: {entries:#?}"
+    );
     wait_until(PATIENCE, "the interrupted run's record", || {
         history_has(&etcd, &first.run_id)
     });
 }
 
 fn history_has(etcd: &Etcd, run_id: &str) -> bool {
-    etcd.get(&format!("/test/history/long/{run_id}")).is_some_and(|v| v.contains("\"outcome\":\"success\""))
+    etcd.get(&format!("/test/history/long/{run_id}"))
+        .is_some_and(|v| v.contains("\"outcome\":\"success\""))
 }
 
 #[test]
@@ -280,15 +356,26 @@ fn nothing_fires_while_etcd_is_down_and_firing_resumes_after() {
     let down = now_secs();
     // The leader may fire a tick that was already claimed when etcd went
     // away; nothing may start later than that.
-    wait_until(PATIENCE, "3 lease periods", || now_secs() > down + 3.0 * TTL_SECS as f64);
-    let during: Vec<Entry> = ledger(&env).into_iter().filter(|e| e.at > down + 0.5).collect();
+    wait_until(PATIENCE, "3 lease periods", || {
+        now_secs() > down + 3.0 * TTL_SECS as f64
+    });
+    let during: Vec<Entry> = ledger(&env)
+        .into_iter()
+        .filter(|e| e.at > down + 0.5)
+        .collect();
     assert!(during.is_empty(), "fired while etcd was down: {during:#?}");
     etcd.restart();
     let up = now_secs();
-    wait_until(PATIENCE, "fires after etcd is back", || ledger(&env).iter().filter(|e| e.at > up).count() >= 3);
+    wait_until(PATIENCE, "fires after etcd is back", || {
+        ledger(&env).iter().filter(|e| e.at > up).count() >= 3
+    });
     let entries = ledger(&env);
     assert_each_tick_once(&entries);
-    println!("etcd back at +{:.1}s; first fire after {:.2}s", up - down, entries.iter().find(|e| e.at > up).unwrap().at - up);
+    println!(
+        "etcd back at +{:.1}s; first fire after {:.2}s",
+        up - down,
+        entries.iter().find(|e| e.at > up).unwrap().at - up
+    );
 }
 
 #[test]
@@ -297,11 +384,17 @@ fn trigger_from_any_machine_runs_on_the_leader_and_returns_the_exit_code() {
     let etcd = Etcd::start();
     let env = cluster_env(
         &etcd,
-        &format!("[jobs.adhoc]\nschedule = \"@yearly\"\nshell = '{}; echo adhoc-output; exit 3'\n", ledger_cmd("start")),
+        &format!(
+            "[jobs.adhoc]\nschedule = \"@yearly\"\nshell = '{}; echo adhoc-output; exit 3'\n",
+            ledger_cmd("start")
+        ),
     );
     let _replicas = start_replicas(&env);
     let leader = leader_of(&env).unwrap();
-    let out = env.cmd(&["trigger", "adhoc", "--instance-id", "laptop"]).run().code(3);
+    let out = env
+        .cmd(&["trigger", "adhoc", "--instance-id", "laptop"])
+        .run()
+        .code(3);
     assert!(out.stdout.contains("adhoc-output"), "{out:?}");
     let entries = ledger(&env);
     assert_eq!(entries.len(), 1);
@@ -313,8 +406,14 @@ fn trigger_from_any_machine_runs_on_the_leader_and_returns_the_exit_code() {
 fn trigger_without_a_leader_gives_up_with_69() {
     let _serial = serial();
     let etcd = Etcd::start();
-    let env = cluster_env(&etcd, "[jobs.adhoc]\nschedule = \"@yearly\"\ncommand = [\"true\"]\n");
-    let out = env.cmd(&["trigger", "adhoc", "--timeout", "1s"]).run().code(69);
+    let env = cluster_env(
+        &etcd,
+        "[jobs.adhoc]\nschedule = \"@yearly\"\ncommand = [\"true\"]\n",
+    );
+    let out = env
+        .cmd(&["trigger", "adhoc", "--timeout", "1s"])
+        .run()
+        .code(69);
     assert!(out.stderr.contains("no leader accepted"), "{out:?}");
 }
 
@@ -324,11 +423,22 @@ fn trigger_of_a_running_skip_job_exits_75_cluster_wide() {
     let etcd = Etcd::start();
     let env = cluster_env(
         &etcd,
-        &format!("[jobs.slow]\nschedule = \"@yearly\"\nshell = '{}; sleep 30'\n", ledger_cmd("start")),
+        &format!(
+            "[jobs.slow]\nschedule = \"@yearly\"\nshell = '{}; sleep 30'\n",
+            ledger_cmd("start")
+        ),
     );
     let _replicas = start_replicas(&env);
-    let run_id = env.cmd(&["trigger", "slow", "--detach"]).run().success().stdout.trim().to_string();
-    wait_until(PATIENCE, "the detached run to start", || !ledger(&env).is_empty());
+    let run_id = env
+        .cmd(&["trigger", "slow", "--detach"])
+        .run()
+        .success()
+        .stdout
+        .trim()
+        .to_string();
+    wait_until(PATIENCE, "the detached run to start", || {
+        !ledger(&env).is_empty()
+    });
     assert_eq!(ledger(&env)[0].run_id, run_id);
     let out = env.cmd(&["trigger", "slow"]).run().code(75);
     assert!(out.stderr.contains("already running"), "{out:?}");

@@ -372,3 +372,68 @@ fn job_environment_and_working_dir() {
     let sub = env.path("sub").canonicalize().unwrap();
     assert_eq!(line, &format!("hello envy {} 1", sub.display()));
 }
+
+#[test]
+fn a_second_sigint_kills_running_jobs_at_once_and_exits_130() {
+    let env = Env::new().config(&format!(
+        "[scheduler]\nshutdown_grace = \"10m\"\n[defaults]\nkill_grace = \"10m\"\n[jobs.work]\nschedule = \"@every 1s\"\nshell = 'trap \"\" TERM; {}; sleep 600'\n",
+        ledger_line("start", "ledger"),
+    ));
+    let mut run = env.spawn_run("a");
+    wait_until(PATIENCE, "a run to start", || {
+        !env.lines("ledger").is_empty()
+    });
+    run.signal(Signal::INT);
+    wait_until(PATIENCE, "the first SIGINT to be seen", || {
+        run.log_text().contains("SIGINT received (1)")
+    });
+    run.signal(Signal::INT);
+    assert_eq!(
+        run.wait_exit(PATIENCE),
+        Some(130),
+        "log:\n{}",
+        run.log_text()
+    );
+    let run_id = ledger(&env, "ledger")[0].run_id.clone();
+    wait_until(PATIENCE, "the killed run's record", || {
+        env.records("work")
+            .iter()
+            .any(|r| r["run_id"] == run_id.as_str() && r["outcome"] == "killed")
+    });
+}
+
+#[test]
+fn json_logs_carry_job_run_and_tick_fields() {
+    let env =
+        Env::new().config("[jobs.talk]\nschedule = \"@every 1s\"\nshell = 'echo hello-from-job'\n");
+    let log = env.path("json.log");
+    let mut cmd = env
+        .cmd(&["--log-format", "json", "run", "--instance-id", "j"])
+        .0;
+    cmd.stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(env.path("json.err")).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let read = || std::fs::read_to_string(env.path("json.err")).unwrap_or_default();
+    wait_until(PATIENCE, "a job output line", || {
+        read().contains("hello-from-job")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = read();
+    let mut saw_output = false;
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["message"] == "hello-from-job" {
+            assert_eq!(v["job"], "talk");
+            assert_eq!(v["stream"], "stdout");
+            assert_eq!(v["run_id"].as_str().unwrap().len(), 36);
+            saw_output = true;
+        }
+        if v["message"] == "run started" {
+            assert_eq!(v["instance"], "j");
+            assert!(v["tick"].as_str().unwrap().ends_with("+00:00"));
+        }
+    }
+    assert!(saw_output, "{text}");
+}

@@ -199,6 +199,9 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
 fn relative(d: chrono::Duration) -> String {
     let secs = d.num_seconds();
     let abs = secs.unsigned_abs();
+    if abs == 0 {
+        return "just now".to_string();
+    }
     let amount = match abs {
         0..=59 => format!("{abs}s"),
         60..=3599 => format!("{}m", abs / 60),

@@ -118,6 +118,65 @@ struct Tracked {
     run_id: String,
 }
 
+/// How long a claim that failed on a backend error waits before the retry.
+const RETRY_AFTER: chrono::Duration = chrono::Duration::milliseconds(250);
+
+/// What came of one attempt to fire.
+enum Fired {
+    Started(Box<tokio::process::Child>, String),
+    /// Skipped, already fired, not leader, or could not start: decided.
+    NotStarted,
+    /// The backend could not answer; the claim may be retried.
+    Retry,
+}
+
+/// A fire to attempt again after a backend error.
+enum Retry {
+    Tick {
+        at: DateTime<Utc>,
+        job: String,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+    },
+    Request {
+        at: DateTime<Utc>,
+        req: TriggerRequest,
+        since: DateTime<Utc>,
+    },
+}
+
+impl Retry {
+    fn at(&self) -> DateTime<Utc> {
+        match self {
+            Retry::Tick { at, .. } | Retry::Request { at, .. } => *at,
+        }
+    }
+}
+
+/// Counters and pending retries of one leadership term's fire loop.
+#[derive(Default)]
+struct FireState {
+    /// Skipped ticks per job (overlap = "skip").
+    skipped: HashMap<String, u64>,
+    /// Rejected claims per reason (see `ClaimRejected::kind`).
+    rejected: HashMap<&'static str, u64>,
+    retries: Vec<Retry>,
+}
+
+impl FireState {
+    fn next_retry(&self) -> Option<DateTime<Utc>> {
+        self.retries.iter().map(Retry::at).min()
+    }
+
+    fn take_due_retries(&mut self, now: DateTime<Utc>) -> Vec<Retry> {
+        let (due, later) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition(|r| r.at() <= now);
+        self.retries = later;
+        due
+    }
+}
+
 /// Why the fire loop ended.
 enum LoopEnd {
     Stop,
@@ -227,13 +286,12 @@ impl<C: Coordinator> Scheduler<C> {
             }
         }
         let mut requests = leadership.requests.take();
-        let mut skipped: HashMap<String, u64> = HashMap::new();
+        let mut state = FireState::default();
         loop {
-            let wait = match due.peek() {
-                Some(Reverse((t, _))) => (*t - Utc::now())
-                    .to_std()
-                    .unwrap_or_default()
-                    .min(MAX_SLEEP),
+            let next_due = due.peek().map(|Reverse((t, _))| *t);
+            let wake = [next_due, state.next_retry()].into_iter().flatten().min();
+            let wait = match wake {
+                Some(t) => (t - Utc::now()).to_std().unwrap_or_default().min(MAX_SLEEP),
                 None => MAX_SLEEP,
             };
             tokio::select! {
@@ -242,7 +300,7 @@ impl<C: Coordinator> Scheduler<C> {
                 () = leadership.lost() => return Ok(LoopEnd::LostLeadership),
                 () = running.reap_one() => continue,
                 Some(req) = recv_request(&mut requests) => {
-                    self.answer_request(leadership, req, running, &mut skipped).await;
+                    self.answer_request(leadership, req, Utc::now(), running, &mut state).await;
                     continue;
                 }
                 () = tokio::time::sleep(wait) => {}
@@ -260,17 +318,61 @@ impl<C: Coordinator> Scheduler<C> {
                     self.record_missed(job, count, oldest, newest, caught_up.map(|f| f.0));
                 }
                 for (tick, trigger) in plan.fires {
-                    if let Some((child, run_id)) = self
-                        .fire(leadership, job, tick, trigger, None, &mut skipped)
-                        .await
-                    {
-                        running.track(child, &job.name, run_id);
-                    }
+                    self.fire_tick(leadership, job, tick, trigger, running, &mut state)
+                        .await;
                 }
                 if let Some(next) = plan.next {
                     due.push(Reverse((next, i)));
                 }
             }
+            for retry in state.take_due_retries(now) {
+                match retry {
+                    Retry::Tick {
+                        job, tick, trigger, ..
+                    } => {
+                        let Some(job) = self.config.jobs.get(&job) else {
+                            continue;
+                        };
+                        let late = (now - tick).to_std().unwrap_or_default();
+                        if late > job.catchup.max(LATE_TOLERANCE) {
+                            self.record_missed(job, 1, tick, tick, None);
+                            continue;
+                        }
+                        let trigger = if late > LATE_TOLERANCE {
+                            Trigger::Catchup
+                        } else {
+                            trigger
+                        };
+                        self.fire_tick(leadership, job, tick, trigger, running, &mut state)
+                            .await;
+                    }
+                    Retry::Request { req, since, .. } => {
+                        self.answer_request(leadership, req, since, running, &mut state)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fire_tick(
+        &self,
+        leadership: &Leadership,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        running: &mut Running,
+        state: &mut FireState,
+    ) {
+        match self.fire(leadership, job, tick, trigger, None, state).await {
+            Fired::Started(child, run_id) => running.track(*child, &job.name, run_id),
+            Fired::NotStarted => {}
+            Fired::Retry => state.retries.push(Retry::Tick {
+                at: Utc::now() + RETRY_AFTER,
+                job: job.name.clone(),
+                tick,
+                trigger,
+            }),
         }
     }
 
@@ -279,8 +381,9 @@ impl<C: Coordinator> Scheduler<C> {
         &self,
         leadership: &Leadership,
         req: TriggerRequest,
+        since: DateTime<Utc>,
         running: &mut Running,
-        skipped: &mut HashMap<String, u64>,
+        state: &mut FireState,
     ) {
         let Some(job) = self.config.jobs.get(&req.job) else {
             tracing::warn!(job = %req.job, run_id = %req.run_id, "trigger request for a job this instance does not know");
@@ -300,18 +403,31 @@ impl<C: Coordinator> Scheduler<C> {
         tracing::info!(job = %job.name, run_id = %req.run_id, requested_by = %req.requested_by, "trigger request");
         let now = Utc::now();
         let tick = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
-        if let Some((child, run_id)) = self
+        match self
             .fire(
                 leadership,
                 job,
                 tick,
                 Trigger::Manual,
                 Some(&req.run_id),
-                skipped,
+                state,
             )
             .await
         {
-            running.track(child, &job.name, run_id);
+            Fired::Started(child, run_id) => running.track(*child, &job.name, run_id),
+            Fired::NotStarted => {}
+            // The request key lives as long as its requester waits; keep
+            // trying while the backend is in trouble.
+            Fired::Retry if now - since < chrono::Duration::minutes(5) => {
+                state.retries.push(Retry::Request {
+                    at: now + RETRY_AFTER,
+                    req,
+                    since,
+                })
+            }
+            Fired::Retry => {
+                tracing::error!(job = %job.name, run_id = %req.run_id, "giving up on a trigger request")
+            }
         }
     }
 
@@ -324,8 +440,8 @@ impl<C: Coordinator> Scheduler<C> {
         tick: DateTime<Utc>,
         trigger: Trigger,
         request: Option<&str>,
-        skipped: &mut HashMap<String, u64>,
-    ) -> Option<(tokio::process::Child, String)> {
+        state: &mut FireState,
+    ) -> Fired {
         let req = ClaimRequest {
             job: &job.name,
             tick,
@@ -338,7 +454,7 @@ impl<C: Coordinator> Scheduler<C> {
         let claim = match self.coord.claim(leadership, req).await {
             Ok(claim) => claim,
             Err(ClaimRejected::StillRunning(active)) => {
-                let total = skipped.entry(job.name.clone()).or_default();
+                let total = state.skipped.entry(job.name.clone()).or_default();
                 *total += 1;
                 let reason = ClaimRejected::StillRunning(active).to_string();
                 tracing::warn!(job = %job.name, tick = %tick.to_rfc3339(), skipped_total = *total, "tick skipped: {reason}");
@@ -353,20 +469,28 @@ impl<C: Coordinator> Scheduler<C> {
                 } else {
                     self.record_in_background(rec);
                 }
-                return None;
-            }
-            Err(ClaimRejected::AlreadyFired(t)) => {
-                tracing::debug!(job = %job.name, tick = %t.to_rfc3339(), "tick already fired");
-                return None;
+                return Fired::NotStarted;
             }
             Err(e) => {
-                let level_is_error = matches!(e, ClaimRejected::Backend(_));
-                if level_is_error {
-                    tracing::error!(job = %job.name, tick = %tick.to_rfc3339(), reason = e.kind(), "claim failed: {e}");
-                } else {
-                    tracing::warn!(job = %job.name, tick = %tick.to_rfc3339(), reason = e.kind(), "claim rejected: {e}");
+                let total = state.rejected.entry(e.kind()).or_default();
+                *total += 1;
+                let total = *total;
+                let reason = e.kind();
+                match e {
+                    ClaimRejected::AlreadyFired(t) => {
+                        tracing::debug!(job = %job.name, tick = %t.to_rfc3339(), reason, rejected_total = total, "tick already fired")
+                    }
+                    ClaimRejected::Backend(e) => {
+                        // Not decided either way: try again shortly, so a
+                        // brief etcd hiccup does not cost the tick.
+                        tracing::error!(job = %job.name, tick = %tick.to_rfc3339(), reason, rejected_total = total, "claim failed, will retry: {e}");
+                        return Fired::Retry;
+                    }
+                    e => {
+                        tracing::warn!(job = %job.name, tick = %tick.to_rfc3339(), reason, rejected_total = total, "claim rejected: {e}")
+                    }
                 }
-                return None;
+                return Fired::NotStarted;
             }
         };
         let mut spec = RunSpec::new(
@@ -383,7 +507,7 @@ impl<C: Coordinator> Scheduler<C> {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);
                 tracing::debug!(job = %job.name, run_id = %claim.run_id, supervisor_pid = pid, "fired");
-                Some((child, claim.run_id))
+                Fired::Started(Box::new(child), claim.run_id)
             }
             Err(e) => {
                 let mut rec = self.entry(
@@ -396,7 +520,7 @@ impl<C: Coordinator> Scheduler<C> {
                 rec.run_id = claim.run_id;
                 tracing::error!(job = %job.name, "could not start a supervisor: {e}");
                 self.record_in_background(rec);
-                None
+                Fired::NotStarted
             }
         }
     }

@@ -173,6 +173,26 @@ async fn through_leader(
     }
     let _ = client.lease_revoke(lease).await;
     if detach {
+        // A skip is recorded before the request is taken away, so it is
+        // known by now; a run is under way otherwise.
+        let hist = client
+            .get(keys.history(&job.name, &run_id), None)
+            .await
+            .map_err(etcd_failed)?;
+        if let Some(rec) = hist
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice::<RunRecord>(kv.value()).ok())
+        {
+            if rec.outcome == Outcome::Skipped {
+                eprintln!(
+                    "bgsched: job \"{}\" is {}; skipped (overlap = \"skip\")",
+                    job.name,
+                    rec.reason.as_deref().unwrap_or("already running")
+                );
+                return Ok(exit::SKIPPED);
+            }
+        }
         println!("{run_id}");
         return Ok(exit::OK);
     }

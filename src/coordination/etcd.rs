@@ -644,6 +644,75 @@ impl Etcd {
         })
     }
 
+    /// Delete the leader key if it is still ours, so a standby takes over now.
+    async fn resign_term(&self, term: u64) {
+        let key = self.keys.leader();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                term as i64,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        match self.client.clone().txn(txn).await {
+            Ok(r) if r.succeeded() => tracing::info!(term, "resigned leadership"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("could not resign leadership: {e}"),
+        }
+    }
+
+    /// Record runs whose marker expired without a final record (their
+    /// supervisor died or was cut off for good) as `lost`, so every run
+    /// leaves a record. Runs on the leader only.
+    fn record_lost_runs(&self) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let keys = self.keys.clone();
+        let prefix = format!("{}/active/", keys.0);
+        tokio::spawn(async move {
+            let mut client = client;
+            loop {
+                let opts = WatchOptions::new().with_prefix().with_prev_key();
+                let Ok(mut stream) = client.watch(prefix.clone(), Some(opts)).await else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
+                while let Ok(Some(resp)) = stream.message().await {
+                    if resp.canceled() {
+                        break;
+                    }
+                    for event in resp.events() {
+                        if event.event_type() != EventType::Delete {
+                            continue;
+                        }
+                        let Some(Ok(mut rec)) = event.prev_kv().map(parse::<RunRecord>) else {
+                            continue;
+                        };
+                        // A supervisor that finished wrote the record in the
+                        // same transaction that deleted the marker.
+                        let key = keys.history(&rec.job, &rec.run_id);
+                        match client.get(key.clone(), None).await {
+                            Ok(r) if r.kvs().is_empty() => {}
+                            _ => continue,
+                        }
+                        let now = Utc::now();
+                        rec.outcome = Outcome::Lost;
+                        rec.reason = Some("its running marker expired: the supervisor died or lost etcd before recording the run".into());
+                        rec.duration_ms =
+                            Some((now - rec.started_at).num_milliseconds().max(0) as u64);
+                        rec.ended_at = Some(now);
+                        tracing::warn!(job = %rec.job, run_id = %rec.run_id, instance = %rec.instance, "run lost");
+                        // Only if the supervisor did not record it meanwhile.
+                        let txn = Txn::new()
+                            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                            .and_then([TxnOp::put(key, json(&rec), None)]);
+                        let _ = client.txn(txn).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    }
+
     async fn claim_once(
         &self,
         leadership: &Leadership,
@@ -831,12 +900,21 @@ impl Coordinator for Etcd {
             };
             match attempt.await {
                 Ok((_, alive, Ok(term))) => {
-                    self.load_last_ticks().await?;
+                    // Without the last fired ticks this leader could neither
+                    // catch up nor keep claims cheap: give the term back.
+                    if let Err(e) = self.load_last_ticks().await {
+                        tracing::warn!(term, "won leadership but {e}; resigning and retrying");
+                        self.resign_term(term).await;
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
                     let (valid_tx, valid) = watch::channel(true);
                     let guard = self.guard_leadership(term, alive, valid_tx);
                     let (req_tx, req_rx) = mpsc::channel(256);
                     let requests = self.watch_requests(req_tx);
-                    let hold = AbortOnDrop(vec![guard, requests]);
+                    let lost_runs = self.record_lost_runs();
+                    let hold = AbortOnDrop(vec![guard, requests, lost_runs]);
                     return Ok(Leadership::new(term, valid, Some(req_rx), Box::new(hold)));
                 }
                 Ok((_, mut alive, Err((rev, current)))) => {
@@ -899,14 +977,17 @@ impl Coordinator for Etcd {
 
     async fn record(&self, record: &RunRecord) -> Result<()> {
         let mut client = self.client.clone();
-        client
-            .put(
+        // A final record ends the run's marker, if it has one (a claimed run
+        // whose supervisor could not be started).
+        let txn = Txn::new().and_then([
+            TxnOp::put(
                 self.keys.history(&record.job, &record.run_id),
                 json(record),
                 None,
-            )
-            .await
-            .map_err(etcd_err("write record"))?;
+            ),
+            TxnOp::delete(self.keys.active(&record.job, &record.run_id), None),
+        ]);
+        client.txn(txn).await.map_err(etcd_err("write record"))?;
         Self::prune(&mut client, &self.keys, &record.job, self.cfg.history_limit).await
     }
 

@@ -346,6 +346,16 @@ fn spawn_job(spec: &RunSpec) -> Result<tokio::process::Child, String> {
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);
     }
+    // If the supervisor itself is killed (`kill -9`, the OOM killer), its
+    // job must not run on unsupervised: it would hold no lock and no lease,
+    // so another run could start beside it.
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the closure.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            Ok(())
+        });
+    }
     cmd.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("command not found: {program}"),
         std::io::ErrorKind::PermissionDenied => format!("permission denied: {program}"),

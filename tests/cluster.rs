@@ -443,3 +443,44 @@ fn trigger_of_a_running_skip_job_exits_75_cluster_wide() {
     let out = env.cmd(&["trigger", "slow"]).run().code(75);
     assert!(out.stderr.contains("already running"), "{out:?}");
 }
+
+#[test]
+fn a_run_whose_supervisor_is_killed_is_stopped_and_recorded_lost() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = cluster_env(
+        &etcd,
+        &format!(
+            "[jobs.slow]\nschedule = \"@yearly\"\nshell = '{}; sleep 600'\n",
+            ledger_cmd("start")
+        ),
+    );
+    let _replicas = start_replicas(&env);
+    let run_id = env
+        .cmd(&["trigger", "slow", "--detach"])
+        .run()
+        .success()
+        .stdout
+        .trim()
+        .to_string();
+    let mut pid = None;
+    wait_until(PATIENCE, "the run's pid in its marker", || {
+        pid = env.job_view("slow")["running"][0]["pid"].as_i64();
+        pid.is_some()
+    });
+    let job_pid = pid.unwrap() as i32;
+    let supervisor = parent_of(job_pid).expect("supervisor pid");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(supervisor).unwrap(),
+        Signal::KILL,
+    )
+    .unwrap();
+    wait_until(PATIENCE, "the job to die with its supervisor", || {
+        !alive(job_pid)
+    });
+    wait_until(PATIENCE, "the lost run's record", || {
+        etcd.get(&format!("/test/history/slow/{run_id}"))
+            .is_some_and(|v| v.contains("\"outcome\":\"lost\""))
+    });
+    assert_eq!(env.job_view("slow")["state"], "idle");
+}

@@ -295,3 +295,14 @@ pub fn alive(pid: i32) -> bool {
 pub fn ledger_line(event: &str, file: &str) -> String {
     format!("echo \"{event} $BGSCHED_SCHEDULED_AT $(date +%s.%N) $BGSCHED_RUN_ID $BGSCHED_TRIGGER $BGSCHED_INSTANCE\" >> {{dir}}/{file}")
 }
+
+/// The parent pid of a process, from /proc.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

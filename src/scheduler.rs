@@ -234,10 +234,12 @@ impl<C: Coordinator> Scheduler<C> {
         let mut running = Running::default();
         loop {
             tracing::info!(instance = %self.instance, jobs = self.config.jobs.len(), "waiting for leadership");
+            // Nothing else may cancel a campaign half-way (its win could be
+            // lost with the future); supervisors are reaped by their own
+            // tasks meanwhile and forgotten at the next `reap_one`.
             let mut leadership = tokio::select! {
                 l = self.coord.acquire_leadership(&self.instance) => l?,
                 _ = stop.changed() => break,
-                () = running.reap_one() => continue,
             };
             tracing::info!(instance = %self.instance, term = leadership.term, "leading: firing jobs");
             match self
@@ -315,7 +317,14 @@ impl<C: Coordinator> Scheduler<C> {
                 let plan = plan_due(job, tick, now);
                 if let Some((count, oldest, newest)) = plan.missed {
                     let caught_up = plan.fires.first().filter(|f| f.1 == Trigger::Catchup);
-                    self.record_missed(job, count, oldest, newest, caught_up.map(|f| f.0));
+                    self.record_missed(
+                        leadership.term,
+                        job,
+                        count,
+                        oldest,
+                        newest,
+                        caught_up.map(|f| f.0),
+                    );
                 }
                 for (tick, trigger) in plan.fires {
                     self.fire_tick(leadership, job, tick, trigger, running, &mut state)
@@ -335,7 +344,7 @@ impl<C: Coordinator> Scheduler<C> {
                         };
                         let late = (now - tick).to_std().unwrap_or_default();
                         if late > job.catchup.max(LATE_TOLERANCE) {
-                            self.record_missed(job, 1, tick, tick, None);
+                            self.record_missed(leadership.term, job, 1, tick, tick, None);
                             continue;
                         }
                         let trigger = if late > LATE_TOLERANCE {
@@ -458,7 +467,14 @@ impl<C: Coordinator> Scheduler<C> {
                 *total += 1;
                 let reason = ClaimRejected::StillRunning(active).to_string();
                 tracing::warn!(job = %job.name, tick = %tick.to_rfc3339(), skipped_total = *total, "tick skipped: {reason}");
-                let mut rec = self.entry(job, tick, trigger, Outcome::Skipped, reason);
+                let mut rec = self.entry(
+                    leadership.term,
+                    job,
+                    tick,
+                    trigger,
+                    Outcome::Skipped,
+                    reason,
+                );
                 if let Some(id) = request {
                     // The requester waits for a record under its own run id.
                     rec.run_id = id.to_string();
@@ -511,6 +527,7 @@ impl<C: Coordinator> Scheduler<C> {
             }
             Err(e) => {
                 let mut rec = self.entry(
+                    leadership.term,
                     job,
                     tick,
                     trigger,
@@ -527,6 +544,7 @@ impl<C: Coordinator> Scheduler<C> {
 
     fn record_missed(
         &self,
+        term: u64,
         job: &Job,
         count: u64,
         oldest: DateTime<Utc>,
@@ -549,20 +567,32 @@ impl<C: Coordinator> Scheduler<C> {
             ),
         };
         tracing::warn!(job = %job.name, missed = count, "ticks missed: {reason}");
-        let mut rec = self.entry(job, newest, Trigger::Schedule, Outcome::Missed, reason);
+        let mut rec = self.entry(
+            term,
+            job,
+            newest,
+            Trigger::Schedule,
+            Outcome::Missed,
+            reason,
+        );
         rec.missed_ticks = Some(count);
         self.record_in_background(rec);
     }
 
+    /// A history entry written by the scheduler; `term` fences it, so a
+    /// deposed leader cannot write it.
     fn entry(
         &self,
+        term: u64,
         job: &Job,
         tick: DateTime<Utc>,
         trigger: Trigger,
         outcome: Outcome,
         reason: String,
     ) -> RunRecord {
-        RunRecord::not_run(&job.name, tick, trigger, &self.instance, outcome, reason)
+        let mut rec = RunRecord::not_run(&job.name, tick, trigger, &self.instance, outcome, reason);
+        rec.term = term;
+        rec
     }
 
     /// History entries for ticks that did not run are written off the fire path.

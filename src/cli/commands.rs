@@ -352,9 +352,16 @@ fn supervise() -> Result<i32, CliError> {
                         "__supervise: cluster run without a lease".into(),
                     ));
                 };
-                let mut recorder =
-                    EtcdRecorder::start(cfg, &spec.job, &spec.run_id, lease, granted_at).await?;
-                executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
+                match EtcdRecorder::start(cfg, &spec.job, &spec.run_id, lease, granted_at).await {
+                    Ok(mut recorder) => {
+                        executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %spec.job, run_id = %spec.run_id, "not starting the job: {e}");
+                        let rec = spec.unstarted(e.to_string());
+                        EtcdRecorder::record_unstarted(cfg, &rec).await;
+                    }
+                }
             }
         }
         Ok(exit::OK)

@@ -234,6 +234,11 @@ pub async fn keep_lease_alive(
                 let _ = alive.send(false);
                 return;
             }
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => {
+                tracing::warn!(lease, "lease is gone in etcd: {e}");
+                let _ = alive.send(false);
+                return;
+            }
             Ok(Ok(None)) | Ok(Err(_)) => {
                 stream = None;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -323,6 +328,9 @@ impl Etcd {
             if *s.alive.borrow() {
                 return Ok((s.lease, s.alive.clone()));
             }
+            // We gave it up locally; etcd may still keep it (and our leader
+            // key) alive for a while, e.g. after refreshing leases on restart.
+            revoke_later(self.client.clone(), s.lease);
         }
         let mut client = self.client.clone();
         let granted = Instant::now();
@@ -395,16 +403,22 @@ impl Etcd {
             return Ok(Ok(rev as u64));
         }
         let current = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| {
-                let mut info: Option<LeaderInfo> = parse(kv).ok();
-                if let Some(i) = info.as_mut() {
-                    i.term = kv.create_revision() as u64;
-                }
-                info
-            }),
+            TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
             _ => None,
         });
-        Ok(Err((rev, current.flatten())))
+        if let Some(kv) = &current {
+            // Bound to our own session: an earlier campaign of ours committed
+            // but its answer was lost (an ambiguous error). It is ours.
+            if kv.lease() == lease {
+                return Ok(Ok(kv.create_revision() as u64));
+            }
+        }
+        let info = current.and_then(|kv| {
+            let mut info: LeaderInfo = parse(&kv).ok()?;
+            info.term = kv.create_revision() as u64;
+            Some(info)
+        });
+        Ok(Err((rev, info)))
     }
 
     /// Wait (bounded) until the leader key is deleted after revision `rev`.
@@ -430,6 +444,8 @@ impl Etcd {
                     return;
                 }
             }
+            // The stream broke: do not spin on a failing etcd.
+            tokio::time::sleep(Duration::from_millis(200)).await;
         };
         tokio::select! {
             () = watch => {}
@@ -452,9 +468,7 @@ impl Etcd {
         let prefix_len = self.keys.lasts().len();
         for kv in resp.kvs() {
             let job = String::from_utf8_lossy(&kv.key()[prefix_len..]).into_owned();
-            if let Ok(last) = parse::<LastTick>(kv) {
-                cache.insert(job, (last.tick, kv.mod_revision()));
-            }
+            cache.insert(job, (last_tick_of(kv), kv.mod_revision()));
         }
         Ok(())
     }
@@ -720,6 +734,7 @@ impl Etcd {
         run_id: &str,
     ) -> Result<Claim, (ClaimRejected, bool)> {
         let term = leadership.term;
+        let backend = |e: CoordError| (ClaimRejected::Backend(e), false);
         let cached = self.last.lock().expect("cache lock").get(req.job).copied();
         if req.advances_schedule {
             if let Some((last, _)) = cached {
@@ -733,40 +748,36 @@ impl Etcd {
         let lease = client
             .lease_grant(self.cfg.ttl_secs(), None)
             .await
-            .map_err(|e| (ClaimRejected::Backend(etcd_err("run lease")(e)), false))?
+            .map_err(|e| backend(etcd_err("run lease")(e)))?
             .id();
-        let now = Utc::now();
-        let marker = RunRecord {
-            run_id: run_id.to_string(),
-            job: req.job.to_string(),
-            tick: req.tick,
-            trigger: req.trigger,
-            instance: req.instance.to_string(),
-            term,
-            outcome: Outcome::Running,
-            started_at: now,
-            ended_at: None,
-            duration_ms: None,
-            exit_code: None,
-            signal: None,
-            reason: None,
-            pid: None,
-            missed_ticks: None,
-            output_tail: String::new(),
-        };
+        let mut marker = RunRecord::not_run(
+            req.job,
+            req.tick,
+            req.trigger,
+            req.instance,
+            Outcome::Running,
+            String::new(),
+        );
+        marker.run_id = run_id.to_string();
+        marker.term = term;
+        marker.ended_at = None;
+        marker.duration_ms = None;
+        marker.reason = None;
         let leader_key = self.keys.leader();
         let last_key = self.keys.last(req.job);
         let actives = self.keys.actives(req.job);
+        let marker_key = self.keys.active(req.job, run_id);
+
+        // Outer: is this the leader, is the tick (or request) still unclaimed?
+        // If so the tick is consumed whatever happens next. Inner: may a run
+        // start under the overlap policy? A skipped tick thus still counts
+        // as fired, so no later leader catches it up.
         let mut when = vec![Compare::create_revision(
             leader_key.clone(),
             CompareOp::Equal,
             term as i64,
         )];
-        let mut ops = vec![TxnOp::put(
-            self.keys.active(req.job, run_id),
-            json(&marker),
-            Some(PutOptions::new().with_lease(lease)),
-        )];
+        let mut ops = Vec::new();
         if req.advances_schedule {
             when.push(Compare::mod_revision(
                 last_key.clone(),
@@ -780,9 +791,6 @@ impl Etcd {
             };
             ops.push(TxnOp::put(last_key.clone(), json(&last), None));
         }
-        if req.exclusive {
-            when.push(Compare::create_revision(actives.clone(), CompareOp::Equal, 0).with_prefix());
-        }
         if let Some(id) = req.request {
             when.push(Compare::create_revision(
                 self.keys.request(id),
@@ -791,17 +799,61 @@ impl Etcd {
             ));
             ops.push(TxnOp::delete(self.keys.request(id), None));
         }
+        let mut inner_when = Vec::new();
+        if req.exclusive {
+            inner_when
+                .push(Compare::create_revision(actives.clone(), CompareOp::Equal, 0).with_prefix());
+        }
+        let inner = Txn::new()
+            .when(inner_when)
+            .and_then([TxnOp::put(
+                marker_key.clone(),
+                json(&marker),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(
+                actives,
+                Some(GetOptions::new().with_prefix().with_limit(1)),
+            )]);
+        ops.push(TxnOp::txn(inner));
         let txn = Txn::new().when(when).and_then(ops).or_else([
             TxnOp::get(leader_key, None),
-            TxnOp::get(last_key, None),
-            TxnOp::get(actives, Some(GetOptions::new().with_prefix().with_limit(1))),
+            TxnOp::get(last_key.clone(), None),
             TxnOp::get(self.keys.request(req.request.unwrap_or("-")), None),
         ]);
         let resp = match client.txn(txn).await {
             Ok(r) => r,
             Err(e) => {
-                revoke_later(client, lease);
-                return Err((ClaimRejected::Backend(etcd_err("claim")(e)), false));
+                // The transaction may have committed with its answer lost.
+                // Our marker's key is unique to this run, so it tells.
+                return match client.get(marker_key, None).await {
+                    Ok(r) if !r.kvs().is_empty() => {
+                        if req.advances_schedule {
+                            self.forget_last(req.job);
+                        }
+                        Ok(Claim {
+                            run_id: run_id.to_string(),
+                            term,
+                            hold: Hold::Lease {
+                                id: lease,
+                                granted_at,
+                            },
+                        })
+                    }
+                    Ok(_) => {
+                        revoke_later(client.clone(), lease);
+                        if req.advances_schedule {
+                            self.forget_last(req.job);
+                        }
+                        Err(backend(etcd_err("claim")(e)))
+                    }
+                    // Unknown: keep the lease (it expires on its own) and
+                    // let the retry find out through the last-tick key.
+                    Err(_) => {
+                        self.forget_last(req.job);
+                        Err(backend(etcd_err("claim")(e)))
+                    }
+                };
             }
         };
         if resp.succeeded() {
@@ -812,14 +864,34 @@ impl Etcd {
                     .expect("cache lock")
                     .insert(req.job.to_string(), (req.tick, rev));
             }
-            return Ok(Claim {
-                run_id: run_id.to_string(),
-                term,
-                hold: Hold::Lease {
-                    id: lease,
-                    granted_at,
-                },
+            let inner = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Txn(t) => Some(t),
+                _ => None,
             });
+            let Some(inner) = inner else {
+                return Err(backend(CoordError::Etcd(
+                    "unexpected claim response".into(),
+                )));
+            };
+            if inner.succeeded() {
+                return Ok(Claim {
+                    run_id: run_id.to_string(),
+                    term,
+                    hold: Hold::Lease {
+                        id: lease,
+                        granted_at,
+                    },
+                });
+            }
+            revoke_later(client, lease);
+            let active = inner.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+                _ => None,
+            });
+            let active = active
+                .and_then(|kv| parse::<RunRecord>(&kv).ok())
+                .map(Box::new);
+            return Err((ClaimRejected::StillRunning(active), false));
         }
         revoke_later(client, lease);
         let gets: Vec<Vec<KeyValue>> = resp
@@ -830,56 +902,53 @@ impl Etcd {
                 _ => Vec::new(),
             })
             .collect();
-        let [leader, last, active, request] =
-            <[Vec<KeyValue>; 4]>::try_from(gets).map_err(|_| {
-                (
-                    ClaimRejected::Backend(CoordError::Etcd("unexpected claim response".into())),
-                    false,
-                )
-            })?;
+        let [leader, last, request] = <[Vec<KeyValue>; 3]>::try_from(gets)
+            .map_err(|_| backend(CoordError::Etcd("unexpected claim response".into())))?;
         if leader
             .first()
             .is_none_or(|kv| kv.create_revision() as u64 != term)
         {
             return Err((ClaimRejected::NotLeader, false));
         }
-        if req.advances_schedule {
-            let seen = last.first().and_then(|kv| {
-                parse::<LastTick>(kv)
-                    .ok()
-                    .map(|l| (l.tick, kv.mod_revision()))
-            });
-            let mod_rev = last.first().map_or(0, |kv| kv.mod_revision());
-            if cached.map_or(0, |c| c.1) != mod_rev {
-                let mut cache = self.last.lock().expect("cache lock");
-                match seen {
-                    Some(s) => cache.insert(req.job.to_string(), s),
-                    None => cache.remove(req.job),
-                };
-                if seen.is_some_and(|(t, _)| t >= req.tick) {
-                    return Err((ClaimRejected::AlreadyFired(req.tick), false));
-                }
-                // Our cache was stale, nothing else: try again.
-                return Err((ClaimRejected::AlreadyFired(req.tick), true));
-            }
-        }
         if let Some(id) = req.request {
             if request.is_empty() {
                 return Err((ClaimRejected::RequestGone(id.to_string()), false));
             }
         }
-        if req.exclusive {
-            if let Some(kv) = active.first() {
-                return Err((
-                    ClaimRejected::StillRunning(parse(kv).ok().map(Box::new)),
-                    false,
-                ));
+        if req.advances_schedule {
+            let seen = last.first().map(|kv| (last_tick_of(kv), kv.mod_revision()));
+            let mut cache = self.last.lock().expect("cache lock");
+            match seen {
+                Some(s) => cache.insert(req.job.to_string(), s),
+                None => cache.remove(req.job),
+            };
+            if seen.is_some_and(|(t, _)| t >= req.tick) {
+                return Err((ClaimRejected::AlreadyFired(req.tick), false));
             }
+            // Our cached revision was stale, nothing else: try again.
+            return Err((ClaimRejected::AlreadyFired(req.tick), true));
         }
-        Err((
-            ClaimRejected::Backend(CoordError::Etcd("claim failed for no known reason".into())),
-            false,
-        ))
+        Err(backend(CoordError::Etcd(
+            "claim failed for no known reason".into(),
+        )))
+    }
+
+    /// Drop the cached last tick of `job`, so the next claim re-reads it.
+    fn forget_last(&self, job: &str) {
+        self.last.lock().expect("cache lock").remove(job);
+    }
+}
+
+/// The tick stored in a `P/last/<job>` key. An unreadable value must not
+/// stop the job for good: treat it as "long ago" (the claim's revision
+/// check still protects the tick) and say so loudly.
+fn last_tick_of(kv: &KeyValue) -> DateTime<Utc> {
+    match parse::<LastTick>(kv) {
+        Ok(last) => last.tick,
+        Err(e) => {
+            tracing::error!("{e}; treating it as never fired");
+            DateTime::<Utc>::MIN_UTC
+        }
     }
 }
 
@@ -953,7 +1022,11 @@ impl Coordinator for Etcd {
     }
 
     async fn last_fired(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
-        Ok(self.last.lock().expect("cache lock").get(job).map(|c| c.0))
+        let cache = self.last.lock().expect("cache lock");
+        Ok(cache
+            .get(job)
+            .map(|c| c.0)
+            .filter(|t| *t > DateTime::<Utc>::MIN_UTC))
     }
 
     async fn claim(
@@ -977,17 +1050,33 @@ impl Coordinator for Etcd {
 
     async fn record(&self, record: &RunRecord) -> Result<()> {
         let mut client = self.client.clone();
+        let history = self.keys.history(&record.job, &record.run_id);
+        // Never overwrite a record (a deposed leader's late skip must not
+        // replace the real run's), and a record written for a leadership
+        // term only while that term lasts.
+        let mut when = vec![Compare::create_revision(
+            history.clone(),
+            CompareOp::Equal,
+            0,
+        )];
+        if record.term > 0 {
+            when.push(Compare::create_revision(
+                self.keys.leader(),
+                CompareOp::Equal,
+                record.term as i64,
+            ));
+        }
         // A final record ends the run's marker, if it has one (a claimed run
         // whose supervisor could not be started).
-        let txn = Txn::new().and_then([
-            TxnOp::put(
-                self.keys.history(&record.job, &record.run_id),
-                json(record),
-                None,
-            ),
+        let txn = Txn::new().when(when).and_then([
+            TxnOp::put(history, json(record), None),
             TxnOp::delete(self.keys.active(&record.job, &record.run_id), None),
         ]);
-        client.txn(txn).await.map_err(etcd_err("write record"))?;
+        let resp = client.txn(txn).await.map_err(etcd_err("write record"))?;
+        if !resp.succeeded() {
+            tracing::debug!(job = %record.job, run_id = %record.run_id, "record not written: already recorded, or no longer leader");
+            return Ok(());
+        }
         Self::prune(&mut client, &self.keys, &record.job, self.cfg.history_limit).await
     }
 
@@ -1035,8 +1124,11 @@ pub struct EtcdRecorder {
 }
 
 impl EtcdRecorder {
-    /// Start keeping `lease` alive right away; `granted_at` is when the
-    /// scheduler obtained it, so the self-fencing deadline counts from there.
+    /// Confirm the run's lease is still alive and keep it so. `granted_at`
+    /// is when the scheduler obtained it: the self-fencing deadline counts
+    /// from there, and a lease that cannot be confirmed before it (etcd
+    /// unreachable, or the scheduler stalled between claim and spawn) means
+    /// the job must not start at all.
     pub async fn start(
         cfg: &EtcdConfig,
         job: &str,
@@ -1045,8 +1137,37 @@ impl EtcdRecorder {
         granted_at: DateTime<Utc>,
     ) -> Result<Self> {
         let age = (Utc::now() - granted_at).to_std().unwrap_or_default();
-        let last_ok = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        let client = connect(cfg).await?;
+        let granted = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let deadline = granted + cfg.fence_after();
+        let too_late = || {
+            CoordError::Etcd(
+                "the run's lease could not be confirmed in time; the job was not started".into(),
+            )
+        };
+        let mut delay = Duration::from_millis(50);
+        let (client, last_ok) = loop {
+            let attempt = async {
+                let mut client = connect(cfg).await?;
+                let sent = Instant::now();
+                // Opening the keepalive stream renews the lease and fails
+                // if etcd no longer has it.
+                client
+                    .lease_keep_alive(lease)
+                    .await
+                    .map_err(etcd_err("run lease"))?;
+                Ok::<_, CoordError>((client, sent))
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(ok)) => break ok,
+                Ok(Err(CoordError::Etcd(e))) if e.contains("not found") => return Err(too_late()),
+                Ok(Err(e)) if Instant::now() + delay < deadline => {
+                    tracing::warn!(run_id, "etcd not reachable yet ({e}); retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                _ => return Err(too_late()),
+            }
+        };
         let (tx, alive) = watch::channel(true);
         let keeper = tokio::spawn(keep_lease_alive(
             client.clone(),
@@ -1065,6 +1186,27 @@ impl EtcdRecorder {
             alive,
             keeper,
         })
+    }
+
+    /// Best effort, for a run whose supervisor could not take it over:
+    /// record why it did not start and end its marker.
+    pub async fn record_unstarted(cfg: &EtcdConfig, record: &RunRecord) {
+        let keys = Keys::new(&cfg.prefix);
+        let Ok(mut client) = connect(cfg).await else {
+            return;
+        };
+        let history = keys.history(&record.job, &record.run_id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                history.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([
+                TxnOp::put(history, json(record), None),
+                TxnOp::delete(keys.active(&record.job, &record.run_id), None),
+            ]);
+        let _ = client.txn(txn).await;
     }
 }
 

@@ -15,8 +15,8 @@
 
 use super::fsutil::{atomic_write, io_err, lock_blocking, open_lock_file, read_json, try_lock};
 use super::{
-    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, Hold, LeaderInfo,
-    Leadership, Outcome, Result, RunRecord, RunRecorder,
+    BackendSpec, Claim, ClaimRejected, ClaimRequest, Coordinator, Hold, LeaderInfo, Leadership,
+    Outcome, Result, RunRecord, RunRecorder,
 };
 use chrono::{DateTime, Utc};
 use std::fs::{self, File};
@@ -245,6 +245,20 @@ impl Standalone {
     }
 
     fn claim_sync(&self, term: u64, req: &ClaimRequest<'_>) -> Result<Claim, ClaimRejected> {
+        let dir = self.job_dir(req.job);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        if req.advances_schedule {
+            if let Some(last) = self.last_fired_sync(req.job)? {
+                if last >= req.tick {
+                    return Err(ClaimRejected::AlreadyFired(req.tick));
+                }
+            }
+            // The tick counts as fired even if it is then skipped, so no
+            // later start catches it up. Made durable before anything runs:
+            // a tick must not fire twice even across a power loss.
+            let path = dir.join("last_tick");
+            atomic_write(&path, req.tick.to_rfc3339().as_bytes(), true)?;
+        }
         let hold = if req.exclusive {
             match self.try_run_lock(req.job)? {
                 Some(fd) => Hold::Lock(fd),
@@ -256,17 +270,6 @@ impl Standalone {
         } else {
             Hold::None
         };
-        if req.advances_schedule {
-            if let Some(last) = self.last_fired_sync(req.job)? {
-                if last >= req.tick {
-                    return Err(ClaimRejected::AlreadyFired(req.tick));
-                }
-            }
-            // Not fsynced: this is on the fire path, and rename alone already
-            // survives a crash of any process; only a power loss could lose it.
-            let path = self.job_dir(req.job).join("last_tick");
-            atomic_write(&path, req.tick.to_rfc3339().as_bytes(), false)?;
-        }
         Ok(Claim {
             run_id: req.request.map_or_else(new_run_id, str::to_string),
             term,
@@ -277,12 +280,15 @@ impl Standalone {
     fn last_fired_sync(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
         let path = self.job_dir(job).join("last_tick");
         match fs::read_to_string(&path) {
-            Ok(s) => DateTime::parse_from_rfc3339(s.trim())
-                .map(|t| Some(t.with_timezone(&Utc)))
-                .map_err(|e| CoordError::Corrupt {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                }),
+            Ok(s) => match DateTime::parse_from_rfc3339(s.trim()) {
+                Ok(t) => Ok(Some(t.with_timezone(&Utc))),
+                // Unreadable (e.g. emptied by a crash of the filesystem):
+                // better to start afresh than to refuse to schedule.
+                Err(e) => {
+                    tracing::error!("{}: {e}; treating the job as never fired", path.display());
+                    Ok(None)
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -306,6 +312,16 @@ impl Standalone {
         };
         let json = serde_json::to_vec_pretty(&info).expect("leader info serializes");
         atomic_write(&self.root.join("leader.json"), &json, true)?;
+        for job in self.known_jobs()? {
+            let reaped = self.reap_lost(&job)?;
+            if reaped > 0 {
+                tracing::warn!(
+                    job,
+                    reaped,
+                    "recorded runs whose supervisor vanished as lost"
+                );
+            }
+        }
         // A held flock cannot be taken away, so this leadership stays valid
         // until it is dropped; the sender lives (and is dropped) with it.
         let (valid_tx, valid) = tokio::sync::watch::channel(true);

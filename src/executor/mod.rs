@@ -82,6 +82,16 @@ impl RunSpec {
         }
     }
 
+    /// The final record of a run that never started.
+    pub fn unstarted(&self, reason: String) -> RunRecord {
+        let now = Utc::now();
+        let mut rec = self.record(Outcome::StartFailed, now);
+        rec.ended_at = Some(now);
+        rec.duration_ms = Some(0);
+        rec.reason = Some(reason);
+        rec
+    }
+
     fn record(&self, outcome: Outcome, started_at: DateTime<Utc>) -> RunRecord {
         RunRecord {
             run_id: self.run_id.clone(),
@@ -137,8 +147,7 @@ pub async fn supervise<R: RunRecorder>(
 ) -> RunRecord {
     // Registered before the job starts, so a stop request can never kill
     // the supervisor with the default action and orphan the run.
-    let mut sigterm = signal(SignalKind::terminate()).ok();
-    let mut sigint = signal(SignalKind::interrupt()).ok();
+    let mut signals = StopSignals::new();
     let started_at = Utc::now();
     let mut rec = spec.record(Outcome::Running, started_at);
 
@@ -176,12 +185,7 @@ pub async fn supervise<R: RunRecorder>(
             .map(|p| spawn_pump(p, Stream::Stderr, spec, &tail, echo)),
     ];
     let group = Pid::from_raw(pid as i32);
-    let stop_requested = async {
-        tokio::select! {
-            Some(()) = recv(&mut sigterm) => "terminated",
-            Some(()) = recv(&mut sigint) => "interrupted",
-        }
-    };
+    let stop_requested = signals.next();
     let deadline = async {
         match spec.timeout {
             Some(t) => tokio::time::sleep(t).await,
@@ -192,14 +196,14 @@ pub async fn supervise<R: RunRecorder>(
     let mut fence_reason = None;
     let (status, stopped_because) = tokio::select! {
         status = child.wait() => (status, None),
-        () = deadline => (terminate(&mut child, group, spec.kill_grace, &mut sigint).await, Some("timeout")),
-        why = stop_requested => (terminate(&mut child, group, spec.kill_grace, &mut sigint).await, Some(why)),
+        () = deadline => (terminate(&mut child, group, spec.kill_grace, &mut signals, recorder).await, Some("timeout")),
+        why = stop_requested => (terminate(&mut child, group, spec.kill_grace, &mut signals, recorder).await, Some(why)),
         why = recorder.fenced() => {
             // The run's mark is about to expire: stop the job now, without
             // a grace period, so it never runs unmarked next to a new run.
             tracing::error!(job = %spec.job, run_id = %spec.run_id, "self-fencing: {why}");
             fence_reason = Some(why);
-            (terminate(&mut child, group, Duration::ZERO, &mut sigint).await, Some("fenced"))
+            (terminate(&mut child, group, Duration::ZERO, &mut signals, recorder).await, Some("fenced"))
         }
     };
     // The direct child is gone; anything it left behind in its group goes too,
@@ -261,20 +265,44 @@ async fn finish<R: RunRecorder>(rec: &mut RunRecord, recorder: &mut R) {
     }
 }
 
-async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match sig {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
+/// SIGTERM and SIGINT to the supervisor: the first asks for a graceful
+/// stop, any further one (of either kind) for SIGKILL now.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        StopSignals {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    async fn next(&mut self) -> &'static str {
+        async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+            match sig {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            Some(()) = recv(&mut self.term) => "terminated",
+            Some(()) = recv(&mut self.int) => "interrupted",
+        }
     }
 }
 
 /// SIGTERM the job's group, SIGKILL it after `grace` (or at once on a
-/// second SIGINT), and reap the direct child.
-async fn terminate(
+/// further stop signal, or if the run's mark is about to be lost), and reap
+/// the direct child.
+async fn terminate<R: RunRecorder>(
     child: &mut tokio::process::Child,
     group: Option<Pid>,
     grace: Duration,
-    sigint: &mut Option<tokio::signal::unix::Signal>,
+    signals: &mut StopSignals,
+    recorder: &mut R,
 ) -> std::io::Result<std::process::ExitStatus> {
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::TERM);
@@ -282,7 +310,8 @@ async fn terminate(
     tokio::select! {
         status = child.wait() => return status,
         () = tokio::time::sleep(grace) => {}
-        Some(()) = recv(sigint) => {}
+        _ = signals.next() => {}
+        why = recorder.fenced() => tracing::error!("self-fencing during the kill grace period: {why}"),
     }
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::KILL);
@@ -384,6 +413,12 @@ pub fn spawn_supervisor(
             spec.lease = Some((id, granted_at));
             None
         }
+    };
+    // Above the standard descriptors, which the spawn replaces: a lock that
+    // landed on 0-2 (a scheduler started with them closed) would be lost.
+    let lock = match lock {
+        Some(fd) if fd.as_raw_fd() <= 2 => Some(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?),
+        other => other,
     };
     spec.hold_fd = lock.as_ref().map(|fd| fd.as_raw_fd());
     if let Some(fd) = &lock {

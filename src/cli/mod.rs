@@ -24,7 +24,8 @@ pub mod exit {
     pub const SKIPPED: i32 = 75;
     /// The config file is invalid (EX_CONFIG).
     pub const CONFIG: i32 = 78;
-    /// `run` was stopped by a second SIGINT/SIGTERM and killed running jobs.
+    /// `run` was stopped by a second SIGINT/SIGTERM and killed running jobs;
+    /// `trigger` was interrupted.
     pub const FORCED_STOP: i32 = 130;
 }
 
@@ -40,7 +41,7 @@ Exit codes:
   124  trigger: the job timed out
   127  trigger: the job's command could not start
   128+N trigger: the job was killed by signal N
-  130  run: stopped by a second SIGINT/SIGTERM
+  130  run: stopped by a second SIGINT/SIGTERM; trigger: interrupted (Ctrl-C)
   other trigger: the job's own exit code";
 
 #[derive(Debug, Parser)]

@@ -146,30 +146,60 @@ async fn through_leader(
         .await
         .map_err(etcd_failed)?;
     let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let pending = client
-            .get(keys.request(&run_id), None)
-            .await
-            .map_err(etcd_failed)?;
-        if pending.kvs().is_empty() {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            // Withdraw, unless the leader took it in the meantime.
-            let withdrawn = client
-                .delete(keys.request(&run_id), None)
+    let accepted = async {
+        loop {
+            let pending = client
+                .get(keys.request(&run_id), None)
                 .await
                 .map_err(etcd_failed)?;
-            if withdrawn.deleted() > 0 {
-                return Err(CliError::Unavailable(format!(
-                    "no leader accepted the request within {}; is a `bgsched run` up for this cluster (prefix {})?",
-                    humantime::format_duration(timeout),
-                    etcd.config().prefix
-                )));
+            if pending.kvs().is_empty() {
+                return Ok(true);
             }
-            break;
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let outcome = tokio::select! {
+        r = accepted => r.map(|a| if a { Waited::Accepted } else { Waited::TimedOut }),
+        _ = tokio::signal::ctrl_c() => Ok(Waited::Interrupted),
+    };
+    let mut client = etcd.client();
+    let outcome = match outcome {
+        Ok(w) => w,
+        Err(e) => {
+            // Do not leave a request behind that could still fire later.
+            let _ = client.delete(keys.request(&run_id), None).await;
+            return Err(e);
+        }
+    };
+    if outcome != Waited::Accepted {
+        // Withdraw, unless the leader took it in the meantime.
+        let withdrawn = client
+            .delete(keys.request(&run_id), None)
+            .await
+            .map_err(etcd_failed)?;
+        if withdrawn.deleted() > 0 {
+            let _ = client.lease_revoke(lease).await;
+            if outcome == Waited::Interrupted {
+                eprintln!(
+                    "bgsched: interrupted; the request was withdrawn before any leader took it"
+                );
+                return Ok(exit::FORCED_STOP);
+            }
+            return Err(CliError::Unavailable(format!(
+                "no leader accepted the request within {}; is a `bgsched run` up for this cluster (prefix {})?",
+                humantime::format_duration(timeout),
+                etcd.config().prefix
+            )));
+        }
+        if outcome == Waited::Interrupted {
+            eprintln!(
+                "bgsched: interrupted; run {run_id} was already accepted and goes on on the leader"
+            );
+            return Ok(exit::FORCED_STOP);
+        }
     }
     let _ = client.lease_revoke(lease).await;
     if detach {
@@ -236,6 +266,14 @@ async fn through_leader(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// How waiting for a leader to take a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    Accepted,
+    TimedOut,
+    Interrupted,
 }
 
 /// One line about a finished run, e.g. `run 0190… of "backup": failed (exit 3) after 1.2s`.

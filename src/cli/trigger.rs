@@ -60,11 +60,7 @@ async fn locally(
                 if let Err(e) = state.record(&rec).await {
                     eprintln!("bgsched: could not record the skip: {e}");
                 }
-                eprintln!(
-                    "bgsched: job \"{}\" is {reason}; skipped (overlap = \"skip\")",
-                    job.name
-                );
-                return Ok(exit::SKIPPED);
+                return Ok(skipped(job, &reason));
             }
         },
         Overlap::Allow => Hold::None,
@@ -93,6 +89,15 @@ async fn locally(
     let rec = executor::supervise(&spec, &mut recorder, lock, Echo::Terminal).await;
     eprintln!("bgsched: {}", summary(&rec));
     Ok(exit_code_of(&rec))
+}
+
+/// Say that the job was skipped because it runs; the exit code for it.
+fn skipped(job: &Job, reason: &str) -> i32 {
+    eprintln!(
+        "bgsched: job \"{}\" is {reason}; skipped (overlap = \"skip\")",
+        job.name
+    );
+    exit::SKIPPED
 }
 
 /// "already running since … on instance … (run …, pid …)".
@@ -202,50 +207,37 @@ async fn through_leader(
         }
     }
     let _ = client.lease_revoke(lease).await;
-    if detach {
-        // A skip is recorded before the request is taken away, so it is
-        // known by now; a run is under way otherwise.
-        let hist = client
-            .get(keys.history(&job.name, &run_id), None)
-            .await
-            .map_err(etcd_failed)?;
-        if let Some(rec) = hist
-            .kvs()
-            .first()
-            .and_then(|kv| serde_json::from_slice::<RunRecord>(kv.value()).ok())
-        {
-            if rec.outcome == Outcome::Skipped {
-                eprintln!(
-                    "bgsched: job \"{}\" is {}; skipped (overlap = \"skip\")",
-                    job.name,
-                    rec.reason.as_deref().unwrap_or("already running")
-                );
-                return Ok(exit::SKIPPED);
-            }
-        }
-        println!("{run_id}");
-        return Ok(exit::OK);
-    }
-    // Accepted: the leader has claimed it (or recorded why not).
+    // Accepted: the leader has claimed it, or recorded why not. A skip is
+    // recorded before the request is taken away, so it is known by now.
     let mut unseen_since = None;
     loop {
         let hist = client
             .get(keys.history(&job.name, &run_id), None)
             .await
             .map_err(etcd_failed)?;
-        if let Some(kv) = hist.kvs().first() {
-            let rec: RunRecord = serde_json::from_slice(kv.value()).map_err(anyhow::Error::from)?;
-            if rec.outcome == Outcome::Skipped {
-                eprintln!(
-                    "bgsched: job \"{}\" is {}; skipped (overlap = \"skip\")",
-                    job.name,
-                    rec.reason.as_deref().unwrap_or("already running")
-                );
-                return Ok(exit::SKIPPED);
+        let rec = match hist.kvs().first() {
+            Some(kv) => {
+                Some(serde_json::from_slice::<RunRecord>(kv.value()).map_err(anyhow::Error::from)?)
             }
-            print!("{}", rec.output_tail);
-            eprintln!("bgsched: {} on instance {}", summary(&rec), rec.instance);
-            return Ok(exit_code_of(&rec));
+            None => None,
+        };
+        match rec {
+            Some(rec) if rec.outcome == Outcome::Skipped => {
+                return Ok(skipped(
+                    job,
+                    rec.reason.as_deref().unwrap_or("already running"),
+                ));
+            }
+            Some(rec) if !detach => {
+                print!("{}", rec.output_tail);
+                eprintln!("bgsched: {} on instance {}", summary(&rec), rec.instance);
+                return Ok(exit_code_of(&rec));
+            }
+            _ if detach => {
+                println!("{run_id}");
+                return Ok(exit::OK);
+            }
+            _ => {}
         }
         let active = client
             .get(keys.active(&job.name, &run_id), None)

@@ -9,7 +9,7 @@ use crate::coordination::{
 };
 use crate::executor::{spawn_supervisor, RunSpec};
 use chrono::{DateTime, Utc};
-use rustix::process::{kill_process, Pid, Signal};
+use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
@@ -187,7 +187,8 @@ enum LoopEnd {
 #[derive(Default)]
 struct Running {
     by_pid: HashMap<u32, Tracked>,
-    reaper: JoinSet<u32>,
+    /// Per supervisor: its pid, and whether it exited cleanly.
+    reaper: JoinSet<(u32, bool)>,
 }
 
 impl Running {
@@ -200,19 +201,41 @@ impl Running {
                 run_id,
             },
         );
+        let job = job.to_string();
         self.reaper.spawn(async move {
-            let _ = child.wait().await;
-            pid
+            // The supervisor reports its job's pid (= process group) first.
+            let mut group = None;
+            if let Some(out) = child.stdout.take() {
+                use tokio::io::AsyncBufReadExt;
+                let mut line = String::new();
+                if tokio::io::BufReader::new(out).read_line(&mut line).await.is_ok() {
+                    group = line.trim().parse::<i32>().ok().and_then(Pid::from_raw);
+                }
+            }
+            let status = child.wait().await;
+            // A supervisor that died without cleaning up (kill -9, OOM
+            // killer) took only its direct child along (PDEATHSIG); the
+            // rest of the job's group must not run on unsupervised.
+            let clean = status.as_ref().is_ok_and(|s| s.success());
+            if let (false, Some(g)) = (clean, group) {
+                if kill_process_group(g, Signal::KILL).is_ok() {
+                    tracing::warn!(job = %job, supervisor_pid = pid, "supervisor died: killed what was left of its job");
+                }
+            }
+            (pid, clean)
         });
     }
 
     /// Resolves when a supervisor exits (never, if none runs).
-    async fn reap_one(&mut self) {
+    /// Resolves when a supervisor exits (never, if none runs), with its
+    /// job if it did not exit cleanly.
+    async fn reap_one(&mut self) -> Option<String> {
         match self.reaper.join_next().await {
-            Some(Ok(pid)) => {
-                self.by_pid.remove(&pid);
+            Some(Ok((pid, clean))) => {
+                let tracked = self.by_pid.remove(&pid);
+                tracked.filter(|_| !clean).map(|t| t.job)
             }
-            Some(Err(_)) => {}
+            Some(Err(_)) => None,
             None => std::future::pending().await,
         }
     }
@@ -300,7 +323,12 @@ impl<C: Coordinator> Scheduler<C> {
                 biased;
                 _ = stop.changed() => return Ok(LoopEnd::Stop),
                 () = leadership.lost() => return Ok(LoopEnd::LostLeadership),
-                () = running.reap_one() => continue,
+                died = running.reap_one() => {
+                    if let Some(job) = died {
+                        self.coord.reap_lost(&job).await;
+                    }
+                    continue;
+                }
                 Some(req) = recv_request(&mut requests) => {
                     self.answer_request(leadership, req, Utc::now(), running, &mut state).await;
                     continue;
@@ -621,7 +649,7 @@ impl<C: Coordinator> Scheduler<C> {
                 terminated = true;
             }
             tokio::select! {
-                () = running.reap_one() => {}
+                _ = running.reap_one() => {}
                 () = &mut grace, if !terminated => {
                     tracing::warn!(running = running.by_pid.len(), "shutdown grace over: terminating running jobs");
                     for t in running.by_pid.values() {

@@ -484,7 +484,7 @@ fn a_run_whose_supervisor_is_killed_is_stopped_and_recorded_lost() {
     let env = cluster_env(
         &etcd,
         &format!(
-            "[jobs.slow]\nschedule = \"@yearly\"\nshell = '{}; sleep 600'\n",
+            "[jobs.slow]\nschedule = \"@yearly\"\nshell = '{}; sleep 600 & echo $! >> {{dir}}/grandchildren; wait'\n",
             ledger_cmd("start")
         ),
     );
@@ -501,6 +501,9 @@ fn a_run_whose_supervisor_is_killed_is_stopped_and_recorded_lost() {
         pid = env.job_view("slow")["running"][0]["pid"].as_i64();
         pid.is_some()
     });
+    wait_until(PATIENCE, "the job's background child", || {
+        !env.lines("grandchildren").is_empty()
+    });
     let job_pid = pid.unwrap() as i32;
     let supervisor = parent_of(job_pid).expect("supervisor pid");
     rustix::process::kill_process(
@@ -510,6 +513,10 @@ fn a_run_whose_supervisor_is_killed_is_stopped_and_recorded_lost() {
     .unwrap();
     wait_until(PATIENCE, "the job to die with its supervisor", || {
         !alive(job_pid)
+    });
+    let grandchild: i32 = env.lines("grandchildren")[0].parse().unwrap();
+    wait_until(PATIENCE, "the rest of its group to be killed", || {
+        !alive(grandchild)
     });
     wait_until(PATIENCE, "the lost run's record", || {
         etcd.get(&format!("/test/history/slow/{run_id}"))

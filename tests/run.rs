@@ -437,3 +437,37 @@ fn json_logs_carry_job_run_and_tick_fields() {
     }
     assert!(saw_output, "{text}");
 }
+
+#[test]
+fn a_run_whose_supervisor_is_killed_is_stopped_entirely_and_recorded_lost() {
+    let env = Env::new().config(&format!(
+        "[jobs.slow]\nschedule = \"@every 1s\"\nshell = '{}; sleep 600 & echo $! >> {{dir}}/grandchildren; wait'\n",
+        ledger_line("start", "ledger")
+    ));
+    let _run = env.spawn_run("a");
+    wait_until(PATIENCE, "a run with its grandchild", || {
+        !env.lines("grandchildren").is_empty()
+    });
+    let first = ledger(&env, "ledger")[0].run_id.clone();
+    let grandchild: i32 = env.lines("grandchildren")[0].parse().unwrap();
+    let job_pid = env.job_view("slow")["running"][0]["pid"].as_i64().unwrap() as i32;
+    let supervisor = parent_of(job_pid).expect("supervisor pid");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(supervisor).unwrap(),
+        Signal::KILL,
+    )
+    .unwrap();
+    // Its direct child dies with it, and the scheduler kills the rest of the group.
+    wait_until(PATIENCE, "the whole job to be gone", || {
+        !alive(job_pid) && !alive(grandchild)
+    });
+    wait_until(PATIENCE, "the run recorded lost", || {
+        env.records("slow")
+            .iter()
+            .any(|r| r["run_id"] == first.as_str() && r["outcome"] == "lost")
+    });
+    // The lock went with the supervisor: the schedule goes on.
+    wait_until(PATIENCE, "the next run", || {
+        env.lines("grandchildren").len() >= 2
+    });
+}

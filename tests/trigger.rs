@@ -233,37 +233,3 @@ fn history_is_bounded_by_the_retention_limit() {
     }
     assert_eq!(env.records("a").len(), 3);
 }
-
-#[test]
-fn a_run_whose_supervisor_is_killed_is_stopped_and_shown_lost() {
-    let env = Env::new().config("[jobs.slow]\nschedule = \"@daily\"\nshell = 'sleep 600'\n");
-    env.cmd(&["trigger", "slow", "--detach"]).run().success();
-    let mut pid = None;
-    wait_until(PATIENCE, "the run's pid", || {
-        pid = env.job_view("slow")["running"][0]["pid"].as_i64();
-        pid.is_some()
-    });
-    let job_pid = pid.unwrap() as i32;
-    let supervisor = parent_of(job_pid).expect("supervisor pid");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(supervisor).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
-    wait_until(PATIENCE, "the job to die with its supervisor", || {
-        !alive(job_pid)
-    });
-    let view = env.job_view("slow");
-    assert_eq!(view["state"], "idle");
-    assert_eq!(view["last_run"]["outcome"], "lost");
-    // The lock went with the supervisor: the job can run again.
-    env.cmd(&["trigger", "slow", "--detach"]).run().success();
-    wait_until(PATIENCE, "the second run", || {
-        env.job_view("slow")["state"] == "running"
-    });
-    let pid = env.job_view("slow")["running"][0]["pid"].as_i64().unwrap() as i32;
-    let _ = rustix::process::kill_process_group(
-        rustix::process::Pid::from_raw(pid).unwrap(),
-        rustix::process::Signal::KILL,
-    );
-}

@@ -86,9 +86,13 @@ async fn locally(
         _ => None,
     };
     let mut recorder = state.recorder(&job.name, &spec.run_id);
-    let rec = executor::supervise(&spec, &mut recorder, lock, Echo::Terminal).await;
-    eprintln!("bgsched: {}", summary(&rec));
-    Ok(exit_code_of(&rec))
+    let done = executor::supervise(&spec, &mut recorder, lock, Echo::Terminal).await;
+    eprintln!("bgsched: {}", summary(&done.record));
+    Ok(if done.interrupted {
+        exit::FORCED_STOP
+    } else {
+        exit_code_of(&done.record)
+    })
 }
 
 /// Say that the job was skipped because it runs; the exit code for it.

@@ -1080,6 +1080,11 @@ impl Coordinator for Etcd {
         Self::prune(&mut client, &self.keys, &record.job, self.cfg.history_limit).await
     }
 
+    async fn reap_lost(&self, _job: &str) {
+        // The leader records a run as lost once its marker expires (see
+        // `record_lost_runs`); until then its lease may still be renewed.
+    }
+
     async fn finish_request(&self, run_id: &str) {
         let _ = self
             .client

@@ -350,6 +350,9 @@ pub trait Coordinator: Send + Sync + 'static {
     /// Append a history entry that no supervisor writes (skips, missed ticks).
     fn record(&self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
 
+    /// Record runs of `job` whose supervisor died without finishing them.
+    fn reap_lost(&self, job: &str) -> impl Future<Output = ()> + Send;
+
     /// Mark a trigger request as answered without a run (e.g. skipped).
     fn finish_request(&self, run_id: &str) -> impl Future<Output = ()> + Send;
 

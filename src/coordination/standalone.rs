@@ -365,6 +365,12 @@ impl Coordinator for Standalone {
         self.prune(&record.job)
     }
 
+    async fn reap_lost(&self, job: &str) {
+        if let Err(e) = Standalone::reap_lost(self, job) {
+            tracing::error!(job, "could not record lost runs: {e}");
+        }
+    }
+
     async fn finish_request(&self, _run_id: &str) {}
 
     fn backend_spec(&self) -> BackendSpec {

@@ -19,6 +19,7 @@ use output::{pump, Stream, Tail};
 use rustix::process::{kill_process_group, Pid, Signal};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -53,6 +54,9 @@ pub struct RunSpec {
     /// The lease keeping the run's marker alive, and when it was granted.
     pub lease: Option<(i64, DateTime<Utc>)>,
     pub log_json: bool,
+    /// Print the job's pid on stdout once it runs (for the scheduler).
+    #[serde(default)]
+    pub report_pid: bool,
 }
 
 impl RunSpec {
@@ -79,6 +83,7 @@ impl RunSpec {
             hold_fd: None,
             lease: None,
             log_json: false,
+            report_pid: false,
         }
     }
 
@@ -144,7 +149,7 @@ pub async fn supervise<R: RunRecorder>(
     recorder: &mut R,
     hold: Option<OwnedFd>,
     echo: Echo,
-) -> RunRecord {
+) -> Supervised {
     // Registered before the job starts, so a stop request can never kill
     // the supervisor with the default action and orphan the run.
     let mut signals = StopSignals::new();
@@ -159,11 +164,19 @@ pub async fn supervise<R: RunRecorder>(
             rec.reason = Some(reason);
             finish(&mut rec, recorder).await;
             drop(hold);
-            return rec;
+            return Supervised {
+                record: rec,
+                interrupted: false,
+            };
         }
     };
     let pid = child.id().unwrap_or(0);
     rec.pid = Some(pid);
+    if spec.report_pid {
+        // The scheduler reads this to kill what is left of the job's group
+        // should this supervisor die without cleaning up.
+        let _ = writeln!(std::io::stdout(), "{pid}").and_then(|()| std::io::stdout().flush());
+    }
     if let Err(e) = recorder.started(&rec).await {
         tracing::error!(job = %spec.job, run_id = %spec.run_id, "could not record the run start: {e}");
     }
@@ -211,9 +224,10 @@ pub async fn supervise<R: RunRecorder>(
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::KILL);
     }
+    let drain_until = tokio::time::Instant::now() + DRAIN_LIMIT;
     for reader in readers.into_iter().flatten() {
         let abort = reader.abort_handle();
-        if tokio::time::timeout(DRAIN_LIMIT, reader).await.is_err() {
+        if tokio::time::timeout_at(drain_until, reader).await.is_err() {
             abort.abort();
         }
     }
@@ -253,7 +267,17 @@ pub async fn supervise<R: RunRecorder>(
         exit_code = rec.exit_code, signal = rec.signal, duration_ms = rec.duration_ms,
         "run finished"
     );
-    rec
+    Supervised {
+        record: rec,
+        interrupted: matches!(stopped_because, Some("terminated" | "interrupted")),
+    }
+}
+
+/// How a supervised run ended.
+pub struct Supervised {
+    pub record: RunRecord,
+    /// A stop signal to the supervisor ended the run (e.g. Ctrl-C on `trigger`).
+    pub interrupted: bool,
 }
 
 async fn finish<R: RunRecorder>(rec: &mut RunRecord, recorder: &mut R) {
@@ -332,8 +356,14 @@ fn spawn_pump(
         stream,
         tail.clone(),
         move |stream, line| match (echo, stream) {
-            (Echo::Terminal, Stream::Stdout) => println!("{line}"),
-            (Echo::Terminal, Stream::Stderr) => eprintln!("{line}"),
+            // A reader that went away (`trigger job | head -1`) must not
+            // take the run down: the output still goes to the record.
+            (Echo::Terminal, Stream::Stdout) => {
+                let _ = writeln!(std::io::stdout(), "{line}");
+            }
+            (Echo::Terminal, Stream::Stderr) => {
+                let _ = writeln!(std::io::stderr(), "{line}");
+            }
             (Echo::Log, Stream::Stdout) => {
                 tracing::info!(target: "bgsched::job", job = %job, run_id = %run_id, stream = "stdout", "{line}")
             }
@@ -421,6 +451,7 @@ pub fn spawn_supervisor(
         other => other,
     };
     spec.hold_fd = lock.as_ref().map(|fd| fd.as_raw_fd());
+    spec.report_pid = !detached;
     if let Some(fd) = &lock {
         // Inherited by exactly this spawn: the scheduler spawns from one task
         // and closes its copy right after.
@@ -431,6 +462,8 @@ pub fn spawn_supervisor(
     let mut cmd = Command::new(exe);
     if detached {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    } else {
+        cmd.stdout(Stdio::piped());
     }
     let child = cmd
         .arg("__supervise")

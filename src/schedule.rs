@@ -6,10 +6,12 @@
 //!
 //! * 5 fields `minute hour day-of-month month day-of-week`, 6 fields with a
 //!   leading `second`, or 7 fields with a leading second and a trailing `year`
-//!   (1970-5000). Lists, ranges, `*/n` and `a-b/n` steps, month and weekday
+//!   (1970-4999). Lists, ranges, `*/n` and `a-b/n` steps, month and weekday
 //!   names (`JAN`, `MON`; each only in its own field), `L`, `LW` and `15W` in
 //!   day-of-month, `5L` and `5#2` in day-of-week, and `?` as a synonym of `*`
-//!   in the two day fields. Day-of-week 0 and 7 are both Sunday.
+//!   in the two day fields. Day-of-week 0 and 7 are both Sunday; `SUN` is 0,
+//!   except as the end of a range that starts later in the week (`MON-SUN`,
+//!   `FRI-SUN/2`), where it is 7. So `SUN-SUN` and `0-SUN` are Sundays only.
 //! * When day-of-month and day-of-week are both restricted (neither starts
 //!   with `*`), a day matches if *either* matches, as crontab(5) specifies.
 //!   When one of them starts with `*` (e.g. `*/2`), both must match.
@@ -23,6 +25,9 @@
 //!
 //! Numbers are range-checked here, field by field, so that errors name the
 //! field ("minute 61 out of range 0-59") instead of echoing croner's wording.
+//! Every piece of the expression an error message repeats goes through
+//! [`quoted`] (or [`shown`]), so that a control character cannot reach the
+//! terminal raw and a pasted blob cannot make a 100 KB line.
 //!
 //! # Daylight saving time
 //!
@@ -73,6 +78,42 @@ pub struct ScheduleError(pub String);
 impl ScheduleError {
     fn new(message: impl Into<String>) -> Self {
         ScheduleError(message.into())
+    }
+}
+
+/// How many characters of a user's text a message repeats.
+const MAX_SHOWN_CHARS: usize = 100;
+
+/// A user's text in double quotes, for messages: see [`shown`].
+pub(crate) fn quoted(s: &str) -> String {
+    format!("\"{}\"", shown(s))
+}
+
+/// A user's text as a message repeats it: escaped like a Rust string
+/// (`\u{1b}`, `\"`, `\n`), so that it stays on one line and cannot drive the
+/// terminal, and cut after [`MAX_SHOWN_CHARS`] characters with a `…`, so
+/// that a pasted blob does not drown the message.
+pub(crate) fn shown(s: &str) -> String {
+    let mut chars = s.chars();
+    let head: String = chars.by_ref().take(MAX_SHOWN_CHARS).collect();
+    let more = if chars.next().is_some() { "…" } else { "" };
+    format!("{}{more}", head.escape_debug())
+}
+
+/// humantime's reason for refusing a duration, with the unit it repeats cut
+/// like any other user text and, where the reason is only a position
+/// ("expected number at 0"), an example of what a duration looks like.
+pub(crate) fn duration_reason(error: &humantime::DurationError) -> String {
+    use humantime::DurationError as E;
+    const EXAMPLE: &str = "write durations like \"30s\", \"5m\" or \"1h 30m\"";
+    match error {
+        E::InvalidCharacter(_) | E::NumberExpected(_) => format!("{error}; {EXAMPLE}"),
+        E::UnknownUnit { unit, .. } if !unit.is_empty() => format!(
+            "unknown time unit {}, supported units: ns, us/µs, ms, sec, min, hours, days, \
+             weeks, months, years (and few variations)",
+            quoted(unit)
+        ),
+        _ => error.to_string(),
     }
 }
 
@@ -224,13 +265,16 @@ fn parse_nickname(text: &str) -> Result<Kind, ScheduleError> {
         "@hourly" => "0 * * * *",
         _ => {
             return Err(ScheduleError::new(format!(
-                "unknown nickname \"{word}\"; expected one of {NICKNAMES}"
+                "unknown nickname {}; expected one of {NICKNAMES}",
+                quoted(word)
             )))
         }
     };
     if !rest.is_empty() {
         return Err(ScheduleError::new(format!(
-            "{word} takes nothing after it, got \"{rest}\""
+            "{} takes nothing after it, got {}",
+            shown(word),
+            quoted(rest)
         )));
     }
     parse_fields(fields)
@@ -242,8 +286,13 @@ fn parse_every(duration: &str) -> Result<Kind, ScheduleError> {
             "@every needs a duration, e.g. \"@every 90s\"",
         ));
     }
-    let interval = humantime::parse_duration(duration)
-        .map_err(|e| ScheduleError::new(format!("invalid @every duration \"{duration}\": {e}")))?;
+    let interval = humantime::parse_duration(duration).map_err(|e| {
+        ScheduleError::new(format!(
+            "invalid @every duration {}: {}",
+            quoted(duration),
+            duration_reason(&e)
+        ))
+    })?;
     if interval < Duration::from_secs(1) {
         return Err(ScheduleError::new("@every interval must be at least 1s"));
     }
@@ -299,9 +348,10 @@ impl Field {
             Field::DayOfMonth => (1, 31),
             Field::Month => (1, 12),
             Field::DayOfWeek => (0, 7),
-            // croner's own limits are 1-5000; years before the epoch can
-            // never fire for a scheduler anyway.
-            Field::Year => (1970, 5000),
+            // croner's own limits are 1-5000, but its search stops at the
+            // start of 5000, so only 5000-01-01T00:00:00 could fire in that
+            // year. Years before the epoch can never fire for a scheduler.
+            Field::Year => (1970, 4999),
         }
     }
 
@@ -383,8 +433,11 @@ fn parse_fields(text: &str) -> Result<Kind, ScheduleError> {
         .parse(&normalized.join(" "))
         .map_err(|e| ScheduleError::new(croner_reason(&e)))?;
     // croner needs a search to year 5000 to give up on a date that never
-    // occurs (tenths of a second); the usual culprit is caught here.
-    if normalized[5] == "*" && !cron.pattern.days.has_modifiers() {
+    // occurs (tenths of a second); the usual culprit is caught here. It is
+    // only conclusive when day-of-week cannot add days of its own: when it is
+    // `*`, or ANDed with day-of-month (`+`, as in `0 0 30 2 */7`).
+    let dow_adds_days = normalized[5] != "*" && !normalized[5].starts_with('+');
+    if !dow_adds_days && !cron.pattern.days.has_modifiers() {
         let first_day = cron.pattern.days.values().first().copied();
         let longest_month = cron.pattern.months.values().into_iter().map(|m| match m {
             2 => 29,
@@ -394,8 +447,8 @@ fn parse_fields(text: &str) -> Result<Kind, ScheduleError> {
         if let (Some(day), Some(longest)) = (first_day, longest_month.max()) {
             if day > longest {
                 return Err(ScheduleError::new(format!(
-                    "never fires: no date matches it (no month in \"{}\" has a day {day})",
-                    rest[3]
+                    "never fires: no date matches it (no month in {} has a day {day})",
+                    quoted(rest[3])
                 )));
             }
         }
@@ -434,8 +487,9 @@ fn normalize_field(field: Field, text: &str) -> Result<String, ScheduleError> {
         .map(|item| {
             if item.is_empty() {
                 Err(ScheduleError::new(format!(
-                    "{} \"{text}\" has an empty list item",
-                    field.name()
+                    "{} {} has an empty list item",
+                    field.name(),
+                    quoted(text)
                 )))
             } else {
                 normalize_item(field, item)
@@ -448,8 +502,9 @@ fn normalize_field(field: Field, text: &str) -> Result<String, ScheduleError> {
 fn normalize_item(field: Field, item: &str) -> Result<String, ScheduleError> {
     let invalid = || {
         ScheduleError::new(format!(
-            "invalid {} \"{item}\": expected {}",
+            "invalid {} {}: expected {}",
             field.name(),
+            quoted(item),
             field.expected()
         ))
     };
@@ -471,9 +526,10 @@ fn normalize_item(field: Field, item: &str) -> Result<String, ScheduleError> {
         } else {
             let start = parse_value(field, base, false).ok_or_else(invalid)??;
             Err(ScheduleError::new(format!(
-                "invalid {} \"{item}\": a step needs \"*\" or a range before it, \
+                "invalid {} {}: a step needs \"*\" or a range before it, \
                  e.g. \"*/{step}\" or \"{start}-{hi}/{step}\"",
-                field.name()
+                field.name(),
+                quoted(item)
             )))
         };
     }
@@ -509,7 +565,8 @@ fn normalize_item(field: Field, item: &str) -> Result<String, ScheduleError> {
                 "1" | "2" | "3" | "4" | "5" => Ok(format!("{day}#{nth}")),
                 "L" => Ok(format!("{day}L")),
                 _ => Err(ScheduleError::new(format!(
-                    "invalid day-of-week \"{item}\": the number after # must be 1-5 or L"
+                    "invalid day-of-week {}: the number after # must be 1-5 or L",
+                    quoted(item)
                 ))),
             };
         }
@@ -527,13 +584,15 @@ fn parse_range(
 ) -> Result<(u32, u32), ScheduleError> {
     let invalid = || {
         ScheduleError::new(format!(
-            "invalid {} \"{item}\": expected {}",
+            "invalid {} {}: expected {}",
             field.name(),
+            quoted(item),
             field.expected()
         ))
     };
     let start = parse_value(field, start, false).ok_or_else(invalid)??;
-    let end = parse_value(field, end, true).ok_or_else(invalid)??;
+    // `SUN` ends a range as 7 only where 0 would make it run backwards.
+    let end = parse_value(field, end, start > 0).ok_or_else(invalid)??;
     if start > end {
         return Err(ScheduleError::new(format!(
             "{} range {start}-{end} runs backwards; ranges cannot wrap around",
@@ -545,15 +604,18 @@ fn parse_range(
 
 /// `None` when `token` is not a number or a name at all (the caller words
 /// that error with the whole item); `Some(Err)` when it is one but invalid.
-/// A range ending in `SUN` means 7, so that `MON-SUN` is not backwards.
-fn parse_value(field: Field, token: &str, range_end: bool) -> Option<Result<u32, ScheduleError>> {
+/// With `sunday_is_7` (the end of a range that starts after Sunday) `SUN`
+/// means 7, so that `MON-SUN` is not backwards; otherwise it is 0, so that
+/// `SUN-SUN` is Sunday only and not 0-7, every day.
+fn parse_value(field: Field, token: &str, sunday_is_7: bool) -> Option<Result<u32, ScheduleError>> {
     let (lo, hi) = field.range();
     if !token.is_empty() && token.bytes().all(|b| b.is_ascii_digit()) {
         return Some(match token.parse::<u32>() {
             Ok(value) if (lo..=hi).contains(&value) => Ok(value),
             _ => Err(ScheduleError::new(format!(
-                "{} {token} out of range {lo}-{hi}",
-                field.name()
+                "{} {} out of range {lo}-{hi}",
+                field.name(),
+                shown(token)
             ))),
         });
     }
@@ -565,11 +627,12 @@ fn parse_value(field: Field, token: &str, range_end: bool) -> Option<Result<u32,
             _ => return None,
         };
         return Some(match value {
-            Some(0) if range_end => Ok(7),
+            Some(0) if sunday_is_7 => Ok(7),
             Some(value) => Ok(value),
             None => Err(ScheduleError::new(format!(
-                "unknown {} name \"{token}\"; expected {known}",
-                field.name()
+                "unknown {} name {}; expected {known}",
+                field.name(),
+                quoted(token)
             ))),
         });
     }
@@ -584,8 +647,9 @@ fn parse_step(field: Field, step: &str) -> Option<Result<u32, ScheduleError>> {
     Some(match step.parse::<u32>() {
         Ok(value) if (1..=hi).contains(&value) => Ok(value),
         _ => Err(ScheduleError::new(format!(
-            "{} step {step} out of range 1-{hi}",
-            field.name()
+            "{} step {} out of range 1-{hi}",
+            field.name(),
+            shown(step)
         ))),
     })
 }
@@ -956,7 +1020,9 @@ mod tests {
             ("0 0 * 13 *", "month 13 out of range 1-12"),
             ("0 0 * * 8", "day-of-week 8 out of range 0-7"),
             ("60 * * * * *", "second 60 out of range 0-59"),
-            ("0 0 0 1 1 * 1969", "year 1969 out of range 1970-5000"),
+            ("0 0 0 1 1 * 1969", "year 1969 out of range 1970-4999"),
+            ("0 0 0 1 1 * 5000", "year 5000 out of range 1970-4999"),
+            ("0 0 0 1 1 * 2030-5000", "year 5000 out of range 1970-4999"),
             ("1-99 * * * *", "minute 99 out of range 0-59"),
             ("*/0 * * * *", "minute step 0 out of range 1-59"),
             ("0 0-30/2 * * *", "hour 30 out of range 0-23"),
@@ -974,6 +1040,8 @@ mod tests {
             ("@every 400000years", "@every interval 400000years is too long: it never fires"),
             ("0 0 30 2 *", "never fires: no date matches it (no month in \"2\" has a day 30)"),
             ("0 0 31 APR,JUN,SEP,NOV *", "never fires: no date matches it (no month in \"APR,JUN,SEP,NOV\" has a day 31)"),
+            ("0 0 30 2 */7", "never fires: no date matches it (no month in \"2\" has a day 30)"),
+            ("0 0 30 2 ?", "never fires: no date matches it (no month in \"2\" has a day 30)"),
             ("0 0 31W 2 *", "never fires: no date matches it"),
             ("0 0 0 29 2 * 2027", "never fires: no date matches it"),
             ("0 0 0 1 1 * 2020", "never fires again: every time it matches is in the past"),
@@ -1003,6 +1071,91 @@ mod tests {
             bad_duration.contains("unknown time unit \"parsecs\""),
             "{bad_duration}"
         );
+        assert_eq!(
+            error("@every soon"),
+            "invalid @every duration \"soon\": expected number at 0; \
+             write durations like \"30s\", \"5m\" or \"1h 30m\""
+        );
+    }
+
+    #[test]
+    fn echoed_text_is_escaped_and_shortened() {
+        let long = "x".repeat(100_000);
+        let cut = format!("\"{}…\"", "x".repeat(100));
+        for (expr, message) in [
+            (
+                format!("{long} * * * *"),
+                format!("invalid minute {cut}: expected a number 0-59"),
+            ),
+            (
+                format!("@{long}"),
+                format!("unknown nickname \"@{}…\"", "x".repeat(99)),
+            ),
+            (
+                format!("@every 5{long}"),
+                format!(
+                    "invalid @every duration \"5{}…\": unknown time unit {cut}",
+                    "x".repeat(99)
+                ),
+            ),
+            (
+                format!("@daily {long}"),
+                format!("@daily takes nothing after it, got {cut}"),
+            ),
+            (
+                format!("{} * * * *", "9".repeat(1000)),
+                format!("minute {}… out of range 0-59", "9".repeat(100)),
+            ),
+            (
+                format!("*/{} * * * *", "9".repeat(1000)),
+                format!("minute step {}… out of range 1-59", "9".repeat(100)),
+            ),
+            (
+                format!("0 0 * * {}", "X".repeat(1000)),
+                format!("unknown day-of-week name \"{}…\"", "X".repeat(100)),
+            ),
+            (
+                format!("0 0 1,,{long} * *"),
+                format!(
+                    "day-of-month \"1,,{}…\" has an empty list item",
+                    "x".repeat(97)
+                ),
+            ),
+        ] {
+            let got = error(&expr);
+            assert!(
+                got.starts_with(&message),
+                "{got:.300}\nexpected {message:.300}"
+            );
+            assert!(got.len() < 1_000, "{got:.300}");
+        }
+        for (expr, message) in [
+            (
+                "\u{1b}[31mRED * * * *",
+                "invalid minute \"\\u{1b}[31mRED\": expected",
+            ),
+            ("\"x\" * * * *", "invalid minute \"\\\"x\\\"\": expected"),
+            (
+                "@daily \u{1b}[2J",
+                "@daily takes nothing after it, got \"\\u{1b}[2J\"",
+            ),
+            ("@d\u{7}", "unknown nickname \"@d\\u{7}\""),
+            (
+                "@every 5\u{1b}[2J",
+                "invalid @every duration \"5\\u{1b}[2J\": invalid character at 1",
+            ),
+            (
+                "0 0 * * 1#\u{7}",
+                "invalid day-of-week \"1#\\u{7}\": the number after #",
+            ),
+        ] {
+            let got = error(expr);
+            assert!(
+                got.starts_with(message),
+                "{expr:?}: {got}\nexpected {message}"
+            );
+            assert!(!got.chars().any(char::is_control), "{expr:?}: {got:?}");
+        }
     }
 
     #[test]
@@ -1026,6 +1179,40 @@ mod tests {
             ]
         );
         assert_eq!(next("0 0 * * MON-SUN", UTC, after), "2026-01-02T00:00:00Z");
+        // `SUN` ends a range as 7 only when the range starts after Sunday.
+        for sundays in [
+            "0 0 * * SUN-SUN",
+            "0 0 * * 0-SUN",
+            "0 0 * * SUN-0",
+            "0 0 * * sun-sun/3",
+        ] {
+            assert_eq!(
+                ticks(sundays, UTC, after, "2026-01-19T00:00:00Z"),
+                [
+                    "2026-01-04T00:00:00Z",
+                    "2026-01-11T00:00:00Z",
+                    "2026-01-18T00:00:00Z"
+                ],
+                "{sundays}"
+            );
+        }
+        assert_eq!(
+            ticks("0 0 * * FRI-SUN/2", UTC, after, "2026-01-12T00:00:00Z"),
+            [
+                "2026-01-02T00:00:00Z",
+                "2026-01-04T00:00:00Z",
+                "2026-01-09T00:00:00Z",
+                "2026-01-11T00:00:00Z"
+            ]
+        );
+        assert_eq!(
+            ticks("0 0 * * 0-7/3", UTC, after, "2026-01-08T00:00:00Z"),
+            [
+                "2026-01-03T00:00:00Z",
+                "2026-01-04T00:00:00Z",
+                "2026-01-07T00:00:00Z"
+            ]
+        );
         // L, W, LW, #, nL, ?
         assert_eq!(next("0 0 L 2 *", UTC, after), "2026-02-28T00:00:00Z");
         assert_eq!(

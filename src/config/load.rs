@@ -10,7 +10,7 @@ use super::{
     base_dir, ClusterSettings, Config, ConfigError, ConfigErrors, Job, Overlap, Program,
     SchedulerSettings, Secret,
 };
-use crate::schedule::Schedule;
+use crate::schedule::{duration_reason, quoted, shown, Schedule};
 use chrono_tz::Tz;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -80,12 +80,40 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         }])
     };
     let file = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
-    // One byte past the limit is enough for load_str to see it is too big.
+    // One byte past the limit is enough to see it is too big.
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_SIZE as u64 + 1)
+    (&file)
+        .take(MAX_FILE_SIZE as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| unreadable(e.to_string()))?;
+    if bytes.len() > MAX_FILE_SIZE {
+        // What was read is only the limit plus one; the file's size is in its
+        // metadata, unless it is a pipe or a device that has none.
+        let size = file
+            .metadata()
+            .ok()
+            .map(|m| m.len())
+            .filter(|len| *len > MAX_FILE_SIZE as u64);
+        return Err(ConfigErrors(vec![too_large(path, size)]));
+    }
     load_str(path, &bytes)
+}
+
+/// The error for a file over [`MAX_FILE_SIZE`], with its `size` in bytes if
+/// known.
+fn too_large(path: &Path, size: Option<u64>) -> ConfigError {
+    let limit = MAX_FILE_SIZE / (1024 * 1024);
+    let size = match size {
+        Some(bytes) => format!("{bytes} bytes"),
+        None => format!("more than {limit} MiB"),
+    };
+    ConfigError {
+        file: path.display().to_string(),
+        line: 0,
+        column: 0,
+        job: None,
+        message: format!("file is too large ({size}; a config file may be at most {limit} MiB)"),
+    }
 }
 
 /// Validate config text; `path` is used for error locations and as the base
@@ -95,20 +123,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// password from its file or environment variable, so that a broken setup
 /// is reported now, located, rather than at the first connect.
 pub fn load_str(path: &Path, text: &[u8]) -> Result<Config, ConfigErrors> {
-    let file = path.display().to_string();
     if text.len() > MAX_FILE_SIZE {
-        return Err(ConfigErrors(vec![ConfigError {
-            file,
-            line: 0,
-            column: 0,
-            job: None,
-            message: format!(
-                "file is too large ({} bytes; a config file may be at most {} MiB)",
-                text.len(),
-                MAX_FILE_SIZE / (1024 * 1024)
-            ),
-        }]));
+        return Err(ConfigErrors(vec![too_large(path, Some(text.len() as u64))]));
     }
+    let file = path.display().to_string();
     let text = match std::str::from_utf8(text) {
         Ok(text) => text,
         Err(e) => return Err(ConfigErrors(vec![not_utf8(file, text, e)])),
@@ -308,16 +326,15 @@ impl Section {
     }
 
     fn unknown_key(self, key: &str) -> String {
-        let key = key.escape_debug();
+        let shown = shown(key);
         let what = match self {
-            Section::Top => format!("unknown top-level key `{key}`"),
+            Section::Top => format!("unknown top-level key `{shown}`"),
             Section::Scheduler | Section::Defaults | Section::Cluster => {
-                format!("unknown key `{key}` in {}", self.title())
+                format!("unknown key `{shown}` in {}", self.title())
             }
             // The job is already named in the error's prefix.
-            Section::Job => format!("unknown key `{key}`"),
+            Section::Job => format!("unknown key `{shown}`"),
         };
-        let key = key.to_string();
         // `user` or `prefix` in a job most likely means something else
         // than the cluster settings of that name.
         let cluster_is_a_home = matches!(self, Section::Top | Section::Scheduler);
@@ -329,11 +346,11 @@ impl Section {
         ]
         .into_iter()
         .filter(|s| *s != self && (*s != Section::Cluster || cluster_is_a_home))
-        .filter(|s| s.keys().contains(&key.as_str()))
+        .filter(|s| s.keys().contains(&key))
         .map(Section::title)
         .collect();
         if !homes.is_empty() {
-            return format!("{what}; `{key}` belongs in {}", homes.join(" or "));
+            return format!("{what}; `{shown}` belongs in {}", homes.join(" or "));
         }
         if self == Section::Cluster && key.eq_ignore_ascii_case("password") {
             return format!(
@@ -342,10 +359,10 @@ impl Section {
                  (a file holding it)"
             );
         }
-        if let Some(known) = self.alias(&key) {
+        if let Some(known) = self.alias(key) {
             return format!("{what}; did you mean `{known}`?");
         }
-        if let Some(close) = did_you_mean(&key, self.keys().iter().copied()) {
+        if let Some(close) = did_you_mean(key, self.keys().iter().copied()) {
             return format!("{what}; did you mean `{close}`?");
         }
         format!("{what} (expected one of: {})", self.keys().join(", "))
@@ -1011,7 +1028,12 @@ impl<'a, 'i> Item<'a, 'i> {
         let d = match humantime::parse_duration(s) {
             Ok(d) => d,
             Err(e) => {
-                let message = format!("invalid duration {} for {}: {e}", quoted(s), self.label);
+                let message = format!(
+                    "invalid duration {} for {}: {}",
+                    quoted(s),
+                    self.label,
+                    duration_reason(&e)
+                );
                 r.error(self.value_at(), message);
                 return None;
             }
@@ -1066,10 +1088,11 @@ impl<'a, 'i> Item<'a, 'i> {
                 r.error(
                     self.value_at(),
                     format!(
-                        "{} must be between {} and {} (run records kept per job), found {n}",
+                        "{} must be between {} and {} (run records kept per job), found {}",
                         self.label,
                         HISTORY_RANGE.start(),
-                        HISTORY_RANGE.end()
+                        HISTORY_RANGE.end(),
+                        shown(&n.to_string())
                     ),
                 );
                 None
@@ -1229,7 +1252,7 @@ impl<'a, 'i> Item<'a, 'i> {
                 env = None;
             }
             let item = Item {
-                label: Cow::Owned(format!("env.{}", name.escape_debug())),
+                label: Cow::Owned(format!("env.{}", shown(name))),
                 key_at: key.span().start,
                 value,
             };
@@ -1504,23 +1527,22 @@ fn type_name(v: &DeValue) -> &'static str {
     }
 }
 
-/// A user string in double quotes, escaped so that messages stay on one
-/// line, and shortened so that a pasted blob does not drown the message.
-fn quoted(s: &str) -> String {
-    const MAX_CHARS: usize = 100;
-    let mut chars = s.chars();
-    let head: String = chars.by_ref().take(MAX_CHARS).collect();
-    let more = if chars.next().is_some() { "…" } else { "" };
-    format!("\"{}{more}\"", head.escape_debug())
-}
-
 // ---------------------------------------------------------------------------
 // Suggestions
+
+/// Suggestions are only looked for when the input is at most this long:
+/// longer than any key or zone name, it is no typo of one, and the edit
+/// distance, which takes time and memory in the product of the lengths,
+/// would make a pasted blob take minutes to check.
+const MAX_SUGGESTION_INPUT: usize = 64;
 
 /// The candidate a typo most likely meant: a small edit distance (scaled to
 /// the length), ignoring case, or one name being a prefix of the other
 /// (`working_directory` for `working_dir`).
 fn did_you_mean<'c>(input: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+    if input.chars().count() > MAX_SUGGESTION_INPUT {
+        return None;
+    }
     let input = input.to_lowercase();
     let allowed = match input.chars().count() {
         0..=3 => 1,
@@ -1547,6 +1569,9 @@ fn did_you_mean<'c>(input: &str, candidates: impl IntoIterator<Item = &'c str>) 
 /// Besides typos, people often write just the city (`Berlin`) or get the
 /// case wrong (`europe/berlin`), which plain edit distance ranks poorly.
 fn closest_time_zone(input: &str) -> Option<&'static str> {
+    if input.chars().count() > MAX_SUGGESTION_INPUT {
+        return None;
+    }
     let names = || chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
     if let Some(exact) = names().find(|n| n.eq_ignore_ascii_case(input)) {
         return Some(exact);
@@ -1637,9 +1662,25 @@ impl<'t> Report<'t> {
     /// toml's recovery reads the rest of the file as its contents and
     /// complains about every later line.
     fn syntax_errors(&mut self, errors: Vec<toml::de::Error>) {
+        // toml gives a key of too many parts no position: such errors take
+        // the places of the long keys, one each, in file order.
+        let mut long_keys = None;
+        let mut last_long_key = None;
         let mut found: Vec<(Option<usize>, &toml::de::Error)> = errors
             .iter()
-            .map(|e| (e.span().map(|s| s.start), e))
+            .map(|e| {
+                let at = e.span().map(|s| s.start).or_else(|| {
+                    if e.message() != TOO_MANY_PARTS {
+                        return None;
+                    }
+                    let next = long_keys
+                        .get_or_insert_with(|| long_dotted_keys(self.text).into_iter())
+                        .next();
+                    last_long_key = next.or(last_long_key);
+                    last_long_key
+                });
+                (at, e)
+            })
             .collect();
         // toml reports parser errors before document errors (duplicates).
         found.sort_by_key(|(at, _)| *at);
@@ -1689,23 +1730,39 @@ impl<'t> Report<'t> {
             .and_then(|rest| rest.lines().next())
             .unwrap_or("")
             .trim();
+        // Raw control characters are allowed nowhere but tab and line ends;
+        // toml stops at one with a reason about what it expected instead.
+        let control = e
+            .span()
+            .and_then(|s| self.text.get(s.start..))
+            .and_then(|rest| rest.chars().next())
+            .filter(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'));
+        match control {
+            Some('\0') => return "NUL byte (\\0) is not allowed in a TOML file".to_string(),
+            Some(c) => {
+                return format!(
+                    "control character U+{:04X} is not allowed in a TOML file \
+                     (in a string, write it as \\u{:04X})",
+                    u32::from(c),
+                    u32::from(c)
+                )
+            }
+            None => {}
+        }
         match (reason.as_str(), snippet) {
             ("duplicate key", Some(key)) if in_header => {
-                format!(
-                    "duplicate table: `{}` is already defined above",
-                    key.escape_debug()
-                )
+                format!("duplicate table: `{}` is already defined above", shown(key))
             }
             ("duplicate key", Some(key)) => {
                 format!(
                     "duplicate key `{}`; a key may appear only once in a table",
-                    key.escape_debug()
+                    shown(key)
                 )
             }
             (r, _) if r.starts_with("string values must be quoted") && rest_of_line.is_empty() => {
                 "missing value after `=`".to_string()
             }
-            ("recursion limit", _) => "a dotted key or table name has too many parts".to_string(),
+            (TOO_MANY_PARTS, _) => "a dotted key or table name has too many parts".to_string(),
             (r, _) if in_brackets(r) && at_line_start => {
                 format!("{r} (or is the `]` or `}}` closing an earlier line missing?)")
             }
@@ -1739,6 +1796,70 @@ impl<'t> Report<'t> {
                 .collect(),
         )
     }
+}
+
+/// toml's message for a dotted key or table name of more parts than
+/// [`MAX_KEY_DOTS`] allows; it comes without a position.
+const TOO_MANY_PARTS: &str = "recursion limit";
+/// toml refuses a dotted key or table name with this many dots (81 parts).
+const MAX_KEY_DOTS: usize = 80;
+
+/// Where each dotted key or table name of [`MAX_KEY_DOTS`] dots or more
+/// starts, in file order: a dot-separated run of bare or quoted keys outside
+/// strings and comments, which is what such a key is. Other uses of dots
+/// (floats, times, strings) never reach that many in one run.
+fn long_dotted_keys(text: &str) -> Vec<usize> {
+    let bytes = text.as_bytes();
+    let mut starts = Vec::new();
+    // The start of the current run of keys, and the dots in it so far.
+    let mut run: Option<(usize, usize)> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'#' => {
+                run = None;
+                i = text[i..].find('\n').map_or(bytes.len(), |n| i + n);
+                continue;
+            }
+            b'"' | b'\'' if bytes[i..].starts_with(&[b, b, b]) => {
+                // A multi-line string is a value, never a key.
+                run = None;
+                i += 3;
+                while i < bytes.len() && !bytes[i..].starts_with(&[b, b, b]) {
+                    i += if b == b'"' && bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                // Up to two quotes may close the content before the three.
+                i += 3;
+                while i < bytes.len() && bytes[i] == b {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' | b'\'' => {
+                run.get_or_insert((i, 0));
+                i += 1;
+                while i < bytes.len() && bytes[i] != b && bytes[i] != b'\n' {
+                    i += if b == b'"' && bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'.' => {
+                if let Some((start, dots)) = &mut run {
+                    *dots += 1;
+                    if *dots == MAX_KEY_DOTS {
+                        starts.push(*start);
+                    }
+                }
+            }
+            b' ' | b'\t' => {}
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | 0x80.. => {
+                run.get_or_insert((i, 0));
+            }
+            _ => run = None,
+        }
+        i += 1;
+    }
+    starts
 }
 
 /// Byte offset to 1-based line:column, the column counted in characters as
@@ -2431,6 +2552,119 @@ timeout = "none"
         assert_eq!(
             config.jobs["backup"].working_dir.as_deref(),
             Some(Path::new("./sub/dir"))
+        );
+    }
+
+    #[test]
+    fn raw_control_characters_are_named_where_they_are() {
+        let nul = "invalid TOML: NUL byte (\\0) is not allowed in a TOML file";
+        for (src, at) in [
+            ("[jobs.a]\0\n", "1:9"),
+            ("[jobs.a]\nschedule = \"@da\0ily\"\n", "2:16"),
+            ("[jobs.a]\nschedule = '@da\0ily'\n", "2:16"),
+            ("[jobs.a]\nschedule = \"\"\"@da\0ily\"\"\"\n", "2:18"),
+            ("[jobs.a] # \0\n", "1:12"),
+            ("[jobs.a]\nsch\0edule = 1\n", "2:4"),
+        ] {
+            assert_eq!(errors(src)[0], format!("jobs.toml:{at}: {nul}"), "{src:?}");
+        }
+        assert_errors(
+            "[jobs.a]\nschedule = \"@da\u{1b}ily\"\n",
+            &[
+                "jobs.toml:2:16: invalid TOML: control character U+001B is not allowed in a TOML \
+               file (in a string, write it as \\u001B)",
+            ],
+        );
+    }
+
+    #[test]
+    fn long_keys_and_values_are_shortened_and_checked_quickly() {
+        let long = "x".repeat(100_000);
+        let cut = format!("{}…", "x".repeat(100));
+        let start = std::time::Instant::now();
+        for (src, expected) in [
+            (
+                format!("{long} = 1\n"),
+                format!("jobs.toml:1:1: unknown top-level key `{cut}` (expected one of"),
+            ),
+            (
+                job_with(&format!("\"\\u001b{long}\" = 1")),
+                format!("jobs.toml:4:1: job \"backup\": unknown key `\\u{{1b}}{}…` (expected one of", "x".repeat(99)),
+            ),
+            (
+                job_with(&format!("timezone = \"{long}\"")),
+                format!("jobs.toml:4:12: job \"backup\": unknown time zone \"{cut}\" (use an IANA name"),
+            ),
+            (
+                job_with(&format!("timeout = \"5{long}\"")),
+                format!(
+                    "jobs.toml:4:11: job \"backup\": invalid duration \"5{}…\" for timeout: \
+                     unknown time unit \"{cut}\", supported units:",
+                    "x".repeat(99)
+                ),
+            ),
+            (
+                job_with(&format!("env = {{ {long} = 1 }}")),
+                format!("jobs.toml:4:100012: job \"backup\": env.{cut} must be a string, found integer"),
+            ),
+            (
+                format!("[scheduler]\nhistory = {}\n", "9".repeat(100_000)),
+                format!(
+                    "jobs.toml:2:11: history must be between 1 and 100000 (run records kept per job), found {}…",
+                    "9".repeat(100)
+                ),
+            ),
+            (
+                format!("{long} = 1\n{long} = 2\n"),
+                format!("jobs.toml:2:1: invalid TOML: duplicate key `{cut}`; a key may appear only once"),
+            ),
+        ] {
+            let errors = errors(&src);
+            assert!(errors[0].starts_with(&expected), "{:.300}\nexpected {expected:.300}", errors[0]);
+            assert!(errors.iter().all(|e| e.len() < 1_000), "{errors:.300?}");
+        }
+        // Without the suggestion search over every zone and key name, which
+        // takes about a minute for a 100,000-character name in a debug build.
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn long_dotted_keys_are_found_outside_strings_and_comments() {
+        let key = |n: usize| vec!["k"; n].join(".");
+        assert_eq!(long_dotted_keys(&format!("{} = 1\n", key(80))), [0; 0]);
+        assert_eq!(long_dotted_keys(&format!("{} = 1\n", key(81))), [0]);
+        let src = format!(
+            "# {dots}\nx = \"{k}\" # {k}\ny = \"\"\"\n{k}\n\"\"\"\"\nz = '{k}'\nw = '''{k}'''\n\
+             v = [1.5, 2.5]\n[ a . \"b.\\\"c\" . {k} ]\nq = {{ {k} = 1 }}\n",
+            dots = ".".repeat(200),
+            k = key(100),
+        );
+        let header = src.find("[ a").unwrap() + 2;
+        let inline = src.find("q = {").unwrap() + 6;
+        assert_eq!(long_dotted_keys(&src), [header, inline]);
+    }
+
+    #[test]
+    fn a_file_over_the_limit_states_its_real_size() {
+        let dir = std::env::temp_dir().join(format!("bgsched-size-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jobs.toml");
+        std::fs::write(&path, "#\n".repeat(6 * 1024 * 1024)).unwrap();
+        let e = load(&path).unwrap_err();
+        assert_eq!(
+            e.0[0].message,
+            "file is too large (12582912 bytes; a config file may be at most 10 MiB)"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A device has no size to state.
+        let e = load(Path::new("/dev/zero")).unwrap_err();
+        assert_eq!(
+            e.0[0].message,
+            "file is too large (more than 10 MiB; a config file may be at most 10 MiB)"
         );
     }
 
@@ -3231,8 +3465,8 @@ overlap = "never"
         let expected = [
             "jobs.toml:1:85: invalid TOML: arrays or inline tables are nested too deeply",
             "jobs.toml:1:405: invalid TOML: arrays or inline tables are nested too deeply",
-            "jobs.toml: invalid TOML: a dotted key or table name has too many parts",
-            "jobs.toml: invalid TOML: a dotted key or table name has too many parts",
+            "jobs.toml:1:1: invalid TOML: a dotted key or table name has too many parts",
+            "jobs.toml:1:2: invalid TOML: a dotted key or table name has too many parts",
             "jobs.toml:2:87: invalid TOML: arrays or inline tables are nested too deeply",
         ];
         for (src, expected) in cases.iter().zip(expected) {

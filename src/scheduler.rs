@@ -124,8 +124,10 @@ const RETRY_AFTER: chrono::Duration = chrono::Duration::milliseconds(250);
 /// What came of one attempt to fire.
 enum Fired {
     Started(Box<tokio::process::Child>, String),
-    /// Skipped, already fired, not leader, or could not start: decided.
+    /// Skipped, not leader, or could not start: decided, and recorded.
     NotStarted,
+    /// The tick (or a later one) was already claimed.
+    Superseded,
     /// The backend could not answer; the claim may be retried.
     Retry,
 }
@@ -336,6 +338,39 @@ impl<C: Coordinator> Scheduler<C> {
                 () = tokio::time::sleep(wait) => {}
             }
             let now = Utc::now();
+            // Retries first: they are older than anything newly due.
+            for retry in state.take_due_retries(now) {
+                match retry {
+                    Retry::Tick {
+                        job, tick, trigger, ..
+                    } => {
+                        let Some(job) = self.config.jobs.get(&job) else {
+                            continue;
+                        };
+                        let late = (now - tick).to_std().unwrap_or_default();
+                        if late > job.catchup.max(LATE_TOLERANCE) {
+                            self.record_missed(leadership.term, job, 1, tick, tick, None);
+                            continue;
+                        }
+                        let trigger = if late > LATE_TOLERANCE {
+                            Trigger::Catchup
+                        } else {
+                            trigger
+                        };
+                        let superseded = self
+                            .fire_tick(leadership, job, tick, trigger, running, &mut state)
+                            .await;
+                        if superseded {
+                            // A later tick was claimed first: this one is gone for good.
+                            self.record_missed(leadership.term, job, 1, tick, tick, None);
+                        }
+                    }
+                    Retry::Request { req, since, .. } => {
+                        self.answer_request(leadership, req, since, running, &mut state)
+                            .await;
+                    }
+                }
+            }
             while let Some(Reverse((tick, i))) = due.peek().copied() {
                 if tick > now {
                     break;
@@ -362,33 +397,6 @@ impl<C: Coordinator> Scheduler<C> {
                     due.push(Reverse((next, i)));
                 }
             }
-            for retry in state.take_due_retries(now) {
-                match retry {
-                    Retry::Tick {
-                        job, tick, trigger, ..
-                    } => {
-                        let Some(job) = self.config.jobs.get(&job) else {
-                            continue;
-                        };
-                        let late = (now - tick).to_std().unwrap_or_default();
-                        if late > job.catchup.max(LATE_TOLERANCE) {
-                            self.record_missed(leadership.term, job, 1, tick, tick, None);
-                            continue;
-                        }
-                        let trigger = if late > LATE_TOLERANCE {
-                            Trigger::Catchup
-                        } else {
-                            trigger
-                        };
-                        self.fire_tick(leadership, job, tick, trigger, running, &mut state)
-                            .await;
-                    }
-                    Retry::Request { req, since, .. } => {
-                        self.answer_request(leadership, req, since, running, &mut state)
-                            .await;
-                    }
-                }
-            }
         }
     }
 
@@ -400,10 +408,11 @@ impl<C: Coordinator> Scheduler<C> {
         trigger: Trigger,
         running: &mut Running,
         state: &mut FireState,
-    ) {
+    ) -> bool {
         match self.fire(leadership, job, tick, trigger, None, state).await {
             Fired::Started(child, run_id) => running.track(*child, &job.name, run_id),
             Fired::NotStarted => {}
+            Fired::Superseded => return true,
             Fired::Retry => state.retries.push(Retry::Tick {
                 at: Utc::now() + RETRY_AFTER,
                 job: job.name.clone(),
@@ -411,6 +420,7 @@ impl<C: Coordinator> Scheduler<C> {
                 trigger,
             }),
         }
+        false
     }
 
     /// Run a job for a `bgsched trigger` request, under its overlap policy.
@@ -452,7 +462,7 @@ impl<C: Coordinator> Scheduler<C> {
             .await
         {
             Fired::Started(child, run_id) => running.track(*child, &job.name, run_id),
-            Fired::NotStarted => {}
+            Fired::NotStarted | Fired::Superseded => {}
             // The request key lives as long as its requester waits; keep
             // trying while the backend is in trouble.
             Fired::Retry if now - since < chrono::Duration::minutes(5) => {
@@ -522,7 +532,8 @@ impl<C: Coordinator> Scheduler<C> {
                 let reason = e.kind();
                 match e {
                     ClaimRejected::AlreadyFired(t) => {
-                        tracing::debug!(job = %job.name, tick = %t.to_rfc3339(), reason, rejected_total = total, "tick already fired")
+                        tracing::debug!(job = %job.name, tick = %t.to_rfc3339(), reason, rejected_total = total, "tick already fired");
+                        return Fired::Superseded;
                     }
                     ClaimRejected::Backend(e) => {
                         // Not decided either way: try again shortly, so a
@@ -624,11 +635,26 @@ impl<C: Coordinator> Scheduler<C> {
     }
 
     /// History entries for ticks that did not run are written off the fire path.
+    /// Retried for a while: these entries are the only trace of a tick
+    /// that did not run, and etcd may be briefly away.
     fn record_in_background(&self, rec: RunRecord) {
         let coord = self.coord.clone();
         tokio::spawn(async move {
-            if let Err(e) = coord.record(&rec).await {
-                tracing::error!(job = %rec.job, "could not record {}: {e}", rec.outcome);
+            let mut delay = std::time::Duration::from_millis(100);
+            let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                match coord.record(&rec).await {
+                    Ok(()) => return,
+                    Err(e) if tokio::time::Instant::now() + delay < give_up => {
+                        tracing::warn!(job = %rec.job, "could not record {} yet ({e}); retrying", rec.outcome);
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %rec.job, "could not record {}: {e}", rec.outcome);
+                        return;
+                    }
+                }
             }
         });
     }

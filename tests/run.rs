@@ -471,3 +471,39 @@ fn a_run_whose_supervisor_is_killed_is_stopped_entirely_and_recorded_lost() {
         env.lines("grandchildren").len() >= 2
     });
 }
+
+#[test]
+fn the_scheduler_keeps_firing_after_its_binary_is_replaced_on_disk() {
+    let env = Env::new().config(&format!(
+        "[jobs.beat]\nschedule = \"@every 1s\"\nshell = '{}'\n",
+        ledger_line("start", "ledger")
+    ));
+    // Run a copy of the binary, then delete it, as a package upgrade would.
+    let copy = env.path("bgsched-copy");
+    std::fs::copy(BIN, &copy).unwrap();
+    let log = std::fs::File::create(env.path("copy.log")).unwrap();
+    let mut child = std::process::Command::new(&copy)
+        .args([
+            "--config",
+            env.path("jobs.toml").to_str().unwrap(),
+            "--state-dir",
+            env.state_dir().to_str().unwrap(),
+            "run",
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_until(PATIENCE, "a first fire", || !env.lines("ledger").is_empty());
+    std::fs::remove_file(&copy).unwrap();
+    let before = env.lines("ledger").len();
+    wait_until(PATIENCE, "fires after the binary is gone", || {
+        env.lines("ledger").len() >= before + 2
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(env
+        .records("beat")
+        .iter()
+        .all(|r| r["outcome"] != "start_failed"));
+}

@@ -527,6 +527,16 @@ impl Etcd {
         Ok(resp.kvs().iter().filter_map(|kv| parse(kv).ok()).collect())
     }
 
+    /// Pruning is housekeeping: its failure must not look like a lost record.
+    async fn prune_or_warn(client: &mut Client, keys: &Keys, job: &str, limit: usize) {
+        if let Err(e) = Self::prune(client, keys, job, limit).await {
+            tracing::warn!(
+                job,
+                "could not prune history (will retry with the next record): {e}"
+            );
+        }
+    }
+
     /// Drop history entries of `job` beyond the retention limit.
     async fn prune(client: &mut Client, keys: &Keys, job: &str, limit: usize) -> Result<()> {
         let prefix = keys.histories(job);
@@ -1077,7 +1087,8 @@ impl Coordinator for Etcd {
             tracing::debug!(job = %record.job, run_id = %record.run_id, "record not written: already recorded, or no longer leader");
             return Ok(());
         }
-        Self::prune(&mut client, &self.keys, &record.job, self.cfg.history_limit).await
+        Self::prune_or_warn(&mut client, &self.keys, &record.job, self.cfg.history_limit).await;
+        Ok(())
     }
 
     async fn reap_lost(&self, _job: &str) {
@@ -1257,7 +1268,8 @@ impl RunRecorder for EtcdRecorder {
         }
         self.keeper.abort();
         let _ = self.client.lease_revoke(self.lease).await;
-        Etcd::prune(&mut self.client, &self.keys, &self.job, self.history_limit).await
+        Etcd::prune_or_warn(&mut self.client, &self.keys, &self.job, self.history_limit).await;
+        Ok(())
     }
 
     async fn fenced(&mut self) -> String {

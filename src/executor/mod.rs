@@ -458,7 +458,14 @@ pub fn spawn_supervisor(
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
     }
     let json = serde_json::to_string(&spec).expect("run spec serializes");
-    let exe = std::env::current_exe()?;
+    // The running binary itself, even if the file was replaced or removed
+    // since (a package upgrade): current_exe() would then name a path that
+    // no longer exists.
+    let exe = if std::path::Path::new("/proc/self/exe").exists() {
+        std::path::PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe()?
+    };
     let mut cmd = Command::new(exe);
     if detached {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());

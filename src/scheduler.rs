@@ -4,7 +4,7 @@
 
 use crate::config::{Config, Job, Overlap};
 use crate::coordination::{
-    ClaimRejected, ClaimRequest, Coordinator, Leadership, Outcome, RunRecord, Trigger,
+    Claim, ClaimRejected, ClaimRequest, Coordinator, Leadership, Outcome, RunRecord, Trigger,
     TriggerRequest,
 };
 use crate::executor::{spawn_supervisor, RunSpec};
@@ -31,7 +31,7 @@ const MISSED_SCAN_LIMIT: u64 = 10_000;
 pub struct DuePlan {
     /// Ticks to fire, oldest first, and as what: at most one catch-up (the
     /// newest missed tick) and at most one on-time tick.
-    pub fires: Vec<(DateTime<Utc>, Trigger)>,
+    pub fires: Vec<Fire>,
     /// Ticks passed over without a run: count, oldest, newest.
     pub missed: Option<(u64, DateTime<Utc>, DateTime<Utc>)>,
     /// The job's next tick after these.
@@ -120,6 +120,9 @@ struct Tracked {
 
 /// How long a claim that failed on a backend error waits before the retry.
 const RETRY_AFTER: chrono::Duration = chrono::Duration::milliseconds(250);
+
+/// One planned fire: the tick and what triggers it.
+type Fire = (DateTime<Utc>, Trigger);
 
 /// What came of one attempt to fire.
 enum Fired {
@@ -371,6 +374,7 @@ impl<C: Coordinator> Scheduler<C> {
                     }
                 }
             }
+            let mut batch: Vec<(&Job, Vec<Fire>)> = Vec::new();
             while let Some(Reverse((tick, i))) = due.peek().copied() {
                 if tick > now {
                     break;
@@ -389,12 +393,31 @@ impl<C: Coordinator> Scheduler<C> {
                         caught_up.map(|f| f.0),
                     );
                 }
-                for (tick, trigger) in plan.fires {
-                    self.fire_tick(leadership, job, tick, trigger, running, &mut state)
-                        .await;
+                if !plan.fires.is_empty() {
+                    batch.push((job, plan.fires));
                 }
                 if let Some(next) = plan.next {
                     due.push(Reverse((next, i)));
+                }
+            }
+            // Claims of different jobs go out together (etcd round trips and
+            // fsyncs overlap); one job's fires stay in tick order.
+            let lead: &Leadership = leadership;
+            let claims =
+                futures_util::future::join_all(batch.iter().map(|(job, fires)| async move {
+                    let mut results = Vec::with_capacity(fires.len());
+                    for &(tick, trigger) in fires {
+                        results.push(self.claim(lead, job, tick, trigger, None).await);
+                    }
+                    results
+                }))
+                .await;
+            for ((job, fires), results) in batch.drain(..).zip(claims) {
+                for ((tick, trigger), claimed) in fires.into_iter().zip(results) {
+                    let fired = self
+                        .start(leadership, job, tick, trigger, None, claimed, &mut state)
+                        .await;
+                    self.track_fired(fired, job, tick, trigger, running, &mut state);
                 }
             }
         }
@@ -409,7 +432,22 @@ impl<C: Coordinator> Scheduler<C> {
         running: &mut Running,
         state: &mut FireState,
     ) -> bool {
-        match self.fire(leadership, job, tick, trigger, None, state).await {
+        let fired = self.fire(leadership, job, tick, trigger, None, state).await;
+        self.track_fired(fired, job, tick, trigger, running, state)
+    }
+
+    /// Track a started supervisor or queue a retry. Returns whether the tick
+    /// was superseded (a later one was claimed first).
+    fn track_fired(
+        &self,
+        fired: Fired,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        running: &mut Running,
+        state: &mut FireState,
+    ) -> bool {
+        match fired {
             Fired::Started(child, run_id) => running.track(*child, &job.name, run_id),
             Fired::NotStarted => {}
             Fired::Superseded => return true,
@@ -489,6 +527,19 @@ impl<C: Coordinator> Scheduler<C> {
         request: Option<&str>,
         state: &mut FireState,
     ) -> Fired {
+        let claimed = self.claim(leadership, job, tick, trigger, request).await;
+        self.start(leadership, job, tick, trigger, request, claimed, state)
+            .await
+    }
+
+    async fn claim(
+        &self,
+        leadership: &Leadership,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        request: Option<&str>,
+    ) -> Result<Claim, ClaimRejected> {
         let req = ClaimRequest {
             job: &job.name,
             tick,
@@ -498,7 +549,23 @@ impl<C: Coordinator> Scheduler<C> {
             advances_schedule: request.is_none(),
             request,
         };
-        let claim = match self.coord.claim(leadership, req).await {
+        self.coord.claim(leadership, req).await
+    }
+
+    /// Act on a claim's result: start the supervisor, or record and log
+    /// why not.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &self,
+        leadership: &Leadership,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        request: Option<&str>,
+        claimed: Result<Claim, ClaimRejected>,
+        state: &mut FireState,
+    ) -> Fired {
+        let claim = match claimed {
             Ok(claim) => claim,
             Err(ClaimRejected::StillRunning(active)) => {
                 let total = state.skipped.entry(job.name.clone()).or_default();

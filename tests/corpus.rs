@@ -562,7 +562,7 @@ fn the_too_large_message_does_not_state_a_wrong_size() {
     let out = check_generated(
         "huge.toml",
         text,
-        &[": file is too large (52428800 bytes; a config file may be at most 10 MiB)"],
+        &[": file is too large (52428800 bytes; a config file may be at most 32 MiB)"],
     );
     assert!(!out.stderr.contains("(10485761 bytes"), "{}", out.stderr);
 }

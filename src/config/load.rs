@@ -25,9 +25,9 @@ use std::time::Duration;
 use toml::de::{DeString, DeTable, DeValue};
 use toml::Spanned;
 
-/// A config file is a few kilobytes; anything this big is the wrong file, and
-/// refusing it early bounds the memory the parser can take.
-const MAX_FILE_SIZE: usize = 10 * 1024 * 1024;
+/// Large enough for 100,000 jobs (about 20 MiB of TOML); anything bigger is
+/// the wrong file, and refusing it early bounds the parser's memory.
+const MAX_FILE_SIZE: usize = 32 * 1024 * 1024;
 
 /// toml caps nesting at 80 levels per construct, but the caps multiply (80
 /// nested inline tables, each with an 80-part dotted key, make ~6,400 nested
@@ -2653,18 +2653,18 @@ timeout = "none"
         let dir = std::env::temp_dir().join(format!("bgsched-size-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("jobs.toml");
-        std::fs::write(&path, "#\n".repeat(6 * 1024 * 1024)).unwrap();
+        std::fs::write(&path, "#\n".repeat(20 * 1024 * 1024)).unwrap();
         let e = load(&path).unwrap_err();
         assert_eq!(
             e.0[0].message,
-            "file is too large (12582912 bytes; a config file may be at most 10 MiB)"
+            "file is too large (41943040 bytes; a config file may be at most 32 MiB)"
         );
         std::fs::remove_dir_all(&dir).unwrap();
         // A device has no size to state.
         let e = load(Path::new("/dev/zero")).unwrap_err();
         assert_eq!(
             e.0[0].message,
-            "file is too large (more than 10 MiB; a config file may be at most 10 MiB)"
+            "file is too large (more than 32 MiB; a config file may be at most 32 MiB)"
         );
     }
 
@@ -3495,7 +3495,7 @@ overlap = "never"
         assert_eq!(
             e.to_string(),
             format!(
-                "jobs.toml: file is too large ({} bytes; a config file may be at most 10 MiB)",
+                "jobs.toml: file is too large ({} bytes; a config file may be at most 32 MiB)",
                 src.len()
             )
         );

@@ -356,7 +356,28 @@ impl Coordinator for Standalone {
         leadership: &Leadership,
         req: ClaimRequest<'_>,
     ) -> Result<Claim, ClaimRejected> {
-        self.claim_sync(leadership.term, &req)
+        // On a blocking thread: the claim fsyncs, and the claims of jobs due
+        // together then overlap instead of queueing behind each other.
+        let this = self.clone();
+        let term = leadership.term;
+        let (job, instance) = (req.job.to_string(), req.instance.to_string());
+        let request = req.request.map(str::to_string);
+        let (tick, trigger, exclusive, advances_schedule) =
+            (req.tick, req.trigger, req.exclusive, req.advances_schedule);
+        tokio::task::spawn_blocking(move || {
+            let req = ClaimRequest {
+                job: &job,
+                tick,
+                trigger,
+                instance: &instance,
+                exclusive,
+                advances_schedule,
+                request: request.as_deref(),
+            };
+            this.claim_sync(term, &req)
+        })
+        .await
+        .expect("claim task panicked")
     }
 
     async fn record(&self, record: &RunRecord) -> Result<()> {

@@ -484,7 +484,7 @@ fn a_run_whose_supervisor_is_killed_is_stopped_and_recorded_lost() {
     let env = cluster_env(
         &etcd,
         &format!(
-            "[jobs.slow]\nschedule = \"@yearly\"\nshell = '{}; sleep 600 & echo $! >> {{dir}}/grandchildren; wait'\n",
+            "[jobs.slow]\nschedule = \"@yearly\"\nshell = '{}; echo $$ >> {{dir}}/jobpid; sleep 600 & echo $! >> {{dir}}/grandchildren; wait'\n",
             ledger_cmd("start")
         ),
     );
@@ -496,15 +496,13 @@ fn a_run_whose_supervisor_is_killed_is_stopped_and_recorded_lost() {
         .stdout
         .trim()
         .to_string();
-    let mut pid = None;
-    wait_until(PATIENCE, "the run's pid in its marker", || {
-        pid = env.job_view("slow")["running"][0]["pid"].as_i64();
-        pid.is_some()
+    wait_until(PATIENCE, "the job's pid", || {
+        !env.lines("jobpid").is_empty()
     });
     wait_until(PATIENCE, "the job's background child", || {
         !env.lines("grandchildren").is_empty()
     });
-    let job_pid = pid.unwrap() as i32;
+    let job_pid: i32 = env.lines("jobpid")[0].parse().unwrap();
     let supervisor = parent_of(job_pid).expect("supervisor pid");
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(supervisor).unwrap(),

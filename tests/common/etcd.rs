@@ -635,7 +635,8 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> io::Resu
     http_within(port, method, path, body, Duration::from_secs(15))
 }
 
-fn http_within(
+/// [`http`] with a reply timeout of the caller's choosing.
+pub fn http_within(
     port: u16,
     method: &str,
     path: &str,

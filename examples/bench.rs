@@ -754,7 +754,7 @@ fn precision(ctx: &mut Ctx) -> Result<String> {
          tokio-cron-scheduler: `Job::new_repeated_async(1s)` for `@every 1s`, `Job::new_async(\"* * * * * *\")` for the 6-field variant, \
          spawning the child from the callback; its nominal tick is the whole second the callback runs in \
          (it polls every 500 ms, so it is always less than 1 s late); since its lateness depends on the phase of that poll loop, \
-         it runs in {} segments started at evenly spread phases. \
+         it runs in {} segment(s) started at evenly spread phases. \
          \"first child of a tick\" is the earliest child of each tick: the fixed cost of one fire without the queueing behind the others.\n\n",
         if ctx.quick { 1 } else { 6 }
     );

@@ -2377,6 +2377,7 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpStream;
 
     /// A tick (unix seconds) divisible by 6, so every schedule fires on it.
     const T0: i64 = 1_800_000_000 - 1_800_000_000 % 6;

@@ -147,6 +147,10 @@ impl Keys {
     pub fn last(&self, job: &str) -> String {
         format!("{}/last/{job}", self.0)
     }
+    /// Running markers of every job.
+    pub fn all_actives(&self) -> String {
+        format!("{}/active/", self.0)
+    }
     pub fn actives(&self, job: &str) -> String {
         format!("{}/active/{job}/", self.0)
     }
@@ -696,7 +700,7 @@ impl Etcd {
     fn record_lost_runs(&self) -> tokio::task::JoinHandle<()> {
         let client = self.client.clone();
         let keys = self.keys.clone();
-        let prefix = format!("{}/active/", keys.0);
+        let prefix = keys.all_actives();
         tokio::spawn(async move {
             let mut client = client;
             loop {

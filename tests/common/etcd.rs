@@ -229,6 +229,22 @@ impl Etcd {
     /// SIGSTOP: the process stays, but answers nothing (connections hang).
     pub fn pause(&self) {
         self.signal(Signal::STOP);
+        // The signal is delivered asynchronously: wait until the kernel
+        // reports the process stopped, so it cannot answer any more.
+        if let Some(pid) = self.pid() {
+            let deadline = Instant::now() + ETCD_PATIENCE;
+            while Instant::now() < deadline {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat
+                    .rsplit(')')
+                    .next()
+                    .and_then(|s| s.split_whitespace().next());
+                if matches!(state, Some("T") | Some("t") | None) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
     }
 
     /// SIGCONT after [`Etcd::pause`].

@@ -5,10 +5,13 @@ use crate::config::{self, ClusterSettings, Config, Job};
 use crate::coordination::etcd::{EtcdConfig, EtcdRecorder, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
 use crate::coordination::{BackendSpec, Etcd, Standalone};
 use crate::executor::{self, Echo, RunSpec, SPEC_ENV};
+use crate::observe::status::{self, local_rfc3339};
+use crate::observe::{http, log, Metrics};
 use crate::scheduler::Scheduler;
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 
 pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
     match &cli.command {
@@ -26,7 +29,7 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
     let runtime = tokio::runtime::Runtime::new().map_err(anyhow::Error::from)?;
     runtime.block_on(async {
         match &cli.command {
-            Command::Run { instance_id } => run(&cli, instance_id.clone()).await,
+            Command::Run { instance_id, http } => run(&cli, instance_id.clone(), *http).await,
             Command::List { json } => list::list(&cli, *json).await.map(|()| exit::OK),
             Command::Trigger {
                 job,
@@ -50,7 +53,10 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(log::span_fields())
+            .event_format(log::FlatJson)
+            .try_init(),
     };
 }
 
@@ -125,6 +131,13 @@ pub enum Backend {
 }
 
 impl Backend {
+    pub fn status_source(&self) -> status::Source<'_> {
+        match self {
+            Backend::Standalone(s) => status::Source::Standalone(s),
+            Backend::Cluster(e) => status::Source::Cluster(e),
+        }
+    }
+
     /// Open the backend for a short-lived command; etcd must answer now.
     pub async fn open(cli: &Cli, config: &Config) -> Result<Backend, CliError> {
         match backend_config(cli, config)? {
@@ -188,9 +201,23 @@ pub fn find_job<'c>(config: &'c Config, name: &str) -> Result<&'c Job, CliError>
     )))
 }
 
-async fn run(cli: &Cli, instance: Option<String>) -> Result<i32, CliError> {
+async fn run(
+    cli: &Cli,
+    instance: Option<String>,
+    http_flag: Option<std::net::SocketAddr>,
+) -> Result<i32, CliError> {
     let config = Arc::new(load_config(cli)?);
     let instance = instance_id(instance);
+    let metrics = Arc::new(Metrics::new());
+    let served = match http_flag.or(config.http.listen) {
+        Some(addr) => Some(serve_http(addr, &config, &metrics, &instance).await?),
+        None => None,
+    };
+    let serve_backend = |backend| {
+        if let Some(served) = &served {
+            let _ = served.backend.set(backend);
+        }
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(0u32);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -214,11 +241,13 @@ async fn run(cli: &Cli, instance: Option<String>) -> Result<i32, CliError> {
     let forced = match backend_config(cli, &config)? {
         BackendChoice::Standalone(dir) => {
             let state = Arc::new(Standalone::open(&dir, config.scheduler.history_limit)?);
+            serve_backend(http::Backend::Standalone(state.clone()));
             tracing::info!(
                 config = %config.path.display(), state_dir = %dir.display(), instance = %instance,
                 "bgsched {} starting (standalone)", env!("CARGO_PKG_VERSION")
             );
             Scheduler::new(config.clone(), state, instance, log_json)
+                .with_metrics(metrics)
                 .run(stop_rx)
                 .await?
         }
@@ -227,18 +256,56 @@ async fn run(cli: &Cli, instance: Option<String>) -> Result<i32, CliError> {
                 config = %config.path.display(), etcd = ?cfg.endpoints, prefix = %cfg.prefix, instance = %instance,
                 "bgsched {} starting (cluster)", env!("CARGO_PKG_VERSION")
             );
+            crate::observe::etcd::record_into(metrics.clone());
             let mut stop_wait = stop_rx.clone();
             let etcd = tokio::select! {
-                etcd = Etcd::connect_retrying(cfg) => etcd,
+                etcd = Etcd::connect_retrying(cfg) => Arc::new(etcd),
                 _ = stop_wait.changed() => return Ok(exit::OK),
+                // Waiting for etcd is this process working as intended.
+                () = beat_forever(&metrics) => unreachable!(),
             };
-            Scheduler::new(config.clone(), Arc::new(etcd), instance, log_json)
+            serve_backend(http::Backend::Cluster(etcd.clone()));
+            Scheduler::new(config.clone(), etcd, instance, log_json)
+                .with_metrics(metrics)
                 .run(stop_rx)
                 .await?
         }
     };
     tracing::info!("stopped");
     Ok(if forced { exit::FORCED_STOP } else { exit::OK })
+}
+
+/// Bind `[http] listen` (or `--http`) and serve the endpoints; the backend
+/// is handed to them once it is open.
+async fn serve_http(
+    addr: std::net::SocketAddr,
+    config: &Arc<Config>,
+    metrics: &Arc<Metrics>,
+    instance: &str,
+) -> Result<Arc<http::Served>, CliError> {
+    let listener = http::Listener::bind(addr)
+        .await
+        .map_err(|source| CliError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| CliError::Listen { addr, source })?;
+    let served = Arc::new(http::Served {
+        config: config.clone(),
+        metrics: metrics.clone(),
+        instance: instance.to_string(),
+        backend: std::sync::OnceLock::new(),
+    });
+    listener.serve(served.clone());
+    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz and /status on http://{bound}");
+    Ok(served)
+}
+
+async fn beat_forever(metrics: &Metrics) {
+    let mut beat = tokio::time::interval(crate::scheduler::MAX_SLEEP / 4);
+    loop {
+        beat.tick().await;
+        metrics.beat();
+    }
 }
 
 fn check(cli: &Cli) -> Result<i32, CliError> {
@@ -305,12 +372,6 @@ fn next(
     Ok(exit::OK)
 }
 
-/// An instant in the job's time zone with its UTC offset, e.g. `2026-03-29T03:00:00+02:00`.
-pub fn local_rfc3339(job: &Job, t: DateTime<Utc>) -> String {
-    t.with_timezone(&job.timezone)
-        .to_rfc3339_opts(SecondsFormat::AutoSi, false)
-}
-
 /// The hidden `__supervise` command: one run, started by a scheduler.
 fn supervise() -> Result<i32, CliError> {
     let json = std::env::var(SPEC_ENV).map_err(|_| {
@@ -336,7 +397,9 @@ fn supervise() -> Result<i32, CliError> {
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)?;
-    runtime.block_on(async {
+    let span = log::run_span(&spec);
+    runtime.block_on(
+        async {
         match &spec.backend {
             BackendSpec::Standalone {
                 state_dir,
@@ -360,10 +423,13 @@ fn supervise() -> Result<i32, CliError> {
                         tracing::error!(job = %spec.job, run_id = %spec.run_id, "not starting the job: {e}");
                         let rec = spec.unstarted(e.to_string());
                         EtcdRecorder::record_unstarted(cfg, &rec).await;
+                        executor::report::ended(&spec, &rec);
                     }
                 }
             }
         }
         Ok(exit::OK)
-    })
+    }
+        .instrument(span),
+    )
 }

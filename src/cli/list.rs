@@ -1,111 +1,15 @@
 //! `bgsched list`: what is scheduled, what ran, what runs now.
 
-use super::commands::{load_config, local_rfc3339, Backend};
+use super::commands::{load_config, Backend};
 use super::{Cli, CliError};
-use crate::coordination::etcd::MemberInfo;
-use crate::coordination::{LeaderInfo, Outcome, RunRecord};
+use crate::observe::status::{self, ListView};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
-
-/// The stable JSON document of `list --json` (documented in README).
-#[derive(Debug, Serialize)]
-pub struct ListView {
-    /// `standalone` or `cluster`.
-    pub mode: &'static str,
-    /// Standalone: the state directory.
-    pub state_dir: Option<String>,
-    /// Cluster: the etcd key prefix.
-    pub etcd_prefix: Option<String>,
-    pub leader: Option<LeaderInfo>,
-    /// Cluster: the live instances.
-    pub members: Vec<MemberInfo>,
-    pub jobs: Vec<JobView>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct JobView {
-    pub name: String,
-    pub description: Option<String>,
-    pub schedule: String,
-    pub timezone: String,
-    pub enabled: bool,
-    pub overlap: String,
-    /// `running`, `idle` or `disabled`.
-    pub state: &'static str,
-    /// RFC 3339 in the job's time zone.
-    pub next_run: Option<String>,
-    /// Active runs (usually at most one).
-    pub running: Vec<RunRecord>,
-    /// The newest run that started a process (not a skip or a miss).
-    pub last_run: Option<RunRecord>,
-    /// Skipped ticks among the retained history.
-    pub recent_skips: usize,
-    /// Missed ticks among the retained history.
-    pub recent_missed: u64,
-}
 
 pub async fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
     let config = load_config(cli)?;
     let backend = Backend::open(cli, &config).await?;
-    let limit = config.scheduler.history_limit;
     let now = Utc::now();
-    let mut jobs = Vec::new();
-    for job in config.jobs.values() {
-        let (history, running) = match &backend {
-            Backend::Standalone(s) => (s.history(&job.name, limit)?, s.active_runs(&job.name)?),
-            Backend::Cluster(e) => (
-                e.history(&job.name, limit).await?,
-                e.active_runs(&job.name).await?,
-            ),
-        };
-        let last_run = history
-            .iter()
-            .find(|r| r.outcome.is_run() && r.outcome != Outcome::Running)
-            .cloned();
-        jobs.push(JobView {
-            name: job.name.clone(),
-            description: job.description.clone(),
-            schedule: job.schedule.as_str().to_string(),
-            timezone: job.timezone.name().to_string(),
-            enabled: job.enabled,
-            overlap: job.overlap.to_string(),
-            state: match (job.enabled, running.is_empty()) {
-                (_, false) => "running",
-                (false, true) => "disabled",
-                (true, true) => "idle",
-            },
-            next_run: job
-                .enabled
-                .then(|| job.schedule.next_after(now))
-                .flatten()
-                .map(|t| local_rfc3339(job, t)),
-            running,
-            last_run,
-            recent_skips: history
-                .iter()
-                .filter(|r| r.outcome == Outcome::Skipped)
-                .count(),
-            recent_missed: history.iter().filter_map(|r| r.missed_ticks).sum(),
-        });
-    }
-    let view = match &backend {
-        Backend::Standalone(s) => ListView {
-            mode: "standalone",
-            state_dir: Some(s.root().display().to_string()),
-            etcd_prefix: None,
-            leader: s.leader()?,
-            members: Vec::new(),
-            jobs,
-        },
-        Backend::Cluster(e) => ListView {
-            mode: "cluster",
-            state_dir: None,
-            etcd_prefix: Some(e.config().prefix.clone()),
-            leader: e.leader().await?,
-            members: e.members().await?,
-            jobs,
-        },
-    };
+    let view = status::build(&config, backend.status_source(), now).await?;
     if json {
         println!(
             "{}",

@@ -119,7 +119,7 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
         }
         opts = opts.with_tls(tls);
     }
-    Client::connect(&cfg.endpoints, Some(opts))
+    Client::connect_with_balanced_channel(&cfg.endpoints, Some(opts), crate::observe::etcd::Channel)
         .await
         .map_err(etcd_err("cannot connect"))
 }
@@ -280,6 +280,9 @@ pub struct Etcd {
     /// leader writes these keys, so this saves a read per claim; a stale
     /// entry only makes the claim transaction fail and be retried.
     last: Mutex<HashMap<String, (DateTime<Utc>, i64)>>,
+    /// The newest session's liveness, readable without the session lock
+    /// (which a campaign holds across etcd round trips).
+    live_session: Mutex<Option<watch::Receiver<bool>>>,
 }
 
 impl Etcd {
@@ -309,6 +312,7 @@ impl Etcd {
             client,
             session: tokio::sync::Mutex::new(None),
             last: Mutex::new(HashMap::new()),
+            live_session: Mutex::new(None),
         })
     }
 
@@ -322,6 +326,13 @@ impl Etcd {
 
     pub fn config(&self) -> &EtcdConfig {
         &self.cfg
+    }
+
+    /// Whether this instance has a session whose lease etcd confirmed
+    /// within the fencing window (2/3 of `lease_ttl`).
+    pub fn session_confirmed(&self) -> bool {
+        let live = self.live_session.lock().expect("session lock");
+        live.as_ref().is_some_and(|alive| *alive.borrow())
     }
 
     /// The live session, creating (and registering this instance under
@@ -366,6 +377,7 @@ impl Etcd {
             tx,
         ));
         tracing::info!(lease, ttl = ?self.cfg.lease_ttl, "etcd session started");
+        *self.live_session.lock().expect("session lock") = Some(alive.clone());
         *guard = Some(Session {
             lease,
             alive: alive.clone(),

@@ -10,6 +10,7 @@
 //! `bgsched trigger` runs the same supervisor code in the foreground.
 
 pub mod output;
+pub mod report;
 
 use crate::config::{Job, Program};
 use crate::coordination::standalone::duration_ms;
@@ -163,6 +164,7 @@ pub async fn supervise<R: RunRecorder>(
             rec.outcome = Outcome::StartFailed;
             rec.reason = Some(reason);
             finish(&mut rec, recorder).await;
+            report::ended(spec, &rec);
             drop(hold);
             return Supervised {
                 record: rec,
@@ -261,6 +263,7 @@ pub async fn supervise<R: RunRecorder>(
     }
     rec.output_tail = tail.contents();
     finish(&mut rec, recorder).await;
+    report::ended(spec, &rec);
     drop(hold);
     tracing::info!(
         job = %spec.job, run_id = %spec.run_id, outcome = %rec.outcome,

@@ -1,0 +1,110 @@
+//! `--log-format json`: one JSON object per line, with the fields of the
+//! event and of every span it is in at the top level.
+//!
+//! tracing-subscriber's own JSON format nests span fields under `span` and
+//! `spans`; log pipelines filter on top-level keys, and run-related events
+//! get `job`, `run_id`, `tick`, `instance` and `term` from the span they
+//! run in ([`run_span`]) rather than each repeating them.
+
+use crate::executor::RunSpec;
+use serde_json::{Map, Value};
+use std::fmt;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The span every event about one run is emitted in, in the supervisor
+/// and in the scheduler that reaps it.
+pub fn run_span(spec: &RunSpec) -> tracing::Span {
+    tracing::info_span!(
+        "run",
+        job = %spec.job,
+        run_id = %spec.run_id,
+        tick = %spec.tick.to_rfc3339(),
+        trigger = %spec.trigger,
+        instance = %spec.instance,
+        term = spec.term,
+    )
+}
+
+/// The event format of `--log-format json` (use with [`JsonFields`]).
+pub struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut line = Map::new();
+        line.insert(
+            "timestamp".into(),
+            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        );
+        line.insert("level".into(), Value::String(meta.level().to_string()));
+        // Outermost span first, so inner spans and then the event itself
+        // win when they name the same field.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(fields) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(fields) {
+                    line.extend(fields);
+                }
+            }
+        }
+        event.record(&mut Fields(&mut line));
+        line.insert("target".into(), Value::String(meta.target().to_string()));
+        writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+/// The field formatter spans need for [`FlatJson`] to read them back.
+pub fn span_fields() -> JsonFields {
+    JsonFields::new()
+}
+
+struct Fields<'a>(&'a mut Map<String, Value>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::String(format!("{value:?}")));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().into(), Value::String(value.to_string()));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().into(), Value::String(value.to_string()));
+    }
+}

@@ -354,7 +354,8 @@ fn spawn_pump(
     echo: Echo,
 ) -> tokio::task::JoinHandle<()> {
     let (job, run_id) = (spec.job.clone(), spec.run_id.clone());
-    tokio::spawn(pump(
+    // In the run's span (see `observe::log::run_span`), like every event of the run.
+    tokio::spawn(tracing::Instrument::in_current_span(pump(
         pipe,
         stream,
         tail.clone(),
@@ -374,7 +375,7 @@ fn spawn_pump(
                 tracing::warn!(target: "bgsched::job", job = %job, run_id = %run_id, stream = "stderr", "{line}")
             }
         },
-    ))
+    )))
 }
 
 /// Start the job's process in a new process group, or say why it cannot start.

@@ -9,7 +9,7 @@ use crate::coordination::{
 };
 use crate::executor::report::{self, Report};
 use crate::executor::{spawn_supervisor, RunSpec};
-use crate::observe::log::run_span;
+use crate::observe::log::{record_span, run_span};
 use crate::observe::Metrics;
 use chrono::{DateTime, Utc};
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
@@ -770,6 +770,7 @@ impl<C: Coordinator> Scheduler<C> {
     /// that did not run, and etcd may be briefly away.
     fn record_in_background(&self, rec: RunRecord) {
         let coord = self.coord.clone();
+        let span = record_span(&rec);
         tokio::spawn(async move {
             let mut delay = std::time::Duration::from_millis(100);
             let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -777,17 +778,18 @@ impl<C: Coordinator> Scheduler<C> {
                 match coord.record(&rec).await {
                     Ok(()) => return,
                     Err(e) if tokio::time::Instant::now() + delay < give_up => {
-                        tracing::warn!(job = %rec.job, "could not record {} yet ({e}); retrying", rec.outcome);
+                        tracing::warn!(job = %rec.job, run_id = %rec.run_id, "could not record {} yet ({e}); retrying", rec.outcome);
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(std::time::Duration::from_secs(5));
                     }
                     Err(e) => {
-                        tracing::error!(job = %rec.job, "could not record {}: {e}", rec.outcome);
+                        tracing::error!(job = %rec.job, run_id = %rec.run_id, "could not record {}: {e}", rec.outcome);
                         return;
                     }
                 }
             }
-        });
+        }
+        .instrument(span));
     }
 
     /// Let running jobs finish for up to `shutdown_grace`, then stop their

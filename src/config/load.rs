@@ -357,6 +357,7 @@ impl Section {
             Section::Defaults,
             Section::Job,
             Section::Cluster,
+            Section::Http,
         ]
         .into_iter()
         .filter(|s| *s != self && (*s != Section::Cluster || cluster_is_a_home))
@@ -1391,7 +1392,18 @@ impl<'a, 'i> Item<'a, 'i> {
                     quoted(&format!("0.0.0.0{t}"))
                 )
             }
-            _ => String::new(),
+            t => match t.rsplit_once(':') {
+                Some((_, port)) if port.parse::<u16>().is_err() && port.parse::<u64>().is_ok() => {
+                    "; the port must be at most 65535".to_string()
+                }
+                Some(("localhost", port)) if port.parse::<u16>().is_ok() => {
+                    format!(
+                        "; for localhost write {}",
+                        quoted(&format!("127.0.0.1:{port}"))
+                    )
+                }
+                _ => String::new(),
+            },
         };
         r.error(
             self.value_at(),
@@ -2098,6 +2110,17 @@ timeout = "none"
     }
 
     #[test]
+    fn http_listen_is_off_by_default_and_takes_ip_and_port() {
+        assert_eq!(valid("").http.listen, None);
+        let c = valid("[http]\nlisten = \"[::1]:0\"\n");
+        assert_eq!(c.http.listen, Some("[::1]:0".parse().unwrap()));
+        assert_errors(
+            "[http]\nlisten = \"0.0.0.0\"\n",
+            &["jobs.toml:2:10: listen \"0.0.0.0\" is not an IP address and port like \"127.0.0.1:9187\" or \"[::1]:9187\"; add a port, e.g. \"0.0.0.0:9187\""],
+        );
+    }
+
+    #[test]
     fn built_in_defaults_apply_when_nothing_is_set() {
         let config = valid("[jobs.tick]\nschedule = \"* * * * *\"\ncommand = [\"/bin/true\"]\n");
         assert_eq!(config.scheduler, SchedulerSettings::default());
@@ -2338,7 +2361,7 @@ timeout = "none"
         );
         assert_errors(
             "title = \"x\"\n",
-            &["jobs.toml:1:1: unknown top-level key `title` (expected one of: scheduler, defaults, jobs, cluster)"],
+            &["jobs.toml:1:1: unknown top-level key `title` (expected one of: scheduler, defaults, jobs, cluster, http)"],
         );
         assert_errors(
             "[scheduler]\nhistroy = 5\nstate = \"x\"\n",

@@ -1213,13 +1213,14 @@ impl EtcdRecorder {
             }
         };
         let (tx, alive) = watch::channel(true);
-        let keeper = tokio::spawn(keep_lease_alive(
+        // In the run's span: its warnings are about this run.
+        let keeper = tokio::spawn(tracing::Instrument::in_current_span(keep_lease_alive(
             client.clone(),
             lease,
             cfg.clone(),
             last_ok,
             tx,
-        ));
+        )));
         Ok(EtcdRecorder {
             client,
             keys: Keys::new(&cfg.prefix),

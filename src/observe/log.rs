@@ -6,7 +6,9 @@
 //! get `job`, `run_id`, `tick`, `instance` and `term` from the span they
 //! run in ([`run_span`]) rather than each repeating them.
 
+use crate::coordination::{RunRecord, Trigger};
 use crate::executor::RunSpec;
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use std::fmt;
 use tracing::field::{Field, Visit};
@@ -18,14 +20,44 @@ use tracing_subscriber::registry::LookupSpan;
 /// The span every event about one run is emitted in, in the supervisor
 /// and in the scheduler that reaps it.
 pub fn run_span(spec: &RunSpec) -> tracing::Span {
+    span(
+        &spec.job,
+        &spec.run_id,
+        spec.tick,
+        spec.trigger,
+        &spec.instance,
+        spec.term,
+    )
+}
+
+/// The span of the events about writing a history entry.
+pub fn record_span(rec: &RunRecord) -> tracing::Span {
+    span(
+        &rec.job,
+        &rec.run_id,
+        rec.tick,
+        rec.trigger,
+        &rec.instance,
+        rec.term,
+    )
+}
+
+fn span(
+    job: &str,
+    run_id: &str,
+    tick: DateTime<Utc>,
+    trigger: Trigger,
+    instance: &str,
+    term: u64,
+) -> tracing::Span {
     tracing::info_span!(
         "run",
-        job = %spec.job,
-        run_id = %spec.run_id,
-        tick = %spec.tick.to_rfc3339(),
-        trigger = %spec.trigger,
-        instance = %spec.instance,
-        term = spec.term,
+        job = %job,
+        run_id = %run_id,
+        tick = %tick.to_rfc3339(),
+        trigger = %trigger,
+        instance = %instance,
+        term = term,
     )
 }
 

@@ -79,21 +79,7 @@ impl Env {
 
     /// Start `bgsched run` in the background, logging to `<dir>/<instance>.log`.
     pub fn spawn_run(&self, instance: &str) -> Scheduler {
-        let log = self.path(&format!("{instance}.log"));
-        let mut cmd = self.cmd(&["run", "--instance-id", instance]).0;
-        cmd.stdout(fs::File::create(&log).expect("log file"))
-            .stderr(
-                fs::OpenOptions::new()
-                    .append(true)
-                    .open(&log)
-                    .expect("log file"),
-            );
-        let child = cmd.spawn().expect("spawn bgsched run");
-        Scheduler {
-            child,
-            log,
-            instance: instance.to_string(),
-        }
+        self.spawn_run_with(instance, &[])
     }
 
     /// Lines of a file the jobs append to (empty if it does not exist yet).
@@ -308,7 +294,8 @@ pub fn parent_of(pid: i32) -> Option<i32> {
 }
 
 impl Env {
-    /// [`Env::spawn_run`] with more arguments after `run`.
+    /// [`Env::spawn_run`] with more arguments after `run`: its log is
+    /// `<dir>/<instance>.log`.
     pub fn spawn_run_with(&self, instance: &str, extra: &[&str]) -> Scheduler {
         let log = self.path(&format!("{instance}.log"));
         let mut args = vec!["run", "--instance-id", instance];

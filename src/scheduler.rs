@@ -816,6 +816,8 @@ impl<C: Coordinator> Scheduler<C> {
         tokio::pin!(grace);
         let mut forced = *stop.borrow() >= 2;
         let mut terminated = false;
+        // Draining is the loop turning too (`shutdown_grace` may be long).
+        let mut beat = tokio::time::interval(MAX_SLEEP / 4);
         while !running.by_pid.is_empty() {
             if forced && !terminated {
                 // SIGTERM starts the supervisor's stop; the SIGINT after it
@@ -826,6 +828,7 @@ impl<C: Coordinator> Scheduler<C> {
             }
             tokio::select! {
                 _ = running.reap_one() => {}
+                _ = beat.tick() => self.metrics.beat(),
                 () = &mut grace, if !terminated => {
                     tracing::warn!(running = running.by_pid.len(), "shutdown grace over: terminating running jobs");
                     for t in running.by_pid.values() {

@@ -152,7 +152,16 @@ async fn status(State(s): Shared) -> Response {
             )
         }
     };
-    match status::build(&s.config, source, chrono::Utc::now()).await {
+    let now = chrono::Utc::now();
+    let built = match source {
+        // Reading the state directory blocks (a file per history entry):
+        // let the runtime move the fire loop off this worker meanwhile.
+        Source::Standalone(_) => tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(status::build(&s.config, source, now))
+        }),
+        Source::Cluster(_) => status::build(&s.config, source, now).await,
+    };
+    match built {
         Ok(view) => {
             let mut body = json!({
                 "instance": s.instance,

@@ -622,7 +622,7 @@ impl<C: Coordinator> Scheduler<C> {
     /// Act on a claim's result: start the supervisor, or record and log
     /// why not.
     #[allow(clippy::too_many_arguments)]
-    #[tracing::instrument(name = "fire", skip_all, fields(job = %job.name, tick = %tick.to_rfc3339(), trigger = %trigger, instance = %self.instance, term = leadership.term))]
+    #[tracing::instrument(name = "fire", target = "bgsched::span", level = "error", skip_all, fields(job = %job.name, tick = %tick.to_rfc3339(), trigger = %trigger, instance = %self.instance, term = leadership.term))]
     async fn start(
         &self,
         leadership: &Leadership,

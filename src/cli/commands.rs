@@ -48,6 +48,16 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("BGSCHED_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    // The run spans feed JSON's top-level fields whatever the level; text
+    // events already name their run, and a span prefix would repeat it.
+    let spans = match format {
+        LogFormat::Json => "error",
+        LogFormat::Text => "off",
+    };
+    let filter = match format!("{}={spans}", log::SPAN_TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -17,6 +17,11 @@ use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
+/// The target of the spans that carry run fields. Their level is ERROR so
+/// that they are enabled at every log level; `init_logging` turns them
+/// off for the text format, whose events name their run themselves.
+pub const SPAN_TARGET: &str = "bgsched::span";
+
 /// The span every event about one run is emitted in, in the supervisor
 /// and in the scheduler that reaps it.
 pub fn run_span(spec: &RunSpec) -> tracing::Span {
@@ -50,7 +55,9 @@ fn span(
     instance: &str,
     term: u64,
 ) -> tracing::Span {
-    tracing::info_span!(
+    tracing::span!(
+        target: SPAN_TARGET,
+        tracing::Level::ERROR,
         "run",
         job = %job,
         run_id = %run_id,

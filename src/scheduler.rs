@@ -642,6 +642,11 @@ impl<C: Coordinator> Scheduler<C> {
         spec.instance = self.instance.clone();
         spec.term = claim.term;
         spec.log_json = self.log_json;
+        if trigger != Trigger::Manual {
+            // Decided here, from the job and tick alone, so whichever replica
+            // fires the tick picks the same delay.
+            spec.delay = job.jitter_for(tick);
+        }
         match spawn_supervisor(spec, claim.hold, false) {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);

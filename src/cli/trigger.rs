@@ -40,7 +40,7 @@ async fn locally(
 ) -> Result<i32, CliError> {
     let now = Utc::now();
     let hold = match job.overlap {
-        Overlap::Skip => match state.try_run_lock(&job.name)? {
+        Overlap::Skip | Overlap::Queue | Overlap::Replace => match state.try_run_lock(&job.name)? {
             Some(fd) => Hold::Lock(fd),
             None => {
                 let active = state

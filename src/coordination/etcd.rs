@@ -1327,6 +1327,24 @@ impl RunRecorder for EtcdRecorder {
         Ok(())
     }
 
+    async fn attempt_failed(&mut self, record: &RunRecord) -> Result<()> {
+        let history = self.keys.history(&self.job, &record.run_id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                history.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(history, json(record), None)]);
+        let mut client = self
+            .client
+            .get_or_try_init(|| connect(&self.cfg))
+            .await?
+            .clone();
+        client.txn(txn).await.map_err(etcd_err("write record"))?;
+        Ok(())
+    }
+
     async fn finished(&mut self, record: &RunRecord) -> Result<()> {
         // The record and the end of the marker are one transaction, so no
         // reader ever sees the run neither active nor recorded. Keep trying

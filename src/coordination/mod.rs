@@ -84,6 +84,16 @@ impl Outcome {
     pub fn is_run(self) -> bool {
         !matches!(self, Outcome::Skipped | Outcome::Missed)
     }
+
+    /// A run that ended badly: what `retries` retries and `on_failure`
+    /// reports (a job that could not start at all is neither retried nor
+    /// reported; its config needs fixing).
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Outcome::Failed | Outcome::TimedOut | Outcome::Killed | Outcome::Lost
+        )
+    }
 }
 
 impl fmt::Display for Outcome {
@@ -136,6 +146,21 @@ pub struct RunRecord {
     /// The last bytes of the run's combined stdout and stderr.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub output_tail: String,
+    /// Which attempt of its run this is: 1, or more for a job with `retries`.
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: u32,
+    /// The run's supervisor, which stops the run when a newer one replaces
+    /// it (`overlap = "replace"`, standalone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_pid: Option<u32>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+fn is_first_attempt(attempt: &u32) -> bool {
+    *attempt == 1
 }
 
 impl RunRecord {
@@ -167,6 +192,8 @@ impl RunRecord {
             pid: None,
             missed_ticks: None,
             output_tail: String::new(),
+            attempt: 1,
+            supervisor_pid: None,
         }
     }
 }
@@ -375,6 +402,9 @@ pub trait Coordinator: Send + Sync + 'static {
 pub trait RunRecorder: Send {
     /// Store `record` (outcome `running`) and mark the run active.
     fn started(&mut self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
+    /// Store the record of a failed attempt that is about to be retried,
+    /// as an entry of its own; the run stays active.
+    fn attempt_failed(&mut self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
     /// Replace the active record with the final one; the run stops counting
     /// as active.
     fn finished(&mut self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;

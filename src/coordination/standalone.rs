@@ -63,7 +63,7 @@ impl Standalone {
             .collect();
         base.join(format!(
             "{stem}-{:016x}",
-            fnv1a(abs.as_os_str().as_encoded_bytes())
+            crate::config::fnv1a(abs.as_os_str().as_encoded_bytes())
         ))
     }
 
@@ -427,6 +427,10 @@ impl RunRecorder for StandaloneRecorder {
         Ok(())
     }
 
+    async fn attempt_failed(&mut self, record: &RunRecord) -> Result<()> {
+        Coordinator::record(&self.state, record).await
+    }
+
     async fn finished(&mut self, record: &RunRecord) -> Result<()> {
         // A run that could not start was never `started`.
         let result = self
@@ -466,11 +470,4 @@ pub fn new_run_id() -> String {
 
 pub fn duration_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
     (to - from).num_milliseconds().max(0) as u64
-}
-
-/// FNV-1a: a hash that stays the same across Rust releases, for directory names.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
 }

@@ -1,6 +1,7 @@
 //! The commands behind the parsed command line.
 
 use super::{exit, list, trigger, Cli, CliError, Command, LogFormat};
+use crate::config::Overlap;
 use crate::config::{self, ClusterSettings, Config, Job};
 use crate::coordination::etcd::{EtcdConfig, EtcdRecorder, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
 use crate::coordination::{BackendSpec, Etcd, Standalone};
@@ -352,7 +353,8 @@ fn supervise() -> Result<i32, CliError> {
                         "__supervise: cluster run without a lease".into(),
                     ));
                 };
-                match EtcdRecorder::start(cfg, &spec.job, &spec.run_id, lease, granted_at) {
+                let stoppable = spec.overlap == Overlap::Replace;
+                match EtcdRecorder::start(cfg, &spec.job, &spec.run_id, lease, granted_at, stoppable) {
                     Ok(mut recorder) => {
                         executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
                     }

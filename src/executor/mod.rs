@@ -11,9 +11,9 @@
 
 pub mod output;
 
-use crate::config::{Job, Program};
+use crate::config::{Job, Overlap, Program};
 use crate::coordination::standalone::duration_ms;
-use crate::coordination::{BackendSpec, Hold, Outcome, RunRecord, RunRecorder, Trigger};
+use crate::coordination::{BackendSpec, Hold, Outcome, RunRecord, RunRecorder, Trigger, Turn};
 use chrono::{DateTime, Utc};
 use output::{pump, Stream, Tail};
 use rustix::process::{kill_process_group, Pid, Signal};
@@ -68,6 +68,11 @@ pub struct RunSpec {
     pub retry_backoff_max: Duration,
     #[serde(default)]
     pub on_failure: Option<Vec<String>>,
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// Whether the run waits for (or replaces) an active run first.
+    #[serde(default)]
+    pub turn: Turn,
 }
 
 impl RunSpec {
@@ -100,6 +105,8 @@ impl RunSpec {
             retry_backoff: job.retry_backoff,
             retry_backoff_max: job.retry_backoff_max,
             on_failure: job.on_failure.clone(),
+            overlap: job.overlap,
+            turn: Turn::Now,
         }
     }
 
@@ -188,6 +195,29 @@ pub async fn supervise<R: RunRecorder>(
             };
         }
     }
+    let hold = if spec.turn == Turn::Now {
+        hold
+    } else {
+        let waiting = spec.record(Outcome::Running, Utc::now());
+        tracing::info!(job = %spec.job, run_id = %spec.run_id, "waiting for the active run to end");
+        let stopped = tokio::select! {
+            taken = recorder.take_turn(&spec.turn, &waiting) => taken.err().map(|e| (format!("could not take its turn: {e}"), false)),
+            why = signals.next() => Some((format!("supervisor {why} while waiting for the active run: not started"), true)),
+        };
+        if let Some((reason, interrupted)) = stopped {
+            tracing::warn!(job = %spec.job, run_id = %spec.run_id, "{reason}");
+            let mut rec = spec.unstarted(reason);
+            finish(&mut rec, recorder).await;
+            return Supervised {
+                record: rec,
+                interrupted,
+            };
+        }
+        // The waiting place is free for the next run; the run lock is the
+        // recorder's now.
+        drop(hold);
+        None
+    };
     let mut attempt = 1;
     let (rec, stopped_because) = loop {
         let (mut rec, stopped_because) =
@@ -235,7 +265,7 @@ pub async fn supervise<R: RunRecorder>(
         attempt = rec.attempt, "run finished"
     );
     let interrupted = matches!(stopped_because, Some("terminated" | "interrupted"));
-    if !interrupted && rec.outcome.is_failure() {
+    if !interrupted && stopped_because != Some("replaced") && rec.outcome.is_failure() {
         if let Some(hook) = &spec.on_failure {
             run_hook(hook, spec, &rec).await;
         }
@@ -313,8 +343,15 @@ async fn run_attempt<R: RunRecorder>(
     };
 
     let mut fence_reason = None;
+    let mut replacements = recorder.replacements();
+    let mut replace_reason = None;
     let (status, stopped_because) = tokio::select! {
         status = child.wait() => (status, None),
+        why = replaced(&mut replacements) => {
+            tracing::info!(job = %spec.job, run_id = %spec.run_id, "stopping: {why}");
+            replace_reason = Some(why);
+            (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some("replaced"))
+        }
         () = deadline => (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some("timeout")),
         why = stop_requested => (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(why)),
         why = recorder.fenced() => {
@@ -356,6 +393,12 @@ async fn run_attempt<R: RunRecorder>(
                     humantime::format_duration(spec.timeout.unwrap_or_default())
                 )),
                 Some("fenced") => fence_reason.take(),
+                Some("replaced") => Some(format!(
+                    "{}: job stopped",
+                    replace_reason
+                        .take()
+                        .unwrap_or_else(|| "replaced by a newer run".into())
+                )),
                 Some(why) => Some(format!("supervisor {why}: job stopped")),
                 None => None,
             };
@@ -470,10 +513,12 @@ async fn finish<R: RunRecorder>(rec: &mut RunRecord, recorder: &mut R) {
 }
 
 /// SIGTERM and SIGINT to the supervisor: the first asks for a graceful
-/// stop, any further one (of either kind) for SIGKILL now.
+/// stop, any further one (of either kind) for SIGKILL now. SIGUSR1 is a
+/// newer run replacing this one (`overlap = "replace"`, standalone).
 struct StopSignals {
     term: Option<tokio::signal::unix::Signal>,
     int: Option<tokio::signal::unix::Signal>,
+    usr1: Option<tokio::signal::unix::Signal>,
 }
 
 impl StopSignals {
@@ -481,6 +526,7 @@ impl StopSignals {
         StopSignals {
             term: signal(SignalKind::terminate()).ok(),
             int: signal(SignalKind::interrupt()).ok(),
+            usr1: signal(SignalKind::user_defined1()).ok(),
         }
     }
 
@@ -494,6 +540,19 @@ impl StopSignals {
         tokio::select! {
             Some(()) = recv(&mut self.term) => "terminated",
             Some(()) = recv(&mut self.int) => "interrupted",
+            Some(()) = recv(&mut self.usr1) => "replaced",
+        }
+    }
+}
+
+/// Resolves with the reason once a newer run asks this one to stop.
+async fn replaced(requests: &mut tokio::sync::watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(why) = requests.borrow_and_update().clone() {
+            return why;
+        }
+        if requests.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }

@@ -100,13 +100,7 @@ fn standalone_history_shows_a_running_run() {
         "[jobs.slow]\nschedule = \"@yearly\"\nshell = '{}; sleep 600'\n",
         ledger_line("start", "ledger")
     ));
-    let run_id = env
-        .cmd(&["trigger", "slow", "--detach"])
-        .run()
-        .success()
-        .stdout
-        .trim()
-        .to_string();
+    let run_id = env.trigger_detached("slow");
     wait_until(PATIENCE, "the run to be recorded as running", || {
         history_json(&env, &["slow"])
             .first()
@@ -225,13 +219,7 @@ fn cluster_history_reads_the_records_the_leader_wrote() {
     assert!(table.stdout.contains(&term.to_string()), "{table:?}");
 
     // A running run is in the history (from its marker) before its record exists.
-    let slow_id = env
-        .cmd(&["trigger", "slow", "--detach"])
-        .run()
-        .success()
-        .stdout
-        .trim()
-        .to_string();
+    let slow_id = env.trigger_detached("slow");
     wait_until(PATIENCE, "the slow run to start", || {
         !env.lines("slow").is_empty()
     });

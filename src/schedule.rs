@@ -60,7 +60,6 @@
 //! more croner lookup.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, LocalResult, NaiveDateTime, Offset, TimeDelta, TimeZone, Utc};
@@ -117,8 +116,7 @@ pub(crate) fn duration_reason(error: &humantime::DurationError) -> String {
     }
 }
 
-/// A parsed schedule bound to its time zone. Cloning is cheap: the parsed
-/// pattern is shared.
+/// A parsed schedule bound to its time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     source: String,
@@ -130,19 +128,19 @@ pub struct Schedule {
 enum Kind {
     /// Interval in whole seconds, at least 1.
     Every(i64),
-    /// `fixed` is the cron(8) DST class, decided from the expression's text.
-    Cron { cron: SharedCron, fixed: bool },
+    /// The validated pattern in croner's syntax, parsed again for each
+    /// search: a parsed `Cron` carries a 5,000-entry year table (5 KiB), which
+    /// would dominate the memory of a scheduler with many jobs, while a parse
+    /// costs microseconds and happens once per fire. `fixed` is the cron(8)
+    /// DST class, decided from the expression's text.
+    Cron { pattern: Box<str>, fixed: bool },
 }
 
-/// croner's `Cron` carries a 5,000-entry year table: share it rather than
-/// copy it, and keep it out of `Debug` output.
-#[derive(Clone)]
-struct SharedCron(Arc<Cron>);
-
-impl fmt::Debug for SharedCron {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Cron({:?})", self.0.as_str())
-    }
+fn croner_parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Required)
+        .year(Year::Optional)
+        .build()
 }
 
 /// Two schedules are equal when written identically for the same zone; used
@@ -171,7 +169,7 @@ impl Schedule {
         if text.is_empty() {
             return Err(ScheduleError::new("empty expression"));
         }
-        let kind = if text.starts_with('@') {
+        let (kind, cron) = if text.starts_with('@') {
             parse_nickname(text)?
         } else {
             parse_fields(text)?
@@ -181,12 +179,12 @@ impl Schedule {
             tz,
             kind,
         };
-        schedule.check_fires()?;
+        schedule.check_fires(cron.as_ref())?;
         Ok(schedule)
     }
 
-    fn check_fires(&self) -> Result<(), ScheduleError> {
-        if self.next_after(Utc::now()).is_some() {
+    fn check_fires(&self, cron: Option<&Cron>) -> Result<(), ScheduleError> {
+        if self.next_with(cron, Utc::now()).is_some() {
             return Ok(());
         }
         Err(ScheduleError::new(match self.kind {
@@ -194,34 +192,56 @@ impl Schedule {
                 "@every interval {} is too long: it never fires",
                 humantime::format_duration(Duration::from_secs(secs.unsigned_abs()))
             ),
-            Kind::Cron { .. } if self.next_after(DateTime::UNIX_EPOCH).is_some() => {
+            Kind::Cron { .. } if self.next_with(cron, DateTime::UNIX_EPOCH).is_some() => {
                 "never fires again: every time it matches is in the past".to_string()
             }
             Kind::Cron { .. } => "never fires: no date matches it".to_string(),
         }))
     }
 
+    /// The pattern parsed for a search (`None` for `@every`).
+    fn cron(&self) -> Option<Cron> {
+        match &self.kind {
+            Kind::Every(_) => None,
+            Kind::Cron { pattern, .. } => Some(
+                croner_parser()
+                    .parse(pattern)
+                    .expect("a validated pattern parses again"),
+            ),
+        }
+    }
+
     /// The first fire instant (tick) strictly after `after`, or `None` if the
     /// expression never matches again.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        match &self.kind {
-            Kind::Every(secs) => {
+        self.next_with(self.cron().as_ref(), after)
+    }
+
+    /// `next_after` with the pattern already parsed (`cron` is `Some` for
+    /// cron kinds).
+    fn next_with(&self, cron: Option<&Cron>, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match (&self.kind, cron) {
+            (Kind::Every(secs), _) => {
                 let periods = after.timestamp().div_euclid(*secs).checked_add(1)?;
                 DateTime::from_timestamp(periods.checked_mul(*secs)?, 0)
             }
-            Kind::Cron { cron, fixed } => Search {
-                cron: &cron.0,
+            (Kind::Cron { fixed, .. }, Some(cron)) => Search {
+                cron,
                 tz: self.tz,
                 fixed: *fixed,
                 after,
             }
             .next(),
+            (Kind::Cron { .. }, None) => None,
         }
     }
 
-    /// Successive ticks strictly after `after`, strictly increasing.
+    /// Successive ticks strictly after `after`, strictly increasing. The
+    /// pattern is parsed once for the whole walk.
     pub fn iter_after(&self, after: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
-        std::iter::successors(self.next_after(after), move |tick| self.next_after(*tick))
+        let cron = self.cron();
+        let first = self.next_with(cron.as_ref(), after);
+        std::iter::successors(first, move |tick| self.next_with(cron.as_ref(), *tick))
     }
 
     /// The expression as the user wrote it.
@@ -251,7 +271,10 @@ impl Schedule {
 const NICKNAMES: &str =
     "@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, @every <duration>";
 
-fn parse_nickname(text: &str) -> Result<Kind, ScheduleError> {
+/// A schedule's kind, and for cron kinds the pattern as parsed by validation.
+type Parsed = (Kind, Option<Cron>);
+
+fn parse_nickname(text: &str) -> Result<Parsed, ScheduleError> {
     let (word, rest) = match text.split_once(char::is_whitespace) {
         Some((word, rest)) => (word, rest.trim()),
         None => (text, ""),
@@ -280,7 +303,7 @@ fn parse_nickname(text: &str) -> Result<Kind, ScheduleError> {
     parse_fields(fields)
 }
 
-fn parse_every(duration: &str) -> Result<Kind, ScheduleError> {
+fn parse_every(duration: &str) -> Result<Parsed, ScheduleError> {
     if duration.is_empty() {
         return Err(ScheduleError::new(
             "@every needs a duration, e.g. \"@every 90s\"",
@@ -308,7 +331,7 @@ fn parse_every(duration: &str) -> Result<Kind, ScheduleError> {
             humantime::format_duration(interval)
         ))
     })?;
-    Ok(Kind::Every(secs))
+    Ok((Kind::Every(secs), None))
 }
 
 /// One position of a cron expression.
@@ -390,7 +413,7 @@ const FIELDS_5: [Field; 5] = [
 /// an always-6-or-7-field pattern with numbers only, so croner never has to
 /// guess which field a name belongs to (it replaces names across the whole
 /// pattern, turning a month field `MON` into January).
-fn parse_fields(text: &str) -> Result<Kind, ScheduleError> {
+fn parse_fields(text: &str) -> Result<Parsed, ScheduleError> {
     let raw: Vec<&str> = text.split_whitespace().collect();
     let (second, rest, year) = match raw.len() {
         5 => ("0", &raw[..], None),
@@ -426,11 +449,9 @@ fn parse_fields(text: &str) -> Result<Kind, ScheduleError> {
         .iter()
         .any(|field| field.contains('*'));
 
-    let cron = CronParser::builder()
-        .seconds(Seconds::Required)
-        .year(Year::Optional)
-        .build()
-        .parse(&normalized.join(" "))
+    let pattern = normalized.join(" ");
+    let cron = croner_parser()
+        .parse(&pattern)
         .map_err(|e| ScheduleError::new(croner_reason(&e)))?;
     // croner needs a search to year 5000 to give up on a date that never
     // occurs (tenths of a second); the usual culprit is caught here. It is
@@ -454,10 +475,13 @@ fn parse_fields(text: &str) -> Result<Kind, ScheduleError> {
         }
     }
 
-    Ok(Kind::Cron {
-        cron: SharedCron(Arc::new(cron)),
-        fixed,
-    })
+    Ok((
+        Kind::Cron {
+            pattern: pattern.into(),
+            fixed,
+        },
+        Some(cron),
+    ))
 }
 
 /// croner's message without its "Component error:"-style prefix. Only

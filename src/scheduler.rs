@@ -9,6 +9,7 @@ use crate::coordination::{
 };
 use crate::executor::{spawn_supervisor, RunSpec};
 use chrono::{DateTime, Utc};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -23,6 +24,9 @@ pub const LATE_TOLERANCE: Duration = Duration::from_secs(1);
 /// Upper bound on one sleep, so a wall-clock jump or a suspended machine is
 /// noticed within this long.
 pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// How long before a tick the backend is told how many claims follow
+/// (`Coordinator::prepare`).
+const PREPARE_AHEAD: chrono::Duration = chrono::Duration::milliseconds(250);
 /// Missed ticks counted one by one before the count is reported as a bound.
 const MISSED_SCAN_LIMIT: u64 = 10_000;
 
@@ -53,26 +57,21 @@ pub fn plan_due(job: &Job, first_due: DateTime<Utc>, now: DateTime<Utc>) -> DueP
         }
         tail.push(t);
     };
-    let mut cursor = first_due;
-    while let Some(n) = job.schedule.next_after(cursor).filter(|n| *n <= now) {
+    for n in job.schedule.iter_after(first_due).take_while(|n| *n <= now) {
         if count >= MISSED_SCAN_LIMIT {
             // A long outage: jump to the ticks near `now` instead of walking
             // every tick in between.
             let window = chrono::Duration::from_std(job.catchup + LATE_TOLERANCE)
                 .unwrap_or(chrono::Duration::zero());
-            let mut t = job
-                .schedule
-                .next_after(now - window - chrono::Duration::seconds(1));
-            while let Some(tt) = t.filter(|tt| *tt <= now) {
-                push(&mut tail, tt);
+            let from = now - window - chrono::Duration::seconds(1);
+            for t in job.schedule.iter_after(from).take_while(|t| *t <= now) {
+                push(&mut tail, t);
                 count += 1;
-                t = job.schedule.next_after(tt);
             }
             break;
         }
         push(&mut tail, n);
         count += 1;
-        cursor = n;
     }
     let latest = *tail.last().expect("at least one due tick");
     let late = |t: DateTime<Utc>| (now - t).to_std().unwrap_or_default();
@@ -317,9 +316,24 @@ impl<C: Coordinator> Scheduler<C> {
         }
         let mut requests = leadership.requests.take();
         let mut state = FireState::default();
+        let mut prepared_for = None;
         loop {
             let next_due = due.peek().map(|Reverse((t, _))| *t);
-            let wake = [next_due, state.next_retry()].into_iter().flatten().min();
+            if let Some(t) = next_due.filter(|t| prepared_for != Some(*t)) {
+                if Utc::now() >= t - PREPARE_AHEAD {
+                    prepared_for = Some(t);
+                    let fires = due.iter().filter(|Reverse((tt, _))| *tt == t).count();
+                    let coord = self.coord.clone();
+                    tokio::spawn(async move { coord.prepare(fires).await });
+                }
+            }
+            let prepare_at = next_due
+                .filter(|t| prepared_for != Some(*t))
+                .map(|t| t - PREPARE_AHEAD);
+            let wake = [next_due, state.next_retry(), prepare_at]
+                .into_iter()
+                .flatten()
+                .min();
             let wait = match wake {
                 Some(t) => (t - Utc::now()).to_std().unwrap_or_default().min(MAX_SLEEP),
                 None => MAX_SLEEP,
@@ -401,21 +415,24 @@ impl<C: Coordinator> Scheduler<C> {
                 }
             }
             // Claims of different jobs go out together (etcd round trips and
-            // fsyncs overlap); one job's fires stay in tick order.
+            // fsyncs overlap), and each job starts as soon as its own claims
+            // return, not after the slowest; one job's fires stay in tick order.
             let lead: &Leadership = leadership;
-            let claims =
-                futures_util::future::join_all(batch.iter().map(|(job, fires)| async move {
+            let mut claims: FuturesUnordered<_> = batch
+                .drain(..)
+                .map(|(job, fires)| async move {
                     let mut results = Vec::with_capacity(fires.len());
-                    for &(tick, trigger) in fires {
-                        results.push(self.claim(lead, job, tick, trigger, None).await);
+                    for (tick, trigger) in fires {
+                        let claimed = self.claim(lead, job, tick, trigger, None).await;
+                        results.push((tick, trigger, claimed));
                     }
-                    results
-                }))
-                .await;
-            for ((job, fires), results) in batch.drain(..).zip(claims) {
-                for ((tick, trigger), claimed) in fires.into_iter().zip(results) {
+                    (job, results)
+                })
+                .collect();
+            while let Some((job, results)) = claims.next().await {
+                for (tick, trigger, claimed) in results {
                     let fired = self
-                        .start(leadership, job, tick, trigger, None, claimed, &mut state)
+                        .start(lead, job, tick, trigger, None, claimed, &mut state)
                         .await;
                     self.track_fired(fired, job, tick, trigger, running, &mut state);
                 }

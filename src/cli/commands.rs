@@ -394,7 +394,7 @@ fn supervise() -> Result<i32, CliError> {
                         "__supervise: cluster run without a lease".into(),
                     ));
                 };
-                match EtcdRecorder::start(cfg, &spec.job, &spec.run_id, lease, granted_at).await {
+                match EtcdRecorder::start(cfg, &spec.job, &spec.run_id, lease, granted_at) {
                     Ok(mut recorder) => {
                         executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
                     }

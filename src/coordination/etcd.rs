@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -257,6 +258,42 @@ pub async fn keep_lease_alive(
     }
 }
 
+/// A supervisor's hold on its run's lease: connect (retrying until the
+/// fencing deadline counted from `granted`; the client is shared with the
+/// final record), then renew
+/// the lease like any other. Opening the keepalive stream is what confirms
+/// etcd still has the lease.
+async fn hold_run_lease(
+    cfg: EtcdConfig,
+    lease: i64,
+    granted: Instant,
+    alive: watch::Sender<bool>,
+    shared: Arc<tokio::sync::OnceCell<Client>>,
+) {
+    let deadline = granted + cfg.fence_after();
+    let mut delay = Duration::from_millis(50);
+    let client = loop {
+        let connected = shared.get_or_try_init(|| connect(&cfg));
+        match tokio::time::timeout_at(deadline, connected).await {
+            Ok(Ok(client)) => break client.clone(),
+            Ok(Err(e)) if Instant::now() + delay < deadline => {
+                tracing::warn!(lease, "etcd not reachable yet ({e}); retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            _ => {
+                tracing::warn!(
+                    lease,
+                    "etcd not reachable before the run's lease could lapse"
+                );
+                let _ = alive.send(false);
+                return;
+            }
+        }
+    };
+    keep_lease_alive(client, lease, cfg, granted, alive).await;
+}
+
 /// One instance's session: a lease everything of the instance is bound to.
 struct Session {
     lease: i64,
@@ -280,6 +317,9 @@ pub struct Etcd {
     /// leader writes these keys, so this saves a read per claim; a stale
     /// entry only makes the claim transaction fail and be retried.
     last: Mutex<HashMap<String, (DateTime<Utc>, i64)>>,
+    /// Run leases granted ahead of their claims (`prepare`) or left over
+    /// from claims that started nothing, with when each was asked for.
+    spare: Mutex<Vec<(i64, DateTime<Utc>)>>,
 }
 
 impl Etcd {
@@ -309,6 +349,7 @@ impl Etcd {
             client,
             session: tokio::sync::Mutex::new(None),
             last: Mutex::new(HashMap::new()),
+            spare: Mutex::new(Vec::new()),
         })
     }
 
@@ -767,6 +808,44 @@ impl Etcd {
         })
     }
 
+    /// A spare lease is only used while young: the supervisor trusts a run
+    /// lease, unconfirmed, until 2/3 of the TTL after it was asked for.
+    fn spare_lease_max_age(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.cfg.lease_ttl / 4).unwrap_or_default()
+    }
+
+    /// Ask etcd for a run lease; the time goes before the request, so etcd
+    /// keeps the lease at least until that time plus the TTL.
+    async fn grant_run_lease(&self) -> Result<(i64, DateTime<Utc>)> {
+        let granted_at = Utc::now();
+        let lease = self
+            .client
+            .clone()
+            .lease_grant(self.cfg.ttl_secs(), None)
+            .await
+            .map_err(etcd_err("run lease"))?
+            .id();
+        Ok((lease, granted_at))
+    }
+
+    /// The youngest spare lease that is young enough; older ones are
+    /// dropped (they expire on their own: no key is bound to them).
+    fn take_spare_lease(&self) -> Option<(i64, DateTime<Utc>)> {
+        let oldest = Utc::now() - self.spare_lease_max_age();
+        let mut spare = self.spare.lock().expect("spare lease lock");
+        spare.retain(|(_, at)| *at > oldest);
+        spare.pop()
+    }
+
+    /// Keep the lease of a claim that started nothing for the next claim.
+    fn give_back_lease(&self, lease: i64, granted_at: DateTime<Utc>) {
+        if Utc::now() - granted_at < self.spare_lease_max_age() {
+            let mut spare = self.spare.lock().expect("spare lease lock");
+            spare.push((lease, granted_at));
+            spare.sort_by_key(|(_, at)| *at);
+        }
+    }
+
     async fn claim_once(
         &self,
         leadership: &Leadership,
@@ -784,12 +863,10 @@ impl Etcd {
             }
         }
         let mut client = self.client.clone();
-        let granted_at = Utc::now();
-        let lease = client
-            .lease_grant(self.cfg.ttl_secs(), None)
-            .await
-            .map_err(|e| backend(etcd_err("run lease")(e)))?
-            .id();
+        let (lease, granted_at) = match self.take_spare_lease() {
+            Some(spare) => spare,
+            None => self.grant_run_lease().await.map_err(backend)?,
+        };
         let mut marker = RunRecord::not_run(
             req.job,
             req.tick,
@@ -881,7 +958,7 @@ impl Etcd {
                         })
                     }
                     Ok(_) => {
-                        revoke_later(client.clone(), lease);
+                        self.give_back_lease(lease, granted_at);
                         if req.advances_schedule {
                             self.forget_last(req.job);
                         }
@@ -923,7 +1000,7 @@ impl Etcd {
                     },
                 });
             }
-            revoke_later(client, lease);
+            self.give_back_lease(lease, granted_at);
             let active = inner.op_responses().into_iter().find_map(|r| match r {
                 TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
                 _ => None,
@@ -933,7 +1010,7 @@ impl Etcd {
                 .map(Box::new);
             return Err((ClaimRejected::StillRunning(active), false));
         }
-        revoke_later(client, lease);
+        self.give_back_lease(lease, granted_at);
         let gets: Vec<Vec<KeyValue>> = resp
             .op_responses()
             .into_iter()
@@ -999,6 +1076,10 @@ fn rand_bits() -> u32 {
         .map(|d| d.subsec_nanos() >> 10)
         .unwrap_or(0)
 }
+
+/// Run leases granted ahead of one tick, at most: a bound on what a
+/// schedule with very many simultaneous jobs asks of etcd at once.
+const MAX_SPARE_LEASES: usize = 2048;
 
 fn revoke_later(mut client: Client, lease: i64) {
     tokio::spawn(async move {
@@ -1152,6 +1233,21 @@ impl Coordinator for Etcd {
         }
     }
 
+    async fn prepare(&self, fires: usize) {
+        let oldest = Utc::now() - self.spare_lease_max_age();
+        let ready = {
+            let mut spare = self.spare.lock().expect("spare lease lock");
+            spare.retain(|(_, at)| *at > oldest);
+            spare.len()
+        };
+        let wanted = fires.min(MAX_SPARE_LEASES).saturating_sub(ready);
+        let granted =
+            futures_util::future::join_all((0..wanted).map(|_| self.grant_run_lease())).await;
+        let mut spare = self.spare.lock().expect("spare lease lock");
+        spare.extend(granted.into_iter().flatten());
+        spare.sort_by_key(|(_, at)| *at);
+    }
+
     async fn record(&self, record: &RunRecord) -> Result<()> {
         let mut client = self.client.clone();
         let history = self.keys.history(&record.job, &record.run_id);
@@ -1223,7 +1319,10 @@ impl Drop for AbortOnDrop {
 /// A supervisor's recorder in cluster mode: keeps the run's lease (and so
 /// its marker) alive, fences itself when it cannot, and writes the record.
 pub struct EtcdRecorder {
-    client: Client,
+    cfg: EtcdConfig,
+    /// Set by the lease keeper once it has connected; `finished` connects
+    /// itself if the keeper never did.
+    client: Arc<tokio::sync::OnceCell<Client>>,
     keys: Keys,
     job: String,
     run_id: String,
@@ -1233,12 +1332,14 @@ pub struct EtcdRecorder {
 }
 
 impl EtcdRecorder {
-    /// Confirm the run's lease is still alive and keep it so. `granted_at`
-    /// is when the scheduler obtained it: the self-fencing deadline counts
-    /// from there, and a lease that cannot be confirmed before it (etcd
-    /// unreachable, or the scheduler stalled between claim and spawn) means
-    /// the job must not start at all.
-    pub async fn start(
+    /// Take over the run's lease and keep it alive. `granted_at` is when the
+    /// scheduler asked for it (before the grant request went out), so etcd
+    /// keeps it at least until `granted_at + lease_ttl`: the job may start
+    /// at once, before this process has even connected, and the
+    /// self-fencing deadline counts from there. A lease already too old to
+    /// be trusted (the scheduler stalled between claim and spawn) means the
+    /// job must not start at all.
+    pub fn start(
         cfg: &EtcdConfig,
         job: &str,
         run_id: &str,
@@ -1246,46 +1347,24 @@ impl EtcdRecorder {
         granted_at: DateTime<Utc>,
     ) -> Result<Self> {
         let age = (Utc::now() - granted_at).to_std().unwrap_or_default();
+        if age >= cfg.fence_after() {
+            return Err(CoordError::Etcd(format!(
+                "the run's lease was granted {} ago, too long to trust it; the job was not started",
+                humantime::format_duration(Duration::from_millis(age.as_millis() as u64))
+            )));
+        }
         let granted = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        let deadline = granted + cfg.fence_after();
-        let too_late = || {
-            CoordError::Etcd(
-                "the run's lease could not be confirmed in time; the job was not started".into(),
-            )
-        };
-        let mut delay = Duration::from_millis(50);
-        let (client, last_ok) = loop {
-            let attempt = async {
-                let mut client = connect(cfg).await?;
-                let sent = Instant::now();
-                // Opening the keepalive stream renews the lease and fails
-                // if etcd no longer has it.
-                client
-                    .lease_keep_alive(lease)
-                    .await
-                    .map_err(etcd_err("run lease"))?;
-                Ok::<_, CoordError>((client, sent))
-            };
-            match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(ok)) => break ok,
-                Ok(Err(CoordError::Etcd(e))) if e.contains("not found") => return Err(too_late()),
-                Ok(Err(e)) if Instant::now() + delay < deadline => {
-                    tracing::warn!(run_id, "etcd not reachable yet ({e}); retrying");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-                _ => return Err(too_late()),
-            }
-        };
         let (tx, alive) = watch::channel(true);
-        let keeper = tokio::spawn(keep_lease_alive(
-            client.clone(),
-            lease,
+        let client = Arc::new(tokio::sync::OnceCell::new());
+        let keeper = tokio::spawn(hold_run_lease(
             cfg.clone(),
-            last_ok,
+            lease,
+            granted,
             tx,
+            client.clone(),
         ));
         Ok(EtcdRecorder {
+            cfg: cfg.clone(),
             client,
             keys: Keys::new(&cfg.prefix),
             job: job.to_string(),
@@ -1331,7 +1410,7 @@ impl RunRecorder for EtcdRecorder {
         // for a while: etcd may be briefly away, and the record matters.
         let mut delay = Duration::from_millis(100);
         let give_up = Instant::now() + Duration::from_secs(120);
-        loop {
+        let mut client = loop {
             let txn = Txn::new().and_then([
                 TxnOp::put(
                     self.keys.history(&self.job, &self.run_id),
@@ -1340,20 +1419,29 @@ impl RunRecorder for EtcdRecorder {
                 ),
                 TxnOp::delete(self.keys.active(&self.job, &self.run_id), None),
             ]);
-            match self.client.txn(txn).await {
-                Ok(_) => break,
+            let attempt = async {
+                let mut client = self
+                    .client
+                    .get_or_try_init(|| connect(&self.cfg))
+                    .await?
+                    .clone();
+                client.txn(txn).await.map_err(etcd_err("write record"))?;
+                Ok::<_, CoordError>(client)
+            };
+            match attempt.await {
+                Ok(client) => break client,
                 Err(e) if Instant::now() < give_up => {
                     tracing::warn!(run_id = %self.run_id, "could not record the run yet ({e}); retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => return Err(etcd_err("write record")(e)),
+                Err(e) => return Err(e),
             }
-        }
+        };
         // The marker is gone with the record; its lease may simply expire,
         // which saves a write per fire.
         self.keeper.abort();
-        Etcd::prune_or_warn(&mut self.client, &self.keys, &self.job, self.history_limit).await;
+        Etcd::prune_or_warn(&mut client, &self.keys, &self.job, self.history_limit).await;
         Ok(())
     }
 

@@ -347,6 +347,14 @@ pub trait Coordinator: Send + Sync + 'static {
         req: ClaimRequest<'_>,
     ) -> impl Future<Output = Result<Claim, ClaimRejected>> + Send;
 
+    /// A hint, shortly before a tick, that about `fires` claims follow: a
+    /// backend may do ahead of time what each claim needs (the etcd backend
+    /// grants run leases), so that work is off the path from tick to start.
+    fn prepare(&self, fires: usize) -> impl Future<Output = ()> + Send {
+        let _ = fires;
+        std::future::ready(())
+    }
+
     /// Append a history entry that no supervisor writes (skips, missed ticks).
     fn record(&self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
 

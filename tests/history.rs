@@ -106,18 +106,32 @@ fn standalone_history_shows_a_running_run() {
             .first()
             .is_some_and(|r| r["run_id"] == run_id.as_str() && r["outcome"] == "running")
     });
+    // A tick (here a trigger) that comes while it runs is skipped, and listed.
+    env.cmd(&["trigger", "slow"]).run().code(75);
+    let slow = history_json(&env, &["slow"]);
+    assert_eq!(slow[0]["outcome"], "skipped", "{slow:#?}");
+    assert_eq!(slow[1]["run_id"], run_id.as_str(), "{slow:#?}");
     let table = env.cmd(&["history", "slow"]).run().success();
     assert!(table.stdout.contains("so far"), "{table:?}");
+    let skip_row = table
+        .stdout
+        .lines()
+        .find(|l| l.contains("skipped"))
+        .unwrap_or_else(|| panic!("no skipped row: {table:?}"));
+    assert!(
+        skip_row.contains(" - "),
+        "a skip has no duration: {skip_row}"
+    );
     let out = env.cmd(&["history", "--output", &run_id]).run().success();
     assert!(out.stderr.contains("still running"), "{out:?}");
     // Clean up through the recorded pid (the job's process group).
-    let pid = history_json(&env, &["slow"])[0]["pid"].as_i64().unwrap() as i32;
+    let pid = history_json(&env, &["slow"])[1]["pid"].as_i64().unwrap() as i32;
     let _ = rustix::process::kill_process_group(
         rustix::process::Pid::from_raw(pid).unwrap(),
         rustix::process::Signal::KILL,
     );
     wait_until(PATIENCE, "the killed run's record", || {
-        history_json(&env, &["slow"])[0]["outcome"] == "killed"
+        history_json(&env, &["slow"])[1]["outcome"] == "killed"
     });
 }
 

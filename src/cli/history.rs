@@ -119,6 +119,8 @@ fn print_table(runs: &[RunRecord]) {
     let now = Utc::now();
     for rec in runs {
         let duration = match (rec.outcome, rec.duration_ms) {
+            // Skips and misses carry a zero duration; nothing ran.
+            (outcome, _) if !outcome.is_run() => "-".to_string(),
             (Outcome::Running, _) => format!(
                 "{} so far",
                 whole_seconds((now - rec.started_at).num_milliseconds().max(0) as u64)

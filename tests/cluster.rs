@@ -462,13 +462,7 @@ fn trigger_of_a_running_skip_job_exits_75_cluster_wide() {
         ),
     );
     let _replicas = start_replicas(&env);
-    let run_id = env
-        .cmd(&["trigger", "slow", "--detach"])
-        .run()
-        .success()
-        .stdout
-        .trim()
-        .to_string();
+    let run_id = env.trigger_detached("slow");
     wait_until(PATIENCE, "the detached run to start", || {
         !ledger(&env).is_empty()
     });
@@ -489,13 +483,7 @@ fn a_run_whose_supervisor_is_killed_is_stopped_and_recorded_lost() {
         ),
     );
     let _replicas = start_replicas(&env);
-    let run_id = env
-        .cmd(&["trigger", "slow", "--detach"])
-        .run()
-        .success()
-        .stdout
-        .trim()
-        .to_string();
+    let run_id = env.trigger_detached("slow");
     wait_until(PATIENCE, "the job's pid", || {
         !env.lines("jobpid").is_empty()
     });

@@ -85,7 +85,11 @@ fn a_scheduled_queue_job_never_overlaps_and_runs_back_to_back() {
     ));
     let mut run = env.spawn_run("a");
     wait_until(PATIENCE, "three runs to end", || {
-        env.lines("ledger").iter().filter(|l| l.starts_with("end")).count() >= 3
+        env.lines("ledger")
+            .iter()
+            .filter(|l| l.starts_with("end"))
+            .count()
+            >= 3
     });
     run.signal(rustix::process::Signal::TERM);
     assert!(run.wait_exit(PATIENCE).is_some());

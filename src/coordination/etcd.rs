@@ -21,8 +21,8 @@
 
 use super::standalone::new_run_id;
 use super::{
-    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, Hold, LeaderInfo,
-    Leadership, Outcome, Result, RunRecord, RunRecorder, TriggerRequest, Turn,
+    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, HistoryReader, Hold,
+    LeaderInfo, Leadership, Outcome, Result, RunRecord, RunRecorder, TriggerRequest, Turn,
 };
 use crate::config::Overlap;
 use chrono::{DateTime, Utc};
@@ -624,6 +624,27 @@ impl Etcd {
         Ok(resp.kvs().iter().filter_map(|kv| parse(kv).ok()).collect())
     }
 
+    /// Run the gets in one transaction, so that they see one revision: a
+    /// run that ends in between is then either active or recorded, never
+    /// both and never neither (its final record and the removal of its
+    /// marker are one transaction too).
+    async fn get_together(&self, what: &str, gets: Vec<TxnOp>) -> Result<Vec<Vec<KeyValue>>> {
+        let resp = self
+            .client
+            .clone()
+            .txn(Txn::new().and_then(gets))
+            .await
+            .map_err(etcd_err(what))?;
+        Ok(resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(mut g) => g.take_kvs(),
+                _ => Vec::new(),
+            })
+            .collect())
+    }
+
     /// Pruning is housekeeping: its failure must not look like a lost record.
     async fn prune_or_warn(client: &mut Client, keys: &Keys, job: &str, limit: usize) {
         // Counting on every record would add a read per fire; pruning in
@@ -1004,10 +1025,11 @@ impl Etcd {
                         .first()
                         .and_then(|kv| parse::<RunRecord>(kv).ok())
                         .is_some_and(|r| r.run_id == run_id);
-                    Ok::<_, etcd_client::Error>(mine.then(|| match req.overlap {
+                    let turn = match req.overlap {
                         Overlap::Replace => Turn::Replace { active: None },
                         _ => Turn::Queued,
-                    }))
+                    };
+                    Ok::<_, etcd_client::Error>(mine.then_some(turn))
                 };
                 return match found.await {
                     Ok(Some(turn)) => {
@@ -1176,6 +1198,62 @@ fn revoke_later(mut client: Client, lease: i64) {
     tokio::spawn(async move {
         let _ = client.lease_revoke(lease).await;
     });
+}
+
+/// etcd refuses transactions of more than 128 operations by default
+/// (`--max-txn-ops`); two per job stays well below.
+const FIND_RUN_JOBS_PER_TXN: usize = 50;
+
+impl HistoryReader for Etcd {
+    async fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        let newest = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(limit as i64);
+        let found = self
+            .get_together(
+                "read history",
+                vec![
+                    TxnOp::get(
+                        self.keys.actives(job),
+                        Some(GetOptions::new().with_prefix()),
+                    ),
+                    TxnOp::get(self.keys.histories(job), Some(newest)),
+                ],
+            )
+            .await?;
+        let mut runs: Vec<RunRecord> = found
+            .iter()
+            .flatten()
+            .filter_map(|kv| parse(kv).ok())
+            .collect();
+        runs.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+        runs.truncate(limit);
+        Ok(runs)
+    }
+
+    async fn active(&self, job: &str) -> Result<Vec<RunRecord>> {
+        self.active_runs(job).await
+    }
+
+    async fn find_run(&self, jobs: &[&str], run_id: &str) -> Result<Option<RunRecord>> {
+        for chunk in jobs.chunks(FIND_RUN_JOBS_PER_TXN) {
+            let gets = chunk
+                .iter()
+                .flat_map(|job| {
+                    [
+                        TxnOp::get(self.keys.history(job, run_id), None),
+                        TxnOp::get(self.keys.active(job, run_id), None),
+                    ]
+                })
+                .collect();
+            let found = self.get_together("look up run", gets).await?;
+            if let Some(kv) = found.iter().flatten().next() {
+                return parse(kv).map(Some);
+            }
+        }
+        Ok(None)
+    }
 }
 
 impl Coordinator for Etcd {

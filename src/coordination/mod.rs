@@ -426,6 +426,30 @@ pub trait Coordinator: Send + Sync + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
 }
 
+/// Reading run history, for `list` and `history`: the same questions asked
+/// of either backend, so no command needs to know where records live.
+pub trait HistoryReader: Sync {
+    /// Entries of `job`, newest first (by run id, i.e. by creation), at most
+    /// `limit`, active runs included.
+    fn recent(
+        &self,
+        job: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RunRecord>>> + Send;
+
+    /// Runs of `job` active right now, oldest first.
+    fn active(&self, job: &str) -> impl Future<Output = Result<Vec<RunRecord>>> + Send;
+
+    /// The entry with this run id, looked for among the entries of `jobs`
+    /// (a record's place depends on its job, which the caller may not know).
+    /// `run_id` must already be a valid run id: it becomes part of a path or key.
+    fn find_run(
+        &self,
+        jobs: &[&str],
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<RunRecord>>> + Send;
+}
+
 /// The supervisor's view of the backend: keeps one run's record current.
 pub trait RunRecorder: Send {
     /// Store `record` (outcome `running`) and mark the run active.

@@ -16,8 +16,8 @@
 
 use super::fsutil::{atomic_write, io_err, lock_blocking, open_lock_file, read_json, try_lock};
 use super::{
-    BackendSpec, Claim, ClaimRejected, ClaimRequest, Coordinator, Hold, LeaderInfo, Leadership,
-    Outcome, Result, RunRecord, RunRecorder, Turn,
+    BackendSpec, Claim, ClaimRejected, ClaimRequest, Coordinator, HistoryReader, Hold, LeaderInfo,
+    Leadership, Outcome, Result, RunRecord, RunRecorder, Turn,
 };
 use crate::config::Overlap;
 use chrono::{DateTime, Utc};
@@ -427,6 +427,29 @@ impl Coordinator for Standalone {
     }
 
     async fn shutdown(&self) {}
+}
+
+impl HistoryReader for Standalone {
+    async fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        self.history(job, limit)
+    }
+
+    async fn active(&self, job: &str) -> Result<Vec<RunRecord>> {
+        self.active_runs(job)
+    }
+
+    async fn find_run(&self, jobs: &[&str], run_id: &str) -> Result<Option<RunRecord>> {
+        for job in jobs {
+            let path = self
+                .job_dir(job)
+                .join("runs")
+                .join(format!("{run_id}.json"));
+            if let Some(rec) = self.read_record(&path)? {
+                return Ok(Some(rec));
+            }
+        }
+        Ok(None)
+    }
 }
 
 /// Keeps one run's entry; holds an exclusive flock on it while the run lives.

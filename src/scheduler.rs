@@ -2,10 +2,10 @@
 //! tick across all jobs, claims it through the [`Coordinator`], and hands the
 //! run to a supervisor process. It never knows which backend it runs on.
 
-use crate::config::{Config, Job, Overlap};
+use crate::config::{Config, Job};
 use crate::coordination::{
     Claim, ClaimRejected, ClaimRequest, Coordinator, Leadership, Outcome, RunRecord, Trigger,
-    TriggerRequest,
+    TriggerRequest, Turn,
 };
 use crate::executor::report::{self, Report};
 use crate::executor::{spawn_supervisor, RunSpec};
@@ -227,8 +227,12 @@ impl Running {
                 while let Ok(Some(line)) = lines.next_line().await {
                     match report::parse(&line) {
                         Some(Report::Started(pid)) => {
+                            // A retry reports the pid of each attempt; only
+                            // the first start is the fire's.
+                            if group.is_none() {
+                                metrics.run_started(&job, tick, trigger);
+                            }
                             group = Pid::from_raw(pid);
-                            metrics.run_started(&job, tick, trigger);
                         }
                         Some(Report::Ended(outcome, took)) => ended = Some((outcome, took)),
                         None => {}
@@ -612,7 +616,7 @@ impl<C: Coordinator> Scheduler<C> {
             tick,
             trigger,
             instance: &self.instance,
-            exclusive: job.overlap == Overlap::Skip,
+            overlap: job.overlap,
             advances_schedule: request.is_none(),
             request,
         };
@@ -638,10 +642,9 @@ impl<C: Coordinator> Scheduler<C> {
         }
         let claim = match claimed {
             Ok(claim) => claim,
-            Err(ClaimRejected::StillRunning(active)) => {
+            Err(rejected) if rejected.is_skip() => {
                 let total = state.skipped.entry(job.name.clone()).or_default();
                 *total += 1;
-                let rejected = ClaimRejected::StillRunning(active);
                 self.metrics.skipped(&job.name, rejected.kind());
                 let reason = rejected.to_string();
                 let mut rec = self.entry(
@@ -699,7 +702,23 @@ impl<C: Coordinator> Scheduler<C> {
         );
         spec.instance = self.instance.clone();
         spec.term = claim.term;
+        match &claim.turn {
+            Turn::Now => {}
+            Turn::Queued => {
+                tracing::info!(job = %job.name, run_id = %claim.run_id, "queued: starts when the active run ends")
+            }
+            Turn::Replace { active } => {
+                let of = active.as_ref().map_or("", |a| a.run_id.as_str());
+                tracing::info!(job = %job.name, run_id = %claim.run_id, replaces = of, "replacing the active run")
+            }
+        }
+        spec.turn = claim.turn;
         spec.log_json = self.log_json;
+        if trigger != Trigger::Manual {
+            // Decided here, from the job and tick alone, so whichever replica
+            // fires the tick picks the same delay.
+            spec.delay = job.jitter_for(tick);
+        }
         let span = run_span(&spec);
         match spawn_supervisor(spec.clone(), claim.hold, false) {
             Ok(child) => {

@@ -4,7 +4,9 @@
 
 use crate::config::{Config, Job};
 use crate::coordination::etcd::MemberInfo;
-use crate::coordination::{CoordError, Etcd, LeaderInfo, Outcome, RunRecord, Standalone};
+use crate::coordination::{
+    CoordError, Etcd, HistoryReader, LeaderInfo, Outcome, RunRecord, Standalone,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
@@ -62,10 +64,13 @@ pub async fn build(
     let mut jobs = Vec::new();
     for job in config.jobs.values() {
         let (history, running) = match source {
-            Source::Standalone(s) => (s.history(&job.name, limit)?, s.active_runs(&job.name)?),
+            Source::Standalone(s) => (
+                s.recent(&job.name, limit).await?,
+                s.active(&job.name).await?,
+            ),
             Source::Cluster(e) => (
-                e.history(&job.name, limit).await?,
-                e.active_runs(&job.name).await?,
+                e.recent(&job.name, limit).await?,
+                e.active(&job.name).await?,
             ),
         };
         let last_run = history

@@ -229,8 +229,9 @@ impl Running {
                         Some(Report::Started(pid)) => {
                             // A retry reports the pid of each attempt; only
                             // the first start is the fire's.
-                            if group.is_none() {
-                                metrics.run_started(&job, tick, trigger);
+                            match group {
+                                None => metrics.run_started(&job, tick, trigger),
+                                Some(_) => metrics.retried(&job),
                             }
                             group = Pid::from_raw(pid);
                         }

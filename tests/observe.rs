@@ -50,10 +50,13 @@ fn json_body(port: u16, path: &str) -> (u16, Value) {
     (code, value)
 }
 
+/// A job that always fails, and is retried once.
+const FLAKY: &str = "[jobs.flaky]\nschedule = \"@every 2s\"\nshell = 'exit 3'\nretries = 1\nretry_backoff = \"100ms\"\n";
+
 #[test]
-fn metrics_move_with_runs_skips_and_a_standby_taking_over() {
+fn metrics_move_with_runs_skips_retries_and_a_standby_taking_over() {
     let _serial = serial();
-    let env = Env::new().config(JOBS);
+    let env = Env::new().config(&format!("{JOBS}\n{FLAKY}"));
     let mut a = env.spawn_run_with("a", &["--http", "127.0.0.1:0"]);
     let pa = a.http_port();
 
@@ -68,6 +71,12 @@ fn metrics_move_with_runs_skips_and_a_standby_taking_over() {
         1.0,
     );
     wait_sample(pa, r#"bgsched_run_duration_seconds_count{job="slow"}"#, 1.0);
+    wait_sample(pa, r#"bgsched_retries_total{job="flaky"}"#, 1.0);
+    wait_sample(
+        pa,
+        r#"bgsched_runs_total{job="flaky",outcome="failed"}"#,
+        1.0,
+    );
     let text = metrics(pa);
     assert_eq!(sample(&text, "bgsched_is_leader"), 1.0, "{text}");
     assert!(sample(&text, "bgsched_leader_term") >= 1.0, "{text}");
@@ -115,8 +124,8 @@ fn metrics_move_with_runs_skips_and_a_standby_taking_over() {
         .iter()
         .filter_map(|j| j["name"].as_str())
         .collect();
-    assert_eq!(names, ["slow", "tick"]);
-    assert!(status["jobs"][1]["last_run"]["outcome"] == "success");
+    assert_eq!(names, ["flaky", "slow", "tick"]);
+    assert!(status["jobs"][2]["last_run"]["outcome"] == "success");
     assert_eq!(status_code(pa, "/nowhere"), Some(404));
 
     // A standby is live and ready, but not the leader.

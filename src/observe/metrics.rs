@@ -86,6 +86,7 @@ pub struct Metrics {
     skipped: Family<SkipLabels, Counter>,
     missed: Family<JobLabels, Counter>,
     catchup: Family<JobLabels, Counter>,
+    retries: Family<JobLabels, Counter>,
     is_leader: Gauge,
     term: Gauge,
     leadership_changes: Family<ChangeLabels, Counter>,
@@ -116,6 +117,7 @@ impl Metrics {
             skipped: Family::default(),
             missed: Family::default(),
             catchup: Family::default(),
+            retries: Family::default(),
             is_leader: Gauge::default(),
             term: Gauge::default(),
             leadership_changes: Family::default(),
@@ -160,6 +162,11 @@ impl Metrics {
             "catchup_fires",
             "Late fires of the newest missed tick (trigger catchup), by job",
             m.catchup.clone(),
+        );
+        r.register(
+            "retries",
+            "Attempts after the first of failed runs (retries = N), by job",
+            m.retries.clone(),
         );
         r.register(
             "is_leader",
@@ -263,6 +270,15 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// A failed run's supervisor started another attempt.
+    pub fn retried(&self, job: &str) {
+        self.retries
+            .get_or_create(&JobLabels {
+                job: job.to_string(),
+            })
+            .inc();
     }
 
     pub fn skipped(&self, job: &str, reason: &str) {

@@ -855,8 +855,12 @@ impl Etcd {
                         // A supervisor that finished wrote the record in the
                         // same transaction that deleted the marker.
                         let key = keys.history(&rec.job, &rec.run_id);
-                        match client.get(key.clone(), None).await {
-                            Ok(r) if r.kvs().is_empty() => {}
+                        // Only whether it exists: the record itself may be large.
+                        let counted = client
+                            .get(key.clone(), Some(GetOptions::new().with_count_only()))
+                            .await;
+                        match counted {
+                            Ok(r) if r.count() == 0 => {}
                             _ => continue,
                         }
                         let now = Utc::now();

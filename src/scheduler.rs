@@ -409,11 +409,11 @@ impl<C: Coordinator> Scheduler<C> {
                     }
                     continue;
                 }
-                Some(rec) = recv_lost(&mut lost) => {
+                Some(rec) = recv_from(&mut lost) => {
                     self.after_lost(rec);
                     continue;
                 }
-                Some(req) = recv_request(&mut requests) => {
+                Some(req) = recv_from(&mut requests) => {
                     self.answer_request(leadership, req, Utc::now(), running, &mut state).await;
                     continue;
                 }
@@ -902,18 +902,8 @@ impl<C: Coordinator> Scheduler<C> {
     }
 }
 
-async fn recv_lost(
-    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<RunRecord>>,
-) -> Option<RunRecord> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn recv_request(
-    rx: &mut Option<tokio::sync::mpsc::Receiver<TriggerRequest>>,
-) -> Option<TriggerRequest> {
+/// The next message of a channel the backend may not have.
+async fn recv_from<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -826,10 +826,7 @@ impl Etcd {
     /// Record runs whose marker expired without a final record (their
     /// supervisor died or was cut off for good) as `lost`, so every run
     /// leaves a record. Runs on the leader only.
-    fn record_lost_runs(
-        &self,
-        recorded: mpsc::UnboundedSender<RunRecord>,
-    ) -> tokio::task::JoinHandle<()> {
+    fn record_lost_runs(&self, recorded: mpsc::Sender<RunRecord>) -> tokio::task::JoinHandle<()> {
         let client = self.client.clone();
         let keys = self.keys.clone();
         let prefix = keys.all_actives();
@@ -875,7 +872,7 @@ impl Etcd {
                             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                             .and_then([TxnOp::put(key, json(&rec), None)]);
                         if client.txn(txn).await.is_ok_and(|r| r.succeeded()) {
-                            let _ = recorded.send(rec);
+                            let _ = recorded.try_send(rec);
                         }
                     }
                 }
@@ -1054,6 +1051,15 @@ impl Etcd {
             TxnOp::get(last_key.clone(), None),
             TxnOp::get(self.keys.request(req.request.unwrap_or("-")), None),
         ]);
+        let claim = |turn| Claim {
+            run_id: run_id.to_string(),
+            term,
+            hold: Hold::Lease {
+                id: lease,
+                granted_at,
+            },
+            turn,
+        };
         let resp = match client.txn(txn).await {
             Ok(r) => r,
             Err(e) => {
@@ -1080,15 +1086,7 @@ impl Etcd {
                         if req.advances_schedule {
                             self.forget_last(req.job);
                         }
-                        Ok(Claim {
-                            run_id: run_id.to_string(),
-                            term,
-                            hold: Hold::Lease {
-                                id: lease,
-                                granted_at,
-                            },
-                            turn,
-                        })
+                        Ok(claim(turn))
                     }
                     Ok(None) => {
                         self.give_back_lease(lease, granted_at);
@@ -1122,15 +1120,6 @@ impl Etcd {
                 return Err(backend(CoordError::Etcd(
                     "unexpected claim response".into(),
                 )));
-            };
-            let claim = |turn| Claim {
-                run_id: run_id.to_string(),
-                term,
-                hold: Hold::Lease {
-                    id: lease,
-                    granted_at,
-                },
-                turn,
             };
             if inner.succeeded() {
                 return Ok(claim(Turn::Now));
@@ -1324,7 +1313,7 @@ impl Coordinator for Etcd {
                     let guard = self.guard_leadership(term, alive, valid_tx);
                     let (req_tx, req_rx) = mpsc::channel(256);
                     let requests = self.watch_requests(req_tx);
-                    let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+                    let (lost_tx, lost_rx) = mpsc::channel(256);
                     let lost_runs = self.record_lost_runs(lost_tx);
                     let hold = AbortOnDrop(vec![guard, requests, lost_runs]);
                     return Ok(Leadership::new(term, valid, Some(req_rx), Box::new(hold))

@@ -230,7 +230,7 @@ pub struct Leadership {
     pub requests: Option<mpsc::Receiver<TriggerRequest>>,
     /// Runs the backend recorded as `lost` on its own while this leadership
     /// lasts (their `on_failure` hooks are the leader's to run).
-    pub lost: Option<mpsc::UnboundedReceiver<RunRecord>>,
+    pub lost: Option<mpsc::Receiver<RunRecord>>,
     /// Backend-specific resources that embody leadership (a locked file, a
     /// watch task); dropping them gives leadership up.
     _hold: Box<dyn Send + Sync>,
@@ -252,7 +252,7 @@ impl Leadership {
         }
     }
 
-    pub fn with_lost_runs(mut self, lost: mpsc::UnboundedReceiver<RunRecord>) -> Self {
+    pub fn with_lost_runs(mut self, lost: mpsc::Receiver<RunRecord>) -> Self {
         self.lost = Some(lost);
         self
     }

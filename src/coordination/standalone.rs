@@ -25,6 +25,9 @@ use std::fs::{self, File};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+/// Lost runs found at the start of a leadership, passed on for their hooks.
+const LOST_BACKLOG: usize = 256;
+
 /// A state directory.
 #[derive(Debug, Clone)]
 pub struct Standalone {
@@ -337,7 +340,7 @@ impl Standalone {
         };
         let json = serde_json::to_vec_pretty(&info).expect("leader info serializes");
         atomic_write(&self.root.join("leader.json"), &json, true)?;
-        let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
+        let (lost_tx, lost) = tokio::sync::mpsc::channel(LOST_BACKLOG);
         for job in self.known_jobs()? {
             let reaped = self.reap_lost(&job)?;
             if !reaped.is_empty() {
@@ -348,7 +351,10 @@ impl Standalone {
                 );
             }
             for rec in reaped {
-                let _ = lost_tx.send(rec);
+                // Beyond the backlog, a lost run keeps its record but not
+                // its hook: a crash that left that many runs behind is
+                // reported better by one log line than by a storm of hooks.
+                let _ = lost_tx.try_send(rec);
             }
         }
         // A held flock cannot be taken away, so this leadership stays valid

@@ -438,11 +438,8 @@ pub async fn run_hook(hook: &[String], spec: &RunSpec, rec: &RunRecord) {
         output = &output[cut..];
     }
     let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_remove(SPEC_ENV)
-        .envs(&spec.env)
-        .env("BGSCHED_JOB", &rec.job)
+    let mut cmd = job_command(program, args, spec);
+    cmd.env("BGSCHED_JOB", &rec.job)
         .env("BGSCHED_RUN_ID", &rec.run_id)
         .env("BGSCHED_OUTCOME", rec.outcome.to_string())
         .env("BGSCHED_SCHEDULED_AT", rfc3339(rec.tick))
@@ -463,15 +460,7 @@ pub async fn run_hook(hook: &[String], spec: &RunSpec, rec: &RunRecord) {
             rec.duration_ms.unwrap_or(0).to_string(),
         )
         .env("BGSCHED_REASON", rec.reason.as_deref().unwrap_or(""))
-        .env("BGSCHED_OUTPUT_TAIL", output)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    if let Some(dir) = &spec.working_dir {
-        cmd.current_dir(dir);
-    }
+        .env("BGSCHED_OUTPUT_TAIL", output);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -615,6 +604,25 @@ fn spawn_pump(
     )))
 }
 
+/// A process of the job's (the job itself or its hook): the job's
+/// environment and working directory, no stdin, output piped, in a process
+/// group of its own so it can be stopped as a whole.
+fn job_command(program: &str, args: &[String], spec: &RunSpec) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_remove(SPEC_ENV)
+        .envs(&spec.env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(dir) = &spec.working_dir {
+        cmd.current_dir(dir);
+    }
+    cmd
+}
+
 /// Start the job's process in a new process group, or say why it cannot start.
 fn spawn_job(spec: &RunSpec, attempt: u32) -> Result<tokio::process::Child, String> {
     let argv = spec.program.argv();
@@ -624,11 +632,8 @@ fn spawn_job(spec: &RunSpec, attempt: u32) -> Result<tokio::process::Child, Stri
             return Err(format!("working_dir {} is not a directory", dir.display()));
         }
     }
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_remove(SPEC_ENV)
-        .envs(&spec.env)
-        .env("BGSCHED_JOB", &spec.job)
+    let mut cmd = job_command(program, args, spec);
+    cmd.env("BGSCHED_JOB", &spec.job)
         .env("BGSCHED_RUN_ID", &spec.run_id)
         .env(
             "BGSCHED_SCHEDULED_AT",
@@ -638,15 +643,7 @@ fn spawn_job(spec: &RunSpec, attempt: u32) -> Result<tokio::process::Child, Stri
         .env("BGSCHED_TRIGGER", spec.trigger.to_string())
         .env("BGSCHED_INSTANCE", &spec.instance)
         .env("BGSCHED_FENCING_TOKEN", spec.term.to_string())
-        .env("BGSCHED_ATTEMPT", attempt.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    if let Some(dir) = &spec.working_dir {
-        cmd.current_dir(dir);
-    }
+        .env("BGSCHED_ATTEMPT", attempt.to_string());
     // If the supervisor itself is killed (`kill -9`, the OOM killer), its
     // job must not run on unsupervised: it would hold no lock and no lease,
     // so another run could start beside it.

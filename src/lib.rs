@@ -8,5 +8,6 @@ pub mod cli;
 pub mod config;
 pub mod coordination;
 pub mod executor;
+pub mod reload;
 pub mod schedule;
 pub mod scheduler;

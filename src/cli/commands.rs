@@ -3,8 +3,9 @@
 use super::{exit, list, trigger, Cli, CliError, Command, LogFormat};
 use crate::config::{self, ClusterSettings, Config, Job};
 use crate::coordination::etcd::{EtcdConfig, EtcdRecorder, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
-use crate::coordination::{BackendSpec, Etcd, Standalone};
+use crate::coordination::{BackendSpec, Coordinator, Etcd, Standalone};
 use crate::executor::{self, Echo, RunSpec, SPEC_ENV};
+use crate::reload::{self, Reloader};
 use crate::scheduler::Scheduler;
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::path::PathBuf;
@@ -26,7 +27,10 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
     let runtime = tokio::runtime::Runtime::new().map_err(anyhow::Error::from)?;
     runtime.block_on(async {
         match &cli.command {
-            Command::Run { instance_id } => run(&cli, instance_id.clone()).await,
+            Command::Run {
+                instance_id,
+                watch_config,
+            } => run(&cli, instance_id.clone(), *watch_config).await,
             Command::List { json } => list::list(&cli, *json).await.map(|()| exit::OK),
             Command::Trigger {
                 job,
@@ -188,9 +192,31 @@ pub fn find_job<'c>(config: &'c Config, name: &str) -> Result<&'c Job, CliError>
     )))
 }
 
-async fn run(cli: &Cli, instance: Option<String>) -> Result<i32, CliError> {
-    let config = Arc::new(load_config(cli)?);
+async fn run(cli: &Cli, instance: Option<String>, watch_config: bool) -> Result<i32, CliError> {
+    // Installed first: until then, SIGHUP's default action ends the process.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
+    let (config, hash) = reload::load(&cli.config)?;
+    let reloader = Reloader::new(config, hash);
+    let config = reloader.config();
     let instance = instance_id(instance);
+    // Reload requests; one queued is enough, since a reload reads the
+    // newest file anyway.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    let _watcher = if watch_config {
+        let watcher = reload::watch_file(&cli.config, reload_tx.clone()).map_err(|e| {
+            anyhow::anyhow!("--watch-config: cannot watch {}: {e}", cli.config.display())
+        })?;
+        Some(watcher)
+    } else {
+        None
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            let _ = reload_tx.try_send(reload::Request::Signal);
+        }
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(0u32);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -218,9 +244,14 @@ async fn run(cli: &Cli, instance: Option<String>) -> Result<i32, CliError> {
                 config = %config.path.display(), state_dir = %dir.display(), instance = %instance,
                 "bgsched {} starting (standalone)", env!("CARGO_PKG_VERSION")
             );
-            Scheduler::new(config.clone(), state, instance, log_json)
-                .run(stop_rx)
-                .await?
+            let scheduler = Scheduler::reloadable(
+                reloader.subscribe(),
+                state.clone(),
+                instance.clone(),
+                log_json,
+            );
+            tokio::spawn(reloader.serve(state, instance, reload_rx));
+            scheduler.run(stop_rx).await?
         }
         BackendChoice::Cluster(cfg) => {
             tracing::info!(
@@ -232,9 +263,17 @@ async fn run(cli: &Cli, instance: Option<String>) -> Result<i32, CliError> {
                 etcd = Etcd::connect_retrying(cfg) => etcd,
                 _ = stop_wait.changed() => return Ok(exit::OK),
             };
-            Scheduler::new(config.clone(), Arc::new(etcd), instance, log_json)
-                .run(stop_rx)
-                .await?
+            let etcd = Arc::new(etcd);
+            // Before the session starts, so the member key carries it at once.
+            let _ = etcd.announce_config(&instance, reloader.hash()).await;
+            let scheduler = Scheduler::reloadable(
+                reloader.subscribe(),
+                etcd.clone(),
+                instance.clone(),
+                log_json,
+            );
+            tokio::spawn(reloader.serve(etcd, instance, reload_rx));
+            scheduler.run(stop_rx).await?
         }
     };
     tracing::info!("stopped");

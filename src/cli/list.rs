@@ -1,9 +1,10 @@
 //! `bgsched list`: what is scheduled, what ran, what runs now.
 
-use super::commands::{load_config, local_rfc3339, Backend};
+use super::commands::{local_rfc3339, Backend};
 use super::{Cli, CliError};
 use crate::coordination::etcd::MemberInfo;
 use crate::coordination::{LeaderInfo, Outcome, RunRecord};
+use crate::reload;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
@@ -17,8 +18,12 @@ pub struct ListView {
     /// Cluster: the etcd key prefix.
     pub etcd_prefix: Option<String>,
     pub leader: Option<LeaderInfo>,
-    /// Cluster: the live instances.
+    /// Cluster: the live instances, each with the hash of its config.
     pub members: Vec<MemberInfo>,
+    /// The content hash of the config file this command read.
+    pub config_hash: String,
+    /// Cluster: whether the live instances announce different config hashes.
+    pub configs_differ: bool,
     pub jobs: Vec<JobView>,
 }
 
@@ -45,7 +50,7 @@ pub struct JobView {
 }
 
 pub async fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
-    let config = load_config(cli)?;
+    let (config, config_hash) = reload::load(&cli.config)?;
     let backend = Backend::open(cli, &config).await?;
     let limit = config.scheduler.history_limit;
     let now = Utc::now();
@@ -95,6 +100,8 @@ pub async fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
             etcd_prefix: None,
             leader: s.leader()?,
             members: Vec::new(),
+            config_hash,
+            configs_differ: false,
             jobs,
         },
         Backend::Cluster(e) => ListView {
@@ -103,8 +110,14 @@ pub async fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
             etcd_prefix: Some(e.config().prefix.clone()),
             leader: e.leader().await?,
             members: e.members().await?,
+            config_hash,
+            configs_differ: false,
             jobs,
         },
+    };
+    let view = ListView {
+        configs_differ: config_groups(&view.members).len() > 1,
+        ..view
     };
     if json {
         println!(
@@ -137,9 +150,48 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
         let names: Vec<String> = view
             .members
             .iter()
-            .map(|m| format!("{} ({}, pid {})", m.instance, m.host, m.pid))
+            .map(|m| {
+                format!(
+                    "{} ({}, pid {}, config {})",
+                    m.instance,
+                    m.host,
+                    m.pid,
+                    m.config_hash.as_deref().unwrap_or(UNKNOWN_HASH)
+                )
+            })
             .collect();
         println!("members: {}", names.join(", "));
+    }
+    let leader_name = view.leader.as_ref().map(|l| l.instance.as_str());
+    if view.configs_differ {
+        let groups: Vec<String> = config_groups(&view.members)
+            .iter()
+            .map(|(hash, names)| {
+                let names: Vec<String> = names
+                    .iter()
+                    .map(|n| match Some(*n) == leader_name {
+                        true => format!("{n} (leader)"),
+                        false => n.to_string(),
+                    })
+                    .collect();
+                format!("{hash} on {}", names.join(", "))
+            })
+            .collect();
+        println!(
+            "warning: replicas run different configs: {}; reload (SIGHUP) or restart them with the same file",
+            groups.join("; ")
+        );
+    }
+    let leader_hash = view
+        .members
+        .iter()
+        .find(|m| Some(m.instance.as_str()) == leader_name)
+        .and_then(|m| m.config_hash.as_deref());
+    if let Some(hash) = leader_hash.filter(|h| *h != view.config_hash) {
+        println!(
+            "warning: the leader fires from config {hash}, but this file is {}; reload the replicas to apply it",
+            view.config_hash
+        );
     }
     let mut table = comfy_table::Table::new();
     table
@@ -193,6 +245,21 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
         ]);
     }
     println!("{table}");
+}
+
+/// Shown for a member that announces no config hash (an older bgsched).
+const UNKNOWN_HASH: &str = "unknown";
+
+/// Member names by announced config hash, in hash order.
+fn config_groups(members: &[MemberInfo]) -> Vec<(&str, Vec<&str>)> {
+    let mut groups: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for m in members {
+        groups
+            .entry(m.config_hash.as_deref().unwrap_or(UNKNOWN_HASH))
+            .or_default()
+            .push(&m.instance);
+    }
+    groups.into_iter().collect()
 }
 
 /// "in 4m", "3s ago": one coarse unit is enough to read at a glance.

@@ -87,6 +87,9 @@ pub enum Command {
         /// Name of this instance in run records and `list` (default: hostname-pid).
         #[arg(long, env = "BGSCHED_INSTANCE_ID")]
         instance_id: Option<String>,
+        /// Reload the config when its file changes (as on SIGHUP).
+        #[arg(long)]
+        watch_config: bool,
     },
     /// Show each job: schedule, next run, last run and whether it runs now.
     List {

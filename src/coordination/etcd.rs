@@ -187,6 +187,10 @@ pub struct MemberInfo {
     pub host: String,
     pub pid: u32,
     pub since: DateTime<Utc>,
+    /// The content hash of the config the instance uses (announced again
+    /// on every reload), so replicas running different configs show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -297,6 +301,8 @@ async fn hold_run_lease(
 /// One instance's session: a lease everything of the instance is bound to.
 struct Session {
     lease: i64,
+    /// What `P/members/<instance>` holds.
+    member: MemberInfo,
     alive: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -320,6 +326,8 @@ pub struct Etcd {
     /// Run leases granted ahead of their claims (`prepare`) or left over
     /// from claims that started nothing, with when each was asked for.
     spare: Mutex<Vec<(i64, DateTime<Utc>)>>,
+    /// The config hash last announced, for the member key of every session.
+    config_hash: Mutex<Option<String>>,
 }
 
 impl Etcd {
@@ -350,6 +358,7 @@ impl Etcd {
             session: tokio::sync::Mutex::new(None),
             last: Mutex::new(HashMap::new()),
             spare: Mutex::new(Vec::new()),
+            config_hash: Mutex::new(None),
         })
     }
 
@@ -389,6 +398,7 @@ impl Etcd {
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             pid: std::process::id(),
             since: Utc::now(),
+            config_hash: self.config_hash.lock().expect("hash lock").clone(),
         };
         client
             .put(
@@ -409,6 +419,7 @@ impl Etcd {
         tracing::info!(lease, ttl = ?self.cfg.lease_ttl, "etcd session started");
         *guard = Some(Session {
             lease,
+            member,
             alive: alive.clone(),
             task,
         });
@@ -1215,6 +1226,30 @@ impl Coordinator for Etcd {
             .clone()
             .delete(self.keys.request(run_id), None)
             .await;
+    }
+
+    async fn announce_config(&self, instance: &str, hash: &str) -> Result<()> {
+        *self.config_hash.lock().expect("hash lock") = Some(hash.to_string());
+        // Held across the put so a session starting meanwhile cannot
+        // register the old hash after it.
+        let mut guard = self.session.lock().await;
+        let Some(s) = guard.as_mut().filter(|s| *s.alive.borrow()) else {
+            // The next session registers with the new hash.
+            return Ok(());
+        };
+        let mut member = s.member.clone();
+        member.config_hash = Some(hash.to_string());
+        self.client
+            .clone()
+            .put(
+                self.keys.member(instance),
+                json(&member),
+                Some(PutOptions::new().with_lease(s.lease)),
+            )
+            .await
+            .map_err(etcd_err("announce config"))?;
+        s.member = member;
+        Ok(())
     }
 
     fn backend_spec(&self) -> BackendSpec {

@@ -331,6 +331,42 @@ mod tests {
         assert_eq!(config_hash(b""), "e3b0c44298fc");
     }
 
+    #[tokio::test]
+    async fn generation_and_status_follow_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.toml");
+        let job =
+            |name: &str| format!("[jobs.{name}]\nschedule = \"@every 1s\"\ncommand = [\"true\"]\n");
+        std::fs::write(&path, job("a")).unwrap();
+        let (config, hash) = load(&path).unwrap();
+        let mut reloader = Reloader::new(config, hash);
+        let coord = crate::coordination::Standalone::open(&dir.path().join("state"), 10).unwrap();
+        let configs = reloader.subscribe();
+        let status = reloader.status();
+        assert_eq!(status.borrow().generation, 1);
+
+        let r = reloader.reload(&coord, "i", "test", false).await;
+        assert_eq!(r, Reloaded::Unchanged);
+        assert_eq!(status.borrow().generation, 1);
+
+        std::fs::write(&path, job("a") + &job("b")).unwrap();
+        let r = reloader.reload(&coord, "i", "test", false).await;
+        assert_eq!(r, Reloaded::Applied);
+        let s = status.borrow().clone();
+        assert_eq!((s.generation, s.last_reload_ok), (2, true));
+        assert_eq!(s.config_hash, config_hash(&std::fs::read(&path).unwrap()));
+        assert!(configs.borrow().jobs.contains_key("b"));
+
+        std::fs::write(&path, "[jobs.c]\nschedule = \"nope\"\n").unwrap();
+        let r = reloader.reload(&coord, "i", "test", false).await;
+        assert_eq!(r, Reloaded::Rejected);
+        let s2 = status.borrow().clone();
+        assert_eq!((s2.generation, s2.last_reload_ok), (2, false));
+        assert_eq!(s2.config_hash, s.config_hash);
+        assert!(configs.borrow().jobs.contains_key("b"));
+        assert!(!configs.borrow().jobs.contains_key("c"));
+    }
+
     #[test]
     fn restart_only_settings_keep_their_old_values() {
         let old = cfg("[scheduler]\nstate_dir = \"/a\"\nhistory = 5\nshutdown_grace = \"1s\"\n");

@@ -946,6 +946,45 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_unchanged_ticks_and_starts_new_and_rescheduled_jobs_from_now() {
+        let config = |text: &str| {
+            crate::config::load_str(std::path::Path::new("t.toml"), text.as_bytes())
+                .expect("valid config")
+        };
+        let old = config(
+            "[jobs.same]\nschedule = \"@every 10s\"\ncommand = [\"true\"]\n\
+             [jobs.moved]\nschedule = \"@every 10s\"\ncommand = [\"true\"]\n\
+             [jobs.gone]\nschedule = \"@every 10s\"\ncommand = [\"true\"]\n",
+        );
+        let new = config(
+            "[jobs.same]\nschedule = \"@every 10s\"\ncommand = [\"false\"]\n\
+             [jobs.moved]\nschedule = \"@every 7s\"\ncommand = [\"true\"]\n\
+             [jobs.added]\nschedule = \"@every 10s\"\ncommand = [\"true\"]\n\
+             [jobs.off]\nschedule = \"@every 1s\"\nenabled = false\ncommand = [\"true\"]\n",
+        );
+        let (old_jobs, new_jobs) = (scheduled(&old), scheduled(&new));
+        // `same` still has its tick at 20 pending though `now` is past 10:
+        // it is kept, not recomputed.
+        let due: Due = old_jobs
+            .iter()
+            .enumerate()
+            .map(|(i, _)| Reverse((at(20), i)))
+            .collect();
+        let now = at(12);
+        let rebuilt = reschedule(&old_jobs, &due, &new_jobs, now);
+        let mut got: Vec<(&str, DateTime<Utc>)> = rebuilt
+            .iter()
+            .map(|Reverse((t, i))| (new_jobs[*i].name.as_str(), *t))
+            .collect();
+        got.sort();
+        let seven = |t: DateTime<Utc>| new.jobs["moved"].schedule.next_after(t).unwrap();
+        assert_eq!(
+            got,
+            vec![("added", at(20)), ("moved", seven(now)), ("same", at(20))]
+        );
+    }
+
+    #[test]
     fn a_long_outage_is_not_walked_tick_by_tick() {
         let j = job("@every 1s", "1m");
         let start = at(0) + chrono::Duration::seconds(1);

@@ -261,6 +261,7 @@ pub fn watch_file(
     path: &Path,
     requests: mpsc::Sender<Request>,
 ) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::event::{AccessKind, AccessMode};
     use notify::{EventKind, RecursiveMode, Watcher};
     let parent = |p: &Path| {
         p.parent()
@@ -280,8 +281,11 @@ pub fn watch_file(
     let (tx, mut events) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         let relevant = match ev {
-            // Reading the file (our own reloads included) is no change.
-            Ok(ev) if matches!(ev.kind, EventKind::Access(_)) => false,
+            // Reading the file (our own reloads included) is no change;
+            // a writer closing it is the surest sign that a change is done.
+            Ok(ev) if matches!(ev.kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write)) => {
+                false
+            }
             Ok(ev) => {
                 ev.paths.is_empty()
                     || ev.paths.iter().any(|p| {

@@ -5,7 +5,9 @@
 //! ```text
 //! P/leader                      the leader's LeaderInfo, bound to its session lease;
 //!                               its create revision is the leader's term (fencing token)
-//! P/members/<instance>          one per live instance, bound to its session lease
+//! P/members/<instance>          one per live instance, bound to its session lease;
+//!                               its MemberInfo carries the hash of the config it
+//!                               runs, rewritten on every reload
 //! P/last/<job>                  the newest tick a leader claimed for the job
 //! P/active/<job>/<run-id>       a running marker, bound to the run's own lease,
 //!                               which the run's supervisor keeps alive

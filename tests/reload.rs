@@ -9,7 +9,6 @@ use common::*;
 use rustix::process::Signal;
 use std::collections::HashSet;
 use std::fs;
-use std::process::Stdio;
 
 /// A job that appends `<label> <tick> <trigger>` to `{dir}/<file>` and
 /// then sleeps `secs`.
@@ -17,28 +16,6 @@ fn job(name: &str, schedule: &str, label: &str, file: &str, secs: u32) -> String
     format!(
         "[jobs.{name}]\nschedule = \"{schedule}\"\nshell = 'echo \"{label} $BGSCHED_SCHEDULED_AT $BGSCHED_TRIGGER\" >> {{dir}}/{file}; sleep {secs}; echo \"end {label}\" >> {{dir}}/{file}'\n"
     )
-}
-
-/// `bgsched run` with extra arguments, logging to `<dir>/<instance>.log`.
-fn spawn_run_with(env: &Env, instance: &str, extra: &[&str]) -> Scheduler {
-    let log = env.path(&format!("{instance}.log"));
-    let mut args = vec!["run", "--instance-id", instance];
-    args.extend_from_slice(extra);
-    let mut cmd = env.cmd(&args).0;
-    cmd.stdout(fs::File::create(&log).expect("log file"))
-        .stderr(
-            fs::OpenOptions::new()
-                .append(true)
-                .open(&log)
-                .expect("log file"),
-        )
-        .stdin(Stdio::null());
-    let child = cmd.spawn().expect("spawn bgsched run");
-    Scheduler {
-        child,
-        log,
-        instance: instance.to_string(),
-    }
 }
 
 /// Lines of `file` that start with `label `.
@@ -211,7 +188,7 @@ fn an_invalid_config_is_rejected_with_located_errors_and_the_old_one_keeps_firin
 #[test]
 fn watch_config_picks_up_a_replaced_file_without_a_signal() {
     let env = Env::new().config(&job("a", "@every 1s", "a", "ledger", 0));
-    let run = spawn_run_with(&env, "r", &["--watch-config"]);
+    let run = env.spawn_run_with("r", &["--watch-config"]);
     wait_more_starts(&env, "ledger", "a", 1);
     // As editors save: write a new file and rename it over the old one.
     let tmp = env.write(
@@ -235,7 +212,7 @@ fn watch_config_follows_a_configmap_symlink_swap() {
     version("..v1", &job("a", "@every 1s", "a", "ledger", 0));
     std::os::unix::fs::symlink("..v1", env.path("..data")).unwrap();
     std::os::unix::fs::symlink("..data/jobs.toml", env.path("jobs.toml")).unwrap();
-    let run = spawn_run_with(&env, "r", &["--watch-config"]);
+    let run = env.spawn_run_with("r", &["--watch-config"]);
     wait_more_starts(&env, "ledger", "a", 1);
     version("..v2", &job("b", "@every 1s", "b", "ledger", 0));
     std::os::unix::fs::symlink("..v2", env.path("..data_tmp")).unwrap();

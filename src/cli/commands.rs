@@ -244,14 +244,7 @@ async fn run(cli: &Cli, instance: Option<String>, watch_config: bool) -> Result<
                 config = %config.path.display(), state_dir = %dir.display(), instance = %instance,
                 "bgsched {} starting (standalone)", env!("CARGO_PKG_VERSION")
             );
-            let scheduler = Scheduler::reloadable(
-                reloader.subscribe(),
-                state.clone(),
-                instance.clone(),
-                log_json,
-            );
-            tokio::spawn(reloader.serve(state, instance, reload_rx));
-            scheduler.run(stop_rx).await?
+            schedule(reloader, state, instance, log_json, reload_rx, stop_rx).await?
         }
         BackendChoice::Cluster(cfg) => {
             tracing::info!(
@@ -264,20 +257,34 @@ async fn run(cli: &Cli, instance: Option<String>, watch_config: bool) -> Result<
                 _ = stop_wait.changed() => return Ok(exit::OK),
             };
             let etcd = Arc::new(etcd);
-            // Before the session starts, so the member key carries it at once.
-            let _ = etcd.announce_config(&instance, reloader.hash()).await;
-            let scheduler = Scheduler::reloadable(
-                reloader.subscribe(),
-                etcd.clone(),
-                instance.clone(),
-                log_json,
-            );
-            tokio::spawn(reloader.serve(etcd, instance, reload_rx));
-            scheduler.run(stop_rx).await?
+            schedule(reloader, etcd, instance, log_json, reload_rx, stop_rx).await?
         }
     };
     tracing::info!("stopped");
     Ok(if forced { exit::FORCED_STOP } else { exit::OK })
+}
+
+/// Run the scheduler on `coord` while `reloader` applies each request on
+/// `reloads`. Returns whether the stop was forced.
+async fn schedule<C: Coordinator>(
+    reloader: Reloader,
+    coord: Arc<C>,
+    instance: String,
+    log_json: bool,
+    reloads: tokio::sync::mpsc::Receiver<reload::Request>,
+    stop: tokio::sync::watch::Receiver<u32>,
+) -> Result<bool, CliError> {
+    // Before a cluster session starts, so its member key has the hash at once
+    // (the session is not there yet: this only stores it).
+    let _ = coord.announce_config(&instance, reloader.hash()).await;
+    let scheduler = Scheduler::reloadable(
+        reloader.subscribe(),
+        coord.clone(),
+        instance.clone(),
+        log_json,
+    );
+    tokio::spawn(reloader.serve(coord, instance, reloads));
+    Ok(scheduler.run(stop).await?)
 }
 
 fn check(cli: &Cli) -> Result<i32, CliError> {

@@ -79,8 +79,15 @@ impl Env {
 
     /// Start `bgsched run` in the background, logging to `<dir>/<instance>.log`.
     pub fn spawn_run(&self, instance: &str) -> Scheduler {
+        self.spawn_run_with(instance, &[])
+    }
+
+    /// [`Env::spawn_run`] with more arguments to `run`.
+    pub fn spawn_run_with(&self, instance: &str, extra: &[&str]) -> Scheduler {
         let log = self.path(&format!("{instance}.log"));
-        let mut cmd = self.cmd(&["run", "--instance-id", instance]).0;
+        let mut args = vec!["run", "--instance-id", instance];
+        args.extend_from_slice(extra);
+        let mut cmd = self.cmd(&args).0;
         cmd.stdout(fs::File::create(&log).expect("log file"))
             .stderr(
                 fs::OpenOptions::new()

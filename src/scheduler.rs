@@ -2,10 +2,10 @@
 //! tick across all jobs, claims it through the [`Coordinator`], and hands the
 //! run to a supervisor process. It never knows which backend it runs on.
 
-use crate::config::{Config, Job, Overlap};
+use crate::config::{Config, Job};
 use crate::coordination::{
     Claim, ClaimRejected, ClaimRequest, Coordinator, Leadership, Outcome, RunRecord, Trigger,
-    TriggerRequest,
+    TriggerRequest, Turn,
 };
 use crate::executor::{spawn_supervisor, RunSpec};
 use chrono::{DateTime, Utc};
@@ -597,7 +597,7 @@ impl<C: Coordinator> Scheduler<C> {
             tick,
             trigger,
             instance: &self.instance,
-            exclusive: job.overlap == Overlap::Skip,
+            overlap: job.overlap,
             advances_schedule: request.is_none(),
             request,
         };
@@ -619,10 +619,10 @@ impl<C: Coordinator> Scheduler<C> {
     ) -> Fired {
         let claim = match claimed {
             Ok(claim) => claim,
-            Err(ClaimRejected::StillRunning(active)) => {
+            Err(rejected) if rejected.is_skip() => {
                 let total = state.skipped.entry(job.name.clone()).or_default();
                 *total += 1;
-                let reason = ClaimRejected::StillRunning(active).to_string();
+                let reason = rejected.to_string();
                 tracing::warn!(job = %job.name, tick = %tick.to_rfc3339(), skipped_total = *total, "tick skipped: {reason}");
                 let mut rec = self.entry(
                     leadership.term,
@@ -676,7 +676,23 @@ impl<C: Coordinator> Scheduler<C> {
         );
         spec.instance = self.instance.clone();
         spec.term = claim.term;
+        match &claim.turn {
+            Turn::Now => {}
+            Turn::Queued => {
+                tracing::info!(job = %job.name, run_id = %claim.run_id, "queued: starts when the active run ends")
+            }
+            Turn::Replace { active } => {
+                let of = active.as_ref().map_or("", |a| a.run_id.as_str());
+                tracing::info!(job = %job.name, run_id = %claim.run_id, replaces = of, "replacing the active run")
+            }
+        }
+        spec.turn = claim.turn;
         spec.log_json = self.log_json;
+        if trigger != Trigger::Manual {
+            // Decided here, from the job and tick alone, so whichever replica
+            // fires the tick picks the same delay.
+            spec.delay = job.jitter_for(tick);
+        }
         match spawn_supervisor(spec, claim.hold, false) {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);

@@ -65,7 +65,7 @@ const BAD: &[(&str, &str, &str)] = &[
     (
         "bad overlap",
         "[jobs.a]\nschedule = \"@daily\"\noverlap = \"never\"\ncommand = [\"true\"]\n",
-        ":3:11: job \"a\": overlap must be \"skip\" or \"allow\", found \"never\"",
+        ":3:11: job \"a\": overlap must be \"skip\", \"allow\", \"queue\" or \"replace\", found \"never\"",
     ),
     (
         "wrong field count",

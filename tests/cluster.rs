@@ -462,13 +462,7 @@ fn trigger_of_a_running_skip_job_exits_75_cluster_wide() {
         ),
     );
     let _replicas = start_replicas(&env);
-    let run_id = env
-        .cmd(&["trigger", "slow", "--detach"])
-        .run()
-        .success()
-        .stdout
-        .trim()
-        .to_string();
+    let run_id = env.trigger_detached("slow");
     wait_until(PATIENCE, "the detached run to start", || {
         !ledger(&env).is_empty()
     });
@@ -489,13 +483,7 @@ fn a_run_whose_supervisor_is_killed_is_stopped_and_recorded_lost() {
         ),
     );
     let _replicas = start_replicas(&env);
-    let run_id = env
-        .cmd(&["trigger", "slow", "--detach"])
-        .run()
-        .success()
-        .stdout
-        .trim()
-        .to_string();
+    let run_id = env.trigger_detached("slow");
     wait_until(PATIENCE, "the job's pid", || {
         !env.lines("jobpid").is_empty()
     });
@@ -521,4 +509,59 @@ fn a_run_whose_supervisor_is_killed_is_stopped_and_recorded_lost() {
             .is_some_and(|v| v.contains("\"outcome\":\"lost\""))
     });
     assert_eq!(env.job_view("slow")["state"], "idle");
+}
+
+/// `overlap = "queue"` and `"replace"` hold cluster-wide through a `kill -9`
+/// of the leader: the runs (and the one waiting) belong to supervisors that
+/// outlive it, and the new leader's claims see them in etcd.
+fn overlap_policy_holds_across_failover(overlap: &str, shell: String, runs: usize) {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = cluster_env(
+        &etcd,
+        &format!(
+            "[jobs.long]\nschedule = \"@every 1s\"\noverlap = \"{overlap}\"\nkill_grace = \"5s\"\nshell = '{shell}'\n"
+        ),
+    );
+    let mut replicas = start_replicas(&env);
+    wait_until(PATIENCE, "a run to start", || !ledger(&env).is_empty());
+    let old = ledger(&env)[0].instance.clone();
+    replicas.get_mut(&old).unwrap().kill9();
+    wait_until(
+        PATIENCE * 2,
+        "runs claimed by the new leader to end",
+        || {
+            ledger(&env)
+                .iter()
+                .filter(|e| e.event == "end" && e.instance != old)
+                .count()
+                >= runs
+        },
+    );
+    let entries = ledger(&env);
+    assert_no_overlap(&entries);
+    assert_each_tick_once(&entries);
+}
+
+#[test]
+fn queue_holds_across_failover() {
+    overlap_policy_holds_across_failover(
+        "queue",
+        format!("{}; sleep 2; {}", ledger_cmd("start"), ledger_cmd("end")),
+        2,
+    );
+}
+
+#[test]
+fn replace_holds_across_failover() {
+    // Each tick stops the previous run, which logs its end on SIGTERM.
+    overlap_policy_holds_across_failover(
+        "replace",
+        format!(
+            "fin() {{ {}; exit 0; }}; trap fin TERM; {}; sleep 60 & wait",
+            ledger_cmd("end"),
+            ledger_cmd("start")
+        ),
+        3,
+    );
 }

@@ -1,9 +1,10 @@
 //! The commands behind the parsed command line.
 
-use super::{exit, list, trigger, Cli, CliError, Command, LogFormat};
+use super::{docs, exit, history, list, trigger, Cli, CliError, Command, LogFormat};
+use crate::config::Overlap;
 use crate::config::{self, ClusterSettings, Config, Job};
 use crate::coordination::etcd::{EtcdConfig, EtcdRecorder, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
-use crate::coordination::{BackendSpec, Coordinator, Etcd, Standalone};
+use crate::coordination::{BackendSpec, Coordinator, Etcd, HistoryReader, RunRecord, Standalone};
 use crate::executor::{self, Echo, RunSpec, SPEC_ENV};
 use crate::reload::{self, Reloader};
 use crate::scheduler::Scheduler;
@@ -21,6 +22,9 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
             after,
             json,
         } => return next(&cli, job, *count, after.as_deref(), *json),
+        // Neither reads the config: packagers generate these at build time.
+        Command::Completions { shell } => return docs::completions(*shell),
+        Command::Man { command } => return docs::man(command.as_deref()),
         _ => {}
     }
     init_logging(cli.log_format, "info");
@@ -38,7 +42,19 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
                 instance_id,
                 timeout,
             } => trigger::trigger(&cli, job, *detach, instance_id.clone(), *timeout).await,
-            Command::Check | Command::Next { .. } | Command::Supervise => unreachable!(),
+            Command::History {
+                job,
+                count,
+                output,
+                json,
+            } => history::history(&cli, job.as_deref(), *count, output.as_deref(), *json)
+                .await
+                .map(|()| exit::OK),
+            Command::Check
+            | Command::Next { .. }
+            | Command::Completions { .. }
+            | Command::Man { .. }
+            | Command::Supervise => unreachable!(),
         }
     })
 }
@@ -145,6 +161,33 @@ impl Backend {
                         CliError::Unavailable(format!("cannot reach etcd at {endpoints}: {e}"))
                     })
             }
+        }
+    }
+}
+
+impl HistoryReader for Backend {
+    async fn recent(&self, job: &str, limit: usize) -> crate::coordination::Result<Vec<RunRecord>> {
+        match self {
+            Backend::Standalone(s) => s.recent(job, limit).await,
+            Backend::Cluster(e) => e.recent(job, limit).await,
+        }
+    }
+
+    async fn active(&self, job: &str) -> crate::coordination::Result<Vec<RunRecord>> {
+        match self {
+            Backend::Standalone(s) => s.active(job).await,
+            Backend::Cluster(e) => e.active(job).await,
+        }
+    }
+
+    async fn find_run(
+        &self,
+        jobs: &[&str],
+        run_id: &str,
+    ) -> crate::coordination::Result<Option<RunRecord>> {
+        match self {
+            Backend::Standalone(s) => s.find_run(jobs, run_id).await,
+            Backend::Cluster(e) => e.find_run(jobs, run_id).await,
         }
     }
 }
@@ -398,7 +441,8 @@ fn supervise() -> Result<i32, CliError> {
                         "__supervise: cluster run without a lease".into(),
                     ));
                 };
-                match EtcdRecorder::start(cfg, &spec.job, &spec.run_id, lease, granted_at) {
+                let stoppable = spec.overlap == Overlap::Replace;
+                match EtcdRecorder::start(cfg, &spec.job, &spec.run_id, lease, granted_at, stoppable) {
                     Ok(mut recorder) => {
                         executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
                     }

@@ -3,7 +3,7 @@
 use super::commands::{local_rfc3339, Backend};
 use super::{Cli, CliError};
 use crate::coordination::etcd::MemberInfo;
-use crate::coordination::{LeaderInfo, Outcome, RunRecord};
+use crate::coordination::{HistoryReader, LeaderInfo, Outcome, RunRecord};
 use crate::reload;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -56,13 +56,8 @@ pub async fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
     let now = Utc::now();
     let mut jobs = Vec::new();
     for job in config.jobs.values() {
-        let (history, running) = match &backend {
-            Backend::Standalone(s) => (s.history(&job.name, limit)?, s.active_runs(&job.name)?),
-            Backend::Cluster(e) => (
-                e.history(&job.name, limit).await?,
-                e.active_runs(&job.name).await?,
-            ),
-        };
+        let history = backend.recent(&job.name, limit).await?;
+        let running = backend.active(&job.name).await?;
         let last_run = history
             .iter()
             .find(|r| r.outcome.is_run() && r.outcome != Outcome::Running)

@@ -2,6 +2,8 @@
 //! errors become exit codes.
 
 mod commands;
+mod docs;
+mod history;
 mod list;
 mod trigger;
 
@@ -16,7 +18,8 @@ pub mod exit {
     pub const FAILURE: i32 = 1;
     /// Bad command-line usage (also what clap uses).
     pub const USAGE: i32 = 2;
-    /// `trigger` / `next` named a job that is not in the config.
+    /// A command named a job that is not in the config, or `history
+    /// --output` a run that is not in the history.
     pub const UNKNOWN_JOB: i32 = 64;
     /// Cluster mode: etcd unreachable, or no leader accepted a trigger (EX_UNAVAILABLE).
     pub const UNAVAILABLE: i32 = 69;
@@ -34,7 +37,7 @@ Exit codes:
   0    success (for trigger: the job succeeded)
   1    operational error (state directory, I/O)
   2    bad command-line usage
-  64   unknown job name
+  64   unknown job name or run id
   69   cluster: etcd unreachable, or no leader accepted the trigger in time
   75   trigger: skipped, a run of the job is still active
   78   invalid config file
@@ -127,6 +130,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show recent runs, newest first, or the captured output of one run.
+    History {
+        /// Only this job's runs (default: every job's, merged by start time).
+        job: Option<String>,
+        /// How many entries.
+        #[arg(short = 'n', default_value_t = 20)]
+        count: usize,
+        /// Print the output tail kept in this run's record instead of the list.
+        #[arg(long, value_name = "RUN_ID", conflicts_with = "count")]
+        output: Option<String>,
+        /// Print JSON (records without their output; with --output, the whole record).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: bgsched(1), or bgsched-COMMAND(1).
+    Man {
+        /// The command whose page to print (default: the overview page).
+        command: Option<String>,
+    },
     /// Internal: supervise one run (started by the scheduler).
     #[command(name = "__supervise", hide = true)]
     Supervise,
@@ -139,6 +166,8 @@ pub enum CliError {
     Config(#[from] ConfigErrors),
     #[error("{0}")]
     UnknownJob(String),
+    #[error("{0}")]
+    UnknownRun(String),
     #[error("{0}")]
     Usage(String),
     #[error("{0}")]
@@ -153,7 +182,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Config(_) => exit::CONFIG,
-            CliError::UnknownJob(_) => exit::UNKNOWN_JOB,
+            CliError::UnknownJob(_) | CliError::UnknownRun(_) => exit::UNKNOWN_JOB,
             CliError::Usage(_) => exit::USAGE,
             CliError::Unavailable(_) => exit::UNAVAILABLE,
             CliError::Coordination(_) | CliError::Other(_) => exit::FAILURE,

@@ -6,10 +6,10 @@
 
 use super::commands::{find_job, instance_id, load_config, Backend};
 use super::{exit, Cli, CliError, LogFormat};
-use crate::config::{Job, Overlap};
+use crate::config::Job;
 use crate::coordination::standalone::new_run_id;
 use crate::coordination::{
-    Coordinator, Etcd, Hold, Outcome, RunRecord, Standalone, Trigger, TriggerRequest,
+    ClaimRejected, Coordinator, Etcd, Hold, Outcome, RunRecord, Standalone, Trigger, TriggerRequest,
 };
 use crate::executor::{self, exit_code_of, Echo, RunSpec};
 use chrono::{SecondsFormat, Utc};
@@ -39,31 +39,28 @@ async fn locally(
     instance: String,
 ) -> Result<i32, CliError> {
     let now = Utc::now();
-    let hold = match job.overlap {
-        Overlap::Skip => match state.try_run_lock(&job.name)? {
-            Some(fd) => Hold::Lock(fd),
-            None => {
-                let active = state
-                    .active_runs(&job.name)
-                    .ok()
-                    .and_then(|r| r.into_iter().next());
-                let reason = skip_reason(active.as_ref());
-                let mut rec = RunRecord::not_run(
-                    &job.name,
-                    now,
-                    Trigger::Manual,
-                    &instance,
-                    Outcome::Skipped,
-                    reason.clone(),
-                );
-                rec.term = 0;
-                if let Err(e) = state.record(&rec).await {
-                    eprintln!("bgsched: could not record the skip: {e}");
-                }
-                return Ok(skipped(job, &reason));
+    let (hold, turn) = match state.overlap_hold(&job.name, job.overlap) {
+        Ok(held) => held,
+        Err(rejected) if rejected.is_skip() => {
+            let reason = match &rejected {
+                ClaimRejected::StillRunning(active) => skip_reason(active.as_deref()),
+                other => other.to_string(),
+            };
+            let mut rec = RunRecord::not_run(
+                &job.name,
+                now,
+                Trigger::Manual,
+                &instance,
+                Outcome::Skipped,
+                reason.clone(),
+            );
+            rec.term = 0;
+            if let Err(e) = state.record(&rec).await {
+                eprintln!("bgsched: could not record the skip: {e}");
             }
-        },
-        Overlap::Allow => Hold::None,
+            return Ok(skipped(job, &reason));
+        }
+        Err(e) => return Err(anyhow::Error::from(e).into()),
     };
     let mut spec = RunSpec::new(
         job,
@@ -74,6 +71,7 @@ async fn locally(
     );
     spec.instance = instance;
     spec.term = state.leader()?.map_or(0, |l| l.term);
+    spec.turn = turn;
     spec.log_json = cli.log_format == LogFormat::Json;
     if detach {
         let run_id = spec.run_id.clone();
@@ -98,8 +96,8 @@ async fn locally(
 /// Say that the job was skipped because it runs; the exit code for it.
 fn skipped(job: &Job, reason: &str) -> i32 {
     eprintln!(
-        "bgsched: job \"{}\" is {reason}; skipped (overlap = \"skip\")",
-        job.name
+        "bgsched: job \"{}\" is {reason}; skipped (overlap = \"{}\")",
+        job.name, job.overlap
     );
     exit::SKIPPED
 }

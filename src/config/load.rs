@@ -47,6 +47,11 @@ const MAX_SYNTAX_ERRORS: usize = 20;
 
 const DEFAULT_CATCHUP: Duration = Duration::from_secs(60);
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+/// The cap of the doubling retry wait when `retry_backoff_max` is unset.
+const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// Retries of one run, at most: more is a loop, not a retry policy.
+const RETRIES_RANGE: RangeInclusive<i64> = 0..=100;
 
 const DEFAULT_PREFIX: &str = "/bgsched";
 /// Every etcd key starts with the prefix; a longer one is a pasted mistake.
@@ -274,7 +279,18 @@ impl Section {
         match self {
             Section::Top => &["scheduler", "defaults", "jobs", "cluster"],
             Section::Scheduler => &["state_dir", "shutdown_grace", "history"],
-            Section::Defaults => &["timezone", "overlap", "timeout", "catchup", "kill_grace"],
+            Section::Defaults => &[
+                "timezone",
+                "overlap",
+                "timeout",
+                "catchup",
+                "kill_grace",
+                "retries",
+                "retry_backoff",
+                "retry_backoff_max",
+                "jitter",
+                "on_failure",
+            ],
             Section::Job => &[
                 "description",
                 "schedule",
@@ -288,6 +304,11 @@ impl Section {
                 "overlap",
                 "catchup",
                 "kill_grace",
+                "retries",
+                "retry_backoff",
+                "retry_backoff_max",
+                "jitter",
+                "on_failure",
             ],
             Section::Cluster => &[
                 "etcd",
@@ -424,6 +445,11 @@ struct Defaults {
     timeout: Option<Duration>,
     catchup: Duration,
     kill_grace: Duration,
+    retries: u32,
+    retry_backoff: Duration,
+    retry_backoff_max: Option<Duration>,
+    jitter: Duration,
+    on_failure: Option<Vec<String>>,
 }
 
 impl Default for Defaults {
@@ -434,6 +460,11 @@ impl Default for Defaults {
             timeout: None,
             catchup: DEFAULT_CATCHUP,
             kill_grace: DEFAULT_KILL_GRACE,
+            retries: 0,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            retry_backoff_max: None,
+            jitter: Duration::ZERO,
+            on_failure: None,
         }
     }
 }
@@ -459,6 +490,24 @@ fn defaults(r: &mut Report, item: &Item, built_in: Defaults) -> Defaults {
     }
     if let Some(k) = f.get("kill_grace").and_then(|i| i.duration(r)) {
         d.kill_grace = k;
+    }
+    if let Some(n) = f.get("retries").and_then(|i| i.retries(r)) {
+        d.retries = n;
+    }
+    if let Some(b) = f.get("retry_backoff").and_then(|i| i.positive_duration(r)) {
+        d.retry_backoff = b;
+    }
+    if let Some(b) = f
+        .get("retry_backoff_max")
+        .and_then(|i| i.positive_duration(r))
+    {
+        d.retry_backoff_max = Some(b);
+    }
+    if let Some(j) = f.get("jitter").and_then(|i| i.duration(r)) {
+        d.jitter = j;
+    }
+    if let Some(h) = f.get("on_failure").and_then(|i| i.command(r)) {
+        d.on_failure = Some(h);
     }
     d
 }
@@ -547,6 +596,35 @@ fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Job> {
     let catchup = f.get("catchup").and_then(|i| i.duration(r));
     let kill_grace = f.get("kill_grace").and_then(|i| i.duration(r));
     let enabled = f.get("enabled").and_then(|i| i.boolean(r));
+    let retries = f.get("retries").map(|i| i.retries(r));
+    let retry_backoff = f.get("retry_backoff").map(|i| i.positive_duration(r));
+    let retry_backoff_max = f.get("retry_backoff_max").map(|i| i.positive_duration(r));
+    let jitter = f.get("jitter").map(|i| i.duration(r));
+    let on_failure = f.get("on_failure").map(|i| i.command(r));
+    let backoff = retry_backoff.unwrap_or(Some(defaults.retry_backoff));
+    let backoff_max = match retry_backoff_max {
+        Some(max) => max,
+        // Unset: ten doublings, and never below the first wait.
+        None => Some(
+            defaults
+                .retry_backoff_max
+                .unwrap_or(DEFAULT_RETRY_BACKOFF_MAX)
+                .max(backoff.unwrap_or_default()),
+        ),
+    };
+    if let (Some(b), Some(max), Some(at)) = (backoff, backoff_max, f.get("retry_backoff_max")) {
+        if max < b {
+            r.error(
+                at.value_at(),
+                format!(
+                    "retry_backoff_max ({}) is shorter than retry_backoff ({}); \
+                     the cap must be at least the first wait",
+                    humantime::format_duration(max),
+                    humantime::format_duration(b)
+                ),
+            );
+        }
+    }
 
     if !name_ok {
         return None;
@@ -564,6 +642,14 @@ fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Job> {
         catchup: catchup.unwrap_or(defaults.catchup),
         kill_grace: kill_grace.unwrap_or(defaults.kill_grace),
         enabled: enabled.unwrap_or(true),
+        retries: retries.unwrap_or(Some(defaults.retries))?,
+        retry_backoff: backoff?,
+        retry_backoff_max: backoff_max.filter(|max| *max >= backoff.unwrap_or_default())?,
+        jitter: jitter.unwrap_or(Some(defaults.jitter))?,
+        on_failure: match on_failure {
+            None => defaults.on_failure.clone(),
+            Some(hook) => Some(hook?),
+        },
     })
 }
 
@@ -1079,6 +1165,17 @@ impl<'a, 'i> Item<'a, 'i> {
     }
 
     fn history(&self, r: &mut Report) -> Option<usize> {
+        let n = self.integer_in(r, HISTORY_RANGE, "run records kept per job")?;
+        usize::try_from(n).ok()
+    }
+
+    fn retries(&self, r: &mut Report) -> Option<u32> {
+        let n = self.integer_in(r, RETRIES_RANGE, "retries after a failed attempt")?;
+        u32::try_from(n).ok()
+    }
+
+    /// An integer within `range`; `meaning` explains it in the message.
+    fn integer_in(&self, r: &mut Report, range: RangeInclusive<i64>, meaning: &str) -> Option<i64> {
         let n = self.expect(
             r,
             "an integer",
@@ -1089,15 +1186,15 @@ impl<'a, 'i> Item<'a, 'i> {
             },
         )?;
         match i64::from_str_radix(n.as_str(), n.radix()) {
-            Ok(v) if HISTORY_RANGE.contains(&v) => usize::try_from(v).ok(),
+            Ok(v) if range.contains(&v) => Some(v),
             _ => {
                 r.error(
                     self.value_at(),
                     format!(
-                        "{} must be between {} and {} (run records kept per job), found {}",
+                        "{} must be between {} and {} ({meaning}), found {}",
                         self.label,
-                        HISTORY_RANGE.start(),
-                        HISTORY_RANGE.end(),
+                        range.start(),
+                        range.end(),
                         shown(&n.to_string())
                     ),
                 );
@@ -1106,16 +1203,35 @@ impl<'a, 'i> Item<'a, 'i> {
         }
     }
 
+    fn positive_duration(&self, r: &mut Report) -> Option<Duration> {
+        let d = self.duration(r)?;
+        if d.is_zero() {
+            r.error(
+                self.value_at(),
+                format!("{} must be greater than zero", self.label),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
     fn overlap(&self, r: &mut Report) -> Option<Overlap> {
-        let s = self.expect(r, "\"skip\" or \"allow\"", |_| "", as_str)?;
+        let s = self.expect(
+            r,
+            "\"skip\", \"allow\", \"queue\" or \"replace\"",
+            |_| "",
+            as_str,
+        )?;
         match s {
             "skip" => Some(Overlap::Skip),
             "allow" => Some(Overlap::Allow),
+            "queue" => Some(Overlap::Queue),
+            "replace" => Some(Overlap::Replace),
             other => {
                 r.error(
                     self.value_at(),
                     format!(
-                        "{} must be \"skip\" or \"allow\", found {}",
+                        "{} must be \"skip\", \"allow\", \"queue\" or \"replace\", found {}",
                         self.label,
                         quoted(other)
                     ),
@@ -1163,7 +1279,11 @@ impl<'a, 'i> Item<'a, 'i> {
     }
 
     fn command(&self, r: &mut Report) -> Option<Vec<String>> {
+        let is_hook = self.label == "on_failure";
         let hint = |v: &DeValue| match v {
+            DeValue::String(_) if is_hook => {
+                "; for a shell command line use [\"/bin/sh\", \"-c\", \"...\"]"
+            }
             DeValue::String(_) => "; for a shell command line use shell = \"...\" instead",
             _ => "",
         };
@@ -1179,15 +1299,18 @@ impl<'a, 'i> Item<'a, 'i> {
         if array.is_empty() {
             r.error(
                 self.value_at(),
-                "command must not be empty; give the program and its arguments, \
-                 e.g. [\"/usr/bin/backup\", \"--full\"]",
+                format!(
+                    "{} must not be empty; give the program and its arguments, \
+                     e.g. [\"/usr/bin/backup\", \"--full\"]",
+                    self.label
+                ),
             );
             return None;
         }
         let mut argv = Some(Vec::with_capacity(array.len()));
         for (index, element) in array.iter().enumerate() {
             let item = Item {
-                label: Cow::Owned(format!("command[{index}]")),
+                label: Cow::Owned(format!("{}[{index}]", self.label)),
                 key_at: element.span().start,
                 value: element,
             };
@@ -1197,7 +1320,7 @@ impl<'a, 'i> Item<'a, 'i> {
             if index == 0 && arg.is_some_and(|a| a.trim().is_empty()) {
                 r.error(
                     item.value_at(),
-                    "command[0] (the program to run) must not be empty",
+                    format!("{} (the program to run) must not be empty", item.label),
                 );
                 argv = None;
             }
@@ -2305,7 +2428,7 @@ timeout = "none"
                 "jobs.toml:4:1: job \"backup\": unknown key `time_out`; did you mean `timeout`?",
                 "jobs.toml:5:1: job \"backup\": unknown key `working_directory`; did you mean `working_dir`?",
                 "jobs.toml:6:1: job \"backup\": unknown key `history`; `history` belongs in [scheduler]",
-                "jobs.toml:7:1: job \"backup\": unknown key `color` (expected one of: description, schedule, timezone, command, shell, working_dir, env, timeout, enabled, overlap, catchup, kill_grace)",
+                "jobs.toml:7:1: job \"backup\": unknown key `color` (expected one of: description, schedule, timezone, command, shell, working_dir, env, timeout, enabled, overlap, catchup, kill_grace, retries, retry_backoff, retry_backoff_max, jitter, on_failure)",
             ],
         );
     }
@@ -2489,11 +2612,11 @@ timeout = "none"
     fn bad_overlap_value() {
         assert_errors(
             &job_with("overlap = \"never\""),
-            &["jobs.toml:4:11: job \"backup\": overlap must be \"skip\" or \"allow\", found \"never\""],
+            &["jobs.toml:4:11: job \"backup\": overlap must be \"skip\", \"allow\", \"queue\" or \"replace\", found \"never\""],
         );
         assert_errors(
             "[defaults]\noverlap = false\n",
-            &["jobs.toml:2:11: overlap must be \"skip\" or \"allow\", found boolean"],
+            &["jobs.toml:2:11: overlap must be \"skip\", \"allow\", \"queue\" or \"replace\", found boolean"],
         );
     }
 
@@ -3345,7 +3468,7 @@ overlap = "never"
                 "jobs.toml:6:12: job \"zeta\": invalid schedule \"61 * * * *\": minute 61 out of range 0-59",
                 "jobs.toml:10:12: unknown time zone \"Europe/Berln\"; did you mean \"Europe/Berlin\"?",
                 "jobs.toml:14:9: job \"alpha\": shell must not be empty; give a command line such as \"pg_dump shop | gzip > /backups/shop.gz\"",
-                "jobs.toml:15:11: job \"alpha\": overlap must be \"skip\" or \"allow\", found \"never\"",
+                "jobs.toml:15:11: job \"alpha\": overlap must be \"skip\", \"allow\", \"queue\" or \"replace\", found \"never\"",
             ],
         );
         let e = load_text(src).unwrap_err();

@@ -125,9 +125,25 @@ impl fmt::Display for Secret {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Overlap {
+    /// The tick is recorded as skipped.
     #[default]
     Skip,
+    /// Runs may overlap freely.
     Allow,
+    /// At most one run waits for the active one to end, then starts; ticks
+    /// beyond that are skipped.
+    Queue,
+    /// The active run is stopped (SIGTERM to its group, then SIGKILL after
+    /// its `kill_grace`), then the new one starts.
+    Replace,
+}
+
+impl Overlap {
+    /// Whether a claim must see no active run (or one it may wait for or
+    /// replace) before it starts: everything except `allow`.
+    pub fn exclusive(self) -> bool {
+        self != Overlap::Allow
+    }
 }
 
 impl fmt::Display for Overlap {
@@ -135,6 +151,8 @@ impl fmt::Display for Overlap {
         f.write_str(match self {
             Overlap::Skip => "skip",
             Overlap::Allow => "allow",
+            Overlap::Queue => "queue",
+            Overlap::Replace => "replace",
         })
     }
 }
@@ -177,6 +195,40 @@ pub struct Job {
     pub catchup: Duration,
     pub kill_grace: Duration,
     pub enabled: bool,
+    /// Failed or timed-out attempts retried after this run's first attempt.
+    pub retries: u32,
+    /// Wait before the first retry; doubles for each further one.
+    pub retry_backoff: Duration,
+    /// Upper bound of the doubling wait.
+    pub retry_backoff_max: Duration,
+    /// Scheduled runs start up to this much after their tick, by a delay
+    /// derived from the job and the tick (see [`Job::jitter_for`]).
+    pub jitter: Duration,
+    /// argv run after a run ends failed, timed out, killed or lost.
+    pub on_failure: Option<Vec<String>>,
+}
+
+impl Job {
+    /// The jitter delay of the run for `tick`: the same on every replica
+    /// and every retry of the claim, spread evenly over `[0, jitter]`.
+    pub fn jitter_for(&self, tick: chrono::DateTime<chrono::Utc>) -> Duration {
+        let range = self.jitter.as_millis() as u64;
+        if range == 0 {
+            return Duration::ZERO;
+        }
+        let mut key = self.name.as_bytes().to_vec();
+        key.push(0);
+        key.extend(tick.timestamp_millis().to_le_bytes());
+        Duration::from_millis(fnv1a(&key) % (range + 1))
+    }
+}
+
+/// FNV-1a: a hash that stays the same across Rust releases and machines, for
+/// directory names and for values every replica must derive alike.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// One problem in a config file, located as precisely as the input allows.

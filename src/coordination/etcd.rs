@@ -23,9 +23,10 @@
 
 use super::standalone::new_run_id;
 use super::{
-    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, Hold, LeaderInfo,
-    Leadership, Outcome, Result, RunRecord, RunRecorder, TriggerRequest,
+    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, HistoryReader, Hold,
+    LeaderInfo, Leadership, Outcome, Result, RunRecord, RunRecorder, TriggerRequest, Turn,
 };
+use crate::config::Overlap;
 use chrono::{DateTime, Utc};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
@@ -172,6 +173,14 @@ impl Keys {
     pub fn request(&self, run_id: &str) -> String {
         format!("{}/requests/{run_id}", self.0)
     }
+    /// The single run of `job` waiting for the active one to end.
+    pub fn queued(&self, job: &str) -> String {
+        format!("{}/queued/{job}", self.0)
+    }
+    /// Put by a run that replaces `run_id`: asks that run to stop.
+    pub fn stop_request(&self, job: &str, run_id: &str) -> String {
+        format!("{}/stop/{job}/{run_id}", self.0)
+    }
 }
 
 /// The value of `P/last/<job>`.
@@ -298,6 +307,49 @@ async fn hold_run_lease(
         }
     };
     keep_lease_alive(client, lease, cfg, granted, alive).await;
+}
+
+/// A replaceable run's supervisor: wait for a newer run's request to stop
+/// (a key under `P/stop/`) and pass its reason on.
+async fn watch_stop_request(
+    cfg: EtcdConfig,
+    shared: Arc<tokio::sync::OnceCell<Client>>,
+    key: String,
+    stop: watch::Sender<Option<String>>,
+) {
+    loop {
+        let attempt = async {
+            let mut client = shared.get_or_try_init(|| connect(&cfg)).await?.clone();
+            // Watch first, then look: a request put in between is not missed.
+            let mut stream = client
+                .watch(key.clone(), None)
+                .await
+                .map_err(etcd_err("watch stop requests"))?;
+            let now = client
+                .get(key.clone(), None)
+                .await
+                .map_err(etcd_err("read stop request"))?;
+            if let Some(kv) = now.kvs().first() {
+                return Ok(Some(kv.value_str().unwrap_or("replaced").to_string()));
+            }
+            while let Ok(Some(resp)) = stream.message().await {
+                if let Some(kv) = resp
+                    .events()
+                    .iter()
+                    .filter(|e| e.event_type() == EventType::Put)
+                    .find_map(|e| e.kv())
+                {
+                    return Ok(Some(kv.value_str().unwrap_or("replaced").to_string()));
+                }
+            }
+            Ok::<_, CoordError>(None)
+        };
+        if let Ok(Some(why)) = attempt.await {
+            let _ = stop.send(Some(why));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// One instance's session: a lease everything of the instance is bound to.
@@ -583,6 +635,27 @@ impl Etcd {
             .await
             .map_err(etcd_err("read history"))?;
         Ok(resp.kvs().iter().filter_map(|kv| parse(kv).ok()).collect())
+    }
+
+    /// Run the gets in one transaction, so that they see one revision: a
+    /// run that ends in between is then either active or recorded, never
+    /// both and never neither (its final record and the removal of its
+    /// marker are one transaction too).
+    async fn get_together(&self, what: &str, gets: Vec<TxnOp>) -> Result<Vec<Vec<KeyValue>>> {
+        let resp = self
+            .client
+            .clone()
+            .txn(Txn::new().and_then(gets))
+            .await
+            .map_err(etcd_err(what))?;
+        Ok(resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(mut g) => g.take_kvs(),
+                _ => Vec::new(),
+            })
+            .collect())
     }
 
     /// Pruning is housekeeping: its failure must not look like a lost record.
@@ -908,22 +981,42 @@ impl Etcd {
             ));
             ops.push(TxnOp::delete(self.keys.request(id), None));
         }
-        let mut inner_when = Vec::new();
-        if req.exclusive {
-            inner_when
-                .push(Compare::create_revision(actives.clone(), CompareOp::Equal, 0).with_prefix());
-        }
-        let inner = Txn::new()
-            .when(inner_when)
-            .and_then([TxnOp::put(
-                marker_key.clone(),
+        let queued_key = self.keys.queued(req.job);
+        let put_marker = |key: &str| {
+            TxnOp::put(
+                key.to_string(),
                 json(&marker),
                 Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(
-                actives,
+            )
+        };
+        let get_active = || {
+            TxnOp::get(
+                actives.clone(),
                 Some(GetOptions::new().with_prefix().with_limit(1)),
-            )]);
+            )
+        };
+        let no_active =
+            || Compare::create_revision(actives.clone(), CompareOp::Equal, 0).with_prefix();
+        let no_queued = || Compare::create_revision(queued_key.clone(), CompareOp::Equal, 0);
+        let inner = match req.overlap {
+            Overlap::Allow => Txn::new().and_then([put_marker(&marker_key)]),
+            Overlap::Skip => Txn::new()
+                .when([no_active()])
+                .and_then([put_marker(&marker_key)])
+                .or_else([get_active()]),
+            // Start now only if nothing runs and nothing waits (a run
+            // waiting for its turn must not be overtaken); else take the
+            // single waiting place if it is free.
+            Overlap::Queue | Overlap::Replace => Txn::new()
+                .when([no_active(), no_queued()])
+                .and_then([put_marker(&marker_key)])
+                .or_else([TxnOp::txn(
+                    Txn::new()
+                        .when([no_queued()])
+                        .and_then([put_marker(&queued_key), get_active()])
+                        .or_else([get_active()]),
+                )]),
+        };
         ops.push(TxnOp::txn(inner));
         let txn = Txn::new().when(when).and_then(ops).or_else([
             TxnOp::get(leader_key, None),
@@ -935,8 +1028,24 @@ impl Etcd {
             Err(e) => {
                 // The transaction may have committed with its answer lost.
                 // Our marker's key is unique to this run, so it tells.
-                return match client.get(marker_key, None).await {
-                    Ok(r) if !r.kvs().is_empty() => {
+                let found = async {
+                    if !client.get(marker_key, None).await?.kvs().is_empty() {
+                        return Ok(Some(Turn::Now));
+                    }
+                    let waiting = client.get(queued_key, None).await?;
+                    let mine = waiting
+                        .kvs()
+                        .first()
+                        .and_then(|kv| parse::<RunRecord>(kv).ok())
+                        .is_some_and(|r| r.run_id == run_id);
+                    let turn = match req.overlap {
+                        Overlap::Replace => Turn::Replace { active: None },
+                        _ => Turn::Queued,
+                    };
+                    Ok::<_, etcd_client::Error>(mine.then_some(turn))
+                };
+                return match found.await {
+                    Ok(Some(turn)) => {
                         if req.advances_schedule {
                             self.forget_last(req.job);
                         }
@@ -947,9 +1056,10 @@ impl Etcd {
                                 id: lease,
                                 granted_at,
                             },
+                            turn,
                         })
                     }
-                    Ok(_) => {
+                    Ok(None) => {
                         self.give_back_lease(lease, granted_at);
                         if req.advances_schedule {
                             self.forget_last(req.job);
@@ -982,25 +1092,49 @@ impl Etcd {
                     "unexpected claim response".into(),
                 )));
             };
+            let claim = |turn| Claim {
+                run_id: run_id.to_string(),
+                term,
+                hold: Hold::Lease {
+                    id: lease,
+                    granted_at,
+                },
+                turn,
+            };
             if inner.succeeded() {
-                return Ok(Claim {
-                    run_id: run_id.to_string(),
-                    term,
-                    hold: Hold::Lease {
-                        id: lease,
-                        granted_at,
-                    },
-                });
+                return Ok(claim(Turn::Now));
+            }
+            let first_active = |responses: Vec<TxnOpResponse>| {
+                responses
+                    .into_iter()
+                    .find_map(|r| match r {
+                        TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+                        _ => None,
+                    })
+                    .and_then(|kv| parse::<RunRecord>(&kv).ok())
+                    .map(Box::new)
+            };
+            let mut responses = inner.op_responses();
+            let waiting = responses
+                .iter()
+                .position(|r| matches!(r, TxnOpResponse::Txn(_)));
+            if let Some(i) = waiting {
+                let TxnOpResponse::Txn(place) = responses.swap_remove(i) else {
+                    unreachable!("position matched a Txn")
+                };
+                let took_place = place.succeeded();
+                let active = first_active(place.op_responses());
+                if took_place {
+                    return Ok(claim(match req.overlap {
+                        Overlap::Replace => Turn::Replace { active },
+                        _ => Turn::Queued,
+                    }));
+                }
+                self.give_back_lease(lease, granted_at);
+                return Err((ClaimRejected::AlreadyQueued(active), false));
             }
             self.give_back_lease(lease, granted_at);
-            let active = inner.op_responses().into_iter().find_map(|r| match r {
-                TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
-                _ => None,
-            });
-            let active = active
-                .and_then(|kv| parse::<RunRecord>(&kv).ok())
-                .map(Box::new);
-            return Err((ClaimRejected::StillRunning(active), false));
+            return Err((ClaimRejected::StillRunning(first_active(responses)), false));
         }
         self.give_back_lease(lease, granted_at);
         let gets: Vec<Vec<KeyValue>> = resp
@@ -1077,6 +1211,62 @@ fn revoke_later(mut client: Client, lease: i64) {
     tokio::spawn(async move {
         let _ = client.lease_revoke(lease).await;
     });
+}
+
+/// etcd refuses transactions of more than 128 operations by default
+/// (`--max-txn-ops`); two per job stays well below.
+const FIND_RUN_JOBS_PER_TXN: usize = 50;
+
+impl HistoryReader for Etcd {
+    async fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        let newest = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(limit as i64);
+        let found = self
+            .get_together(
+                "read history",
+                vec![
+                    TxnOp::get(
+                        self.keys.actives(job),
+                        Some(GetOptions::new().with_prefix()),
+                    ),
+                    TxnOp::get(self.keys.histories(job), Some(newest)),
+                ],
+            )
+            .await?;
+        let mut runs: Vec<RunRecord> = found
+            .iter()
+            .flatten()
+            .filter_map(|kv| parse(kv).ok())
+            .collect();
+        runs.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+        runs.truncate(limit);
+        Ok(runs)
+    }
+
+    async fn active(&self, job: &str) -> Result<Vec<RunRecord>> {
+        self.active_runs(job).await
+    }
+
+    async fn find_run(&self, jobs: &[&str], run_id: &str) -> Result<Option<RunRecord>> {
+        for chunk in jobs.chunks(FIND_RUN_JOBS_PER_TXN) {
+            let gets = chunk
+                .iter()
+                .flat_map(|job| {
+                    [
+                        TxnOp::get(self.keys.history(job, run_id), None),
+                        TxnOp::get(self.keys.active(job, run_id), None),
+                    ]
+                })
+                .collect();
+            let found = self.get_together("look up run", gets).await?;
+            if let Some(kv) = found.iter().flatten().next() {
+                return parse(kv).map(Some);
+            }
+        }
+        Ok(None)
+    }
 }
 
 impl Coordinator for Etcd {
@@ -1287,8 +1477,21 @@ pub struct EtcdRecorder {
     job: String,
     run_id: String,
     history_limit: usize,
+    lease: i64,
     alive: watch::Receiver<bool>,
     keeper: tokio::task::JoinHandle<()>,
+    /// Stop requests from a run replacing this one (`overlap = "replace"`).
+    stop: watch::Receiver<Option<String>>,
+    stop_watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for EtcdRecorder {
+    fn drop(&mut self) {
+        self.keeper.abort();
+        if let Some(w) = &self.stop_watcher {
+            w.abort();
+        }
+    }
 }
 
 impl EtcdRecorder {
@@ -1305,6 +1508,7 @@ impl EtcdRecorder {
         run_id: &str,
         lease: i64,
         granted_at: DateTime<Utc>,
+        stoppable: bool,
     ) -> Result<Self> {
         let age = (Utc::now() - granted_at).to_std().unwrap_or_default();
         if age >= cfg.fence_after() {
@@ -1323,15 +1527,28 @@ impl EtcdRecorder {
             tx,
             client.clone(),
         ));
+        let keys = Keys::new(&cfg.prefix);
+        let (stop_tx, stop) = watch::channel(None);
+        let stop_watcher = stoppable.then(|| {
+            tokio::spawn(watch_stop_request(
+                cfg.clone(),
+                client.clone(),
+                keys.stop_request(job, run_id),
+                stop_tx,
+            ))
+        });
         Ok(EtcdRecorder {
             cfg: cfg.clone(),
             client,
-            keys: Keys::new(&cfg.prefix),
+            keys,
             job: job.to_string(),
             run_id: run_id.to_string(),
             history_limit: cfg.history_limit,
+            lease,
             alive,
             keeper,
+            stop,
+            stop_watcher,
         })
     }
 
@@ -1364,6 +1581,117 @@ impl RunRecorder for EtcdRecorder {
         Ok(())
     }
 
+    async fn take_turn(&mut self, turn: &Turn, record: &RunRecord) -> Result<()> {
+        let mut client = self
+            .client
+            .get_or_try_init(|| connect(&self.cfg))
+            .await?
+            .clone();
+        let actives = self.keys.actives(&self.job);
+        if let Turn::Replace { .. } = turn {
+            // Whoever runs now, not whoever ran at claim time. The request
+            // is bound to this run's lease: it goes away with this run.
+            let running = client
+                .get(actives.clone(), Some(GetOptions::new().with_prefix()))
+                .await
+                .map_err(etcd_err("read active runs"))?;
+            for rec in running
+                .kvs()
+                .iter()
+                .filter_map(|kv| parse::<RunRecord>(kv).ok())
+            {
+                let why = format!("replaced by run {}", self.run_id);
+                client
+                    .put(
+                        self.keys.stop_request(&self.job, &rec.run_id),
+                        why,
+                        Some(PutOptions::new().with_lease(self.lease)),
+                    )
+                    .await
+                    .map_err(etcd_err("ask the active run to stop"))?;
+            }
+        }
+        let queued = self.keys.queued(&self.job);
+        let mut alive = self.alive.clone();
+        let lease_lost = async move {
+            while *alive.borrow_and_update() {
+                if alive.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::pin!(lease_lost);
+        loop {
+            // Move from the waiting place to the running mark in one step,
+            // once nothing runs; the place is ours while our lease lives.
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(actives.clone(), CompareOp::Equal, 0).with_prefix(),
+                    Compare::lease(queued.clone(), CompareOp::Equal, self.lease),
+                ])
+                .and_then([
+                    TxnOp::delete(queued.clone(), None),
+                    TxnOp::put(
+                        self.keys.active(&self.job, &self.run_id),
+                        json(record),
+                        Some(PutOptions::new().with_lease(self.lease)),
+                    ),
+                ]);
+            let resp = tokio::select! {
+                r = client.txn(txn) => r.map_err(etcd_err("take the run's turn"))?,
+                () = &mut lease_lost => return Err(CoordError::Etcd("the run's lease could not be renewed while it waited".into())),
+            };
+            if resp.succeeded() {
+                return Ok(());
+            }
+            // Wait for a run to end; any change under the prefix since the
+            // failed attempt's revision wakes us.
+            let from = resp.header().map_or(0, |h| h.revision()) + 1;
+            let opts = WatchOptions::new().with_prefix().with_start_revision(from);
+            let ended = async {
+                match client.watch(actives.clone(), Some(opts)).await {
+                    Ok(mut stream) => {
+                        while let Ok(Some(r)) = stream.message().await {
+                            if r.events()
+                                .iter()
+                                .any(|e| e.event_type() == EventType::Delete)
+                            {
+                                break;
+                            }
+                        }
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            tokio::select! {
+                () = ended => {}
+                () = &mut lease_lost => return Err(CoordError::Etcd("the run's lease could not be renewed while it waited".into())),
+            }
+        }
+    }
+
+    fn replacements(&mut self) -> watch::Receiver<Option<String>> {
+        self.stop.clone()
+    }
+
+    async fn attempt_failed(&mut self, record: &RunRecord) -> Result<()> {
+        let history = self.keys.history(&self.job, &record.run_id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                history.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(history, json(record), None)]);
+        let mut client = self
+            .client
+            .get_or_try_init(|| connect(&self.cfg))
+            .await?
+            .clone();
+        client.txn(txn).await.map_err(etcd_err("write record"))?;
+        Ok(())
+    }
+
     async fn finished(&mut self, record: &RunRecord) -> Result<()> {
         // The record and the end of the marker are one transaction, so no
         // reader ever sees the run neither active nor recorded. Keep trying
@@ -1378,6 +1706,16 @@ impl RunRecorder for EtcdRecorder {
                     None,
                 ),
                 TxnOp::delete(self.keys.active(&self.job, &self.run_id), None),
+                // A run that never got its turn leaves the waiting place.
+                TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::lease(
+                            self.keys.queued(&self.job),
+                            CompareOp::Equal,
+                            self.lease,
+                        )])
+                        .and_then([TxnOp::delete(self.keys.queued(&self.job), None)]),
+                ),
             ]);
             let attempt = async {
                 let mut client = self

@@ -11,6 +11,7 @@ pub mod etcd;
 mod fsutil;
 pub mod standalone;
 
+use crate::config::Overlap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -84,6 +85,16 @@ impl Outcome {
     pub fn is_run(self) -> bool {
         !matches!(self, Outcome::Skipped | Outcome::Missed)
     }
+
+    /// A run that ended badly: what `retries` retries and `on_failure`
+    /// reports (a job that could not start at all is neither retried nor
+    /// reported; its config needs fixing).
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Outcome::Failed | Outcome::TimedOut | Outcome::Killed | Outcome::Lost
+        )
+    }
 }
 
 impl fmt::Display for Outcome {
@@ -136,6 +147,21 @@ pub struct RunRecord {
     /// The last bytes of the run's combined stdout and stderr.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub output_tail: String,
+    /// Which attempt of its run this is: 1, or more for a job with `retries`.
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: u32,
+    /// The run's supervisor, which stops the run when a newer one replaces
+    /// it (`overlap = "replace"`, standalone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_pid: Option<u32>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+fn is_first_attempt(attempt: &u32) -> bool {
+    *attempt == 1
 }
 
 impl RunRecord {
@@ -167,6 +193,8 @@ impl RunRecord {
             pid: None,
             missed_ticks: None,
             output_tail: String::new(),
+            attempt: 1,
+            supervisor_pid: None,
         }
     }
 }
@@ -243,8 +271,8 @@ pub struct ClaimRequest<'a> {
     pub tick: DateTime<Utc>,
     pub trigger: Trigger,
     pub instance: &'a str,
-    /// Whether an active run of the job must make this claim fail.
-    pub exclusive: bool,
+    /// What an active run of the job means for this claim.
+    pub overlap: Overlap,
     /// Whether `tick` becomes the job's last fired tick (scheduled and
     /// catch-up fires; not manual triggers).
     pub advances_schedule: bool,
@@ -272,6 +300,22 @@ pub struct Claim {
     pub run_id: String,
     pub term: u64,
     pub hold: Hold,
+    pub turn: Turn,
+}
+
+/// When a claimed run may start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Turn {
+    /// At once: no run of the job is active (or the job allows overlap).
+    #[default]
+    Now,
+    /// After the active run ends (`overlap = "queue"`): the claim took the
+    /// job's single waiting place, and the supervisor waits in it.
+    Queued,
+    /// After stopping the active run (`overlap = "replace"`): the supervisor
+    /// asks it to stop, then waits for it like a queued run.
+    Replace { active: Option<Box<RunRecord>> },
 }
 
 /// Why a claim was refused.
@@ -279,6 +323,8 @@ pub struct Claim {
 pub enum ClaimRejected {
     #[error("already running: {}", describe_running(.0.as_deref()))]
     StillRunning(Option<Box<RunRecord>>),
+    #[error("a run is already waiting for the active one to end: {}", describe_running(.0.as_deref()))]
+    AlreadyQueued(Option<Box<RunRecord>>),
     #[error("tick {0} was already fired")]
     AlreadyFired(DateTime<Utc>),
     #[error("this instance is not the leader")]
@@ -290,10 +336,19 @@ pub enum ClaimRejected {
 }
 
 impl ClaimRejected {
+    /// A refusal under the job's overlap policy: the tick is skipped.
+    pub fn is_skip(&self) -> bool {
+        matches!(
+            self,
+            ClaimRejected::StillRunning(_) | ClaimRejected::AlreadyQueued(_)
+        )
+    }
+
     /// A short label for logs and counters.
     pub fn kind(&self) -> &'static str {
         match self {
             ClaimRejected::StillRunning(_) => "still_running",
+            ClaimRejected::AlreadyQueued(_) => "already_queued",
             ClaimRejected::AlreadyFired(_) => "already_fired",
             ClaimRejected::NotLeader => "not_leader",
             ClaimRejected::RequestGone(_) => "request_gone",
@@ -382,10 +437,49 @@ pub trait Coordinator: Send + Sync + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
 }
 
+/// Reading run history, for `list` and `history`: the same questions asked
+/// of either backend, so no command needs to know where records live.
+pub trait HistoryReader: Sync {
+    /// Entries of `job`, newest first (by run id, i.e. by creation), at most
+    /// `limit`, active runs included.
+    fn recent(
+        &self,
+        job: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<RunRecord>>> + Send;
+
+    /// Runs of `job` active right now, oldest first.
+    fn active(&self, job: &str) -> impl Future<Output = Result<Vec<RunRecord>>> + Send;
+
+    /// The entry with this run id, looked for among the entries of `jobs`
+    /// (a record's place depends on its job, which the caller may not know).
+    /// `run_id` must already be a valid run id: it becomes part of a path or key.
+    fn find_run(
+        &self,
+        jobs: &[&str],
+        run_id: &str,
+    ) -> impl Future<Output = Result<Option<RunRecord>>> + Send;
+}
+
 /// The supervisor's view of the backend: keeps one run's record current.
 pub trait RunRecorder: Send {
     /// Store `record` (outcome `running`) and mark the run active.
     fn started(&mut self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
+    /// For a queued or replacing run (see [`Turn`]): wait until the job's
+    /// active run has ended (asking it to stop first, for `Replace`), then
+    /// mark `record`'s run as the active one.
+    fn take_turn(
+        &mut self,
+        turn: &Turn,
+        record: &RunRecord,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Where a newer run's request to stop this one arrives (`overlap =
+    /// "replace"`): the reason, once there is one. A backend that delivers
+    /// the request otherwise (standalone: SIGUSR1) never sends.
+    fn replacements(&mut self) -> watch::Receiver<Option<String>>;
+    /// Store the record of a failed attempt that is about to be retried,
+    /// as an entry of its own; the run stays active.
+    fn attempt_failed(&mut self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
     /// Replace the active record with the final one; the run stops counting
     /// as active.
     fn finished(&mut self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;

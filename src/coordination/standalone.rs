@@ -7,7 +7,8 @@
 //! <state>/leader.lock            flock held by the `bgsched run` that fires jobs
 //! <state>/leader.json            who holds it (instance, term, since, pid)
 //! <state>/term                   the last term handed out
-//! <state>/jobs/<job>/run.lock    flock held by the active run's supervisor (overlap = "skip")
+//! <state>/jobs/<job>/run.lock    flock held by the active run's supervisor (overlap skip/queue/replace)
+//! <state>/jobs/<job>/queue.lock  flock held by the one run waiting for run.lock (queue/replace)
 //! <state>/jobs/<job>/last_tick   the newest tick fired by a scheduler
 //! <state>/jobs/<job>/runs/<run-id>.json
 //!                                history; a `running` entry is flocked by its supervisor
@@ -15,9 +16,10 @@
 
 use super::fsutil::{atomic_write, io_err, lock_blocking, open_lock_file, read_json, try_lock};
 use super::{
-    BackendSpec, Claim, ClaimRejected, ClaimRequest, Coordinator, Hold, LeaderInfo, Leadership,
-    Outcome, Result, RunRecord, RunRecorder,
+    BackendSpec, Claim, ClaimRejected, ClaimRequest, Coordinator, HistoryReader, Hold, LeaderInfo,
+    Leadership, Outcome, Result, RunRecord, RunRecorder, Turn,
 };
+use crate::config::Overlap;
 use chrono::{DateTime, Utc};
 use std::fs::{self, File};
 use std::os::fd::OwnedFd;
@@ -63,7 +65,7 @@ impl Standalone {
             .collect();
         base.join(format!(
             "{stem}-{:016x}",
-            fnv1a(abs.as_os_str().as_encoded_bytes())
+            crate::config::fnv1a(abs.as_os_str().as_encoded_bytes())
         ))
     }
 
@@ -228,19 +230,51 @@ impl Standalone {
                 .join("runs")
                 .join(format!("{run_id}.json")),
             held: None,
+            run_lock: None,
         }
     }
 
     /// Try to take `job`'s run lock: `Ok(None)` when a run holds it.
     pub fn try_run_lock(&self, job: &str) -> Result<Option<OwnedFd>> {
+        self.try_job_lock(job, "run.lock")
+    }
+
+    fn try_job_lock(&self, job: &str, name: &str) -> Result<Option<OwnedFd>> {
         let dir = self.job_dir(job);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let path = dir.join("run.lock");
+        let path = dir.join(name);
         let file = open_lock_file(&path)?;
         if try_lock(&file).map_err(io_err(&path))? {
             Ok(Some(file.into()))
         } else {
             Ok(None)
+        }
+    }
+
+    /// What a new run of `job` holds under its overlap policy, and when it
+    /// may start; or why it may not run at all.
+    pub fn overlap_hold(&self, job: &str, overlap: Overlap) -> Result<(Hold, Turn), ClaimRejected> {
+        let active = || -> Result<Option<Box<RunRecord>>, ClaimRejected> {
+            Ok(self.active_runs(job)?.into_iter().next().map(Box::new))
+        };
+        match overlap {
+            Overlap::Allow => Ok((Hold::None, Turn::Now)),
+            Overlap::Skip => match self.try_run_lock(job)? {
+                Some(fd) => Ok((Hold::Lock(fd), Turn::Now)),
+                None => Err(ClaimRejected::StillRunning(active()?)),
+            },
+            Overlap::Queue | Overlap::Replace => {
+                // The waiting place first: a run that finds it taken must not
+                // start in front of the one waiting there.
+                let Some(place) = self.try_job_lock(job, "queue.lock")? else {
+                    return Err(ClaimRejected::AlreadyQueued(active()?));
+                };
+                match self.try_run_lock(job)? {
+                    Some(fd) => Ok((Hold::Lock(fd), Turn::Now)),
+                    None if overlap == Overlap::Queue => Ok((Hold::Lock(place), Turn::Queued)),
+                    None => Ok((Hold::Lock(place), Turn::Replace { active: active()? })),
+                }
+            }
         }
     }
 
@@ -259,21 +293,12 @@ impl Standalone {
             let path = dir.join("last_tick");
             atomic_write(&path, req.tick.to_rfc3339().as_bytes(), true)?;
         }
-        let hold = if req.exclusive {
-            match self.try_run_lock(req.job)? {
-                Some(fd) => Hold::Lock(fd),
-                None => {
-                    let active = self.active_runs(req.job)?.into_iter().next().map(Box::new);
-                    return Err(ClaimRejected::StillRunning(active));
-                }
-            }
-        } else {
-            Hold::None
-        };
+        let (hold, turn) = self.overlap_hold(req.job, req.overlap)?;
         Ok(Claim {
             run_id: req.request.map_or_else(new_run_id, str::to_string),
             term,
             hold,
+            turn,
         })
     }
 
@@ -362,15 +387,15 @@ impl Coordinator for Standalone {
         let term = leadership.term;
         let (job, instance) = (req.job.to_string(), req.instance.to_string());
         let request = req.request.map(str::to_string);
-        let (tick, trigger, exclusive, advances_schedule) =
-            (req.tick, req.trigger, req.exclusive, req.advances_schedule);
+        let (tick, trigger, overlap, advances_schedule) =
+            (req.tick, req.trigger, req.overlap, req.advances_schedule);
         tokio::task::spawn_blocking(move || {
             let req = ClaimRequest {
                 job: &job,
                 tick,
                 trigger,
                 instance: &instance,
-                exclusive,
+                overlap,
                 advances_schedule,
                 request: request.as_deref(),
             };
@@ -404,12 +429,37 @@ impl Coordinator for Standalone {
     async fn shutdown(&self) {}
 }
 
+impl HistoryReader for Standalone {
+    async fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        self.history(job, limit)
+    }
+
+    async fn active(&self, job: &str) -> Result<Vec<RunRecord>> {
+        self.active_runs(job)
+    }
+
+    async fn find_run(&self, jobs: &[&str], run_id: &str) -> Result<Option<RunRecord>> {
+        for job in jobs {
+            let path = self
+                .job_dir(job)
+                .join("runs")
+                .join(format!("{run_id}.json"));
+            if let Some(rec) = self.read_record(&path)? {
+                return Ok(Some(rec));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Keeps one run's entry; holds an exclusive flock on it while the run lives.
 pub struct StandaloneRecorder {
     state: Standalone,
     job: String,
     path: PathBuf,
     held: Option<File>,
+    /// The run lock, when this run took its turn after waiting for it.
+    run_lock: Option<File>,
 }
 
 impl RunRecorder for StandaloneRecorder {
@@ -427,6 +477,32 @@ impl RunRecorder for StandaloneRecorder {
         Ok(())
     }
 
+    async fn take_turn(&mut self, turn: &Turn, _record: &RunRecord) -> Result<()> {
+        if let Turn::Replace { .. } = turn {
+            // Whoever runs now, not whoever ran at claim time.
+            for active in self.state.active_runs(&self.job)? {
+                stop_for_replacement(&active);
+            }
+        }
+        let path = self.state.job_dir(&self.job).join("run.lock");
+        let file = open_lock_file(&path)?;
+        let file = tokio::task::spawn_blocking(move || lock_blocking(&file).map(|()| file))
+            .await
+            .expect("lock task panicked")
+            .map_err(io_err(&path))?;
+        self.run_lock = Some(file);
+        Ok(())
+    }
+
+    fn replacements(&mut self) -> tokio::sync::watch::Receiver<Option<String>> {
+        // Standalone, a replacement arrives as SIGUSR1 (see `take_turn`).
+        tokio::sync::watch::channel(None).1
+    }
+
+    async fn attempt_failed(&mut self, record: &RunRecord) -> Result<()> {
+        Coordinator::record(&self.state, record).await
+    }
+
     async fn finished(&mut self, record: &RunRecord) -> Result<()> {
         // A run that could not start was never `started`.
         let result = self
@@ -434,6 +510,7 @@ impl RunRecorder for StandaloneRecorder {
             .runs_dir(&self.job)
             .and_then(|_| write_record(&self.path, record));
         self.held = None;
+        self.run_lock = None;
         result?;
         self.state.prune(&self.job)
     }
@@ -464,13 +541,27 @@ pub fn new_run_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-pub fn duration_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
-    (to - from).num_milliseconds().max(0) as u64
+/// Ask an active run to stop so a newer one can replace it: its supervisor
+/// takes SIGUSR1 as "replaced" and stops the job gracefully. A record
+/// without a supervisor pid (written by an older bgsched) only names the
+/// job's group, which then gets SIGTERM.
+fn stop_for_replacement(active: &RunRecord) {
+    use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+    let pid = |p: u32| Pid::from_raw(p as i32);
+    match (
+        active.supervisor_pid.and_then(pid),
+        active.pid.and_then(pid),
+    ) {
+        (Some(supervisor), _) => {
+            let _ = kill_process(supervisor, Signal::USR1);
+        }
+        (None, Some(group)) => {
+            let _ = kill_process_group(group, Signal::TERM);
+        }
+        (None, None) => {}
+    }
 }
 
-/// FNV-1a: a hash that stays the same across Rust releases, for directory names.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
+pub fn duration_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+    (to - from).num_milliseconds().max(0) as u64
 }

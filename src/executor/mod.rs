@@ -11,9 +11,9 @@
 
 pub mod output;
 
-use crate::config::{Job, Program};
+use crate::config::{Job, Overlap, Program};
 use crate::coordination::standalone::duration_ms;
-use crate::coordination::{BackendSpec, Hold, Outcome, RunRecord, RunRecorder, Trigger};
+use crate::coordination::{BackendSpec, Hold, Outcome, RunRecord, RunRecorder, Trigger, Turn};
 use chrono::{DateTime, Utc};
 use output::{pump, Stream, Tail};
 use rustix::process::{kill_process_group, Pid, Signal};
@@ -57,6 +57,22 @@ pub struct RunSpec {
     /// Print the job's pid on stdout once it runs (for the scheduler).
     #[serde(default)]
     pub report_pid: bool,
+    /// Wait this long before the first attempt (the job's `jitter`).
+    #[serde(default)]
+    pub delay: Duration,
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub retry_backoff: Duration,
+    #[serde(default)]
+    pub retry_backoff_max: Duration,
+    #[serde(default)]
+    pub on_failure: Option<Vec<String>>,
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// Whether the run waits for (or replaces) an active run first.
+    #[serde(default)]
+    pub turn: Turn,
 }
 
 impl RunSpec {
@@ -84,6 +100,13 @@ impl RunSpec {
             lease: None,
             log_json: false,
             report_pid: false,
+            delay: Duration::ZERO,
+            retries: job.retries,
+            retry_backoff: job.retry_backoff,
+            retry_backoff_max: job.retry_backoff_max,
+            on_failure: job.on_failure.clone(),
+            overlap: job.overlap,
+            turn: Turn::Now,
         }
     }
 
@@ -115,6 +138,8 @@ impl RunSpec {
             pid: None,
             missed_ticks: None,
             output_tail: String::new(),
+            attempt: 1,
+            supervisor_pid: Some(std::process::id()),
         }
     }
 }
@@ -142,8 +167,9 @@ pub fn exit_code_of(record: &RunRecord) -> i32 {
     }
 }
 
-/// Run the job described by `spec` to completion and record it through
-/// `recorder`. `hold` (the claim's lock) is kept until the record is final.
+/// Run the job described by `spec` to completion (with its jitter delay
+/// and retries) and record it through `recorder`. `hold` (the claim's lock)
+/// is kept until the record is final.
 pub async fn supervise<R: RunRecorder>(
     spec: &RunSpec,
     recorder: &mut R,
@@ -153,21 +179,131 @@ pub async fn supervise<R: RunRecorder>(
     // Registered before the job starts, so a stop request can never kill
     // the supervisor with the default action and orphan the run.
     let mut signals = StopSignals::new();
+    if !spec.delay.is_zero() {
+        tracing::info!(job = %spec.job, run_id = %spec.run_id, delay_ms = spec.delay.as_millis() as u64, "jitter: starting later");
+        let stopped = tokio::select! {
+            () = tokio::time::sleep(spec.delay) => None,
+            why = signals.next() => Some(format!("supervisor {why} during the jitter delay: not started")),
+            why = recorder.fenced() => Some(why),
+        };
+        if let Some(reason) = stopped {
+            let mut rec = spec.unstarted(reason);
+            finish(&mut rec, recorder).await;
+            return Supervised {
+                record: rec,
+                interrupted: true,
+            };
+        }
+    }
+    let hold = if spec.turn == Turn::Now {
+        hold
+    } else {
+        let waiting = spec.record(Outcome::Running, Utc::now());
+        tracing::info!(job = %spec.job, run_id = %spec.run_id, "waiting for the active run to end");
+        let stopped = tokio::select! {
+            taken = recorder.take_turn(&spec.turn, &waiting) => taken.err().map(|e| (format!("could not take its turn: {e}"), false)),
+            why = signals.next() => Some((format!("supervisor {why} while waiting for the active run: not started"), true)),
+        };
+        if let Some((reason, interrupted)) = stopped {
+            tracing::warn!(job = %spec.job, run_id = %spec.run_id, "{reason}");
+            let mut rec = spec.unstarted(reason);
+            finish(&mut rec, recorder).await;
+            return Supervised {
+                record: rec,
+                interrupted,
+            };
+        }
+        // The waiting place is free for the next run; the run lock is the
+        // recorder's now.
+        drop(hold);
+        None
+    };
+    let mut attempt = 1;
+    let (rec, stopped_because) = loop {
+        let (mut rec, stopped_because) =
+            run_attempt(spec, attempt, recorder, &mut signals, echo).await;
+        let failed = matches!(
+            rec.outcome,
+            Outcome::Failed | Outcome::TimedOut | Outcome::Killed
+        );
+        // Only the job's own failure is retried, not a stop we asked for.
+        let ours = matches!(stopped_because, Some(why) if why != "timeout");
+        if !failed || ours || attempt > spec.retries {
+            break (rec, stopped_because);
+        }
+        let wait = retry_backoff(spec.retry_backoff, spec.retry_backoff_max, attempt);
+        tracing::warn!(
+            job = %spec.job, run_id = %spec.run_id, attempt, outcome = %rec.outcome,
+            retry_in_ms = wait.as_millis() as u64, "attempt failed: retrying"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            // Stopped while waiting: the failed attempt is the run's result.
+            why = signals.next() => {
+                rec.reason = Some(format!("{}; not retried: supervisor {why}", rec.reason.unwrap_or_else(|| rec.outcome.to_string())));
+                break (rec, Some(why));
+            }
+            why = recorder.fenced() => {
+                rec.reason = Some(format!("{}; not retried: {why}", rec.reason.unwrap_or_else(|| rec.outcome.to_string())));
+                break (rec, Some("fenced"));
+            }
+        }
+        // The failed attempt becomes an entry of its own; the run's id (and
+        // its running mark) carries on with the next attempt.
+        rec.run_id = crate::coordination::standalone::new_run_id();
+        if let Err(e) = recorder.attempt_failed(&rec).await {
+            tracing::error!(job = %spec.job, run_id = %spec.run_id, attempt, "could not record the failed attempt: {e}");
+        }
+        attempt += 1;
+    };
+    let mut rec = rec;
+    finish(&mut rec, recorder).await;
+    drop(hold);
+    tracing::info!(
+        job = %spec.job, run_id = %spec.run_id, outcome = %rec.outcome,
+        exit_code = rec.exit_code, signal = rec.signal, duration_ms = rec.duration_ms,
+        attempt = rec.attempt, "run finished"
+    );
+    let interrupted = matches!(stopped_because, Some("terminated" | "interrupted"));
+    if !interrupted && stopped_because != Some("replaced") && rec.outcome.is_failure() {
+        if let Some(hook) = &spec.on_failure {
+            run_hook(hook, spec, &rec).await;
+        }
+    }
+    Supervised {
+        record: rec,
+        interrupted,
+    }
+}
+
+/// The wait before retry number `retry` (1 for the first): `first`,
+/// doubling each time, at most `max`.
+pub fn retry_backoff(first: Duration, max: Duration, retry: u32) -> Duration {
+    let factor = 2u32.saturating_pow(retry.saturating_sub(1));
+    first.checked_mul(factor).unwrap_or(max).min(max)
+}
+
+/// One attempt: start the job, wait for it (or its timeout, a stop request,
+/// or fencing), and return its record, not yet stored, with why the
+/// supervisor stopped it, if it did.
+async fn run_attempt<R: RunRecorder>(
+    spec: &RunSpec,
+    attempt: u32,
+    recorder: &mut R,
+    signals: &mut StopSignals,
+    echo: Echo,
+) -> (RunRecord, Option<&'static str>) {
     let started_at = Utc::now();
     let mut rec = spec.record(Outcome::Running, started_at);
+    rec.attempt = attempt;
 
-    let mut child = match spawn_job(spec) {
+    let mut child = match spawn_job(spec, attempt) {
         Ok(child) => child,
         Err(reason) => {
             tracing::error!(job = %spec.job, run_id = %spec.run_id, "could not start: {reason}");
             rec.outcome = Outcome::StartFailed;
             rec.reason = Some(reason);
-            finish(&mut rec, recorder).await;
-            drop(hold);
-            return Supervised {
-                record: rec,
-                interrupted: false,
-            };
+            return (rec, None);
         }
     };
     let pid = child.id().unwrap_or(0);
@@ -182,7 +318,7 @@ pub async fn supervise<R: RunRecorder>(
     }
     tracing::info!(
         job = %spec.job, run_id = %spec.run_id, tick = %spec.tick.to_rfc3339(),
-        trigger = %spec.trigger, instance = %spec.instance, term = spec.term, pid,
+        trigger = %spec.trigger, instance = %spec.instance, term = spec.term, pid, attempt,
         "run started"
     );
 
@@ -207,16 +343,23 @@ pub async fn supervise<R: RunRecorder>(
     };
 
     let mut fence_reason = None;
+    let mut replacements = recorder.replacements();
+    let mut replace_reason = None;
     let (status, stopped_because) = tokio::select! {
         status = child.wait() => (status, None),
-        () = deadline => (terminate(&mut child, group, spec.kill_grace, &mut signals, recorder).await, Some("timeout")),
-        why = stop_requested => (terminate(&mut child, group, spec.kill_grace, &mut signals, recorder).await, Some(why)),
+        why = replaced(&mut replacements) => {
+            tracing::info!(job = %spec.job, run_id = %spec.run_id, "stopping: {why}");
+            replace_reason = Some(why);
+            (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some("replaced"))
+        }
+        () = deadline => (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some("timeout")),
+        why = stop_requested => (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(why)),
         why = recorder.fenced() => {
             // The run's mark is about to expire: stop the job now, without
             // a grace period, so it never runs unmarked next to a new run.
             tracing::error!(job = %spec.job, run_id = %spec.run_id, "self-fencing: {why}");
             fence_reason = Some(why);
-            (terminate(&mut child, group, Duration::ZERO, &mut signals, recorder).await, Some("fenced"))
+            (terminate(&mut child, group, Duration::ZERO, signals, recorder).await, Some("fenced"))
         }
     };
     // The direct child is gone; anything it left behind in its group goes too,
@@ -250,6 +393,12 @@ pub async fn supervise<R: RunRecorder>(
                     humantime::format_duration(spec.timeout.unwrap_or_default())
                 )),
                 Some("fenced") => fence_reason.take(),
+                Some("replaced") => Some(format!(
+                    "{}: job stopped",
+                    replace_reason
+                        .take()
+                        .unwrap_or_else(|| "replaced by a newer run".into())
+                )),
                 Some(why) => Some(format!("supervisor {why}: job stopped")),
                 None => None,
             };
@@ -260,16 +409,91 @@ pub async fn supervise<R: RunRecorder>(
         }
     }
     rec.output_tail = tail.contents();
-    finish(&mut rec, recorder).await;
-    drop(hold);
-    tracing::info!(
-        job = %spec.job, run_id = %spec.run_id, outcome = %rec.outcome,
-        exit_code = rec.exit_code, signal = rec.signal, duration_ms = rec.duration_ms,
-        "run finished"
-    );
-    Supervised {
-        record: rec,
-        interrupted: matches!(stopped_because, Some("terminated" | "interrupted")),
+    let ended = Utc::now();
+    rec.ended_at = Some(ended);
+    rec.duration_ms = Some(duration_ms(rec.started_at, ended));
+    (rec, stopped_because)
+}
+
+/// Longest an `on_failure` hook may run before its group is killed.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Output of the run handed to a hook, at most (environment variables have
+/// to stay small).
+const HOOK_OUTPUT_LIMIT: usize = 4096;
+
+/// Run the job's `on_failure` hook for a finished run, in its own process
+/// group, with the run's details in `BGSCHED_*` variables; its output goes
+/// to the log.
+pub async fn run_hook(hook: &[String], spec: &RunSpec, rec: &RunRecord) {
+    let Some((program, args)) = hook.split_first() else {
+        return;
+    };
+    let mut output = rec.output_tail.as_str();
+    if output.len() > HOOK_OUTPUT_LIMIT {
+        let mut cut = output.len() - HOOK_OUTPUT_LIMIT;
+        while !output.is_char_boundary(cut) {
+            cut += 1;
+        }
+        output = &output[cut..];
+    }
+    let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_remove(SPEC_ENV)
+        .envs(&spec.env)
+        .env("BGSCHED_JOB", &rec.job)
+        .env("BGSCHED_RUN_ID", &rec.run_id)
+        .env("BGSCHED_OUTCOME", rec.outcome.to_string())
+        .env("BGSCHED_SCHEDULED_AT", rfc3339(rec.tick))
+        .env("BGSCHED_STARTED_AT", rfc3339(rec.started_at))
+        .env("BGSCHED_TRIGGER", rec.trigger.to_string())
+        .env("BGSCHED_INSTANCE", &rec.instance)
+        .env("BGSCHED_ATTEMPT", rec.attempt.to_string())
+        .env(
+            "BGSCHED_EXIT_CODE",
+            rec.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+        )
+        .env(
+            "BGSCHED_SIGNAL",
+            rec.signal.map(|c| c.to_string()).unwrap_or_default(),
+        )
+        .env(
+            "BGSCHED_DURATION_MS",
+            rec.duration_ms.unwrap_or(0).to_string(),
+        )
+        .env("BGSCHED_REASON", rec.reason.as_deref().unwrap_or(""))
+        .env("BGSCHED_OUTPUT_TAIL", output)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(dir) = &spec.working_dir {
+        cmd.current_dir(dir);
+    }
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(job = %rec.job, run_id = %rec.run_id, "on_failure hook {program} could not start: {e}");
+            return;
+        }
+    };
+    let group = child.id().and_then(|p| Pid::from_raw(p as i32));
+    match tokio::time::timeout(HOOK_TIMEOUT, child.wait_with_output()).await {
+        Ok(Ok(out)) => {
+            let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+            tracing::info!(job = %rec.job, run_id = %rec.run_id, status = %out.status, output = %text.trim_end(), "on_failure hook finished");
+        }
+        Ok(Err(e)) => {
+            tracing::error!(job = %rec.job, run_id = %rec.run_id, "on_failure hook: {e}")
+        }
+        Err(_) => {
+            tracing::error!(job = %rec.job, run_id = %rec.run_id, "on_failure hook still running after {}s: killed", HOOK_TIMEOUT.as_secs());
+        }
+    }
+    // Whatever the hook left behind goes with it.
+    if let Some(g) = group {
+        let _ = kill_process_group(g, Signal::KILL);
     }
 }
 
@@ -281,8 +505,7 @@ pub struct Supervised {
 }
 
 async fn finish<R: RunRecorder>(rec: &mut RunRecord, recorder: &mut R) {
-    let ended = Utc::now();
-    rec.ended_at = Some(ended);
+    let ended = *rec.ended_at.get_or_insert_with(Utc::now);
     rec.duration_ms = Some(duration_ms(rec.started_at, ended));
     if let Err(e) = recorder.finished(rec).await {
         tracing::error!(job = %rec.job, run_id = %rec.run_id, "could not write the run record: {e}");
@@ -290,10 +513,12 @@ async fn finish<R: RunRecorder>(rec: &mut RunRecord, recorder: &mut R) {
 }
 
 /// SIGTERM and SIGINT to the supervisor: the first asks for a graceful
-/// stop, any further one (of either kind) for SIGKILL now.
+/// stop, any further one (of either kind) for SIGKILL now. SIGUSR1 is a
+/// newer run replacing this one (`overlap = "replace"`, standalone).
 struct StopSignals {
     term: Option<tokio::signal::unix::Signal>,
     int: Option<tokio::signal::unix::Signal>,
+    usr1: Option<tokio::signal::unix::Signal>,
 }
 
 impl StopSignals {
@@ -301,6 +526,7 @@ impl StopSignals {
         StopSignals {
             term: signal(SignalKind::terminate()).ok(),
             int: signal(SignalKind::interrupt()).ok(),
+            usr1: signal(SignalKind::user_defined1()).ok(),
         }
     }
 
@@ -314,6 +540,19 @@ impl StopSignals {
         tokio::select! {
             Some(()) = recv(&mut self.term) => "terminated",
             Some(()) = recv(&mut self.int) => "interrupted",
+            Some(()) = recv(&mut self.usr1) => "replaced",
+        }
+    }
+}
+
+/// Resolves with the reason once a newer run asks this one to stop.
+async fn replaced(requests: &mut tokio::sync::watch::Receiver<Option<String>>) -> String {
+    loop {
+        if let Some(why) = requests.borrow_and_update().clone() {
+            return why;
+        }
+        if requests.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -375,7 +614,7 @@ fn spawn_pump(
 }
 
 /// Start the job's process in a new process group, or say why it cannot start.
-fn spawn_job(spec: &RunSpec) -> Result<tokio::process::Child, String> {
+fn spawn_job(spec: &RunSpec, attempt: u32) -> Result<tokio::process::Child, String> {
     let argv = spec.program.argv();
     let (program, args) = argv.split_first().ok_or("empty command")?;
     if let Some(dir) = &spec.working_dir {
@@ -397,6 +636,7 @@ fn spawn_job(spec: &RunSpec) -> Result<tokio::process::Child, String> {
         .env("BGSCHED_TRIGGER", spec.trigger.to_string())
         .env("BGSCHED_INSTANCE", &spec.instance)
         .env("BGSCHED_FENCING_TOKEN", spec.term.to_string())
+        .env("BGSCHED_ATTEMPT", attempt.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

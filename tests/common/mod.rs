@@ -77,6 +77,14 @@ impl Env {
         Cmd(c)
     }
 
+    /// `trigger <job> --detach`: the run id it prints.
+    pub fn trigger_detached(&self, job: &str) -> String {
+        let out = self.cmd(&["trigger", job, "--detach"]).run().success();
+        let run_id = out.stdout.trim().to_string();
+        assert_eq!(run_id.len(), 36, "detach prints the run id: {out:?}");
+        run_id
+    }
+
     /// Start `bgsched run` in the background, logging to `<dir>/<instance>.log`.
     pub fn spawn_run(&self, instance: &str) -> Scheduler {
         self.spawn_run_with(instance, &[])

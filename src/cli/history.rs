@@ -1,0 +1,172 @@
+//! `bgsched history`: recent runs of one job or of all, and the output of one run.
+
+use super::commands::{find_job, load_config, Backend};
+use super::{Cli, CliError};
+use crate::coordination::{HistoryReader, Outcome, RunRecord};
+use chrono::{SecondsFormat, Utc};
+use std::time::Duration;
+
+pub async fn history(
+    cli: &Cli,
+    job: Option<&str>,
+    count: usize,
+    output: Option<&str>,
+    json: bool,
+) -> Result<(), CliError> {
+    let config = load_config(cli)?;
+    let jobs: Vec<&str> = match job {
+        Some(name) => vec![find_job(&config, name)?.name.as_str()],
+        None => config.jobs.keys().map(String::as_str).collect(),
+    };
+    // Checked before anything is opened: the id becomes part of a path or key.
+    let run_id = output.map(parse_run_id).transpose()?;
+    let backend = Backend::open(cli, &config).await?;
+    if let Some(run_id) = run_id {
+        let Some(rec) = backend.find_run(&jobs, &run_id).await? else {
+            let place = match job {
+                Some(name) => format!("job \"{name}\""),
+                None => "any job".to_string(),
+            };
+            return Err(CliError::UnknownRun(format!(
+                "no run {run_id} in the history of {place} (pruned, or never existed); `bgsched history` lists recent runs"
+            )));
+        };
+        print_output(&rec, json);
+        return Ok(());
+    }
+    let mut runs = Vec::new();
+    for job in &jobs {
+        runs.extend(backend.recent(job, count).await?);
+    }
+    // Newest first by start, across jobs; the time-ordered run id breaks ties.
+    runs.sort_by(|a, b| {
+        b.started_at
+            .cmp(&a.started_at)
+            .then_with(|| b.run_id.cmp(&a.run_id))
+    });
+    runs.truncate(count);
+    if json {
+        for rec in &mut runs {
+            rec.output_tail.clear();
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&runs).expect("run records serialize")
+        );
+    } else {
+        print_table(&runs);
+    }
+    Ok(())
+}
+
+/// Run ids are UUIDs; any spelling the uuid crate accepts is taken, and
+/// turned into the canonical one records are stored under.
+fn parse_run_id(given: &str) -> Result<String, CliError> {
+    uuid::Uuid::parse_str(given.trim())
+        .map(|id| id.hyphenated().to_string())
+        .map_err(|_| {
+            CliError::Usage(format!(
+                "--output {given:?} is not a run id (a UUID such as 019ab6f2-5c1e-7d3a-9f4b-2c8e1a0d6b37, as `bgsched history` shows)"
+            ))
+        })
+}
+
+fn print_output(rec: &RunRecord, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(rec).expect("run record serializes")
+        );
+        return;
+    }
+    // Notes go to stderr, so stdout is exactly the job's output.
+    if rec.outcome == Outcome::Running {
+        eprintln!(
+            "bgsched: run {} of \"{}\" is still running; its output tail is kept when it ends (until then it streams into the log of the scheduler that started it)",
+            rec.run_id, rec.job
+        );
+    } else if !rec.outcome.is_run() {
+        eprintln!(
+            "bgsched: run {} of \"{}\" is a {} entry: no process ran{}",
+            rec.run_id,
+            rec.job,
+            rec.outcome,
+            rec.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    } else if rec.output_tail.is_empty() {
+        eprintln!(
+            "bgsched: run {} of \"{}\" printed nothing",
+            rec.run_id, rec.job
+        );
+    }
+    print!("{}", rec.output_tail);
+    if !rec.output_tail.is_empty() && !rec.output_tail.ends_with('\n') {
+        println!();
+    }
+}
+
+fn print_table(runs: &[RunRecord]) {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header([
+            "RUN ID", "JOB", "TICK", "TRIGGER", "INSTANCE", "TERM", "STARTED", "DURATION",
+            "OUTCOME",
+        ]);
+    let now = Utc::now();
+    for rec in runs {
+        let duration = match (rec.outcome, rec.duration_ms) {
+            // Skips and misses carry a zero duration; nothing ran.
+            (outcome, _) if !outcome.is_run() => "-".to_string(),
+            (Outcome::Running, _) => format!(
+                "{} so far",
+                whole_seconds((now - rec.started_at).num_milliseconds().max(0) as u64)
+            ),
+            (_, Some(ms)) => whole_seconds(ms),
+            (_, None) => "-".to_string(),
+        };
+        table.add_row([
+            rec.run_id.clone(),
+            rec.job.clone(),
+            rec.tick.to_rfc3339_opts(SecondsFormat::Secs, true),
+            rec.trigger.to_string(),
+            rec.instance.clone(),
+            // Entries written outside a leadership term (skips, standalone
+            // triggers without a scheduler) carry term 0.
+            if rec.term == 0 {
+                "-".to_string()
+            } else {
+                rec.term.to_string()
+            },
+            rec.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            duration,
+            outcome_detail(rec),
+        ]);
+    }
+    println!("{table}");
+}
+
+/// Milliseconds below a second, whole seconds above: "250ms", "1m 3s".
+fn whole_seconds(ms: u64) -> String {
+    let d = if ms >= 1000 {
+        Duration::from_secs(ms / 1000)
+    } else {
+        Duration::from_millis(ms)
+    };
+    humantime::format_duration(d).to_string()
+}
+
+/// "failed (exit 3)", "killed (signal 9)", "missed (12 ticks)".
+fn outcome_detail(rec: &RunRecord) -> String {
+    match (rec.outcome, rec.exit_code, rec.signal, rec.missed_ticks) {
+        (Outcome::Failed, Some(code), _, _) => format!("failed (exit {code})"),
+        (Outcome::Killed, _, Some(sig), _) => format!("killed (signal {sig})"),
+        (Outcome::Missed, _, _, Some(n)) => {
+            format!("missed ({n} tick{})", if n == 1 { "" } else { "s" })
+        }
+        (outcome, ..) => outcome.to_string(),
+    }
+}

@@ -333,6 +333,7 @@ impl<C: Coordinator> Scheduler<C> {
             }
         }
         let mut requests = leadership.requests.take();
+        let mut lost = leadership.lost.take();
         let mut state = FireState::default();
         let mut prepared_for = None;
         loop {
@@ -363,8 +364,14 @@ impl<C: Coordinator> Scheduler<C> {
                 () = leadership.lost() => return Ok(LoopEnd::LostLeadership),
                 died = running.reap_one() => {
                     if let Some(job) = died {
-                        self.coord.reap_lost(&job).await;
+                        for rec in self.coord.reap_lost(&job).await {
+                            self.after_lost(rec);
+                        }
                     }
+                    continue;
+                }
+                Some(rec) = recv_lost(&mut lost) => {
+                    self.after_lost(rec);
                     continue;
                 }
                 Some(req) = recv_request(&mut requests) => {
@@ -772,6 +779,28 @@ impl<C: Coordinator> Scheduler<C> {
     /// History entries for ticks that did not run are written off the fire path.
     /// Retried for a while: these entries are the only trace of a tick
     /// that did not run, and etcd may be briefly away.
+    /// A run was recorded `lost` (its supervisor is gone): its `on_failure`
+    /// hook is ours to run, as nobody else is left to.
+    fn after_lost(&self, rec: RunRecord) {
+        // The newest config: the hook as it is now configured, none for a
+        // job removed since.
+        let config = self.config.borrow().clone();
+        let Some(job) = config.jobs.get(&rec.job) else {
+            return;
+        };
+        let Some(hook) = job.on_failure.clone() else {
+            return;
+        };
+        let spec = RunSpec::new(
+            job,
+            rec.run_id.clone(),
+            rec.tick,
+            rec.trigger,
+            self.coord.backend_spec(),
+        );
+        tokio::spawn(async move { crate::executor::run_hook(&hook, &spec, &rec).await });
+    }
+
     fn record_in_background(&self, rec: RunRecord) {
         let coord = self.coord.clone();
         tokio::spawn(async move {
@@ -869,6 +898,15 @@ async fn next_config(rx: &mut watch::Receiver<Arc<Config>>) -> Arc<Config> {
     match rx.changed().await {
         Ok(()) => rx.borrow_and_update().clone(),
         Err(_) => std::future::pending().await,
+    }
+}
+
+async fn recv_lost(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<RunRecord>>,
+) -> Option<RunRecord> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

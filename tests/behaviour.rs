@@ -206,3 +206,29 @@ fn jitter_is_the_same_for_a_job_and_tick_everywhere_and_spreads_over_the_range()
         .count();
     assert!(differ > 40, "{differ}");
 }
+
+#[test]
+fn a_run_recorded_lost_by_the_scheduler_gets_its_on_failure_hook() {
+    let env = Env::new().config(
+        "[jobs.doomed]\nschedule = \"@every 1s\"\nshell = 'echo $$ >> {dir}/pids; sleep 600'\n\
+         on_failure = [\"/bin/sh\", \"-c\", 'echo \"$BGSCHED_OUTCOME $BGSCHED_RUN_ID\" >> {dir}/hook']\n",
+    );
+    let _run = env.spawn_run("a");
+    wait_until(PATIENCE, "a run", || !env.lines("pids").is_empty());
+    let job_pid: i32 = env.lines("pids")[0].parse().unwrap();
+    let supervisor = parent_of(job_pid).expect("supervisor pid");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(supervisor).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    wait_until(PATIENCE, "the hook for the lost run", || {
+        env.lines("hook").iter().any(|l| l.starts_with("lost "))
+    });
+    let line = env.lines("hook")[0].clone();
+    let run_id = line.split(' ').nth(1).unwrap();
+    assert!(env
+        .records("doomed")
+        .iter()
+        .any(|r| r["run_id"] == run_id && r["outcome"] == "lost"));
+}

@@ -824,7 +824,10 @@ impl Etcd {
     /// Record runs whose marker expired without a final record (their
     /// supervisor died or was cut off for good) as `lost`, so every run
     /// leaves a record. Runs on the leader only.
-    fn record_lost_runs(&self) -> tokio::task::JoinHandle<()> {
+    fn record_lost_runs(
+        &self,
+        recorded: mpsc::UnboundedSender<RunRecord>,
+    ) -> tokio::task::JoinHandle<()> {
         let client = self.client.clone();
         let keys = self.keys.clone();
         let prefix = keys.all_actives();
@@ -865,7 +868,9 @@ impl Etcd {
                         let txn = Txn::new()
                             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
                             .and_then([TxnOp::put(key, json(&rec), None)]);
-                        let _ = client.txn(txn).await;
+                        if client.txn(txn).await.is_ok_and(|r| r.succeeded()) {
+                            let _ = recorded.send(rec);
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1293,9 +1298,11 @@ impl Coordinator for Etcd {
                     let guard = self.guard_leadership(term, alive, valid_tx);
                     let (req_tx, req_rx) = mpsc::channel(256);
                     let requests = self.watch_requests(req_tx);
-                    let lost_runs = self.record_lost_runs();
+                    let (lost_tx, lost_rx) = mpsc::unbounded_channel();
+                    let lost_runs = self.record_lost_runs(lost_tx);
                     let hold = AbortOnDrop(vec![guard, requests, lost_runs]);
-                    return Ok(Leadership::new(term, valid, Some(req_rx), Box::new(hold)));
+                    return Ok(Leadership::new(term, valid, Some(req_rx), Box::new(hold))
+                        .with_lost_runs(lost_rx));
                 }
                 Ok((_, mut alive, Err((rev, current)))) => {
                     delay = Duration::from_millis(200);
@@ -1407,9 +1414,10 @@ impl Coordinator for Etcd {
         Ok(())
     }
 
-    async fn reap_lost(&self, _job: &str) {
+    async fn reap_lost(&self, _job: &str) -> Vec<RunRecord> {
         // The leader records a run as lost once its marker expires (see
         // `record_lost_runs`); until then its lease may still be renewed.
+        Vec::new()
     }
 
     async fn finish_request(&self, run_id: &str) {

@@ -228,6 +228,9 @@ pub struct Leadership {
     valid: watch::Receiver<bool>,
     /// Manual trigger requests addressed to the leader, if the backend has any.
     pub requests: Option<mpsc::Receiver<TriggerRequest>>,
+    /// Runs the backend recorded as `lost` on its own while this leadership
+    /// lasts (their `on_failure` hooks are the leader's to run).
+    pub lost: Option<mpsc::UnboundedReceiver<RunRecord>>,
     /// Backend-specific resources that embody leadership (a locked file, a
     /// watch task); dropping them gives leadership up.
     _hold: Box<dyn Send + Sync>,
@@ -244,8 +247,14 @@ impl Leadership {
             term,
             valid,
             requests,
+            lost: None,
             _hold: hold,
         }
+    }
+
+    pub fn with_lost_runs(mut self, lost: mpsc::UnboundedReceiver<RunRecord>) -> Self {
+        self.lost = Some(lost);
+        self
     }
 
     pub fn is_valid(&self) -> bool {
@@ -414,7 +423,8 @@ pub trait Coordinator: Send + Sync + 'static {
     fn record(&self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
 
     /// Record runs of `job` whose supervisor died without finishing them.
-    fn reap_lost(&self, job: &str) -> impl Future<Output = ()> + Send;
+    /// Returns the records it wrote.
+    fn reap_lost(&self, job: &str) -> impl Future<Output = Vec<RunRecord>> + Send;
 
     /// Mark a trigger request as answered without a run (e.g. skipped).
     fn finish_request(&self, run_id: &str) -> impl Future<Output = ()> + Send;

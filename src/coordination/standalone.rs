@@ -141,8 +141,8 @@ impl Standalone {
     }
 
     /// Rewrite entries whose supervisor died without finishing them as `lost`.
-    pub fn reap_lost(&self, job: &str) -> Result<usize> {
-        let mut reaped = 0;
+    pub fn reap_lost(&self, job: &str) -> Result<Vec<RunRecord>> {
+        let mut reaped = Vec::new();
         for path in self.record_paths(job)? {
             let Some(mut rec) = read_json::<RunRecord>(&path)? else {
                 continue;
@@ -161,7 +161,7 @@ impl Standalone {
             rec.duration_ms = Some(duration_ms(rec.started_at, now));
             rec.ended_at = Some(now);
             write_record(&path, &rec)?;
-            reaped += 1;
+            reaped.push(rec);
         }
         Ok(reaped)
     }
@@ -337,25 +337,24 @@ impl Standalone {
         };
         let json = serde_json::to_vec_pretty(&info).expect("leader info serializes");
         atomic_write(&self.root.join("leader.json"), &json, true)?;
+        let (lost_tx, lost) = tokio::sync::mpsc::unbounded_channel();
         for job in self.known_jobs()? {
             let reaped = self.reap_lost(&job)?;
-            if reaped > 0 {
+            if !reaped.is_empty() {
                 tracing::warn!(
                     job,
-                    reaped,
+                    reaped = reaped.len(),
                     "recorded runs whose supervisor vanished as lost"
                 );
+            }
+            for rec in reaped {
+                let _ = lost_tx.send(rec);
             }
         }
         // A held flock cannot be taken away, so this leadership stays valid
         // until it is dropped; the sender lives (and is dropped) with it.
         let (valid_tx, valid) = tokio::sync::watch::channel(true);
-        Ok(Leadership::new(
-            term,
-            valid,
-            None,
-            Box::new((file, valid_tx)),
-        ))
+        Ok(Leadership::new(term, valid, None, Box::new((file, valid_tx))).with_lost_runs(lost))
     }
 }
 
@@ -411,10 +410,11 @@ impl Coordinator for Standalone {
         self.prune(&record.job)
     }
 
-    async fn reap_lost(&self, job: &str) {
-        if let Err(e) = Standalone::reap_lost(self, job) {
+    async fn reap_lost(&self, job: &str) -> Vec<RunRecord> {
+        Standalone::reap_lost(self, job).unwrap_or_else(|e| {
             tracing::error!(job, "could not record lost runs: {e}");
-        }
+            Vec::new()
+        })
     }
 
     async fn finish_request(&self, _run_id: &str) {}

@@ -258,7 +258,7 @@ fn list_flags_replicas_that_run_different_configs_until_they_agree() {
     let two = "[jobs.two]\nschedule = \"@every 1s\"\ncommand = [\"true\"]\n";
     let env_a = Env::new().config(&cluster_config(&etcd, one));
     let env_b = Env::new().config(&cluster_config(&etcd, &format!("{one}{two}")));
-    let _a = env_a.spawn_run("a");
+    let a = env_a.spawn_run("a");
     let b = env_b.spawn_run("b");
     wait_until(PATIENCE, "two members with config hashes", || {
         let m = member_hashes(&env_a);
@@ -291,4 +291,29 @@ fn list_flags_replicas_that_run_different_configs_until_they_agree() {
     assert_eq!(list["configs_differ"], false, "{list}");
     let text = env_a.cmd(&["list"]).run().success();
     assert!(!text.stdout.contains("warning"), "{}", text.stdout);
+    // Both reload a file with a new job: whichever leads fires it, and
+    // announces the hash it fires from.
+    let ledger = env_a.path("ledger").display().to_string();
+    let three = format!(
+        "[jobs.three]\nschedule = \"@every 1s\"\nshell = 'echo \"three $BGSCHED_INSTANCE\" >> {ledger}'\n"
+    );
+    let text = cluster_config(&etcd, &format!("{one}{three}"));
+    env_a.write("jobs.toml", &text);
+    env_b.write("jobs.toml", &text);
+    a.signal(Signal::HUP);
+    b.signal(Signal::HUP);
+    wait_until(PATIENCE, "runs of the added job", || {
+        starts(&env_a, "ledger", "three").len() >= 2
+    });
+    let list = env_a.list_json();
+    let leader = list["leader"]["instance"].as_str().unwrap().to_string();
+    let leader_hash = member_hashes(&env_a)
+        .into_iter()
+        .find(|(i, _)| *i == leader)
+        .unwrap()
+        .1;
+    assert_eq!(leader_hash, list["config_hash"], "{list}");
+    assert!(starts(&env_a, "ledger", "three")
+        .iter()
+        .all(|l| l.ends_with(&format!(" {leader}"))));
 }

@@ -7,7 +7,10 @@ use crate::coordination::{
     Claim, ClaimRejected, ClaimRequest, Coordinator, Leadership, Outcome, RunRecord, Trigger,
     TriggerRequest, Turn,
 };
+use crate::executor::report::{self, Report};
 use crate::executor::{spawn_supervisor, RunSpec};
+use crate::observe::log::{record_span, run_span};
+use crate::observe::Metrics;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
@@ -17,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// A tick fired at most this late still counts as on time (trigger
 /// `schedule`); a later one is missed and only fires within `catchup`.
@@ -110,6 +114,7 @@ pub struct Scheduler<C: Coordinator> {
     coord: Arc<C>,
     instance: String,
     log_json: bool,
+    metrics: Arc<Metrics>,
 }
 
 /// A supervisor this scheduler started and has not yet reaped.
@@ -126,7 +131,8 @@ type Fire = (DateTime<Utc>, Trigger);
 
 /// What came of one attempt to fire.
 enum Fired {
-    Started(Box<tokio::process::Child>, String),
+    /// The supervisor, and the spec it runs.
+    Started(Box<tokio::process::Child>, Box<RunSpec>),
     /// Skipped, not leader, or could not start: decided, and recorded.
     NotStarted,
     /// The tick (or a later one) was already claimed.
@@ -194,10 +200,12 @@ struct Running {
     by_pid: HashMap<u32, Tracked>,
     /// Per supervisor: its pid, and whether it exited cleanly.
     reaper: JoinSet<(u32, bool)>,
+    metrics: Arc<Metrics>,
 }
 
 impl Running {
-    fn track(&mut self, mut child: tokio::process::Child, job: &str, run_id: String) {
+    fn track(&mut self, mut child: tokio::process::Child, spec: &RunSpec) {
+        let (job, run_id) = (spec.job.as_str(), spec.run_id.clone());
         let pid = child.id().unwrap_or(0);
         self.by_pid.insert(
             pid,
@@ -207,17 +215,35 @@ impl Running {
             },
         );
         let job = job.to_string();
-        self.reaper.spawn(async move {
-            // The supervisor reports its job's pid (= process group) first.
-            let mut group = None;
+        let (tick, trigger) = (spec.tick, spec.trigger);
+        let metrics = self.metrics.clone();
+        metrics.supervisor_started();
+        let reap = async move {
+            // The supervisor reports its job's pid (= process group), then
+            // the run's outcome (see `executor::report`).
+            let (mut group, mut ended) = (None, None);
             if let Some(out) = child.stdout.take() {
                 use tokio::io::AsyncBufReadExt;
-                let mut line = String::new();
-                if tokio::io::BufReader::new(out).read_line(&mut line).await.is_ok() {
-                    group = line.trim().parse::<i32>().ok().and_then(Pid::from_raw);
+                let mut lines = tokio::io::BufReader::new(out).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match report::parse(&line) {
+                        Some(Report::Started(pid)) => {
+                            // A retry reports the pid of each attempt; only
+                            // the first start is the fire's.
+                            match group {
+                                None => metrics.run_started(&job, tick, trigger),
+                                Some(_) => metrics.retried(&job),
+                            }
+                            group = Pid::from_raw(pid);
+                        }
+                        Some(Report::Ended(outcome, took)) => ended = Some((outcome, took)),
+                        None => {}
+                    }
                 }
             }
             let status = child.wait().await;
+            metrics.run_ended(&job, ended);
+            metrics.supervisor_ended();
             // A supervisor that died without cleaning up (kill -9, OOM
             // killer) took only its direct child along (PDEATHSIG); the
             // rest of the job's group must not run on unsupervised.
@@ -228,7 +254,8 @@ impl Running {
                 }
             }
             (pid, clean)
-        });
+        };
+        self.reaper.spawn(reap.instrument(run_span(spec)));
     }
 
     /// Resolves when a supervisor exits (never, if none runs).
@@ -267,23 +294,45 @@ impl<C: Coordinator> Scheduler<C> {
             coord,
             instance,
             log_json,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Record into `metrics` (by default a registry nobody reads).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Run until `stop` counts a stop request. Returns whether the stop was
     /// forced (a second request), in which case runs were killed at once.
     pub async fn run(&self, mut stop: watch::Receiver<u32>) -> anyhow::Result<bool> {
-        let mut running = Running::default();
+        let mut running = Running {
+            metrics: self.metrics.clone(),
+            ..Running::default()
+        };
         loop {
             let jobs = self.config.borrow().jobs.len();
             tracing::info!(instance = %self.instance, jobs, "waiting for leadership");
             // Nothing else may cancel a campaign half-way (its win could be
             // lost with the future); supervisors are reaped by their own
             // tasks meanwhile and forgotten at the next `reap_one`.
-            let mut leadership = tokio::select! {
-                l = self.coord.acquire_leadership(&self.instance) => l?,
-                _ = stop.changed() => break,
+            let campaign = self.coord.acquire_leadership(&self.instance);
+            tokio::pin!(campaign);
+            // A standby's loop is this wait: it beats so `/healthz` can tell
+            // a waiting scheduler from a stuck one.
+            let mut beat = tokio::time::interval(MAX_SLEEP / 4);
+            let won = loop {
+                tokio::select! {
+                    l = &mut campaign => break Some(l?),
+                    _ = stop.changed() => break None,
+                    _ = beat.tick() => self.metrics.beat(),
+                }
             };
+            let Some(mut leadership) = won else {
+                break;
+            };
+            self.metrics.leading(leadership.term);
             tracing::info!(instance = %self.instance, term = leadership.term, "leading: firing jobs");
             match self
                 .fire_loop(&mut leadership, &mut stop, &mut running)
@@ -293,10 +342,12 @@ impl<C: Coordinator> Scheduler<C> {
                     // Resign at once so a standby takes over while our runs
                     // finish; their supervisors keep them marked as active.
                     self.coord.resign(leadership).await;
+                    self.metrics.not_leading("resigned");
                     break;
                 }
                 LoopEnd::LostLeadership => {
                     tracing::warn!(term = leadership.term, "leadership lost: stopped firing");
+                    self.metrics.not_leading("lost");
                     drop(leadership);
                 }
             }
@@ -337,6 +388,7 @@ impl<C: Coordinator> Scheduler<C> {
         let mut state = FireState::default();
         let mut prepared_for = None;
         loop {
+            self.metrics.beat();
             let mut reloaded = None;
             let next_due = due.peek().map(|Reverse((t, _))| *t);
             if let Some(t) = next_due.filter(|t| prepared_for != Some(*t)) {
@@ -506,7 +558,7 @@ impl<C: Coordinator> Scheduler<C> {
         state: &mut FireState,
     ) -> bool {
         match fired {
-            Fired::Started(child, run_id) => running.track(*child, &job.name, run_id),
+            Fired::Started(child, spec) => running.track(*child, &spec),
             Fired::NotStarted => {}
             Fired::Superseded => return true,
             Fired::Retry => state.retries.push(Retry::Tick {
@@ -544,9 +596,12 @@ impl<C: Coordinator> Scheduler<C> {
             self.coord.finish_request(&req.run_id).await;
             return;
         };
-        tracing::info!(job = %job.name, run_id = %req.run_id, requested_by = %req.requested_by, "trigger request");
         let now = Utc::now();
         let tick = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+        tracing::info!(
+            job = %job.name, run_id = %req.run_id, tick = %tick.to_rfc3339(), instance = %self.instance,
+            term = leadership.term, requested_by = %req.requested_by, "trigger request"
+        );
         match self
             .fire(
                 leadership,
@@ -558,7 +613,7 @@ impl<C: Coordinator> Scheduler<C> {
             )
             .await
         {
-            Fired::Started(child, run_id) => running.track(*child, &job.name, run_id),
+            Fired::Started(child, spec) => running.track(*child, &spec),
             Fired::NotStarted | Fired::Superseded => {}
             // The request key lives as long as its requester waits; keep
             // trying while the backend is in trouble.
@@ -614,6 +669,7 @@ impl<C: Coordinator> Scheduler<C> {
     /// Act on a claim's result: start the supervisor, or record and log
     /// why not.
     #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(name = "fire", target = "bgsched::span", level = "error", skip_all, fields(job = %job.name, tick = %tick.to_rfc3339(), trigger = %trigger, instance = %self.instance, term = leadership.term))]
     async fn start(
         &self,
         leadership: &Leadership,
@@ -624,24 +680,30 @@ impl<C: Coordinator> Scheduler<C> {
         claimed: Result<Claim, ClaimRejected>,
         state: &mut FireState,
     ) -> Fired {
+        if let Err(e) = &claimed {
+            self.metrics.claim_rejected(e.kind());
+        }
         let claim = match claimed {
             Ok(claim) => claim,
             Err(rejected) if rejected.is_skip() => {
                 let total = state.skipped.entry(job.name.clone()).or_default();
                 *total += 1;
+                self.metrics.skipped(&job.name, rejected.kind());
                 let reason = rejected.to_string();
-                tracing::warn!(job = %job.name, tick = %tick.to_rfc3339(), skipped_total = *total, "tick skipped: {reason}");
                 let mut rec = self.entry(
                     leadership.term,
                     job,
                     tick,
                     trigger,
                     Outcome::Skipped,
-                    reason,
+                    reason.clone(),
                 );
                 if let Some(id) = request {
                     // The requester waits for a record under its own run id.
                     rec.run_id = id.to_string();
+                }
+                tracing::warn!(job = %job.name, run_id = %rec.run_id, tick = %tick.to_rfc3339(), skipped_total = *total, "tick skipped: {reason}");
+                if let Some(id) = request {
                     if let Err(e) = self.coord.record(&rec).await {
                         tracing::error!(job = %job.name, "could not record the skip: {e}");
                     }
@@ -700,11 +762,13 @@ impl<C: Coordinator> Scheduler<C> {
             // fires the tick picks the same delay.
             spec.delay = job.jitter_for(tick);
         }
-        match spawn_supervisor(spec, claim.hold, false) {
+        let span = run_span(&spec);
+        match spawn_supervisor(spec.clone(), claim.hold, false) {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);
-                tracing::debug!(job = %job.name, run_id = %claim.run_id, supervisor_pid = pid, "fired");
-                Fired::Started(Box::new(child), claim.run_id)
+                span.in_scope(|| tracing::debug!(supervisor_pid = pid, "fired"));
+                self.metrics.fired(&job.name, trigger);
+                Fired::Started(Box::new(child), Box::new(spec))
             }
             Err(e) => {
                 let mut rec = self.entry(
@@ -747,14 +811,18 @@ impl<C: Coordinator> Scheduler<C> {
                 oldest.to_rfc3339(), newest.to_rfc3339(), humantime::format_duration(job.catchup)
             ),
         };
-        tracing::warn!(job = %job.name, missed = count, "ticks missed: {reason}");
+        self.metrics.missed(&job.name, count);
         let mut rec = self.entry(
             term,
             job,
             newest,
             Trigger::Schedule,
             Outcome::Missed,
-            reason,
+            reason.clone(),
+        );
+        tracing::warn!(
+            job = %job.name, run_id = %rec.run_id, tick = %newest.to_rfc3339(),
+            instance = %self.instance, term, missed = count, "ticks missed: {reason}"
         );
         rec.missed_ticks = Some(count);
         self.record_in_background(rec);
@@ -803,6 +871,7 @@ impl<C: Coordinator> Scheduler<C> {
 
     fn record_in_background(&self, rec: RunRecord) {
         let coord = self.coord.clone();
+        let span = record_span(&rec);
         tokio::spawn(async move {
             let mut delay = std::time::Duration::from_millis(100);
             let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -810,17 +879,18 @@ impl<C: Coordinator> Scheduler<C> {
                 match coord.record(&rec).await {
                     Ok(()) => return,
                     Err(e) if tokio::time::Instant::now() + delay < give_up => {
-                        tracing::warn!(job = %rec.job, "could not record {} yet ({e}); retrying", rec.outcome);
+                        tracing::warn!(job = %rec.job, run_id = %rec.run_id, "could not record {} yet ({e}); retrying", rec.outcome);
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(std::time::Duration::from_secs(5));
                     }
                     Err(e) => {
-                        tracing::error!(job = %rec.job, "could not record {}: {e}", rec.outcome);
+                        tracing::error!(job = %rec.job, run_id = %rec.run_id, "could not record {}: {e}", rec.outcome);
                         return;
                     }
                 }
             }
-        });
+        }
+        .instrument(span));
     }
 
     /// Let running jobs finish for up to `shutdown_grace`, then stop their
@@ -831,6 +901,8 @@ impl<C: Coordinator> Scheduler<C> {
         tokio::pin!(grace);
         let mut forced = *stop.borrow() >= 2;
         let mut terminated = false;
+        // Draining is the loop turning too (`shutdown_grace` may be long).
+        let mut beat = tokio::time::interval(MAX_SLEEP / 4);
         while !running.by_pid.is_empty() {
             if forced && !terminated {
                 // SIGTERM starts the supervisor's stop; the SIGINT after it
@@ -841,6 +913,7 @@ impl<C: Coordinator> Scheduler<C> {
             }
             tokio::select! {
                 _ = running.reap_one() => {}
+                _ = beat.tick() => self.metrics.beat(),
                 () = &mut grace, if !terminated => {
                     tracing::warn!(running = running.by_pid.len(), "shutdown grace over: terminating running jobs");
                     for t in running.by_pid.values() {

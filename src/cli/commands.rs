@@ -6,11 +6,14 @@ use crate::config::{self, ClusterSettings, Config, Job};
 use crate::coordination::etcd::{EtcdConfig, EtcdRecorder, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
 use crate::coordination::{BackendSpec, Coordinator, Etcd, HistoryReader, RunRecord, Standalone};
 use crate::executor::{self, Echo, RunSpec, SPEC_ENV};
+use crate::observe::status::{self, local_rfc3339};
+use crate::observe::{http, log, Metrics};
 use crate::reload::{self, Reloader};
 use crate::scheduler::Scheduler;
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 
 pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
     match &cli.command {
@@ -33,8 +36,9 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
         match &cli.command {
             Command::Run {
                 instance_id,
+                http,
                 watch_config,
-            } => run(&cli, instance_id.clone(), *watch_config).await,
+            } => run(&cli, instance_id.clone(), *http, *watch_config).await,
             Command::List { json } => list::list(&cli, *json).await.map(|()| exit::OK),
             Command::Trigger {
                 job,
@@ -65,12 +69,25 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("BGSCHED_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    // The run spans feed JSON's top-level fields whatever the level; text
+    // events already name their run, and a span prefix would repeat it.
+    let spans = match format {
+        LogFormat::Json => "error",
+        LogFormat::Text => "off",
+    };
+    let filter = match format!("{}={spans}", log::SPAN_TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(log::span_fields())
+            .event_format(log::FlatJson)
+            .try_init(),
     };
 }
 
@@ -145,6 +162,13 @@ pub enum Backend {
 }
 
 impl Backend {
+    pub fn status_source(&self) -> status::Source<'_> {
+        match self {
+            Backend::Standalone(s) => status::Source::Standalone(s),
+            Backend::Cluster(e) => status::Source::Cluster(e),
+        }
+    }
+
     /// Open the backend for a short-lived command; etcd must answer now.
     pub async fn open(cli: &Cli, config: &Config) -> Result<Backend, CliError> {
         match backend_config(cli, config)? {
@@ -235,7 +259,12 @@ pub fn find_job<'c>(config: &'c Config, name: &str) -> Result<&'c Job, CliError>
     )))
 }
 
-async fn run(cli: &Cli, instance: Option<String>, watch_config: bool) -> Result<i32, CliError> {
+async fn run(
+    cli: &Cli,
+    instance: Option<String>,
+    http_flag: Option<std::net::SocketAddr>,
+    watch_config: bool,
+) -> Result<i32, CliError> {
     // Installed first: until then, SIGHUP's default action ends the process.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
@@ -243,6 +272,24 @@ async fn run(cli: &Cli, instance: Option<String>, watch_config: bool) -> Result<
     let reloader = Reloader::new(config, hash);
     let config = reloader.config();
     let instance = instance_id(instance);
+    let metrics = Arc::new(Metrics::new());
+    let mut reload_status = reloader.status();
+    let reload_metrics = metrics.clone();
+    tokio::spawn(async move {
+        while reload_status.changed().await.is_ok() {
+            let s = reload_status.borrow_and_update().clone();
+            reload_metrics.set_config(s.generation, s.last_reload_ok);
+        }
+    });
+    let served = match http_flag.or(config.http.listen) {
+        Some(addr) => Some(serve_http(addr, &reloader, &metrics, &instance).await?),
+        None => None,
+    };
+    let serve_backend = |backend| {
+        if let Some(served) = &served {
+            let _ = served.backend.set(backend);
+        }
+    };
     // Reload requests; one queued is enough, since a reload reads the
     // newest file anyway.
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
@@ -283,24 +330,44 @@ async fn run(cli: &Cli, instance: Option<String>, watch_config: bool) -> Result<
     let forced = match backend_config(cli, &config)? {
         BackendChoice::Standalone(dir) => {
             let state = Arc::new(Standalone::open(&dir, config.scheduler.history_limit)?);
+            serve_backend(http::Backend::Standalone(state.clone()));
             tracing::info!(
                 config = %config.path.display(), state_dir = %dir.display(), instance = %instance,
                 "bgsched {} starting (standalone)", env!("CARGO_PKG_VERSION")
             );
-            schedule(reloader, state, instance, log_json, reload_rx, stop_rx).await?
+            schedule(
+                reloader,
+                state,
+                metrics,
+                instance,
+                log_json,
+                (reload_rx, stop_rx),
+            )
+            .await?
         }
         BackendChoice::Cluster(cfg) => {
             tracing::info!(
                 config = %config.path.display(), etcd = ?cfg.endpoints, prefix = %cfg.prefix, instance = %instance,
                 "bgsched {} starting (cluster)", env!("CARGO_PKG_VERSION")
             );
+            crate::observe::etcd::record_into(metrics.clone());
             let mut stop_wait = stop_rx.clone();
             let etcd = tokio::select! {
-                etcd = Etcd::connect_retrying(cfg) => etcd,
+                etcd = Etcd::connect_retrying(cfg) => Arc::new(etcd),
                 _ = stop_wait.changed() => return Ok(exit::OK),
+                // Waiting for etcd is this process working as intended.
+                () = beat_forever(&metrics) => unreachable!(),
             };
-            let etcd = Arc::new(etcd);
-            schedule(reloader, etcd, instance, log_json, reload_rx, stop_rx).await?
+            serve_backend(http::Backend::Cluster(etcd.clone()));
+            schedule(
+                reloader,
+                etcd,
+                metrics,
+                instance,
+                log_json,
+                (reload_rx, stop_rx),
+            )
+            .await?
         }
     };
     tracing::info!("stopped");
@@ -312,10 +379,13 @@ async fn run(cli: &Cli, instance: Option<String>, watch_config: bool) -> Result<
 async fn schedule<C: Coordinator>(
     reloader: Reloader,
     coord: Arc<C>,
+    metrics: Arc<Metrics>,
     instance: String,
     log_json: bool,
-    reloads: tokio::sync::mpsc::Receiver<reload::Request>,
-    stop: tokio::sync::watch::Receiver<u32>,
+    (reloads, stop): (
+        tokio::sync::mpsc::Receiver<reload::Request>,
+        tokio::sync::watch::Receiver<u32>,
+    ),
 ) -> Result<bool, CliError> {
     // Before a cluster session starts, so its member key has the hash at once
     // (the session is not there yet: this only stores it).
@@ -325,9 +395,44 @@ async fn schedule<C: Coordinator>(
         coord.clone(),
         instance.clone(),
         log_json,
-    );
+    )
+    .with_metrics(metrics);
     tokio::spawn(reloader.serve(coord, instance, reloads));
     Ok(scheduler.run(stop).await?)
+}
+
+/// Bind `[http] listen` (or `--http`) and serve the endpoints; the backend
+/// is handed to them once it is open.
+async fn serve_http(
+    addr: std::net::SocketAddr,
+    reloader: &Reloader,
+    metrics: &Arc<Metrics>,
+    instance: &str,
+) -> Result<Arc<http::Served>, CliError> {
+    let listener = http::Listener::bind(addr)
+        .await
+        .map_err(|source| CliError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| CliError::Listen { addr, source })?;
+    let served = Arc::new(http::Served {
+        config: reloader.subscribe(),
+        reload: reloader.status(),
+        metrics: metrics.clone(),
+        instance: instance.to_string(),
+        backend: std::sync::OnceLock::new(),
+    });
+    listener.serve(served.clone());
+    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz and /status on http://{bound}");
+    Ok(served)
+}
+
+async fn beat_forever(metrics: &Metrics) {
+    let mut beat = tokio::time::interval(crate::scheduler::MAX_SLEEP / 4);
+    loop {
+        beat.tick().await;
+        metrics.beat();
+    }
 }
 
 fn check(cli: &Cli) -> Result<i32, CliError> {
@@ -394,12 +499,6 @@ fn next(
     Ok(exit::OK)
 }
 
-/// An instant in the job's time zone with its UTC offset, e.g. `2026-03-29T03:00:00+02:00`.
-pub fn local_rfc3339(job: &Job, t: DateTime<Utc>) -> String {
-    t.with_timezone(&job.timezone)
-        .to_rfc3339_opts(SecondsFormat::AutoSi, false)
-}
-
 /// The hidden `__supervise` command: one run, started by a scheduler.
 fn supervise() -> Result<i32, CliError> {
     let json = std::env::var(SPEC_ENV).map_err(|_| {
@@ -425,7 +524,9 @@ fn supervise() -> Result<i32, CliError> {
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)?;
-    runtime.block_on(async {
+    let span = log::run_span(&spec);
+    runtime.block_on(
+        async {
         match &spec.backend {
             BackendSpec::Standalone {
                 state_dir,
@@ -433,7 +534,8 @@ fn supervise() -> Result<i32, CliError> {
             } => {
                 let state = Standalone::open(state_dir, *history_limit)?;
                 let mut recorder = state.recorder(&spec.job, &spec.run_id);
-                executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
+                let done = executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
+                executor::report::ended(&spec, &done.record);
             }
             BackendSpec::Etcd(cfg) => {
                 let Some((lease, granted_at)) = spec.lease else {
@@ -444,16 +546,20 @@ fn supervise() -> Result<i32, CliError> {
                 let stoppable = spec.overlap == Overlap::Replace;
                 match EtcdRecorder::start(cfg, &spec.job, &spec.run_id, lease, granted_at, stoppable) {
                     Ok(mut recorder) => {
-                        executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
+                        let done = executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
+                        executor::report::ended(&spec, &done.record);
                     }
                     Err(e) => {
                         tracing::error!(job = %spec.job, run_id = %spec.run_id, "not starting the job: {e}");
                         let rec = spec.unstarted(e.to_string());
                         EtcdRecorder::record_unstarted(cfg, &rec).await;
+                        executor::report::ended(&spec, &rec);
                     }
                 }
             }
         }
         Ok(exit::OK)
-    })
+    }
+        .instrument(span),
+    )
 }

@@ -1,119 +1,16 @@
 //! `bgsched list`: what is scheduled, what ran, what runs now.
 
-use super::commands::{local_rfc3339, Backend};
+use super::commands::Backend;
 use super::{Cli, CliError};
-use crate::coordination::etcd::MemberInfo;
-use crate::coordination::{HistoryReader, LeaderInfo, Outcome, RunRecord};
+use crate::observe::status::{self, ListView, UNKNOWN_HASH};
 use crate::reload;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
-
-/// The stable JSON document of `list --json` (documented in README).
-#[derive(Debug, Serialize)]
-pub struct ListView {
-    /// `standalone` or `cluster`.
-    pub mode: &'static str,
-    /// Standalone: the state directory.
-    pub state_dir: Option<String>,
-    /// Cluster: the etcd key prefix.
-    pub etcd_prefix: Option<String>,
-    pub leader: Option<LeaderInfo>,
-    /// Cluster: the live instances, each with the hash of its config.
-    pub members: Vec<MemberInfo>,
-    /// The content hash of the config file this command read.
-    pub config_hash: String,
-    /// Cluster: whether the live instances announce different config hashes.
-    pub configs_differ: bool,
-    pub jobs: Vec<JobView>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct JobView {
-    pub name: String,
-    pub description: Option<String>,
-    pub schedule: String,
-    pub timezone: String,
-    pub enabled: bool,
-    pub overlap: String,
-    /// `running`, `idle` or `disabled`.
-    pub state: &'static str,
-    /// RFC 3339 in the job's time zone.
-    pub next_run: Option<String>,
-    /// Active runs (usually at most one).
-    pub running: Vec<RunRecord>,
-    /// The newest run that started a process (not a skip or a miss).
-    pub last_run: Option<RunRecord>,
-    /// Skipped ticks among the retained history.
-    pub recent_skips: usize,
-    /// Missed ticks among the retained history.
-    pub recent_missed: u64,
-}
 
 pub async fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
     let (config, config_hash) = reload::load(&cli.config)?;
     let backend = Backend::open(cli, &config).await?;
-    let limit = config.scheduler.history_limit;
     let now = Utc::now();
-    let mut jobs = Vec::new();
-    for job in config.jobs.values() {
-        let history = backend.recent(&job.name, limit).await?;
-        let running = backend.active(&job.name).await?;
-        let last_run = history
-            .iter()
-            .find(|r| r.outcome.is_run() && r.outcome != Outcome::Running)
-            .cloned();
-        jobs.push(JobView {
-            name: job.name.clone(),
-            description: job.description.clone(),
-            schedule: job.schedule.as_str().to_string(),
-            timezone: job.timezone.name().to_string(),
-            enabled: job.enabled,
-            overlap: job.overlap.to_string(),
-            state: match (job.enabled, running.is_empty()) {
-                (_, false) => "running",
-                (false, true) => "disabled",
-                (true, true) => "idle",
-            },
-            next_run: job
-                .enabled
-                .then(|| job.schedule.next_after(now))
-                .flatten()
-                .map(|t| local_rfc3339(job, t)),
-            running,
-            last_run,
-            recent_skips: history
-                .iter()
-                .filter(|r| r.outcome == Outcome::Skipped)
-                .count(),
-            recent_missed: history.iter().filter_map(|r| r.missed_ticks).sum(),
-        });
-    }
-    let view = match &backend {
-        Backend::Standalone(s) => ListView {
-            mode: "standalone",
-            state_dir: Some(s.root().display().to_string()),
-            etcd_prefix: None,
-            leader: s.leader()?,
-            members: Vec::new(),
-            config_hash,
-            configs_differ: false,
-            jobs,
-        },
-        Backend::Cluster(e) => ListView {
-            mode: "cluster",
-            state_dir: None,
-            etcd_prefix: Some(e.config().prefix.clone()),
-            leader: e.leader().await?,
-            members: e.members().await?,
-            config_hash,
-            configs_differ: false,
-            jobs,
-        },
-    };
-    let view = ListView {
-        configs_differ: config_groups(&view.members).len() > 1,
-        ..view
-    };
+    let view = status::build(&config, &config_hash, backend.status_source(), now).await?;
     if json {
         println!(
             "{}",
@@ -159,7 +56,7 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
     }
     let leader_name = view.leader.as_ref().map(|l| l.instance.as_str());
     if view.configs_differ {
-        let groups: Vec<String> = config_groups(&view.members)
+        let groups: Vec<String> = status::config_groups(&view.members)
             .iter()
             .map(|(hash, names)| {
                 let names: Vec<String> = names
@@ -240,21 +137,6 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
         ]);
     }
     println!("{table}");
-}
-
-/// Shown for a member that announces no config hash (an older bgsched).
-const UNKNOWN_HASH: &str = "unknown";
-
-/// Member names by announced config hash, in hash order.
-fn config_groups(members: &[MemberInfo]) -> Vec<(&str, Vec<&str>)> {
-    let mut groups: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
-    for m in members {
-        groups
-            .entry(m.config_hash.as_deref().unwrap_or(UNKNOWN_HASH))
-            .or_default()
-            .push(&m.instance);
-    }
-    groups.into_iter().collect()
 }
 
 /// "in 4m", "3s ago": one coarse unit is enough to read at a glance.

@@ -90,6 +90,10 @@ pub enum Command {
         /// Name of this instance in run records and `list` (default: hostname-pid).
         #[arg(long, env = "BGSCHED_INSTANCE_ID")]
         instance_id: Option<String>,
+        /// Serve /metrics, /healthz, /readyz and /status on this address
+        /// (e.g. 127.0.0.1:9187; port 0 picks a free one), overriding [http] listen.
+        #[arg(long, value_name = "ADDR", env = "BGSCHED_HTTP")]
+        http: Option<std::net::SocketAddr>,
         /// Reload the config when its file changes (as on SIGHUP).
         #[arg(long)]
         watch_config: bool,
@@ -172,6 +176,12 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("cannot serve http on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Coordination(#[from] crate::coordination::CoordError),
     #[error("{0:#}")]
@@ -185,7 +195,9 @@ impl CliError {
             CliError::UnknownJob(_) | CliError::UnknownRun(_) => exit::UNKNOWN_JOB,
             CliError::Usage(_) => exit::USAGE,
             CliError::Unavailable(_) => exit::UNAVAILABLE,
-            CliError::Coordination(_) | CliError::Other(_) => exit::FAILURE,
+            CliError::Listen { .. } | CliError::Coordination(_) | CliError::Other(_) => {
+                exit::FAILURE
+            }
         }
     }
 }

@@ -12,8 +12,10 @@ use crate::coordination::{
     ClaimRejected, Coordinator, Etcd, Hold, Outcome, RunRecord, Standalone, Trigger, TriggerRequest,
 };
 use crate::executor::{self, exit_code_of, Echo, RunSpec};
+use crate::observe::log::run_span;
 use chrono::{SecondsFormat, Utc};
 use std::time::Duration;
+use tracing::Instrument;
 
 pub async fn trigger(
     cli: &Cli,
@@ -84,7 +86,9 @@ async fn locally(
         _ => None,
     };
     let mut recorder = state.recorder(&job.name, &spec.run_id);
-    let done = executor::supervise(&spec, &mut recorder, lock, Echo::Terminal).await;
+    let done = executor::supervise(&spec, &mut recorder, lock, Echo::Terminal)
+        .instrument(run_span(&spec))
+        .await;
     eprintln!("bgsched: {}", summary(&done.record));
     Ok(if done.interrupted {
         exit::FORCED_STOP

@@ -7,8 +7,8 @@
 //! and only build a [`Config`] when nothing was found.
 
 use super::{
-    base_dir, ClusterSettings, Config, ConfigError, ConfigErrors, Job, Overlap, Program,
-    SchedulerSettings, Secret,
+    base_dir, ClusterSettings, Config, ConfigError, ConfigErrors, HttpSettings, Job, Overlap,
+    Program, SchedulerSettings, Secret,
 };
 use crate::schedule::{duration_reason, quoted, shown, Schedule};
 use chrono_tz::Tz;
@@ -210,6 +210,10 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let cluster = top
         .get("cluster")
         .and_then(|item| cluster(&mut r, item, base_dir(path)));
+    let http = top
+        .get("http")
+        .map(|item| http(&mut r, item))
+        .unwrap_or_default();
     let built_in = Defaults {
         catchup: default_catchup(cluster.as_ref()),
         ..Defaults::default()
@@ -231,6 +235,7 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         scheduler,
         jobs,
         cluster,
+        http,
     };
     resolve_relative_paths(&mut config);
     Ok(config)
@@ -272,12 +277,13 @@ enum Section {
     Defaults,
     Job,
     Cluster,
+    Http,
 }
 
 impl Section {
     fn keys(self) -> &'static [&'static str] {
         match self {
-            Section::Top => &["scheduler", "defaults", "jobs", "cluster"],
+            Section::Top => &["scheduler", "defaults", "jobs", "cluster", "http"],
             Section::Scheduler => &["state_dir", "shutdown_grace", "history"],
             Section::Defaults => &[
                 "timezone",
@@ -321,6 +327,7 @@ impl Section {
                 "password_env",
                 "password_file",
             ],
+            Section::Http => &["listen"],
         }
     }
 
@@ -333,6 +340,12 @@ impl Section {
                 ("endpoint", "etcd"),
                 ("ttl", "lease_ttl"),
                 ("cacert", "ca_file"),
+            ],
+            Section::Http => &[
+                ("address", "listen"),
+                ("addr", "listen"),
+                ("bind", "listen"),
+                ("port", "listen"),
             ],
             _ => &[],
         };
@@ -349,6 +362,7 @@ impl Section {
             Section::Defaults => "[defaults]",
             Section::Job => "a job table ([jobs.<name>])",
             Section::Cluster => "[cluster]",
+            Section::Http => "[http]",
         }
     }
 
@@ -356,7 +370,7 @@ impl Section {
         let shown = shown(key);
         let what = match self {
             Section::Top => format!("unknown top-level key `{shown}`"),
-            Section::Scheduler | Section::Defaults | Section::Cluster => {
+            Section::Scheduler | Section::Defaults | Section::Cluster | Section::Http => {
                 format!("unknown key `{shown}` in {}", self.title())
             }
             // The job is already named in the error's prefix.
@@ -370,6 +384,7 @@ impl Section {
             Section::Defaults,
             Section::Job,
             Section::Cluster,
+            Section::Http,
         ]
         .into_iter()
         .filter(|s| *s != self && (*s != Section::Cluster || cluster_is_a_home))
@@ -433,6 +448,16 @@ fn scheduler(r: &mut Report, item: &Item) -> SchedulerSettings {
     if let Some(n) = f.get("history").and_then(|i| i.history(r)) {
         settings.history_limit = n;
     }
+    settings
+}
+
+fn http(r: &mut Report, item: &Item) -> HttpSettings {
+    let mut settings = HttpSettings::default();
+    let Some(table) = item.table(r) else {
+        return settings;
+    };
+    let f = Fields::of(r, table, Section::Http);
+    settings.listen = f.get("listen").and_then(|i| i.listen(r));
     settings
 }
 
@@ -1477,6 +1502,49 @@ impl<'a, 'i> Item<'a, 'i> {
         all_valid.then(|| valid.into_iter().map(|(url, _, _)| url).collect())
     }
 
+    /// `listen`: a socket address, not a host name: the server binds
+    /// before anything is resolved, and a name with several addresses
+    /// would leave it unclear which one is served.
+    fn listen(&self, r: &mut Report) -> Option<std::net::SocketAddr> {
+        let s = self.str(r)?;
+        if let Ok(addr) = s.trim().parse() {
+            return Some(addr);
+        }
+        let hint = match s.trim() {
+            "" => String::new(),
+            t if t.parse::<std::net::IpAddr>().is_ok() => {
+                format!("; add a port, e.g. {}", quoted(&example_listen(t)))
+            }
+            t if t.starts_with(':') && t[1..].parse::<u16>().is_ok() => {
+                format!(
+                    "; name the address too, e.g. {}",
+                    quoted(&format!("0.0.0.0{t}"))
+                )
+            }
+            t => match t.rsplit_once(':') {
+                Some((_, port)) if port.parse::<u16>().is_err() && port.parse::<u64>().is_ok() => {
+                    "; the port must be at most 65535".to_string()
+                }
+                Some(("localhost", port)) if port.parse::<u16>().is_ok() => {
+                    format!(
+                        "; for localhost write {}",
+                        quoted(&format!("127.0.0.1:{port}"))
+                    )
+                }
+                _ => String::new(),
+            },
+        };
+        r.error(
+            self.value_at(),
+            format!(
+                "{} {} is not an IP address and port like \"127.0.0.1:9187\" or \"[::1]:9187\"{hint}",
+                self.label,
+                quoted(s)
+            ),
+        );
+        None
+    }
+
     /// `prefix`: keys are built as `{prefix}/...`.
     fn prefix(&self, r: &mut Report) -> Option<String> {
         let s = self.str(r)?;
@@ -1631,6 +1699,15 @@ impl<'a, 'i> Item<'a, 'i> {
 }
 
 /// toml messages about array or inline table contents.
+/// `ip` with the default metrics port, bracketed if it is IPv6.
+fn example_listen(ip: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:9187")
+    } else {
+        format!("{ip}:9187")
+    }
+}
+
 fn in_brackets(message: &str) -> bool {
     ["array", "inline table", "key-value pairs"]
         .iter()
@@ -2162,6 +2239,17 @@ timeout = "none"
     }
 
     #[test]
+    fn http_listen_is_off_by_default_and_takes_ip_and_port() {
+        assert_eq!(valid("").http.listen, None);
+        let c = valid("[http]\nlisten = \"[::1]:0\"\n");
+        assert_eq!(c.http.listen, Some("[::1]:0".parse().unwrap()));
+        assert_errors(
+            "[http]\nlisten = \"0.0.0.0\"\n",
+            &["jobs.toml:2:10: listen \"0.0.0.0\" is not an IP address and port like \"127.0.0.1:9187\" or \"[::1]:9187\"; add a port, e.g. \"0.0.0.0:9187\""],
+        );
+    }
+
+    #[test]
     fn built_in_defaults_apply_when_nothing_is_set() {
         let config = valid("[jobs.tick]\nschedule = \"* * * * *\"\ncommand = [\"/bin/true\"]\n");
         assert_eq!(config.scheduler, SchedulerSettings::default());
@@ -2402,7 +2490,7 @@ timeout = "none"
         );
         assert_errors(
             "title = \"x\"\n",
-            &["jobs.toml:1:1: unknown top-level key `title` (expected one of: scheduler, defaults, jobs, cluster)"],
+            &["jobs.toml:1:1: unknown top-level key `title` (expected one of: scheduler, defaults, jobs, cluster, http)"],
         );
         assert_errors(
             "[scheduler]\nhistroy = 5\nstate = \"x\"\n",

@@ -27,6 +27,17 @@ pub struct Config {
     /// `[cluster]`: replicas coordinate through etcd instead of a local
     /// state directory. `None` means standalone.
     pub cluster: Option<ClusterSettings>,
+    /// `[http]`: the observability endpoints of `bgsched run`.
+    pub http: HttpSettings,
+}
+
+/// The `[http]` table. Off unless `listen` is set: an open port is a
+/// decision for whoever deploys bgsched, not a default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// `listen`: an IP address and port, e.g. `127.0.0.1:9187`; port 0
+    /// picks a free one (the bound address is logged).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// The `[scheduler]` table: settings of the scheduler process itself.

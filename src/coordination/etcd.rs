@@ -123,7 +123,7 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
         }
         opts = opts.with_tls(tls);
     }
-    Client::connect(&cfg.endpoints, Some(opts))
+    Client::connect_with_balanced_channel(&cfg.endpoints, Some(opts), crate::observe::etcd::Channel)
         .await
         .map_err(etcd_err("cannot connect"))
 }
@@ -382,6 +382,9 @@ pub struct Etcd {
     spare: Mutex<Vec<(i64, DateTime<Utc>)>>,
     /// The config hash last announced, for the member key of every session.
     config_hash: Mutex<Option<String>>,
+    /// The newest session's liveness, readable without the session lock
+    /// (which a campaign holds across etcd round trips).
+    live_session: Mutex<Option<watch::Receiver<bool>>>,
 }
 
 impl Etcd {
@@ -413,6 +416,7 @@ impl Etcd {
             last: Mutex::new(HashMap::new()),
             spare: Mutex::new(Vec::new()),
             config_hash: Mutex::new(None),
+            live_session: Mutex::new(None),
         })
     }
 
@@ -426,6 +430,13 @@ impl Etcd {
 
     pub fn config(&self) -> &EtcdConfig {
         &self.cfg
+    }
+
+    /// Whether this instance has a session whose lease etcd confirmed
+    /// within the fencing window (2/3 of `lease_ttl`).
+    pub fn session_confirmed(&self) -> bool {
+        let live = self.live_session.lock().expect("session lock");
+        live.as_ref().is_some_and(|alive| *alive.borrow())
     }
 
     /// The live session, creating (and registering this instance under
@@ -471,6 +482,7 @@ impl Etcd {
             tx,
         ));
         tracing::info!(lease, ttl = ?self.cfg.lease_ttl, "etcd session started");
+        *self.live_session.lock().expect("session lock") = Some(alive.clone());
         *guard = Some(Session {
             lease,
             member,
@@ -1528,13 +1540,14 @@ impl EtcdRecorder {
         let granted = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
         let (tx, alive) = watch::channel(true);
         let client = Arc::new(tokio::sync::OnceCell::new());
-        let keeper = tokio::spawn(hold_run_lease(
+        // In the run's span: its warnings are about this run.
+        let keeper = tokio::spawn(tracing::Instrument::in_current_span(hold_run_lease(
             cfg.clone(),
             lease,
             granted,
             tx,
             client.clone(),
-        ));
+        )));
         let keys = Keys::new(&cfg.prefix);
         let (stop_tx, stop) = watch::channel(None);
         let stop_watcher = stoppable.then(|| {

@@ -10,6 +10,7 @@
 //! `bgsched trigger` runs the same supervisor code in the foreground.
 
 pub mod output;
+pub mod report;
 
 use crate::config::{Job, Overlap, Program};
 use crate::coordination::standalone::duration_ms;
@@ -590,7 +591,8 @@ fn spawn_pump(
     echo: Echo,
 ) -> tokio::task::JoinHandle<()> {
     let (job, run_id) = (spec.job.clone(), spec.run_id.clone());
-    tokio::spawn(pump(
+    // In the run's span (see `observe::log::run_span`), like every event of the run.
+    tokio::spawn(tracing::Instrument::in_current_span(pump(
         pipe,
         stream,
         tail.clone(),
@@ -610,7 +612,7 @@ fn spawn_pump(
                 tracing::warn!(target: "bgsched::job", job = %job, run_id = %run_id, stream = "stderr", "{line}")
             }
         },
-    ))
+    )))
 }
 
 /// Start the job's process in a new process group, or say why it cannot start.

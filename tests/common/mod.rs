@@ -90,27 +90,6 @@ impl Env {
         self.spawn_run_with(instance, &[])
     }
 
-    /// [`Env::spawn_run`] with more arguments to `run`.
-    pub fn spawn_run_with(&self, instance: &str, extra: &[&str]) -> Scheduler {
-        let log = self.path(&format!("{instance}.log"));
-        let mut args = vec!["run", "--instance-id", instance];
-        args.extend_from_slice(extra);
-        let mut cmd = self.cmd(&args).0;
-        cmd.stdout(fs::File::create(&log).expect("log file"))
-            .stderr(
-                fs::OpenOptions::new()
-                    .append(true)
-                    .open(&log)
-                    .expect("log file"),
-            );
-        let child = cmd.spawn().expect("spawn bgsched run");
-        Scheduler {
-            child,
-            log,
-            instance: instance.to_string(),
-        }
-    }
-
     /// Lines of a file the jobs append to (empty if it does not exist yet).
     pub fn lines(&self, name: &str) -> Vec<String> {
         fs::read_to_string(self.path(name))
@@ -320,4 +299,69 @@ pub fn parent_of(pid: i32) -> Option<i32> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+impl Env {
+    /// [`Env::spawn_run`] with more arguments after `run`: its log is
+    /// `<dir>/<instance>.log`.
+    pub fn spawn_run_with(&self, instance: &str, extra: &[&str]) -> Scheduler {
+        let log = self.path(&format!("{instance}.log"));
+        let mut args = vec!["run", "--instance-id", instance];
+        args.extend_from_slice(extra);
+        let mut cmd = self.cmd(&args).0;
+        cmd.stdout(fs::File::create(&log).expect("log file"))
+            .stderr(
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(&log)
+                    .expect("log file"),
+            );
+        let child = cmd.spawn().expect("spawn bgsched run");
+        Scheduler {
+            child,
+            log,
+            instance: instance.to_string(),
+        }
+    }
+}
+
+impl Scheduler {
+    /// The port of its HTTP endpoints, from the line `run` logs once it
+    /// has bound them (start it with `--http 127.0.0.1:0`).
+    pub fn http_port(&self) -> u16 {
+        const MARK: &str = "/status on http://";
+        let mut port = None;
+        wait_until(PATIENCE, "the http server's address in the log", || {
+            let text = self.log_text();
+            port = text.find(MARK).and_then(|at| {
+                let rest = &text[at + MARK.len()..];
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                    .collect();
+                addr.rsplit(':').next()?.parse().ok()
+            });
+            port.is_some()
+        });
+        port.expect("port")
+    }
+}
+
+/// `GET path` on the scheduler's HTTP port: (status, body); None if it
+/// does not answer.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    etcd::http_within(port, "GET", path, None, Duration::from_secs(10)).ok()
+}
+
+/// The value of one sample in a `/metrics` text, e.g.
+/// `bgsched_runs_total{job="a",outcome="success"}`; 0 when absent (a
+/// labelled counter appears only once it moved).
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
 }

@@ -1,0 +1,72 @@
+//! What a supervisor tells the scheduler that started it, one line each on
+//! its stdout: the job's pid once the job runs (a bare number), then the
+//! run's outcome once it is recorded (a JSON object). The scheduler needs
+//! the pid to clean up after a supervisor that dies, and the outcome for
+//! its metrics; everything else about the run is in its record.
+
+use super::RunSpec;
+use crate::coordination::{Outcome, RunRecord};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Ended {
+    outcome: Outcome,
+    duration_ms: u64,
+}
+
+/// One line of a supervisor's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Report {
+    /// The job runs with this pid (= its process group).
+    Started(i32),
+    /// The run is over and recorded.
+    Ended(Outcome, Duration),
+}
+
+/// In the supervisor: report the final record, if a scheduler listens.
+pub fn ended(spec: &RunSpec, record: &RunRecord) {
+    if !spec.report_pid {
+        return;
+    }
+    let line = Ended {
+        outcome: record.outcome,
+        duration_ms: record.duration_ms.unwrap_or(0),
+    };
+    let json = serde_json::to_string(&line).expect("report serializes");
+    // Nobody listening any more (the scheduler died) is no reason to fail.
+    let _ = writeln!(std::io::stdout(), "{json}").and_then(|()| std::io::stdout().flush());
+}
+
+/// In the scheduler: one line read from a supervisor.
+pub fn parse(line: &str) -> Option<Report> {
+    let line = line.trim();
+    if let Ok(pid) = line.parse() {
+        return Some(Report::Started(pid));
+    }
+    let ended: Ended = serde_json::from_str(line).ok()?;
+    Some(Report::Ended(
+        ended.outcome,
+        Duration::from_millis(ended.duration_ms),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_lines_parse_and_anything_else_is_ignored() {
+        assert_eq!(parse("4242\n"), Some(Report::Started(4242)));
+        assert_eq!(
+            parse(r#"{"outcome":"timed_out","duration_ms":1500}"#),
+            Some(Report::Ended(
+                Outcome::TimedOut,
+                Duration::from_millis(1500)
+            ))
+        );
+        assert_eq!(parse("garbage"), None);
+        assert_eq!(parse(""), None);
+    }
+}

@@ -1,0 +1,198 @@
+//! The HTTP endpoints of `bgsched run` (`[http] listen`, `--http`):
+//! `/metrics`, `/healthz`, `/readyz` and `/status`.
+
+use super::status::{self, Source};
+use super::Metrics;
+use crate::config::Config;
+use crate::coordination::{Etcd, Standalone};
+use crate::reload::ReloadStatus;
+use crate::scheduler::MAX_SLEEP;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The scheduler loop turns at least every [`MAX_SLEEP`]; twice that
+/// without a turn means it is stuck, not idle.
+pub const HEALTHY_WITHIN: Duration = Duration::from_secs(2 * MAX_SLEEP.as_secs());
+
+/// The backend the endpoints read.
+pub enum Backend {
+    Standalone(Arc<Standalone>),
+    Cluster(Arc<Etcd>),
+}
+
+/// What the endpoints need from the running scheduler.
+pub struct Served {
+    /// The config in use, and how it came to be (see `crate::reload`).
+    pub config: watch::Receiver<Arc<Config>>,
+    pub reload: watch::Receiver<ReloadStatus>,
+    pub metrics: Arc<Metrics>,
+    pub instance: String,
+    /// Set once the backend is open: in a cluster, `run` serves while it
+    /// is still connecting, so that probes can tell "starting" from "dead".
+    pub backend: OnceLock<Backend>,
+}
+
+/// A bound listener, so that a bad address fails `run` before it starts
+/// scheduling.
+pub struct Listener(tokio::net::TcpListener);
+
+impl Listener {
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Listener> {
+        tokio::net::TcpListener::bind(addr).await.map(Listener)
+    }
+
+    /// The address actually bound (port 0 picks one).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    /// Serve on the current runtime until the process ends.
+    pub fn serve(self, served: Arc<Served>) {
+        let app = Router::new()
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/status", get(status))
+            .fallback(not_found)
+            .with_state(served);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(self.0, app).await {
+                tracing::error!("http server stopped: {e}");
+            }
+        });
+    }
+}
+
+type Shared = State<Arc<Served>>;
+
+fn json_reply(code: StatusCode, body: serde_json::Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
+        .into_response()
+}
+
+async fn metrics(State(s): Shared) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): Shared) -> Response {
+    let since = s.metrics.since_beat();
+    let healthy = since <= HEALTHY_WITHIN;
+    json_reply(
+        if healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        json!({
+            "status": if healthy { "ok" } else { "stalled" },
+            "last_loop_ms_ago": u64::try_from(since.as_millis()).unwrap_or(u64::MAX),
+        }),
+    )
+}
+
+/// Ready once the config is loaded (it is before this serves) and, in a
+/// cluster, while etcd confirms the session: a standby is ready too, since
+/// readiness is about being able to take over, not about leading.
+async fn readyz(State(s): Shared) -> Response {
+    let (ready, etcd) = match s.backend.get() {
+        None => (false, Some("connecting")),
+        Some(Backend::Standalone(_)) => (true, None),
+        Some(Backend::Cluster(e)) => {
+            let confirmed = e.session_confirmed();
+            (
+                confirmed,
+                Some(if confirmed {
+                    "session confirmed"
+                } else {
+                    "no confirmed session"
+                }),
+            )
+        }
+    };
+    let mut body = json!({
+        "status": if ready { "ready" } else { "not ready" },
+        "config": "loaded",
+    });
+    if let Some(etcd) = etcd {
+        body["etcd"] = json!(etcd);
+    }
+    json_reply(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        body,
+    )
+}
+
+async fn status(State(s): Shared) -> Response {
+    let source = match s.backend.get() {
+        Some(Backend::Standalone(b)) => Source::Standalone(b),
+        Some(Backend::Cluster(b)) => Source::Cluster(b),
+        None => {
+            return json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({ "error": "not connected to etcd yet" }),
+            )
+        }
+    };
+    let now = chrono::Utc::now();
+    let config = s.config.borrow().clone();
+    let hash = s.reload.borrow().config_hash.clone();
+    let built = match source {
+        // Reading the state directory blocks (a file per history entry):
+        // let the runtime move the fire loop off this worker meanwhile.
+        Source::Standalone(_) => tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(status::build(&config, &hash, source, now))
+        }),
+        Source::Cluster(_) => status::build(&config, &hash, source, now).await,
+    };
+    match built {
+        Ok(view) => {
+            let mut body = json!({
+                "instance": s.instance,
+                "is_leader": s.metrics.is_leader(),
+            });
+            if let (Some(body), Ok(serde_json::Value::Object(view))) =
+                (body.as_object_mut(), serde_json::to_value(&view))
+            {
+                body.extend(view);
+            }
+            json_reply(StatusCode::OK, body)
+        }
+        Err(e) => json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": e.to_string() }),
+        ),
+    }
+}
+
+async fn not_found() -> Response {
+    json_reply(
+        StatusCode::NOT_FOUND,
+        json!({
+            "error": "not found",
+            "endpoints": ["/metrics", "/healthz", "/readyz", "/status"],
+        }),
+    )
+}

@@ -1,0 +1,149 @@
+//! `--log-format json`: one JSON object per line, with the fields of the
+//! event and of every span it is in at the top level.
+//!
+//! tracing-subscriber's own JSON format nests span fields under `span` and
+//! `spans`; log pipelines filter on top-level keys, and run-related events
+//! get `job`, `run_id`, `tick`, `instance` and `term` from the span they
+//! run in ([`run_span`]) rather than each repeating them.
+
+use crate::coordination::{RunRecord, Trigger};
+use crate::executor::RunSpec;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use std::fmt;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// The target of the spans that carry run fields. Their level is ERROR so
+/// that they are enabled at every log level; `init_logging` turns them
+/// off for the text format, whose events name their run themselves.
+pub const SPAN_TARGET: &str = "bgsched::span";
+
+/// The span every event about one run is emitted in, in the supervisor
+/// and in the scheduler that reaps it.
+pub fn run_span(spec: &RunSpec) -> tracing::Span {
+    span(
+        &spec.job,
+        &spec.run_id,
+        spec.tick,
+        spec.trigger,
+        &spec.instance,
+        spec.term,
+    )
+}
+
+/// The span of the events about writing a history entry.
+pub fn record_span(rec: &RunRecord) -> tracing::Span {
+    span(
+        &rec.job,
+        &rec.run_id,
+        rec.tick,
+        rec.trigger,
+        &rec.instance,
+        rec.term,
+    )
+}
+
+fn span(
+    job: &str,
+    run_id: &str,
+    tick: DateTime<Utc>,
+    trigger: Trigger,
+    instance: &str,
+    term: u64,
+) -> tracing::Span {
+    tracing::span!(
+        target: SPAN_TARGET,
+        tracing::Level::ERROR,
+        "run",
+        job = %job,
+        run_id = %run_id,
+        tick = %tick.to_rfc3339(),
+        trigger = %trigger,
+        instance = %instance,
+        term = term,
+    )
+}
+
+/// The event format of `--log-format json` (use with [`JsonFields`]).
+pub struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        let mut line = Map::new();
+        line.insert(
+            "timestamp".into(),
+            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        );
+        line.insert("level".into(), Value::String(meta.level().to_string()));
+        // Outermost span first, so inner spans and then the event itself
+        // win when they name the same field.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                let Some(fields) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(fields) {
+                    line.extend(fields);
+                }
+            }
+        }
+        event.record(&mut Fields(&mut line));
+        line.insert("target".into(), Value::String(meta.target().to_string()));
+        writeln!(writer, "{}", Value::Object(line))
+    }
+}
+
+/// The field formatter spans need for [`FlatJson`] to read them back.
+pub fn span_fields() -> JsonFields {
+    JsonFields::new()
+}
+
+struct Fields<'a>(&'a mut Map<String, Value>);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::String(format!("{value:?}")));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .insert(field.name().into(), Value::String(value.to_string()));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.0
+            .insert(field.name().into(), Value::String(value.to_string()));
+    }
+}

@@ -1,0 +1,160 @@
+//! The status model: what is scheduled, what ran, what runs now. Built
+//! from the backend alone, so `list --json` (any process) and `/status`
+//! (the running scheduler) show the same document.
+
+use crate::config::{Config, Job};
+use crate::coordination::etcd::MemberInfo;
+use crate::coordination::{
+    CoordError, Etcd, HistoryReader, LeaderInfo, Outcome, RunRecord, Standalone,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+/// The stable JSON document of `list --json` (documented in README).
+#[derive(Debug, Serialize)]
+pub struct ListView {
+    /// `standalone` or `cluster`.
+    pub mode: &'static str,
+    /// Standalone: the state directory.
+    pub state_dir: Option<String>,
+    /// Cluster: the etcd key prefix.
+    pub etcd_prefix: Option<String>,
+    pub leader: Option<LeaderInfo>,
+    /// Cluster: the live instances, each with the hash of its config.
+    pub members: Vec<MemberInfo>,
+    /// The content hash of the config this view was built from (`list`:
+    /// the file it read; `/status`: the config in use).
+    pub config_hash: String,
+    /// Cluster: whether the live instances announce different config hashes.
+    pub configs_differ: bool,
+    pub jobs: Vec<JobView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub name: String,
+    pub description: Option<String>,
+    pub schedule: String,
+    pub timezone: String,
+    pub enabled: bool,
+    pub overlap: String,
+    /// `running`, `idle` or `disabled`.
+    pub state: &'static str,
+    /// RFC 3339 in the job's time zone.
+    pub next_run: Option<String>,
+    /// Active runs (usually at most one).
+    pub running: Vec<RunRecord>,
+    /// The newest run that started a process (not a skip or a miss).
+    pub last_run: Option<RunRecord>,
+    /// Skipped ticks among the retained history.
+    pub recent_skips: usize,
+    /// Missed ticks among the retained history.
+    pub recent_missed: u64,
+}
+
+/// The backend a status is read from.
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    Standalone(&'a Standalone),
+    Cluster(&'a Etcd),
+}
+
+/// Read the status of every job in `config` (whose content hash is
+/// `config_hash`) from `source`.
+pub async fn build(
+    config: &Config,
+    config_hash: &str,
+    source: Source<'_>,
+    now: DateTime<Utc>,
+) -> Result<ListView, CoordError> {
+    let limit = config.scheduler.history_limit;
+    let mut jobs = Vec::new();
+    for job in config.jobs.values() {
+        let (history, running) = match source {
+            Source::Standalone(s) => (
+                s.recent(&job.name, limit).await?,
+                s.active(&job.name).await?,
+            ),
+            Source::Cluster(e) => (
+                e.recent(&job.name, limit).await?,
+                e.active(&job.name).await?,
+            ),
+        };
+        let last_run = history
+            .iter()
+            .find(|r| r.outcome.is_run() && r.outcome != Outcome::Running)
+            .cloned();
+        jobs.push(JobView {
+            name: job.name.clone(),
+            description: job.description.clone(),
+            schedule: job.schedule.as_str().to_string(),
+            timezone: job.timezone.name().to_string(),
+            enabled: job.enabled,
+            overlap: job.overlap.to_string(),
+            state: match (job.enabled, running.is_empty()) {
+                (_, false) => "running",
+                (false, true) => "disabled",
+                (true, true) => "idle",
+            },
+            next_run: job
+                .enabled
+                .then(|| job.schedule.next_after(now))
+                .flatten()
+                .map(|t| local_rfc3339(job, t)),
+            running,
+            last_run,
+            recent_skips: history
+                .iter()
+                .filter(|r| r.outcome == Outcome::Skipped)
+                .count(),
+            recent_missed: history.iter().filter_map(|r| r.missed_ticks).sum(),
+        });
+    }
+    let view = match source {
+        Source::Standalone(s) => ListView {
+            mode: "standalone",
+            state_dir: Some(s.root().display().to_string()),
+            etcd_prefix: None,
+            leader: s.leader()?,
+            members: Vec::new(),
+            config_hash: config_hash.to_string(),
+            configs_differ: false,
+            jobs,
+        },
+        Source::Cluster(e) => ListView {
+            mode: "cluster",
+            state_dir: None,
+            etcd_prefix: Some(e.config().prefix.clone()),
+            leader: e.leader().await?,
+            members: e.members().await?,
+            config_hash: config_hash.to_string(),
+            configs_differ: false,
+            jobs,
+        },
+    };
+    Ok(ListView {
+        configs_differ: config_groups(&view.members).len() > 1,
+        ..view
+    })
+}
+
+/// Shown for a member that announces no config hash (an older bgsched).
+pub const UNKNOWN_HASH: &str = "unknown";
+
+/// Member names by announced config hash, in hash order.
+pub fn config_groups(members: &[MemberInfo]) -> Vec<(&str, Vec<&str>)> {
+    let mut groups: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for m in members {
+        groups
+            .entry(m.config_hash.as_deref().unwrap_or(UNKNOWN_HASH))
+            .or_default()
+            .push(&m.instance);
+    }
+    groups.into_iter().collect()
+}
+
+/// An instant in the job's time zone with its UTC offset, e.g. `2026-03-29T03:00:00+02:00`.
+pub fn local_rfc3339(job: &Job, t: DateTime<Utc>) -> String {
+    t.with_timezone(&job.timezone)
+        .to_rfc3339_opts(SecondsFormat::AutoSi, false)
+}

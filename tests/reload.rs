@@ -225,6 +225,46 @@ fn watch_config_follows_a_configmap_symlink_swap() {
     assert_eq!(starts(&env, "ledger", "a").len(), a_runs, "a still fires");
 }
 
+#[test]
+fn metrics_and_status_follow_the_config_generation() {
+    let good = job("a", "@every 1s", "a", "ledger", 0);
+    let env = Env::new().config(&good);
+    let run = env.spawn_run_with("r", &["--http", "127.0.0.1:0"]);
+    let port = run.http_port();
+    let series = |name: &str| {
+        let text = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        sample(&text, name)
+    };
+    let generation = "bgsched_config_generation";
+    let ok = "bgsched_config_last_reload_success";
+    assert_eq!((series(generation), series(ok)), (1.0, 1.0));
+    env.write("jobs.toml", "[jobs.a]\nschedule = \"@every\"\n");
+    run.signal(Signal::HUP);
+    wait_until(PATIENCE, "a failed reload in the metrics", || {
+        series(ok) == 0.0
+    });
+    assert_eq!(series(generation), 1.0);
+    env.write(
+        "jobs.toml",
+        &(good + &job("b", "@every 1s", "b", "ledger", 0)),
+    );
+    run.signal(Signal::HUP);
+    wait_until(PATIENCE, "generation 2", || {
+        series(generation) == 2.0 && series(ok) == 1.0
+    });
+    let (_, body) = http_get(port, "/status").expect("/status");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let list = env.list_json();
+    assert_eq!(status["config_hash"], list["config_hash"], "{status}");
+    let jobs: Vec<&str> = status["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(jobs, ["a", "b"], "/status shows the reloaded jobs");
+}
+
 /// A cluster config on `etcd` with jobs that leave no trace, so that two
 /// scratch directories can hold byte-identical files.
 fn cluster_config(etcd: &Etcd, jobs: &str) -> String {

@@ -205,7 +205,7 @@ impl Request {
 /// `new`, with the settings that cannot change while running put back to
 /// their values in `old`, and a warning for each that differs: the backend
 /// (state directory, etcd connection, history retention handed to every
-/// supervisor) is opened once at start.
+/// supervisor) is opened and the HTTP listener bound once at start.
 fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     let warn = |what: &str| {
         tracing::warn!("config reload: {what} changed; this needs a restart, keeping the value in use until then");
@@ -218,6 +218,10 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         };
         warn(what);
         new.cluster = old.cluster.clone();
+    }
+    if new.http != old.http {
+        warn("[http] listen");
+        new.http = old.http.clone();
     }
     if new.scheduler.state_dir != old.scheduler.state_dir {
         warn("[scheduler] state_dir");
@@ -374,11 +378,12 @@ mod tests {
     #[test]
     fn restart_only_settings_keep_their_old_values() {
         let old = cfg("[scheduler]\nstate_dir = \"/a\"\nhistory = 5\nshutdown_grace = \"1s\"\n");
-        let new = cfg("[scheduler]\nstate_dir = \"/b\"\nhistory = 7\nshutdown_grace = \"2s\"\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n");
+        let new = cfg("[scheduler]\nstate_dir = \"/b\"\nhistory = 7\nshutdown_grace = \"2s\"\n[http]\nlisten = \"127.0.0.1:9\"\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n");
         let kept = keep_restart_only(&old, new);
         assert_eq!(kept.scheduler.state_dir, Some(PathBuf::from("/a")));
         assert_eq!(kept.scheduler.history_limit, 5);
         assert!(kept.cluster.is_none());
+        assert!(kept.http.listen.is_none());
         // Read at shutdown, so it may change.
         assert_eq!(kept.scheduler.shutdown_grace, Duration::from_secs(2));
     }

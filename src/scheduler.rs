@@ -198,8 +198,9 @@ enum LoopEnd {
 #[derive(Default)]
 struct Running {
     by_pid: HashMap<u32, Tracked>,
-    /// Per supervisor: its pid, and whether it exited cleanly.
-    reaper: JoinSet<(u32, bool)>,
+    /// Per supervisor: its pid, whether it exited cleanly, and what its run
+    /// handed back.
+    reaper: JoinSet<(u32, bool, Option<String>)>,
     metrics: Arc<Metrics>,
 }
 
@@ -221,7 +222,7 @@ impl Running {
         let reap = async move {
             // The supervisor reports its job's pid (= process group), then
             // the run's outcome (see `executor::report`).
-            let (mut group, mut ended) = (None, None);
+            let (mut group, mut ended, mut handback) = (None, None, None);
             if let Some(out) = child.stdout.take() {
                 use tokio::io::AsyncBufReadExt;
                 let mut lines = tokio::io::BufReader::new(out).lines();
@@ -236,7 +237,10 @@ impl Running {
                             }
                             group = Pid::from_raw(pid);
                         }
-                        Some(Report::Ended(outcome, took)) => ended = Some((outcome, took)),
+                        Some(Report::Ended(outcome, took, held)) => {
+                            ended = Some((outcome, took));
+                            handback = held;
+                        }
                         None => {}
                     }
                 }
@@ -253,21 +257,20 @@ impl Running {
                     tracing::warn!(job = %job, supervisor_pid = pid, "supervisor died: killed what was left of its job");
                 }
             }
-            (pid, clean)
+            (pid, clean, handback.filter(|_| clean))
         };
         self.reaper.spawn(reap.instrument(run_span(spec)));
     }
 
-    /// Resolves when a supervisor exits (never, if none runs).
     /// Resolves when a supervisor exits (never, if none runs), with its
-    /// job if it did not exit cleanly.
-    async fn reap_one(&mut self) -> Option<String> {
+    /// job if it did not exit cleanly, and what its run handed back.
+    async fn reap_one(&mut self) -> (Option<String>, Option<String>) {
         match self.reaper.join_next().await {
-            Some(Ok((pid, clean))) => {
+            Some(Ok((pid, clean, handback))) => {
                 let tracked = self.by_pid.remove(&pid);
-                tracked.filter(|_| !clean).map(|t| t.job)
+                (tracked.filter(|_| !clean).map(|t| t.job), handback)
             }
-            Some(Err(_)) => None,
+            Some(Err(_)) => (None, None),
             None => std::future::pending().await,
         }
     }
@@ -414,7 +417,10 @@ impl<C: Coordinator> Scheduler<C> {
                 biased;
                 _ = stop.changed() => return Ok(LoopEnd::Stop),
                 () = leadership.lost() => return Ok(LoopEnd::LostLeadership),
-                died = running.reap_one() => {
+                (died, handback) = running.reap_one() => {
+                    if let Some(token) = handback {
+                        self.coord.take_back(&token);
+                    }
                     if let Some(job) = died {
                         for rec in self.coord.reap_lost(&job).await {
                             self.after_lost(rec);

@@ -565,3 +565,38 @@ fn replace_holds_across_failover() {
         3,
     );
 }
+
+/// `grpc_server_started_total` of one gRPC method, from etcd's /metrics.
+fn etcd_calls(etcd: &Etcd, method: &str) -> u64 {
+    let (_, body) =
+        common::etcd::http(etcd.client_port(), "GET", "/metrics", None).expect("etcd /metrics");
+    body.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_started_total")
+                && l.contains(&format!("grpc_method=\"{method}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn in_steady_state_a_fire_reuses_a_finished_runs_lease_instead_of_granting_one() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = cluster_env(&etcd, &beat_job());
+    let _a = env.spawn_run("a");
+    wait_until(PATIENCE, "the first runs", || ledger(&env).len() >= 3);
+    let (grants, fires) = (etcd_calls(&etcd, "LeaseGrant"), ledger(&env).len());
+    wait_until(PATIENCE, "eight more runs", || {
+        ledger(&env).len() >= fires + 8
+    });
+    let fired = ledger(&env).len() - fires;
+    let granted = etcd_calls(&etcd, "LeaseGrant") - grants;
+    // Each run's lease comes back when it ends and is renewed for the next
+    // fire; a grant is only needed when a lease could not come back in time.
+    assert!(
+        granted * 4 <= fired as u64,
+        "{granted} leases granted for {fired} fires"
+    );
+    assert_each_tick_once(&ledger(&env));
+}

@@ -4,7 +4,9 @@ use super::{docs, exit, history, list, trigger, Cli, CliError, Command, LogForma
 use crate::config::Overlap;
 use crate::config::{self, ClusterSettings, Config, Job};
 use crate::coordination::etcd::{EtcdConfig, EtcdRecorder, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
-use crate::coordination::{BackendSpec, Coordinator, Etcd, HistoryReader, RunRecord, Standalone};
+use crate::coordination::{
+    BackendSpec, Coordinator, Etcd, HistoryReader, RunRecord, RunRecorder, Standalone,
+};
 use crate::executor::{self, Echo, RunSpec, SPEC_ENV};
 use crate::observe::status::{self, local_rfc3339};
 use crate::observe::{http, log, Metrics};
@@ -535,7 +537,7 @@ fn supervise() -> Result<i32, CliError> {
                 let state = Standalone::open(state_dir, *history_limit)?;
                 let mut recorder = state.recorder(&spec.job, &spec.run_id);
                 let done = executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
-                executor::report::ended(&spec, &done.record);
+                executor::report::ended(&spec, &done.record, None);
             }
             BackendSpec::Etcd(cfg) => {
                 let Some((lease, granted_at)) = spec.lease else {
@@ -547,13 +549,13 @@ fn supervise() -> Result<i32, CliError> {
                 match EtcdRecorder::start(cfg, &spec.job, &spec.run_id, lease, granted_at, stoppable) {
                     Ok(mut recorder) => {
                         let done = executor::supervise(&spec, &mut recorder, hold, Echo::Log).await;
-                        executor::report::ended(&spec, &done.record);
+                        executor::report::ended(&spec, &done.record, recorder.handback());
                     }
                     Err(e) => {
                         tracing::error!(job = %spec.job, run_id = %spec.run_id, "not starting the job: {e}");
                         let rec = spec.unstarted(e.to_string());
                         EtcdRecorder::record_unstarted(cfg, &rec).await;
-                        executor::report::ended(&spec, &rec);
+                        executor::report::ended(&spec, &rec, None);
                     }
                 }
             }

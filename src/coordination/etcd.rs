@@ -177,6 +177,9 @@ impl Keys {
     pub fn queued(&self, job: &str) -> String {
         format!("{}/queued/{job}", self.0)
     }
+    pub fn stop_requests(&self, job: &str) -> String {
+        format!("{}/stop/{job}/", self.0)
+    }
     /// Put by a run that replaces `run_id`: asks that run to stop.
     pub fn stop_request(&self, job: &str, run_id: &str) -> String {
         format!("{}/stop/{job}/{run_id}", self.0)
@@ -910,18 +913,38 @@ impl Etcd {
         Ok((lease, granted_at))
     }
 
-    /// The youngest spare lease that is young enough; older ones are
-    /// dropped (they expire on their own: no key is bound to them).
+    /// The youngest spare lease, if it is young enough (older ones wait for
+    /// `prepare` to renew them, or expire on their own: no key is bound to
+    /// them).
     fn take_spare_lease(&self) -> Option<(i64, DateTime<Utc>)> {
         let oldest = Utc::now() - self.spare_lease_max_age();
         let mut spare = self.spare.lock().expect("spare lease lock");
-        spare.retain(|(_, at)| *at > oldest);
-        spare.pop()
+        match spare.last() {
+            Some((_, at)) if *at > oldest => spare.pop(),
+            _ => None,
+        }
     }
 
-    /// Keep the lease of a claim that started nothing for the next claim.
+    /// Spares older than this are dropped: renewing them could come too late.
+    fn spare_lease_keep(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.cfg.lease_ttl / 2).unwrap_or_default()
+    }
+
+    /// Renew a spare lease once; when the renewal was sent, if etcd still
+    /// has the lease.
+    async fn renew_lease(&self, lease: i64) -> Option<DateTime<Utc>> {
+        let at = Utc::now();
+        let mut client = self.client.clone();
+        let (mut keeper, mut responses) = client.lease_keep_alive(lease).await.ok()?;
+        keeper.keep_alive().await.ok()?;
+        responses.message().await.ok()?.filter(|r| r.ttl() > 0)?;
+        Some(at)
+    }
+
+    /// Keep a lease nothing is bound to (from a claim that started nothing,
+    /// or handed back by a finished run) for a later claim.
     fn give_back_lease(&self, lease: i64, granted_at: DateTime<Utc>) {
-        if Utc::now() - granted_at < self.spare_lease_max_age() {
+        if Utc::now() - granted_at < self.spare_lease_keep() {
             let mut spare = self.spare.lock().expect("spare lease lock");
             spare.push((lease, granted_at));
             spare.sort_by_key(|(_, at)| *at);
@@ -1378,17 +1401,45 @@ impl Coordinator for Etcd {
         }
     }
 
-    async fn prepare(&self, fires: usize) {
-        let oldest = Utc::now() - self.spare_lease_max_age();
-        let ready = {
-            let mut spare = self.spare.lock().expect("spare lease lock");
-            spare.retain(|(_, at)| *at > oldest);
-            spare.len()
+    fn take_back(&self, token: &str) {
+        let mut words = token.split(' ');
+        let (Some("lease"), Some(id), Some(at)) = (words.next(), words.next(), words.next()) else {
+            return;
         };
+        let (Ok(id), Some(at)) = (
+            id.parse::<i64>(),
+            at.parse().ok().and_then(DateTime::from_timestamp_millis),
+        ) else {
+            return;
+        };
+        self.give_back_lease(id, at);
+    }
+
+    async fn prepare(&self, fires: usize) {
+        // Spares too old to hand out as they are, but surely still alive,
+        // are renewed (a keepalive, not a write) rather than replaced.
+        let now = Utc::now();
+        let use_by = self.spare_lease_max_age() / 2;
+        let (fresh, stale): (Vec<_>, Vec<_>) = {
+            let mut spare = self.spare.lock().expect("spare lease lock");
+            spare.retain(|(_, at)| now - *at < self.spare_lease_keep());
+            std::mem::take(&mut *spare)
+                .into_iter()
+                .partition(|(_, at)| now - *at < use_by)
+        };
+        let renewed = futures_util::future::join_all(
+            stale
+                .into_iter()
+                .map(|(lease, _)| async move { Some((lease, self.renew_lease(lease).await?)) }),
+        )
+        .await;
+        let ready = fresh.len() + renewed.iter().flatten().count();
         let wanted = fires.min(MAX_SPARE_LEASES).saturating_sub(ready);
         let granted =
             futures_util::future::join_all((0..wanted).map(|_| self.grant_run_lease())).await;
         let mut spare = self.spare.lock().expect("spare lease lock");
+        spare.extend(fresh);
+        spare.extend(renewed.into_iter().flatten());
         spare.extend(granted.into_iter().flatten());
         spare.sort_by_key(|(_, at)| *at);
     }
@@ -1503,6 +1554,9 @@ pub struct EtcdRecorder {
     /// Stop requests from a run replacing this one (`overlap = "replace"`).
     stop: watch::Receiver<Option<String>>,
     stop_watcher: Option<tokio::task::JoinHandle<()>>,
+    /// The run's lease, renewed one last time after the final record and no
+    /// longer renewed by this process: the next claim may bind to it.
+    spare: Option<(i64, DateTime<Utc>)>,
 }
 
 impl Drop for EtcdRecorder {
@@ -1570,6 +1624,7 @@ impl EtcdRecorder {
             keeper,
             stop,
             stop_watcher,
+            spare: None,
         })
     }
 
@@ -1652,6 +1707,12 @@ impl RunRecorder for EtcdRecorder {
                 ])
                 .and_then([
                     TxnOp::delete(queued.clone(), None),
+                    // Stop requests (ours, if replacing) have done their work;
+                    // none may stay bound to a lease that gets reused.
+                    TxnOp::delete(
+                        self.keys.stop_requests(&self.job),
+                        Some(DeleteOptions::new().with_prefix()),
+                    ),
                     TxnOp::put(
                         self.keys.active(&self.job, &self.run_id),
                         json(record),
@@ -1693,6 +1754,11 @@ impl RunRecorder for EtcdRecorder {
 
     fn replacements(&mut self) -> watch::Receiver<Option<String>> {
         self.stop.clone()
+    }
+
+    fn handback(&self) -> Option<String> {
+        self.spare
+            .map(|(lease, at)| format!("lease {lease} {}", at.timestamp_millis()))
     }
 
     async fn attempt_failed(&mut self, record: &RunRecord) -> Result<()> {
@@ -1757,9 +1823,28 @@ impl RunRecorder for EtcdRecorder {
                 Err(e) => return Err(e),
             }
         };
-        // The marker is gone with the record; its lease may simply expire,
-        // which saves a write per fire.
+        // The marker is gone with the record and nothing else is bound to
+        // the lease now: renew it once more and hand it to the scheduler,
+        // whose next claim can bind to it instead of granting a new one (a
+        // write per fire saved). Unused, it simply expires.
         self.keeper.abort();
+        if let Some(w) = &self.stop_watcher {
+            w.abort();
+        }
+        let renewed_at = Utc::now();
+        let renewed = async {
+            let (mut keeper, mut responses) = client.lease_keep_alive(self.lease).await.ok()?;
+            keeper.keep_alive().await.ok()?;
+            responses.message().await.ok()?.filter(|r| r.ttl() > 0)
+        };
+        if tokio::time::timeout(Duration::from_secs(1), renewed)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+        {
+            self.spare = Some((self.lease, renewed_at));
+        }
         Etcd::prune_or_warn(&mut client, &self.keys, &self.job, self.history_limit).await;
         Ok(())
     }

@@ -419,6 +419,11 @@ pub trait Coordinator: Send + Sync + 'static {
         std::future::ready(())
     }
 
+    /// Take back what a finished run handed back (see `RunRecorder::handback`).
+    fn take_back(&self, token: &str) {
+        let _ = token;
+    }
+
     /// Append a history entry that no supervisor writes (skips, missed ticks).
     fn record(&self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
 
@@ -487,6 +492,11 @@ pub trait RunRecorder: Send {
     /// "replace"`): the reason, once there is one. A backend that delivers
     /// the request otherwise (standalone: SIGUSR1) never sends.
     fn replacements(&mut self) -> watch::Receiver<Option<String>>;
+    /// After `finished`: what the run held and the next claim may reuse, as
+    /// a token for `Coordinator::take_back` on the scheduler's side.
+    fn handback(&self) -> Option<String> {
+        None
+    }
     /// Store the record of a failed attempt that is about to be retried,
     /// as an entry of its own; the run stays active.
     fn attempt_failed(&mut self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;

@@ -2,7 +2,9 @@
 //! its stdout: the job's pid once the job runs (a bare number), then the
 //! run's outcome once it is recorded (a JSON object). The scheduler needs
 //! the pid to clean up after a supervisor that dies, and the outcome for
-//! its metrics; everything else about the run is in its record.
+//! its metrics; everything else about the run is in its record. The outcome
+//! line may hand back what the run held and no longer needs (in a cluster:
+//! its lease, for the next claim; see `Coordinator::take_back`).
 
 use super::RunSpec;
 use crate::coordination::{Outcome, RunRecord};
@@ -10,29 +12,32 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Ended {
     outcome: Outcome,
     duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    handback: Option<String>,
 }
 
 /// One line of a supervisor's report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     /// The job runs with this pid (= its process group).
     Started(i32),
-    /// The run is over and recorded.
-    Ended(Outcome, Duration),
+    /// The run is over and recorded; and what it hands back, if anything.
+    Ended(Outcome, Duration, Option<String>),
 }
 
 /// In the supervisor: report the final record, if a scheduler listens.
-pub fn ended(spec: &RunSpec, record: &RunRecord) {
+pub fn ended(spec: &RunSpec, record: &RunRecord, handback: Option<String>) {
     if !spec.report_pid {
         return;
     }
     let line = Ended {
         outcome: record.outcome,
         duration_ms: record.duration_ms.unwrap_or(0),
+        handback,
     };
     let json = serde_json::to_string(&line).expect("report serializes");
     // Nobody listening any more (the scheduler died) is no reason to fail.
@@ -49,6 +54,7 @@ pub fn parse(line: &str) -> Option<Report> {
     Some(Report::Ended(
         ended.outcome,
         Duration::from_millis(ended.duration_ms),
+        ended.handback,
     ))
 }
 
@@ -63,7 +69,16 @@ mod tests {
             parse(r#"{"outcome":"timed_out","duration_ms":1500}"#),
             Some(Report::Ended(
                 Outcome::TimedOut,
-                Duration::from_millis(1500)
+                Duration::from_millis(1500),
+                None
+            ))
+        );
+        assert_eq!(
+            parse(r#"{"outcome":"success","duration_ms":3,"handback":"lease 7 1700000000000"}"#),
+            Some(Report::Ended(
+                Outcome::Success,
+                Duration::from_millis(3),
+                Some("lease 7 1700000000000".into())
             ))
         );
         assert_eq!(parse("garbage"), None);

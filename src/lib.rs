@@ -9,5 +9,6 @@ pub mod config;
 pub mod coordination;
 pub mod executor;
 pub mod observe;
+pub mod reload;
 pub mod schedule;
 pub mod scheduler;

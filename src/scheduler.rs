@@ -109,7 +109,8 @@ pub fn plan_due(job: &Job, first_due: DateTime<Utc>, now: DateTime<Utc>) -> DueP
 
 /// The scheduler of one instance.
 pub struct Scheduler<C: Coordinator> {
-    config: Arc<Config>,
+    /// The config in use; a reload sends a new one (see `crate::reload`).
+    config: watch::Receiver<Arc<Config>>,
     coord: Arc<C>,
     instance: String,
     log_json: bool,
@@ -276,7 +277,21 @@ impl Running {
 }
 
 impl<C: Coordinator> Scheduler<C> {
+    /// A scheduler whose config never changes.
     pub fn new(config: Arc<Config>, coord: Arc<C>, instance: String, log_json: bool) -> Self {
+        Self::reloadable(watch::channel(config).1, coord, instance, log_json)
+    }
+
+    /// A scheduler that applies every config `config` receives: new jobs
+    /// are scheduled, removed ones no longer fire (their runs finish),
+    /// changed schedules apply from their next tick, and any other change
+    /// from a job's next run.
+    pub fn reloadable(
+        config: watch::Receiver<Arc<Config>>,
+        coord: Arc<C>,
+        instance: String,
+        log_json: bool,
+    ) -> Self {
         Scheduler {
             config,
             coord,
@@ -300,7 +315,8 @@ impl<C: Coordinator> Scheduler<C> {
             ..Running::default()
         };
         loop {
-            tracing::info!(instance = %self.instance, jobs = self.config.jobs.len(), "waiting for leadership");
+            let jobs = self.config.borrow().jobs.len();
+            tracing::info!(instance = %self.instance, jobs, "waiting for leadership");
             // Nothing else may cancel a campaign half-way (its win could be
             // lost with the future); supervisors are reaped by their own
             // tasks meanwhile and forgotten at the next `reap_one`.
@@ -354,8 +370,10 @@ impl<C: Coordinator> Scheduler<C> {
         stop: &mut watch::Receiver<u32>,
         running: &mut Running,
     ) -> anyhow::Result<LoopEnd> {
-        let jobs: Vec<&Job> = self.config.jobs.values().filter(|j| j.enabled).collect();
-        let mut due: BinaryHeap<Reverse<(DateTime<Utc>, usize)>> = BinaryHeap::new();
+        let mut updates = self.config.clone();
+        let mut config = updates.borrow_and_update().clone();
+        let mut jobs = scheduled(&config);
+        let mut due: Due = BinaryHeap::new();
         let now = Utc::now();
         for (i, job) in jobs.iter().enumerate() {
             // Resume after the last fired tick so ticks missed while no
@@ -374,6 +392,7 @@ impl<C: Coordinator> Scheduler<C> {
         let mut prepared_for = None;
         loop {
             self.metrics.beat();
+            let mut reloaded = None;
             let next_due = due.peek().map(|Reverse((t, _))| *t);
             if let Some(t) = next_due.filter(|t| prepared_for != Some(*t)) {
                 if Utc::now() >= t - PREPARE_AHEAD {
@@ -414,9 +433,11 @@ impl<C: Coordinator> Scheduler<C> {
                     continue;
                 }
                 Some(req) = recv_from(&mut requests) => {
-                    self.answer_request(leadership, req, Utc::now(), running, &mut state).await;
+                    self.answer_request(&config, leadership, req, Utc::now(), running, &mut state).await;
                     continue;
                 }
+                // Applied below, after what is due under the old config.
+                new = next_config(&mut updates) => reloaded = Some(new),
                 () = tokio::time::sleep(wait) => {}
             }
             let now = Utc::now();
@@ -426,7 +447,7 @@ impl<C: Coordinator> Scheduler<C> {
                     Retry::Tick {
                         job, tick, trigger, ..
                     } => {
-                        let Some(job) = self.config.jobs.get(&job) else {
+                        let Some(job) = config.jobs.get(&job) else {
                             continue;
                         };
                         let late = (now - tick).to_std().unwrap_or_default();
@@ -448,7 +469,7 @@ impl<C: Coordinator> Scheduler<C> {
                         }
                     }
                     Retry::Request { req, since, .. } => {
-                        self.answer_request(leadership, req, since, running, &mut state)
+                        self.answer_request(&config, leadership, req, since, running, &mut state)
                             .await;
                     }
                 }
@@ -502,6 +523,19 @@ impl<C: Coordinator> Scheduler<C> {
                     self.track_fired(fired, job, tick, trigger, running, &mut state);
                 }
             }
+            drop(claims);
+            if let Some(new) = reloaded {
+                let new_due = reschedule(&jobs, &due, &scheduled(&new), Utc::now());
+                tracing::info!(
+                    jobs = new.jobs.len(),
+                    scheduled = new_due.len(),
+                    "firing from the reloaded config"
+                );
+                due = new_due;
+                prepared_for = None;
+                config = new;
+                jobs = scheduled(&config);
+            }
         }
     }
 
@@ -546,13 +580,14 @@ impl<C: Coordinator> Scheduler<C> {
     /// Run a job for a `bgsched trigger` request, under its overlap policy.
     async fn answer_request(
         &self,
+        config: &Config,
         leadership: &Leadership,
         req: TriggerRequest,
         since: DateTime<Utc>,
         running: &mut Running,
         state: &mut FireState,
     ) {
-        let Some(job) = self.config.jobs.get(&req.job) else {
+        let Some(job) = config.jobs.get(&req.job) else {
             tracing::warn!(job = %req.job, run_id = %req.run_id, "trigger request for a job this instance does not know");
             let mut rec = RunRecord::not_run(
                 &req.job,
@@ -815,13 +850,13 @@ impl<C: Coordinator> Scheduler<C> {
         rec
     }
 
-    /// History entries for ticks that did not run are written off the fire path.
-    /// Retried for a while: these entries are the only trace of a tick
-    /// that did not run, and etcd may be briefly away.
     /// A run was recorded `lost` (its supervisor is gone): its `on_failure`
     /// hook is ours to run, as nobody else is left to.
     fn after_lost(&self, rec: RunRecord) {
-        let Some(job) = self.config.jobs.get(&rec.job) else {
+        // The newest config: the hook as it is now configured, none for a
+        // job removed since.
+        let config = self.config.borrow().clone();
+        let Some(job) = config.jobs.get(&rec.job) else {
             return;
         };
         let Some(hook) = job.on_failure.clone() else {
@@ -837,6 +872,9 @@ impl<C: Coordinator> Scheduler<C> {
         tokio::spawn(async move { crate::executor::run_hook(&hook, &spec, &rec).await });
     }
 
+    /// History entries for ticks that did not run are written off the fire path.
+    /// Retried for a while: these entries are the only trace of a tick
+    /// that did not run, and etcd may be briefly away.
     fn record_in_background(&self, rec: RunRecord) {
         let coord = self.coord.clone();
         let span = record_span(&rec);
@@ -864,7 +902,8 @@ impl<C: Coordinator> Scheduler<C> {
     /// Let running jobs finish for up to `shutdown_grace`, then stop their
     /// supervisors. Returns whether a second stop request forced it.
     async fn drain(&self, stop: &mut watch::Receiver<u32>, running: &mut Running) -> bool {
-        let grace = tokio::time::sleep(self.config.scheduler.shutdown_grace);
+        let shutdown_grace = self.config.borrow().scheduler.shutdown_grace;
+        let grace = tokio::time::sleep(shutdown_grace);
         tokio::pin!(grace);
         let mut forced = *stop.borrow() >= 2;
         let mut terminated = false;
@@ -899,6 +938,45 @@ impl<C: Coordinator> Scheduler<C> {
             }
         }
         forced
+    }
+}
+
+/// Pending ticks: (next tick, index into the scheduled jobs).
+type Due = BinaryHeap<Reverse<(DateTime<Utc>, usize)>>;
+
+/// The jobs that fire on their schedule, in a stable order for [`Due`].
+fn scheduled(config: &Config) -> Vec<&Job> {
+    config.jobs.values().filter(|j| j.enabled).collect()
+}
+
+/// The pending ticks after a reload from the jobs `old` to `new`. A job
+/// whose schedule (and time zone) is unchanged keeps its pending tick; a
+/// new, re-enabled or rescheduled job starts at its first tick after
+/// `now`, so ticks of a new schedule that lie before the reload are
+/// neither caught up nor recorded missed, and a tick already fired (all
+/// are at most `now`) cannot come again.
+fn reschedule(old: &[&Job], due: &Due, new: &[&Job], now: DateTime<Utc>) -> Due {
+    let pending: HashMap<&str, (DateTime<Utc>, &Job)> = due
+        .iter()
+        .map(|Reverse((t, i))| (old[*i].name.as_str(), (*t, old[*i])))
+        .collect();
+    new.iter()
+        .enumerate()
+        .filter_map(|(i, job)| {
+            let next = match pending.get(job.name.as_str()) {
+                Some((t, was)) if was.schedule == job.schedule => Some(*t),
+                _ => job.schedule.next_after(now),
+            };
+            next.map(|t| Reverse((t, i)))
+        })
+        .collect()
+}
+
+/// The next config sent to a reloadable scheduler; never, if none can come.
+async fn next_config(rx: &mut watch::Receiver<Arc<Config>>) -> Arc<Config> {
+    match rx.changed().await {
+        Ok(()) => rx.borrow_and_update().clone(),
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -988,6 +1066,45 @@ mod tests {
             vec![(at(20), Trigger::Catchup), (at(30), Trigger::Schedule)]
         );
         assert_eq!(plan.missed, None);
+    }
+
+    #[test]
+    fn a_reload_keeps_unchanged_ticks_and_starts_new_and_rescheduled_jobs_from_now() {
+        let config = |text: &str| {
+            crate::config::load_str(std::path::Path::new("t.toml"), text.as_bytes())
+                .expect("valid config")
+        };
+        let old = config(
+            "[jobs.same]\nschedule = \"@every 10s\"\ncommand = [\"true\"]\n\
+             [jobs.moved]\nschedule = \"@every 10s\"\ncommand = [\"true\"]\n\
+             [jobs.gone]\nschedule = \"@every 10s\"\ncommand = [\"true\"]\n",
+        );
+        let new = config(
+            "[jobs.same]\nschedule = \"@every 10s\"\ncommand = [\"false\"]\n\
+             [jobs.moved]\nschedule = \"@every 7s\"\ncommand = [\"true\"]\n\
+             [jobs.added]\nschedule = \"@every 10s\"\ncommand = [\"true\"]\n\
+             [jobs.off]\nschedule = \"@every 1s\"\nenabled = false\ncommand = [\"true\"]\n",
+        );
+        let (old_jobs, new_jobs) = (scheduled(&old), scheduled(&new));
+        // `same` still has its tick at 20 pending though `now` is past 10:
+        // it is kept, not recomputed.
+        let due: Due = old_jobs
+            .iter()
+            .enumerate()
+            .map(|(i, _)| Reverse((at(20), i)))
+            .collect();
+        let now = at(12);
+        let rebuilt = reschedule(&old_jobs, &due, &new_jobs, now);
+        let mut got: Vec<(&str, DateTime<Utc>)> = rebuilt
+            .iter()
+            .map(|Reverse((t, i))| (new_jobs[*i].name.as_str(), *t))
+            .collect();
+        got.sort();
+        let seven = |t: DateTime<Utc>| new.jobs["moved"].schedule.next_after(t).unwrap();
+        assert_eq!(
+            got,
+            vec![("added", at(20)), ("moved", seven(now)), ("same", at(20))]
+        );
     }
 
     #[test]

@@ -4,10 +4,13 @@ use super::{docs, exit, history, list, trigger, Cli, CliError, Command, LogForma
 use crate::config::Overlap;
 use crate::config::{self, ClusterSettings, Config, Job};
 use crate::coordination::etcd::{EtcdConfig, EtcdRecorder, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
-use crate::coordination::{BackendSpec, Etcd, HistoryReader, RunRecord, RunRecorder, Standalone};
+use crate::coordination::{
+    BackendSpec, Coordinator, Etcd, HistoryReader, RunRecord, RunRecorder, Standalone,
+};
 use crate::executor::{self, Echo, RunSpec, SPEC_ENV};
 use crate::observe::status::{self, local_rfc3339};
 use crate::observe::{http, log, Metrics};
+use crate::reload::{self, Reloader};
 use crate::scheduler::Scheduler;
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::path::PathBuf;
@@ -33,7 +36,11 @@ pub fn dispatch(cli: Cli) -> Result<i32, CliError> {
     let runtime = tokio::runtime::Runtime::new().map_err(anyhow::Error::from)?;
     runtime.block_on(async {
         match &cli.command {
-            Command::Run { instance_id, http } => run(&cli, instance_id.clone(), *http).await,
+            Command::Run {
+                instance_id,
+                http,
+                watch_config,
+            } => run(&cli, instance_id.clone(), *http, *watch_config).await,
             Command::List { json } => list::list(&cli, *json).await.map(|()| exit::OK),
             Command::Trigger {
                 job,
@@ -258,12 +265,26 @@ async fn run(
     cli: &Cli,
     instance: Option<String>,
     http_flag: Option<std::net::SocketAddr>,
+    watch_config: bool,
 ) -> Result<i32, CliError> {
-    let config = Arc::new(load_config(cli)?);
+    // Installed first: until then, SIGHUP's default action ends the process.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
+    let (config, hash) = reload::load(&cli.config)?;
+    let reloader = Reloader::new(config, hash);
+    let config = reloader.config();
     let instance = instance_id(instance);
     let metrics = Arc::new(Metrics::new());
+    let mut reload_status = reloader.status();
+    let reload_metrics = metrics.clone();
+    tokio::spawn(async move {
+        while reload_status.changed().await.is_ok() {
+            let s = reload_status.borrow_and_update().clone();
+            reload_metrics.set_config(s.generation, s.last_reload_ok);
+        }
+    });
     let served = match http_flag.or(config.http.listen) {
-        Some(addr) => Some(serve_http(addr, &config, &metrics, &instance).await?),
+        Some(addr) => Some(serve_http(addr, &reloader, &metrics, &instance).await?),
         None => None,
     };
     let serve_backend = |backend| {
@@ -271,6 +292,23 @@ async fn run(
             let _ = served.backend.set(backend);
         }
     };
+    // Reload requests; one queued is enough, since a reload reads the
+    // newest file anyway.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    let _watcher = if watch_config {
+        let watcher = reload::watch_file(&cli.config, reload_tx.clone()).map_err(|e| {
+            anyhow::anyhow!("--watch-config: cannot watch {}: {e}", cli.config.display())
+        })?;
+        Some(watcher)
+    } else {
+        None
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            let _ = reload_tx.try_send(reload::Request::Signal);
+        }
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(0u32);
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -299,10 +337,15 @@ async fn run(
                 config = %config.path.display(), state_dir = %dir.display(), instance = %instance,
                 "bgsched {} starting (standalone)", env!("CARGO_PKG_VERSION")
             );
-            Scheduler::new(config.clone(), state, instance, log_json)
-                .with_metrics(metrics)
-                .run(stop_rx)
-                .await?
+            schedule(
+                reloader,
+                state,
+                metrics,
+                instance,
+                log_json,
+                (reload_rx, stop_rx),
+            )
+            .await?
         }
         BackendChoice::Cluster(cfg) => {
             tracing::info!(
@@ -318,21 +361,53 @@ async fn run(
                 () = beat_forever(&metrics) => unreachable!(),
             };
             serve_backend(http::Backend::Cluster(etcd.clone()));
-            Scheduler::new(config.clone(), etcd, instance, log_json)
-                .with_metrics(metrics)
-                .run(stop_rx)
-                .await?
+            schedule(
+                reloader,
+                etcd,
+                metrics,
+                instance,
+                log_json,
+                (reload_rx, stop_rx),
+            )
+            .await?
         }
     };
     tracing::info!("stopped");
     Ok(if forced { exit::FORCED_STOP } else { exit::OK })
 }
 
+/// Run the scheduler on `coord` while `reloader` applies each request on
+/// `reloads`. Returns whether the stop was forced.
+async fn schedule<C: Coordinator>(
+    reloader: Reloader,
+    coord: Arc<C>,
+    metrics: Arc<Metrics>,
+    instance: String,
+    log_json: bool,
+    (reloads, stop): (
+        tokio::sync::mpsc::Receiver<reload::Request>,
+        tokio::sync::watch::Receiver<u32>,
+    ),
+) -> Result<bool, CliError> {
+    // Before a cluster session starts, so its member key has the hash at once
+    // (the session is not there yet: this only stores it).
+    let _ = coord.announce_config(&instance, reloader.hash()).await;
+    let scheduler = Scheduler::reloadable(
+        reloader.subscribe(),
+        coord.clone(),
+        instance.clone(),
+        log_json,
+    )
+    .with_metrics(metrics);
+    tokio::spawn(reloader.serve(coord, instance, reloads));
+    Ok(scheduler.run(stop).await?)
+}
+
 /// Bind `[http] listen` (or `--http`) and serve the endpoints; the backend
 /// is handed to them once it is open.
 async fn serve_http(
     addr: std::net::SocketAddr,
-    config: &Arc<Config>,
+    reloader: &Reloader,
     metrics: &Arc<Metrics>,
     instance: &str,
 ) -> Result<Arc<http::Served>, CliError> {
@@ -343,7 +418,8 @@ async fn serve_http(
         .local_addr()
         .map_err(|source| CliError::Listen { addr, source })?;
     let served = Arc::new(http::Served {
-        config: config.clone(),
+        config: reloader.subscribe(),
+        reload: reloader.status(),
         metrics: metrics.clone(),
         instance: instance.to_string(),
         backend: std::sync::OnceLock::new(),

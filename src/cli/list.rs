@@ -1,15 +1,16 @@
 //! `bgsched list`: what is scheduled, what ran, what runs now.
 
-use super::commands::{load_config, Backend};
+use super::commands::Backend;
 use super::{Cli, CliError};
-use crate::observe::status::{self, ListView};
+use crate::observe::status::{self, ListView, UNKNOWN_HASH};
+use crate::reload;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 pub async fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
-    let config = load_config(cli)?;
+    let (config, config_hash) = reload::load(&cli.config)?;
     let backend = Backend::open(cli, &config).await?;
     let now = Utc::now();
-    let view = status::build(&config, backend.status_source(), now).await?;
+    let view = status::build(&config, &config_hash, backend.status_source(), now).await?;
     if json {
         println!(
             "{}",
@@ -41,9 +42,48 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
         let names: Vec<String> = view
             .members
             .iter()
-            .map(|m| format!("{} ({}, pid {})", m.instance, m.host, m.pid))
+            .map(|m| {
+                format!(
+                    "{} ({}, pid {}, config {})",
+                    m.instance,
+                    m.host,
+                    m.pid,
+                    m.config_hash.as_deref().unwrap_or(UNKNOWN_HASH)
+                )
+            })
             .collect();
         println!("members: {}", names.join(", "));
+    }
+    let leader_name = view.leader.as_ref().map(|l| l.instance.as_str());
+    if view.configs_differ {
+        let groups: Vec<String> = status::config_groups(&view.members)
+            .iter()
+            .map(|(hash, names)| {
+                let names: Vec<String> = names
+                    .iter()
+                    .map(|n| match Some(*n) == leader_name {
+                        true => format!("{n} (leader)"),
+                        false => n.to_string(),
+                    })
+                    .collect();
+                format!("{hash} on {}", names.join(", "))
+            })
+            .collect();
+        println!(
+            "warning: replicas run different configs: {}; reload (SIGHUP) or restart them with the same file",
+            groups.join("; ")
+        );
+    }
+    let leader_hash = view
+        .members
+        .iter()
+        .find(|m| Some(m.instance.as_str()) == leader_name)
+        .and_then(|m| m.config_hash.as_deref());
+    if let Some(hash) = leader_hash.filter(|h| *h != view.config_hash) {
+        println!(
+            "warning: the leader fires from config {hash}, but this file is {}; reload the replicas to apply it",
+            view.config_hash
+        );
     }
     let mut table = comfy_table::Table::new();
     table

@@ -94,6 +94,9 @@ pub enum Command {
         /// (e.g. 127.0.0.1:9187; port 0 picks a free one), overriding [http] listen.
         #[arg(long, value_name = "ADDR", env = "BGSCHED_HTTP")]
         http: Option<std::net::SocketAddr>,
+        /// Reload the config when its file changes (as on SIGHUP).
+        #[arg(long)]
+        watch_config: bool,
     },
     /// Show each job: schedule, next run, last run and whether it runs now.
     List {

@@ -75,6 +75,12 @@ const MAX_PASSWORD_FILE_SIZE: u64 = 64 * 1024;
 
 /// Read and validate the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_str(path, &read(path)?)
+}
+
+/// The bytes of the config file at `path`, refusing files over the size
+/// limit; separate from [`load`] for callers that also hash them (reload).
+pub fn read(path: &Path) -> Result<Vec<u8>, ConfigErrors> {
     let unreadable = |reason: String| {
         ConfigErrors(vec![ConfigError {
             file: path.display().to_string(),
@@ -101,7 +107,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             .filter(|len| *len > MAX_FILE_SIZE as u64);
         return Err(ConfigErrors(vec![too_large(path, size)]));
     }
-    load_str(path, &bytes)
+    Ok(bytes)
 }
 
 /// The error for a file over [`MAX_FILE_SIZE`], with its `size` in bytes if

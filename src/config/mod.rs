@@ -11,7 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use load::{load, load_str};
+pub use load::{load, load_str, read};
 
 /// Retention of run records per job when the config does not say.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
@@ -189,7 +189,7 @@ impl Program {
 }
 
 /// One validated job, with `[defaults]` already applied.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub name: String,
     pub description: Option<String>,

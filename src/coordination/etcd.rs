@@ -5,7 +5,9 @@
 //! ```text
 //! P/leader                      the leader's LeaderInfo, bound to its session lease;
 //!                               its create revision is the leader's term (fencing token)
-//! P/members/<instance>          one per live instance, bound to its session lease
+//! P/members/<instance>          one per live instance, bound to its session lease;
+//!                               its MemberInfo carries the hash of the config it
+//!                               runs, rewritten on every reload
 //! P/last/<job>                  the newest tick a leader claimed for the job
 //! P/active/<job>/<run-id>       a running marker, bound to the run's own lease,
 //!                               which the run's supervisor keeps alive
@@ -199,6 +201,10 @@ pub struct MemberInfo {
     pub host: String,
     pub pid: u32,
     pub since: DateTime<Utc>,
+    /// The content hash of the config the instance uses (announced again
+    /// on every reload), so replicas running different configs show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -352,6 +358,8 @@ async fn watch_stop_request(
 /// One instance's session: a lease everything of the instance is bound to.
 struct Session {
     lease: i64,
+    /// What `P/members/<instance>` holds.
+    member: MemberInfo,
     alive: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -375,6 +383,8 @@ pub struct Etcd {
     /// Run leases granted ahead of their claims (`prepare`) or left over
     /// from claims that started nothing, with when each was asked for.
     spare: Mutex<Vec<(i64, DateTime<Utc>)>>,
+    /// The config hash last announced, for the member key of every session.
+    config_hash: Mutex<Option<String>>,
     /// The newest session's liveness, readable without the session lock
     /// (which a campaign holds across etcd round trips).
     live_session: Mutex<Option<watch::Receiver<bool>>>,
@@ -408,6 +418,7 @@ impl Etcd {
             session: tokio::sync::Mutex::new(None),
             last: Mutex::new(HashMap::new()),
             spare: Mutex::new(Vec::new()),
+            config_hash: Mutex::new(None),
             live_session: Mutex::new(None),
         })
     }
@@ -455,6 +466,7 @@ impl Etcd {
             host: gethostname::gethostname().to_string_lossy().into_owned(),
             pid: std::process::id(),
             since: Utc::now(),
+            config_hash: self.config_hash.lock().expect("hash lock").clone(),
         };
         client
             .put(
@@ -476,6 +488,7 @@ impl Etcd {
         *self.live_session.lock().expect("session lock") = Some(alive.clone());
         *guard = Some(Session {
             lease,
+            member,
             alive: alive.clone(),
             task,
         });
@@ -1469,6 +1482,30 @@ impl Coordinator for Etcd {
             .clone()
             .delete(self.keys.request(run_id), None)
             .await;
+    }
+
+    async fn announce_config(&self, instance: &str, hash: &str) -> Result<()> {
+        *self.config_hash.lock().expect("hash lock") = Some(hash.to_string());
+        // Held across the put so a session starting meanwhile cannot
+        // register the old hash after it.
+        let mut guard = self.session.lock().await;
+        let Some(s) = guard.as_mut().filter(|s| *s.alive.borrow()) else {
+            // The next session registers with the new hash.
+            return Ok(());
+        };
+        let mut member = s.member.clone();
+        member.config_hash = Some(hash.to_string());
+        self.client
+            .clone()
+            .put(
+                self.keys.member(instance),
+                json(&member),
+                Some(PutOptions::new().with_lease(s.lease)),
+            )
+            .await
+            .map_err(etcd_err("announce config"))?;
+        s.member = member;
+        Ok(())
     }
 
     fn backend_spec(&self) -> BackendSpec {

@@ -434,6 +434,17 @@ pub trait Coordinator: Send + Sync + 'static {
     /// Mark a trigger request as answered without a run (e.g. skipped).
     fn finish_request(&self, run_id: &str) -> impl Future<Output = ()> + Send;
 
+    /// Tell the other instances which config (content hash) this one uses
+    /// from now on. Backends without peers have no one to tell.
+    fn announce_config(
+        &self,
+        instance: &str,
+        hash: &str,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (instance, hash);
+        std::future::ready(Ok(()))
+    }
+
     /// Where this backend's supervisors record.
     fn backend_spec(&self) -> BackendSpec;
 

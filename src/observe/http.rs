@@ -5,6 +5,7 @@ use super::status::{self, Source};
 use super::Metrics;
 use crate::config::Config;
 use crate::coordination::{Etcd, Standalone};
+use crate::reload::ReloadStatus;
 use crate::scheduler::MAX_SLEEP;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -15,6 +16,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The scheduler loop turns at least every [`MAX_SLEEP`]; twice that
 /// without a turn means it is stuck, not idle.
@@ -28,7 +30,9 @@ pub enum Backend {
 
 /// What the endpoints need from the running scheduler.
 pub struct Served {
-    pub config: Arc<Config>,
+    /// The config in use, and how it came to be (see `crate::reload`).
+    pub config: watch::Receiver<Arc<Config>>,
+    pub reload: watch::Receiver<ReloadStatus>,
     pub metrics: Arc<Metrics>,
     pub instance: String,
     /// Set once the backend is open: in a cluster, `run` serves while it
@@ -153,13 +157,15 @@ async fn status(State(s): Shared) -> Response {
         }
     };
     let now = chrono::Utc::now();
+    let config = s.config.borrow().clone();
+    let hash = s.reload.borrow().config_hash.clone();
     let built = match source {
         // Reading the state directory blocks (a file per history entry):
         // let the runtime move the fire loop off this worker meanwhile.
         Source::Standalone(_) => tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(status::build(&s.config, source, now))
+            tokio::runtime::Handle::current().block_on(status::build(&config, &hash, source, now))
         }),
-        Source::Cluster(_) => status::build(&s.config, source, now).await,
+        Source::Cluster(_) => status::build(&config, &hash, source, now).await,
     };
     match built {
         Ok(view) => {

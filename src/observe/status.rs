@@ -21,8 +21,13 @@ pub struct ListView {
     /// Cluster: the etcd key prefix.
     pub etcd_prefix: Option<String>,
     pub leader: Option<LeaderInfo>,
-    /// Cluster: the live instances.
+    /// Cluster: the live instances, each with the hash of its config.
     pub members: Vec<MemberInfo>,
+    /// The content hash of the config this view was built from (`list`:
+    /// the file it read; `/status`: the config in use).
+    pub config_hash: String,
+    /// Cluster: whether the live instances announce different config hashes.
+    pub configs_differ: bool,
     pub jobs: Vec<JobView>,
 }
 
@@ -70,9 +75,11 @@ pub enum Source<'a> {
     Cluster(&'a Etcd),
 }
 
-/// Read the status of every job in `config` from `source`.
+/// Read the status of every job in `config` (whose content hash is
+/// `config_hash`) from `source`.
 pub async fn build(
     config: &Config,
+    config_hash: &str,
     source: Source<'_>,
     now: DateTime<Utc>,
 ) -> Result<ListView, CoordError> {
@@ -120,13 +127,15 @@ pub async fn build(
             recent_missed: history.iter().filter_map(|r| r.missed_ticks).sum(),
         });
     }
-    Ok(match source {
+    let view = match source {
         Source::Standalone(s) => ListView {
             mode: "standalone",
             state_dir: Some(s.root().display().to_string()),
             etcd_prefix: None,
             leader: s.leader()?,
             members: Vec::new(),
+            config_hash: config_hash.to_string(),
+            configs_differ: false,
             jobs,
         },
         Source::Cluster(e) => ListView {
@@ -135,9 +144,30 @@ pub async fn build(
             etcd_prefix: Some(e.config().prefix.clone()),
             leader: e.leader().await?,
             members: e.members().await?,
+            config_hash: config_hash.to_string(),
+            configs_differ: false,
             jobs,
         },
+    };
+    Ok(ListView {
+        configs_differ: config_groups(&view.members).len() > 1,
+        ..view
     })
+}
+
+/// Shown for a member that announces no config hash (an older bgsched).
+pub const UNKNOWN_HASH: &str = "unknown";
+
+/// Member names by announced config hash, in hash order.
+pub fn config_groups(members: &[MemberInfo]) -> Vec<(&str, Vec<&str>)> {
+    let mut groups: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for m in members {
+        groups
+            .entry(m.config_hash.as_deref().unwrap_or(UNKNOWN_HASH))
+            .or_default()
+            .push(&m.instance);
+    }
+    groups.into_iter().collect()
 }
 
 /// An instant in the job's time zone with its UTC offset, e.g. `2026-03-29T03:00:00+02:00`.

@@ -1248,7 +1248,51 @@ fn revoke_later(mut client: Client, lease: i64) {
 
 /// etcd refuses transactions of more than 128 operations by default
 /// (`--max-txn-ops`); two per job stays well below.
-const FIND_RUN_JOBS_PER_TXN: usize = 50;
+const JOBS_PER_TXN: usize = 50;
+
+impl Etcd {
+    /// For each of `jobs`: its retained history, newest first and at most
+    /// `limit` entries (active runs included), and its active runs. Many
+    /// jobs per transaction, for `list` and `/status` over many jobs.
+    pub async fn recent_and_active(
+        &self,
+        jobs: Vec<String>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<RunRecord>, Vec<RunRecord>)>> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(JOBS_PER_TXN) {
+            let newest = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Key, SortOrder::Descend)
+                .with_limit(limit as i64);
+            let gets = chunk
+                .iter()
+                .flat_map(|job| {
+                    [
+                        TxnOp::get(
+                            self.keys.actives(job),
+                            Some(GetOptions::new().with_prefix()),
+                        ),
+                        TxnOp::get(self.keys.histories(job), Some(newest.clone())),
+                    ]
+                })
+                .collect();
+            let found = self.get_together("read history", gets).await?;
+            for pair in found.chunks(2) {
+                let parse_all = |kvs: &[KeyValue]| -> Vec<RunRecord> {
+                    kvs.iter().filter_map(|kv| parse(kv).ok()).collect()
+                };
+                let active = parse_all(&pair[0]);
+                let mut history = active.clone();
+                history.extend(parse_all(pair.get(1).map_or(&[][..], |v| &v[..])));
+                history.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+                history.truncate(limit);
+                out.push((history, active));
+            }
+        }
+        Ok(out)
+    }
+}
 
 impl HistoryReader for Etcd {
     async fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
@@ -1283,7 +1327,7 @@ impl HistoryReader for Etcd {
     }
 
     async fn find_run(&self, jobs: &[&str], run_id: &str) -> Result<Option<RunRecord>> {
-        for chunk in jobs.chunks(FIND_RUN_JOBS_PER_TXN) {
+        for chunk in jobs.chunks(JOBS_PER_TXN) {
             let gets = chunk
                 .iter()
                 .flat_map(|job| {

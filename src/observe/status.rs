@@ -53,20 +53,47 @@ pub struct JobView {
     pub recent_missed: u64,
 }
 
-/// Jobs whose history is being read at once.
-const READS_IN_FLIGHT: usize = 32;
+/// Transactions reading jobs' history in flight at once (each covers many
+/// jobs; see `Etcd::recent_and_active`).
+const READS_IN_FLIGHT: usize = 8;
 
-/// One job's retained history (newest first) and its active runs.
-async fn read_job(
+/// Each job's retained history (newest first) and its active runs, in the
+/// order of `jobs`.
+async fn read_jobs(
     source: Source<'_>,
-    job: String,
+    jobs: Vec<String>,
     limit: usize,
-) -> Result<(Vec<RunRecord>, Vec<RunRecord>), CoordError> {
-    Ok(match source {
-        Source::Standalone(s) => (s.recent(&job, limit).await?, s.active(&job).await?),
-        Source::Cluster(e) => (e.recent(&job, limit).await?, e.active(&job).await?),
-    })
+) -> Result<Vec<(Vec<RunRecord>, Vec<RunRecord>)>, CoordError> {
+    match source {
+        Source::Standalone(s) => {
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                out.push((s.recent(&job, limit).await?, s.active(&job).await?));
+            }
+            Ok(out)
+        }
+        Source::Cluster(e) => {
+            // Owned chunks: a closure over borrowed names trips rustc's
+            // higher-ranked lifetime check where the future must be Send
+            // (the /status handler).
+            let chunks: Vec<Vec<String>> =
+                jobs.chunks(JOBS_PER_READ).map(<[String]>::to_vec).collect();
+            let parts: Vec<_> = futures_util::stream::iter(chunks)
+                .map(|chunk| e.recent_and_active(chunk, limit))
+                .buffered(READS_IN_FLIGHT)
+                .collect()
+                .await;
+            let mut out = Vec::with_capacity(jobs.len());
+            for part in parts {
+                out.extend(part?);
+            }
+            Ok(out)
+        }
+    }
 }
+
+/// Jobs per concurrent read in a cluster.
+const JOBS_PER_READ: usize = 200;
 
 /// The backend a status is read from.
 #[derive(Clone, Copy)]
@@ -86,17 +113,10 @@ pub async fn build(
     let limit = config.scheduler.history_limit;
     // In a cluster every job costs round trips to etcd: keep several in
     // flight (in job order) instead of paying for them one after another.
-    // Owned names: a closure over borrowed jobs trips rustc's higher-ranked
-    // lifetime check where the future must be Send (the /status handler).
     let names: Vec<String> = config.jobs.keys().cloned().collect();
-    let reads: Vec<_> = futures_util::stream::iter(names)
-        .map(|name| read_job(source, name, limit))
-        .buffered(READS_IN_FLIGHT)
-        .collect()
-        .await;
+    let reads = read_jobs(source, names, limit).await?;
     let mut jobs = Vec::new();
-    for (job, read) in config.jobs.values().zip(reads) {
-        let (history, running) = read?;
+    for (job, (history, running)) in config.jobs.values().zip(reads) {
         let last_run = history
             .iter()
             .find(|r| r.outcome.is_run() && r.outcome != Outcome::Running)

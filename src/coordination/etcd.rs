@@ -1687,6 +1687,17 @@ impl EtcdRecorder {
     }
 }
 
+impl EtcdRecorder {
+    /// The connection the lease keeper made, or a new one if it has not yet.
+    async fn client(&self) -> Result<Client> {
+        Ok(self
+            .client
+            .get_or_try_init(|| connect(&self.cfg))
+            .await?
+            .clone())
+    }
+}
+
 impl RunRecorder for EtcdRecorder {
     async fn started(&mut self, _record: &RunRecord) -> Result<()> {
         // The claim already wrote the marker. Adding the pid would cost a
@@ -1695,11 +1706,7 @@ impl RunRecorder for EtcdRecorder {
     }
 
     async fn take_turn(&mut self, turn: &Turn, record: &RunRecord) -> Result<()> {
-        let mut client = self
-            .client
-            .get_or_try_init(|| connect(&self.cfg))
-            .await?
-            .clone();
+        let mut client = self.client().await?;
         let actives = self.keys.actives(&self.job);
         if let Turn::Replace { .. } = turn {
             // Whoever runs now, not whoever ran at claim time. The request
@@ -1807,11 +1814,7 @@ impl RunRecorder for EtcdRecorder {
                 0,
             )])
             .and_then([TxnOp::put(history, json(record), None)]);
-        let mut client = self
-            .client
-            .get_or_try_init(|| connect(&self.cfg))
-            .await?
-            .clone();
+        let mut client = self.client().await?;
         client.txn(txn).await.map_err(etcd_err("write record"))?;
         Ok(())
     }
@@ -1842,11 +1845,7 @@ impl RunRecorder for EtcdRecorder {
                 ),
             ]);
             let attempt = async {
-                let mut client = self
-                    .client
-                    .get_or_try_init(|| connect(&self.cfg))
-                    .await?
-                    .clone();
+                let mut client = self.client().await?;
                 client.txn(txn).await.map_err(etcd_err("write record"))?;
                 Ok::<_, CoordError>(client)
             };

@@ -149,14 +149,6 @@ pub enum Overlap {
     Replace,
 }
 
-impl Overlap {
-    /// Whether a claim must see no active run (or one it may wait for or
-    /// replace) before it starts: everything except `allow`.
-    pub fn exclusive(self) -> bool {
-        self != Overlap::Allow
-    }
-}
-
 impl fmt::Display for Overlap {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -83,6 +83,7 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_stderr())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -91,6 +92,14 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
             .event_format(log::FlatJson)
             .try_init(),
     };
+}
+
+/// Colour only for a person at a terminal: captured output, files and
+/// journald get plain text, and a non-empty `$NO_COLOR` (no-color.org)
+/// turns it off everywhere.
+fn colour_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 pub fn load_config(cli: &Cli) -> Result<Config, CliError> {

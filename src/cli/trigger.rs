@@ -78,7 +78,7 @@ async fn locally(
     if detach {
         let run_id = spec.run_id.clone();
         executor::spawn_supervisor(spec, hold, true).map_err(anyhow::Error::from)?;
-        println!("{run_id}");
+        print_out(&format!("{run_id}\n"));
         return Ok(exit::OK);
     }
     let lock = match hold {
@@ -235,12 +235,12 @@ async fn through_leader(
                 ));
             }
             Some(rec) if !detach => {
-                print!("{}", rec.output_tail);
+                print_out(&rec.output_tail);
                 eprintln!("bgsched: {} on instance {}", summary(&rec), rec.instance);
                 return Ok(exit_code_of(&rec));
             }
             _ if detach => {
-                println!("{run_id}");
+                print_out(&format!("{run_id}\n"));
                 return Ok(exit::OK);
             }
             _ => {}
@@ -298,4 +298,12 @@ pub fn summary(rec: &RunRecord) -> String {
         "run {} of \"{}\": {}{detail}{took}",
         rec.run_id, rec.job, rec.outcome
     )
+}
+
+/// Print to stdout; `trigger` ignores SIGPIPE (see `cli::main`), and a
+/// reader that went away changes nothing about the run or the exit code.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

@@ -1,0 +1,143 @@
+//! What the commands print and how they end: a reader that goes away,
+//! colour only at a terminal, the words of etcd errors, one form for each
+//! kind of value.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, Stdio};
+
+/// Enough jobs that `list` prints far more than a pipe buffer holds.
+fn many_jobs(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("[jobs.job-with-a-long-name-{i:05}]\nschedule = \"*/5 * * * *\"\ncommand = [\"true\"]\n\n"))
+        .collect()
+}
+
+/// Start `args`, read one line of its stdout, close the pipe, and check
+/// that it ended quietly.
+fn reader_goes_away(env: &Env, args: &[&str]) {
+    let mut child = env.cmd(args).spawn();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read a line");
+    assert!(!first.is_empty(), "{args:?} printed nothing");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{args:?} with a closed stdout: {stderr}"
+    );
+    assert_ne!(out.status.code(), Some(101), "{args:?}: {:?}", out.status);
+    // As cat(1) ends: by SIGPIPE, which shells do not report.
+    assert_eq!(
+        out.status.signal(),
+        Some(libc_sigpipe()),
+        "{args:?}: {:?} {stderr}",
+        out.status
+    );
+}
+
+fn libc_sigpipe() -> i32 {
+    rustix::process::Signal::PIPE.as_raw()
+}
+
+#[test]
+fn next_ends_quietly_when_its_reader_goes_away() {
+    let env = Env::new().config("[jobs.a]\nschedule = \"* * * * * *\"\ncommand = [\"true\"]\n");
+    reader_goes_away(&env, &["next", "a", "-n", "100000"]);
+}
+
+#[test]
+fn list_ends_quietly_when_its_reader_goes_away() {
+    let env = Env::new().config(&many_jobs(2000));
+    reader_goes_away(&env, &["list"]);
+}
+
+#[test]
+fn check_ends_quietly_when_its_reader_goes_away() {
+    let env = Env::new().config(&many_jobs(2000));
+    reader_goes_away(&env, &["check"]);
+}
+
+/// `trigger` keeps its job running and reports its outcome even when the
+/// reader of its stdout is gone (the job's output still goes to the record).
+#[test]
+fn trigger_outlives_a_closed_stdout() {
+    let env = Env::new().config(
+        "[jobs.a]\nschedule = \"@yearly\"\nshell = 'echo first; seq 1 200000; echo done > {dir}/done'\n",
+    );
+    let mut child = env.cmd(&["trigger", "a"]).spawn();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("read a line");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(env.lines("done"), ["done"]);
+}
+
+/// Runs `trigger` (which logs at every level) with stderr a pipe.
+fn trigger_stderr(env: &Env, no_color: Option<&str>) -> String {
+    let mut cmd = env.cmd(&["trigger", "a"]);
+    if let Some(v) = no_color {
+        cmd = cmd.env("NO_COLOR", v);
+    }
+    cmd.run().success().stderr
+}
+
+const ONE_JOB: &str = "[jobs.a]\nschedule = \"@yearly\"\ncommand = [\"true\"]\n";
+
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes() {
+    let env = Env::new().config(ONE_JOB);
+    for no_color in [None, Some("1")] {
+        let stderr = trigger_stderr(&env, no_color);
+        assert!(stderr.contains("INFO"), "no log lines to check: {stderr}");
+        assert!(
+            !stderr.contains('\x1b'),
+            "NO_COLOR={no_color:?}: escape codes in {stderr:?}"
+        );
+    }
+}
+
+/// At a terminal (script(1) gives the command one) the log is coloured
+/// unless `NO_COLOR` is set and not empty.
+#[test]
+fn logs_at_a_terminal_are_coloured_unless_no_color() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: script(1) (util-linux) is not installed, so no terminal to test with");
+        return;
+    }
+    let env = Env::new().config(ONE_JOB);
+    let at_terminal = |no_color: Option<&str>| {
+        let line = format!(
+            "{BIN} --config {} --state-dir {} trigger a",
+            env.path("jobs.toml").display(),
+            env.state_dir().display()
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env("BGSCHED_LOG", "debug")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let out = cmd.output().expect("run script");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = at_terminal(None);
+    assert!(coloured.contains("\x1b["), "no colour at a terminal: {coloured:?}");
+    let empty = at_terminal(Some(""));
+    assert!(empty.contains("\x1b["), "NO_COLOR=\"\" must not count: {empty:?}");
+    let plain = at_terminal(Some("1"));
+    assert!(plain.contains("INFO"), "{plain:?}");
+    assert!(!plain.contains('\x1b'), "NO_COLOR=1: {plain:?}");
+}

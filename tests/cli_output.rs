@@ -141,3 +141,43 @@ fn logs_at_a_terminal_are_coloured_unless_no_color() {
     assert!(plain.contains("INFO"), "{plain:?}");
     assert!(!plain.contains('\x1b'), "NO_COLOR=1: {plain:?}");
 }
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+fn says_refused_in_words(what: &str, text: &str, endpoint: &str) {
+    assert!(
+        text.contains("connection refused") && text.contains(endpoint),
+        "{what}: no \"connection refused\" and {endpoint}: {text}"
+    );
+    for dump in ["tonic::", "Os {", "code:", "ConnectError"] {
+        assert!(!text.contains(dump), "{what}: debug text {dump:?} in {text}");
+    }
+}
+
+#[test]
+fn etcd_that_refuses_connections_is_named_and_said_in_words() {
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let env = Env::new().config(ONE_JOB);
+    for args in [&["list"][..], &["trigger", "a"], &["history"]] {
+        let mut full = vec!["--etcd", endpoint.as_str()];
+        full.extend_from_slice(args);
+        // Info level: the debug log keeps the detail on purpose.
+        let out = env.cmd(&full).env("BGSCHED_LOG", "info").run().code(69);
+        says_refused_in_words(&format!("{args:?}"), &out.stderr, &endpoint);
+    }
+    let run = env.spawn_run_with("a", &["--etcd", &endpoint]);
+    let mut log = String::new();
+    wait_until(PATIENCE, "run to log that etcd refuses", || {
+        log = run.log_text();
+        log.contains("unreachable")
+    });
+    let line = log
+        .lines()
+        .find(|l| l.contains("unreachable"))
+        .expect("the line");
+    says_refused_in_words("run", line, &endpoint);
+}

@@ -193,7 +193,12 @@ impl Backend {
                     .await
                     .map(|e| Backend::Cluster(Box::new(e)))
                     .map_err(|e| {
-                        CliError::Unavailable(format!("cannot reach etcd at {endpoints}: {e}"))
+                        // "etcd: " again after "cannot reach etcd" says nothing.
+                        let why = match e {
+                            crate::coordination::CoordError::Etcd(why) => why,
+                            other => other.to_string(),
+                        };
+                        CliError::Unavailable(format!("cannot reach etcd at {endpoints}: {why}"))
                     })
             }
         }

@@ -132,7 +132,12 @@ async fn through_leader(
     use etcd_client::PutOptions;
     let keys = etcd.keys();
     let mut client = etcd.client();
-    let etcd_failed = |e: etcd_client::Error| CliError::Unavailable(format!("etcd: {e}"));
+    let etcd_failed = |e: etcd_client::Error| {
+        CliError::Unavailable(format!(
+            "etcd: {}",
+            crate::coordination::etcd::in_words(&e)
+        ))
+    };
     let run_id = new_run_id();
     let req = TriggerRequest {
         run_id: run_id.clone(),

@@ -92,7 +92,67 @@ impl EtcdConfig {
 }
 
 fn etcd_err(context: &str) -> impl FnOnce(etcd_client::Error) -> CoordError + '_ {
-    move |e| CoordError::Etcd(format!("{context}: {e}"))
+    move |e| CoordError::Etcd(format!("{context}: {}", in_words(&e)))
+}
+
+/// An etcd client error as a sentence: the cause (connection refused,
+/// timed out, name not resolved, ...) rather than tonic's nested Debug
+/// dump, which goes to the debug log for whoever needs it.
+pub fn in_words(e: &etcd_client::Error) -> String {
+    tracing::debug!("etcd error in detail: {e:?}");
+    let mut status = None;
+    let mut texts = Vec::new();
+    // etcd_client's Error has no source(): start from what it wraps.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) => Some(s),
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    };
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(words) = io_in_words(io) {
+                return words.to_string();
+            }
+        }
+        if let Some(s) = err.downcast_ref::<tonic::Status>() {
+            status.get_or_insert(s);
+        } else {
+            texts.push(err.to_string());
+        }
+        cause = err.source();
+    }
+    // Causes without an io::Error: a name lookup (its error is a
+    // message), a connect timeout (tower's Elapsed), or an error status
+    // from etcd itself.
+    let all = texts.join(" ").to_lowercase();
+    if all.contains("failed to lookup address") || all.contains("dns error") {
+        return "name not resolved".into();
+    }
+    if all.contains("timed out") || all.contains("deadline has elapsed") {
+        return "timed out connecting".into();
+    }
+    match status {
+        Some(s) if s.code() == tonic::Code::DeadlineExceeded => "timed out waiting for an answer".into(),
+        Some(s) if s.message().is_empty() => s.code().description().to_lowercase(),
+        Some(s) => format!("{} ({})", s.message(), s.code().description().to_lowercase()),
+        None if texts.is_empty() => e.to_string(),
+        None => texts.join(": "),
+    }
+}
+
+fn io_in_words(io: &std::io::Error) -> Option<&'static str> {
+    use std::io::ErrorKind::*;
+    Some(match io.kind() {
+        ConnectionRefused => "connection refused",
+        TimedOut => "timed out connecting",
+        HostUnreachable | NetworkUnreachable => "no route to host",
+        ConnectionReset => "connection reset",
+        ConnectionAborted => "connection aborted",
+        BrokenPipe | UnexpectedEof => "connection closed",
+        AddrNotAvailable => "address not available",
+        _ => return None,
+    })
 }
 
 /// Connect to etcd (the connection itself is established lazily and
@@ -399,7 +459,11 @@ impl Etcd {
             match Self::connect(cfg.clone()).await {
                 Ok(etcd) => return etcd,
                 Err(e) => {
-                    tracing::warn!("etcd unreachable ({e}); retrying in {delay:?}");
+                    tracing::warn!(
+                        "etcd at {} unreachable ({e}); retrying in {}",
+                        cfg.endpoints.join(","),
+                        humantime::format_duration(delay)
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -410,7 +474,7 @@ impl Etcd {
     pub async fn connect(cfg: EtcdConfig) -> Result<Etcd> {
         let mut client = connect(&cfg).await?;
         // Prove the cluster answers before declaring the connection usable.
-        client.status().await.map_err(etcd_err("status"))?;
+        client.status().await.map_err(etcd_err("status request"))?;
         Ok(Etcd {
             keys: Keys::new(&cfg.prefix),
             cfg,

@@ -501,6 +501,20 @@ fn next(
             None => break,
         }
     }
+    if ticks.len() < count {
+        // Fewer lines than asked for must not look like a cut-off listing.
+        let last = ticks.last().copied().unwrap_or(after);
+        let fields: Vec<&str> = job.schedule.as_str().split_whitespace().collect();
+        let why = match fields.as_slice() {
+            [_, _, _, _, _, _, years] => format!("its years ({years}) are over"),
+            _ => "its schedule matches no later date".to_string(),
+        };
+        eprintln!(
+            "bgsched: job \"{}\" has no fire after {}: {why}",
+            job.name,
+            local_rfc3339(job, last)
+        );
+    }
     if json {
         let out: Vec<_> = ticks
             .iter()

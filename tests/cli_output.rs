@@ -134,9 +134,15 @@ fn logs_at_a_terminal_are_coloured_unless_no_color() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let coloured = at_terminal(None);
-    assert!(coloured.contains("\x1b["), "no colour at a terminal: {coloured:?}");
+    assert!(
+        coloured.contains("\x1b["),
+        "no colour at a terminal: {coloured:?}"
+    );
     let empty = at_terminal(Some(""));
-    assert!(empty.contains("\x1b["), "NO_COLOR=\"\" must not count: {empty:?}");
+    assert!(
+        empty.contains("\x1b["),
+        "NO_COLOR=\"\" must not count: {empty:?}"
+    );
     let plain = at_terminal(Some("1"));
     assert!(plain.contains("INFO"), "{plain:?}");
     assert!(!plain.contains('\x1b'), "NO_COLOR=1: {plain:?}");
@@ -154,7 +160,10 @@ fn says_refused_in_words(what: &str, text: &str, endpoint: &str) {
         "{what}: no \"connection refused\" and {endpoint}: {text}"
     );
     for dump in ["tonic::", "Os {", "code:", "ConnectError"] {
-        assert!(!text.contains(dump), "{what}: debug text {dump:?} in {text}");
+        assert!(
+            !text.contains(dump),
+            "{what}: debug text {dump:?} in {text}"
+        );
     }
 }
 
@@ -195,7 +204,10 @@ fn next_says_when_a_schedule_has_no_further_fire() {
         .cmd(&["next", "two", "-n", "5", "--after", "2026-01-01T00:00:00Z"])
         .run()
         .success();
-    assert_eq!(out.stdout, "2030-01-01T12:00:00+00:00\n2032-01-01T12:00:00+00:00\n");
+    assert_eq!(
+        out.stdout,
+        "2030-01-01T12:00:00+00:00\n2032-01-01T12:00:00+00:00\n"
+    );
     assert_eq!(
         out.stderr,
         "bgsched: job \"two\" has no fire after 2032-01-01T12:00:00+00:00: its years (2030,2032) are over\n"
@@ -218,4 +230,108 @@ fn next_says_when_a_schedule_has_no_further_fire() {
         assert_eq!(out.stdout.lines().count().to_string(), n, "{out:?}");
         assert_eq!(out.stderr, "", "{job}");
     }
+}
+
+/// README "Output forms": outcome names are the records' snake_case names
+/// in the log, `trigger`'s summary, `BGSCHED_OUTCOME` and the record.
+#[test]
+fn outcome_names_are_the_record_names_everywhere() {
+    let env = Env::new().config(
+        "[jobs.slow]\nschedule = \"@yearly\"\nshell = 'sleep 30'\ntimeout = \"1s\"\n\
+         on_failure = [\"sh\", \"-c\", \"echo $BGSCHED_OUTCOME > {dir}/outcome\"]\n\n\
+         [jobs.missing]\nschedule = \"@yearly\"\ncommand = [\"{dir}/no-such-program\"]\n",
+    );
+    let out = env.cmd(&["trigger", "slow"]).run().code(124);
+    let summary = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("bgsched: run "))
+        .unwrap_or_else(|| panic!("no summary: {}", out.stderr));
+    let run_id = &env.records("slow")[0]["run_id"];
+    let prefix = format!(
+        "bgsched: run {} of \"slow\": timed_out after ",
+        run_id.as_str().unwrap()
+    );
+    assert!(
+        summary.starts_with(&prefix) && summary.ends_with("s (timeout 1s)"),
+        "{summary}"
+    );
+    assert!(out.stderr.contains("outcome=timed_out"), "{}", out.stderr);
+    assert_eq!(env.records("slow")[0]["outcome"], "timed_out");
+    assert_eq!(env.lines("outcome"), ["timed_out"]);
+
+    let out = env.cmd(&["trigger", "missing"]).run().code(127);
+    assert!(
+        out.stderr.contains("outcome=start_failed"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("\": start_failed"), "{}", out.stderr);
+    assert_eq!(env.records("missing")[0]["outcome"], "start_failed");
+}
+
+/// README "Output forms": `list` shows NEXT RUN and LAST RUN in the job's
+/// zone with its offset.
+#[test]
+fn list_shows_next_and_last_run_in_the_jobs_zone() {
+    let env = Env::new().config(
+        "[jobs.a]\nschedule = \"0 3 * * *\"\ntimezone = \"Asia/Kolkata\"\ncommand = [\"true\"]\n",
+    );
+    env.cmd(&["trigger", "a"]).run().success();
+    let list = env.cmd(&["list"]).run().success().stdout;
+    let row = list
+        .lines()
+        .find(|l| l.trim_start().starts_with("a "))
+        .unwrap_or_else(|| panic!("no row: {list}"));
+    assert_eq!(row.matches("+05:30").count(), 2, "{row}");
+    assert!(row.contains(":00+05:30 (in "), "NEXT RUN: {row}");
+    assert!(row.contains("+05:30) success in "), "LAST RUN: {row}");
+    assert!(!row.contains("Z)"), "{row}");
+}
+
+/// README "Output forms": a manual tick is to the millisecond in records,
+/// logs and `BGSCHED_SCHEDULED_AT`, as in a cluster; a run outside any term
+/// has no `term` in the log (history shows `-`).
+#[test]
+fn a_standalone_manual_tick_is_milliseconds_and_no_term_is_omitted() {
+    let env = Env::new().config(
+        "[jobs.a]\nschedule = \"@yearly\"\nshell = 'echo $BGSCHED_SCHEDULED_AT > {dir}/at'\n",
+    );
+    let out = env.cmd(&["trigger", "a"]).run().success();
+    let rec = &env.records("a")[0];
+    let tick: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(rec["tick"].clone()).expect("tick");
+    assert_eq!(tick.timestamp_subsec_nanos() % 1_000_000, 0, "{rec}");
+    let millis = tick.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert_eq!(env.lines("at"), [millis]);
+    let started = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("run started"))
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(
+        started.contains(&format!("tick={}", tick.to_rfc3339())),
+        "{started}"
+    );
+    assert!(!started.contains("term="), "{started}");
+    let history = env.cmd(&["history"]).run().success().stdout;
+    assert!(
+        history
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().nth(5) == Some("-")),
+        "{history}"
+    );
+
+    let out = env
+        .cmd(&["--log-format", "json", "trigger", "a"])
+        .run()
+        .success();
+    let started: serde_json::Value = out
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "run started")
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert!(started.get("term").is_none(), "{started}");
 }

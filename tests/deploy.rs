@@ -364,7 +364,11 @@ fn only<'a>(instructions: &'a [(String, String)], keyword: &str) -> &'a str {
         .filter(|(k, _)| k == keyword)
         .map(|(_, a)| a.as_str())
         .collect();
-    assert_eq!(found.len(), 1, "one {keyword} in the runtime stage: {found:?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "one {keyword} in the runtime stage: {found:?}"
+    );
     found[0]
 }
 
@@ -395,7 +399,8 @@ fn the_image_runs_any_command_keeps_state_in_a_volume_and_checks_health() {
     let http = value_of("BGSCHED_HTTP");
     assert_eq!(http, format!("0.0.0.0:{HTTP_PORT}"));
     assert!(
-        ins.iter().any(|(k, a)| k == "EXPOSE" && *a == HTTP_PORT.to_string()),
+        ins.iter()
+            .any(|(k, a)| k == "EXPOSE" && *a == HTTP_PORT.to_string()),
         "EXPOSE {HTTP_PORT}"
     );
 
@@ -403,7 +408,10 @@ fn the_image_runs_any_command_keeps_state_in_a_volume_and_checks_health() {
     let (options, cmd) = health.split_once("CMD ").expect("HEALTHCHECK ... CMD");
     assert!(options.contains("--timeout="), "{health}");
     let probe = json_array("HEALTHCHECK CMD", cmd.trim());
-    assert_eq!(probe[0], "bash", "the slim image has bash, not curl: {probe:?}");
+    assert_eq!(
+        probe[0], "bash",
+        "the slim image has bash, not curl: {probe:?}"
+    );
 
     let env = common::Env::new().config("[jobs.a]\nschedule = \"@yearly\"\ncommand = [\"true\"]\n");
     let mut run = env.spawn_run_with("a", &["--http", "127.0.0.1:0"]);

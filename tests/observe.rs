@@ -334,7 +334,8 @@ fn metrics_accepting(port: u16, accept: &str) -> (String, String) {
         .lines()
         .find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-type").then(|| v.trim().to_string())
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
         })
         .expect("content-type");
     (content_type, body.to_string())
@@ -359,17 +360,30 @@ fn metrics_pass_promtool_as_text_and_are_openmetrics_when_asked() {
     let run = env.spawn_run_with("a", &["--http", "127.0.0.1:0"]);
     let port = run.http_port();
     // Counters with values and histograms with observations.
-    wait_sample(port, r#"bgsched_runs_total{job="tick",outcome="success"}"#, 1.0);
-    wait_sample(port, r#"bgsched_skipped_ticks_total{job="slow",reason="still_running"}"#, 1.0);
+    wait_sample(
+        port,
+        r#"bgsched_runs_total{job="tick",outcome="success"}"#,
+        1.0,
+    );
+    wait_sample(
+        port,
+        r#"bgsched_skipped_ticks_total{job="slow",reason="still_running"}"#,
+        1.0,
+    );
 
     let (content_type, text) = metrics_accepting(port, "text/plain");
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
     assert!(
         text.contains("# TYPE bgsched_runs_total counter\n") && !text.contains("# EOF"),
         "{text}"
     );
     match promtool() {
-        None => eprintln!("skipped promtool: not found on PATH or in /usr/bin (apt-get install prometheus)"),
+        None => eprintln!(
+            "skipped promtool: not found on PATH or in /usr/bin (apt-get install prometheus)"
+        ),
         Some(promtool) => {
             use std::io::Write;
             let mut check = std::process::Command::new(&promtool)
@@ -379,7 +393,12 @@ fn metrics_pass_promtool_as_text_and_are_openmetrics_when_asked() {
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .expect("run promtool");
-            check.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("feed promtool");
+            check
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("feed promtool");
             let out = check.wait_with_output().expect("promtool");
             assert!(
                 out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
@@ -392,7 +411,10 @@ fn metrics_pass_promtool_as_text_and_are_openmetrics_when_asked() {
 
     let prometheus_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
     let (content_type, open) = metrics_accepting(port, prometheus_accept);
-    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
     assert!(open.contains("# TYPE bgsched_runs counter\n"), "{open}");
     assert!(open.ends_with("# EOF\n"), "{open}");
 }

@@ -40,7 +40,7 @@ async fn locally(
     detach: bool,
     instance: String,
 ) -> Result<i32, CliError> {
-    let now = Utc::now();
+    let now = crate::coordination::manual_tick(Utc::now());
     let (hold, turn) = match state.overlap_hold(&job.name, job.overlap) {
         Ok(held) => held,
         Err(rejected) if rejected.is_skip() => {
@@ -133,10 +133,7 @@ async fn through_leader(
     let keys = etcd.keys();
     let mut client = etcd.client();
     let etcd_failed = |e: etcd_client::Error| {
-        CliError::Unavailable(format!(
-            "etcd: {}",
-            crate::coordination::etcd::in_words(&e)
-        ))
+        CliError::Unavailable(format!("etcd: {}", crate::coordination::etcd::in_words(&e)))
     };
     let run_id = new_run_id();
     let req = TriggerRequest {
@@ -284,6 +281,19 @@ pub fn summary(rec: &RunRecord) -> String {
     let detail = match (rec.outcome, rec.exit_code, rec.signal) {
         (Outcome::Failed, Some(code), _) => format!(" (exit {code})"),
         (Outcome::Killed, _, Some(sig)) => format!(" (signal {sig})"),
+        // The outcome already says "timed out": name the limit only.
+        (Outcome::TimedOut, ..) => match rec
+            .reason
+            .as_deref()
+            .and_then(|r| r.strip_prefix("timed out after "))
+        {
+            Some(limit) => format!(" (timeout {limit})"),
+            None => rec
+                .reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+        },
         _ => rec
             .reason
             .as_ref()
@@ -300,7 +310,7 @@ pub fn summary(rec: &RunRecord) -> String {
         })
         .unwrap_or_default();
     format!(
-        "run {} of \"{}\": {}{detail}{took}",
+        "run {} of \"{}\": {}{took}{detail}",
         rec.run_id, rec.job, rec.outcome
     )
 }

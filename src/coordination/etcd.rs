@@ -133,9 +133,15 @@ pub fn in_words(e: &etcd_client::Error) -> String {
         return "timed out connecting".into();
     }
     match status {
-        Some(s) if s.code() == tonic::Code::DeadlineExceeded => "timed out waiting for an answer".into(),
+        Some(s) if s.code() == tonic::Code::DeadlineExceeded => {
+            "timed out waiting for an answer".into()
+        }
         Some(s) if s.message().is_empty() => s.code().description().to_lowercase(),
-        Some(s) => format!("{} ({})", s.message(), s.code().description().to_lowercase()),
+        Some(s) => format!(
+            "{} ({})",
+            s.message(),
+            s.code().description().to_lowercase()
+        ),
         None if texts.is_empty() => e.to_string(),
         None => texts.join(": "),
     }
@@ -295,8 +301,8 @@ pub async fn keep_lease_alive(
         if Instant::now() >= deadline {
             tracing::warn!(
                 lease,
-                "lease not renewed for {:?}: giving it up",
-                cfg.fence_after()
+                "lease not renewed for {}: giving it up",
+                crate::observe::log::duration(cfg.fence_after())
             );
             let _ = alive.send(false);
             return;
@@ -462,7 +468,7 @@ impl Etcd {
                     tracing::warn!(
                         "etcd at {} unreachable ({e}); retrying in {}",
                         cfg.endpoints.join(","),
-                        humantime::format_duration(delay)
+                        crate::observe::log::duration(delay)
                     );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -548,7 +554,7 @@ impl Etcd {
             granted,
             tx,
         ));
-        tracing::info!(lease, ttl = ?self.cfg.lease_ttl, "etcd session started");
+        tracing::info!(lease, ttl = %crate::observe::log::duration(self.cfg.lease_ttl), "etcd session started");
         *self.live_session.lock().expect("session lock") = Some(alive.clone());
         *guard = Some(Session {
             lease,
@@ -1451,7 +1457,10 @@ impl Coordinator for Etcd {
                     self.wait_leader_gone(rev, &mut alive).await;
                 }
                 Err(e) => {
-                    tracing::warn!("etcd: {e}; retrying in {delay:?}");
+                    tracing::warn!(
+                        "etcd: {e}; retrying in {}",
+                        crate::observe::log::duration(delay)
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }

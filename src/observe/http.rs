@@ -235,6 +235,8 @@ mod tests {
         assert!(wants_openmetrics("Application/OpenMetrics-Text"));
         assert!(!wants_openmetrics("text/plain"));
         assert!(!wants_openmetrics("*/*"));
-        assert!(!wants_openmetrics("application/openmetrics-text;q=0, text/plain"));
+        assert!(!wants_openmetrics(
+            "application/openmetrics-text;q=0, text/plain"
+        ));
     }
 }

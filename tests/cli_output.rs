@@ -221,6 +221,12 @@ fn next_says_when_a_schedule_has_no_further_fire() {
         out.stderr,
         "bgsched: job \"two\" has no fire after 2032-06-01T00:00:00+00:00: its years (2030,2032) are over\n"
     );
+    // Years that are all past: a config error, located.
+    let past =
+        Env::new().config("[jobs.past]\nschedule = \"0 0 0 1 1 * 2020\"\ncommand = [\"true\"]\n");
+    past.cmd(&["check"]).run().code(78).stderr_has(
+        "jobs.toml:2:12: job \"past\": invalid schedule \"0 0 0 1 1 * 2020\": never fires again",
+    );
     // All that was asked for: no note.
     for (job, n) in [("two", "2"), ("monthly", "3")] {
         let out = env

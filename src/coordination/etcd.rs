@@ -1967,3 +1967,32 @@ impl RunRecorder for EtcdRecorder {
         "lost contact with etcd: the run's lease could not be renewed in time, so the job was killed before its running marker could expire".to_string()
     }
 }
+
+#[cfg(test)]
+mod words_tests {
+    use super::in_words;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn io_causes_are_said_in_words() {
+        for (kind, words) in [
+            (ErrorKind::ConnectionRefused, "connection refused"),
+            (ErrorKind::TimedOut, "timed out connecting"),
+            (ErrorKind::HostUnreachable, "no route to host"),
+            (ErrorKind::NetworkUnreachable, "no route to host"),
+        ] {
+            let e = etcd_client::Error::IoError(Error::new(kind, "os detail"));
+            assert_eq!(in_words(&e), words);
+        }
+        let lookup = etcd_client::Error::IoError(Error::other(
+            "failed to lookup address information: Name or service not known",
+        ));
+        assert_eq!(in_words(&lookup), "name not resolved");
+        let status =
+            etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
+        assert_eq!(
+            in_words(&status),
+            "etcdserver: no leader (the service is currently unavailable)"
+        );
+    }
+}

@@ -321,13 +321,18 @@ fn a_standalone_manual_tick_is_milliseconds_and_no_term_is_omitted() {
     );
     assert!(!started.contains("term="), "{started}");
     let history = env.cmd(&["history"]).run().success().stdout;
-    assert!(
-        history
-            .lines()
-            .nth(1)
-            .is_some_and(|l| l.split_whitespace().nth(5) == Some("-")),
-        "{history}"
-    );
+    let cells: Vec<&str> = history
+        .lines()
+        .nth(1)
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    // RUN ID, JOB, TICK, TRIGGER, INSTANCE, TERM, STARTED, DURATION, OUTCOME.
+    let tick_cell = tick.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
+    assert_eq!(cells.get(2), Some(&tick_cell.as_str()), "{history}");
+    assert_eq!(cells.get(5), Some(&"-"), "{history}");
+    let took = rec["duration_ms"].as_u64().expect("duration_ms");
+    let took = humantime::format_duration(std::time::Duration::from_millis(took)).to_string();
+    assert_eq!(cells.get(7), Some(&took.as_str()), "{history}");
 
     let out = env
         .cmd(&["--log-format", "json", "trigger", "a"])

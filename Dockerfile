@@ -2,8 +2,9 @@
 #
 # bgsched in a container: `docker build -t bgsched .`, then for example
 #   docker run -v $PWD/jobs.toml:/etc/bgsched/jobs.toml:ro bgsched            # standalone
-#   docker run ... -e BGSCHED_ETCD_ENDPOINTS=http://etcd:2379 bgsched --http 0.0.0.0:9187
-# Arguments after the image name are passed to `bgsched run`.
+#   docker run ... -e BGSCHED_ETCD_ENDPOINTS=http://etcd:2379 bgsched run --watch-config
+#   docker run -v $PWD/jobs.toml:/etc/bgsched/jobs.toml:ro bgsched check      # any command
+# The entrypoint is the binary; the default command is `run`.
 
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
@@ -42,7 +43,19 @@ COPY --from=builder /out/bgsched /usr/local/bin/bgsched
 USER 10001:10001
 WORKDIR /var/lib/bgsched
 # The state directory only matters standalone; in a cluster state is in etcd.
+# BGSCHED_HTTP: `run` serves /healthz (and /metrics, ...) for the HEALTHCHECK
+# below whatever arguments it is given.
 ENV BGSCHED_CONFIG=/etc/bgsched/jobs.toml \
-    BGSCHED_STATE_DIR=/var/lib/bgsched
+    BGSCHED_STATE_DIR=/var/lib/bgsched \
+    BGSCHED_HTTP=0.0.0.0:9187
+# Standalone state (history, leader lock) outlives the container.
+VOLUME ["/var/lib/bgsched"]
 EXPOSE 9187
-ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/bgsched", "run"]
+# The image has no curl: bash's /dev/tcp asks /healthz on the port of
+# $BGSCHED_HTTP and wants a 200 (503 when the scheduler loop is stalled).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${BGSCHED_HTTP##*:} && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && read -r _ code _ <&3 && [ \"$code\" = 200 ]"]
+# The binary, so that `docker run IMAGE check` (or list, history, ...) works;
+# `run` by default.
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/bgsched"]
+CMD ["run"]

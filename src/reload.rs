@@ -154,7 +154,10 @@ impl Reloader {
         // which no claim could succeed either, so waiting costs nothing.
         let mut delay = Duration::from_millis(200);
         while let Err(e) = coord.announce_config(instance, &hash).await {
-            tracing::warn!("could not announce config {hash} yet ({e}); retrying in {delay:?}");
+            tracing::warn!(
+                "could not announce config {hash} yet ({e}); retrying in {}",
+                crate::observe::log::duration(delay)
+            );
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }

@@ -603,7 +603,7 @@ impl<C: Coordinator> Scheduler<C> {
             return;
         };
         let now = Utc::now();
-        let tick = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+        let tick = crate::coordination::manual_tick(now);
         tracing::info!(
             job = %job.name, run_id = %req.run_id, tick = %tick.to_rfc3339(), instance = %self.instance,
             term = leadership.term, requested_by = %req.requested_by, "trigger request"

@@ -3,6 +3,8 @@
 //! must load with bgsched's own loader), and the systemd unit and the
 //! Dockerfile keep the settings bgsched's shutdown and build depend on.
 
+mod common;
+
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -147,6 +149,8 @@ fn the_deployment_runs_three_probed_replicas_with_enough_grace() {
         .iter()
         .map(|a| str_of(a, "arg"))
         .collect();
+    // The image's entrypoint is the binary: the args name the command.
+    assert_eq!(args.first(), Some(&"run"), "{args:?}");
     let http = args
         .iter()
         .position(|a| *a == "--http")
@@ -319,13 +323,109 @@ fn the_dockerfile_builds_with_the_vendored_protoc_and_runs_as_non_root() {
         .rfind(|l| l.starts_with("USER "))
         .expect("a USER line");
     assert!(!user.contains("root") && !user.contains(" 0"), "{user}");
-    let entrypoint = text
-        .lines()
-        .find(|l| l.starts_with("ENTRYPOINT"))
-        .expect("ENTRYPOINT");
-    assert!(entrypoint.contains("bgsched\", \"run\"]"), "{entrypoint}");
     // The build context must leave the target directory out.
     let ignore = fs::read_to_string(Path::new(ROOT).join(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "*"), "{ignore}");
     assert!(!ignore.contains("!target"), "{ignore}");
+}
+
+/// The runtime stage's instructions: (keyword, arguments), continuation
+/// lines joined, comments dropped.
+fn dockerfile_instructions() -> Vec<(String, String)> {
+    let text = fs::read_to_string(Path::new(ROOT).join("Dockerfile")).unwrap();
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || (line.is_empty() && current.is_empty()) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                let (keyword, rest) = current.split_once(' ').unwrap_or((&current, ""));
+                out.push((keyword.to_uppercase(), rest.trim().to_string()));
+                current.clear();
+            }
+        }
+    }
+    let runtime = out.iter().rposition(|(k, _)| k == "FROM").expect("FROM");
+    out.split_off(runtime)
+}
+
+fn json_array(what: &str, args: &str) -> Vec<String> {
+    serde_json::from_str(args).unwrap_or_else(|e| panic!("{what} is not exec form ({e}): {args}"))
+}
+
+fn only<'a>(instructions: &'a [(String, String)], keyword: &str) -> &'a str {
+    let found: Vec<&str> = instructions
+        .iter()
+        .filter(|(k, _)| k == keyword)
+        .map(|(_, a)| a.as_str())
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "one {keyword} in the runtime stage: {found:?}"
+    );
+    found[0]
+}
+
+/// `docker run IMAGE check` works (the entrypoint is the binary and `run`
+/// only the default command), the state directory is a volume, and the
+/// HEALTHCHECK, run here with what the image has (bash), passes against a
+/// live scheduler and fails once it is gone.
+#[test]
+fn the_image_runs_any_command_keeps_state_in_a_volume_and_checks_health() {
+    let ins = dockerfile_instructions();
+    let entrypoint = json_array("ENTRYPOINT", only(&ins, "ENTRYPOINT"));
+    assert_eq!(
+        entrypoint.last().map(String::as_str),
+        Some("/usr/local/bin/bgsched"),
+        "{entrypoint:?}"
+    );
+    assert_eq!(json_array("CMD", only(&ins, "CMD")), ["run"]);
+
+    let env = only(&ins, "ENV");
+    let value_of = |name: &str| {
+        env.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("ENV lacks {name}: {env}"))
+            .to_string()
+    };
+    let state_dir = value_of("BGSCHED_STATE_DIR");
+    assert_eq!(json_array("VOLUME", only(&ins, "VOLUME")), [state_dir]);
+    let http = value_of("BGSCHED_HTTP");
+    assert_eq!(http, format!("0.0.0.0:{HTTP_PORT}"));
+    assert!(
+        ins.iter()
+            .any(|(k, a)| k == "EXPOSE" && *a == HTTP_PORT.to_string()),
+        "EXPOSE {HTTP_PORT}"
+    );
+
+    let health = only(&ins, "HEALTHCHECK");
+    let (options, cmd) = health.split_once("CMD ").expect("HEALTHCHECK ... CMD");
+    assert!(options.contains("--timeout="), "{health}");
+    let probe = json_array("HEALTHCHECK CMD", cmd.trim());
+    assert_eq!(
+        probe[0], "bash",
+        "the slim image has bash, not curl: {probe:?}"
+    );
+
+    let env = common::Env::new().config("[jobs.a]\nschedule = \"@yearly\"\ncommand = [\"true\"]\n");
+    let mut run = env.spawn_run_with("a", &["--http", "127.0.0.1:0"]);
+    let port = run.http_port();
+    let check = || {
+        std::process::Command::new(&probe[0])
+            .args(&probe[1..])
+            .env("BGSCHED_HTTP", format!("0.0.0.0:{port}"))
+            .output()
+            .expect("run the health check")
+    };
+    let healthy = check();
+    assert!(healthy.status.success(), "healthy scheduler: {healthy:?}");
+    run.kill9();
+    let gone = check();
+    assert!(!gone.status.success(), "no scheduler: {gone:?}");
 }

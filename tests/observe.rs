@@ -99,7 +99,12 @@ fn metrics_move_with_runs_skips_retries_and_a_standby_taking_over() {
     assert_eq!(sample(&text, "bgsched_config_generation"), 1.0);
     assert_eq!(sample(&text, "bgsched_config_last_reload_success"), 1.0);
     assert!(text.contains("bgsched_running_jobs "), "{text}");
-    assert!(text.ends_with("# EOF\n"), "not OpenMetrics text: {text}");
+    // No Accept header: the Prometheus text format 0.0.4 (OpenMetrics only
+    // when asked for, see metrics_pass_promtool_...).
+    assert!(
+        text.contains("# TYPE bgsched_runs_total counter\n") && !text.contains("# EOF"),
+        "not Prometheus text 0.0.4: {text}"
+    );
     // Counters keep moving.
     let runs = sample(&text, r#"bgsched_runs_total{job="tick",outcome="success"}"#);
     wait_sample(
@@ -314,4 +319,107 @@ fn an_address_that_cannot_be_bound_is_a_clear_error() {
         .run()
         .code(2)
         .stderr_has("--http");
+}
+
+/// `GET /metrics` with this Accept header: (Content-Type, body).
+fn metrics_accepting(port: u16, accept: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("read reply");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("http reply");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .expect("content-type");
+    (content_type, body.to_string())
+}
+
+/// promtool from Debian's `prometheus` package (`.ci/run` installs it).
+fn promtool() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain([std::path::PathBuf::from("/usr/bin")])
+        .map(|d| d.join("promtool"))
+        .find(|p| p.is_file());
+    found
+}
+
+#[test]
+fn metrics_pass_promtool_as_text_and_are_openmetrics_when_asked() {
+    let _serial = serial();
+    let env = Env::new().config(JOBS);
+    let run = env.spawn_run_with("a", &["--http", "127.0.0.1:0"]);
+    let port = run.http_port();
+    // Counters with values and histograms with observations.
+    wait_sample(
+        port,
+        r#"bgsched_runs_total{job="tick",outcome="success"}"#,
+        1.0,
+    );
+    wait_sample(
+        port,
+        r#"bgsched_skipped_ticks_total{job="slow",reason="still_running"}"#,
+        1.0,
+    );
+
+    let (content_type, text) = metrics_accepting(port, "text/plain");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    assert!(
+        text.contains("# TYPE bgsched_runs_total counter\n") && !text.contains("# EOF"),
+        "{text}"
+    );
+    match promtool() {
+        None => eprintln!(
+            "skipped promtool: not found on PATH or in /usr/bin (apt-get install prometheus)"
+        ),
+        Some(promtool) => {
+            use std::io::Write;
+            let mut check = std::process::Command::new(&promtool)
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("run promtool");
+            check
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("feed promtool");
+            let out = check.wait_with_output().expect("promtool");
+            assert!(
+                out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+                "promtool check metrics: {}{}\n{text}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    let prometheus_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (content_type, open) = metrics_accepting(port, prometheus_accept);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(open.contains("# TYPE bgsched_runs counter\n"), "{open}");
+    assert!(open.ends_with("# EOF\n"), "{open}");
 }

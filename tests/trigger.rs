@@ -88,7 +88,10 @@ fn a_timed_out_job_and_its_background_grandchild_are_gone_afterwards() {
         "[jobs.hang]\nschedule = \"@daily\"\ntimeout = \"1s\"\nkill_grace = \"1s\"\nshell = 'sleep 1000 & echo $! > {dir}/grandchild; trap \"\" TERM; sleep 1000'\n",
     );
     let out = env.cmd(&["trigger", "hang"]).run().code(124);
-    assert!(out.stderr.contains("timed out"), "{out:?}");
+    assert!(
+        out.stderr.contains("\": timed_out after ") && out.stderr.contains("(timeout 1s)"),
+        "{out:?}"
+    );
     let pid: i32 = std::fs::read_to_string(env.path("grandchild"))
         .unwrap()
         .trim()

@@ -83,6 +83,7 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_stderr())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -91,6 +92,14 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
             .event_format(log::FlatJson)
             .try_init(),
     };
+}
+
+/// Colour only for a person at a terminal: captured output, files and
+/// journald get plain text, and a non-empty `$NO_COLOR` (no-color.org)
+/// turns it off everywhere.
+fn colour_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
@@ -184,7 +193,12 @@ impl Backend {
                     .await
                     .map(|e| Backend::Cluster(Box::new(e)))
                     .map_err(|e| {
-                        CliError::Unavailable(format!("cannot reach etcd at {endpoints}: {e}"))
+                        // "etcd: " again after "cannot reach etcd" says nothing.
+                        let why = match e {
+                            crate::coordination::CoordError::Etcd(why) => why,
+                            other => other.to_string(),
+                        };
+                        CliError::Unavailable(format!("cannot reach etcd at {endpoints}: {why}"))
                     })
             }
         }
@@ -486,6 +500,20 @@ fn next(
             }
             None => break,
         }
+    }
+    if ticks.len() < count {
+        // Fewer lines than asked for must not look like a cut-off listing.
+        let last = ticks.last().copied().unwrap_or(after);
+        let fields: Vec<&str> = job.schedule.as_str().split_whitespace().collect();
+        let why = match fields.as_slice() {
+            [_, _, _, _, _, _, years] => format!("its years ({years}) are over"),
+            _ => "its schedule matches no later date".to_string(),
+        };
+        eprintln!(
+            "bgsched: job \"{}\" has no fire after {}: {why}",
+            job.name,
+            local_rfc3339(job, last)
+        );
     }
     if json {
         let out: Vec<_> = ticks

@@ -123,15 +123,16 @@ fn print_table(runs: &[RunRecord]) {
             (outcome, _) if !outcome.is_run() => "-".to_string(),
             (Outcome::Running, _) => format!(
                 "{} so far",
-                whole_seconds((now - rec.started_at).num_milliseconds().max(0) as u64)
+                duration((now - rec.started_at).num_milliseconds().max(0) as u64)
             ),
-            (_, Some(ms)) => whole_seconds(ms),
+            (_, Some(ms)) => duration(ms),
             (_, None) => "-".to_string(),
         };
         table.add_row([
             rec.run_id.clone(),
             rec.job.clone(),
-            rec.tick.to_rfc3339_opts(SecondsFormat::Secs, true),
+            // Milliseconds only where the tick has them (manual runs).
+            rec.tick.to_rfc3339_opts(SecondsFormat::AutoSi, true),
             rec.trigger.to_string(),
             rec.instance.clone(),
             // Entries written outside a leadership term (skips, standalone
@@ -149,14 +150,9 @@ fn print_table(runs: &[RunRecord]) {
     println!("{table}");
 }
 
-/// Milliseconds below a second, whole seconds above: "250ms", "1m 3s".
-fn whole_seconds(ms: u64) -> String {
-    let d = if ms >= 1000 {
-        Duration::from_secs(ms / 1000)
-    } else {
-        Duration::from_millis(ms)
-    };
-    humantime::format_duration(d).to_string()
+/// As every duration prints (README "Output forms"): "250ms", "1m 3s 12ms".
+fn duration(ms: u64) -> String {
+    crate::observe::log::duration(Duration::from_millis(ms)).to_string()
 }
 
 /// "failed (exit 3)", "killed (signal 9)", "missed (12 ticks)".

@@ -100,11 +100,19 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
             None if !job.enabled => "-".to_string(),
             None => "never".to_string(),
         };
+        // Both columns in the job's zone with its offset, as `next` prints.
+        let zone: Option<chrono_tz::Tz> = job.timezone.parse().ok();
         let last = match &job.last_run {
             Some(r) => format!(
                 "{} ({}) {}{}",
                 relative(r.started_at - now),
-                r.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                match zone {
+                    Some(tz) => r
+                        .started_at
+                        .with_timezone(&tz)
+                        .to_rfc3339_opts(SecondsFormat::Secs, false),
+                    None => r.started_at.to_rfc3339_opts(SecondsFormat::Secs, false),
+                },
                 r.outcome,
                 r.duration_ms
                     .map(|ms| format!(
@@ -139,9 +147,11 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
     println!("{table}");
 }
 
-/// "in 4m", "3s ago": one coarse unit is enough to read at a glance.
+/// "in 4m", "3s ago": one coarse unit is enough to read at a glance. The
+/// future rounds up, so a run due in 300ms is "in 1s", never "just now".
 fn relative(d: chrono::Duration) -> String {
-    let secs = d.num_seconds();
+    let ms = d.num_milliseconds();
+    let secs = if ms > 0 { (ms + 999) / 1000 } else { ms / 1000 };
     let abs = secs.unsigned_abs();
     if abs == 0 {
         return "just now".to_string();
@@ -156,5 +166,23 @@ fn relative(d: chrono::Duration) -> String {
         format!("in {amount}")
     } else {
         format!("{amount} ago")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::relative;
+    use chrono::Duration;
+
+    #[test]
+    fn the_future_is_never_just_now() {
+        let ms = Duration::milliseconds;
+        assert_eq!(relative(ms(300)), "in 1s");
+        assert_eq!(relative(ms(1)), "in 1s");
+        assert_eq!(relative(ms(59_001)), "in 1m");
+        assert_eq!(relative(ms(0)), "just now");
+        assert_eq!(relative(ms(-300)), "just now");
+        assert_eq!(relative(ms(-1_500)), "1s ago");
+        assert_eq!(relative(ms(-7_200_000)), "2h0m ago");
     }
 }

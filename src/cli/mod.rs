@@ -202,9 +202,35 @@ impl CliError {
     }
 }
 
+/// Commands that must outlive a closed stdout or stderr: the scheduler and
+/// a run's supervisor (whose log pipe may close) and `trigger` (whose job
+/// must still end and be recorded; its echo ignores a vanished reader).
+fn keeps_running_without_reader(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Run { .. } | Command::Supervise | Command::Trigger { .. }
+    )
+}
+
+fn set_sigpipe(action: libc::sighandler_t) {
+    // SAFETY: called while the process has one thread, and only swaps the
+    // disposition between the two handler-less values.
+    unsafe {
+        libc::signal(libc::SIGPIPE, action);
+    }
+}
+
 /// Parse the command line, run the command, and return the exit code.
 pub fn main() -> i32 {
+    // Rust ignores SIGPIPE, which turns `bgsched list | head -1` into a
+    // panic on the next print. A command that only prints ends the way
+    // cat(1) does when its reader goes away: killed by SIGPIPE, silently.
+    // `--help | head` is such a command too, hence before parsing.
+    set_sigpipe(libc::SIG_DFL);
     let cli = Cli::parse();
+    if keeps_running_without_reader(&cli.command) {
+        set_sigpipe(libc::SIG_IGN);
+    }
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(CliError::Config(errors)) => {

@@ -40,7 +40,7 @@ async fn locally(
     detach: bool,
     instance: String,
 ) -> Result<i32, CliError> {
-    let now = Utc::now();
+    let now = crate::coordination::manual_tick(Utc::now());
     let (hold, turn) = match state.overlap_hold(&job.name, job.overlap) {
         Ok(held) => held,
         Err(rejected) if rejected.is_skip() => {
@@ -78,7 +78,7 @@ async fn locally(
     if detach {
         let run_id = spec.run_id.clone();
         executor::spawn_supervisor(spec, hold, true).map_err(anyhow::Error::from)?;
-        println!("{run_id}");
+        print_out(&format!("{run_id}\n"));
         return Ok(exit::OK);
     }
     let lock = match hold {
@@ -132,7 +132,9 @@ async fn through_leader(
     use etcd_client::PutOptions;
     let keys = etcd.keys();
     let mut client = etcd.client();
-    let etcd_failed = |e: etcd_client::Error| CliError::Unavailable(format!("etcd: {e}"));
+    let etcd_failed = |e: etcd_client::Error| {
+        CliError::Unavailable(format!("etcd: {}", crate::coordination::etcd::in_words(&e)))
+    };
     let run_id = new_run_id();
     let req = TriggerRequest {
         run_id: run_id.clone(),
@@ -235,12 +237,12 @@ async fn through_leader(
                 ));
             }
             Some(rec) if !detach => {
-                print!("{}", rec.output_tail);
+                print_out(&rec.output_tail);
                 eprintln!("bgsched: {} on instance {}", summary(&rec), rec.instance);
                 return Ok(exit_code_of(&rec));
             }
             _ if detach => {
-                println!("{run_id}");
+                print_out(&format!("{run_id}\n"));
                 return Ok(exit::OK);
             }
             _ => {}
@@ -279,6 +281,19 @@ pub fn summary(rec: &RunRecord) -> String {
     let detail = match (rec.outcome, rec.exit_code, rec.signal) {
         (Outcome::Failed, Some(code), _) => format!(" (exit {code})"),
         (Outcome::Killed, _, Some(sig)) => format!(" (signal {sig})"),
+        // The outcome already says "timed out": name the limit only.
+        (Outcome::TimedOut, ..) => match rec
+            .reason
+            .as_deref()
+            .and_then(|r| r.strip_prefix("timed out after "))
+        {
+            Some(limit) => format!(" (timeout {limit})"),
+            None => rec
+                .reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default(),
+        },
         _ => rec
             .reason
             .as_ref()
@@ -295,7 +310,15 @@ pub fn summary(rec: &RunRecord) -> String {
         })
         .unwrap_or_default();
     format!(
-        "run {} of \"{}\": {}{detail}{took}",
+        "run {} of \"{}\": {}{took}{detail}",
         rec.run_id, rec.job, rec.outcome
     )
+}
+
+/// Print to stdout; `trigger` ignores SIGPIPE (see `cli::main`), and a
+/// reader that went away changes nothing about the run or the exit code.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

@@ -92,7 +92,73 @@ impl EtcdConfig {
 }
 
 fn etcd_err(context: &str) -> impl FnOnce(etcd_client::Error) -> CoordError + '_ {
-    move |e| CoordError::Etcd(format!("{context}: {e}"))
+    move |e| CoordError::Etcd(format!("{context}: {}", in_words(&e)))
+}
+
+/// An etcd client error as a sentence: the cause (connection refused,
+/// timed out, name not resolved, ...) rather than tonic's nested Debug
+/// dump, which goes to the debug log for whoever needs it.
+pub fn in_words(e: &etcd_client::Error) -> String {
+    tracing::debug!("etcd error in detail: {e:?}");
+    let mut status = None;
+    let mut texts = Vec::new();
+    // etcd_client's Error has no source(): start from what it wraps.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) => Some(s),
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::IoError(io) => Some(io),
+        _ => None,
+    };
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(words) = io_in_words(io) {
+                return words.to_string();
+            }
+        }
+        if let Some(s) = err.downcast_ref::<tonic::Status>() {
+            status.get_or_insert(s);
+        } else {
+            texts.push(err.to_string());
+        }
+        cause = err.source();
+    }
+    // Causes without an io::Error: a name lookup (its error is a
+    // message), a connect timeout (tower's Elapsed), or an error status
+    // from etcd itself.
+    let all = texts.join(" ").to_lowercase();
+    if all.contains("failed to lookup address") || all.contains("dns error") {
+        return "name not resolved".into();
+    }
+    if all.contains("timed out") || all.contains("deadline has elapsed") {
+        return "timed out connecting".into();
+    }
+    match status {
+        Some(s) if s.code() == tonic::Code::DeadlineExceeded => {
+            "timed out waiting for an answer".into()
+        }
+        Some(s) if s.message().is_empty() => s.code().description().to_lowercase(),
+        Some(s) => format!(
+            "{} ({})",
+            s.message(),
+            s.code().description().to_lowercase()
+        ),
+        None if texts.is_empty() => e.to_string(),
+        None => texts.join(": "),
+    }
+}
+
+fn io_in_words(io: &std::io::Error) -> Option<&'static str> {
+    use std::io::ErrorKind::*;
+    Some(match io.kind() {
+        ConnectionRefused => "connection refused",
+        TimedOut => "timed out connecting",
+        HostUnreachable | NetworkUnreachable => "no route to host",
+        ConnectionReset => "connection reset",
+        ConnectionAborted => "connection aborted",
+        BrokenPipe | UnexpectedEof => "connection closed",
+        AddrNotAvailable => "address not available",
+        _ => return None,
+    })
 }
 
 /// Connect to etcd (the connection itself is established lazily and
@@ -235,8 +301,8 @@ pub async fn keep_lease_alive(
         if Instant::now() >= deadline {
             tracing::warn!(
                 lease,
-                "lease not renewed for {:?}: giving it up",
-                cfg.fence_after()
+                "lease not renewed for {}: giving it up",
+                crate::observe::log::duration(cfg.fence_after())
             );
             let _ = alive.send(false);
             return;
@@ -399,7 +465,11 @@ impl Etcd {
             match Self::connect(cfg.clone()).await {
                 Ok(etcd) => return etcd,
                 Err(e) => {
-                    tracing::warn!("etcd unreachable ({e}); retrying in {delay:?}");
+                    tracing::warn!(
+                        "etcd at {} unreachable ({e}); retrying in {}",
+                        cfg.endpoints.join(","),
+                        crate::observe::log::duration(delay)
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -410,7 +480,7 @@ impl Etcd {
     pub async fn connect(cfg: EtcdConfig) -> Result<Etcd> {
         let mut client = connect(&cfg).await?;
         // Prove the cluster answers before declaring the connection usable.
-        client.status().await.map_err(etcd_err("status"))?;
+        client.status().await.map_err(etcd_err("status request"))?;
         Ok(Etcd {
             keys: Keys::new(&cfg.prefix),
             cfg,
@@ -484,7 +554,7 @@ impl Etcd {
             granted,
             tx,
         ));
-        tracing::info!(lease, ttl = ?self.cfg.lease_ttl, "etcd session started");
+        tracing::info!(lease, ttl = %crate::observe::log::duration(self.cfg.lease_ttl), "etcd session started");
         *self.live_session.lock().expect("session lock") = Some(alive.clone());
         *guard = Some(Session {
             lease,
@@ -1387,7 +1457,10 @@ impl Coordinator for Etcd {
                     self.wait_leader_gone(rev, &mut alive).await;
                 }
                 Err(e) => {
-                    tracing::warn!("etcd: {e}; retrying in {delay:?}");
+                    tracing::warn!(
+                        "etcd: {e}; retrying in {}",
+                        crate::observe::log::duration(delay)
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
@@ -1892,5 +1965,34 @@ impl RunRecorder for EtcdRecorder {
             }
         }
         "lost contact with etcd: the run's lease could not be renewed in time, so the job was killed before its running marker could expire".to_string()
+    }
+}
+
+#[cfg(test)]
+mod words_tests {
+    use super::in_words;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn io_causes_are_said_in_words() {
+        for (kind, words) in [
+            (ErrorKind::ConnectionRefused, "connection refused"),
+            (ErrorKind::TimedOut, "timed out connecting"),
+            (ErrorKind::HostUnreachable, "no route to host"),
+            (ErrorKind::NetworkUnreachable, "no route to host"),
+        ] {
+            let e = etcd_client::Error::IoError(Error::new(kind, "os detail"));
+            assert_eq!(in_words(&e), words);
+        }
+        let lookup = etcd_client::Error::IoError(Error::other(
+            "failed to lookup address information: Name or service not known",
+        ));
+        assert_eq!(in_words(&lookup), "name not resolved");
+        let status =
+            etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
+        assert_eq!(
+            in_words(&status),
+            "etcdserver: no leader (the service is currently unavailable)"
+        );
     }
 }

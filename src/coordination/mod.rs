@@ -48,6 +48,12 @@ pub enum Trigger {
     Manual,
 }
 
+/// The tick of a manual run accepted at `now`: `now` to the millisecond, in
+/// both backends (the precision of `BGSCHED_SCHEDULED_AT`).
+pub fn manual_tick(now: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
 impl fmt::Display for Trigger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -97,6 +103,8 @@ impl Outcome {
     }
 }
 
+/// The name records, metrics and `BGSCHED_OUTCOME` use, so that logs and
+/// tables say the same word.
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -104,8 +112,8 @@ impl fmt::Display for Outcome {
             Outcome::Success => "success",
             Outcome::Failed => "failed",
             Outcome::Killed => "killed",
-            Outcome::TimedOut => "timed out",
-            Outcome::StartFailed => "could not start",
+            Outcome::TimedOut => "timed_out",
+            Outcome::StartFailed => "start_failed",
             Outcome::Lost => "lost",
             Outcome::Skipped => "skipped",
             Outcome::Missed => "missed",

@@ -319,7 +319,7 @@ async fn run_attempt<R: RunRecorder>(
     }
     tracing::info!(
         job = %spec.job, run_id = %spec.run_id, tick = %spec.tick.to_rfc3339(),
-        trigger = %spec.trigger, instance = %spec.instance, term = spec.term, pid, attempt,
+        trigger = %spec.trigger, instance = %spec.instance, term = (spec.term != 0).then_some(spec.term), pid, attempt,
         "run started"
     );
 

@@ -82,15 +82,40 @@ fn json_reply(code: StatusCode, body: serde_json::Value) -> Response {
         .into_response()
 }
 
-async fn metrics(State(s): Shared) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
+/// OpenMetrics for a client that asks for it (Prometheus does), else the
+/// Prometheus text format 0.0.4, which every scraper and promtool reads.
+async fn metrics(State(s): Shared, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let (content_type, body) = if accept.into_iter().any(wants_openmetrics) {
+        (
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-        .into_response()
+            s.metrics.encode(),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            s.metrics.encode_prometheus(),
+        )
+    };
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// Whether an Accept header lists `application/openmetrics-text` with a
+/// weight above 0.
+fn wants_openmetrics(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let mut params = range.split(';').map(str::trim);
+        let media = params.next().unwrap_or("");
+        let refused = params.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.parse::<f64>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+    })
 }
 
 async fn healthz(State(s): Shared) -> Response {
@@ -195,4 +220,23 @@ async fn not_found() -> Response {
             "endpoints": ["/metrics", "/healthz", "/readyz", "/status"],
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_openmetrics;
+
+    #[test]
+    fn openmetrics_only_when_asked_for() {
+        // What Prometheus 2.x/3.x sends.
+        assert!(wants_openmetrics(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(wants_openmetrics("Application/OpenMetrics-Text"));
+        assert!(!wants_openmetrics("text/plain"));
+        assert!(!wants_openmetrics("*/*"));
+        assert!(!wants_openmetrics(
+            "application/openmetrics-text;q=0, text/plain"
+        ));
+    }
 }

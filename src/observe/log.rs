@@ -64,8 +64,18 @@ fn span(
         tick = %tick.to_rfc3339(),
         trigger = %trigger,
         instance = %instance,
-        term = term,
+        // Outside a leadership term (`history` shows `-`): no field at all.
+        term = (term != 0).then_some(term),
     )
+}
+
+/// A duration as logs and messages print it: humantime, to the millisecond
+/// (`6s 667ms`, not `6.666666666s`).
+pub fn duration(d: std::time::Duration) -> humantime::FormattedDuration {
+    let ms = (d.as_nanos() + 500_000) / 1_000_000;
+    humantime::format_duration(std::time::Duration::from_millis(
+        u64::try_from(ms).unwrap_or(u64::MAX),
+    ))
 }
 
 /// The event format of `--log-format json` (use with [`JsonFields`]).
@@ -145,5 +155,20 @@ impl Visit for Fields<'_> {
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.0
             .insert(field.name().into(), Value::String(value.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_are_humantime_to_the_millisecond() {
+        let d = |s: f64| duration(Duration::from_secs_f64(s)).to_string();
+        assert_eq!(d(20.0 / 3.0), "6s 667ms");
+        assert_eq!(d(1.6), "1s 600ms");
+        assert_eq!(d(0.0004), "0s");
+        assert_eq!(d(90.0), "1m 30s");
     }
 }

@@ -227,6 +227,15 @@ impl Metrics {
         out
     }
 
+    /// The registry in the Prometheus text format 0.0.4, for scrapers
+    /// that do not ask for OpenMetrics (promtool, older Prometheus, most
+    /// agents). prometheus-client writes only OpenMetrics, whose counter
+    /// families are named without `_total`; 0.0.4 names the samples' metric
+    /// in HELP and TYPE and has no UNIT or EOF lines.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
+    }
+
     /// A fire's job process is running (its supervisor reported its pid).
     pub fn run_started(&self, job: &str, tick: DateTime<Utc>, trigger: Trigger) {
         let late = (Utc::now() - tick).to_std().unwrap_or_default();
@@ -368,6 +377,54 @@ impl Metrics {
     }
 }
 
+/// Rewrite OpenMetrics text (as prometheus-client writes it: HELP, TYPE
+/// and UNIT before each family's samples) into text format 0.0.4.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    // Each family's metadata lines, held until its TYPE says how to name it.
+    let mut pending: Vec<&str> = Vec::new();
+    let mut out = String::with_capacity(text.len());
+    let flush = |pending: &mut Vec<&str>, out: &mut String| {
+        let is_counter = pending
+            .iter()
+            .any(|l| l.starts_with("# TYPE ") && l.ends_with(" counter"));
+        for line in pending.drain(..) {
+            let mut parts = line.splitn(4, ' ');
+            let (hash, kind, name, rest) = (
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+                parts.next(),
+            );
+            let rest = match (kind, rest) {
+                // 0.0.4 has no `unknown` type, only `untyped`.
+                ("TYPE", Some("unknown")) => "untyped",
+                (_, Some(rest)) => rest,
+                (_, None) => "",
+            };
+            let suffix = if is_counter && !name.ends_with("_total") {
+                "_total"
+            } else {
+                ""
+            };
+            out.push_str(&format!("{hash} {kind} {name}{suffix} {rest}\n"));
+        }
+    };
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+            pending.push(line);
+            continue;
+        }
+        flush(&mut pending, &mut out);
+        out.push_str(line);
+        out.push('\n');
+    }
+    flush(&mut pending, &mut out);
+    out
+}
+
 /// An outcome as a label value: the snake_case name records use.
 pub fn outcome_label(outcome: Outcome) -> String {
     match serde_json::to_value(outcome) {
@@ -405,6 +462,26 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn the_prometheus_text_names_counters_with_total_and_has_no_openmetrics_lines() {
+        let m = Metrics::new();
+        m.run_ended("a", Some((Outcome::Success, Duration::from_millis(5))));
+        let text = m.encode_prometheus();
+        for want in [
+            "# HELP bgsched_runs_total Finished runs started by this instance, by job and outcome.\n\
+             # TYPE bgsched_runs_total counter\n\
+             bgsched_runs_total{job=\"a\",outcome=\"success\"} 1\n",
+            "# TYPE bgsched_run_duration_seconds histogram\n",
+            "# TYPE bgsched_is_leader gauge\nbgsched_is_leader 0\n",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
     }
 
     #[test]

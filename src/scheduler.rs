@@ -624,7 +624,11 @@ impl<C: Coordinator> Scheduler<C> {
             if let Retry::Tick { tick: old, .. } = state.retries.swap_remove(i) {
                 let (older, newer) = (old.min(tick), old.max(tick));
                 self.record_missed(term, job, 1, older, older, None);
-                let trigger = if newer == tick { trigger } else { Trigger::Schedule };
+                let trigger = if newer == tick {
+                    trigger
+                } else {
+                    Trigger::Schedule
+                };
                 state.retries.push(Retry::Tick {
                     at,
                     job: job.name.clone(),
@@ -809,9 +813,11 @@ impl<C: Coordinator> Scheduler<C> {
                             next_try: Utc::now(),
                         });
                         streak.failures += 1;
-                        let wait = retry_backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX, streak.failures);
+                        let wait =
+                            retry_backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX, streak.failures);
                         streak.next_try = Utc::now()
-                            + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(5));
+                            + chrono::Duration::from_std(wait)
+                                .unwrap_or(chrono::Duration::seconds(5));
                         if streak.failures == 1 {
                             tracing::error!(job = %job.name, tick = %tick.to_rfc3339(), reason, rejected_total = total, "claim failed, will retry (waiting {} ms, doubling up to {} s while it keeps failing): {e}", CLAIM_RETRY_FIRST.as_millis(), CLAIM_RETRY_MAX.as_secs());
                         } else {

@@ -332,8 +332,7 @@ async fn run(
     let forced = match backend_config(cli, &config)? {
         BackendChoice::Standalone(dir) => {
             let state = Arc::new(
-                Standalone::open(&dir, config.scheduler.history_limit)?
-                    .repairing(metrics.clone()),
+                Standalone::open(&dir, config.scheduler.history_limit)?.repairing(metrics.clone()),
             );
             serve_backend(http::Backend::Standalone(state.clone()));
             tracing::info!(

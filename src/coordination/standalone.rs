@@ -29,8 +29,8 @@ use super::fsutil::{
     atomic_write, io_err, lock_detached, open_lock_file, set_aside, try_lock, wrong_kind,
 };
 use super::{
-    BackendSpec, Claim, CoordError, ClaimRejected, ClaimRequest, Coordinator, HistoryReader, Hold, LeaderInfo,
-    Leadership, Outcome, Result, RunRecord, RunRecorder, Turn,
+    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, HistoryReader, Hold,
+    LeaderInfo, Leadership, Outcome, Result, RunRecord, RunRecorder, Turn,
 };
 use crate::config::Overlap;
 use crate::observe::Metrics;
@@ -594,13 +594,21 @@ impl Standalone {
                 Ok(t) => Some(t),
                 Err(e) => {
                     let reason = format!("not a term number ({e})");
-                    self.corrupt(&term_path, &reason, "the term is recovered from the leader file and the run records");
+                    self.corrupt(
+                        &term_path,
+                        &reason,
+                        "the term is recovered from the leader file and the run records",
+                    );
                     None
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) if wrong_kind(&e) || e.kind() == std::io::ErrorKind::InvalidData => {
-                self.corrupt(&term_path, &e.to_string(), "the term is recovered from the leader file and the run records");
+                self.corrupt(
+                    &term_path,
+                    &e.to_string(),
+                    "the term is recovered from the leader file and the run records",
+                );
                 None
             }
             // Without the term no token can be known to be new: refuse to lead.

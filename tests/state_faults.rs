@@ -414,6 +414,28 @@ fn a_state_directory_that_cannot_be_written_is_reported_with_its_cause_once() {
         assert!(out.stderr.ends_with(&line), "{args:?}: {out:?}");
         assert_eq!(count(&out.stderr, "Permission denied"), 1, "{out:?}");
     }
+
+    // A term file it cannot read: no token could be known to be new, so
+    // `run` refuses to lead, naming the file.
+    let env = Env::new().config("[jobs.a]\nschedule = \"@yearly\"\ncommand = [\"true\"]\n");
+    fs::set_permissions(env.dir(), open).unwrap();
+    fs::set_permissions(env.path("jobs.toml"), fs::Permissions::from_mode(0o644)).unwrap();
+    let state = env.state_dir();
+    fs::create_dir_all(state.join("jobs")).unwrap();
+    let term = state.join("term");
+    fs::write(&term, "7").unwrap();
+    fs::set_permissions(&term, fs::Permissions::from_mode(0o600)).unwrap();
+    for dir in [&state, &state.join("jobs")] {
+        std::os::unix::fs::chown(dir, Some(65534), Some(65534)).unwrap();
+    }
+    let out = as_nobody(&env, &["run"]).unwrap();
+    assert_eq!(out.code, Some(1), "{out:?}");
+    let line = format!(
+        "bgsched: state directory {}: Permission denied (os error 13)\n",
+        term.display()
+    );
+    assert!(out.stderr.ends_with(&line), "{out:?}");
+    assert_eq!(fs::read_to_string(&term).unwrap(), "7");
 }
 
 #[test]

@@ -769,12 +769,20 @@ pub struct StandaloneRecorder {
     run_lock: Option<File>,
 }
 
-impl StandaloneRecorder {
-    /// Write the final record. Every run leaves one: a write that fails on
-    /// the filesystem (a full disk, say) is tried again, the wait doubling
-    /// up to 5 s, until it succeeds or this supervisor is told to stop. The
-    /// run's locks are kept meanwhile, so it still counts as active.
-    async fn write_final(&self, record: &RunRecord) -> Result<()> {
+impl Standalone {
+    /// Write `record` as `job`'s entry, trying again while the filesystem
+    /// refuses (a full disk, say), the wait doubling up to 5 s, until it is
+    /// written or this process is told to stop (SIGTERM, SIGINT): every
+    /// run leaves its record. Then prune the job's history.
+    pub async fn record_until_written(&self, record: &RunRecord) -> Result<()> {
+        let path = self
+            .job_dir(&record.job)
+            .join("runs")
+            .join(format!("{}.json", record.run_id));
+        self.write_until_written(&path, record).await
+    }
+
+    async fn write_until_written(&self, path: &Path, record: &RunRecord) -> Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let (mut term, mut int) = (
             signal(SignalKind::terminate()).ok(),
@@ -782,24 +790,27 @@ impl StandaloneRecorder {
         );
         let mut wait = RECORD_RETRY_FIRST;
         let mut failures = 0u32;
+        let what = if record.outcome.is_run() {
+            "run record".to_string()
+        } else {
+            format!("{} entry", record.outcome)
+        };
         loop {
-            // A run that could not start was never `started`.
             let written = self
-                .state
-                .runs_dir(&self.job)
-                .and_then(|_| write_record(&self.path, record));
+                .runs_dir(&record.job)
+                .and_then(|_| write_record(path, record));
             let e = match written {
                 Ok(()) => {
                     if failures > 0 {
-                        tracing::info!(job = %self.job, run_id = %record.run_id, failures, "run record written after {failures} failed attempt(s)");
+                        tracing::info!(job = %record.job, run_id = %record.run_id, failures, "{what} written after {failures} failed attempt(s)");
                     }
-                    return Ok(());
+                    return self.prune(&record.job);
                 }
                 Err(e) => e,
             };
             failures += 1;
             if failures == 1 {
-                tracing::error!(job = %self.job, run_id = %record.run_id, "could not write the run record ({e}); trying again until it is written");
+                tracing::error!(job = %record.job, run_id = %record.run_id, "could not write the {what} ({e}); trying again until it is written");
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
@@ -860,15 +871,15 @@ impl RunRecorder for StandaloneRecorder {
     }
 
     async fn attempt_failed(&mut self, record: &RunRecord) -> Result<()> {
-        Coordinator::record(&self.state, record).await
+        self.state.record_until_written(record).await
     }
 
     async fn finished(&mut self, record: &RunRecord) -> Result<()> {
-        let result = self.write_final(record).await;
+        // The run's locks are kept meanwhile, so it still counts as active.
+        let result = self.state.write_until_written(&self.path, record).await;
         self.held = None;
         self.run_lock = None;
-        result?;
-        self.state.prune(&self.job)
+        result
     }
 
     async fn fenced(&mut self) -> String {

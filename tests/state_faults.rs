@@ -329,7 +329,8 @@ fn on_a_full_disk_claims_back_off_and_every_record_is_written_once_there_is_room
     trigger
         .stdout(fs::File::create(&log).unwrap())
         .stderr(fs::OpenOptions::new().append(true).open(&log).unwrap());
-    let mut trigger = trigger.spawn().unwrap();
+    let mut trigger = KillOnDrop(trigger.spawn().unwrap());
+    let trigger = &mut trigger.0;
     wait_until(PATIENCE, "the manual run to try to record", || {
         fs::read_to_string(&log).is_ok_and(|t| t.contains("could not write the run record"))
     });
@@ -364,6 +365,16 @@ fn on_a_full_disk_claims_back_off_and_every_record_is_written_once_there_is_room
     });
     drop(run);
     drop(disk);
+}
+
+/// A child that must not outlive a failed test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// `bgsched <args>` as user nobody (tests run as root, who may write anywhere).

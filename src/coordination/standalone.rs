@@ -73,7 +73,7 @@ enum Loaded {
     Missing,
     Record(RunRecord),
     /// Not readable as a record: the entry that stands for it.
-    Unreadable(Box<RunRecord>),
+    Unreadable(RunRecord),
 }
 
 impl Standalone {
@@ -242,11 +242,11 @@ impl Standalone {
             // Not the file's fault (e.g. permissions): shown, never moved.
             Err(e) => {
                 let text = format!("cannot read {}: {e}", path.display());
-                return Loaded::Unreadable(Box::new(unreadable_entry(job, path, text)));
+                return Loaded::Unreadable(unreadable_entry(job, path, text));
             }
         };
         let (text, now_at) = self.corrupt(path, &reason, "shown as unreadable in its history");
-        Loaded::Unreadable(Box::new(unreadable_entry(job, &now_at, text)))
+        Loaded::Unreadable(unreadable_entry(job, &now_at, text))
     }
 
     /// Files of `job` set aside earlier, each as an unreadable entry.
@@ -354,13 +354,10 @@ impl Standalone {
                 out.push(rec);
             }
         }
+        // Newest first by run id (= file name), as the records come; a set
+        // aside record keeps its place.
         out.extend(self.set_aside_entries(job));
-        // Newest first; an unreadable entry stands at its file's mtime.
-        out.sort_by(|a, b| {
-            b.started_at
-                .cmp(&a.started_at)
-                .then_with(|| b.run_id.cmp(&a.run_id))
-        });
+        out.sort_by(|a, b| b.run_id.cmp(&a.run_id));
         out.truncate(limit);
         Ok(out)
     }
@@ -446,7 +443,7 @@ impl Standalone {
     fn read_record(&self, job: &str, path: &Path) -> Result<Option<RunRecord>> {
         let mut rec = match self.load(job, path) {
             Loaded::Missing => return Ok(None),
-            Loaded::Unreadable(entry) => return Ok(Some(*entry)),
+            Loaded::Unreadable(entry) => return Ok(Some(entry)),
             Loaded::Record(rec) => rec,
         };
         if rec.outcome == Outcome::Running && !supervisor_alive(path)? {
@@ -469,10 +466,10 @@ impl Standalone {
         let excess = paths.len().saturating_sub(self.history_limit);
         for path in paths.into_iter().take(excess) {
             match self.load(job, &path) {
-                Loaded::Record(rec) if rec.outcome == Outcome::Running => {
-                    if supervisor_alive(&path)? {
-                        continue;
-                    }
+                Loaded::Record(rec)
+                    if rec.outcome == Outcome::Running && supervisor_alive(&path)? =>
+                {
+                    continue
                 }
                 // Set aside (the scheduler), or kept for the scheduler to.
                 Loaded::Unreadable(_) => continue,

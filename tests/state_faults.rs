@@ -54,6 +54,9 @@ fn a_corrupt_run_record_is_set_aside_and_everything_else_goes_on() {
     fs::write(&torn, TORN).unwrap();
     fs::write(&garbage, "\u{0}\u{1}not json at all").unwrap();
     fs::create_dir(&dir).unwrap();
+    // Well-formed, but not a record (a newer bgsched's?): shown, never moved.
+    let alien = runs.join("0190c5a8-0000-7000-8000-000000000004.json");
+    fs::write(&alien, "{\"from\": \"the future\"}").unwrap();
 
     // Read-only commands show the bad entries, hide nothing, move nothing.
     let list = env.list_json();
@@ -64,17 +67,17 @@ fn a_corrupt_run_record_is_set_aside_and_everything_else_goes_on() {
         .find(|j| j["name"] == "tick")
         .unwrap()
         .clone();
-    assert_eq!(tick["unreadable"].as_array().unwrap().len(), 3, "{list:#}");
+    assert_eq!(tick["unreadable"].as_array().unwrap().len(), 4, "{list:#}");
     let other = env.job_view("other");
     assert_eq!(other["last_run"]["outcome"], "success", "{other:#}");
     let table = env.cmd(&["list"]).run().success();
     assert!(
-        table.stdout.contains("3 unreadable state files"),
+        table.stdout.contains("4 unreadable state files"),
         "{table:?}"
     );
     let all = history_json(&env, &[]);
     let bad = unreadable(&all);
-    assert_eq!(bad.len(), 3, "{all:#?}");
+    assert_eq!(bad.len(), 4, "{all:#?}");
     for path in [&torn, &garbage, &dir] {
         assert!(
             bad.iter()
@@ -121,8 +124,18 @@ fn a_corrupt_run_record_is_set_aside_and_everything_else_goes_on() {
     // Still shown, now with where it went; the good runs are all there.
     let tick = history_json(&env, &["tick"]);
     let bad = unreadable(&tick);
-    assert_eq!(bad.len(), 3, "{tick:#?}");
-    assert!(bad.iter().all(|r| r.contains("set aside as")), "{bad:#?}");
+    assert_eq!(bad.len(), 4, "{tick:#?}");
+    assert_eq!(
+        bad.iter().filter(|r| r.contains("set aside as")).count(),
+        3,
+        "{bad:#?}"
+    );
+    assert!(alien.exists(), "a well-formed file was moved");
+    assert!(
+        bad.iter()
+            .any(|r| r.contains("is not a run record this bgsched can read")),
+        "{bad:#?}"
+    );
     assert!(tick.iter().any(|r| r["outcome"] == "success"), "{tick:#?}");
 }
 

@@ -232,19 +232,32 @@ impl Standalone {
     /// Read one history file of `job`. Files are replaced whole (see the
     /// module doc), so one that does not parse is corrupt, not half-written.
     fn load(&self, job: &str, path: &Path) -> Loaded {
+        let shown_only = |text: String| Loaded::Unreadable(unreadable_entry(job, path, text));
         let reason = match fs::read(path) {
             Ok(bytes) => match serde_json::from_slice::<RunRecord>(&bytes) {
                 Ok(rec) => return Loaded::Record(rec),
+                // Well-formed JSON of another shape may be a newer
+                // bgsched's record: shown, never moved.
+                Err(e) if e.classify() == serde_json::error::Category::Data => {
+                    return shown_only(format!(
+                        "{} is not a run record this bgsched can read: {e}",
+                        path.display()
+                    ));
+                }
                 Err(e) => e.to_string(),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
             Err(e) if wrong_kind(&e) => e.to_string(),
             // Not the file's fault (e.g. permissions): shown, never moved.
-            Err(e) => {
-                let text = format!("cannot read {}: {e}", path.display());
-                return Loaded::Unreadable(unreadable_entry(job, path, text));
-            }
+            Err(e) => return shown_only(format!("cannot read {}: {e}", path.display())),
         };
+        // A file a live supervisor holds is its run's, whatever it reads as.
+        if supervisor_alive(path).unwrap_or(true) {
+            return shown_only(format!(
+                "corrupt state file {}: {reason} (held by a live supervisor)",
+                path.display()
+            ));
+        }
         let (text, now_at) = self.corrupt(path, &reason, "shown as unreadable in its history");
         Loaded::Unreadable(unreadable_entry(job, &now_at, text))
     }

@@ -376,6 +376,17 @@ fn on_a_full_disk_claims_back_off_and_every_record_is_written_once_there_is_room
     wait_until(PATIENCE, "the end of the streak in the log", || {
         run.log_text().contains("claims work again")
     });
+    // The ticks that could not be claimed while the disk was full left
+    // their `missed` entries, written once there was room.
+    wait_until(
+        PATIENCE,
+        "the missed entries of the full-disk ticks",
+        || {
+            history_json(&env, &["tick", "-n", "100"])
+                .iter()
+                .any(|r| r["outcome"] == "missed")
+        },
+    );
     drop(run);
     drop(disk);
 }
@@ -493,4 +504,38 @@ fn a_standalone_standby_stops_at_once_on_sigterm_and_sigint() {
     wait_until(PATIENCE, "the leader to go on firing", || {
         env.lines("ledger").len() > fired
     });
+}
+
+#[test]
+fn a_trigger_leaves_corrupt_records_to_run_but_clears_a_file_in_its_way() {
+    let env = Env::new().config(
+        "[jobs.a]\nschedule = \"@yearly\"\ncommand = [\"true\"]\n\n[jobs.b]\nschedule = \"@yearly\"\ncommand = [\"true\"]\n",
+    );
+    let jobs = env.state_dir().join("jobs");
+    fs::create_dir_all(jobs.join("a/runs")).unwrap();
+    fs::create_dir_all(jobs.join("b")).unwrap();
+    let torn = jobs.join("a/runs/0190c5a8-0000-7000-8000-000000000001.json");
+    fs::write(&torn, TORN).unwrap();
+    fs::write(jobs.join("b/runs"), "in the way").unwrap();
+
+    env.cmd(&["trigger", "a"]).run().success();
+    assert!(
+        torn.exists(),
+        "trigger moved a corrupt record; that is run's job"
+    );
+    let a = history_json(&env, &["a"]);
+    assert!(a.iter().any(|r| r["outcome"] == "success"), "{a:#?}");
+    assert_eq!(unreadable(&a).len(), 1, "{a:#?}");
+
+    let out = env.cmd(&["trigger", "b"]).run().success();
+    assert!(
+        out.stderr.contains(&format!(
+            "corrupt state file {}: a file where a directory belongs; set aside as {}.corrupt",
+            jobs.join("b/runs").display(),
+            jobs.join("b/runs").display()
+        )),
+        "{out:?}"
+    );
+    assert!(jobs.join("b/runs").is_dir());
+    assert_eq!(env.records("b")[0]["outcome"], "success");
 }

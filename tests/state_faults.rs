@@ -249,6 +249,7 @@ fn the_fencing_token_never_goes_down_when_the_term_file_is_garbage() {
     fs::remove_file(env.state_dir().join("leader.json")).unwrap();
     let token = one_leadership(&env, "from-records");
     assert!(token > highest, "token {token} after {highest}");
+    assert!(env.state_dir().join("term.2.corrupt").exists());
     let all = env.records("fenced");
     let max_recorded = all.iter().filter_map(|r| r["term"].as_u64()).max();
     assert_eq!(max_recorded, Some(token), "{all:#?}");
@@ -293,7 +294,7 @@ impl Drop for SmallDisk {
 #[test]
 fn on_a_full_disk_claims_back_off_and_every_record_is_written_once_there_is_room() {
     let env = Env::new().config(&format!(
-        "[jobs.tick]\nschedule = \"@every 1s\"\nshell = '{}'\n\n[jobs.manual]\nschedule = \"@yearly\"\nshell = 'echo manual >> {{dir}}/manual'\n",
+        "[jobs.tick]\nschedule = \"@every 1s\"\nshell = '{}'\n\n[jobs.manual]\nschedule = \"@yearly\"\nshell = 'echo manual >> {{dir}}/manual'\n\n[jobs.giveup]\nschedule = \"@yearly\"\noverlap = \"allow\"\ncommand = [\"true\"]\n",
         ledger_line("ran", "ledger")
     ));
     let Some(disk) = SmallDisk::mount(&env.state_dir()) else {
@@ -351,6 +352,22 @@ fn on_a_full_disk_claims_back_off_and_every_record_is_written_once_there_is_room
     assert!(trigger.try_wait().unwrap().is_none(), "gave up the record");
     let before = env.records("manual").len();
 
+    // Told to stop while it waits for room, a supervisor gives its record up.
+    let log2 = env.path("giveup.log");
+    let mut giveup = env.cmd(&["trigger", "giveup"]).0;
+    giveup
+        .stdout(fs::File::create(&log2).unwrap())
+        .stderr(fs::OpenOptions::new().append(true).open(&log2).unwrap());
+    let mut giveup = KillOnDrop(giveup.spawn().unwrap());
+    wait_until(PATIENCE, "the second manual run to try to record", || {
+        fs::read_to_string(&log2).is_ok_and(|t| t.contains("could not write the run record"))
+    });
+    let pid = rustix::process::Pid::from_raw(giveup.0.id() as i32).unwrap();
+    rustix::process::kill_process(pid, Signal::TERM).unwrap();
+    wait_until(PATIENCE, "the stopped trigger to exit", || {
+        giveup.0.try_wait().unwrap().is_some()
+    });
+
     fs::remove_file(&filler).unwrap();
     let mut status = None;
     wait_until(PATIENCE, "the trigger to finish once there is room", || {
@@ -367,6 +384,7 @@ fn on_a_full_disk_claims_back_off_and_every_record_is_written_once_there_is_room
     assert_eq!(manual.len(), before + 1, "{manual:#?}");
     assert_eq!(manual.last().unwrap()["outcome"], "success");
     assert_eq!(manual.last().unwrap()["trigger"], "manual");
+    assert!(env.records("giveup").is_empty(), "the given-up record");
 
     // Scheduled fires resume, and say so once.
     let fired = env.lines("ledger").len();

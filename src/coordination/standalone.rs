@@ -977,3 +977,35 @@ fn stop_for_replacement(active: &RunRecord) {
 pub fn duration_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
     (to - from).num_milliseconds().max(0) as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_aside_names_lead_back_to_the_original() {
+        assert_eq!(original_name("term.corrupt"), Some("term"));
+        assert_eq!(original_name("term.2.corrupt"), Some("term"));
+        assert_eq!(
+            original_name("0190c5a8-0000-7000-8000-000000000001.json.corrupt"),
+            Some("0190c5a8-0000-7000-8000-000000000001.json")
+        );
+        assert_eq!(original_name("last_tick"), None);
+        assert_eq!(original_name("run.lock"), None);
+    }
+
+    #[test]
+    fn a_second_corrupt_file_of_one_name_does_not_replace_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("term");
+        fs::write(&path, "first").unwrap();
+        assert_eq!(set_aside(&path).unwrap(), dir.path().join("term.corrupt"));
+        fs::write(&path, "second").unwrap();
+        assert_eq!(set_aside(&path).unwrap(), dir.path().join("term.2.corrupt"));
+        assert_eq!(
+            fs::read_to_string(dir.path().join("term.corrupt")).unwrap(),
+            "first"
+        );
+        assert!(!path.exists());
+    }
+}

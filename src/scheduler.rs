@@ -4,11 +4,11 @@
 
 use crate::config::{Config, Job};
 use crate::coordination::{
-    Claim, ClaimRejected, ClaimRequest, Coordinator, Leadership, Outcome, RunRecord, Trigger,
-    TriggerRequest, Turn,
+    Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, Leadership, Outcome, RunRecord,
+    Trigger, TriggerRequest, Turn,
 };
 use crate::executor::report::{self, Report};
-use crate::executor::{spawn_supervisor, RunSpec};
+use crate::executor::{retry_backoff, spawn_supervisor, RunSpec};
 use crate::observe::log::{record_span, run_span};
 use crate::observe::Metrics;
 use chrono::{DateTime, Utc};
@@ -123,8 +123,19 @@ struct Tracked {
     run_id: String,
 }
 
-/// How long a claim that failed on a backend error waits before the retry.
-const RETRY_AFTER: chrono::Duration = chrono::Duration::milliseconds(250);
+/// How long a claim that failed on a backend error waits before the retry:
+/// the first wait, doubling with each failure in a row up to the last.
+/// A backend that stays broken (a full disk) then costs one claim every
+/// few seconds, not a tight loop.
+const CLAIM_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const CLAIM_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A job's claims failing on backend errors, one after another.
+struct Streak {
+    failures: u32,
+    /// No claim of the job before this.
+    next_try: DateTime<Utc>,
+}
 
 /// One planned fire: the tick and what triggers it.
 type Fire = (DateTime<Utc>, Trigger);
@@ -172,9 +183,16 @@ struct FireState {
     /// Rejected claims per reason (see `ClaimRejected::kind`).
     rejected: HashMap<&'static str, u64>,
     retries: Vec<Retry>,
+    /// Jobs whose last claim failed on a backend error.
+    streaks: HashMap<String, Streak>,
 }
 
 impl FireState {
+    /// Until when claims of `job` wait, after backend errors.
+    fn backoff(&self, job: &str) -> Option<DateTime<Utc>> {
+        self.streaks.get(job).map(|s| s.next_try)
+    }
+
     fn next_retry(&self) -> Option<DateTime<Utc>> {
         self.retries.iter().map(Retry::at).min()
     }
@@ -482,6 +500,7 @@ impl<C: Coordinator> Scheduler<C> {
                 due.pop();
                 let job = jobs[i];
                 let plan = plan_due(job, tick, now);
+                let backoff = state.backoff(&job.name).filter(|t| *t > now);
                 if let Some((count, oldest, newest)) = plan.missed {
                     let caught_up = plan.fires.first().filter(|f| f.1 == Trigger::Catchup);
                     self.record_missed(
@@ -493,8 +512,16 @@ impl<C: Coordinator> Scheduler<C> {
                         caught_up.map(|f| f.0),
                     );
                 }
-                if !plan.fires.is_empty() {
-                    batch.push((job, plan.fires));
+                match backoff {
+                    // The job's claims are failing: the fire waits for the
+                    // next try instead of adding a claim of its own.
+                    Some(at) => {
+                        for (tick, trigger) in plan.fires {
+                            self.retry_later(leadership.term, job, tick, trigger, at, &mut state);
+                        }
+                    }
+                    None if !plan.fires.is_empty() => batch.push((job, plan.fires)),
+                    None => {}
                 }
                 if let Some(next) = plan.next {
                     due.push(Reverse((next, i)));
@@ -520,7 +547,7 @@ impl<C: Coordinator> Scheduler<C> {
                     let fired = self
                         .start(lead, job, tick, trigger, None, claimed, &mut state)
                         .await;
-                    self.track_fired(fired, job, tick, trigger, running, &mut state);
+                    self.track_fired(lead.term, fired, job, tick, trigger, running, &mut state);
                 }
             }
             drop(claims);
@@ -549,13 +576,15 @@ impl<C: Coordinator> Scheduler<C> {
         state: &mut FireState,
     ) -> bool {
         let fired = self.fire(leadership, job, tick, trigger, None, state).await;
-        self.track_fired(fired, job, tick, trigger, running, state)
+        self.track_fired(leadership.term, fired, job, tick, trigger, running, state)
     }
 
     /// Track a started supervisor or queue a retry. Returns whether the tick
     /// was superseded (a later one was claimed first).
+    #[allow(clippy::too_many_arguments)]
     fn track_fired(
         &self,
+        term: u64,
         fired: Fired,
         job: &Job,
         tick: DateTime<Utc>,
@@ -567,14 +596,54 @@ impl<C: Coordinator> Scheduler<C> {
             Fired::Started(child, spec) => running.track(*child, &spec),
             Fired::NotStarted => {}
             Fired::Superseded => return true,
-            Fired::Retry => state.retries.push(Retry::Tick {
-                at: Utc::now() + RETRY_AFTER,
-                job: job.name.clone(),
-                tick,
-                trigger,
-            }),
+            Fired::Retry => {
+                let at = state.backoff(&job.name).unwrap_or_else(Utc::now);
+                self.retry_later(term, job, tick, trigger, at, state);
+            }
         }
         false
+    }
+
+    /// Claim `tick` of `job` again at `at`. A job keeps one such pending
+    /// fire: a newer tick takes the place of an older one, which could only
+    /// be superseded by it and is recorded as missed now.
+    fn retry_later(
+        &self,
+        term: u64,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        at: DateTime<Utc>,
+        state: &mut FireState,
+    ) {
+        let pending = state
+            .retries
+            .iter()
+            .position(|r| matches!(r, Retry::Tick { job: j, .. } if *j == job.name));
+        if let Some(i) = pending {
+            if let Retry::Tick { tick: old, .. } = state.retries.swap_remove(i) {
+                let (older, newer) = (old.min(tick), old.max(tick));
+                self.record_missed(term, job, 1, older, older, None);
+                let trigger = if newer == tick {
+                    trigger
+                } else {
+                    Trigger::Schedule
+                };
+                state.retries.push(Retry::Tick {
+                    at,
+                    job: job.name.clone(),
+                    tick: newer,
+                    trigger,
+                });
+                return;
+            }
+        }
+        state.retries.push(Retry::Tick {
+            at,
+            job: job.name.clone(),
+            tick,
+            trigger,
+        });
     }
 
     /// Run a job for a `bgsched trigger` request, under its overlap policy.
@@ -625,7 +694,7 @@ impl<C: Coordinator> Scheduler<C> {
             // trying while the backend is in trouble.
             Fired::Retry if now - since < chrono::Duration::minutes(5) => {
                 state.retries.push(Retry::Request {
-                    at: now + RETRY_AFTER,
+                    at: state.backoff(&job.name).unwrap_or(now),
                     req,
                     since,
                 })
@@ -689,6 +758,11 @@ impl<C: Coordinator> Scheduler<C> {
         if let Err(e) = &claimed {
             self.metrics.claim_rejected(e.kind());
         }
+        if !matches!(claimed, Err(ClaimRejected::Backend(_))) {
+            if let Some(streak) = state.streaks.remove(&job.name) {
+                tracing::info!(job = %job.name, failures = streak.failures, "claims work again after {} failed attempt(s)", streak.failures);
+            }
+        }
         let claim = match claimed {
             Ok(claim) => claim,
             Err(rejected) if rejected.is_skip() => {
@@ -731,8 +805,24 @@ impl<C: Coordinator> Scheduler<C> {
                     }
                     ClaimRejected::Backend(e) => {
                         // Not decided either way: try again shortly, so a
-                        // brief etcd hiccup does not cost the tick.
-                        tracing::error!(job = %job.name, tick = %tick.to_rfc3339(), reason, rejected_total = total, "claim failed, will retry: {e}");
+                        // brief etcd hiccup does not cost the tick, and
+                        // less often while it keeps failing. Logged once
+                        // per streak of failures.
+                        let streak = state.streaks.entry(job.name.clone()).or_insert(Streak {
+                            failures: 0,
+                            next_try: Utc::now(),
+                        });
+                        streak.failures += 1;
+                        let wait =
+                            retry_backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX, streak.failures);
+                        streak.next_try = Utc::now()
+                            + chrono::Duration::from_std(wait)
+                                .unwrap_or(chrono::Duration::seconds(5));
+                        if streak.failures == 1 {
+                            tracing::error!(job = %job.name, tick = %tick.to_rfc3339(), reason, rejected_total = total, "claim failed, will retry (waiting {} ms, doubling up to {} s while it keeps failing): {e}", CLAIM_RETRY_FIRST.as_millis(), CLAIM_RETRY_MAX.as_secs());
+                        } else {
+                            tracing::debug!(job = %job.name, tick = %tick.to_rfc3339(), reason, rejected_total = total, failures = streak.failures, "claim failed again: {e}");
+                        }
                         return Fired::Retry;
                     }
                     e => {
@@ -881,11 +971,21 @@ impl<C: Coordinator> Scheduler<C> {
         tokio::spawn(async move {
             let mut delay = std::time::Duration::from_millis(100);
             let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+            let mut failures = 0u32;
             loop {
                 match coord.record(&rec).await {
                     Ok(()) => return,
-                    Err(e) if tokio::time::Instant::now() + delay < give_up => {
-                        tracing::warn!(job = %rec.job, run_id = %rec.run_id, "could not record {} yet ({e}); retrying", rec.outcome);
+                    // A local filesystem error (a full disk) is waited out
+                    // however long it lasts: the entry is the tick's only
+                    // trace. Anything else is given up after a while.
+                    Err(e)
+                        if matches!(e, CoordError::Io { .. })
+                            || tokio::time::Instant::now() + delay < give_up =>
+                    {
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(job = %rec.job, run_id = %rec.run_id, "could not record {} yet ({e}); retrying", rec.outcome);
+                        }
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(std::time::Duration::from_secs(5));
                     }

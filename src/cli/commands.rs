@@ -345,7 +345,9 @@ async fn run(
     let log_json = cli.log_format == LogFormat::Json;
     let forced = match backend_config(cli, &config)? {
         BackendChoice::Standalone(dir) => {
-            let state = Arc::new(Standalone::open(&dir, config.scheduler.history_limit)?);
+            let state = Arc::new(
+                Standalone::open(&dir, config.scheduler.history_limit)?.repairing(metrics.clone()),
+            );
             serve_backend(http::Backend::Standalone(state.clone()));
             tracing::info!(
                 config = %config.path.display(), state_dir = %dir.display(), instance = %instance,

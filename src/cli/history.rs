@@ -80,7 +80,14 @@ fn print_output(rec: &RunRecord, json: bool) {
         return;
     }
     // Notes go to stderr, so stdout is exactly the job's output.
-    if rec.outcome == Outcome::Running {
+    if rec.outcome == Outcome::Unreadable {
+        eprintln!(
+            "bgsched: entry {} of \"{}\" is unreadable: {}",
+            rec.run_id,
+            rec.job,
+            rec.reason.as_deref().unwrap_or("corrupt state file")
+        );
+    } else if rec.outcome == Outcome::Running {
         eprintln!(
             "bgsched: run {} of \"{}\" is still running; its output tail is kept when it ends (until then it streams into the log of the scheduler that started it)",
             rec.run_id, rec.job
@@ -118,6 +125,22 @@ fn print_table(runs: &[RunRecord]) {
         ]);
     let now = Utc::now();
     for rec in runs {
+        if rec.outcome == Outcome::Unreadable {
+            // Nothing in it can be trusted but its name and its time.
+            let dash = || "-".to_string();
+            table.add_row([
+                rec.run_id.clone(),
+                rec.job.clone(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                rec.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                dash(),
+                outcome_detail(rec),
+            ]);
+            continue;
+        }
         let duration = match (rec.outcome, rec.duration_ms) {
             // Skips and misses carry a zero duration; nothing ran.
             (outcome, _) if !outcome.is_run() => "-".to_string(),
@@ -163,6 +186,10 @@ fn outcome_detail(rec: &RunRecord) -> String {
         (Outcome::Missed, _, _, Some(n)) => {
             format!("missed ({n} tick{})", if n == 1 { "" } else { "s" })
         }
+        (Outcome::Unreadable, ..) => format!(
+            "unreadable ({})",
+            rec.reason.as_deref().unwrap_or("corrupt state file")
+        ),
         (outcome, ..) => outcome.to_string(),
     }
 }

@@ -136,12 +136,17 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
         } else {
             String::new()
         };
+        let unreadable = match job.unreadable.len() {
+            0 => String::new(),
+            1 => ", 1 unreadable state file (bgsched history)".to_string(),
+            n => format!(", {n} unreadable state files (bgsched history)"),
+        };
         table.add_row([
             job.name.clone(),
             format!("{} ({})", job.schedule, job.timezone),
             next,
             last,
-            format!("{state}{skips}"),
+            format!("{state}{skips}{unreadable}"),
         ]);
     }
     println!("{table}");

@@ -57,7 +57,7 @@ async fn locally(
                 reason.clone(),
             );
             rec.term = 0;
-            if let Err(e) = state.record(&rec).await {
+            if let Err(e) = state.record_until_written(&rec).await {
                 eprintln!("bgsched: could not record the skip: {e}");
             }
             return Ok(skipped(job, &reason));

@@ -7,9 +7,9 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 pub fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CoordError + '_ {
-    move |source| CoordError::Io {
+    move |cause| CoordError::Io {
         path: path.display().to_string(),
-        source,
+        cause,
     }
 }
 
@@ -76,16 +76,48 @@ pub fn lock_blocking(file: &impl AsFd) -> std::io::Result<()> {
     }
 }
 
-/// Read a JSON file; `Ok(None)` if it does not exist.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
-    match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| CoordError::Corrupt {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err(path)(e)),
+/// Take an exclusive `flock`, waiting as long as it takes, without tying up
+/// anything the process waits for at exit: the wait happens on a detached
+/// thread. Dropping the future gives the wait up; should the lock be taken
+/// after that, the thread drops the file at once, which releases it.
+pub async fn lock_detached(file: File) -> std::io::Result<File> {
+    if try_lock(&file)? {
+        return Ok(file);
     }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bgsched-flock".into())
+        .spawn(move || {
+            let _ = tx.send(lock_blocking(&file).map(|()| file));
+        })?;
+    rx.await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the lock's waiting thread died")))
+}
+
+/// Move a corrupt state file (or a directory where a file belongs, or the
+/// reverse) out of the way, to `<name>.corrupt` beside it (with a number
+/// when that name is taken), and return where it went. Kept, not deleted:
+/// an operator may want to know what was in it.
+pub fn set_aside(path: &Path) -> std::io::Result<std::path::PathBuf> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut to = dir.join(format!("{name}.corrupt"));
+    let mut n = 1;
+    while fs::symlink_metadata(&to).is_ok() {
+        n += 1;
+        to = dir.join(format!("{name}.{n}.corrupt"));
+    }
+    fs::rename(path, &to)?;
+    Ok(to)
+}
+
+/// Whether an error reading or opening a state file says that something
+/// other than a regular file stands at its path (a directory, or a file
+/// where a directory of the path should be).
+pub fn wrong_kind(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(e.kind(), ErrorKind::IsADirectory | ErrorKind::NotADirectory)
 }

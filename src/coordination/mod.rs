@@ -25,12 +25,10 @@ pub use standalone::Standalone;
 /// Errors of the coordination layer.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
-    #[error("state directory {path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The io error is part of the message and deliberately not a `source`:
+    // a report that prints the chain (anyhow's `{:#}`) would say it twice.
+    #[error("state directory {path}: {cause}")]
+    Io { path: String, cause: std::io::Error },
     #[error("corrupt state file {path}: {reason}")]
     Corrupt { path: String, reason: String },
     #[error("etcd: {0}")]
@@ -84,12 +82,18 @@ pub enum Outcome {
     Skipped,
     /// Ticks that passed while nothing was scheduling, beyond the catch-up window.
     Missed,
+    /// Not a run but a state file of the job's history that cannot be read
+    /// (standalone); `reason` names the file and says why.
+    Unreadable,
 }
 
 impl Outcome {
     /// Whether this entry describes a run that actually started a process.
     pub fn is_run(self) -> bool {
-        !matches!(self, Outcome::Skipped | Outcome::Missed)
+        !matches!(
+            self,
+            Outcome::Skipped | Outcome::Missed | Outcome::Unreadable
+        )
     }
 
     /// A run that ended badly: what `retries` retries and `on_failure`
@@ -117,6 +121,7 @@ impl fmt::Display for Outcome {
             Outcome::Lost => "lost",
             Outcome::Skipped => "skipped",
             Outcome::Missed => "missed",
+            Outcome::Unreadable => "unreadable",
         })
     }
 }

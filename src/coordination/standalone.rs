@@ -12,27 +12,68 @@
 //! <state>/jobs/<job>/last_tick   the newest tick fired by a scheduler
 //! <state>/jobs/<job>/runs/<run-id>.json
 //!                                history; a `running` entry is flocked by its supervisor
+//! <any of these>.corrupt         a file that could not be read, set aside (see below)
 //! ```
+//!
+//! Every file is replaced atomically (a temporary file renamed over it), so
+//! a file under its final name is complete, whoever is writing. One that
+//! cannot be read is therefore really corrupt (a crashed filesystem, a hand
+//! edit, a directory where a file belongs): the scheduler (see
+//! [`Standalone::repairing`]) renames it to `<name>.corrupt`, logs one
+//! ERROR and counts it, and goes on; read-only commands show it as an
+//! `unreadable` history entry and change nothing. A file standing where a
+//! directory must be created is set aside by whichever process needs the
+//! directory.
 
-use super::fsutil::{atomic_write, io_err, lock_blocking, open_lock_file, read_json, try_lock};
+use super::fsutil::{
+    atomic_write, io_err, lock_detached, open_lock_file, set_aside, try_lock, wrong_kind,
+};
 use super::{
-    BackendSpec, Claim, ClaimRejected, ClaimRequest, Coordinator, HistoryReader, Hold, LeaderInfo,
-    Leadership, Outcome, Result, RunRecord, RunRecorder, Turn,
+    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, HistoryReader, Hold,
+    LeaderInfo, Leadership, Outcome, Result, RunRecord, RunRecorder, Turn,
 };
 use crate::config::Overlap;
+use crate::observe::Metrics;
 use chrono::{DateTime, Utc};
 use std::fs::{self, File};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Lost runs found at the start of a leadership, passed on for their hooks.
 const LOST_BACKLOG: usize = 256;
+
+/// The first wait before writing a run record again that could not be
+/// written (e.g. a full disk); it doubles up to [`RECORD_RETRY_MAX`].
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(100);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// A state directory.
 #[derive(Debug, Clone)]
 pub struct Standalone {
     root: PathBuf,
     history_limit: usize,
+    /// Set for the scheduler: corrupt files it reads are set aside and counted.
+    repair: Option<Repair>,
+}
+
+/// Where set-aside files are counted.
+#[derive(Clone)]
+struct Repair(Arc<Metrics>);
+
+impl std::fmt::Debug for Repair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Repair")
+    }
+}
+
+/// One history file, read.
+enum Loaded {
+    Missing,
+    Record(RunRecord),
+    /// Not readable as a record: the entry that stands for it.
+    Unreadable(RunRecord),
 }
 
 impl Standalone {
@@ -42,7 +83,18 @@ impl Standalone {
         Ok(Standalone {
             root: root.to_path_buf(),
             history_limit: history_limit.max(1),
+            repair: None,
         })
+    }
+
+    /// The scheduler's view: a corrupt file it meets is renamed to
+    /// `<name>.corrupt`, logged once and counted in `metrics`, so that one
+    /// bad file never stops it. Only the scheduler does this, and only for
+    /// files that are complete by construction (see the module doc), so a
+    /// record being written is never mistaken for a corrupt one.
+    pub fn repairing(mut self, metrics: Arc<Metrics>) -> Self {
+        self.repair = Some(Repair(metrics));
+        self
     }
 
     /// The per-user default state directory for a config file: under the XDG
@@ -86,8 +138,203 @@ impl Standalone {
 
     fn runs_dir(&self, job: &str) -> Result<PathBuf> {
         let dir = self.job_dir(job).join("runs");
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        self.ensure_dir(&dir)?;
         Ok(dir)
+    }
+
+    /// Create `dir` (and its parents in the state directory). A file that
+    /// stands where one of them belongs is set aside first, by whoever
+    /// needs the directory: nothing else can be written there until then.
+    fn ensure_dir(&self, dir: &Path) -> Result<()> {
+        let Err(e) = fs::create_dir_all(dir) else {
+            return Ok(());
+        };
+        match self.blocker(dir) {
+            Some(file) => {
+                self.set_aside_logged(&file, "a file where a directory belongs", "");
+                fs::create_dir_all(dir).map_err(io_err(dir))
+            }
+            None => Err(io_err(dir)(e)),
+        }
+    }
+
+    /// The first path from the state directory down to `dir` that exists
+    /// but is not a directory.
+    fn blocker(&self, dir: &Path) -> Option<PathBuf> {
+        let mut below: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|p| p.starts_with(&self.root) && *p != self.root)
+            .collect();
+        below.reverse();
+        below
+            .into_iter()
+            .find(|p| fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
+            .map(Path::to_path_buf)
+    }
+
+    /// Open (creating) a lock file, setting aside whatever is not a file
+    /// in its place.
+    fn open_lock(&self, path: &Path) -> Result<File> {
+        match open_lock_file(path) {
+            Err(CoordError::Io { ref cause, .. }) if wrong_kind(cause) => {
+                self.set_aside_logged(path, "a directory where a lock file belongs", "");
+                open_lock_file(path)
+            }
+            other => other,
+        }
+    }
+
+    /// Deal with a state file that cannot be read as what it should be:
+    /// the scheduler sets it aside; anyone else leaves it. Returns how to
+    /// describe it and where it is now.
+    fn corrupt(&self, path: &Path, reason: &str, then: &str) -> (String, PathBuf) {
+        match self.repair {
+            Some(_) => self.set_aside_logged(path, reason, then),
+            None => (
+                format!("corrupt state file {}: {reason}", path.display()),
+                path.to_path_buf(),
+            ),
+        }
+    }
+
+    /// Rename a corrupt file to `<name>.corrupt`, with one ERROR line and
+    /// one count.
+    fn set_aside_logged(&self, path: &Path, reason: &str, then: &str) -> (String, PathBuf) {
+        let then = if then.is_empty() {
+            String::new()
+        } else {
+            format!("; {then}")
+        };
+        match set_aside(path) {
+            Ok(to) => {
+                if let Some(Repair(metrics)) = &self.repair {
+                    metrics.state_file_corrupt();
+                }
+                let text = format!(
+                    "corrupt state file {}: {reason}; set aside as {}",
+                    path.display(),
+                    to.display()
+                );
+                tracing::error!(path = %path.display(), set_aside = %to.display(), "{text}{then}");
+                (text, to)
+            }
+            Err(e) => {
+                let text = format!(
+                    "corrupt state file {}: {reason}; could not set it aside: {e}",
+                    path.display()
+                );
+                tracing::error!(path = %path.display(), "{text}{then}");
+                (text, path.to_path_buf())
+            }
+        }
+    }
+
+    /// Read one history file of `job`. Files are replaced whole (see the
+    /// module doc), so one that does not parse is corrupt, not half-written.
+    fn load(&self, job: &str, path: &Path) -> Loaded {
+        let shown_only = |text: String| Loaded::Unreadable(unreadable_entry(job, path, text));
+        let reason = match fs::read(path) {
+            Ok(bytes) => match serde_json::from_slice::<RunRecord>(&bytes) {
+                Ok(rec) => return Loaded::Record(rec),
+                // Well-formed JSON of another shape may be a newer
+                // bgsched's record: shown, never moved.
+                Err(e) if e.classify() == serde_json::error::Category::Data => {
+                    return shown_only(format!(
+                        "{} is not a run record this bgsched can read: {e}",
+                        path.display()
+                    ));
+                }
+                Err(e) => e.to_string(),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
+            Err(e) if wrong_kind(&e) => e.to_string(),
+            // Not the file's fault (e.g. permissions): shown, never moved.
+            Err(e) => return shown_only(format!("cannot read {}: {e}", path.display())),
+        };
+        // A file a live supervisor holds is its run's, whatever it reads as.
+        if supervisor_alive(path).unwrap_or(true) {
+            return shown_only(format!(
+                "corrupt state file {}: {reason} (held by a live supervisor)",
+                path.display()
+            ));
+        }
+        let (text, now_at) = self.corrupt(path, &reason, "shown as unreadable in its history");
+        Loaded::Unreadable(unreadable_entry(job, &now_at, text))
+    }
+
+    /// Files of `job` set aside earlier, each as an unreadable entry.
+    fn set_aside_entries(&self, job: &str) -> Vec<RunRecord> {
+        let job_dir = self.job_dir(job);
+        let mut out = Vec::new();
+        let places = [
+            (job_dir.join("runs"), None),
+            (job_dir.clone(), None),
+            (self.root.join("jobs"), Some(job)),
+        ];
+        for (dir, only) in places {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.filter_map(|e| e.ok()) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(original) = original_name(&name) else {
+                    continue;
+                };
+                if only.is_some_and(|j| j != original) {
+                    continue;
+                }
+                let path = entry.path();
+                let why = match fs::read(&path) {
+                    Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                        Ok(_) => "not what it should be".to_string(),
+                        Err(e) => e.to_string(),
+                    },
+                    Err(e) => e.to_string(),
+                };
+                let text = format!(
+                    "corrupt state file {}: {why}; set aside as {}",
+                    dir.join(original).display(),
+                    path.display()
+                );
+                out.push(unreadable_entry(job, &path, text));
+            }
+        }
+        out
+    }
+
+    /// Make room to write the file `path`: a directory in its place is set aside.
+    fn clear_way(&self, path: &Path) {
+        if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            self.set_aside_logged(path, "a directory where a file belongs", "");
+        }
+    }
+
+    /// The leader file, if it can be read.
+    fn leader_file(&self) -> Option<LeaderInfo> {
+        let path = self.root.join("leader.json");
+        let reason = match fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<LeaderInfo>(&bytes) {
+                Ok(info) => return Some(info),
+                Err(e) => e.to_string(),
+            },
+            Err(e) if wrong_kind(&e) => e.to_string(),
+            Err(_) => return None,
+        };
+        self.corrupt(&path, &reason, "its leader is shown as unknown");
+        None
+    }
+
+    /// The highest term any record on disk was fired under.
+    fn highest_recorded_term(&self) -> Result<u64> {
+        let mut highest = 0;
+        for job in self.known_jobs()? {
+            for path in self.record_paths(&job)? {
+                if let Loaded::Record(rec) = self.load(&job, &path) {
+                    highest = highest.max(rec.term);
+                }
+            }
+        }
+        Ok(highest)
     }
 
     /// The instance currently firing jobs on this state directory, if any.
@@ -96,25 +343,35 @@ impl Standalone {
         if !lock_path.exists() {
             return Ok(None);
         }
-        let file = open_lock_file(&lock_path)?;
+        let file = match open_lock_file(&lock_path) {
+            // Nobody can lead until the scheduler sets it aside.
+            Err(CoordError::Io { ref cause, .. }) if wrong_kind(cause) => return Ok(None),
+            other => other?,
+        };
         // Taking the lock proves nobody holds it; closing the file drops it again.
         if try_lock(&file).map_err(io_err(&lock_path))? {
             return Ok(None);
         }
-        read_json(&self.root.join("leader.json"))
+        Ok(self.leader_file())
     }
 
-    /// History of `job`, newest first, at most `limit` entries.
+    /// History of `job`, newest first, at most `limit` entries; files
+    /// that cannot be read (or were set aside) come as `unreadable` entries.
     pub fn history(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
         let mut out = Vec::new();
         for path in self.record_paths(job)?.into_iter().rev() {
             if out.len() >= limit {
                 break;
             }
-            if let Some(rec) = self.read_record(&path)? {
+            if let Some(rec) = self.read_record(job, &path)? {
                 out.push(rec);
             }
         }
+        // Newest first by run id (= file name), as the records come; a set
+        // aside record keeps its place.
+        out.extend(self.set_aside_entries(job));
+        out.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+        out.truncate(limit);
         Ok(out)
     }
 
@@ -122,7 +379,7 @@ impl Standalone {
     pub fn active_runs(&self, job: &str) -> Result<Vec<RunRecord>> {
         let mut out = Vec::new();
         for path in self.record_paths(job)? {
-            if let Some(rec) = self.read_record(&path)? {
+            if let Some(rec) = self.read_record(job, &path)? {
                 if rec.outcome == Outcome::Running {
                     out.push(rec);
                 }
@@ -138,6 +395,7 @@ impl Standalone {
             .map_err(io_err(&dir))?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.') && original_name(n).is_none())
             .collect();
         names.sort();
         Ok(names)
@@ -147,15 +405,15 @@ impl Standalone {
     pub fn reap_lost(&self, job: &str) -> Result<Vec<RunRecord>> {
         let mut reaped = Vec::new();
         for path in self.record_paths(job)? {
-            let Some(mut rec) = read_json::<RunRecord>(&path)? else {
+            let Loaded::Record(mut rec) = self.load(job, &path) else {
                 continue;
             };
             if rec.outcome != Outcome::Running || supervisor_alive(&path)? {
                 continue;
             }
             // The supervisor may have finished between the read and the lock check.
-            match read_json::<RunRecord>(&path)? {
-                Some(again) if again.outcome == Outcome::Running => {}
+            match self.load(job, &path) {
+                Loaded::Record(again) if again.outcome == Outcome::Running => {}
                 _ => continue,
             }
             let now = Utc::now();
@@ -175,6 +433,9 @@ impl Standalone {
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            // A file where the job's directory or its runs belong: that
+            // file is the one entry, which reads as unreadable.
+            Err(e) if wrong_kind(&e) => return Ok(self.blocker(&dir).into_iter().collect()),
             Err(e) => return Err(io_err(&dir)(e)),
         };
         let mut paths: Vec<PathBuf> = entries
@@ -192,13 +453,17 @@ impl Standalone {
     }
 
     /// Read one entry, presenting a `running` entry whose supervisor is gone as `lost`.
-    fn read_record(&self, path: &Path) -> Result<Option<RunRecord>> {
-        let Some(mut rec) = read_json::<RunRecord>(path)? else {
-            return Ok(None);
+    fn read_record(&self, job: &str, path: &Path) -> Result<Option<RunRecord>> {
+        let mut rec = match self.load(job, path) {
+            Loaded::Missing => return Ok(None),
+            Loaded::Unreadable(entry) => return Ok(Some(entry)),
+            Loaded::Record(rec) => rec,
         };
         if rec.outcome == Outcome::Running && !supervisor_alive(path)? {
-            match read_json::<RunRecord>(path)? {
-                Some(again) if again.outcome != Outcome::Running => return Ok(Some(again)),
+            match self.load(job, path) {
+                Loaded::Record(again) if again.outcome != Outcome::Running => {
+                    return Ok(Some(again))
+                }
                 _ => {
                     rec.outcome = Outcome::Lost;
                     rec.reason = Some("its supervisor process vanished".into());
@@ -213,10 +478,15 @@ impl Standalone {
         let paths = self.record_paths(job)?;
         let excess = paths.len().saturating_sub(self.history_limit);
         for path in paths.into_iter().take(excess) {
-            if let Some(rec) = read_json::<RunRecord>(&path)? {
-                if rec.outcome == Outcome::Running && supervisor_alive(&path)? {
-                    continue;
+            match self.load(job, &path) {
+                Loaded::Record(rec)
+                    if rec.outcome == Outcome::Running && supervisor_alive(&path)? =>
+                {
+                    continue
                 }
+                // Set aside (the scheduler), or kept for the scheduler to.
+                Loaded::Unreadable(_) => continue,
+                _ => {}
             }
             let _ = fs::remove_file(&path);
         }
@@ -244,9 +514,9 @@ impl Standalone {
 
     fn try_job_lock(&self, job: &str, name: &str) -> Result<Option<OwnedFd>> {
         let dir = self.job_dir(job);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        self.ensure_dir(&dir)?;
         let path = dir.join(name);
-        let file = open_lock_file(&path)?;
+        let file = self.open_lock(&path)?;
         if try_lock(&file).map_err(io_err(&path))? {
             Ok(Some(file.into()))
         } else {
@@ -283,7 +553,7 @@ impl Standalone {
 
     fn claim_sync(&self, term: u64, req: &ClaimRequest<'_>) -> Result<Claim, ClaimRejected> {
         let dir = self.job_dir(req.job);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        self.ensure_dir(&dir)?;
         if req.advances_schedule {
             if let Some(last) = self.last_fired_sync(req.job)? {
                 if last >= req.tick {
@@ -307,30 +577,64 @@ impl Standalone {
 
     fn last_fired_sync(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
         let path = self.job_dir(job).join("last_tick");
-        match fs::read_to_string(&path) {
+        let reason = match fs::read_to_string(&path) {
             Ok(s) => match DateTime::parse_from_rfc3339(s.trim()) {
-                Ok(t) => Ok(Some(t.with_timezone(&Utc))),
-                // Unreadable (e.g. emptied by a crash of the filesystem):
-                // better to start afresh than to refuse to schedule.
-                Err(e) => {
-                    tracing::error!("{}: {e}; treating the job as never fired", path.display());
-                    Ok(None)
-                }
+                Ok(t) => return Ok(Some(t.with_timezone(&Utc))),
+                Err(e) => format!("not an RFC 3339 instant ({e})"),
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if wrong_kind(&e) || e.kind() == std::io::ErrorKind::InvalidData => {
+                e.to_string()
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        // Unreadable (e.g. emptied by a crash of the filesystem): better to
+        // start afresh from now than to refuse to schedule.
+        self.corrupt(&path, &reason, "the job counts as never fired");
+        Ok(None)
     }
 
-    fn lead_blocking(&self, instance: &str) -> Result<Leadership> {
-        let lock_path = self.root.join("leader.lock");
-        let file = open_lock_file(&lock_path)?;
-        lock_blocking(&file).map_err(io_err(&lock_path))?;
+    /// The last term handed out on this state directory. The fencing token
+    /// must never go down, so when the term file is missing or corrupt the
+    /// term is recovered from everything else that carries one.
+    fn last_term(&self) -> Result<u64> {
         let term_path = self.root.join("term");
-        let term = match fs::read_to_string(&term_path) {
-            Ok(s) => s.trim().parse::<u64>().unwrap_or(0) + 1,
-            Err(_) => 1,
+        let stored = match fs::read_to_string(&term_path) {
+            Ok(s) => match s.trim().parse::<u64>() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    let reason = format!("not a term number ({e})");
+                    self.corrupt(
+                        &term_path,
+                        &reason,
+                        "the term is recovered from the leader file and the run records",
+                    );
+                    None
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) if wrong_kind(&e) || e.kind() == std::io::ErrorKind::InvalidData => {
+                self.corrupt(
+                    &term_path,
+                    &e.to_string(),
+                    "the term is recovered from the leader file and the run records",
+                );
+                None
+            }
+            // Without the term no token can be known to be new: refuse to lead.
+            Err(e) => return Err(io_err(&term_path)(e)),
         };
+        let from_leader = self.leader_file().map_or(0, |l| l.term);
+        Ok(match stored {
+            Some(t) => t.max(from_leader),
+            None => from_leader.max(self.highest_recorded_term()?),
+        })
+    }
+
+    fn lead_with(&self, file: File, instance: &str) -> Result<Leadership> {
+        let term = self.last_term()? + 1;
+        let term_path = self.root.join("term");
+        self.clear_way(&term_path);
         atomic_write(&term_path, term.to_string().as_bytes(), true)?;
         let info = LeaderInfo {
             instance: instance.to_string(),
@@ -339,7 +643,9 @@ impl Standalone {
             pid: Some(std::process::id()),
         };
         let json = serde_json::to_vec_pretty(&info).expect("leader info serializes");
-        atomic_write(&self.root.join("leader.json"), &json, true)?;
+        let leader_path = self.root.join("leader.json");
+        self.clear_way(&leader_path);
+        atomic_write(&leader_path, &json, true)?;
         let (lost_tx, lost) = tokio::sync::mpsc::channel(LOST_BACKLOG);
         for job in self.known_jobs()? {
             let reaped = self.reap_lost(&job)?;
@@ -366,11 +672,16 @@ impl Standalone {
 
 impl Coordinator for Standalone {
     async fn acquire_leadership(&self, instance: &str) -> Result<Leadership> {
+        // A standby waits here, on a thread the process does not wait for
+        // at exit, so that a stop request ends it at once.
+        let lock_path = self.root.join("leader.lock");
+        let file = self.open_lock(&lock_path)?;
+        let file = lock_detached(file).await.map_err(io_err(&lock_path))?;
         let this = self.clone();
         let instance = instance.to_string();
-        tokio::task::spawn_blocking(move || this.lead_blocking(&instance))
+        tokio::task::spawn_blocking(move || this.lead_with(file, &instance))
             .await
-            .expect("leader lock task panicked")
+            .expect("leader task panicked")
     }
 
     async fn resign(&self, leadership: Leadership) {
@@ -450,7 +761,7 @@ impl HistoryReader for Standalone {
                 .job_dir(job)
                 .join("runs")
                 .join(format!("{run_id}.json"));
-            if let Some(rec) = self.read_record(&path)? {
+            if let Some(rec) = self.read_record(job, &path)? {
                 return Ok(Some(rec));
             }
         }
@@ -468,6 +779,66 @@ pub struct StandaloneRecorder {
     run_lock: Option<File>,
 }
 
+impl Standalone {
+    /// Write `record` as `job`'s entry, trying again while the filesystem
+    /// refuses (a full disk, say), the wait doubling up to 5 s, until it is
+    /// written or this process is told to stop (SIGTERM, SIGINT): every
+    /// run leaves its record. Then prune the job's history.
+    pub async fn record_until_written(&self, record: &RunRecord) -> Result<()> {
+        let path = self
+            .job_dir(&record.job)
+            .join("runs")
+            .join(format!("{}.json", record.run_id));
+        self.write_until_written(&path, record).await
+    }
+
+    async fn write_until_written(&self, path: &Path, record: &RunRecord) -> Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        );
+        let mut wait = RECORD_RETRY_FIRST;
+        let mut failures = 0u32;
+        let what = if record.outcome.is_run() {
+            "run record".to_string()
+        } else {
+            format!("{} entry", record.outcome)
+        };
+        loop {
+            let written = self
+                .runs_dir(&record.job)
+                .and_then(|_| write_record(path, record));
+            let e = match written {
+                Ok(()) => {
+                    if failures > 0 {
+                        tracing::info!(job = %record.job, run_id = %record.run_id, failures, "{what} written after {failures} failed attempt(s)");
+                    }
+                    return self.prune(&record.job);
+                }
+                Err(e) => e,
+            };
+            failures += 1;
+            if failures == 1 {
+                tracing::error!(job = %record.job, run_id = %record.run_id, "could not write the {what} ({e}); trying again until it is written");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                Some(()) = recv(&mut term) => return Err(e),
+                Some(()) = recv(&mut int) => return Err(e),
+            }
+            wait = (wait * 2).min(RECORD_RETRY_MAX);
+        }
+    }
+}
+
+async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl RunRecorder for StandaloneRecorder {
     async fn started(&mut self, record: &RunRecord) -> Result<()> {
         let dir = self.state.runs_dir(&self.job)?;
@@ -475,10 +846,16 @@ impl RunRecorder for StandaloneRecorder {
         // ever sees a `running` entry without a live lock on it.
         let tmp = dir.join(format!(".{}.start.tmp", record.run_id));
         let file = open_lock_file(&tmp)?;
-        try_lock(&file).map_err(io_err(&tmp))?;
         let json = serde_json::to_vec_pretty(record).expect("run record serializes");
-        std::io::Write::write_all(&mut &file, &json).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
+        let written = try_lock(&file)
+            .and_then(|_| std::io::Write::write_all(&mut &file, &json))
+            .map_err(io_err(&tmp))
+            .and_then(|()| fs::rename(&tmp, &self.path).map_err(io_err(&self.path)));
+        if written.is_err() {
+            // E.g. a full disk: leave no partial file taking up room.
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
         self.held = Some(file);
         Ok(())
     }
@@ -491,11 +868,9 @@ impl RunRecorder for StandaloneRecorder {
             }
         }
         let path = self.state.job_dir(&self.job).join("run.lock");
-        let file = open_lock_file(&path)?;
-        let file = tokio::task::spawn_blocking(move || lock_blocking(&file).map(|()| file))
-            .await
-            .expect("lock task panicked")
-            .map_err(io_err(&path))?;
+        let file = self.state.open_lock(&path)?;
+        // Detached, so that a stop request while waiting ends this process.
+        let file = lock_detached(file).await.map_err(io_err(&path))?;
         self.run_lock = Some(file);
         Ok(())
     }
@@ -506,19 +881,15 @@ impl RunRecorder for StandaloneRecorder {
     }
 
     async fn attempt_failed(&mut self, record: &RunRecord) -> Result<()> {
-        Coordinator::record(&self.state, record).await
+        self.state.record_until_written(record).await
     }
 
     async fn finished(&mut self, record: &RunRecord) -> Result<()> {
-        // A run that could not start was never `started`.
-        let result = self
-            .state
-            .runs_dir(&self.job)
-            .and_then(|_| write_record(&self.path, record));
+        // The run's locks are kept meanwhile, so it still counts as active.
+        let result = self.state.write_until_written(&self.path, record).await;
         self.held = None;
         self.run_lock = None;
-        result?;
-        self.state.prune(&self.job)
+        result
     }
 
     async fn fenced(&mut self) -> String {
@@ -540,6 +911,41 @@ fn supervisor_alive(path: &Path) -> Result<bool> {
         Err(e) => return Err(io_err(path)(e)),
     };
     Ok(!try_lock(&file).map_err(io_err(path))?)
+}
+
+/// The entry that stands for an unreadable history file at `path`: its
+/// name, its job, its modification time, and why it is unreadable.
+fn unreadable_entry(job: &str, path: &Path, reason: String) -> RunRecord {
+    let when = fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .map(DateTime::<Utc>::from)
+        .unwrap_or_else(|_| Utc::now());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut rec = RunRecord::not_run(
+        job,
+        when,
+        super::Trigger::Schedule,
+        "",
+        Outcome::Unreadable,
+        reason,
+    );
+    rec.run_id = name.split('.').next().unwrap_or_default().to_string();
+    rec.started_at = when;
+    rec.ended_at = None;
+    rec.duration_ms = None;
+    rec
+}
+
+/// The name a set-aside file had: `X` for `X.corrupt` or `X.<n>.corrupt`.
+fn original_name(name: &str) -> Option<&str> {
+    let stem = name.strip_suffix(".corrupt")?;
+    Some(match stem.rsplit_once('.') {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => stem,
+    })
 }
 
 /// A unique, time-ordered run id (UUIDv7), so that file names sort by start.
@@ -570,4 +976,36 @@ fn stop_for_replacement(active: &RunRecord) {
 
 pub fn duration_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
     (to - from).num_milliseconds().max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_aside_names_lead_back_to_the_original() {
+        assert_eq!(original_name("term.corrupt"), Some("term"));
+        assert_eq!(original_name("term.2.corrupt"), Some("term"));
+        assert_eq!(
+            original_name("0190c5a8-0000-7000-8000-000000000001.json.corrupt"),
+            Some("0190c5a8-0000-7000-8000-000000000001.json")
+        );
+        assert_eq!(original_name("last_tick"), None);
+        assert_eq!(original_name("run.lock"), None);
+    }
+
+    #[test]
+    fn a_second_corrupt_file_of_one_name_does_not_replace_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("term");
+        fs::write(&path, "first").unwrap();
+        assert_eq!(set_aside(&path).unwrap(), dir.path().join("term.corrupt"));
+        fs::write(&path, "second").unwrap();
+        assert_eq!(set_aside(&path).unwrap(), dir.path().join("term.2.corrupt"));
+        assert_eq!(
+            fs::read_to_string(dir.path().join("term.corrupt")).unwrap(),
+            "first"
+        );
+        assert!(!path.exists());
+    }
 }

@@ -164,7 +164,11 @@ pub fn exit_code_of(record: &RunRecord) -> i32 {
         Outcome::Killed => 128 + record.signal.unwrap_or(9),
         Outcome::TimedOut => 124,
         Outcome::StartFailed => 127,
-        Outcome::Lost | Outcome::Running | Outcome::Skipped | Outcome::Missed => 1,
+        Outcome::Lost
+        | Outcome::Running
+        | Outcome::Skipped
+        | Outcome::Missed
+        | Outcome::Unreadable => 1,
     }
 }
 

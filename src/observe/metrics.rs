@@ -96,6 +96,7 @@ pub struct Metrics {
     etcd_errors: Family<OpLabels, Counter>,
     config_generation: Gauge,
     config_reload_ok: Gauge,
+    state_files_corrupt: Counter,
     /// Milliseconds after `born` of the scheduler loop's last turn.
     heartbeat: AtomicU64,
     born: Instant,
@@ -127,6 +128,7 @@ impl Metrics {
             etcd_errors: Family::default(),
             config_generation: Gauge::default(),
             config_reload_ok: Gauge::default(),
+            state_files_corrupt: Counter::default(),
             heartbeat: AtomicU64::new(0),
             born: Instant::now(),
         };
@@ -213,6 +215,11 @@ impl Metrics {
             "config_last_reload_success",
             "1 if the last config load succeeded, else 0",
             m.config_reload_ok.clone(),
+        );
+        r.register(
+            "state_files_corrupt",
+            "Unreadable files of the standalone state directory this scheduler set aside as *.corrupt",
+            m.state_files_corrupt.clone(),
         );
         m.set_config(1, true);
         m.beat();
@@ -334,6 +341,11 @@ impl Metrics {
                 change: change.to_string(),
             })
             .inc();
+    }
+
+    /// A corrupt state file was set aside (standalone).
+    pub fn state_file_corrupt(&self) {
+        self.state_files_corrupt.inc();
     }
 
     pub fn supervisor_started(&self) {

@@ -51,6 +51,9 @@ pub struct JobView {
     pub recent_skips: usize,
     /// Missed ticks among the retained history.
     pub recent_missed: u64,
+    /// Standalone: the job's state files that cannot be read (each says
+    /// which file, why, and where it was set aside); see `history`.
+    pub unreadable: Vec<String>,
 }
 
 /// Transactions reading jobs' history in flight at once (each covers many
@@ -145,6 +148,11 @@ pub async fn build(
                 .filter(|r| r.outcome == Outcome::Skipped)
                 .count(),
             recent_missed: history.iter().filter_map(|r| r.missed_ticks).sum(),
+            unreadable: history
+                .iter()
+                .filter(|r| r.outcome == Outcome::Unreadable)
+                .filter_map(|r| r.reason.clone())
+                .collect(),
         });
     }
     let view = match source {

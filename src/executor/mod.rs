@@ -9,6 +9,7 @@
 //! lock (so `overlap = "skip"` holds) and records the outcome.
 //! `bgsched trigger` runs the same supervisor code in the foreground.
 
+pub mod contain;
 pub mod output;
 pub mod report;
 
@@ -180,6 +181,7 @@ pub async fn supervise<R: RunRecorder>(
     // Registered before the job starts, so a stop request can never kill
     // the supervisor with the default action and orphan the run.
     let mut signals = StopSignals::new();
+    contain::become_subreaper();
     if !spec.delay.is_zero() {
         tracing::info!(job = %spec.job, run_id = %spec.run_id, delay_ms = spec.delay.as_millis() as u64, "jitter: starting later");
         let stopped = tokio::select! {
@@ -298,8 +300,8 @@ async fn run_attempt<R: RunRecorder>(
     let mut rec = spec.record(Outcome::Running, started_at);
     rec.attempt = attempt;
 
-    let mut child = match spawn_job(spec, attempt) {
-        Ok(child) => child,
+    let (mut child, combined) = match spawn_job(spec, attempt, echo) {
+        Ok(spawned) => spawned,
         Err(reason) => {
             tracing::error!(job = %spec.job, run_id = %spec.run_id, "could not start: {reason}");
             rec.outcome = Outcome::StartFailed;
@@ -325,6 +327,7 @@ async fn run_attempt<R: RunRecorder>(
 
     let tail = Tail::default();
     let readers = [
+        combined.map(|p| spawn_pump(p, Stream::Combined, spec, &tail, echo)),
         child
             .stdout
             .take()
@@ -363,11 +366,13 @@ async fn run_attempt<R: RunRecorder>(
             (terminate(&mut child, group, Duration::ZERO, signals, recorder).await, Some("fenced"))
         }
     };
-    // The direct child is gone; anything it left behind in its group goes too,
-    // so no orphan survives and no grandchild holds the output pipes open.
+    // The direct child is gone; anything it left behind goes too, in its
+    // group or not (see `contain`), so no orphan survives and none holds
+    // the output pipe open.
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::KILL);
     }
+    contain::kill_descendants().await;
     let drain_until = tokio::time::Instant::now() + DRAIN_LIMIT;
     for reader in readers.into_iter().flatten() {
         let abort = reader.abort_handle();
@@ -485,6 +490,7 @@ pub async fn run_hook(hook: &[String], spec: &RunSpec, rec: &RunRecord) {
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::KILL);
     }
+    contain::kill_descendants().await;
 }
 
 /// How a supervised run ended.
@@ -560,6 +566,8 @@ async fn terminate<R: RunRecorder>(
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::TERM);
     }
+    // Those that left the group are asked to stop too, at the same time.
+    contain::signal_descendants(Signal::TERM);
     tokio::select! {
         status = child.wait() => return status,
         () = tokio::time::sleep(grace) => {}
@@ -569,6 +577,7 @@ async fn terminate<R: RunRecorder>(
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::KILL);
     }
+    contain::signal_descendants(Signal::KILL);
     child.wait().await
 }
 
@@ -588,14 +597,14 @@ fn spawn_pump(
         move |stream, line| match (echo, stream) {
             // A reader that went away (`trigger job | head -1`) must not
             // take the run down: the output still goes to the record.
-            (Echo::Terminal, Stream::Stdout) => {
+            (Echo::Terminal, Stream::Stdout | Stream::Combined) => {
                 let _ = writeln!(std::io::stdout(), "{line}");
             }
             (Echo::Terminal, Stream::Stderr) => {
                 let _ = writeln!(std::io::stderr(), "{line}");
             }
-            (Echo::Log, Stream::Stdout) => {
-                tracing::info!(target: "bgsched::job", job = %job, run_id = %run_id, stream = "stdout", "{line}")
+            (Echo::Log, Stream::Stdout | Stream::Combined) => {
+                tracing::info!(target: "bgsched::job", job = %job, run_id = %run_id, stream = stream.name(), "{line}")
             }
             (Echo::Log, Stream::Stderr) => {
                 tracing::warn!(target: "bgsched::job", job = %job, run_id = %run_id, stream = "stderr", "{line}")
@@ -623,8 +632,20 @@ fn job_command(program: &str, args: &[String], spec: &RunSpec) -> Command {
     cmd
 }
 
-/// Start the job's process in a new process group, or say why it cannot start.
-fn spawn_job(spec: &RunSpec, attempt: u32) -> Result<tokio::process::Child, String> {
+/// Start the job's process in a new process group, or say why it cannot
+/// start. Under a background supervisor its stdout and stderr are one pipe,
+/// returned beside the child, so that their lines stay in the order written.
+fn spawn_job(
+    spec: &RunSpec,
+    attempt: u32,
+    echo: Echo,
+) -> Result<
+    (
+        tokio::process::Child,
+        Option<tokio::net::unix::pipe::Receiver>,
+    ),
+    String,
+> {
     let argv = spec.program.argv();
     let (program, args) = argv.split_first().ok_or("empty command")?;
     if let Some(dir) = &spec.working_dir {
@@ -644,6 +665,18 @@ fn spawn_job(spec: &RunSpec, attempt: u32) -> Result<tokio::process::Child, Stri
         .env("BGSCHED_INSTANCE", &spec.instance)
         .env("BGSCHED_FENCING_TOKEN", spec.term.to_string())
         .env("BGSCHED_ATTEMPT", attempt.to_string());
+    let combined = match echo {
+        Echo::Terminal => None,
+        Echo::Log => {
+            let pipe_err = |e: std::io::Error| format!("cannot create the output pipe: {e}");
+            let (reader, writer) = std::io::pipe().map_err(pipe_err)?;
+            cmd.stdout(writer.try_clone().map_err(pipe_err)?)
+                .stderr(writer);
+            let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
+                .map_err(pipe_err)?;
+            Some(reader)
+        }
+    };
     // If the supervisor itself is killed (`kill -9`, the OOM killer), its
     // job must not run on unsupervised: it would hold no lock and no lease,
     // so another run could start beside it.
@@ -654,11 +687,15 @@ fn spawn_job(spec: &RunSpec, attempt: u32) -> Result<tokio::process::Child, Stri
             Ok(())
         });
     }
-    cmd.spawn().map_err(|e| match e.kind() {
+    let child = cmd.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("command not found: {program}"),
         std::io::ErrorKind::PermissionDenied => format!("permission denied: {program}"),
         _ => format!("cannot execute {program}: {e}"),
-    })
+    })?;
+    // Our copies of the pipe's write end go with `cmd`; the reader sees its
+    // end once the job's processes have closed theirs.
+    drop(cmd);
+    Ok((child, combined))
 }
 
 /// Start a background supervisor for `spec`, handing it `hold`. The

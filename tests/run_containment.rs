@@ -1,0 +1,202 @@
+//! A run's output and processes: stdout and stderr kept in the order the
+//! job wrote them, the record's tail as the last 64 KiB whatever the line
+//! lengths, and every descendant of the job (also those that left its
+//! process group with `setsid` or by double-forking) gone once the run is
+//! recorded, after a normal exit and after a timeout.
+
+mod common;
+
+use common::*;
+use rustix::process::{Pid, Signal};
+use serde_json::Value;
+use std::time::Duration;
+
+/// The history entries of `job` whose run id the job wrote into `file`.
+fn record_named_in(env: &Env, job: &str, file: &str) -> Option<Value> {
+    let run_id = env.lines(file).into_iter().next()?;
+    env.records(job)
+        .into_iter()
+        .find(|r| r["run_id"] == run_id.as_str() && r["outcome"] != "running")
+}
+
+fn wait_for_record(env: &Env, job: &str, file: &str) -> Value {
+    let mut rec = None;
+    wait_until(PATIENCE, "the run's final record", || {
+        rec = record_named_in(env, job, file);
+        rec.is_some()
+    });
+    rec.unwrap()
+}
+
+/// Kills the listed pids when the test ends, however it ends.
+struct KillOnDrop(Vec<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            if let Some(p) = Pid::from_raw(*pid) {
+                let _ = rustix::process::kill_process(p, Signal::KILL);
+            }
+        }
+    }
+}
+
+/// Lines `out1`, `err2`, `out3`, ... alternating between stdout and
+/// stderr, as one shell loop writes them.
+const ALTERNATING: usize = 400;
+
+fn alternating_lines() -> Vec<String> {
+    (1..=ALTERNATING)
+        .map(|i| {
+            if i % 2 == 1 {
+                format!("out{i}")
+            } else {
+                format!("err{i}")
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn stdout_and_stderr_keep_the_order_the_job_wrote_them_in_the_record_and_the_log() {
+    let env = Env::new().config(&format!(
+        "[jobs.talk]\nschedule = \"@every 1s\"\nshell = '''[ -e {{dir}}/first ] && exit 0; echo $BGSCHED_RUN_ID > {{dir}}/first; i=1; while [ $i -le {ALTERNATING} ]; do if [ $((i % 2)) = 1 ]; then echo out$i; else echo err$i >&2; fi; i=$((i + 1)); done'''\n"
+    ));
+    let mut run = env.spawn_run_with("a", &["--log-format", "json"]);
+    let rec = wait_for_record(&env, "talk", "first");
+    let run_id = rec["run_id"].as_str().unwrap().to_string();
+    let expected = alternating_lines();
+
+    let out = env.cmd(&["history", "--output", &run_id]).run().success();
+    let got: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(got, expected, "history --output");
+
+    let log = run.log_text();
+    let logged: Vec<String> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["run_id"] == run_id.as_str() && v["target"] == "bgsched::job")
+        .map(|v| v["message"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(logged, expected, "the scheduler's log:\n{log}");
+    run.signal(Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
+}
+
+#[test]
+fn the_tail_is_the_last_64_kib_even_of_one_10_mb_line() {
+    const MARKER: &str = "END-OF-THE-HUGE-LINE-7f3a";
+    let env = Env::new().config(&format!(
+        "[jobs.huge]\nschedule = \"@yearly\"\nshell = '''echo $BGSCHED_RUN_ID > {{dir}}/first; head -c 10000000 /dev/zero | tr '\\0' x; printf {MARKER}'''\n"
+    ));
+    env.trigger_detached("huge");
+    let rec = wait_for_record(&env, "huge", "first");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    let tail = rec["output_tail"].as_str().unwrap();
+    let mut expected = "x".repeat(64 * 1024 - MARKER.len());
+    expected.push_str(MARKER);
+    assert_eq!(tail.len(), 64 * 1024);
+    assert!(
+        tail == expected,
+        "tail ends with {:?}",
+        &tail[tail.len().saturating_sub(80)..]
+    );
+}
+
+/// A job that starts a `setsid` daemon and a double-forked one (the
+/// subshell exits at once, so the daemon's parent is gone before the job
+/// ends), writes their pids and then ends (or sleeps into its timeout).
+/// Only the first run does so; later ones exit at once.
+fn escaping_job(end: &str) -> String {
+    format!(
+        "schedule = \"@yearly\"\nshell = '''[ -e {{dir}}/started ] && exit 0; touch {{dir}}/started; setsid sh -c 'echo $$ > {{dir}}/setsid.tmp; mv {{dir}}/setsid.tmp {{dir}}/setsid; exec sleep 1000' & ( setsid sh -c 'echo $$ > {{dir}}/double.tmp; mv {{dir}}/double.tmp {{dir}}/double; exec sleep 1000' & ) & while [ ! -e {{dir}}/setsid ] || [ ! -e {{dir}}/double ]; do sleep 0.05; done; echo $BGSCHED_RUN_ID > {{dir}}/first; {end}'''\n"
+    )
+}
+
+fn escaped_pids(env: &Env) -> Vec<i32> {
+    ["setsid", "double"]
+        .iter()
+        .map(|f| env.lines(f)[0].trim().parse().unwrap())
+        .collect()
+}
+
+fn assert_escaped_are_gone(env: &Env, rec: &Value, escaped: &[i32]) {
+    for pid in escaped {
+        assert!(
+            !alive(*pid),
+            "pid {pid} (left the job's group) outlived the recorded run: {rec}"
+        );
+    }
+    // Reaped, not left as zombies of the supervisor.
+    for pid in escaped {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} is a zombie"
+        );
+    }
+}
+
+#[test]
+fn descendants_that_left_the_group_are_killed_when_the_run_ends() {
+    let env = Env::new().config(&format!("[jobs.escaper]\n{}", escaping_job("echo done")));
+    env.trigger_detached("escaper");
+    let rec = wait_for_record(&env, "escaper", "first");
+    let escaped = escaped_pids(&env);
+    let _guard = KillOnDrop(escaped.clone());
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    assert!(rec["output_tail"].as_str().unwrap().contains("done"));
+    // The supervisor kills them before it writes the final record, and
+    // reaps them before it exits.
+    for pid in &escaped {
+        assert!(!alive(*pid), "pid {pid} outlived the recorded run: {rec}");
+    }
+    wait_until(PATIENCE, "the supervisor to reap them", || {
+        escaped
+            .iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+    });
+    assert_escaped_are_gone(&env, &rec, &escaped);
+}
+
+#[test]
+fn descendants_that_left_the_group_are_killed_on_timeout_under_run() {
+    let env = Env::new().config(&format!(
+        "[jobs.escaper]\ntimeout = \"2s\"\nkill_grace = \"1s\"\n{}",
+        escaping_job("sleep 1000").replace("@yearly", "@every 1s")
+    ));
+    let mut run = env.spawn_run("a");
+    let rec = wait_for_record(&env, "escaper", "first");
+    let escaped = escaped_pids(&env);
+    let _guard = KillOnDrop(escaped.clone());
+    assert_eq!(rec["outcome"], "timed_out", "{rec}");
+    for pid in &escaped {
+        assert!(!alive(*pid), "pid {pid} outlived the timed-out run: {rec}");
+    }
+    run.signal(Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
+    wait_until(Duration::from_secs(10), "no zombies", || {
+        escaped
+            .iter()
+            .all(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+    });
+}
+
+#[test]
+fn descendants_that_left_the_group_are_killed_when_run_shuts_down() {
+    let env = Env::new().config(&format!(
+        "[scheduler]\nshutdown_grace = \"1s\"\n\n[jobs.escaper]\nkill_grace = \"1s\"\n{}",
+        escaping_job("sleep 1000").replace("@yearly", "@every 1s")
+    ));
+    let mut run = env.spawn_run("a");
+    wait_until(PATIENCE, "the daemons to start", || {
+        env.path("first").exists()
+    });
+    let escaped = escaped_pids(&env);
+    let _guard = KillOnDrop(escaped.clone());
+    run.signal(Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
+    let rec = wait_for_record(&env, "escaper", "first");
+    for pid in &escaped {
+        assert!(!alive(*pid), "pid {pid} outlived the stopped run: {rec}");
+    }
+}

@@ -29,8 +29,11 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// The environment variable that carries a [`RunSpec`] to a supervisor.
-pub const SPEC_ENV: &str = "BGSCHED_SUPERVISE_SPEC";
+/// The environment variable that names the descriptor a supervisor reads
+/// its [`RunSpec`] from. The spec itself does not travel in the
+/// environment: it holds the etcd password, and a process's environment is
+/// readable in `/proc/<pid>/environ` and inherited by whatever it starts.
+pub const SPEC_FD_ENV: &str = "BGSCHED_SUPERVISE_SPEC_FD";
 /// How long to keep reading output after the job's group is gone; only a
 /// process that escaped the group (e.g. `setsid`) can hold a pipe that long.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -619,17 +622,37 @@ fn spawn_pump(
 fn job_command(program: &str, args: &[String], spec: &RunSpec) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .env_remove(SPEC_ENV)
+        .env_remove(SPEC_FD_ENV)
         .envs(&spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    for name in secret_vars(&spec.backend) {
+        cmd.env_remove(name);
+    }
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);
     }
     cmd
+}
+
+/// The variables of this process's environment that hold the etcd
+/// password (the one `password_env` names, and any copy of it): no child
+/// (supervisor, job, retry or hook) may inherit them. A job's own `env`
+/// table is applied after, so a job can still be given a value on purpose.
+pub fn secret_vars(backend: &BackendSpec) -> Vec<std::ffi::OsString> {
+    let BackendSpec::Etcd(cfg) = backend else {
+        return Vec::new();
+    };
+    let Some(password) = cfg.password.as_deref() else {
+        return Vec::new();
+    };
+    std::env::vars_os()
+        .filter(|(_, value)| value.as_encoded_bytes() == password.as_bytes())
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// Start the job's process in a new process group, or say why it cannot
@@ -734,6 +757,8 @@ pub fn spawn_supervisor(
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
     }
     let json = serde_json::to_string(&spec).expect("run spec serializes");
+    let spec_fd = spec_file(&json)?;
+    let spec_raw = spec_fd.as_raw_fd();
     // The running binary itself, even if the file was replaced or removed
     // since (a package upgrade): current_exe() would then name a path that
     // no longer exists.
@@ -748,9 +773,22 @@ pub fn spawn_supervisor(
     } else {
         cmd.stdout(Stdio::piped());
     }
+    for name in secret_vars(&spec.backend) {
+        cmd.env_remove(name);
+    }
+    // SAFETY: fcntl is async-signal-safe; nothing else runs in the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Inherited in this child only: the scheduler's copy stays
+            // close-on-exec, so no other spawn can pick it up.
+            let fd = std::os::fd::BorrowedFd::borrow_raw(spec_raw);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            Ok(())
+        });
+    }
     let child = cmd
         .arg("__supervise")
-        .env(SPEC_ENV, json)
+        .env(SPEC_FD_ENV, spec_raw.to_string())
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false)
@@ -758,7 +796,54 @@ pub fn spawn_supervisor(
     // Closing our copy does not release the lock: the supervisor's
     // descriptor refers to the same open file description.
     drop(lock);
+    drop(spec_fd);
     child
+}
+
+/// An anonymous in-memory file holding `json`, read from the start by the
+/// supervisor, above the standard descriptors (which the spawn replaces).
+fn spec_file(json: &str) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{memfd_create, MemfdFlags};
+    let fd = memfd_create("bgsched-run-spec", MemfdFlags::CLOEXEC)?;
+    let fd = if std::os::fd::AsRawFd::as_raw_fd(&fd) <= 2 {
+        rustix::io::fcntl_dupfd_cloexec(&fd, 3)?
+    } else {
+        fd
+    };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(json.as_bytes())?;
+    Ok(OwnedFd::from(file))
+}
+
+/// In a supervisor process: read the spec from the descriptor named by
+/// [`SPEC_FD_ENV`], close it, and drop the variable.
+pub fn read_spec() -> Result<RunSpec, String> {
+    use std::io::{Read, Seek};
+    let raw: i32 = std::env::var(SPEC_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| format!("__supervise is internal to bgsched ({SPEC_FD_ENV} is not set)"))?;
+    // SAFETY: single-threaded at this point; no runtime has started yet.
+    unsafe { std::env::remove_var(SPEC_FD_ENV) };
+    // The descriptor must be the memfd the scheduler made for this process,
+    // not whatever else happens to have that number.
+    let target = std::fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
+    if !target.to_string_lossy().contains("bgsched-run-spec") {
+        return Err(format!("__supervise: descriptor {raw} is not a run spec"));
+    }
+    // SAFETY: the descriptor was opened by the scheduler for this process,
+    // checked above, and nothing else in this process refers to it.
+    let mut file = unsafe {
+        use std::os::fd::FromRawFd;
+        std::fs::File::from_raw_fd(raw)
+    };
+    let mut json = String::new();
+    file.rewind()
+        .and_then(|_| file.read_to_string(&mut json))
+        .map_err(|e| format!("__supervise: cannot read the run spec: {e}"))?;
+    drop(file);
+    serde_json::from_str(&json).map_err(|e| format!("__supervise: bad run spec: {e}"))
 }
 
 /// In a supervisor process: take over the lock the scheduler handed down.

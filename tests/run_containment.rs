@@ -160,6 +160,13 @@ fn descendants_that_left_the_group_are_killed_on_timeout_under_run() {
     let _guard = KillOnDrop(escaped.clone());
     assert_eq!(rec["outcome"], "timed_out", "{rec}");
     assert_gone(&rec, &escaped);
+    // Said at debug level (the tests run with BGSCHED_LOG=debug).
+    assert!(
+        run.log_text()
+            .contains("containing the job's descendants with a child subreaper"),
+        "{}",
+        run.log_text()
+    );
     run.signal(Signal::TERM);
     assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
 }

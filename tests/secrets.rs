@@ -67,6 +67,8 @@ fn spawn_run(env: &Env, password: &str, log: &str) -> Scheduler {
     let mut cmd = env
         .cmd(&["run", "--instance-id", "a", "--http", "127.0.0.1:0"])
         .env(PASSWORD_VAR, password)
+        // A copy under another name is stripped too.
+        .env("ANOTHER_COPY_OF_IT", password)
         .0;
     cmd.stdout(fs::File::create(&log).unwrap())
         .stderr(fs::OpenOptions::new().append(true).open(&log).unwrap());
@@ -250,4 +252,50 @@ fn a_wrong_password_is_an_authentication_failure_exit_77_for_every_command() {
         .run()
         .code(77)
         .stderr_has("etcd requires authentication; set user and password_env");
+}
+
+/// A leader whose login etcd starts refusing (here: its user's password
+/// changed under it) does not exit: it logs each refused request at ERROR
+/// and keeps retrying, as in an etcd outage.
+#[test]
+fn a_login_refused_later_is_logged_and_retried_not_fatal() {
+    let etcd = Etcd::start_with_auth(USER, PASSWORD);
+    let env = Env::new().config(&config(
+        &etcd,
+        "[jobs.a]\nschedule = \"@every 1s\"\nshell = 'echo $BGSCHED_RUN_ID >> {dir}/runs'\n",
+    ));
+    let mut run = spawn_run(&env, PASSWORD, "run.log");
+    wait_until(PATIENCE, "two runs", || env.lines("runs").len() >= 2);
+    let body = format!(r#"{{"name":"root","password":"{PASSWORD}"}}"#);
+    let (_, reply) = common::etcd::http(
+        etcd.client_port(),
+        "POST",
+        "/v3/auth/authenticate",
+        Some(&body),
+    )
+    .expect("authenticate as root");
+    let token: serde_json::Value = serde_json::from_str(&reply).expect("token reply");
+    let token = token["token"].as_str().expect("a token").to_string();
+    let changed = common::etcd::http_request(
+        etcd.client_port(),
+        "POST",
+        "/v3/auth/user/changepw",
+        Some(&format!(r#"{{"name":"{USER}","password":"rotated"}}"#)),
+        PATIENCE,
+        &[("Authorization", &token)],
+    );
+    assert!(matches!(changed, Ok((200, _))), "changepw: {changed:?}");
+    let refused = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("ERROR") && l.contains("auth"))
+            .count()
+    };
+    wait_until(PATIENCE, "refused requests to be logged at ERROR", || {
+        refused(&run.log_text()) >= 3
+    });
+    assert!(
+        run.child.try_wait().unwrap().is_none(),
+        "run exited on a refused login:\n{}",
+        run.log_text()
+    );
 }

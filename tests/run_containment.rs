@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use rustix::process::{Pid, Signal};
 use serde_json::Value;
+use std::fs;
 
 /// The history entries of `job` whose run id the job wrote into `file`.
 fn record_named_in(env: &Env, job: &str, file: &str) -> Option<Value> {
@@ -108,7 +109,7 @@ fn the_tail_is_the_last_64_kib_even_of_one_10_mb_line() {
 /// Only the first run does so; later ones exit at once.
 fn escaping_job(end: &str) -> String {
     format!(
-        "schedule = \"@yearly\"\nshell = '''[ -e {{dir}}/started ] && exit 0; touch {{dir}}/started; setsid sh -c 'echo $$ > {{dir}}/setsid.tmp; mv {{dir}}/setsid.tmp {{dir}}/setsid; exec sleep 1000' & ( setsid sh -c 'echo $$ > {{dir}}/double.tmp; mv {{dir}}/double.tmp {{dir}}/double; exec sleep 1000' & ) & while [ ! -e {{dir}}/setsid ] || [ ! -e {{dir}}/double ]; do sleep 0.05; done; echo $BGSCHED_RUN_ID > {{dir}}/first; {end}'''\n"
+        "schedule = \"@yearly\"\nshell = '''[ -e {{dir}}/started ] && exit 0; touch {{dir}}/started; cat /proc/self/cgroup > {{dir}}/cgroup; setsid sh -c 'echo $$ > {{dir}}/setsid.tmp; mv {{dir}}/setsid.tmp {{dir}}/setsid; exec sleep 1000' & ( setsid sh -c 'echo $$ > {{dir}}/double.tmp; mv {{dir}}/double.tmp {{dir}}/double; exec sleep 1000' & ) & while [ ! -e {{dir}}/setsid ] || [ ! -e {{dir}}/double ]; do sleep 0.05; done; echo $BGSCHED_RUN_ID > {{dir}}/first; {end}'''\n"
     )
 }
 
@@ -140,8 +141,31 @@ fn assert_gone(rec: &Value, escaped: &[i32]) {
 fn descendants_that_left_the_group_are_killed_when_the_run_ends() {
     let env = Env::new().config(&format!("[jobs.escaper]\n{}", escaping_job("echo done")));
     env.trigger_detached("escaper");
-    let rec = wait_for_record(&env, "escaper", "first");
-    let escaped = escaped_pids(&env);
+    check_killed_at_run_end(&env);
+}
+
+/// Without cgroups the subreaper alone finds and kills them.
+#[test]
+fn descendants_that_left_the_group_are_killed_without_cgroups_too() {
+    let env = Env::new().config(&format!("[jobs.escaper]\n{}", escaping_job("echo done")));
+    let out = env
+        .cmd(&["trigger", "escaper"])
+        .env("BGSCHED_CGROUP", "off")
+        .run()
+        .success();
+    assert!(
+        out.stderr.contains("containing the job's descendants with a child subreaper (no cgroup: BGSCHED_CGROUP=off)"),
+        "{out:?}"
+    );
+    assert!(!fs::read_to_string(env.path("cgroup"))
+        .unwrap()
+        .contains("bgsched-run-"));
+    check_killed_at_run_end(&env);
+}
+
+fn check_killed_at_run_end(env: &Env) {
+    let rec = wait_for_record(env, "escaper", "first");
+    let escaped = escaped_pids(env);
     let _guard = KillOnDrop(escaped.clone());
     assert_eq!(rec["outcome"], "success", "{rec}");
     assert!(rec["output_tail"].as_str().unwrap().contains("done"));
@@ -154,19 +178,36 @@ fn descendants_that_left_the_group_are_killed_on_timeout_under_run() {
         "[jobs.escaper]\ntimeout = \"2s\"\nkill_grace = \"1s\"\n{}",
         escaping_job("sleep 1000").replace("@yearly", "@every 1s")
     ));
-    let mut run = env.spawn_run("a");
+    let mut run = env.spawn_run_with("a", &["--log-format", "json"]);
     let rec = wait_for_record(&env, "escaper", "first");
     let escaped = escaped_pids(&env);
     let _guard = KillOnDrop(escaped.clone());
     assert_eq!(rec["outcome"], "timed_out", "{rec}");
     assert_gone(&rec, &escaped);
-    // Said at debug level (the tests run with BGSCHED_LOG=debug).
+    // Said at debug level (the tests run with BGSCHED_LOG=debug), and
+    // where a cgroup was made, the job ran in it and it is gone now.
+    let log = run.log_text();
     assert!(
-        run.log_text()
-            .contains("containing the job's descendants with a child subreaper"),
-        "{}",
-        run.log_text()
+        log.contains("containing the job's descendants with a child subreaper"),
+        "{log}"
     );
+    let cgroup = log.lines().find_map(|l| {
+        let v: Value = serde_json::from_str(l).ok()?;
+        v["cgroup"].as_str().map(str::to_string)
+    });
+    if let Some(dir) = cgroup {
+        let name = dir.rsplit('/').next().unwrap();
+        assert!(
+            fs::read_to_string(env.path("cgroup"))
+                .unwrap()
+                .contains(name),
+            "{dir}"
+        );
+        assert!(!std::path::Path::new(&dir).exists(), "{dir} is left behind");
+        eprintln!("the run was contained in cgroup {dir}");
+    } else {
+        assert!(log.contains("(no cgroup: "), "{log}");
+    }
     run.signal(Signal::TERM);
     assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
 }

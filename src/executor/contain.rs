@@ -10,14 +10,20 @@
 //! main process exited, timed out or was stopped) they are all killed and
 //! reaped.
 //!
-//! A cgroup would do the same and also survive the supervisor itself, but
-//! needs a delegated cgroup v2 hierarchy, which most hosts and containers
-//! do not hand to an unprivileged service; the subreaper works everywhere
-//! on Linux. (If the supervisor is killed, its job's main process dies with
-//! it through `PR_SET_PDEATHSIG`, and the scheduler kills the job's group.)
+//! Where a cgroup v2 can be created below the supervisor's own (bgsched
+//! runs as root, or systemd delegated its cgroup), each attempt also gets a
+//! cgroup of its own, `bgsched-run-<run id>-<attempt>`, which the job
+//! enters before it executes; the end of the run then writes
+//! `cgroup.kill`, which reaches every process in it at once, and removes
+//! the cgroup. The subreaper stays underneath either way: it needs no
+//! privilege, works on any Linux, and is what reaps the killed processes.
+//! (If the supervisor is killed, its job's main process dies with it
+//! through `PR_SET_PDEATHSIG`, and the scheduler kills the job's group.)
 
 use rustix::process::{Pid, Signal};
 use std::collections::HashMap;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How long to keep killing a run's descendants before giving up on one
@@ -27,12 +33,116 @@ const KILL_PATIENCE: Duration = Duration::from_secs(5);
 /// Make orphaned descendants of this process its children. Called once
 /// per supervisor, before the job starts.
 pub fn become_subreaper() {
-    match rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
-        Ok(()) => tracing::debug!("containing the job's descendants with a child subreaper"),
-        Err(e) => tracing::warn!(
+    if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        tracing::warn!(
             "cannot become a child subreaper ({e}): processes that leave the job's group may survive the run"
-        ),
+        );
     }
+}
+
+/// `BGSCHED_CGROUP=off` in the scheduler's environment: no cgroups, the
+/// subreaper alone (for a host whose cgroup tree something else manages,
+/// such as systemd without `Delegate=yes`).
+pub const CGROUP_ENV: &str = "BGSCHED_CGROUP";
+
+/// A cgroup v2 of one attempt's own, below the supervisor's cgroup.
+pub struct RunCgroup {
+    dir: PathBuf,
+    /// `<dir>/cgroup.procs`, ready for the child to write itself into
+    /// between fork and exec (where nothing may allocate).
+    procs: CString,
+}
+
+impl RunCgroup {
+    /// Create the attempt's cgroup, or say (at debug level) why the job
+    /// is contained by the subreaper alone.
+    pub fn create(run_id: &str, attempt: u32) -> Option<RunCgroup> {
+        let wanted = if std::env::var_os(CGROUP_ENV).is_some_and(|v| v == "off") {
+            Err(format!("{CGROUP_ENV}=off"))
+        } else {
+            Ok(())
+        };
+        match wanted.and_then(|()| own_cgroup_dir()).and_then(|parent| {
+            let dir = parent.join(format!("bgsched-run-{run_id}-{attempt}"));
+            std::fs::create_dir(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            Ok(dir)
+        }) {
+            Ok(dir) => {
+                tracing::debug!(cgroup = %dir.display(), "containing the job's descendants with a child subreaper and a cgroup");
+                let procs = CString::new(
+                    dir.join("cgroup.procs")
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+                .ok()?;
+                Some(RunCgroup { dir, procs })
+            }
+            Err(why) => {
+                tracing::debug!(
+                    "containing the job's descendants with a child subreaper (no cgroup: {why})"
+                );
+                None
+            }
+        }
+    }
+
+    /// The path a child hands to [`enter_cgroup`].
+    pub fn procs(&self) -> CString {
+        self.procs.clone()
+    }
+
+    /// Kill everything in the cgroup at once (kernels before 5.14 have no
+    /// `cgroup.kill`; the subreaper's walk covers those).
+    pub fn kill(&self) {
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+    }
+
+    /// Remove the cgroup once it is empty (after [`kill_descendants`]).
+    pub fn remove(self) {
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            tracing::warn!(cgroup = %self.dir.display(), "cannot remove the run's cgroup: {e}");
+        }
+    }
+}
+
+/// In a child, between fork and exec: move this process into the cgroup
+/// whose `cgroup.procs` is `procs`. Allocates nothing. A failure leaves the
+/// job to the subreaper alone.
+pub fn enter_cgroup(procs: &std::ffi::CStr) {
+    use rustix::fs::{Mode, OFlags};
+    if let Ok(fd) = rustix::fs::open(procs, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty()) {
+        let _ = rustix::io::write(&fd, b"0");
+    }
+}
+
+/// The directory of this process's cgroup in the cgroup v2 hierarchy.
+fn own_cgroup_dir() -> Result<PathBuf, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("no cgroup v2 hierarchy")?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    // `id parent dev root mountpoint options ... - fstype source options`
+    let (root, mountpoint) = mounts
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2").then_some(())?;
+            let mut f = left.split_whitespace();
+            Some((f.nth(3)?.to_string(), f.next()?.to_string()))
+        })
+        .ok_or("cgroup2 is not mounted")?;
+    let rel = Path::new(rel);
+    let rel = rel.strip_prefix(&root).unwrap_or(rel);
+    let dir = Path::new(&mountpoint).join(rel.strip_prefix("/").unwrap_or(rel));
+    if !dir.join("cgroup.procs").exists() {
+        return Err(format!("{} is not a cgroup", dir.display()));
+    }
+    Ok(dir)
 }
 
 /// One process in `/proc`: its parent and whether it is a zombie.

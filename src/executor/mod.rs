@@ -303,9 +303,13 @@ async fn run_attempt<R: RunRecorder>(
     let mut rec = spec.record(Outcome::Running, started_at);
     rec.attempt = attempt;
 
-    let (mut child, combined) = match spawn_job(spec, attempt, echo) {
+    let cgroup = contain::RunCgroup::create(&spec.run_id, attempt);
+    let (mut child, combined) = match spawn_job(spec, attempt, echo, cgroup.as_ref()) {
         Ok(spawned) => spawned,
         Err(reason) => {
+            if let Some(c) = cgroup {
+                c.remove();
+            }
             tracing::error!(job = %spec.job, run_id = %spec.run_id, "could not start: {reason}");
             rec.outcome = Outcome::StartFailed;
             rec.reason = Some(reason);
@@ -375,7 +379,13 @@ async fn run_attempt<R: RunRecorder>(
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::KILL);
     }
+    if let Some(c) = &cgroup {
+        c.kill();
+    }
     contain::kill_descendants().await;
+    if let Some(c) = cgroup {
+        c.remove();
+    }
     let drain_until = tokio::time::Instant::now() + DRAIN_LIMIT;
     for reader in readers.into_iter().flatten() {
         let abort = reader.abort_handle();
@@ -662,6 +672,7 @@ fn spawn_job(
     spec: &RunSpec,
     attempt: u32,
     echo: Echo,
+    cgroup: Option<&contain::RunCgroup>,
 ) -> Result<
     (
         tokio::process::Child,
@@ -703,9 +714,14 @@ fn spawn_job(
     // If the supervisor itself is killed (`kill -9`, the OOM killer), its
     // job must not run on unsupervised: it would hold no lock and no lease,
     // so another run could start beside it.
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the closure.
+    let procs = cgroup.map(contain::RunCgroup::procs);
+    // SAFETY: prctl, open and write are async-signal-safe, and nothing in
+    // the closure allocates.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &procs {
+                contain::enter_cgroup(procs);
+            }
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
             Ok(())
         });

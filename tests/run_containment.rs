@@ -230,3 +230,47 @@ fn descendants_that_left_the_group_are_killed_when_run_shuts_down() {
     assert_eq!(rec["outcome"], "killed", "{rec}");
     assert_gone(&rec, &escaped);
 }
+
+/// A supervisor killed with `kill -9` cannot clean up; the scheduler kills
+/// what is left in the run's cgroup (where the machine allows one), so
+/// even the processes that left the job's group go.
+#[test]
+fn descendants_that_left_the_group_go_when_their_supervisor_is_killed() {
+    let env = Env::new().config(&format!(
+        "[jobs.escaper]\n{}",
+        escaping_job("sleep 1000").replace("@yearly", "@every 1s")
+    ));
+    let mut run = env.spawn_run("a");
+    wait_until(PATIENCE, "the daemons to start", || {
+        env.path("first").exists()
+    });
+    let escaped = escaped_pids(&env);
+    let _guard = KillOnDrop(escaped.clone());
+    let in_cgroup = fs::read_to_string(env.path("cgroup"))
+        .unwrap()
+        .contains("bgsched-run-");
+    // Orphans are the subreaper's: the setsid daemon's parent is the supervisor.
+    let mut supervisor = None;
+    wait_until(PATIENCE, "the daemon to be the supervisor's", || {
+        supervisor = parent_of(escaped[1]).filter(|p| *p != 1);
+        supervisor.is_some_and(|p| parent_of(p) == Some(run.pid()))
+    });
+    if let Some(p) = Pid::from_raw(supervisor.unwrap()) {
+        rustix::process::kill_process(p, Signal::KILL).unwrap();
+    }
+    if !in_cgroup {
+        eprintln!("no cgroup on this machine: only the job's group goes with its supervisor");
+        return;
+    }
+    wait_until(PATIENCE, "the escaped processes to be killed", || {
+        escaped.iter().all(|p| !alive(*p))
+    });
+    run.signal(Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
+    assert!(
+        run.log_text()
+            .contains("killed what was left in its run's cgroup"),
+        "{}",
+        run.log_text()
+    );
+}

@@ -106,6 +106,35 @@ impl RunCgroup {
     }
 }
 
+/// In the scheduler, after a supervisor died without cleaning up: kill
+/// what is left in its run's cgroups (made below the cgroup the supervisor
+/// inherited from this process) and remove them once empty.
+pub async fn kill_run_cgroups(run_id: &str) {
+    let Ok(parent) = own_cgroup_dir() else {
+        return;
+    };
+    let prefix = format!("bgsched-run-{run_id}-");
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        if !dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        {
+            continue;
+        }
+        let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        tracing::warn!(run_id, cgroup = %dir.display(), "supervisor died: killed what was left in its run's cgroup");
+        // The killed processes are init's to reap; the cgroup can go once
+        // they are gone, which takes a moment.
+        let deadline = tokio::time::Instant::now() + KILL_PATIENCE;
+        while std::fs::remove_dir(&dir).is_err() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// In a child, between fork and exec: move this process into the cgroup
 /// whose `cgroup.procs` is `procs`. Allocates nothing. A failure leaves the
 /// job to the subreaper alone.

@@ -274,3 +274,37 @@ fn descendants_that_left_the_group_go_when_their_supervisor_is_killed() {
         run.log_text()
     );
 }
+
+/// The scheduler runs the `on_failure` hook of a run it records `lost`
+/// itself; cleaning up after that hook must not touch the other runs,
+/// which are the scheduler's descendants too.
+#[test]
+fn the_hook_of_a_lost_run_leaves_the_other_runs_alone() {
+    let env = Env::new().config(
+        "[scheduler]\nshutdown_grace = \"1s\"\n\n[jobs.doomed]\nschedule = \"@every 1s\"\nshell = '[ -e {dir}/doomed ] && exit 0; echo $$ > {dir}/doomed; sleep 600'\n\
+         on_failure = [\"/bin/sh\", \"-c\", 'echo $BGSCHED_OUTCOME >> {dir}/hook']\n\n\
+         [jobs.bystander]\nschedule = \"@every 1s\"\nshell = '[ -e {dir}/bystander ] && exit 0; echo $$ > {dir}/bystander; sleep 600'\n",
+    );
+    let mut run = env.spawn_run("a");
+    wait_until(PATIENCE, "both jobs to run", || {
+        env.path("doomed").exists() && env.path("bystander").exists()
+    });
+    let doomed: i32 = env.lines("doomed")[0].parse().unwrap();
+    let bystander: i32 = env.lines("bystander")[0].parse().unwrap();
+    let _guard = KillOnDrop(vec![doomed, bystander]);
+    let supervisor = parent_of(doomed).expect("the doomed job's supervisor");
+    rustix::process::kill_process(Pid::from_raw(supervisor).unwrap(), Signal::KILL).unwrap();
+    wait_until(PATIENCE, "the hook of the lost run", || {
+        env.lines("hook").iter().any(|l| l == "lost")
+    });
+    // The hook's clean-up is over once the scheduler logs the hook finished.
+    wait_until(PATIENCE, "the hook to be logged finished", || {
+        run.log_text().contains("on_failure hook finished")
+    });
+    assert!(
+        alive(bystander),
+        "the other job's run was killed along with a hook"
+    );
+    run.signal(Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
+}

@@ -24,15 +24,23 @@ use rustix::process::{Pid, Signal};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long to keep killing a run's descendants before giving up on one
 /// that does not die (a process stuck in uninterruptible sleep).
 const KILL_PATIENCE: Duration = Duration::from_secs(5);
 
+/// Whether this process supervises one run, so that everything below it
+/// belongs to that run. The scheduler, which runs the `on_failure` hook of
+/// a run it records `lost`, must never kill its own descendants: those are
+/// the other runs.
+static SUPERVISOR: AtomicBool = AtomicBool::new(false);
+
 /// Make orphaned descendants of this process its children. Called once
 /// per supervisor, before the job starts.
 pub fn become_subreaper() {
+    SUPERVISOR.store(true, Ordering::Relaxed);
     if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
         tracing::warn!(
             "cannot become a child subreaper ({e}): processes that leave the job's group may survive the run"
@@ -231,8 +239,11 @@ fn descendants() -> Vec<(i32, bool)> {
     found
 }
 
-/// Send `signal` to every living descendant.
+/// Send `signal` to every living descendant (in a supervisor only).
 pub fn signal_descendants(signal: Signal) {
+    if !SUPERVISOR.load(Ordering::Relaxed) {
+        return;
+    }
     for (pid, zombie) in descendants() {
         if let (false, Some(pid)) = (zombie, Pid::from_raw(pid)) {
             let _ = rustix::process::kill_process(pid, signal);
@@ -242,8 +253,12 @@ pub fn signal_descendants(signal: Signal) {
 
 /// Kill every descendant of this process and reap them all, so that none
 /// survives the run and none is left a zombie. Only call this when no child
-/// is being waited for elsewhere (the job's main process is reaped).
+/// is being waited for elsewhere (the job's main process is reaped). Does
+/// nothing outside a supervisor.
 pub async fn kill_descendants() {
+    if !SUPERVISOR.load(Ordering::Relaxed) {
+        return;
+    }
     let deadline = tokio::time::Instant::now() + KILL_PATIENCE;
     loop {
         // SIGKILL stops a process from forking further, so each round can

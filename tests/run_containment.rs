@@ -308,3 +308,48 @@ fn the_hook_of_a_lost_run_leaves_the_other_runs_alone() {
     run.signal(Signal::TERM);
     assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
 }
+
+/// This process's cgroup v2 directory, if cgroup2 is mounted.
+fn own_cgroup_dir() -> Option<std::path::PathBuf> {
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let rel = own.lines().find_map(|l| l.strip_prefix("0::"))?.to_string();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mountpoint = mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2").then_some(())?;
+        left.split_whitespace().nth(4).map(str::to_string)
+    })?;
+    Some(std::path::Path::new(&mountpoint).join(rel.trim_start_matches('/')))
+}
+
+/// A run cgroup left behind (its supervisor and its scheduler both killed
+/// before they could remove it) is removed by a later supervisor once it
+/// is empty and over a minute old; a young one is left alone.
+#[test]
+fn run_cgroups_left_behind_are_swept_by_the_next_run() {
+    let Some(parent) = own_cgroup_dir() else {
+        eprintln!("no cgroup v2 here: nothing to sweep");
+        return;
+    };
+    let stale = parent.join(format!("bgsched-run-left-behind-{}-1", std::process::id()));
+    let young = parent.join(format!("bgsched-run-young-{}-1", std::process::id()));
+    if fs::create_dir(&stale).is_err() {
+        eprintln!("cannot create cgroups here: nothing to sweep");
+        return;
+    }
+    fs::create_dir(&young).unwrap();
+    let old = std::process::Command::new("touch")
+        .args(["-d", "1 hour ago"])
+        .arg(&stale)
+        .status()
+        .unwrap();
+    assert!(old.success());
+    let env = Env::new().config(&format!("[jobs.escaper]\n{}", escaping_job("echo done")));
+    env.trigger_detached("escaper");
+    wait_for_record(&env, "escaper", "first");
+    let (stale_left, young_left) = (stale.exists(), young.exists());
+    let _ = fs::remove_dir(&stale);
+    let _ = fs::remove_dir(&young);
+    assert!(!stale_left, "{} was not swept", stale.display());
+    assert!(young_left, "{} was swept though young", young.display());
+}

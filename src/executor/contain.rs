@@ -71,6 +71,7 @@ impl RunCgroup {
             Ok(())
         };
         match wanted.and_then(|()| own_cgroup_dir()).and_then(|parent| {
+            remove_stale(&parent);
             let dir = parent.join(format!("bgsched-run-{run_id}-{attempt}"));
             std::fs::create_dir(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -108,8 +109,42 @@ impl RunCgroup {
 
     /// Remove the cgroup once it is empty (after [`kill_descendants`]).
     pub fn remove(self) {
-        if let Err(e) = std::fs::remove_dir(&self.dir) {
-            tracing::warn!(cgroup = %self.dir.display(), "cannot remove the run's cgroup: {e}");
+        match std::fs::remove_dir(&self.dir) {
+            // Swept by another supervisor's `remove_stale` already.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(cgroup = %self.dir.display(), "cannot remove the run's cgroup: {e}");
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+/// A run cgroup older than this that is still there was left behind (its
+/// supervisor and scheduler were both killed before removing it).
+const STALE: Duration = Duration::from_secs(60);
+
+/// Remove the empty run cgroups left behind below `parent`. One in use is
+/// never removed: the kernel refuses to remove a populated cgroup, and a
+/// new one is younger than [`STALE`].
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if old
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("bgsched-run-")
+        {
+            let _ = std::fs::remove_dir(entry.path());
         }
     }
 }

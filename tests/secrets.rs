@@ -242,6 +242,22 @@ fn a_wrong_password_is_an_authentication_failure_exit_77_for_every_command() {
         .run()
         .success();
 
+    // An unknown user: the same.
+    let stranger = Env::new().config(
+        &config(
+            &etcd,
+            "[jobs.a]\nschedule = \"@yearly\"\ncommand = [\"true\"]\n",
+        )
+        .replace(&format!("user = \"{USER}\""), "user = \"nobody\""),
+    );
+    stranger
+        .cmd(&["list"])
+        .env(PASSWORD_VAR, PASSWORD)
+        .run()
+        .code(77)
+        .stderr_has("authentication failed")
+        .stderr_has("as user \"nobody\"");
+
     // No user at all against an etcd that requires one: said so, also 77.
     let anonymous = Env::new().config(&format!(
         "[cluster]\netcd = [\"{}\"]\n\n[jobs.a]\nschedule = \"@yearly\"\ncommand = [\"true\"]\n",

@@ -449,10 +449,12 @@ impl Etcd {
             .status()
             .await
             .map_err(|e| auth_failure(&cfg, &e).unwrap_or_else(|| etcd_err("status")(e)))?;
-        // `status` needs no login; a read under the prefix tells now, not at
-        // the first real request, that etcd wants one or refuses this user.
+        // `status` needs no login; a read of a key every command reads tells
+        // now, not at the first real request, that etcd wants one or
+        // refuses this user.
         let probe = etcd_client::GetOptions::new().with_count_only();
-        if let Err(e) = client.get(cfg.prefix.as_str(), Some(probe)).await {
+        let leader = Keys::new(&cfg.prefix).leader();
+        if let Err(e) = client.get(leader, Some(probe)).await {
             if let Some(refused) = auth_failure(&cfg, &e) {
                 return Err(refused);
             }

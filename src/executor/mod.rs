@@ -650,8 +650,7 @@ fn job_command(program: &str, args: &[String], spec: &RunSpec) -> Command {
 
 /// The variables of this process's environment that hold the etcd
 /// password (the one `password_env` names, and any copy of it): no child
-/// (supervisor, job, retry or hook) may inherit them. A job's own `env`
-/// table is applied after, so a job can still be given a value on purpose.
+/// (supervisor, job, retry or hook) may inherit them.
 pub fn secret_vars(backend: &BackendSpec) -> Vec<std::ffi::OsString> {
     let BackendSpec::Etcd(cfg) = backend else {
         return Vec::new();

@@ -234,6 +234,7 @@ impl Running {
             },
         );
         let job = job.to_string();
+        let run_id = spec.run_id.clone();
         let (tick, trigger) = (spec.tick, spec.trigger);
         let metrics = self.metrics.clone();
         metrics.supervisor_started();
@@ -274,6 +275,10 @@ impl Running {
                 if kill_process_group(g, Signal::KILL).is_ok() {
                     tracing::warn!(job = %job, supervisor_pid = pid, "supervisor died: killed what was left of its job");
                 }
+            }
+            if !clean {
+                // What left the group is still in the run's cgroup, if it has one.
+                crate::executor::contain::kill_run_cgroups(&run_id).await;
             }
             (pid, clean, handback.filter(|_| clean))
         };

@@ -426,7 +426,8 @@ fn json_logs_carry_job_run_and_tick_fields() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         if v["message"] == "hello-from-job" {
             assert_eq!(v["job"], "talk");
-            assert_eq!(v["stream"], "stdout");
+            // stdout and stderr share one pipe, to keep their order.
+            assert_eq!(v["stream"], "output");
             assert_eq!(v["run_id"].as_str().unwrap().len(), 36);
             saw_output = true;
         }

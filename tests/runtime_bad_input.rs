@@ -1,6 +1,7 @@
 //! Jobs that misbehave at run time: a missing binary, binary garbage on
 //! stdout, 100 MB of output, closed output pipes, a job that ignores
-//! SIGTERM, and a daemon that escapes its process group with `setsid`; plus
+//! SIGTERM, and a daemon that escapes its process group with `setsid` (killed
+//! with its run all the same); plus
 //! a reader of `trigger`'s stdout that goes away, Ctrl-C to `trigger`, and a
 //! supervisor killed under a running pipeline.
 //!
@@ -334,7 +335,7 @@ fn binary_garbage_output_keeps_every_json_log_line_valid() {
                 line.chars().take(200).collect::<String>()
             )
         });
-        if v["job"] == "garbage" && v["stream"] == "stdout" {
+        if v["job"] == "garbage" && v["stream"] == "output" {
             job_lines += 1;
         }
     }
@@ -425,7 +426,8 @@ fn trigger_of_a_job_printing_100_mb_keeps_memory_and_the_tail_bounded() {
     assert!(tail.len() <= MAX_TAIL, "tail of {} bytes", tail.len());
     assert!(tail.len() >= 60 * 1024, "tail of {} bytes", tail.len());
     assert!(
-        tail.ends_with("\n0123456789abcdef\n"),
+        // `head -c` cut the last line; the tail ends exactly there.
+        tail.ends_with("\n0123456789abcdef"),
         "{:?}",
         last_chars(tail)
     );
@@ -468,11 +470,9 @@ fn run_of_a_job_printing_100_mb_in_1_mb_lines_keeps_memory_tail_and_log_bounded(
     );
     let tail = tail_of(&rec);
     assert!(tail.len() <= MAX_TAIL, "tail of {} bytes", tail.len());
-    assert!(
-        tail.ends_with("x [line truncated]\n"),
-        "{:?}",
-        last_chars(tail)
-    );
+    // The log cuts the lines; the record keeps the last bytes as printed.
+    // (`fold` ends the last line without a newline.)
+    assert!(tail == "x".repeat(64 * 1024), "{:?}", last_chars(tail));
     // 100 lines, each cut at 16 KiB: a couple of MB of log, not 100.
     wait_until(PATIENCE, "the run to be logged finished", || {
         run.log_text().contains("run finished")
@@ -796,21 +796,6 @@ fn escaped_pid(env: &Env) -> Escaped {
     Escaped(pid)
 }
 
-/// The escaped daemon holds no descriptor into the state directory: not the
-/// run lock (the job would count as running forever) nor the leader lock.
-fn assert_holds_no_state(env: &Env, pid: i32) {
-    let state = env.state_dir();
-    for fd in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
-        if let Ok(target) = fs::read_link(fd.path()) {
-            assert!(
-                !target.starts_with(&state),
-                "the escaped daemon holds {}",
-                target.display()
-            );
-        }
-    }
-}
-
 fn assert_run_lock_free(env: &Env, job: &str) {
     let lock =
         fs::File::open(env.state_dir().join("jobs").join(job).join("run.lock")).expect("run.lock");
@@ -818,15 +803,13 @@ fn assert_run_lock_free(env: &Env, job: &str) {
         .expect("the run lock is free once the run is recorded");
 }
 
-// What happens: the daemon called setsid, so it is in neither the job's
-// process group nor its session, and bgsched, which kills the group, cannot
-// find it. It survives the run; that is expected and documented ("whatever is
-// left in its group is killed"). What must not happen is that the daemon,
-// holding the job's output pipes, keeps the run from ending: the supervisor
-// stops reading after its drain limit and records the run.
+// The daemon called setsid, so it is in neither the job's process group nor
+// its session; the supervisor, a child subreaper, still has it below itself
+// and kills it with the run. So it neither survives nor, holding the job's
+// output pipe, keeps the run from ending.
 
 #[test]
-fn a_setsid_daemon_survives_but_does_not_hang_trigger() {
+fn a_setsid_daemon_is_killed_with_its_run_under_trigger() {
     let env = Env::new().config(&job("escaper", "@daily", ESCAPES));
     let _cleanup = Cleanup(&env);
     let started = Instant::now();
@@ -841,13 +824,8 @@ fn a_setsid_daemon_survives_but_does_not_hang_trigger() {
     assert!(tail_of(&rec).contains("hello-"), "{rec}");
     assert_eq!(env.job_view("escaper")["state"], "idle");
     assert_run_lock_free(&env, "escaper");
-    assert!(alive(daemon.0), "expected: the escaped daemon survives");
-    assert_holds_no_state(&env, daemon.0);
-    // The orphan scan sees it (through SCRATCH in its environment).
-    assert!(processes_mentioning(env.dir())
-        .iter()
-        .any(|(pid, _)| *pid == daemon.0));
-    assert_no_survivors(&env, &[daemon.0]);
+    assert!(!alive(daemon.0), "the escaped daemon outlived its run");
+    assert_no_survivors(&env, &[]);
     eprintln!(
         "trigger with an escaped daemon: {took:?}, duration_ms {}",
         rec["duration_ms"]
@@ -855,7 +833,7 @@ fn a_setsid_daemon_survives_but_does_not_hang_trigger() {
 }
 
 #[test]
-fn a_setsid_daemon_survives_but_does_not_hang_the_scheduler() {
+fn a_setsid_daemon_is_killed_with_its_run_under_the_scheduler() {
     let env = Env::new().config(&job("escaper", "@every 1s", ESCAPES));
     let _cleanup = Cleanup(&env);
     let mut run = env.spawn_run("a");
@@ -871,6 +849,7 @@ fn a_setsid_daemon_survives_but_does_not_hang_the_scheduler() {
     });
     let rec = rec.unwrap();
     assert_eq!(rec["outcome"], "success", "{rec}");
+    assert!(!alive(daemon.0), "the escaped daemon outlived its run");
     let ms = rec["duration_ms"].as_u64().unwrap();
     assert!(ms < 20_000, "the run took {ms} ms");
     // The schedule goes on: later runs start and finish.
@@ -881,17 +860,13 @@ fn a_setsid_daemon_survives_but_does_not_hang_the_scheduler() {
             .count()
             >= 2
     });
-    assert!(alive(daemon.0), "expected: the escaped daemon survives");
-    assert_holds_no_state(&env, daemon.0);
     run.signal(Signal::TERM);
     assert_eq!(run.wait_exit(PATIENCE), Some(0), "log:\n{}", run.log_text());
-    assert_no_survivors(&env, &[daemon.0]);
-    // With the scheduler gone and the daemon still up, the leader lock is free.
-    assert!(env.list_json()["leader"].is_null());
+    assert_no_survivors(&env, &[]);
 }
 
 #[test]
-fn an_escaped_daemon_delays_the_record_by_at_most_one_drain_limit() {
+fn an_escaped_daemon_does_not_delay_the_record() {
     let env = Env::new().config(&job("escaper", "@daily", ESCAPES));
     let _cleanup = Cleanup(&env);
     env.cmd(&["trigger", "escaper"]).run().success();
@@ -899,8 +874,9 @@ fn an_escaped_daemon_delays_the_record_by_at_most_one_drain_limit() {
     let run_id = first_line(&env, "first").unwrap();
     let rec = record(&env, "escaper", &run_id).expect("the run's record");
     let ms = rec["duration_ms"].as_u64().unwrap();
-    // The job itself takes a few tens of ms; DRAIN_LIMIT is 2 s.
-    assert!(ms < 3500, "the run took {ms} ms");
+    // The job itself takes a few tens of ms; nothing waits for the daemon's
+    // pipe to close on its own.
+    assert!(ms < 1500, "the run took {ms} ms");
 }
 
 // 7. The supervisor itself is killed --------------------------------------

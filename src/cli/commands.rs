@@ -7,7 +7,7 @@ use crate::coordination::etcd::{EtcdConfig, EtcdRecorder, DEFAULT_LEASE_TTL, DEF
 use crate::coordination::{
     BackendSpec, Coordinator, Etcd, HistoryReader, RunRecord, RunRecorder, Standalone,
 };
-use crate::executor::{self, Echo, RunSpec, SPEC_ENV};
+use crate::executor::{self, Echo, RunSpec};
 use crate::observe::status::{self, local_rfc3339};
 use crate::observe::{http, log, Metrics};
 use crate::reload::{self, Reloader};
@@ -192,13 +192,15 @@ impl Backend {
                 Etcd::connect(cfg)
                     .await
                     .map(|e| Backend::Cluster(Box::new(e)))
-                    .map_err(|e| {
+                    .map_err(|e| match e {
+                        e @ crate::coordination::CoordError::Auth { .. } => CliError::from(e),
                         // "etcd: " again after "cannot reach etcd" says nothing.
-                        let why = match e {
-                            crate::coordination::CoordError::Etcd(why) => why,
-                            other => other.to_string(),
-                        };
-                        CliError::Unavailable(format!("cannot reach etcd at {endpoints}: {why}"))
+                        crate::coordination::CoordError::Etcd(why) => CliError::Unavailable(
+                            format!("cannot reach etcd at {endpoints}: {why}"),
+                        ),
+                        e => {
+                            CliError::Unavailable(format!("cannot reach etcd at {endpoints}: {e}"))
+                        }
                     })
             }
         }
@@ -371,7 +373,7 @@ async fn run(
             crate::observe::etcd::record_into(metrics.clone());
             let mut stop_wait = stop_rx.clone();
             let etcd = tokio::select! {
-                etcd = Etcd::connect_retrying(cfg) => Arc::new(etcd),
+                etcd = Etcd::connect_retrying(cfg) => Arc::new(etcd?),
                 _ = stop_wait.changed() => return Ok(exit::OK),
                 // Waiting for etcd is this process working as intended.
                 () = beat_forever(&metrics) => unreachable!(),
@@ -533,16 +535,7 @@ fn next(
 
 /// The hidden `__supervise` command: one run, started by a scheduler.
 fn supervise() -> Result<i32, CliError> {
-    let json = std::env::var(SPEC_ENV).map_err(|_| {
-        CliError::Usage(format!(
-            "__supervise is internal to bgsched ({SPEC_ENV} is not set)"
-        ))
-    })?;
-    let spec: RunSpec =
-        serde_json::from_str(&json).map_err(|e| CliError::Usage(format!("bad {SPEC_ENV}: {e}")))?;
-    // SAFETY: single-threaded at this point; no runtime has started yet.
-    // Removed so that nothing this process starts sees it.
-    unsafe { std::env::remove_var(SPEC_ENV) };
+    let spec: RunSpec = executor::read_spec().map_err(CliError::Usage)?;
     let hold = executor::adopt_hold(spec.hold_fd);
     init_logging(
         if spec.log_json {

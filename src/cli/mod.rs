@@ -25,6 +25,8 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 69;
     /// `trigger`: skipped because a run of the job is active (EX_TEMPFAIL).
     pub const SKIPPED: i32 = 75;
+    /// Cluster mode: etcd refused the user or password (EX_NOPERM).
+    pub const AUTH: i32 = 77;
     /// The config file is invalid (EX_CONFIG).
     pub const CONFIG: i32 = 78;
     /// `run` was stopped by a second SIGINT/SIGTERM and killed running jobs;
@@ -40,6 +42,7 @@ Exit codes:
   64   unknown job name or run id
   69   cluster: etcd unreachable, or no leader accepted the trigger in time
   75   trigger: skipped, a run of the job is still active
+  77   cluster: etcd authentication failed (user or password refused)
   78   invalid config file
   124  trigger: the job timed out
   127  trigger: the job's command could not start
@@ -176,6 +179,8 @@ pub enum CliError {
     Usage(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    AuthFailed(String),
     #[error("cannot serve http on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -183,9 +188,19 @@ pub enum CliError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Coordination(#[from] crate::coordination::CoordError),
+    Coordination(crate::coordination::CoordError),
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
+}
+
+/// A backend error, with a refused etcd login as its own kind.
+impl From<crate::coordination::CoordError> for CliError {
+    fn from(e: crate::coordination::CoordError) -> CliError {
+        match e {
+            e @ crate::coordination::CoordError::Auth { .. } => CliError::AuthFailed(e.to_string()),
+            e => CliError::Coordination(e),
+        }
+    }
 }
 
 impl CliError {
@@ -195,6 +210,7 @@ impl CliError {
             CliError::UnknownJob(_) | CliError::UnknownRun(_) => exit::UNKNOWN_JOB,
             CliError::Usage(_) => exit::USAGE,
             CliError::Unavailable(_) => exit::UNAVAILABLE,
+            CliError::AuthFailed(_) => exit::AUTH,
             CliError::Listen { .. } | CliError::Coordination(_) | CliError::Other(_) => {
                 exit::FAILURE
             }

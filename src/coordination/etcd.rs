@@ -161,6 +161,39 @@ fn io_in_words(io: &std::io::Error) -> Option<&'static str> {
     })
 }
 
+/// etcd's answer when it refuses the user, the password, or a request
+/// without them (auth enabled, no user configured): in words, not as a
+/// connection problem, since no retry can fix it.
+fn auth_failure(cfg: &EtcdConfig, e: &etcd_client::Error) -> Option<CoordError> {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return None;
+    };
+    let message = status.message().trim_start_matches("etcdserver: ");
+    let refused = matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+    ) && [
+        "authentication failed",
+        "user name is empty",
+        "permission denied",
+        "invalid auth token",
+    ]
+    .iter()
+    .any(|m| message.contains(m));
+    let cause = match (&cfg.user, message) {
+        (None, m) if m.contains("user name is empty") => {
+            "etcd requires authentication; set user and password_env or password_file in [cluster]"
+                .to_string()
+        }
+        (_, m) => m.trim_start_matches("authentication failed, ").to_string(),
+    };
+    refused.then(|| CoordError::Auth {
+        endpoints: cfg.endpoints.join(","),
+        user: cfg.user.clone(),
+        cause,
+    })
+}
+
 /// Connect to etcd (the connection itself is established lazily and
 /// re-established by the client after failures).
 pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
@@ -191,7 +224,7 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
     }
     Client::connect_with_balanced_channel(&cfg.endpoints, Some(opts), crate::observe::etcd::Channel)
         .await
-        .map_err(etcd_err("cannot connect"))
+        .map_err(|e| auth_failure(cfg, &e).unwrap_or_else(|| etcd_err("cannot connect")(e)))
 }
 
 /// Key layout under the prefix.
@@ -459,11 +492,13 @@ pub struct Etcd {
 impl Etcd {
     /// Connect, retrying with backoff until etcd answers (or forever, with
     /// a log line per attempt) — a scheduler without etcd has nothing to do.
-    pub async fn connect_retrying(cfg: EtcdConfig) -> Etcd {
+    /// A refused login is returned at once: waiting does not fix a password.
+    pub async fn connect_retrying(cfg: EtcdConfig) -> Result<Etcd> {
         let mut delay = Duration::from_millis(200);
         loop {
             match Self::connect(cfg.clone()).await {
-                Ok(etcd) => return etcd,
+                Ok(etcd) => return Ok(etcd),
+                Err(e @ CoordError::Auth { .. }) => return Err(e),
                 Err(e) => {
                     tracing::warn!(
                         "etcd at {} unreachable ({e}); retrying in {}",
@@ -480,7 +515,20 @@ impl Etcd {
     pub async fn connect(cfg: EtcdConfig) -> Result<Etcd> {
         let mut client = connect(&cfg).await?;
         // Prove the cluster answers before declaring the connection usable.
-        client.status().await.map_err(etcd_err("status request"))?;
+        client
+            .status()
+            .await
+            .map_err(|e| auth_failure(&cfg, &e).unwrap_or_else(|| etcd_err("status request")(e)))?;
+        // `status` needs no login; a read of a key every command reads tells
+        // now, not at the first real request, that etcd wants one or
+        // refuses this user.
+        let probe = etcd_client::GetOptions::new().with_count_only();
+        let leader = Keys::new(&cfg.prefix).leader();
+        if let Err(e) = client.get(leader, Some(probe)).await {
+            if let Some(refused) = auth_failure(&cfg, &e) {
+                return Err(refused);
+            }
+        }
         Ok(Etcd {
             keys: Keys::new(&cfg.prefix),
             cfg,

@@ -33,6 +33,13 @@ pub enum CoordError {
     Corrupt { path: String, reason: String },
     #[error("etcd: {0}")]
     Etcd(String),
+    /// etcd refused the credentials (or lacks them): retrying cannot help.
+    #[error("authentication failed at etcd {endpoints}{}: {cause}", user.as_deref().map(|u| format!(" as user \"{u}\"")).unwrap_or_default())]
+    Auth {
+        endpoints: String,
+        user: Option<String>,
+        cause: String,
+    },
 }
 
 pub type Result<T, E = CoordError> = std::result::Result<T, E>;

@@ -9,6 +9,7 @@
 //! lock (so `overlap = "skip"` holds) and records the outcome.
 //! `bgsched trigger` runs the same supervisor code in the foreground.
 
+pub mod contain;
 pub mod output;
 pub mod report;
 
@@ -28,8 +29,11 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// The environment variable that carries a [`RunSpec`] to a supervisor.
-pub const SPEC_ENV: &str = "BGSCHED_SUPERVISE_SPEC";
+/// The environment variable that names the descriptor a supervisor reads
+/// its [`RunSpec`] from. The spec itself does not travel in the
+/// environment: it holds the etcd password, and a process's environment is
+/// readable in `/proc/<pid>/environ` and inherited by whatever it starts.
+pub const SPEC_FD_ENV: &str = "BGSCHED_SUPERVISE_SPEC_FD";
 /// How long to keep reading output after the job's group is gone; only a
 /// process that escaped the group (e.g. `setsid`) can hold a pipe that long.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
@@ -184,6 +188,7 @@ pub async fn supervise<R: RunRecorder>(
     // Registered before the job starts, so a stop request can never kill
     // the supervisor with the default action and orphan the run.
     let mut signals = StopSignals::new();
+    contain::become_subreaper();
     if !spec.delay.is_zero() {
         tracing::info!(job = %spec.job, run_id = %spec.run_id, delay_ms = spec.delay.as_millis() as u64, "jitter: starting later");
         let stopped = tokio::select! {
@@ -302,9 +307,13 @@ async fn run_attempt<R: RunRecorder>(
     let mut rec = spec.record(Outcome::Running, started_at);
     rec.attempt = attempt;
 
-    let mut child = match spawn_job(spec, attempt) {
-        Ok(child) => child,
+    let cgroup = contain::RunCgroup::create(&spec.run_id, attempt);
+    let (mut child, combined) = match spawn_job(spec, attempt, echo, cgroup.as_ref()) {
+        Ok(spawned) => spawned,
         Err(reason) => {
+            if let Some(c) = cgroup {
+                c.remove();
+            }
             tracing::error!(job = %spec.job, run_id = %spec.run_id, "could not start: {reason}");
             rec.outcome = Outcome::StartFailed;
             rec.reason = Some(reason);
@@ -329,6 +338,7 @@ async fn run_attempt<R: RunRecorder>(
 
     let tail = Tail::default();
     let readers = [
+        combined.map(|p| spawn_pump(p, Stream::Combined, spec, &tail, echo)),
         child
             .stdout
             .take()
@@ -367,10 +377,18 @@ async fn run_attempt<R: RunRecorder>(
             (terminate(&mut child, group, Duration::ZERO, signals, recorder).await, Some("fenced"))
         }
     };
-    // The direct child is gone; anything it left behind in its group goes too,
-    // so no orphan survives and no grandchild holds the output pipes open.
+    // The direct child is gone; anything it left behind goes too, in its
+    // group or not (see `contain`), so no orphan survives and none holds
+    // the output pipe open.
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::KILL);
+    }
+    if let Some(c) = &cgroup {
+        c.kill();
+    }
+    contain::kill_descendants().await;
+    if let Some(c) = cgroup {
+        c.remove();
     }
     let drain_until = tokio::time::Instant::now() + DRAIN_LIMIT;
     for reader in readers.into_iter().flatten() {
@@ -489,6 +507,7 @@ pub async fn run_hook(hook: &[String], spec: &RunSpec, rec: &RunRecord) {
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::KILL);
     }
+    contain::kill_descendants().await;
 }
 
 /// How a supervised run ended.
@@ -564,6 +583,8 @@ async fn terminate<R: RunRecorder>(
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::TERM);
     }
+    // Those that left the group are asked to stop too, at the same time.
+    contain::signal_descendants(Signal::TERM);
     tokio::select! {
         status = child.wait() => return status,
         () = tokio::time::sleep(grace) => {}
@@ -573,6 +594,7 @@ async fn terminate<R: RunRecorder>(
     if let Some(g) = group {
         let _ = kill_process_group(g, Signal::KILL);
     }
+    contain::signal_descendants(Signal::KILL);
     child.wait().await
 }
 
@@ -592,14 +614,14 @@ fn spawn_pump(
         move |stream, line| match (echo, stream) {
             // A reader that went away (`trigger job | head -1`) must not
             // take the run down: the output still goes to the record.
-            (Echo::Terminal, Stream::Stdout) => {
+            (Echo::Terminal, Stream::Stdout | Stream::Combined) => {
                 let _ = writeln!(std::io::stdout(), "{line}");
             }
             (Echo::Terminal, Stream::Stderr) => {
                 let _ = writeln!(std::io::stderr(), "{line}");
             }
-            (Echo::Log, Stream::Stdout) => {
-                tracing::info!(target: "bgsched::job", job = %job, run_id = %run_id, stream = "stdout", "{line}")
+            (Echo::Log, Stream::Stdout | Stream::Combined) => {
+                tracing::info!(target: "bgsched::job", job = %job, run_id = %run_id, stream = stream.name(), "{line}")
             }
             (Echo::Log, Stream::Stderr) => {
                 tracing::warn!(target: "bgsched::job", job = %job, run_id = %run_id, stream = "stderr", "{line}")
@@ -614,21 +636,53 @@ fn spawn_pump(
 fn job_command(program: &str, args: &[String], spec: &RunSpec) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .env_remove(SPEC_ENV)
+        .env_remove(SPEC_FD_ENV)
         .envs(&spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    for name in secret_vars(&spec.backend) {
+        cmd.env_remove(name);
+    }
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);
     }
     cmd
 }
 
-/// Start the job's process in a new process group, or say why it cannot start.
-fn spawn_job(spec: &RunSpec, attempt: u32) -> Result<tokio::process::Child, String> {
+/// The variables of this process's environment that hold the etcd
+/// password (the one `password_env` names, and any copy of it): no child
+/// (supervisor, job, retry or hook) may inherit them.
+pub fn secret_vars(backend: &BackendSpec) -> Vec<std::ffi::OsString> {
+    let BackendSpec::Etcd(cfg) = backend else {
+        return Vec::new();
+    };
+    let Some(password) = cfg.password.as_deref() else {
+        return Vec::new();
+    };
+    std::env::vars_os()
+        .filter(|(_, value)| value.as_encoded_bytes() == password.as_bytes())
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// Start the job's process in a new process group, or say why it cannot
+/// start. Under a background supervisor its stdout and stderr are one pipe,
+/// returned beside the child, so that their lines stay in the order written.
+fn spawn_job(
+    spec: &RunSpec,
+    attempt: u32,
+    echo: Echo,
+    cgroup: Option<&contain::RunCgroup>,
+) -> Result<
+    (
+        tokio::process::Child,
+        Option<tokio::net::unix::pipe::Receiver>,
+    ),
+    String,
+> {
     let argv = spec.program.argv();
     let (program, args) = argv.split_first().ok_or("empty command")?;
     if let Some(dir) = &spec.working_dir {
@@ -648,21 +702,42 @@ fn spawn_job(spec: &RunSpec, attempt: u32) -> Result<tokio::process::Child, Stri
         .env("BGSCHED_INSTANCE", &spec.instance)
         .env("BGSCHED_FENCING_TOKEN", spec.term.to_string())
         .env("BGSCHED_ATTEMPT", attempt.to_string());
+    let combined = match echo {
+        Echo::Terminal => None,
+        Echo::Log => {
+            let pipe_err = |e: std::io::Error| format!("cannot create the output pipe: {e}");
+            let (reader, writer) = std::io::pipe().map_err(pipe_err)?;
+            cmd.stdout(writer.try_clone().map_err(pipe_err)?)
+                .stderr(writer);
+            let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
+                .map_err(pipe_err)?;
+            Some(reader)
+        }
+    };
     // If the supervisor itself is killed (`kill -9`, the OOM killer), its
     // job must not run on unsupervised: it would hold no lock and no lease,
     // so another run could start beside it.
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the closure.
+    let procs = cgroup.map(contain::RunCgroup::procs);
+    // SAFETY: prctl, open and write are async-signal-safe, and nothing in
+    // the closure allocates.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &procs {
+                contain::enter_cgroup(procs);
+            }
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
             Ok(())
         });
     }
-    cmd.spawn().map_err(|e| match e.kind() {
+    let child = cmd.spawn().map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => format!("command not found: {program}"),
         std::io::ErrorKind::PermissionDenied => format!("permission denied: {program}"),
         _ => format!("cannot execute {program}: {e}"),
-    })
+    })?;
+    // Our copies of the pipe's write end go with `cmd`; the reader sees its
+    // end once the job's processes have closed theirs.
+    drop(cmd);
+    Ok((child, combined))
 }
 
 /// Start a background supervisor for `spec`, handing it `hold`. The
@@ -701,6 +776,8 @@ pub fn spawn_supervisor(
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
     }
     let json = serde_json::to_string(&spec).expect("run spec serializes");
+    let spec_fd = spec_file(&json)?;
+    let spec_raw = spec_fd.as_raw_fd();
     // The running binary itself, even if the file was replaced or removed
     // since (a package upgrade): current_exe() would then name a path that
     // no longer exists.
@@ -715,9 +792,22 @@ pub fn spawn_supervisor(
     } else {
         cmd.stdout(Stdio::piped());
     }
+    for name in secret_vars(&spec.backend) {
+        cmd.env_remove(name);
+    }
+    // SAFETY: fcntl is async-signal-safe; nothing else runs in the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Inherited in this child only: the scheduler's copy stays
+            // close-on-exec, so no other spawn can pick it up.
+            let fd = std::os::fd::BorrowedFd::borrow_raw(spec_raw);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            Ok(())
+        });
+    }
     let child = cmd
         .arg("__supervise")
-        .env(SPEC_ENV, json)
+        .env(SPEC_FD_ENV, spec_raw.to_string())
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(false)
@@ -725,7 +815,54 @@ pub fn spawn_supervisor(
     // Closing our copy does not release the lock: the supervisor's
     // descriptor refers to the same open file description.
     drop(lock);
+    drop(spec_fd);
     child
+}
+
+/// An anonymous in-memory file holding `json`, read from the start by the
+/// supervisor, above the standard descriptors (which the spawn replaces).
+fn spec_file(json: &str) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{memfd_create, MemfdFlags};
+    let fd = memfd_create("bgsched-run-spec", MemfdFlags::CLOEXEC)?;
+    let fd = if std::os::fd::AsRawFd::as_raw_fd(&fd) <= 2 {
+        rustix::io::fcntl_dupfd_cloexec(&fd, 3)?
+    } else {
+        fd
+    };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(json.as_bytes())?;
+    Ok(OwnedFd::from(file))
+}
+
+/// In a supervisor process: read the spec from the descriptor named by
+/// [`SPEC_FD_ENV`], close it, and drop the variable.
+pub fn read_spec() -> Result<RunSpec, String> {
+    use std::io::{Read, Seek};
+    let raw: i32 = std::env::var(SPEC_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| format!("__supervise is internal to bgsched ({SPEC_FD_ENV} is not set)"))?;
+    // SAFETY: single-threaded at this point; no runtime has started yet.
+    unsafe { std::env::remove_var(SPEC_FD_ENV) };
+    // The descriptor must be the memfd the scheduler made for this process,
+    // not whatever else happens to have that number.
+    let target = std::fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
+    if !target.to_string_lossy().contains("bgsched-run-spec") {
+        return Err(format!("__supervise: descriptor {raw} is not a run spec"));
+    }
+    // SAFETY: the descriptor was opened by the scheduler for this process,
+    // checked above, and nothing else in this process refers to it.
+    let mut file = unsafe {
+        use std::os::fd::FromRawFd;
+        std::fs::File::from_raw_fd(raw)
+    };
+    let mut json = String::new();
+    file.rewind()
+        .and_then(|_| file.read_to_string(&mut json))
+        .map_err(|e| format!("__supervise: cannot read the run spec: {e}"))?;
+    drop(file);
+    serde_json::from_str(&json).map_err(|e| format!("__supervise: bad run spec: {e}"))
 }
 
 /// In a supervisor process: take over the lock the scheduler handed down.

@@ -1,11 +1,17 @@
-//! Turning a child's output pipes into log lines and a bounded tail.
+//! Turning a child's output pipe into log lines and a bounded tail.
+//!
+//! A run's stdout and stderr share one pipe (as cron's mail and container
+//! runtimes' logs do): the kernel then keeps the order in which the job
+//! wrote, which two pipes read by two readers cannot. Only a foreground
+//! `trigger` keeps the two apart, so that they land on the terminal's own
+//! stdout and stderr.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Lines longer than this are cut (and marked) so one runaway line cannot
-/// flood the log pipeline.
+/// Log lines longer than this are cut (and marked) so one runaway line
+/// cannot flood the log pipeline; the tail keeps the bytes regardless.
 pub const MAX_LINE: usize = 16 * 1024;
 /// How much of the combined output is kept with the run record.
 pub const TAIL_BYTES: usize = 64 * 1024;
@@ -14,6 +20,8 @@ pub const TAIL_BYTES: usize = 64 * 1024;
 pub enum Stream {
     Stdout,
     Stderr,
+    /// stdout and stderr through one pipe, in the order they were written.
+    Combined,
 }
 
 impl Stream {
@@ -21,34 +29,90 @@ impl Stream {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
+            Stream::Combined => "output",
         }
     }
 }
 
-/// The last [`TAIL_BYTES`] of output, shared by the stdout and stderr readers.
+/// The last [`TAIL_BYTES`] of what the job printed, whatever its line
+/// lengths: exactly its bytes where they are UTF-8, with invalid sequences
+/// replaced (before the cut, so the replacement cannot grow the tail past
+/// its bound); shared by the readers of a run.
 #[derive(Clone, Default)]
 pub struct Tail(Arc<Mutex<VecDeque<u8>>>);
 
 impl Tail {
-    fn push_line(&self, line: &str) {
+    fn push(&self, text: &str) {
+        let bytes = text.as_bytes();
         let mut buf = self.0.lock().expect("tail lock poisoned");
-        buf.extend(line.as_bytes());
-        buf.push_back(b'\n');
-        let excess = buf.len().saturating_sub(TAIL_BYTES);
+        let bytes = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
+        let excess = (buf.len() + bytes.len()).saturating_sub(TAIL_BYTES);
         buf.drain(..excess);
+        buf.extend(bytes);
     }
 
     pub fn contents(&self) -> String {
         let buf = self.0.lock().expect("tail lock poisoned");
         let (a, b) = buf.as_slices();
         let bytes = [a, b].concat();
-        // The cut may have split a UTF-8 sequence; lossy conversion keeps the rest.
-        String::from_utf8_lossy(&bytes).into_owned()
+        // The cut may have split a character: start at the next one.
+        let start = bytes
+            .iter()
+            .position(|b| (*b as i8) >= -0x40)
+            .unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
     }
 }
 
-/// Read `pipe` to its end, handing each line (lossy UTF-8, cut at
-/// [`MAX_LINE`]) to `sink` and to `tail`.
+/// Turns a byte stream into text for the tail: invalid sequences become
+/// U+FFFD, and a character split between two reads is kept whole.
+#[derive(Default)]
+struct Decoder {
+    pending: Vec<u8>,
+}
+
+impl Decoder {
+    fn decode(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut text = String::new();
+        let mut rest = &self.pending[..];
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(valid) => {
+                    text.push_str(valid);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (valid, bad) = rest.split_at(e.valid_up_to());
+                    text.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    match e.error_len() {
+                        Some(n) => {
+                            text.push('\u{fffd}');
+                            rest = &bad[n..];
+                        }
+                        // An incomplete character at the end: wait for the rest.
+                        None => {
+                            rest = bad;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.pending = rest.to_vec();
+        text
+    }
+
+    fn finish(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        text
+    }
+}
+
+/// Read `pipe` to its end: every byte goes to `tail`, and each line (lossy
+/// UTF-8, cut at [`MAX_LINE`]) to `sink`.
 pub async fn pump<R, F>(mut pipe: R, stream: Stream, tail: Tail, mut sink: F)
 where
     R: AsyncRead + Unpin,
@@ -57,6 +121,7 @@ where
     let mut pending: Vec<u8> = Vec::new();
     let mut truncated = false;
     let mut chunk = vec![0u8; 8192];
+    let mut decoder = Decoder::default();
     let mut emit = |bytes: &[u8], truncated: bool| {
         let mut line = String::from_utf8_lossy(bytes).into_owned();
         if line.ends_with('\r') {
@@ -65,7 +130,6 @@ where
         if truncated {
             line.push_str(" [line truncated]");
         }
-        tail.push_line(&line);
         sink(stream, &line);
     };
     loop {
@@ -73,6 +137,7 @@ where
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        tail.push(&decoder.decode(&chunk[..n]));
         let mut rest = &chunk[..n];
         while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
             // A truncated line was already emitted when it overflowed.
@@ -97,6 +162,7 @@ where
             }
         }
     }
+    tail.push(&decoder.finish());
     if !pending.is_empty() && !truncated {
         emit(&pending, false);
     }
@@ -120,13 +186,29 @@ mod tests {
     async fn splits_lines_and_keeps_an_unterminated_last_line() {
         let (lines, tail) = collect(b"one\r\ntwo\nthree").await;
         assert_eq!(lines, ["one", "two", "three"]);
-        assert_eq!(tail, "one\ntwo\nthree\n");
+        // The tail is what the job printed, byte for byte.
+        assert_eq!(tail, "one\r\ntwo\nthree");
     }
 
     #[tokio::test]
     async fn invalid_utf8_is_replaced_not_fatal() {
-        let (lines, _) = collect(b"ok \xff\xfe end\n").await;
+        let (lines, tail) = collect(b"ok \xff\xfe end\n").await;
         assert_eq!(lines, ["ok \u{fffd}\u{fffd} end"]);
+        assert_eq!(tail, "ok \u{fffd}\u{fffd} end\n");
+    }
+
+    #[tokio::test]
+    async fn a_character_split_between_reads_stays_whole_and_replacement_keeps_the_bound() {
+        let mut d = Decoder::default();
+        let euro = "\u{20ac}".as_bytes();
+        assert_eq!(d.decode(&euro[..1]), "");
+        assert_eq!(d.decode(&euro[1..]), "\u{20ac}");
+        assert_eq!(d.decode(b"\xe2"), "");
+        assert_eq!(d.finish(), "\u{fffd}");
+        // Invalid bytes triple in size when replaced; the tail stays bounded.
+        let (_, tail) = collect(&vec![0xffu8; TAIL_BYTES * 2]).await;
+        assert!(tail.len() <= TAIL_BYTES && tail.len() > TAIL_BYTES - 3);
+        assert!(tail.chars().all(|c| c == '\u{fffd}'));
     }
 
     #[tokio::test]
@@ -148,5 +230,15 @@ mod tests {
         let (_, tail) = collect(&input).await;
         assert!(tail.len() <= TAIL_BYTES);
         assert!(tail.ends_with("line 19999\n"));
+    }
+
+    #[tokio::test]
+    async fn tail_keeps_the_end_of_one_huge_line() {
+        let mut input = vec![b'x'; 10 * 1024 * 1024];
+        input.extend_from_slice(b"THE-END");
+        let (lines, tail) = collect(&input).await;
+        assert_eq!(lines.len(), 1);
+        assert_eq!(tail.len(), TAIL_BYTES);
+        assert_eq!(tail.as_bytes(), &input[input.len() - TAIL_BYTES..]);
     }
 }

@@ -85,6 +85,91 @@ impl Etcd {
         panic!("etcd failed to bind free ports {START_ATTEMPTS} times; last log:\n{last_log}");
     }
 
+    /// Start a single-member etcd with authentication enabled: `user`
+    /// (and `root`, which etcd requires before `auth enable`) has
+    /// `password` and may read and write every key.
+    pub fn start_with_auth(user: &str, password: &str) -> Etcd {
+        let etcd = Etcd::start();
+        let call =
+            |path: &str, body: String| match http(etcd.client_port, "POST", path, Some(&body)) {
+                Ok((200, _)) => {}
+                other => etcd.fail(&format!("{path} {body}: {other:?}")),
+            };
+        let all = base64_encode(b"\0");
+        call("/v3/auth/role/add", r#"{"name":"root"}"#.into());
+        call(
+            "/v3/auth/user/add",
+            format!(r#"{{"name":"root","password":"{password}"}}"#),
+        );
+        call(
+            "/v3/auth/user/grant",
+            r#"{"user":"root","role":"root"}"#.into(),
+        );
+        if user != "root" {
+            call("/v3/auth/role/add", r#"{"name":"readwrite"}"#.into());
+            call(
+                "/v3/auth/role/grant",
+                format!(
+                    r#"{{"name":"readwrite","perm":{{"permType":"READWRITE","key":"{all}","range_end":"{all}"}}}}"#
+                ),
+            );
+            call(
+                "/v3/auth/user/add",
+                format!(r#"{{"name":"{user}","password":"{password}"}}"#),
+            );
+            call(
+                "/v3/auth/user/grant",
+                format!(r#"{{"user":"{user}","role":"readwrite"}}"#),
+            );
+        }
+        call("/v3/auth/enable", "{}".into());
+        etcd
+    }
+
+    /// Every key and value (lossy UTF-8), read as `user`, of an etcd started
+    /// with [`Etcd::start_with_auth`].
+    pub fn dump_as(&self, user: &str, password: &str) -> Vec<(String, String)> {
+        let body = format!(r#"{{"name":"{user}","password":"{password}"}}"#);
+        let token = match http(
+            self.client_port,
+            "POST",
+            "/v3/auth/authenticate",
+            Some(&body),
+        ) {
+            Ok((200, reply)) => serde_json::from_str::<serde_json::Value>(&reply)
+                .ok()
+                .and_then(|v| v["token"].as_str().map(str::to_string))
+                .unwrap_or_else(|| self.fail(&format!("no token in {reply}"))),
+            other => self.fail(&format!("authenticate: {other:?}")),
+        };
+        let all = base64_encode(b"\0");
+        let range = format!(r#"{{"key":"{all}","range_end":"{all}"}}"#);
+        let reply = match http_request(
+            self.client_port,
+            "POST",
+            "/v3/kv/range",
+            Some(&range),
+            Duration::from_secs(15),
+            &[("Authorization", &token)],
+        ) {
+            Ok((200, reply)) => reply,
+            other => self.fail(&format!("range of every key: {other:?}")),
+        };
+        let json: serde_json::Value = serde_json::from_str(&reply).expect("range reply is JSON");
+        let text = |v: &serde_json::Value| {
+            String::from_utf8_lossy(&base64_decode(v.as_str().unwrap_or("")).unwrap_or_default())
+                .into_owned()
+        };
+        json["kvs"]
+            .as_array()
+            .map(|kvs| {
+                kvs.iter()
+                    .map(|kv| (text(&kv["key"]), text(&kv["value"])))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     fn new(
         bin: &Path,
         name: String,
@@ -659,14 +744,30 @@ pub fn http_within(
     body: Option<&str>,
     timeout: Duration,
 ) -> io::Result<(u16, String)> {
+    http_request(port, method, path, body, timeout, &[])
+}
+
+/// [`http_within`] with extra request headers.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+    headers: &[(&str, &str)],
+) -> io::Result<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut reply = Vec::new();

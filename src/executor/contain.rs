@@ -1,0 +1,318 @@
+//! Keeping every process a job starts within reach of its supervisor.
+//!
+//! A process group is not enough: a job's child that calls `setsid`, or a
+//! daemon that double-forks, leaves the group and would outlive the run.
+//! The supervisor therefore makes itself a *child subreaper*
+//! (`PR_SET_CHILD_SUBREAPER`): an orphan anywhere below it is re-parented
+//! to it instead of to init, so every descendant of the job, whatever it
+//! did to its session or group, is found by walking `/proc` for processes
+//! whose parent chain leads to the supervisor. When the run ends (the job's
+//! main process exited, timed out or was stopped) they are all killed and
+//! reaped.
+//!
+//! Where a cgroup v2 can be created below the supervisor's own (bgsched
+//! runs as root, or systemd delegated its cgroup), each attempt also gets a
+//! cgroup of its own, `bgsched-run-<run id>-<attempt>`, which the job
+//! enters before it executes; the end of the run then writes
+//! `cgroup.kill`, which reaches every process in it at once, and removes
+//! the cgroup. The subreaper stays underneath either way: it needs no
+//! privilege, works on any Linux, and is what reaps the killed processes.
+//! (If the supervisor is killed, its job's main process dies with it
+//! through `PR_SET_PDEATHSIG`, and the scheduler kills the job's group.)
+
+use rustix::process::{Pid, Signal};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long to keep killing a run's descendants before giving up on one
+/// that does not die (a process stuck in uninterruptible sleep).
+const KILL_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Whether this process supervises one run, so that everything below it
+/// belongs to that run. The scheduler, which runs the `on_failure` hook of
+/// a run it records `lost`, must never kill its own descendants: those are
+/// the other runs.
+static SUPERVISOR: AtomicBool = AtomicBool::new(false);
+
+/// Make orphaned descendants of this process its children. Called once
+/// per supervisor, before the job starts.
+pub fn become_subreaper() {
+    SUPERVISOR.store(true, Ordering::Relaxed);
+    if let Err(e) = rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
+        tracing::warn!(
+            "cannot become a child subreaper ({e}): processes that leave the job's group may survive the run"
+        );
+    }
+}
+
+/// `BGSCHED_CGROUP=off` in the scheduler's environment: no cgroups, the
+/// subreaper alone (for a host whose cgroup tree something else manages,
+/// such as systemd without `Delegate=yes`).
+pub const CGROUP_ENV: &str = "BGSCHED_CGROUP";
+
+/// A cgroup v2 of one attempt's own, below the supervisor's cgroup.
+pub struct RunCgroup {
+    dir: PathBuf,
+    /// `<dir>/cgroup.procs`, ready for the child to write itself into
+    /// between fork and exec (where nothing may allocate).
+    procs: CString,
+}
+
+impl RunCgroup {
+    /// Create the attempt's cgroup, or say (at debug level) why the job
+    /// is contained by the subreaper alone.
+    pub fn create(run_id: &str, attempt: u32) -> Option<RunCgroup> {
+        let wanted = if std::env::var_os(CGROUP_ENV).is_some_and(|v| v == "off") {
+            Err(format!("{CGROUP_ENV}=off"))
+        } else {
+            Ok(())
+        };
+        match wanted.and_then(|()| own_cgroup_dir()).and_then(|parent| {
+            remove_stale(&parent);
+            let dir = parent.join(format!("bgsched-run-{run_id}-{attempt}"));
+            std::fs::create_dir(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            Ok(dir)
+        }) {
+            Ok(dir) => {
+                tracing::debug!(cgroup = %dir.display(), "containing the job's descendants with a child subreaper and a cgroup");
+                let procs = CString::new(
+                    dir.join("cgroup.procs")
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+                .ok()?;
+                Some(RunCgroup { dir, procs })
+            }
+            Err(why) => {
+                tracing::debug!(
+                    "containing the job's descendants with a child subreaper (no cgroup: {why})"
+                );
+                None
+            }
+        }
+    }
+
+    /// The path a child hands to [`enter_cgroup`].
+    pub fn procs(&self) -> CString {
+        self.procs.clone()
+    }
+
+    /// Kill everything in the cgroup at once (kernels before 5.14 have no
+    /// `cgroup.kill`; the subreaper's walk covers those).
+    pub fn kill(&self) {
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+    }
+
+    /// Remove the cgroup once it is empty (after [`kill_descendants`]).
+    pub fn remove(self) {
+        match std::fs::remove_dir(&self.dir) {
+            // Swept by another supervisor's `remove_stale` already.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(cgroup = %self.dir.display(), "cannot remove the run's cgroup: {e}");
+            }
+            Ok(()) => {}
+        }
+    }
+}
+
+/// A run cgroup older than this that is still there was left behind (its
+/// supervisor and scheduler were both killed before removing it).
+const STALE: Duration = Duration::from_secs(60);
+
+/// Remove the empty run cgroups left behind below `parent`. One in use is
+/// never removed: the kernel refuses to remove a populated cgroup, and a
+/// new one is younger than [`STALE`].
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if old
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("bgsched-run-")
+        {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
+/// In the scheduler, after a supervisor died without cleaning up: kill
+/// what is left in its run's cgroups (made below the cgroup the supervisor
+/// inherited from this process) and remove them once empty.
+pub async fn kill_run_cgroups(run_id: &str) {
+    let Ok(parent) = own_cgroup_dir() else {
+        return;
+    };
+    let prefix = format!("bgsched-run-{run_id}-");
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return;
+    };
+    for dir in entries.flatten().map(|e| e.path()) {
+        if !dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
+        {
+            continue;
+        }
+        let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+        tracing::warn!(run_id, cgroup = %dir.display(), "supervisor died: killed what was left in its run's cgroup");
+        // The killed processes are init's to reap; the cgroup can go once
+        // they are gone, which takes a moment.
+        let deadline = tokio::time::Instant::now() + KILL_PATIENCE;
+        while std::fs::remove_dir(&dir).is_err() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// In a child, between fork and exec: move this process into the cgroup
+/// whose `cgroup.procs` is `procs`. Allocates nothing. A failure leaves the
+/// job to the subreaper alone.
+pub fn enter_cgroup(procs: &std::ffi::CStr) {
+    use rustix::fs::{Mode, OFlags};
+    if let Ok(fd) = rustix::fs::open(procs, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty()) {
+        let _ = rustix::io::write(&fd, b"0");
+    }
+}
+
+/// The directory of this process's cgroup in the cgroup v2 hierarchy.
+fn own_cgroup_dir() -> Result<PathBuf, String> {
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+    let rel = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("no cgroup v2 hierarchy")?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    // `id parent dev root mountpoint options ... - fstype source options`
+    let (root, mountpoint) = mounts
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2").then_some(())?;
+            let mut f = left.split_whitespace();
+            Some((f.nth(3)?.to_string(), f.next()?.to_string()))
+        })
+        .ok_or("cgroup2 is not mounted")?;
+    let rel = Path::new(rel);
+    let rel = rel.strip_prefix(&root).unwrap_or(rel);
+    let dir = Path::new(&mountpoint).join(rel.strip_prefix("/").unwrap_or(rel));
+    if !dir.join("cgroup.procs").exists() {
+        return Err(format!("{} is not a cgroup", dir.display()));
+    }
+    Ok(dir)
+}
+
+/// One process in `/proc`: its parent and whether it is a zombie.
+struct Proc {
+    ppid: i32,
+    zombie: bool,
+}
+
+fn processes() -> HashMap<i32, Proc> {
+    let mut all = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return all;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("");
+        let Some(ppid) = fields.next().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        all.insert(
+            pid,
+            Proc {
+                ppid,
+                zombie: state == "Z",
+            },
+        );
+    }
+    all
+}
+
+/// Every process below this one: (pid, is a zombie).
+fn descendants() -> Vec<(i32, bool)> {
+    let me = std::process::id() as i32;
+    let all = processes();
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for (pid, p) in &all {
+        children.entry(p.ppid).or_default().push(*pid);
+    }
+    let mut found = Vec::new();
+    let mut todo = vec![me];
+    while let Some(parent) = todo.pop() {
+        for child in children.get(&parent).into_iter().flatten() {
+            found.push((*child, all[child].zombie));
+            todo.push(*child);
+        }
+    }
+    found
+}
+
+/// Send `signal` to every living descendant (in a supervisor only).
+pub fn signal_descendants(signal: Signal) {
+    if !SUPERVISOR.load(Ordering::Relaxed) {
+        return;
+    }
+    for (pid, zombie) in descendants() {
+        if let (false, Some(pid)) = (zombie, Pid::from_raw(pid)) {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+}
+
+/// Kill every descendant of this process and reap them all, so that none
+/// survives the run and none is left a zombie. Only call this when no child
+/// is being waited for elsewhere (the job's main process is reaped). Does
+/// nothing outside a supervisor.
+pub async fn kill_descendants() {
+    if !SUPERVISOR.load(Ordering::Relaxed) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + KILL_PATIENCE;
+    loop {
+        // SIGKILL stops a process from forking further, so each round can
+        // only find fewer new ones.
+        signal_descendants(Signal::KILL);
+        while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
+        let left = descendants();
+        if left.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let pids: Vec<String> = left.iter().map(|(p, _)| p.to_string()).collect();
+            tracing::warn!(
+                "processes of the job still there after SIGKILL for {}s: {}",
+                KILL_PATIENCE.as_secs(),
+                pids.join(" ")
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -7,6 +7,7 @@
 //! same backend through [`RunRecorder`] to keep their run marked as active and
 //! to write its record.
 
+pub mod channel;
 pub mod etcd;
 mod fsutil;
 pub mod standalone;
@@ -226,6 +227,11 @@ pub struct Leadership {
     /// `true` while leadership is confirmed; flips to `false` for good when
     /// the backend can no longer vouch for it (session lost, key gone).
     valid: watch::Receiver<bool>,
+    /// Until when the backend vouches for leadership, if it bounds that
+    /// (etcd: the session lease's last confirmed renewal + 2/3 TTL). Past
+    /// it the leader is fenced: it must not start a claim, but leadership
+    /// is not lost and resumes with the same term once the instant moves on.
+    fence: Option<watch::Receiver<tokio::time::Instant>>,
     /// Manual trigger requests addressed to the leader, if the backend has any.
     pub requests: Option<mpsc::Receiver<TriggerRequest>>,
     /// Runs the backend recorded as `lost` on its own while this leadership
@@ -246,6 +252,7 @@ impl Leadership {
         Leadership {
             term,
             valid,
+            fence: None,
             requests,
             lost: None,
             _hold: hold,
@@ -257,8 +264,39 @@ impl Leadership {
         self
     }
 
+    pub fn with_fence(mut self, vouched: watch::Receiver<tokio::time::Instant>) -> Self {
+        self.fence = Some(vouched);
+        self
+    }
+
+    /// Whether this leader may start a claim now: not lost, not fenced.
     pub fn is_valid(&self) -> bool {
-        *self.valid.borrow()
+        *self.valid.borrow() && !self.is_fenced()
+    }
+
+    /// Whether the backend cannot vouch for leadership right now, though it
+    /// has not been lost.
+    pub fn is_fenced(&self) -> bool {
+        self.fence
+            .as_ref()
+            .is_some_and(|f| tokio::time::Instant::now() >= *f.borrow())
+    }
+
+    /// Resolves once leadership is vouched for again (or lost).
+    pub async fn vouched(&self) {
+        let Some(mut fence) = self.fence.clone() else {
+            return;
+        };
+        let mut valid = self.valid.clone();
+        loop {
+            if tokio::time::Instant::now() < *fence.borrow_and_update() || !*valid.borrow() {
+                return;
+            }
+            tokio::select! {
+                r = fence.changed() => if r.is_err() { std::future::pending::<()>().await },
+                _ = valid.changed() => return,
+            }
+        }
     }
 
     /// Resolves once leadership is lost.

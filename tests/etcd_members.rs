@@ -1,0 +1,305 @@
+//! One etcd member down, quorum intact: three real etcd members, three
+//! `bgsched run` replicas (`lease_ttl = "2s"`, one `@every 1s` job that
+//! writes its own ledger). Killing a follower must cost nothing; killing
+//! the etcd leader costs at most the ticks inside its election, which are
+//! caught up. The assertions are made on the ledger and on bgsched's
+//! history.
+
+mod common;
+
+use common::etcd::EtcdCluster;
+use common::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Each test runs an etcd cluster and three replicas: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// How long the member stays down (the issue's figure).
+const DOWN_FOR: f64 = 20.0;
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// One run of the job: its tick (unix seconds), when it started and ended,
+/// its trigger and who fired it.
+#[derive(Debug, Clone)]
+struct Run {
+    tick: i64,
+    start: f64,
+    end: Option<f64>,
+    run_id: String,
+    trigger: String,
+    instance: String,
+}
+
+fn tick_secs(rfc3339: &str) -> i64 {
+    let t = chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap_or_else(|e| panic!("tick {rfc3339:?}: {e}"));
+    // `@every 1s` ticks are whole seconds; round in case of sub-second noise.
+    (t.timestamp_millis() as f64 / 1000.0).round() as i64
+}
+
+/// `start|end tick unix-time run-id trigger instance` lines, as runs.
+fn runs(env: &Env) -> Vec<Run> {
+    let mut by_id: HashMap<String, Run> = HashMap::new();
+    let mut order = Vec::new();
+    for line in env.lines("ledger") {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 6, "malformed ledger line {line:?}");
+        let at: f64 = f[2].parse().unwrap();
+        if f[0] == "start" {
+            assert!(
+                !by_id.contains_key(f[3]),
+                "run {} started twice: {line}",
+                f[3]
+            );
+            order.push(f[3].to_string());
+            by_id.insert(
+                f[3].to_string(),
+                Run {
+                    tick: tick_secs(f[1]),
+                    start: at,
+                    end: None,
+                    run_id: f[3].into(),
+                    trigger: f[4].into(),
+                    instance: f[5].into(),
+                },
+            );
+        } else if let Some(r) = by_id.get_mut(f[3]) {
+            r.end = Some(at);
+        }
+    }
+    order.into_iter().map(|id| by_id[&id].clone()).collect()
+}
+
+fn history(env: &Env) -> Vec<serde_json::Value> {
+    let out = env
+        .cmd(&["history", "beat", "-n", "1000", "--json"])
+        .run()
+        .success();
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("history --json is not JSON ({e}): {}", out.stdout))
+}
+
+/// Ticks a `missed` record covers: its count, ending at its tick.
+fn missed_ticks(rec: &serde_json::Value) -> Vec<i64> {
+    let newest = tick_secs(rec["tick"].as_str().unwrap());
+    let count = rec["missed_ticks"].as_i64().unwrap_or(1);
+    (0..count).map(|k| newest - k).collect()
+}
+
+struct Outcome {
+    runs: Vec<Run>,
+    /// tick → how many missed/skipped records cover it.
+    recorded: HashMap<i64, u32>,
+    missed: Vec<serde_json::Value>,
+    /// The window the fault covered, in unix seconds.
+    fault: (f64, f64),
+    logs: String,
+}
+
+/// Three members, three replicas; `pick` chooses the member to kill (given
+/// the etcd leader's index); the member stays down for [`DOWN_FOR`], then
+/// comes back; the replicas fire a few more ticks.
+fn member_down(pick: impl Fn(usize) -> usize) -> Outcome {
+    let mut cluster = EtcdCluster::start(3);
+    let endpoints = cluster
+        .endpoints()
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let line = |event: &str| {
+        format!(
+            "echo \"{event} $BGSCHED_SCHEDULED_AT $(date +%s.%N) $BGSCHED_RUN_ID $BGSCHED_TRIGGER $BGSCHED_INSTANCE\" >> {{dir}}/ledger"
+        )
+    };
+    let env = Env::new().config(&format!(
+        "[cluster]\netcd = [{endpoints}]\nprefix = \"/members\"\nlease_ttl = \"2s\"\n\n\
+         [jobs.beat]\nschedule = \"@every 1s\"\nshell = '{}; {}'\n",
+        line("start"),
+        line("end")
+    ));
+    let replicas: Vec<Scheduler> = ["a", "b", "c"].iter().map(|i| env.spawn_run(i)).collect();
+    wait_until(PATIENCE, "3 fires", || runs(&env).len() >= 3);
+    let mut leader = None;
+    wait_until(PATIENCE, "an etcd leader", || {
+        leader = cluster.leader();
+        leader.is_some()
+    });
+    let victim = pick(leader.unwrap());
+    cluster.kill_member(victim);
+    let down = now_secs();
+    wait_until(Duration::from_secs(60), "the member's downtime", || {
+        now_secs() >= down + DOWN_FOR
+    });
+    cluster.restart_member(victim);
+    let up = now_secs();
+    wait_until(PATIENCE, "3 fires after the member is back", || {
+        runs(&env).iter().filter(|r| r.start > up).count() >= 3
+    });
+    let records = history(&env);
+    let mut recorded: HashMap<i64, u32> = HashMap::new();
+    let mut missed = Vec::new();
+    for rec in &records {
+        match rec["outcome"].as_str() {
+            Some("missed") => {
+                for t in missed_ticks(rec) {
+                    *recorded.entry(t).or_default() += 1;
+                }
+                missed.push(rec.clone());
+            }
+            Some("skipped") => {
+                *recorded
+                    .entry(tick_secs(rec["tick"].as_str().unwrap()))
+                    .or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+    let logs = replicas
+        .iter()
+        .map(Scheduler::log_text)
+        .collect::<Vec<_>>()
+        .join("\n");
+    drop(replicas);
+    Outcome {
+        runs: runs(&env),
+        recorded,
+        missed,
+        fault: (down, up),
+        logs,
+    }
+}
+
+impl Outcome {
+    /// Every tick from the first fire to the last either ran once or has
+    /// exactly one record saying why not; no tick ran twice; no two runs
+    /// overlapped (the job is `overlap = "skip"`).
+    fn assert_accounted(&self) {
+        let mut fired = HashSet::new();
+        for r in &self.runs {
+            assert!(
+                fired.insert(r.tick),
+                "tick {} ran twice: {:#?}",
+                r.tick,
+                self.runs
+            );
+        }
+        let first = self.runs.iter().map(|r| r.tick).min().unwrap();
+        let last = self.runs.iter().map(|r| r.tick).max().unwrap();
+        for t in first..=last {
+            let records = self.recorded.get(&t).copied().unwrap_or(0);
+            if fired.contains(&t) {
+                assert_eq!(records, 0, "tick {t} ran and is also recorded not run: {:#?}", self.missed);
+            } else {
+                assert_eq!(
+                    records, 1,
+                    "tick {t} neither ran nor has exactly one record: runs {:#?}\nmissed {:#?}",
+                    self.runs, self.missed
+                );
+            }
+        }
+        let mut spans: Vec<&Run> = self.runs.iter().collect();
+        spans.sort_by(|a, b| a.start.total_cmp(&b.start));
+        for pair in spans.windows(2) {
+            let end = pair[0].end.unwrap_or(f64::MAX);
+            assert!(
+                pair[1].start >= end,
+                "runs {} and {} overlapped",
+                pair[0].run_id,
+                pair[1].run_id
+            );
+        }
+    }
+
+    /// The longest time between two consecutive starts around the fault.
+    fn longest_gap(&self) -> f64 {
+        let (down, up) = self.fault;
+        let mut starts: Vec<f64> = self
+            .runs
+            .iter()
+            .map(|r| r.start)
+            .filter(|s| *s >= down - 2.0 && *s <= up + 2.0)
+            .collect();
+        starts.sort_by(f64::total_cmp);
+        starts
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .fold(0.0, f64::max)
+    }
+
+    fn missed_count(&self) -> u64 {
+        self.missed
+            .iter()
+            .map(|m| m["missed_ticks"].as_u64().unwrap_or(1))
+            .sum()
+    }
+
+    /// No replica that won leadership gave it back because a read failed.
+    fn assert_no_resign_after_a_win(&self) {
+        assert!(
+            !self.logs.contains("resigning and retrying"),
+            "a freshly elected leader resigned:\n{}",
+            self.logs
+        );
+    }
+}
+
+#[test]
+fn killing_an_etcd_follower_costs_no_tick() {
+    let _serial = serial();
+    let out = member_down(|leader| (leader + 1) % 3);
+    out.assert_accounted();
+    out.assert_no_resign_after_a_win();
+    assert_eq!(
+        out.missed_count(),
+        0,
+        "ticks missed with one etcd follower down: {:#?}",
+        out.missed
+    );
+    let leaders: HashSet<&str> = out.runs.iter().map(|r| r.instance.as_str()).collect();
+    assert_eq!(leaders.len(), 1, "leadership changed hands: {:#?}", out.runs);
+    let gap = out.longest_gap();
+    println!("etcd follower down {DOWN_FOR}s: longest gap between fires {gap:.2}s");
+    assert!(gap <= 2.0, "a gap of {gap:.2}s between fires");
+}
+
+#[test]
+fn killing_the_etcd_leader_costs_at_most_its_election() {
+    let _serial = serial();
+    let out = member_down(|leader| leader);
+    out.assert_accounted();
+    out.assert_no_resign_after_a_win();
+    let missed = out.missed_count();
+    let gap = out.longest_gap();
+    let catchups = out.runs.iter().filter(|r| r.trigger == "catchup").count();
+    println!(
+        "etcd leader down {DOWN_FOR}s: {missed} tick(s) recorded missed, {catchups} caught up, longest gap between fires {gap:.2}s"
+    );
+    assert!(missed <= 2, "{missed} ticks missed: {:#?}", out.missed);
+    assert!(gap <= 4.0, "a gap of {gap:.2}s between fires");
+    for m in &out.missed {
+        let reason = m["reason"].as_str().unwrap_or("");
+        // The newest missed tick the record says was caught up did run.
+        if reason.contains("was caught up") {
+            let newest = tick_secs(m["tick"].as_str().unwrap());
+            assert!(
+                out.runs
+                    .iter()
+                    .any(|r| r.trigger == "catchup" && r.tick > newest),
+                "a record says a tick was caught up, but no catch-up ran: {m:#}"
+            );
+        }
+    }
+}

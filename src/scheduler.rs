@@ -448,7 +448,10 @@ impl<C: Coordinator> Scheduler<C> {
             let fenced = leadership.is_fenced();
             if fenced && fenced_since.is_none() {
                 fenced_since = Some(Utc::now());
-                tracing::warn!(term = leadership.term, "fenced: the backend cannot vouch for leadership right now; holding fires back");
+                tracing::warn!(
+                    term = leadership.term,
+                    "fenced: the backend cannot vouch for leadership right now; holding fires back"
+                );
             }
             tokio::select! {
                 biased;
@@ -499,7 +502,11 @@ impl<C: Coordinator> Scheduler<C> {
                         };
                         let late = (now - tick).to_std().unwrap_or_default();
                         if late > job.catchup.max(LATE_TOLERANCE) {
-                            let why = if held_back.is_some() { Missed::HeldBack } else { Missed::ClaimFailing };
+                            let why = if held_back.is_some() {
+                                Missed::HeldBack
+                            } else {
+                                Missed::ClaimFailing
+                            };
                             self.record_missed(leadership.term, job, 1, tick, tick, None, why);
                             continue;
                         }
@@ -513,7 +520,15 @@ impl<C: Coordinator> Scheduler<C> {
                             .await;
                         if superseded {
                             // A later tick was claimed first: this one is gone for good.
-                            self.record_missed(leadership.term, job, 1, tick, tick, None, Missed::Superseded);
+                            self.record_missed(
+                                leadership.term,
+                                job,
+                                1,
+                                tick,
+                                tick,
+                                None,
+                                Missed::Superseded,
+                            );
                         }
                     }
                     Retry::Request { req, since, .. } => {
@@ -533,7 +548,14 @@ impl<C: Coordinator> Scheduler<C> {
                 if let Some((count, oldest, newest)) = plan.missed {
                     let caught_up = plan.fires.first().filter(|f| f.1 == Trigger::Catchup);
                     let why = match held_back {
-                        Some((since, _)) if newest + chrono::Duration::from_std(LATE_TOLERANCE).unwrap_or_default() >= since => Missed::HeldBack,
+                        Some((since, _))
+                            if newest
+                                + chrono::Duration::from_std(LATE_TOLERANCE)
+                                    .unwrap_or_default()
+                                >= since =>
+                        {
+                            Missed::HeldBack
+                        }
                         _ => Missed::NotFiring,
                     };
                     self.record_missed(

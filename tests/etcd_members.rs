@@ -201,7 +201,11 @@ impl Outcome {
         for t in first..=last {
             let records = self.recorded.get(&t).copied().unwrap_or(0);
             if fired.contains(&t) {
-                assert_eq!(records, 0, "tick {t} ran and is also recorded not run: {:#?}", self.missed);
+                assert_eq!(
+                    records, 0,
+                    "tick {t} ran and is also recorded not run: {:#?}",
+                    self.missed
+                );
             } else {
                 assert_eq!(
                     records, 1,
@@ -233,10 +237,7 @@ impl Outcome {
             .filter(|s| *s >= down - 2.0 && *s <= up + 2.0)
             .collect();
         starts.sort_by(f64::total_cmp);
-        starts
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .fold(0.0, f64::max)
+        starts.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
     }
 
     fn missed_count(&self) -> u64 {
@@ -270,7 +271,12 @@ fn killing_an_etcd_follower_costs_no_tick() {
     );
     // The healthy members answer everything: no request fails for good,
     // no session is in doubt.
-    for symptom in ["claim failed", "lease not renewed", "session lost", "etcd: "] {
+    for symptom in [
+        "claim failed",
+        "lease not renewed",
+        "session lost",
+        "etcd: ",
+    ] {
         assert!(
             !out.logs.contains(symptom),
             "a replica logged {symptom:?} with one etcd follower down:\n{}",
@@ -278,7 +284,12 @@ fn killing_an_etcd_follower_costs_no_tick() {
         );
     }
     let leaders: HashSet<&str> = out.runs.iter().map(|r| r.instance.as_str()).collect();
-    assert_eq!(leaders.len(), 1, "leadership changed hands: {:#?}", out.runs);
+    assert_eq!(
+        leaders.len(),
+        1,
+        "leadership changed hands: {:#?}",
+        out.runs
+    );
     let gap = out.longest_gap();
     println!("etcd follower down {DOWN_FOR}s: longest gap between fires {gap:.2}s");
     assert!(gap <= 2.0, "a gap of {gap:.2}s between fires");

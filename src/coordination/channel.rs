@@ -162,7 +162,7 @@ async fn maintain(
                 let down: Vec<_> = members.list.read().expect("member list lock").iter().filter(|m| m.down.load(Ordering::SeqCst)).cloned().collect();
                 drop(members);
                 for member in down {
-                    if answers(&member.uri).await {
+                    if answers(&member).await {
                         tracing::info!(endpoint = %member.uri, "etcd member answers again");
                         member.down.store(false, Ordering::SeqCst);
                     }
@@ -172,20 +172,36 @@ async fn maintain(
     }
 }
 
-/// Whether the member accepts a connection.
-async fn answers(uri: &Uri) -> bool {
-    let Some(host) = uri.host() else {
-        return false;
-    };
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 2379 });
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let connect = tokio::net::TcpStream::connect((host, port));
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), connect).await,
-        Ok(Ok(_))
-    )
+/// Whether the member answers a gRPC call (any answer: a TCP accept alone
+/// may be a proxy in front of a dead member). `Status` is the cheapest call
+/// etcd has and needs no leader.
+async fn answers(member: &Member) -> bool {
+    let req = probe_request(&member.uri);
+    let until = Instant::now() + Duration::from_secs(1);
+    matches!(attempt_on(member, req, until).await, Attempt::Done(Ok(_)))
+}
+
+/// `Maintenance/Status` with an empty request message.
+fn probe_request(uri: &Uri) -> Request<Body> {
+    let path = format!(
+        "{}/etcdserverpb.Maintenance/Status",
+        uri.to_string().trim_end_matches('/')
+    );
+    let mut req = Request::new(Body::new(http_body_util::Full::new(
+        tonic::codegen::Bytes::from_static(&[0, 0, 0, 0, 0]),
+    )));
+    *req.method_mut() = tonic::codegen::http::Method::POST;
+    *req.uri_mut() = path.parse().unwrap_or_else(|_| uri.clone());
+    let headers = req.headers_mut();
+    headers.insert(
+        "content-type",
+        tonic::codegen::http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(
+        "te",
+        tonic::codegen::http::HeaderValue::from_static("trailers"),
+    );
+    req
 }
 
 #[derive(Clone)]
@@ -469,7 +485,10 @@ mod tests {
 
     #[test]
     fn grpc_messages_are_percent_decoded() {
-        assert_eq!(percent_decode("etcdserver:%20no%20leader"), "etcdserver: no leader");
+        assert_eq!(
+            percent_decode("etcdserver:%20no%20leader"),
+            "etcdserver: no leader"
+        );
         assert_eq!(percent_decode("100%"), "100%");
     }
 
@@ -479,5 +498,37 @@ mod tests {
         assert!(refused_before_execution("etcdserver: not leader"));
         assert!(!refused_before_execution("etcdserver: request timed out"));
         assert!(!refused_before_execution("etcdserver: leader changed"));
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::*;
+
+    /// A member behind a proxy whose upstream is down: the connection is
+    /// accepted, then reset before a byte of HTTP/2.
+    #[tokio::test]
+    async fn a_connection_reset_before_the_handshake_counts_as_never_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                s.set_zero_linger().unwrap();
+                drop(s);
+            }
+        });
+        let uri: Uri = format!("http://127.0.0.1:{port}").parse().unwrap();
+        let member = Member {
+            uri: uri.clone(),
+            channel: Endpoint::from(uri).connect_lazy(),
+            down: AtomicBool::new(false),
+        };
+        let req = probe_request(&member.uri);
+        match attempt_on(&member, req, Instant::now() + Duration::from_secs(2)).await {
+            Attempt::Refused(_) => {}
+            Attempt::Done(r) => panic!("done: {:?}", r.map(|r| r.status())),
+            Attempt::Ambiguous(_, why) => panic!("ambiguous: {why}"),
+        }
     }
 }

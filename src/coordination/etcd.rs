@@ -291,7 +291,11 @@ pub async fn keep_lease_alive(
                     let _ = v.send(sent + cfg.fence_after());
                 }
                 if fenced {
-                    tracing::info!(lease, ttl = resp.ttl(), "lease renewed again: no longer fenced");
+                    tracing::info!(
+                        lease,
+                        ttl = resp.ttl(),
+                        "lease renewed again: no longer fenced"
+                    );
                     fenced = false;
                 }
             }
@@ -659,7 +663,11 @@ impl Etcd {
 
     /// `load_last_ticks`, tried again for up to [`LOAD_LAST_TICKS_FOR`]
     /// while the session lives.
-    async fn load_last_ticks_retrying(&self, term: u64, alive: &watch::Receiver<bool>) -> Result<()> {
+    async fn load_last_ticks_retrying(
+        &self,
+        term: u64,
+        alive: &watch::Receiver<bool>,
+    ) -> Result<()> {
         let give_up = Instant::now() + LOAD_LAST_TICKS_FOR;
         let mut delay = Duration::from_millis(100);
         loop {
@@ -1440,7 +1448,11 @@ impl Coordinator for Etcd {
         loop {
             let attempt = async {
                 let (lease, alive, vouched) = self.session(instance).await?;
-                Ok::<_, CoordError>((lease, (alive, vouched), self.try_lead(instance, lease).await?))
+                Ok::<_, CoordError>((
+                    lease,
+                    (alive, vouched),
+                    self.try_lead(instance, lease).await?,
+                ))
             };
             match attempt.await {
                 Ok((_, (alive, vouched), Ok(term))) => {

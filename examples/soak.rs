@@ -20,7 +20,8 @@
 //! 0.5-4 s), SIGTERM of the leader (restarted once it exited), SIGSTOP of the
 //! leader for lease_ttl + 1-3 s, a proxy blackhole or reset of one replica
 //! for 1-6 s, and etcd faults (single: stop, restart after 2-6 s; cluster:
-//! kill a follower member or the raft leader, restart after 2-6 s).
+//! kill a follower member or the raft leader, restart after 2-6 s; the two
+//! others keep a quorum).
 //!
 //! The jobs (the same config for every replica, lease_ttl 2s) append to one
 //! ledger per phase, one `echo >>` (O_APPEND, atomic for short lines) per event:
@@ -53,8 +54,15 @@
 //! - **Missed ticks**: a due tick is fired (a `start` line), skipped (a
 //!   bgsched `skipped` record for it), or unfired. Consecutive unfired ticks
 //!   form an outage; it was caught up if the next tick was fired or skipped
-//!   with trigger `catchup`. Every unfired tick should be covered by a
-//!   bgsched `missed` record (or a record of a claimed run that never ran).
+//!   with trigger `catchup`. Every unfired tick must be covered by a
+//!   bgsched `missed` record (or a record of a claimed run that never ran);
+//!   no tick may be covered by two `missed`/`skipped` records, and no tick
+//!   that ran may be recorded `missed` (all must be 0).
+//! - **etcd member faults that keep quorum** (`etcd follower kill`, `etcd
+//!   leader kill` of one member of three, must be 0): no tick from 1 s
+//!   before the kill to `lease_ttl` after the member is back may go unfired,
+//!   except, for a leader kill, ticks up to `lease_ttl` after the survivors
+//!   had a raft leader, and those only when their outage was caught up.
 //! - **Failover gaps**: per fault, injection to the first `start` after it
 //!   (any run), and for leader faults to the first `start` carrying a larger
 //!   fencing token than any before the fault (a new term).

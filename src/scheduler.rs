@@ -897,6 +897,10 @@ impl<C: Coordinator> Scheduler<C> {
                 "{at_least}{count} tick(s) from {} to {} passed {cause}; only the newest missed tick, {}, was caught up",
                 oldest.to_rfc3339(), newest.to_rfc3339(), t.to_rfc3339()
             ),
+            None if matches!(why, Missed::Superseded) => format!(
+                "{at_least}{count} tick(s) from {} to {} passed {cause}",
+                oldest.to_rfc3339(), newest.to_rfc3339()
+            ),
             None => format!(
                 "{at_least}{count} tick(s) from {} to {} passed {cause}, beyond the catch-up window of {}",
                 oldest.to_rfc3339(), newest.to_rfc3339(), humantime::format_duration(job.catchup)

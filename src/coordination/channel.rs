@@ -96,12 +96,19 @@ struct Member {
     uri: Uri,
     channel: tonic::transport::Channel,
     down: AtomicBool,
+    /// Whether it ever answered: the failure of a member that never did is
+    /// no news (a one-shot command reports its own failure).
+    answered: AtomicBool,
 }
 
 impl Member {
     fn mark_down(&self, why: &dyn std::fmt::Display) {
         if !self.down.swap(true, Ordering::SeqCst) {
-            tracing::warn!(endpoint = %self.uri, "etcd member failed ({why}); using the others until it answers again");
+            if self.answered.load(Ordering::SeqCst) {
+                tracing::warn!(endpoint = %self.uri, "etcd member failed ({why}); using the others until it answers again");
+            } else {
+                tracing::debug!(endpoint = %self.uri, "etcd member failed ({why}); using the others until it answers");
+            }
         }
     }
 }
@@ -143,7 +150,7 @@ async fn maintain(
                 let Some(members) = members.upgrade() else { return };
                 match change {
                     Some(Change::Insert(uri, endpoint)) => {
-                        let member = Arc::new(Member { uri: uri.clone(), channel: endpoint.connect_lazy(), down: AtomicBool::new(false) });
+                        let member = Arc::new(Member { uri: uri.clone(), channel: endpoint.connect_lazy(), down: AtomicBool::new(false), answered: AtomicBool::new(false) });
                         let mut list = members.list.write().expect("member list lock");
                         list.retain(|m| m.uri != uri);
                         list.push(member);
@@ -223,7 +230,7 @@ fn is_stream(path: &str) -> bool {
 enum Attempt {
     Done(Result<Response<Body>, BoxError>),
     /// The request surely reached no server: send it elsewhere.
-    Refused(String),
+    Refused(Result<Response<Body>, BoxError>, String),
     /// It may have been executed: only a request safe to repeat goes on.
     Ambiguous(Result<Response<Body>, BoxError>, String),
 }
@@ -306,9 +313,9 @@ impl Failover {
             *attempt.extensions_mut() = parts.extensions.clone();
             match attempt_on(&member, attempt, until.min(deadline)).await {
                 Attempt::Done(r) => return r,
-                Attempt::Refused(why) => {
+                Attempt::Refused(r, why) => {
                     member.mark_down(&why);
-                    last = Some(Err(why.into()));
+                    last = Some(r);
                 }
                 Attempt::Ambiguous(r, why) => {
                     member.mark_down(&why);
@@ -332,9 +339,9 @@ impl Failover {
         };
         match attempt_on(&member, req, deadline).await {
             Attempt::Done(r) => r,
-            Attempt::Refused(why) => {
+            Attempt::Refused(r, why) => {
                 member.mark_down(&why);
-                Err(why.into())
+                r
             }
             Attempt::Ambiguous(r, why) => {
                 member.mark_down(&why);
@@ -363,17 +370,24 @@ async fn attempt_on(member: &Member, req: Request<Body>, until: Instant) -> Atte
         }
     };
     match result {
-        Err(e) if never_sent(&*e) => Attempt::Refused(format!("{}: {}", member.uri, chain(&*e))),
+        Err(e) if never_sent(&*e) => {
+            let why = format!("{}: {}", member.uri, chain(&*e));
+            Attempt::Refused(Err(e), why)
+        }
         Err(e) => {
             let why = format!("{}: {}", member.uri, chain(&*e));
             Attempt::Ambiguous(Err(e), why)
         }
         Ok(resp) => match status_of(&resp) {
-            None => Attempt::Done(Ok(resp)),
+            None => {
+                member.answered.store(true, Ordering::SeqCst);
+                Attempt::Done(Ok(resp))
+            }
             Some((code, message)) => {
+                member.answered.store(true, Ordering::SeqCst);
                 let why = format!("{}: {message}", member.uri);
                 if refused_before_execution(&message) {
-                    Attempt::Refused(why)
+                    Attempt::Refused(Ok(resp), why)
                 } else if code == UNAVAILABLE {
                     Attempt::Ambiguous(Ok(resp), why)
                 } else {
@@ -523,10 +537,11 @@ mod wire_tests {
             uri: uri.clone(),
             channel: Endpoint::from(uri).connect_lazy(),
             down: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
         };
         let req = probe_request(&member.uri);
         match attempt_on(&member, req, Instant::now() + Duration::from_secs(2)).await {
-            Attempt::Refused(_) => {}
+            Attempt::Refused(..) => {}
             Attempt::Done(r) => panic!("done: {:?}", r.map(|r| r.status())),
             Attempt::Ambiguous(_, why) => panic!("ambiguous: {why}"),
         }

@@ -113,8 +113,8 @@ struct Outcome {
 /// `members` etcd members, three replicas; `pick` chooses the member to
 /// kill (given the etcd leader's index); the member stays down for
 /// `down_for` seconds, then comes back; the replicas fire a few more ticks.
-fn member_down(members: usize, down_for: f64, pick: impl Fn(usize) -> usize) -> Outcome {
-    let mut cluster = EtcdCluster::start(members);
+fn member_down(cluster: EtcdCluster, down_for: f64, pick: impl Fn(usize) -> usize) -> Outcome {
+    let mut cluster = cluster;
     let endpoints = cluster
         .endpoints()
         .iter()
@@ -262,7 +262,7 @@ impl Outcome {
 #[test]
 fn killing_an_etcd_follower_costs_no_tick() {
     let _serial = serial();
-    let out = member_down(3, DOWN_FOR, |leader| (leader + 1) % 3);
+    let out = member_down(EtcdCluster::start(3), DOWN_FOR, |leader| (leader + 1) % 3);
     out.assert_accounted();
     out.assert_no_resign_after_a_win();
     assert_eq!(
@@ -299,12 +299,29 @@ fn killing_an_etcd_follower_costs_no_tick() {
     assert!(gap <= 2.0, "a gap of {gap:.2}s between fires");
 }
 
+/// etcd's default election timing (1 s): the election outlasts the
+/// fencing window of a 2 s lease, so the leader is fenced and must ride
+/// it out.
 #[test]
 fn killing_the_etcd_leader_costs_at_most_its_election() {
     let _serial = serial();
-    let out = member_down(3, DOWN_FOR, |leader| leader);
+    let cluster = EtcdCluster::start_with_default_elections(3);
+    let out = member_down(cluster, DOWN_FOR, |leader| leader);
     out.assert_accounted();
     out.assert_no_resign_after_a_win();
+    // Ridden out: no session given up, no leadership changed hands.
+    assert!(
+        !out.logs.contains("session lost"),
+        "a session was given up over the etcd election:\n{}",
+        out.logs
+    );
+    let leaders: HashSet<&str> = out.runs.iter().map(|r| r.instance.as_str()).collect();
+    assert_eq!(
+        leaders.len(),
+        1,
+        "leadership changed hands: {:#?}",
+        out.runs
+    );
     let missed = out.missed_count();
     let gap = out.longest_gap();
     let catchups = out.runs.iter().filter(|r| r.trigger == "catchup").count();
@@ -335,7 +352,7 @@ fn killing_the_etcd_leader_costs_at_most_its_election() {
 #[test]
 fn a_leader_rides_out_an_etcd_restart_with_the_same_term() {
     let _serial = serial();
-    let out = member_down(1, 1.8, |leader| leader);
+    let out = member_down(EtcdCluster::start(1), 1.8, |leader| leader);
     out.assert_accounted();
     let (down, up) = out.fault;
     let before: HashSet<u64> = out

@@ -144,9 +144,10 @@ async fn maintain(
 ) {
     let mut probe = tokio::time::interval(PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut open = true;
     loop {
         tokio::select! {
-            change = changes.recv() => {
+            change = changes.recv(), if open => {
                 let Some(members) = members.upgrade() else { return };
                 match change {
                     Some(Change::Insert(uri, endpoint)) => {
@@ -161,7 +162,7 @@ async fn maintain(
                         members.list.write().expect("member list lock").retain(|m| m.uri != uri);
                     }
                     // The client is gone; keep probing while channels live.
-                    None => {}
+                    None => open = false,
                 }
             }
             _ = probe.tick() => {

@@ -546,3 +546,50 @@ pub trait RunRecorder: Send {
     /// the job. Never resolves for backends that cannot lose the mark.
     fn fenced(&mut self) -> impl Future<Output = String> + Send;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn a_fenced_leader_may_not_claim_until_vouched_for_again_and_is_not_lost() {
+        let (_valid_tx, valid) = watch::channel(true);
+        let (fence_tx, fence) = watch::channel(Instant::now() + Duration::from_millis(100));
+        let leadership = Leadership::new(7, valid, None, Box::new(())).with_fence(fence);
+        assert!(leadership.is_valid());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(leadership.is_fenced());
+        assert!(
+            !leadership.is_valid(),
+            "past the vouched-for instant no claim may start"
+        );
+        let lost = tokio::time::timeout(Duration::from_millis(200), leadership.lost()).await;
+        assert!(lost.is_err(), "fenced is not lost");
+        let renewed = Instant::now() + Duration::from_secs(60);
+        let vouched = async {
+            tokio::task::yield_now().await;
+            fence_tx.send(renewed).unwrap();
+        };
+        tokio::join!(leadership.vouched(), vouched);
+        assert!(leadership.is_valid());
+        assert_eq!(leadership.term, 7, "the same term resumes");
+    }
+
+    #[tokio::test]
+    async fn a_lost_leadership_is_neither_valid_nor_waited_for() {
+        let (valid_tx, valid) = watch::channel(true);
+        let (_fence_tx, fence) = watch::channel(Instant::now() - Duration::from_millis(1));
+        let leadership = Leadership::new(3, valid, None, Box::new(())).with_fence(fence);
+        valid_tx.send(false).unwrap();
+        assert!(!leadership.is_valid());
+        // `vouched` returns for a lost leadership too, so the fire loop sees
+        // the loss instead of waiting for a renewal that never comes.
+        tokio::time::timeout(Duration::from_secs(1), leadership.vouched())
+            .await
+            .expect("vouched returns once lost");
+        tokio::time::timeout(Duration::from_secs(1), leadership.lost())
+            .await
+            .expect("lost resolves");
+    }
+}

@@ -269,9 +269,10 @@ pub async fn keep_lease_alive(
             fenced = true;
         }
         // Fenced, an attempt still may not hang: the stream may be stuck on
-        // a member that lost its leader.
+        // a member that lost its leader. But it gets a whole request's
+        // time: on a loaded machine a renewal may be slow and still good.
         let until = if fenced {
-            Instant::now() + cfg.renew_every()
+            Instant::now() + cfg.request_deadline()
         } else {
             deadline
         };

@@ -20,7 +20,8 @@
 //! 0.5-4 s), SIGTERM of the leader (restarted once it exited), SIGSTOP of the
 //! leader for lease_ttl + 1-3 s, a proxy blackhole or reset of one replica
 //! for 1-6 s, and etcd faults (single: stop, restart after 2-6 s; cluster:
-//! kill a follower member or the raft leader, restart after 2-6 s).
+//! kill a follower member or the raft leader, restart after 2-6 s; the two
+//! others keep a quorum).
 //!
 //! The jobs (the same config for every replica, lease_ttl 2s) append to one
 //! ledger per phase, one `echo >>` (O_APPEND, atomic for short lines) per event:
@@ -53,8 +54,15 @@
 //! - **Missed ticks**: a due tick is fired (a `start` line), skipped (a
 //!   bgsched `skipped` record for it), or unfired. Consecutive unfired ticks
 //!   form an outage; it was caught up if the next tick was fired or skipped
-//!   with trigger `catchup`. Every unfired tick should be covered by a
-//!   bgsched `missed` record (or a record of a claimed run that never ran).
+//!   with trigger `catchup`. Every unfired tick must be covered by a
+//!   bgsched `missed` record (or a record of a claimed run that never ran);
+//!   no tick may be covered by two `missed`/`skipped` records, and no tick
+//!   that ran may be recorded `missed` (all must be 0).
+//! - **etcd member faults that keep quorum** (`etcd follower kill`, `etcd
+//!   leader kill` of one member of three, must be 0): no tick from 1 s
+//!   before the kill to `lease_ttl` after the member is back may go unfired,
+//!   except, for a leader kill, ticks up to `lease_ttl` after the survivors
+//!   had a raft leader, and those only when their outage was caught up.
 //! - **Failover gaps**: per fault, injection to the first `start` after it
 //!   (any run), and for leader faults to the first `start` carrying a larger
 //!   fencing token than any before the fault (a new term).
@@ -903,6 +911,10 @@ struct Fault {
     term_before: Option<u64>,
     injected: i64,
     healed: i64,
+    /// An etcd member fault that kept a quorum: no tick may be lost to it.
+    quorum_kept: bool,
+    /// For an etcd leader kill: when the survivors had a raft leader (ns).
+    elected: Option<i64>,
     note: String,
 }
 
@@ -1085,6 +1097,8 @@ impl Phase {
             term_before: None,
             injected: 0,
             healed: 0,
+            quorum_kept: false,
+            elected: None,
             note: String::new(),
         };
         let leader_term = self.wait_leader_term(Duration::from_secs(10));
@@ -1220,10 +1234,12 @@ impl Phase {
                                 let others: Vec<usize> = (0..n).filter(|&i| i != l).collect();
                                 let i = others
                                     [((pick * others.len() as f64) as usize).min(others.len() - 1)];
-                                (i, "etcd member kill")
+                                (i, "etcd follower kill")
                             }
                             None => (((pick * n as f64) as usize).min(n - 1), "etcd member kill"),
                         };
+                        // One member of three: the other two keep a quorum.
+                        f.quorum_kept = raft_leader.is_some();
                         f.kind = kind;
                         f.target = c.members()[i].name().to_string();
                         f.injected = now_ns();
@@ -1234,6 +1250,9 @@ impl Phase {
                         while Instant::now() < until {
                             if c.leader().is_some() {
                                 elected = Some(dur_since(f.injected));
+                                if kind == "etcd leader kill" {
+                                    f.elected = Some(now_ns());
+                                }
                                 break;
                             }
                             pause(Duration::from_millis(100));
@@ -1623,15 +1642,24 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
     let mut skipped: HashMap<(&str, i64), &Rec> = HashMap::new();
     let mut unstarted: HashMap<(&str, i64), &Rec> = HashMap::new();
     let mut missed_cover: HashSet<(&str, i64)> = HashSet::new();
+    // Every record that says a tick did not run: one per tick at most.
+    let mut not_run: HashMap<(&str, i64), Vec<&Rec>> = HashMap::new();
     for x in history {
         let Some(def) = job_def(&x.job) else { continue };
         match x.outcome.as_str() {
             "skipped" => {
                 skipped.insert((def.name, x.tick), x);
+                if x.trigger != "manual" {
+                    not_run.entry((def.name, x.tick)).or_default().push(x);
+                }
             }
             "missed" => {
                 for k in 0..x.missed_ticks.max(1) as i64 {
                     missed_cover.insert((def.name, x.tick - k * def.period));
+                    not_run
+                        .entry((def.name, x.tick - k * def.period))
+                        .or_default()
+                        .push(x);
                 }
             }
             "lost" | "start_failed"
@@ -1644,6 +1672,7 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
     }
     let (mut due_all, mut fired_all, mut caught_all, mut uncaught_all) = (0, 0, 0, 0);
     let mut uncovered = Vec::new();
+    let mut lost_to_member_faults = Vec::new();
     let mut ran_but_missed = Vec::new();
     let mut not_caught = Vec::new();
     for def in &JOBS {
@@ -1709,6 +1738,35 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
                 );
             }
             for &tick in outage {
+                // One etcd member down, quorum kept: no tick may be lost,
+                // except the ones inside an etcd leader election, and those
+                // only when the outage was caught up.
+                let at = tick * NS;
+                let slack = TTL.as_nanos() as i64;
+                if let Some(f) = d
+                    .faults
+                    .iter()
+                    .find(|f| f.quorum_kept && at >= f.injected - NS && at <= f.healed + slack)
+                {
+                    let in_election =
+                        f.kind == "etcd leader kill" && at <= f.elected.unwrap_or(f.healed) + slack;
+                    if !(in_election && caught_up) {
+                        lost_to_member_faults.push(format!(
+                            "{} tick {} (fault #{} {} {}, {}; {})",
+                            def.name,
+                            tk(tick),
+                            f.id,
+                            f.kind,
+                            f.target,
+                            if in_election {
+                                "inside the election, not caught up"
+                            } else {
+                                "outside any election"
+                            },
+                            f.note
+                        ));
+                    }
+                }
                 if !missed_cover.contains(&(def.name, tick))
                     && !unstarted.contains_key(&(def.name, tick))
                 {
@@ -2023,11 +2081,36 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
         "history: claimed, never ran (unexplained)",
         &never_ran_unexplained,
     );
-    r.listed(
-        "history: unfired tick with no missed/skipped/lost record",
+    r.must_be_zero(
+        "**unfired tick with no missed/skipped/lost record**",
         &uncovered,
     );
-    r.listed("history: tick recorded missed but it ran", &ran_but_missed);
+    r.must_be_zero(
+        "**tick lost to an etcd member fault that kept quorum** (beyond a caught-up election)",
+        &lost_to_member_faults,
+    );
+    let mut twice_recorded: Vec<String> = not_run
+        .iter()
+        .filter(|(_, recs)| recs.len() > 1)
+        .map(|((job, tick), recs)| {
+            let what: Vec<String> = recs
+                .iter()
+                .map(|x| {
+                    format!(
+                        "{} {} by {} term {}: {}",
+                        x.outcome, x.run_id, x.instance, x.term, x.reason
+                    )
+                })
+                .collect();
+            format!("{job} tick {}: {}", tk(*tick), what.join("; "))
+        })
+        .collect();
+    twice_recorded.sort();
+    r.must_be_zero(
+        "**tick recorded not run twice** (missed/skipped)",
+        &twice_recorded,
+    );
+    r.must_be_zero("**tick recorded missed but it ran**", &ran_but_missed);
     r.listed(
         "replica anomalies (unexpected exits, slow or unclean stops)",
         &d.anomalies,

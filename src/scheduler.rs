@@ -206,6 +206,30 @@ impl FireState {
     }
 }
 
+/// Why ticks were not fired on time (the wording of their `missed` record).
+#[derive(Debug, Clone, Copy)]
+enum Missed {
+    /// No leader was firing: none elected, or this one just took over.
+    NotFiring,
+    /// This leader held its fires back while fenced.
+    HeldBack,
+    /// This leader's claims kept failing on backend errors.
+    ClaimFailing,
+    /// A later tick was claimed first.
+    Superseded,
+}
+
+impl Missed {
+    fn cause(self) -> &'static str {
+        match self {
+            Missed::NotFiring => "while nothing was firing",
+            Missed::HeldBack => "while the leader held its fires back (the backend could not vouch for its leadership: etcd had not confirmed its session lease in time)",
+            Missed::ClaimFailing => "while the leader's claims kept failing on backend errors",
+            Missed::Superseded => "unfired: a later tick was claimed first",
+        }
+    }
+}
+
 /// Why the fire loop ended.
 enum LoopEnd {
     Stop,
@@ -413,6 +437,10 @@ impl<C: Coordinator> Scheduler<C> {
         let mut lost = leadership.lost.take();
         let mut state = FireState::default();
         let mut prepared_for = None;
+        // When fenced, since when; after, the last stretch held back, so the
+        // ticks missed in it say why.
+        let mut fenced_since: Option<DateTime<Utc>> = None;
+        let mut held_back: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
         loop {
             self.metrics.beat();
             let mut reloaded = None;
@@ -436,10 +464,29 @@ impl<C: Coordinator> Scheduler<C> {
                 Some(t) => (t - Utc::now()).to_std().unwrap_or_default().min(MAX_SLEEP),
                 None => MAX_SLEEP,
             };
+            // Fenced (the backend cannot vouch for leadership right now, but
+            // has not lost it): start nothing, take no requests, and wait to
+            // be vouched for again; the ticks due meanwhile stay in `due` and
+            // are planned (caught up, coalesced) once firing resumes.
+            let fenced = leadership.is_fenced();
+            if fenced && fenced_since.is_none() {
+                fenced_since = Some(Utc::now());
+                tracing::warn!(
+                    term = leadership.term,
+                    "fenced: the backend cannot vouch for leadership right now; holding fires back"
+                );
+            }
             tokio::select! {
                 biased;
                 _ = stop.changed() => return Ok(LoopEnd::Stop),
                 () = leadership.lost() => return Ok(LoopEnd::LostLeadership),
+                () = leadership.vouched(), if fenced => {
+                    if let Some(since) = fenced_since.take() {
+                        tracing::info!(term = leadership.term, held_back_ms = (Utc::now() - since).num_milliseconds(), "vouched for again: resuming with the same term");
+                        held_back = Some((since, Utc::now()));
+                    }
+                    continue;
+                }
                 (died, handback) = running.reap_one() => {
                     if let Some(token) = handback {
                         self.coord.take_back(&token);
@@ -455,13 +502,16 @@ impl<C: Coordinator> Scheduler<C> {
                     self.after_lost(rec);
                     continue;
                 }
-                Some(req) = recv_from(&mut requests) => {
+                Some(req) = recv_from(&mut requests), if !fenced => {
                     self.answer_request(&config, leadership, req, Utc::now(), running, &mut state).await;
                     continue;
                 }
                 // Applied below, after what is due under the old config.
-                new = next_config(&mut updates) => reloaded = Some(new),
-                () = tokio::time::sleep(wait) => {}
+                new = next_config(&mut updates), if !fenced => reloaded = Some(new),
+                () = tokio::time::sleep(wait), if !fenced => {}
+            }
+            if leadership.is_fenced() && reloaded.is_none() {
+                continue;
             }
             let now = Utc::now();
             // Retries first: they are older than anything newly due.
@@ -475,7 +525,12 @@ impl<C: Coordinator> Scheduler<C> {
                         };
                         let late = (now - tick).to_std().unwrap_or_default();
                         if late > job.catchup.max(LATE_TOLERANCE) {
-                            self.record_missed(leadership.term, job, 1, tick, tick, None);
+                            let why = if held_back.is_some() {
+                                Missed::HeldBack
+                            } else {
+                                Missed::ClaimFailing
+                            };
+                            self.record_missed(leadership.term, job, 1, tick, tick, None, why);
                             continue;
                         }
                         let trigger = if late > LATE_TOLERANCE {
@@ -488,7 +543,15 @@ impl<C: Coordinator> Scheduler<C> {
                             .await;
                         if superseded {
                             // A later tick was claimed first: this one is gone for good.
-                            self.record_missed(leadership.term, job, 1, tick, tick, None);
+                            self.record_missed(
+                                leadership.term,
+                                job,
+                                1,
+                                tick,
+                                tick,
+                                None,
+                                Missed::Superseded,
+                            );
                         }
                     }
                     Retry::Request { req, since, .. } => {
@@ -508,6 +571,17 @@ impl<C: Coordinator> Scheduler<C> {
                 let backoff = state.backoff(&job.name).filter(|t| *t > now);
                 if let Some((count, oldest, newest)) = plan.missed {
                     let caught_up = plan.fires.first().filter(|f| f.1 == Trigger::Catchup);
+                    let why = match held_back {
+                        Some((since, _))
+                            if newest
+                                + chrono::Duration::from_std(LATE_TOLERANCE)
+                                    .unwrap_or_default()
+                                >= since =>
+                        {
+                            Missed::HeldBack
+                        }
+                        _ => Missed::NotFiring,
+                    };
                     self.record_missed(
                         leadership.term,
                         job,
@@ -515,6 +589,7 @@ impl<C: Coordinator> Scheduler<C> {
                         oldest,
                         newest,
                         caught_up.map(|f| f.0),
+                        why,
                     );
                 }
                 match backoff {
@@ -556,6 +631,7 @@ impl<C: Coordinator> Scheduler<C> {
                 }
             }
             drop(claims);
+            held_back = None;
             if let Some(new) = reloaded {
                 let new_due = reschedule(&jobs, &due, &scheduled(&new), Utc::now());
                 tracing::info!(
@@ -628,7 +704,7 @@ impl<C: Coordinator> Scheduler<C> {
         if let Some(i) = pending {
             if let Retry::Tick { tick: old, .. } = state.retries.swap_remove(i) {
                 let (older, newer) = (old.min(tick), old.max(tick));
-                self.record_missed(term, job, 1, older, older, None);
+                self.record_missed(term, job, 1, older, older, None, Missed::ClaimFailing);
                 let trigger = if newer == tick {
                     trigger
                 } else {
@@ -804,6 +880,12 @@ impl<C: Coordinator> Scheduler<C> {
                 let total = *total;
                 let reason = e.kind();
                 match e {
+                    // Fenced between plan and claim: the tick is held back
+                    // with the others and planned again once vouched for.
+                    ClaimRejected::NotLeader if leadership.is_fenced() => {
+                        tracing::debug!(job = %job.name, tick = %tick.to_rfc3339(), "fenced before the claim went out; holding the tick back");
+                        return Fired::Retry;
+                    }
                     ClaimRejected::AlreadyFired(t) => {
                         tracing::debug!(job = %job.name, tick = %t.to_rfc3339(), reason, rejected_total = total, "tick already fired");
                         return Fired::Superseded;
@@ -888,6 +970,7 @@ impl<C: Coordinator> Scheduler<C> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record_missed(
         &self,
         term: u64,
@@ -896,7 +979,9 @@ impl<C: Coordinator> Scheduler<C> {
         oldest: DateTime<Utc>,
         newest: DateTime<Utc>,
         fired: Option<DateTime<Utc>>,
+        why: Missed,
     ) {
+        let cause = why.cause();
         let at_least = if count >= MISSED_SCAN_LIMIT {
             "at least "
         } else {
@@ -904,11 +989,15 @@ impl<C: Coordinator> Scheduler<C> {
         };
         let reason = match fired {
             Some(t) => format!(
-                "{at_least}{count} tick(s) from {} to {} passed while nothing was firing; only the newest missed tick, {}, was caught up",
+                "{at_least}{count} tick(s) from {} to {} passed {cause}; only the newest missed tick, {}, was caught up",
                 oldest.to_rfc3339(), newest.to_rfc3339(), t.to_rfc3339()
             ),
+            None if matches!(why, Missed::Superseded) => format!(
+                "{at_least}{count} tick(s) from {} to {} passed {cause}",
+                oldest.to_rfc3339(), newest.to_rfc3339()
+            ),
             None => format!(
-                "{at_least}{count} tick(s) from {} to {} passed while nothing was firing, beyond the catch-up window of {}",
+                "{at_least}{count} tick(s) from {} to {} passed {cause}, beyond the catch-up window of {}",
                 oldest.to_rfc3339(), newest.to_rfc3339(), humantime::format_duration(job.catchup)
             ),
         };

@@ -370,7 +370,7 @@ async fn run(
                 config = %config.path.display(), etcd = ?cfg.endpoints, prefix = %cfg.prefix, instance = %instance,
                 "bgsched {} starting (cluster)", env!("CARGO_PKG_VERSION")
             );
-            crate::observe::etcd::record_into(metrics.clone());
+            crate::coordination::channel::record_into(metrics.clone());
             let mut stop_wait = stop_rx.clone();
             let etcd = tokio::select! {
                 etcd = Etcd::connect_retrying(cfg) => Arc::new(etcd?),

@@ -84,6 +84,11 @@ impl EtcdConfig {
         self.lease_ttl / 4
     }
 
+    /// One etcd request, failovers to other members included.
+    fn request_deadline(&self) -> Duration {
+        self.lease_ttl.max(Duration::from_secs(2)) / 2
+    }
+
     /// Stop acting on a lease this long after its last confirmed renewal,
     /// which leaves a third of the TTL between giving up and expiry.
     fn fence_after(&self) -> Duration {
@@ -197,9 +202,10 @@ fn auth_failure(cfg: &EtcdConfig, e: &etcd_client::Error) -> Option<CoordError> 
 /// Connect to etcd (the connection itself is established lazily and
 /// re-established by the client after failures).
 pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
+    // No client-side timeout: the channel bounds each request, failovers
+    // to other members included.
     let mut opts = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(cfg.lease_ttl.max(Duration::from_secs(2)) / 2)
+        .with_connect_timeout(Duration::from_secs(1))
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
@@ -222,7 +228,10 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
         }
         opts = opts.with_tls(tls);
     }
-    Client::connect_with_balanced_channel(&cfg.endpoints, Some(opts), crate::observe::etcd::Channel)
+    let channel = super::channel::Channel {
+        deadline: cfg.request_deadline(),
+    };
+    Client::connect_with_balanced_channel(&cfg.endpoints, Some(opts), channel)
         .await
         .map_err(|e| auth_failure(cfg, &e).unwrap_or_else(|| etcd_err("cannot connect")(e)))
 }
@@ -317,29 +326,55 @@ fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
     })
 }
 
-/// Keep `lease` alive until it can no longer be vouched for, then flip
-/// `alive` to false (for good). A renewal counts from the moment its
-/// request was sent, so the local deadline always precedes the server's.
+/// Keep `lease` alive. A renewal counts from the moment its request was
+/// sent, so the local deadline always precedes the server's.
+///
+/// Without `vouched`, the lease is given up (`alive` flips to false for
+/// good) once no renewal was confirmed for `fence_after`: a run's lease,
+/// whose job is killed then. With `vouched` (a session), that moment only
+/// fences: `vouched` always holds the instant until which the lease is
+/// vouched for (last confirmed renewal + `fence_after`), renewals go on, and
+/// one that succeeds (an etcd leader election refreshes every lease) moves
+/// the instant forward again. `alive` flips to false only when etcd says the
+/// lease is gone.
 pub async fn keep_lease_alive(
     client: Client,
     lease: i64,
     cfg: EtcdConfig,
     mut last_ok: Instant,
     alive: watch::Sender<bool>,
+    vouched: Option<watch::Sender<Instant>>,
 ) {
     let mut client = client;
     let mut stream = None;
+    let mut fenced = false;
     loop {
         let deadline = last_ok + cfg.fence_after();
-        if Instant::now() >= deadline {
+        if !fenced && Instant::now() >= deadline {
+            if vouched.is_none() {
+                tracing::warn!(
+                    lease,
+                    "lease not renewed for {}: giving it up",
+                    crate::observe::log::duration(cfg.fence_after())
+                );
+                let _ = alive.send(false);
+                return;
+            }
             tracing::warn!(
                 lease,
-                "lease not renewed for {}: giving it up",
+                "lease not renewed for {}: fenced (acting on it no more) until a renewal succeeds",
                 crate::observe::log::duration(cfg.fence_after())
             );
-            let _ = alive.send(false);
-            return;
+            fenced = true;
         }
+        // Fenced, an attempt still may not hang: the stream may be stuck on
+        // a member that lost its leader. But it gets a whole request's
+        // time: on a loaded machine a renewal may be slow and still good.
+        let until = if fenced {
+            Instant::now() + cfg.request_deadline()
+        } else {
+            deadline
+        };
         let sent = Instant::now();
         let attempt = async {
             if stream.is_none() {
@@ -349,8 +384,21 @@ pub async fn keep_lease_alive(
             keeper.keep_alive().await?;
             responses.message().await
         };
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(Some(resp))) if resp.ttl() > 0 => last_ok = sent,
+        match tokio::time::timeout_at(until, attempt).await {
+            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                last_ok = sent;
+                if let Some(v) = &vouched {
+                    let _ = v.send(sent + cfg.fence_after());
+                }
+                if fenced {
+                    tracing::info!(
+                        lease,
+                        ttl = resp.ttl(),
+                        "lease renewed again: no longer fenced"
+                    );
+                    fenced = false;
+                }
+            }
             Ok(Ok(Some(_))) => {
                 tracing::warn!(lease, "lease expired in etcd");
                 let _ = alive.send(false);
@@ -362,11 +410,16 @@ pub async fn keep_lease_alive(
                 return;
             }
             Ok(Ok(None)) | Ok(Err(_)) => {
+                // Broken stream: the channel sends the next one to a
+                // healthy member.
                 stream = None;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-            Err(_) => continue,
+            Err(_) => {
+                stream = None;
+                continue;
+            }
         }
         if alive.is_closed() {
             return;
@@ -408,7 +461,7 @@ async fn hold_run_lease(
             }
         }
     };
-    keep_lease_alive(client, lease, cfg, granted, alive).await;
+    keep_lease_alive(client, lease, cfg, granted, alive, None).await;
 }
 
 /// A replaceable run's supervisor: wait for a newer run's request to stop
@@ -460,6 +513,8 @@ struct Session {
     /// What `P/members/<instance>` holds.
     member: MemberInfo,
     alive: watch::Receiver<bool>,
+    /// Until when the lease is vouched for (see `keep_lease_alive`).
+    vouched: watch::Receiver<Instant>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -468,6 +523,10 @@ impl Drop for Session {
         self.task.abort();
     }
 }
+
+/// A session's lease, whether etcd still has it, and until when it is
+/// vouched for.
+type SessionView = (i64, watch::Receiver<bool>, watch::Receiver<Instant>);
 
 /// The etcd backend.
 pub struct Etcd {
@@ -486,7 +545,7 @@ pub struct Etcd {
     config_hash: Mutex<Option<String>>,
     /// The newest session's liveness, readable without the session lock
     /// (which a campaign holds across etcd round trips).
-    live_session: Mutex<Option<watch::Receiver<bool>>>,
+    live_session: Mutex<Option<(watch::Receiver<bool>, watch::Receiver<Instant>)>>,
 }
 
 impl Etcd {
@@ -557,16 +616,18 @@ impl Etcd {
     /// within the fencing window (2/3 of `lease_ttl`).
     pub fn session_confirmed(&self) -> bool {
         let live = self.live_session.lock().expect("session lock");
-        live.as_ref().is_some_and(|alive| *alive.borrow())
+        live.as_ref()
+            .is_some_and(|(alive, vouched)| *alive.borrow() && Instant::now() < *vouched.borrow())
     }
 
     /// The live session, creating (and registering this instance under
     /// `P/members/`) a new one if there is none or the old one died.
-    async fn session(&self, instance: &str) -> Result<(i64, watch::Receiver<bool>)> {
+    async fn session(&self, instance: &str) -> Result<SessionView> {
         let mut guard = self.session.lock().await;
         if let Some(s) = guard.as_ref() {
+            // A fenced session is kept: it may be renewed yet.
             if *s.alive.borrow() {
-                return Ok((s.lease, s.alive.clone()));
+                return Ok((s.lease, s.alive.clone(), s.vouched.clone()));
             }
             // We gave it up locally; etcd may still keep it (and our leader
             // key) alive for a while, e.g. after refreshing leases on restart.
@@ -595,22 +656,25 @@ impl Etcd {
             .await
             .map_err(etcd_err("register member"))?;
         let (tx, alive) = watch::channel(true);
+        let (vouched_tx, vouched) = watch::channel(granted + self.cfg.fence_after());
         let task = tokio::spawn(keep_lease_alive(
             client,
             lease,
             self.cfg.clone(),
             granted,
             tx,
+            Some(vouched_tx),
         ));
         tracing::info!(lease, ttl = %crate::observe::log::duration(self.cfg.lease_ttl), "etcd session started");
-        *self.live_session.lock().expect("session lock") = Some(alive.clone());
+        *self.live_session.lock().expect("session lock") = Some((alive.clone(), vouched.clone()));
         *guard = Some(Session {
             lease,
             member,
             alive: alive.clone(),
+            vouched: vouched.clone(),
             task,
         });
-        Ok((lease, alive))
+        Ok((lease, alive, vouched))
     }
 
     /// One attempt to become leader. `Ok(Err(rev))`: someone else leads as
@@ -714,6 +778,28 @@ impl Etcd {
             cache.insert(job, (last_tick_of(kv), kv.mod_revision()));
         }
         Ok(())
+    }
+
+    /// `load_last_ticks`, tried again for up to [`LOAD_LAST_TICKS_FOR`]
+    /// while the session lives.
+    async fn load_last_ticks_retrying(
+        &self,
+        term: u64,
+        alive: &watch::Receiver<bool>,
+    ) -> Result<()> {
+        let give_up = Instant::now() + LOAD_LAST_TICKS_FOR;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.load_last_ticks().await {
+                Ok(()) => return Ok(()),
+                Err(e) if *alive.borrow() && Instant::now() + delay < give_up => {
+                    tracing::warn!(term, "won leadership but {e}; reading again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Leader info with the term read from the key's create revision.
@@ -1191,6 +1277,12 @@ impl Etcd {
             },
             turn,
         };
+        // The lease grant may have taken a while: the self-fencing rule is
+        // about when the claim is sent.
+        if !leadership.is_valid() {
+            self.give_back_lease(lease, granted_at);
+            return Err((ClaimRejected::NotLeader, false));
+        }
         let resp = match client.txn(txn).await {
             Ok(r) => r,
             Err(e) => {
@@ -1354,6 +1446,10 @@ fn rand_bits() -> u32 {
         .unwrap_or(0)
 }
 
+/// How long a new leader keeps trying to read the last fired ticks before
+/// it gives its term back.
+const LOAD_LAST_TICKS_FOR: Duration = Duration::from_secs(10);
+
 /// Run leases granted ahead of one tick, at most: a bound on what a
 /// schedule with very many simultaneous jobs asks of etcd at once.
 const MAX_SPARE_LEASES: usize = 2048;
@@ -1470,14 +1566,21 @@ impl Coordinator for Etcd {
         let mut announced = None;
         loop {
             let attempt = async {
-                let (lease, alive) = self.session(instance).await?;
-                Ok::<_, CoordError>((lease, alive, self.try_lead(instance, lease).await?))
+                let (lease, alive, vouched) = self.session(instance).await?;
+                Ok::<_, CoordError>((
+                    lease,
+                    (alive, vouched),
+                    self.try_lead(instance, lease).await?,
+                ))
             };
             match attempt.await {
-                Ok((_, alive, Ok(term))) => {
+                Ok((_, (alive, vouched), Ok(term))) => {
                     // Without the last fired ticks this leader could neither
-                    // catch up nor keep claims cheap: give the term back.
-                    if let Err(e) = self.load_last_ticks().await {
+                    // catch up nor keep claims cheap. One failed read is no
+                    // reason to give the term back (the channel already
+                    // tried the other members): keep reading while the
+                    // session lives, and resign only after a long outage.
+                    if let Err(e) = self.load_last_ticks_retrying(term, &alive).await {
                         tracing::warn!(term, "won leadership but {e}; resigning and retrying");
                         self.resign_term(term).await;
                         tokio::time::sleep(delay).await;
@@ -1492,9 +1595,10 @@ impl Coordinator for Etcd {
                     let lost_runs = self.record_lost_runs(lost_tx);
                     let hold = AbortOnDrop(vec![guard, requests, lost_runs]);
                     return Ok(Leadership::new(term, valid, Some(req_rx), Box::new(hold))
-                        .with_lost_runs(lost_rx));
+                        .with_lost_runs(lost_rx)
+                        .with_fence(vouched));
                 }
-                Ok((_, mut alive, Err((rev, current)))) => {
+                Ok((_, (mut alive, _), Err((rev, current)))) => {
                     delay = Duration::from_millis(200);
                     if let Some(c) = &current {
                         if announced.as_ref() != Some(&c.term) {
@@ -1551,6 +1655,10 @@ impl Coordinator for Etcd {
         let run_id = req.request.map_or_else(new_run_id, str::to_string);
         let mut attempts = 0;
         loop {
+            // The self-fencing rule holds for every attempt.
+            if attempts > 0 && !leadership.is_valid() {
+                return Err(ClaimRejected::NotLeader);
+            }
             match self.claim_once(leadership, &req, &run_id).await {
                 Ok(claim) => return Ok(claim),
                 Err((_, true)) if attempts < 3 => attempts += 1,

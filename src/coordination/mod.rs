@@ -7,6 +7,7 @@
 //! same backend through [`RunRecorder`] to keep their run marked as active and
 //! to write its record.
 
+pub mod channel;
 pub mod etcd;
 mod fsutil;
 pub mod standalone;
@@ -246,6 +247,11 @@ pub struct Leadership {
     /// `true` while leadership is confirmed; flips to `false` for good when
     /// the backend can no longer vouch for it (session lost, key gone).
     valid: watch::Receiver<bool>,
+    /// Until when the backend vouches for leadership, if it bounds that
+    /// (etcd: the session lease's last confirmed renewal + 2/3 TTL). Past
+    /// it the leader is fenced: it must not start a claim, but leadership
+    /// is not lost and resumes with the same term once the instant moves on.
+    fence: Option<watch::Receiver<tokio::time::Instant>>,
     /// Manual trigger requests addressed to the leader, if the backend has any.
     pub requests: Option<mpsc::Receiver<TriggerRequest>>,
     /// Runs the backend recorded as `lost` on its own while this leadership
@@ -266,6 +272,7 @@ impl Leadership {
         Leadership {
             term,
             valid,
+            fence: None,
             requests,
             lost: None,
             _hold: hold,
@@ -277,8 +284,39 @@ impl Leadership {
         self
     }
 
+    pub fn with_fence(mut self, vouched: watch::Receiver<tokio::time::Instant>) -> Self {
+        self.fence = Some(vouched);
+        self
+    }
+
+    /// Whether this leader may start a claim now: not lost, not fenced.
     pub fn is_valid(&self) -> bool {
-        *self.valid.borrow()
+        *self.valid.borrow() && !self.is_fenced()
+    }
+
+    /// Whether the backend cannot vouch for leadership right now, though it
+    /// has not been lost.
+    pub fn is_fenced(&self) -> bool {
+        self.fence
+            .as_ref()
+            .is_some_and(|f| tokio::time::Instant::now() >= *f.borrow())
+    }
+
+    /// Resolves once leadership is vouched for again (or lost).
+    pub async fn vouched(&self) {
+        let Some(mut fence) = self.fence.clone() else {
+            return;
+        };
+        let mut valid = self.valid.clone();
+        loop {
+            if tokio::time::Instant::now() < *fence.borrow_and_update() || !*valid.borrow() {
+                return;
+            }
+            tokio::select! {
+                r = fence.changed() => if r.is_err() { std::future::pending::<()>().await },
+                _ = valid.changed() => return,
+            }
+        }
     }
 
     /// Resolves once leadership is lost.
@@ -527,4 +565,51 @@ pub trait RunRecorder: Send {
     /// active, so the supervisor must stop it before anyone else may start
     /// the job. Never resolves for backends that cannot lose the mark.
     fn fenced(&mut self) -> impl Future<Output = String> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn a_fenced_leader_may_not_claim_until_vouched_for_again_and_is_not_lost() {
+        let (_valid_tx, valid) = watch::channel(true);
+        let (fence_tx, fence) = watch::channel(Instant::now() + Duration::from_millis(100));
+        let leadership = Leadership::new(7, valid, None, Box::new(())).with_fence(fence);
+        assert!(leadership.is_valid());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(leadership.is_fenced());
+        assert!(
+            !leadership.is_valid(),
+            "past the vouched-for instant no claim may start"
+        );
+        let lost = tokio::time::timeout(Duration::from_millis(200), leadership.lost()).await;
+        assert!(lost.is_err(), "fenced is not lost");
+        let renewed = Instant::now() + Duration::from_secs(60);
+        let vouched = async {
+            tokio::task::yield_now().await;
+            fence_tx.send(renewed).unwrap();
+        };
+        tokio::join!(leadership.vouched(), vouched);
+        assert!(leadership.is_valid());
+        assert_eq!(leadership.term, 7, "the same term resumes");
+    }
+
+    #[tokio::test]
+    async fn a_lost_leadership_is_neither_valid_nor_waited_for() {
+        let (valid_tx, valid) = watch::channel(true);
+        let (_fence_tx, fence) = watch::channel(Instant::now() - Duration::from_millis(1));
+        let leadership = Leadership::new(3, valid, None, Box::new(())).with_fence(fence);
+        valid_tx.send(false).unwrap();
+        assert!(!leadership.is_valid());
+        // `vouched` returns for a lost leadership too, so the fire loop sees
+        // the loss instead of waiting for a renewal that never comes.
+        tokio::time::timeout(Duration::from_secs(1), leadership.vouched())
+            .await
+            .expect("vouched returns once lost");
+        tokio::time::timeout(Duration::from_secs(1), leadership.lost())
+            .await
+            .expect("lost resolves");
+    }
 }

@@ -2,7 +2,6 @@
 //! (`/metrics`, `/healthz`, `/readyz`, `/status`), the status model shared
 //! with `list --json`, and the JSON log format.
 
-pub mod etcd;
 pub mod http;
 pub mod log;
 pub mod metrics;

@@ -12,7 +12,8 @@
 //! Flags are chosen for etcd 3.4 (Debian's) and also work with 3.5:
 //! `--logger zap --log-outputs stderr --log-level warn` keeps the log short,
 //! and `--heartbeat-interval 50 --election-timeout 500` makes elections (and
-//! so start-up and recovery after a member dies) quick.
+//! so start-up and recovery after a member dies) quick, unless a cluster is
+//! started with etcd's default timing.
 #![allow(dead_code)]
 
 use std::collections::HashSet;
@@ -26,6 +27,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
+
+/// `--heartbeat-interval` and `--election-timeout` (ms) unless a test asks
+/// for etcd's defaults.
+const QUICK_ELECTIONS: (u32, u32) = (50, 500);
 
 /// How long etcd may take to become healthy, or to exit after SIGTERM.
 pub const ETCD_PATIENCE: Duration = Duration::from_secs(30);
@@ -50,6 +55,8 @@ pub struct Etcd {
     child: Option<Child>,
     /// Length of the log file when the current process was spawned.
     log_offset: u64,
+    /// `--heartbeat-interval` and `--election-timeout`, in ms.
+    timing: (u32, u32),
 }
 
 impl Etcd {
@@ -192,6 +199,7 @@ impl Etcd {
             dir,
             child: None,
             log_offset: 0,
+            timing: QUICK_ELECTIONS,
         }
     }
 
@@ -375,7 +383,8 @@ impl Etcd {
             .args(["--initial-cluster-state", "new"])
             // Unique per cluster: members of two test clusters never join up.
             .args(["--initial-cluster-token", &self.token])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--heartbeat-interval", &self.timing.0.to_string()])
+            .args(["--election-timeout", &self.timing.1.to_string()])
             // 3.4 defaults to capnslog, which ignores --log-level.
             .args([
                 "--logger",
@@ -503,6 +512,17 @@ impl EtcdCluster {
     /// Start `n` members at once and wait until every one is healthy (which
     /// needs a leader, so a quorum).
     pub fn start(n: usize) -> EtcdCluster {
+        Self::start_with_timing(n, QUICK_ELECTIONS)
+    }
+
+    /// [`EtcdCluster::start`] with etcd's own defaults for heartbeats and
+    /// elections (100 ms, 1 s), as a user runs it: leader elections then
+    /// take about as long as in production.
+    pub fn start_with_default_elections(n: usize) -> EtcdCluster {
+        Self::start_with_timing(n, (100, 1000))
+    }
+
+    fn start_with_timing(n: usize, timing: (u32, u32)) -> EtcdCluster {
         assert!(n >= 1, "a cluster needs a member");
         let bin = etcd_bin();
         let mut last_log = String::new();
@@ -531,6 +551,7 @@ impl EtcdCluster {
                 })
                 .collect();
             for m in &mut members {
+                m.timing = timing;
                 m.spawn();
             }
             let mut cluster = EtcdCluster { members };

@@ -107,6 +107,35 @@ pub fn plan_due(job: &Job, first_due: DateTime<Utc>, now: DateTime<Utc>) -> DueP
     }
 }
 
+/// The trigger a due fire still goes out as at `now`, or `None` if it is
+/// too late for it: beyond the job's catch-up window. A scheduled tick
+/// more than [`LATE_TOLERANCE`] late goes out as a catch-up.
+fn in_time(job: &Job, tick: DateTime<Utc>, trigger: Trigger, now: DateTime<Utc>) -> Option<Trigger> {
+    let late = (now - tick).to_std().unwrap_or_default();
+    if late > job.catchup.max(LATE_TOLERANCE) {
+        return None;
+    }
+    Some(if late > LATE_TOLERANCE && trigger == Trigger::Schedule {
+        Trigger::Catchup
+    } else {
+        trigger
+    })
+}
+
+/// Why ticks passed without a run (the wording of their `missed` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MissedWhy {
+    /// No scheduler was firing (down, standing by, or leadership moving).
+    Idle,
+    /// This leader was firing but could not start them in time.
+    Overloaded,
+    /// Their claim failed on a backend error until it was too late.
+    Unclaimed,
+}
+
+/// A `missed` entry's reason starts with this when the leader was overloaded.
+pub const OVERLOADED: &str = "overloaded";
+
 /// The scheduler of one instance.
 pub struct Scheduler<C: Coordinator> {
     /// The config in use; a reload sends a new one (see `crate::reload`).
@@ -115,6 +144,10 @@ pub struct Scheduler<C: Coordinator> {
     instance: String,
     log_json: bool,
     metrics: Arc<Metrics>,
+    /// Per job, the newest tick this process recorded as missed. Missed
+    /// ticks do not advance the backend's last fired tick, so a new term
+    /// of this process resumes after these rather than count them again.
+    missed_up_to: std::sync::Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 /// A supervisor this scheduler started and has not yet reaped.
@@ -172,9 +205,26 @@ struct FireState {
     /// Rejected claims per reason (see `ClaimRejected::kind`).
     rejected: HashMap<&'static str, u64>,
     retries: Vec<Retry>,
+    /// The stop requests, and their count when the loop began.
+    stop: Option<Stop>,
+}
+
+/// Whether a stop was requested since the fire loop began: checked between
+/// claims and spawns, so a large batch of due work does not delay it.
+#[derive(Clone)]
+struct Stop(watch::Receiver<u32>, u32);
+
+impl Stop {
+    fn requested(&self) -> bool {
+        *self.0.borrow() != self.1
+    }
 }
 
 impl FireState {
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(Stop::requested)
+    }
+
     fn next_retry(&self) -> Option<DateTime<Utc>> {
         self.retries.iter().map(Retry::at).min()
     }
@@ -298,6 +348,7 @@ impl<C: Coordinator> Scheduler<C> {
             instance,
             log_json,
             metrics: Arc::default(),
+            missed_up_to: Default::default(),
         }
     }
 
@@ -375,21 +426,37 @@ impl<C: Coordinator> Scheduler<C> {
         let mut jobs = scheduled(&config);
         let mut due: Due = BinaryHeap::new();
         let now = Utc::now();
+        let began = now;
         for (i, job) in jobs.iter().enumerate() {
             // Resume after the last fired tick so ticks missed while no
             // scheduler ran are caught up (or recorded as missed).
             let from = match self.coord.last_fired(&job.name).await? {
+                Some(last) if last - now > chrono_tolerance() => {
+                    self.last_tick_ahead(job, last, now).await
+                }
                 Some(last) => last,
                 None => now,
             };
+            let missed_up_to = self
+                .missed_up_to
+                .lock()
+                .expect("missed lock")
+                .get(&job.name)
+                .copied();
+            let from = missed_up_to.map_or(from, |m| m.max(from));
             if let Some(t) = job.schedule.next_after(from) {
                 due.push(Reverse((t, i)));
             }
         }
         let mut requests = leadership.requests.take();
         let mut lost = leadership.lost.take();
-        let mut state = FireState::default();
+        let mut state = FireState {
+            stop: Some(Stop(stop.clone(), *stop.borrow())),
+            ..FireState::default()
+        };
         let mut prepared_for = None;
+        // The wall clock against the monotonic one, to notice it step back.
+        let mut turned = (Utc::now(), tokio::time::Instant::now());
         loop {
             self.metrics.beat();
             let mut reloaded = None;
@@ -441,8 +508,18 @@ impl<C: Coordinator> Scheduler<C> {
                 () = tokio::time::sleep(wait) => {}
             }
             let now = Utc::now();
+            let expected = turned.0
+                + chrono::Duration::from_std(turned.1.elapsed()).unwrap_or_default();
+            if expected - now > chrono_tolerance() {
+                let resumes = due.peek().map(|Reverse((t, _))| *t);
+                self.clock_stepped_back(expected - now, expected, now, resumes);
+            }
+            turned = (now, tokio::time::Instant::now());
             // Retries first: they are older than anything newly due.
             for retry in state.take_due_retries(now) {
+                if state.stopping() {
+                    break;
+                }
                 match retry {
                     Retry::Tick {
                         job, tick, trigger, ..
@@ -450,22 +527,16 @@ impl<C: Coordinator> Scheduler<C> {
                         let Some(job) = config.jobs.get(&job) else {
                             continue;
                         };
-                        let late = (now - tick).to_std().unwrap_or_default();
-                        if late > job.catchup.max(LATE_TOLERANCE) {
-                            self.record_missed(leadership.term, job, 1, tick, tick, None);
+                        let Some(trigger) = in_time(job, tick, trigger, now) else {
+                            self.record_missed(leadership.term, job, (1, tick, tick), None, MissedWhy::Unclaimed);
                             continue;
-                        }
-                        let trigger = if late > LATE_TOLERANCE {
-                            Trigger::Catchup
-                        } else {
-                            trigger
                         };
                         let superseded = self
                             .fire_tick(leadership, job, tick, trigger, running, &mut state)
                             .await;
                         if superseded {
                             // A later tick was claimed first: this one is gone for good.
-                            self.record_missed(leadership.term, job, 1, tick, tick, None);
+                            self.record_missed(leadership.term, job, (1, tick, tick), None, MissedWhy::Unclaimed);
                         }
                     }
                     Retry::Request { req, since, .. } => {
@@ -474,7 +545,7 @@ impl<C: Coordinator> Scheduler<C> {
                     }
                 }
             }
-            let mut batch: Vec<(&Job, Vec<Fire>)> = Vec::new();
+            let mut batch: Vec<(&Job, Vec<Fire>, Option<Missed>)> = Vec::new();
             while let Some(Reverse((tick, i))) = due.peek().copied() {
                 if tick > now {
                     break;
@@ -482,19 +553,12 @@ impl<C: Coordinator> Scheduler<C> {
                 due.pop();
                 let job = jobs[i];
                 let plan = plan_due(job, tick, now);
-                if let Some((count, oldest, newest)) = plan.missed {
-                    let caught_up = plan.fires.first().filter(|f| f.1 == Trigger::Catchup);
-                    self.record_missed(
-                        leadership.term,
-                        job,
-                        count,
-                        oldest,
-                        newest,
-                        caught_up.map(|f| f.0),
-                    );
-                }
-                if !plan.fires.is_empty() {
-                    batch.push((job, plan.fires));
+                if plan.fires.is_empty() {
+                    if let Some(missed) = plan.missed {
+                        self.record_missed(leadership.term, job, missed, None, missed_why(missed, began));
+                    }
+                } else {
+                    batch.push((job, plan.fires, plan.missed));
                 }
                 if let Some(next) = plan.next {
                     due.push(Reverse((next, i)));
@@ -503,24 +567,47 @@ impl<C: Coordinator> Scheduler<C> {
             // Claims of different jobs go out together (etcd round trips and
             // fsyncs overlap), and each job starts as soon as its own claims
             // return, not after the slowest; one job's fires stay in tick order.
+            // A fire whose claim would go out too late is dropped instead,
+            // and after a stop request nothing more is claimed (unclaimed
+            // ticks are left to the next leader, which catches them up).
             let lead: &Leadership = leadership;
+            let stopping = state.stop.clone();
+            let stopping = &stopping;
             let mut claims: FuturesUnordered<_> = batch
                 .drain(..)
-                .map(|(job, fires)| async move {
+                .map(|(job, fires, missed)| async move {
                     let mut results = Vec::with_capacity(fires.len());
                     for (tick, trigger) in fires {
-                        let claimed = self.claim(lead, job, tick, trigger, None).await;
-                        results.push((tick, trigger, claimed));
+                        if stopping.as_ref().is_some_and(Stop::requested) {
+                            break;
+                        }
+                        let claimed = match in_time(job, tick, trigger, Utc::now()) {
+                            Some(trigger) => Some((trigger, self.claim(lead, job, tick, trigger, None).await)),
+                            None => None,
+                        };
+                        results.push((tick, claimed));
                     }
-                    (job, results)
+                    (job, missed, results)
                 })
                 .collect();
-            while let Some((job, results)) = claims.next().await {
-                for (tick, trigger, claimed) in results {
+            while let Some((job, missed, results)) = claims.next().await {
+                // Only a catch-up that started is announced as such.
+                let mut caught_up = None;
+                for (tick, claimed) in results {
+                    let Some((trigger, claimed)) = claimed else {
+                        self.record_missed(lead.term, job, (1, tick, tick), None, MissedWhy::Overloaded);
+                        continue;
+                    };
                     let fired = self
                         .start(lead, job, tick, trigger, None, claimed, &mut state)
                         .await;
+                    if trigger == Trigger::Catchup && matches!(fired, Fired::Started(..)) {
+                        caught_up = Some(tick);
+                    }
                     self.track_fired(fired, job, tick, trigger, running, &mut state);
+                }
+                if let Some(missed) = missed {
+                    self.record_missed(lead.term, job, missed, caught_up, missed_why(missed, began));
                 }
             }
             drop(claims);
@@ -742,6 +829,41 @@ impl<C: Coordinator> Scheduler<C> {
                 return Fired::NotStarted;
             }
         };
+        let not_starting = if state.stopping() {
+            Some((
+                MissedWhy::Idle,
+                "not started: the scheduler was stopping when its claimed run's turn came".to_string(),
+            ))
+        } else {
+            self.coord.too_late_to_start(&claim.hold).map(|why| {
+                (
+                    MissedWhy::Overloaded,
+                    format!("{OVERLOADED}: the scheduler could not start the claimed run in time ({why}); it was not started"),
+                )
+            })
+        };
+        if let Some((why, reason)) = not_starting {
+            // The claim consumed the tick: its entry (under the claim's run
+            // id, which also ends a cluster marker) is the tick's only trace.
+            let mut rec = self.entry(leadership.term, job, tick, trigger, Outcome::Missed, reason.clone());
+            rec.run_id = claim.run_id;
+            rec.missed_ticks = Some(1);
+            self.metrics.missed(&job.name, 1);
+            if why == MissedWhy::Overloaded {
+                self.metrics.overloaded(&job.name, 1);
+            }
+            tracing::warn!(job = %job.name, run_id = %rec.run_id, tick = %tick.to_rfc3339(), "tick missed: {reason}");
+            match request {
+                Some(id) => {
+                    if let Err(e) = self.coord.record(&rec).await {
+                        tracing::error!(job = %job.name, "could not record the missed run: {e}");
+                    }
+                    self.coord.finish_request(id).await;
+                }
+                None => self.record_in_background(rec),
+            }
+            return Fired::NotStarted;
+        }
         let mut spec = RunSpec::new(
             job,
             claim.run_id.clone(),
@@ -797,27 +919,44 @@ impl<C: Coordinator> Scheduler<C> {
         &self,
         term: u64,
         job: &Job,
-        count: u64,
-        oldest: DateTime<Utc>,
-        newest: DateTime<Utc>,
+        (count, oldest, newest): Missed,
         fired: Option<DateTime<Utc>>,
+        why: MissedWhy,
     ) {
         let at_least = if count >= MISSED_SCAN_LIMIT {
             "at least "
         } else {
             ""
         };
-        let reason = match fired {
-            Some(t) => format!(
-                "{at_least}{count} tick(s) from {} to {} passed while nothing was firing; only the newest missed tick, {}, was caught up",
-                oldest.to_rfc3339(), newest.to_rfc3339(), t.to_rfc3339()
+        let (from, to) = (oldest.to_rfc3339(), newest.to_rfc3339());
+        let what = match why {
+            MissedWhy::Idle => format!("{at_least}{count} tick(s) from {from} to {to} passed while nothing was firing"),
+            MissedWhy::Overloaded => format!(
+                "{OVERLOADED}: {at_least}{count} tick(s) from {from} to {to} came due while this leader was busy with other due work and could not be started in time"
             ),
-            None => format!(
-                "{at_least}{count} tick(s) from {} to {} passed while nothing was firing, beyond the catch-up window of {}",
-                oldest.to_rfc3339(), newest.to_rfc3339(), humantime::format_duration(job.catchup)
+            MissedWhy::Unclaimed => format!(
+                "{at_least}{count} tick(s) from {from} to {to} could not be claimed in time (the backend failed, or a later tick was claimed first)"
             ),
         };
+        let reason = match fired {
+            Some(t) => format!(
+                "{what}; only the newest missed tick, {}, was caught up",
+                t.to_rfc3339()
+            ),
+            None => format!(
+                "{what}, beyond the catch-up window of {}",
+                humantime::format_duration(job.catchup)
+            ),
+        };
+        {
+            let mut up_to = self.missed_up_to.lock().expect("missed lock");
+            let newest_known = up_to.entry(job.name.clone()).or_insert(newest);
+            *newest_known = (*newest_known).max(newest);
+        }
         self.metrics.missed(&job.name, count);
+        if why == MissedWhy::Overloaded {
+            self.metrics.overloaded(&job.name, count);
+        }
         let mut rec = self.entry(
             term,
             job,
@@ -832,6 +971,54 @@ impl<C: Coordinator> Scheduler<C> {
         );
         rec.missed_ticks = Some(count);
         self.record_in_background(rec);
+    }
+
+    /// `job`'s last fired tick, `last`, is ahead of this clock: say so, and
+    /// resume from this clock if the backend vouches for it, else from
+    /// `last` (at most once). Returns the tick to resume after.
+    async fn last_tick_ahead(&self, job: &Job, last: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+        self.metrics.last_tick_ahead(&job.name);
+        let ahead = humantime::format_duration(
+            (last - now).to_std().map(round_ms).unwrap_or_default(),
+        );
+        let (last_s, now_s) = (last.to_rfc3339(), now.to_rfc3339());
+        match self.coord.resume_before(&job.name, last, now).await {
+            Some(why) => {
+                tracing::error!(
+                    job = %job.name, last_tick = %last_s, now = %now_s, ahead = %ahead,
+                    "the job's last fired tick is {ahead} ahead of this clock (a replica with a clock ahead fired it); {why}: resuming from this clock"
+                );
+                now
+            }
+            None => {
+                tracing::error!(
+                    job = %job.name, last_tick = %last_s, now = %now_s, ahead = %ahead,
+                    "the job's last fired tick is {ahead} ahead of this clock (the clock went back, or was ahead when it fired); ticks up to it count as fired and do not fire again: firing of this job waits until {last_s}"
+                );
+                last
+            }
+        }
+    }
+
+    /// The wall clock went back by `back` since the loop's previous turn.
+    fn clock_stepped_back(
+        &self,
+        back: chrono::Duration,
+        expected: DateTime<Utc>,
+        now: DateTime<Utc>,
+        resumes: Option<DateTime<Utc>>,
+    ) {
+        self.metrics.clock_stepped_back();
+        let back = humantime::format_duration(back.to_std().map(round_ms).unwrap_or_default());
+        let until = resumes.map_or("no tick is pending".to_string(), |t| {
+            let wait = humantime::format_duration((t - now).to_std().map(round_ms).unwrap_or_default());
+            format!("firing waits until {} (in {wait})", t.to_rfc3339())
+        });
+        tracing::error!(
+            back = %back, expected = %expected.to_rfc3339(), now = %now.to_rfc3339(),
+            "the wall clock went back by {back} (it reads {} where {} was due): ticks already fired do not fire again, so {until}",
+            now.to_rfc3339(), expected.to_rfc3339()
+        );
     }
 
     /// A history entry written by the scheduler; `term` fences it, so a
@@ -939,6 +1126,29 @@ impl<C: Coordinator> Scheduler<C> {
         }
         forced
     }
+}
+
+/// Ticks passed over: count, oldest, newest.
+type Missed = (u64, DateTime<Utc>, DateTime<Utc>);
+
+/// Ticks of a plan that came due after this leader began firing were missed
+/// because it could not keep up, not because nothing was firing.
+fn missed_why((_, oldest, _): Missed, began: DateTime<Utc>) -> MissedWhy {
+    if oldest > began {
+        MissedWhy::Overloaded
+    } else {
+        MissedWhy::Idle
+    }
+}
+
+/// The clock may be this far off between turns (or a last tick ahead)
+/// before it is reported: the same second that counts a tick on time.
+fn chrono_tolerance() -> chrono::Duration {
+    chrono::Duration::from_std(LATE_TOLERANCE).unwrap_or_default()
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
 }
 
 /// Pending ticks: (next tick, index into the scheduled jobs).

@@ -554,8 +554,15 @@ fn supervise() -> Result<i32, CliError> {
                         executor::report::ended(&spec, &done.record, recorder.handback());
                     }
                     Err(e) => {
+                        // The command was fine; the scheduler was too slow
+                        // to hand the run over: the tick is dropped.
                         tracing::error!(job = %spec.job, run_id = %spec.run_id, "not starting the job: {e}");
-                        let rec = spec.unstarted(e.to_string());
+                        let mut rec = spec.unstarted(format!(
+                            "{}: the scheduler could not start the run in time ({e})",
+                            crate::scheduler::OVERLOADED
+                        ));
+                        rec.outcome = crate::coordination::Outcome::Missed;
+                        rec.missed_ticks = Some(1);
                         EtcdRecorder::record_unstarted(cfg, &rec).await;
                         executor::report::ended(&spec, &rec, None);
                     }

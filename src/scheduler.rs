@@ -426,7 +426,7 @@ impl<C: Coordinator> Scheduler<C> {
         let mut jobs = scheduled(&config);
         let mut due: Due = BinaryHeap::new();
         let now = Utc::now();
-        let began = now;
+        let mut began = now;
         for (i, job) in jobs.iter().enumerate() {
             // Resume after the last fired tick so ticks missed while no
             // scheduler ran are caught up (or recorded as missed).
@@ -476,8 +476,13 @@ impl<C: Coordinator> Scheduler<C> {
                 .into_iter()
                 .flatten()
                 .min();
+            // Counted on the monotonic clock from the last turn, so a wall
+            // clock that steps back meanwhile is noticed at the wake-up
+            // (below), not only after a MAX_SLEEP.
+            let projected = turned.0
+                + chrono::Duration::from_std(turned.1.elapsed()).unwrap_or_default();
             let wait = match wake {
-                Some(t) => (t - Utc::now()).to_std().unwrap_or_default().min(MAX_SLEEP),
+                Some(t) => (t - projected).to_std().unwrap_or_default().min(MAX_SLEEP),
                 None => MAX_SLEEP,
             };
             tokio::select! {
@@ -513,6 +518,13 @@ impl<C: Coordinator> Scheduler<C> {
             if expected - now > chrono_tolerance() {
                 let resumes = due.peek().map(|Reverse((t, _))| *t);
                 self.clock_stepped_back(expected - now, expected, now, resumes);
+            } else if now - expected > chrono_tolerance() {
+                // Ticks skipped over by a jump are not an overload.
+                tracing::warn!(
+                    "the wall clock jumped forward by {} (or the machine was suspended)",
+                    humantime::format_duration((now - expected).to_std().map(round_ms).unwrap_or_default())
+                );
+                began = now;
             }
             turned = (now, tokio::time::Instant::now());
             // Retries first: they are older than anything newly due.

@@ -801,6 +801,25 @@ impl Etcd {
         Ok(())
     }
 
+    /// Every job's last fired tick (`P/last/<job>`).
+    pub async fn last_ticks(&self) -> Result<HashMap<String, DateTime<Utc>>> {
+        let resp = self
+            .client
+            .clone()
+            .get(self.keys.lasts(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_err("read last ticks"))?;
+        let prefix_len = self.keys.lasts().len();
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let job = String::from_utf8_lossy(&kv.key()[prefix_len..]).into_owned();
+                (job, last_tick_of(kv))
+            })
+            .collect())
+    }
+
     /// Leader info with the term read from the key's create revision.
     pub async fn leader(&self) -> Result<Option<LeaderInfo>> {
         let resp = self
@@ -1652,10 +1671,11 @@ impl Coordinator for Etcd {
         let Hold::Lease { granted_at, .. } = hold else {
             return None;
         };
-        // Half the window the supervisor trusts the lease in: the other
-        // half is for it to start and connect.
+        // Three quarters of the window the supervisor trusts the lease in:
+        // the rest is for it to start (it checks again, see
+        // `EtcdRecorder::start`).
         let age = (Utc::now() - *granted_at).to_std().unwrap_or_default();
-        (age >= self.cfg.fence_after() / 2).then(|| {
+        (age >= self.cfg.fence_after() * 3 / 4).then(|| {
             format!(
                 "its run lease was granted {} ago, too long to start it safely",
                 humantime::format_duration(Duration::from_millis(age.as_millis() as u64))

@@ -110,7 +110,12 @@ pub fn plan_due(job: &Job, first_due: DateTime<Utc>, now: DateTime<Utc>) -> DueP
 /// The trigger a due fire still goes out as at `now`, or `None` if it is
 /// too late for it: beyond the job's catch-up window. A scheduled tick
 /// more than [`LATE_TOLERANCE`] late goes out as a catch-up.
-fn in_time(job: &Job, tick: DateTime<Utc>, trigger: Trigger, now: DateTime<Utc>) -> Option<Trigger> {
+fn in_time(
+    job: &Job,
+    tick: DateTime<Utc>,
+    trigger: Trigger,
+    now: DateTime<Utc>,
+) -> Option<Trigger> {
     let late = (now - tick).to_std().unwrap_or_default();
     if late > job.catchup.max(LATE_TOLERANCE) {
         return None;
@@ -479,8 +484,8 @@ impl<C: Coordinator> Scheduler<C> {
             // Counted on the monotonic clock from the last turn, so a wall
             // clock that steps back meanwhile is noticed at the wake-up
             // (below), not only after a MAX_SLEEP.
-            let projected = turned.0
-                + chrono::Duration::from_std(turned.1.elapsed()).unwrap_or_default();
+            let projected =
+                turned.0 + chrono::Duration::from_std(turned.1.elapsed()).unwrap_or_default();
             let wait = match wake {
                 Some(t) => (t - projected).to_std().unwrap_or_default().min(MAX_SLEEP),
                 None => MAX_SLEEP,
@@ -513,8 +518,8 @@ impl<C: Coordinator> Scheduler<C> {
                 () = tokio::time::sleep(wait) => {}
             }
             let now = Utc::now();
-            let expected = turned.0
-                + chrono::Duration::from_std(turned.1.elapsed()).unwrap_or_default();
+            let expected =
+                turned.0 + chrono::Duration::from_std(turned.1.elapsed()).unwrap_or_default();
             if expected - now > chrono_tolerance() {
                 let resumes = due.peek().map(|Reverse((t, _))| *t);
                 self.clock_stepped_back(expected - now, expected, now, resumes);
@@ -522,7 +527,9 @@ impl<C: Coordinator> Scheduler<C> {
                 // Ticks skipped over by a jump are not an overload.
                 tracing::warn!(
                     "the wall clock jumped forward by {} (or the machine was suspended)",
-                    humantime::format_duration((now - expected).to_std().map(round_ms).unwrap_or_default())
+                    humantime::format_duration(
+                        (now - expected).to_std().map(round_ms).unwrap_or_default()
+                    )
                 );
                 began = now;
             }
@@ -540,7 +547,13 @@ impl<C: Coordinator> Scheduler<C> {
                             continue;
                         };
                         let Some(trigger) = in_time(job, tick, trigger, now) else {
-                            self.record_missed(leadership.term, job, (1, tick, tick), None, MissedWhy::Unclaimed);
+                            self.record_missed(
+                                leadership.term,
+                                job,
+                                (1, tick, tick),
+                                None,
+                                MissedWhy::Unclaimed,
+                            );
                             continue;
                         };
                         let superseded = self
@@ -548,7 +561,13 @@ impl<C: Coordinator> Scheduler<C> {
                             .await;
                         if superseded {
                             // A later tick was claimed first: this one is gone for good.
-                            self.record_missed(leadership.term, job, (1, tick, tick), None, MissedWhy::Unclaimed);
+                            self.record_missed(
+                                leadership.term,
+                                job,
+                                (1, tick, tick),
+                                None,
+                                MissedWhy::Unclaimed,
+                            );
                         }
                     }
                     Retry::Request { req, since, .. } => {
@@ -567,7 +586,13 @@ impl<C: Coordinator> Scheduler<C> {
                 let plan = plan_due(job, tick, now);
                 if plan.fires.is_empty() {
                     if let Some(missed) = plan.missed {
-                        self.record_missed(leadership.term, job, missed, None, missed_why(missed, began));
+                        self.record_missed(
+                            leadership.term,
+                            job,
+                            missed,
+                            None,
+                            missed_why(missed, began),
+                        );
                     }
                 } else {
                     batch.push((job, plan.fires, plan.missed));
@@ -594,7 +619,9 @@ impl<C: Coordinator> Scheduler<C> {
                             break;
                         }
                         let claimed = match in_time(job, tick, trigger, Utc::now()) {
-                            Some(trigger) => Some((trigger, self.claim(lead, job, tick, trigger, None).await)),
+                            Some(trigger) => {
+                                Some((trigger, self.claim(lead, job, tick, trigger, None).await))
+                            }
                             None => None,
                         };
                         results.push((tick, claimed));
@@ -607,7 +634,13 @@ impl<C: Coordinator> Scheduler<C> {
                 let mut caught_up = None;
                 for (tick, claimed) in results {
                     let Some((trigger, claimed)) = claimed else {
-                        self.record_missed(lead.term, job, (1, tick, tick), None, MissedWhy::Overloaded);
+                        self.record_missed(
+                            lead.term,
+                            job,
+                            (1, tick, tick),
+                            None,
+                            MissedWhy::Overloaded,
+                        );
                         continue;
                     };
                     let fired = self
@@ -619,7 +652,13 @@ impl<C: Coordinator> Scheduler<C> {
                     self.track_fired(fired, job, tick, trigger, running, &mut state);
                 }
                 if let Some(missed) = missed {
-                    self.record_missed(lead.term, job, missed, caught_up, missed_why(missed, began));
+                    self.record_missed(
+                        lead.term,
+                        job,
+                        missed,
+                        caught_up,
+                        missed_why(missed, began),
+                    );
                 }
             }
             drop(claims);
@@ -844,7 +883,8 @@ impl<C: Coordinator> Scheduler<C> {
         let not_starting = if state.stopping() {
             Some((
                 MissedWhy::Idle,
-                "not started: the scheduler was stopping when its claimed run's turn came".to_string(),
+                "not started: the scheduler was stopping when its claimed run's turn came"
+                    .to_string(),
             ))
         } else {
             self.coord.too_late_to_start(&claim.hold).map(|why| {
@@ -857,7 +897,14 @@ impl<C: Coordinator> Scheduler<C> {
         if let Some((why, reason)) = not_starting {
             // The claim consumed the tick: its entry (under the claim's run
             // id, which also ends a cluster marker) is the tick's only trace.
-            let mut rec = self.entry(leadership.term, job, tick, trigger, Outcome::Missed, reason.clone());
+            let mut rec = self.entry(
+                leadership.term,
+                job,
+                tick,
+                trigger,
+                Outcome::Missed,
+                reason.clone(),
+            );
             rec.run_id = claim.run_id;
             rec.missed_ticks = Some(1);
             self.metrics.missed(&job.name, 1);
@@ -988,11 +1035,15 @@ impl<C: Coordinator> Scheduler<C> {
     /// `job`'s last fired tick, `last`, is ahead of this clock: say so, and
     /// resume from this clock if the backend vouches for it, else from
     /// `last` (at most once). Returns the tick to resume after.
-    async fn last_tick_ahead(&self, job: &Job, last: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    async fn last_tick_ahead(
+        &self,
+        job: &Job,
+        last: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> DateTime<Utc> {
         self.metrics.last_tick_ahead(&job.name);
-        let ahead = humantime::format_duration(
-            (last - now).to_std().map(round_ms).unwrap_or_default(),
-        );
+        let ahead =
+            humantime::format_duration((last - now).to_std().map(round_ms).unwrap_or_default());
         let (last_s, now_s) = (last.to_rfc3339(), now.to_rfc3339());
         match self.coord.resume_before(&job.name, last, now).await {
             Some(why) => {
@@ -1023,7 +1074,8 @@ impl<C: Coordinator> Scheduler<C> {
         self.metrics.clock_stepped_back();
         let back = humantime::format_duration(back.to_std().map(round_ms).unwrap_or_default());
         let until = resumes.map_or("no tick is pending".to_string(), |t| {
-            let wait = humantime::format_duration((t - now).to_std().map(round_ms).unwrap_or_default());
+            let wait =
+                humantime::format_duration((t - now).to_std().map(round_ms).unwrap_or_default());
             format!("firing waits until {} (in {wait})", t.to_rfc3339())
         });
         tracing::error!(

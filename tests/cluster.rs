@@ -600,3 +600,119 @@ fn in_steady_state_a_fire_reuses_a_finished_runs_lease_instead_of_granting_one()
     );
     assert_each_tick_once(&ledger(&env));
 }
+
+/// `bgsched run` with its wall clock `offset` off (libfaketime; timers keep
+/// the real monotonic clock). Its supervisors and jobs inherit the offset,
+/// as they would on a host whose clock is off.
+fn spawn_with_clock(env: &Env, instance: &str, offset: &str) -> Scheduler {
+    let log = env.path(&format!("{instance}.log"));
+    let mut cmd = env
+        .cmd(&["run", "--instance-id", instance, "--http", "127.0.0.1:0"])
+        .0;
+    cmd.env(
+        "LD_PRELOAD",
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    )
+    .env("FAKETIME", offset)
+    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+    .stdout(std::fs::File::create(&log).unwrap())
+    .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
+    Scheduler {
+        child: cmd.spawn().expect("spawn bgsched run"),
+        log,
+        instance: instance.to_string(),
+    }
+}
+
+fn tick_secs(tick: &str) -> f64 {
+    chrono::DateTime::parse_from_rfc3339(tick)
+        .expect("tick")
+        .timestamp_millis() as f64
+        / 1000.0
+}
+
+#[test]
+fn a_replica_with_its_clock_an_hour_ahead_stops_leading_and_the_job_fires_on_time() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = cluster_env(&etcd, &beat_job());
+    // Alone, the skewed replica has nothing to compare with: it leads and
+    // fires ticks an hour ahead.
+    let skewed = spawn_with_clock(&env, "skewed", "+1h");
+    wait_until(PATIENCE, "fires by the skewed replica", || {
+        ledger(&env)
+            .iter()
+            .filter(|e| e.instance == "skewed")
+            .count()
+            >= 2
+    });
+    let a = env.spawn_run_with("a", &["--http", "127.0.0.1:0"]);
+    let b = env.spawn_run_with("b", &["--http", "127.0.0.1:0"]);
+    let since = Instant::now();
+    while ledger(&env)
+        .iter()
+        .filter(|e| e.instance != "skewed")
+        .count()
+        < 4
+    {
+        assert!(
+            since.elapsed() < PATIENCE,
+            "no fires by a replica with a correct clock; logs:\n{}\n{}\n{}",
+            skewed.log_text(),
+            a.log_text(),
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It stopped leading, and said why, with the measured skew.
+    let text = skewed.log_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("this replica's clock is skewed"))
+        .unwrap_or_else(|| panic!("no word of the skew in\n{text}"));
+    assert!(
+        line.contains("ERROR") && line.contains("ahead of the median"),
+        "{line}"
+    );
+    assert!(line.contains("59m") || line.contains("1h"), "{line}");
+    let (code, body) = http_get(skewed.http_port(), "/readyz").expect("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("skewed"), "{body}");
+    // Once a correct replica fired, the skewed one fired nothing more.
+    let entries = ledger(&env);
+    let first_correct = entries.iter().position(|e| e.instance != "skewed").unwrap();
+    assert!(
+        entries[first_correct..]
+            .iter()
+            .all(|e| e.instance != "skewed"),
+        "the skewed replica fired after losing leadership: {entries:#?}"
+    );
+    // The new leader found the last tick an hour ahead, said so, and
+    // resumed from its own clock (the third clock agrees with it): the job
+    // fires on time, not an hour later.
+    let leader = entries.last().unwrap().instance.clone();
+    let replica = if leader == "a" { &a } else { &b };
+    let text = replica.log_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("last fired tick is"))
+        .unwrap_or_else(|| panic!("no word of the tick ahead in\n{text}"));
+    assert!(
+        line.contains("ERROR") && line.contains("resuming from this clock"),
+        "{line}"
+    );
+    let (_, metrics) = http_get(replica.http_port(), "/metrics").expect("/metrics");
+    assert!(
+        sample(&metrics, "bgsched_last_tick_ahead_total{job=\"beat\"}") >= 1.0,
+        "{metrics}"
+    );
+    for e in &entries[first_correct..] {
+        let late = e.at - tick_secs(&e.tick);
+        assert!(
+            (0.0..3.0).contains(&late),
+            "tick {} ran {late:.2}s after it was due",
+            e.tick
+        );
+    }
+    assert_each_tick_once(&entries);
+}

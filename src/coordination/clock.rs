@@ -97,6 +97,9 @@ pub struct ClockWatch {
 }
 
 struct State {
+    /// Whether the members were listed yet: until then, who is there to
+    /// hear from is not known.
+    listed: bool,
     started: Instant,
     /// Members present when the watch started and not heard from since.
     pending: HashSet<String>,
@@ -110,6 +113,7 @@ impl ClockWatch {
             bound,
             heartbeat,
             state: Mutex::new(State {
+                listed: false,
                 started: Instant::now(),
                 pending: HashSet::new(),
                 offsets: HashMap::new(),
@@ -121,6 +125,7 @@ impl ClockWatch {
     /// each to publish once, or for a few heartbeats.
     pub fn expect(&self, members: impl IntoIterator<Item = String>) {
         let mut s = self.state.lock().expect("clock lock");
+        s.listed = true;
         s.started = Instant::now();
         s.pending = members.into_iter().collect();
     }
@@ -148,7 +153,7 @@ impl ClockWatch {
             .filter(|(_, at)| at.elapsed() <= fresh)
             .map(|(o, _)| *o)
             .collect();
-        if !s.pending.is_empty() && s.started.elapsed() < fresh {
+        if !s.listed || (!s.pending.is_empty() && s.started.elapsed() < fresh) {
             return ClockVerdict::Unknown;
         }
         verdict(&live, self.bound)
@@ -199,7 +204,10 @@ mod tests {
         // Seen from a correct one: the median is its own clock.
         assert!(matches!(
             verdict(&[HOUR, 4], BOUND),
-            ClockVerdict::Agrees { skew_ms: -4, others: 2 }
+            ClockVerdict::Agrees {
+                skew_ms: -4,
+                others: 2
+            }
         ));
     }
 
@@ -221,10 +229,14 @@ mod tests {
     #[test]
     fn the_verdict_waits_for_members_listed_at_start_then_gives_up_on_them() {
         let w = ClockWatch::new(BOUND, Duration::from_millis(20));
+        assert_eq!(w.verdict(), ClockVerdict::Unknown);
         w.expect(["b".to_string()]);
         assert_eq!(w.verdict(), ClockVerdict::Unknown);
         w.observed("b", 5);
-        assert!(matches!(w.verdict(), ClockVerdict::Agrees { others: 1, .. }));
+        assert!(matches!(
+            w.verdict(),
+            ClockVerdict::Agrees { others: 1, .. }
+        ));
         w.gone("b");
         assert_eq!(w.verdict(), ClockVerdict::Alone);
         w.expect(["c".to_string()]);

@@ -403,7 +403,11 @@ async fn publish_clock(
             json(&*m)
         };
         if let Err(e) = client
-            .put(key.clone(), value, Some(PutOptions::new().with_lease(lease)))
+            .put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
             .await
         {
             tracing::debug!("member heartbeat not written: {e}");
@@ -430,7 +434,9 @@ async fn watch_member_clocks(client: Client, keys: Keys, me: String, clock: Arc<
                     .map(|kv| name_of(kv.key()))
                     .filter(|n| *n != me),
             );
-            let opts = WatchOptions::new().with_prefix().with_start_revision(rev + 1);
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(rev + 1);
             let mut stream = client.watch(prefix.clone(), Some(opts)).await?;
             while let Some(resp) = stream.message().await? {
                 let received = Utc::now();
@@ -591,10 +597,16 @@ impl Etcd {
                             term as i64,
                         )])
                         .and_then([TxnOp::delete(key.clone(), None)]);
-                    // Invalid first: nothing may fire from here on, whether
-                    // or not the key could be deleted (it then expires).
+                    // Invalid first: nothing may fire from here on. The
+                    // delete runs on its own task, as this one is aborted
+                    // when the invalidated leadership is dropped; the
+                    // session would keep an undeleted key alive for good.
                     let _ = valid.send(false);
-                    let _ = client.txn(txn).await;
+                    tokio::spawn(async move {
+                        if let Err(e) = client.txn(txn).await {
+                            tracing::warn!(term, "could not give the leader key up: {e}");
+                        }
+                    });
                     return;
                 }
                 tokio::select! {
@@ -1650,7 +1662,17 @@ impl Coordinator for Etcd {
         _last: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Option<String> {
-        let why = match self.clock.verdict() {
+        // Leading implies a measured clock, unless the members watch just
+        // restarted: give it a few heartbeats.
+        let mut verdict = self.clock.verdict();
+        for _ in 0..15 {
+            if verdict != ClockVerdict::Unknown {
+                break;
+            }
+            tokio::time::sleep(self.cfg.renew_every() / 4).await;
+            verdict = self.clock.verdict();
+        }
+        let why = match verdict {
             ClockVerdict::Agrees { others, skew_ms } => format!(
                 "the clocks of the {others} other live member(s) agree with this one (skew {skew_ms}ms)"
             ),

@@ -716,3 +716,107 @@ fn a_replica_with_its_clock_an_hour_ahead_stops_leading_and_the_job_fires_on_tim
     }
     assert_each_tick_once(&entries);
 }
+
+/// Every history entry under the test prefix, parsed.
+fn all_history(etcd: &Etcd) -> Vec<serde_json::Value> {
+    common::etcd::kv_range_prefix(&etcd.endpoint(), "/test/history/")
+        .expect("read history")
+        .into_iter()
+        .map(|(_, v)| serde_json::from_str(&v).expect("a JSON record"))
+        .collect()
+}
+
+fn unix_secs(rfc3339: &str) -> f64 {
+    tick_secs(rfc3339)
+}
+
+#[test]
+fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_within_1s_of_sigterm()
+{
+    let _serial = serial();
+    let etcd = Etcd::start();
+    // Far more due work than two shared cores can start every second.
+    let jobs: String = (0..800)
+        .map(|i| format!("[jobs.j{i:03}]\nschedule = \"@every 1s\"\ncommand = [\"true\"]\n"))
+        .collect();
+    let env = cluster_env(&etcd, &format!("[scheduler]\nhistory = 1000\n\n{jobs}"));
+    let log = env.path("a.log");
+    let mut cmd = env
+        .cmd(&["--log-format", "json", "run", "--instance-id", "a"])
+        .0;
+    cmd.stdout(std::fs::File::create(&log).unwrap()).stderr(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .unwrap(),
+    );
+    let mut run = Scheduler {
+        child: cmd.spawn().expect("spawn bgsched run"),
+        log,
+        instance: "a".into(),
+    };
+    wait_until(PATIENCE * 2, "ticks dropped as overloaded", || {
+        run.log_text().contains("overloaded: ")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    run.signal(Signal::TERM);
+    let signalled = now_secs();
+    run.wait_exit(PATIENCE * 4);
+
+    // No new fire more than a second after the signal.
+    let mut last_fire = 0.0f64;
+    for line in run.log_text().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["message"] == "fired" {
+            last_fire = last_fire.max(unix_secs(v["timestamp"].as_str().unwrap()));
+        }
+    }
+    println!("last fire {:.3}s after SIGTERM", last_fire - signalled);
+    assert!(
+        last_fire - signalled < 1.0,
+        "fired {:.3}s after SIGTERM",
+        last_fire - signalled
+    );
+
+    let history = all_history(&etcd);
+    let outcome = |r: &serde_json::Value| r["outcome"].as_str().unwrap_or("").to_string();
+    let reason = |r: &serde_json::Value| r["reason"].as_str().unwrap_or("").to_string();
+    // Dropped ticks are missed, for overload; "could not start" stays for
+    // commands that cannot start.
+    assert!(
+        history
+            .iter()
+            .any(|r| outcome(r) == "missed" && reason(r).starts_with("overloaded: ")),
+        "no missed entry for overload"
+    );
+    let start_failed: Vec<&serde_json::Value> = history
+        .iter()
+        .filter(|r| outcome(r) == "start_failed")
+        .collect();
+    assert!(start_failed.is_empty(), "{start_failed:#?}");
+    // No tick is covered twice: by two missed entries, or by a run and a
+    // missed entry.
+    let mut covered: HashMap<(String, i64), String> = HashMap::new();
+    for r in &history {
+        let job = r["job"].as_str().unwrap().to_string();
+        let newest = (tick_secs(r["tick"].as_str().unwrap()) * 1000.0).round() as i64;
+        let ticks: Vec<i64> = match outcome(r).as_str() {
+            "missed" => {
+                let n = r["missed_ticks"].as_i64().unwrap_or(1);
+                (0..n).map(|k| newest - 1000 * k).collect()
+            }
+            // A retry's entries share the run's tick.
+            _ if r["attempt"].as_u64().unwrap_or(1) > 1 => continue,
+            _ => vec![newest],
+        };
+        for t in ticks {
+            let what = format!("{} {}", outcome(r), reason(r));
+            if let Some(before) = covered.insert((job.clone(), t), what.clone()) {
+                panic!("tick {t} of {job} is covered twice:\n  {before}\n  {what}");
+            }
+        }
+    }
+}

@@ -765,16 +765,20 @@ fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_wi
     run.wait_exit(PATIENCE * 4);
 
     // No new fire more than a second after the signal.
-    let mut last_fire = 0.0f64;
+    let (mut last_fire, mut fires) = (0.0f64, 0);
     for line in run.log_text().lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
         if v["message"] == "fired" {
+            fires += 1;
             last_fire = last_fire.max(unix_secs(v["timestamp"].as_str().unwrap()));
         }
     }
-    println!("last fire {:.3}s after SIGTERM", last_fire - signalled);
+    println!(
+        "{fires} fires, the last {:.3}s after SIGTERM",
+        last_fire - signalled
+    );
     assert!(
         last_fire - signalled < 1.0,
         "fired {:.3}s after SIGTERM",
@@ -791,6 +795,14 @@ fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_wi
             .iter()
             .any(|r| outcome(r) == "missed" && reason(r).starts_with("overloaded: ")),
         "no missed entry for overload"
+    );
+    println!(
+        "{} ticks dropped as overloaded",
+        history
+            .iter()
+            .filter(|r| reason(r).starts_with("overloaded: "))
+            .map(|r| r["missed_ticks"].as_u64().unwrap_or(1))
+            .sum::<u64>()
     );
     let start_failed: Vec<&serde_json::Value> = history
         .iter()

@@ -53,8 +53,14 @@
 //! - **Missed ticks**: a due tick is fired (a `start` line), skipped (a
 //!   bgsched `skipped` record for it), or unfired. Consecutive unfired ticks
 //!   form an outage; it was caught up if the next tick was fired or skipped
-//!   with trigger `catchup`. Every unfired tick should be covered by a
-//!   bgsched `missed` record (or a record of a claimed run that never ran).
+//!   with trigger `catchup`. Every unfired tick must be covered by a
+//!   bgsched `missed` record (or a record of a claimed run that never ran),
+//!   and no tick by two `missed` records (both must be 0).
+//! - **Skewed clock**: with 3 or more replicas, the last one runs with its
+//!   wall clock `--skew` off (default +1h, through libfaketime) and is
+//!   started once a leader is elected; it must never lead, so none of its
+//!   runs may show up (they would carry ticks an hour off and fail the
+//!   rules above).
 //! - **Failover gaps**: per fault, injection to the first `start` after it
 //!   (any run), and for leader faults to the first `start` carrying a larger
 //!   fencing token than any before the fault (a new term).
@@ -126,7 +132,15 @@ struct Args {
     /// BGSCHED_LOG for the replicas.
     #[arg(long, default_value = "info")]
     log: String,
+    /// libfaketime offset of the last replica's wall clock (with 3 or more
+    /// replicas), e.g. "+1h"; "none" for none. That replica is started
+    /// once a leader is elected and must never lead.
+    #[arg(long, default_value = "+1h")]
+    skew: String,
 }
+
+/// Debian's `faketime` package.
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum EtcdMode {
@@ -605,6 +619,8 @@ struct Replica {
     state_dir: PathBuf,
     tag: String,
     child: Option<Child>,
+    /// A libfaketime offset for its wall clock (timers keep the monotonic one).
+    fake_clock: Option<String>,
 }
 
 impl Replica {
@@ -631,6 +647,13 @@ impl Replica {
             if key.to_string_lossy().starts_with("BGSCHED_") {
                 cmd.env_remove(key);
             }
+        }
+        if let Some(offset) = &self.fake_clock {
+            // Its supervisors and jobs inherit it, as on a host whose clock
+            // is off.
+            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME", offset)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
         cmd.env("BGSCHED_LOG", &ctx.log_level)
             .env("SOAK_TAG", &self.tag)
@@ -926,6 +949,8 @@ struct Ctx {
     rt: tokio::runtime::Runtime,
     replicas: usize,
     log_level: String,
+    /// The last replica's clock offset, if any (see `Args::skew`).
+    skew: Option<String>,
     epoch: i64,
     next_fault: usize,
 }
@@ -1306,6 +1331,7 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
             config,
             tag: tag.clone(),
             child: None,
+            fake_clock: (i + 1 == proxies.len()).then(|| ctx.skew.clone()).flatten(),
         });
     }
     let mut ph = Phase {
@@ -1320,7 +1346,7 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
         anomalies: Vec::new(),
     };
     let monitor = Monitor::start(ledger.clone());
-    for r in &mut ph.replicas {
+    for r in ph.replicas.iter_mut().filter(|r| r.fake_clock.is_none()) {
         r.spawn(ctx);
     }
     let Some(first) = ph.wait_leader(Duration::from_secs(30)) else {
@@ -1329,6 +1355,16 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
             dir.display()
         );
     };
+    // Started alone, the skewed replica would have no clock to compare
+    // with and could lead; beside the others it must not.
+    for r in ph.replicas.iter_mut().filter(|r| r.fake_clock.is_some()) {
+        ctx.say(&format!(
+            "[{name}] starting {} with its clock {} (libfaketime)",
+            r.instance,
+            r.fake_clock.as_deref().unwrap_or_default()
+        ));
+        r.spawn(ctx);
+    }
     let ready = now_ns();
     ctx.say(&format!(
         "[{name}] {} replicas up, leader {} (etcd {:?}, prefix {})",
@@ -1623,6 +1659,7 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
     let mut skipped: HashMap<(&str, i64), &Rec> = HashMap::new();
     let mut unstarted: HashMap<(&str, i64), &Rec> = HashMap::new();
     let mut missed_cover: HashSet<(&str, i64)> = HashSet::new();
+    let mut missed_twice = Vec::new();
     for x in history {
         let Some(def) = job_def(&x.job) else { continue };
         match x.outcome.as_str() {
@@ -1631,7 +1668,16 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
             }
             "missed" => {
                 for k in 0..x.missed_ticks.max(1) as i64 {
-                    missed_cover.insert((def.name, x.tick - k * def.period));
+                    let tick = x.tick - k * def.period;
+                    if !missed_cover.insert((def.name, tick)) {
+                        missed_twice.push(format!(
+                            "{} tick {} (again in run {}: {})",
+                            def.name,
+                            tk(tick),
+                            x.run_id,
+                            x.reason
+                        ));
+                    }
                 }
             }
             "lost" | "start_failed"
@@ -2023,10 +2069,11 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
         "history: claimed, never ran (unexplained)",
         &never_ran_unexplained,
     );
-    r.listed(
-        "history: unfired tick with no missed/skipped/lost record",
+    r.must_be_zero(
+        "history: **unfired tick with no missed/skipped/lost record**",
         &uncovered,
     );
+    r.must_be_zero("history: **tick recorded missed twice**", &missed_twice);
     r.listed("history: tick recorded missed but it ran", &ran_but_missed);
     r.listed(
         "replica anomalies (unexpected exits, slow or unclean stops)",
@@ -2244,6 +2291,7 @@ fn main() {
         rt,
         replicas: args.replicas,
         log_level: args.log.clone(),
+        skew: (args.replicas >= 3 && args.skew != "none").then(|| args.skew.clone()),
         epoch: now_ns(),
         next_fault: 1,
     };

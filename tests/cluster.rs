@@ -678,6 +678,12 @@ fn a_replica_with_its_clock_an_hour_ahead_stops_leading_and_the_job_fires_on_tim
     let (code, body) = http_get(skewed.http_port(), "/readyz").expect("/readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("skewed"), "{body}");
+    let (_, metrics) = http_get(skewed.http_port(), "/metrics").expect("/metrics");
+    let skew = sample(&metrics, "bgsched_clock_skew_seconds");
+    assert!(
+        (3590.0..3610.0).contains(&skew),
+        "skew {skew} in\n{metrics}"
+    );
     // Once a correct replica fired, the skewed one fired nothing more.
     let entries = ledger(&env);
     let first_correct = entries.iter().position(|e| e.instance != "skewed").unwrap();
@@ -726,10 +732,6 @@ fn all_history(etcd: &Etcd) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn unix_secs(rfc3339: &str) -> f64 {
-    tick_secs(rfc3339)
-}
-
 #[test]
 fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_within_1s_of_sigterm()
 {
@@ -742,7 +744,15 @@ fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_wi
     let env = cluster_env(&etcd, &format!("[scheduler]\nhistory = 1000\n\n{jobs}"));
     let log = env.path("a.log");
     let mut cmd = env
-        .cmd(&["--log-format", "json", "run", "--instance-id", "a"])
+        .cmd(&[
+            "--log-format",
+            "json",
+            "run",
+            "--instance-id",
+            "a",
+            "--http",
+            "127.0.0.1:0",
+        ])
         .0;
     cmd.stdout(std::fs::File::create(&log).unwrap()).stderr(
         std::fs::OpenOptions::new()
@@ -760,6 +770,23 @@ fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_wi
         run.log_text().contains("overloaded: ")
     });
     std::thread::sleep(Duration::from_secs(3));
+    let port = {
+        const MARK: &str = "/status on http://127.0.0.1:";
+        let text = run.log_text();
+        let at = text.find(MARK).expect("the http address in the log") + MARK.len();
+        let digits: String = text[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse::<u16>().expect("port")
+    };
+    let (_, metrics) = http_get(port, "/metrics").expect("/metrics");
+    let overloaded: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("bgsched_overloaded_ticks_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(overloaded > 0.0, "no overloaded ticks counted");
     run.signal(Signal::TERM);
     let signalled = now_secs();
     run.wait_exit(PATIENCE * 4);
@@ -772,7 +799,7 @@ fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_wi
         };
         if v["message"] == "fired" {
             fires += 1;
-            last_fire = last_fire.max(unix_secs(v["timestamp"].as_str().unwrap()));
+            last_fire = last_fire.max(tick_secs(v["timestamp"].as_str().unwrap()));
         }
     }
     println!(

@@ -1386,6 +1386,95 @@ mod tests {
         );
     }
 
+    /// A backend whose last fired tick stays where it was (missed ticks do
+    /// not move it) and whose first leadership ends right after the first
+    /// `missed` entry is written, as when an overloaded leader misses a
+    /// renewal and wins again.
+    struct Flapping {
+        last: DateTime<Utc>,
+        terms: std::sync::atomic::AtomicU64,
+        valid: std::sync::Mutex<Option<watch::Sender<bool>>>,
+        records: std::sync::Mutex<Vec<RunRecord>>,
+    }
+
+    impl Coordinator for Flapping {
+        async fn acquire_leadership(&self, _: &str) -> crate::coordination::Result<Leadership> {
+            let term = self.terms.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if term > 2 {
+                std::future::pending::<()>().await;
+            }
+            let (tx, rx) = watch::channel(true);
+            *self.valid.lock().unwrap() = Some(tx);
+            Ok(Leadership::new(term, rx, None, Box::new(())))
+        }
+        async fn resign(&self, _: Leadership) {}
+        async fn last_fired(&self, _: &str) -> crate::coordination::Result<Option<DateTime<Utc>>> {
+            Ok(Some(self.last))
+        }
+        async fn claim(&self, _: &Leadership, _: ClaimRequest<'_>) -> Result<Claim, ClaimRejected> {
+            Err(ClaimRejected::NotLeader)
+        }
+        async fn record(&self, record: &RunRecord) -> crate::coordination::Result<()> {
+            self.records.lock().unwrap().push(record.clone());
+            if record.outcome == Outcome::Missed {
+                if let Some(tx) = self.valid.lock().unwrap().take() {
+                    let _ = tx.send(false);
+                }
+            }
+            Ok(())
+        }
+        async fn reap_lost(&self, _: &str) -> Vec<RunRecord> {
+            Vec::new()
+        }
+        async fn finish_request(&self, _: &str) {}
+        fn backend_spec(&self) -> crate::coordination::BackendSpec {
+            crate::coordination::BackendSpec::Standalone {
+                state_dir: "/nonexistent".into(),
+                history_limit: 10,
+            }
+        }
+        async fn shutdown(&self) {}
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ticks_recorded_missed_in_one_term_are_not_missed_again_in_the_next() {
+        let text = "[jobs.j]\nschedule = \"@every 1s\"\ncatchup = \"0s\"\ncommand = [\"true\"]\n";
+        let config = crate::config::load_str(std::path::Path::new("t.toml"), text.as_bytes())
+            .expect("valid config");
+        let coord = Arc::new(Flapping {
+            last: Utc::now() - chrono::Duration::seconds(10),
+            terms: Default::default(),
+            valid: Default::default(),
+            records: Default::default(),
+        });
+        let scheduler = Scheduler::new(Arc::new(config), coord.clone(), "t".into(), false);
+        let (stop_tx, stop) = watch::channel(0u32);
+        let stopper = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while coord.terms.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                assert!(tokio::time::Instant::now() < deadline, "no second term");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // A moment for the second term's entries, if any.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = stop_tx.send(1);
+        };
+        let (ran, ()) = tokio::join!(scheduler.run(stop), stopper);
+        ran.unwrap();
+        let records = coord.records.lock().unwrap().clone();
+        let mut covered = std::collections::HashSet::new();
+        for r in records.iter().filter(|r| r.outcome == Outcome::Missed) {
+            for k in 0..r.missed_ticks.unwrap_or(1) as i64 {
+                let tick = r.tick - chrono::Duration::seconds(k);
+                assert!(
+                    covered.insert(tick),
+                    "tick {tick} missed twice: {records:#?}"
+                );
+            }
+        }
+        assert!(!covered.is_empty(), "nothing recorded missed");
+    }
+
     #[test]
     fn a_long_outage_is_not_walked_tick_by_tick() {
         let j = job("@every 1s", "1m");

@@ -1436,9 +1436,12 @@ mod tests {
         async fn shutdown(&self) {}
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn ticks_recorded_missed_in_one_term_are_not_missed_again_in_the_next() {
-        let text = "[jobs.j]\nschedule = \"@every 1s\"\ncatchup = \"0s\"\ncommand = [\"true\"]\n";
+    /// Run a job `@every 1s` last fired 10 s ago, with `catchup`, on a
+    /// [`Flapping`] backend through two terms; the entries it wrote.
+    async fn two_flapping_terms(catchup: &str) -> Vec<RunRecord> {
+        let text = format!(
+            "[jobs.j]\nschedule = \"@every 1s\"\ncatchup = \"{catchup}\"\ncommand = [\"true\"]\n"
+        );
         let config = crate::config::load_str(std::path::Path::new("t.toml"), text.as_bytes())
             .expect("valid config");
         let coord = Arc::new(Flapping {
@@ -1462,6 +1465,12 @@ mod tests {
         let (ran, ()) = tokio::join!(scheduler.run(stop), stopper);
         ran.unwrap();
         let records = coord.records.lock().unwrap().clone();
+        records
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ticks_recorded_missed_in_one_term_are_not_missed_again_in_the_next() {
+        let records = two_flapping_terms("0s").await;
         let mut covered = std::collections::HashSet::new();
         for r in records.iter().filter(|r| r.outcome == Outcome::Missed) {
             for k in 0..r.missed_ticks.unwrap_or(1) as i64 {
@@ -1473,6 +1482,21 @@ mod tests {
             }
         }
         assert!(!covered.is_empty(), "nothing recorded missed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missed_entry_announces_a_catch_up_only_if_it_started() {
+        // Every claim is refused, so no catch-up runs.
+        let records = two_flapping_terms("1m").await;
+        let missed: Vec<&RunRecord> = records
+            .iter()
+            .filter(|r| r.outcome == Outcome::Missed)
+            .collect();
+        assert!(!missed.is_empty(), "nothing recorded missed");
+        for r in missed {
+            let reason = r.reason.as_deref().unwrap_or_default();
+            assert!(!reason.contains("caught up"), "{reason}");
+        }
     }
 
     #[test]

@@ -2450,7 +2450,35 @@ mod tests {
         }
     }
 
+    /// A `missed` record of `n` ticks of `job` up to `newest`.
+    fn missed(job: &str, newest: i64, n: u64) -> Rec {
+        Rec {
+            run_id: format!("missed-{job}-{newest}"),
+            job: job.into(),
+            tick: newest,
+            trigger: "schedule".into(),
+            instance: "r1".into(),
+            term: 5,
+            outcome: "missed".into(),
+            started_at: None,
+            ended_at: None,
+            missed_ticks: n,
+            reason: "test".into(),
+        }
+    }
+
+    /// The ledger and ends given, and every tick in the window that the
+    /// ledger does not run recorded missed.
     fn data(starts: Vec<Start>, ends: Vec<(&str, End)>) -> PhaseData {
+        let mut history = Vec::new();
+        for j in &JOBS {
+            let first = T0 + (j.period - T0.rem_euclid(j.period)) % j.period;
+            for tick in (first..=T0 + 5).step_by(j.period as usize) {
+                if !starts.iter().any(|s| s.job == j.name && s.tick == tick) {
+                    history.push(missed(j.name, tick, 1));
+                }
+            }
+        }
         PhaseData {
             name: "test",
             window: (T0, T0 + 5),
@@ -2458,7 +2486,7 @@ mod tests {
             ends: ends.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             malformed: vec![],
             watches: HashMap::new(),
-            history: Some(vec![]),
+            history: Some(history),
             history_error: String::new(),
             faults: vec![],
             anomalies: vec![],
@@ -2555,7 +2583,12 @@ mod tests {
             .find(|s| s.tick == T0 + 3)
             .unwrap()
             .trigger = "catchup".into();
-        let r = verify(&data(starts.clone(), ends.clone()), T0 * NS);
+        // Of the unfired beat ticks, no record.
+        let without_beat = |mut d: PhaseData| {
+            d.history.as_mut().unwrap().retain(|x| x.job != "beat");
+            d
+        };
+        let r = verify(&without_beat(data(starts.clone(), ends.clone())), T0 * NS);
         let row = |r: &Report, label: &str| match &r
             .rows
             .iter()
@@ -2568,21 +2601,41 @@ mod tests {
         };
         assert_eq!(row(&r, "missed ticks, caught up"), 2);
         let unrecorded = r
-            .details
+            .violations
             .iter()
             .filter(|l| l.contains("unfired tick with no") && l.contains("beat tick"))
             .count();
-        assert_eq!(unrecorded, 2, "{:#?}", r.details);
+        assert_eq!(unrecorded, 2, "{:#?}", r.violations);
+        assert_eq!(r.violations.len(), 2, "{:#?}", r.violations);
         // Without the catch-up they are not caught up.
         starts
             .iter_mut()
             .find(|s| s.tick == T0 + 3)
             .unwrap()
             .trigger = "schedule".into();
-        let r = verify(&data(starts, ends), T0 * NS);
+        let r = verify(&without_beat(data(starts, ends)), T0 * NS);
         assert_eq!(row(&r, "missed ticks, caught up"), 0);
         // beat 2, and every tick of the other jobs: cron6 3, long 6, slowpoke 2.
         assert_eq!(row(&r, "  (ticks in those stretches)"), 2 + 3 + 6 + 2);
+    }
+
+    #[test]
+    fn a_tick_recorded_missed_twice_is_a_violation() {
+        let (mut starts, ends) = clean_beats();
+        starts.retain(|s| s.tick != T0 + 2 && s.tick != T0 + 3);
+        // One entry per unfired tick: each covered once.
+        let mut d = data(starts, ends);
+        let r = verify(&d, T0 * NS);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        // A second entry covering T0+2..T0+3 again.
+        d.history.as_mut().unwrap().push(missed("beat", T0 + 3, 2));
+        let r = verify(&d, T0 * NS);
+        assert_eq!(r.violations.len(), 2, "{:?}", r.violations);
+        assert!(
+            r.violations[0].contains("missed twice"),
+            "{:?}",
+            r.violations
+        );
     }
 
     #[test]

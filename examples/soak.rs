@@ -63,6 +63,11 @@
 //!   before the kill to `lease_ttl` after the member is back may go unfired,
 //!   except, for a leader kill, ticks up to `lease_ttl` after the survivors
 //!   had a raft leader, and those only when their outage was caught up.
+//! - **Skewed clock**: with 3 or more replicas, the last one runs with its
+//!   wall clock `--skew` off (default +1h, through libfaketime) and is
+//!   started once a leader is elected; it must never lead, so none of its
+//!   runs may show up (they would carry ticks an hour off and fail the
+//!   rules above).
 //! - **Failover gaps**: per fault, injection to the first `start` after it
 //!   (any run), and for leader faults to the first `start` carrying a larger
 //!   fencing token than any before the fault (a new term).
@@ -134,7 +139,15 @@ struct Args {
     /// BGSCHED_LOG for the replicas.
     #[arg(long, default_value = "info")]
     log: String,
+    /// libfaketime offset of the last replica's wall clock (with 3 or more
+    /// replicas), e.g. "+1h"; "none" for none. That replica is started
+    /// once a leader is elected and must never lead.
+    #[arg(long, default_value = "+1h")]
+    skew: String,
 }
+
+/// Debian's `faketime` package.
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum EtcdMode {
@@ -613,6 +626,8 @@ struct Replica {
     state_dir: PathBuf,
     tag: String,
     child: Option<Child>,
+    /// A libfaketime offset for its wall clock (timers keep the monotonic one).
+    fake_clock: Option<String>,
 }
 
 impl Replica {
@@ -639,6 +654,13 @@ impl Replica {
             if key.to_string_lossy().starts_with("BGSCHED_") {
                 cmd.env_remove(key);
             }
+        }
+        if let Some(offset) = &self.fake_clock {
+            // Its supervisors and jobs inherit it, as on a host whose clock
+            // is off.
+            cmd.env("LD_PRELOAD", FAKETIME_LIB)
+                .env("FAKETIME", offset)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
         }
         cmd.env("BGSCHED_LOG", &ctx.log_level)
             .env("SOAK_TAG", &self.tag)
@@ -938,6 +960,8 @@ struct Ctx {
     rt: tokio::runtime::Runtime,
     replicas: usize,
     log_level: String,
+    /// The last replica's clock offset, if any (see `Args::skew`).
+    skew: Option<String>,
     epoch: i64,
     next_fault: usize,
 }
@@ -1325,6 +1349,7 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
             config,
             tag: tag.clone(),
             child: None,
+            fake_clock: (i + 1 == proxies.len()).then(|| ctx.skew.clone()).flatten(),
         });
     }
     let mut ph = Phase {
@@ -1339,7 +1364,7 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
         anomalies: Vec::new(),
     };
     let monitor = Monitor::start(ledger.clone());
-    for r in &mut ph.replicas {
+    for r in ph.replicas.iter_mut().filter(|r| r.fake_clock.is_none()) {
         r.spawn(ctx);
     }
     let Some(first) = ph.wait_leader(Duration::from_secs(30)) else {
@@ -1348,6 +1373,16 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
             dir.display()
         );
     };
+    // Started alone, the skewed replica would have no clock to compare
+    // with and could lead; beside the others it must not.
+    for r in ph.replicas.iter_mut().filter(|r| r.fake_clock.is_some()) {
+        ctx.say(&format!(
+            "[{name}] starting {} with its clock {} (libfaketime)",
+            r.instance,
+            r.fake_clock.as_deref().unwrap_or_default()
+        ));
+        r.spawn(ctx);
+    }
     let ready = now_ns();
     ctx.say(&format!(
         "[{name}] {} replicas up, leader {} (etcd {:?}, prefix {})",
@@ -2327,6 +2362,7 @@ fn main() {
         rt,
         replicas: args.replicas,
         log_level: args.log.clone(),
+        skew: (args.replicas >= 3 && args.skew != "none").then(|| args.skew.clone()),
         epoch: now_ns(),
         next_fault: 1,
     };
@@ -2485,7 +2521,35 @@ mod tests {
         }
     }
 
+    /// A `missed` record of `n` ticks of `job` up to `newest`.
+    fn missed(job: &str, newest: i64, n: u64) -> Rec {
+        Rec {
+            run_id: format!("missed-{job}-{newest}"),
+            job: job.into(),
+            tick: newest,
+            trigger: "schedule".into(),
+            instance: "r1".into(),
+            term: 5,
+            outcome: "missed".into(),
+            started_at: None,
+            ended_at: None,
+            missed_ticks: n,
+            reason: "test".into(),
+        }
+    }
+
+    /// The ledger and ends given, and every tick in the window that the
+    /// ledger does not run recorded missed.
     fn data(starts: Vec<Start>, ends: Vec<(&str, End)>) -> PhaseData {
+        let mut history = Vec::new();
+        for j in &JOBS {
+            let first = T0 + (j.period - T0.rem_euclid(j.period)) % j.period;
+            for tick in (first..=T0 + 5).step_by(j.period as usize) {
+                if !starts.iter().any(|s| s.job == j.name && s.tick == tick) {
+                    history.push(missed(j.name, tick, 1));
+                }
+            }
+        }
         PhaseData {
             name: "test",
             window: (T0, T0 + 5),
@@ -2493,7 +2557,7 @@ mod tests {
             ends: ends.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             malformed: vec![],
             watches: HashMap::new(),
-            history: Some(vec![]),
+            history: Some(history),
             history_error: String::new(),
             faults: vec![],
             anomalies: vec![],
@@ -2590,7 +2654,12 @@ mod tests {
             .find(|s| s.tick == T0 + 3)
             .unwrap()
             .trigger = "catchup".into();
-        let r = verify(&data(starts.clone(), ends.clone()), T0 * NS);
+        // Of the unfired beat ticks, no record.
+        let without_beat = |mut d: PhaseData| {
+            d.history.as_mut().unwrap().retain(|x| x.job != "beat");
+            d
+        };
+        let r = verify(&without_beat(data(starts.clone(), ends.clone())), T0 * NS);
         let row = |r: &Report, label: &str| match &r
             .rows
             .iter()
@@ -2603,21 +2672,41 @@ mod tests {
         };
         assert_eq!(row(&r, "missed ticks, caught up"), 2);
         let unrecorded = r
-            .details
+            .violations
             .iter()
             .filter(|l| l.contains("unfired tick with no") && l.contains("beat tick"))
             .count();
-        assert_eq!(unrecorded, 2, "{:#?}", r.details);
+        assert_eq!(unrecorded, 2, "{:#?}", r.violations);
+        assert_eq!(r.violations.len(), 2, "{:#?}", r.violations);
         // Without the catch-up they are not caught up.
         starts
             .iter_mut()
             .find(|s| s.tick == T0 + 3)
             .unwrap()
             .trigger = "schedule".into();
-        let r = verify(&data(starts, ends), T0 * NS);
+        let r = verify(&without_beat(data(starts, ends)), T0 * NS);
         assert_eq!(row(&r, "missed ticks, caught up"), 0);
         // beat 2, and every tick of the other jobs: cron6 3, long 6, slowpoke 2.
         assert_eq!(row(&r, "  (ticks in those stretches)"), 2 + 3 + 6 + 2);
+    }
+
+    #[test]
+    fn a_tick_recorded_missed_twice_is_a_violation() {
+        let (mut starts, ends) = clean_beats();
+        starts.retain(|s| s.tick != T0 + 2 && s.tick != T0 + 3);
+        // One entry per unfired tick: each covered once.
+        let mut d = data(starts, ends);
+        let r = verify(&d, T0 * NS);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        // A second entry covering T0+2..T0+3 again.
+        d.history.as_mut().unwrap().push(missed("beat", T0 + 3, 2));
+        let r = verify(&d, T0 * NS);
+        assert_eq!(r.violations.len(), 2, "{:?}", r.violations);
+        assert!(
+            r.violations.iter().any(|v| v.contains("not run twice")),
+            "{:?}",
+            r.violations
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::executor::{retry_backoff, spawn_supervisor, RunSpec};
 use crate::observe::log::{record_span, run_span};
 use crate::observe::Metrics;
 use chrono::{DateTime, Utc};
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -31,6 +31,11 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// How long before a tick the backend is told how many claims follow
 /// (`Coordinator::prepare`).
 const PREPARE_AHEAD: chrono::Duration = chrono::Duration::milliseconds(250);
+/// Jobs whose claims are in flight at once. More overlap round trips and
+/// fsyncs no better, and under overload they only make every claim (and
+/// the start after it) later: with a bound, the first claims return and
+/// start in time while later ones wait their turn.
+const CLAIMS_IN_FLIGHT: usize = 64;
 /// Missed ticks counted one by one before the count is reported as a bound.
 const MISSED_SCAN_LIMIT: u64 = 10_000;
 
@@ -107,6 +112,56 @@ pub fn plan_due(job: &Job, first_due: DateTime<Utc>, now: DateTime<Utc>) -> DueP
     }
 }
 
+/// The trigger a due fire still goes out as at `now`, or `None` if it is
+/// too late for it: beyond the job's catch-up window. A scheduled tick
+/// more than [`LATE_TOLERANCE`] late goes out as a catch-up.
+fn in_time(
+    job: &Job,
+    tick: DateTime<Utc>,
+    trigger: Trigger,
+    now: DateTime<Utc>,
+) -> Option<Trigger> {
+    let late = (now - tick).to_std().unwrap_or_default();
+    if late > job.catchup.max(LATE_TOLERANCE) {
+        return None;
+    }
+    Some(if late > LATE_TOLERANCE && trigger == Trigger::Schedule {
+        Trigger::Catchup
+    } else {
+        trigger
+    })
+}
+
+/// Why ticks passed without a run (the wording of their `missed` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MissedWhy {
+    /// No leader was firing: none elected, or this one just took over.
+    Idle,
+    /// This leader held its fires back while fenced.
+    HeldBack,
+    /// This leader's claims kept failing on backend errors.
+    ClaimFailing,
+    /// A later tick was claimed first.
+    Superseded,
+    /// This leader was firing but could not start them in time.
+    Overloaded,
+}
+
+impl MissedWhy {
+    fn cause(self) -> &'static str {
+        match self {
+            MissedWhy::Idle => "while nothing was firing",
+            MissedWhy::HeldBack => "while the leader held its fires back (the backend could not vouch for its leadership: etcd had not confirmed its session lease in time)",
+            MissedWhy::ClaimFailing => "while the leader's claims kept failing on backend errors",
+            MissedWhy::Superseded => "unfired: a later tick was claimed first",
+            MissedWhy::Overloaded => "while this leader was busy with other due work and could not start them in time",
+        }
+    }
+}
+
+/// A `missed` entry's reason starts with this when the leader was overloaded.
+pub const OVERLOADED: &str = "overloaded";
+
 /// The scheduler of one instance.
 pub struct Scheduler<C: Coordinator> {
     /// The config in use; a reload sends a new one (see `crate::reload`).
@@ -115,6 +170,10 @@ pub struct Scheduler<C: Coordinator> {
     instance: String,
     log_json: bool,
     metrics: Arc<Metrics>,
+    /// Per job, the newest tick this process recorded as missed. Missed
+    /// ticks do not advance the backend's last fired tick, so a new term
+    /// of this process resumes after these rather than count them again.
+    missed_up_to: std::sync::Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 /// A supervisor this scheduler started and has not yet reaped.
@@ -185,12 +244,29 @@ struct FireState {
     retries: Vec<Retry>,
     /// Jobs whose last claim failed on a backend error.
     streaks: HashMap<String, Streak>,
+    /// The stop requests, and their count when the loop began.
+    stop: Option<Stop>,
+}
+
+/// Whether a stop was requested since the fire loop began: checked between
+/// claims and spawns, so a large batch of due work does not delay it.
+#[derive(Clone)]
+struct Stop(watch::Receiver<u32>, u32);
+
+impl Stop {
+    fn requested(&self) -> bool {
+        *self.0.borrow() != self.1
+    }
 }
 
 impl FireState {
     /// Until when claims of `job` wait, after backend errors.
     fn backoff(&self, job: &str) -> Option<DateTime<Utc>> {
         self.streaks.get(job).map(|s| s.next_try)
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(Stop::requested)
     }
 
     fn next_retry(&self) -> Option<DateTime<Utc>> {
@@ -203,30 +279,6 @@ impl FireState {
             .partition(|r| r.at() <= now);
         self.retries = later;
         due
-    }
-}
-
-/// Why ticks were not fired on time (the wording of their `missed` record).
-#[derive(Debug, Clone, Copy)]
-enum Missed {
-    /// No leader was firing: none elected, or this one just took over.
-    NotFiring,
-    /// This leader held its fires back while fenced.
-    HeldBack,
-    /// This leader's claims kept failing on backend errors.
-    ClaimFailing,
-    /// A later tick was claimed first.
-    Superseded,
-}
-
-impl Missed {
-    fn cause(self) -> &'static str {
-        match self {
-            Missed::NotFiring => "while nothing was firing",
-            Missed::HeldBack => "while the leader held its fires back (the backend could not vouch for its leadership: etcd had not confirmed its session lease in time)",
-            Missed::ClaimFailing => "while the leader's claims kept failing on backend errors",
-            Missed::Superseded => "unfired: a later tick was claimed first",
-        }
     }
 }
 
@@ -345,6 +397,7 @@ impl<C: Coordinator> Scheduler<C> {
             instance,
             log_json,
             metrics: Arc::default(),
+            missed_up_to: Default::default(),
         }
     }
 
@@ -422,25 +475,41 @@ impl<C: Coordinator> Scheduler<C> {
         let mut jobs = scheduled(&config);
         let mut due: Due = BinaryHeap::new();
         let now = Utc::now();
+        let mut began = now;
         for (i, job) in jobs.iter().enumerate() {
             // Resume after the last fired tick so ticks missed while no
             // scheduler ran are caught up (or recorded as missed).
             let from = match self.coord.last_fired(&job.name).await? {
+                Some(last) if last - now > chrono_tolerance() => {
+                    self.last_tick_ahead(job, last, now).await
+                }
                 Some(last) => last,
                 None => now,
             };
+            let missed_up_to = self
+                .missed_up_to
+                .lock()
+                .expect("missed lock")
+                .get(&job.name)
+                .copied();
+            let from = missed_up_to.map_or(from, |m| m.max(from));
             if let Some(t) = job.schedule.next_after(from) {
                 due.push(Reverse((t, i)));
             }
         }
         let mut requests = leadership.requests.take();
         let mut lost = leadership.lost.take();
-        let mut state = FireState::default();
+        let mut state = FireState {
+            stop: Some(Stop(stop.clone(), *stop.borrow())),
+            ..FireState::default()
+        };
         let mut prepared_for = None;
         // When fenced, since when; after, the last stretch held back, so the
         // ticks missed in it say why.
         let mut fenced_since: Option<DateTime<Utc>> = None;
         let mut held_back: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+        // The wall clock against the monotonic one, to notice it step back.
+        let mut turned = (Utc::now(), tokio::time::Instant::now());
         loop {
             self.metrics.beat();
             let mut reloaded = None;
@@ -460,8 +529,13 @@ impl<C: Coordinator> Scheduler<C> {
                 .into_iter()
                 .flatten()
                 .min();
+            // Counted on the monotonic clock from the last turn, so a wall
+            // clock that steps back meanwhile is noticed at the wake-up
+            // (below), not only after a MAX_SLEEP.
+            let projected =
+                turned.0 + chrono::Duration::from_std(turned.1.elapsed()).unwrap_or_default();
             let wait = match wake {
-                Some(t) => (t - Utc::now()).to_std().unwrap_or_default().min(MAX_SLEEP),
+                Some(t) => (t - projected).to_std().unwrap_or_default().min(MAX_SLEEP),
                 None => MAX_SLEEP,
             };
             // Fenced (the backend cannot vouch for leadership right now, but
@@ -514,8 +588,27 @@ impl<C: Coordinator> Scheduler<C> {
                 continue;
             }
             let now = Utc::now();
+            let expected =
+                turned.0 + chrono::Duration::from_std(turned.1.elapsed()).unwrap_or_default();
+            if expected - now > chrono_tolerance() {
+                let resumes = due.peek().map(|Reverse((t, _))| *t);
+                self.clock_stepped_back(expected - now, expected, now, resumes);
+            } else if now - expected > chrono_tolerance() {
+                // Ticks skipped over by a jump are not an overload.
+                tracing::warn!(
+                    "the wall clock jumped forward by {} (or the machine was suspended)",
+                    humantime::format_duration(
+                        (now - expected).to_std().map(round_ms).unwrap_or_default()
+                    )
+                );
+                began = now;
+            }
+            turned = (now, tokio::time::Instant::now());
             // Retries first: they are older than anything newly due.
             for retry in state.take_due_retries(now) {
+                if state.stopping() {
+                    break;
+                }
                 match retry {
                     Retry::Tick {
                         job, tick, trigger, ..
@@ -523,20 +616,14 @@ impl<C: Coordinator> Scheduler<C> {
                         let Some(job) = config.jobs.get(&job) else {
                             continue;
                         };
-                        let late = (now - tick).to_std().unwrap_or_default();
-                        if late > job.catchup.max(LATE_TOLERANCE) {
+                        let Some(trigger) = in_time(job, tick, trigger, now) else {
                             let why = if held_back.is_some() {
-                                Missed::HeldBack
+                                MissedWhy::HeldBack
                             } else {
-                                Missed::ClaimFailing
+                                MissedWhy::ClaimFailing
                             };
-                            self.record_missed(leadership.term, job, 1, tick, tick, None, why);
+                            self.record_missed(leadership.term, job, (1, tick, tick), None, why);
                             continue;
-                        }
-                        let trigger = if late > LATE_TOLERANCE {
-                            Trigger::Catchup
-                        } else {
-                            trigger
                         };
                         let superseded = self
                             .fire_tick(leadership, job, tick, trigger, running, &mut state)
@@ -546,11 +633,9 @@ impl<C: Coordinator> Scheduler<C> {
                             self.record_missed(
                                 leadership.term,
                                 job,
-                                1,
-                                tick,
-                                tick,
+                                (1, tick, tick),
                                 None,
-                                Missed::Superseded,
+                                MissedWhy::Superseded,
                             );
                         }
                     }
@@ -560,7 +645,7 @@ impl<C: Coordinator> Scheduler<C> {
                     }
                 }
             }
-            let mut batch: Vec<(&Job, Vec<Fire>)> = Vec::new();
+            let mut batch: Vec<(&Job, Vec<Fire>, Option<MissedEntry>)> = Vec::new();
             while let Some(Reverse((tick, i))) = due.peek().copied() {
                 if tick > now {
                     break;
@@ -569,39 +654,33 @@ impl<C: Coordinator> Scheduler<C> {
                 let job = jobs[i];
                 let plan = plan_due(job, tick, now);
                 let backoff = state.backoff(&job.name).filter(|t| *t > now);
-                if let Some((count, oldest, newest)) = plan.missed {
-                    let caught_up = plan.fires.first().filter(|f| f.1 == Trigger::Catchup);
+                let missed = plan.missed.map(|m| {
                     let why = match held_back {
-                        Some((since, _))
-                            if newest
-                                + chrono::Duration::from_std(LATE_TOLERANCE)
-                                    .unwrap_or_default()
-                                >= since =>
-                        {
-                            Missed::HeldBack
+                        Some((since, _)) if m.2 + chrono_tolerance() >= since => {
+                            MissedWhy::HeldBack
                         }
-                        _ => Missed::NotFiring,
+                        _ => missed_why(m, began),
                     };
-                    self.record_missed(
-                        leadership.term,
-                        job,
-                        count,
-                        oldest,
-                        newest,
-                        caught_up.map(|f| f.0),
-                        why,
-                    );
-                }
+                    (m, why)
+                });
+                let newest = plan.fires.first().map(|f| (f.0, false));
                 match backoff {
                     // The job's claims are failing: the fire waits for the
                     // next try instead of adding a claim of its own.
                     Some(at) => {
+                        if let Some((m, why)) = missed {
+                            self.record_missed(leadership.term, job, m, newest, why);
+                        }
                         for (tick, trigger) in plan.fires {
                             self.retry_later(leadership.term, job, tick, trigger, at, &mut state);
                         }
                     }
-                    None if !plan.fires.is_empty() => batch.push((job, plan.fires)),
-                    None => {}
+                    None if plan.fires.is_empty() => {
+                        if let Some((m, why)) = missed {
+                            self.record_missed(leadership.term, job, m, None, why);
+                        }
+                    }
+                    None => batch.push((job, plan.fires, missed)),
                 }
                 if let Some(next) = plan.next {
                     due.push(Reverse((next, i)));
@@ -610,24 +689,59 @@ impl<C: Coordinator> Scheduler<C> {
             // Claims of different jobs go out together (etcd round trips and
             // fsyncs overlap), and each job starts as soon as its own claims
             // return, not after the slowest; one job's fires stay in tick order.
+            // A fire whose claim would go out too late is dropped instead,
+            // and after a stop request nothing more is claimed (unclaimed
+            // ticks are left to the next leader, which catches them up).
             let lead: &Leadership = leadership;
-            let mut claims: FuturesUnordered<_> = batch
-                .drain(..)
-                .map(|(job, fires)| async move {
+            let stopping = state.stop.clone();
+            let stopping = &stopping;
+            let mut claims = futures_util::stream::iter(batch.drain(..).map(
+                |(job, fires, missed)| async move {
                     let mut results = Vec::with_capacity(fires.len());
+                    let first = fires.first().map(|f| f.0);
                     for (tick, trigger) in fires {
-                        let claimed = self.claim(lead, job, tick, trigger, None).await;
-                        results.push((tick, trigger, claimed));
+                        if stopping.as_ref().is_some_and(Stop::requested) {
+                            // Unclaimed, the tick is left to the next
+                            // leader, and so are the missed ones before it:
+                            // recording them here would count them twice.
+                            return (job, None, first, results);
+                        }
+                        let claimed = match in_time(job, tick, trigger, Utc::now()) {
+                            Some(trigger) => {
+                                Some((trigger, self.claim(lead, job, tick, trigger, None).await))
+                            }
+                            None => None,
+                        };
+                        results.push((tick, claimed));
                     }
-                    (job, results)
-                })
-                .collect();
-            while let Some((job, results)) = claims.next().await {
-                for (tick, trigger, claimed) in results {
+                    (job, missed, first, results)
+                },
+            ))
+            .buffer_unordered(CLAIMS_IN_FLIGHT);
+            while let Some((job, missed, first, results)) = claims.next().await {
+                // Only a catch-up that started is announced as such.
+                let mut newer = first.map(|tick| (tick, false));
+                for (tick, claimed) in results {
+                    let Some((trigger, claimed)) = claimed else {
+                        self.record_missed(
+                            lead.term,
+                            job,
+                            (1, tick, tick),
+                            None,
+                            MissedWhy::Overloaded,
+                        );
+                        continue;
+                    };
                     let fired = self
                         .start(lead, job, tick, trigger, None, claimed, &mut state)
                         .await;
+                    if trigger == Trigger::Catchup && matches!(fired, Fired::Started(..)) {
+                        newer = Some((tick, true));
+                    }
                     self.track_fired(lead.term, fired, job, tick, trigger, running, &mut state);
+                }
+                if let Some((missed, why)) = missed {
+                    self.record_missed(lead.term, job, missed, newer, why);
                 }
             }
             drop(claims);
@@ -704,7 +818,7 @@ impl<C: Coordinator> Scheduler<C> {
         if let Some(i) = pending {
             if let Retry::Tick { tick: old, .. } = state.retries.swap_remove(i) {
                 let (older, newer) = (old.min(tick), old.max(tick));
-                self.record_missed(term, job, 1, older, older, None, Missed::ClaimFailing);
+                self.record_missed(term, job, (1, older, older), None, MissedWhy::ClaimFailing);
                 let trigger = if newer == tick {
                     trigger
                 } else {
@@ -919,6 +1033,49 @@ impl<C: Coordinator> Scheduler<C> {
                 return Fired::NotStarted;
             }
         };
+        let not_starting = if state.stopping() {
+            Some((
+                MissedWhy::Idle,
+                "not started: the scheduler was stopping when its claimed run's turn came"
+                    .to_string(),
+            ))
+        } else {
+            self.coord.too_late_to_start(&claim.hold).map(|why| {
+                (
+                    MissedWhy::Overloaded,
+                    format!("{OVERLOADED}: the scheduler could not start the claimed run in time ({why}); it was not started"),
+                )
+            })
+        };
+        if let Some((why, reason)) = not_starting {
+            // The claim consumed the tick: its entry (under the claim's run
+            // id, which also ends a cluster marker) is the tick's only trace.
+            let mut rec = self.entry(
+                leadership.term,
+                job,
+                tick,
+                trigger,
+                Outcome::Missed,
+                reason.clone(),
+            );
+            rec.run_id = claim.run_id;
+            rec.missed_ticks = Some(1);
+            self.metrics.missed(&job.name, 1);
+            if why == MissedWhy::Overloaded {
+                self.metrics.overloaded(&job.name, 1);
+            }
+            tracing::warn!(job = %job.name, run_id = %rec.run_id, tick = %tick.to_rfc3339(), "tick missed: {reason}");
+            match request {
+                Some(id) => {
+                    if let Err(e) = self.coord.record(&rec).await {
+                        tracing::error!(job = %job.name, "could not record the missed run: {e}");
+                    }
+                    self.coord.finish_request(id).await;
+                }
+                None => self.record_in_background(rec),
+            }
+            return Fired::NotStarted;
+        }
         let mut spec = RunSpec::new(
             job,
             claim.run_id.clone(),
@@ -975,11 +1132,9 @@ impl<C: Coordinator> Scheduler<C> {
         &self,
         term: u64,
         job: &Job,
-        count: u64,
-        oldest: DateTime<Utc>,
-        newest: DateTime<Utc>,
-        fired: Option<DateTime<Utc>>,
-        why: Missed,
+        (count, oldest, newest): Missed,
+        newer: Option<(DateTime<Utc>, bool)>,
+        why: MissedWhy,
     ) {
         let cause = why.cause();
         let at_least = if count >= MISSED_SCAN_LIMIT {
@@ -987,21 +1142,37 @@ impl<C: Coordinator> Scheduler<C> {
         } else {
             ""
         };
-        let reason = match fired {
-            Some(t) => format!(
-                "{at_least}{count} tick(s) from {} to {} passed {cause}; only the newest missed tick, {}, was caught up",
-                oldest.to_rfc3339(), newest.to_rfc3339(), t.to_rfc3339()
+        let (from, to) = (oldest.to_rfc3339(), newest.to_rfc3339());
+        let what = match why {
+            MissedWhy::Overloaded => format!(
+                "{OVERLOADED}: {at_least}{count} tick(s) from {from} to {to} came due while this leader was busy with other due work and could not be started in time"
             ),
-            None if matches!(why, Missed::Superseded) => format!(
-                "{at_least}{count} tick(s) from {} to {} passed {cause}",
-                oldest.to_rfc3339(), newest.to_rfc3339()
+            _ => format!("{at_least}{count} tick(s) from {from} to {to} passed {cause}"),
+        };
+        let reason = match newer {
+            Some((t, true)) => format!(
+                "{what}; only the newest missed tick, {}, was caught up",
+                t.to_rfc3339()
             ),
+            Some((t, false)) => format!(
+                "{what}; they were coalesced into the newer tick {}, which has its own entry",
+                t.to_rfc3339()
+            ),
+            None if matches!(why, MissedWhy::Superseded | MissedWhy::Overloaded) => what,
             None => format!(
-                "{at_least}{count} tick(s) from {} to {} passed {cause}, beyond the catch-up window of {}",
-                oldest.to_rfc3339(), newest.to_rfc3339(), humantime::format_duration(job.catchup)
+                "{what}, beyond the catch-up window of {}",
+                humantime::format_duration(job.catchup)
             ),
         };
+        {
+            let mut up_to = self.missed_up_to.lock().expect("missed lock");
+            let newest_known = up_to.entry(job.name.clone()).or_insert(newest);
+            *newest_known = (*newest_known).max(newest);
+        }
         self.metrics.missed(&job.name, count);
+        if why == MissedWhy::Overloaded {
+            self.metrics.overloaded(&job.name, count);
+        }
         let mut rec = self.entry(
             term,
             job,
@@ -1016,6 +1187,59 @@ impl<C: Coordinator> Scheduler<C> {
         );
         rec.missed_ticks = Some(count);
         self.record_in_background(rec);
+    }
+
+    /// `job`'s last fired tick, `last`, is ahead of this clock: say so, and
+    /// resume from this clock if the backend vouches for it, else from
+    /// `last` (at most once). Returns the tick to resume after.
+    async fn last_tick_ahead(
+        &self,
+        job: &Job,
+        last: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> DateTime<Utc> {
+        self.metrics.last_tick_ahead(&job.name);
+        let ahead =
+            humantime::format_duration((last - now).to_std().map(round_ms).unwrap_or_default());
+        let (last_s, now_s) = (last.to_rfc3339(), now.to_rfc3339());
+        match self.coord.resume_before(&job.name, last, now).await {
+            Some(why) => {
+                tracing::error!(
+                    job = %job.name, last_tick = %last_s, now = %now_s, ahead = %ahead,
+                    "the job's last fired tick is {ahead} ahead of this clock (a replica with a clock ahead fired it); {why}: resuming from this clock"
+                );
+                now
+            }
+            None => {
+                tracing::error!(
+                    job = %job.name, last_tick = %last_s, now = %now_s, ahead = %ahead,
+                    "the job's last fired tick is {ahead} ahead of this clock (the clock went back, or was ahead when it fired); ticks up to it count as fired and do not fire again: firing of this job waits until {last_s}"
+                );
+                last
+            }
+        }
+    }
+
+    /// The wall clock went back by `back` since the loop's previous turn.
+    fn clock_stepped_back(
+        &self,
+        back: chrono::Duration,
+        expected: DateTime<Utc>,
+        now: DateTime<Utc>,
+        resumes: Option<DateTime<Utc>>,
+    ) {
+        self.metrics.clock_stepped_back();
+        let back = humantime::format_duration(back.to_std().map(round_ms).unwrap_or_default());
+        let until = resumes.map_or("no tick is pending".to_string(), |t| {
+            let wait =
+                humantime::format_duration((t - now).to_std().map(round_ms).unwrap_or_default());
+            format!("firing waits until {} (in {wait})", t.to_rfc3339())
+        });
+        tracing::error!(
+            back = %back, expected = %expected.to_rfc3339(), now = %now.to_rfc3339(),
+            "the wall clock went back by {back} (it reads {} where {} was due): ticks already fired do not fire again, so {until}",
+            now.to_rfc3339(), expected.to_rfc3339()
+        );
     }
 
     /// A history entry written by the scheduler; `term` fences it, so a
@@ -1133,6 +1357,32 @@ impl<C: Coordinator> Scheduler<C> {
         }
         forced
     }
+}
+
+/// Ticks passed over: count, oldest, newest.
+type Missed = (u64, DateTime<Utc>, DateTime<Utc>);
+
+/// Missed ticks with why, to record once the job's claims are done.
+type MissedEntry = (Missed, MissedWhy);
+
+/// Ticks of a plan that came due after this leader began firing were missed
+/// because it could not keep up, not because nothing was firing.
+fn missed_why((_, oldest, _): Missed, began: DateTime<Utc>) -> MissedWhy {
+    if oldest > began {
+        MissedWhy::Overloaded
+    } else {
+        MissedWhy::Idle
+    }
+}
+
+/// The clock may be this far off between turns (or a last tick ahead)
+/// before it is reported: the same second that counts a tick on time.
+fn chrono_tolerance() -> chrono::Duration {
+    chrono::Duration::from_std(LATE_TOLERANCE).unwrap_or_default()
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
 }
 
 /// Pending ticks: (next tick, index into the scheduled jobs).
@@ -1299,6 +1549,119 @@ mod tests {
             got,
             vec![("added", at(20)), ("moved", seven(now)), ("same", at(20))]
         );
+    }
+
+    /// A backend whose last fired tick stays where it was (missed ticks do
+    /// not move it) and whose first leadership ends right after the first
+    /// `missed` entry is written, as when an overloaded leader misses a
+    /// renewal and wins again.
+    struct Flapping {
+        last: DateTime<Utc>,
+        terms: std::sync::atomic::AtomicU64,
+        valid: std::sync::Mutex<Option<watch::Sender<bool>>>,
+        records: std::sync::Mutex<Vec<RunRecord>>,
+    }
+
+    impl Coordinator for Flapping {
+        async fn acquire_leadership(&self, _: &str) -> crate::coordination::Result<Leadership> {
+            let term = self.terms.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if term > 2 {
+                std::future::pending::<()>().await;
+            }
+            let (tx, rx) = watch::channel(true);
+            *self.valid.lock().unwrap() = Some(tx);
+            Ok(Leadership::new(term, rx, None, Box::new(())))
+        }
+        async fn resign(&self, _: Leadership) {}
+        async fn last_fired(&self, _: &str) -> crate::coordination::Result<Option<DateTime<Utc>>> {
+            Ok(Some(self.last))
+        }
+        async fn claim(&self, _: &Leadership, _: ClaimRequest<'_>) -> Result<Claim, ClaimRejected> {
+            Err(ClaimRejected::NotLeader)
+        }
+        async fn record(&self, record: &RunRecord) -> crate::coordination::Result<()> {
+            self.records.lock().unwrap().push(record.clone());
+            if record.outcome == Outcome::Missed {
+                if let Some(tx) = self.valid.lock().unwrap().take() {
+                    let _ = tx.send(false);
+                }
+            }
+            Ok(())
+        }
+        async fn reap_lost(&self, _: &str) -> Vec<RunRecord> {
+            Vec::new()
+        }
+        async fn finish_request(&self, _: &str) {}
+        fn backend_spec(&self) -> crate::coordination::BackendSpec {
+            crate::coordination::BackendSpec::Standalone {
+                state_dir: "/nonexistent".into(),
+                history_limit: 10,
+            }
+        }
+        async fn shutdown(&self) {}
+    }
+
+    /// Run a job `@every 1s` last fired 10 s ago, with `catchup`, on a
+    /// [`Flapping`] backend through two terms; the entries it wrote.
+    async fn two_flapping_terms(catchup: &str) -> Vec<RunRecord> {
+        let text = format!(
+            "[jobs.j]\nschedule = \"@every 1s\"\ncatchup = \"{catchup}\"\ncommand = [\"true\"]\n"
+        );
+        let config = crate::config::load_str(std::path::Path::new("t.toml"), text.as_bytes())
+            .expect("valid config");
+        let coord = Arc::new(Flapping {
+            last: Utc::now() - chrono::Duration::seconds(10),
+            terms: Default::default(),
+            valid: Default::default(),
+            records: Default::default(),
+        });
+        let scheduler = Scheduler::new(Arc::new(config), coord.clone(), "t".into(), false);
+        let (stop_tx, stop) = watch::channel(0u32);
+        let stopper = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while coord.terms.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                assert!(tokio::time::Instant::now() < deadline, "no second term");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // A moment for the second term's entries, if any.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = stop_tx.send(1);
+        };
+        let (ran, ()) = tokio::join!(scheduler.run(stop), stopper);
+        ran.unwrap();
+        let records = coord.records.lock().unwrap().clone();
+        records
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ticks_recorded_missed_in_one_term_are_not_missed_again_in_the_next() {
+        let records = two_flapping_terms("0s").await;
+        let mut covered = std::collections::HashSet::new();
+        for r in records.iter().filter(|r| r.outcome == Outcome::Missed) {
+            for k in 0..r.missed_ticks.unwrap_or(1) as i64 {
+                let tick = r.tick - chrono::Duration::seconds(k);
+                assert!(
+                    covered.insert(tick),
+                    "tick {tick} missed twice: {records:#?}"
+                );
+            }
+        }
+        assert!(!covered.is_empty(), "nothing recorded missed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missed_entry_announces_a_catch_up_only_if_it_started() {
+        // Every claim is refused, so no catch-up runs.
+        let records = two_flapping_terms("1m").await;
+        let missed: Vec<&RunRecord> = records
+            .iter()
+            .filter(|r| r.outcome == Outcome::Missed)
+            .collect();
+        assert!(!missed.is_empty(), "nothing recorded missed");
+        for r in missed {
+            let reason = r.reason.as_deref().unwrap_or_default();
+            assert!(!reason.contains("caught up"), "{reason}");
+        }
     }
 
     #[test]

@@ -600,3 +600,262 @@ fn in_steady_state_a_fire_reuses_a_finished_runs_lease_instead_of_granting_one()
     );
     assert_each_tick_once(&ledger(&env));
 }
+
+/// `bgsched run` with its wall clock `offset` off (libfaketime; timers keep
+/// the real monotonic clock). Its supervisors and jobs inherit the offset,
+/// as they would on a host whose clock is off.
+fn spawn_with_clock(env: &Env, instance: &str, offset: &str) -> Scheduler {
+    let log = env.path(&format!("{instance}.log"));
+    let mut cmd = env
+        .cmd(&["run", "--instance-id", instance, "--http", "127.0.0.1:0"])
+        .0;
+    cmd.env(
+        "LD_PRELOAD",
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    )
+    .env("FAKETIME", offset)
+    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+    .stdout(std::fs::File::create(&log).unwrap())
+    .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
+    Scheduler {
+        child: cmd.spawn().expect("spawn bgsched run"),
+        log,
+        instance: instance.to_string(),
+    }
+}
+
+fn tick_secs(tick: &str) -> f64 {
+    chrono::DateTime::parse_from_rfc3339(tick)
+        .expect("tick")
+        .timestamp_millis() as f64
+        / 1000.0
+}
+
+#[test]
+fn a_replica_with_its_clock_an_hour_ahead_stops_leading_and_the_job_fires_on_time() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = cluster_env(&etcd, &beat_job());
+    // Alone, the skewed replica has nothing to compare with: it leads and
+    // fires ticks an hour ahead.
+    let skewed = spawn_with_clock(&env, "skewed", "+1h");
+    wait_until(PATIENCE, "fires by the skewed replica", || {
+        ledger(&env)
+            .iter()
+            .filter(|e| e.instance == "skewed")
+            .count()
+            >= 2
+    });
+    let a = env.spawn_run_with("a", &["--http", "127.0.0.1:0"]);
+    let b = env.spawn_run_with("b", &["--http", "127.0.0.1:0"]);
+    let since = Instant::now();
+    while ledger(&env)
+        .iter()
+        .filter(|e| e.instance != "skewed")
+        .count()
+        < 4
+    {
+        assert!(
+            since.elapsed() < PATIENCE,
+            "no fires by a replica with a correct clock; logs:\n{}\n{}\n{}",
+            skewed.log_text(),
+            a.log_text(),
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It stopped leading, and said why, with the measured skew.
+    let text = skewed.log_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("this replica's clock is skewed"))
+        .unwrap_or_else(|| panic!("no word of the skew in\n{text}"));
+    assert!(
+        line.contains("ERROR") && line.contains("ahead of the median"),
+        "{line}"
+    );
+    assert!(line.contains("59m") || line.contains("1h"), "{line}");
+    let (code, body) = http_get(skewed.http_port(), "/readyz").expect("/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("skewed"), "{body}");
+    let (_, metrics) = http_get(skewed.http_port(), "/metrics").expect("/metrics");
+    let skew = sample(&metrics, "bgsched_clock_skew_seconds");
+    assert!(
+        (3590.0..3610.0).contains(&skew),
+        "skew {skew} in\n{metrics}"
+    );
+    // Once a correct replica fired, the skewed one fired nothing more.
+    let entries = ledger(&env);
+    let first_correct = entries.iter().position(|e| e.instance != "skewed").unwrap();
+    assert!(
+        entries[first_correct..]
+            .iter()
+            .all(|e| e.instance != "skewed"),
+        "the skewed replica fired after losing leadership: {entries:#?}"
+    );
+    // The new leader found the last tick an hour ahead, said so, and
+    // resumed from its own clock (the third clock agrees with it): the job
+    // fires on time, not an hour later.
+    let leader = entries.last().unwrap().instance.clone();
+    let replica = if leader == "a" { &a } else { &b };
+    let text = replica.log_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("last fired tick is"))
+        .unwrap_or_else(|| panic!("no word of the tick ahead in\n{text}"));
+    assert!(
+        line.contains("ERROR") && line.contains("resuming from this clock"),
+        "{line}"
+    );
+    let (_, metrics) = http_get(replica.http_port(), "/metrics").expect("/metrics");
+    assert!(
+        sample(&metrics, "bgsched_last_tick_ahead_total{job=\"beat\"}") >= 1.0,
+        "{metrics}"
+    );
+    for e in &entries[first_correct..] {
+        let late = e.at - tick_secs(&e.tick);
+        assert!(
+            (0.0..3.0).contains(&late),
+            "tick {} ran {late:.2}s after it was due",
+            e.tick
+        );
+    }
+    assert_each_tick_once(&entries);
+}
+
+/// Every history entry under the test prefix, parsed.
+fn all_history(etcd: &Etcd) -> Vec<serde_json::Value> {
+    common::etcd::kv_range_prefix(&etcd.endpoint(), "/test/history/")
+        .expect("read history")
+        .into_iter()
+        .map(|(_, v)| serde_json::from_str(&v).expect("a JSON record"))
+        .collect()
+}
+
+#[test]
+fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_within_1s_of_sigterm()
+{
+    let _serial = serial();
+    let etcd = Etcd::start();
+    // Far more due work than two shared cores can start every second.
+    let jobs: String = (0..800)
+        .map(|i| format!("[jobs.j{i:03}]\nschedule = \"@every 1s\"\ncommand = [\"true\"]\n"))
+        .collect();
+    let env = cluster_env(&etcd, &format!("[scheduler]\nhistory = 1000\n\n{jobs}"));
+    let log = env.path("a.log");
+    let mut cmd = env
+        .cmd(&[
+            "--log-format",
+            "json",
+            "run",
+            "--instance-id",
+            "a",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .0;
+    cmd.stdout(std::fs::File::create(&log).unwrap()).stderr(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+            .unwrap(),
+    );
+    let mut run = Scheduler {
+        child: cmd.spawn().expect("spawn bgsched run"),
+        log,
+        instance: "a".into(),
+    };
+    wait_until(PATIENCE * 2, "ticks dropped as overloaded", || {
+        run.log_text().contains("overloaded: ")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let port = {
+        const MARK: &str = "/status on http://127.0.0.1:";
+        let text = run.log_text();
+        let at = text.find(MARK).expect("the http address in the log") + MARK.len();
+        let digits: String = text[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse::<u16>().expect("port")
+    };
+    let (_, metrics) = http_get(port, "/metrics").expect("/metrics");
+    let overloaded: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("bgsched_overloaded_ticks_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(overloaded > 0.0, "no overloaded ticks counted");
+    run.signal(Signal::TERM);
+    let signalled = now_secs();
+    run.wait_exit(PATIENCE * 4);
+
+    // No new fire more than a second after the signal.
+    let (mut last_fire, mut fires) = (0.0f64, 0);
+    for line in run.log_text().lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v["message"] == "fired" {
+            fires += 1;
+            last_fire = last_fire.max(tick_secs(v["timestamp"].as_str().unwrap()));
+        }
+    }
+    println!(
+        "{fires} fires, the last {:.3}s after SIGTERM",
+        last_fire - signalled
+    );
+    assert!(
+        last_fire - signalled < 1.0,
+        "fired {:.3}s after SIGTERM",
+        last_fire - signalled
+    );
+
+    let history = all_history(&etcd);
+    let outcome = |r: &serde_json::Value| r["outcome"].as_str().unwrap_or("").to_string();
+    let reason = |r: &serde_json::Value| r["reason"].as_str().unwrap_or("").to_string();
+    // Dropped ticks are missed, for overload; "could not start" stays for
+    // commands that cannot start.
+    assert!(
+        history
+            .iter()
+            .any(|r| outcome(r) == "missed" && reason(r).starts_with("overloaded: ")),
+        "no missed entry for overload"
+    );
+    println!(
+        "{} ticks dropped as overloaded",
+        history
+            .iter()
+            .filter(|r| reason(r).starts_with("overloaded: "))
+            .map(|r| r["missed_ticks"].as_u64().unwrap_or(1))
+            .sum::<u64>()
+    );
+    let start_failed: Vec<&serde_json::Value> = history
+        .iter()
+        .filter(|r| outcome(r) == "start_failed")
+        .collect();
+    assert!(start_failed.is_empty(), "{start_failed:#?}");
+    // No tick is covered twice: by two missed entries, or by a run and a
+    // missed entry.
+    let mut covered: HashMap<(String, i64), String> = HashMap::new();
+    for r in &history {
+        let job = r["job"].as_str().unwrap().to_string();
+        let newest = (tick_secs(r["tick"].as_str().unwrap()) * 1000.0).round() as i64;
+        let ticks: Vec<i64> = match outcome(r).as_str() {
+            "missed" => {
+                let n = r["missed_ticks"].as_i64().unwrap_or(1);
+                (0..n).map(|k| newest - 1000 * k).collect()
+            }
+            // A retry's entries share the run's tick.
+            _ if r["attempt"].as_u64().unwrap_or(1) > 1 => continue,
+            _ => vec![newest],
+        };
+        for t in ticks {
+            let what = format!("{} {}", outcome(r), reason(r));
+            if let Some(before) = covered.insert((job.clone(), t), what.clone()) {
+                panic!("tick {t} of {job} is covered twice:\n  {before}\n  {what}");
+            }
+        }
+    }
+}

@@ -428,6 +428,7 @@ fn every_request_succeeds_with_one_member_dead() {
         user: None,
         password: None,
         history_limit: 10,
+        max_clock_skew: Duration::from_secs(1),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

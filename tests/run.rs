@@ -508,3 +508,89 @@ fn the_scheduler_keeps_firing_after_its_binary_is_replaced_on_disk() {
         .iter()
         .all(|r| r["outcome"] != "start_failed"));
 }
+
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// A command whose wall clock (only: timers keep the real monotonic clock)
+/// follows the libfaketime offset in `<dir>/faketime`, re-read on every call.
+fn with_fake_clock(env: &Env, cmd: std::process::Command) -> std::process::Command {
+    let mut cmd = cmd;
+    cmd.env("LD_PRELOAD", FAKETIME_LIB)
+        .env("FAKETIME_TIMESTAMP_FILE", env.path("faketime"))
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    cmd
+}
+
+#[test]
+fn a_clock_stepped_back_fires_nothing_twice_and_says_so_in_the_log_metrics_and_list() {
+    let env = Env::new().config(&format!(
+        "[jobs.beat]\nschedule = \"@every 1s\"\nshell = '{}'\n",
+        ledger_line("start", "ledger")
+    ));
+    env.write("faketime", "+0\n");
+    let log = env.path("a.log");
+    let mut cmd = with_fake_clock(
+        &env,
+        env.cmd(&["run", "--instance-id", "a", "--http", "127.0.0.1:0"])
+            .0,
+    );
+    cmd.stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
+    let run = Scheduler {
+        child: cmd.spawn().expect("spawn bgsched run"),
+        log,
+        instance: "a".into(),
+    };
+    let port = run.http_port();
+    wait_until(PATIENCE, "3 fires", || env.lines("ledger").len() >= 3);
+    env.write("faketime", "-10m\n");
+    let started = std::time::Instant::now();
+    while !run.log_text().contains("the wall clock went back by") {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no ERROR about the clock in\n{}",
+            run.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let fired_before = ledger(&env, "ledger").len();
+    let text = run.log_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("the wall clock went back by"))
+        .unwrap();
+    assert!(line.contains("ERROR"), "{line}");
+    // How far (about 10 minutes, less the time it took to notice) and
+    // until when firing waits.
+    assert!(
+        line.contains("went back by 9m") || line.contains("went back by 10m"),
+        "{line}"
+    );
+    assert!(line.contains("firing waits until"), "{line}");
+    let (_, metrics) = http_get(port, "/metrics").expect("/metrics");
+    assert_eq!(
+        sample(&metrics, "bgsched_clock_steps_back_total"),
+        1.0,
+        "{metrics}"
+    );
+    // `list` on the same (stepped back) clock says why nothing fires.
+    let out = with_fake_clock(&env, env.cmd(&["list"]).0)
+        .output()
+        .expect("list");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("warning: job beat: its last fired tick")
+            && stdout.contains("ahead of this clock"),
+        "{stdout}"
+    );
+    // At most once: nothing fired again, not even a tick fired before.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let entries = ledger(&env, "ledger");
+    assert!(
+        entries.len() <= fired_before + 1,
+        "fired after the step back"
+    );
+    let ticks: HashSet<i64> = entries.iter().map(|e| e.tick.timestamp_millis()).collect();
+    assert_eq!(ticks.len(), entries.len(), "a tick fired twice");
+}

@@ -140,6 +140,7 @@ pub fn backend_config(cli: &Cli, config: &Config) -> Result<BackendChoice, CliEr
             endpoints: cli.etcd.clone(),
             prefix: DEFAULT_PREFIX.to_string(),
             lease_ttl: DEFAULT_LEASE_TTL,
+            max_clock_skew: crate::coordination::etcd::DEFAULT_MAX_CLOCK_SKEW,
             ca_file: None,
             cert_file: None,
             key_file: None,
@@ -157,6 +158,7 @@ pub fn backend_config(cli: &Cli, config: &Config) -> Result<BackendChoice, CliEr
         },
         prefix: cluster.prefix,
         lease_ttl: cluster.lease_ttl,
+        max_clock_skew: cluster.max_clock_skew,
         ca_file: cluster.ca_file,
         cert_file: cluster.cert_file,
         key_file: cluster.key_file,
@@ -575,8 +577,15 @@ fn supervise() -> Result<i32, CliError> {
                         executor::report::ended(&spec, &done.record, recorder.handback());
                     }
                     Err(e) => {
+                        // The command was fine; the scheduler was too slow
+                        // to hand the run over: the tick is dropped.
                         tracing::error!(job = %spec.job, run_id = %spec.run_id, "not starting the job: {e}");
-                        let rec = spec.unstarted(e.to_string());
+                        let mut rec = spec.unstarted(format!(
+                            "{}: the scheduler could not start the run in time ({e})",
+                            crate::scheduler::OVERLOADED
+                        ));
+                        rec.outcome = crate::coordination::Outcome::Missed;
+                        rec.missed_ticks = Some(1);
                         EtcdRecorder::record_unstarted(cfg, &rec).await;
                         executor::report::ended(&spec, &rec, None);
                     }

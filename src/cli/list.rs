@@ -85,6 +85,11 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
             view.config_hash
         );
     }
+    for job in &view.jobs {
+        if let Some(ahead) = &job.last_tick_ahead {
+            println!("warning: job {}: {ahead}", job.name);
+        }
+    }
     let mut table = comfy_table::Table::new();
     table
         .load_preset(comfy_table::presets::NOTHING)

@@ -62,6 +62,13 @@ const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// the leadership; above 10m a crashed leader stalls every schedule that long.
 const LEASE_TTL_RANGE: RangeInclusive<Duration> =
     Duration::from_secs(2)..=Duration::from_secs(10 * 60);
+const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(1);
+/// Skew is measured through etcd watch events, whose delivery takes a few
+/// milliseconds and, on a loaded host, up to about a hundred: a tighter
+/// bound would take correct clocks for skewed ones. A looser one than a
+/// minute lets ticks fire a minute off, which no schedule means.
+const MAX_CLOCK_SKEW_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(60);
 /// In cluster mode the default catchup covers a failover: the next leader
 /// takes over up to one lease TTL after the old one died, plus this much to
 /// notice, start up and read the state.
@@ -320,6 +327,7 @@ impl Section {
                 "etcd",
                 "prefix",
                 "lease_ttl",
+                "max_clock_skew",
                 "ca_file",
                 "cert_file",
                 "key_file",
@@ -777,6 +785,9 @@ fn cluster(r: &mut Report, item: &Item, base: &Path) -> Option<ClusterSettings> 
     let lease_ttl = f
         .get("lease_ttl")
         .map_or(Some(DEFAULT_LEASE_TTL), |i| i.lease_ttl(r));
+    let max_clock_skew = f
+        .get("max_clock_skew")
+        .map_or(Some(DEFAULT_MAX_CLOCK_SKEW), |i| i.max_clock_skew(r));
 
     // `Some(None)`: not set; `None`: set but invalid (already reported).
     let mut file = |name: &str| {
@@ -813,6 +824,7 @@ fn cluster(r: &mut Report, item: &Item, base: &Path) -> Option<ClusterSettings> 
         endpoints: endpoints?,
         prefix: prefix?,
         lease_ttl: lease_ttl?,
+        max_clock_skew: max_clock_skew?,
         ca_file: ca_file?,
         cert_file: cert_file?,
         key_file: key_file?,
@@ -1598,6 +1610,24 @@ impl<'a, 'i> Item<'a, 'i> {
             return Some(d);
         };
         r.error(self.value_at(), problem);
+        None
+    }
+
+    fn max_clock_skew(&self, r: &mut Report) -> Option<Duration> {
+        let d = self.duration(r)?;
+        if MAX_CLOCK_SKEW_RANGE.contains(&d) {
+            return Some(d);
+        }
+        r.error(
+            self.value_at(),
+            format!(
+                "{} must be between {} and {} (how far a replica's clock may be off the others' before it stops leading), found {}",
+                self.label,
+                humantime::format_duration(*MAX_CLOCK_SKEW_RANGE.start()),
+                humantime::format_duration(*MAX_CLOCK_SKEW_RANGE.end()),
+                quoted(as_str(self.value()).unwrap_or_default()),
+            ),
+        );
         None
     }
 
@@ -2954,6 +2984,7 @@ timeout = "none"
 etcd = ["https://10.0.0.5:2379", "https://etcd-2.internal:2379/", "https://[fd00::7]:12379"]
 prefix = "/bgsched/prod"
 lease_ttl = "15s"
+max_clock_skew = "250ms"
 ca_file = "ca.pem"
 cert_file = "tls/client.pem"
 key_file = "{}"
@@ -2978,6 +3009,7 @@ command = ["/bin/true"]
                 ],
                 prefix: "/bgsched/prod".into(),
                 lease_ttl: Duration::from_secs(15),
+                max_clock_skew: Duration::from_millis(250),
                 ca_file: Some(dir.0.join("ca.pem")),
                 cert_file: Some(dir.0.join("tls/client.pem")),
                 key_file: Some(key),
@@ -3001,6 +3033,7 @@ command = ["/bin/true"]
                 endpoints: vec!["http://etcd-1:2379".into(), "http://10.0.0.6:2379".into()],
                 prefix: "/bgsched".into(),
                 lease_ttl: Duration::from_secs(10),
+                max_clock_skew: Duration::from_secs(1),
                 ca_file: None,
                 cert_file: None,
                 key_file: None,
@@ -3049,7 +3082,7 @@ command = ["/bin/true"]
                 "jobs.toml:4:1: unknown key `prefx` in [cluster]; did you mean `prefix`?",
                 "jobs.toml:5:1: unknown key `cacert` in [cluster]; did you mean `ca_file`?",
                 "jobs.toml:6:1: unknown key `password` in [cluster]; keep the password out of the config: set password_env (the name of an environment variable holding it) or password_file (a file holding it)",
-                "jobs.toml:7:1: unknown key `colour` in [cluster] (expected one of: etcd, prefix, lease_ttl, ca_file, cert_file, key_file, user, password_env, password_file)",
+                "jobs.toml:7:1: unknown key `colour` in [cluster] (expected one of: etcd, prefix, lease_ttl, max_clock_skew, ca_file, cert_file, key_file, user, password_env, password_file)",
             ],
         );
         assert_errors(

@@ -83,6 +83,10 @@ pub struct ClusterSettings {
     /// several times per TTL and stops acting as leader before it expires,
     /// so the TTL must leave room for a few round trips to etcd.
     pub lease_ttl: Duration,
+    /// `max_clock_skew` (default 1s, 100ms to 1m): how far this replica's
+    /// wall clock may be from the median of the live members' clocks
+    /// before it refuses to lead (see `coordination::etcd::ClockWatch`).
+    pub max_clock_skew: Duration,
     /// `ca_file`: the CA that signed the servers' certificates, for a
     /// private CA; without it https endpoints are verified against the
     /// system roots. Like the other two files it has been resolved against

@@ -21,6 +21,7 @@
 //! `overlap = "skip"`, no marker exists under `P/active/<job>/`. It records
 //! the new last tick and the run's marker atomically.
 
+use super::clock::{ClockVerdict, ClockWatch};
 use super::standalone::new_run_id;
 use super::{
     BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, HistoryReader, Hold,
@@ -46,6 +47,12 @@ use tokio::time::Instant;
 pub const DEFAULT_PREFIX: &str = "/bgsched";
 /// The session lease TTL when the config names none.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// The clock skew bound when the config names none.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(1);
+
+fn default_max_clock_skew() -> Duration {
+    DEFAULT_MAX_CLOCK_SKEW
+}
 
 /// How to reach etcd; also handed to run supervisors.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +60,9 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     pub prefix: String,
     pub lease_ttl: Duration,
+    /// How far this replica's clock may be off the members' median.
+    #[serde(default = "default_max_clock_skew")]
+    pub max_clock_skew: Duration,
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
@@ -313,6 +323,10 @@ pub struct MemberInfo {
     /// on every reload), so replicas running different configs show.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// The instance's wall clock when it wrote this value: rewritten at
+    /// every heartbeat, so the members can compare clocks (`clock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<DateTime<Utc>>,
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -510,17 +524,101 @@ async fn watch_stop_request(
 /// One instance's session: a lease everything of the instance is bound to.
 struct Session {
     lease: i64,
-    /// What `P/members/<instance>` holds.
-    member: MemberInfo,
+    /// What `P/members/<instance>` holds (the heartbeat rewrites it).
+    member: Arc<Mutex<MemberInfo>>,
     alive: watch::Receiver<bool>,
     /// Until when the lease is vouched for (see `keep_lease_alive`).
     vouched: watch::Receiver<Instant>,
     task: tokio::task::JoinHandle<()>,
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         self.task.abort();
+        self.heartbeat.abort();
+    }
+}
+
+/// Rewrite the member key with this instance's clock every `every`, so the
+/// other members can measure their offset from it (see `clock`).
+async fn publish_clock(
+    mut client: Client,
+    key: String,
+    lease: i64,
+    member: Arc<Mutex<MemberInfo>>,
+    every: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let value = {
+            let mut m = member.lock().expect("member lock");
+            m.clock = Some(Utc::now());
+            json(&*m)
+        };
+        if let Err(e) = client
+            .put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+        {
+            tracing::debug!("member heartbeat not written: {e}");
+        }
+    }
+}
+
+/// Feed `clock` from the members' heartbeats until the process ends.
+async fn watch_member_clocks(client: Client, keys: Keys, me: String, clock: Arc<ClockWatch>) {
+    let prefix = keys.members();
+    let name_of = |key: &[u8]| String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+    loop {
+        let attempt = async {
+            let mut client = client.clone();
+            let now = client
+                .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+                .await?;
+            let rev = now.header().map_or(0, |h| h.revision());
+            // Values read now were written up to a heartbeat ago: only
+            // writes seen as they happen measure an offset.
+            clock.expect(
+                now.kvs()
+                    .iter()
+                    .map(|kv| name_of(kv.key()))
+                    .filter(|n| *n != me),
+            );
+            let opts = WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(rev + 1);
+            let mut stream = client.watch(prefix.clone(), Some(opts)).await?;
+            while let Some(resp) = stream.message().await? {
+                let received = Utc::now();
+                if resp.canceled() {
+                    break;
+                }
+                for e in resp.events() {
+                    let Some(kv) = e.kv() else { continue };
+                    let name = name_of(kv.key());
+                    if name == me {
+                        continue;
+                    }
+                    match e.event_type() {
+                        EventType::Delete => clock.gone(&name),
+                        EventType::Put => {
+                            if let Some(at) = parse::<MemberInfo>(kv).ok().and_then(|m| m.clock) {
+                                clock.observed(&name, (at - received).num_milliseconds());
+                            }
+                        }
+                    }
+                }
+            }
+            Ok::<_, etcd_client::Error>(())
+        };
+        if let Err(e) = attempt.await {
+            tracing::debug!("members watch: {e}; restarting it");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -546,6 +644,10 @@ pub struct Etcd {
     /// The newest session's liveness, readable without the session lock
     /// (which a campaign holds across etcd round trips).
     live_session: Mutex<Option<(watch::Receiver<bool>, watch::Receiver<Instant>)>>,
+    /// This clock against the members' (fed by `watch_member_clocks`,
+    /// started with the first session).
+    clock: Arc<ClockWatch>,
+    clock_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Etcd {
@@ -590,13 +692,105 @@ impl Etcd {
         }
         Ok(Etcd {
             keys: Keys::new(&cfg.prefix),
-            cfg,
             client,
             session: tokio::sync::Mutex::new(None),
             last: Mutex::new(HashMap::new()),
             spare: Mutex::new(Vec::new()),
             config_hash: Mutex::new(None),
             live_session: Mutex::new(None),
+            clock: Arc::new(ClockWatch::new(cfg.max_clock_skew, cfg.renew_every())),
+            clock_watch: Mutex::new(None),
+            cfg,
+        })
+    }
+
+    /// This replica's clock against the other live members' clocks.
+    pub fn clock_verdict(&self) -> ClockVerdict {
+        self.clock.verdict()
+    }
+
+    /// Wait until this clock may lead: measured, and not skewed. Says so at
+    /// ERROR, with the figures, whenever it is skewed.
+    async fn wait_for_sound_clock(&self) {
+        let mut said = None;
+        loop {
+            match self.clock.verdict() {
+                ClockVerdict::Unknown => {}
+                v @ ClockVerdict::Skewed { .. } => {
+                    // Once per second of change: the skew drifts by
+                    // milliseconds with each heartbeat.
+                    let key = v.skew_secs().map(|s| s.round() as i64);
+                    if said != key {
+                        tracing::error!(
+                            skew_seconds = v.skew_secs().unwrap_or_default(),
+                            "not leading: this replica's clock is {}; fix its time sync (NTP)",
+                            v.describe()
+                        );
+                        said = key;
+                    }
+                }
+                _ => {
+                    if said.is_some() {
+                        tracing::info!("clock agrees with the other members again; campaigning");
+                    }
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// While leading: when this clock turns out skewed, give the term up
+    /// (delete the leader key, then invalidate) so a replica with a sound
+    /// clock takes over; otherwise pass `inner` (the key and session guard)
+    /// on to `valid`.
+    fn guard_clock(
+        &self,
+        term: u64,
+        mut inner: watch::Receiver<bool>,
+        valid: watch::Sender<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let clock = self.clock.clone();
+        let mut client = self.client.clone();
+        let key = self.keys.leader();
+        tokio::spawn(async move {
+            loop {
+                if !*inner.borrow_and_update() {
+                    let _ = valid.send(false);
+                    return;
+                }
+                let v = clock.verdict();
+                if v.is_skewed() {
+                    tracing::error!(
+                        term,
+                        skew_seconds = v.skew_secs().unwrap_or_default(),
+                        "giving up leadership: this replica's clock is {}",
+                        v.describe()
+                    );
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            term as i64,
+                        )])
+                        .and_then([TxnOp::delete(key.clone(), None)]);
+                    // Invalid first: nothing may fire from here on. The
+                    // delete runs on its own task, as this one is aborted
+                    // when the invalidated leadership is dropped; the
+                    // session would keep an undeleted key alive for good.
+                    let _ = valid.send(false);
+                    tokio::spawn(async move {
+                        if let Err(e) = client.txn(txn).await {
+                            tracing::warn!(term, "could not give the leader key up: {e}");
+                        }
+                    });
+                    return;
+                }
+                tokio::select! {
+                    r = inner.changed() => if r.is_err() { return },
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
         })
     }
 
@@ -646,6 +840,7 @@ impl Etcd {
             pid: std::process::id(),
             since: Utc::now(),
             config_hash: self.config_hash.lock().expect("hash lock").clone(),
+            clock: Some(Utc::now()),
         };
         client
             .put(
@@ -655,6 +850,25 @@ impl Etcd {
             )
             .await
             .map_err(etcd_err("register member"))?;
+        {
+            let mut watcher = self.clock_watch.lock().expect("clock watch lock");
+            if watcher.is_none() {
+                *watcher = Some(tokio::spawn(watch_member_clocks(
+                    self.client.clone(),
+                    self.keys.clone(),
+                    instance.to_string(),
+                    self.clock.clone(),
+                )));
+            }
+        }
+        let member = Arc::new(Mutex::new(member));
+        let heartbeat = tokio::spawn(publish_clock(
+            client.clone(),
+            self.keys.member(instance),
+            lease,
+            member.clone(),
+            self.cfg.renew_every(),
+        ));
         let (tx, alive) = watch::channel(true);
         let (vouched_tx, vouched) = watch::channel(granted + self.cfg.fence_after());
         let task = tokio::spawn(keep_lease_alive(
@@ -673,6 +887,7 @@ impl Etcd {
             alive: alive.clone(),
             vouched: vouched.clone(),
             task,
+            heartbeat,
         });
         Ok((lease, alive, vouched))
     }
@@ -800,6 +1015,25 @@ impl Etcd {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Every job's last fired tick (`P/last/<job>`).
+    pub async fn last_ticks(&self) -> Result<HashMap<String, DateTime<Utc>>> {
+        let resp = self
+            .client
+            .clone()
+            .get(self.keys.lasts(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_err("read last ticks"))?;
+        let prefix_len = self.keys.lasts().len();
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let job = String::from_utf8_lossy(&kv.key()[prefix_len..]).into_owned();
+                (job, last_tick_of(kv))
+            })
+            .collect())
     }
 
     /// Leader info with the term read from the key's create revision.
@@ -1567,6 +1801,7 @@ impl Coordinator for Etcd {
         loop {
             let attempt = async {
                 let (lease, alive, vouched) = self.session(instance).await?;
+                self.wait_for_sound_clock().await;
                 Ok::<_, CoordError>((
                     lease,
                     (alive, vouched),
@@ -1588,12 +1823,14 @@ impl Coordinator for Etcd {
                         continue;
                     }
                     let (valid_tx, valid) = watch::channel(true);
-                    let guard = self.guard_leadership(term, alive, valid_tx);
+                    let (key_tx, key_ok) = watch::channel(true);
+                    let guard = self.guard_leadership(term, alive, key_tx);
+                    let clock_guard = self.guard_clock(term, key_ok, valid_tx);
                     let (req_tx, req_rx) = mpsc::channel(256);
                     let requests = self.watch_requests(req_tx);
                     let (lost_tx, lost_rx) = mpsc::channel(256);
                     let lost_runs = self.record_lost_runs(lost_tx);
-                    let hold = AbortOnDrop(vec![guard, requests, lost_runs]);
+                    let hold = AbortOnDrop(vec![guard, clock_guard, requests, lost_runs]);
                     return Ok(Leadership::new(term, valid, Some(req_rx), Box::new(hold))
                         .with_lost_runs(lost_rx)
                         .with_fence(vouched));
@@ -1642,6 +1879,55 @@ impl Coordinator for Etcd {
             .get(job)
             .map(|c| c.0)
             .filter(|t| *t > DateTime::<Utc>::MIN_UTC))
+    }
+
+    async fn resume_before(
+        &self,
+        job: &str,
+        _last: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        // Leading implies a measured clock, unless the members watch just
+        // restarted: give it a few heartbeats.
+        let mut verdict = self.clock.verdict();
+        for _ in 0..15 {
+            if verdict != ClockVerdict::Unknown {
+                break;
+            }
+            tokio::time::sleep(self.cfg.renew_every() / 4).await;
+            verdict = self.clock.verdict();
+        }
+        let why = match verdict {
+            ClockVerdict::Agrees { others, skew_ms } => format!(
+                "the clocks of the {others} other live member(s) agree with this one (skew {skew_ms}ms)"
+            ),
+            ClockVerdict::Alone => {
+                "no other live member to compare clocks with: trusting this one".to_string()
+            }
+            ClockVerdict::Unknown | ClockVerdict::Skewed { .. } => return None,
+        };
+        // The claim transaction compares the key's revision, not its tick:
+        // lowering the cached tick is all it takes to accept earlier ticks.
+        if let Some(entry) = self.last.lock().expect("cache lock").get_mut(job) {
+            entry.0 = now;
+        }
+        Some(why)
+    }
+
+    fn too_late_to_start(&self, hold: &Hold) -> Option<String> {
+        let Hold::Lease { granted_at, .. } = hold else {
+            return None;
+        };
+        // Three quarters of the window the supervisor trusts the lease in:
+        // the rest is for it to start (it checks again, see
+        // `EtcdRecorder::start`).
+        let age = (Utc::now() - *granted_at).to_std().unwrap_or_default();
+        (age >= self.cfg.fence_after() * 3 / 4).then(|| {
+            format!(
+                "its run lease was granted {} ago, too long to start it safely",
+                humantime::format_duration(Duration::from_millis(age.as_millis() as u64))
+            )
+        })
     }
 
     async fn claim(
@@ -1766,8 +2052,9 @@ impl Coordinator for Etcd {
             // The next session registers with the new hash.
             return Ok(());
         };
-        let mut member = s.member.clone();
+        let mut member = s.member.lock().expect("member lock").clone();
         member.config_hash = Some(hash.to_string());
+        member.clock = Some(Utc::now());
         self.client
             .clone()
             .put(
@@ -1777,7 +2064,7 @@ impl Coordinator for Etcd {
             )
             .await
             .map_err(etcd_err("announce config"))?;
-        s.member = member;
+        *s.member.lock().expect("member lock") = member;
         Ok(())
     }
 
@@ -1789,6 +2076,14 @@ impl Coordinator for Etcd {
         if let Some(s) = self.session.lock().await.take() {
             // Revoking the session lease removes the member key at once.
             let _ = self.client.clone().lease_revoke(s.lease).await;
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(t) = self.clock_watch.lock().expect("clock watch lock").take() {
+            t.abort();
         }
     }
 }

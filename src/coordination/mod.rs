@@ -8,6 +8,7 @@
 //! to write its record.
 
 pub mod channel;
+pub mod clock;
 pub mod etcd;
 mod fsutil;
 pub mod standalone;
@@ -480,6 +481,28 @@ pub trait Coordinator: Send + Sync + 'static {
     /// Take back what a finished run handed back (see `RunRecorder::handback`).
     fn take_back(&self, token: &str) {
         let _ = token;
+    }
+
+    /// `job`'s last fired tick, `last`, lies ahead of this instance's clock,
+    /// `now`. `Some(why)` if the backend vouches for this clock (the other
+    /// replicas' clocks agree with it), and then claims of ticks from `now`
+    /// on are accepted; `None` keeps at-most-once: ticks up to `last` count
+    /// as fired, and the job waits for the clock to pass `last`.
+    fn resume_before(
+        &self,
+        job: &str,
+        last: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Option<String>> + Send {
+        let _ = (job, last, now);
+        std::future::ready(None)
+    }
+
+    /// Whether a claimed run is too late to start (its hold can no longer be
+    /// trusted for long enough), and why.
+    fn too_late_to_start(&self, hold: &Hold) -> Option<String> {
+        let _ = hold;
+        None
     }
 
     /// Append a history entry that no supervisor writes (skips, missed ticks).

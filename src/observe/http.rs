@@ -85,6 +85,11 @@ fn json_reply(code: StatusCode, body: serde_json::Value) -> Response {
 /// OpenMetrics for a client that asks for it (Prometheus does), else the
 /// Prometheus text format 0.0.4, which every scraper and promtool reads.
 async fn metrics(State(s): Shared, headers: axum::http::HeaderMap) -> Response {
+    if let Some(Backend::Cluster(e)) = s.backend.get() {
+        // Measured by the backend; read when scraped.
+        s.metrics
+            .set_clock_skew(e.clock_verdict().skew_secs().unwrap_or_default());
+    }
     let accept = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -135,16 +140,20 @@ async fn healthz(State(s): Shared) -> Response {
 }
 
 /// Ready once the config is loaded (it is before this serves) and, in a
-/// cluster, while etcd confirms the session: a standby is ready too, since
-/// readiness is about being able to take over, not about leading.
+/// cluster, while etcd confirms the session and this clock is not skewed:
+/// a standby is ready too, since readiness is about being able to take
+/// over, not about leading, and a skewed replica cannot take over.
 async fn readyz(State(s): Shared) -> Response {
+    let mut clock = None;
     let (ready, etcd) = match s.backend.get() {
         None => (false, Some("connecting")),
         Some(Backend::Standalone(_)) => (true, None),
         Some(Backend::Cluster(e)) => {
             let confirmed = e.session_confirmed();
+            let verdict = e.clock_verdict();
+            clock = Some(verdict.describe());
             (
-                confirmed,
+                confirmed && !verdict.is_skewed(),
                 Some(if confirmed {
                     "session confirmed"
                 } else {
@@ -159,6 +168,9 @@ async fn readyz(State(s): Shared) -> Response {
     });
     if let Some(etcd) = etcd {
         body["etcd"] = json!(etcd);
+    }
+    if let Some(clock) = clock {
+        body["clock"] = json!(clock);
     }
     json_reply(
         if ready {

@@ -97,6 +97,10 @@ pub struct Metrics {
     config_generation: Gauge,
     config_reload_ok: Gauge,
     state_files_corrupt: Counter,
+    overloaded: Family<JobLabels, Counter>,
+    clock_skew: Gauge<f64, AtomicU64>,
+    clock_steps_back: Counter,
+    last_tick_ahead: Family<JobLabels, Counter>,
     /// Milliseconds after `born` of the scheduler loop's last turn.
     heartbeat: AtomicU64,
     born: Instant,
@@ -129,6 +133,10 @@ impl Metrics {
             config_generation: Gauge::default(),
             config_reload_ok: Gauge::default(),
             state_files_corrupt: Counter::default(),
+            overloaded: Family::default(),
+            clock_skew: Gauge::default(),
+            clock_steps_back: Counter::default(),
+            last_tick_ahead: Family::default(),
             heartbeat: AtomicU64::new(0),
             born: Instant::now(),
         };
@@ -221,6 +229,27 @@ impl Metrics {
             "Unreadable files of the standalone state directory this scheduler set aside as *.corrupt",
             m.state_files_corrupt.clone(),
         );
+        r.register(
+            "overloaded_ticks",
+            "Ticks this leader could not start in time and recorded missed (reason overloaded), by job; also counted in missed_ticks",
+            m.overloaded.clone(),
+        );
+        r.register_with_unit(
+            "clock_skew",
+            "Cluster: this replica's wall clock minus the median of the live members' clocks (0 until measured)",
+            Unit::Seconds,
+            m.clock_skew.clone(),
+        );
+        r.register(
+            "clock_steps_back",
+            "Times the fire loop found the wall clock stepped back (beyond 1s) since its previous turn",
+            m.clock_steps_back.clone(),
+        );
+        r.register(
+            "last_tick_ahead",
+            "Times a job's last fired tick was found ahead of this instance's clock (beyond the tolerance), by job",
+            m.last_tick_ahead.clone(),
+        );
         m.set_config(1, true);
         m.beat();
         m
@@ -312,6 +341,31 @@ impl Metrics {
                 job: job.to_string(),
             })
             .inc_by(ticks);
+    }
+
+    /// Ticks dropped for overload (already counted by [`Self::missed`]).
+    pub fn overloaded(&self, job: &str, ticks: u64) {
+        self.overloaded
+            .get_or_create(&JobLabels {
+                job: job.to_string(),
+            })
+            .inc_by(ticks);
+    }
+
+    pub fn set_clock_skew(&self, seconds: f64) {
+        self.clock_skew.set(seconds);
+    }
+
+    pub fn clock_stepped_back(&self) {
+        self.clock_steps_back.inc();
+    }
+
+    pub fn last_tick_ahead(&self, job: &str) {
+        self.last_tick_ahead
+            .get_or_create(&JobLabels {
+                job: job.to_string(),
+            })
+            .inc();
     }
 
     pub fn claim_rejected(&self, reason: &str) {
@@ -456,6 +510,10 @@ mod tests {
         m.run_ended("a", None);
         m.skipped("a", "still_running");
         m.missed("a", 3);
+        m.overloaded("a", 2);
+        m.set_clock_skew(-0.25);
+        m.clock_stepped_back();
+        m.last_tick_ahead("a");
         m.leading(42);
         m.etcd_request("Txn", Duration::from_millis(3), false);
         let text = m.encode();
@@ -465,6 +523,10 @@ mod tests {
             r#"bgsched_run_duration_seconds_count{job="a"} 1"#,
             r#"bgsched_skipped_ticks_total{job="a",reason="still_running"} 1"#,
             r#"bgsched_missed_ticks_total{job="a"} 3"#,
+            r#"bgsched_overloaded_ticks_total{job="a"} 2"#,
+            "bgsched_clock_skew_seconds -0.25",
+            "bgsched_clock_steps_back_total 1",
+            r#"bgsched_last_tick_ahead_total{job="a"} 1"#,
             "bgsched_is_leader 1",
             "bgsched_leader_term 42",
             r#"bgsched_leadership_changes_total{change="acquired"} 1"#,

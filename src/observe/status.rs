@@ -5,8 +5,9 @@
 use crate::config::{Config, Job};
 use crate::coordination::etcd::MemberInfo;
 use crate::coordination::{
-    CoordError, Etcd, HistoryReader, LeaderInfo, Outcome, RunRecord, Standalone,
+    CoordError, Coordinator, Etcd, HistoryReader, LeaderInfo, Outcome, RunRecord, Standalone,
 };
+use crate::scheduler::LATE_TOLERANCE;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -54,6 +55,12 @@ pub struct JobView {
     /// Standalone: the job's state files that cannot be read (each says
     /// which file, why, and where it was set aside); see `history`.
     pub unreadable: Vec<String>,
+    /// The newest tick fired (claimed) for the job, if any.
+    pub last_tick: Option<DateTime<Utc>>,
+    /// Set when `last_tick` lies ahead of the clock of whoever built this
+    /// view (beyond 1s): that clock went back, or a replica with a clock
+    /// ahead fired it.
+    pub last_tick_ahead: Option<String>,
 }
 
 /// Transactions reading jobs' history in flight at once (each covers many
@@ -117,6 +124,18 @@ pub async fn build(
     // In a cluster every job costs round trips to etcd: keep several in
     // flight (in job order) instead of paying for them one after another.
     let names: Vec<String> = config.jobs.keys().cloned().collect();
+    let last_ticks = match source {
+        Source::Standalone(s) => {
+            let mut ticks = std::collections::HashMap::new();
+            for name in &names {
+                if let Some(t) = Coordinator::last_fired(s, name).await? {
+                    ticks.insert(name.clone(), t);
+                }
+            }
+            ticks
+        }
+        Source::Cluster(e) => e.last_ticks().await?,
+    };
     let reads = read_jobs(source, names, limit).await?;
     let mut jobs = Vec::new();
     for (job, (history, running)) in config.jobs.values().zip(reads) {
@@ -153,6 +172,19 @@ pub async fn build(
                 .filter(|r| r.outcome == Outcome::Unreadable)
                 .filter_map(|r| r.reason.clone())
                 .collect(),
+            last_tick: last_ticks.get(&job.name).copied(),
+            last_tick_ahead: last_ticks
+                .get(&job.name)
+                .filter(|t| **t - now > chrono::Duration::from_std(LATE_TOLERANCE).unwrap_or_default())
+                .map(|t| {
+                    let ahead = (*t - now).to_std().unwrap_or_default();
+                    let ahead = std::time::Duration::from_secs(ahead.as_secs());
+                    format!(
+                        "its last fired tick, {}, is {} ahead of this clock: the clock went back, or a replica with a clock ahead fired it; ticks up to it count as fired",
+                        t.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        humantime::format_duration(ahead)
+                    )
+                }),
         });
     }
     let view = match source {

@@ -874,3 +874,39 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     }
     Some(out)
 }
+
+/// `POST /v3/kv/range` for every key under `prefix` on `endpoint`:
+/// (key, value) pairs in key order.
+pub fn kv_range_prefix(endpoint: &str, prefix: &str) -> io::Result<Vec<(String, String)>> {
+    let mut end = prefix.as_bytes().to_vec();
+    *end.last_mut().expect("non-empty prefix") += 1;
+    let body = format!(
+        r#"{{"key":"{}","range_end":"{}"}}"#,
+        base64_encode(prefix.as_bytes()),
+        base64_encode(&end)
+    );
+    let (status, reply) = http_within(
+        port_of(endpoint),
+        "POST",
+        "/v3/kv/range",
+        Some(&body),
+        Duration::from_secs(60),
+    )?;
+    if status != 200 {
+        return Err(io::Error::other(format!("HTTP {status}: {reply}")));
+    }
+    let json: serde_json::Value = serde_json::from_str(&reply)
+        .map_err(|e| io::Error::other(format!("range reply is not JSON ({e})")))?;
+    let decode = |v: &serde_json::Value| {
+        base64_decode(v.as_str().unwrap_or(""))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .ok_or_else(|| io::Error::other("bad base64 in a range reply"))
+    };
+    json["kvs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|kv| Ok((decode(&kv["key"])?, decode(&kv["value"])?)))
+        .collect()
+}

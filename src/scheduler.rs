@@ -818,7 +818,15 @@ impl<C: Coordinator> Scheduler<C> {
         if let Some(i) = pending {
             if let Retry::Tick { tick: old, .. } = state.retries.swap_remove(i) {
                 let (older, newer) = (old.min(tick), old.max(tick));
-                self.record_missed(term, job, (1, older, older), None, MissedWhy::ClaimFailing);
+                if older != newer {
+                    self.record_missed(
+                        term,
+                        job,
+                        (1, older, older),
+                        Some((newer, false)),
+                        MissedWhy::ClaimFailing,
+                    );
+                }
                 let trigger = if newer == tick {
                     trigger
                 } else {

@@ -2317,6 +2317,13 @@ fn main() {
         "no bgsched binary at {} (build it: cargo build --bin bgsched, or use scripts/soak; or set BGSCHED_BIN)",
         bin.display()
     );
+    if args.skew != "none" && args.replicas >= 3 && !Path::new(FAKETIME_LIB).exists() {
+        eprintln!(
+            "soak: --skew {} needs libfaketime at {FAKETIME_LIB} (apt-get install -y faketime), or pass --skew none",
+            args.skew
+        );
+        std::process::exit(2);
+    }
     let etcd_bin = etcd::etcd_bin();
     println!(
         "soak: bgsched {}, etcd {}",

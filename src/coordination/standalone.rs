@@ -284,12 +284,16 @@ impl Standalone {
                     continue;
                 }
                 let path = entry.path();
-                let why = match fs::read(&path) {
-                    Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                        Ok(_) => "not what it should be".to_string(),
+                // In the words it had when it was read under its name.
+                let why = match (original, read_last_tick(&path)) {
+                    ("last_tick", Ok(LastTick::Corrupt(reason))) => reason,
+                    _ => match fs::read(&path) {
+                        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                            Ok(_) => "not what it should be".to_string(),
+                            Err(e) => e.to_string(),
+                        },
                         Err(e) => e.to_string(),
                     },
-                    Err(e) => e.to_string(),
                 };
                 let text = format!(
                     "corrupt state file {}: {why}; set aside as {}",
@@ -367,6 +371,7 @@ impl Standalone {
                 out.push(rec);
             }
         }
+        out.extend(self.corrupt_last_tick_entry(job)?);
         // Newest first by run id (= file name), as the records come; a set
         // aside record keeps its place.
         out.extend(self.set_aside_entries(job));
@@ -577,21 +582,30 @@ impl Standalone {
 
     fn last_fired_sync(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
         let path = self.job_dir(job).join("last_tick");
-        let reason = match fs::read_to_string(&path) {
-            Ok(s) => match DateTime::parse_from_rfc3339(s.trim()) {
-                Ok(t) => return Ok(Some(t.with_timezone(&Utc))),
-                Err(e) => format!("not an RFC 3339 instant ({e})"),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if wrong_kind(&e) || e.kind() == std::io::ErrorKind::InvalidData => {
-                e.to_string()
+        match read_last_tick(&path)? {
+            LastTick::Missing => Ok(None),
+            LastTick::At(t) => Ok(Some(t)),
+            LastTick::Corrupt(reason) => {
+                // Unreadable (e.g. emptied by a crash of the filesystem):
+                // better to start afresh from now than to refuse to schedule.
+                self.corrupt(&path, &reason, "the job counts as never fired");
+                Ok(None)
             }
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        // Unreadable (e.g. emptied by a crash of the filesystem): better to
-        // start afresh from now than to refuse to schedule.
-        self.corrupt(&path, &reason, "the job counts as never fired");
-        Ok(None)
+        }
+    }
+
+    /// The job's `last_tick` as a history entry when it cannot be read:
+    /// read-only commands leave it in place, so they must show it there.
+    fn corrupt_last_tick_entry(&self, job: &str) -> Result<Option<RunRecord>> {
+        let path = self.job_dir(job).join("last_tick");
+        match read_last_tick(&path)? {
+            LastTick::Corrupt(reason) => {
+                let (text, now_at) = self.corrupt(&path, &reason, "the job counts as never fired");
+                // The scheduler set it aside: `set_aside_entries` shows it.
+                Ok((now_at == path).then(|| unreadable_entry(job, &path, text)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The last term handed out on this state directory. The fencing token
@@ -896,6 +910,28 @@ impl RunRecorder for StandaloneRecorder {
         // A kernel lock cannot be lost while this process lives.
         std::future::pending().await
     }
+}
+
+/// A job's `last_tick` file, read.
+enum LastTick {
+    Missing,
+    At(DateTime<Utc>),
+    /// Why it is not an instant.
+    Corrupt(String),
+}
+
+fn read_last_tick(path: &Path) -> Result<LastTick> {
+    Ok(match fs::read_to_string(path) {
+        Ok(s) => match DateTime::parse_from_rfc3339(s.trim()) {
+            Ok(t) => LastTick::At(t.with_timezone(&Utc)),
+            Err(e) => LastTick::Corrupt(format!("not an RFC 3339 instant ({e})")),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => LastTick::Missing,
+        Err(e) if wrong_kind(&e) || e.kind() == std::io::ErrorKind::InvalidData => {
+            LastTick::Corrupt(e.to_string())
+        }
+        Err(e) => return Err(io_err(path)(e)),
+    })
 }
 
 fn write_record(path: &Path, record: &RunRecord) -> Result<()> {

@@ -189,11 +189,11 @@ fn etcd_that_refuses_connections_is_named_and_said_in_words() {
         .find(|l| l.contains("unreachable"))
         .expect("the line");
     says_refused_in_words("run", line, &endpoint);
+    assert!(!line.contains("(etcd: "), "etcd said once: {line}");
 }
 
 /// README "Schedules": 7 fields have a trailing year; once the years are
 /// over, `next` says so rather than printing fewer lines without a word.
-/// (A schedule whose years are all past is a config error, see tests/check.rs.)
 #[test]
 fn next_says_when_a_schedule_has_no_further_fire() {
     let env = Env::new().config(

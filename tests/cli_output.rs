@@ -364,6 +364,16 @@ fn a_standalone_manual_tick_is_milliseconds_and_no_term_is_omitted() {
     let tick_cell = tick.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     assert_eq!(cells.get(2), Some(&tick_cell.as_str()), "{history}");
     assert_eq!(cells.get(5), Some(&"-"), "{history}");
+    // JSON says "no term" as the table does: null, not a token 0.
+    let out = env.cmd(&["history", "--json"]).run().success().stdout;
+    let json: serde_json::Value = serde_json::from_str(&out).expect("history --json");
+    assert_eq!(json[0]["term"], serde_json::Value::Null, "{json:#}");
+    let list = env.list_json();
+    assert_eq!(
+        list["jobs"][0]["last_run"]["term"],
+        serde_json::Value::Null,
+        "{list:#}"
+    );
     let took = rec["duration_ms"].as_u64().expect("duration_ms");
     let took = humantime::format_duration(std::time::Duration::from_millis(took)).to_string();
     assert_eq!(cells.get(7), Some(&took.as_str()), "{history}");

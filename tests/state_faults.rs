@@ -280,6 +280,63 @@ fn a_corrupt_last_tick_is_shown_by_list_and_history_before_any_run_in_the_words_
     }
 }
 
+#[test]
+fn a_corrupt_term_or_leader_file_is_shown_by_list_before_any_run_in_the_words_of_the_log() {
+    let env = Env::new().config(&format!(
+        "[jobs.a]\nschedule = \"@every 1s\"\nshell = '{}'\n",
+        ledger_line("a", "ledger")
+    ));
+    let root = env.state_dir();
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("term"), "garbage!!").unwrap();
+    fs::write(root.join("leader.json"), "{\"instance\": ").unwrap();
+    let warnings = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("warning: "))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let before = warnings(&env.cmd(&["list"]).run().success().stdout);
+    assert_eq!(before.len(), 2, "{before:#?}");
+    for name in ["term", "leader.json"] {
+        let text = format!("corrupt state file {}: ", root.join(name).display());
+        assert!(
+            before.iter().any(|w| w.starts_with(&text)),
+            "{name}: {before:#?}"
+        );
+        assert!(
+            !root.join(format!("{name}.corrupt")).exists(),
+            "{name} renamed"
+        );
+    }
+    assert_eq!(
+        env.list_json()["unreadable"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let mut run = env.spawn_run("s");
+    wait_until(PATIENCE, "the job to fire", || {
+        !env.lines("ledger").is_empty()
+    });
+    run.signal(Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
+    let log = run.log_text();
+    let after = warnings(&env.cmd(&["list"]).run().success().stdout);
+    assert_eq!(after.len(), 2, "{after:#?}");
+    for text in &after {
+        assert!(text.contains("; set aside as "), "{text}");
+        assert!(
+            log.contains(text.as_str()),
+            "list says {text:?}, the log:\n{log}"
+        );
+        assert!(
+            before.iter().any(|b| text.starts_with(b.as_str())),
+            "{before:#?} / {text}"
+        );
+    }
+}
+
 /// Start `run`, wait for one more fencing token in `ledger`, stop it.
 fn one_leadership(env: &Env, name: &str) -> u64 {
     let before = env.lines("ledger").len();

@@ -40,6 +40,36 @@ pub fn load(path: &Path) -> Result<(Config, String), ConfigErrors> {
     Ok((config::load_str(path, &bytes)?, hash))
 }
 
+/// Each enabled job of `config` whose schedule has ended by `now` (its
+/// years are over), with how to say so. Such a job is loaded, not refused
+/// (see `Schedule::parse`), but a user must hear that it never fires again.
+pub fn ended_jobs(config: &Config, now: DateTime<Utc>) -> Vec<(&str, String)> {
+    config
+        .jobs
+        .values()
+        .filter(|job| job.enabled)
+        .filter_map(|job| {
+            let last = job.schedule.ended(now)?;
+            Some((
+                job.name.as_str(),
+                format!(
+                    "job \"{}\": schedule \"{}\" has ended: its last fire was {}; it never fires again",
+                    job.name,
+                    job.schedule,
+                    crate::observe::status::local_rfc3339(job, last)
+                ),
+            ))
+        })
+        .collect()
+}
+
+/// One WARN per job of `config` whose schedule has ended.
+pub fn warn_ended(config: &Config) {
+    for (job, text) in ended_jobs(config, Utc::now()) {
+        tracing::warn!(job = %job, "{text}");
+    }
+}
+
 /// Which config runs, for metrics and status pages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReloadStatus {
@@ -149,6 +179,7 @@ impl Reloader {
         let old = self.config();
         let new = keep_restart_only(&old, new);
         log_changes(&old, &new);
+        warn_ended(&new);
         // The other replicas and `list` learn the hash before this instance
         // fires from the new config. A failure here is etcd trouble, during
         // which no claim could succeed either, so waiting costs nothing.

@@ -162,8 +162,11 @@ impl fmt::Display for Schedule {
 impl Schedule {
     /// Parse `expr` (5-field, 6-field with leading seconds, 7-field with
     /// seconds and year, nickname, or `@every <duration>`) for a job in time
-    /// zone `tz`. Expressions that can never fire again are rejected, since
-    /// a job that silently never runs is a config mistake.
+    /// zone `tz`. Expressions that can never match are rejected, since a job
+    /// that silently never runs is a config mistake. One whose years are
+    /// over is not: it was valid and still is, it has just ended (see
+    /// [`Schedule::ended`]); refusing it would stop every other job of the
+    /// file at the next restart.
     pub fn parse(expr: &str, tz: Tz) -> Result<Schedule, ScheduleError> {
         let text = expr.trim();
         if text.is_empty() {
@@ -184,7 +187,7 @@ impl Schedule {
     }
 
     fn check_fires(&self, cron: Option<&Cron>) -> Result<(), ScheduleError> {
-        if self.next_with(cron, Utc::now()).is_some() {
+        if self.next_with(cron, DateTime::UNIX_EPOCH).is_some() {
             return Ok(());
         }
         Err(ScheduleError::new(match self.kind {
@@ -192,11 +195,29 @@ impl Schedule {
                 "@every interval {} is too long: it never fires",
                 humantime::format_duration(Duration::from_secs(secs.unsigned_abs()))
             ),
-            Kind::Cron { .. } if self.next_with(cron, DateTime::UNIX_EPOCH).is_some() => {
-                "never fires again: every time it matches is in the past".to_string()
-            }
             Kind::Cron { .. } => "never fires: no date matches it".to_string(),
         }))
+    }
+
+    /// When the schedule has no fire after `now` (its years are over): its
+    /// last fire.
+    pub fn ended(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let cron = self.cron();
+        if self.next_with(cron.as_ref(), now).is_some() {
+            return None;
+        }
+        // Some fire follows every instant before the last one and none
+        // follows it: bisect on that, to the second.
+        let (mut lo, mut hi) = (DateTime::UNIX_EPOCH, now);
+        self.next_with(cron.as_ref(), lo)?;
+        while hi - lo > chrono::Duration::seconds(1) {
+            let mid = lo + (hi - lo) / 2;
+            match self.next_with(cron.as_ref(), mid) {
+                Some(_) => lo = mid,
+                None => hi = mid,
+            }
+        }
+        self.next_with(cron.as_ref(), lo)
     }
 
     /// The pattern parsed for a search (`None` for `@every`).
@@ -1068,7 +1089,6 @@ mod tests {
             ("0 0 30 2 ?", "never fires: no date matches it (no month in \"2\" has a day 30)"),
             ("0 0 31W 2 *", "never fires: no date matches it"),
             ("0 0 0 29 2 * 2027", "never fires: no date matches it"),
-            ("0 0 0 1 1 * 2020", "never fires again: every time it matches is in the past"),
             ("30-10 * * * *", "minute range 30-10 runs backwards; ranges cannot wrap around"),
             ("0 0 * * FRI-MON", "day-of-week range 5-1 runs backwards; ranges cannot wrap around"),
             ("0 0 * MON *", "unknown month name \"MON\"; expected JAN-DEC"),
@@ -1999,6 +2019,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_schedule_whose_years_are_over_loads_and_knows_its_last_fire() {
+        let at = |t: &str| DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc);
+        let s = Schedule::parse("0 0 12 1 1 * 2030,2032", Berlin).unwrap();
+        assert_eq!(s.ended(at("2032-01-01T10:00:00Z")), None);
+        assert_eq!(
+            s.ended(at("2033-01-01T00:00:00Z")),
+            Some(at("2032-01-01T11:00:00Z"))
+        );
+        let s = Schedule::parse("* * * * * * 2020", UTC).unwrap();
+        assert_eq!(s.ended(Utc::now()), Some(at("2020-12-31T23:59:59Z")));
+        assert_eq!(
+            Schedule::parse("@daily", UTC).unwrap().ended(Utc::now()),
+            None
+        );
     }
 
     #[test]

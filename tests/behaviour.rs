@@ -79,7 +79,8 @@ fn retries_run_out_then_on_failure_reports_the_run() {
     let fields: Vec<&str> = hook[0].split(' ').collect();
     assert_eq!(&fields[..4], ["broken", "failed", "3", "3"], "{hook:?}");
     assert!(hook[0].contains("oops"), "{hook:?}");
-    assert!(out.stderr.contains("oops"), "{out:?}");
+    // The job's one output stream, on trigger's stdout (README "Output").
+    assert!(out.stdout.contains("oops"), "{out:?}");
 }
 
 #[test]

@@ -189,11 +189,11 @@ fn etcd_that_refuses_connections_is_named_and_said_in_words() {
         .find(|l| l.contains("unreachable"))
         .expect("the line");
     says_refused_in_words("run", line, &endpoint);
+    assert!(!line.contains("(etcd: "), "etcd said once: {line}");
 }
 
 /// README "Schedules": 7 fields have a trailing year; once the years are
 /// over, `next` says so rather than printing fewer lines without a word.
-/// (A schedule whose years are all past is a config error, see tests/check.rs.)
 #[test]
 fn next_says_when_a_schedule_has_no_further_fire() {
     let env = Env::new().config(
@@ -221,12 +221,6 @@ fn next_says_when_a_schedule_has_no_further_fire() {
         out.stderr,
         "bgsched: job \"two\" has no fire after 2032-06-01T00:00:00+00:00: its years (2030,2032) are over\n"
     );
-    // Years that are all past: a config error, located.
-    let past =
-        Env::new().config("[jobs.past]\nschedule = \"0 0 0 1 1 * 2020\"\ncommand = [\"true\"]\n");
-    past.cmd(&["check"]).run().code(78).stderr_has(
-        "jobs.toml:2:12: job \"past\": invalid schedule \"0 0 0 1 1 * 2020\": never fires again",
-    );
     // All that was asked for: no note.
     for (job, n) in [("two", "2"), ("monthly", "3")] {
         let out = env
@@ -240,6 +234,47 @@ fn next_says_when_a_schedule_has_no_further_fire() {
 
 /// README "Output forms": outcome names are the records' snake_case names
 /// in the log, `trigger`'s summary, `BGSCHED_OUTCOME` and the record.
+/// A schedule whose years are over has ended; it is not a config error
+/// (README "Schedules"): the file loads, the others fire.
+#[test]
+fn a_schedule_whose_years_are_over_is_a_warning_and_the_other_jobs_fire() {
+    let env = Env::new().config(&format!(
+        "[jobs.past]\nschedule = \"0 0 12 1 1 * 2020,2021\"\ncommand = [\"true\"]\n\n\
+         [jobs.live]\nschedule = \"@every 1s\"\nshell = '{}'\n",
+        ledger_line("live", "ledger")
+    ));
+    let warning = "job \"past\": schedule \"0 0 12 1 1 * 2020,2021\" has ended: its last fire was 2021-01-01T12:00:00+00:00; it never fires again";
+    let out = env.cmd(&["check"]).run().success();
+    assert_eq!(out.stderr, format!("bgsched: warning: {warning}\n"));
+    assert!(out.stdout.contains("never fires again"), "{out:?}");
+
+    let list = env.list_json();
+    let past = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "past")
+        .unwrap_or_else(|| panic!("{list:#}"));
+    assert!(past["next_run"].is_null(), "{past:#}");
+    let table = env.cmd(&["list"]).run().success().stdout;
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("past "))
+        .unwrap_or_else(|| panic!("{table}"));
+    let next_run = row.split("(UTC)").nth(1).unwrap_or_default().trim_start();
+    assert!(next_run.starts_with("never "), "{row}");
+
+    let mut run = env.spawn_run("a");
+    wait_until(PATIENCE, "the other job to fire", || {
+        !env.lines("ledger").is_empty()
+    });
+    run.signal(rustix::process::Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
+    let log = run.log_text();
+    let said: Vec<&str> = log.lines().filter(|l| l.contains(warning)).collect();
+    assert!(said.len() == 1 && said[0].contains("WARN"), "{log}");
+}
+
 #[test]
 fn outcome_names_are_the_record_names_everywhere() {
     let env = Env::new().config(
@@ -330,6 +365,16 @@ fn a_standalone_manual_tick_is_milliseconds_and_no_term_is_omitted() {
     let tick_cell = tick.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
     assert_eq!(cells.get(2), Some(&tick_cell.as_str()), "{history}");
     assert_eq!(cells.get(5), Some(&"-"), "{history}");
+    // JSON says "no term" as the table does: null, not a token 0.
+    let out = env.cmd(&["history", "--json"]).run().success().stdout;
+    let json: serde_json::Value = serde_json::from_str(&out).expect("history --json");
+    assert_eq!(json[0]["term"], serde_json::Value::Null, "{json:#}");
+    let list = env.list_json();
+    assert_eq!(
+        list["jobs"][0]["last_run"]["term"],
+        serde_json::Value::Null,
+        "{list:#}"
+    );
     let took = rec["duration_ms"].as_u64().expect("duration_ms");
     let took = humantime::format_duration(std::time::Duration::from_millis(took)).to_string();
     assert_eq!(cells.get(7), Some(&took.as_str()), "{history}");

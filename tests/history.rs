@@ -95,6 +95,16 @@ fn standalone_history_lists_runs_newest_first_and_shows_their_output() {
 }
 
 #[test]
+fn history_output_adds_no_newline_the_job_did_not_print() {
+    let env = Env::new().config("[jobs.bare]\nschedule = \"@yearly\"\nshell = 'printf abc'\n");
+    env.cmd(&["trigger", "bare"]).run().success();
+    let recs = env.records("bare");
+    let run_id = recs[0]["run_id"].as_str().unwrap();
+    let out = env.cmd(&["history", "--output", run_id]).run().success();
+    assert_eq!(out.stdout, "abc", "{out:?}");
+}
+
+#[test]
 fn standalone_history_shows_a_running_run() {
     let env = Env::new().config(&format!(
         "[jobs.slow]\nschedule = \"@yearly\"\nshell = '{}; sleep 600'\n",

@@ -84,6 +84,23 @@ fn stdout_and_stderr_keep_the_order_the_job_wrote_them_in_the_record_and_the_log
 }
 
 #[test]
+fn a_foreground_trigger_keeps_the_order_in_its_record_and_on_its_stdout() {
+    let env = Env::new().config(&format!(
+        "[jobs.talk]\nschedule = \"@yearly\"\nshell = '''i=1; while [ $i -le {ALTERNATING} ]; do if [ $((i % 2)) = 1 ]; then echo out$i; else echo err$i >&2; fi; i=$((i + 1)); done'''\n"
+    ));
+    let expected = alternating_lines();
+    let out = env.cmd(&["trigger", "talk"]).run().success();
+    let shown: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(shown, expected, "trigger's stdout");
+    let recs = env.records("talk");
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    let run_id = recs[0]["run_id"].as_str().unwrap().to_string();
+    let out = env.cmd(&["history", "--output", &run_id]).run().success();
+    let got: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(got, expected, "history --output");
+}
+
+#[test]
 fn the_tail_is_the_last_64_kib_even_of_one_10_mb_line() {
     const MARKER: &str = "END-OF-THE-HUGE-LINE-7f3a";
     let env = Env::new().config(&format!(

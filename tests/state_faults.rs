@@ -206,6 +206,137 @@ fn misplaced_or_garbage_state_files_do_not_stop_the_scheduler() {
     }
 }
 
+#[test]
+fn a_corrupt_last_tick_is_shown_by_list_and_history_before_any_run_in_the_words_of_the_log() {
+    let mut toml = String::new();
+    for job in ["d", "e"] {
+        toml.push_str(&format!(
+            "[jobs.{job}]\nschedule = \"@every 1s\"\nshell = '{}'\n\n",
+            ledger_line(job, "ledger")
+        ));
+    }
+    let env = Env::new().config(&toml);
+    let jobs = env.state_dir().join("jobs");
+    fs::create_dir_all(jobs.join("d/last_tick")).unwrap();
+    fs::create_dir_all(jobs.join("e")).unwrap();
+    fs::write(jobs.join("e/last_tick"), "garbage!!").unwrap();
+
+    // Read-only: shown where they are, never renamed.
+    let list = env.cmd(&["list"]).run().success();
+    for job in ["d", "e"] {
+        let row = list
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{job} ")))
+            .unwrap_or_else(|| panic!("no row for {job}: {list:?}"));
+        assert!(row.contains("1 unreadable state file"), "{job}: {list:?}");
+    }
+    let entries = history_json(&env, &["-n", "30"]);
+    let before = unreadable(&entries);
+    assert_eq!(before.len(), 2, "{entries:#?}");
+    for job in ["d", "e"] {
+        let path = jobs.join(job).join("last_tick");
+        let text = format!("corrupt state file {}:", path.display());
+        assert!(
+            before.iter().any(|r| r.starts_with(&text)),
+            "{job}: {before:#?}"
+        );
+        assert!(path.exists() && !jobs.join(job).join("last_tick.corrupt").exists());
+    }
+    let table = env.cmd(&["history", "-n", "30"]).run().success();
+    assert_eq!(
+        count(&table.stdout, "unreadable (corrupt state file"),
+        2,
+        "{table:?}"
+    );
+
+    // The scheduler sets them aside; the log and history then say the same.
+    let mut run = env.spawn_run("s");
+    wait_until(PATIENCE, "both jobs to fire", || {
+        let lines = env.lines("ledger");
+        ["d ", "e "]
+            .iter()
+            .all(|j| lines.iter().any(|l| l.starts_with(j)))
+    });
+    run.signal(Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
+    let log = run.log_text();
+    let after = unreadable(&history_json(&env, &["-n", "30"]));
+    assert_eq!(after.len(), 2, "{after:#?}");
+    for (job, reason) in [("d", "Is a directory"), ("e", "not an RFC 3339 instant")] {
+        let text = after
+            .iter()
+            .find(|r| r.contains(&format!("/{job}/last_tick:")))
+            .unwrap_or_else(|| panic!("{job}: {after:#?}"));
+        assert!(text.contains(reason), "{text}");
+        assert!(
+            log.contains(text.as_str()),
+            "history says {text:?}, the log:\n{log}"
+        );
+        assert!(
+            before.iter().any(|b| text.starts_with(b.as_str())),
+            "{before:#?} / {text}"
+        );
+    }
+}
+
+#[test]
+fn a_corrupt_term_or_leader_file_is_shown_by_list_before_any_run_in_the_words_of_the_log() {
+    let env = Env::new().config(&format!(
+        "[jobs.a]\nschedule = \"@every 1s\"\nshell = '{}'\n",
+        ledger_line("a", "ledger")
+    ));
+    let root = env.state_dir();
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("term"), "garbage!!").unwrap();
+    fs::write(root.join("leader.json"), "{\"instance\": ").unwrap();
+    let warnings = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter_map(|l| l.strip_prefix("warning: "))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let before = warnings(&env.cmd(&["list"]).run().success().stdout);
+    assert_eq!(before.len(), 2, "{before:#?}");
+    for name in ["term", "leader.json"] {
+        let text = format!("corrupt state file {}: ", root.join(name).display());
+        assert!(
+            before.iter().any(|w| w.starts_with(&text)),
+            "{name}: {before:#?}"
+        );
+        assert!(
+            !root.join(format!("{name}.corrupt")).exists(),
+            "{name} renamed"
+        );
+    }
+    assert_eq!(
+        env.list_json()["unreadable"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let mut run = env.spawn_run("s");
+    wait_until(PATIENCE, "the job to fire", || {
+        !env.lines("ledger").is_empty()
+    });
+    run.signal(Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
+    let log = run.log_text();
+    let after = warnings(&env.cmd(&["list"]).run().success().stdout);
+    assert_eq!(after.len(), 2, "{after:#?}");
+    for text in &after {
+        assert!(text.contains("; set aside as "), "{text}");
+        assert!(
+            log.contains(text.as_str()),
+            "list says {text:?}, the log:\n{log}"
+        );
+        assert!(
+            before.iter().any(|b| text.starts_with(b.as_str())),
+            "{before:#?} / {text}"
+        );
+    }
+}
+
 /// Start `run`, wait for one more fencing token in `ledger`, stop it.
 fn one_leadership(env: &Env, name: &str) -> u64 {
     let before = env.lines("ledger").len();

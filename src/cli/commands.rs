@@ -289,6 +289,7 @@ async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
     let (config, hash) = reload::load(&cli.config)?;
+    reload::warn_ended(&config);
     let reloader = Reloader::new(config, hash);
     let config = reloader.config();
     let instance = instance_id(instance);
@@ -465,6 +466,10 @@ fn check(cli: &Cli) -> Result<i32, CliError> {
         config.path.display(),
         config.jobs.len()
     );
+    // Not an error: the file is valid and runs its other jobs.
+    for (_, text) in reload::ended_jobs(&config, now) {
+        eprintln!("bgsched: warning: {text}");
+    }
     for job in config.jobs.values() {
         let next = match (job.enabled, job.schedule.next_after(now)) {
             (false, _) => "disabled".to_string(),

@@ -4,6 +4,7 @@ use super::commands::{find_job, load_config, Backend};
 use super::{Cli, CliError};
 use crate::coordination::{HistoryReader, Outcome, RunRecord};
 use chrono::{SecondsFormat, Utc};
+use std::io::Write;
 use std::time::Duration;
 
 pub async fn history(
@@ -109,10 +110,10 @@ fn print_output(rec: &RunRecord, json: bool) {
             rec.run_id, rec.job
         );
     }
-    print!("{}", rec.output_tail);
-    if !rec.output_tail.is_empty() && !rec.output_tail.ends_with('\n') {
-        println!();
-    }
+    // Byte for byte: a newline the job did not print is not added.
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(rec.output_tail.as_bytes());
+    let _ = out.flush();
 }
 
 fn print_table(runs: &[RunRecord]) {

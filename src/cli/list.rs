@@ -85,6 +85,9 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
             view.config_hash
         );
     }
+    for text in &view.unreadable {
+        println!("warning: {text}");
+    }
     for job in &view.jobs {
         if let Some(ahead) = &job.last_tick_ahead {
             println!("warning: job {}: {ahead}", job.name);

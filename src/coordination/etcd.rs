@@ -661,8 +661,13 @@ impl Etcd {
                 Ok(etcd) => return Ok(etcd),
                 Err(e @ CoordError::Auth { .. }) => return Err(e),
                 Err(e) => {
+                    // The line names etcd already; its error's "etcd: " would say it twice.
+                    let cause = match &e {
+                        CoordError::Etcd(cause) => cause.clone(),
+                        other => other.to_string(),
+                    };
                     tracing::warn!(
-                        "etcd at {} unreachable ({e}); retrying in {}",
+                        "etcd at {} unreachable ({cause}); retrying in {}",
                         cfg.endpoints.join(","),
                         crate::observe::log::duration(delay)
                     );

@@ -145,7 +145,14 @@ pub struct RunRecord {
     pub tick: DateTime<Utc>,
     pub trigger: Trigger,
     pub instance: String,
-    /// The leadership term that claimed the fire (the fencing token).
+    /// The leadership term that claimed the fire (the fencing token); 0
+    /// for an entry written outside a term, which JSON shows as `null`
+    /// (as the tables show `-`): no token is not token 0.
+    #[serde(
+        default,
+        serialize_with = "zero_as_null",
+        deserialize_with = "null_as_zero"
+    )]
     pub term: u64,
     pub outcome: Outcome,
     pub started_at: DateTime<Utc>,
@@ -176,6 +183,17 @@ pub struct RunRecord {
     /// it (`overlap = "replace"`, standalone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor_pid: Option<u32>,
+}
+
+fn zero_as_null<S: serde::Serializer>(term: &u64, s: S) -> Result<S::Ok, S::Error> {
+    match term {
+        0 => s.serialize_none(),
+        t => s.serialize_some(t),
+    }
+}
+
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.unwrap_or(0))
 }
 
 fn first_attempt() -> u32 {

@@ -284,12 +284,16 @@ impl Standalone {
                     continue;
                 }
                 let path = entry.path();
-                let why = match fs::read(&path) {
-                    Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                        Ok(_) => "not what it should be".to_string(),
+                // In the words it had when it was read under its name.
+                let why = match (original, read_last_tick(&path)) {
+                    ("last_tick", Ok(StateFile::Corrupt(reason))) => reason,
+                    _ => match fs::read(&path) {
+                        Ok(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                            Ok(_) => "not what it should be".to_string(),
+                            Err(e) => e.to_string(),
+                        },
                         Err(e) => e.to_string(),
                     },
-                    Err(e) => e.to_string(),
                 };
                 let text = format!(
                     "corrupt state file {}: {why}; set aside as {}",
@@ -312,16 +316,64 @@ impl Standalone {
     /// The leader file, if it can be read.
     fn leader_file(&self) -> Option<LeaderInfo> {
         let path = self.root.join("leader.json");
-        let reason = match fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice::<LeaderInfo>(&bytes) {
-                Ok(info) => return Some(info),
-                Err(e) => e.to_string(),
-            },
-            Err(e) if wrong_kind(&e) => e.to_string(),
-            Err(_) => return None,
+        match read_leader(&path) {
+            StateFile::Ok(info) => Some(info),
+            StateFile::Missing => None,
+            StateFile::Corrupt(reason) => {
+                self.corrupt(&path, &reason, "its leader is shown as unknown");
+                None
+            }
+        }
+    }
+
+    /// The state files of the whole directory (`term`, `leader.json`) that
+    /// cannot be read, where they lie or set aside earlier, each saying
+    /// which file and why (as the scheduler's log does). They belong to
+    /// no job's history, so `list` shows them.
+    pub fn unreadable_state_files(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let term = |path: &Path| match read_term(path) {
+            Ok(StateFile::Corrupt(reason)) => Some(reason),
+            _ => None,
         };
-        self.corrupt(&path, &reason, "its leader is shown as unknown");
-        None
+        let leader = |path: &Path| match read_leader(path) {
+            StateFile::Corrupt(reason) => Some(reason),
+            _ => None,
+        };
+        for (name, why) in [
+            ("term", &term as &dyn Fn(&Path) -> Option<String>),
+            ("leader.json", &leader),
+        ] {
+            let path = self.root.join(name);
+            if let Some(reason) = why(&path) {
+                out.push(format!("corrupt state file {}: {reason}", path.display()));
+            }
+        }
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Ok(out);
+        };
+        let mut aside: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        aside.sort();
+        for path in aside {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let why = match original_name(&name) {
+                Some("term") => term(&path),
+                Some("leader.json") => leader(&path),
+                _ => continue,
+            };
+            let original = self.root.join(original_name(&name).unwrap_or_default());
+            out.push(format!(
+                "corrupt state file {}: {}; set aside as {}",
+                original.display(),
+                why.unwrap_or_else(|| "not what it should be".to_string()),
+                path.display()
+            ));
+        }
+        Ok(out)
     }
 
     /// The highest term any record on disk was fired under.
@@ -367,6 +419,7 @@ impl Standalone {
                 out.push(rec);
             }
         }
+        out.extend(self.corrupt_last_tick_entry(job)?);
         // Newest first by run id (= file name), as the records come; a set
         // aside record keeps its place.
         out.extend(self.set_aside_entries(job));
@@ -577,21 +630,30 @@ impl Standalone {
 
     fn last_fired_sync(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
         let path = self.job_dir(job).join("last_tick");
-        let reason = match fs::read_to_string(&path) {
-            Ok(s) => match DateTime::parse_from_rfc3339(s.trim()) {
-                Ok(t) => return Ok(Some(t.with_timezone(&Utc))),
-                Err(e) => format!("not an RFC 3339 instant ({e})"),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) if wrong_kind(&e) || e.kind() == std::io::ErrorKind::InvalidData => {
-                e.to_string()
+        match read_last_tick(&path)? {
+            StateFile::Missing => Ok(None),
+            StateFile::Ok(t) => Ok(Some(t)),
+            StateFile::Corrupt(reason) => {
+                // Unreadable (e.g. emptied by a crash of the filesystem):
+                // better to start afresh from now than to refuse to schedule.
+                self.corrupt(&path, &reason, "the job counts as never fired");
+                Ok(None)
             }
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        // Unreadable (e.g. emptied by a crash of the filesystem): better to
-        // start afresh from now than to refuse to schedule.
-        self.corrupt(&path, &reason, "the job counts as never fired");
-        Ok(None)
+        }
+    }
+
+    /// The job's `last_tick` as a history entry when it cannot be read:
+    /// read-only commands leave it in place, so they must show it there.
+    fn corrupt_last_tick_entry(&self, job: &str) -> Result<Option<RunRecord>> {
+        let path = self.job_dir(job).join("last_tick");
+        match read_last_tick(&path)? {
+            StateFile::Corrupt(reason) => {
+                let (text, now_at) = self.corrupt(&path, &reason, "the job counts as never fired");
+                // The scheduler set it aside: `set_aside_entries` shows it.
+                Ok((now_at == path).then(|| unreadable_entry(job, &path, text)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The last term handed out on this state directory. The fencing token
@@ -599,30 +661,17 @@ impl Standalone {
     /// term is recovered from everything else that carries one.
     fn last_term(&self) -> Result<u64> {
         let term_path = self.root.join("term");
-        let stored = match fs::read_to_string(&term_path) {
-            Ok(s) => match s.trim().parse::<u64>() {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    let reason = format!("not a term number ({e})");
-                    self.corrupt(
-                        &term_path,
-                        &reason,
-                        "the term is recovered from the leader file and the run records",
-                    );
-                    None
-                }
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) if wrong_kind(&e) || e.kind() == std::io::ErrorKind::InvalidData => {
+        let stored = match read_term(&term_path)? {
+            StateFile::Ok(t) => Some(t),
+            StateFile::Missing => None,
+            StateFile::Corrupt(reason) => {
                 self.corrupt(
                     &term_path,
-                    &e.to_string(),
+                    &reason,
                     "the term is recovered from the leader file and the run records",
                 );
                 None
             }
-            // Without the term no token can be known to be new: refuse to lead.
-            Err(e) => return Err(io_err(&term_path)(e)),
         };
         let from_leader = self.leader_file().map_or(0, |l| l.term);
         Ok(match stored {
@@ -895,6 +944,59 @@ impl RunRecorder for StandaloneRecorder {
     async fn fenced(&mut self) -> String {
         // A kernel lock cannot be lost while this process lives.
         std::future::pending().await
+    }
+}
+
+/// A state file other than a run record, read.
+enum StateFile<T> {
+    Missing,
+    Ok(T),
+    /// Why it is not what it should be, in the words every reader uses
+    /// (the scheduler's log, `list`, `history`).
+    Corrupt(String),
+}
+
+/// A job's `last_tick`: the newest tick fired.
+fn read_last_tick(path: &Path) -> Result<StateFile<DateTime<Utc>>> {
+    Ok(match fs::read_to_string(path) {
+        Ok(s) => match DateTime::parse_from_rfc3339(s.trim()) {
+            Ok(t) => StateFile::Ok(t.with_timezone(&Utc)),
+            Err(e) => StateFile::Corrupt(format!("not an RFC 3339 instant ({e})")),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::Missing,
+        Err(e) if wrong_kind(&e) || e.kind() == std::io::ErrorKind::InvalidData => {
+            StateFile::Corrupt(e.to_string())
+        }
+        Err(e) => return Err(io_err(path)(e)),
+    })
+}
+
+/// The `term` file: the last term handed out.
+fn read_term(path: &Path) -> Result<StateFile<u64>> {
+    Ok(match fs::read_to_string(path) {
+        Ok(s) => match s.trim().parse::<u64>() {
+            Ok(t) => StateFile::Ok(t),
+            Err(e) => StateFile::Corrupt(format!("not a term number ({e})")),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateFile::Missing,
+        Err(e) if wrong_kind(&e) || e.kind() == std::io::ErrorKind::InvalidData => {
+            StateFile::Corrupt(e.to_string())
+        }
+        // Without the term no token can be known to be new: refuse to lead.
+        Err(e) => return Err(io_err(path)(e)),
+    })
+}
+
+/// `leader.json`: who leads. Any other trouble reading it (e.g.
+/// permissions) leaves the leader unknown, as a missing file does.
+fn read_leader(path: &Path) -> StateFile<LeaderInfo> {
+    match fs::read(path) {
+        Ok(bytes) => match serde_json::from_slice::<LeaderInfo>(&bytes) {
+            Ok(info) => StateFile::Ok(info),
+            Err(e) => StateFile::Corrupt(e.to_string()),
+        },
+        Err(e) if wrong_kind(&e) => StateFile::Corrupt(e.to_string()),
+        Err(_) => StateFile::Missing,
     }
 }
 

@@ -154,7 +154,7 @@ impl RunSpec {
 pub enum Echo {
     /// Only tracing events (a background supervisor).
     Log,
-    /// Copy stdout/stderr lines to this process's stdout/stderr instead.
+    /// Copy the job's output lines to this process's stdout instead.
     Terminal,
 }
 
@@ -308,7 +308,7 @@ async fn run_attempt<R: RunRecorder>(
     rec.attempt = attempt;
 
     let cgroup = contain::RunCgroup::create(&spec.run_id, attempt);
-    let (mut child, combined) = match spawn_job(spec, attempt, echo, cgroup.as_ref()) {
+    let (mut child, combined) = match spawn_job(spec, attempt, cgroup.as_ref()) {
         Ok(spawned) => spawned,
         Err(reason) => {
             if let Some(c) = cgroup {
@@ -669,12 +669,12 @@ pub fn secret_vars(backend: &BackendSpec) -> Vec<std::ffi::OsString> {
 }
 
 /// Start the job's process in a new process group, or say why it cannot
-/// start. Under a background supervisor its stdout and stderr are one pipe,
-/// returned beside the child, so that their lines stay in the order written.
+/// start. Its stdout and stderr are one pipe, returned beside the child,
+/// so that their lines stay in the order written (in the foreground too:
+/// the record must not depend on who watches).
 fn spawn_job(
     spec: &RunSpec,
     attempt: u32,
-    echo: Echo,
     cgroup: Option<&contain::RunCgroup>,
 ) -> Result<
     (
@@ -702,18 +702,13 @@ fn spawn_job(
         .env("BGSCHED_INSTANCE", &spec.instance)
         .env("BGSCHED_FENCING_TOKEN", spec.term.to_string())
         .env("BGSCHED_ATTEMPT", attempt.to_string());
-    let combined = match echo {
-        Echo::Terminal => None,
-        Echo::Log => {
-            let pipe_err = |e: std::io::Error| format!("cannot create the output pipe: {e}");
-            let (reader, writer) = std::io::pipe().map_err(pipe_err)?;
-            cmd.stdout(writer.try_clone().map_err(pipe_err)?)
-                .stderr(writer);
-            let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
-                .map_err(pipe_err)?;
-            Some(reader)
-        }
-    };
+    let pipe_err = |e: std::io::Error| format!("cannot create the output pipe: {e}");
+    let (reader, writer) = std::io::pipe().map_err(pipe_err)?;
+    cmd.stdout(writer.try_clone().map_err(pipe_err)?)
+        .stderr(writer);
+    let combined = Some(
+        tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(pipe_err)?,
+    );
     // If the supervisor itself is killed (`kill -9`, the OOM killer), its
     // job must not run on unsupervised: it would hold no lock and no lease,
     // so another run could start beside it.

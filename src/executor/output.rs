@@ -2,9 +2,8 @@
 //!
 //! A run's stdout and stderr share one pipe (as cron's mail and container
 //! runtimes' logs do): the kernel then keeps the order in which the job
-//! wrote, which two pipes read by two readers cannot. Only a foreground
-//! `trigger` keeps the two apart, so that they land on the terminal's own
-//! stdout and stderr.
+//! wrote, which two pipes read by two readers cannot. A foreground
+//! `trigger` too: it copies that one stream to its stdout.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -29,6 +29,9 @@ pub struct ListView {
     pub config_hash: String,
     /// Cluster: whether the live instances announce different config hashes.
     pub configs_differ: bool,
+    /// Standalone: state files of the whole directory (`term`,
+    /// `leader.json`) that cannot be read, each saying which and why.
+    pub unreadable: Vec<String>,
     pub jobs: Vec<JobView>,
 }
 
@@ -196,6 +199,7 @@ pub async fn build(
             members: Vec::new(),
             config_hash: config_hash.to_string(),
             configs_differ: false,
+            unreadable: s.unreadable_state_files()?,
             jobs,
         },
         Source::Cluster(e) => ListView {
@@ -206,6 +210,7 @@ pub async fn build(
             members: e.members().await?,
             config_hash: config_hash.to_string(),
             configs_differ: false,
+            unreadable: Vec::new(),
             jobs,
         },
     };

@@ -337,17 +337,8 @@ async fn run_attempt<R: RunRecorder>(
     );
 
     let tail = Tail::default();
-    let readers = [
-        combined.map(|p| spawn_pump(p, Stream::Combined, spec, &tail, echo)),
-        child
-            .stdout
-            .take()
-            .map(|p| spawn_pump(p, Stream::Stdout, spec, &tail, echo)),
-        child
-            .stderr
-            .take()
-            .map(|p| spawn_pump(p, Stream::Stderr, spec, &tail, echo)),
-    ];
+    // One pipe for stdout and stderr (see `spawn_job`): one reader.
+    let readers = [combined.map(|p| spawn_pump(p, Stream::Combined, spec, &tail, echo))];
     let group = Pid::from_raw(pid as i32);
     let stop_requested = signals.next();
     let deadline = async {

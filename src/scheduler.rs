@@ -173,7 +173,7 @@ pub struct Scheduler<C: Coordinator> {
     /// Per job, the newest tick this process recorded as missed. Missed
     /// ticks do not advance the backend's last fired tick, so a new term
     /// of this process resumes after these rather than count them again.
-    missed_up_to: std::sync::Mutex<HashMap<String, DateTime<Utc>>>,
+    missed_up_to: Arc<std::sync::Mutex<HashMap<String, DateTime<Utc>>>>,
 }
 
 /// A supervisor this scheduler started and has not yet reaped.
@@ -1172,11 +1172,6 @@ impl<C: Coordinator> Scheduler<C> {
                 humantime::format_duration(job.catchup)
             ),
         };
-        {
-            let mut up_to = self.missed_up_to.lock().expect("missed lock");
-            let newest_known = up_to.entry(job.name.clone()).or_insert(newest);
-            *newest_known = (*newest_known).max(newest);
-        }
         self.metrics.missed(&job.name, count);
         if why == MissedWhy::Overloaded {
             self.metrics.overloaded(&job.name, count);
@@ -1194,7 +1189,16 @@ impl<C: Coordinator> Scheduler<C> {
             instance = %self.instance, term, missed = count, "ticks missed: {reason}"
         );
         rec.missed_ticks = Some(count);
-        self.record_in_background(rec);
+        // A new term of this process resumes after these ticks only once
+        // their entry is written: an entry refused because this term ended
+        // leaves them to the next term, which records them itself.
+        let up_to = self.missed_up_to.clone();
+        let job_name = job.name.clone();
+        self.record_in_background_then(rec, move || {
+            let mut up_to = up_to.lock().expect("missed lock");
+            let newest_known = up_to.entry(job_name).or_insert(newest);
+            *newest_known = (*newest_known).max(newest);
+        });
     }
 
     /// `job`'s last fired tick, `last`, is ahead of this clock: say so, and
@@ -1292,6 +1296,11 @@ impl<C: Coordinator> Scheduler<C> {
     /// Retried for a while: these entries are the only trace of a tick
     /// that did not run, and etcd may be briefly away.
     fn record_in_background(&self, rec: RunRecord) {
+        self.record_in_background_then(rec, || {});
+    }
+
+    /// [`Self::record_in_background`], calling `written` once the entry is.
+    fn record_in_background_then(&self, rec: RunRecord, written: impl FnOnce() + Send + 'static) {
         let coord = self.coord.clone();
         let span = record_span(&rec);
         tokio::spawn(async move {
@@ -1300,7 +1309,8 @@ impl<C: Coordinator> Scheduler<C> {
             let mut failures = 0u32;
             loop {
                 match coord.record(&rec).await {
-                    Ok(()) => return,
+                    Ok(true) => return written(),
+                    Ok(false) => return,
                     // A local filesystem error (a full disk) is waited out
                     // however long it lasts: the entry is the tick's only
                     // trace. Anything else is given up after a while.
@@ -1587,14 +1597,14 @@ mod tests {
         async fn claim(&self, _: &Leadership, _: ClaimRequest<'_>) -> Result<Claim, ClaimRejected> {
             Err(ClaimRejected::NotLeader)
         }
-        async fn record(&self, record: &RunRecord) -> crate::coordination::Result<()> {
+        async fn record(&self, record: &RunRecord) -> crate::coordination::Result<bool> {
             self.records.lock().unwrap().push(record.clone());
             if record.outcome == Outcome::Missed {
                 if let Some(tx) = self.valid.lock().unwrap().take() {
                     let _ = tx.send(false);
                 }
             }
-            Ok(())
+            Ok(true)
         }
         async fn reap_lost(&self, _: &str) -> Vec<RunRecord> {
             Vec::new()

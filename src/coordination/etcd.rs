@@ -2001,7 +2001,7 @@ impl Coordinator for Etcd {
         spare.sort_by_key(|(_, at)| *at);
     }
 
-    async fn record(&self, record: &RunRecord) -> Result<()> {
+    async fn record(&self, record: &RunRecord) -> Result<bool> {
         let mut client = self.client.clone();
         let history = self.keys.history(&record.job, &record.run_id);
         // Never overwrite a record (a deposed leader's late skip must not
@@ -2028,10 +2028,10 @@ impl Coordinator for Etcd {
         let resp = client.txn(txn).await.map_err(etcd_err("write record"))?;
         if !resp.succeeded() {
             tracing::debug!(job = %record.job, run_id = %record.run_id, "record not written: already recorded, or no longer leader");
-            return Ok(());
+            return Ok(false);
         }
         Self::prune_or_warn(&mut client, &self.keys, &record.job, self.cfg.history_limit).await;
-        Ok(())
+        Ok(true)
     }
 
     async fn reap_lost(&self, _job: &str) -> Vec<RunRecord> {

@@ -524,7 +524,9 @@ pub trait Coordinator: Send + Sync + 'static {
     }
 
     /// Append a history entry that no supervisor writes (skips, missed ticks).
-    fn record(&self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
+    /// `Ok(false)`: not written, and never will be (an entry of that id
+    /// exists, or the entry's leadership term is over).
+    fn record(&self, record: &RunRecord) -> impl Future<Output = Result<bool>> + Send;
 
     /// Record runs of `job` whose supervisor died without finishing them.
     /// Returns the records it wrote.

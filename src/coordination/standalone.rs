@@ -770,10 +770,11 @@ impl Coordinator for Standalone {
         .expect("claim task panicked")
     }
 
-    async fn record(&self, record: &RunRecord) -> Result<()> {
+    async fn record(&self, record: &RunRecord) -> Result<bool> {
         let dir = self.runs_dir(&record.job)?;
         write_record(&dir.join(format!("{}.json", record.run_id)), record)?;
-        self.prune(&record.job)
+        self.prune(&record.job)?;
+        Ok(true)
     }
 
     async fn reap_lost(&self, job: &str) -> Vec<RunRecord> {

@@ -2006,13 +2006,16 @@ impl Coordinator for Etcd {
         let history = self.keys.history(&record.job, &record.run_id);
         // Never overwrite a record (a deposed leader's late skip must not
         // replace the real run's), and a record written for a leadership
-        // term only while that term lasts.
+        // term only while that term lasts, but for a skip: its tick was
+        // consumed by a claim that committed under that term, so the entry
+        // is the tick's only trace even when the term ended right after
+        // (a resign, a skewed clock giving up).
         let mut when = vec![Compare::create_revision(
             history.clone(),
             CompareOp::Equal,
             0,
         )];
-        if record.term > 0 {
+        if record.term > 0 && record.outcome != Outcome::Skipped {
             when.push(Compare::create_revision(
                 self.keys.leader(),
                 CompareOp::Equal,

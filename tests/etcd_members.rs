@@ -392,11 +392,13 @@ fn a_leader_rides_out_an_etcd_restart_with_the_same_term() {
         "a run started while the leader was fenced: {:#?}",
         out.runs
     );
+    // The held-back ticks are caught up as after a failover: the newest as
+    // `catchup` if firing resumes before the next tick is due, else they
+    // coalesce into that on-time tick and are one `missed` entry (both
+    // checked by `assert_accounted`). Either way firing resumes.
     assert!(
-        out.runs
-            .iter()
-            .any(|r| r.trigger == "catchup" && r.start > up),
-        "nothing was caught up: {:#?}",
+        out.runs.iter().any(|r| r.start > up),
+        "firing did not resume: {:#?}",
         out.runs
     );
     for m in &out.missed {

@@ -859,3 +859,87 @@ fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_wi
         }
     }
 }
+
+/// A `missed` entry consumes its ticks as a claim does: the job's last tick
+/// moves up to the entry's newest tick (never back), in the transaction
+/// that writes the entry and only under the writer's term, so the next
+/// leader resumes after those ticks instead of recording them missed again.
+#[test]
+fn a_missed_entry_moves_the_last_tick_so_the_next_leader_does_not_miss_it_again() {
+    use bgsched::config::Overlap;
+    use bgsched::coordination::etcd::EtcdConfig;
+    use bgsched::coordination::{
+        ClaimRejected, ClaimRequest, Coordinator, Etcd as Backend, Outcome, RunRecord, Trigger,
+    };
+    use chrono::{DateTime, TimeZone, Utc};
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let cfg = EtcdConfig {
+        endpoints: vec![etcd.endpoint()],
+        prefix: "/missed".into(),
+        lease_ttl: Duration::from_secs(TTL_SECS),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        user: None,
+        password: None,
+        history_limit: 10,
+        max_clock_skew: Duration::from_secs(1),
+    };
+    let at = |s: i64| Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap();
+    let missed = |tick: DateTime<Utc>, term: u64| {
+        let mut rec = RunRecord::not_run(
+            "job",
+            tick,
+            Trigger::Schedule,
+            "a",
+            Outcome::Missed,
+            "test".into(),
+        );
+        rec.term = term;
+        rec
+    };
+    let claim = |tick| ClaimRequest {
+        job: "job",
+        tick,
+        trigger: Trigger::Schedule,
+        instance: "a",
+        overlap: Overlap::Allow,
+        advances_schedule: true,
+        request: None,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = Backend::connect(cfg.clone()).await.expect("connect a");
+        let lead = a.acquire_leadership("a").await.expect("a leads");
+        let term_a = lead.term;
+        a.claim(&lead, claim(at(0))).await.expect("claim tick 0");
+        assert_eq!(a.record(&missed(at(3), term_a)).await.ok(), Some(true));
+        assert_eq!(a.last_fired("job").await.unwrap(), Some(at(3)));
+        // An older entry written late moves nothing back.
+        assert_eq!(a.record(&missed(at(1), term_a)).await.ok(), Some(true));
+        assert_eq!(a.last_fired("job").await.unwrap(), Some(at(3)));
+        assert!(matches!(
+            a.claim(&lead, claim(at(2))).await,
+            Err(ClaimRejected::AlreadyFired(_))
+        ));
+        a.claim(&lead, claim(at(4)))
+            .await
+            .expect("claim tick 4 after the entry");
+        a.resign(lead).await;
+
+        let b = Backend::connect(cfg.clone()).await.expect("connect b");
+        let lead_b = b.acquire_leadership("b").await.expect("b leads");
+        assert_eq!(b.last_fired("job").await.unwrap(), Some(at(4)));
+        // A deposed leader's entry is refused and moves nothing.
+        assert_eq!(a.record(&missed(at(10), term_a)).await.ok(), Some(false));
+        b.claim(&lead_b, claim(at(5)))
+            .await
+            .expect("b claims the tick after a's");
+        b.resign(lead_b).await;
+        let c = Backend::connect(cfg).await.expect("connect c");
+        let lead_c = c.acquire_leadership("c").await.expect("c leads");
+        assert_eq!(c.last_fired("job").await.unwrap(), Some(at(5)));
+        c.resign(lead_c).await;
+    });
+}

@@ -1658,6 +1658,110 @@ impl Etcd {
         )))
     }
 
+    /// Write `record` once: `None` when its job's last tick moved under a
+    /// `missed` entry, which is then worth writing again.
+    async fn write_entry(&self, record: &RunRecord) -> Result<Option<bool>> {
+        let mut client = self.client.clone();
+        let history = self.keys.history(&record.job, &record.run_id);
+        // Never overwrite a record (a deposed leader's late skip must not
+        // replace the real run's), and a record written for a leadership
+        // term only while that term lasts, but for a skip: its tick was
+        // consumed by a claim that committed under that term, so the entry
+        // is the tick's only trace even when the term ended right after
+        // (a resign, a skewed clock giving up).
+        let mut when = vec![Compare::create_revision(
+            history.clone(),
+            CompareOp::Equal,
+            0,
+        )];
+        if record.term > 0 && record.outcome != Outcome::Skipped {
+            when.push(Compare::create_revision(
+                self.keys.leader(),
+                CompareOp::Equal,
+                record.term as i64,
+            ));
+        }
+        // A final record ends the run's marker, if it has one (a claimed run
+        // whose supervisor could not be started).
+        let mut ops = vec![
+            TxnOp::put(history, json(record), None),
+            TxnOp::delete(self.keys.active(&record.job, &record.run_id), None),
+        ];
+        // A `missed` entry consumes its ticks as a claim does: it moves the
+        // job's last tick up to its newest one in the same transaction, so
+        // a later leader resumes after them instead of recording them
+        // missed a second time. Only the term's own leader writes it.
+        let last_key = self.keys.last(&record.job);
+        let mut advance = None;
+        if record.outcome == Outcome::Missed && record.term > 0 {
+            let cached = self
+                .last
+                .lock()
+                .expect("cache lock")
+                .get(&record.job)
+                .copied();
+            let cached = match cached {
+                Some(c) => Some(c),
+                None => client
+                    .get(last_key.clone(), None)
+                    .await
+                    .map_err(etcd_err("read last tick"))?
+                    .kvs()
+                    .first()
+                    .map(|kv| (last_tick_of(kv), kv.mod_revision())),
+            };
+            if cached.is_none_or(|(tick, _)| tick < record.tick) {
+                when.push(Compare::mod_revision(
+                    last_key.clone(),
+                    CompareOp::Equal,
+                    cached.map_or(0, |c| c.1),
+                ));
+                let last = LastTick {
+                    tick: record.tick,
+                    term: record.term,
+                    run_id: record.run_id.clone(),
+                };
+                ops.push(TxnOp::put(last_key.clone(), json(&last), None));
+                advance = Some(record.tick);
+            }
+        }
+        let txn = Txn::new()
+            .when(when)
+            .and_then(ops)
+            .or_else([TxnOp::get(last_key, None)]);
+        let resp = client.txn(txn).await.map_err(etcd_err("write record"))?;
+        if !resp.succeeded() {
+            if advance.is_some() {
+                // The last tick moved since it was read: a claim of this
+                // term got there first, or the cache was stale. Read it
+                // afresh and write the entry again.
+                let seen = resp.op_responses().into_iter().find_map(|r| match r {
+                    TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+                    _ => None,
+                });
+                let mut cache = self.last.lock().expect("cache lock");
+                let changed = match seen.map(|kv| (last_tick_of(&kv), kv.mod_revision())) {
+                    Some(s) => cache.insert(record.job.clone(), s) != Some(s),
+                    None => cache.remove(&record.job).is_some(),
+                };
+                if changed {
+                    return Ok(None);
+                }
+            }
+            tracing::debug!(job = %record.job, run_id = %record.run_id, "record not written: already recorded, or no longer leader");
+            return Ok(Some(false));
+        }
+        if let Some(tick) = advance {
+            let rev = resp.header().map_or(0, |h| h.revision());
+            self.last
+                .lock()
+                .expect("cache lock")
+                .insert(record.job.clone(), (tick, rev));
+        }
+        Self::prune_or_warn(&mut client, &self.keys, &record.job, self.cfg.history_limit).await;
+        Ok(Some(true))
+    }
+
     /// Drop the cached last tick of `job`, so the next claim re-reads it.
     fn forget_last(&self, job: &str) {
         self.last.lock().expect("cache lock").remove(job);
@@ -2002,39 +2106,14 @@ impl Coordinator for Etcd {
     }
 
     async fn record(&self, record: &RunRecord) -> Result<bool> {
-        let mut client = self.client.clone();
-        let history = self.keys.history(&record.job, &record.run_id);
-        // Never overwrite a record (a deposed leader's late skip must not
-        // replace the real run's), and a record written for a leadership
-        // term only while that term lasts, but for a skip: its tick was
-        // consumed by a claim that committed under that term, so the entry
-        // is the tick's only trace even when the term ended right after
-        // (a resign, a skewed clock giving up).
-        let mut when = vec![Compare::create_revision(
-            history.clone(),
-            CompareOp::Equal,
-            0,
-        )];
-        if record.term > 0 && record.outcome != Outcome::Skipped {
-            when.push(Compare::create_revision(
-                self.keys.leader(),
-                CompareOp::Equal,
-                record.term as i64,
-            ));
+        // Twice more at most: each retry follows a claim of this term that
+        // moved the job's last tick meanwhile.
+        for _ in 0..3 {
+            if let Some(written) = self.write_entry(record).await? {
+                return Ok(written);
+            }
         }
-        // A final record ends the run's marker, if it has one (a claimed run
-        // whose supervisor could not be started).
-        let txn = Txn::new().when(when).and_then([
-            TxnOp::put(history, json(record), None),
-            TxnOp::delete(self.keys.active(&record.job, &record.run_id), None),
-        ]);
-        let resp = client.txn(txn).await.map_err(etcd_err("write record"))?;
-        if !resp.succeeded() {
-            tracing::debug!(job = %record.job, run_id = %record.run_id, "record not written: already recorded, or no longer leader");
-            return Ok(false);
-        }
-        Self::prune_or_warn(&mut client, &self.keys, &record.job, self.cfg.history_limit).await;
-        Ok(true)
+        Ok(false)
     }
 
     async fn reap_lost(&self, _job: &str) -> Vec<RunRecord> {

@@ -799,9 +799,10 @@ impl<C: Coordinator> Scheduler<C> {
         false
     }
 
-    /// Claim `tick` of `job` again at `at`. A job keeps one such pending
-    /// fire: a newer tick takes the place of an older one, which could only
-    /// be superseded by it and is recorded as missed now.
+    /// Claim `tick` of `job` again at `at`. As `plan_due` does for due
+    /// ticks, a job keeps at most two such pending fires: the newest tick
+    /// that is already late (to catch up) and the newest one after it; an
+    /// older one is coalesced into them and recorded as missed now.
     fn retry_later(
         &self,
         term: u64,
@@ -811,42 +812,40 @@ impl<C: Coordinator> Scheduler<C> {
         at: DateTime<Utc>,
         state: &mut FireState,
     ) {
-        let pending = state
-            .retries
-            .iter()
-            .position(|r| matches!(r, Retry::Tick { job: j, .. } if *j == job.name));
-        if let Some(i) = pending {
-            if let Retry::Tick { tick: old, .. } = state.retries.swap_remove(i) {
-                let (older, newer) = (old.min(tick), old.max(tick));
-                if older != newer {
-                    self.record_missed(
-                        term,
-                        job,
-                        (1, older, older),
-                        Some((newer, false)),
-                        MissedWhy::ClaimFailing,
-                    );
-                }
-                let trigger = if newer == tick {
-                    trigger
-                } else {
-                    Trigger::Schedule
-                };
-                state.retries.push(Retry::Tick {
-                    at,
-                    job: job.name.clone(),
-                    tick: newer,
-                    trigger,
-                });
-                return;
+        let mut pending: Vec<(DateTime<Utc>, Trigger)> = Vec::new();
+        state.retries.retain(|r| match r {
+            Retry::Tick {
+                job: j,
+                tick,
+                trigger,
+                ..
+            } if *j == job.name => {
+                pending.push((*tick, *trigger));
+                false
             }
-        }
-        state.retries.push(Retry::Tick {
-            at,
-            job: job.name.clone(),
-            tick,
-            trigger,
+            _ => true,
         });
+        pending.push((tick, trigger));
+        pending.sort_by_key(|(t, _)| *t);
+        pending.dedup_by_key(|(t, _)| *t);
+        let kept = pending.split_off(pending.len().saturating_sub(2));
+        if let (Some(&(oldest, _)), Some(&(newest, _))) = (pending.first(), pending.last()) {
+            self.record_missed(
+                term,
+                job,
+                (pending.len() as u64, oldest, newest),
+                Some((kept[0].0, false)),
+                MissedWhy::ClaimFailing,
+            );
+        }
+        for (tick, trigger) in kept {
+            state.retries.push(Retry::Tick {
+                at,
+                job: job.name.clone(),
+                tick,
+                trigger,
+            });
+        }
     }
 
     /// Run a job for a `bgsched trigger` request, under its overlap policy.
@@ -987,7 +986,7 @@ impl<C: Coordinator> Scheduler<C> {
                 }
                 tracing::warn!(job = %job.name, run_id = %rec.run_id, tick = %tick.to_rfc3339(), skipped_total = *total, "tick skipped: {reason}");
                 if let Some(id) = request {
-                    if let Err(e) = self.coord.record(&rec).await {
+                    if let Err(e) = self.coord.record_claimed(&rec).await {
                         tracing::error!(job = %job.name, "could not record the skip: {e}");
                     }
                     self.coord.finish_request(id).await;
@@ -1075,7 +1074,7 @@ impl<C: Coordinator> Scheduler<C> {
             tracing::warn!(job = %job.name, run_id = %rec.run_id, tick = %tick.to_rfc3339(), "tick missed: {reason}");
             match request {
                 Some(id) => {
-                    if let Err(e) = self.coord.record(&rec).await {
+                    if let Err(e) = self.coord.record_claimed(&rec).await {
                         tracing::error!(job = %job.name, "could not record the missed run: {e}");
                     }
                     self.coord.finish_request(id).await;
@@ -1194,7 +1193,7 @@ impl<C: Coordinator> Scheduler<C> {
         // leaves them to the next term, which records them itself.
         let up_to = self.missed_up_to.clone();
         let job_name = job.name.clone();
-        self.record_in_background_then(rec, move || {
+        self.record_in_background_then(rec, false, move || {
             let mut up_to = up_to.lock().expect("missed lock");
             let newest_known = up_to.entry(job_name).or_insert(newest);
             *newest_known = (*newest_known).max(newest);
@@ -1295,12 +1294,18 @@ impl<C: Coordinator> Scheduler<C> {
     /// History entries for ticks that did not run are written off the fire path.
     /// Retried for a while: these entries are the only trace of a tick
     /// that did not run, and etcd may be briefly away.
+    /// This one for the entries of claimed ticks (`Coordinator::record_claimed`).
     fn record_in_background(&self, rec: RunRecord) {
-        self.record_in_background_then(rec, || {});
+        self.record_in_background_then(rec, true, || {});
     }
 
     /// [`Self::record_in_background`], calling `written` once the entry is.
-    fn record_in_background_then(&self, rec: RunRecord, written: impl FnOnce() + Send + 'static) {
+    fn record_in_background_then(
+        &self,
+        rec: RunRecord,
+        claimed: bool,
+        written: impl FnOnce() + Send + 'static,
+    ) {
         let coord = self.coord.clone();
         let span = record_span(&rec);
         tokio::spawn(async move {
@@ -1308,7 +1313,12 @@ impl<C: Coordinator> Scheduler<C> {
             let give_up = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
             let mut failures = 0u32;
             loop {
-                match coord.record(&rec).await {
+                let result = if claimed {
+                    coord.record_claimed(&rec).await
+                } else {
+                    coord.record(&rec).await
+                };
+                match result {
                     Ok(true) => return written(),
                     Ok(false) => return,
                     // A local filesystem error (a full disk) is waited out

@@ -624,6 +624,13 @@ fn spawn_with_clock(env: &Env, instance: &str, offset: &str) -> Scheduler {
     }
 }
 
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
 fn tick_secs(tick: &str) -> f64 {
     chrono::DateTime::parse_from_rfc3339(tick)
         .expect("tick")
@@ -720,6 +727,42 @@ fn a_replica_with_its_clock_an_hour_ahead_stops_leading_and_the_job_fires_on_tim
             e.tick
         );
     }
+    assert_each_tick_once(&entries);
+
+    // The other correct replica dies. The leader has only the skewed clock
+    // left to compare with, already found out by three clocks: it keeps
+    // leading on its own clock, and the skewed one still does not lead.
+    let (mut standby, leader) = if leader == "a" { (b, a) } else { (a, b) };
+    let before = ledger(&env).len();
+    standby.kill9();
+    let killed_at = unix_now();
+    let wait_past = Instant::now() + Duration::from_secs(3 * TTL_SECS + 2);
+    wait_until(PATIENCE, "fires well after the standby died", || {
+        Instant::now() > wait_past
+            && ledger(&env)
+                .iter()
+                .skip(before)
+                .filter(|e| e.at > killed_at + (3 * TTL_SECS) as f64)
+                .count()
+                >= 2
+    });
+    // In ledger order: the skewed replica's jobs write its clock's time.
+    let entries = ledger(&env);
+    let after: Vec<&Entry> = entries[before..].iter().collect();
+    assert!(
+        after.iter().all(|e| e.instance == leader.instance),
+        "after the standby died someone other than the leader fired: {after:#?}\n{}",
+        leader.log_text()
+    );
+    let gaps: Vec<f64> = after.windows(2).map(|w| w[1].at - w[0].at).collect();
+    assert!(
+        gaps.iter().all(|g| *g < 2.5),
+        "the leader stopped firing after the standby died: gaps {gaps:?}\n{}",
+        leader.log_text()
+    );
+    let (code, body) = http_get(leader.http_port(), "/readyz").expect("/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("found off the majority"), "{body}");
     assert_each_tick_once(&entries);
 }
 
@@ -865,7 +908,7 @@ fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_wi
 /// that writes the entry and only under the writer's term, so the next
 /// leader resumes after those ticks instead of recording them missed again.
 #[test]
-fn a_missed_entry_moves_the_last_tick_so_the_next_leader_does_not_miss_it_again() {
+fn a_missed_entry_moves_the_last_tick_and_a_claimed_ticks_entry_outlives_its_term() {
     use bgsched::config::Overlap;
     use bgsched::coordination::etcd::EtcdConfig;
     use bgsched::coordination::{
@@ -931,8 +974,18 @@ fn a_missed_entry_moves_the_last_tick_so_the_next_leader_does_not_miss_it_again(
         let b = Backend::connect(cfg.clone()).await.expect("connect b");
         let lead_b = b.acquire_leadership("b").await.expect("b leads");
         assert_eq!(b.last_fired("job").await.unwrap(), Some(at(4)));
-        // A deposed leader's entry is refused and moves nothing.
+        // A deposed leader's entry is refused and moves nothing...
         assert_eq!(a.record(&missed(at(10), term_a)).await.ok(), Some(false));
+        // ...but the entry of a tick its term claimed (a run it could not
+        // start in time, say, paused between claim and start) is written:
+        // it is that tick's only trace.
+        let not_started = missed(at(4), term_a);
+        assert_eq!(
+            a.record_claimed(&not_started).await.ok(),
+            Some(true),
+            "the entry of a claimed tick was refused once its term ended"
+        );
+        assert_eq!(b.last_fired("job").await.unwrap(), Some(at(4)));
         b.claim(&lead_b, claim(at(5)))
             .await
             .expect("b claims the tick after a's");

@@ -13,7 +13,11 @@
 //!
 //! A median needs a majority of agreeing clocks: with three replicas one
 //! skewed clock is found out; with two that disagree neither can tell whose
-//! clock is wrong, so both count as skewed and neither leads.
+//! clock is wrong, so both count as skewed and neither leads. A member
+//! found out that way stays an outlier for this replica until its clock
+//! agrees again, and an outlier is not counted: when one of three correct
+//! replicas dies beside a skewed one, the correct survivor still knows whom
+//! to believe and keeps leading, where a median of two would stop both.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -26,8 +30,9 @@ pub enum ClockVerdict {
     /// Just started: the members listed at start have not all published
     /// their clock since.
     Unknown,
-    /// No other live member to compare with.
-    Alone,
+    /// No other live member to compare with, or only `outliers`: members
+    /// earlier found off the majority's clock.
+    Alone { outliers: usize },
     /// Within the bound. `skew_ms`: this clock minus the group's median.
     Agrees { skew_ms: i64, others: usize },
     /// Beyond the bound.
@@ -57,7 +62,10 @@ impl ClockVerdict {
     pub fn describe(&self) -> String {
         match self {
             ClockVerdict::Unknown => "not measured yet (waiting for the members' heartbeats)".into(),
-            ClockVerdict::Alone => "no other live member to compare with".into(),
+            ClockVerdict::Alone { outliers: 0 } => "no other live member to compare with".into(),
+            ClockVerdict::Alone { outliers } => format!(
+                "no other live member to compare with but {outliers} whose clock was found off the majority's earlier"
+            ),
             ClockVerdict::Agrees { skew_ms, others } => format!(
                 "agrees with {others} other live member(s) (skew {})",
                 signed(*skew_ms)
@@ -105,6 +113,9 @@ struct State {
     pending: HashSet<String>,
     /// Per other member: its offset from this clock (ms) and when measured.
     offsets: HashMap<String, (i64, Instant)>,
+    /// Members found beyond the bound from the median of three or more
+    /// clocks, until their clock agrees again.
+    outliers: HashSet<String>,
 }
 
 impl ClockWatch {
@@ -117,6 +128,7 @@ impl ClockWatch {
                 started: Instant::now(),
                 pending: HashSet::new(),
                 offsets: HashMap::new(),
+                outliers: HashSet::new(),
             }),
         }
     }
@@ -145,36 +157,70 @@ impl ClockWatch {
     }
 
     pub fn verdict(&self) -> ClockVerdict {
-        let s = self.state.lock().expect("clock lock");
+        let mut s = self.state.lock().expect("clock lock");
         let fresh = self.heartbeat * 3;
-        let live: Vec<i64> = s
+        let live: Vec<(String, i64)> = s
             .offsets
-            .values()
-            .filter(|(_, at)| at.elapsed() <= fresh)
-            .map(|(o, _)| *o)
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() <= fresh)
+            .map(|(m, (o, _))| (m.clone(), *o))
             .collect();
         if !s.listed || (!s.pending.is_empty() && s.started.elapsed() < fresh) {
             return ClockVerdict::Unknown;
         }
-        verdict(&live, self.bound)
+        let bound = self.bound.as_millis() as i64;
+        let offsets: Vec<i64> = live.iter().map(|(_, o)| *o).collect();
+        let centre = if live.len() >= 2 {
+            Some(median(&offsets))
+        } else {
+            None
+        };
+        for (member, offset) in &live {
+            // Judged against three or more clocks; with fewer, a member
+            // is cleared only by agreeing with this clock.
+            let off = match centre {
+                Some(m) => (offset - m).abs() > bound,
+                None => offset.abs() > bound && s.outliers.contains(member),
+            };
+            if off {
+                s.outliers.insert(member.clone());
+            } else {
+                s.outliers.remove(member);
+            }
+        }
+        let counted: Vec<i64> = live
+            .iter()
+            .filter(|(m, _)| !s.outliers.contains(m))
+            .map(|(_, o)| *o)
+            .collect();
+        match verdict(&counted, self.bound) {
+            ClockVerdict::Alone { .. } => ClockVerdict::Alone {
+                outliers: live.len(),
+            },
+            v => v,
+        }
+    }
+}
+
+/// The median of `others` and this clock (offset 0).
+fn median(others: &[i64]) -> i64 {
+    let mut all: Vec<i64> = others.to_vec();
+    all.push(0);
+    all.sort_unstable();
+    let n = all.len();
+    if n % 2 == 1 {
+        all[n / 2]
+    } else {
+        (all[n / 2 - 1] + all[n / 2]) / 2
     }
 }
 
 /// The verdict from the other live members' offsets.
 pub fn verdict(others: &[i64], bound: Duration) -> ClockVerdict {
     if others.is_empty() {
-        return ClockVerdict::Alone;
+        return ClockVerdict::Alone { outliers: 0 };
     }
-    let mut all: Vec<i64> = others.to_vec();
-    all.push(0);
-    all.sort_unstable();
-    let n = all.len();
-    let median = if n % 2 == 1 {
-        all[n / 2]
-    } else {
-        (all[n / 2 - 1] + all[n / 2]) / 2
-    };
-    let skew_ms = -median;
+    let skew_ms = -median(others);
     let others = others.len();
     if skew_ms.unsigned_abs() as u128 > bound.as_millis() {
         ClockVerdict::Skewed {
@@ -217,7 +263,7 @@ mod tests {
             verdict(&[-40, -120, 30], BOUND),
             ClockVerdict::Agrees { .. }
         ));
-        assert_eq!(verdict(&[], BOUND), ClockVerdict::Alone);
+        assert_eq!(verdict(&[], BOUND), ClockVerdict::Alone { outliers: 0 });
     }
 
     #[test]
@@ -238,9 +284,36 @@ mod tests {
             ClockVerdict::Agrees { others: 1, .. }
         ));
         w.gone("b");
-        assert_eq!(w.verdict(), ClockVerdict::Alone);
+        assert_eq!(w.verdict(), ClockVerdict::Alone { outliers: 0 });
         w.expect(["c".to_string()]);
         std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(w.verdict(), ClockVerdict::Alone);
+        assert_eq!(w.verdict(), ClockVerdict::Alone { outliers: 0 });
+    }
+
+    #[test]
+    fn a_member_found_off_by_three_clocks_stays_an_outlier_after_the_third_dies() {
+        // This replica and "b" agree; "c" is an hour ahead.
+        let w = ClockWatch::new(BOUND, Duration::from_secs(60));
+        w.expect([]);
+        w.observed("b", 4);
+        w.observed("c", HOUR);
+        assert!(matches!(w.verdict(), ClockVerdict::Agrees { .. }));
+        w.gone("b");
+        assert_eq!(w.verdict(), ClockVerdict::Alone { outliers: 1 });
+        // Its clock fixed, "c" counts again.
+        w.observed("c", 7);
+        assert!(matches!(
+            w.verdict(),
+            ClockVerdict::Agrees { others: 1, .. }
+        ));
+        // Seen from the skewed replica itself: the two others were never
+        // outliers, so with one of them gone it still stands skewed.
+        let skewed = ClockWatch::new(BOUND, Duration::from_secs(60));
+        skewed.expect([]);
+        skewed.observed("a", -HOUR);
+        skewed.observed("b", -HOUR + 4);
+        assert!(skewed.verdict().is_skewed());
+        skewed.gone("b");
+        assert!(skewed.verdict().is_skewed());
     }
 }

@@ -1659,22 +1659,24 @@ impl Etcd {
     }
 
     /// Write `record` once: `None` when its job's last tick moved under a
-    /// `missed` entry, which is then worth writing again.
-    async fn write_entry(&self, record: &RunRecord) -> Result<Option<bool>> {
+    /// `missed` entry, which is then worth writing again. `claimed`: see
+    /// `Coordinator::record_claimed`.
+    async fn write_entry(&self, record: &RunRecord, claimed: bool) -> Result<Option<bool>> {
         let mut client = self.client.clone();
         let history = self.keys.history(&record.job, &record.run_id);
         // Never overwrite a record (a deposed leader's late skip must not
         // replace the real run's), and a record written for a leadership
-        // term only while that term lasts, but for a skip: its tick was
-        // consumed by a claim that committed under that term, so the entry
-        // is the tick's only trace even when the term ended right after
-        // (a resign, a skewed clock giving up).
+        // term only while that term lasts, but for a claimed tick (a skip,
+        // a run not started): the claim committed under that term, so the
+        // entry is the tick's only trace even when the term ended right
+        // after (a resign, a skewed clock giving up, a pause).
+        let claimed = claimed || record.outcome == Outcome::Skipped;
         let mut when = vec![Compare::create_revision(
             history.clone(),
             CompareOp::Equal,
             0,
         )];
-        if record.term > 0 && record.outcome != Outcome::Skipped {
+        if record.term > 0 && !claimed {
             when.push(Compare::create_revision(
                 self.keys.leader(),
                 CompareOp::Equal,
@@ -1693,7 +1695,7 @@ impl Etcd {
         // missed a second time. Only the term's own leader writes it.
         let last_key = self.keys.last(&record.job);
         let mut advance = None;
-        if record.outcome == Outcome::Missed && record.term > 0 {
+        if record.outcome == Outcome::Missed && record.term > 0 && !claimed {
             let cached = self
                 .last
                 .lock()
@@ -2010,9 +2012,7 @@ impl Coordinator for Etcd {
             ClockVerdict::Agrees { others, skew_ms } => format!(
                 "the clocks of the {others} other live member(s) agree with this one (skew {skew_ms}ms)"
             ),
-            ClockVerdict::Alone => {
-                "no other live member to compare clocks with: trusting this one".to_string()
-            }
+            v @ ClockVerdict::Alone { .. } => format!("{}: trusting this one", v.describe()),
             ClockVerdict::Unknown | ClockVerdict::Skewed { .. } => return None,
         };
         // The claim transaction compares the key's revision, not its tick:
@@ -2109,11 +2109,15 @@ impl Coordinator for Etcd {
         // Twice more at most: each retry follows a claim of this term that
         // moved the job's last tick meanwhile.
         for _ in 0..3 {
-            if let Some(written) = self.write_entry(record).await? {
+            if let Some(written) = self.write_entry(record, false).await? {
                 return Ok(written);
             }
         }
         Ok(false)
+    }
+
+    async fn record_claimed(&self, record: &RunRecord) -> Result<bool> {
+        Ok(self.write_entry(record, true).await?.unwrap_or(false))
     }
 
     async fn reap_lost(&self, _job: &str) -> Vec<RunRecord> {

@@ -528,6 +528,14 @@ pub trait Coordinator: Send + Sync + 'static {
     /// exists, or the entry's leadership term is over).
     fn record(&self, record: &RunRecord) -> impl Future<Output = Result<bool>> + Send;
 
+    /// [`Self::record`] for the entry of a claimed tick or request (skipped,
+    /// not started, start failed): the claim consumed it under its term, so
+    /// the entry is its only trace and is written even when that term has
+    /// ended since (a leader paused or cut off between claim and start).
+    fn record_claimed(&self, record: &RunRecord) -> impl Future<Output = Result<bool>> + Send {
+        self.record(record)
+    }
+
     /// Record runs of `job` whose supervisor died without finishing them.
     /// Returns the records it wrote.
     fn reap_lost(&self, job: &str) -> impl Future<Output = Vec<RunRecord>> + Send;

@@ -476,6 +476,7 @@ impl<C: Coordinator> Scheduler<C> {
         let mut due: Due = BinaryHeap::new();
         let now = Utc::now();
         let mut began = now;
+        let mut first = Vec::new();
         for (i, job) in jobs.iter().enumerate() {
             // Resume after the last fired tick so ticks missed while no
             // scheduler ran are caught up (or recorded as missed).
@@ -484,7 +485,10 @@ impl<C: Coordinator> Scheduler<C> {
                     self.last_tick_ahead(job, last, now).await
                 }
                 Some(last) => last,
-                None => now,
+                None => {
+                    first.push(job.name.as_str());
+                    now
+                }
             };
             let missed_up_to = self
                 .missed_up_to
@@ -497,6 +501,8 @@ impl<C: Coordinator> Scheduler<C> {
                 due.push(Reverse((t, i)));
             }
         }
+        // A job that never fired counts from now, also for the next leader.
+        self.coord.begin_schedules(leadership, &first, now).await;
         let mut requests = leadership.requests.take();
         let mut lost = leadership.lost.take();
         let mut state = FireState {

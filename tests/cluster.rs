@@ -996,3 +996,51 @@ fn a_missed_entry_moves_the_last_tick_and_a_claimed_ticks_entry_outlives_its_ter
         c.resign(lead_c).await;
     });
 }
+
+/// A job that never fired counts from when a leader first scheduled it, for
+/// every later leader too: its first tick, due while no replica led (the
+/// leader was killed just before it), is caught up by the next leader
+/// instead of being passed over without a trace.
+#[test]
+fn a_never_fired_jobs_first_tick_due_between_leaders_is_caught_up() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = cluster_env(
+        &etcd,
+        &format!(
+            "[jobs.tenth]\nschedule = \"*/10 * * * * *\"\nshell = '{}'\n",
+            ledger_cmd("start")
+        ),
+    );
+    // Start when the next tick is 5-9 s away, so the leader can be killed
+    // well before it.
+    while !(1..=5).contains(&(unix_now() as u64 % 10)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut a = env.spawn_run("a");
+    // Killed once its term has begun the job's schedule (a kill between
+    // winning and that write leaves the job to start with the next leader).
+    wait_until(PATIENCE, "a begins the job's schedule", || {
+        common::etcd::kv_range_prefix(&etcd.endpoint(), "/test/last/tenth")
+            .is_ok_and(|kvs| !kvs.is_empty())
+    });
+    a.kill9();
+    let killed_at = unix_now();
+    let first_tick = ((killed_at as u64) / 10 + 1) * 10;
+    assert!(
+        ledger(&env).is_empty(),
+        "the job fired before the test could kill its leader"
+    );
+    while unix_now() < first_tick as f64 + 1.0 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let b = env.spawn_run("b");
+    wait_until(PATIENCE, "a fire by b", || !ledger(&env).is_empty());
+    let first = &ledger(&env)[0];
+    assert_eq!(
+        (tick_secs(&first.tick) as u64, first.trigger.as_str()),
+        (first_tick, "catchup"),
+        "the first tick, due while nobody led, was not caught up: {first:?}\n{}",
+        b.log_text()
+    );
+}

@@ -8,7 +8,7 @@
 //! P/members/<instance>          one per live instance, bound to its session lease;
 //!                               its MemberInfo carries the hash of the config it
 //!                               runs, rewritten on every reload
-//! P/last/<job>                  the newest tick a leader claimed for the job
+//! P/last/<job>                  the newest tick a leader claimed, recorded missed, or began the job's schedule at
 //! P/active/<job>/<run-id>       a running marker, bound to the run's own lease,
 //!                               which the run's supervisor keeps alive
 //! P/history/<job>/<run-id>      run records (bounded per job)
@@ -2058,6 +2058,55 @@ impl Coordinator for Etcd {
                 Ok(claim) => return Ok(claim),
                 Err((_, true)) if attempts < 3 => attempts += 1,
                 Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    async fn begin_schedules(&self, leadership: &Leadership, jobs: &[&str], at: DateTime<Utc>) {
+        // One transaction per chunk, under this term; within it, one
+        // conditional put per job, so a job that fired meanwhile keeps its
+        // tick. Chunks stay under etcd's default limit of 128 operations.
+        for chunk in jobs.chunks(50) {
+            let puts: Vec<TxnOp> = chunk
+                .iter()
+                .map(|job| {
+                    let key = self.keys.last(job);
+                    let last = LastTick {
+                        tick: at,
+                        term: leadership.term,
+                        run_id: String::new(),
+                    };
+                    TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                            .and_then([TxnOp::put(key, json(&last), None)]),
+                    )
+                })
+                .collect();
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    self.keys.leader(),
+                    CompareOp::Equal,
+                    leadership.term as i64,
+                )])
+                .and_then(puts);
+            let resp = match self.client.clone().txn(txn).await {
+                Ok(r) if r.succeeded() => r,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::debug!("could not write the jobs' first ticks: {e}");
+                    return;
+                }
+            };
+            let rev = resp.header().map_or(0, |h| h.revision());
+            let mut cache = self.last.lock().expect("cache lock");
+            for (job, r) in chunk.iter().zip(resp.op_responses()) {
+                if matches!(r, TxnOpResponse::Txn(t) if t.succeeded()) {
+                    cache.entry(job.to_string()).or_insert((at, rev));
+                } else {
+                    // Fired meanwhile: the next claim reads it afresh.
+                    cache.remove(*job);
+                }
             }
         }
     }

@@ -488,6 +488,21 @@ pub trait Coordinator: Send + Sync + 'static {
         req: ClaimRequest<'_>,
     ) -> impl Future<Output = Result<Claim, ClaimRejected>> + Send;
 
+    /// `jobs` have never fired: make `at` their last fired tick, unless one
+    /// fired meanwhile, so that a later leader (or a restart) resumes their
+    /// schedule from when it began here instead of from its own start, and
+    /// catches up or records the ticks due in between. Best effort: where
+    /// it is not written, a job starts from the next leader's start.
+    fn begin_schedules(
+        &self,
+        leadership: &Leadership,
+        jobs: &[&str],
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (leadership, jobs, at);
+        async {}
+    }
+
     /// A hint, shortly before a tick, that about `fires` claims follow: a
     /// backend may do ahead of time what each claim needs (the etcd backend
     /// grants run leases), so that work is off the path from tick to start.

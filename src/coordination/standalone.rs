@@ -56,6 +56,9 @@ pub struct Standalone {
     history_limit: usize,
     /// Set for the scheduler: corrupt files it reads are set aside and counted.
     repair: Option<Repair>,
+    /// Per job, held to read and move its `last_tick`, so that a claim and
+    /// a `missed` entry of this process never move it back.
+    last_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>>,
 }
 
 /// Where set-aside files are counted.
@@ -84,6 +87,7 @@ impl Standalone {
             root: root.to_path_buf(),
             history_limit: history_limit.max(1),
             repair: None,
+            last_locks: Arc::default(),
         })
     }
 
@@ -607,6 +611,8 @@ impl Standalone {
     fn claim_sync(&self, term: u64, req: &ClaimRequest<'_>) -> Result<Claim, ClaimRejected> {
         let dir = self.job_dir(req.job);
         self.ensure_dir(&dir)?;
+        let lock = self.last_lock(req.job);
+        let _last = lock.lock().expect("last tick lock");
         if req.advances_schedule {
             if let Some(last) = self.last_fired_sync(req.job)? {
                 if last >= req.tick {
@@ -626,6 +632,11 @@ impl Standalone {
             hold,
             turn,
         })
+    }
+
+    fn last_lock(&self, job: &str) -> Arc<std::sync::Mutex<()>> {
+        let mut locks = self.last_locks.lock().expect("last tick locks");
+        locks.entry(job.to_string()).or_default().clone()
     }
 
     fn last_fired_sync(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
@@ -770,9 +781,47 @@ impl Coordinator for Standalone {
         .expect("claim task panicked")
     }
 
+    async fn begin_schedules(&self, _: &Leadership, jobs: &[&str], at: DateTime<Utc>) {
+        // Not made durable: losing it only means the job starts from the
+        // next start, as it would without it; thousands of fsyncs would
+        // slow every first start down.
+        let this = self.clone();
+        let jobs: Vec<String> = jobs.iter().map(|j| j.to_string()).collect();
+        let written = tokio::task::spawn_blocking(move || -> Result<()> {
+            for job in jobs {
+                let dir = this.job_dir(&job);
+                this.ensure_dir(&dir)?;
+                let path = dir.join("last_tick");
+                let lock = this.last_lock(&job);
+                let _last = lock.lock().expect("last tick lock");
+                if !path.exists() {
+                    atomic_write(&path, at.to_rfc3339().as_bytes(), false)?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            tracing::debug!("could not write the jobs' first ticks: {e}");
+        }
+    }
+
     async fn record(&self, record: &RunRecord) -> Result<bool> {
         let dir = self.runs_dir(&record.job)?;
         write_record(&dir.join(format!("{}.json", record.run_id)), record)?;
+        if record.outcome == Outcome::Missed && record.term > 0 {
+            // As in etcd, the entry consumes its ticks; written after it, so
+            // a crash in between records them twice rather than not at all.
+            let lock = self.last_lock(&record.job);
+            let _last = lock.lock().expect("last tick lock");
+            if self
+                .last_fired_sync(&record.job)?
+                .is_none_or(|last| last < record.tick)
+            {
+                let path = self.job_dir(&record.job).join("last_tick");
+                atomic_write(&path, record.tick.to_rfc3339().as_bytes(), true)?;
+            }
+        }
         self.prune(&record.job)?;
         Ok(true)
     }

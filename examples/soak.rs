@@ -63,6 +63,9 @@
 //!   before the kill to `lease_ttl` after the member is back may go unfired,
 //!   except, for a leader kill, ticks up to `lease_ttl` after the survivors
 //!   had a raft leader, and those only when their outage was caught up.
+//!   A tick that also falls inside a fault of another kind (the leader
+//!   paused, killed or cut off just after the member came back) is left to
+//!   that fault; it must still be accounted for by a record.
 //! - **Skewed clock**: with 3 or more replicas, the last one runs with its
 //!   wall clock `--skew` off (default +1h, through libfaketime) and is
 //!   started once a leader is elected; it must never lead, so none of its
@@ -1778,10 +1781,16 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
                 // only when the outage was caught up.
                 let at = tick * NS;
                 let slack = TTL.as_nanos() as i64;
+                let within = |f: &&Fault| at >= f.injected - NS && at <= f.healed + slack;
+                // A tick inside the tail of a member fault but also inside a
+                // fault of another kind (the leader paused, killed, cut off)
+                // is that other fault's: it need not survive it.
+                let other_fault = d.faults.iter().any(|f| !f.quorum_kept && within(&f));
                 if let Some(f) = d
                     .faults
                     .iter()
-                    .find(|f| f.quorum_kept && at >= f.injected - NS && at <= f.healed + slack)
+                    .filter(|_| !other_fault)
+                    .find(|f| f.quorum_kept && within(f))
                 {
                     let in_election =
                         f.kind == "etcd leader kill" && at <= f.elected.unwrap_or(f.healed) + slack;

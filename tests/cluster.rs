@@ -910,25 +910,13 @@ fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_wi
 #[test]
 fn a_missed_entry_moves_the_last_tick_and_a_claimed_ticks_entry_outlives_its_term() {
     use bgsched::config::Overlap;
-    use bgsched::coordination::etcd::EtcdConfig;
     use bgsched::coordination::{
         ClaimRejected, ClaimRequest, Coordinator, Etcd as Backend, Outcome, RunRecord, Trigger,
     };
     use chrono::{DateTime, TimeZone, Utc};
     let _serial = serial();
     let etcd = Etcd::start();
-    let cfg = EtcdConfig {
-        endpoints: vec![etcd.endpoint()],
-        prefix: "/missed".into(),
-        lease_ttl: Duration::from_secs(TTL_SECS),
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        user: None,
-        password: None,
-        history_limit: 10,
-        max_clock_skew: Duration::from_secs(1),
-    };
+    let cfg = etcd_config(vec![etcd.endpoint()], "/missed");
     let at = |s: i64| Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap();
     let missed = |tick: DateTime<Utc>, term: u64| {
         let mut rec = RunRecord::not_run(

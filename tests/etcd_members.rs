@@ -416,22 +416,11 @@ fn a_leader_rides_out_an_etcd_restart_with_the_same_term() {
 /// endpoint being the dead one changes nothing.
 #[test]
 fn every_request_succeeds_with_one_member_dead() {
-    use bgsched::coordination::etcd::{connect, EtcdConfig};
+    use bgsched::coordination::etcd::connect;
     use etcd_client::{Compare, CompareOp, Txn, TxnOp};
     let _serial = serial();
     let mut cluster = EtcdCluster::start(3);
-    let cfg = EtcdConfig {
-        endpoints: cluster.endpoints(),
-        prefix: "/channel".into(),
-        lease_ttl: Duration::from_secs(2),
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        user: None,
-        password: None,
-        history_limit: 10,
-        max_clock_skew: Duration::from_secs(1),
-    };
+    let cfg = etcd_config(cluster.endpoints(), "/channel");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut client = connect(&cfg).await.expect("connect");

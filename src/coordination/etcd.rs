@@ -1445,17 +1445,14 @@ impl Etcd {
         )];
         let mut ops = Vec::new();
         if req.advances_schedule {
-            when.push(Compare::mod_revision(
-                last_key.clone(),
-                CompareOp::Equal,
-                cached.map_or(0, |c| c.1),
-            ));
             let last = LastTick {
                 tick: req.tick,
                 term,
                 run_id: run_id.to_string(),
             };
-            ops.push(TxnOp::put(last_key.clone(), json(&last), None));
+            let (unchanged, put) = move_last(&last_key, cached, &last);
+            when.push(unchanged);
+            ops.push(put);
         }
         if let Some(id) = req.request {
             when.push(Compare::create_revision(
@@ -1713,17 +1710,14 @@ impl Etcd {
                     .map(|kv| (last_tick_of(kv), kv.mod_revision())),
             };
             if cached.is_none_or(|(tick, _)| tick < record.tick) {
-                when.push(Compare::mod_revision(
-                    last_key.clone(),
-                    CompareOp::Equal,
-                    cached.map_or(0, |c| c.1),
-                ));
                 let last = LastTick {
                     tick: record.tick,
                     term: record.term,
                     run_id: record.run_id.clone(),
                 };
-                ops.push(TxnOp::put(last_key.clone(), json(&last), None));
+                let (unchanged, put) = move_last(&last_key, cached, &last);
+                when.push(unchanged);
+                ops.push(put);
                 advance = Some(record.tick);
             }
         }
@@ -1768,6 +1762,15 @@ impl Etcd {
     fn forget_last(&self, job: &str) {
         self.last.lock().expect("cache lock").remove(job);
     }
+}
+
+/// Moving `P/last/<job>` to `last`: the put, and the compare that it is
+/// still at the `cached` revision (absent if nothing is cached).
+fn move_last(key: &str, cached: Option<(DateTime<Utc>, i64)>, last: &LastTick) -> (Compare, TxnOp) {
+    (
+        Compare::mod_revision(key, CompareOp::Equal, cached.map_or(0, |c| c.1)),
+        TxnOp::put(key, json(last), None),
+    )
 }
 
 /// The tick stored in a `P/last/<job>` key. An unreadable value must not

@@ -365,3 +365,23 @@ pub fn sample(metrics: &str, series: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// How tests that drive the etcd backend directly reach `endpoints`:
+/// `lease_ttl` 2 s, no TLS or auth, the default clock bound.
+pub fn etcd_config(
+    endpoints: Vec<String>,
+    prefix: &str,
+) -> bgsched::coordination::etcd::EtcdConfig {
+    bgsched::coordination::etcd::EtcdConfig {
+        endpoints,
+        prefix: prefix.into(),
+        lease_ttl: Duration::from_secs(2),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        user: None,
+        password: None,
+        history_limit: 10,
+        max_clock_skew: Duration::from_secs(1),
+    }
+}

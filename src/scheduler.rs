@@ -753,7 +753,18 @@ impl<C: Coordinator> Scheduler<C> {
             drop(claims);
             held_back = None;
             if let Some(new) = reloaded {
-                let new_due = reschedule(&jobs, &due, &scheduled(&new), Utc::now());
+                let now = Utc::now();
+                let new_due = reschedule(&jobs, &due, &scheduled(&new), now);
+                // Jobs the reload added count from now, as at a term's start.
+                let mut first = Vec::new();
+                for job in scheduled(&new) {
+                    if !config.jobs.contains_key(&job.name)
+                        && matches!(self.coord.last_fired(&job.name).await, Ok(None))
+                    {
+                        first.push(job.name.as_str());
+                    }
+                }
+                self.coord.begin_schedules(leadership, &first, now).await;
                 tracing::info!(
                     jobs = new.jobs.len(),
                     scheduled = new_due.len(),

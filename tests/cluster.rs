@@ -985,27 +985,44 @@ fn a_missed_entry_moves_the_last_tick_and_a_claimed_ticks_entry_outlives_its_ter
     });
 }
 
-/// A job that never fired counts from when a leader first scheduled it, for
-/// every later leader too: its first tick, due while no replica led (the
-/// leader was killed just before it), is caught up by the next leader
-/// instead of being passed over without a trace.
+/// A job that never fired counts from when a leader first scheduled it (at
+/// the start of its term, or when a reload added the job), for every later
+/// leader too: its first tick, due while no replica led (the leader was
+/// killed just before it), is caught up by the next leader instead of
+/// being passed over without a trace.
 #[test]
 fn a_never_fired_jobs_first_tick_due_between_leaders_is_caught_up() {
+    first_tick_due_between_leaders_is_caught_up(false);
+}
+
+#[test]
+fn a_job_added_by_a_reload_whose_first_tick_falls_between_leaders_is_caught_up() {
+    first_tick_due_between_leaders_is_caught_up(true);
+}
+
+fn first_tick_due_between_leaders_is_caught_up(added_by_reload: bool) {
     let _serial = serial();
     let etcd = Etcd::start();
-    let env = cluster_env(
-        &etcd,
-        &format!(
-            "[jobs.tenth]\nschedule = \"*/10 * * * * *\"\nshell = '{}'\n",
-            ledger_cmd("start")
-        ),
+    let tenth = format!(
+        "[jobs.tenth]\nschedule = \"*/10 * * * * *\"\nshell = '{}'\n",
+        ledger_cmd("start")
     );
+    let idle = "[jobs.idle]\nschedule = \"0 0 1 1 *\"\nshell = 'true'\n";
+    let env = cluster_env(&etcd, if added_by_reload { idle } else { &tenth });
     // Start when the next tick is 5-9 s away, so the leader can be killed
     // well before it.
     while !(1..=5).contains(&(unix_now() as u64 % 10)) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut a = env.spawn_run("a");
+    if added_by_reload {
+        wait_until(PATIENCE, "a leads", || {
+            a.log_text().contains("leading: firing jobs")
+        });
+        let text = std::fs::read_to_string(env.path("jobs.toml")).unwrap();
+        env.write("jobs.toml", &format!("{text}\n{tenth}"));
+        a.signal(Signal::HUP);
+    }
     // Killed once its term has begun the job's schedule (a kill between
     // winning and that write leaves the job to start with the next leader).
     wait_until(PATIENCE, "a begins the job's schedule", || {

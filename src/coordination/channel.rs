@@ -58,6 +58,8 @@ pub fn record_into(metrics: Arc<Metrics>) {
 /// its response headers).
 pub struct Channel {
     pub deadline: Duration,
+    /// How many endpoints the client is about to add.
+    pub endpoints: usize,
 }
 
 impl etcd_client::BalancedChannelBuilder for Channel {
@@ -78,6 +80,8 @@ impl etcd_client::BalancedChannelBuilder for Channel {
             list: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
             added: tokio::sync::Notify::new(),
+            expected: self.endpoints,
+            created: Instant::now(),
         });
         tokio::spawn(maintain(Arc::downgrade(&members), rx));
         let channel = Failover {
@@ -118,6 +122,11 @@ struct Members {
     /// Round robin over the healthy members.
     next: AtomicUsize,
     added: tokio::sync::Notify,
+    /// The endpoints the client adds (right after building the channel,
+    /// through a queue); the first requests wait for all of them, briefly,
+    /// or a request sent at once could find only a dead one to try.
+    expected: usize,
+    created: Instant,
 }
 
 impl Members {
@@ -271,13 +280,21 @@ impl Failover {
     /// The members to try, waiting (within the deadline) for the client to
     /// have handed over its endpoints.
     async fn members(&self, deadline: Instant) -> Vec<Arc<Member>> {
+        // Duplicate endpoints are added once: wait for all only so long.
+        let settled = self.members.created + Duration::from_millis(500);
         loop {
             let added = self.members.added.notified();
             let order = self.members.order();
-            if !order.is_empty() || Instant::now() >= deadline {
+            let all = order.len() >= self.members.expected || Instant::now() >= settled;
+            if (!order.is_empty() && all) || Instant::now() >= deadline {
                 return order;
             }
-            let _ = tokio::time::timeout_at(deadline, added).await;
+            let wait = if order.is_empty() {
+                deadline
+            } else {
+                settled.min(deadline)
+            };
+            let _ = tokio::time::timeout_at(wait, added).await;
         }
     }
 

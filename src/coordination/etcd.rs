@@ -240,6 +240,7 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
     }
     let channel = super::channel::Channel {
         deadline: cfg.request_deadline(),
+        endpoints: cfg.endpoints.len(),
     };
     Client::connect_with_balanced_channel(&cfg.endpoints, Some(opts), channel)
         .await

@@ -957,11 +957,20 @@ fn a_missed_entry_moves_the_last_tick_and_a_claimed_ticks_entry_outlives_its_ter
         a.claim(&lead, claim(at(4)))
             .await
             .expect("claim tick 4 after the entry");
+        // Two entries racing for the job's last tick: both are written.
+        let (five, six) = (missed(at(5), term_a), missed(at(6), term_a));
+        let (r5, r6) = tokio::join!(a.record(&five), a.record(&six));
+        assert_eq!(
+            (r5.ok(), r6.ok()),
+            (Some(true), Some(true)),
+            "one of two racing entries was dropped"
+        );
+        assert_eq!(a.last_fired("job").await.unwrap(), Some(at(6)));
         a.resign(lead).await;
 
         let b = Backend::connect(cfg.clone()).await.expect("connect b");
         let lead_b = b.acquire_leadership("b").await.expect("b leads");
-        assert_eq!(b.last_fired("job").await.unwrap(), Some(at(4)));
+        assert_eq!(b.last_fired("job").await.unwrap(), Some(at(6)));
         // A deposed leader's entry is refused and moves nothing...
         assert_eq!(a.record(&missed(at(10), term_a)).await.ok(), Some(false));
         // ...but the entry of a tick its term claimed (a run it could not
@@ -973,14 +982,14 @@ fn a_missed_entry_moves_the_last_tick_and_a_claimed_ticks_entry_outlives_its_ter
             Some(true),
             "the entry of a claimed tick was refused once its term ended"
         );
-        assert_eq!(b.last_fired("job").await.unwrap(), Some(at(4)));
-        b.claim(&lead_b, claim(at(5)))
+        assert_eq!(b.last_fired("job").await.unwrap(), Some(at(6)));
+        b.claim(&lead_b, claim(at(7)))
             .await
             .expect("b claims the tick after a's");
         b.resign(lead_b).await;
         let c = Backend::connect(cfg).await.expect("connect c");
         let lead_c = c.acquire_leadership("c").await.expect("c leads");
-        assert_eq!(c.last_fired("job").await.unwrap(), Some(at(5)));
+        assert_eq!(c.last_fired("job").await.unwrap(), Some(at(7)));
         c.resign(lead_c).await;
     });
 }

@@ -175,9 +175,19 @@ impl ClockWatch {
         } else {
             None
         };
+        // A median says whose clock is off only when most clocks (this one
+        // included) agree with it; with an even split nobody is marked and
+        // both sides stay skewed, as with two.
+        let centre = centre.filter(|m| {
+            let near = offsets
+                .iter()
+                .chain([&0])
+                .filter(|o| (*o - m).abs() <= bound);
+            near.count() * 2 > offsets.len() + 1
+        });
         for (member, offset) in &live {
-            // Judged against three or more clocks; with fewer, a member
-            // is cleared only by agreeing with this clock.
+            // Judged against three or more clocks; with fewer (or no
+            // majority), a member is cleared only by agreeing with this one.
             let off = match centre {
                 Some(m) => (offset - m).abs() > bound,
                 None => offset.abs() > bound && s.outliers.contains(member),
@@ -315,5 +325,20 @@ mod tests {
         assert!(skewed.verdict().is_skewed());
         skewed.gone("b");
         assert!(skewed.verdict().is_skewed());
+    }
+
+    #[test]
+    fn an_even_split_of_clocks_marks_no_outlier_and_both_sides_stay_skewed() {
+        // Two replicas an hour ahead of the two others: no majority agrees.
+        let w = ClockWatch::new(BOUND, Duration::from_secs(60));
+        w.expect([]);
+        w.observed("b", 3);
+        w.observed("c", HOUR);
+        w.observed("d", HOUR + 2);
+        assert!(w.verdict().is_skewed());
+        w.gone("b");
+        // Now three of four are left, two of them ahead: still no one to
+        // trust over the others from this side.
+        assert!(w.verdict().is_skewed());
     }
 }

@@ -1719,7 +1719,7 @@ impl Etcd {
                 let (unchanged, put) = move_last(&last_key, cached, &last);
                 when.push(unchanged);
                 ops.push(put);
-                advance = Some(record.tick);
+                advance = Some((record.tick, cached.map_or(0, |c| c.1)));
             }
         }
         let txn = Txn::new()
@@ -1728,27 +1728,30 @@ impl Etcd {
             .or_else([TxnOp::get(last_key, None)]);
         let resp = client.txn(txn).await.map_err(etcd_err("write record"))?;
         if !resp.succeeded() {
-            if advance.is_some() {
-                // The last tick moved since it was read: a claim of this
-                // term got there first, or the cache was stale. Read it
-                // afresh and write the entry again.
+            if let Some((_, compared)) = advance {
+                // If the last tick moved since it was read (a claim or
+                // another entry of this term got there first, or the cache
+                // was stale), write the entry again against what is there
+                // now; judged by this attempt's own compare, not the cache,
+                // which the winner may have updated already.
                 let seen = resp.op_responses().into_iter().find_map(|r| match r {
                     TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
                     _ => None,
                 });
+                let seen = seen.map(|kv| (last_tick_of(&kv), kv.mod_revision()));
                 let mut cache = self.last.lock().expect("cache lock");
-                let changed = match seen.map(|kv| (last_tick_of(&kv), kv.mod_revision())) {
-                    Some(s) => cache.insert(record.job.clone(), s) != Some(s),
-                    None => cache.remove(&record.job).is_some(),
+                match seen {
+                    Some(s) => cache.insert(record.job.clone(), s),
+                    None => cache.remove(&record.job),
                 };
-                if changed {
+                if seen.map_or(0, |s| s.1) != compared {
                     return Ok(None);
                 }
             }
             tracing::debug!(job = %record.job, run_id = %record.run_id, "record not written: already recorded, or no longer leader");
             return Ok(Some(false));
         }
-        if let Some(tick) = advance {
+        if let Some((tick, _)) = advance {
             let rev = resp.header().map_or(0, |h| h.revision());
             self.last
                 .lock()
@@ -2159,14 +2162,17 @@ impl Coordinator for Etcd {
     }
 
     async fn record(&self, record: &RunRecord) -> Result<bool> {
-        // Twice more at most: each retry follows a claim of this term that
-        // moved the job's last tick meanwhile.
+        // Twice more at once: each retry follows a claim or entry of this
+        // term that moved the job's last tick meanwhile.
         for _ in 0..3 {
             if let Some(written) = self.write_entry(record, false).await? {
                 return Ok(written);
             }
         }
-        Ok(false)
+        // Not a final answer: the caller tries again later.
+        Err(CoordError::Etcd(
+            "write record: the job's last tick kept moving under it".into(),
+        ))
     }
 
     async fn record_claimed(&self, record: &RunRecord) -> Result<bool> {

@@ -1058,3 +1058,65 @@ fn first_tick_due_between_leaders_is_caught_up(added_by_reload: bool) {
         b.log_text()
     );
 }
+
+/// A claimed run whose marker expires before the next leader wins (its
+/// claim's answer was lost, say, and the claimer lost its term before it
+/// could find out) is still recorded `lost`, by the next leader: every
+/// replica keeps the markers deleted lately, not only the leader of the
+/// moment, so none expires unseen in the gap between two terms.
+#[test]
+fn a_marker_that_expires_between_two_terms_is_recorded_lost_by_the_next_leader() {
+    use bgsched::config::Overlap;
+    use bgsched::coordination::{ClaimRequest, Coordinator, Etcd as Backend, Trigger};
+    use chrono::{TimeZone, Utc};
+    use std::sync::Arc;
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let cfg = etcd_config(vec![etcd.endpoint()], "/gap");
+    let endpoint = etcd.endpoint();
+    let keys = |prefix: &str| common::etcd::kv_range_prefix(&endpoint, prefix).unwrap_or_default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = Backend::connect(cfg.clone()).await.expect("connect a");
+        let lead = a.acquire_leadership("a").await.expect("a leads");
+        let b = Arc::new(Backend::connect(cfg.clone()).await.expect("connect b"));
+        let standby = b.clone();
+        let campaign = tokio::spawn(async move { standby.acquire_leadership("b").await });
+        wait_until(PATIENCE, "b stands by", || {
+            !keys("/gap/members/b").is_empty()
+        });
+        let claim = a
+            .claim(
+                &lead,
+                ClaimRequest {
+                    job: "job",
+                    tick: Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
+                    trigger: Trigger::Schedule,
+                    instance: "a",
+                    overlap: Overlap::Skip,
+                    advances_schedule: true,
+                    request: None,
+                },
+            )
+            .await
+            .expect("claim");
+        let run_id = claim.run_id.clone();
+        // Nobody starts the run or keeps its lease alive, and a's term
+        // stops acting (its watches end with its `Leadership`) while its
+        // session keeps the leader key: nobody leads when the marker
+        // expires. Then a goes away and b takes over.
+        drop(claim);
+        drop(lead);
+        wait_until(PATIENCE, "the marker expires", || {
+            keys("/gap/active/").is_empty()
+        });
+        a.shutdown().await;
+        let _lead_b = campaign.await.unwrap().expect("b leads");
+        let history = format!("/gap/history/job/{run_id}");
+        wait_until(PATIENCE, "a lost record of the claimed run", || {
+            keys(&history)
+                .iter()
+                .any(|(_, v)| v.contains("\"outcome\":\"lost\""))
+        });
+    });
+}

@@ -571,6 +571,46 @@ async fn publish_clock(
 }
 
 /// Feed `clock` from the members' heartbeats until the process ends.
+/// Every deleted running marker under `prefix`, into `ended`; resumed
+/// after the last revision seen when the watch breaks, so none is missed.
+async fn watch_ended_markers(
+    mut client: Client,
+    prefix: String,
+    ended: Arc<EndedMarkers>,
+    keep: Duration,
+) {
+    let mut next: Option<i64> = None;
+    loop {
+        let mut opts = WatchOptions::new().with_prefix().with_prev_key();
+        if let Some(rev) = next {
+            opts = opts.with_start_revision(rev);
+        }
+        let Ok(mut stream) = client.watch(prefix.clone(), Some(opts)).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        while let Ok(Some(resp)) = stream.message().await {
+            if resp.canceled() {
+                // Compacted past `next`: go on from now.
+                next = None;
+                break;
+            }
+            if let Some(h) = resp.header() {
+                next = Some(h.revision() + 1);
+            }
+            for event in resp.events() {
+                if event.event_type() != EventType::Delete {
+                    continue;
+                }
+                if let Some(Ok(rec)) = event.prev_kv().map(parse::<RunRecord>) {
+                    ended.push(rec, keep);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn watch_member_clocks(client: Client, keys: Keys, me: String, clock: Arc<ClockWatch>) {
     let prefix = keys.members();
     let name_of = |key: &[u8]| String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
@@ -649,6 +689,41 @@ pub struct Etcd {
     /// started with the first session).
     clock: Arc<ClockWatch>,
     clock_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Running markers deleted lately, seen by every replica from its first
+    /// session on (`watch_ended_markers`): a new leader checks these too,
+    /// so a marker that expired before it won is not passed over.
+    ended: Arc<EndedMarkers>,
+    marker_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Markers deleted (a run recorded, or its lease expired), newest last.
+#[derive(Default)]
+struct EndedMarkers {
+    list: Mutex<std::collections::VecDeque<(Instant, RunRecord)>>,
+    added: tokio::sync::Notify,
+}
+
+impl EndedMarkers {
+    /// Kept this long while nobody takes them (a standby): longer than a
+    /// marker can outlive the leader that claimed it plus a campaign.
+    fn keep(ttl: Duration) -> Duration {
+        ttl * 3 + Duration::from_secs(5)
+    }
+
+    fn push(&self, rec: RunRecord, keep: Duration) {
+        let mut list = self.list.lock().expect("ended markers lock");
+        while list.front().is_some_and(|(at, _)| at.elapsed() > keep) || list.len() >= 50_000 {
+            list.pop_front();
+        }
+        list.push_back((Instant::now(), rec));
+        drop(list);
+        self.added.notify_one();
+    }
+
+    fn take(&self) -> Vec<RunRecord> {
+        let mut list = self.list.lock().expect("ended markers lock");
+        list.drain(..).map(|(_, rec)| rec).collect()
+    }
 }
 
 impl Etcd {
@@ -706,6 +781,8 @@ impl Etcd {
             live_session: Mutex::new(None),
             clock: Arc::new(ClockWatch::new(cfg.max_clock_skew, cfg.renew_every())),
             clock_watch: Mutex::new(None),
+            ended: Arc::default(),
+            marker_watch: Mutex::new(None),
             cfg,
         })
     }
@@ -856,6 +933,17 @@ impl Etcd {
             )
             .await
             .map_err(etcd_err("register member"))?;
+        {
+            let mut markers = self.marker_watch.lock().expect("marker watch lock");
+            if markers.is_none() {
+                *markers = Some(tokio::spawn(watch_ended_markers(
+                    self.client.clone(),
+                    self.keys.all_actives(),
+                    self.ended.clone(),
+                    EndedMarkers::keep(self.cfg.lease_ttl),
+                )));
+            }
+        }
         {
             let mut watcher = self.clock_watch.lock().expect("clock watch lock");
             if watcher.is_none() {
@@ -1286,54 +1374,40 @@ impl Etcd {
     fn record_lost_runs(&self, recorded: mpsc::Sender<RunRecord>) -> tokio::task::JoinHandle<()> {
         let client = self.client.clone();
         let keys = self.keys.clone();
-        let prefix = keys.all_actives();
+        let ended = self.ended.clone();
         tokio::spawn(async move {
             let mut client = client;
             loop {
-                let opts = WatchOptions::new().with_prefix().with_prev_key();
-                let Ok(mut stream) = client.watch(prefix.clone(), Some(opts)).await else {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                };
-                while let Ok(Some(resp)) = stream.message().await {
-                    if resp.canceled() {
-                        break;
+                // What every replica saw lately, the leader's predecessors'
+                // term included, then each deletion as it comes.
+                let added = ended.added.notified();
+                for mut rec in ended.take() {
+                    // A supervisor that finished wrote the record in the
+                    // same transaction that deleted the marker.
+                    let key = keys.history(&rec.job, &rec.run_id);
+                    // Only whether it exists: the record itself may be large.
+                    let counted = client
+                        .get(key.clone(), Some(GetOptions::new().with_count_only()))
+                        .await;
+                    match counted {
+                        Ok(r) if r.count() == 0 => {}
+                        _ => continue,
                     }
-                    for event in resp.events() {
-                        if event.event_type() != EventType::Delete {
-                            continue;
-                        }
-                        let Some(Ok(mut rec)) = event.prev_kv().map(parse::<RunRecord>) else {
-                            continue;
-                        };
-                        // A supervisor that finished wrote the record in the
-                        // same transaction that deleted the marker.
-                        let key = keys.history(&rec.job, &rec.run_id);
-                        // Only whether it exists: the record itself may be large.
-                        let counted = client
-                            .get(key.clone(), Some(GetOptions::new().with_count_only()))
-                            .await;
-                        match counted {
-                            Ok(r) if r.count() == 0 => {}
-                            _ => continue,
-                        }
-                        let now = Utc::now();
-                        rec.outcome = Outcome::Lost;
-                        rec.reason = Some("its running marker expired: the supervisor died or lost etcd before recording the run".into());
-                        rec.duration_ms =
-                            Some((now - rec.started_at).num_milliseconds().max(0) as u64);
-                        rec.ended_at = Some(now);
-                        tracing::warn!(job = %rec.job, run_id = %rec.run_id, instance = %rec.instance, "run lost");
-                        // Only if the supervisor did not record it meanwhile.
-                        let txn = Txn::new()
-                            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                            .and_then([TxnOp::put(key, json(&rec), None)]);
-                        if client.txn(txn).await.is_ok_and(|r| r.succeeded()) {
-                            let _ = recorded.try_send(rec);
-                        }
+                    let now = Utc::now();
+                    rec.outcome = Outcome::Lost;
+                    rec.reason = Some("its running marker expired: the supervisor died or lost etcd before recording the run".into());
+                    rec.duration_ms = Some((now - rec.started_at).num_milliseconds().max(0) as u64);
+                    rec.ended_at = Some(now);
+                    tracing::warn!(job = %rec.job, run_id = %rec.run_id, instance = %rec.instance, "run lost");
+                    // Only if the supervisor did not record it meanwhile.
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(key, json(&rec), None)]);
+                    if client.txn(txn).await.is_ok_and(|r| r.succeeded()) {
+                        let _ = recorded.try_send(rec);
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                added.await;
             }
         })
     }
@@ -2233,6 +2307,9 @@ impl Coordinator for Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         if let Some(t) = self.clock_watch.lock().expect("clock watch lock").take() {
+            t.abort();
+        }
+        if let Some(t) = self.marker_watch.lock().expect("marker watch lock").take() {
             t.abort();
         }
     }

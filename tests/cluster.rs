@@ -1120,3 +1120,93 @@ fn a_marker_that_expires_between_two_terms_is_recorded_lost_by_the_next_leader()
         });
     });
 }
+
+/// A claim whose transaction commits but whose answer is lost (the
+/// connection to etcd breaks just after the request went out) is found
+/// again by the claimer, whichever way it went: committed as a skip under
+/// `overlap = "skip"`, it is that skip, not an error whose retry finds the
+/// tick taken and records it missed; committed as a run, it is that run.
+#[test]
+fn a_claim_committed_with_its_answer_lost_is_found_again() {
+    use bgsched::config::Overlap;
+    use bgsched::coordination::{
+        ClaimRejected, ClaimRequest, Coordinator, Etcd as Backend, Trigger, Turn,
+    };
+    use chrono::{TimeZone, Utc};
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let proxy = common::proxy::LossyProxy::start(etcd.client_port());
+    let mut cfg = etcd_config(vec![proxy.endpoint()], "/lostanswer");
+    // Room for the cut (1 s) inside one request deadline and one lease.
+    cfg.lease_ttl = Duration::from_secs(10);
+    let endpoint = etcd.endpoint();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = Backend::connect(cfg.clone()).await.expect("connect");
+        let lead = a.acquire_leadership("a").await.expect("a leads");
+        let req = |job, secs: i64| ClaimRequest {
+            job,
+            tick: Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap(),
+            trigger: Trigger::Schedule,
+            instance: "a",
+            overlap: Overlap::Skip,
+            advances_schedule: true,
+            request: None,
+        };
+        let running = a.claim(&lead, req("job", 0)).await.expect("first claim");
+        assert!(matches!(running.turn, Turn::Now));
+        // A skip leaves its lease spare: the next claim needs no grant, so
+        // its transaction is the first request sent blind.
+        let skip = a.claim(&lead, req("job", 1)).await;
+        assert!(matches!(skip, Err(ClaimRejected::StillRunning(_))), "{skip:?}");
+
+        proxy.lose_next_answers();
+        let blind = a.claim(&lead, req("job", 2)).await;
+        assert!(proxy.cut_done().is_some_and(|n| n > 0), "no request went out blind");
+        match &blind {
+            Err(ClaimRejected::StillRunning(Some(active))) => {
+                assert_eq!(active.run_id, running.run_id)
+            }
+            other => panic!("the skip committed with its answer lost came back as {other:?}"),
+        }
+        let last = common::etcd::kv_range_prefix(&endpoint, "/lostanswer/last/job").unwrap();
+        assert!(last[0].1.contains("2027-01-15T08:00:02Z"), "{last:?}");
+        // Taken once: asking again is "already fired".
+        let again = a.claim(&lead, req("job", 2)).await;
+        assert!(matches!(again, Err(ClaimRejected::AlreadyFired(_))), "{again:?}");
+
+        // Committed as a run: that run, its marker under the run id
+        // returned. (The blind claim above left its lease spare again.)
+        proxy.lose_next_answers();
+        let started = a.claim(&lead, req("other", 1)).await;
+        assert!(proxy.cut_done().is_some_and(|n| n > 0), "no request went out blind");
+        let started = started.expect("the run committed with its answer lost");
+        let marker = format!("/lostanswer/active/other/{}", started.run_id);
+        assert_eq!(
+            common::etcd::kv_range_prefix(&endpoint, &marker).unwrap().len(),
+            1,
+            "no marker for the run id the claim returned"
+        );
+
+        // The read-back is cut off too: the claim fails, and its retry (the
+        // scheduler's, moments later) goes out as the same claim, so it
+        // still finds the skip its first attempt committed. (A skip first,
+        // for a spare lease.)
+        let skip = a.claim(&lead, req("job", 3)).await;
+        assert!(matches!(skip, Err(ClaimRejected::StillRunning(_))), "{skip:?}");
+        proxy.lose_answers_times(2);
+        let unknown = a.claim(&lead, req("job", 4)).await;
+        assert!(
+            proxy.cut_done().is_some_and(|n| n > 1),
+            "the read-back was not sent blind: {:?}, {unknown:?}",
+            proxy.cut_done()
+        );
+        assert!(matches!(unknown, Err(ClaimRejected::Backend(_))), "{unknown:?}");
+        let retried = a.claim(&lead, req("job", 4)).await;
+        assert!(
+            matches!(&retried, Err(ClaimRejected::StillRunning(Some(r))) if r.run_id == running.run_id),
+            "the retry of a claim committed unanswered came back as {retried:?}"
+        );
+        drop(running);
+    });
+}

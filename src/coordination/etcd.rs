@@ -694,6 +694,31 @@ pub struct Etcd {
     /// so a marker that expired before it won is not passed over.
     ended: Arc<EndedMarkers>,
     marker_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Claims sent whose answer never came, per job and request: they may
+    /// have committed, or may yet. The next claim of the same tick goes out
+    /// under the same run id and lease, so it finds its own claim either
+    /// way (its marker, its run id in `P/last/<job>`) instead of taking it
+    /// for someone else's.
+    uncertain: Mutex<HashMap<UncertainKey, Uncertain>>,
+}
+
+/// Which claim: job, request, and for a scheduled tick the tick (a
+/// request's retries each compute a new manual tick; its id is its own).
+type UncertainKey = (String, Option<String>, Option<DateTime<Utc>>);
+
+fn uncertain_key(req: &ClaimRequest<'_>) -> UncertainKey {
+    (
+        req.job.to_string(),
+        req.request.map(str::to_string),
+        req.request.is_none().then_some(req.tick),
+    )
+}
+
+/// A claim transaction with its answer lost.
+struct Uncertain {
+    run_id: String,
+    lease: i64,
+    granted_at: DateTime<Utc>,
 }
 
 /// Markers deleted (a run recorded, or its lease expired), newest last.
@@ -783,6 +808,7 @@ impl Etcd {
             clock_watch: Mutex::new(None),
             ended: Arc::default(),
             marker_watch: Mutex::new(None),
+            uncertain: Mutex::new(HashMap::new()),
             cfg,
         })
     }
@@ -1478,6 +1504,20 @@ impl Etcd {
     ) -> Result<Claim, (ClaimRejected, bool)> {
         let term = leadership.term;
         let backend = |e: CoordError| (ClaimRejected::Backend(e), false);
+        // An earlier attempt of this claim went unanswered: find out first
+        // whether it went through.
+        let earlier = self.take_uncertain(req, run_id);
+        let earlier_sent = earlier.is_some();
+        if let Some(u) = &earlier {
+            match self.settle(req, run_id).await {
+                Ok(Some(found)) => return self.settled(found, term, run_id, &[u]),
+                Ok(None) => {}
+                Err(e) => {
+                    self.keep_uncertain(req, earlier.expect("matched Some"));
+                    return Err(backend(etcd_err("claim")(e)));
+                }
+            }
+        }
         let cached = self.last.lock().expect("cache lock").get(req.job).copied();
         if req.advances_schedule {
             if let Some((last, _)) = cached {
@@ -1487,9 +1527,29 @@ impl Etcd {
             }
         }
         let mut client = self.client.clone();
-        let (lease, granted_at) = match self.take_spare_lease() {
-            Some(spare) => spare,
-            None => self.grant_run_lease().await.map_err(backend)?,
+        // The earlier attempt's lease, while young enough to trust: should
+        // that attempt commit after all, it wrote the same marker, bound to
+        // the same lease.
+        let young = Utc::now() - self.spare_lease_max_age();
+        let (lease, granted_at) = match &earlier {
+            Some(u) if u.granted_at > young => (u.lease, u.granted_at),
+            _ => match self.take_spare_lease() {
+                Some(spare) => spare,
+                None => match self.grant_run_lease().await {
+                    Ok(lease) => lease,
+                    Err(e) => {
+                        if let Some(u) = earlier {
+                            self.keep_uncertain(req, u);
+                        }
+                        return Err(backend(e));
+                    }
+                },
+            },
+        };
+        let this = Uncertain {
+            run_id: run_id.to_string(),
+            lease,
+            granted_at,
         };
         let mut marker = RunRecord::not_run(
             req.job,
@@ -1591,48 +1651,34 @@ impl Etcd {
         // The lease grant may have taken a while: the self-fencing rule is
         // about when the claim is sent.
         if !leadership.is_valid() {
-            self.give_back_lease(lease, granted_at);
+            // The earlier attempt may still commit, bound to its lease.
+            match earlier {
+                Some(u) => {
+                    if u.lease != lease {
+                        self.give_back_lease(lease, granted_at);
+                    }
+                    self.keep_uncertain(req, u);
+                }
+                None => self.give_back_lease(lease, granted_at),
+            }
             return Err((ClaimRejected::NotLeader, false));
         }
         let resp = match client.txn(txn).await {
             Ok(r) => r,
             Err(e) => {
-                // The transaction may have committed with its answer lost.
-                // Our marker's key is unique to this run, so it tells.
-                let found = async {
-                    if !client.get(marker_key, None).await?.kvs().is_empty() {
-                        return Ok(Some(Turn::Now));
-                    }
-                    let waiting = client.get(queued_key, None).await?;
-                    let mine = waiting
-                        .kvs()
-                        .first()
-                        .and_then(|kv| parse::<RunRecord>(kv).ok())
-                        .is_some_and(|r| r.run_id == run_id);
-                    let turn = match req.overlap {
-                        Overlap::Replace => Turn::Replace { active: None },
-                        _ => Turn::Queued,
-                    };
-                    Ok::<_, etcd_client::Error>(mine.then_some(turn))
-                };
-                return match found.await {
-                    Ok(Some(turn)) => {
-                        if req.advances_schedule {
-                            self.forget_last(req.job);
-                        }
-                        Ok(claim(turn))
-                    }
+                // The transaction may have committed with its answer lost,
+                // or may commit yet: read back what it would have written.
+                // Until that is known, the next attempt reuses its run id
+                // and lease.
+                return match self.settle(req, run_id).await {
+                    Ok(Some(found)) => self.settled(found, term, run_id, &[&this]),
                     Ok(None) => {
-                        self.give_back_lease(lease, granted_at);
-                        if req.advances_schedule {
-                            self.forget_last(req.job);
-                        }
+                        self.keep_uncertain(req, this);
                         Err(backend(etcd_err("claim")(e)))
                     }
-                    // Unknown: keep the lease (it expires on its own) and
-                    // let the retry find out through the last-tick key.
                     Err(_) => {
                         self.forget_last(req.job);
+                        self.keep_uncertain(req, this);
                         Err(backend(etcd_err("claim")(e)))
                     }
                 };
@@ -1690,7 +1736,6 @@ impl Etcd {
             self.give_back_lease(lease, granted_at);
             return Err((ClaimRejected::StillRunning(first_active(responses)), false));
         }
-        self.give_back_lease(lease, granted_at);
         let gets: Vec<Vec<KeyValue>> = resp
             .op_responses()
             .into_iter()
@@ -1701,6 +1746,29 @@ impl Etcd {
             .collect();
         let [leader, last, request] = <[Vec<KeyValue>; 3]>::try_from(gets)
             .map_err(|_| backend(CoordError::Etcd("unexpected claim response".into())))?;
+        // The tick or request is taken, by an earlier attempt of this very
+        // claim whose answer was lost (it wrote our run id): find out how
+        // that attempt went.
+        let ours = if req.advances_schedule {
+            last.first()
+                .and_then(|kv| parse::<LastTick>(kv).ok())
+                .is_some_and(|l| l.tick == req.tick && l.run_id == run_id)
+        } else {
+            earlier_sent && request.is_empty()
+        };
+        if ours {
+            return match self.settle(req, run_id).await {
+                Ok(Some(found)) => self.settled(found, term, run_id, &[&this]),
+                _ => {
+                    self.forget_last(req.job);
+                    self.keep_uncertain(req, this);
+                    Err(backend(CoordError::Etcd(
+                        "claim: an earlier attempt went through, but how is not known yet".into(),
+                    )))
+                }
+            };
+        }
+        self.give_back_lease(lease, granted_at);
         if leader
             .first()
             .is_none_or(|kv| kv.create_revision() as u64 != term)
@@ -1834,6 +1902,163 @@ impl Etcd {
         }
         Self::prune_or_warn(&mut client, &self.keys, &record.job, self.cfg.history_limit).await;
         Ok(Some(true))
+    }
+
+    /// Read back whether a claim sent as `run_id` committed: `None` if it
+    /// did not (or not yet), else its turn or refusal and the lease its
+    /// marker is bound to. One read transaction, so the keys agree.
+    async fn settle(
+        &self,
+        req: &ClaimRequest<'_>,
+        run_id: &str,
+    ) -> std::result::Result<
+        Option<(std::result::Result<Turn, ClaimRejected>, i64)>,
+        etcd_client::Error,
+    > {
+        let get = |key: String| TxnOp::get(key, None);
+        let read = Txn::new().and_then([
+            get(self.keys.active(req.job, run_id)),
+            get(self.keys.queued(req.job)),
+            get(self.keys.last(req.job)),
+            get(self.keys.request(req.request.unwrap_or("-"))),
+            TxnOp::get(
+                self.keys.actives(req.job),
+                Some(GetOptions::new().with_prefix().with_limit(1)),
+            ),
+            get(self.keys.history(req.job, run_id)),
+        ]);
+        let resp = self.client.clone().txn(read).await?;
+        let gets: Vec<Vec<KeyValue>> = resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(mut g) => g.take_kvs(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let Ok([marker, queued, last, request, active, history]) =
+            <[Vec<KeyValue>; 6]>::try_from(gets)
+        else {
+            return Ok(None);
+        };
+        if req.advances_schedule {
+            let mut cache = self.last.lock().expect("cache lock");
+            match last.first() {
+                Some(kv) => {
+                    cache.insert(req.job.to_string(), (last_tick_of(kv), kv.mod_revision()))
+                }
+                None => cache.remove(req.job),
+            };
+        }
+        if let Some(kv) = marker.first() {
+            return Ok(Some((Ok(Turn::Now), kv.lease())));
+        }
+        let active = active
+            .first()
+            .and_then(|kv| parse::<RunRecord>(kv).ok())
+            .map(Box::new);
+        if let Some(kv) = queued.first() {
+            if parse::<RunRecord>(kv).is_ok_and(|r| r.run_id == run_id) {
+                let turn = match req.overlap {
+                    Overlap::Replace => Turn::Replace { active },
+                    _ => Turn::Queued,
+                };
+                return Ok(Some((Ok(turn), kv.lease())));
+            }
+        }
+        // Taken, but no marker and no waiting place of ours: the claim
+        // committed as a skip under the overlap policy.
+        let taken = if req.advances_schedule {
+            last.first()
+                .and_then(|kv| parse::<LastTick>(kv).ok())
+                .is_some_and(|l| l.tick == req.tick && l.run_id == run_id)
+        } else {
+            req.request.is_some() && request.is_empty()
+        };
+        if !taken {
+            return Ok(None);
+        }
+        // Or it claimed a run whose marker is gone already (expired while
+        // unanswered): that run is recorded `lost` under its own id, so the
+        // tick needs no other record.
+        let ended = !history.is_empty()
+            || self
+                .ended
+                .list
+                .lock()
+                .expect("ended markers lock")
+                .iter()
+                .any(|(_, r)| r.run_id == run_id);
+        let rejected = match req.overlap {
+            _ if ended => ClaimRejected::Ended(run_id.to_string()),
+            Overlap::Allow => ClaimRejected::Ended(run_id.to_string()),
+            Overlap::Skip => ClaimRejected::StillRunning(active),
+            Overlap::Queue | Overlap::Replace => ClaimRejected::AlreadyQueued(active),
+        };
+        Ok(Some((Err(rejected), 0)))
+    }
+
+    /// The claim an earlier attempt made, from what `settle` found; `sent`
+    /// are the leases that attempt may have used (one is bound to the
+    /// marker; the others are free again).
+    fn settled(
+        &self,
+        (found, bound): (std::result::Result<Turn, ClaimRejected>, i64),
+        term: u64,
+        run_id: &str,
+        sent: &[&Uncertain],
+    ) -> std::result::Result<Claim, (ClaimRejected, bool)> {
+        for u in sent.iter().filter(|u| u.lease != bound) {
+            self.give_back_lease(u.lease, u.granted_at);
+        }
+        let turn = found.map_err(|rejected| (rejected, false))?;
+        // A lease of unknown age is not trusted: the run is refused at start.
+        let granted_at = sent
+            .iter()
+            .find(|u| u.lease == bound)
+            .map_or(DateTime::<Utc>::MIN_UTC, |u| u.granted_at);
+        tracing::info!(run_id, "a claim whose answer was lost had gone through");
+        Ok(Claim {
+            run_id: run_id.to_string(),
+            term,
+            hold: Hold::Lease {
+                id: bound,
+                granted_at,
+            },
+            turn,
+        })
+    }
+
+    /// The unanswered earlier attempt of this claim, if the tick is the same.
+    fn take_uncertain(&self, req: &ClaimRequest<'_>, run_id: &str) -> Option<Uncertain> {
+        let mut map = self.uncertain.lock().expect("uncertain claims lock");
+        let key = uncertain_key(req);
+        if map.get(&key)?.run_id != run_id {
+            return None;
+        }
+        map.remove(&key)
+    }
+
+    fn keep_uncertain(&self, req: &ClaimRequest<'_>, u: Uncertain) {
+        let key = uncertain_key(req);
+        let mut map = self.uncertain.lock().expect("uncertain claims lock");
+        // Claims nobody retries (given up, or a request withdrawn) must not
+        // pile up.
+        let old = Utc::now() - chrono::Duration::minutes(10);
+        map.retain(|_, u| u.granted_at > old);
+        map.insert(key, u);
+    }
+
+    /// The run id for a claim of `tick`: an unanswered earlier attempt's.
+    fn run_id_for(&self, req: &ClaimRequest<'_>) -> String {
+        if let Some(id) = req.request {
+            return id.to_string();
+        }
+        let map = self.uncertain.lock().expect("uncertain claims lock");
+        match map.get(&uncertain_key(req)) {
+            Some(u) => u.run_id.clone(),
+            None => new_run_id(),
+        }
     }
 
     /// Drop the cached last tick of `job`, so the next claim re-reads it.
@@ -2128,7 +2353,7 @@ impl Coordinator for Etcd {
         if !leadership.is_valid() {
             return Err(ClaimRejected::NotLeader);
         }
-        let run_id = req.request.map_or_else(new_run_id, str::to_string);
+        let run_id = self.run_id_for(&req);
         let mut attempts = 0;
         loop {
             // The self-fencing rule holds for every attempt.

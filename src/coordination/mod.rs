@@ -417,6 +417,12 @@ pub enum ClaimRejected {
     NotLeader,
     #[error("trigger request {0} was already handled or withdrawn")]
     RequestGone(String),
+    /// An unanswered claim went through as run `{0}`, whose marker ended
+    /// before the answer came: that run's own record tells.
+    #[error(
+        "the claim went through as run {0}, which ended before its answer came; its record tells"
+    )]
+    Ended(String),
     #[error(transparent)]
     Backend(#[from] CoordError),
 }
@@ -438,6 +444,7 @@ impl ClaimRejected {
             ClaimRejected::AlreadyFired(_) => "already_fired",
             ClaimRejected::NotLeader => "not_leader",
             ClaimRejected::RequestGone(_) => "request_gone",
+            ClaimRejected::Ended(_) => "ended",
             ClaimRejected::Backend(_) => "backend_error",
         }
     }

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod etcd;
+pub mod proxy;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bgsched");
 

@@ -1,0 +1,515 @@
+//! The claim of one tick or request: one transaction, and reading it back
+//! when its answer was lost.
+
+use super::*;
+
+/// Which claim: job, request, and for a scheduled tick the tick (a
+/// request's retries each compute a new manual tick; its id is its own).
+pub(super) type UncertainKey = (String, Option<String>, Option<DateTime<Utc>>);
+
+pub(super) fn uncertain_key(req: &ClaimRequest<'_>) -> UncertainKey {
+    (
+        req.job.to_string(),
+        req.request.map(str::to_string),
+        req.request.is_none().then_some(req.tick),
+    )
+}
+
+/// A claim transaction with its answer lost.
+pub(super) struct Uncertain {
+    pub(super) run_id: String,
+    pub(super) lease: i64,
+    pub(super) granted_at: DateTime<Utc>,
+}
+
+/// Moving `P/last/<job>` to `last`: the put, and the compare that it is
+/// still at the `cached` revision (absent if nothing is cached).
+pub(super) fn move_last(
+    key: &str,
+    cached: Option<(DateTime<Utc>, i64)>,
+    last: &LastTick,
+) -> (Compare, TxnOp) {
+    (
+        Compare::mod_revision(key, CompareOp::Equal, cached.map_or(0, |c| c.1)),
+        TxnOp::put(key, json(last), None),
+    )
+}
+
+/// The tick stored in a `P/last/<job>` key. An unreadable value must not
+/// stop the job for good: treat it as "long ago" (the claim's revision
+/// check still protects the tick) and say so loudly.
+pub(super) fn last_tick_of(kv: &KeyValue) -> DateTime<Utc> {
+    match parse::<LastTick>(kv) {
+        Ok(last) => last.tick,
+        Err(e) => {
+            tracing::error!("{e}; treating it as never fired");
+            DateTime::<Utc>::MIN_UTC
+        }
+    }
+}
+
+impl Etcd {
+    pub(super) async fn claim_once(
+        &self,
+        leadership: &Leadership,
+        req: &ClaimRequest<'_>,
+        run_id: &str,
+    ) -> Result<Claim, (ClaimRejected, bool)> {
+        let term = leadership.term;
+        let backend = |e: CoordError| (ClaimRejected::Backend(e), false);
+        // An earlier attempt of this claim went unanswered: find out first
+        // whether it went through.
+        let earlier = self.take_uncertain(req, run_id);
+        let earlier_sent = earlier.is_some();
+        if let Some(u) = &earlier {
+            match self.settle(req, run_id).await {
+                Ok(Some(found)) => return self.settled(found, term, run_id, &[u]),
+                Ok(None) => {}
+                Err(e) => {
+                    self.keep_uncertain(req, earlier.expect("matched Some"));
+                    return Err(backend(etcd_err("claim")(e)));
+                }
+            }
+        }
+        let cached = self.last.lock().expect("cache lock").get(req.job).copied();
+        if req.advances_schedule {
+            if let Some((last, _)) = cached {
+                if last >= req.tick {
+                    return Err((ClaimRejected::AlreadyFired(req.tick), false));
+                }
+            }
+        }
+        let mut client = self.client.clone();
+        // The earlier attempt's lease, while young enough to trust: should
+        // that attempt commit after all, it wrote the same marker, bound to
+        // the same lease.
+        let young = Utc::now() - self.spare_lease_max_age();
+        let (lease, granted_at) = match &earlier {
+            Some(u) if u.granted_at > young => (u.lease, u.granted_at),
+            _ => match self.take_spare_lease() {
+                Some(spare) => spare,
+                None => match self.grant_run_lease().await {
+                    Ok(lease) => lease,
+                    Err(e) => {
+                        if let Some(u) = earlier {
+                            self.keep_uncertain(req, u);
+                        }
+                        return Err(backend(e));
+                    }
+                },
+            },
+        };
+        let this = Uncertain {
+            run_id: run_id.to_string(),
+            lease,
+            granted_at,
+        };
+        let mut marker = RunRecord::not_run(
+            req.job,
+            req.tick,
+            req.trigger,
+            req.instance,
+            Outcome::Running,
+            String::new(),
+        );
+        marker.run_id = run_id.to_string();
+        marker.term = term;
+        marker.ended_at = None;
+        marker.duration_ms = None;
+        marker.reason = None;
+        let leader_key = self.keys.leader();
+        let last_key = self.keys.last(req.job);
+        let actives = self.keys.actives(req.job);
+        let marker_key = self.keys.active(req.job, run_id);
+
+        // Outer: is this the leader, is the tick (or request) still unclaimed?
+        // If so the tick is consumed whatever happens next. Inner: may a run
+        // start under the overlap policy? A skipped tick thus still counts
+        // as fired, so no later leader catches it up.
+        let mut when = vec![Compare::create_revision(
+            leader_key.clone(),
+            CompareOp::Equal,
+            term as i64,
+        )];
+        let mut ops = Vec::new();
+        if req.advances_schedule {
+            let last = LastTick {
+                tick: req.tick,
+                term,
+                run_id: run_id.to_string(),
+            };
+            let (unchanged, put) = move_last(&last_key, cached, &last);
+            when.push(unchanged);
+            ops.push(put);
+        }
+        if let Some(id) = req.request {
+            when.push(Compare::create_revision(
+                self.keys.request(id),
+                CompareOp::Greater,
+                0,
+            ));
+            ops.push(TxnOp::delete(self.keys.request(id), None));
+        }
+        let queued_key = self.keys.queued(req.job);
+        let put_marker = |key: &str| {
+            TxnOp::put(
+                key.to_string(),
+                json(&marker),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+        };
+        let get_active = || {
+            TxnOp::get(
+                actives.clone(),
+                Some(GetOptions::new().with_prefix().with_limit(1)),
+            )
+        };
+        let no_active =
+            || Compare::create_revision(actives.clone(), CompareOp::Equal, 0).with_prefix();
+        let no_queued = || Compare::create_revision(queued_key.clone(), CompareOp::Equal, 0);
+        let inner = match req.overlap {
+            Overlap::Allow => Txn::new().and_then([put_marker(&marker_key)]),
+            Overlap::Skip => Txn::new()
+                .when([no_active()])
+                .and_then([put_marker(&marker_key)])
+                .or_else([get_active()]),
+            // Start now only if nothing runs and nothing waits (a run
+            // waiting for its turn must not be overtaken); else take the
+            // single waiting place if it is free.
+            Overlap::Queue | Overlap::Replace => Txn::new()
+                .when([no_active(), no_queued()])
+                .and_then([put_marker(&marker_key)])
+                .or_else([TxnOp::txn(
+                    Txn::new()
+                        .when([no_queued()])
+                        .and_then([put_marker(&queued_key), get_active()])
+                        .or_else([get_active()]),
+                )]),
+        };
+        ops.push(TxnOp::txn(inner));
+        let txn = Txn::new().when(when).and_then(ops).or_else([
+            TxnOp::get(leader_key, None),
+            TxnOp::get(last_key.clone(), None),
+            TxnOp::get(self.keys.request(req.request.unwrap_or("-")), None),
+        ]);
+        let claim = |turn| Claim {
+            run_id: run_id.to_string(),
+            term,
+            hold: Hold::Lease {
+                id: lease,
+                granted_at,
+            },
+            turn,
+        };
+        // The lease grant may have taken a while: the self-fencing rule is
+        // about when the claim is sent.
+        if !leadership.is_valid() {
+            // The earlier attempt may still commit, bound to its lease.
+            match earlier {
+                Some(u) => {
+                    if u.lease != lease {
+                        self.give_back_lease(lease, granted_at);
+                    }
+                    self.keep_uncertain(req, u);
+                }
+                None => self.give_back_lease(lease, granted_at),
+            }
+            return Err((ClaimRejected::NotLeader, false));
+        }
+        let resp = match client.txn(txn).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The transaction may have committed with its answer lost,
+                // or may commit yet: read back what it would have written.
+                // Until that is known, the next attempt reuses its run id
+                // and lease.
+                return match self.settle(req, run_id).await {
+                    Ok(Some(found)) => self.settled(found, term, run_id, &[&this]),
+                    Ok(None) => {
+                        self.keep_uncertain(req, this);
+                        Err(backend(etcd_err("claim")(e)))
+                    }
+                    Err(_) => {
+                        self.forget_last(req.job);
+                        self.keep_uncertain(req, this);
+                        Err(backend(etcd_err("claim")(e)))
+                    }
+                };
+            }
+        };
+        if resp.succeeded() {
+            if req.advances_schedule {
+                let rev = resp.header().map_or(0, |h| h.revision());
+                self.last
+                    .lock()
+                    .expect("cache lock")
+                    .insert(req.job.to_string(), (req.tick, rev));
+            }
+            let inner = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Txn(t) => Some(t),
+                _ => None,
+            });
+            let Some(inner) = inner else {
+                return Err(backend(CoordError::Etcd(
+                    "unexpected claim response".into(),
+                )));
+            };
+            if inner.succeeded() {
+                return Ok(claim(Turn::Now));
+            }
+            let first_active = |responses: Vec<TxnOpResponse>| {
+                responses
+                    .into_iter()
+                    .find_map(|r| match r {
+                        TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+                        _ => None,
+                    })
+                    .and_then(|kv| parse::<RunRecord>(&kv).ok())
+                    .map(Box::new)
+            };
+            let mut responses = inner.op_responses();
+            let waiting = responses
+                .iter()
+                .position(|r| matches!(r, TxnOpResponse::Txn(_)));
+            if let Some(i) = waiting {
+                let TxnOpResponse::Txn(place) = responses.swap_remove(i) else {
+                    unreachable!("position matched a Txn")
+                };
+                let took_place = place.succeeded();
+                let active = first_active(place.op_responses());
+                if took_place {
+                    return Ok(claim(match req.overlap {
+                        Overlap::Replace => Turn::Replace { active },
+                        _ => Turn::Queued,
+                    }));
+                }
+                self.give_back_lease(lease, granted_at);
+                return Err((ClaimRejected::AlreadyQueued(active), false));
+            }
+            self.give_back_lease(lease, granted_at);
+            return Err((ClaimRejected::StillRunning(first_active(responses)), false));
+        }
+        let gets: Vec<Vec<KeyValue>> = resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(mut g) => g.take_kvs(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let [leader, last, request] = <[Vec<KeyValue>; 3]>::try_from(gets)
+            .map_err(|_| backend(CoordError::Etcd("unexpected claim response".into())))?;
+        // The tick or request is taken, by an earlier attempt of this very
+        // claim whose answer was lost (it wrote our run id): find out how
+        // that attempt went.
+        let ours = if req.advances_schedule {
+            last.first()
+                .and_then(|kv| parse::<LastTick>(kv).ok())
+                .is_some_and(|l| l.tick == req.tick && l.run_id == run_id)
+        } else {
+            earlier_sent && request.is_empty()
+        };
+        if ours {
+            return match self.settle(req, run_id).await {
+                Ok(Some(found)) => self.settled(found, term, run_id, &[&this]),
+                _ => {
+                    self.forget_last(req.job);
+                    self.keep_uncertain(req, this);
+                    Err(backend(CoordError::Etcd(
+                        "claim: an earlier attempt went through, but how is not known yet".into(),
+                    )))
+                }
+            };
+        }
+        self.give_back_lease(lease, granted_at);
+        if leader
+            .first()
+            .is_none_or(|kv| kv.create_revision() as u64 != term)
+        {
+            return Err((ClaimRejected::NotLeader, false));
+        }
+        if let Some(id) = req.request {
+            if request.is_empty() {
+                return Err((ClaimRejected::RequestGone(id.to_string()), false));
+            }
+        }
+        if req.advances_schedule {
+            let seen = last.first().map(|kv| (last_tick_of(kv), kv.mod_revision()));
+            let mut cache = self.last.lock().expect("cache lock");
+            match seen {
+                Some(s) => cache.insert(req.job.to_string(), s),
+                None => cache.remove(req.job),
+            };
+            if seen.is_some_and(|(t, _)| t >= req.tick) {
+                return Err((ClaimRejected::AlreadyFired(req.tick), false));
+            }
+            // Our cached revision was stale, nothing else: try again.
+            return Err((ClaimRejected::AlreadyFired(req.tick), true));
+        }
+        Err(backend(CoordError::Etcd(
+            "claim failed for no known reason".into(),
+        )))
+    }
+
+    /// Read back whether a claim sent as `run_id` committed: `None` if it
+    /// did not (or not yet), else its turn or refusal and the lease its
+    /// marker is bound to. One read transaction, so the keys agree.
+    pub(super) async fn settle(
+        &self,
+        req: &ClaimRequest<'_>,
+        run_id: &str,
+    ) -> std::result::Result<
+        Option<(std::result::Result<Turn, ClaimRejected>, i64)>,
+        etcd_client::Error,
+    > {
+        let get = |key: String| TxnOp::get(key, None);
+        let read = Txn::new().and_then([
+            get(self.keys.active(req.job, run_id)),
+            get(self.keys.queued(req.job)),
+            get(self.keys.last(req.job)),
+            get(self.keys.request(req.request.unwrap_or("-"))),
+            TxnOp::get(
+                self.keys.actives(req.job),
+                Some(GetOptions::new().with_prefix().with_limit(1)),
+            ),
+            get(self.keys.history(req.job, run_id)),
+        ]);
+        let resp = self.client.clone().txn(read).await?;
+        let gets: Vec<Vec<KeyValue>> = resp
+            .op_responses()
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Get(mut g) => g.take_kvs(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let Ok([marker, queued, last, request, active, history]) =
+            <[Vec<KeyValue>; 6]>::try_from(gets)
+        else {
+            return Ok(None);
+        };
+        if req.advances_schedule {
+            let mut cache = self.last.lock().expect("cache lock");
+            match last.first() {
+                Some(kv) => {
+                    cache.insert(req.job.to_string(), (last_tick_of(kv), kv.mod_revision()))
+                }
+                None => cache.remove(req.job),
+            };
+        }
+        if let Some(kv) = marker.first() {
+            return Ok(Some((Ok(Turn::Now), kv.lease())));
+        }
+        let active = active
+            .first()
+            .and_then(|kv| parse::<RunRecord>(kv).ok())
+            .map(Box::new);
+        if let Some(kv) = queued.first() {
+            if parse::<RunRecord>(kv).is_ok_and(|r| r.run_id == run_id) {
+                let turn = match req.overlap {
+                    Overlap::Replace => Turn::Replace { active },
+                    _ => Turn::Queued,
+                };
+                return Ok(Some((Ok(turn), kv.lease())));
+            }
+        }
+        // Taken, but no marker and no waiting place of ours: the claim
+        // committed as a skip under the overlap policy.
+        let taken = if req.advances_schedule {
+            last.first()
+                .and_then(|kv| parse::<LastTick>(kv).ok())
+                .is_some_and(|l| l.tick == req.tick && l.run_id == run_id)
+        } else {
+            req.request.is_some() && request.is_empty()
+        };
+        if !taken {
+            return Ok(None);
+        }
+        // Or it claimed a run whose marker is gone already (expired while
+        // unanswered): that run is recorded `lost` under its own id, so the
+        // tick needs no other record.
+        let ended = !history.is_empty()
+            || self
+                .ended
+                .list
+                .lock()
+                .expect("ended markers lock")
+                .iter()
+                .any(|(_, r)| r.run_id == run_id);
+        let rejected = match req.overlap {
+            _ if ended => ClaimRejected::Ended(run_id.to_string()),
+            Overlap::Allow => ClaimRejected::Ended(run_id.to_string()),
+            Overlap::Skip => ClaimRejected::StillRunning(active),
+            Overlap::Queue | Overlap::Replace => ClaimRejected::AlreadyQueued(active),
+        };
+        Ok(Some((Err(rejected), 0)))
+    }
+
+    /// The claim an earlier attempt made, from what `settle` found; `sent`
+    /// are the leases that attempt may have used (one is bound to the
+    /// marker; the others are free again).
+    pub(super) fn settled(
+        &self,
+        (found, bound): (std::result::Result<Turn, ClaimRejected>, i64),
+        term: u64,
+        run_id: &str,
+        sent: &[&Uncertain],
+    ) -> std::result::Result<Claim, (ClaimRejected, bool)> {
+        for u in sent.iter().filter(|u| u.lease != bound) {
+            self.give_back_lease(u.lease, u.granted_at);
+        }
+        let turn = found.map_err(|rejected| (rejected, false))?;
+        // A lease of unknown age is not trusted: the run is refused at start.
+        let granted_at = sent
+            .iter()
+            .find(|u| u.lease == bound)
+            .map_or(DateTime::<Utc>::MIN_UTC, |u| u.granted_at);
+        tracing::info!(run_id, "a claim whose answer was lost had gone through");
+        Ok(Claim {
+            run_id: run_id.to_string(),
+            term,
+            hold: Hold::Lease {
+                id: bound,
+                granted_at,
+            },
+            turn,
+        })
+    }
+
+    /// The unanswered earlier attempt of this claim, if the tick is the same.
+    pub(super) fn take_uncertain(&self, req: &ClaimRequest<'_>, run_id: &str) -> Option<Uncertain> {
+        let mut map = self.uncertain.lock().expect("uncertain claims lock");
+        let key = uncertain_key(req);
+        if map.get(&key)?.run_id != run_id {
+            return None;
+        }
+        map.remove(&key)
+    }
+
+    pub(super) fn keep_uncertain(&self, req: &ClaimRequest<'_>, u: Uncertain) {
+        let key = uncertain_key(req);
+        let mut map = self.uncertain.lock().expect("uncertain claims lock");
+        // Claims nobody retries (given up, or a request withdrawn) must not
+        // pile up.
+        let old = Utc::now() - chrono::Duration::minutes(10);
+        map.retain(|_, u| u.granted_at > old);
+        map.insert(key, u);
+    }
+
+    /// The run id for a claim of `tick`: an unanswered earlier attempt's.
+    pub(super) fn run_id_for(&self, req: &ClaimRequest<'_>) -> String {
+        if let Some(id) = req.request {
+            return id.to_string();
+        }
+        let map = self.uncertain.lock().expect("uncertain claims lock");
+        match map.get(&uncertain_key(req)) {
+            Some(u) => u.run_id.clone(),
+            None => new_run_id(),
+        }
+    }
+
+    /// Drop the cached last tick of `job`, so the next claim re-reads it.
+    pub(super) fn forget_last(&self, job: &str) {
+        self.last.lock().expect("cache lock").remove(job);
+    }
+}

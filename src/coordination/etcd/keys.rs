@@ -1,0 +1,87 @@
+//! The key layout under the prefix, and the values stored at the keys
+//! that are not run records.
+
+use super::*;
+
+/// Key layout under the prefix.
+#[derive(Debug, Clone)]
+pub struct Keys(String);
+
+/// The value of `P/last/<job>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct LastTick {
+    pub(super) tick: DateTime<Utc>,
+    pub(super) term: u64,
+    pub(super) run_id: String,
+}
+
+/// The value of `P/members/<instance>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub instance: String,
+    pub host: String,
+    pub pid: u32,
+    pub since: DateTime<Utc>,
+    /// The content hash of the config the instance uses (announced again
+    /// on every reload), so replicas running different configs show.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// The instance's wall clock when it wrote this value: rewritten at
+    /// every heartbeat, so the members can compare clocks (`clock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock: Option<DateTime<Utc>>,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys(prefix.trim_end_matches('/').to_string())
+    }
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.0)
+    }
+    pub fn members(&self) -> String {
+        format!("{}/members/", self.0)
+    }
+    pub fn member(&self, instance: &str) -> String {
+        format!("{}/members/{instance}", self.0)
+    }
+    pub fn lasts(&self) -> String {
+        format!("{}/last/", self.0)
+    }
+    pub fn last(&self, job: &str) -> String {
+        format!("{}/last/{job}", self.0)
+    }
+    /// Running markers of every job.
+    pub fn all_actives(&self) -> String {
+        format!("{}/active/", self.0)
+    }
+    pub fn actives(&self, job: &str) -> String {
+        format!("{}/active/{job}/", self.0)
+    }
+    pub fn active(&self, job: &str, run_id: &str) -> String {
+        format!("{}/active/{job}/{run_id}", self.0)
+    }
+    pub fn histories(&self, job: &str) -> String {
+        format!("{}/history/{job}/", self.0)
+    }
+    pub fn history(&self, job: &str, run_id: &str) -> String {
+        format!("{}/history/{job}/{run_id}", self.0)
+    }
+    pub fn requests(&self) -> String {
+        format!("{}/requests/", self.0)
+    }
+    pub fn request(&self, run_id: &str) -> String {
+        format!("{}/requests/{run_id}", self.0)
+    }
+    /// The single run of `job` waiting for the active one to end.
+    pub fn queued(&self, job: &str) -> String {
+        format!("{}/queued/{job}", self.0)
+    }
+    pub fn stop_requests(&self, job: &str) -> String {
+        format!("{}/stop/{job}/", self.0)
+    }
+    /// Put by a run that replaces `run_id`: asks that run to stop.
+    pub fn stop_request(&self, job: &str, run_id: &str) -> String {
+        format!("{}/stop/{job}/{run_id}", self.0)
+    }
+}

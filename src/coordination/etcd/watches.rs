@@ -1,0 +1,219 @@
+//! Watches every replica or the leader keeps: stop requests, ended
+//! markers (lost runs), trigger requests.
+
+use super::*;
+
+/// A replaceable run's supervisor: wait for a newer run's request to stop
+/// (a key under `P/stop/`) and pass its reason on.
+pub(super) async fn watch_stop_request(
+    cfg: EtcdConfig,
+    shared: Arc<tokio::sync::OnceCell<Client>>,
+    key: String,
+    stop: watch::Sender<Option<String>>,
+) {
+    loop {
+        let attempt = async {
+            let mut client = shared.get_or_try_init(|| connect(&cfg)).await?.clone();
+            // Watch first, then look: a request put in between is not missed.
+            let mut stream = client
+                .watch(key.clone(), None)
+                .await
+                .map_err(etcd_err("watch stop requests"))?;
+            let now = client
+                .get(key.clone(), None)
+                .await
+                .map_err(etcd_err("read stop request"))?;
+            if let Some(kv) = now.kvs().first() {
+                return Ok(Some(kv.value_str().unwrap_or("replaced").to_string()));
+            }
+            while let Ok(Some(resp)) = stream.message().await {
+                if let Some(kv) = resp
+                    .events()
+                    .iter()
+                    .filter(|e| e.event_type() == EventType::Put)
+                    .find_map(|e| e.kv())
+                {
+                    return Ok(Some(kv.value_str().unwrap_or("replaced").to_string()));
+                }
+            }
+            Ok::<_, CoordError>(None)
+        };
+        if let Ok(Some(why)) = attempt.await {
+            let _ = stop.send(Some(why));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Feed `clock` from the members' heartbeats until the process ends.
+/// Every deleted running marker under `prefix`, into `ended`; resumed
+/// after the last revision seen when the watch breaks, so none is missed.
+pub(super) async fn watch_ended_markers(
+    mut client: Client,
+    prefix: String,
+    ended: Arc<EndedMarkers>,
+    keep: Duration,
+) {
+    let mut next: Option<i64> = None;
+    loop {
+        let mut opts = WatchOptions::new().with_prefix().with_prev_key();
+        if let Some(rev) = next {
+            opts = opts.with_start_revision(rev);
+        }
+        let Ok(mut stream) = client.watch(prefix.clone(), Some(opts)).await else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        while let Ok(Some(resp)) = stream.message().await {
+            if resp.canceled() {
+                // Compacted past `next`: go on from now.
+                next = None;
+                break;
+            }
+            if let Some(h) = resp.header() {
+                next = Some(h.revision() + 1);
+            }
+            for event in resp.events() {
+                if event.event_type() != EventType::Delete {
+                    continue;
+                }
+                if let Some(Ok(rec)) = event.prev_kv().map(parse::<RunRecord>) {
+                    ended.push(rec, keep);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Markers deleted (a run recorded, or its lease expired), newest last.
+#[derive(Default)]
+pub(super) struct EndedMarkers {
+    pub(super) list: Mutex<std::collections::VecDeque<(Instant, RunRecord)>>,
+    pub(super) added: tokio::sync::Notify,
+}
+
+impl EndedMarkers {
+    /// Kept this long while nobody takes them (a standby): longer than a
+    /// marker can outlive the leader that claimed it plus a campaign.
+    pub(super) fn keep(ttl: Duration) -> Duration {
+        ttl * 3 + Duration::from_secs(5)
+    }
+
+    pub(super) fn push(&self, rec: RunRecord, keep: Duration) {
+        let mut list = self.list.lock().expect("ended markers lock");
+        while list.front().is_some_and(|(at, _)| at.elapsed() > keep) || list.len() >= 50_000 {
+            list.pop_front();
+        }
+        list.push_back((Instant::now(), rec));
+        drop(list);
+        self.added.notify_one();
+    }
+
+    pub(super) fn take(&self) -> Vec<RunRecord> {
+        let mut list = self.list.lock().expect("ended markers lock");
+        list.drain(..).map(|(_, rec)| rec).collect()
+    }
+}
+
+impl Etcd {
+    /// Stream trigger requests to the leader: the pending ones, then new ones.
+    pub(super) fn watch_requests(
+        &self,
+        tx: mpsc::Sender<TriggerRequest>,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let prefix = self.keys.requests();
+        tokio::spawn(async move {
+            let mut client = client;
+            loop {
+                let Ok(resp) = client
+                    .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+                    .await
+                else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
+                for kv in resp.kvs() {
+                    if let Ok(req) = parse::<TriggerRequest>(kv) {
+                        if tx.send(req).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                let rev = resp.header().map_or(0, |h| h.revision());
+                let opts = WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1);
+                let Ok(mut stream) = client.watch(prefix.clone(), Some(opts)).await else {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                };
+                // On compaction, cancellation or a broken stream: list again and rewatch.
+                while let Ok(Some(resp)) = stream.message().await {
+                    if resp.canceled() {
+                        break;
+                    }
+                    for event in resp.events() {
+                        if event.event_type() != EventType::Put {
+                            continue;
+                        }
+                        if let Some(Ok(req)) = event.kv().map(parse::<TriggerRequest>) {
+                            if tx.send(req).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Record runs whose marker expired without a final record (their
+    /// supervisor died or was cut off for good) as `lost`, so every run
+    /// leaves a record. Runs on the leader only.
+    pub(super) fn record_lost_runs(
+        &self,
+        recorded: mpsc::Sender<RunRecord>,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = self.client.clone();
+        let keys = self.keys.clone();
+        let ended = self.ended.clone();
+        tokio::spawn(async move {
+            let mut client = client;
+            loop {
+                // What every replica saw lately, the leader's predecessors'
+                // term included, then each deletion as it comes.
+                let added = ended.added.notified();
+                for mut rec in ended.take() {
+                    // A supervisor that finished wrote the record in the
+                    // same transaction that deleted the marker.
+                    let key = keys.history(&rec.job, &rec.run_id);
+                    // Only whether it exists: the record itself may be large.
+                    let counted = client
+                        .get(key.clone(), Some(GetOptions::new().with_count_only()))
+                        .await;
+                    match counted {
+                        Ok(r) if r.count() == 0 => {}
+                        _ => continue,
+                    }
+                    let now = Utc::now();
+                    rec.outcome = Outcome::Lost;
+                    rec.reason = Some("its running marker expired: the supervisor died or lost etcd before recording the run".into());
+                    rec.duration_ms = Some((now - rec.started_at).num_milliseconds().max(0) as u64);
+                    rec.ended_at = Some(now);
+                    tracing::warn!(job = %rec.job, run_id = %rec.run_id, instance = %rec.instance, "run lost");
+                    // Only if the supervisor did not record it meanwhile.
+                    let txn = Txn::new()
+                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(key, json(&rec), None)]);
+                    if client.txn(txn).await.is_ok_and(|r| r.succeeded()) {
+                        let _ = recorded.try_send(rec);
+                    }
+                }
+                added.await;
+            }
+        })
+    }
+}

@@ -1,0 +1,379 @@
+//! One fire: its claim, and acting on the answer (start the supervisor,
+//! or record and log why not); manual triggers; retries.
+
+use super::*;
+
+impl<C: Coordinator> Scheduler<C> {
+    pub(super) async fn fire_tick(
+        &self,
+        leadership: &Leadership,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        running: &mut Running,
+        state: &mut FireState,
+    ) -> bool {
+        let fired = self.fire(leadership, job, tick, trigger, None, state).await;
+        self.track_fired(leadership.term, fired, job, tick, trigger, running, state)
+    }
+
+    /// Track a started supervisor or queue a retry. Returns whether the tick
+    /// was superseded (a later one was claimed first).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn track_fired(
+        &self,
+        term: u64,
+        fired: Fired,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        running: &mut Running,
+        state: &mut FireState,
+    ) -> bool {
+        match fired {
+            Fired::Started(child, spec) => running.track(*child, &spec),
+            Fired::NotStarted => {}
+            Fired::Superseded => return true,
+            Fired::Retry => {
+                let at = state.backoff(&job.name).unwrap_or_else(Utc::now);
+                self.retry_later(term, job, tick, trigger, at, state);
+            }
+        }
+        false
+    }
+
+    /// Claim `tick` of `job` again at `at`. As `plan_due` does for due
+    /// ticks, a job keeps at most two such pending fires: the newest tick
+    /// that is already late (to catch up) and the newest one after it; an
+    /// older one is coalesced into them and recorded as missed now.
+    pub(super) fn retry_later(
+        &self,
+        term: u64,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        at: DateTime<Utc>,
+        state: &mut FireState,
+    ) {
+        let mut pending: Vec<(DateTime<Utc>, Trigger)> = Vec::new();
+        state.retries.retain(|r| match r {
+            Retry::Tick {
+                job: j,
+                tick,
+                trigger,
+                ..
+            } if *j == job.name => {
+                pending.push((*tick, *trigger));
+                false
+            }
+            _ => true,
+        });
+        pending.push((tick, trigger));
+        pending.sort_by_key(|(t, _)| *t);
+        pending.dedup_by_key(|(t, _)| *t);
+        let kept = pending.split_off(pending.len().saturating_sub(2));
+        if let (Some(&(oldest, _)), Some(&(newest, _))) = (pending.first(), pending.last()) {
+            self.record_missed(
+                term,
+                job,
+                (pending.len() as u64, oldest, newest),
+                Some((kept[0].0, false)),
+                MissedWhy::ClaimFailing,
+            );
+        }
+        for (tick, trigger) in kept {
+            state.retries.push(Retry::Tick {
+                at,
+                job: job.name.clone(),
+                tick,
+                trigger,
+            });
+        }
+    }
+
+    /// Run a job for a `bgsched trigger` request, under its overlap policy.
+    pub(super) async fn answer_request(
+        &self,
+        config: &Config,
+        leadership: &Leadership,
+        req: TriggerRequest,
+        since: DateTime<Utc>,
+        running: &mut Running,
+        state: &mut FireState,
+    ) {
+        let Some(job) = config.jobs.get(&req.job) else {
+            tracing::warn!(job = %req.job, run_id = %req.run_id, "trigger request for a job this instance does not know");
+            let mut rec = RunRecord::not_run(
+                &req.job,
+                Utc::now(),
+                Trigger::Manual,
+                &self.instance,
+                Outcome::StartFailed,
+                format!("no job named \"{}\" in the leader's config", req.job),
+            );
+            rec.run_id = req.run_id.clone();
+            let _ = self.coord.record(&rec).await;
+            self.coord.finish_request(&req.run_id).await;
+            return;
+        };
+        let now = Utc::now();
+        let tick = crate::coordination::manual_tick(now);
+        tracing::info!(
+            job = %job.name, run_id = %req.run_id, tick = %tick.to_rfc3339(), instance = %self.instance,
+            term = leadership.term, requested_by = %req.requested_by, "trigger request"
+        );
+        match self
+            .fire(
+                leadership,
+                job,
+                tick,
+                Trigger::Manual,
+                Some(&req.run_id),
+                state,
+            )
+            .await
+        {
+            Fired::Started(child, spec) => running.track(*child, &spec),
+            Fired::NotStarted | Fired::Superseded => {}
+            // The request key lives as long as its requester waits; keep
+            // trying while the backend is in trouble.
+            Fired::Retry if now - since < chrono::Duration::minutes(5) => {
+                state.retries.push(Retry::Request {
+                    at: state.backoff(&job.name).unwrap_or(now),
+                    req,
+                    since,
+                })
+            }
+            Fired::Retry => {
+                tracing::error!(job = %job.name, run_id = %req.run_id, "giving up on a trigger request")
+            }
+        }
+    }
+
+    /// Claim one fire and start its supervisor. Returns the supervisor and
+    /// the run id.
+    pub(super) async fn fire(
+        &self,
+        leadership: &Leadership,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        request: Option<&str>,
+        state: &mut FireState,
+    ) -> Fired {
+        let claimed = self.claim(leadership, job, tick, trigger, request).await;
+        self.start(leadership, job, tick, trigger, request, claimed, state)
+            .await
+    }
+
+    pub(super) async fn claim(
+        &self,
+        leadership: &Leadership,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        request: Option<&str>,
+    ) -> Result<Claim, ClaimRejected> {
+        let req = ClaimRequest {
+            job: &job.name,
+            tick,
+            trigger,
+            instance: &self.instance,
+            overlap: job.overlap,
+            advances_schedule: request.is_none(),
+            request,
+        };
+        self.coord.claim(leadership, req).await
+    }
+
+    /// Act on a claim's result: start the supervisor, or record and log
+    /// why not.
+    #[allow(clippy::too_many_arguments)]
+    #[tracing::instrument(name = "fire", target = "bgsched::span", level = "error", skip_all, fields(job = %job.name, tick = %tick.to_rfc3339(), trigger = %trigger, instance = %self.instance, term = leadership.term))]
+    pub(super) async fn start(
+        &self,
+        leadership: &Leadership,
+        job: &Job,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        request: Option<&str>,
+        claimed: Result<Claim, ClaimRejected>,
+        state: &mut FireState,
+    ) -> Fired {
+        if let Err(e) = &claimed {
+            self.metrics.claim_rejected(e.kind());
+        }
+        if !matches!(claimed, Err(ClaimRejected::Backend(_))) {
+            if let Some(streak) = state.streaks.remove(&job.name) {
+                tracing::info!(job = %job.name, failures = streak.failures, "claims work again after {} failed attempt(s)", streak.failures);
+            }
+        }
+        let claim = match claimed {
+            Ok(claim) => claim,
+            Err(rejected) if rejected.is_skip() => {
+                let total = state.skipped.entry(job.name.clone()).or_default();
+                *total += 1;
+                self.metrics.skipped(&job.name, rejected.kind());
+                let reason = rejected.to_string();
+                let mut rec = self.entry(
+                    leadership.term,
+                    job,
+                    tick,
+                    trigger,
+                    Outcome::Skipped,
+                    reason.clone(),
+                );
+                if let Some(id) = request {
+                    // The requester waits for a record under its own run id.
+                    rec.run_id = id.to_string();
+                }
+                tracing::warn!(job = %job.name, run_id = %rec.run_id, tick = %tick.to_rfc3339(), skipped_total = *total, "tick skipped: {reason}");
+                if let Some(id) = request {
+                    if let Err(e) = self.coord.record_claimed(&rec).await {
+                        tracing::error!(job = %job.name, "could not record the skip: {e}");
+                    }
+                    self.coord.finish_request(id).await;
+                } else {
+                    self.record_in_background(rec);
+                }
+                return Fired::NotStarted;
+            }
+            Err(e) => {
+                let total = state.rejected.entry(e.kind()).or_default();
+                *total += 1;
+                let total = *total;
+                let reason = e.kind();
+                match e {
+                    // Fenced between plan and claim: the tick is held back
+                    // with the others and planned again once vouched for.
+                    ClaimRejected::NotLeader if leadership.is_fenced() => {
+                        tracing::debug!(job = %job.name, tick = %tick.to_rfc3339(), "fenced before the claim went out; holding the tick back");
+                        return Fired::Retry;
+                    }
+                    ClaimRejected::AlreadyFired(t) => {
+                        tracing::debug!(job = %job.name, tick = %t.to_rfc3339(), reason, rejected_total = total, "tick already fired");
+                        return Fired::Superseded;
+                    }
+                    ClaimRejected::Backend(e) => {
+                        // Not decided either way: try again shortly, so a
+                        // brief etcd hiccup does not cost the tick, and
+                        // less often while it keeps failing. Logged once
+                        // per streak of failures.
+                        let streak = state.streaks.entry(job.name.clone()).or_insert(Streak {
+                            failures: 0,
+                            next_try: Utc::now(),
+                        });
+                        streak.failures += 1;
+                        let wait =
+                            retry_backoff(CLAIM_RETRY_FIRST, CLAIM_RETRY_MAX, streak.failures);
+                        streak.next_try = Utc::now()
+                            + chrono::Duration::from_std(wait)
+                                .unwrap_or(chrono::Duration::seconds(5));
+                        if streak.failures == 1 {
+                            tracing::error!(job = %job.name, tick = %tick.to_rfc3339(), reason, rejected_total = total, "claim failed, will retry (waiting {} ms, doubling up to {} s while it keeps failing): {e}", CLAIM_RETRY_FIRST.as_millis(), CLAIM_RETRY_MAX.as_secs());
+                        } else {
+                            tracing::debug!(job = %job.name, tick = %tick.to_rfc3339(), reason, rejected_total = total, failures = streak.failures, "claim failed again: {e}");
+                        }
+                        return Fired::Retry;
+                    }
+                    e => {
+                        tracing::warn!(job = %job.name, tick = %tick.to_rfc3339(), reason, rejected_total = total, "claim rejected: {e}")
+                    }
+                }
+                return Fired::NotStarted;
+            }
+        };
+        let not_starting = if state.stopping() {
+            Some((
+                MissedWhy::Idle,
+                "not started: the scheduler was stopping when its claimed run's turn came"
+                    .to_string(),
+            ))
+        } else {
+            self.coord.too_late_to_start(&claim.hold).map(|why| {
+                (
+                    MissedWhy::Overloaded,
+                    format!("{OVERLOADED}: the scheduler could not start the claimed run in time ({why}); it was not started"),
+                )
+            })
+        };
+        if let Some((why, reason)) = not_starting {
+            // The claim consumed the tick: its entry (under the claim's run
+            // id, which also ends a cluster marker) is the tick's only trace.
+            let mut rec = self.entry(
+                leadership.term,
+                job,
+                tick,
+                trigger,
+                Outcome::Missed,
+                reason.clone(),
+            );
+            rec.run_id = claim.run_id;
+            rec.missed_ticks = Some(1);
+            self.metrics.missed(&job.name, 1);
+            if why == MissedWhy::Overloaded {
+                self.metrics.overloaded(&job.name, 1);
+            }
+            tracing::warn!(job = %job.name, run_id = %rec.run_id, tick = %tick.to_rfc3339(), "tick missed: {reason}");
+            match request {
+                Some(id) => {
+                    if let Err(e) = self.coord.record_claimed(&rec).await {
+                        tracing::error!(job = %job.name, "could not record the missed run: {e}");
+                    }
+                    self.coord.finish_request(id).await;
+                }
+                None => self.record_in_background(rec),
+            }
+            return Fired::NotStarted;
+        }
+        let mut spec = RunSpec::new(
+            job,
+            claim.run_id.clone(),
+            tick,
+            trigger,
+            self.coord.backend_spec(),
+        );
+        spec.instance = self.instance.clone();
+        spec.term = claim.term;
+        match &claim.turn {
+            Turn::Now => {}
+            Turn::Queued => {
+                tracing::info!(job = %job.name, run_id = %claim.run_id, "queued: starts when the active run ends")
+            }
+            Turn::Replace { active } => {
+                let of = active.as_ref().map_or("", |a| a.run_id.as_str());
+                tracing::info!(job = %job.name, run_id = %claim.run_id, replaces = of, "replacing the active run")
+            }
+        }
+        spec.turn = claim.turn;
+        spec.log_json = self.log_json;
+        if trigger != Trigger::Manual {
+            // Decided here, from the job and tick alone, so whichever replica
+            // fires the tick picks the same delay.
+            spec.delay = job.jitter_for(tick);
+        }
+        let span = run_span(&spec);
+        match spawn_supervisor(spec.clone(), claim.hold, false) {
+            Ok(child) => {
+                let pid = child.id().unwrap_or(0);
+                span.in_scope(|| tracing::debug!(supervisor_pid = pid, "fired"));
+                self.metrics.fired(&job.name, trigger);
+                Fired::Started(Box::new(child), Box::new(spec))
+            }
+            Err(e) => {
+                let mut rec = self.entry(
+                    leadership.term,
+                    job,
+                    tick,
+                    trigger,
+                    Outcome::StartFailed,
+                    format!("could not start its supervisor: {e}"),
+                );
+                rec.run_id = claim.run_id;
+                tracing::error!(job = %job.name, "could not start a supervisor: {e}");
+                self.record_in_background(rec);
+                Fired::NotStarted
+            }
+        }
+    }
+}

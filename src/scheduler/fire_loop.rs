@@ -1,0 +1,395 @@
+//! The loop: sleep until the earliest due tick, fire what is due, react to
+//! leadership, reloads, requests and reaped supervisors; drain on stop.
+
+use super::*;
+
+/// Upper bound on one sleep, so a wall-clock jump or a suspended machine is
+/// noticed within this long.
+pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// How long before a tick the backend is told how many claims follow
+/// (`Coordinator::prepare`).
+pub(super) const PREPARE_AHEAD: chrono::Duration = chrono::Duration::milliseconds(250);
+
+/// Jobs whose claims are in flight at once. More overlap round trips and
+/// fsyncs no better, and under overload they only make every claim (and
+/// the start after it) later: with a bound, the first claims return and
+/// start in time while later ones wait their turn.
+pub(super) const CLAIMS_IN_FLIGHT: usize = 64;
+
+/// The next config sent to a reloadable scheduler; never, if none can come.
+pub(super) async fn next_config(rx: &mut watch::Receiver<Arc<Config>>) -> Arc<Config> {
+    match rx.changed().await {
+        Ok(()) => rx.borrow_and_update().clone(),
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// The next message of a channel the backend may not have.
+pub(super) async fn recv_from<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl<C: Coordinator> Scheduler<C> {
+    pub(super) async fn fire_loop(
+        &self,
+        leadership: &mut Leadership,
+        stop: &mut watch::Receiver<u32>,
+        running: &mut Running,
+    ) -> anyhow::Result<LoopEnd> {
+        let mut updates = self.config.clone();
+        let mut config = updates.borrow_and_update().clone();
+        let mut jobs = scheduled(&config);
+        let mut due: Due = BinaryHeap::new();
+        let now = Utc::now();
+        let mut began = now;
+        let mut first = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            // Resume after the last fired tick so ticks missed while no
+            // scheduler ran are caught up (or recorded as missed).
+            let from = match self.coord.last_fired(&job.name).await? {
+                Some(last) if last - now > chrono_tolerance() => {
+                    self.last_tick_ahead(job, last, now).await
+                }
+                Some(last) => last,
+                None => {
+                    first.push(job.name.as_str());
+                    now
+                }
+            };
+            let missed_up_to = self
+                .missed_up_to
+                .lock()
+                .expect("missed lock")
+                .get(&job.name)
+                .copied();
+            let from = missed_up_to.map_or(from, |m| m.max(from));
+            if let Some(t) = job.schedule.next_after(from) {
+                due.push(Reverse((t, i)));
+            }
+        }
+        // A job that never fired counts from now, also for the next leader.
+        self.coord.begin_schedules(leadership, &first, now).await;
+        let mut requests = leadership.requests.take();
+        let mut lost = leadership.lost.take();
+        let mut state = FireState {
+            stop: Some(Stop(stop.clone(), *stop.borrow())),
+            ..FireState::default()
+        };
+        let mut prepared_for = None;
+        // When fenced, since when; after, the last stretch held back, so the
+        // ticks missed in it say why.
+        let mut fenced_since: Option<DateTime<Utc>> = None;
+        let mut held_back: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+        // The wall clock against the monotonic one, to notice it step back.
+        let mut turned = (Utc::now(), tokio::time::Instant::now());
+        loop {
+            self.metrics.beat();
+            let mut reloaded = None;
+            let next_due = due.peek().map(|Reverse((t, _))| *t);
+            if let Some(t) = next_due.filter(|t| prepared_for != Some(*t)) {
+                if Utc::now() >= t - PREPARE_AHEAD {
+                    prepared_for = Some(t);
+                    let fires = due.iter().filter(|Reverse((tt, _))| *tt == t).count();
+                    let coord = self.coord.clone();
+                    tokio::spawn(async move { coord.prepare(fires).await });
+                }
+            }
+            let prepare_at = next_due
+                .filter(|t| prepared_for != Some(*t))
+                .map(|t| t - PREPARE_AHEAD);
+            let wake = [next_due, state.next_retry(), prepare_at]
+                .into_iter()
+                .flatten()
+                .min();
+            // Counted on the monotonic clock from the last turn, so a wall
+            // clock that steps back meanwhile is noticed at the wake-up
+            // (below), not only after a MAX_SLEEP.
+            let projected =
+                turned.0 + chrono::Duration::from_std(turned.1.elapsed()).unwrap_or_default();
+            let wait = match wake {
+                Some(t) => (t - projected).to_std().unwrap_or_default().min(MAX_SLEEP),
+                None => MAX_SLEEP,
+            };
+            // Fenced (the backend cannot vouch for leadership right now, but
+            // has not lost it): start nothing, take no requests, and wait to
+            // be vouched for again; the ticks due meanwhile stay in `due` and
+            // are planned (caught up, coalesced) once firing resumes.
+            let fenced = leadership.is_fenced();
+            if fenced && fenced_since.is_none() {
+                fenced_since = Some(Utc::now());
+                tracing::warn!(
+                    term = leadership.term,
+                    "fenced: the backend cannot vouch for leadership right now; holding fires back"
+                );
+            }
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return Ok(LoopEnd::Stop),
+                () = leadership.lost() => return Ok(LoopEnd::LostLeadership),
+                () = leadership.vouched(), if fenced => {
+                    if let Some(since) = fenced_since.take() {
+                        tracing::info!(term = leadership.term, held_back_ms = (Utc::now() - since).num_milliseconds(), "vouched for again: resuming with the same term");
+                        held_back = Some((since, Utc::now()));
+                    }
+                    continue;
+                }
+                (died, handback) = running.reap_one() => {
+                    if let Some(token) = handback {
+                        self.coord.take_back(&token);
+                    }
+                    if let Some(job) = died {
+                        for rec in self.coord.reap_lost(&job).await {
+                            self.after_lost(rec);
+                        }
+                    }
+                    continue;
+                }
+                Some(rec) = recv_from(&mut lost) => {
+                    self.after_lost(rec);
+                    continue;
+                }
+                Some(req) = recv_from(&mut requests), if !fenced => {
+                    self.answer_request(&config, leadership, req, Utc::now(), running, &mut state).await;
+                    continue;
+                }
+                // Applied below, after what is due under the old config.
+                new = next_config(&mut updates), if !fenced => reloaded = Some(new),
+                () = tokio::time::sleep(wait), if !fenced => {}
+            }
+            if leadership.is_fenced() && reloaded.is_none() {
+                continue;
+            }
+            let now = Utc::now();
+            let expected =
+                turned.0 + chrono::Duration::from_std(turned.1.elapsed()).unwrap_or_default();
+            if expected - now > chrono_tolerance() {
+                let resumes = due.peek().map(|Reverse((t, _))| *t);
+                self.clock_stepped_back(expected - now, expected, now, resumes);
+            } else if now - expected > chrono_tolerance() {
+                // Ticks skipped over by a jump are not an overload.
+                tracing::warn!(
+                    "the wall clock jumped forward by {} (or the machine was suspended)",
+                    humantime::format_duration(
+                        (now - expected).to_std().map(round_ms).unwrap_or_default()
+                    )
+                );
+                began = now;
+            }
+            turned = (now, tokio::time::Instant::now());
+            // Retries first: they are older than anything newly due.
+            for retry in state.take_due_retries(now) {
+                if state.stopping() {
+                    break;
+                }
+                match retry {
+                    Retry::Tick {
+                        job, tick, trigger, ..
+                    } => {
+                        let Some(job) = config.jobs.get(&job) else {
+                            continue;
+                        };
+                        let Some(trigger) = in_time(job, tick, trigger, now) else {
+                            let why = if held_back.is_some() {
+                                MissedWhy::HeldBack
+                            } else {
+                                MissedWhy::ClaimFailing
+                            };
+                            self.record_missed(leadership.term, job, (1, tick, tick), None, why);
+                            continue;
+                        };
+                        let superseded = self
+                            .fire_tick(leadership, job, tick, trigger, running, &mut state)
+                            .await;
+                        if superseded {
+                            // A later tick was claimed first: this one is gone for good.
+                            self.record_missed(
+                                leadership.term,
+                                job,
+                                (1, tick, tick),
+                                None,
+                                MissedWhy::Superseded,
+                            );
+                        }
+                    }
+                    Retry::Request { req, since, .. } => {
+                        self.answer_request(&config, leadership, req, since, running, &mut state)
+                            .await;
+                    }
+                }
+            }
+            let mut batch: Vec<(&Job, Vec<Fire>, Option<MissedEntry>)> = Vec::new();
+            while let Some(Reverse((tick, i))) = due.peek().copied() {
+                if tick > now {
+                    break;
+                }
+                due.pop();
+                let job = jobs[i];
+                let plan = plan_due(job, tick, now);
+                let backoff = state.backoff(&job.name).filter(|t| *t > now);
+                let missed = plan.missed.map(|m| {
+                    let why = match held_back {
+                        Some((since, _)) if m.2 + chrono_tolerance() >= since => {
+                            MissedWhy::HeldBack
+                        }
+                        _ => missed_why(m, began),
+                    };
+                    (m, why)
+                });
+                let newest = plan.fires.first().map(|f| (f.0, false));
+                match backoff {
+                    // The job's claims are failing: the fire waits for the
+                    // next try instead of adding a claim of its own.
+                    Some(at) => {
+                        if let Some((m, why)) = missed {
+                            self.record_missed(leadership.term, job, m, newest, why);
+                        }
+                        for (tick, trigger) in plan.fires {
+                            self.retry_later(leadership.term, job, tick, trigger, at, &mut state);
+                        }
+                    }
+                    None if plan.fires.is_empty() => {
+                        if let Some((m, why)) = missed {
+                            self.record_missed(leadership.term, job, m, None, why);
+                        }
+                    }
+                    None => batch.push((job, plan.fires, missed)),
+                }
+                if let Some(next) = plan.next {
+                    due.push(Reverse((next, i)));
+                }
+            }
+            // Claims of different jobs go out together (etcd round trips and
+            // fsyncs overlap), and each job starts as soon as its own claims
+            // return, not after the slowest; one job's fires stay in tick order.
+            // A fire whose claim would go out too late is dropped instead,
+            // and after a stop request nothing more is claimed (unclaimed
+            // ticks are left to the next leader, which catches them up).
+            let lead: &Leadership = leadership;
+            let stopping = state.stop.clone();
+            let stopping = &stopping;
+            let mut claims = futures_util::stream::iter(batch.drain(..).map(
+                |(job, fires, missed)| async move {
+                    let mut results = Vec::with_capacity(fires.len());
+                    let first = fires.first().map(|f| f.0);
+                    for (tick, trigger) in fires {
+                        if stopping.as_ref().is_some_and(Stop::requested) {
+                            // Unclaimed, the tick is left to the next
+                            // leader, and so are the missed ones before it:
+                            // recording them here would count them twice.
+                            return (job, None, first, results);
+                        }
+                        let claimed = match in_time(job, tick, trigger, Utc::now()) {
+                            Some(trigger) => {
+                                Some((trigger, self.claim(lead, job, tick, trigger, None).await))
+                            }
+                            None => None,
+                        };
+                        results.push((tick, claimed));
+                    }
+                    (job, missed, first, results)
+                },
+            ))
+            .buffer_unordered(CLAIMS_IN_FLIGHT);
+            while let Some((job, missed, first, results)) = claims.next().await {
+                // Only a catch-up that started is announced as such.
+                let mut newer = first.map(|tick| (tick, false));
+                for (tick, claimed) in results {
+                    let Some((trigger, claimed)) = claimed else {
+                        self.record_missed(
+                            lead.term,
+                            job,
+                            (1, tick, tick),
+                            None,
+                            MissedWhy::Overloaded,
+                        );
+                        continue;
+                    };
+                    let fired = self
+                        .start(lead, job, tick, trigger, None, claimed, &mut state)
+                        .await;
+                    if trigger == Trigger::Catchup && matches!(fired, Fired::Started(..)) {
+                        newer = Some((tick, true));
+                    }
+                    self.track_fired(lead.term, fired, job, tick, trigger, running, &mut state);
+                }
+                if let Some((missed, why)) = missed {
+                    self.record_missed(lead.term, job, missed, newer, why);
+                }
+            }
+            drop(claims);
+            held_back = None;
+            if let Some(new) = reloaded {
+                let now = Utc::now();
+                let new_due = reschedule(&jobs, &due, &scheduled(&new), now);
+                // Jobs the reload added count from now, as at a term's start.
+                let mut first = Vec::new();
+                for job in scheduled(&new) {
+                    if !config.jobs.contains_key(&job.name)
+                        && matches!(self.coord.last_fired(&job.name).await, Ok(None))
+                    {
+                        first.push(job.name.as_str());
+                    }
+                }
+                self.coord.begin_schedules(leadership, &first, now).await;
+                tracing::info!(
+                    jobs = new.jobs.len(),
+                    scheduled = new_due.len(),
+                    "firing from the reloaded config"
+                );
+                due = new_due;
+                prepared_for = None;
+                config = new;
+                jobs = scheduled(&config);
+            }
+        }
+    }
+
+    /// Let running jobs finish for up to `shutdown_grace`, then stop their
+    /// supervisors. Returns whether a second stop request forced it.
+    pub(super) async fn drain(
+        &self,
+        stop: &mut watch::Receiver<u32>,
+        running: &mut Running,
+    ) -> bool {
+        let shutdown_grace = self.config.borrow().scheduler.shutdown_grace;
+        let grace = tokio::time::sleep(shutdown_grace);
+        tokio::pin!(grace);
+        let mut forced = *stop.borrow() >= 2;
+        let mut terminated = false;
+        // Draining is the loop turning too (`shutdown_grace` may be long).
+        let mut beat = tokio::time::interval(MAX_SLEEP / 4);
+        while !running.by_pid.is_empty() {
+            if forced && !terminated {
+                // SIGTERM starts the supervisor's stop; the SIGINT after it
+                // tells it to skip the grace period and SIGKILL the group.
+                signal_all(&running.by_pid, Signal::TERM);
+                signal_all(&running.by_pid, Signal::INT);
+                terminated = true;
+            }
+            tokio::select! {
+                _ = running.reap_one() => {}
+                _ = beat.tick() => self.metrics.beat(),
+                () = &mut grace, if !terminated => {
+                    tracing::warn!(running = running.by_pid.len(), "shutdown grace over: terminating running jobs");
+                    for t in running.by_pid.values() {
+                        tracing::warn!(job = %t.job, run_id = %t.run_id, "terminating");
+                    }
+                    signal_all(&running.by_pid, Signal::TERM);
+                    terminated = true;
+                }
+                r = stop.changed(), if !forced => {
+                    if r.is_err() || *stop.borrow() >= 2 {
+                        tracing::warn!("second stop request: killing running jobs now");
+                        forced = true;
+                        terminated = false;
+                    }
+                }
+            }
+        }
+        forced
+    }
+}

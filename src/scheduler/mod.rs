@@ -1,0 +1,256 @@
+//! The scheduler core: a deadline loop that sleeps until the earliest due
+//! tick across all jobs, claims it through the [`Coordinator`], and hands the
+//! run to a supervisor process. It never knows which backend it runs on.
+
+use crate::config::{Config, Job};
+use crate::coordination::{
+    Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, Leadership, Outcome, RunRecord,
+    Trigger, TriggerRequest, Turn,
+};
+use crate::executor::report::{self, Report};
+use crate::executor::{retry_backoff, spawn_supervisor, RunSpec};
+use crate::observe::log::{record_span, run_span};
+use crate::observe::Metrics;
+use chrono::{DateTime, Utc};
+use futures_util::stream::StreamExt;
+use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+mod fire;
+mod fire_loop;
+mod missed;
+mod plan;
+mod running;
+mod state;
+pub use fire_loop::*;
+pub use plan::*;
+use running::*;
+use state::*;
+
+/// The scheduler of one instance.
+pub struct Scheduler<C: Coordinator> {
+    /// The config in use; a reload sends a new one (see `crate::reload`).
+    config: watch::Receiver<Arc<Config>>,
+    coord: Arc<C>,
+    instance: String,
+    log_json: bool,
+    metrics: Arc<Metrics>,
+    /// Per job, the newest tick this process recorded as missed. Missed
+    /// ticks do not advance the backend's last fired tick, so a new term
+    /// of this process resumes after these rather than count them again.
+    missed_up_to: Arc<std::sync::Mutex<HashMap<String, DateTime<Utc>>>>,
+}
+
+impl<C: Coordinator> Scheduler<C> {
+    /// A scheduler whose config never changes.
+    pub fn new(config: Arc<Config>, coord: Arc<C>, instance: String, log_json: bool) -> Self {
+        Self::reloadable(watch::channel(config).1, coord, instance, log_json)
+    }
+
+    /// A scheduler that applies every config `config` receives: new jobs
+    /// are scheduled, removed ones no longer fire (their runs finish),
+    /// changed schedules apply from their next tick, and any other change
+    /// from a job's next run.
+    pub fn reloadable(
+        config: watch::Receiver<Arc<Config>>,
+        coord: Arc<C>,
+        instance: String,
+        log_json: bool,
+    ) -> Self {
+        Scheduler {
+            config,
+            coord,
+            instance,
+            log_json,
+            metrics: Arc::default(),
+            missed_up_to: Default::default(),
+        }
+    }
+
+    /// Record into `metrics` (by default a registry nobody reads).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Run until `stop` counts a stop request. Returns whether the stop was
+    /// forced (a second request), in which case runs were killed at once.
+    pub async fn run(&self, mut stop: watch::Receiver<u32>) -> anyhow::Result<bool> {
+        let mut running = Running {
+            metrics: self.metrics.clone(),
+            ..Running::default()
+        };
+        loop {
+            let jobs = self.config.borrow().jobs.len();
+            tracing::info!(instance = %self.instance, jobs, "waiting for leadership");
+            // Nothing else may cancel a campaign half-way (its win could be
+            // lost with the future); supervisors are reaped by their own
+            // tasks meanwhile and forgotten at the next `reap_one`.
+            let campaign = self.coord.acquire_leadership(&self.instance);
+            tokio::pin!(campaign);
+            // A standby's loop is this wait: it beats so `/healthz` can tell
+            // a waiting scheduler from a stuck one.
+            let mut beat = tokio::time::interval(MAX_SLEEP / 4);
+            let won = loop {
+                tokio::select! {
+                    l = &mut campaign => break Some(l?),
+                    _ = stop.changed() => break None,
+                    _ = beat.tick() => self.metrics.beat(),
+                }
+            };
+            let Some(mut leadership) = won else {
+                break;
+            };
+            self.metrics.leading(leadership.term);
+            tracing::info!(instance = %self.instance, term = leadership.term, "leading: firing jobs");
+            match self
+                .fire_loop(&mut leadership, &mut stop, &mut running)
+                .await?
+            {
+                LoopEnd::Stop => {
+                    // Resign at once so a standby takes over while our runs
+                    // finish; their supervisors keep them marked as active.
+                    self.coord.resign(leadership).await;
+                    self.metrics.not_leading("resigned");
+                    break;
+                }
+                LoopEnd::LostLeadership => {
+                    tracing::warn!(term = leadership.term, "leadership lost: stopped firing");
+                    self.metrics.not_leading("lost");
+                    drop(leadership);
+                }
+            }
+        }
+        tracing::info!(
+            running = running.by_pid.len(),
+            "stopping: no new fires; waiting for running jobs"
+        );
+        let forced = self.drain(&mut stop, &mut running).await;
+        self.coord.shutdown().await;
+        Ok(forced)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend whose last fired tick stays where it was (missed ticks do
+    /// not move it) and whose first leadership ends right after the first
+    /// `missed` entry is written, as when an overloaded leader misses a
+    /// renewal and wins again.
+    struct Flapping {
+        last: DateTime<Utc>,
+        terms: std::sync::atomic::AtomicU64,
+        valid: std::sync::Mutex<Option<watch::Sender<bool>>>,
+        records: std::sync::Mutex<Vec<RunRecord>>,
+    }
+
+    impl Coordinator for Flapping {
+        async fn acquire_leadership(&self, _: &str) -> crate::coordination::Result<Leadership> {
+            let term = self.terms.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if term > 2 {
+                std::future::pending::<()>().await;
+            }
+            let (tx, rx) = watch::channel(true);
+            *self.valid.lock().unwrap() = Some(tx);
+            Ok(Leadership::new(term, rx, None, Box::new(())))
+        }
+        async fn resign(&self, _: Leadership) {}
+        async fn last_fired(&self, _: &str) -> crate::coordination::Result<Option<DateTime<Utc>>> {
+            Ok(Some(self.last))
+        }
+        async fn claim(&self, _: &Leadership, _: ClaimRequest<'_>) -> Result<Claim, ClaimRejected> {
+            Err(ClaimRejected::NotLeader)
+        }
+        async fn record(&self, record: &RunRecord) -> crate::coordination::Result<bool> {
+            self.records.lock().unwrap().push(record.clone());
+            if record.outcome == Outcome::Missed {
+                if let Some(tx) = self.valid.lock().unwrap().take() {
+                    let _ = tx.send(false);
+                }
+            }
+            Ok(true)
+        }
+        async fn reap_lost(&self, _: &str) -> Vec<RunRecord> {
+            Vec::new()
+        }
+        async fn finish_request(&self, _: &str) {}
+        fn backend_spec(&self) -> crate::coordination::BackendSpec {
+            crate::coordination::BackendSpec::Standalone {
+                state_dir: "/nonexistent".into(),
+                history_limit: 10,
+            }
+        }
+        async fn shutdown(&self) {}
+    }
+
+    /// Run a job `@every 1s` last fired 10 s ago, with `catchup`, on a
+    /// [`Flapping`] backend through two terms; the entries it wrote.
+    async fn two_flapping_terms(catchup: &str) -> Vec<RunRecord> {
+        let text = format!(
+            "[jobs.j]\nschedule = \"@every 1s\"\ncatchup = \"{catchup}\"\ncommand = [\"true\"]\n"
+        );
+        let config = crate::config::load_str(std::path::Path::new("t.toml"), text.as_bytes())
+            .expect("valid config");
+        let coord = Arc::new(Flapping {
+            last: Utc::now() - chrono::Duration::seconds(10),
+            terms: Default::default(),
+            valid: Default::default(),
+            records: Default::default(),
+        });
+        let scheduler = Scheduler::new(Arc::new(config), coord.clone(), "t".into(), false);
+        let (stop_tx, stop) = watch::channel(0u32);
+        let stopper = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while coord.terms.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                assert!(tokio::time::Instant::now() < deadline, "no second term");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // A moment for the second term's entries, if any.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = stop_tx.send(1);
+        };
+        let (ran, ()) = tokio::join!(scheduler.run(stop), stopper);
+        ran.unwrap();
+        let records = coord.records.lock().unwrap().clone();
+        records
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ticks_recorded_missed_in_one_term_are_not_missed_again_in_the_next() {
+        let records = two_flapping_terms("0s").await;
+        let mut covered = std::collections::HashSet::new();
+        for r in records.iter().filter(|r| r.outcome == Outcome::Missed) {
+            for k in 0..r.missed_ticks.unwrap_or(1) as i64 {
+                let tick = r.tick - chrono::Duration::seconds(k);
+                assert!(
+                    covered.insert(tick),
+                    "tick {tick} missed twice: {records:#?}"
+                );
+            }
+        }
+        assert!(!covered.is_empty(), "nothing recorded missed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_missed_entry_announces_a_catch_up_only_if_it_started() {
+        // Every claim is refused, so no catch-up runs.
+        let records = two_flapping_terms("1m").await;
+        let missed: Vec<&RunRecord> = records
+            .iter()
+            .filter(|r| r.outcome == Outcome::Missed)
+            .collect();
+        assert!(!missed.is_empty(), "nothing recorded missed");
+        for r in missed {
+            let reason = r.reason.as_deref().unwrap_or_default();
+            assert!(!reason.contains("caught up"), "{reason}");
+        }
+    }
+}

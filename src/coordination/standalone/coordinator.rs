@@ -1,0 +1,141 @@
+//! The `Coordinator` interface over the local state directory.
+
+use super::*;
+
+impl Coordinator for Standalone {
+    async fn acquire_leadership(&self, instance: &str) -> Result<Leadership> {
+        // A standby waits here, on a thread the process does not wait for
+        // at exit, so that a stop request ends it at once.
+        let lock_path = self.root.join("leader.lock");
+        let file = self.open_lock(&lock_path)?;
+        let file = lock_detached(file).await.map_err(io_err(&lock_path))?;
+        let this = self.clone();
+        let instance = instance.to_string();
+        tokio::task::spawn_blocking(move || this.lead_with(file, &instance))
+            .await
+            .expect("leader task panicked")
+    }
+
+    async fn resign(&self, leadership: Leadership) {
+        drop(leadership);
+    }
+
+    async fn last_fired(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
+        self.last_fired_sync(job)
+    }
+
+    async fn claim(
+        &self,
+        leadership: &Leadership,
+        req: ClaimRequest<'_>,
+    ) -> Result<Claim, ClaimRejected> {
+        // On a blocking thread: the claim fsyncs, and the claims of jobs due
+        // together then overlap instead of queueing behind each other.
+        let this = self.clone();
+        let term = leadership.term;
+        let (job, instance) = (req.job.to_string(), req.instance.to_string());
+        let request = req.request.map(str::to_string);
+        let (tick, trigger, overlap, advances_schedule) =
+            (req.tick, req.trigger, req.overlap, req.advances_schedule);
+        tokio::task::spawn_blocking(move || {
+            let req = ClaimRequest {
+                job: &job,
+                tick,
+                trigger,
+                instance: &instance,
+                overlap,
+                advances_schedule,
+                request: request.as_deref(),
+            };
+            this.claim_sync(term, &req)
+        })
+        .await
+        .expect("claim task panicked")
+    }
+
+    async fn begin_schedules(&self, _: &Leadership, jobs: &[&str], at: DateTime<Utc>) {
+        // Not made durable: losing it only means the job starts from the
+        // next start, as it would without it; thousands of fsyncs would
+        // slow every first start down.
+        let this = self.clone();
+        let jobs: Vec<String> = jobs.iter().map(|j| j.to_string()).collect();
+        let written = tokio::task::spawn_blocking(move || -> Result<()> {
+            for job in jobs {
+                let dir = this.job_dir(&job);
+                this.ensure_dir(&dir)?;
+                let path = dir.join("last_tick");
+                let lock = this.last_lock(&job);
+                let _last = lock.lock().expect("last tick lock");
+                if !path.exists() {
+                    atomic_write(&path, at.to_rfc3339().as_bytes(), false)?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Ok(Err(e)) = written {
+            tracing::debug!("could not write the jobs' first ticks: {e}");
+        }
+    }
+
+    async fn record(&self, record: &RunRecord) -> Result<bool> {
+        let dir = self.runs_dir(&record.job)?;
+        write_record(&dir.join(format!("{}.json", record.run_id)), record)?;
+        if record.outcome == Outcome::Missed && record.term > 0 {
+            // As in etcd, the entry consumes its ticks; written after it, so
+            // a crash in between records them twice rather than not at all.
+            let lock = self.last_lock(&record.job);
+            let _last = lock.lock().expect("last tick lock");
+            if self
+                .last_fired_sync(&record.job)?
+                .is_none_or(|last| last < record.tick)
+            {
+                let path = self.job_dir(&record.job).join("last_tick");
+                atomic_write(&path, record.tick.to_rfc3339().as_bytes(), true)?;
+            }
+        }
+        self.prune(&record.job)?;
+        Ok(true)
+    }
+
+    async fn reap_lost(&self, job: &str) -> Vec<RunRecord> {
+        Standalone::reap_lost(self, job).unwrap_or_else(|e| {
+            tracing::error!(job, "could not record lost runs: {e}");
+            Vec::new()
+        })
+    }
+
+    async fn finish_request(&self, _run_id: &str) {}
+
+    fn backend_spec(&self) -> BackendSpec {
+        BackendSpec::Standalone {
+            state_dir: self.root.clone(),
+            history_limit: self.history_limit,
+        }
+    }
+
+    async fn shutdown(&self) {}
+}
+
+impl HistoryReader for Standalone {
+    async fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        self.history(job, limit)
+    }
+
+    async fn active(&self, job: &str) -> Result<Vec<RunRecord>> {
+        self.active_runs(job)
+    }
+
+    async fn find_run(&self, jobs: &[&str], run_id: &str) -> Result<Option<RunRecord>> {
+        for job in jobs {
+            let path = self
+                .job_dir(job)
+                .join("runs")
+                .join(format!("{run_id}.json"));
+            if let Some(rec) = self.read_record(job, &path)? {
+                return Ok(Some(rec));
+            }
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,231 @@
+//! Leading and claiming through file locks: the run lock, per-job locks,
+//! the term, and the last tick of each job.
+
+use super::*;
+
+impl Standalone {
+    /// The first path from the state directory down to `dir` that exists
+    /// but is not a directory.
+    pub(super) fn blocker(&self, dir: &Path) -> Option<PathBuf> {
+        let mut below: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|p| p.starts_with(&self.root) && *p != self.root)
+            .collect();
+        below.reverse();
+        below
+            .into_iter()
+            .find(|p| fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
+            .map(Path::to_path_buf)
+    }
+
+    /// Open (creating) a lock file, setting aside whatever is not a file
+    /// in its place.
+    pub(super) fn open_lock(&self, path: &Path) -> Result<File> {
+        match open_lock_file(path) {
+            Err(CoordError::Io { ref cause, .. }) if wrong_kind(cause) => {
+                self.set_aside_logged(path, "a directory where a lock file belongs", "");
+                open_lock_file(path)
+            }
+            other => other,
+        }
+    }
+
+    /// The leader file, if it can be read.
+    pub(super) fn leader_file(&self) -> Option<LeaderInfo> {
+        let path = self.root.join("leader.json");
+        match read_leader(&path) {
+            StateFile::Ok(info) => Some(info),
+            StateFile::Missing => None,
+            StateFile::Corrupt(reason) => {
+                self.corrupt(&path, &reason, "its leader is shown as unknown");
+                None
+            }
+        }
+    }
+
+    /// The highest term any record on disk was fired under.
+    pub(super) fn highest_recorded_term(&self) -> Result<u64> {
+        let mut highest = 0;
+        for job in self.known_jobs()? {
+            for path in self.record_paths(&job)? {
+                if let Loaded::Record(rec) = self.load(&job, &path) {
+                    highest = highest.max(rec.term);
+                }
+            }
+        }
+        Ok(highest)
+    }
+
+    /// The instance currently firing jobs on this state directory, if any.
+    pub fn leader(&self) -> Result<Option<LeaderInfo>> {
+        let lock_path = self.root.join("leader.lock");
+        if !lock_path.exists() {
+            return Ok(None);
+        }
+        let file = match open_lock_file(&lock_path) {
+            // Nobody can lead until the scheduler sets it aside.
+            Err(CoordError::Io { ref cause, .. }) if wrong_kind(cause) => return Ok(None),
+            other => other?,
+        };
+        // Taking the lock proves nobody holds it; closing the file drops it again.
+        if try_lock(&file).map_err(io_err(&lock_path))? {
+            return Ok(None);
+        }
+        Ok(self.leader_file())
+    }
+
+    /// Try to take `job`'s run lock: `Ok(None)` when a run holds it.
+    pub fn try_run_lock(&self, job: &str) -> Result<Option<OwnedFd>> {
+        self.try_job_lock(job, "run.lock")
+    }
+
+    pub(super) fn try_job_lock(&self, job: &str, name: &str) -> Result<Option<OwnedFd>> {
+        let dir = self.job_dir(job);
+        self.ensure_dir(&dir)?;
+        let path = dir.join(name);
+        let file = self.open_lock(&path)?;
+        if try_lock(&file).map_err(io_err(&path))? {
+            Ok(Some(file.into()))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// What a new run of `job` holds under its overlap policy, and when it
+    /// may start; or why it may not run at all.
+    pub fn overlap_hold(&self, job: &str, overlap: Overlap) -> Result<(Hold, Turn), ClaimRejected> {
+        let active = || -> Result<Option<Box<RunRecord>>, ClaimRejected> {
+            Ok(self.active_runs(job)?.into_iter().next().map(Box::new))
+        };
+        match overlap {
+            Overlap::Allow => Ok((Hold::None, Turn::Now)),
+            Overlap::Skip => match self.try_run_lock(job)? {
+                Some(fd) => Ok((Hold::Lock(fd), Turn::Now)),
+                None => Err(ClaimRejected::StillRunning(active()?)),
+            },
+            Overlap::Queue | Overlap::Replace => {
+                // The waiting place first: a run that finds it taken must not
+                // start in front of the one waiting there.
+                let Some(place) = self.try_job_lock(job, "queue.lock")? else {
+                    return Err(ClaimRejected::AlreadyQueued(active()?));
+                };
+                match self.try_run_lock(job)? {
+                    Some(fd) => Ok((Hold::Lock(fd), Turn::Now)),
+                    None if overlap == Overlap::Queue => Ok((Hold::Lock(place), Turn::Queued)),
+                    None => Ok((Hold::Lock(place), Turn::Replace { active: active()? })),
+                }
+            }
+        }
+    }
+
+    pub(super) fn claim_sync(
+        &self,
+        term: u64,
+        req: &ClaimRequest<'_>,
+    ) -> Result<Claim, ClaimRejected> {
+        let dir = self.job_dir(req.job);
+        self.ensure_dir(&dir)?;
+        let lock = self.last_lock(req.job);
+        let _last = lock.lock().expect("last tick lock");
+        if req.advances_schedule {
+            if let Some(last) = self.last_fired_sync(req.job)? {
+                if last >= req.tick {
+                    return Err(ClaimRejected::AlreadyFired(req.tick));
+                }
+            }
+            // The tick counts as fired even if it is then skipped, so no
+            // later start catches it up. Made durable before anything runs:
+            // a tick must not fire twice even across a power loss.
+            let path = dir.join("last_tick");
+            atomic_write(&path, req.tick.to_rfc3339().as_bytes(), true)?;
+        }
+        let (hold, turn) = self.overlap_hold(req.job, req.overlap)?;
+        Ok(Claim {
+            run_id: req.request.map_or_else(new_run_id, str::to_string),
+            term,
+            hold,
+            turn,
+        })
+    }
+
+    pub(super) fn last_lock(&self, job: &str) -> Arc<std::sync::Mutex<()>> {
+        let mut locks = self.last_locks.lock().expect("last tick locks");
+        locks.entry(job.to_string()).or_default().clone()
+    }
+
+    pub(super) fn last_fired_sync(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
+        let path = self.job_dir(job).join("last_tick");
+        match read_last_tick(&path)? {
+            StateFile::Missing => Ok(None),
+            StateFile::Ok(t) => Ok(Some(t)),
+            StateFile::Corrupt(reason) => {
+                // Unreadable (e.g. emptied by a crash of the filesystem):
+                // better to start afresh from now than to refuse to schedule.
+                self.corrupt(&path, &reason, "the job counts as never fired");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The last term handed out on this state directory. The fencing token
+    /// must never go down, so when the term file is missing or corrupt the
+    /// term is recovered from everything else that carries one.
+    pub(super) fn last_term(&self) -> Result<u64> {
+        let term_path = self.root.join("term");
+        let stored = match read_term(&term_path)? {
+            StateFile::Ok(t) => Some(t),
+            StateFile::Missing => None,
+            StateFile::Corrupt(reason) => {
+                self.corrupt(
+                    &term_path,
+                    &reason,
+                    "the term is recovered from the leader file and the run records",
+                );
+                None
+            }
+        };
+        let from_leader = self.leader_file().map_or(0, |l| l.term);
+        Ok(match stored {
+            Some(t) => t.max(from_leader),
+            None => from_leader.max(self.highest_recorded_term()?),
+        })
+    }
+
+    pub(super) fn lead_with(&self, file: File, instance: &str) -> Result<Leadership> {
+        let term = self.last_term()? + 1;
+        let term_path = self.root.join("term");
+        self.clear_way(&term_path);
+        atomic_write(&term_path, term.to_string().as_bytes(), true)?;
+        let info = LeaderInfo {
+            instance: instance.to_string(),
+            term,
+            since: Utc::now(),
+            pid: Some(std::process::id()),
+        };
+        let json = serde_json::to_vec_pretty(&info).expect("leader info serializes");
+        let leader_path = self.root.join("leader.json");
+        self.clear_way(&leader_path);
+        atomic_write(&leader_path, &json, true)?;
+        let (lost_tx, lost) = tokio::sync::mpsc::channel(LOST_BACKLOG);
+        for job in self.known_jobs()? {
+            let reaped = self.reap_lost(&job)?;
+            if !reaped.is_empty() {
+                tracing::warn!(
+                    job,
+                    reaped = reaped.len(),
+                    "recorded runs whose supervisor vanished as lost"
+                );
+            }
+            for rec in reaped {
+                // Beyond the backlog, a lost run keeps its record but not
+                // its hook: a crash that left that many runs behind is
+                // reported better by one log line than by a storm of hooks.
+                let _ = lost_tx.try_send(rec);
+            }
+        }
+        // A held flock cannot be taken away, so this leadership stays valid
+        // until it is dropped; the sender lives (and is dropped) with it.
+        let (valid_tx, valid) = tokio::sync::watch::channel(true);
+        Ok(Leadership::new(term, valid, None, Box::new((file, valid_tx))).with_lost_runs(lost))
+    }
+}

@@ -1,0 +1,195 @@
+//! Typed reads of the values only jobs have: schedules, commands, shells,
+//! environments, overlap policies, time zones.
+
+use super::*;
+
+impl<'a, 'i> Item<'a, 'i> {
+    pub(super) fn overlap(&self, r: &mut Report) -> Option<Overlap> {
+        let s = self.expect(
+            r,
+            "\"skip\", \"allow\", \"queue\" or \"replace\"",
+            |_| "",
+            as_str,
+        )?;
+        match s {
+            "skip" => Some(Overlap::Skip),
+            "allow" => Some(Overlap::Allow),
+            "queue" => Some(Overlap::Queue),
+            "replace" => Some(Overlap::Replace),
+            other => {
+                r.error(
+                    self.value_at(),
+                    format!(
+                        "{} must be \"skip\", \"allow\", \"queue\" or \"replace\", found {}",
+                        self.label,
+                        quoted(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn timezone(&self, r: &mut Report) -> Option<Tz> {
+        let name = self.str(r)?;
+        if let Ok(tz) = name.parse::<Tz>() {
+            return Some(tz);
+        }
+        let hint = match closest_time_zone(name) {
+            Some(close) => format!("; did you mean \"{close}\"?"),
+            None => " (use an IANA name such as \"Europe/Berlin\" or \"UTC\")".to_string(),
+        };
+        r.error(
+            self.value_at(),
+            format!("unknown time zone {}{hint}", quoted(name)),
+        );
+        None
+    }
+
+    pub(super) fn schedule(&self, r: &mut Report, tz: Tz) -> Option<Schedule> {
+        let expr = self.str(r)?;
+        if expr.trim().is_empty() {
+            r.error(
+                self.value_at(),
+                "schedule must not be empty; use a cron expression like \"30 2 * * *\"",
+            );
+            return None;
+        }
+        match Schedule::parse(expr, tz) {
+            Ok(schedule) => Some(schedule),
+            Err(e) => {
+                r.error(
+                    self.value_at(),
+                    format!("invalid schedule {}: {e}", quoted(expr)),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn command(&self, r: &mut Report) -> Option<Vec<String>> {
+        let is_hook = self.label == "on_failure";
+        let hint = |v: &DeValue| match v {
+            DeValue::String(_) if is_hook => {
+                "; for a shell command line use [\"/bin/sh\", \"-c\", \"...\"]"
+            }
+            DeValue::String(_) => "; for a shell command line use shell = \"...\" instead",
+            _ => "",
+        };
+        let array = self.expect(
+            r,
+            "an array of strings like [\"/usr/bin/backup\", \"--full\"]",
+            hint,
+            |v| match v {
+                DeValue::Array(a) => Some(a),
+                _ => None,
+            },
+        )?;
+        if array.is_empty() {
+            r.error(
+                self.value_at(),
+                format!(
+                    "{} must not be empty; give the program and its arguments, \
+                     e.g. [\"/usr/bin/backup\", \"--full\"]",
+                    self.label
+                ),
+            );
+            return None;
+        }
+        let mut argv = Some(Vec::with_capacity(array.len()));
+        for (index, element) in array.iter().enumerate() {
+            let item = Item {
+                label: Cow::Owned(format!("{}[{index}]", self.label)),
+                key_at: element.span().start,
+                value: element,
+            };
+            let arg = item.os_str(r);
+            // Later arguments may legitimately be empty (`-N ""`); the
+            // program may not.
+            if index == 0 && arg.is_some_and(|a| a.trim().is_empty()) {
+                r.error(
+                    item.value_at(),
+                    format!("{} (the program to run) must not be empty", item.label),
+                );
+                argv = None;
+            }
+            match (arg, &mut argv) {
+                (Some(arg), Some(argv)) => argv.push(arg.to_owned()),
+                _ => argv = None,
+            }
+        }
+        argv
+    }
+
+    pub(super) fn shell(&self, r: &mut Report) -> Option<String> {
+        let hint = |v: &DeValue| match v {
+            DeValue::Array(_) => "; for an argv list use command = [...] instead",
+            _ => "",
+        };
+        let line = self.expect(r, "a string (a command line for /bin/sh -c)", hint, as_str)?;
+        if line.trim().is_empty() {
+            r.error(
+                self.value_at(),
+                "shell must not be empty; give a command line such as \"pg_dump shop | gzip > /backups/shop.gz\"",
+            );
+            return None;
+        }
+        self.os_str(r).map(str::to_owned)
+    }
+
+    pub(super) fn env(&self, r: &mut Report) -> Option<BTreeMap<String, String>> {
+        let table = self.expect(
+            r,
+            "a table of strings like { NAME = \"value\" }",
+            |_| "",
+            |v| match v {
+                DeValue::Table(t) => Some(t),
+                _ => None,
+            },
+        )?;
+        let mut env = Some(BTreeMap::new());
+        for (key, value) in table.iter() {
+            let name: &str = key.get_ref();
+            let problem = if name.is_empty() {
+                Some("env variable name must not be empty".to_string())
+            } else if name.contains('=') {
+                Some(format!(
+                    "env variable name {} must not contain '='",
+                    quoted(name)
+                ))
+            } else if name.contains('\0') {
+                Some(format!(
+                    "env variable name {} must not contain a NUL byte",
+                    quoted(name)
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                r.error(key.span().start, problem);
+                env = None;
+            }
+            let item = Item {
+                label: Cow::Owned(format!("env.{}", shown(name))),
+                key_at: key.span().start,
+                value,
+            };
+            let quote_hint = |v: &DeValue| match v {
+                DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) => {
+                    " (put the value in quotes)"
+                }
+                _ => "",
+            };
+            let value = item
+                .expect(r, "a string", quote_hint, as_str)
+                .and_then(|_| item.os_str(r));
+            match (value, &mut env) {
+                (Some(value), Some(env)) => {
+                    env.insert(name.to_owned(), value.to_owned());
+                }
+                _ => env = None,
+            }
+        }
+        env
+    }
+}

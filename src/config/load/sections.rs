@@ -1,0 +1,495 @@
+//! The sections and their keys: which keys each section has, the
+//! `[scheduler]`, `[http]` and `[defaults]` sections, and the jobs.
+
+use super::*;
+
+pub(super) const MAX_JOB_NAME_LEN: usize = 128;
+
+pub(super) const HISTORY_RANGE: RangeInclusive<i64> = 1..=100_000;
+
+pub(super) const DEFAULT_CATCHUP: Duration = Duration::from_secs(60);
+
+pub(super) const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+
+pub(super) const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+
+/// The cap of the doubling retry wait when `retry_backoff_max` is unset.
+pub(super) const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// Retries of one run, at most: more is a loop, not a retry policy.
+pub(super) const RETRIES_RANGE: RangeInclusive<i64> = 0..=100;
+
+/// The tables whose keys are checked, for unknown-key messages and for
+/// pointing a key that is in the wrong table to the right one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Section {
+    Top,
+    Scheduler,
+    Defaults,
+    Job,
+    Cluster,
+    Http,
+}
+
+/// The known keys of one table. Unknown keys are reported while it is built,
+/// so no key can be silently ignored.
+pub(super) struct Fields<'a, 'i> {
+    pub(super) known: Vec<Item<'a, 'i>>,
+}
+
+pub(super) fn scheduler(r: &mut Report, item: &Item) -> SchedulerSettings {
+    let mut settings = SchedulerSettings::default();
+    let Some(table) = item.table(r) else {
+        return settings;
+    };
+    let f = Fields::of(r, table, Section::Scheduler);
+    settings.state_dir = f.get("state_dir").and_then(|i| i.path(r));
+    if let Some(d) = f.get("shutdown_grace").and_then(|i| i.duration(r)) {
+        settings.shutdown_grace = d;
+    }
+    if let Some(n) = f.get("history").and_then(|i| i.history(r)) {
+        settings.history_limit = n;
+    }
+    settings
+}
+
+pub(super) fn http(r: &mut Report, item: &Item) -> HttpSettings {
+    let mut settings = HttpSettings::default();
+    let Some(table) = item.table(r) else {
+        return settings;
+    };
+    let f = Fields::of(r, table, Section::Http);
+    settings.listen = f.get("listen").and_then(|i| i.listen(r));
+    settings
+}
+
+/// What every job inherits. A bad value here is reported once, at its place
+/// in `[defaults]`; jobs then fall back to the built-in default rather than
+/// each repeating the same error.
+pub(super) struct Defaults {
+    pub(super) timezone: Tz,
+    pub(super) overlap: Overlap,
+    pub(super) timeout: Option<Duration>,
+    pub(super) catchup: Duration,
+    pub(super) kill_grace: Duration,
+    pub(super) retries: u32,
+    pub(super) retry_backoff: Duration,
+    pub(super) retry_backoff_max: Option<Duration>,
+    pub(super) jitter: Duration,
+    pub(super) on_failure: Option<Vec<String>>,
+}
+
+/// `built_in` is what applies where `[defaults]` does not say.
+pub(super) fn defaults(r: &mut Report, item: &Item, built_in: Defaults) -> Defaults {
+    let mut d = built_in;
+    let Some(table) = item.table(r) else {
+        return d;
+    };
+    let f = Fields::of(r, table, Section::Defaults);
+    if let Some(tz) = f.get("timezone").and_then(|i| i.timezone(r)) {
+        d.timezone = tz;
+    }
+    if let Some(o) = f.get("overlap").and_then(|i| i.overlap(r)) {
+        d.overlap = o;
+    }
+    if let Some(t) = f.get("timeout").and_then(|i| i.timeout(r)) {
+        d.timeout = t;
+    }
+    if let Some(c) = f.get("catchup").and_then(|i| i.duration(r)) {
+        d.catchup = c;
+    }
+    if let Some(k) = f.get("kill_grace").and_then(|i| i.duration(r)) {
+        d.kill_grace = k;
+    }
+    if let Some(n) = f.get("retries").and_then(|i| i.retries(r)) {
+        d.retries = n;
+    }
+    if let Some(b) = f.get("retry_backoff").and_then(|i| i.positive_duration(r)) {
+        d.retry_backoff = b;
+    }
+    if let Some(b) = f
+        .get("retry_backoff_max")
+        .and_then(|i| i.positive_duration(r))
+    {
+        d.retry_backoff_max = Some(b);
+    }
+    if let Some(j) = f.get("jitter").and_then(|i| i.duration(r)) {
+        d.jitter = j;
+    }
+    if let Some(h) = f.get("on_failure").and_then(|i| i.command(r)) {
+        d.on_failure = Some(h);
+    }
+    d
+}
+
+pub(super) fn jobs(r: &mut Report, item: &Item, defaults: &Defaults) -> BTreeMap<String, Job> {
+    let mut jobs = BTreeMap::new();
+    let table = match item.value() {
+        DeValue::Table(table) => table,
+        other => {
+            let hint = if matches!(other, DeValue::Array(_)) {
+                " (write [jobs.<name>], not [[jobs]])"
+            } else {
+                ""
+            };
+            r.error(
+                item.value_at(),
+                format!(
+                    "jobs must be a table with one [jobs.<name>] table per job, found {}{hint}",
+                    type_name(other)
+                ),
+            );
+            return jobs;
+        }
+    };
+    for (key, value) in table.iter() {
+        let name: &str = key.get_ref();
+        let entry = Item::entry(key, value);
+        if let Some(job) = r.in_job(name, |r| job(r, &entry, defaults)) {
+            jobs.insert(name.to_owned(), job);
+        }
+    }
+    jobs
+}
+
+/// Checks one job completely, even after its first problem, and returns it
+/// only if it is fully valid.
+pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Job> {
+    let name = item.label.as_ref();
+    let name_ok = job_name(r, name, item.key_at);
+    let table = match item.value() {
+        DeValue::Table(table) => table,
+        other => {
+            let hint = if matches!(other, DeValue::Array(_)) {
+                " (write [jobs.<name>], not [[jobs.<name>]])"
+            } else {
+                ""
+            };
+            r.error(
+                item.value_at(),
+                format!(
+                    "each job must be a table like [jobs.{}], found {}{hint}",
+                    if name_ok { name } else { "<name>" },
+                    type_name(other)
+                ),
+            );
+            return None;
+        }
+    };
+    let f = Fields::of(r, table, Section::Job);
+
+    let description = f.get("description").and_then(|i| i.string(r));
+    let timezone = match f.get("timezone") {
+        Some(i) => i.timezone(r),
+        None => Some(defaults.timezone),
+    };
+    let schedule = match f.get("schedule") {
+        // The cron syntax does not depend on the zone, so a bad zone still
+        // lets the expression be checked.
+        Some(i) => i.schedule(r, timezone.unwrap_or(Tz::UTC)),
+        None => {
+            r.error(
+                item.key_at,
+                "missing schedule; add e.g. schedule = \"30 2 * * *\"",
+            );
+            None
+        }
+    };
+    let program = program(r, item.key_at, f.get("command"), f.get("shell"));
+    let working_dir = f.get("working_dir").and_then(|i| i.path(r));
+    let env = f.get("env").and_then(|i| i.env(r)).unwrap_or_default();
+    let timeout = match f.get("timeout") {
+        Some(i) => i.timeout(r).unwrap_or(defaults.timeout),
+        None => defaults.timeout,
+    };
+    let overlap = f.get("overlap").and_then(|i| i.overlap(r));
+    let catchup = f.get("catchup").and_then(|i| i.duration(r));
+    let kill_grace = f.get("kill_grace").and_then(|i| i.duration(r));
+    let enabled = f.get("enabled").and_then(|i| i.boolean(r));
+    let retries = f.get("retries").map(|i| i.retries(r));
+    let retry_backoff = f.get("retry_backoff").map(|i| i.positive_duration(r));
+    let retry_backoff_max = f.get("retry_backoff_max").map(|i| i.positive_duration(r));
+    let jitter = f.get("jitter").map(|i| i.duration(r));
+    let on_failure = f.get("on_failure").map(|i| i.command(r));
+    let backoff = retry_backoff.unwrap_or(Some(defaults.retry_backoff));
+    let backoff_max = match retry_backoff_max {
+        Some(max) => max,
+        // Unset: ten doublings, and never below the first wait.
+        None => Some(
+            defaults
+                .retry_backoff_max
+                .unwrap_or(DEFAULT_RETRY_BACKOFF_MAX)
+                .max(backoff.unwrap_or_default()),
+        ),
+    };
+    if let (Some(b), Some(max), Some(at)) = (backoff, backoff_max, f.get("retry_backoff_max")) {
+        if max < b {
+            r.error(
+                at.value_at(),
+                format!(
+                    "retry_backoff_max ({}) is shorter than retry_backoff ({}); \
+                     the cap must be at least the first wait",
+                    humantime::format_duration(max),
+                    humantime::format_duration(b)
+                ),
+            );
+        }
+    }
+
+    if !name_ok {
+        return None;
+    }
+    Some(Job {
+        name: name.to_owned(),
+        description,
+        schedule: schedule?,
+        timezone: timezone?,
+        program: program?,
+        working_dir,
+        env,
+        timeout,
+        overlap: overlap.unwrap_or(defaults.overlap),
+        catchup: catchup.unwrap_or(defaults.catchup),
+        kill_grace: kill_grace.unwrap_or(defaults.kill_grace),
+        enabled: enabled.unwrap_or(true),
+        retries: retries.unwrap_or(Some(defaults.retries))?,
+        retry_backoff: backoff?,
+        retry_backoff_max: backoff_max.filter(|max| *max >= backoff.unwrap_or_default())?,
+        jitter: jitter.unwrap_or(Some(defaults.jitter))?,
+        on_failure: match on_failure {
+            None => defaults.on_failure.clone(),
+            Some(hook) => Some(hook?),
+        },
+    })
+}
+
+/// Names become file names and CLI arguments, hence the narrow alphabet, and
+/// no `.`/`..`, which would name a directory instead of a file.
+pub(super) fn job_name(r: &mut Report, name: &str, at: usize) -> bool {
+    let problem = if name.is_empty() {
+        "the name must not be empty".to_string()
+    } else if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        format!("only ASCII letters, digits, '.', '_' and '-' are allowed, found {bad:?}")
+    } else if name.chars().count() > MAX_JOB_NAME_LEN {
+        format!(
+            "the name is {} characters long, at most {MAX_JOB_NAME_LEN} are allowed",
+            name.chars().count()
+        )
+    } else if name == "." || name == ".." {
+        "\".\" and \"..\" are not allowed".to_string()
+    } else {
+        return true;
+    };
+    r.error(at, format!("invalid job name: {problem}"));
+    false
+}
+
+/// `command` and `shell` are two spellings of one setting: exactly one must
+/// be given, and each is still checked on its own so all problems show.
+pub(super) fn program(
+    r: &mut Report,
+    job_at: usize,
+    command: Option<&Item>,
+    shell: Option<&Item>,
+) -> Option<Program> {
+    let argv = command.and_then(|i| i.command(r));
+    let line = shell.and_then(|i| i.shell(r));
+    match (command, shell) {
+        (Some(c), Some(s)) => {
+            r.error(
+                c.key_at.max(s.key_at),
+                "both command and shell are set; keep command (argv, run directly) \
+                 or shell (run with /bin/sh -c), not both",
+            );
+            None
+        }
+        (None, None) => {
+            r.error(
+                job_at,
+                "missing command; add command = [\"/path/to/program\", \"arg\"] \
+                 or shell = \"a shell command line\"",
+            );
+            None
+        }
+        _ => argv.map(Program::Argv).or(line.map(Program::Shell)),
+    }
+}
+
+/// Without `[cluster]` the built-in one minute; with it, at least a lease
+/// TTL plus [`FAILOVER_MARGIN`], so that the ticks a failover misses are
+/// caught up by default instead of silently dropped.
+pub(super) fn default_catchup(cluster: Option<&ClusterSettings>) -> Duration {
+    cluster.map_or(DEFAULT_CATCHUP, |c| {
+        DEFAULT_CATCHUP.max(c.lease_ttl + FAILOVER_MARGIN)
+    })
+}
+
+impl Section {
+    pub(super) fn keys(self) -> &'static [&'static str] {
+        match self {
+            Section::Top => &["scheduler", "defaults", "jobs", "cluster", "http"],
+            Section::Scheduler => &["state_dir", "shutdown_grace", "history"],
+            Section::Defaults => &[
+                "timezone",
+                "overlap",
+                "timeout",
+                "catchup",
+                "kill_grace",
+                "retries",
+                "retry_backoff",
+                "retry_backoff_max",
+                "jitter",
+                "on_failure",
+            ],
+            Section::Job => &[
+                "description",
+                "schedule",
+                "timezone",
+                "command",
+                "shell",
+                "working_dir",
+                "env",
+                "timeout",
+                "enabled",
+                "overlap",
+                "catchup",
+                "kill_grace",
+                "retries",
+                "retry_backoff",
+                "retry_backoff_max",
+                "jitter",
+                "on_failure",
+            ],
+            Section::Cluster => &[
+                "etcd",
+                "prefix",
+                "lease_ttl",
+                "max_clock_skew",
+                "ca_file",
+                "cert_file",
+                "key_file",
+                "user",
+                "password_env",
+                "password_file",
+            ],
+            Section::Http => &["listen"],
+        }
+    }
+
+    /// Names people bring along from elsewhere (mostly etcdctl's flags) that
+    /// neither edit distance nor a shared prefix would map.
+    pub(super) fn alias(self, key: &str) -> Option<&'static str> {
+        let aliases: &[(&str, &'static str)] = match self {
+            Section::Cluster => &[
+                ("endpoints", "etcd"),
+                ("endpoint", "etcd"),
+                ("ttl", "lease_ttl"),
+                ("cacert", "ca_file"),
+            ],
+            Section::Http => &[
+                ("address", "listen"),
+                ("addr", "listen"),
+                ("bind", "listen"),
+                ("port", "listen"),
+            ],
+            _ => &[],
+        };
+        aliases
+            .iter()
+            .find(|(alias, _)| alias.eq_ignore_ascii_case(key))
+            .map(|(_, known)| *known)
+    }
+
+    pub(super) fn title(self) -> &'static str {
+        match self {
+            Section::Top => "the top level",
+            Section::Scheduler => "[scheduler]",
+            Section::Defaults => "[defaults]",
+            Section::Job => "a job table ([jobs.<name>])",
+            Section::Cluster => "[cluster]",
+            Section::Http => "[http]",
+        }
+    }
+
+    pub(super) fn unknown_key(self, key: &str) -> String {
+        let shown = shown(key);
+        let what = match self {
+            Section::Top => format!("unknown top-level key `{shown}`"),
+            Section::Scheduler | Section::Defaults | Section::Cluster | Section::Http => {
+                format!("unknown key `{shown}` in {}", self.title())
+            }
+            // The job is already named in the error's prefix.
+            Section::Job => format!("unknown key `{shown}`"),
+        };
+        // `user` or `prefix` in a job most likely means something else
+        // than the cluster settings of that name.
+        let cluster_is_a_home = matches!(self, Section::Top | Section::Scheduler);
+        let homes: Vec<&str> = [
+            Section::Scheduler,
+            Section::Defaults,
+            Section::Job,
+            Section::Cluster,
+            Section::Http,
+        ]
+        .into_iter()
+        .filter(|s| *s != self && (*s != Section::Cluster || cluster_is_a_home))
+        .filter(|s| s.keys().contains(&key))
+        .map(Section::title)
+        .collect();
+        if !homes.is_empty() {
+            return format!("{what}; `{shown}` belongs in {}", homes.join(" or "));
+        }
+        if self == Section::Cluster && key.eq_ignore_ascii_case("password") {
+            return format!(
+                "{what}; keep the password out of the config: set password_env \
+                 (the name of an environment variable holding it) or password_file \
+                 (a file holding it)"
+            );
+        }
+        if let Some(known) = self.alias(key) {
+            return format!("{what}; did you mean `{known}`?");
+        }
+        if let Some(close) = did_you_mean(key, self.keys().iter().copied()) {
+            return format!("{what}; did you mean `{close}`?");
+        }
+        format!("{what} (expected one of: {})", self.keys().join(", "))
+    }
+}
+
+impl<'a, 'i> Fields<'a, 'i> {
+    pub(super) fn of(r: &mut Report, table: &'a DeTable<'i>, section: Section) -> Self {
+        let mut known = Vec::new();
+        for (key, value) in table.iter() {
+            if section.keys().contains(&key.get_ref().as_ref()) {
+                known.push(Item::entry(key, value));
+            } else {
+                r.error(key.span().start, section.unknown_key(key.get_ref()));
+            }
+        }
+        Fields { known }
+    }
+
+    pub(super) fn get(&self, name: &str) -> Option<&Item<'a, 'i>> {
+        self.known.iter().find(|item| item.label == name)
+    }
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            timezone: Tz::UTC,
+            overlap: Overlap::Skip,
+            timeout: None,
+            catchup: DEFAULT_CATCHUP,
+            kill_grace: DEFAULT_KILL_GRACE,
+            retries: 0,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            retry_backoff_max: None,
+            jitter: Duration::ZERO,
+            on_failure: None,
+        }
+    }
+}

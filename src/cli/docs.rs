@@ -1,7 +1,7 @@
 //! `bgsched completions` and `bgsched man`: generated from the clap
 //! definitions, so they cannot drift from what the binary accepts.
 
-use super::{exit, Cli, CliError};
+use super::{Cli, CliError};
 use clap::CommandFactory;
 use std::io::Write;
 
@@ -26,7 +26,7 @@ fn command() -> clap::Command {
     cmd
 }
 
-pub fn completions(shell: clap_complete::Shell) -> Result<i32, CliError> {
+pub fn completions(shell: clap_complete::Shell) -> Result<(), CliError> {
     let mut cmd = command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "bgsched", &mut out);
@@ -35,7 +35,7 @@ pub fn completions(shell: clap_complete::Shell) -> Result<i32, CliError> {
 
 /// `bgsched(1)`, or with a command name `bgsched-<command>(1)`, the pages
 /// `clap_mangen::generate_to` would write as files.
-pub fn man(name: Option<&str>) -> Result<i32, CliError> {
+pub fn man(name: Option<&str>) -> Result<(), CliError> {
     let cmd = command();
     let page = match name {
         None => cmd,
@@ -61,12 +61,12 @@ pub fn man(name: Option<&str>) -> Result<i32, CliError> {
     write_stdout(&out)
 }
 
-fn write_stdout(bytes: &[u8]) -> Result<i32, CliError> {
+fn write_stdout(bytes: &[u8]) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();
     match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
-        Ok(()) => Ok(exit::OK),
+        Ok(()) => Ok(()),
         // `bgsched man | head` is not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(anyhow::Error::from(e).context("writing to stdout").into()),
     }
 }

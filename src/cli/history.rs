@@ -1,6 +1,6 @@
 //! `bgsched history`: recent runs of one job or of all, and the output of one run.
 
-use super::commands::{find_job, load_config, Backend};
+use super::context::{find_job, load_config, open_backend};
 use super::{Cli, CliError};
 use crate::coordination::{HistoryReader, Outcome, RunRecord};
 use chrono::{SecondsFormat, Utc};
@@ -21,7 +21,7 @@ pub async fn history(
     };
     // Checked before anything is opened: the id becomes part of a path or key.
     let run_id = output.map(parse_run_id).transpose()?;
-    let backend = Backend::open(cli, &config).await?;
+    let backend = open_backend(cli, &config).await?;
     if let Some(run_id) = run_id {
         let Some(rec) = backend.find_run(&jobs, &run_id).await? else {
             let place = match job {

@@ -1,6 +1,6 @@
 //! `bgsched list`: what is scheduled, what ran, what runs now.
 
-use super::commands::Backend;
+use super::context::open_backend;
 use super::{Cli, CliError};
 use crate::observe::status::{self, ListView, UNKNOWN_HASH};
 use crate::reload;
@@ -8,9 +8,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 pub async fn list(cli: &Cli, json: bool) -> Result<(), CliError> {
     let (config, config_hash) = reload::load(&cli.config)?;
-    let backend = Backend::open(cli, &config).await?;
+    let backend = open_backend(cli, &config).await?;
     let now = Utc::now();
-    let view = status::build(&config, &config_hash, backend.status_source(), now).await?;
+    let view = status::build(&config, &config_hash, &backend, now).await?;
     if json {
         println!(
             "{}",

@@ -4,14 +4,15 @@
 //! supervisor). In a cluster, it asks the leader through etcd, so the run is
 //! claimed like any scheduled fire, and waits for the run's record.
 
-use super::commands::{find_job, instance_id, load_config, Backend};
-use super::{exit, Cli, CliError, LogFormat};
+use super::context::{find_job, instance_id, load_config, open_backend};
+use super::{Cli, CliError, LogFormat};
 use crate::config::Job;
+use crate::coordination::etcd::{Asked, Seen};
 use crate::coordination::standalone::new_run_id;
 use crate::coordination::{
-    ClaimRejected, Coordinator, Etcd, Hold, Outcome, RunRecord, Standalone, Trigger, TriggerRequest,
+    Backend, ClaimRejected, Coordinator, Etcd, Hold, Outcome, RunRecord, Standalone, Trigger,
 };
-use crate::executor::{self, exit_code_of, Echo, RunSpec};
+use crate::executor::{self, Echo, RunSpec};
 use crate::observe::log::run_span;
 use chrono::{SecondsFormat, Utc};
 use std::time::Duration;
@@ -23,11 +24,11 @@ pub async fn trigger(
     detach: bool,
     instance: Option<String>,
     timeout: Duration,
-) -> Result<i32, CliError> {
+) -> Result<(), CliError> {
     let config = load_config(cli)?;
     let job = find_job(&config, name)?;
     let instance = instance_id(instance);
-    match Backend::open(cli, &config).await? {
+    match open_backend(cli, &config).await? {
         Backend::Standalone(state) => locally(cli, &state, job, detach, instance).await,
         Backend::Cluster(etcd) => through_leader(&etcd, job, detach, instance, timeout).await,
     }
@@ -39,7 +40,7 @@ async fn locally(
     job: &Job,
     detach: bool,
     instance: String,
-) -> Result<i32, CliError> {
+) -> Result<(), CliError> {
     let now = crate::coordination::manual_tick(Utc::now());
     let (hold, turn) = match state.overlap_hold(&job.name, job.overlap) {
         Ok(held) => held,
@@ -60,7 +61,7 @@ async fn locally(
             if let Err(e) = state.record_until_written(&rec).await {
                 eprintln!("bgsched: could not record the skip: {e}");
             }
-            return Ok(skipped(job, &reason));
+            return Err(skipped(job, &reason));
         }
         Err(e) => return Err(anyhow::Error::from(e).into()),
     };
@@ -79,7 +80,7 @@ async fn locally(
         let run_id = spec.run_id.clone();
         executor::spawn_supervisor(spec, hold, true).map_err(anyhow::Error::from)?;
         print_out(&format!("{run_id}\n"));
-        return Ok(exit::OK);
+        return Ok(());
     }
     let lock = match hold {
         Hold::Lock(fd) => Some(fd),
@@ -90,20 +91,18 @@ async fn locally(
         .instrument(run_span(&spec))
         .await;
     eprintln!("bgsched: {}", summary(&done.record));
-    Ok(if done.interrupted {
-        exit::FORCED_STOP
-    } else {
-        exit_code_of(&done.record)
-    })
+    if done.interrupted {
+        return Err(CliError::Interrupted);
+    }
+    CliError::of_run(&done.record)
 }
 
-/// Say that the job was skipped because it runs; the exit code for it.
-fn skipped(job: &Job, reason: &str) -> i32 {
-    eprintln!(
-        "bgsched: job \"{}\" is {reason}; skipped (overlap = \"{}\")",
+/// The job was skipped because it runs.
+fn skipped(job: &Job, reason: &str) -> CliError {
+    CliError::Skipped(format!(
+        "job \"{}\" is {reason}; skipped (overlap = \"{}\")",
         job.name, job.overlap
-    );
-    exit::SKIPPED
+    ))
 }
 
 /// "already running since … on instance … (run …, pid …)".
@@ -128,152 +127,52 @@ async fn through_leader(
     detach: bool,
     instance: String,
     timeout: Duration,
-) -> Result<i32, CliError> {
-    use etcd_client::PutOptions;
-    let keys = etcd.keys();
-    let mut client = etcd.client();
-    let etcd_failed = |e: etcd_client::Error| {
-        CliError::Unavailable(format!("etcd: {}", crate::coordination::etcd::in_words(&e)))
-    };
+) -> Result<(), CliError> {
     let run_id = new_run_id();
-    let req = TriggerRequest {
-        run_id: run_id.clone(),
-        job: job.name.clone(),
-        requested_by: instance,
-        requested_at: Utc::now(),
+    let interrupted = async {
+        let _ = tokio::signal::ctrl_c().await;
     };
-    // The request dies with this lease, so an unanswered request never
-    // fires later behind the requester's back.
-    let lease = client
-        .lease_grant(timeout.as_secs().max(1) as i64 + 5, None)
-        .await
-        .map_err(etcd_failed)?
-        .id();
-    let body = serde_json::to_vec(&req).expect("request serializes");
-    client
-        .put(
-            keys.request(&run_id),
-            body,
-            Some(PutOptions::new().with_lease(lease)),
-        )
-        .await
-        .map_err(etcd_failed)?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let accepted = async {
-        loop {
-            let pending = client
-                .get(keys.request(&run_id), None)
-                .await
-                .map_err(etcd_failed)?;
-            if pending.kvs().is_empty() {
-                return Ok(true);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(false);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    match etcd
+        .request_run(&job.name, &run_id, instance, timeout, interrupted)
+        .await?
+    {
+        Asked::Taken => {}
+        Asked::Withdrawn => {
+            eprintln!("bgsched: interrupted; the request was withdrawn before any leader took it");
+            return Err(CliError::Interrupted);
         }
-    };
-    let outcome = tokio::select! {
-        r = accepted => r.map(|a| if a { Waited::Accepted } else { Waited::TimedOut }),
-        _ = tokio::signal::ctrl_c() => Ok(Waited::Interrupted),
-    };
-    let mut client = etcd.client();
-    let outcome = match outcome {
-        Ok(w) => w,
-        Err(e) => {
-            // Do not leave a request behind that could still fire later.
-            let _ = client.delete(keys.request(&run_id), None).await;
-            return Err(e);
+        Asked::TakenThenInterrupted => {
+            eprintln!(
+                "bgsched: interrupted; run {run_id} was already accepted and goes on on the leader"
+            );
+            return Err(CliError::Interrupted);
         }
-    };
-    if outcome != Waited::Accepted {
-        // Withdraw, unless the leader took it in the meantime.
-        let withdrawn = client
-            .delete(keys.request(&run_id), None)
-            .await
-            .map_err(etcd_failed)?;
-        if withdrawn.deleted() > 0 {
-            let _ = client.lease_revoke(lease).await;
-            if outcome == Waited::Interrupted {
-                eprintln!(
-                    "bgsched: interrupted; the request was withdrawn before any leader took it"
-                );
-                return Ok(exit::FORCED_STOP);
-            }
+        Asked::NoLeader => {
             return Err(CliError::Unavailable(format!(
                 "no leader accepted the request within {}; is a `bgsched run` up for this cluster (prefix {})?",
                 humantime::format_duration(timeout),
                 etcd.config().prefix
-            )));
-        }
-        if outcome == Waited::Interrupted {
-            eprintln!(
-                "bgsched: interrupted; run {run_id} was already accepted and goes on on the leader"
-            );
-            return Ok(exit::FORCED_STOP);
+            )))
         }
     }
-    let _ = client.lease_revoke(lease).await;
-    // Accepted: the leader has claimed it, or recorded why not. A skip is
-    // recorded before the request is taken away, so it is known by now.
-    let mut unseen_since = None;
-    loop {
-        let hist = client
-            .get(keys.history(&job.name, &run_id), None)
-            .await
-            .map_err(etcd_failed)?;
-        let rec = match hist.kvs().first() {
-            Some(kv) => {
-                Some(serde_json::from_slice::<RunRecord>(kv.value()).map_err(anyhow::Error::from)?)
-            }
-            None => None,
-        };
-        match rec {
-            Some(rec) if rec.outcome == Outcome::Skipped => {
-                return Ok(skipped(
-                    job,
-                    rec.reason.as_deref().unwrap_or("already running"),
-                ));
-            }
-            Some(rec) if !detach => {
-                print_out(&rec.output_tail);
-                eprintln!("bgsched: {} on instance {}", summary(&rec), rec.instance);
-                return Ok(exit_code_of(&rec));
-            }
-            _ if detach => {
-                print_out(&format!("{run_id}\n"));
-                return Ok(exit::OK);
-            }
-            _ => {}
+    match etcd.wait_for_record(&job.name, &run_id, detach).await? {
+        Seen::Recorded(rec) if rec.outcome == Outcome::Skipped => Err(skipped(
+            job,
+            rec.reason.as_deref().unwrap_or("already running"),
+        )),
+        Seen::Recorded(rec) => {
+            print_out(&rec.output_tail);
+            eprintln!("bgsched: {} on instance {}", summary(&rec), rec.instance);
+            CliError::of_run(&rec)
         }
-        let active = client
-            .get(keys.active(&job.name, &run_id), None)
-            .await
-            .map_err(etcd_failed)?;
-        if active.kvs().is_empty() {
-            // Between acceptance and the marker there is no gap (one
-            // transaction), so a run that is neither active nor recorded
-            // for a whole lease lost its leader before it started.
-            let since = *unseen_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() > etcd.config().lease_ttl * 2 {
-                return Err(CliError::Other(anyhow::anyhow!(
-                    "run {run_id} was accepted but never started or recorded (its leader died)"
-                )));
-            }
-        } else {
-            unseen_since = None;
+        Seen::NotYet => {
+            print_out(&format!("{run_id}\n"));
+            Ok(())
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        Seen::Vanished => Err(CliError::Other(anyhow::anyhow!(
+            "run {run_id} was accepted but never started or recorded (its leader died)"
+        ))),
     }
-}
-
-/// How waiting for a leader to take a request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waited {
-    Accepted,
-    TimedOut,
-    Interrupted,
 }
 
 /// One line about a finished run, e.g. `run 0190… of "backup": failed (exit 3) after 1.2s`.

@@ -7,6 +7,7 @@
 //! same backend through [`RunRecorder`] to keep their run marked as active and
 //! to write its record.
 
+mod backend;
 pub mod channel;
 pub mod clock;
 pub mod etcd;
@@ -21,6 +22,7 @@ use std::future::Future;
 use std::os::fd::OwnedFd;
 use tokio::sync::{mpsc, watch};
 
+pub use backend::{Backend, BackendChoice};
 pub use etcd::Etcd;
 pub use standalone::Standalone;
 
@@ -35,6 +37,9 @@ pub enum CoordError {
     Corrupt { path: String, reason: String },
     #[error("etcd: {0}")]
     Etcd(String),
+    /// etcd does not answer at all; the message names the endpoints.
+    #[error("{0}")]
+    Unreachable(String),
     /// etcd refused the credentials (or lacks them): retrying cannot help.
     #[error("authentication failed at etcd {endpoints}{}: {cause}", user.as_deref().map(|u| format!(" as user \"{u}\"")).unwrap_or_default())]
     Auth {

@@ -10,8 +10,11 @@
 //! `bgsched trigger` runs the same supervisor code in the foreground.
 
 pub mod contain;
+pub mod entry;
 pub mod output;
 pub mod report;
+
+pub use entry::SUPERVISE_COMMAND;
 
 use crate::config::{Job, Overlap, Program};
 use crate::coordination::standalone::duration_ms;
@@ -156,24 +159,6 @@ pub enum Echo {
     Log,
     /// Copy the job's output lines to this process's stdout instead.
     Terminal,
-}
-
-/// The exit code `bgsched trigger` reports for a finished run, following
-/// shell conventions: the job's own code, 128+N for signal N, 124 for a
-/// timeout (as timeout(1)), 127 when it could not start.
-pub fn exit_code_of(record: &RunRecord) -> i32 {
-    match record.outcome {
-        Outcome::Success => 0,
-        Outcome::Failed => record.exit_code.unwrap_or(1),
-        Outcome::Killed => 128 + record.signal.unwrap_or(9),
-        Outcome::TimedOut => 124,
-        Outcome::StartFailed => 127,
-        Outcome::Lost
-        | Outcome::Running
-        | Outcome::Skipped
-        | Outcome::Missed
-        | Outcome::Unreadable => 1,
-    }
 }
 
 /// Run the job described by `spec` to completion (with its jitter delay
@@ -792,7 +777,7 @@ pub fn spawn_supervisor(
         });
     }
     let child = cmd
-        .arg("__supervise")
+        .arg(SUPERVISE_COMMAND)
         .env(SPEC_FD_ENV, spec_raw.to_string())
         .stdin(Stdio::null())
         .process_group(0)
@@ -828,14 +813,18 @@ pub fn read_spec() -> Result<RunSpec, String> {
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|fd| *fd > 2)
-        .ok_or_else(|| format!("__supervise is internal to bgsched ({SPEC_FD_ENV} is not set)"))?;
+        .ok_or_else(|| {
+            format!("{SUPERVISE_COMMAND} is internal to bgsched ({SPEC_FD_ENV} is not set)")
+        })?;
     // SAFETY: single-threaded at this point; no runtime has started yet.
     unsafe { std::env::remove_var(SPEC_FD_ENV) };
     // The descriptor must be the memfd the scheduler made for this process,
     // not whatever else happens to have that number.
     let target = std::fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
     if !target.to_string_lossy().contains("bgsched-run-spec") {
-        return Err(format!("__supervise: descriptor {raw} is not a run spec"));
+        return Err(format!(
+            "{SUPERVISE_COMMAND}: descriptor {raw} is not a run spec"
+        ));
     }
     // SAFETY: the descriptor was opened by the scheduler for this process,
     // checked above, and nothing else in this process refers to it.
@@ -846,9 +835,9 @@ pub fn read_spec() -> Result<RunSpec, String> {
     let mut json = String::new();
     file.rewind()
         .and_then(|_| file.read_to_string(&mut json))
-        .map_err(|e| format!("__supervise: cannot read the run spec: {e}"))?;
+        .map_err(|e| format!("{SUPERVISE_COMMAND}: cannot read the run spec: {e}"))?;
     drop(file);
-    serde_json::from_str(&json).map_err(|e| format!("__supervise: bad run spec: {e}"))
+    serde_json::from_str(&json).map_err(|e| format!("{SUPERVISE_COMMAND}: bad run spec: {e}"))
 }
 
 /// In a supervisor process: take over the lock the scheduler handed down.

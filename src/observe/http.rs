@@ -1,10 +1,10 @@
 //! The HTTP endpoints of `bgsched run` (`[http] listen`, `--http`):
 //! `/metrics`, `/healthz`, `/readyz` and `/status`.
 
-use super::status::{self, Source};
+use super::status;
 use super::Metrics;
 use crate::config::Config;
-use crate::coordination::{Etcd, Standalone};
+use crate::coordination::Backend;
 use crate::reload::ReloadStatus;
 use crate::scheduler::MAX_SLEEP;
 use axum::extract::State;
@@ -21,12 +21,6 @@ use tokio::sync::watch;
 /// The scheduler loop turns at least every [`MAX_SLEEP`]; twice that
 /// without a turn means it is stuck, not idle.
 pub const HEALTHY_WITHIN: Duration = Duration::from_secs(2 * MAX_SLEEP.as_secs());
-
-/// The backend the endpoints read.
-pub enum Backend {
-    Standalone(Arc<Standalone>),
-    Cluster(Arc<Etcd>),
-}
 
 /// What the endpoints need from the running scheduler.
 pub struct Served {
@@ -183,26 +177,22 @@ async fn readyz(State(s): Shared) -> Response {
 }
 
 async fn status(State(s): Shared) -> Response {
-    let source = match s.backend.get() {
-        Some(Backend::Standalone(b)) => Source::Standalone(b),
-        Some(Backend::Cluster(b)) => Source::Cluster(b),
-        None => {
-            return json_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({ "error": "not connected to etcd yet" }),
-            )
-        }
+    let Some(backend) = s.backend.get() else {
+        return json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "not connected to etcd yet" }),
+        );
     };
     let now = chrono::Utc::now();
     let config = s.config.borrow().clone();
     let hash = s.reload.borrow().config_hash.clone();
-    let built = match source {
+    let built = match backend {
         // Reading the state directory blocks (a file per history entry):
         // let the runtime move the fire loop off this worker meanwhile.
-        Source::Standalone(_) => tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(status::build(&config, &hash, source, now))
+        Backend::Standalone(_) => tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(status::build(&config, &hash, backend, now))
         }),
-        Source::Cluster(_) => status::build(&config, &hash, source, now).await,
+        Backend::Cluster(_) => status::build(&config, &hash, backend, now).await,
     };
     match built {
         Ok(view) => {

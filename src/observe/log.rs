@@ -158,6 +158,41 @@ impl Visit for Fields<'_> {
     }
 }
 
+/// Install the tracing subscriber: level from `$BGSCHED_LOG` (default
+/// `default_level`), text or (`json`) one JSON object per line, on stderr.
+pub fn init(json: bool, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("BGSCHED_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    // The run spans feed JSON's top-level fields whatever the level; text
+    // events already name their run, and a span prefix would repeat it.
+    let spans = if json { "error" } else { "off" };
+    let filter = match format!("{SPAN_TARGET}={spans}").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour_stderr())
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder
+            .fmt_fields(span_fields())
+            .event_format(FlatJson)
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Colour only for a person at a terminal: captured output, files and
+/// journald get plain text, and a non-empty `$NO_COLOR` (no-color.org)
+/// turns it off everywhere.
+fn colour_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::duration;

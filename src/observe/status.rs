@@ -5,7 +5,7 @@
 use crate::config::{Config, Job};
 use crate::coordination::etcd::MemberInfo;
 use crate::coordination::{
-    CoordError, Coordinator, Etcd, HistoryReader, LeaderInfo, Outcome, RunRecord, Standalone,
+    Backend, CoordError, Coordinator, HistoryReader, LeaderInfo, Outcome, RunRecord,
 };
 use crate::scheduler::LATE_TOLERANCE;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -73,19 +73,19 @@ const READS_IN_FLIGHT: usize = 8;
 /// Each job's retained history (newest first) and its active runs, in the
 /// order of `jobs`.
 async fn read_jobs(
-    source: Source<'_>,
+    backend: &Backend,
     jobs: Vec<String>,
     limit: usize,
 ) -> Result<Vec<(Vec<RunRecord>, Vec<RunRecord>)>, CoordError> {
-    match source {
-        Source::Standalone(s) => {
+    match backend {
+        Backend::Standalone(s) => {
             let mut out = Vec::with_capacity(jobs.len());
             for job in jobs {
                 out.push((s.recent(&job, limit).await?, s.active(&job).await?));
             }
             Ok(out)
         }
-        Source::Cluster(e) => {
+        Backend::Cluster(e) => {
             // Owned chunks: a closure over borrowed names trips rustc's
             // higher-ranked lifetime check where the future must be Send
             // (the /status handler).
@@ -108,38 +108,31 @@ async fn read_jobs(
 /// Jobs per concurrent read in a cluster.
 const JOBS_PER_READ: usize = 200;
 
-/// The backend a status is read from.
-#[derive(Clone, Copy)]
-pub enum Source<'a> {
-    Standalone(&'a Standalone),
-    Cluster(&'a Etcd),
-}
-
 /// Read the status of every job in `config` (whose content hash is
-/// `config_hash`) from `source`.
+/// `config_hash`) from `backend`.
 pub async fn build(
     config: &Config,
     config_hash: &str,
-    source: Source<'_>,
+    backend: &Backend,
     now: DateTime<Utc>,
 ) -> Result<ListView, CoordError> {
     let limit = config.scheduler.history_limit;
     // In a cluster every job costs round trips to etcd: keep several in
     // flight (in job order) instead of paying for them one after another.
     let names: Vec<String> = config.jobs.keys().cloned().collect();
-    let last_ticks = match source {
-        Source::Standalone(s) => {
+    let last_ticks = match backend {
+        Backend::Standalone(s) => {
             let mut ticks = std::collections::HashMap::new();
             for name in &names {
-                if let Some(t) = Coordinator::last_fired(s, name).await? {
+                if let Some(t) = Coordinator::last_fired(s.as_ref(), name).await? {
                     ticks.insert(name.clone(), t);
                 }
             }
             ticks
         }
-        Source::Cluster(e) => e.last_ticks().await?,
+        Backend::Cluster(e) => e.last_ticks().await?,
     };
-    let reads = read_jobs(source, names, limit).await?;
+    let reads = read_jobs(backend, names, limit).await?;
     let mut jobs = Vec::new();
     for (job, (history, running)) in config.jobs.values().zip(reads) {
         let last_run = history
@@ -190,8 +183,8 @@ pub async fn build(
                 }),
         });
     }
-    let view = match source {
-        Source::Standalone(s) => ListView {
+    let view = match backend {
+        Backend::Standalone(s) => ListView {
             mode: "standalone",
             state_dir: Some(s.root().display().to_string()),
             etcd_prefix: None,
@@ -202,7 +195,7 @@ pub async fn build(
             unreadable: s.unreadable_state_files()?,
             jobs,
         },
-        Source::Cluster(e) => ListView {
+        Backend::Cluster(e) => ListView {
             mode: "cluster",
             state_dir: None,
             etcd_prefix: Some(e.config().prefix.clone()),

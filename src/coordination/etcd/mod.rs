@@ -26,7 +26,7 @@
 //! term, fencing), `clocks` (clock agreement), `leases` (session and run
 //! leases, spares), `claim` (the transaction above and its read-back),
 //! `watches` (stop requests, ended markers, trigger requests), `records`
-//! (entries, pruning, reads), `coordinator` (the `Coordinator` interface)
+//! (entries, pruning, reads), `requests` (a `trigger` through the leader), `coordinator` (the `Coordinator` interface)
 //! and `recorder` (a supervisor's side of its run).
 
 use super::clock::{ClockVerdict, ClockWatch};
@@ -60,6 +60,7 @@ mod leadership;
 mod leases;
 mod recorder;
 mod records;
+mod requests;
 mod watches;
 mod words;
 use claim::*;
@@ -69,6 +70,7 @@ pub use keys::*;
 use leadership::*;
 pub use leases::*;
 pub use recorder::*;
+pub use requests::*;
 use watches::*;
 pub use words::*;
 

@@ -1,0 +1,35 @@
+//! `bgsched check`: validate the config; each job's next fire.
+
+use super::context::load_config;
+use super::{Cli, CliError};
+use crate::observe::status::local_rfc3339;
+use crate::reload;
+use chrono::Utc;
+
+pub fn check(cli: &Cli) -> Result<(), CliError> {
+    let config = load_config(cli)?;
+    let now = Utc::now();
+    println!(
+        "{}: ok, {} job(s)",
+        config.path.display(),
+        config.jobs.len()
+    );
+    // Not an error: the file is valid and runs its other jobs.
+    for (_, text) in reload::ended_jobs(&config, now) {
+        eprintln!("bgsched: warning: {text}");
+    }
+    for job in config.jobs.values() {
+        let next = match (job.enabled, job.schedule.next_after(now)) {
+            (false, _) => "disabled".to_string(),
+            (true, Some(t)) => format!("next {}", local_rfc3339(job, t)),
+            (true, None) => "never fires again".to_string(),
+        };
+        println!(
+            "  {:<24} {:<20} {:<16} {next}",
+            job.name,
+            job.schedule.as_str(),
+            job.timezone.name()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! What every command needs: the config, the job it names, the instance
+//! id, and the backend.
+
+use super::{Cli, CliError};
+use crate::config::{self, ClusterSettings, Config, Job};
+use crate::coordination::etcd::{EtcdConfig, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
+use crate::coordination::{Backend, BackendChoice, Standalone};
+
+pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
+    Ok(config::load(&cli.config)?)
+}
+
+/// Cluster mode when the config has `[cluster]` or `--etcd` /
+/// `$BGSCHED_ETCD_ENDPOINTS` names endpoints (which then override the
+/// config's); standalone otherwise.
+pub fn backend_config(cli: &Cli, config: &Config) -> Result<BackendChoice, CliError> {
+    if let Some(bad) = cli
+        .etcd
+        .iter()
+        .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+    {
+        return Err(CliError::Usage(format!(
+            "--etcd endpoint \"{bad}\" must be a URL like \"http://127.0.0.1:2379\""
+        )));
+    }
+    let Some(cluster) = config.cluster.as_ref() else {
+        if cli.etcd.is_empty() {
+            let dir = cli
+                .state_dir
+                .clone()
+                .or_else(|| config.scheduler.state_dir.clone())
+                .unwrap_or_else(|| Standalone::default_dir(&config.path));
+            return Ok(BackendChoice::Standalone(dir));
+        }
+        // `--etcd` alone: cluster mode with the documented defaults.
+        return Ok(BackendChoice::Cluster(EtcdConfig {
+            endpoints: cli.etcd.clone(),
+            prefix: DEFAULT_PREFIX.to_string(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            max_clock_skew: crate::coordination::etcd::DEFAULT_MAX_CLOCK_SKEW,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
+            password: None,
+            history_limit: config.scheduler.history_limit,
+        }));
+    };
+    let cluster: ClusterSettings = cluster.clone();
+    Ok(BackendChoice::Cluster(EtcdConfig {
+        endpoints: if cli.etcd.is_empty() {
+            cluster.endpoints
+        } else {
+            cli.etcd.clone()
+        },
+        prefix: cluster.prefix,
+        lease_ttl: cluster.lease_ttl,
+        max_clock_skew: cluster.max_clock_skew,
+        ca_file: cluster.ca_file,
+        cert_file: cluster.cert_file,
+        key_file: cluster.key_file,
+        user: cluster.user,
+        password: cluster.password.map(|p| p.expose().to_string()),
+        history_limit: config.scheduler.history_limit,
+    }))
+}
+
+/// Open the backend the config and flags choose, for a short-lived
+/// command: etcd must answer now.
+pub async fn open_backend(cli: &Cli, config: &Config) -> Result<Backend, CliError> {
+    Ok(Backend::open(backend_config(cli, config)?, config.scheduler.history_limit).await?)
+}
+
+pub fn instance_id(given: Option<String>) -> String {
+    given.filter(|s| !s.is_empty()).unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            gethostname::gethostname().to_string_lossy(),
+            std::process::id()
+        )
+    })
+}
+
+/// Look a job up by name, suggesting close names when it is not there.
+pub fn find_job<'c>(config: &'c Config, name: &str) -> Result<&'c Job, CliError> {
+    if let Some(job) = config.jobs.get(name) {
+        return Ok(job);
+    }
+    let mut close: Vec<(f64, &str)> = config
+        .jobs
+        .keys()
+        .map(|k| (strsim::jaro_winkler(k, name), k.as_str()))
+        .filter(|(score, _)| *score > 0.7)
+        .collect();
+    close.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let hint = match close.as_slice() {
+        [] => format!(
+            "; jobs in {}: {}",
+            config.path.display(),
+            config.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+        c => format!(
+            "; did you mean {}?",
+            c.iter()
+                .take(3)
+                .map(|(_, n)| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+    };
+    Err(CliError::UnknownJob(format!(
+        "no job named \"{name}\" in {}{hint}",
+        config.path.display()
+    )))
+}

@@ -1,0 +1,60 @@
+//! `bgsched next`: a job's next fire instants.
+
+use super::context::{find_job, load_config};
+use super::{Cli, CliError};
+use crate::observe::status::local_rfc3339;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+pub fn next(
+    cli: &Cli,
+    name: &str,
+    count: usize,
+    after: Option<&str>,
+    json: bool,
+) -> Result<(), CliError> {
+    let config = load_config(cli)?;
+    let job = find_job(&config, name)?;
+    let after = match after {
+        Some(s) => DateTime::parse_from_rfc3339(s)
+            .map_err(|e| CliError::Usage(format!("--after {s:?} is not an RFC 3339 instant: {e}")))?
+            .with_timezone(&Utc),
+        None => Utc::now(),
+    };
+    let mut ticks = Vec::with_capacity(count);
+    let mut t = after;
+    while ticks.len() < count {
+        match job.schedule.next_after(t) {
+            Some(n) => {
+                ticks.push(n);
+                t = n;
+            }
+            None => break,
+        }
+    }
+    if ticks.len() < count {
+        // Fewer lines than asked for must not look like a cut-off listing.
+        let last = ticks.last().copied().unwrap_or(after);
+        let fields: Vec<&str> = job.schedule.as_str().split_whitespace().collect();
+        let why = match fields.as_slice() {
+            [_, _, _, _, _, _, years] => format!("its years ({years}) are over"),
+            _ => "its schedule matches no later date".to_string(),
+        };
+        eprintln!(
+            "bgsched: job \"{}\" has no fire after {}: {why}",
+            job.name,
+            local_rfc3339(job, last)
+        );
+    }
+    if json {
+        let out: Vec<_> = ticks
+            .iter()
+            .map(|t| serde_json::json!({ "tick": t.to_rfc3339_opts(SecondsFormat::AutoSi, true), "local": local_rfc3339(job, *t) }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out).expect("json"));
+    } else {
+        for t in &ticks {
+            println!("{}", local_rfc3339(job, *t));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! `bgsched run`: the scheduler, with reloads, signals and the endpoints.
+
+use super::context::{backend_config, instance_id};
+use super::{Cli, CliError, LogFormat};
+use crate::coordination::{Backend, BackendChoice, Coordinator, Etcd, Standalone};
+use crate::observe::{http, Metrics};
+use crate::reload::{self, Reloader};
+use crate::scheduler::Scheduler;
+use std::sync::Arc;
+
+pub async fn run(
+    cli: &Cli,
+    instance: Option<String>,
+    http_flag: Option<std::net::SocketAddr>,
+    watch_config: bool,
+) -> Result<(), CliError> {
+    // Installed first: until then, SIGHUP's default action ends the process.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
+    let (config, hash) = reload::load(&cli.config)?;
+    reload::warn_ended(&config);
+    let reloader = Reloader::new(config, hash);
+    let config = reloader.config();
+    let instance = instance_id(instance);
+    let metrics = Arc::new(Metrics::new());
+    let mut reload_status = reloader.status();
+    let reload_metrics = metrics.clone();
+    tokio::spawn(async move {
+        while reload_status.changed().await.is_ok() {
+            let s = reload_status.borrow_and_update().clone();
+            reload_metrics.set_config(s.generation, s.last_reload_ok);
+        }
+    });
+    let served = match http_flag.or(config.http.listen) {
+        Some(addr) => Some(serve_http(addr, &reloader, &metrics, &instance).await?),
+        None => None,
+    };
+    let serve_backend = |backend| {
+        if let Some(served) = &served {
+            let _ = served.backend.set(backend);
+        }
+    };
+    // Reload requests; one queued is enough, since a reload reads the
+    // newest file anyway.
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+    let _watcher = if watch_config {
+        let watcher = reload::watch_file(&cli.config, reload_tx.clone()).map_err(|e| {
+            anyhow::anyhow!("--watch-config: cannot watch {}: {e}", cli.config.display())
+        })?;
+        Some(watcher)
+    } else {
+        None
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            let _ = reload_tx.try_send(reload::Request::Signal);
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(0u32);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            let n = *stop_tx.borrow() + 1;
+            tracing::info!("{name} received ({n})");
+            let _ = stop_tx.send(n);
+        }
+    });
+    let log_json = cli.log_format == LogFormat::Json;
+    let forced = match backend_config(cli, &config)? {
+        BackendChoice::Standalone(dir) => {
+            let state = Arc::new(
+                Standalone::open(&dir, config.scheduler.history_limit)?.repairing(metrics.clone()),
+            );
+            serve_backend(Backend::Standalone(state.clone()));
+            tracing::info!(
+                config = %config.path.display(), state_dir = %dir.display(), instance = %instance,
+                "bgsched {} starting (standalone)", env!("CARGO_PKG_VERSION")
+            );
+            schedule(
+                reloader,
+                state,
+                metrics,
+                instance,
+                log_json,
+                (reload_rx, stop_rx),
+            )
+            .await?
+        }
+        BackendChoice::Cluster(cfg) => {
+            tracing::info!(
+                config = %config.path.display(), etcd = ?cfg.endpoints, prefix = %cfg.prefix, instance = %instance,
+                "bgsched {} starting (cluster)", env!("CARGO_PKG_VERSION")
+            );
+            crate::coordination::channel::record_into(metrics.clone());
+            let mut stop_wait = stop_rx.clone();
+            let etcd = tokio::select! {
+                etcd = Etcd::connect_retrying(cfg) => Arc::new(etcd?),
+                _ = stop_wait.changed() => return Ok(()),
+                // Waiting for etcd is this process working as intended.
+                () = beat_forever(&metrics) => unreachable!(),
+            };
+            serve_backend(Backend::Cluster(etcd.clone()));
+            schedule(
+                reloader,
+                etcd,
+                metrics,
+                instance,
+                log_json,
+                (reload_rx, stop_rx),
+            )
+            .await?
+        }
+    };
+    tracing::info!("stopped");
+    if forced {
+        return Err(CliError::Interrupted);
+    }
+    Ok(())
+}
+
+/// Run the scheduler on `coord` while `reloader` applies each request on
+/// `reloads`. Returns whether the stop was forced.
+async fn schedule<C: Coordinator>(
+    reloader: Reloader,
+    coord: Arc<C>,
+    metrics: Arc<Metrics>,
+    instance: String,
+    log_json: bool,
+    (reloads, stop): (
+        tokio::sync::mpsc::Receiver<reload::Request>,
+        tokio::sync::watch::Receiver<u32>,
+    ),
+) -> Result<bool, CliError> {
+    // Before a cluster session starts, so its member key has the hash at once
+    // (the session is not there yet: this only stores it).
+    let _ = coord.announce_config(&instance, reloader.hash()).await;
+    let scheduler = Scheduler::reloadable(
+        reloader.subscribe(),
+        coord.clone(),
+        instance.clone(),
+        log_json,
+    )
+    .with_metrics(metrics);
+    tokio::spawn(reloader.serve(coord, instance, reloads));
+    Ok(scheduler.run(stop).await?)
+}
+
+/// Bind `[http] listen` (or `--http`) and serve the endpoints; the backend
+/// is handed to them once it is open.
+async fn serve_http(
+    addr: std::net::SocketAddr,
+    reloader: &Reloader,
+    metrics: &Arc<Metrics>,
+    instance: &str,
+) -> Result<Arc<http::Served>, CliError> {
+    let listener = http::Listener::bind(addr)
+        .await
+        .map_err(|source| CliError::Listen { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| CliError::Listen { addr, source })?;
+    let served = Arc::new(http::Served {
+        config: reloader.subscribe(),
+        reload: reloader.status(),
+        metrics: metrics.clone(),
+        instance: instance.to_string(),
+        backend: std::sync::OnceLock::new(),
+    });
+    listener.serve(served.clone());
+    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz and /status on http://{bound}");
+    Ok(served)
+}
+
+async fn beat_forever(metrics: &Metrics) {
+    let mut beat = tokio::time::interval(crate::scheduler::MAX_SLEEP / 4);
+    loop {
+        beat.tick().await;
+        metrics.beat();
+    }
+}

@@ -1,0 +1,74 @@
+//! The one backend value: the local state directory or etcd, chosen once
+//! from the config and the command line, and opened for every command
+//! that reads or writes state. The scheduler itself is generic over
+//! [`Coordinator`](super::Coordinator) instead and never sees this.
+
+use super::etcd::EtcdConfig;
+use super::{CoordError, Etcd, HistoryReader, Result, RunRecord, Standalone};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Which backend a command talks to.
+#[derive(Debug)]
+pub enum BackendChoice {
+    /// The state directory.
+    Standalone(PathBuf),
+    Cluster(EtcdConfig),
+}
+
+/// An open backend.
+#[derive(Clone)]
+pub enum Backend {
+    Standalone(Arc<Standalone>),
+    Cluster(Arc<Etcd>),
+}
+
+impl Backend {
+    /// Open the backend for a short-lived command: etcd must answer now.
+    /// A connection failure names the endpoints.
+    pub async fn open(choice: BackendChoice, history_limit: usize) -> Result<Backend> {
+        match choice {
+            BackendChoice::Standalone(dir) => Ok(Backend::Standalone(Arc::new(Standalone::open(
+                &dir,
+                history_limit,
+            )?))),
+            BackendChoice::Cluster(cfg) => {
+                let endpoints = cfg.endpoints.join(",");
+                match Etcd::connect(cfg).await {
+                    Ok(etcd) => Ok(Backend::Cluster(Arc::new(etcd))),
+                    Err(e @ CoordError::Auth { .. }) => Err(e),
+                    // "etcd: " again after "cannot reach etcd" says nothing.
+                    Err(CoordError::Etcd(why)) | Err(CoordError::Unreachable(why)) => Err(
+                        CoordError::Unreachable(format!("cannot reach etcd at {endpoints}: {why}")),
+                    ),
+                    Err(e) => Err(CoordError::Unreachable(format!(
+                        "cannot reach etcd at {endpoints}: {e}"
+                    ))),
+                }
+            }
+        }
+    }
+}
+
+impl HistoryReader for Backend {
+    async fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        match self {
+            Backend::Standalone(s) => s.recent(job, limit).await,
+            Backend::Cluster(e) => e.recent(job, limit).await,
+        }
+    }
+
+    async fn active(&self, job: &str) -> Result<Vec<RunRecord>> {
+        match self {
+            Backend::Standalone(s) => s.active(job).await,
+            Backend::Cluster(e) => e.active(job).await,
+        }
+    }
+
+    async fn find_run(&self, jobs: &[&str], run_id: &str) -> Result<Option<RunRecord>> {
+        match self {
+            Backend::Standalone(s) => s.find_run(jobs, run_id).await,
+            Backend::Cluster(e) => e.find_run(jobs, run_id).await,
+        }
+    }
+}

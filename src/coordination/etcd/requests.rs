@@ -1,0 +1,160 @@
+//! `bgsched trigger` in a cluster: a request under `P/requests/` that the
+//! leader takes (claiming the run like any scheduled fire), and the record
+//! the run then leaves.
+
+use super::*;
+use std::future::Future;
+
+/// How asking the leader to run a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// A leader took the request.
+    Taken,
+    /// No leader took it in time; it was withdrawn.
+    NoLeader,
+    /// Interrupted before any leader took it; it was withdrawn.
+    Withdrawn,
+    /// Interrupted, but a leader had already taken it: the run goes on.
+    TakenThenInterrupted,
+}
+
+/// What became of a request a leader took.
+#[derive(Debug)]
+pub enum Seen {
+    Recorded(Box<RunRecord>),
+    /// Not recorded yet (asked not to wait).
+    NotYet,
+    /// Neither running nor recorded for two lease TTLs: its leader died
+    /// before starting it.
+    Vanished,
+}
+
+impl Etcd {
+    /// Ask the leader to run `job` as `run_id`: the request is bound to a
+    /// lease of `timeout` plus a margin, so an unanswered request never
+    /// fires later behind the requester's back. Waits until a leader takes
+    /// it, `timeout` passes, or `interrupted` completes; withdraws it unless
+    /// it was taken.
+    pub async fn request_run(
+        &self,
+        job: &str,
+        run_id: &str,
+        instance: String,
+        timeout: Duration,
+        interrupted: impl Future<Output = ()>,
+    ) -> Result<Asked> {
+        let keys = self.keys();
+        let mut client = self.client();
+        let req = TriggerRequest {
+            run_id: run_id.to_string(),
+            job: job.to_string(),
+            requested_by: instance,
+            requested_at: Utc::now(),
+        };
+        let lease = client
+            .lease_grant(timeout.as_secs().max(1) as i64 + 5, None)
+            .await
+            .map_err(unreachable)?
+            .id();
+        client
+            .put(
+                keys.request(run_id),
+                json(&req),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(unreachable)?;
+        let deadline = Instant::now() + timeout;
+        let taken = async {
+            loop {
+                let pending = client
+                    .get(keys.request(run_id), None)
+                    .await
+                    .map_err(unreachable)?;
+                if pending.kvs().is_empty() {
+                    return Ok(true);
+                }
+                if Instant::now() >= deadline {
+                    return Ok(false);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let waited = tokio::select! {
+            r = taken => r.map(|taken| if taken { Asked::Taken } else { Asked::NoLeader }),
+            () = interrupted => Ok(Asked::Withdrawn),
+        };
+        let mut client = self.client();
+        let waited = match waited {
+            Ok(w) => w,
+            Err(e) => {
+                // Do not leave a request behind that could still fire later.
+                let _ = client.delete(keys.request(run_id), None).await;
+                return Err(e);
+            }
+        };
+        if waited != Asked::Taken {
+            // Withdraw, unless the leader took it in the meantime.
+            let withdrawn = client
+                .delete(keys.request(run_id), None)
+                .await
+                .map_err(unreachable)?;
+            if withdrawn.deleted() > 0 {
+                let _ = client.lease_revoke(lease).await;
+                return Ok(waited);
+            }
+            if waited == Asked::Withdrawn {
+                return Ok(Asked::TakenThenInterrupted);
+            }
+        }
+        let _ = client.lease_revoke(lease).await;
+        Ok(Asked::Taken)
+    }
+
+    /// Wait for the record of run `run_id` of `job`, taken by a leader. A
+    /// skip is recorded before the request is taken away, so it is known
+    /// at once; with `detach`, a run not recorded yet is [`Seen::NotYet`].
+    pub async fn wait_for_record(&self, job: &str, run_id: &str, detach: bool) -> Result<Seen> {
+        let keys = self.keys();
+        let mut client = self.client();
+        let mut unseen_since = None;
+        loop {
+            let hist = client
+                .get(keys.history(job, run_id), None)
+                .await
+                .map_err(unreachable)?;
+            match hist.kvs().first() {
+                Some(kv) => {
+                    let rec: RunRecord = parse(kv)?;
+                    if detach && rec.outcome != Outcome::Skipped {
+                        return Ok(Seen::NotYet);
+                    }
+                    return Ok(Seen::Recorded(Box::new(rec)));
+                }
+                None if detach => return Ok(Seen::NotYet),
+                None => {}
+            }
+            let active = client
+                .get(keys.active(job, run_id), None)
+                .await
+                .map_err(unreachable)?;
+            if active.kvs().is_empty() {
+                // Between acceptance and the marker there is no gap (one
+                // transaction), so a run that is neither active nor recorded
+                // for two lease TTLs lost its leader before it started.
+                let since = *unseen_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > self.config().lease_ttl * 2 {
+                    return Ok(Seen::Vanished);
+                }
+            } else {
+                unseen_since = None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A request etcd did not answer: exit 69, as for an unreachable etcd.
+fn unreachable(e: etcd_client::Error) -> CoordError {
+    CoordError::Unreachable(format!("etcd: {}", in_words(&e)))
+}

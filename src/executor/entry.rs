@@ -1,0 +1,89 @@
+//! The supervisor's entry point: `bgsched` re-executed with the hidden
+//! [`SUPERVISE_COMMAND`] by a scheduler (see [`super::spawn_supervisor`]),
+//! reading its run spec from an inherited descriptor. One run, recorded
+//! through the backend the spec names.
+
+use super::{adopt_hold, read_spec, report, supervise, Echo};
+use crate::config::Overlap;
+use crate::coordination::etcd::EtcdRecorder;
+use crate::coordination::{BackendSpec, CoordError, Outcome, RunRecorder, Standalone};
+use crate::observe::log;
+use tracing::Instrument;
+
+/// The hidden subcommand a scheduler re-executes `bgsched` with.
+pub const SUPERVISE_COMMAND: &str = "__supervise";
+
+/// Why a supervisor could not do its run.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// Started by hand, or with a bad spec.
+    #[error("{0}")]
+    Spec(String),
+    #[error(transparent)]
+    Backend(#[from] CoordError),
+    #[error("cannot start the supervisor's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Supervise the one run the inherited spec describes.
+pub fn main() -> Result<(), EntryError> {
+    let spec = read_spec().map_err(EntryError::Spec)?;
+    let hold = adopt_hold(spec.hold_fd);
+    log::init(spec.log_json, "info");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(EntryError::Runtime)?;
+    let span = log::run_span(&spec);
+    runtime.block_on(
+        async {
+            match &spec.backend {
+                BackendSpec::Standalone {
+                    state_dir,
+                    history_limit,
+                } => {
+                    let state = Standalone::open(state_dir, *history_limit)?;
+                    let mut recorder = state.recorder(&spec.job, &spec.run_id);
+                    let done = supervise(&spec, &mut recorder, hold, Echo::Log).await;
+                    report::ended(&spec, &done.record, None);
+                }
+                BackendSpec::Etcd(cfg) => {
+                    let Some((lease, granted_at)) = spec.lease else {
+                        return Err(EntryError::Spec(format!(
+                            "{SUPERVISE_COMMAND}: cluster run without a lease"
+                        )));
+                    };
+                    let stoppable = spec.overlap == Overlap::Replace;
+                    match EtcdRecorder::start(
+                        cfg,
+                        &spec.job,
+                        &spec.run_id,
+                        lease,
+                        granted_at,
+                        stoppable,
+                    ) {
+                        Ok(mut recorder) => {
+                            let done = supervise(&spec, &mut recorder, hold, Echo::Log).await;
+                            report::ended(&spec, &done.record, recorder.handback());
+                        }
+                        Err(e) => {
+                            // The command was fine; the scheduler was too
+                            // slow to hand the run over: the tick is dropped.
+                            tracing::error!(job = %spec.job, run_id = %spec.run_id, "not starting the job: {e}");
+                            let mut rec = spec.unstarted(format!(
+                                "{}: the scheduler could not start the run in time ({e})",
+                                crate::scheduler::OVERLOADED
+                            ));
+                            rec.outcome = Outcome::Missed;
+                            rec.missed_ticks = Some(1);
+                            EtcdRecorder::record_unstarted(cfg, &rec).await;
+                            report::ended(&spec, &rec, None);
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        .instrument(span),
+    )
+}

@@ -1,0 +1,265 @@
+//! The run spec a scheduler hands its supervisor, and handing it over: the
+//! re-exec, the inherited descriptor, and what the supervisor holds.
+
+use super::*;
+
+/// The environment variable that names the descriptor a supervisor reads
+/// its [`RunSpec`] from. The spec itself does not travel in the
+/// environment: it holds the etcd password, and a process's environment is
+/// readable in `/proc/<pid>/environ` and inherited by whatever it starts.
+pub const SPEC_FD_ENV: &str = "BGSCHED_SUPERVISE_SPEC_FD";
+
+/// Everything a supervisor needs to run one job once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub run_id: String,
+    pub job: String,
+    pub tick: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub instance: String,
+    pub term: u64,
+    pub program: Program,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<PathBuf>,
+    pub timeout: Option<Duration>,
+    pub kill_grace: Duration,
+    /// Where the supervisor records the run.
+    pub backend: BackendSpec,
+    /// Descriptor number of the inherited run lock, if the claim took one.
+    pub hold_fd: Option<i32>,
+    /// The lease keeping the run's marker alive, and when it was granted.
+    pub lease: Option<(i64, DateTime<Utc>)>,
+    pub log_json: bool,
+    /// Print the job's pid on stdout once it runs (for the scheduler).
+    #[serde(default)]
+    pub report_pid: bool,
+    /// Wait this long before the first attempt (the job's `jitter`).
+    #[serde(default)]
+    pub delay: Duration,
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub retry_backoff: Duration,
+    #[serde(default)]
+    pub retry_backoff_max: Duration,
+    #[serde(default)]
+    pub on_failure: Option<Vec<String>>,
+    #[serde(default)]
+    pub overlap: Overlap,
+    /// Whether the run waits for (or replaces) an active run first.
+    #[serde(default)]
+    pub turn: Turn,
+}
+
+/// Start a background supervisor for `spec`, handing it `hold`. The
+/// supervisor lives in its own process group, so a Ctrl-C meant for the
+/// scheduler's terminal does not reach it; the scheduler forwards shutdown
+/// itself.
+///
+/// A `detached` supervisor (from `trigger --detach`) gets no stdout/stderr:
+/// nobody is left to read them, and holding the caller's pipes open would
+/// keep whoever reads them waiting for the whole run.
+pub fn spawn_supervisor(
+    mut spec: RunSpec,
+    hold: Hold,
+    detached: bool,
+) -> std::io::Result<tokio::process::Child> {
+    use std::os::fd::AsRawFd;
+    let lock = match hold {
+        Hold::None => None,
+        Hold::Lock(fd) => Some(fd),
+        Hold::Lease { id, granted_at } => {
+            spec.lease = Some((id, granted_at));
+            None
+        }
+    };
+    // Above the standard descriptors, which the spawn replaces: a lock that
+    // landed on 0-2 (a scheduler started with them closed) would be lost.
+    let lock = match lock {
+        Some(fd) if fd.as_raw_fd() <= 2 => Some(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?),
+        other => other,
+    };
+    spec.hold_fd = lock.as_ref().map(|fd| fd.as_raw_fd());
+    spec.report_pid = !detached;
+    if let Some(fd) = &lock {
+        // Inherited by exactly this spawn: the scheduler spawns from one task
+        // and closes its copy right after.
+        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+    }
+    let json = serde_json::to_string(&spec).expect("run spec serializes");
+    let spec_fd = spec_file(&json)?;
+    let spec_raw = spec_fd.as_raw_fd();
+    // The running binary itself, even if the file was replaced or removed
+    // since (a package upgrade): current_exe() would then name a path that
+    // no longer exists.
+    let exe = if std::path::Path::new("/proc/self/exe").exists() {
+        std::path::PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe()?
+    };
+    let mut cmd = Command::new(exe);
+    if detached {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    } else {
+        cmd.stdout(Stdio::piped());
+    }
+    for name in secret_vars(&spec.backend) {
+        cmd.env_remove(name);
+    }
+    // SAFETY: fcntl is async-signal-safe; nothing else runs in the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Inherited in this child only: the scheduler's copy stays
+            // close-on-exec, so no other spawn can pick it up.
+            let fd = std::os::fd::BorrowedFd::borrow_raw(spec_raw);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .arg(SUPERVISE_COMMAND)
+        .env(SPEC_FD_ENV, spec_raw.to_string())
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn();
+    // Closing our copy does not release the lock: the supervisor's
+    // descriptor refers to the same open file description.
+    drop(lock);
+    drop(spec_fd);
+    child
+}
+
+/// An anonymous in-memory file holding `json`, read from the start by the
+/// supervisor, above the standard descriptors (which the spawn replaces).
+pub(super) fn spec_file(json: &str) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{memfd_create, MemfdFlags};
+    let fd = memfd_create("bgsched-run-spec", MemfdFlags::CLOEXEC)?;
+    let fd = if std::os::fd::AsRawFd::as_raw_fd(&fd) <= 2 {
+        rustix::io::fcntl_dupfd_cloexec(&fd, 3)?
+    } else {
+        fd
+    };
+    let mut file = std::fs::File::from(fd);
+    file.write_all(json.as_bytes())?;
+    Ok(OwnedFd::from(file))
+}
+
+/// In a supervisor process: read the spec from the descriptor named by
+/// [`SPEC_FD_ENV`], close it, and drop the variable.
+pub fn read_spec() -> Result<RunSpec, String> {
+    use std::io::{Read, Seek};
+    let raw: i32 = std::env::var(SPEC_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| {
+            format!("{SUPERVISE_COMMAND} is internal to bgsched ({SPEC_FD_ENV} is not set)")
+        })?;
+    // SAFETY: single-threaded at this point; no runtime has started yet.
+    unsafe { std::env::remove_var(SPEC_FD_ENV) };
+    // The descriptor must be the memfd the scheduler made for this process,
+    // not whatever else happens to have that number.
+    let target = std::fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
+    if !target.to_string_lossy().contains("bgsched-run-spec") {
+        return Err(format!(
+            "{SUPERVISE_COMMAND}: descriptor {raw} is not a run spec"
+        ));
+    }
+    // SAFETY: the descriptor was opened by the scheduler for this process,
+    // checked above, and nothing else in this process refers to it.
+    let mut file = unsafe {
+        use std::os::fd::FromRawFd;
+        std::fs::File::from_raw_fd(raw)
+    };
+    let mut json = String::new();
+    file.rewind()
+        .and_then(|_| file.read_to_string(&mut json))
+        .map_err(|e| format!("{SUPERVISE_COMMAND}: cannot read the run spec: {e}"))?;
+    drop(file);
+    serde_json::from_str(&json).map_err(|e| format!("{SUPERVISE_COMMAND}: bad run spec: {e}"))
+}
+
+/// In a supervisor process: take over the lock the scheduler handed down.
+pub fn adopt_hold(fd: Option<i32>) -> Option<OwnedFd> {
+    let raw = fd?;
+    // SAFETY: the descriptor was opened by the parent for this process and
+    // nothing else in this process refers to it.
+    let owned = unsafe {
+        use std::os::fd::FromRawFd;
+        OwnedFd::from_raw_fd(raw)
+    };
+    // The job itself must not inherit the lock, or a stray grandchild could
+    // keep the job "running" forever.
+    let _ = rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC);
+    Some(owned)
+}
+
+impl RunSpec {
+    pub fn new(
+        job: &Job,
+        run_id: String,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        backend: BackendSpec,
+    ) -> Self {
+        RunSpec {
+            run_id,
+            job: job.name.clone(),
+            tick,
+            trigger,
+            instance: String::new(),
+            term: 0,
+            program: job.program.clone(),
+            env: job.env.clone(),
+            working_dir: job.working_dir.clone(),
+            timeout: job.timeout,
+            kill_grace: job.kill_grace,
+            backend,
+            hold_fd: None,
+            lease: None,
+            log_json: false,
+            report_pid: false,
+            delay: Duration::ZERO,
+            retries: job.retries,
+            retry_backoff: job.retry_backoff,
+            retry_backoff_max: job.retry_backoff_max,
+            on_failure: job.on_failure.clone(),
+            overlap: job.overlap,
+            turn: Turn::Now,
+        }
+    }
+
+    /// The final record of a run that never started.
+    pub fn unstarted(&self, reason: String) -> RunRecord {
+        let now = Utc::now();
+        let mut rec = self.record(Outcome::StartFailed, now);
+        rec.ended_at = Some(now);
+        rec.duration_ms = Some(0);
+        rec.reason = Some(reason);
+        rec
+    }
+
+    pub(super) fn record(&self, outcome: Outcome, started_at: DateTime<Utc>) -> RunRecord {
+        RunRecord {
+            run_id: self.run_id.clone(),
+            job: self.job.clone(),
+            tick: self.tick,
+            trigger: self.trigger,
+            instance: self.instance.clone(),
+            term: self.term,
+            outcome,
+            started_at,
+            ended_at: None,
+            duration_ms: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            pid: None,
+            missed_ticks: None,
+            output_tail: String::new(),
+            attempt: 1,
+            supervisor_pid: Some(std::process::id()),
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod coordination;
 pub mod executor;
+pub mod model;
 pub mod observe;
 pub mod reload;
 pub mod schedule;

@@ -8,11 +8,11 @@ use super::context::{find_job, instance_id, load_config, open_backend};
 use super::{Cli, CliError, LogFormat};
 use crate::config::Job;
 use crate::coordination::etcd::{Asked, Seen};
-use crate::coordination::standalone::new_run_id;
 use crate::coordination::{
     Backend, ClaimRejected, Coordinator, Etcd, Hold, Outcome, RunRecord, Standalone, Trigger,
 };
 use crate::executor::{self, Echo, RunSpec};
+use crate::model::new_run_id;
 use crate::observe::log::run_span;
 use chrono::{SecondsFormat, Utc};
 use std::time::Duration;

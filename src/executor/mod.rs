@@ -23,8 +23,8 @@ pub use hooks::*;
 pub use spec::*;
 
 use crate::config::{Job, Overlap, Program};
-use crate::coordination::standalone::duration_ms;
 use crate::coordination::{BackendSpec, Hold, Outcome, RunRecord, RunRecorder, Trigger, Turn};
+use crate::model::duration_ms;
 use chrono::{DateTime, Utc};
 use output::{pump, Stream, Tail};
 use rustix::process::{kill_process_group, Pid, Signal};
@@ -131,7 +131,7 @@ pub async fn supervise<R: RunRecorder>(
         }
         // The failed attempt becomes an entry of its own; the run's id (and
         // its running mark) carries on with the next attempt.
-        rec.run_id = crate::coordination::standalone::new_run_id();
+        rec.run_id = crate::model::new_run_id();
         if let Err(e) = recorder.attempt_failed(&rec).await {
             tracing::error!(job = %spec.job, run_id = %spec.run_id, attempt, "could not record the failed attempt: {e}");
         }

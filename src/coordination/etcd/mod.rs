@@ -30,12 +30,12 @@
 //! and `recorder` (a supervisor's side of its run).
 
 use super::clock::{ClockVerdict, ClockWatch};
-use super::standalone::new_run_id;
 use super::{
     BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, HistoryReader, Hold,
     LeaderInfo, Leadership, Outcome, Result, RunRecord, RunRecorder, TriggerRequest, Turn,
 };
 use crate::config::Overlap;
+use crate::model::new_run_id;
 use chrono::{DateTime, Utc};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,

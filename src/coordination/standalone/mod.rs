@@ -148,14 +148,7 @@ impl Standalone {
 
 impl Standalone {}
 
-/// A unique, time-ordered run id (UUIDv7), so that file names sort by start.
-pub fn new_run_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-pub fn duration_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
-    (to - from).num_milliseconds().max(0) as u64
-}
+pub use crate::model::{duration_ms, new_run_id};
 
 #[cfg(test)]
 mod tests {

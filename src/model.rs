@@ -1,0 +1,211 @@
+//! The shared vocabulary: what started a run, how it ended, and the
+//! record every run (and every tick that did not run) leaves. Every layer
+//! speaks it; it depends on nothing above it.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Schedule,
+    Catchup,
+    Manual,
+}
+
+/// The tick of a manual run accepted at `now`: `now` to the millisecond, in
+/// both backends (the precision of `BGSCHED_SCHEDULED_AT`).
+pub fn manual_tick(now: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Catchup => "catchup",
+            Trigger::Manual => "manual",
+        })
+    }
+}
+
+/// The state or result of one entry in a job's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Still running (or its supervisor died; see [`RunRecord::outcome`] readers).
+    Running,
+    Success,
+    /// Exited with a non-zero code.
+    Failed,
+    /// Ended by a signal not sent for a timeout.
+    Killed,
+    TimedOut,
+    /// The command could not be started (not found, not executable, bad working_dir).
+    StartFailed,
+    /// Its supervisor vanished (e.g. `kill -9` of the supervisor, host crash).
+    Lost,
+    /// The tick came while an earlier run was active (overlap = "skip").
+    Skipped,
+    /// Ticks that passed while nothing was scheduling, beyond the catch-up window.
+    Missed,
+    /// Not a run but a state file of the job's history that cannot be read
+    /// (standalone); `reason` names the file and says why.
+    Unreadable,
+}
+
+impl Outcome {
+    /// Whether this entry describes a run that actually started a process.
+    pub fn is_run(self) -> bool {
+        !matches!(
+            self,
+            Outcome::Skipped | Outcome::Missed | Outcome::Unreadable
+        )
+    }
+
+    /// A run that ended badly: what `retries` retries and `on_failure`
+    /// reports (a job that could not start at all is neither retried nor
+    /// reported; its config needs fixing).
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Outcome::Failed | Outcome::TimedOut | Outcome::Killed | Outcome::Lost
+        )
+    }
+}
+
+/// The name records, metrics and `BGSCHED_OUTCOME` use, so that logs and
+/// tables say the same word.
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Running => "running",
+            Outcome::Success => "success",
+            Outcome::Failed => "failed",
+            Outcome::Killed => "killed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::StartFailed => "start_failed",
+            Outcome::Lost => "lost",
+            Outcome::Skipped => "skipped",
+            Outcome::Missed => "missed",
+            Outcome::Unreadable => "unreadable",
+        })
+    }
+}
+
+/// One entry in a job's history: a run, a skipped tick, or a stretch of missed
+/// ticks. Serialized as JSON in the state directory and by `list --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub job: String,
+    /// The nominal instant this entry is for (for `missed`: the newest missed tick).
+    pub tick: DateTime<Utc>,
+    pub trigger: Trigger,
+    pub instance: String,
+    /// The leadership term that claimed the fire (the fencing token); 0
+    /// for an entry written outside a term, which JSON shows as `null`
+    /// (as the tables show `-`): no token is not token 0.
+    #[serde(
+        default,
+        serialize_with = "zero_as_null",
+        deserialize_with = "null_as_zero"
+    )]
+    pub term: u64,
+    pub outcome: Outcome,
+    pub started_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Human-readable detail: why it could not start, why it was skipped, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// PID of the job's process (and its process group id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// For `missed`: how many ticks this entry stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missed_ticks: Option<u64>,
+    /// The last bytes of the run's combined stdout and stderr.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output_tail: String,
+    /// Which attempt of its run this is: 1, or more for a job with `retries`.
+    #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
+    pub attempt: u32,
+    /// The run's supervisor, which stops the run when a newer one replaces
+    /// it (`overlap = "replace"`, standalone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supervisor_pid: Option<u32>,
+}
+
+fn zero_as_null<S: serde::Serializer>(term: &u64, s: S) -> Result<S::Ok, S::Error> {
+    match term {
+        0 => s.serialize_none(),
+        t => s.serialize_some(t),
+    }
+}
+
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(d)?.unwrap_or(0))
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+fn is_first_attempt(attempt: &u32) -> bool {
+    *attempt == 1
+}
+
+impl RunRecord {
+    /// A history entry for a tick or request that started no process
+    /// (skipped, missed, or refused before it could start).
+    pub fn not_run(
+        job: &str,
+        tick: DateTime<Utc>,
+        trigger: Trigger,
+        instance: &str,
+        outcome: Outcome,
+        reason: String,
+    ) -> RunRecord {
+        let now = Utc::now();
+        RunRecord {
+            run_id: new_run_id(),
+            job: job.to_string(),
+            tick,
+            trigger,
+            instance: instance.to_string(),
+            term: 0,
+            outcome,
+            started_at: now,
+            ended_at: Some(now),
+            duration_ms: Some(0),
+            exit_code: None,
+            signal: None,
+            reason: Some(reason),
+            pid: None,
+            missed_ticks: None,
+            output_tail: String::new(),
+            attempt: 1,
+            supervisor_pid: None,
+        }
+    }
+}
+
+/// A unique, time-ordered run id (UUIDv7), so that file names and keys
+/// sort by start.
+pub fn new_run_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Milliseconds from `from` to `to`, never negative.
+pub fn duration_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
+    (to - from).num_milliseconds().max(0) as u64
+}

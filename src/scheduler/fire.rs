@@ -13,20 +13,20 @@ impl<C: Coordinator> Scheduler<C> {
         running: &mut Running,
         state: &mut FireState,
     ) -> bool {
-        let fired = self.fire(leadership, job, tick, trigger, None, state).await;
-        self.track_fired(leadership.term, fired, job, tick, trigger, running, state)
+        let fire = Fire::scheduled(job, tick, trigger);
+        let fired = self.fire(leadership, fire, state).await;
+        self.track_fired(leadership.term, fired, fire, running, state)
     }
 
     /// Track a started supervisor or queue a retry. Returns whether the tick
     /// was superseded (a later one was claimed first).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn track_fired(
         &self,
         term: u64,
         fired: Fired,
-        job: &Job,
-        tick: DateTime<Utc>,
-        trigger: Trigger,
+        Fire {
+            job, tick, trigger, ..
+        }: Fire<'_>,
         running: &mut Running,
         state: &mut FireState,
     ) -> bool {
@@ -125,10 +125,12 @@ impl<C: Coordinator> Scheduler<C> {
         match self
             .fire(
                 leadership,
-                job,
-                tick,
-                Trigger::Manual,
-                Some(&req.run_id),
+                Fire {
+                    job,
+                    tick,
+                    trigger: Trigger::Manual,
+                    request: Some(&req.run_id),
+                },
                 state,
             )
             .await
@@ -155,24 +157,22 @@ impl<C: Coordinator> Scheduler<C> {
     pub(super) async fn fire(
         &self,
         leadership: &Leadership,
-        job: &Job,
-        tick: DateTime<Utc>,
-        trigger: Trigger,
-        request: Option<&str>,
+        fire: Fire<'_>,
         state: &mut FireState,
     ) -> Fired {
-        let claimed = self.claim(leadership, job, tick, trigger, request).await;
-        self.start(leadership, job, tick, trigger, request, claimed, state)
-            .await
+        let claimed = self.claim(leadership, fire).await;
+        self.start(leadership, fire, claimed, state).await
     }
 
     pub(super) async fn claim(
         &self,
         leadership: &Leadership,
-        job: &Job,
-        tick: DateTime<Utc>,
-        trigger: Trigger,
-        request: Option<&str>,
+        Fire {
+            job,
+            tick,
+            trigger,
+            request,
+        }: Fire<'_>,
     ) -> Result<Claim, ClaimRejected> {
         let req = ClaimRequest {
             job: &job.name,
@@ -188,18 +188,20 @@ impl<C: Coordinator> Scheduler<C> {
 
     /// Act on a claim's result: start the supervisor, or record and log
     /// why not.
-    #[allow(clippy::too_many_arguments)]
-    #[tracing::instrument(name = "fire", target = "bgsched::span", level = "error", skip_all, fields(job = %job.name, tick = %tick.to_rfc3339(), trigger = %trigger, instance = %self.instance, term = leadership.term))]
+    #[tracing::instrument(name = "fire", target = "bgsched::span", level = "error", skip_all, fields(job = %fire.job.name, tick = %fire.tick.to_rfc3339(), trigger = %fire.trigger, instance = %self.instance, term = leadership.term))]
     pub(super) async fn start(
         &self,
         leadership: &Leadership,
-        job: &Job,
-        tick: DateTime<Utc>,
-        trigger: Trigger,
-        request: Option<&str>,
+        fire: Fire<'_>,
         claimed: Result<Claim, ClaimRejected>,
         state: &mut FireState,
     ) -> Fired {
+        let Fire {
+            job,
+            tick,
+            trigger,
+            request,
+        } = fire;
         if let Err(e) = &claimed {
             self.metrics.claim_rejected(e.kind());
         }

@@ -221,7 +221,7 @@ impl<C: Coordinator> Scheduler<C> {
                     }
                 }
             }
-            let mut batch: Vec<(&Job, Vec<Fire>, Option<MissedEntry>)> = Vec::new();
+            let mut batch: Vec<(&Job, Vec<Planned>, Option<MissedEntry>)> = Vec::new();
             while let Some(Reverse((tick, i))) = due.peek().copied() {
                 if tick > now {
                     break;
@@ -283,9 +283,10 @@ impl<C: Coordinator> Scheduler<C> {
                             return (job, None, first, results);
                         }
                         let claimed = match in_time(job, tick, trigger, Utc::now()) {
-                            Some(trigger) => {
-                                Some((trigger, self.claim(lead, job, tick, trigger, None).await))
-                            }
+                            Some(trigger) => Some((
+                                trigger,
+                                self.claim(lead, Fire::scheduled(job, tick, trigger)).await,
+                            )),
                             None => None,
                         };
                         results.push((tick, claimed));
@@ -309,12 +310,23 @@ impl<C: Coordinator> Scheduler<C> {
                         continue;
                     };
                     let fired = self
-                        .start(lead, job, tick, trigger, None, claimed, &mut state)
+                        .start(
+                            lead,
+                            Fire::scheduled(job, tick, trigger),
+                            claimed,
+                            &mut state,
+                        )
                         .await;
                     if trigger == Trigger::Catchup && matches!(fired, Fired::Started(..)) {
                         newer = Some((tick, true));
                     }
-                    self.track_fired(lead.term, fired, job, tick, trigger, running, &mut state);
+                    self.track_fired(
+                        lead.term,
+                        fired,
+                        Fire::scheduled(job, tick, trigger),
+                        running,
+                        &mut state,
+                    );
                 }
                 if let Some((missed, why)) = missed {
                     self.record_missed(lead.term, job, missed, newer, why);

@@ -4,7 +4,6 @@
 use super::*;
 
 impl<C: Coordinator> Scheduler<C> {
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn record_missed(
         &self,
         term: u64,

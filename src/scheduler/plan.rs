@@ -15,7 +15,7 @@ pub(super) const MISSED_SCAN_LIMIT: u64 = 10_000;
 pub struct DuePlan {
     /// Ticks to fire, oldest first, and as what: at most one catch-up (the
     /// newest missed tick) and at most one on-time tick.
-    pub fires: Vec<Fire>,
+    pub fires: Vec<Planned>,
     /// Ticks passed over without a run: count, oldest, newest.
     pub missed: Option<(u64, DateTime<Utc>, DateTime<Utc>)>,
     /// The job's next tick after these.

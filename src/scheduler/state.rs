@@ -19,7 +19,28 @@ pub(super) struct Streak {
 }
 
 /// One planned fire: the tick and what triggers it.
-pub(super) type Fire = (DateTime<Utc>, Trigger);
+pub(super) type Planned = (DateTime<Utc>, Trigger);
+
+/// One fire: a tick of a job (or a manual request's), and what started it.
+#[derive(Clone, Copy)]
+pub(super) struct Fire<'a> {
+    pub(super) job: &'a Job,
+    pub(super) tick: DateTime<Utc>,
+    pub(super) trigger: Trigger,
+    /// The trigger request's id, for a manual run.
+    pub(super) request: Option<&'a str>,
+}
+
+impl<'a> Fire<'a> {
+    pub(super) fn scheduled(job: &'a Job, tick: DateTime<Utc>, trigger: Trigger) -> Self {
+        Fire {
+            job,
+            tick,
+            trigger,
+            request: None,
+        }
+    }
+}
 
 /// What came of one attempt to fire.
 pub(super) enum Fired {

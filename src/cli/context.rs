@@ -3,7 +3,7 @@
 
 use super::{Cli, CliError};
 use crate::config::{self, ClusterSettings, Config, Job};
-use crate::coordination::etcd::{EtcdConfig, DEFAULT_LEASE_TTL, DEFAULT_PREFIX};
+use crate::coordination::etcd::EtcdConfig;
 use crate::coordination::{Backend, BackendChoice, Standalone};
 
 pub fn load_config(cli: &Cli) -> Result<Config, CliError> {
@@ -23,8 +23,8 @@ pub fn backend_config(cli: &Cli, config: &Config) -> Result<BackendChoice, CliEr
             "--etcd endpoint \"{bad}\" must be a URL like \"http://127.0.0.1:2379\""
         )));
     }
-    let Some(cluster) = config.cluster.as_ref() else {
-        if cli.etcd.is_empty() {
+    let cluster = match (&config.cluster, cli.etcd.is_empty()) {
+        (None, true) => {
             let dir = cli
                 .state_dir
                 .clone()
@@ -33,36 +33,19 @@ pub fn backend_config(cli: &Cli, config: &Config) -> Result<BackendChoice, CliEr
             return Ok(BackendChoice::Standalone(dir));
         }
         // `--etcd` alone: cluster mode with the documented defaults.
-        return Ok(BackendChoice::Cluster(EtcdConfig {
-            endpoints: cli.etcd.clone(),
-            prefix: DEFAULT_PREFIX.to_string(),
-            lease_ttl: DEFAULT_LEASE_TTL,
-            max_clock_skew: crate::coordination::etcd::DEFAULT_MAX_CLOCK_SKEW,
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-            user: None,
-            password: None,
-            history_limit: config.scheduler.history_limit,
-        }));
+        (None, false) => ClusterSettings::with_defaults(cli.etcd.clone()),
+        (Some(cluster), _) => {
+            let mut cluster = cluster.clone();
+            if !cli.etcd.is_empty() {
+                cluster.endpoints = cli.etcd.clone();
+            }
+            cluster
+        }
     };
-    let cluster: ClusterSettings = cluster.clone();
-    Ok(BackendChoice::Cluster(EtcdConfig {
-        endpoints: if cli.etcd.is_empty() {
-            cluster.endpoints
-        } else {
-            cli.etcd.clone()
-        },
-        prefix: cluster.prefix,
-        lease_ttl: cluster.lease_ttl,
-        max_clock_skew: cluster.max_clock_skew,
-        ca_file: cluster.ca_file,
-        cert_file: cluster.cert_file,
-        key_file: cluster.key_file,
-        user: cluster.user,
-        password: cluster.password.map(|p| p.expose().to_string()),
-        history_limit: config.scheduler.history_limit,
-    }))
+    Ok(BackendChoice::Cluster(EtcdConfig::from_settings(
+        &cluster,
+        config.scheduler.history_limit,
+    )))
 }
 
 /// Open the backend the config and flags choose, for a short-lived

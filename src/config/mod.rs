@@ -106,6 +106,33 @@ pub struct ClusterSettings {
     pub password: Option<Secret>,
 }
 
+/// `prefix` when the config names none.
+pub const DEFAULT_PREFIX: &str = "/bgsched";
+
+/// `lease_ttl` when the config names none.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// `max_clock_skew` when the config names none.
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(1);
+
+impl ClusterSettings {
+    /// A cluster named on the command line only (`--etcd`): these
+    /// endpoints, every other key at its default.
+    pub fn with_defaults(endpoints: Vec<String>) -> Self {
+        ClusterSettings {
+            endpoints,
+            prefix: DEFAULT_PREFIX.to_string(),
+            lease_ttl: DEFAULT_LEASE_TTL,
+            max_clock_skew: DEFAULT_MAX_CLOCK_SKEW,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
+            password: None,
+        }
+    }
+}
+
 /// A secret that never shows up in Debug/Display/logs/errors: configs are
 /// printed with `{:?}` in logs and bug reports, and whoever needs the
 /// value has to ask for it with [`Secret::expose`], where it is easy to

@@ -2,20 +2,16 @@
 //! together with the endpoints.
 
 use super::*;
-
-pub(super) const DEFAULT_PREFIX: &str = "/bgsched";
+use crate::config::{DEFAULT_LEASE_TTL, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_PREFIX};
 
 /// Every etcd key starts with the prefix; a longer one is a pasted mistake.
 pub(super) const MAX_PREFIX_LEN: usize = 256;
-
-pub(super) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// A replica renews its lease several times per TTL and stops acting as
 /// leader well before it expires: below 2s one slow round trip to etcd costs
 /// the leadership; above 10m a crashed leader stalls every schedule that long.
 pub(super) const LEASE_TTL_RANGE: RangeInclusive<Duration> =
     Duration::from_secs(2)..=Duration::from_secs(10 * 60);
-pub(super) const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(1);
 
 /// Skew is measured through etcd watch events, whose delivery takes a few
 /// milliseconds and, on a loaded host, up to about a hundred: a tighter

@@ -134,7 +134,7 @@ impl<'a, 'i> Item<'a, 'i> {
     pub(super) fn prefix(&self, r: &mut Report) -> Option<String> {
         let s = self.str(r)?;
         let like = || match s.trim_matches('/') {
-            "" => quoted(DEFAULT_PREFIX),
+            "" => quoted(crate::config::DEFAULT_PREFIX),
             inner => quoted(&format!("/{inner}")),
         };
         let problem = if s.chars().any(|c| c.is_whitespace() || c.is_control()) {

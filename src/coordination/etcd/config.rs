@@ -1,15 +1,9 @@
 //! How to reach etcd, and the timings that follow from the lease TTL.
 
 use super::*;
+use crate::config::ClusterSettings;
 
-/// The key prefix when the config names none.
-pub const DEFAULT_PREFIX: &str = "/bgsched";
-
-/// The session lease TTL when the config names none.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
-
-/// The clock skew bound when the config names none.
-pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(1);
+pub use crate::config::{DEFAULT_LEASE_TTL, DEFAULT_MAX_CLOCK_SKEW, DEFAULT_PREFIX};
 
 pub(super) fn default_max_clock_skew() -> Duration {
     DEFAULT_MAX_CLOCK_SKEW
@@ -45,6 +39,22 @@ impl fmt::Debug for EtcdConfig {
 }
 
 impl EtcdConfig {
+    /// From the `[cluster]` settings; `history_limit` is `[scheduler]`'s.
+    pub fn from_settings(cluster: &ClusterSettings, history_limit: usize) -> Self {
+        EtcdConfig {
+            endpoints: cluster.endpoints.clone(),
+            prefix: cluster.prefix.clone(),
+            lease_ttl: cluster.lease_ttl,
+            max_clock_skew: cluster.max_clock_skew,
+            ca_file: cluster.ca_file.clone(),
+            cert_file: cluster.cert_file.clone(),
+            key_file: cluster.key_file.clone(),
+            user: cluster.user.clone(),
+            password: cluster.password.as_ref().map(|p| p.expose().to_string()),
+            history_limit,
+        }
+    }
+
     /// The session/run lease TTL in whole seconds, as etcd takes it.
     pub(super) fn ttl_secs(&self) -> i64 {
         self.lease_ttl.as_secs().max(1) as i64

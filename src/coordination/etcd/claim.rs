@@ -289,14 +289,7 @@ impl Etcd {
             self.give_back_lease(lease, granted_at);
             return Err((ClaimRejected::StillRunning(first_active(responses)), false));
         }
-        let gets: Vec<Vec<KeyValue>> = resp
-            .op_responses()
-            .into_iter()
-            .map(|r| match r {
-                TxnOpResponse::Get(mut g) => g.take_kvs(),
-                _ => Vec::new(),
-            })
-            .collect();
+        let gets = kvs_of(resp);
         let [leader, last, request] = <[Vec<KeyValue>; 3]>::try_from(gets)
             .map_err(|_| backend(CoordError::Etcd("unexpected claim response".into())))?;
         // The tick or request is taken, by an earlier attempt of this very
@@ -375,14 +368,7 @@ impl Etcd {
             get(self.keys.history(req.job, run_id)),
         ]);
         let resp = self.client.clone().txn(read).await?;
-        let gets: Vec<Vec<KeyValue>> = resp
-            .op_responses()
-            .into_iter()
-            .map(|r| match r {
-                TxnOpResponse::Get(mut g) => g.take_kvs(),
-                _ => Vec::new(),
-            })
-            .collect();
+        let gets = kvs_of(resp);
         let Ok([marker, queued, last, request, active, history]) =
             <[Vec<KeyValue>; 6]>::try_from(gets)
         else {

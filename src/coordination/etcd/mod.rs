@@ -112,6 +112,17 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
         .map_err(|e| auth_failure(cfg, &e).unwrap_or_else(|| etcd_err("cannot connect")(e)))
 }
 
+/// The key-values of each get in a transaction's answer, in order.
+fn kvs_of(resp: etcd_client::TxnResponse) -> Vec<Vec<KeyValue>> {
+    resp.op_responses()
+        .into_iter()
+        .map(|r| match r {
+            TxnOpResponse::Get(mut g) => g.take_kvs(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
 fn json<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("state serializes")
 }

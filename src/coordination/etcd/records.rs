@@ -96,14 +96,7 @@ impl Etcd {
             .txn(Txn::new().and_then(gets))
             .await
             .map_err(etcd_err(what))?;
-        Ok(resp
-            .op_responses()
-            .into_iter()
-            .map(|r| match r {
-                TxnOpResponse::Get(mut g) => g.take_kvs(),
-                _ => Vec::new(),
-            })
-            .collect())
+        Ok(kvs_of(resp))
     }
 
     /// Pruning is housekeeping: its failure must not look like a lost record.

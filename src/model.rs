@@ -5,6 +5,19 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::time::Duration;
+
+/// A tick fired at most this late still counts as on time (trigger
+/// `schedule`); a later one is missed and only fires within `catchup`.
+pub const LATE_TOLERANCE: Duration = Duration::from_secs(1);
+
+/// Upper bound on one sleep of the scheduler loop, so a wall-clock jump or
+/// a suspended machine is noticed within this long (and a loop that has
+/// not turned for longer is stuck).
+pub const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// A `missed` entry's reason starts with this when the leader was overloaded.
+pub const OVERLOADED: &str = "overloaded";
 
 /// What started a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -56,7 +56,7 @@ pub fn ended_jobs(config: &Config, now: DateTime<Utc>) -> Vec<(&str, String)> {
                     "job \"{}\": schedule \"{}\" has ended: its last fire was {}; it never fires again",
                     job.name,
                     job.schedule,
-                    crate::observe::status::local_rfc3339(job, last)
+                    crate::observe::log::local_rfc3339(job, last)
                 ),
             ))
         })

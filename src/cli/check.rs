@@ -2,7 +2,7 @@
 
 use super::context::load_config;
 use super::{Cli, CliError};
-use crate::observe::status::local_rfc3339;
+use crate::observe::log::local_rfc3339;
 use crate::reload;
 use chrono::Utc;
 

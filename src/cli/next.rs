@@ -2,7 +2,7 @@
 
 use super::context::{find_job, load_config};
 use super::{Cli, CliError};
-use crate::observe::status::local_rfc3339;
+use crate::observe::log::local_rfc3339;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 pub fn next(

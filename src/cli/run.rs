@@ -183,7 +183,7 @@ async fn serve_http(
 }
 
 async fn beat_forever(metrics: &Metrics) {
-    let mut beat = tokio::time::interval(crate::scheduler::MAX_SLEEP / 4);
+    let mut beat = tokio::time::interval(crate::model::MAX_SLEEP / 4);
     loop {
         beat.tick().await;
         metrics.beat();

@@ -11,9 +11,8 @@ use crate::coordination::etcd::{Asked, Seen};
 use crate::coordination::{
     Backend, ClaimRejected, Coordinator, Etcd, Hold, Outcome, RunRecord, Standalone, Trigger,
 };
-use crate::executor::{self, Echo, RunSpec};
+use crate::executor::{self, run_span, Echo, RunSpec};
 use crate::model::new_run_id;
-use crate::observe::log::run_span;
 use chrono::{SecondsFormat, Utc};
 use std::time::Duration;
 use tracing::Instrument;

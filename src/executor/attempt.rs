@@ -209,7 +209,7 @@ pub(super) fn spawn_pump(
     echo: Echo,
 ) -> tokio::task::JoinHandle<()> {
     let (job, run_id) = (spec.job.clone(), spec.run_id.clone());
-    // In the run's span (see `observe::log::run_span`), like every event of the run.
+    // In the run's span (see `run_span`), like every event of the run.
     tokio::spawn(tracing::Instrument::in_current_span(pump(
         pipe,
         stream,

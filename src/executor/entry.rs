@@ -34,7 +34,7 @@ pub fn main() -> Result<(), EntryError> {
         .enable_all()
         .build()
         .map_err(EntryError::Runtime)?;
-    let span = log::run_span(&spec);
+    let span = super::run_span(&spec);
     runtime.block_on(
         async {
             match &spec.backend {
@@ -72,7 +72,7 @@ pub fn main() -> Result<(), EntryError> {
                             tracing::error!(job = %spec.job, run_id = %spec.run_id, "not starting the job: {e}");
                             let mut rec = spec.unstarted(format!(
                                 "{}: the scheduler could not start the run in time ({e})",
-                                crate::scheduler::OVERLOADED
+                                crate::model::OVERLOADED
                             ));
                             rec.outcome = Outcome::Missed;
                             rec.missed_ticks = Some(1);

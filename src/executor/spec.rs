@@ -263,3 +263,16 @@ impl RunSpec {
         }
     }
 }
+
+/// The span every event about one run is emitted in, in the supervisor
+/// and in the scheduler that reaps it.
+pub fn run_span(spec: &RunSpec) -> tracing::Span {
+    crate::observe::log::span(
+        &spec.job,
+        &spec.run_id,
+        spec.tick,
+        spec.trigger,
+        &spec.instance,
+        spec.term,
+    )
+}

@@ -6,8 +6,8 @@
 //! get `job`, `run_id`, `tick`, `instance` and `term` from the span they
 //! run in ([`run_span`]) rather than each repeating them.
 
-use crate::coordination::{RunRecord, Trigger};
-use crate::executor::RunSpec;
+use crate::config::Job;
+use crate::model::{RunRecord, Trigger};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -18,22 +18,9 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFi
 use tracing_subscriber::registry::LookupSpan;
 
 /// The target of the spans that carry run fields. Their level is ERROR so
-/// that they are enabled at every log level; `init_logging` turns them
+/// that they are enabled at every log level; `init` turns them
 /// off for the text format, whose events name their run themselves.
 pub const SPAN_TARGET: &str = "bgsched::span";
-
-/// The span every event about one run is emitted in, in the supervisor
-/// and in the scheduler that reaps it.
-pub fn run_span(spec: &RunSpec) -> tracing::Span {
-    span(
-        &spec.job,
-        &spec.run_id,
-        spec.tick,
-        spec.trigger,
-        &spec.instance,
-        spec.term,
-    )
-}
 
 /// The span of the events about writing a history entry.
 pub fn record_span(rec: &RunRecord) -> tracing::Span {
@@ -47,7 +34,8 @@ pub fn record_span(rec: &RunRecord) -> tracing::Span {
     )
 }
 
-fn span(
+/// The span of the events about one run, from its fields.
+pub fn span(
     job: &str,
     run_id: &str,
     tick: DateTime<Utc>,
@@ -191,6 +179,12 @@ pub fn init(json: bool, default_level: &str) {
 fn colour_stderr() -> bool {
     use std::io::IsTerminal;
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// An instant in the job's time zone with its UTC offset, e.g. `2026-03-29T03:00:00+02:00`.
+pub fn local_rfc3339(job: &Job, t: DateTime<Utc>) -> String {
+    t.with_timezone(&job.timezone)
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! stdout (see `executor::report`); the scheduler observes it when it reaps
 //! them, so no metric depends on a process that `/metrics` cannot see.
 
-use crate::coordination::{Outcome, Trigger};
+use crate::model::{Outcome, Trigger};
 use chrono::{DateTime, Utc};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

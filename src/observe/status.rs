@@ -2,12 +2,13 @@
 //! from the backend alone, so `list --json` (any process) and `/status`
 //! (the running scheduler) show the same document.
 
-use crate::config::{Config, Job};
+use super::log::local_rfc3339;
+use crate::config::Config;
 use crate::coordination::etcd::MemberInfo;
 use crate::coordination::{
     Backend, CoordError, Coordinator, HistoryReader, LeaderInfo, Outcome, RunRecord,
 };
-use crate::scheduler::LATE_TOLERANCE;
+use crate::model::LATE_TOLERANCE;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -226,10 +227,4 @@ pub fn config_groups(members: &[MemberInfo]) -> Vec<(&str, Vec<&str>)> {
             .push(&m.instance);
     }
     groups.into_iter().collect()
-}
-
-/// An instant in the job's time zone with its UTC offset, e.g. `2026-03-29T03:00:00+02:00`.
-pub fn local_rfc3339(job: &Job, t: DateTime<Utc>) -> String {
-    t.with_timezone(&job.timezone)
-        .to_rfc3339_opts(SecondsFormat::AutoSi, false)
 }

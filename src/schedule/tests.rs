@@ -1,4 +1,3 @@
-
 use super::*;
 use chrono::{Datelike, NaiveDate, SecondsFormat};
 use chrono_tz::America::{New_York, Santiago};

@@ -3,10 +3,6 @@
 
 use super::*;
 
-/// Upper bound on one sleep, so a wall-clock jump or a suspended machine is
-/// noticed within this long.
-pub const MAX_SLEEP: Duration = Duration::from_secs(60);
-
 /// How long before a tick the backend is told how many claims follow
 /// (`Coordinator::prepare`).
 pub(super) const PREPARE_AHEAD: chrono::Duration = chrono::Duration::milliseconds(250);

@@ -9,7 +9,10 @@ use crate::coordination::{
 };
 use crate::executor::report::{self, Report};
 use crate::executor::{retry_backoff, spawn_supervisor, RunSpec};
-use crate::observe::log::{record_span, run_span};
+pub use crate::model::{LATE_TOLERANCE, MAX_SLEEP, OVERLOADED};
+
+use crate::executor::run_span;
+use crate::observe::log::record_span;
 use crate::observe::Metrics;
 use chrono::{DateTime, Utc};
 use futures_util::stream::StreamExt;
@@ -28,7 +31,6 @@ mod missed;
 mod plan;
 mod running;
 mod state;
-pub use fire_loop::*;
 pub use plan::*;
 use running::*;
 use state::*;

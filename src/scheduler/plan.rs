@@ -3,10 +3,6 @@
 
 use super::*;
 
-/// A tick fired at most this late still counts as on time (trigger
-/// `schedule`); a later one is missed and only fires within `catchup`.
-pub const LATE_TOLERANCE: Duration = Duration::from_secs(1);
-
 /// Missed ticks counted one by one before the count is reported as a bound.
 pub(super) const MISSED_SCAN_LIMIT: u64 = 10_000;
 
@@ -117,9 +113,6 @@ pub(super) enum MissedWhy {
     /// This leader was firing but could not start them in time.
     Overloaded,
 }
-
-/// A `missed` entry's reason starts with this when the leader was overloaded.
-pub const OVERLOADED: &str = "overloaded";
 
 /// Ticks passed over: count, oldest, newest.
 pub(super) type Missed = (u64, DateTime<Utc>, DateTime<Utc>);

@@ -134,20 +134,19 @@ fn each_kind_of_bad_config_gets_a_located_message_and_exit_78() {
 
 #[test]
 fn all_errors_are_reported_at_once_in_file_order() {
-    let env = Env::new().config(
-        "[jobs.one]\nschedule = \"61 * * * *\"\ncommand = [\"true\"]\n\n[jobs.two]\nschedule = \"@daily\"\ntimezone = \"Mars/Olympus\"\nshell = \"\"\n",
-    );
-    let out = check(&env).code(78);
-    let lines: Vec<&str> = out
-        .stderr
-        .lines()
-        .filter(|l| l.contains("jobs.toml:"))
-        .collect();
-    assert_eq!(lines.len(), 3, "{}", out.stderr);
-    assert!(lines[0].contains(":2:12: job \"one\""));
-    assert!(lines[1].contains(":7:12: job \"two\""));
-    assert!(lines[2].contains(":8:9: job \"two\""));
-    assert!(out.stderr.contains("3 errors"));
+    Test::new()
+        .config(
+            "[jobs.one]\nschedule = \"61 * * * *\"\ncommand = [\"true\"]\n\n[jobs.two]\nschedule = \"@daily\"\ntimezone = \"Mars/Olympus\"\nshell = \"\"\n",
+        )
+        .args(&["check"])
+        .status(78)
+        .stderr(concat!(
+            "{dir}/jobs.toml:2:12: job \"one\": invalid schedule \"61 * * * *\": minute 61 out of range 0-59\n",
+            "{dir}/jobs.toml:7:12: job \"two\": unknown time zone \"Mars/Olympus\" (use an IANA name such as \"Europe/Berlin\" or \"UTC\")\n",
+            "{dir}/jobs.toml:8:9: job \"two\": shell must not be empty; give a command line such as \"pg_dump shop | gzip > /backups/shop.gz\"\n",
+            "bgsched: 3 errors in the config\n",
+        ))
+        .run();
 }
 
 #[test]
@@ -191,8 +190,14 @@ fn non_utf8_and_garbage_input_never_panics() {
 
 #[test]
 fn a_missing_config_file_is_a_config_error() {
-    let env = Env::new();
-    check(&env).code(78).stderr_has("cannot read config file");
+    Test::new()
+        .args(&["check"])
+        .status(78)
+        .stderr(concat!(
+            "{dir}/jobs.toml: cannot read config file: No such file or directory (os error 2)\n",
+            "bgsched: 1 error in the config\n",
+        ))
+        .run();
 }
 
 #[test]

@@ -111,9 +111,7 @@ fn crate_paths(text: &str) -> Vec<String> {
     let mut rest = code.as_str();
     while let Some(i) = rest.find("crate::") {
         rest = &rest[i + "crate::".len()..];
-        let end = rest
-            .find([';', '\n', '(', ' '])
-            .unwrap_or(rest.len());
+        let end = rest.find([';', '\n', '(', ' ']).unwrap_or(rest.len());
         let path = &rest[..end];
         if path.contains('{') {
             // `use crate::observe::{http, log, Metrics};`: each member.

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod builder;
 pub mod etcd;
 pub mod proxy;
+pub use builder::Test;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bgsched");
 

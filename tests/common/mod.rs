@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub mod builder;
 pub mod etcd;
 pub mod proxy;
+#[allow(unused_imports)]
 pub use builder::Test;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bgsched");

@@ -13,3 +13,4 @@ pub mod observe;
 pub mod reload;
 pub mod schedule;
 pub mod scheduler;
+pub mod signals;

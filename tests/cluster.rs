@@ -1137,8 +1137,9 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
     let etcd = Etcd::start();
     let proxy = common::proxy::LossyProxy::start(etcd.client_port());
     let mut cfg = etcd_config(vec![proxy.endpoint()], "/lostanswer");
-    // Room for the cut (1 s) inside one request deadline and one lease.
-    cfg.lease_ttl = Duration::from_secs(10);
+    // Room for the cuts (1 s each) inside one request deadline, and for
+    // the whole test inside the first run's lease, which nobody renews.
+    cfg.lease_ttl = Duration::from_secs(20);
     let endpoint = etcd.endpoint();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -1206,6 +1207,28 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
         assert!(
             matches!(&retried, Err(ClaimRejected::StillRunning(Some(r))) if r.run_id == running.run_id),
             "the retry of a claim committed unanswered came back as {retried:?}"
+        );
+
+        // A run claimed unanswered whose marker expires before the claim
+        // hears back (nobody keeps its lease alive): the retry is told so,
+        // and leaves the tick to that run's `lost` record.
+        // (A skip first, for a young spare lease.)
+        let skip = a.claim(&lead, req("job", 5)).await;
+        assert!(matches!(skip, Err(ClaimRejected::StillRunning(_))), "{skip:?}");
+        proxy.lose_answers_times(2);
+        let unknown = a.claim(&lead, req("fresh", 0)).await;
+        assert!(matches!(unknown, Err(ClaimRejected::Backend(_))), "{unknown:?}");
+        // The leader records the run `lost` once its marker expires.
+        wait_until(PATIENCE, "a lost record of the unanswered run", || {
+            common::etcd::kv_range_prefix(&endpoint, "/lostanswer/history/fresh/")
+                .unwrap()
+                .iter()
+                .any(|(_, v)| v.contains("\"outcome\":\"lost\""))
+        });
+        let retried = a.claim(&lead, req("fresh", 0)).await;
+        assert!(
+            matches!(retried, Err(ClaimRejected::Ended(_))),
+            "the retry of a run whose marker expired came back as {retried:?}"
         );
         drop(running);
     });

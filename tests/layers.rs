@@ -10,6 +10,7 @@ use std::path::Path;
 /// Each layer and what it may use. `observe` is two layers: its log and
 /// metrics are used by every layer; `status` and `http` read the engine.
 const ALLOWED: &[(&str, &[&str])] = &[
+    ("signals", &[]),
     ("model", &[]),
     ("schedule", &["model"]),
     ("config", &["model", "schedule"]),
@@ -17,15 +18,30 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("coordination", &["model", "schedule", "config", "observe"]),
     (
         "executor",
-        &["model", "schedule", "config", "observe", "coordination"],
+        &[
+            "signals",
+            "model",
+            "schedule",
+            "config",
+            "observe",
+            "coordination",
+        ],
     ),
     (
         "reload",
-        &["model", "schedule", "config", "observe", "coordination"],
+        &[
+            "signals",
+            "model",
+            "schedule",
+            "config",
+            "observe",
+            "coordination",
+        ],
     ),
     (
         "scheduler",
         &[
+            "signals",
             "model",
             "schedule",
             "config",
@@ -49,6 +65,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
+            "signals",
             "model",
             "schedule",
             "config",

@@ -6,6 +6,7 @@ use crate::coordination::{Backend, BackendChoice, Coordinator, Etcd, Standalone}
 use crate::observe::{http, Metrics};
 use crate::reload::{self, Reloader};
 use crate::scheduler::Scheduler;
+use crate::signals::{Sig, Signals};
 use std::sync::Arc;
 
 pub async fn run(
@@ -15,8 +16,8 @@ pub async fn run(
     watch_config: bool,
 ) -> Result<(), CliError> {
     // Installed first: until then, SIGHUP's default action ends the process.
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?;
+    let mut signals =
+        Signals::listen(&[Sig::Hup, Sig::Term, Sig::Int]).map_err(anyhow::Error::from)?;
     let (config, hash) = reload::load(&cli.config)?;
     reload::warn_ended(&config);
     let reloader = Reloader::new(config, hash);
@@ -51,29 +52,20 @@ pub async fn run(
     } else {
         None
     };
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP received: reloading the config");
-            let _ = reload_tx.try_send(reload::Request::Signal);
-        }
-    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(0u32);
     tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
         loop {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            let n = *stop_tx.borrow() + 1;
-            tracing::info!("{name} received ({n})");
-            let _ = stop_tx.send(n);
+            match signals.next().await {
+                Sig::Hup => {
+                    tracing::info!("SIGHUP received: reloading the config");
+                    let _ = reload_tx.try_send(reload::Request::Signal);
+                }
+                sig => {
+                    let n = *stop_tx.borrow() + 1;
+                    tracing::info!("{} received ({n})", sig.name());
+                    let _ = stop_tx.send(n);
+                }
+            }
         }
     });
     let log_json = cli.log_format == LogFormat::Json;

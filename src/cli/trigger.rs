@@ -13,6 +13,7 @@ use crate::coordination::{
 };
 use crate::executor::{self, run_span, Echo, RunSpec};
 use crate::model::new_run_id;
+use crate::signals::{Sig, Signals};
 use chrono::{SecondsFormat, Utc};
 use std::time::Duration;
 use tracing::Instrument;
@@ -128,8 +129,9 @@ async fn through_leader(
     timeout: Duration,
 ) -> Result<(), CliError> {
     let run_id = new_run_id();
-    let interrupted = async {
-        let _ = tokio::signal::ctrl_c().await;
+    let mut ctrl_c = Signals::listen(&[Sig::Int]).map_err(anyhow::Error::from)?;
+    let interrupted = async move {
+        ctrl_c.next().await;
     };
     match etcd
         .request_run(&job.name, &run_id, instance, timeout, interrupted)

@@ -14,9 +14,9 @@ pub(super) async fn run_attempt<R: RunRecorder>(
     spec: &RunSpec,
     attempt: u32,
     recorder: &mut R,
-    signals: &mut StopSignals,
+    signals: &mut Signals,
     echo: Echo,
-) -> (RunRecord, Option<&'static str>) {
+) -> (RunRecord, Option<StopReason>) {
     let started_at = Utc::now();
     let mut rec = spec.record(Outcome::Running, started_at);
     rec.attempt = attempt;
@@ -54,7 +54,7 @@ pub(super) async fn run_attempt<R: RunRecorder>(
     // One pipe for stdout and stderr (see `spawn_job`): one reader.
     let readers = [combined.map(|p| spawn_pump(p, Stream::Combined, spec, &tail, echo))];
     let group = Pid::from_raw(pid as i32);
-    let stop_requested = signals.next();
+    let stop = stop_requested(signals);
     let deadline = async {
         match spec.timeout {
             Some(t) => tokio::time::sleep(t).await,
@@ -70,16 +70,16 @@ pub(super) async fn run_attempt<R: RunRecorder>(
         why = replaced(&mut replacements) => {
             tracing::info!(job = %spec.job, run_id = %spec.run_id, "stopping: {why}");
             replace_reason = Some(why);
-            (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some("replaced"))
+            (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(StopReason::Replaced))
         }
-        () = deadline => (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some("timeout")),
-        why = stop_requested => (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(why)),
+        () = deadline => (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(StopReason::Timeout)),
+        why = stop => (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(why)),
         why = recorder.fenced() => {
             // The run's mark is about to expire: stop the job now, without
             // a grace period, so it never runs unmarked next to a new run.
             tracing::error!(job = %spec.job, run_id = %spec.run_id, "self-fencing: {why}");
             fence_reason = Some(why);
-            (terminate(&mut child, group, Duration::ZERO, signals, recorder).await, Some("fenced"))
+            (terminate(&mut child, group, Duration::ZERO, signals, recorder).await, Some(StopReason::Fenced))
         }
     };
     // The direct child is gone; anything it left behind goes too, in its
@@ -109,25 +109,25 @@ pub(super) async fn run_attempt<R: RunRecorder>(
             rec.exit_code = st.code();
             rec.signal = st.signal();
             rec.outcome = match (stopped_because, st.code()) {
-                (Some("timeout"), _) => Outcome::TimedOut,
-                (Some("fenced"), _) => Outcome::Lost,
+                (Some(StopReason::Timeout), _) => Outcome::TimedOut,
+                (Some(StopReason::Fenced), _) => Outcome::Lost,
                 (_, Some(0)) => Outcome::Success,
                 (_, Some(_)) => Outcome::Failed,
                 (_, None) => Outcome::Killed,
             };
             rec.reason = match stopped_because {
-                Some("timeout") => Some(format!(
+                Some(StopReason::Timeout) => Some(format!(
                     "timed out after {}",
                     humantime::format_duration(spec.timeout.unwrap_or_default())
                 )),
-                Some("fenced") => fence_reason.take(),
-                Some("replaced") => Some(format!(
+                Some(StopReason::Fenced) => fence_reason.take(),
+                Some(StopReason::Replaced) => Some(format!(
                     "{}: job stopped",
                     replace_reason
                         .take()
                         .unwrap_or_else(|| "replaced by a newer run".into())
                 )),
-                Some(why) => Some(format!("supervisor {why}: job stopped")),
+                Some(why) => Some(format!("supervisor {}: job stopped", why.word())),
                 None => None,
             };
         }
@@ -153,10 +153,57 @@ pub struct Supervised {
 /// SIGTERM and SIGINT to the supervisor: the first asks for a graceful
 /// stop, any further one (of either kind) for SIGKILL now. SIGUSR1 is a
 /// newer run replacing this one (`overlap = "replace"`, standalone).
-pub(super) struct StopSignals {
-    pub(super) term: Option<tokio::signal::unix::Signal>,
-    pub(super) int: Option<tokio::signal::unix::Signal>,
-    pub(super) usr1: Option<tokio::signal::unix::Signal>,
+/// Why a supervisor stopped its job before the job ended on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The job's `timeout` passed.
+    Timeout,
+    /// The run's lease could not be kept: its mark was about to expire.
+    Fenced,
+    /// A newer run replaces it (`overlap = "replace"`).
+    Replaced,
+    /// The supervisor got SIGTERM.
+    Terminated,
+    /// The supervisor got SIGINT.
+    Interrupted,
+}
+
+impl StopReason {
+    pub(super) fn of(sig: Sig) -> Self {
+        match sig {
+            Sig::Int => StopReason::Interrupted,
+            Sig::Usr1 => StopReason::Replaced,
+            Sig::Term | Sig::Hup => StopReason::Terminated,
+        }
+    }
+
+    /// As the record's reason says it: "supervisor terminated", …
+    pub fn word(self) -> &'static str {
+        match self {
+            StopReason::Timeout => "timeout",
+            StopReason::Fenced => "fenced",
+            StopReason::Replaced => "replaced",
+            StopReason::Terminated => "terminated",
+            StopReason::Interrupted => "interrupted",
+        }
+    }
+
+    /// A stop the supervisor was asked for (not the job's own doing).
+    pub fn is_interruption(self) -> bool {
+        matches!(self, StopReason::Terminated | StopReason::Interrupted)
+    }
+}
+
+/// The signals a supervisor stops on, handled before the job starts so a
+/// stop request can never kill the supervisor with the default action and
+/// orphan the run.
+pub(super) fn stop_signals() -> Signals {
+    Signals::listen(&[Sig::Term, Sig::Int, Sig::Usr1]).unwrap_or_default()
+}
+
+/// The next stop request.
+pub(super) async fn stop_requested(signals: &mut Signals) -> StopReason {
+    StopReason::of(signals.next().await)
 }
 
 /// Resolves with the reason once a newer run asks this one to stop.
@@ -180,7 +227,7 @@ pub(super) async fn terminate<R: RunRecorder>(
     child: &mut tokio::process::Child,
     group: Option<Pid>,
     grace: Duration,
-    signals: &mut StopSignals,
+    signals: &mut Signals,
     recorder: &mut R,
 ) -> std::io::Result<std::process::ExitStatus> {
     if let Some(g) = group {
@@ -336,28 +383,4 @@ pub(super) fn spawn_job(
     // end once the job's processes have closed theirs.
     drop(cmd);
     Ok((child, combined))
-}
-
-impl StopSignals {
-    pub(super) fn new() -> Self {
-        StopSignals {
-            term: signal(SignalKind::terminate()).ok(),
-            int: signal(SignalKind::interrupt()).ok(),
-            usr1: signal(SignalKind::user_defined1()).ok(),
-        }
-    }
-
-    pub(super) async fn next(&mut self) -> &'static str {
-        async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-            match sig {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        }
-        tokio::select! {
-            Some(()) = recv(&mut self.term) => "terminated",
-            Some(()) = recv(&mut self.int) => "interrupted",
-            Some(()) = recv(&mut self.usr1) => "replaced",
-        }
-    }
 }

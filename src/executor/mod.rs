@@ -16,15 +16,18 @@ mod hooks;
 pub mod output;
 pub mod report;
 mod spec;
+mod supervisors;
 
 pub use attempt::*;
 pub use entry::SUPERVISE_COMMAND;
 pub use hooks::*;
 pub use spec::*;
+pub use supervisors::Supervisors;
 
 use crate::config::{Job, Overlap, Program};
 use crate::coordination::{BackendSpec, Hold, Outcome, RunRecord, RunRecorder, Trigger, Turn};
 use crate::model::duration_ms;
+use crate::signals::{Sig, Signals};
 use chrono::{DateTime, Utc};
 use output::{pump, Stream, Tail};
 use rustix::process::{kill_process_group, Pid, Signal};
@@ -36,7 +39,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
-use tokio::signal::unix::{signal, SignalKind};
 
 /// Where a foreground supervisor echoes the job's output (for `trigger`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,15 +58,13 @@ pub async fn supervise<R: RunRecorder>(
     hold: Option<OwnedFd>,
     echo: Echo,
 ) -> Supervised {
-    // Registered before the job starts, so a stop request can never kill
-    // the supervisor with the default action and orphan the run.
-    let mut signals = StopSignals::new();
+    let mut signals = stop_signals();
     contain::become_subreaper();
     if !spec.delay.is_zero() {
         tracing::info!(job = %spec.job, run_id = %spec.run_id, delay_ms = spec.delay.as_millis() as u64, "jitter: starting later");
         let stopped = tokio::select! {
             () = tokio::time::sleep(spec.delay) => None,
-            why = signals.next() => Some(format!("supervisor {why} during the jitter delay: not started")),
+            why = stop_requested(&mut signals) => Some(format!("supervisor {} during the jitter delay: not started", why.word())),
             why = recorder.fenced() => Some(why),
         };
         if let Some(reason) = stopped {
@@ -83,7 +83,7 @@ pub async fn supervise<R: RunRecorder>(
         tracing::info!(job = %spec.job, run_id = %spec.run_id, "waiting for the active run to end");
         let stopped = tokio::select! {
             taken = recorder.take_turn(&spec.turn, &waiting) => taken.err().map(|e| (format!("could not take its turn: {e}"), false)),
-            why = signals.next() => Some((format!("supervisor {why} while waiting for the active run: not started"), true)),
+            why = stop_requested(&mut signals) => Some((format!("supervisor {} while waiting for the active run: not started", why.word()), true)),
         };
         if let Some((reason, interrupted)) = stopped {
             tracing::warn!(job = %spec.job, run_id = %spec.run_id, "{reason}");
@@ -108,7 +108,7 @@ pub async fn supervise<R: RunRecorder>(
             Outcome::Failed | Outcome::TimedOut | Outcome::Killed
         );
         // Only the job's own failure is retried, not a stop we asked for.
-        let ours = matches!(stopped_because, Some(why) if why != "timeout");
+        let ours = matches!(stopped_because, Some(why) if why != StopReason::Timeout);
         if !failed || ours || attempt > spec.retries {
             break (rec, stopped_because);
         }
@@ -120,13 +120,13 @@ pub async fn supervise<R: RunRecorder>(
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             // Stopped while waiting: the failed attempt is the run's result.
-            why = signals.next() => {
-                rec.reason = Some(format!("{}; not retried: supervisor {why}", rec.reason.unwrap_or_else(|| rec.outcome.to_string())));
+            why = stop_requested(&mut signals) => {
+                rec.reason = Some(format!("{}; not retried: supervisor {}", rec.reason.unwrap_or_else(|| rec.outcome.to_string()), why.word()));
                 break (rec, Some(why));
             }
             why = recorder.fenced() => {
                 rec.reason = Some(format!("{}; not retried: {why}", rec.reason.unwrap_or_else(|| rec.outcome.to_string())));
-                break (rec, Some("fenced"));
+                break (rec, Some(StopReason::Fenced));
             }
         }
         // The failed attempt becomes an entry of its own; the run's id (and
@@ -145,8 +145,8 @@ pub async fn supervise<R: RunRecorder>(
         exit_code = rec.exit_code, signal = rec.signal, duration_ms = rec.duration_ms,
         attempt = rec.attempt, "run finished"
     );
-    let interrupted = matches!(stopped_because, Some("terminated" | "interrupted"));
-    if !interrupted && stopped_because != Some("replaced") && rec.outcome.is_failure() {
+    let interrupted = stopped_because.is_some_and(StopReason::is_interruption);
+    if !interrupted && stopped_because != Some(StopReason::Replaced) && rec.outcome.is_failure() {
         if let Some(hook) = &spec.on_failure {
             run_hook(hook, spec, &rec).await;
         }

@@ -10,7 +10,7 @@ impl<C: Coordinator> Scheduler<C> {
         job: &Job,
         tick: DateTime<Utc>,
         trigger: Trigger,
-        running: &mut Running,
+        running: &mut Supervisors,
         state: &mut FireState,
     ) -> bool {
         let fire = Fire::scheduled(job, tick, trigger);
@@ -27,7 +27,7 @@ impl<C: Coordinator> Scheduler<C> {
         Fire {
             job, tick, trigger, ..
         }: Fire<'_>,
-        running: &mut Running,
+        running: &mut Supervisors,
         state: &mut FireState,
     ) -> bool {
         match fired {
@@ -98,7 +98,7 @@ impl<C: Coordinator> Scheduler<C> {
         leadership: &Leadership,
         req: TriggerRequest,
         since: DateTime<Utc>,
-        running: &mut Running,
+        running: &mut Supervisors,
         state: &mut FireState,
     ) {
         let Some(job) = config.jobs.get(&req.job) else {

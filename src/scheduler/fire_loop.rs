@@ -34,7 +34,7 @@ impl<C: Coordinator> Scheduler<C> {
         &self,
         leadership: &mut Leadership,
         stop: &mut watch::Receiver<u32>,
-        running: &mut Running,
+        running: &mut Supervisors,
     ) -> anyhow::Result<LoopEnd> {
         let mut updates = self.config.clone();
         let mut config = updates.borrow_and_update().clone();
@@ -361,7 +361,7 @@ impl<C: Coordinator> Scheduler<C> {
     pub(super) async fn drain(
         &self,
         stop: &mut watch::Receiver<u32>,
-        running: &mut Running,
+        running: &mut Supervisors,
     ) -> bool {
         let shutdown_grace = self.config.borrow().scheduler.shutdown_grace;
         let grace = tokio::time::sleep(shutdown_grace);
@@ -370,23 +370,23 @@ impl<C: Coordinator> Scheduler<C> {
         let mut terminated = false;
         // Draining is the loop turning too (`shutdown_grace` may be long).
         let mut beat = tokio::time::interval(MAX_SLEEP / 4);
-        while !running.by_pid.is_empty() {
+        while !running.is_empty() {
             if forced && !terminated {
                 // SIGTERM starts the supervisor's stop; the SIGINT after it
                 // tells it to skip the grace period and SIGKILL the group.
-                signal_all(&running.by_pid, Signal::TERM);
-                signal_all(&running.by_pid, Signal::INT);
+                running.signal_all(Signal::TERM);
+                running.signal_all(Signal::INT);
                 terminated = true;
             }
             tokio::select! {
                 _ = running.reap_one() => {}
                 _ = beat.tick() => self.metrics.beat(),
                 () = &mut grace, if !terminated => {
-                    tracing::warn!(running = running.by_pid.len(), "shutdown grace over: terminating running jobs");
-                    for t in running.by_pid.values() {
-                        tracing::warn!(job = %t.job, run_id = %t.run_id, "terminating");
+                    tracing::warn!(running = running.len(), "shutdown grace over: terminating running jobs");
+                    for (job, run_id) in running.runs() {
+                        tracing::warn!(job, run_id, "terminating");
                     }
-                    signal_all(&running.by_pid, Signal::TERM);
+                    running.signal_all(Signal::TERM);
                     terminated = true;
                 }
                 r = stop.changed(), if !forced => {

@@ -7,8 +7,7 @@ use crate::coordination::{
     Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, Leadership, Outcome, RunRecord,
     Trigger, TriggerRequest, Turn,
 };
-use crate::executor::report::{self, Report};
-use crate::executor::{retry_backoff, spawn_supervisor, RunSpec};
+use crate::executor::{retry_backoff, spawn_supervisor, RunSpec, Supervisors};
 pub use crate::model::{LATE_TOLERANCE, MAX_SLEEP, OVERLOADED};
 
 use crate::executor::run_span;
@@ -16,23 +15,20 @@ use crate::observe::log::record_span;
 use crate::observe::Metrics;
 use chrono::{DateTime, Utc};
 use futures_util::stream::StreamExt;
-use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+use rustix::process::Signal;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tracing::Instrument;
 
 mod fire;
 mod fire_loop;
 mod missed;
 mod plan;
-mod running;
 mod state;
 pub use plan::*;
-use running::*;
 use state::*;
 
 /// The scheduler of one instance.
@@ -84,10 +80,7 @@ impl<C: Coordinator> Scheduler<C> {
     /// Run until `stop` counts a stop request. Returns whether the stop was
     /// forced (a second request), in which case runs were killed at once.
     pub async fn run(&self, mut stop: watch::Receiver<u32>) -> anyhow::Result<bool> {
-        let mut running = Running {
-            metrics: self.metrics.clone(),
-            ..Running::default()
-        };
+        let mut running = Supervisors::new(self.metrics.clone());
         loop {
             let jobs = self.config.borrow().jobs.len();
             tracing::info!(instance = %self.instance, jobs, "waiting for leadership");
@@ -130,7 +123,7 @@ impl<C: Coordinator> Scheduler<C> {
             }
         }
         tracing::info!(
-            running = running.by_pid.len(),
+            running = running.len(),
             "stopping: no new fires; waiting for running jobs"
         );
         let forced = self.drain(&mut stop, &mut running).await;

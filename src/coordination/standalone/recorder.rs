@@ -12,13 +12,6 @@ pub struct StandaloneRecorder {
     pub(super) run_lock: Option<File>,
 }
 
-pub(super) async fn recv(sig: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match sig {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Ask an active run to stop so a newer one can replace it: its supervisor
 /// takes SIGUSR1 as "replaced" and stops the job gracefully. A record
 /// without a supervisor pid (written by an older bgsched) only names the

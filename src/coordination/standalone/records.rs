@@ -2,6 +2,7 @@
 //! pruning, and finding lost runs.
 
 use super::*;
+use crate::signals::{Sig, Signals};
 
 /// Lost runs found at the start of a leadership, passed on for their hooks.
 pub(super) const LOST_BACKLOG: usize = 256;
@@ -182,11 +183,9 @@ impl Standalone {
     }
 
     pub(super) async fn write_until_written(&self, path: &Path, record: &RunRecord) -> Result<()> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (mut term, mut int) = (
-            signal(SignalKind::terminate()).ok(),
-            signal(SignalKind::interrupt()).ok(),
-        );
+        // A stop request ends the retrying (the caller says the record is
+        // not written) instead of the process.
+        let mut stop = Signals::listen(&[Sig::Term, Sig::Int]).unwrap_or_default();
         let mut wait = RECORD_RETRY_FIRST;
         let mut failures = 0u32;
         let what = if record.outcome.is_run() {
@@ -213,8 +212,7 @@ impl Standalone {
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                Some(()) = recv(&mut term) => return Err(e),
-                Some(()) = recv(&mut int) => return Err(e),
+                _ = stop.next() => return Err(e),
             }
             wait = (wait * 2).min(RECORD_RETRY_MAX);
         }

@@ -1,33 +1,67 @@
-//! The supervisors this scheduler started, reaped as they exit.
+//! The supervisors a scheduler started: tracked by pid, reaped as they
+//! exit, their two report lines read (see `report`) for the metrics, and
+//! what a supervisor that died left of its job killed.
 
-use super::*;
+use super::report::{self, Report};
+use super::{run_span, RunSpec};
+use crate::observe::Metrics;
+use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
-/// A supervisor this scheduler started and has not yet reaped.
-pub(super) struct Tracked {
-    pub(super) job: String,
-    pub(super) run_id: String,
+/// A supervisor started and not yet reaped.
+struct Tracked {
+    job: String,
+    run_id: String,
 }
 
-/// Supervisors started by this scheduler, reaped as they exit.
-#[derive(Default)]
-pub(super) struct Running {
-    pub(super) by_pid: HashMap<u32, Tracked>,
+/// The supervisors started by one scheduler.
+pub struct Supervisors {
+    by_pid: HashMap<u32, Tracked>,
     /// Per supervisor: its pid, whether it exited cleanly, and what its run
     /// handed back.
-    pub(super) reaper: JoinSet<(u32, bool, Option<String>)>,
-    pub(super) metrics: Arc<Metrics>,
+    reaper: JoinSet<(u32, bool, Option<String>)>,
+    metrics: Arc<Metrics>,
 }
 
-pub(super) fn signal_all(running: &HashMap<u32, Tracked>, sig: Signal) {
-    for pid in running.keys() {
-        if let Some(p) = Pid::from_raw(*pid as i32) {
-            let _ = kill_process(p, sig);
+impl Supervisors {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Supervisors {
+            by_pid: HashMap::new(),
+            reaper: JoinSet::new(),
+            metrics,
         }
     }
-}
 
-impl Running {
-    pub(super) fn track(&mut self, mut child: tokio::process::Child, spec: &RunSpec) {
+    /// How many are running.
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_pid.is_empty()
+    }
+
+    /// The job and run id of each.
+    pub fn runs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.by_pid
+            .values()
+            .map(|t| (t.job.as_str(), t.run_id.as_str()))
+    }
+
+    /// Send `sig` to every supervisor (not to their jobs: each supervisor
+    /// ends its own job's group).
+    pub fn signal_all(&self, sig: Signal) {
+        for pid in self.by_pid.keys() {
+            if let Some(p) = Pid::from_raw(*pid as i32) {
+                let _ = kill_process(p, sig);
+            }
+        }
+    }
+
+    pub fn track(&mut self, mut child: tokio::process::Child, spec: &RunSpec) {
         let (job, run_id) = (spec.job.as_str(), spec.run_id.clone());
         let pid = child.id().unwrap_or(0);
         self.by_pid.insert(
@@ -82,7 +116,7 @@ impl Running {
             }
             if !clean {
                 // What left the group is still in the run's cgroup, if it has one.
-                crate::executor::contain::kill_run_cgroups(&run_id).await;
+                super::contain::kill_run_cgroups(&run_id).await;
             }
             (pid, clean, handback.filter(|_| clean))
         };
@@ -91,7 +125,7 @@ impl Running {
 
     /// Resolves when a supervisor exits (never, if none runs), with its
     /// job if it did not exit cleanly, and what its run handed back.
-    pub(super) async fn reap_one(&mut self) -> (Option<String>, Option<String>) {
+    pub async fn reap_one(&mut self) -> (Option<String>, Option<String>) {
         match self.reaper.join_next().await {
             Some(Ok((pid, clean, handback))) => {
                 let tracked = self.by_pid.remove(&pid);

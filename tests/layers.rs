@@ -15,7 +15,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("schedule", &["model"]),
     ("config", &["model", "schedule"]),
     ("observe", &["model", "config"]),
-    ("coordination", &["model", "schedule", "config", "observe"]),
+    (
+        "coordination",
+        &["signals", "model", "schedule", "config", "observe"],
+    ),
     (
         "executor",
         &[

@@ -45,9 +45,9 @@ pub(super) fn cluster(r: &mut Report, item: &Item, base: &Path) -> Option<Cluste
         DeValue::Table(t) => Some(t),
         _ => None,
     })?;
-    let f = Fields::of(r, table, Section::Cluster);
+    let f = ClusterKeys::of(r, table);
 
-    let endpoints = match f.get("etcd") {
+    let endpoints = match f.etcd.as_ref() {
         Some(i) => i.endpoints(r),
         None => {
             r.error(
@@ -60,41 +60,48 @@ pub(super) fn cluster(r: &mut Report, item: &Item, base: &Path) -> Option<Cluste
         }
     };
     let prefix = f
-        .get("prefix")
+        .prefix
+        .as_ref()
         .map_or(Some(DEFAULT_PREFIX.to_owned()), |i| i.prefix(r));
     let lease_ttl = f
-        .get("lease_ttl")
+        .lease_ttl
+        .as_ref()
         .map_or(Some(DEFAULT_LEASE_TTL), |i| i.lease_ttl(r));
     let max_clock_skew = f
-        .get("max_clock_skew")
+        .max_clock_skew
+        .as_ref()
         .map_or(Some(DEFAULT_MAX_CLOCK_SKEW), |i| i.max_clock_skew(r));
 
     // `Some(None)`: not set; `None`: set but invalid (already reported).
-    let mut file = |name: &str| {
-        f.get(name)
-            .map_or(Some(None), |i| i.readable_file(r, base).map(Some))
-    };
-    let ca_file = file("ca_file");
-    let cert_file = file("cert_file");
-    let key_file = file("key_file");
+    let mut file =
+        |item: Option<&Item>| item.map_or(Some(None), |i| i.readable_file(r, base).map(Some));
+    let ca_file = file(f.ca_file.as_ref());
+    let cert_file = file(f.cert_file.as_ref());
+    let key_file = file(f.key_file.as_ref());
     let tls_ok = tls_fits(
         r,
-        [f.get("ca_file"), f.get("cert_file"), f.get("key_file")],
+        [
+            f.ca_file.as_ref(),
+            f.cert_file.as_ref(),
+            f.key_file.as_ref(),
+        ],
         endpoints.as_deref(),
     );
 
-    let user = f.get("user").map_or(Some(None), |i| i.user(r).map(Some));
+    let user = f.user.as_ref().map_or(Some(None), |i| i.user(r).map(Some));
     let from_env = f
-        .get("password_env")
+        .password_env
+        .as_ref()
         .map_or(Some(None), |i| i.password_env(r).map(Some));
     let from_file = f
-        .get("password_file")
+        .password_file
+        .as_ref()
         .map_or(Some(None), |i| i.password_file(r, base).map(Some));
     let auth_ok = auth_fits(
         r,
-        f.get("user"),
-        f.get("password_env"),
-        f.get("password_file"),
+        f.user.as_ref(),
+        f.password_env.as_ref(),
+        f.password_file.as_ref(),
     );
 
     if !(tls_ok && auth_ok) {

@@ -177,28 +177,32 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         return Err(r.into_errors());
     }
 
-    let top = Fields::of(&mut r, doc.get_ref(), Section::Top);
+    let top = TopKeys::of(&mut r, doc.get_ref());
     let scheduler = top
-        .get("scheduler")
+        .scheduler
+        .as_ref()
         .map(|item| scheduler(&mut r, item))
         .unwrap_or_default();
     let cluster = top
-        .get("cluster")
+        .cluster
+        .as_ref()
         .and_then(|item| cluster(&mut r, item, base_dir(path)));
     let http = top
-        .get("http")
+        .http
+        .as_ref()
         .map(|item| http(&mut r, item))
         .unwrap_or_default();
     let built_in = Defaults {
         catchup: default_catchup(cluster.as_ref()),
         ..Defaults::default()
     };
-    let defaults = match top.get("defaults") {
+    let defaults = match top.defaults.as_ref() {
         Some(item) => defaults(&mut r, item, built_in),
         None => built_in,
     };
     let jobs = top
-        .get("jobs")
+        .jobs
+        .as_ref()
         .map(|item| jobs(&mut r, item, &defaults))
         .unwrap_or_default();
 

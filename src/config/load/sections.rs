@@ -31,10 +31,74 @@ pub(super) enum Section {
     Http,
 }
 
-/// The known keys of one table. Unknown keys are reported while it is built,
-/// so no key can be silently ignored.
-pub(super) struct Fields<'a, 'i> {
-    pub(super) known: Vec<Item<'a, 'i>>,
+/// Every key of every section, declared once: the declaration gives the
+/// section's struct a field (the key's item, if the table has it) and puts
+/// the name in the list that the unknown-key check, the suggestions and the
+/// "belongs in" hints read. Adding a key is a line here plus its use where
+/// the section is read.
+macro_rules! keys {
+    ($( $(#[$doc:meta])* $ty:ident ($section:ident) { $($key:ident),* $(,)? } )*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Default)]
+            pub(super) struct $ty<'a, 'i> {
+                $(pub(super) $key: Option<Item<'a, 'i>>,)*
+            }
+
+            impl<'a, 'i> $ty<'a, 'i> {
+                pub(super) const KEYS: &'static [&'static str] = &[$(stringify!($key)),*];
+
+                /// The known keys of `table`; each unknown one is reported
+                /// here, so that no key is silently ignored.
+                pub(super) fn of(r: &mut Report, table: &'a DeTable<'i>) -> Self {
+                    let mut found = Self::default();
+                    for (key, value) in table.iter() {
+                        match key.get_ref().as_ref() {
+                            $(stringify!($key) => found.$key = Some(Item::entry(key, value)),)*
+                            _ => r.error(
+                                key.span().start,
+                                Section::$section.unknown_key(key.get_ref()),
+                            ),
+                        }
+                    }
+                    found
+                }
+            }
+        )*
+
+        impl Section {
+            pub(super) fn keys(self) -> &'static [&'static str] {
+                match self {
+                    $(Section::$section => $ty::<'static, 'static>::KEYS,)*
+                }
+            }
+        }
+    };
+}
+
+keys! {
+    /// The top level.
+    TopKeys (Top) { scheduler, defaults, jobs, cluster, http }
+    /// `[scheduler]`.
+    SchedulerKeys (Scheduler) { state_dir, shutdown_grace, history }
+    /// `[defaults]`: what every job inherits.
+    DefaultsKeys (Defaults) {
+        timezone, overlap, timeout, catchup, kill_grace, retries, retry_backoff,
+        retry_backoff_max, jitter, on_failure,
+    }
+    /// `[jobs.<name>]`.
+    JobKeys (Job) {
+        description, schedule, timezone, command, shell, working_dir, env, timeout,
+        enabled, overlap, catchup, kill_grace, retries, retry_backoff, retry_backoff_max,
+        jitter, on_failure,
+    }
+    /// `[cluster]`.
+    ClusterKeys (Cluster) {
+        etcd, prefix, lease_ttl, max_clock_skew, ca_file, cert_file, key_file, user,
+        password_env, password_file,
+    }
+    /// `[http]`.
+    HttpKeys (Http) { listen }
 }
 
 pub(super) fn scheduler(r: &mut Report, item: &Item) -> SchedulerSettings {
@@ -42,12 +106,12 @@ pub(super) fn scheduler(r: &mut Report, item: &Item) -> SchedulerSettings {
     let Some(table) = item.table(r) else {
         return settings;
     };
-    let f = Fields::of(r, table, Section::Scheduler);
-    settings.state_dir = f.get("state_dir").and_then(|i| i.path(r));
-    if let Some(d) = f.get("shutdown_grace").and_then(|i| i.duration(r)) {
+    let f = SchedulerKeys::of(r, table);
+    settings.state_dir = f.state_dir.as_ref().and_then(|i| i.path(r));
+    if let Some(d) = f.shutdown_grace.as_ref().and_then(|i| i.duration(r)) {
         settings.shutdown_grace = d;
     }
-    if let Some(n) = f.get("history").and_then(|i| i.history(r)) {
+    if let Some(n) = f.history.as_ref().and_then(|i| i.history(r)) {
         settings.history_limit = n;
     }
     settings
@@ -58,8 +122,8 @@ pub(super) fn http(r: &mut Report, item: &Item) -> HttpSettings {
     let Some(table) = item.table(r) else {
         return settings;
     };
-    let f = Fields::of(r, table, Section::Http);
-    settings.listen = f.get("listen").and_then(|i| i.listen(r));
+    let f = HttpKeys::of(r, table);
+    settings.listen = f.listen.as_ref().and_then(|i| i.listen(r));
     settings
 }
 
@@ -85,38 +149,43 @@ pub(super) fn defaults(r: &mut Report, item: &Item, built_in: Defaults) -> Defau
     let Some(table) = item.table(r) else {
         return d;
     };
-    let f = Fields::of(r, table, Section::Defaults);
-    if let Some(tz) = f.get("timezone").and_then(|i| i.timezone(r)) {
+    let f = DefaultsKeys::of(r, table);
+    if let Some(tz) = f.timezone.as_ref().and_then(|i| i.timezone(r)) {
         d.timezone = tz;
     }
-    if let Some(o) = f.get("overlap").and_then(|i| i.overlap(r)) {
+    if let Some(o) = f.overlap.as_ref().and_then(|i| i.overlap(r)) {
         d.overlap = o;
     }
-    if let Some(t) = f.get("timeout").and_then(|i| i.timeout(r)) {
+    if let Some(t) = f.timeout.as_ref().and_then(|i| i.timeout(r)) {
         d.timeout = t;
     }
-    if let Some(c) = f.get("catchup").and_then(|i| i.duration(r)) {
+    if let Some(c) = f.catchup.as_ref().and_then(|i| i.duration(r)) {
         d.catchup = c;
     }
-    if let Some(k) = f.get("kill_grace").and_then(|i| i.duration(r)) {
+    if let Some(k) = f.kill_grace.as_ref().and_then(|i| i.duration(r)) {
         d.kill_grace = k;
     }
-    if let Some(n) = f.get("retries").and_then(|i| i.retries(r)) {
+    if let Some(n) = f.retries.as_ref().and_then(|i| i.retries(r)) {
         d.retries = n;
     }
-    if let Some(b) = f.get("retry_backoff").and_then(|i| i.positive_duration(r)) {
+    if let Some(b) = f
+        .retry_backoff
+        .as_ref()
+        .and_then(|i| i.positive_duration(r))
+    {
         d.retry_backoff = b;
     }
     if let Some(b) = f
-        .get("retry_backoff_max")
+        .retry_backoff_max
+        .as_ref()
         .and_then(|i| i.positive_duration(r))
     {
         d.retry_backoff_max = Some(b);
     }
-    if let Some(j) = f.get("jitter").and_then(|i| i.duration(r)) {
+    if let Some(j) = f.jitter.as_ref().and_then(|i| i.duration(r)) {
         d.jitter = j;
     }
-    if let Some(h) = f.get("on_failure").and_then(|i| i.command(r)) {
+    if let Some(h) = f.on_failure.as_ref().and_then(|i| i.command(r)) {
         d.on_failure = Some(h);
     }
     d
@@ -176,14 +245,14 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
             return None;
         }
     };
-    let f = Fields::of(r, table, Section::Job);
+    let f = JobKeys::of(r, table);
 
-    let description = f.get("description").and_then(|i| i.string(r));
-    let timezone = match f.get("timezone") {
+    let description = f.description.as_ref().and_then(|i| i.string(r));
+    let timezone = match f.timezone.as_ref() {
         Some(i) => i.timezone(r),
         None => Some(defaults.timezone),
     };
-    let schedule = match f.get("schedule") {
+    let schedule = match f.schedule.as_ref() {
         // The cron syntax does not depend on the zone, so a bad zone still
         // lets the expression be checked.
         Some(i) => i.schedule(r, timezone.unwrap_or(Tz::UTC)),
@@ -195,22 +264,22 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
             None
         }
     };
-    let program = program(r, item.key_at, f.get("command"), f.get("shell"));
-    let working_dir = f.get("working_dir").and_then(|i| i.path(r));
-    let env = f.get("env").and_then(|i| i.env(r)).unwrap_or_default();
-    let timeout = match f.get("timeout") {
+    let program = program(r, item.key_at, f.command.as_ref(), f.shell.as_ref());
+    let working_dir = f.working_dir.as_ref().and_then(|i| i.path(r));
+    let env = f.env.as_ref().and_then(|i| i.env(r)).unwrap_or_default();
+    let timeout = match f.timeout.as_ref() {
         Some(i) => i.timeout(r).unwrap_or(defaults.timeout),
         None => defaults.timeout,
     };
-    let overlap = f.get("overlap").and_then(|i| i.overlap(r));
-    let catchup = f.get("catchup").and_then(|i| i.duration(r));
-    let kill_grace = f.get("kill_grace").and_then(|i| i.duration(r));
-    let enabled = f.get("enabled").and_then(|i| i.boolean(r));
-    let retries = f.get("retries").map(|i| i.retries(r));
-    let retry_backoff = f.get("retry_backoff").map(|i| i.positive_duration(r));
-    let retry_backoff_max = f.get("retry_backoff_max").map(|i| i.positive_duration(r));
-    let jitter = f.get("jitter").map(|i| i.duration(r));
-    let on_failure = f.get("on_failure").map(|i| i.command(r));
+    let overlap = f.overlap.as_ref().and_then(|i| i.overlap(r));
+    let catchup = f.catchup.as_ref().and_then(|i| i.duration(r));
+    let kill_grace = f.kill_grace.as_ref().and_then(|i| i.duration(r));
+    let enabled = f.enabled.as_ref().and_then(|i| i.boolean(r));
+    let retries = f.retries.as_ref().map(|i| i.retries(r));
+    let retry_backoff = f.retry_backoff.as_ref().map(|i| i.positive_duration(r));
+    let retry_backoff_max = f.retry_backoff_max.as_ref().map(|i| i.positive_duration(r));
+    let jitter = f.jitter.as_ref().map(|i| i.duration(r));
+    let on_failure = f.on_failure.as_ref().map(|i| i.command(r));
     let backoff = retry_backoff.unwrap_or(Some(defaults.retry_backoff));
     let backoff_max = match retry_backoff_max {
         Some(max) => max,
@@ -222,7 +291,7 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
                 .max(backoff.unwrap_or_default()),
         ),
     };
-    if let (Some(b), Some(max), Some(at)) = (backoff, backoff_max, f.get("retry_backoff_max")) {
+    if let (Some(b), Some(max), Some(at)) = (backoff, backoff_max, f.retry_backoff_max.as_ref()) {
         if max < b {
             r.error(
                 at.value_at(),
@@ -328,57 +397,6 @@ pub(super) fn default_catchup(cluster: Option<&ClusterSettings>) -> Duration {
 }
 
 impl Section {
-    pub(super) fn keys(self) -> &'static [&'static str] {
-        match self {
-            Section::Top => &["scheduler", "defaults", "jobs", "cluster", "http"],
-            Section::Scheduler => &["state_dir", "shutdown_grace", "history"],
-            Section::Defaults => &[
-                "timezone",
-                "overlap",
-                "timeout",
-                "catchup",
-                "kill_grace",
-                "retries",
-                "retry_backoff",
-                "retry_backoff_max",
-                "jitter",
-                "on_failure",
-            ],
-            Section::Job => &[
-                "description",
-                "schedule",
-                "timezone",
-                "command",
-                "shell",
-                "working_dir",
-                "env",
-                "timeout",
-                "enabled",
-                "overlap",
-                "catchup",
-                "kill_grace",
-                "retries",
-                "retry_backoff",
-                "retry_backoff_max",
-                "jitter",
-                "on_failure",
-            ],
-            Section::Cluster => &[
-                "etcd",
-                "prefix",
-                "lease_ttl",
-                "max_clock_skew",
-                "ca_file",
-                "cert_file",
-                "key_file",
-                "user",
-                "password_env",
-                "password_file",
-            ],
-            Section::Http => &["listen"],
-        }
-    }
-
     /// Names people bring along from elsewhere (mostly etcdctl's flags) that
     /// neither edit distance nor a shared prefix would map.
     pub(super) fn alias(self, key: &str) -> Option<&'static str> {
@@ -456,24 +474,6 @@ impl Section {
             return format!("{what}; did you mean `{close}`?");
         }
         format!("{what} (expected one of: {})", self.keys().join(", "))
-    }
-}
-
-impl<'a, 'i> Fields<'a, 'i> {
-    pub(super) fn of(r: &mut Report, table: &'a DeTable<'i>, section: Section) -> Self {
-        let mut known = Vec::new();
-        for (key, value) in table.iter() {
-            if section.keys().contains(&key.get_ref().as_ref()) {
-                known.push(Item::entry(key, value));
-            } else {
-                r.error(key.span().start, section.unknown_key(key.get_ref()));
-            }
-        }
-        Fields { known }
-    }
-
-    pub(super) fn get(&self, name: &str) -> Option<&Item<'a, 'i>> {
-        self.known.iter().find(|item| item.label == name)
     }
 }
 

@@ -271,12 +271,13 @@ impl<C: Coordinator> Scheduler<C> {
                 |(job, fires, missed)| async move {
                     let mut results = Vec::with_capacity(fires.len());
                     let first = fires.first().map(|f| f.0);
-                    for (tick, trigger) in fires {
+                    let mut fires = fires.into_iter();
+                    while let Some((tick, trigger)) = fires.next() {
                         if stopping.as_ref().is_some_and(Stop::requested) {
                             // Unclaimed, the tick is left to the next
                             // leader, and so are the missed ones before it:
                             // recording them here would count them twice.
-                            return (job, None, first, results);
+                            return (job, None, first, results, Vec::new());
                         }
                         let claimed = match in_time(job, tick, trigger, Utc::now()) {
                             Some(trigger) => Some((
@@ -285,13 +286,21 @@ impl<C: Coordinator> Scheduler<C> {
                             )),
                             None => None,
                         };
+                        let undecided =
+                            matches!(&claimed, Some((_, Err(ClaimRejected::Backend(_)))));
                         results.push((tick, claimed));
+                        if undecided {
+                            // That claim may have gone through with its
+                            // answer lost: a later tick claimed first would
+                            // hide it. The later ones wait for its retry.
+                            return (job, missed, first, results, fires.collect());
+                        }
                     }
-                    (job, missed, first, results)
+                    (job, missed, first, results, Vec::new())
                 },
             ))
             .buffer_unordered(CLAIMS_IN_FLIGHT);
-            while let Some((job, missed, first, results)) = claims.next().await {
+            while let Some((job, missed, first, results, deferred)) = claims.next().await {
                 // Only a catch-up that started is announced as such.
                 let mut newer = first.map(|tick| (tick, false));
                 for (tick, claimed) in results {
@@ -323,6 +332,10 @@ impl<C: Coordinator> Scheduler<C> {
                         running,
                         &mut state,
                     );
+                }
+                for (tick, trigger) in deferred {
+                    let at = state.backoff(&job.name).unwrap_or_else(Utc::now);
+                    self.retry_later(lead.term, job, tick, trigger, at, &mut state);
                 }
                 if let Some((missed, why)) = missed {
                     self.record_missed(lead.term, job, missed, newer, why);

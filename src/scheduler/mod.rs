@@ -248,4 +248,86 @@ mod tests {
             assert!(!reason.contains("caught up"), "{reason}");
         }
     }
+
+    /// A backend whose first claim fails undecided (as one whose answer was
+    /// lost) and whose later claims are skips; the ticks claimed, in order.
+    struct FirstClaimUndecided {
+        last: DateTime<Utc>,
+        claimed: std::sync::Mutex<Vec<DateTime<Utc>>>,
+    }
+
+    impl Coordinator for FirstClaimUndecided {
+        async fn acquire_leadership(&self, _: &str) -> crate::coordination::Result<Leadership> {
+            let (_tx, rx) = watch::channel(true);
+            std::mem::forget(_tx);
+            Ok(Leadership::new(1, rx, None, Box::new(())))
+        }
+        async fn resign(&self, _: Leadership) {}
+        async fn last_fired(&self, _: &str) -> crate::coordination::Result<Option<DateTime<Utc>>> {
+            Ok(Some(self.last))
+        }
+        async fn claim(
+            &self,
+            _: &Leadership,
+            req: ClaimRequest<'_>,
+        ) -> Result<Claim, ClaimRejected> {
+            let mut claimed = self.claimed.lock().unwrap();
+            claimed.push(req.tick);
+            if claimed.len() == 1 {
+                return Err(ClaimRejected::Backend(CoordError::Etcd(
+                    "claim: connection reset".into(),
+                )));
+            }
+            Err(ClaimRejected::StillRunning(None))
+        }
+        async fn record(&self, _: &RunRecord) -> crate::coordination::Result<bool> {
+            Ok(true)
+        }
+        async fn reap_lost(&self, _: &str) -> Vec<RunRecord> {
+            Vec::new()
+        }
+        async fn finish_request(&self, _: &str) {}
+        fn backend_spec(&self) -> crate::coordination::BackendSpec {
+            crate::coordination::BackendSpec::Standalone {
+                state_dir: "/nonexistent".into(),
+                history_limit: 10,
+            }
+        }
+        async fn shutdown(&self) {}
+    }
+
+    /// A catch-up claim that fails undecided may yet have gone through;
+    /// the on-time tick planned with it must not be claimed before the
+    /// catch-up is retried, or the retry finds its own tick taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_undecided_claim_is_retried_before_a_later_tick_of_its_job_is_claimed() {
+        let text = "[jobs.j]\nschedule = \"@every 1s\"\ncatchup = \"1m\"\ncommand = [\"true\"]\n";
+        let config = crate::config::load_str(std::path::Path::new("t.toml"), text.as_bytes())
+            .expect("valid config");
+        let coord = Arc::new(FirstClaimUndecided {
+            last: Utc::now() - chrono::Duration::seconds(10),
+            claimed: Default::default(),
+        });
+        let scheduler = Scheduler::new(Arc::new(config), coord.clone(), "t".into(), false);
+        let (stop_tx, stop) = watch::channel(0u32);
+        let stopper = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while coord.claimed.lock().unwrap().len() < 3 {
+                assert!(tokio::time::Instant::now() < deadline, "too few claims");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = stop_tx.send(1);
+        };
+        let (ran, ()) = tokio::join!(scheduler.run(stop), stopper);
+        ran.unwrap();
+        let claimed = coord.claimed.lock().unwrap().clone();
+        assert_eq!(
+            claimed[1], claimed[0],
+            "a later tick was claimed before the undecided one was retried: {claimed:?}"
+        );
+        assert!(
+            claimed.windows(2).all(|w| w[0] <= w[1]),
+            "claims out of tick order: {claimed:?}"
+        );
+    }
 }

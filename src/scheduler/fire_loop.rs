@@ -197,6 +197,11 @@ impl<C: Coordinator> Scheduler<C> {
                             self.record_missed(leadership.term, job, (1, tick, tick), None, why);
                             continue;
                         };
+                        if state.earlier_waits(&job.name, tick) {
+                            let at = state.backoff(&job.name).unwrap_or(now);
+                            self.retry_later(leadership.term, job, tick, trigger, at, &mut state);
+                            continue;
+                        }
                         let superseded = self
                             .fire_tick(leadership, job, tick, trigger, running, &mut state)
                             .await;

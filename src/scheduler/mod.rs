@@ -249,11 +249,14 @@ mod tests {
         }
     }
 
-    /// A backend whose first claim fails undecided (as one whose answer was
-    /// lost) and whose later claims are skips; the ticks claimed, in order.
+    /// A backend whose first `undecided` claims fail undecided (as ones
+    /// whose answer was lost) and whose later claims are skips; the ticks
+    /// claimed, in order.
     struct FirstClaimUndecided {
         last: DateTime<Utc>,
-        claimed: std::sync::Mutex<Vec<DateTime<Utc>>>,
+        undecided: usize,
+        /// Each claim's tick, and when it came.
+        claimed: std::sync::Mutex<Vec<(DateTime<Utc>, DateTime<Utc>)>>,
     }
 
     impl Coordinator for FirstClaimUndecided {
@@ -272,8 +275,8 @@ mod tests {
             req: ClaimRequest<'_>,
         ) -> Result<Claim, ClaimRejected> {
             let mut claimed = self.claimed.lock().unwrap();
-            claimed.push(req.tick);
-            if claimed.len() == 1 {
+            claimed.push((req.tick, Utc::now()));
+            if claimed.len() <= self.undecided {
                 return Err(ClaimRejected::Backend(CoordError::Etcd(
                     "claim: connection reset".into(),
                 )));
@@ -296,34 +299,77 @@ mod tests {
         async fn shutdown(&self) {}
     }
 
+    /// Run a job `@every 1s` last fired 10 s ago (so its first plan holds a
+    /// catch-up and an on-time tick) on a backend whose first `undecided`
+    /// claims fail undecided; the ticks claimed, in order, once there are
+    /// `claims` of them. All within one second of the wall clock, so that
+    /// no newer tick comes due meanwhile (the job's waiting ticks would be
+    /// coalesced, as they should): a run that strays over a second, on a
+    /// slow machine, is tried again.
+    async fn claims_after_undecided(undecided: usize, claims: usize) -> Vec<DateTime<Utc>> {
+        let text = "[jobs.j]\nschedule = \"@every 1s\"\ncatchup = \"1m\"\ncommand = [\"true\"]\n";
+        let config = Arc::new(
+            crate::config::load_str(std::path::Path::new("t.toml"), text.as_bytes())
+                .expect("valid config"),
+        );
+        for _ in 0..5 {
+            // Start just after a second begins.
+            let into = Utc::now().timestamp_subsec_millis() as u64;
+            tokio::time::sleep(Duration::from_millis((1_020 - into) % 1_000)).await;
+            let coord = Arc::new(FirstClaimUndecided {
+                last: Utc::now() - chrono::Duration::seconds(10),
+                undecided,
+                claimed: Default::default(),
+            });
+            let scheduler = Scheduler::new(config.clone(), coord.clone(), "t".into(), false);
+            let (stop_tx, stop) = watch::channel(0u32);
+            let stopper = async {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while coord.claimed.lock().unwrap().len() < claims {
+                    assert!(tokio::time::Instant::now() < deadline, "too few claims");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let _ = stop_tx.send(1);
+            };
+            let (ran, ()) = tokio::join!(scheduler.run(stop), stopper);
+            ran.unwrap();
+            let claimed = coord.claimed.lock().unwrap()[..claims].to_vec();
+            let second = |at: DateTime<Utc>| at.timestamp();
+            if claimed
+                .iter()
+                .all(|(_, at)| second(*at) == second(claimed[0].1))
+            {
+                return claimed.into_iter().map(|(tick, _)| tick).collect();
+            }
+        }
+        panic!("five runs in a row strayed over a second");
+    }
+
     /// A catch-up claim that fails undecided may yet have gone through;
     /// the on-time tick planned with it must not be claimed before the
     /// catch-up is retried, or the retry finds its own tick taken.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_undecided_claim_is_retried_before_a_later_tick_of_its_job_is_claimed() {
-        let text = "[jobs.j]\nschedule = \"@every 1s\"\ncatchup = \"1m\"\ncommand = [\"true\"]\n";
-        let config = crate::config::load_str(std::path::Path::new("t.toml"), text.as_bytes())
-            .expect("valid config");
-        let coord = Arc::new(FirstClaimUndecided {
-            last: Utc::now() - chrono::Duration::seconds(10),
-            claimed: Default::default(),
-        });
-        let scheduler = Scheduler::new(Arc::new(config), coord.clone(), "t".into(), false);
-        let (stop_tx, stop) = watch::channel(0u32);
-        let stopper = async {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while coord.claimed.lock().unwrap().len() < 3 {
-                assert!(tokio::time::Instant::now() < deadline, "too few claims");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let _ = stop_tx.send(1);
-        };
-        let (ran, ()) = tokio::join!(scheduler.run(stop), stopper);
-        ran.unwrap();
-        let claimed = coord.claimed.lock().unwrap().clone();
+        let claimed = claims_after_undecided(1, 3).await;
         assert_eq!(
             claimed[1], claimed[0],
             "a later tick was claimed before the undecided one was retried: {claimed:?}"
+        );
+        assert!(
+            claimed.windows(2).all(|w| w[0] <= w[1]),
+            "claims out of tick order: {claimed:?}"
+        );
+    }
+
+    /// The same when the retry fails undecided too: the later tick waits
+    /// for the next retry, not only for the first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_that_fails_undecided_again_still_comes_before_later_ticks() {
+        let claimed = claims_after_undecided(2, 4).await;
+        assert_eq!(
+            &claimed[..3],
+            &[claimed[0]; 3],
+            "a later tick was claimed between two retries of the undecided one: {claimed:?}"
         );
         assert!(
             claimed.windows(2).all(|w| w[0] <= w[1]),

@@ -122,6 +122,15 @@ impl FireState {
         self.retries.iter().map(Retry::at).min()
     }
 
+    /// Whether an earlier tick of `job` waits for its claim's retry (one
+    /// that just failed undecided, say): a later tick must not be claimed
+    /// before it, or the earlier one's retry finds its tick taken.
+    pub(super) fn earlier_waits(&self, job: &str, tick: DateTime<Utc>) -> bool {
+        self.retries
+            .iter()
+            .any(|r| matches!(r, Retry::Tick { job: j, tick: t, .. } if j == job && *t < tick))
+    }
+
     pub(super) fn take_due_retries(&mut self, now: DateTime<Utc>) -> Vec<Retry> {
         let (due, later) = std::mem::take(&mut self.retries)
             .into_iter()

@@ -376,4 +376,91 @@ mod tests {
             "claims out of tick order: {claimed:?}"
         );
     }
+
+    /// A backend that answers every claim of job `ended` with "the claim
+    /// went through as a run that ended unseen" and every claim of job
+    /// `skipped` with a skip; the entries written.
+    #[derive(Default)]
+    struct EndedOrSkipped {
+        records: std::sync::Mutex<Vec<RunRecord>>,
+    }
+
+    impl Coordinator for EndedOrSkipped {
+        async fn acquire_leadership(&self, _: &str) -> crate::coordination::Result<Leadership> {
+            let (tx, rx) = watch::channel(true);
+            std::mem::forget(tx);
+            Ok(Leadership::new(1, rx, None, Box::new(())))
+        }
+        async fn resign(&self, _: Leadership) {}
+        async fn last_fired(&self, _: &str) -> crate::coordination::Result<Option<DateTime<Utc>>> {
+            Ok(None)
+        }
+        async fn claim(
+            &self,
+            _: &Leadership,
+            req: ClaimRequest<'_>,
+        ) -> Result<Claim, ClaimRejected> {
+            match req.job {
+                "ended" => Err(ClaimRejected::Ended("0190-run".into())),
+                _ => Err(ClaimRejected::StillRunning(None)),
+            }
+        }
+        async fn record(&self, record: &RunRecord) -> crate::coordination::Result<bool> {
+            self.records.lock().unwrap().push(record.clone());
+            Ok(true)
+        }
+        async fn reap_lost(&self, _: &str) -> Vec<RunRecord> {
+            Vec::new()
+        }
+        async fn finish_request(&self, _: &str) {}
+        fn backend_spec(&self) -> crate::coordination::BackendSpec {
+            crate::coordination::BackendSpec::Standalone {
+                state_dir: "/nonexistent".into(),
+                history_limit: 10,
+            }
+        }
+        async fn shutdown(&self) {}
+    }
+
+    /// README "A transaction whose answer was lost": a run whose read-back
+    /// came after its marker expired is recorded `lost` (by the backend)
+    /// and nothing else: the scheduler writes no entry of its own for the
+    /// tick, where a skip gets one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_that_ended_unseen_gets_no_entry_from_the_scheduler() {
+        let text = "[jobs.ended]\nschedule = \"@every 1s\"\ncommand = [\"true\"]\n\n\
+                    [jobs.skipped]\nschedule = \"@every 1s\"\ncommand = [\"true\"]\n";
+        let config = crate::config::load_str(std::path::Path::new("t.toml"), text.as_bytes())
+            .expect("valid config");
+        let coord = Arc::new(EndedOrSkipped::default());
+        let scheduler = Scheduler::new(Arc::new(config), coord.clone(), "t".into(), false);
+        let (stop_tx, stop) = watch::channel(0u32);
+        let skips = || {
+            coord
+                .records
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.job == "skipped" && r.outcome == Outcome::Skipped)
+                .count()
+        };
+        let stopper = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            // The skips of the tick after the first, written like any
+            // entry of the other job would be.
+            while skips() < 2 {
+                assert!(tokio::time::Instant::now() < deadline, "no skips recorded");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let _ = stop_tx.send(1);
+        };
+        let (ran, ()) = tokio::join!(scheduler.run(stop), stopper);
+        ran.unwrap();
+        let records = coord.records.lock().unwrap().clone();
+        let of_ended: Vec<&RunRecord> = records.iter().filter(|r| r.job == "ended").collect();
+        assert!(
+            of_ended.is_empty(),
+            "entries for ticks that ended unseen: {of_ended:#?}"
+        );
+    }
 }

@@ -136,6 +136,24 @@ impl<C: Coordinator> Scheduler<C> {
 mod tests {
     use super::*;
 
+    /// What every mock backend below answers alike: no lost runs, no
+    /// requests, a standalone spec nobody opens.
+    macro_rules! mock_backend_rest {
+        () => {
+            async fn reap_lost(&self, _: &str) -> Vec<RunRecord> {
+                Vec::new()
+            }
+            async fn finish_request(&self, _: &str) {}
+            fn backend_spec(&self) -> crate::coordination::BackendSpec {
+                crate::coordination::BackendSpec::Standalone {
+                    state_dir: "/nonexistent".into(),
+                    history_limit: 10,
+                }
+            }
+            async fn shutdown(&self) {}
+        };
+    }
+
     /// A backend whose last fired tick stays where it was (missed ticks do
     /// not move it) and whose first leadership ends right after the first
     /// `missed` entry is written, as when an overloaded leader misses a
@@ -173,17 +191,7 @@ mod tests {
             }
             Ok(true)
         }
-        async fn reap_lost(&self, _: &str) -> Vec<RunRecord> {
-            Vec::new()
-        }
-        async fn finish_request(&self, _: &str) {}
-        fn backend_spec(&self) -> crate::coordination::BackendSpec {
-            crate::coordination::BackendSpec::Standalone {
-                state_dir: "/nonexistent".into(),
-                history_limit: 10,
-            }
-        }
-        async fn shutdown(&self) {}
+        mock_backend_rest!();
     }
 
     /// Run a job `@every 1s` last fired 10 s ago, with `catchup`, on a
@@ -286,17 +294,7 @@ mod tests {
         async fn record(&self, _: &RunRecord) -> crate::coordination::Result<bool> {
             Ok(true)
         }
-        async fn reap_lost(&self, _: &str) -> Vec<RunRecord> {
-            Vec::new()
-        }
-        async fn finish_request(&self, _: &str) {}
-        fn backend_spec(&self) -> crate::coordination::BackendSpec {
-            crate::coordination::BackendSpec::Standalone {
-                state_dir: "/nonexistent".into(),
-                history_limit: 10,
-            }
-        }
-        async fn shutdown(&self) {}
+        mock_backend_rest!();
     }
 
     /// Run a job `@every 1s` last fired 10 s ago (so its first plan holds a
@@ -409,17 +407,7 @@ mod tests {
             self.records.lock().unwrap().push(record.clone());
             Ok(true)
         }
-        async fn reap_lost(&self, _: &str) -> Vec<RunRecord> {
-            Vec::new()
-        }
-        async fn finish_request(&self, _: &str) {}
-        fn backend_spec(&self) -> crate::coordination::BackendSpec {
-            crate::coordination::BackendSpec::Standalone {
-                state_dir: "/nonexistent".into(),
-                history_limit: 10,
-            }
-        }
-        async fn shutdown(&self) {}
+        mock_backend_rest!();
     }
 
     /// README "A transaction whose answer was lost": a run whose read-back

@@ -67,6 +67,11 @@ impl<'a, 'i> Item<'a, 'i> {
         }
     }
 
+    /// A hook command, which is unset unless given (`on_failure`).
+    pub(super) fn hook(&self, r: &mut Report) -> Option<Option<Vec<String>>> {
+        self.command(r).map(Some)
+    }
+
     pub(super) fn command(&self, r: &mut Report) -> Option<Vec<String>> {
         let is_hook = self.label == "on_failure";
         let hint = |v: &DeValue| match v {

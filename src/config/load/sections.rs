@@ -35,7 +35,8 @@ pub(super) enum Section {
 /// section's struct a field (the key's item, if the table has it) and puts
 /// the name in the list that the unknown-key check, the suggestions and the
 /// "belongs in" hints read. Adding a key is a line here plus its use where
-/// the section is read.
+/// the section is read. The job keys, which `[defaults]` shares, are
+/// declared by [`job_keys!`] below.
 macro_rules! keys {
     ($( $(#[$doc:meta])* $ty:ident ($section:ident) { $($key:ident),* $(,)? } )*) => {
         $(
@@ -65,14 +66,6 @@ macro_rules! keys {
                 }
             }
         )*
-
-        impl Section {
-            pub(super) fn keys(self) -> &'static [&'static str] {
-                match self {
-                    $(Section::$section => $ty::<'static, 'static>::KEYS,)*
-                }
-            }
-        }
     };
 }
 
@@ -81,17 +74,6 @@ keys! {
     TopKeys (Top) { scheduler, defaults, jobs, cluster, http }
     /// `[scheduler]`.
     SchedulerKeys (Scheduler) { state_dir, shutdown_grace, history }
-    /// `[defaults]`: what every job inherits.
-    DefaultsKeys (Defaults) {
-        timezone, overlap, timeout, catchup, kill_grace, retries, retry_backoff,
-        retry_backoff_max, jitter, on_failure,
-    }
-    /// `[jobs.<name>]`.
-    JobKeys (Job) {
-        description, schedule, timezone, command, shell, working_dir, env, timeout,
-        enabled, overlap, catchup, kill_grace, retries, retry_backoff, retry_backoff_max,
-        jitter, on_failure,
-    }
     /// `[cluster]`.
     ClusterKeys (Cluster) {
         etcd, prefix, lease_ttl, max_clock_skew, ca_file, cert_file, key_file, user,
@@ -99,6 +81,113 @@ keys! {
     }
     /// `[http]`.
     HttpKeys (Http) { listen }
+}
+
+/// The keys of a job, declared once. A key with a type is one `[defaults]`
+/// can set for every job: its declaration also names its built-in default
+/// and the `Item` method that reads it, which gives [`Defaults`] and
+/// [`Inherited`] a field, `[defaults]` the key, and [`JobKeys::inherit`]
+/// the rule "the job's own value, else `[defaults]`', else built in".
+macro_rules! job_keys {
+    ($( $key:ident $(: $ty:ty = $default:expr => $read:ident)? ),* $(,)?) => {
+        keys! {
+            /// `[jobs.<name>]`.
+            JobKeys (Job) { $($key),* }
+        }
+
+        /// The name of an inheritable key (the reader only selects it).
+        macro_rules! inheritable {
+            ($name:ident $reader:ident) => {
+                stringify!($name)
+            };
+        }
+
+        /// `[defaults]`' keys, in the job table's order.
+        pub(super) const DEFAULTS_KEYS: &[&str] = &[$($(inheritable!($key $read),)?)*];
+
+        /// What every job inherits. A bad value here is reported once, at
+        /// its place in `[defaults]`; jobs then fall back to the built-in
+        /// default rather than each repeating the same error.
+        pub(super) struct Defaults {
+            $($(pub(super) $key: $ty,)?)*
+        }
+
+        impl Default for Defaults {
+            fn default() -> Self {
+                Defaults { $($($key: $default,)?)* }
+            }
+        }
+
+        /// A job's inheritable settings; `None` where its own value is bad
+        /// (and reported).
+        pub(super) struct Inherited {
+            $($(pub(super) $key: Option<$ty>,)?)*
+        }
+
+        impl JobKeys<'_, '_> {
+            pub(super) fn inherit(&self, r: &mut Report, defaults: &Defaults) -> Inherited {
+                Inherited {
+                    $($($key: match self.$key.as_ref() {
+                        Some(i) => i.$read(r),
+                        None => Some(defaults.$key.clone()),
+                    },)?)*
+                }
+            }
+        }
+
+        /// `built_in` is what applies where `[defaults]` does not say.
+        pub(super) fn defaults(r: &mut Report, item: &Item, built_in: Defaults) -> Defaults {
+            let mut d = built_in;
+            let Some(table) = item.table(r) else {
+                return d;
+            };
+            for (key, value) in table.iter() {
+                let item = Item::entry(key, value);
+                match key.get_ref().as_ref() {
+                    $($(stringify!($key) => {
+                        if let Some(v) = item.$read(r) {
+                            d.$key = v;
+                        }
+                    })?)*
+                    _ => r.error(key.span().start, Section::Defaults.unknown_key(key.get_ref())),
+                }
+            }
+            d
+        }
+    };
+}
+
+job_keys! {
+    description,
+    schedule,
+    timezone: Tz = Tz::UTC => timezone,
+    command,
+    shell,
+    working_dir,
+    env,
+    timeout: Option<Duration> = None => timeout,
+    enabled,
+    overlap: Overlap = Overlap::Skip => overlap,
+    catchup: Duration = DEFAULT_CATCHUP => duration,
+    kill_grace: Duration = DEFAULT_KILL_GRACE => duration,
+    retries: u32 = 0 => retries,
+    retry_backoff: Duration = DEFAULT_RETRY_BACKOFF => positive_duration,
+    retry_backoff_max: Option<Duration> = None => some_positive_duration,
+    jitter: Duration = Duration::ZERO => duration,
+    on_failure: Option<Vec<String>> = None => hook,
+}
+
+impl Section {
+    pub(super) fn keys(self) -> &'static [&'static str] {
+        match self {
+            Section::Top => TopKeys::KEYS,
+            Section::Scheduler => SchedulerKeys::KEYS,
+            Section::Defaults => DEFAULTS_KEYS,
+            Section::Job => JobKeys::KEYS,
+            Section::Cluster => ClusterKeys::KEYS,
+            Section::Http => HttpKeys::KEYS,
+        }
+    }
 }
 
 pub(super) fn scheduler(r: &mut Report, item: &Item) -> SchedulerSettings {
@@ -125,70 +214,6 @@ pub(super) fn http(r: &mut Report, item: &Item) -> HttpSettings {
     let f = HttpKeys::of(r, table);
     settings.listen = f.listen.as_ref().and_then(|i| i.listen(r));
     settings
-}
-
-/// What every job inherits. A bad value here is reported once, at its place
-/// in `[defaults]`; jobs then fall back to the built-in default rather than
-/// each repeating the same error.
-pub(super) struct Defaults {
-    pub(super) timezone: Tz,
-    pub(super) overlap: Overlap,
-    pub(super) timeout: Option<Duration>,
-    pub(super) catchup: Duration,
-    pub(super) kill_grace: Duration,
-    pub(super) retries: u32,
-    pub(super) retry_backoff: Duration,
-    pub(super) retry_backoff_max: Option<Duration>,
-    pub(super) jitter: Duration,
-    pub(super) on_failure: Option<Vec<String>>,
-}
-
-/// `built_in` is what applies where `[defaults]` does not say.
-pub(super) fn defaults(r: &mut Report, item: &Item, built_in: Defaults) -> Defaults {
-    let mut d = built_in;
-    let Some(table) = item.table(r) else {
-        return d;
-    };
-    let f = DefaultsKeys::of(r, table);
-    if let Some(tz) = f.timezone.as_ref().and_then(|i| i.timezone(r)) {
-        d.timezone = tz;
-    }
-    if let Some(o) = f.overlap.as_ref().and_then(|i| i.overlap(r)) {
-        d.overlap = o;
-    }
-    if let Some(t) = f.timeout.as_ref().and_then(|i| i.timeout(r)) {
-        d.timeout = t;
-    }
-    if let Some(c) = f.catchup.as_ref().and_then(|i| i.duration(r)) {
-        d.catchup = c;
-    }
-    if let Some(k) = f.kill_grace.as_ref().and_then(|i| i.duration(r)) {
-        d.kill_grace = k;
-    }
-    if let Some(n) = f.retries.as_ref().and_then(|i| i.retries(r)) {
-        d.retries = n;
-    }
-    if let Some(b) = f
-        .retry_backoff
-        .as_ref()
-        .and_then(|i| i.positive_duration(r))
-    {
-        d.retry_backoff = b;
-    }
-    if let Some(b) = f
-        .retry_backoff_max
-        .as_ref()
-        .and_then(|i| i.positive_duration(r))
-    {
-        d.retry_backoff_max = Some(b);
-    }
-    if let Some(j) = f.jitter.as_ref().and_then(|i| i.duration(r)) {
-        d.jitter = j;
-    }
-    if let Some(h) = f.on_failure.as_ref().and_then(|i| i.command(r)) {
-        d.on_failure = Some(h);
-    }
-    d
 }
 
 pub(super) fn jobs(r: &mut Report, item: &Item, defaults: &Defaults) -> BTreeMap<String, Job> {
@@ -247,15 +272,13 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
     };
     let f = JobKeys::of(r, table);
 
+    let own = f.inherit(r, defaults);
+
     let description = f.description.as_ref().and_then(|i| i.string(r));
-    let timezone = match f.timezone.as_ref() {
-        Some(i) => i.timezone(r),
-        None => Some(defaults.timezone),
-    };
     let schedule = match f.schedule.as_ref() {
         // The cron syntax does not depend on the zone, so a bad zone still
         // lets the expression be checked.
-        Some(i) => i.schedule(r, timezone.unwrap_or(Tz::UTC)),
+        Some(i) => i.schedule(r, own.timezone.unwrap_or(Tz::UTC)),
         None => {
             r.error(
                 item.key_at,
@@ -267,29 +290,17 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
     let program = program(r, item.key_at, f.command.as_ref(), f.shell.as_ref());
     let working_dir = f.working_dir.as_ref().and_then(|i| i.path(r));
     let env = f.env.as_ref().and_then(|i| i.env(r)).unwrap_or_default();
-    let timeout = match f.timeout.as_ref() {
-        Some(i) => i.timeout(r).unwrap_or(defaults.timeout),
-        None => defaults.timeout,
-    };
-    let overlap = f.overlap.as_ref().and_then(|i| i.overlap(r));
-    let catchup = f.catchup.as_ref().and_then(|i| i.duration(r));
-    let kill_grace = f.kill_grace.as_ref().and_then(|i| i.duration(r));
     let enabled = f.enabled.as_ref().and_then(|i| i.boolean(r));
-    let retries = f.retries.as_ref().map(|i| i.retries(r));
-    let retry_backoff = f.retry_backoff.as_ref().map(|i| i.positive_duration(r));
-    let retry_backoff_max = f.retry_backoff_max.as_ref().map(|i| i.positive_duration(r));
-    let jitter = f.jitter.as_ref().map(|i| i.duration(r));
-    let on_failure = f.on_failure.as_ref().map(|i| i.command(r));
-    let backoff = retry_backoff.unwrap_or(Some(defaults.retry_backoff));
-    let backoff_max = match retry_backoff_max {
-        Some(max) => max,
-        // Unset: ten doublings, and never below the first wait.
-        None => Some(
-            defaults
-                .retry_backoff_max
-                .unwrap_or(DEFAULT_RETRY_BACKOFF_MAX)
+    let backoff = own.retry_backoff;
+    let backoff_max = match (own.retry_backoff_max, f.retry_backoff_max.as_ref()) {
+        // The job's own cap must hold; an inherited one, or the built-in
+        // ten doublings, is raised to the job's first wait.
+        (Some(max), Some(_)) => max,
+        (Some(max), None) => Some(
+            max.unwrap_or(DEFAULT_RETRY_BACKOFF_MAX)
                 .max(backoff.unwrap_or_default()),
         ),
+        (None, _) => None,
     };
     if let (Some(b), Some(max), Some(at)) = (backoff, backoff_max, f.retry_backoff_max.as_ref()) {
         if max < b {
@@ -312,23 +323,20 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
         name: name.to_owned(),
         description,
         schedule: schedule?,
-        timezone: timezone?,
+        timezone: own.timezone?,
         program: program?,
         working_dir,
         env,
-        timeout,
-        overlap: overlap.unwrap_or(defaults.overlap),
-        catchup: catchup.unwrap_or(defaults.catchup),
-        kill_grace: kill_grace.unwrap_or(defaults.kill_grace),
+        timeout: own.timeout?,
+        overlap: own.overlap?,
+        catchup: own.catchup?,
+        kill_grace: own.kill_grace?,
         enabled: enabled.unwrap_or(true),
-        retries: retries.unwrap_or(Some(defaults.retries))?,
+        retries: own.retries?,
         retry_backoff: backoff?,
         retry_backoff_max: backoff_max.filter(|max| *max >= backoff.unwrap_or_default())?,
-        jitter: jitter.unwrap_or(Some(defaults.jitter))?,
-        on_failure: match on_failure {
-            None => defaults.on_failure.clone(),
-            Some(hook) => Some(hook?),
-        },
+        jitter: own.jitter?,
+        on_failure: own.on_failure?,
     })
 }
 
@@ -474,22 +482,5 @@ impl Section {
             return format!("{what}; did you mean `{close}`?");
         }
         format!("{what} (expected one of: {})", self.keys().join(", "))
-    }
-}
-
-impl Default for Defaults {
-    fn default() -> Self {
-        Defaults {
-            timezone: Tz::UTC,
-            overlap: Overlap::Skip,
-            timeout: None,
-            catchup: DEFAULT_CATCHUP,
-            kill_grace: DEFAULT_KILL_GRACE,
-            retries: 0,
-            retry_backoff: DEFAULT_RETRY_BACKOFF,
-            retry_backoff_max: None,
-            jitter: Duration::ZERO,
-            on_failure: None,
-        }
     }
 }

@@ -254,4 +254,9 @@ impl<'a, 'i> Item<'a, 'i> {
         }
         Some(d)
     }
+
+    /// A positive duration that may also be left unset (`retry_backoff_max`).
+    pub(super) fn some_positive_duration(&self, r: &mut Report) -> Option<Option<Duration>> {
+        self.positive_duration(r).map(Some)
+    }
 }

@@ -1139,7 +1139,7 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
     let mut cfg = etcd_config(vec![proxy.endpoint()], "/lostanswer");
     // Room for the cuts (1 s each) inside one request deadline, and for
     // the whole test inside the first run's lease, which nobody renews.
-    cfg.lease_ttl = Duration::from_secs(20);
+    cfg.cluster.lease_ttl = Duration::from_secs(20);
     let endpoint = etcd.endpoint();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

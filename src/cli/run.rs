@@ -91,7 +91,7 @@ pub async fn run(
         }
         BackendChoice::Cluster(cfg) => {
             tracing::info!(
-                config = %config.path.display(), etcd = ?cfg.endpoints, prefix = %cfg.prefix, instance = %instance,
+                config = %config.path.display(), etcd = ?cfg.cluster.endpoints, prefix = %cfg.cluster.prefix, instance = %instance,
                 "bgsched {} starting (cluster)", env!("CARGO_PKG_VERSION")
             );
             crate::coordination::channel::record_into(metrics.clone());

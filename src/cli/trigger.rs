@@ -152,7 +152,7 @@ async fn through_leader(
             return Err(CliError::Unavailable(format!(
                 "no leader accepted the request within {}; is a `bgsched run` up for this cluster (prefix {})?",
                 humantime::format_duration(timeout),
-                etcd.config().prefix
+                etcd.config().cluster.prefix
             )))
         }
     }

@@ -67,7 +67,7 @@ impl Default for SchedulerSettings {
 /// checked by [`load()`], including that the TLS files and the password
 /// source can be read, so that a replica with a broken setup fails at start
 /// with a located message instead of at its first connect.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterSettings {
     /// `etcd`: never empty, each `http://host:port` or `https://host:port`
     /// (no trailing `/`), all with the same scheme because the client uses
@@ -137,7 +137,9 @@ impl ClusterSettings {
 /// printed with `{:?}` in logs and bug reports, and whoever needs the
 /// value has to ask for it with [`Secret::expose`], where it is easy to
 /// review.
-#[derive(Clone, PartialEq, Eq)]
+/// It is serialized only into the spec a supervisor reads from its memfd.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {

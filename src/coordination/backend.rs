@@ -33,7 +33,7 @@ impl Backend {
                 history_limit,
             )?))),
             BackendChoice::Cluster(cfg) => {
-                let endpoints = cfg.endpoints.join(",");
+                let endpoints = cfg.cluster.endpoints.join(",");
                 match Etcd::connect(cfg).await {
                     Ok(etcd) => Ok(Backend::Cluster(Arc::new(etcd))),
                     Err(e @ CoordError::Auth { .. }) => Err(e),

@@ -309,7 +309,7 @@ pub fn secret_vars(backend: &BackendSpec) -> Vec<std::ffi::OsString> {
     let BackendSpec::Etcd(cfg) = backend else {
         return Vec::new();
     };
-    let Some(password) = cfg.password.as_deref() else {
+    let Some(password) = cfg.cluster.password.as_ref().map(|p| p.expose()) else {
         return Vec::new();
     };
     std::env::vars_os()

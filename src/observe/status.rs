@@ -199,7 +199,7 @@ pub async fn build(
         Backend::Cluster(e) => ListView {
             mode: "cluster",
             state_dir: None,
-            etcd_prefix: Some(e.config().prefix.clone()),
+            etcd_prefix: Some(e.config().cluster.prefix.clone()),
             leader: e.leader().await?,
             members: e.members().await?,
             config_hash: config_hash.to_string(),

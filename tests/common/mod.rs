@@ -376,16 +376,11 @@ pub fn etcd_config(
     endpoints: Vec<String>,
     prefix: &str,
 ) -> bgsched::coordination::etcd::EtcdConfig {
+    let mut cluster = bgsched::config::ClusterSettings::with_defaults(endpoints);
+    cluster.prefix = prefix.into();
+    cluster.lease_ttl = Duration::from_secs(2);
     bgsched::coordination::etcd::EtcdConfig {
-        endpoints,
-        prefix: prefix.into(),
-        lease_ttl: Duration::from_secs(2),
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        user: None,
-        password: None,
+        cluster,
         history_limit: 10,
-        max_clock_skew: Duration::from_secs(1),
     }
 }

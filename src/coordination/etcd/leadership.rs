@@ -74,7 +74,7 @@ impl Etcd {
                     self.client.clone(),
                     self.keys.all_actives(),
                     self.ended.clone(),
-                    EndedMarkers::keep(self.cfg.lease_ttl),
+                    EndedMarkers::keep(self.cfg.cluster.lease_ttl),
                 )));
             }
         }
@@ -107,7 +107,7 @@ impl Etcd {
             tx,
             Some(vouched_tx),
         ));
-        tracing::info!(lease, ttl = %crate::observe::log::duration(self.cfg.lease_ttl), "etcd session started");
+        tracing::info!(lease, ttl = %crate::observe::log::duration(self.cfg.cluster.lease_ttl), "etcd session started");
         *self.live_session.lock().expect("session lock") = Some((alive.clone(), vouched.clone()));
         *guard = Some(Session {
             lease,

@@ -155,7 +155,7 @@ impl Etcd {
     /// A spare lease is only used while young: the supervisor trusts a run
     /// lease, unconfirmed, until 2/3 of the TTL after it was asked for.
     pub(super) fn spare_lease_max_age(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.cfg.lease_ttl / 4).unwrap_or_default()
+        chrono::Duration::from_std(self.cfg.cluster.lease_ttl / 4).unwrap_or_default()
     }
 
     /// Ask etcd for a run lease; the time goes before the request, so etcd
@@ -186,7 +186,7 @@ impl Etcd {
 
     /// Spares older than this are dropped: renewing them could come too late.
     pub(super) fn spare_lease_keep(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.cfg.lease_ttl / 2).unwrap_or_default()
+        chrono::Duration::from_std(self.cfg.cluster.lease_ttl / 2).unwrap_or_default()
     }
 
     /// Renew a spare lease once; when the renewal was sent, if etcd still

@@ -43,8 +43,6 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -84,17 +82,17 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
         .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
-    if let (Some(user), Some(password)) = (&cfg.user, &cfg.password) {
-        opts = opts.with_user(user.clone(), password.clone());
+    if let (Some(user), Some(password)) = (&cfg.cluster.user, &cfg.cluster.password) {
+        opts = opts.with_user(user.clone(), password.expose());
     }
-    if cfg.endpoints.iter().any(|e| e.starts_with("https://")) {
+    if cfg.cluster.endpoints.iter().any(|e| e.starts_with("https://")) {
         let mut tls = etcd_client::TlsOptions::new();
-        if let Some(ca) = &cfg.ca_file {
+        if let Some(ca) = &cfg.cluster.ca_file {
             let pem = std::fs::read(ca)
                 .map_err(|e| CoordError::Etcd(format!("ca_file {}: {e}", ca.display())))?;
             tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
         }
-        if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
+        if let (Some(cert), Some(key)) = (&cfg.cluster.cert_file, &cfg.cluster.key_file) {
             let cert_pem = std::fs::read(cert)
                 .map_err(|e| CoordError::Etcd(format!("cert_file {}: {e}", cert.display())))?;
             let key_pem = std::fs::read(key)
@@ -105,9 +103,9 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
     }
     let channel = super::channel::Channel {
         deadline: cfg.request_deadline(),
-        endpoints: cfg.endpoints.len(),
+        endpoints: cfg.cluster.endpoints.len(),
     };
-    Client::connect_with_balanced_channel(&cfg.endpoints, Some(opts), channel)
+    Client::connect_with_balanced_channel(&cfg.cluster.endpoints, Some(opts), channel)
         .await
         .map_err(|e| auth_failure(cfg, &e).unwrap_or_else(|| etcd_err("cannot connect")(e)))
 }
@@ -187,7 +185,7 @@ impl Etcd {
                     };
                     tracing::warn!(
                         "etcd at {} unreachable ({cause}); retrying in {}",
-                        cfg.endpoints.join(","),
+                        cfg.cluster.endpoints.join(","),
                         crate::observe::log::duration(delay)
                     );
                     tokio::time::sleep(delay).await;
@@ -208,21 +206,21 @@ impl Etcd {
         // now, not at the first real request, that etcd wants one or
         // refuses this user.
         let probe = etcd_client::GetOptions::new().with_count_only();
-        let leader = Keys::new(&cfg.prefix).leader();
+        let leader = Keys::new(&cfg.cluster.prefix).leader();
         if let Err(e) = client.get(leader, Some(probe)).await {
             if let Some(refused) = auth_failure(&cfg, &e) {
                 return Err(refused);
             }
         }
         Ok(Etcd {
-            keys: Keys::new(&cfg.prefix),
+            keys: Keys::new(&cfg.cluster.prefix),
             client,
             session: tokio::sync::Mutex::new(None),
             last: Mutex::new(HashMap::new()),
             spare: Mutex::new(Vec::new()),
             config_hash: Mutex::new(None),
             live_session: Mutex::new(None),
-            clock: Arc::new(ClockWatch::new(cfg.max_clock_skew, cfg.renew_every())),
+            clock: Arc::new(ClockWatch::new(cfg.cluster.max_clock_skew, cfg.renew_every())),
             clock_watch: Mutex::new(None),
             ended: Arc::default(),
             marker_watch: Mutex::new(None),

@@ -67,7 +67,7 @@ impl EtcdRecorder {
             tx,
             client.clone(),
         )));
-        let keys = Keys::new(&cfg.prefix);
+        let keys = Keys::new(&cfg.cluster.prefix);
         let (stop_tx, stop) = watch::channel(None);
         let stop_watcher = stoppable.then(|| {
             tokio::spawn(watch_stop_request(
@@ -96,7 +96,7 @@ impl EtcdRecorder {
     /// Best effort, for a run whose supervisor could not take it over:
     /// record why it did not start and end its marker.
     pub async fn record_unstarted(cfg: &EtcdConfig, record: &RunRecord) {
-        let keys = Keys::new(&cfg.prefix);
+        let keys = Keys::new(&cfg.cluster.prefix);
         let Ok(mut client) = connect(cfg).await else {
             return;
         };

@@ -143,7 +143,7 @@ impl Etcd {
                 // transaction), so a run that is neither active nor recorded
                 // for two lease TTLs lost its leader before it started.
                 let since = *unseen_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > self.config().lease_ttl * 2 {
+                if since.elapsed() > self.config().cluster.lease_ttl * 2 {
                     return Ok(Seen::Vanished);
                 }
             } else {

@@ -91,7 +91,7 @@ pub(super) fn auth_failure(cfg: &EtcdConfig, e: &etcd_client::Error) -> Option<C
     ]
     .iter()
     .any(|m| message.contains(m));
-    let cause = match (&cfg.user, message) {
+    let cause = match (&cfg.cluster.user, message) {
         (None, m) if m.contains("user name is empty") => {
             "etcd requires authentication; set user and password_env or password_file in [cluster]"
                 .to_string()
@@ -99,8 +99,8 @@ pub(super) fn auth_failure(cfg: &EtcdConfig, e: &etcd_client::Error) -> Option<C
         (_, m) => m.trim_start_matches("authentication failed, ").to_string(),
     };
     refused.then(|| CoordError::Auth {
-        endpoints: cfg.endpoints.join(","),
-        user: cfg.user.clone(),
+        endpoints: cfg.cluster.endpoints.join(","),
+        user: cfg.cluster.user.clone(),
         cause,
     })
 }

@@ -210,14 +210,7 @@ pub(super) fn normalize_field(field: Field, text: &str) -> Result<String, Schedu
 }
 
 pub(super) fn normalize_item(field: Field, item: &str) -> Result<String, ScheduleError> {
-    let invalid = || {
-        ScheduleError::new(format!(
-            "invalid {} {}: expected {}",
-            field.name(),
-            quoted(item),
-            field.expected()
-        ))
-    };
+    let invalid = || field.invalid(item);
     let (lo, hi) = field.range();
     let upper = item.to_ascii_uppercase();
 
@@ -292,14 +285,7 @@ pub(super) fn parse_range(
     start: &str,
     end: &str,
 ) -> Result<(u32, u32), ScheduleError> {
-    let invalid = || {
-        ScheduleError::new(format!(
-            "invalid {} {}: expected {}",
-            field.name(),
-            quoted(item),
-            field.expected()
-        ))
-    };
+    let invalid = || field.invalid(item);
     let start = parse_value(field, start, false).ok_or_else(invalid)??;
     // `SUN` ends a range as 7 only where 0 would make it run backwards.
     let end = parse_value(field, end, start > 0).ok_or_else(invalid)??;
@@ -369,6 +355,16 @@ pub(super) fn parse_step(field: Field, step: &str) -> Option<Result<u32, Schedul
 }
 
 impl Field {
+    /// An item of this field that is not what it must be.
+    pub(super) fn invalid(self, item: &str) -> ScheduleError {
+        ScheduleError::new(format!(
+            "invalid {} {}: expected {}",
+            self.name(),
+            quoted(item),
+            self.expected()
+        ))
+    }
+
     pub(super) fn name(self) -> &'static str {
         match self {
             Field::Second => "second",

@@ -20,22 +20,12 @@ impl<'a, 'i> Item<'a, 'i> {
             DeValue::String(_) => " (put it in brackets, even a single one)",
             _ => "",
         };
-        let array = self.expect(
+        let array = self.non_empty_array(
             r,
             &format!("an array of URLs like [\"{EXAMPLE_ENDPOINT}\"]"),
             hint,
-            |v| match v {
-                DeValue::Array(a) => Some(a),
-                _ => None,
-            },
+            || format!("etcd must list at least one endpoint, e.g. [\"{EXAMPLE_ENDPOINT}\"]"),
         )?;
-        if array.is_empty() {
-            r.error(
-                self.value_at(),
-                format!("etcd must list at least one endpoint, e.g. [\"{EXAMPLE_ENDPOINT}\"]"),
-            );
-            return None;
-        }
         let mut all_valid = true;
         // (normalized, as written, where)
         let mut valid: Vec<(String, &str, usize)> = Vec::with_capacity(array.len());

@@ -81,26 +81,18 @@ impl<'a, 'i> Item<'a, 'i> {
             DeValue::String(_) => "; for a shell command line use shell = \"...\" instead",
             _ => "",
         };
-        let array = self.expect(
+        let array = self.non_empty_array(
             r,
             "an array of strings like [\"/usr/bin/backup\", \"--full\"]",
             hint,
-            |v| match v {
-                DeValue::Array(a) => Some(a),
-                _ => None,
-            },
-        )?;
-        if array.is_empty() {
-            r.error(
-                self.value_at(),
+            || {
                 format!(
                     "{} must not be empty; give the program and its arguments, \
                      e.g. [\"/usr/bin/backup\", \"--full\"]",
                     self.label
-                ),
-            );
-            return None;
-        }
+                )
+            },
+        )?;
         let mut argv = Some(Vec::with_capacity(array.len()));
         for (index, element) in array.iter().enumerate() {
             let item = Item {

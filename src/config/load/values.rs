@@ -85,6 +85,25 @@ impl<'a, 'i> Item<'a, 'i> {
         picked
     }
 
+    /// An array with at least one element; `empty` says what to give.
+    pub(super) fn non_empty_array(
+        &self,
+        r: &mut Report,
+        what: &str,
+        hint: impl FnOnce(&DeValue) -> &'static str,
+        empty: impl FnOnce() -> String,
+    ) -> Option<&'a DeArray<'i>> {
+        let array = self.expect(r, what, hint, |v| match v {
+            DeValue::Array(a) => Some(a),
+            _ => None,
+        })?;
+        if array.is_empty() {
+            r.error(self.value_at(), empty());
+            return None;
+        }
+        Some(array)
+    }
+
     pub(super) fn str(&self, r: &mut Report) -> Option<&'a str> {
         self.expect(r, "a string", |_| "", as_str)
     }

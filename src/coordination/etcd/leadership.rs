@@ -211,19 +211,10 @@ impl Etcd {
 
     /// Fill the last-tick cache from etcd (after winning leadership).
     pub(super) async fn load_last_ticks(&self) -> Result<()> {
-        let resp = self
-            .client
-            .clone()
-            .get(self.keys.lasts(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(etcd_err("read last ticks"))?;
+        let lasts = self.read_last_ticks().await?;
         let mut cache = self.last.lock().expect("cache lock");
         cache.clear();
-        let prefix_len = self.keys.lasts().len();
-        for kv in resp.kvs() {
-            let job = String::from_utf8_lossy(&kv.key()[prefix_len..]).into_owned();
-            cache.insert(job, (last_tick_of(kv), kv.mod_revision()));
-        }
+        cache.extend(lasts.into_iter().map(|(job, tick, rev)| (job, (tick, rev))));
         Ok(())
     }
 

@@ -85,7 +85,12 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Client> {
     if let (Some(user), Some(password)) = (&cfg.cluster.user, &cfg.cluster.password) {
         opts = opts.with_user(user.clone(), password.expose());
     }
-    if cfg.cluster.endpoints.iter().any(|e| e.starts_with("https://")) {
+    if cfg
+        .cluster
+        .endpoints
+        .iter()
+        .any(|e| e.starts_with("https://"))
+    {
         let mut tls = etcd_client::TlsOptions::new();
         if let Some(ca) = &cfg.cluster.ca_file {
             let pem = std::fs::read(ca)
@@ -220,7 +225,10 @@ impl Etcd {
             spare: Mutex::new(Vec::new()),
             config_hash: Mutex::new(None),
             live_session: Mutex::new(None),
-            clock: Arc::new(ClockWatch::new(cfg.cluster.max_clock_skew, cfg.renew_every())),
+            clock: Arc::new(ClockWatch::new(
+                cfg.cluster.max_clock_skew,
+                cfg.renew_every(),
+            )),
             clock_watch: Mutex::new(None),
             ended: Arc::default(),
             marker_watch: Mutex::new(None),

@@ -10,6 +10,17 @@ const JOBS_PER_TXN: usize = 50;
 impl Etcd {
     /// Every job's last fired tick (`P/last/<job>`).
     pub async fn last_ticks(&self) -> Result<HashMap<String, DateTime<Utc>>> {
+        Ok(self
+            .read_last_ticks()
+            .await?
+            .into_iter()
+            .map(|(job, tick, _)| (job, tick))
+            .collect())
+    }
+
+    /// Every job's last fired tick with the revision of its key, which the
+    /// claim transaction compares.
+    pub(super) async fn read_last_ticks(&self) -> Result<Vec<(String, DateTime<Utc>, i64)>> {
         let resp = self
             .client
             .clone()
@@ -22,7 +33,7 @@ impl Etcd {
             .iter()
             .map(|kv| {
                 let job = String::from_utf8_lossy(&kv.key()[prefix_len..]).into_owned();
-                (job, last_tick_of(kv))
+                (job, last_tick_of(kv), kv.mod_revision())
             })
             .collect())
     }

@@ -108,13 +108,15 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// One entry in a job's history: a run, a skipped tick, or a stretch of missed
-/// ticks. Serialized as JSON in the state directory and by `list --json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
+/// What names one run wherever it goes: the spec its supervisor is handed,
+/// every record of it, its log span. An entry that is no run (skipped,
+/// missed) has a key of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunKey {
     pub run_id: String,
     pub job: String,
-    /// The nominal instant this entry is for (for `missed`: the newest missed tick).
+    /// The nominal instant this run or entry is for (for `missed`: the
+    /// newest missed tick).
     pub tick: DateTime<Utc>,
     pub trigger: Trigger,
     pub instance: String,
@@ -127,6 +129,28 @@ pub struct RunRecord {
         deserialize_with = "null_as_zero"
     )]
     pub term: u64,
+}
+
+impl RunKey {
+    /// A new run (or entry) of `job` outside any term.
+    pub fn new(job: &str, tick: DateTime<Utc>, trigger: Trigger, instance: &str) -> RunKey {
+        RunKey {
+            run_id: new_run_id(),
+            job: job.to_string(),
+            tick,
+            trigger,
+            instance: instance.to_string(),
+            term: 0,
+        }
+    }
+}
+
+/// One entry in a job's history: a run, a skipped tick, or a stretch of missed
+/// ticks. Serialized as JSON in the state directory and by `list --json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    #[serde(flatten)]
+    pub key: RunKey,
     pub outcome: Outcome,
     pub started_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,22 +204,10 @@ fn is_first_attempt(attempt: &u32) -> bool {
 impl RunRecord {
     /// A history entry for a tick or request that started no process
     /// (skipped, missed, or refused before it could start).
-    pub fn not_run(
-        job: &str,
-        tick: DateTime<Utc>,
-        trigger: Trigger,
-        instance: &str,
-        outcome: Outcome,
-        reason: String,
-    ) -> RunRecord {
+    pub fn not_run(key: RunKey, outcome: Outcome, reason: String) -> RunRecord {
         let now = Utc::now();
         RunRecord {
-            run_id: new_run_id(),
-            job: job.to_string(),
-            tick,
-            trigger,
-            instance: instance.to_string(),
-            term: 0,
+            key,
             outcome,
             started_at: now,
             ended_at: Some(now),

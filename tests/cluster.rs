@@ -911,7 +911,8 @@ fn an_overloaded_leader_records_what_it_drops_as_missed_once_and_stops_firing_wi
 fn a_missed_entry_moves_the_last_tick_and_a_claimed_ticks_entry_outlives_its_term() {
     use bgsched::config::Overlap;
     use bgsched::coordination::{
-        ClaimRejected, ClaimRequest, Coordinator, Etcd as Backend, Outcome, RunRecord, Trigger,
+        ClaimRejected, ClaimRequest, Coordinator, Etcd as Backend, Outcome, RunKey, RunRecord,
+        Trigger,
     };
     use chrono::{DateTime, TimeZone, Utc};
     let _serial = serial();
@@ -920,14 +921,11 @@ fn a_missed_entry_moves_the_last_tick_and_a_claimed_ticks_entry_outlives_its_ter
     let at = |s: i64| Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap();
     let missed = |tick: DateTime<Utc>, term: u64| {
         let mut rec = RunRecord::not_run(
-            "job",
-            tick,
-            Trigger::Schedule,
-            "a",
+            RunKey::new("job", tick, Trigger::Schedule, "a"),
             Outcome::Missed,
             "test".into(),
         );
-        rec.term = term;
+        rec.key.term = term;
         rec
     };
     let claim = |tick| ClaimRequest {
@@ -1166,7 +1164,7 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
         assert!(proxy.cut_done().is_some_and(|n| n > 0), "no request went out blind");
         match &blind {
             Err(ClaimRejected::StillRunning(Some(active))) => {
-                assert_eq!(active.run_id, running.run_id)
+                assert_eq!(active.key.run_id, running.run_id)
             }
             other => panic!("the skip committed with its answer lost came back as {other:?}"),
         }
@@ -1205,7 +1203,7 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
         assert!(matches!(unknown, Err(ClaimRejected::Backend(_))), "{unknown:?}");
         let retried = a.claim(&lead, req("job", 4)).await;
         assert!(
-            matches!(&retried, Err(ClaimRejected::StillRunning(Some(r))) if r.run_id == running.run_id),
+            matches!(&retried, Err(ClaimRejected::StillRunning(Some(r))) if r.key.run_id == running.run_id),
             "the retry of a claim committed unanswered came back as {retried:?}"
         );
 

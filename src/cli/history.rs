@@ -43,7 +43,7 @@ pub async fn history(
     runs.sort_by(|a, b| {
         b.started_at
             .cmp(&a.started_at)
-            .then_with(|| b.run_id.cmp(&a.run_id))
+            .then_with(|| b.key.run_id.cmp(&a.key.run_id))
     });
     runs.truncate(count);
     if json {
@@ -84,20 +84,20 @@ fn print_output(rec: &RunRecord, json: bool) {
     if rec.outcome == Outcome::Unreadable {
         eprintln!(
             "bgsched: entry {} of \"{}\" is unreadable: {}",
-            rec.run_id,
-            rec.job,
+            rec.key.run_id,
+            rec.key.job,
             rec.reason.as_deref().unwrap_or("corrupt state file")
         );
     } else if rec.outcome == Outcome::Running {
         eprintln!(
             "bgsched: run {} of \"{}\" is still running; its output tail is kept when it ends (until then it streams into the log of the scheduler that started it)",
-            rec.run_id, rec.job
+            rec.key.run_id, rec.key.job
         );
     } else if !rec.outcome.is_run() {
         eprintln!(
             "bgsched: run {} of \"{}\" is a {} entry: no process ran{}",
-            rec.run_id,
-            rec.job,
+            rec.key.run_id,
+            rec.key.job,
             rec.outcome,
             rec.reason
                 .as_deref()
@@ -107,7 +107,7 @@ fn print_output(rec: &RunRecord, json: bool) {
     } else if rec.output_tail.is_empty() {
         eprintln!(
             "bgsched: run {} of \"{}\" printed nothing",
-            rec.run_id, rec.job
+            rec.key.run_id, rec.key.job
         );
     }
     // Byte for byte: a newline the job did not print is not added.
@@ -130,8 +130,8 @@ fn print_table(runs: &[RunRecord]) {
             // Nothing in it can be trusted but its name and its time.
             let dash = || "-".to_string();
             table.add_row([
-                rec.run_id.clone(),
-                rec.job.clone(),
+                rec.key.run_id.clone(),
+                rec.key.job.clone(),
                 dash(),
                 dash(),
                 dash(),
@@ -153,18 +153,18 @@ fn print_table(runs: &[RunRecord]) {
             (_, None) => "-".to_string(),
         };
         table.add_row([
-            rec.run_id.clone(),
-            rec.job.clone(),
+            rec.key.run_id.clone(),
+            rec.key.job.clone(),
             // Milliseconds only where the tick has them (manual runs).
-            rec.tick.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-            rec.trigger.to_string(),
-            rec.instance.clone(),
+            rec.key.tick.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+            rec.key.trigger.to_string(),
+            rec.key.instance.clone(),
             // Entries written outside a leadership term (skips, standalone
             // triggers without a scheduler) carry term 0.
-            if rec.term == 0 {
+            if rec.key.term == 0 {
                 "-".to_string()
             } else {
-                rec.term.to_string()
+                rec.key.term.to_string()
             },
             rec.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             duration,

@@ -135,7 +135,7 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
             Some(r) => format!(
                 "running since {} on {}",
                 relative(r.started_at - now),
-                r.instance
+                r.key.instance
             ),
             None => job.state.to_string(),
         };

@@ -13,6 +13,7 @@ use crate::coordination::{
 };
 use crate::executor::{self, run_span, Echo, RunSpec};
 use crate::model::new_run_id;
+use crate::model::RunKey;
 use crate::signals::{Sig, Signals};
 use chrono::{SecondsFormat, Utc};
 use std::time::Duration;
@@ -50,14 +51,11 @@ async fn locally(
                 other => other.to_string(),
             };
             let mut rec = RunRecord::not_run(
-                &job.name,
-                now,
-                Trigger::Manual,
-                &instance,
+                RunKey::new(&job.name, now, Trigger::Manual, &instance),
                 Outcome::Skipped,
                 reason.clone(),
             );
-            rec.term = 0;
+            rec.key.term = 0;
             if let Err(e) = state.record_until_written(&rec).await {
                 eprintln!("bgsched: could not record the skip: {e}");
             }
@@ -72,12 +70,12 @@ async fn locally(
         Trigger::Manual,
         state.backend_spec(),
     );
-    spec.instance = instance;
-    spec.term = state.leader()?.map_or(0, |l| l.term);
+    spec.key.instance = instance;
+    spec.key.term = state.leader()?.map_or(0, |l| l.term);
     spec.turn = turn;
     spec.log_json = cli.log_format == LogFormat::Json;
     if detach {
-        let run_id = spec.run_id.clone();
+        let run_id = spec.key.run_id.clone();
         executor::spawn_supervisor(spec, hold, true).map_err(anyhow::Error::from)?;
         print_out(&format!("{run_id}\n"));
         return Ok(());
@@ -86,7 +84,7 @@ async fn locally(
         Hold::Lock(fd) => Some(fd),
         _ => None,
     };
-    let mut recorder = state.recorder(&job.name, &spec.run_id);
+    let mut recorder = state.recorder(&job.name, &spec.key.run_id);
     let done = executor::supervise(&spec, &mut recorder, lock, Echo::Terminal)
         .instrument(run_span(&spec))
         .await;
@@ -111,8 +109,8 @@ fn skip_reason(active: Option<&RunRecord>) -> String {
         Some(r) => format!(
             "already running since {} on instance {} (run {}{})",
             r.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-            r.instance,
-            r.run_id,
+            r.key.instance,
+            r.key.run_id,
             r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
         ),
         None => "already running (its run is just starting)".to_string(),
@@ -163,7 +161,11 @@ async fn through_leader(
         )),
         Seen::Recorded(rec) => {
             print_out(&rec.output_tail);
-            eprintln!("bgsched: {} on instance {}", summary(&rec), rec.instance);
+            eprintln!(
+                "bgsched: {} on instance {}",
+                summary(&rec),
+                rec.key.instance
+            );
             CliError::of_run(&rec)
         }
         Seen::NotYet => {
@@ -211,7 +213,7 @@ pub fn summary(rec: &RunRecord) -> String {
         .unwrap_or_default();
     format!(
         "run {} of \"{}\": {}{took}{detail}",
-        rec.run_id, rec.job, rec.outcome
+        rec.key.run_id, rec.key.job, rec.outcome
     )
 }
 

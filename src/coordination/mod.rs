@@ -22,7 +22,7 @@ use std::os::fd::OwnedFd;
 use tokio::sync::{mpsc, watch};
 
 // The vocabulary is the model's; the backends' callers find it here too.
-pub use crate::model::{manual_tick, Outcome, RunRecord, Trigger};
+pub use crate::model::{manual_tick, Outcome, RunKey, RunRecord, Trigger};
 
 pub use backend::{Backend, BackendChoice};
 pub use etcd::Etcd;
@@ -268,10 +268,10 @@ fn describe_running(active: Option<&RunRecord>) -> String {
     match active {
         Some(r) => format!(
             "run {} since {} on instance {}{}",
-            r.run_id,
+            r.key.run_id,
             r.started_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            r.instance,
+            r.key.instance,
             r.pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
         ),
         None => "a run is starting".to_string(),

@@ -21,14 +21,14 @@ pub(super) async fn run_attempt<R: RunRecorder>(
     let mut rec = spec.record(Outcome::Running, started_at);
     rec.attempt = attempt;
 
-    let cgroup = contain::RunCgroup::create(&spec.run_id, attempt);
+    let cgroup = contain::RunCgroup::create(&spec.key.run_id, attempt);
     let (mut child, combined) = match spawn_job(spec, attempt, cgroup.as_ref()) {
         Ok(spawned) => spawned,
         Err(reason) => {
             if let Some(c) = cgroup {
                 c.remove();
             }
-            tracing::error!(job = %spec.job, run_id = %spec.run_id, "could not start: {reason}");
+            tracing::error!(job = %spec.key.job, run_id = %spec.key.run_id, "could not start: {reason}");
             rec.outcome = Outcome::StartFailed;
             rec.reason = Some(reason);
             return (rec, None);
@@ -42,11 +42,11 @@ pub(super) async fn run_attempt<R: RunRecorder>(
         let _ = writeln!(std::io::stdout(), "{pid}").and_then(|()| std::io::stdout().flush());
     }
     if let Err(e) = recorder.started(&rec).await {
-        tracing::error!(job = %spec.job, run_id = %spec.run_id, "could not record the run start: {e}");
+        tracing::error!(job = %spec.key.job, run_id = %spec.key.run_id, "could not record the run start: {e}");
     }
     tracing::info!(
-        job = %spec.job, run_id = %spec.run_id, tick = %spec.tick.to_rfc3339(),
-        trigger = %spec.trigger, instance = %spec.instance, term = (spec.term != 0).then_some(spec.term), pid, attempt,
+        job = %spec.key.job, run_id = %spec.key.run_id, tick = %spec.key.tick.to_rfc3339(),
+        trigger = %spec.key.trigger, instance = %spec.key.instance, term = (spec.key.term != 0).then_some(spec.key.term), pid, attempt,
         "run started"
     );
 
@@ -68,7 +68,7 @@ pub(super) async fn run_attempt<R: RunRecorder>(
     let (status, stopped_because) = tokio::select! {
         status = child.wait() => (status, None),
         why = replaced(&mut replacements) => {
-            tracing::info!(job = %spec.job, run_id = %spec.run_id, "stopping: {why}");
+            tracing::info!(job = %spec.key.job, run_id = %spec.key.run_id, "stopping: {why}");
             replace_reason = Some(why);
             (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(StopReason::Replaced))
         }
@@ -77,7 +77,7 @@ pub(super) async fn run_attempt<R: RunRecorder>(
         why = recorder.fenced() => {
             // The run's mark is about to expire: stop the job now, without
             // a grace period, so it never runs unmarked next to a new run.
-            tracing::error!(job = %spec.job, run_id = %spec.run_id, "self-fencing: {why}");
+            tracing::error!(job = %spec.key.job, run_id = %spec.key.run_id, "self-fencing: {why}");
             fence_reason = Some(why);
             (terminate(&mut child, group, Duration::ZERO, signals, recorder).await, Some(StopReason::Fenced))
         }
@@ -255,7 +255,7 @@ pub(super) fn spawn_pump(
     tail: &Tail,
     echo: Echo,
 ) -> tokio::task::JoinHandle<()> {
-    let (job, run_id) = (spec.job.clone(), spec.run_id.clone());
+    let (job, run_id) = (spec.key.job.clone(), spec.key.run_id.clone());
     // In the run's span (see `run_span`), like every event of the run.
     tokio::spawn(tracing::Instrument::in_current_span(pump(
         pipe,
@@ -341,16 +341,17 @@ pub(super) fn spawn_job(
         }
     }
     let mut cmd = job_command(program, args, spec);
-    cmd.env("BGSCHED_JOB", &spec.job)
-        .env("BGSCHED_RUN_ID", &spec.run_id)
+    cmd.env("BGSCHED_JOB", &spec.key.job)
+        .env("BGSCHED_RUN_ID", &spec.key.run_id)
         .env(
             "BGSCHED_SCHEDULED_AT",
-            spec.tick
+            spec.key
+                .tick
                 .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
         )
-        .env("BGSCHED_TRIGGER", spec.trigger.to_string())
-        .env("BGSCHED_INSTANCE", &spec.instance)
-        .env("BGSCHED_FENCING_TOKEN", spec.term.to_string())
+        .env("BGSCHED_TRIGGER", spec.key.trigger.to_string())
+        .env("BGSCHED_INSTANCE", &spec.key.instance)
+        .env("BGSCHED_FENCING_TOKEN", spec.key.term.to_string())
         .env("BGSCHED_ATTEMPT", attempt.to_string());
     let pipe_err = |e: std::io::Error| format!("cannot create the output pipe: {e}");
     let (reader, writer) = std::io::pipe().map_err(pipe_err)?;

@@ -43,7 +43,7 @@ pub fn main() -> Result<(), EntryError> {
                     history_limit,
                 } => {
                     let state = Standalone::open(state_dir, *history_limit)?;
-                    let mut recorder = state.recorder(&spec.job, &spec.run_id);
+                    let mut recorder = state.recorder(&spec.key.job, &spec.key.run_id);
                     let done = supervise(&spec, &mut recorder, hold, Echo::Log).await;
                     report::ended(&spec, &done.record, None);
                 }
@@ -56,8 +56,8 @@ pub fn main() -> Result<(), EntryError> {
                     let stoppable = spec.overlap == Overlap::Replace;
                     match EtcdRecorder::start(
                         cfg,
-                        &spec.job,
-                        &spec.run_id,
+                        &spec.key.job,
+                        &spec.key.run_id,
                         lease,
                         granted_at,
                         stoppable,
@@ -69,7 +69,7 @@ pub fn main() -> Result<(), EntryError> {
                         Err(e) => {
                             // The command was fine; the scheduler was too
                             // slow to hand the run over: the tick is dropped.
-                            tracing::error!(job = %spec.job, run_id = %spec.run_id, "not starting the job: {e}");
+                            tracing::error!(job = %spec.key.job, run_id = %spec.key.run_id, "not starting the job: {e}");
                             let mut rec = spec.unstarted(format!(
                                 "{}: the scheduler could not start the run in time ({e})",
                                 crate::model::OVERLOADED

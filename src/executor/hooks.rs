@@ -27,13 +27,13 @@ pub async fn run_hook(hook: &[String], spec: &RunSpec, rec: &RunRecord) {
     }
     let rfc3339 = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let mut cmd = job_command(program, args, spec);
-    cmd.env("BGSCHED_JOB", &rec.job)
-        .env("BGSCHED_RUN_ID", &rec.run_id)
+    cmd.env("BGSCHED_JOB", &rec.key.job)
+        .env("BGSCHED_RUN_ID", &rec.key.run_id)
         .env("BGSCHED_OUTCOME", rec.outcome.to_string())
-        .env("BGSCHED_SCHEDULED_AT", rfc3339(rec.tick))
+        .env("BGSCHED_SCHEDULED_AT", rfc3339(rec.key.tick))
         .env("BGSCHED_STARTED_AT", rfc3339(rec.started_at))
-        .env("BGSCHED_TRIGGER", rec.trigger.to_string())
-        .env("BGSCHED_INSTANCE", &rec.instance)
+        .env("BGSCHED_TRIGGER", rec.key.trigger.to_string())
+        .env("BGSCHED_INSTANCE", &rec.key.instance)
         .env("BGSCHED_ATTEMPT", rec.attempt.to_string())
         .env(
             "BGSCHED_EXIT_CODE",
@@ -52,7 +52,7 @@ pub async fn run_hook(hook: &[String], spec: &RunSpec, rec: &RunRecord) {
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(job = %rec.job, run_id = %rec.run_id, "on_failure hook {program} could not start: {e}");
+            tracing::error!(job = %rec.key.job, run_id = %rec.key.run_id, "on_failure hook {program} could not start: {e}");
             return;
         }
     };
@@ -60,13 +60,13 @@ pub async fn run_hook(hook: &[String], spec: &RunSpec, rec: &RunRecord) {
     match tokio::time::timeout(HOOK_TIMEOUT, child.wait_with_output()).await {
         Ok(Ok(out)) => {
             let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
-            tracing::info!(job = %rec.job, run_id = %rec.run_id, status = %out.status, output = %text.trim_end(), "on_failure hook finished");
+            tracing::info!(job = %rec.key.job, run_id = %rec.key.run_id, status = %out.status, output = %text.trim_end(), "on_failure hook finished");
         }
         Ok(Err(e)) => {
-            tracing::error!(job = %rec.job, run_id = %rec.run_id, "on_failure hook: {e}")
+            tracing::error!(job = %rec.key.job, run_id = %rec.key.run_id, "on_failure hook: {e}")
         }
         Err(_) => {
-            tracing::error!(job = %rec.job, run_id = %rec.run_id, "on_failure hook still running after {}s: killed", HOOK_TIMEOUT.as_secs());
+            tracing::error!(job = %rec.key.job, run_id = %rec.key.run_id, "on_failure hook still running after {}s: killed", HOOK_TIMEOUT.as_secs());
         }
     }
     // Whatever the hook left behind goes with it.

@@ -26,7 +26,7 @@ pub use supervisors::Supervisors;
 
 use crate::config::{Job, Overlap, Program};
 use crate::coordination::{BackendSpec, Hold, Outcome, RunRecord, RunRecorder, Trigger, Turn};
-use crate::model::duration_ms;
+use crate::model::{duration_ms, RunKey};
 use crate::signals::{Sig, Signals};
 use chrono::{DateTime, Utc};
 use output::{pump, Stream, Tail};
@@ -61,7 +61,7 @@ pub async fn supervise<R: RunRecorder>(
     let mut signals = stop_signals();
     contain::become_subreaper();
     if !spec.delay.is_zero() {
-        tracing::info!(job = %spec.job, run_id = %spec.run_id, delay_ms = spec.delay.as_millis() as u64, "jitter: starting later");
+        tracing::info!(job = %spec.key.job, run_id = %spec.key.run_id, delay_ms = spec.delay.as_millis() as u64, "jitter: starting later");
         let stopped = tokio::select! {
             () = tokio::time::sleep(spec.delay) => None,
             why = stop_requested(&mut signals) => Some(format!("supervisor {} during the jitter delay: not started", why.word())),
@@ -80,13 +80,13 @@ pub async fn supervise<R: RunRecorder>(
         hold
     } else {
         let waiting = spec.record(Outcome::Running, Utc::now());
-        tracing::info!(job = %spec.job, run_id = %spec.run_id, "waiting for the active run to end");
+        tracing::info!(job = %spec.key.job, run_id = %spec.key.run_id, "waiting for the active run to end");
         let stopped = tokio::select! {
             taken = recorder.take_turn(&spec.turn, &waiting) => taken.err().map(|e| (format!("could not take its turn: {e}"), false)),
             why = stop_requested(&mut signals) => Some((format!("supervisor {} while waiting for the active run: not started", why.word()), true)),
         };
         if let Some((reason, interrupted)) = stopped {
-            tracing::warn!(job = %spec.job, run_id = %spec.run_id, "{reason}");
+            tracing::warn!(job = %spec.key.job, run_id = %spec.key.run_id, "{reason}");
             let mut rec = spec.unstarted(reason);
             finish(&mut rec, recorder).await;
             return Supervised {
@@ -114,7 +114,7 @@ pub async fn supervise<R: RunRecorder>(
         }
         let wait = retry_backoff(spec.retry_backoff, spec.retry_backoff_max, attempt);
         tracing::warn!(
-            job = %spec.job, run_id = %spec.run_id, attempt, outcome = %rec.outcome,
+            job = %spec.key.job, run_id = %spec.key.run_id, attempt, outcome = %rec.outcome,
             retry_in_ms = wait.as_millis() as u64, "attempt failed: retrying"
         );
         tokio::select! {
@@ -131,9 +131,9 @@ pub async fn supervise<R: RunRecorder>(
         }
         // The failed attempt becomes an entry of its own; the run's id (and
         // its running mark) carries on with the next attempt.
-        rec.run_id = crate::model::new_run_id();
+        rec.key.run_id = crate::model::new_run_id();
         if let Err(e) = recorder.attempt_failed(&rec).await {
-            tracing::error!(job = %spec.job, run_id = %spec.run_id, attempt, "could not record the failed attempt: {e}");
+            tracing::error!(job = %spec.key.job, run_id = %spec.key.run_id, attempt, "could not record the failed attempt: {e}");
         }
         attempt += 1;
     };
@@ -141,7 +141,7 @@ pub async fn supervise<R: RunRecorder>(
     finish(&mut rec, recorder).await;
     drop(hold);
     tracing::info!(
-        job = %spec.job, run_id = %spec.run_id, outcome = %rec.outcome,
+        job = %spec.key.job, run_id = %spec.key.run_id, outcome = %rec.outcome,
         exit_code = rec.exit_code, signal = rec.signal, duration_ms = rec.duration_ms,
         attempt = rec.attempt, "run finished"
     );
@@ -168,6 +168,6 @@ async fn finish<R: RunRecorder>(rec: &mut RunRecord, recorder: &mut R) {
     let ended = *rec.ended_at.get_or_insert_with(Utc::now);
     rec.duration_ms = Some(duration_ms(rec.started_at, ended));
     if let Err(e) = recorder.finished(rec).await {
-        tracing::error!(job = %rec.job, run_id = %rec.run_id, "could not write the run record: {e}");
+        tracing::error!(job = %rec.key.job, run_id = %rec.key.run_id, "could not write the run record: {e}");
     }
 }

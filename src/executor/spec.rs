@@ -12,12 +12,8 @@ pub const SPEC_FD_ENV: &str = "BGSCHED_SUPERVISE_SPEC_FD";
 /// Everything a supervisor needs to run one job once.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSpec {
-    pub run_id: String,
-    pub job: String,
-    pub tick: DateTime<Utc>,
-    pub trigger: Trigger,
-    pub instance: String,
-    pub term: u64,
+    #[serde(flatten)]
+    pub key: RunKey,
     pub program: Program,
     pub env: BTreeMap<String, String>,
     pub working_dir: Option<PathBuf>,
@@ -204,12 +200,14 @@ impl RunSpec {
         backend: BackendSpec,
     ) -> Self {
         RunSpec {
-            run_id,
-            job: job.name.clone(),
-            tick,
-            trigger,
-            instance: String::new(),
-            term: 0,
+            key: RunKey {
+                run_id,
+                job: job.name.clone(),
+                tick,
+                trigger,
+                instance: String::new(),
+                term: 0,
+            },
             program: job.program.clone(),
             env: job.env.clone(),
             working_dir: job.working_dir.clone(),
@@ -242,12 +240,7 @@ impl RunSpec {
 
     pub(super) fn record(&self, outcome: Outcome, started_at: DateTime<Utc>) -> RunRecord {
         RunRecord {
-            run_id: self.run_id.clone(),
-            job: self.job.clone(),
-            tick: self.tick,
-            trigger: self.trigger,
-            instance: self.instance.clone(),
-            term: self.term,
+            key: self.key.clone(),
             outcome,
             started_at,
             ended_at: None,
@@ -267,12 +260,5 @@ impl RunSpec {
 /// The span every event about one run is emitted in, in the supervisor
 /// and in the scheduler that reaps it.
 pub fn run_span(spec: &RunSpec) -> tracing::Span {
-    crate::observe::log::span(
-        &spec.job,
-        &spec.run_id,
-        spec.tick,
-        spec.trigger,
-        &spec.instance,
-        spec.term,
-    )
+    crate::observe::log::span(&spec.key)
 }

@@ -62,7 +62,7 @@ impl Supervisors {
     }
 
     pub fn track(&mut self, mut child: tokio::process::Child, spec: &RunSpec) {
-        let (job, run_id) = (spec.job.as_str(), spec.run_id.clone());
+        let (job, run_id) = (spec.key.job.as_str(), spec.key.run_id.clone());
         let pid = child.id().unwrap_or(0);
         self.by_pid.insert(
             pid,
@@ -72,8 +72,8 @@ impl Supervisors {
             },
         );
         let job = job.to_string();
-        let run_id = spec.run_id.clone();
-        let (tick, trigger) = (spec.tick, spec.trigger);
+        let run_id = spec.key.run_id.clone();
+        let (tick, trigger) = (spec.key.tick, spec.key.trigger);
         let metrics = self.metrics.clone();
         metrics.supervisor_started();
         let reap = async move {

@@ -7,7 +7,7 @@
 //! run in ([`run_span`]) rather than each repeating them.
 
 use crate::config::Job;
-use crate::model::{RunRecord, Trigger};
+use crate::model::{RunKey, RunRecord};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -24,25 +24,19 @@ pub const SPAN_TARGET: &str = "bgsched::span";
 
 /// The span of the events about writing a history entry.
 pub fn record_span(rec: &RunRecord) -> tracing::Span {
-    span(
-        &rec.job,
-        &rec.run_id,
-        rec.tick,
-        rec.trigger,
-        &rec.instance,
-        rec.term,
-    )
+    span(&rec.key)
 }
 
 /// The span of the events about one run, from its fields.
-pub fn span(
-    job: &str,
-    run_id: &str,
-    tick: DateTime<Utc>,
-    trigger: Trigger,
-    instance: &str,
-    term: u64,
-) -> tracing::Span {
+pub fn span(key: &RunKey) -> tracing::Span {
+    let RunKey {
+        run_id,
+        job,
+        tick,
+        trigger,
+        instance,
+        term,
+    } = key;
     tracing::span!(
         target: SPAN_TARGET,
         tracing::Level::ERROR,
@@ -53,7 +47,7 @@ pub fn span(
         trigger = %trigger,
         instance = %instance,
         // Outside a leadership term (`history` shows `-`): no field at all.
-        term = (term != 0).then_some(term),
+        term = (*term != 0).then_some(*term),
     )
 }
 

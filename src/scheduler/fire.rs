@@ -2,6 +2,7 @@
 //! or record and log why not); manual triggers; retries.
 
 use super::*;
+use crate::model::RunKey;
 
 impl<C: Coordinator> Scheduler<C> {
     pub(super) async fn fire_tick(
@@ -104,14 +105,11 @@ impl<C: Coordinator> Scheduler<C> {
         let Some(job) = config.jobs.get(&req.job) else {
             tracing::warn!(job = %req.job, run_id = %req.run_id, "trigger request for a job this instance does not know");
             let mut rec = RunRecord::not_run(
-                &req.job,
-                Utc::now(),
-                Trigger::Manual,
-                &self.instance,
+                RunKey::new(&req.job, Utc::now(), Trigger::Manual, &self.instance),
                 Outcome::StartFailed,
                 format!("no job named \"{}\" in the leader's config", req.job),
             );
-            rec.run_id = req.run_id.clone();
+            rec.key.run_id = req.run_id.clone();
             let _ = self.coord.record(&rec).await;
             self.coord.finish_request(&req.run_id).await;
             return;
@@ -227,9 +225,9 @@ impl<C: Coordinator> Scheduler<C> {
                 );
                 if let Some(id) = request {
                     // The requester waits for a record under its own run id.
-                    rec.run_id = id.to_string();
+                    rec.key.run_id = id.to_string();
                 }
-                tracing::warn!(job = %job.name, run_id = %rec.run_id, tick = %tick.to_rfc3339(), skipped_total = *total, "tick skipped: {reason}");
+                tracing::warn!(job = %job.name, run_id = %rec.key.run_id, tick = %tick.to_rfc3339(), skipped_total = *total, "tick skipped: {reason}");
                 if let Some(id) = request {
                     if let Err(e) = self.coord.record_claimed(&rec).await {
                         tracing::error!(job = %job.name, "could not record the skip: {e}");
@@ -310,13 +308,13 @@ impl<C: Coordinator> Scheduler<C> {
                 Outcome::Missed,
                 reason.clone(),
             );
-            rec.run_id = claim.run_id;
+            rec.key.run_id = claim.run_id;
             rec.missed_ticks = Some(1);
             self.metrics.missed(&job.name, 1);
             if why == MissedWhy::Overloaded {
                 self.metrics.overloaded(&job.name, 1);
             }
-            tracing::warn!(job = %job.name, run_id = %rec.run_id, tick = %tick.to_rfc3339(), "tick missed: {reason}");
+            tracing::warn!(job = %job.name, run_id = %rec.key.run_id, tick = %tick.to_rfc3339(), "tick missed: {reason}");
             match request {
                 Some(id) => {
                     if let Err(e) = self.coord.record_claimed(&rec).await {
@@ -335,15 +333,15 @@ impl<C: Coordinator> Scheduler<C> {
             trigger,
             self.coord.backend_spec(),
         );
-        spec.instance = self.instance.clone();
-        spec.term = claim.term;
+        spec.key.instance = self.instance.clone();
+        spec.key.term = claim.term;
         match &claim.turn {
             Turn::Now => {}
             Turn::Queued => {
                 tracing::info!(job = %job.name, run_id = %claim.run_id, "queued: starts when the active run ends")
             }
             Turn::Replace { active } => {
-                let of = active.as_ref().map_or("", |a| a.run_id.as_str());
+                let of = active.as_ref().map_or("", |a| a.key.run_id.as_str());
                 tracing::info!(job = %job.name, run_id = %claim.run_id, replaces = of, "replacing the active run")
             }
         }
@@ -371,7 +369,7 @@ impl<C: Coordinator> Scheduler<C> {
                     Outcome::StartFailed,
                     format!("could not start its supervisor: {e}"),
                 );
-                rec.run_id = claim.run_id;
+                rec.key.run_id = claim.run_id;
                 tracing::error!(job = %job.name, "could not start a supervisor: {e}");
                 self.record_in_background(rec);
                 Fired::NotStarted

@@ -2,6 +2,7 @@
 //! the background.
 
 use super::*;
+use crate::model::RunKey;
 
 impl<C: Coordinator> Scheduler<C> {
     pub(super) fn record_missed(
@@ -53,7 +54,7 @@ impl<C: Coordinator> Scheduler<C> {
             reason.clone(),
         );
         tracing::warn!(
-            job = %job.name, run_id = %rec.run_id, tick = %newest.to_rfc3339(),
+            job = %job.name, run_id = %rec.key.run_id, tick = %newest.to_rfc3339(),
             instance = %self.instance, term, missed = count, "ticks missed: {reason}"
         );
         rec.missed_ticks = Some(count);
@@ -133,8 +134,12 @@ impl<C: Coordinator> Scheduler<C> {
         outcome: Outcome,
         reason: String,
     ) -> RunRecord {
-        let mut rec = RunRecord::not_run(&job.name, tick, trigger, &self.instance, outcome, reason);
-        rec.term = term;
+        let mut rec = RunRecord::not_run(
+            RunKey::new(&job.name, tick, trigger, &self.instance),
+            outcome,
+            reason,
+        );
+        rec.key.term = term;
         rec
     }
 
@@ -144,7 +149,7 @@ impl<C: Coordinator> Scheduler<C> {
         // The newest config: the hook as it is now configured, none for a
         // job removed since.
         let config = self.config.borrow().clone();
-        let Some(job) = config.jobs.get(&rec.job) else {
+        let Some(job) = config.jobs.get(&rec.key.job) else {
             return;
         };
         let Some(hook) = job.on_failure.clone() else {
@@ -152,9 +157,9 @@ impl<C: Coordinator> Scheduler<C> {
         };
         let spec = RunSpec::new(
             job,
-            rec.run_id.clone(),
-            rec.tick,
-            rec.trigger,
+            rec.key.run_id.clone(),
+            rec.key.tick,
+            rec.key.trigger,
             self.coord.backend_spec(),
         );
         tokio::spawn(async move { crate::executor::run_hook(&hook, &spec, &rec).await });
@@ -199,13 +204,13 @@ impl<C: Coordinator> Scheduler<C> {
                     {
                         failures += 1;
                         if failures == 1 {
-                            tracing::warn!(job = %rec.job, run_id = %rec.run_id, "could not record {} yet ({e}); retrying", rec.outcome);
+                            tracing::warn!(job = %rec.key.job, run_id = %rec.key.run_id, "could not record {} yet ({e}); retrying", rec.outcome);
                         }
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(std::time::Duration::from_secs(5));
                     }
                     Err(e) => {
-                        tracing::error!(job = %rec.job, run_id = %rec.run_id, "could not record {}: {e}", rec.outcome);
+                        tracing::error!(job = %rec.key.job, run_id = %rec.key.run_id, "could not record {}: {e}", rec.outcome);
                         return;
                     }
                 }

@@ -232,7 +232,7 @@ mod tests {
         let mut covered = std::collections::HashSet::new();
         for r in records.iter().filter(|r| r.outcome == Outcome::Missed) {
             for k in 0..r.missed_ticks.unwrap_or(1) as i64 {
-                let tick = r.tick - chrono::Duration::seconds(k);
+                let tick = r.key.tick - chrono::Duration::seconds(k);
                 assert!(
                     covered.insert(tick),
                     "tick {tick} missed twice: {records:#?}"
@@ -429,7 +429,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|r| r.job == "skipped" && r.outcome == Outcome::Skipped)
+                .filter(|r| r.key.job == "skipped" && r.outcome == Outcome::Skipped)
                 .count()
         };
         let stopper = async {
@@ -445,7 +445,7 @@ mod tests {
         let (ran, ()) = tokio::join!(scheduler.run(stop), stopper);
         ran.unwrap();
         let records = coord.records.lock().unwrap().clone();
-        let of_ended: Vec<&RunRecord> = records.iter().filter(|r| r.job == "ended").collect();
+        let of_ended: Vec<&RunRecord> = records.iter().filter(|r| r.key.job == "ended").collect();
         assert!(
             of_ended.is_empty(),
             "entries for ticks that ended unseen: {of_ended:#?}"

@@ -2,6 +2,7 @@
 //! when its answer was lost.
 
 use super::*;
+use crate::model::RunKey;
 
 /// Which claim: job, request, and for a scheduled tick the tick (a
 /// request's retries each compute a new manual tick; its id is its own).
@@ -105,15 +106,12 @@ impl Etcd {
             granted_at,
         };
         let mut marker = RunRecord::not_run(
-            req.job,
-            req.tick,
-            req.trigger,
-            req.instance,
+            RunKey::new(req.job, req.tick, req.trigger, req.instance),
             Outcome::Running,
             String::new(),
         );
-        marker.run_id = run_id.to_string();
-        marker.term = term;
+        marker.key.run_id = run_id.to_string();
+        marker.key.term = term;
         marker.ended_at = None;
         marker.duration_ms = None;
         marker.reason = None;
@@ -391,7 +389,7 @@ impl Etcd {
             .and_then(|kv| parse::<RunRecord>(kv).ok())
             .map(Box::new);
         if let Some(kv) = queued.first() {
-            if parse::<RunRecord>(kv).is_ok_and(|r| r.run_id == run_id) {
+            if parse::<RunRecord>(kv).is_ok_and(|r| r.key.run_id == run_id) {
                 let turn = match req.overlap {
                     Overlap::Replace => Turn::Replace { active },
                     _ => Turn::Queued,
@@ -421,7 +419,7 @@ impl Etcd {
                 .lock()
                 .expect("ended markers lock")
                 .iter()
-                .any(|(_, r)| r.run_id == run_id);
+                .any(|(_, r)| r.key.run_id == run_id);
         let rejected = match req.overlap {
             _ if ended => ClaimRejected::Ended(run_id.to_string()),
             Overlap::Allow => ClaimRejected::Ended(run_id.to_string()),

@@ -100,7 +100,7 @@ impl EtcdRecorder {
         let Ok(mut client) = connect(cfg).await else {
             return;
         };
-        let history = keys.history(&record.job, &record.run_id);
+        let history = keys.history(&record.key.job, &record.key.run_id);
         let txn = Txn::new()
             .when([Compare::create_revision(
                 history.clone(),
@@ -109,7 +109,7 @@ impl EtcdRecorder {
             )])
             .and_then([
                 TxnOp::put(history, json(record), None),
-                TxnOp::delete(keys.active(&record.job, &record.run_id), None),
+                TxnOp::delete(keys.active(&record.key.job, &record.key.run_id), None),
             ]);
         let _ = client.txn(txn).await;
     }
@@ -151,7 +151,7 @@ impl RunRecorder for EtcdRecorder {
                 let why = format!("replaced by run {}", self.run_id);
                 client
                     .put(
-                        self.keys.stop_request(&self.job, &rec.run_id),
+                        self.keys.stop_request(&self.job, &rec.key.run_id),
                         why,
                         Some(PutOptions::new().with_lease(self.lease)),
                     )
@@ -234,7 +234,7 @@ impl RunRecorder for EtcdRecorder {
     }
 
     async fn attempt_failed(&mut self, record: &RunRecord) -> Result<()> {
-        let history = self.keys.history(&self.job, &record.run_id);
+        let history = self.keys.history(&self.job, &record.key.run_id);
         let txn = Txn::new()
             .when([Compare::create_revision(
                 history.clone(),

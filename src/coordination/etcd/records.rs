@@ -175,7 +175,7 @@ impl Etcd {
         claimed: bool,
     ) -> Result<Option<bool>> {
         let mut client = self.client.clone();
-        let history = self.keys.history(&record.job, &record.run_id);
+        let history = self.keys.history(&record.key.job, &record.key.run_id);
         // Never overwrite a record (a deposed leader's late skip must not
         // replace the real run's), and a record written for a leadership
         // term only while that term lasts, but for a claimed tick (a skip,
@@ -188,31 +188,31 @@ impl Etcd {
             CompareOp::Equal,
             0,
         )];
-        if record.term > 0 && !claimed {
+        if record.key.term > 0 && !claimed {
             when.push(Compare::create_revision(
                 self.keys.leader(),
                 CompareOp::Equal,
-                record.term as i64,
+                record.key.term as i64,
             ));
         }
         // A final record ends the run's marker, if it has one (a claimed run
         // whose supervisor could not be started).
         let mut ops = vec![
             TxnOp::put(history, json(record), None),
-            TxnOp::delete(self.keys.active(&record.job, &record.run_id), None),
+            TxnOp::delete(self.keys.active(&record.key.job, &record.key.run_id), None),
         ];
         // A `missed` entry consumes its ticks as a claim does: it moves the
         // job's last tick up to its newest one in the same transaction, so
         // a later leader resumes after them instead of recording them
         // missed a second time. Only the term's own leader writes it.
-        let last_key = self.keys.last(&record.job);
+        let last_key = self.keys.last(&record.key.job);
         let mut advance = None;
-        if record.outcome == Outcome::Missed && record.term > 0 && !claimed {
+        if record.outcome == Outcome::Missed && record.key.term > 0 && !claimed {
             let cached = self
                 .last
                 .lock()
                 .expect("cache lock")
-                .get(&record.job)
+                .get(&record.key.job)
                 .copied();
             let cached = match cached {
                 Some(c) => Some(c),
@@ -224,16 +224,16 @@ impl Etcd {
                     .first()
                     .map(|kv| (last_tick_of(kv), kv.mod_revision())),
             };
-            if cached.is_none_or(|(tick, _)| tick < record.tick) {
+            if cached.is_none_or(|(tick, _)| tick < record.key.tick) {
                 let last = LastTick {
-                    tick: record.tick,
-                    term: record.term,
-                    run_id: record.run_id.clone(),
+                    tick: record.key.tick,
+                    term: record.key.term,
+                    run_id: record.key.run_id.clone(),
                 };
                 let (unchanged, put) = move_last(&last_key, cached, &last);
                 when.push(unchanged);
                 ops.push(put);
-                advance = Some((record.tick, cached.map_or(0, |c| c.1)));
+                advance = Some((record.key.tick, cached.map_or(0, |c| c.1)));
             }
         }
         let txn = Txn::new()
@@ -255,14 +255,14 @@ impl Etcd {
                 let seen = seen.map(|kv| (last_tick_of(&kv), kv.mod_revision()));
                 let mut cache = self.last.lock().expect("cache lock");
                 match seen {
-                    Some(s) => cache.insert(record.job.clone(), s),
-                    None => cache.remove(&record.job),
+                    Some(s) => cache.insert(record.key.job.clone(), s),
+                    None => cache.remove(&record.key.job),
                 };
                 if seen.map_or(0, |s| s.1) != compared {
                     return Ok(None);
                 }
             }
-            tracing::debug!(job = %record.job, run_id = %record.run_id, "record not written: already recorded, or no longer leader");
+            tracing::debug!(job = %record.key.job, run_id = %record.key.run_id, "record not written: already recorded, or no longer leader");
             return Ok(Some(false));
         }
         if let Some((tick, _)) = advance {
@@ -270,9 +270,15 @@ impl Etcd {
             self.last
                 .lock()
                 .expect("cache lock")
-                .insert(record.job.clone(), (tick, rev));
+                .insert(record.key.job.clone(), (tick, rev));
         }
-        Self::prune_or_warn(&mut client, &self.keys, &record.job, self.cfg.history_limit).await;
+        Self::prune_or_warn(
+            &mut client,
+            &self.keys,
+            &record.key.job,
+            self.cfg.history_limit,
+        )
+        .await;
         Ok(Some(true))
     }
 }
@@ -312,7 +318,7 @@ impl Etcd {
                 let active = parse_all(&pair[0]);
                 let mut history = active.clone();
                 history.extend(parse_all(pair.get(1).map_or(&[][..], |v| &v[..])));
-                history.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+                history.sort_by(|a, b| b.key.run_id.cmp(&a.key.run_id));
                 history.truncate(limit);
                 out.push((history, active));
             }
@@ -344,7 +350,7 @@ impl HistoryReader for Etcd {
             .flatten()
             .filter_map(|kv| parse(kv).ok())
             .collect();
-        runs.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+        runs.sort_by(|a, b| b.key.run_id.cmp(&a.key.run_id));
         runs.truncate(limit);
         Ok(runs)
     }

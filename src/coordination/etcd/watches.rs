@@ -189,7 +189,7 @@ impl Etcd {
                 for mut rec in ended.take() {
                     // A supervisor that finished wrote the record in the
                     // same transaction that deleted the marker.
-                    let key = keys.history(&rec.job, &rec.run_id);
+                    let key = keys.history(&rec.key.job, &rec.key.run_id);
                     // Only whether it exists: the record itself may be large.
                     let counted = client
                         .get(key.clone(), Some(GetOptions::new().with_count_only()))
@@ -203,7 +203,7 @@ impl Etcd {
                     rec.reason = Some("its running marker expired: the supervisor died or lost etcd before recording the run".into());
                     rec.duration_ms = Some((now - rec.started_at).num_milliseconds().max(0) as u64);
                     rec.ended_at = Some(now);
-                    tracing::warn!(job = %rec.job, run_id = %rec.run_id, instance = %rec.instance, "run lost");
+                    tracing::warn!(job = %rec.key.job, run_id = %rec.key.run_id, instance = %rec.key.instance, "run lost");
                     // Only if the supervisor did not record it meanwhile.
                     let txn = Txn::new()
                         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])

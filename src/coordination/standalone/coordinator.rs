@@ -79,22 +79,22 @@ impl Coordinator for Standalone {
     }
 
     async fn record(&self, record: &RunRecord) -> Result<bool> {
-        let dir = self.runs_dir(&record.job)?;
-        write_record(&dir.join(format!("{}.json", record.run_id)), record)?;
-        if record.outcome == Outcome::Missed && record.term > 0 {
+        let dir = self.runs_dir(&record.key.job)?;
+        write_record(&dir.join(format!("{}.json", record.key.run_id)), record)?;
+        if record.outcome == Outcome::Missed && record.key.term > 0 {
             // As in etcd, the entry consumes its ticks; written after it, so
             // a crash in between records them twice rather than not at all.
-            let lock = self.last_lock(&record.job);
+            let lock = self.last_lock(&record.key.job);
             let _last = lock.lock().expect("last tick lock");
             if self
-                .last_fired_sync(&record.job)?
-                .is_none_or(|last| last < record.tick)
+                .last_fired_sync(&record.key.job)?
+                .is_none_or(|last| last < record.key.tick)
             {
-                let path = self.job_dir(&record.job).join("last_tick");
-                atomic_write(&path, record.tick.to_rfc3339().as_bytes(), true)?;
+                let path = self.job_dir(&record.key.job).join("last_tick");
+                atomic_write(&path, record.key.tick.to_rfc3339().as_bytes(), true)?;
             }
         }
-        self.prune(&record.job)?;
+        self.prune(&record.key.job)?;
         Ok(true)
     }
 

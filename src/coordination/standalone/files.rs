@@ -2,6 +2,7 @@
 //! corrupt so the rest can be used.
 
 use super::*;
+use crate::model::RunKey;
 
 /// Where set-aside files are counted.
 #[derive(Clone)]
@@ -80,14 +81,11 @@ pub(super) fn unreadable_entry(job: &str, path: &Path, reason: String) -> RunRec
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut rec = RunRecord::not_run(
-        job,
-        when,
-        crate::coordination::Trigger::Schedule,
-        "",
+        RunKey::new(job, when, crate::coordination::Trigger::Schedule, ""),
         Outcome::Unreadable,
         reason,
     );
-    rec.run_id = name.split('.').next().unwrap_or_default().to_string();
+    rec.key.run_id = name.split('.').next().unwrap_or_default().to_string();
     rec.started_at = when;
     rec.ended_at = None;
     rec.duration_ms = None;

@@ -49,7 +49,7 @@ impl Standalone {
         for job in self.known_jobs()? {
             for path in self.record_paths(&job)? {
                 if let Loaded::Record(rec) = self.load(&job, &path) {
-                    highest = highest.max(rec.term);
+                    highest = highest.max(rec.key.term);
                 }
             }
         }

@@ -54,7 +54,7 @@ impl RunRecorder for StandaloneRecorder {
         let dir = self.state.runs_dir(&self.job)?;
         // Lock the file before it appears under its final name, so no reader
         // ever sees a `running` entry without a live lock on it.
-        let tmp = dir.join(format!(".{}.start.tmp", record.run_id));
+        let tmp = dir.join(format!(".{}.start.tmp", record.key.run_id));
         let file = open_lock_file(&tmp)?;
         let json = serde_json::to_vec_pretty(record).expect("run record serializes");
         let written = try_lock(&file)

@@ -45,7 +45,7 @@ impl Standalone {
         // Newest first by run id (= file name), as the records come; a set
         // aside record keeps its place.
         out.extend(self.set_aside_entries(job));
-        out.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+        out.sort_by(|a, b| b.key.run_id.cmp(&a.key.run_id));
         out.truncate(limit);
         Ok(out)
     }
@@ -176,9 +176,9 @@ impl Standalone {
     /// run leaves its record. Then prune the job's history.
     pub async fn record_until_written(&self, record: &RunRecord) -> Result<()> {
         let path = self
-            .job_dir(&record.job)
+            .job_dir(&record.key.job)
             .join("runs")
-            .join(format!("{}.json", record.run_id));
+            .join(format!("{}.json", record.key.run_id));
         self.write_until_written(&path, record).await
     }
 
@@ -195,20 +195,20 @@ impl Standalone {
         };
         loop {
             let written = self
-                .runs_dir(&record.job)
+                .runs_dir(&record.key.job)
                 .and_then(|_| write_record(path, record));
             let e = match written {
                 Ok(()) => {
                     if failures > 0 {
-                        tracing::info!(job = %record.job, run_id = %record.run_id, failures, "{what} written after {failures} failed attempt(s)");
+                        tracing::info!(job = %record.key.job, run_id = %record.key.run_id, failures, "{what} written after {failures} failed attempt(s)");
                     }
-                    return self.prune(&record.job);
+                    return self.prune(&record.key.job);
                 }
                 Err(e) => e,
             };
             failures += 1;
             if failures == 1 {
-                tracing::error!(job = %record.job, run_id = %record.run_id, "could not write the {what} ({e}); trying again until it is written");
+                tracing::error!(job = %record.key.job, run_id = %record.key.run_id, "could not write the {what} ({e}); trying again until it is written");
             }
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}

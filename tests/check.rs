@@ -221,13 +221,15 @@ fn check_prints_each_job_with_its_next_fire() {
 
 #[test]
 fn run_list_and_trigger_refuse_a_bad_config_with_78() {
-    let env = Env::new().config("[jobs.a]\nschedule = \"@daily\"\n");
     for args in [&["run"][..], &["list"], &["trigger", "a"], &["next", "a"]] {
-        let out = env.cmd(args).run().code(78);
-        assert!(
-            out.stderr.contains("job \"a\": missing command"),
-            "{args:?}: {}",
-            out.stderr
-        );
+        Test::new()
+            .config("[jobs.a]\nschedule = \"@daily\"\n")
+            .args(args)
+            .status(78)
+            .stderr(concat!(
+                "{dir}/jobs.toml:1:7: job \"a\": missing command; add command = [\"/path/to/program\", \"arg\"] or shell = \"a shell command line\"\n",
+                "bgsched: 1 error in the config\n",
+            ))
+            .run();
     }
 }

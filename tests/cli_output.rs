@@ -194,42 +194,41 @@ fn etcd_that_refuses_connections_is_named_and_said_in_words() {
 
 /// README "Schedules": 7 fields have a trailing year; once the years are
 /// over, `next` says so rather than printing fewer lines without a word.
+const ENDING: &str = "[jobs.two]\nschedule = \"0 0 12 1 1 * 2030,2032\"\ncommand = [\"true\"]\n\n\
+     [jobs.monthly]\nschedule = \"0 0 0 1 * * *\"\ncommand = [\"true\"]\n";
+
 #[test]
 fn next_says_when_a_schedule_has_no_further_fire() {
-    let env = Env::new().config(
-        "[jobs.two]\nschedule = \"0 0 12 1 1 * 2030,2032\"\ncommand = [\"true\"]\n\n\
-         [jobs.monthly]\nschedule = \"0 0 0 1 * * *\"\ncommand = [\"true\"]\n",
-    );
-    let out = env
-        .cmd(&["next", "two", "-n", "5", "--after", "2026-01-01T00:00:00Z"])
-        .run()
-        .success();
-    assert_eq!(
-        out.stdout,
-        "2030-01-01T12:00:00+00:00\n2032-01-01T12:00:00+00:00\n"
-    );
-    assert_eq!(
-        out.stderr,
-        "bgsched: job \"two\" has no fire after 2032-01-01T12:00:00+00:00: its years (2030,2032) are over\n"
-    );
-    let out = env
-        .cmd(&["next", "two", "--after", "2032-06-01T00:00:00Z", "--json"])
-        .run()
-        .success();
-    assert_eq!(out.stdout.trim(), "[]");
-    assert_eq!(
-        out.stderr,
-        "bgsched: job \"two\" has no fire after 2032-06-01T00:00:00+00:00: its years (2030,2032) are over\n"
-    );
+    Test::new()
+        .config(ENDING)
+        .args(&["next", "two", "-n", "5", "--after", "2026-01-01T00:00:00Z"])
+        .stdout("2030-01-01T12:00:00+00:00\n2032-01-01T12:00:00+00:00\n")
+        .stderr("bgsched: job \"two\" has no fire after 2032-01-01T12:00:00+00:00: its years (2030,2032) are over\n")
+        .run();
+    Test::new()
+        .config(ENDING)
+        .args(&["next", "two", "--after", "2032-06-01T00:00:00Z", "--json"])
+        .stdout("[]\n")
+        .stderr("bgsched: job \"two\" has no fire after 2032-06-01T00:00:00+00:00: its years (2030,2032) are over\n")
+        .run();
     // All that was asked for: no note.
-    for (job, n) in [("two", "2"), ("monthly", "3")] {
-        let out = env
-            .cmd(&["next", job, "-n", n, "--after", "2026-01-01T00:00:00Z"])
-            .run()
-            .success();
-        assert_eq!(out.stdout.lines().count().to_string(), n, "{out:?}");
-        assert_eq!(out.stderr, "", "{job}");
-    }
+    Test::new()
+        .config(ENDING)
+        .args(&["next", "two", "-n", "2", "--after", "2026-01-01T00:00:00Z"])
+        .stdout("2030-01-01T12:00:00+00:00\n2032-01-01T12:00:00+00:00\n")
+        .run();
+    Test::new()
+        .config(ENDING)
+        .args(&[
+            "next",
+            "monthly",
+            "-n",
+            "3",
+            "--after",
+            "2026-01-01T00:00:00Z",
+        ])
+        .stdout("2026-02-01T00:00:00+00:00\n2026-03-01T00:00:00+00:00\n2026-04-01T00:00:00+00:00\n")
+        .run();
 }
 
 /// README "Output forms": outcome names are the records' snake_case names

@@ -12,8 +12,7 @@ use crate::coordination::{
     Backend, ClaimRejected, Coordinator, Etcd, Hold, Outcome, RunRecord, Standalone, Trigger,
 };
 use crate::executor::{self, run_span, Echo, RunSpec};
-use crate::model::new_run_id;
-use crate::model::RunKey;
+use crate::model::{new_run_id, RunKey};
 use crate::signals::{Sig, Signals};
 use chrono::{SecondsFormat, Utc};
 use std::time::Duration;

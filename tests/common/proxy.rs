@@ -110,6 +110,24 @@ impl LossyProxy {
         s.more_cuts = cuts.saturating_sub(1);
     }
 
+    /// Wait out a cut under way, then pass everything again: a cut armed
+    /// for a request that never came (the client wrote it into a connection
+    /// just cut, so it failed without reaching the proxy) is called off.
+    /// How many requests went out blind since the arming.
+    pub fn calm(&self) -> usize {
+        loop {
+            {
+                let mut s = self.shared.lock().unwrap();
+                if !matches!(s.mode, Some(Mode::Losing(_))) {
+                    s.mode = Some(Mode::Pass);
+                    s.more_cuts = 0;
+                    return s.sent_blind;
+                }
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Whether the cut has happened since `lose_next_answers`, and how many
     /// reads from the client went out unanswered.
     pub fn cut_done(&self) -> Option<usize> {

@@ -1231,3 +1231,84 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
         drop(running);
     });
 }
+
+/// README "What holds", a tick is never silently lost: a skipped tick's
+/// entry is written by its claim transaction, so a leader killed between
+/// the claim and its own entry leaves the skip recorded (found by the
+/// 30-minute soak, seed 20261204: `kill -9` of the leader right after it
+/// claimed a `long` tick as a skip). The scheduler's entry, naming the
+/// active run, then replaces that one: one entry per tick either way.
+#[test]
+fn a_skip_is_recorded_by_its_claim_and_the_schedulers_entry_replaces_it() {
+    use bgsched::config::Overlap;
+    use bgsched::coordination::{
+        ClaimRejected, ClaimRequest, Coordinator, Etcd as Backend, Outcome, RunKey, RunRecord,
+        Trigger,
+    };
+    use chrono::{TimeZone, Utc};
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let endpoint = etcd.endpoint();
+    let cfg = etcd_config(vec![endpoint.clone()], "/ownskip");
+    let at = |s: i64| Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap();
+    let req = |secs| ClaimRequest {
+        job: "job",
+        tick: at(secs),
+        trigger: Trigger::Schedule,
+        instance: "a",
+        overlap: Overlap::Skip,
+        advances_schedule: true,
+        request: None,
+    };
+    let entries = || {
+        common::etcd::kv_range_prefix(&endpoint, "/ownskip/history/job/")
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| serde_json::from_str::<serde_json::Value>(&v).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = Backend::connect(cfg.clone()).await.expect("connect");
+        let lead = a.acquire_leadership("a").await.expect("a leads");
+        let running = a.claim(&lead, req(0)).await.expect("first claim");
+        let skip = a.claim(&lead, req(1)).await;
+        assert!(
+            matches!(skip, Err(ClaimRejected::StillRunning(_))),
+            "{skip:?}"
+        );
+        // Nothing else written (the leader died here): the claim's entry.
+        let written = entries();
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert_eq!(written[0]["outcome"], "skipped");
+        assert_eq!(written[0]["tick"], "2027-01-15T08:00:01Z");
+        assert_eq!(written[0]["term"], lead.term);
+        assert_eq!(written[0]["reason"], "already running");
+
+        // The scheduler's entry goes under the claim's run id and replaces it.
+        let id = a.claimed_skip("job", at(1)).expect("the claim's entry id");
+        assert_eq!(written[0]["run_id"], id.as_str());
+        let mut full = RunRecord::not_run(
+            RunKey::new("job", at(1), Trigger::Schedule, "a"),
+            Outcome::Skipped,
+            format!("already running: run {} since ...", running.run_id),
+        );
+        full.key.run_id = id.clone();
+        full.key.term = lead.term;
+        assert_eq!(a.record_claimed(&full).await.ok(), Some(true));
+        let written = entries();
+        assert_eq!(written.len(), 1, "{written:?}");
+        assert_eq!(written[0]["run_id"], id.as_str());
+        assert!(
+            written[0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&running.run_id)),
+            "{written:?}"
+        );
+        // Only that once: an entry is otherwise never replaced.
+        full.reason = Some("again".into());
+        assert_eq!(a.record_claimed(&full).await.ok(), Some(false));
+        assert!(a.claimed_skip("job", at(1)).is_none());
+        drop(running);
+    });
+}

@@ -352,6 +352,15 @@ pub trait Coordinator: Send + Sync + 'static {
         std::future::ready(None)
     }
 
+    /// The run id of the entry the claim of `job`'s scheduled `tick` wrote
+    /// itself when it skipped the tick, if the backend does that (etcd): the
+    /// scheduler's entry for the skip then goes under that id and replaces
+    /// the claim's, instead of adding a second entry for the tick.
+    fn claimed_skip(&self, job: &str, tick: DateTime<Utc>) -> Option<String> {
+        let _ = (job, tick);
+        None
+    }
+
     /// Whether a claimed run is too late to start (its hold can no longer be
     /// trusted for long enough), and why.
     fn too_late_to_start(&self, hold: &Hold) -> Option<String> {

@@ -226,6 +226,8 @@ impl<C: Coordinator> Scheduler<C> {
                 if let Some(id) = request {
                     // The requester waits for a record under its own run id.
                     rec.key.run_id = id.to_string();
+                } else if let Some(id) = self.coord.claimed_skip(&job.name, tick) {
+                    rec.key.run_id = id;
                 }
                 tracing::warn!(job = %job.name, run_id = %rec.key.run_id, tick = %tick.to_rfc3339(), skipped_total = *total, "tick skipped: {reason}");
                 if let Some(id) = request {

@@ -39,6 +39,11 @@ pub(super) fn move_last(
 /// The tick stored in a `P/last/<job>` key. An unreadable value must not
 /// stop the job for good: treat it as "long ago" (the claim's revision
 /// check still protects the tick) and say so loudly.
+/// The reasons of the entries a claim transaction writes for the ticks it
+/// skips (the scheduler's entry, naming the active run, replaces them).
+const SKIPPED_RUNNING: &str = "already running";
+const SKIPPED_WAITING: &str = "a run is already waiting for the active one to end";
+
 pub(super) fn last_tick_of(kv: &KeyValue) -> DateTime<Utc> {
     match parse::<LastTick>(kv) {
         Ok(last) => last.tick,
@@ -115,6 +120,24 @@ impl Etcd {
         marker.ended_at = None;
         marker.duration_ms = None;
         marker.reason = None;
+        // A skipped scheduled tick's entry goes into the claim itself: a
+        // leader killed right after the claim would otherwise leave the
+        // tick consumed with no trace. It names no active run (the
+        // transaction cannot); the scheduler's entry, written moments
+        // later under the same run id, replaces it with the one it found.
+        // (A trigger's requester is waiting and reads the entry at once, so
+        // its skip is written by the scheduler alone.)
+        let skip_entry = |reason: &str| {
+            let mut entry = RunRecord::not_run(
+                RunKey::new(req.job, req.tick, req.trigger, req.instance),
+                Outcome::Skipped,
+                reason.to_string(),
+            );
+            entry.key.run_id = run_id.to_string();
+            entry.key.term = term;
+            TxnOp::put(self.keys.history(req.job, run_id), json(&entry), None)
+        };
+        let own_entry = req.request.is_none();
         let leader_key = self.keys.leader();
         let last_key = self.keys.last(req.job);
         let actives = self.keys.actives(req.job);
@@ -170,7 +193,12 @@ impl Etcd {
             Overlap::Skip => Txn::new()
                 .when([no_active()])
                 .and_then([put_marker(&marker_key)])
-                .or_else([get_active()]),
+                .or_else(
+                    [get_active()]
+                        .into_iter()
+                        .chain(own_entry.then(|| skip_entry(SKIPPED_RUNNING)))
+                        .collect::<Vec<_>>(),
+                ),
             // Start now only if nothing runs and nothing waits (a run
             // waiting for its turn must not be overtaken); else take the
             // single waiting place if it is free.
@@ -181,7 +209,12 @@ impl Etcd {
                     Txn::new()
                         .when([no_queued()])
                         .and_then([put_marker(&queued_key), get_active()])
-                        .or_else([get_active()]),
+                        .or_else(
+                            [get_active()]
+                                .into_iter()
+                                .chain(own_entry.then(|| skip_entry(SKIPPED_WAITING)))
+                                .collect::<Vec<_>>(),
+                        ),
                 )]),
         };
         ops.push(TxnOp::txn(inner));
@@ -282,9 +315,11 @@ impl Etcd {
                     }));
                 }
                 self.give_back_lease(lease, granted_at);
+                self.skipped_by_claim(req, run_id);
                 return Err((ClaimRejected::AlreadyQueued(active), false));
             }
             self.give_back_lease(lease, granted_at);
+            self.skipped_by_claim(req, run_id);
             return Err((ClaimRejected::StillRunning(first_active(responses)), false));
         }
         let gets = kvs_of(resp);
@@ -412,7 +447,11 @@ impl Etcd {
         // Or it claimed a run whose marker is gone already (expired while
         // unanswered): that run is recorded `lost` under its own id, so the
         // tick needs no other record.
-        let ended = !history.is_empty()
+        let own_skip = history
+            .first()
+            .and_then(|kv| parse::<RunRecord>(kv).ok())
+            .is_some_and(|r| r.outcome == Outcome::Skipped);
+        let ended = (!history.is_empty() && !own_skip)
             || self
                 .ended
                 .list
@@ -426,6 +465,9 @@ impl Etcd {
             Overlap::Skip => ClaimRejected::StillRunning(active),
             Overlap::Queue | Overlap::Replace => ClaimRejected::AlreadyQueued(active),
         };
+        if rejected.is_skip() {
+            self.skipped_by_claim(req, run_id);
+        }
         Ok(Some((Err(rejected), 0)))
     }
 
@@ -478,6 +520,36 @@ impl Etcd {
         let old = Utc::now() - chrono::Duration::minutes(10);
         map.retain(|_, u| u.granted_at > old);
         map.insert(key, u);
+    }
+
+    /// The claim of a scheduled tick skipped it and wrote its entry.
+    fn skipped_by_claim(&self, req: &ClaimRequest<'_>, run_id: &str) {
+        if req.request.is_some() {
+            return;
+        }
+        let mut map = self.claimed_skips.lock().expect("claimed skips lock");
+        // Entries the scheduler never replaced (it could not write) must
+        // not pile up.
+        let old = Utc::now() - chrono::Duration::minutes(10);
+        map.retain(|(_, tick), _| *tick > old);
+        map.insert((req.job.to_string(), req.tick), run_id.to_string());
+    }
+
+    /// The run id of the entry the claim of `job`'s `tick` wrote, if it
+    /// skipped the tick; `take` for the one write that replaces it.
+    pub(super) fn claimed_skip_id(
+        &self,
+        job: &str,
+        tick: DateTime<Utc>,
+        take: bool,
+    ) -> Option<String> {
+        let mut map = self.claimed_skips.lock().expect("claimed skips lock");
+        let key = (job.to_string(), tick);
+        if take {
+            map.remove(&key)
+        } else {
+            map.get(&key).cloned()
+        }
     }
 
     /// The run id for a claim of `tick`: an unanswered earlier attempt's.

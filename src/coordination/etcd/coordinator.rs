@@ -265,6 +265,10 @@ impl Coordinator for Etcd {
         ))
     }
 
+    fn claimed_skip(&self, job: &str, tick: DateTime<Utc>) -> Option<String> {
+        self.claimed_skip_id(job, tick, false)
+    }
+
     async fn record_claimed(&self, record: &RunRecord) -> Result<bool> {
         Ok(self.write_entry(record, true).await?.unwrap_or(false))
     }

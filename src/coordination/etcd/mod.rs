@@ -170,6 +170,11 @@ pub struct Etcd {
     /// way (its marker, its run id in `P/last/<job>`) instead of taking it
     /// for someone else's.
     uncertain: Mutex<HashMap<UncertainKey, Uncertain>>,
+    /// Scheduled ticks whose claim transaction skipped them and wrote
+    /// their entry itself (job, tick → the claim's run id), so that the
+    /// scheduler's fuller entry replaces that one instead of adding a
+    /// second (see `claim_once`).
+    claimed_skips: Mutex<HashMap<(String, DateTime<Utc>), String>>,
 }
 
 impl Etcd {
@@ -233,6 +238,7 @@ impl Etcd {
             ended: Arc::default(),
             marker_watch: Mutex::new(None),
             uncertain: Mutex::new(HashMap::new()),
+            claimed_skips: Mutex::new(HashMap::new()),
             cfg,
         })
     }

@@ -403,6 +403,10 @@ mod tests {
                 _ => Err(ClaimRejected::StillRunning(None)),
             }
         }
+        /// As the etcd backend does: the skip's claim wrote an entry.
+        fn claimed_skip(&self, job: &str, tick: DateTime<Utc>) -> Option<String> {
+            Some(format!("claimed-{job}-{}", tick.timestamp()))
+        }
         async fn record(&self, record: &RunRecord) -> crate::coordination::Result<bool> {
             self.records.lock().unwrap().push(record.clone());
             Ok(true)
@@ -450,5 +454,14 @@ mod tests {
             of_ended.is_empty(),
             "entries for ticks that ended unseen: {of_ended:#?}"
         );
+        // A skip's entry goes under the id of the entry its claim wrote, so
+        // that it replaces that one.
+        for r in records.iter().filter(|r| r.key.job == "skipped") {
+            assert_eq!(
+                r.key.run_id,
+                format!("claimed-skipped-{}", r.key.tick.timestamp()),
+                "{r:#?}"
+            );
+        }
     }
 }

@@ -36,14 +36,24 @@ pub(super) fn move_last(
     )
 }
 
-/// The tick stored in a `P/last/<job>` key. An unreadable value must not
-/// stop the job for good: treat it as "long ago" (the claim's revision
-/// check still protects the tick) and say so loudly.
+/// The entry a claim transaction wrote for the tick it skipped.
+#[derive(Clone)]
+pub(super) struct ClaimedSkip {
+    pub(super) run_id: String,
+    /// Its mod revision: the one write that may replace it compares it.
+    pub(super) rev: i64,
+    /// When the claim was answered, to forget entries nobody replaced.
+    at: DateTime<Utc>,
+}
+
 /// The reasons of the entries a claim transaction writes for the ticks it
 /// skips (the scheduler's entry, naming the active run, replaces them).
 const SKIPPED_RUNNING: &str = "already running";
 const SKIPPED_WAITING: &str = "a run is already waiting for the active one to end";
 
+/// The tick stored in a `P/last/<job>` key. An unreadable value must not
+/// stop the job for good: treat it as "long ago" (the claim's revision
+/// check still protects the tick) and say so loudly.
 pub(super) fn last_tick_of(kv: &KeyValue) -> DateTime<Utc> {
     match parse::<LastTick>(kv) {
         Ok(last) => last.tick,
@@ -269,8 +279,9 @@ impl Etcd {
             }
         };
         if resp.succeeded() {
+            // Of every key this transaction wrote (a skip's entry too).
+            let rev = resp.header().map_or(0, |h| h.revision());
             if req.advances_schedule {
-                let rev = resp.header().map_or(0, |h| h.revision());
                 self.last
                     .lock()
                     .expect("cache lock")
@@ -315,11 +326,11 @@ impl Etcd {
                     }));
                 }
                 self.give_back_lease(lease, granted_at);
-                self.skipped_by_claim(req, run_id);
+                self.skipped_by_claim(req, run_id, rev);
                 return Err((ClaimRejected::AlreadyQueued(active), false));
             }
             self.give_back_lease(lease, granted_at);
-            self.skipped_by_claim(req, run_id);
+            self.skipped_by_claim(req, run_id, rev);
             return Err((ClaimRejected::StillRunning(first_active(responses)), false));
         }
         let gets = kvs_of(resp);
@@ -449,9 +460,9 @@ impl Etcd {
         // tick needs no other record.
         let own_skip = history
             .first()
-            .and_then(|kv| parse::<RunRecord>(kv).ok())
-            .is_some_and(|r| r.outcome == Outcome::Skipped);
-        let ended = (!history.is_empty() && !own_skip)
+            .filter(|kv| parse::<RunRecord>(kv).is_ok_and(|r| r.outcome == Outcome::Skipped))
+            .map(KeyValue::mod_revision);
+        let ended = (!history.is_empty() && own_skip.is_none())
             || self
                 .ended
                 .list
@@ -462,11 +473,17 @@ impl Etcd {
         let rejected = match req.overlap {
             _ if ended => ClaimRejected::Ended(run_id.to_string()),
             Overlap::Allow => ClaimRejected::Ended(run_id.to_string()),
+            // A scheduled skip writes its entry in the claim: without one,
+            // the claim went through as a run whose marker has ended since
+            // (its `lost` record may still be on its way).
+            Overlap::Skip if req.request.is_none() && own_skip.is_none() => {
+                ClaimRejected::Ended(run_id.to_string())
+            }
             Overlap::Skip => ClaimRejected::StillRunning(active),
             Overlap::Queue | Overlap::Replace => ClaimRejected::AlreadyQueued(active),
         };
-        if rejected.is_skip() {
-            self.skipped_by_claim(req, run_id);
+        if let Some(rev) = own_skip {
+            self.skipped_by_claim(req, run_id, rev);
         }
         Ok(Some((Err(rejected), 0)))
     }
@@ -522,27 +539,36 @@ impl Etcd {
         map.insert(key, u);
     }
 
-    /// The claim of a scheduled tick skipped it and wrote its entry.
-    fn skipped_by_claim(&self, req: &ClaimRequest<'_>, run_id: &str) {
+    /// The claim of a scheduled tick skipped it and wrote its entry at
+    /// revision `rev`.
+    fn skipped_by_claim(&self, req: &ClaimRequest<'_>, run_id: &str, rev: i64) {
         if req.request.is_some() {
             return;
         }
+        let now = Utc::now();
         let mut map = self.claimed_skips.lock().expect("claimed skips lock");
         // Entries the scheduler never replaced (it could not write) must
         // not pile up.
-        let old = Utc::now() - chrono::Duration::minutes(10);
-        map.retain(|(_, tick), _| *tick > old);
-        map.insert((req.job.to_string(), req.tick), run_id.to_string());
+        let old = now - chrono::Duration::minutes(10);
+        map.retain(|_, s| s.at > old);
+        map.insert(
+            (req.job.to_string(), req.tick),
+            ClaimedSkip {
+                run_id: run_id.to_string(),
+                rev,
+                at: now,
+            },
+        );
     }
 
-    /// The run id of the entry the claim of `job`'s `tick` wrote, if it
-    /// skipped the tick; `take` for the one write that replaces it.
-    pub(super) fn claimed_skip_id(
+    /// The entry the claim of `job`'s `tick` wrote, if it skipped the tick;
+    /// `take` for the one write that replaces it.
+    pub(super) fn claimed_skip_of(
         &self,
         job: &str,
         tick: DateTime<Utc>,
         take: bool,
-    ) -> Option<String> {
+    ) -> Option<ClaimedSkip> {
         let mut map = self.claimed_skips.lock().expect("claimed skips lock");
         let key = (job.to_string(), tick);
         if take {

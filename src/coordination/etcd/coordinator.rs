@@ -266,7 +266,7 @@ impl Coordinator for Etcd {
     }
 
     fn claimed_skip(&self, job: &str, tick: DateTime<Utc>) -> Option<String> {
-        self.claimed_skip_id(job, tick, false)
+        self.claimed_skip_of(job, tick, false).map(|s| s.run_id)
     }
 
     async fn record_claimed(&self, record: &RunRecord) -> Result<bool> {

@@ -174,7 +174,7 @@ pub struct Etcd {
     /// their entry itself (job, tick → the claim's run id), so that the
     /// scheduler's fuller entry replaces that one instead of adding a
     /// second (see `claim_once`).
-    claimed_skips: Mutex<HashMap<(String, DateTime<Utc>), String>>,
+    claimed_skips: Mutex<HashMap<(String, DateTime<Utc>), claim::ClaimedSkip>>,
 }
 
 impl Etcd {

@@ -185,14 +185,13 @@ impl Etcd {
         let claimed = claimed || record.outcome == Outcome::Skipped;
         // The one exception: the fuller entry of a skip replaces the one its
         // claim transaction wrote under the same run id (and only that).
-        let replaces_claims = record.outcome == Outcome::Skipped
-            && self
-                .claimed_skip_id(&record.key.job, record.key.tick, false)
-                .is_some_and(|id| id == record.key.run_id);
-        let mut when = vec![if replaces_claims {
-            Compare::version(history.clone(), CompareOp::Less, 2)
-        } else {
-            Compare::create_revision(history.clone(), CompareOp::Equal, 0)
+        let replaces = (record.outcome == Outcome::Skipped)
+            .then(|| self.claimed_skip_of(&record.key.job, record.key.tick, false))
+            .flatten()
+            .filter(|s| s.run_id == record.key.run_id);
+        let mut when = vec![match &replaces {
+            Some(own) => Compare::mod_revision(history.clone(), CompareOp::Equal, own.rev),
+            None => Compare::create_revision(history.clone(), CompareOp::Equal, 0),
         }];
         if record.key.term > 0 && !claimed {
             when.push(Compare::create_revision(
@@ -271,8 +270,8 @@ impl Etcd {
             tracing::debug!(job = %record.key.job, run_id = %record.key.run_id, "record not written: already recorded, or no longer leader");
             return Ok(Some(false));
         }
-        if replaces_claims {
-            self.claimed_skip_id(&record.key.job, record.key.tick, true);
+        if replaces.is_some() {
+            self.claimed_skip_of(&record.key.job, record.key.tick, true);
         }
         if let Some((tick, _)) = advance {
             let rev = resp.header().map_or(0, |h| h.revision());

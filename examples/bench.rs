@@ -16,9 +16,11 @@
 //!   child, `examples/bench_stamp.rs` (std only, so that it execs fast;
 //!   this binary's hidden `stamp` command is the fallback), which reads
 //!   CLOCK_REALTIME as its first act and appends one line (O_APPEND) with
-//!   the tick it was fired for. Variants, one after another: bgsched standalone, bgsched
-//!   cluster (one replica, local etcd), tokio-cron-scheduler 0.15, and the
-//!   floor (a minimal tokio loop sleeping until each tick).
+//!   the tick it was fired for. Variants, interleaved in rounds (A B C D E,
+//!   A B C D E, ...): bgsched standalone, bgsched cluster (one replica,
+//!   local etcd), tokio-cron-scheduler 0.15, the floor (a minimal tokio
+//!   loop sleeping until each tick), and the floor spawning the child as
+//!   bgsched spawns a job (pipes, own process group, PDEATHSIG).
 //! - **failover**: 3 replicas, `@every 1s`, lease_ttl 2s/5s/10s: kill -9 and
 //!   SIGTERM of the leader, repeated; election observed through an etcd
 //!   watch on `<prefix>/leader`, fires through the ledger.
@@ -690,13 +692,23 @@ impl Sched {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Variant {
     Standalone,
     Cluster,
     Tcs,
     Floor,
+    FloorSetup,
 }
+
+/// The precision variants, in the order of each round.
+const VARIANTS: [Variant; 5] = [
+    Variant::Standalone,
+    Variant::Cluster,
+    Variant::Tcs,
+    Variant::Floor,
+    Variant::FloorSetup,
+];
 
 impl Variant {
     fn label(self) -> &'static str {
@@ -705,6 +717,9 @@ impl Variant {
             Variant::Cluster => "bgsched cluster (1 replica)",
             Variant::Tcs => "tokio-cron-scheduler 0.15",
             Variant::Floor => "floor (tokio sleep + spawn)",
+            Variant::FloorSetup => {
+                "floor with bgsched's child set-up (pipes, own group, PDEATHSIG)"
+            }
         }
     }
     fn slug(self) -> &'static str {
@@ -713,6 +728,7 @@ impl Variant {
             Variant::Cluster => "cluster",
             Variant::Tcs => "tcs",
             Variant::Floor => "floor",
+            Variant::FloorSetup => "floor-setup",
         }
     }
 }
@@ -740,41 +756,59 @@ impl Precision {
 }
 
 fn precision(ctx: &mut Ctx) -> Result<String> {
-    let (jobs, secs) = if ctx.quick { (5, 3) } else { (50, 60) };
+    let (jobs, secs) = if ctx.quick { (5, 4) } else { (50, 60) };
+    // A B C D E, A B C D E, ...: a drift of the machine's load over the run
+    // falls on every variant alike instead of on the one that ran last.
+    let rounds: i128 = if ctx.quick { 2 } else { 6 };
+    let per = (secs / rounds).max(2);
     let scheds: &[Sched] = if ctx.quick {
         &[Sched::Every]
     } else {
         &[Sched::Every, Sched::Six]
     };
     let mut out = format!(
-        "## precision\n\n{jobs} jobs firing every second, {secs} ticks each, variants run one after another. \
+        "## precision\n\n{jobs} jobs firing every second, {} ticks per variant, interleaved: {rounds} rounds of {per} ticks, \
+         each round running every variant once in turn. \
          Lateness = the child's own CLOCK_REALTIME reading (its first act) minus the nominal tick. \
          Every variant runs the same child (`bench_stamp`, a std-only helper that appends one line with O_APPEND). \
-         The floor is a minimal tokio program: one task per job sleeping until each whole second, then spawning the child. \
+         The floor is a minimal tokio program: one task per job sleeping until each whole second, then spawning the child; \
+         the second floor spawns it as bgsched spawns a job (stdout and stderr piped and drained, its own process group, \
+         PDEATHSIG), without a supervisor in between. \
          tokio-cron-scheduler: `Job::new_repeated_async(1s)` for `@every 1s`, `Job::new_async(\"* * * * * *\")` for the 6-field variant, \
          spawning the child from the callback; its nominal tick is the whole second the callback runs in \
          (it polls every 500 ms, so it is always less than 1 s late); since its lateness depends on the phase of that poll loop, \
-         it runs in {} segment(s) started at evenly spread phases. \
+         each of its rounds starts at another phase, evenly spread. \
          \"first child of a tick\" is the earliest child of each tick: the fixed cost of one fire without the queueing behind the others.\n\n",
-        if ctx.quick { 1 } else { 6 }
+        rounds * per
     );
+    let tags: Vec<String> = (0..jobs).map(|i| format!("p{i:03}")).collect();
     let mut produced = true;
     for &sched in scheds {
-        let mut results = Vec::new();
-        for variant in [
-            Variant::Standalone,
-            Variant::Cluster,
-            Variant::Tcs,
-            Variant::Floor,
-        ] {
-            eprintln!("bench: precision {} {}", sched.bgsched(), variant.label());
-            let r = precision_run(ctx, variant, sched, jobs, secs)
-                .with_context(|| format!("{} on {:?}", variant.label(), sched.bgsched()))?;
-            produced &= !r.lat.is_empty();
-            results.push(r);
+        let mut segments: HashMap<Variant, Vec<Segment>> = HashMap::new();
+        for round in 0..rounds {
+            for variant in VARIANTS {
+                eprintln!(
+                    "bench: precision {} {} (round {}/{rounds})",
+                    sched.bgsched(),
+                    variant.label(),
+                    round + 1
+                );
+                let segment = precision_run(ctx, variant, sched, &tags, per, (round, rounds))
+                    .with_context(|| format!("{} on {:?}", variant.label(), sched.bgsched()))?;
+                segments.entry(variant).or_default().push(segment);
+            }
         }
+        let results: Vec<Precision> = VARIANTS
+            .iter()
+            .map(|v| analyze_precision(*v, &segments[v], &tags))
+            .collect();
+        produced &= results.iter().all(|r| !r.lat.is_empty());
         let find = |v| results.iter().find(|r| r.variant == v).expect("ran");
-        let (tcs, floor) = (find(Variant::Tcs), find(Variant::Floor));
+        let (tcs, floor, setup) = (
+            find(Variant::Tcs),
+            find(Variant::Floor),
+            find(Variant::FloorSetup),
+        );
         let _ = writeln!(
             out,
             "### `{}` ({} for tokio-cron-scheduler)\n",
@@ -797,6 +831,7 @@ fn precision(ctx: &mut Ctx) -> Result<String> {
             "p99 ÷ tcs",
             "p50 ÷ floor",
             "p99 ÷ floor",
+            "p50 ÷ floor with set-up",
             "targets",
         ]);
         for r in &results {
@@ -810,19 +845,34 @@ fn precision(ctx: &mut Ctx) -> Result<String> {
             };
             let targets = match r.variant {
                 Variant::Standalone | Variant::Cluster => {
-                    let limit = if r.variant == Variant::Standalone {
-                        5.0
+                    let (limit, over_floor) = if r.variant == Variant::Standalone {
+                        (5.0, 15.0)
                     } else {
-                        15.0
+                        (15.0, 25.0)
                     };
                     let faster = tcs.p50() / r.p50();
-                    format!(
+                    let mut said = format!(
                         "p99 ≤ {limit} ms: {}; p50 ≥ 50× lower than tcs ({faster:.0}×): {}; p50 ≤ floor + 2 ms ({:+.2} ms): {}",
                         verdict(r.p99() <= limit),
                         verdict(faster >= 50.0),
                         r.p50() - floor.p50(),
                         verdict(r.p50() - floor.p50() <= 2.0),
-                    )
+                    );
+                    if r.variant == Variant::Standalone {
+                        let _ = write!(
+                            said,
+                            "; p50 ≤ 2× floor ({:.2}×): {}",
+                            r.p50() / floor.p50(),
+                            verdict(r.p50() <= 2.0 * floor.p50())
+                        );
+                    }
+                    let _ = write!(
+                        said,
+                        "; p99 ≤ floor p99 + {over_floor} ms ({:+.1} ms): {}",
+                        r.p99() - floor.p99(),
+                        verdict(r.p99() - floor.p99() <= over_floor)
+                    );
+                    said
                 }
                 _ => String::new(),
             };
@@ -839,6 +889,7 @@ fn precision(ctx: &mut Ctx) -> Result<String> {
                 ratio(r.p99(), tcs.p99()),
                 ratio(r.p50(), floor.p50()),
                 ratio(r.p99(), floor.p99()),
+                ratio(r.p50(), setup.p50()),
                 targets,
             ]);
         }
@@ -851,30 +902,41 @@ fn precision(ctx: &mut Ctx) -> Result<String> {
     Ok(out)
 }
 
+/// One variant's stretch of a precision round: its ledger and the ticks
+/// measured in it.
+struct Segment {
+    ledger: PathBuf,
+    window: (i128, i128),
+}
+
 fn precision_run(
     ctx: &mut Ctx,
     variant: Variant,
     sched: Sched,
-    jobs: usize,
+    tags: &[String],
     secs: i128,
-) -> Result<Precision> {
-    let dir = ctx.scratch(&format!("precision-{}-{}", sched.label(), variant.slug()))?;
+    (round, rounds): (i128, i128),
+) -> Result<Segment> {
+    let dir = ctx.scratch(&format!(
+        "precision-{}-{}-{round}",
+        sched.label(),
+        variant.slug()
+    ))?;
     let ledger = dir.join("ledger");
-    let tags: Vec<String> = (0..jobs).map(|i| format!("p{i:03}")).collect();
-    // Measurement windows of whole-second ticks (first, last).
-    let mut windows = Vec::new();
-    match variant {
+    let jobs = tags.len();
+    let window = match variant {
         Variant::Standalone | Variant::Cluster => {
             let mut cfg = String::new();
             if variant == Variant::Cluster {
                 let ep = ctx.endpoint();
+                // A prefix per round: no last tick from the round before.
                 let _ = writeln!(
                     cfg,
-                    "[cluster]\netcd = [\"{ep}\"]\nprefix = \"/bench/precision-{}\"\n",
+                    "[cluster]\netcd = [\"{ep}\"]\nprefix = \"/bench/precision-{}-{round}\"\n",
                     sched.label()
                 );
             }
-            for tag in &tags {
+            for tag in tags {
                 let _ = writeln!(
                     cfg,
                     "[jobs.{tag}]\nschedule = \"{}\"\n{}\n",
@@ -896,9 +958,9 @@ fn precision_run(
             let t1 = t0 + (secs - 1) * SEC;
             wait_for_stamps(&ledger, jobs * secs as usize, t0, t1);
             run.stop();
-            windows.push((t0, t1));
+            (t0, t1)
         }
-        Variant::Floor => {
+        Variant::Floor | Variant::FloorSetup => {
             let t0 = ceil_sec(now_ns() + SEC + SEC / 2);
             let t1 = t0 + (secs - 1) * SEC;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -907,26 +969,23 @@ fn precision_run(
             rt.spawn(floor_loop(
                 ctx.stamp.clone(),
                 ledger.clone(),
-                tags.clone(),
-                t0 - SEC,
-                t1 + SEC,
+                tags.to_vec(),
+                (t0 - SEC, t1 + SEC),
+                variant == Variant::FloorSetup,
             ));
             wait_for_stamps(&ledger, jobs * secs as usize, t0, t1);
             rt.shutdown_timeout(Duration::from_secs(5));
-            windows.push((t0, t1));
+            (t0, t1)
         }
         Variant::Tcs => {
             // Its lateness depends on where its 500 ms poll loop falls
             // relative to the second, which is fixed when it starts (and
-            // drifts by its processing time per round). Start it at evenly
-            // spread phases, one segment each, so the figures are not an
-            // accident of when the previous variant ended.
-            let segments: i128 = if ctx.quick { 1 } else { 6 };
-            let per = (secs / segments).max(1);
-            let mut k = 0;
+            // drifts by its processing time per round). Each round starts
+            // it at another phase, evenly spread, so the figures are not
+            // an accident of when the variant before it ended.
+            let phase = round * (SEC / 2) / rounds + SEC / 40;
             let mut retried = false;
-            while k < segments {
-                let phase = k * (SEC / 2) / segments + SEC / 40;
+            loop {
                 sleep_until_ns(ceil_sec(now_ns()) + phase);
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .enable_all()
@@ -934,12 +993,12 @@ fn precision_run(
                 let mut scheduler = rt.block_on(tcs_start(
                     ctx.stamp.clone(),
                     ledger.clone(),
-                    tags.clone(),
+                    tags.to_vec(),
                     sched,
                 ))?;
                 let t0 = ceil_sec(now_ns() + SEC + SEC / 2);
-                let t1 = t0 + (per - 1) * SEC;
-                wait_for_stamps(&ledger, jobs * per as usize, t0, t1);
+                let t1 = t0 + (secs - 1) * SEC;
+                wait_for_stamps(&ledger, jobs * secs as usize, t0, t1);
                 rt.block_on(scheduler.shutdown())
                     .map_err(|e| anyhow!("tokio-cron-scheduler shutdown: {e:?}"))?;
                 rt.shutdown_timeout(Duration::from_secs(5));
@@ -955,12 +1014,11 @@ fn precision_run(
                     retried = true;
                     continue;
                 }
-                windows.push((t0, t1));
-                k += 1;
+                break (t0, t1);
             }
         }
-    }
-    Ok(analyze_precision(variant, &ledger, &tags, &windows))
+    };
+    Ok(Segment { ledger, window })
 }
 
 /// Wait until `want` stamps with a tick in [t0, t1] are in, or t1 + 3 s.
@@ -978,34 +1036,29 @@ fn wait_for_stamps(ledger: &Path, want: usize, t0: i128, t1: i128) {
     }
 }
 
-fn analyze_precision(
-    variant: Variant,
-    ledger: &Path,
-    tags: &[String],
-    windows: &[(i128, i128)],
-) -> Precision {
-    let ticks: usize = windows
+fn analyze_precision(variant: Variant, segments: &[Segment], tags: &[String]) -> Precision {
+    let ticks: usize = segments
         .iter()
-        .map(|(t0, t1)| ((t1 - t0) / SEC + 1) as usize)
+        .map(|s| ((s.window.1 - s.window.0) / SEC + 1) as usize)
         .sum();
     let mut per: HashMap<(String, i128), usize> = HashMap::new();
     let mut first: HashMap<i128, f64> = HashMap::new();
     let mut lat = Vec::new();
-    for s in read_ledger(ledger) {
-        let Some(tick) = s
-            .tick
-            .filter(|t| windows.iter().any(|(t0, t1)| (t0..=t1).contains(&t)))
-        else {
-            continue;
-        };
-        if !tags.contains(&s.tag) {
-            continue;
+    for segment in segments {
+        let (t0, t1) = segment.window;
+        for s in read_ledger(&segment.ledger) {
+            let Some(tick) = s.tick.filter(|t| (t0..=t1).contains(t)) else {
+                continue;
+            };
+            if !tags.contains(&s.tag) {
+                continue;
+            }
+            *per.entry((s.tag, tick)).or_default() += 1;
+            let late = (s.at - tick) as f64 / MS;
+            lat.push(late);
+            let f = first.entry(tick).or_insert(late);
+            *f = f.min(late);
         }
-        *per.entry((s.tag, tick)).or_default() += 1;
-        let late = (s.at - tick) as f64 / MS;
-        lat.push(late);
-        let f = first.entry(tick).or_insert(late);
-        *f = f.min(late);
     }
     lat.sort_by(f64::total_cmp);
     let mut first: Vec<f64> = first.into_values().collect();
@@ -1035,13 +1088,36 @@ fn stamp_child(stamp: &[String], ledger: &Path, tag: &str, tick: i128) -> tokio:
     c
 }
 
-/// The floor: per job, sleep until each whole second and spawn the child.
+/// The child as bgsched's supervisor spawns a job (`executor::attempt`):
+/// output piped, a process group of its own, killed with its parent.
+fn stamp_child_with_setup(
+    stamp: &[String],
+    ledger: &Path,
+    tag: &str,
+    tick: i128,
+) -> tokio::process::Command {
+    let mut c = stamp_child(stamp, ledger, tag, tick);
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        c.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            Ok(())
+        });
+    }
+    c
+}
+
+/// The floor: per job, sleep until each whole second and spawn the child
+/// (`setup`: as bgsched spawns a job, draining its output).
 async fn floor_loop(
     stamp: Vec<String>,
     ledger: PathBuf,
     tags: Vec<String>,
-    from: i128,
-    until: i128,
+    (from, until): (i128, i128),
+    setup: bool,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
     for tag in tags {
@@ -1053,8 +1129,13 @@ async fn floor_loop(
                 if wait > 0 {
                     tokio::time::sleep(Duration::from_nanos(wait as u64)).await;
                 }
-                if let Ok(mut child) = stamp_child(&stamp, &ledger, &tag, tick).spawn() {
-                    tokio::spawn(async move { child.wait().await });
+                let mut cmd = if setup {
+                    stamp_child_with_setup(&stamp, &ledger, &tag, tick)
+                } else {
+                    stamp_child(&stamp, &ledger, &tag, tick)
+                };
+                if let Ok(child) = cmd.spawn() {
+                    tokio::spawn(child.wait_with_output());
                 }
                 tick += SEC;
             }
@@ -1900,7 +1981,7 @@ fn etcd_round_trips(ctx: &mut Ctx) -> Result<String> {
                     TxnOp::put(format!("{key}-2"), format!("{i}"), None),
                 ]);
             c.txn(txn).await?;
-            time("Txn with two puts (the claim)", t);
+            time("Txn with two puts (raw, for reference)", t);
             let t = Instant::now();
             let mut fresh = Client::connect([ep.clone()], None).await?;
             fresh.lease_keep_alive(lease).await?;
@@ -1919,7 +2000,8 @@ fn etcd_round_trips(ctx: &mut Ctx) -> Result<String> {
             c.lease_revoke(lease).await?;
             time("LeaseRevoke", t);
         }
-        Ok::<_, etcd_client::Error>(m)
+        claim_round_trips(&ep, n, &mut m).await?;
+        Ok::<_, anyhow::Error>(m)
     })?;
     let mut t = Table::new(&["request", "p50", "p99"]);
     for (name, mut v) in rows {
@@ -1930,6 +2012,49 @@ fn etcd_round_trips(ctx: &mut Ctx) -> Result<String> {
         "### etcd round trips on this machine ({n} sequential requests each, same local etcd)\n\n{}",
         t.render()
     ))
+}
+
+/// The claim as the scheduler makes it: bgsched's etcd backend claiming
+/// `n` fires in turn (each a job of its own, so each one fires), with a
+/// spare run lease granted ahead as `Coordinator::prepare` does before a
+/// tick.
+async fn claim_round_trips(ep: &str, n: usize, m: &mut BTreeMap<&str, Vec<f64>>) -> Result<()> {
+    use bgsched::config::{ClusterSettings, Overlap};
+    use bgsched::coordination::etcd::EtcdConfig;
+    use bgsched::coordination::{ClaimRequest, Coordinator, Etcd, Trigger};
+    let mut cluster = ClusterSettings::with_defaults(vec![ep.to_string()]);
+    cluster.prefix = "/bench/claims".into();
+    let etcd = Etcd::connect(EtcdConfig::from_settings(&cluster, 10)).await?;
+    let lead = etcd.acquire_leadership("bench").await?;
+    let tick = Utc::now();
+    let mut claims = Vec::with_capacity(n);
+    for i in 0..n {
+        etcd.prepare(1).await;
+        let job = format!("claim-{i}");
+        let t = Instant::now();
+        let claim = etcd
+            .claim(
+                &lead,
+                ClaimRequest {
+                    job: &job,
+                    tick,
+                    trigger: Trigger::Schedule,
+                    instance: "bench",
+                    overlap: Overlap::Skip,
+                    advances_schedule: true,
+                    request: None,
+                },
+            )
+            .await
+            .map_err(|e| anyhow!("claim of {job}: {e:?}"))?;
+        m.entry("the claim (bgsched's claim transaction, a spare lease ready)")
+            .or_default()
+            .push(t.elapsed().as_secs_f64() * 1000.0);
+        claims.push(claim);
+    }
+    drop(claims);
+    etcd.resign(lead).await;
+    Ok(())
 }
 
 fn burst_run(ctx: &mut Ctx, n: usize, cluster: bool) -> Result<Burst> {

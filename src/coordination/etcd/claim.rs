@@ -120,13 +120,16 @@ impl Etcd {
             lease,
             granted_at,
         };
-        let mut marker = RunRecord::not_run(
-            RunKey::new(req.job, req.tick, req.trigger, req.instance),
-            Outcome::Running,
-            String::new(),
-        );
-        marker.key.run_id = run_id.to_string();
-        marker.key.term = term;
+        // The run's marker and a skip's entry name the same claim.
+        let key = RunKey {
+            run_id: run_id.to_string(),
+            job: req.job.to_string(),
+            tick: req.tick,
+            trigger: req.trigger,
+            instance: req.instance.to_string(),
+            term,
+        };
+        let mut marker = RunRecord::not_run(key.clone(), Outcome::Running, String::new());
         marker.ended_at = None;
         marker.duration_ms = None;
         marker.reason = None;
@@ -138,13 +141,7 @@ impl Etcd {
         // (A trigger's requester is waiting and reads the entry at once, so
         // its skip is written by the scheduler alone.)
         let skip_entry = |reason: &str| {
-            let mut entry = RunRecord::not_run(
-                RunKey::new(req.job, req.tick, req.trigger, req.instance),
-                Outcome::Skipped,
-                reason.to_string(),
-            );
-            entry.key.run_id = run_id.to_string();
-            entry.key.term = term;
+            let entry = RunRecord::not_run(key.clone(), Outcome::Skipped, reason.to_string());
             TxnOp::put(self.keys.history(req.job, run_id), json(&entry), None)
         };
         let own_entry = req.request.is_none();

@@ -90,6 +90,21 @@ pub fn main() -> i32 {
     // panic on the next print. A command that only prints ends the way
     // cat(1) does when its reader goes away: killed by SIGPIPE, silently.
     // `--help | head` is such a command too, hence before parsing.
+    // A run's supervisor skips clap: it is started at a tick, where every
+    // millisecond before its job spawns counts, and takes no arguments.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(crate::executor::SUPERVISE_COMMAND))
+    {
+        set_sigpipe(libc::SIG_IGN);
+        return match crate::executor::entry::main() {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                let e = CliError::from(e);
+                e.report();
+                e.exit_code()
+            }
+        };
+    }
     set_sigpipe(libc::SIG_DFL);
     let cli = Cli::parse();
     if keeps_running_without_reader(&cli.command) {

@@ -1,8 +1,10 @@
 //! The supervisor's entry point: `bgsched` re-executed with the hidden
-//! [`SUPERVISE_COMMAND`] by a scheduler (see [`super::spawn_supervisor`]),
-//! reading its run spec from an inherited descriptor. One run, recorded
-//! through the backend the spec names.
+//! [`SUPERVISE_COMMAND`] by a scheduler, reading its run spec from an
+//! inherited descriptor (see [`super::spawn_supervisor`]) or, started
+//! ahead of its tick, from the scheduler's hand-over (see `waiting`). One
+//! run, recorded through the backend the spec names.
 
+use super::waiting::{wait_for_run, WAIT_ENV};
 use super::{adopt_hold, read_spec, report, supervise, Echo};
 use crate::config::Overlap;
 use crate::coordination::etcd::EtcdRecorder;
@@ -27,13 +29,32 @@ pub enum EntryError {
 
 /// Supervise the one run the inherited spec describes.
 pub fn main() -> Result<(), EntryError> {
-    let spec = read_spec().map_err(EntryError::Spec)?;
-    let hold = adopt_hold(spec.hold_fd);
-    log::init(spec.log_json, "info");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(EntryError::Runtime)?;
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(EntryError::Runtime)
+    };
+    let (spec, hold, runtime) = match std::env::var_os(WAIT_ENV) {
+        // Started ahead of its tick: the start-up comes first, then the
+        // wait for the run (see `waiting`).
+        Some(format) => {
+            // SAFETY: single-threaded at this point; no runtime has started yet.
+            unsafe { std::env::remove_var(WAIT_ENV) };
+            log::init(format == "json", "info");
+            let runtime = runtime()?;
+            match wait_for_run().map_err(EntryError::Spec)? {
+                Some((spec, lock)) => (spec, lock, runtime),
+                None => return Ok(()),
+            }
+        }
+        None => {
+            let spec = read_spec().map_err(EntryError::Spec)?;
+            let hold = adopt_hold(spec.hold_fd);
+            log::init(spec.log_json, "info");
+            (spec, hold, runtime()?)
+        }
+    };
     let span = super::run_span(&spec);
     runtime.block_on(
         async {

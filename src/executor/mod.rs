@@ -17,12 +17,14 @@ pub mod output;
 pub mod report;
 mod spec;
 mod supervisors;
+pub mod waiting;
 
 pub use attempt::*;
 pub use entry::SUPERVISE_COMMAND;
 pub use hooks::*;
 pub use spec::*;
 pub use supervisors::Supervisors;
+pub use waiting::WaitingSupervisors;
 
 use crate::config::{Job, Overlap, Program};
 use crate::coordination::{BackendSpec, Hold, Outcome, RunRecord, RunRecorder, Trigger, Turn};

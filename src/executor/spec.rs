@@ -60,40 +60,55 @@ pub fn spawn_supervisor(
     hold: Hold,
     detached: bool,
 ) -> std::io::Result<tokio::process::Child> {
+    let lock = take_hold(&mut spec, hold)?;
+    spec.report_pid = !detached;
+    reexec(spec, lock, detached)
+}
+
+/// Move `hold` into `spec` (a lease) or out as the descriptor to hand
+/// over (a lock), above the standard descriptors: a lock that landed on
+/// 0-2 (a scheduler started with them closed) would be lost to the spawn,
+/// which replaces those.
+pub(super) fn take_hold(spec: &mut RunSpec, hold: Hold) -> std::io::Result<Option<OwnedFd>> {
     use std::os::fd::AsRawFd;
-    let lock = match hold {
+    Ok(match hold {
         Hold::None => None,
-        Hold::Lock(fd) => Some(fd),
         Hold::Lease { id, granted_at } => {
             spec.lease = Some((id, granted_at));
             None
         }
-    };
-    // Above the standard descriptors, which the spawn replaces: a lock that
-    // landed on 0-2 (a scheduler started with them closed) would be lost.
-    let lock = match lock {
-        Some(fd) if fd.as_raw_fd() <= 2 => Some(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?),
-        other => other,
-    };
+        Hold::Lock(fd) if fd.as_raw_fd() <= 2 => Some(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?),
+        Hold::Lock(fd) => Some(fd),
+    })
+}
+
+/// The running binary itself, even if the file was replaced or removed
+/// since (a package upgrade): current_exe() would then name a path that no
+/// longer exists.
+pub(super) fn own_exe() -> std::io::Result<PathBuf> {
+    if std::path::Path::new("/proc/self/exe").exists() {
+        Ok(PathBuf::from("/proc/self/exe"))
+    } else {
+        std::env::current_exe()
+    }
+}
+
+/// Re-execute `bgsched` as the supervisor of `spec`, the lock inherited.
+pub(super) fn reexec(
+    mut spec: RunSpec,
+    lock: Option<OwnedFd>,
+    detached: bool,
+) -> std::io::Result<tokio::process::Child> {
+    use std::os::fd::AsRawFd;
     spec.hold_fd = lock.as_ref().map(|fd| fd.as_raw_fd());
-    spec.report_pid = !detached;
     if let Some(fd) = &lock {
         // Inherited by exactly this spawn: the scheduler spawns from one task
         // and closes its copy right after.
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
     }
-    let json = serde_json::to_string(&spec).expect("run spec serializes");
-    let spec_fd = spec_file(&json)?;
+    let spec_fd = spec_file(&spec)?;
     let spec_raw = spec_fd.as_raw_fd();
-    // The running binary itself, even if the file was replaced or removed
-    // since (a package upgrade): current_exe() would then name a path that
-    // no longer exists.
-    let exe = if std::path::Path::new("/proc/self/exe").exists() {
-        std::path::PathBuf::from("/proc/self/exe")
-    } else {
-        std::env::current_exe()?
-    };
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(own_exe()?);
     if detached {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
     } else {
@@ -126,9 +141,10 @@ pub fn spawn_supervisor(
     child
 }
 
-/// An anonymous in-memory file holding `json`, read from the start by the
+/// An anonymous in-memory file holding `spec`, read from the start by the
 /// supervisor, above the standard descriptors (which the spawn replaces).
-pub(super) fn spec_file(json: &str) -> std::io::Result<OwnedFd> {
+pub(super) fn spec_file(spec: &RunSpec) -> std::io::Result<OwnedFd> {
+    let json = serde_json::to_string(spec).expect("run spec serializes");
     use rustix::fs::{memfd_create, MemfdFlags};
     let fd = memfd_create("bgsched-run-spec", MemfdFlags::CLOEXEC)?;
     let fd = if std::os::fd::AsRawFd::as_raw_fd(&fd) <= 2 {
@@ -144,7 +160,6 @@ pub(super) fn spec_file(json: &str) -> std::io::Result<OwnedFd> {
 /// In a supervisor process: read the spec from the descriptor named by
 /// [`SPEC_FD_ENV`], close it, and drop the variable.
 pub fn read_spec() -> Result<RunSpec, String> {
-    use std::io::{Read, Seek};
     let raw: i32 = std::env::var(SPEC_FD_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -154,20 +169,30 @@ pub fn read_spec() -> Result<RunSpec, String> {
         })?;
     // SAFETY: single-threaded at this point; no runtime has started yet.
     unsafe { std::env::remove_var(SPEC_FD_ENV) };
-    // The descriptor must be the memfd the scheduler made for this process,
-    // not whatever else happens to have that number.
+    // SAFETY: the descriptor was opened by the scheduler for this process,
+    // and nothing else in this process refers to it (`read_spec_from`
+    // checks it is the run spec before reading).
+    let fd = unsafe {
+        use std::os::fd::FromRawFd;
+        OwnedFd::from_raw_fd(raw)
+    };
+    read_spec_from(fd)
+}
+
+/// Read the spec from `fd`, which must be the memfd a scheduler made for
+/// this process, not whatever else happens to have that number.
+pub(super) fn read_spec_from(fd: OwnedFd) -> Result<RunSpec, String> {
+    use std::io::{Read, Seek};
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
     let target = std::fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
     if !target.to_string_lossy().contains("bgsched-run-spec") {
+        // Not ours to close.
+        std::mem::forget(fd);
         return Err(format!(
             "{SUPERVISE_COMMAND}: descriptor {raw} is not a run spec"
         ));
     }
-    // SAFETY: the descriptor was opened by the scheduler for this process,
-    // checked above, and nothing else in this process refers to it.
-    let mut file = unsafe {
-        use std::os::fd::FromRawFd;
-        std::fs::File::from_raw_fd(raw)
-    };
+    let mut file = std::fs::File::from(fd);
     let mut json = String::new();
     file.rewind()
         .and_then(|_| file.read_to_string(&mut json))

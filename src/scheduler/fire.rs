@@ -355,7 +355,7 @@ impl<C: Coordinator> Scheduler<C> {
             spec.delay = job.jitter_for(tick);
         }
         let span = run_span(&spec);
-        match spawn_supervisor(spec.clone(), claim.hold, false) {
+        match self.waiting.start(spec.clone(), claim.hold) {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);
                 span.in_scope(|| tracing::debug!(supervisor_pid = pid, "fired"));

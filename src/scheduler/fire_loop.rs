@@ -2,6 +2,7 @@
 //! leadership, reloads, requests and reaped supervisors; drain on stop.
 
 use super::*;
+use crate::executor::waiting;
 
 /// How long before a tick the backend is told how many claims follow
 /// (`Coordinator::prepare`).
@@ -76,6 +77,8 @@ impl<C: Coordinator> Scheduler<C> {
             ..FireState::default()
         };
         let mut prepared_for = None;
+        // The next tick due and how many fires it has.
+        let mut due_at = (DateTime::<Utc>::MIN_UTC, 0);
         // When fenced, since when; after, the last stretch held back, so the
         // ticks missed in it say why.
         let mut fenced_since: Option<DateTime<Utc>> = None;
@@ -86,17 +89,27 @@ impl<C: Coordinator> Scheduler<C> {
             self.metrics.beat();
             let mut reloaded = None;
             let next_due = due.peek().map(|Reverse((t, _))| *t);
-            if let Some(t) = next_due.filter(|t| prepared_for != Some(*t)) {
-                if Utc::now() >= t - PREPARE_AHEAD {
-                    prepared_for = Some(t);
-                    let fires = due.iter().filter(|Reverse((tt, _))| *tt == t).count();
-                    let coord = self.coord.clone();
-                    tokio::spawn(async move { coord.prepare(fires).await });
-                }
+            if next_due.is_some_and(|t| due_at.0 != t) {
+                let t = next_due.expect("checked");
+                due_at = (t, due.iter().filter(|Reverse((tt, _))| *tt == t).count());
+            }
+            // The backend readies its claims and supervisors start ahead of
+            // the tick, early enough for as many as are due.
+            let (t, fires) = due_at;
+            let ahead = chrono::Duration::from_std(waiting::lead_time(
+                fires,
+                PREPARE_AHEAD.to_std().expect("positive"),
+            ))
+            .unwrap_or(PREPARE_AHEAD);
+            if next_due.is_some() && prepared_for != Some(t) && Utc::now() >= t - ahead {
+                prepared_for = Some(t);
+                self.waiting.prepare(fires);
+                let coord = self.coord.clone();
+                tokio::spawn(async move { coord.prepare(fires).await });
             }
             let prepare_at = next_due
                 .filter(|t| prepared_for != Some(*t))
-                .map(|t| t - PREPARE_AHEAD);
+                .map(|t| t - ahead);
             let wake = [next_due, state.next_retry(), prepare_at]
                 .into_iter()
                 .flatten()

@@ -7,7 +7,7 @@ use crate::coordination::{
     Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, Leadership, Outcome, RunRecord,
     Trigger, TriggerRequest, Turn,
 };
-use crate::executor::{retry_backoff, spawn_supervisor, RunSpec, Supervisors};
+use crate::executor::{retry_backoff, RunSpec, Supervisors, WaitingSupervisors};
 pub use crate::model::{LATE_TOLERANCE, MAX_SLEEP, OVERLOADED};
 
 use crate::executor::run_span;
@@ -43,6 +43,8 @@ pub struct Scheduler<C: Coordinator> {
     /// ticks do not advance the backend's last fired tick, so a new term
     /// of this process resumes after these rather than count them again.
     missed_up_to: Arc<std::sync::Mutex<HashMap<String, DateTime<Utc>>>>,
+    /// Supervisors started ahead of the next tick, waiting for its runs.
+    waiting: WaitingSupervisors,
 }
 
 impl<C: Coordinator> Scheduler<C> {
@@ -61,6 +63,7 @@ impl<C: Coordinator> Scheduler<C> {
         instance: String,
         log_json: bool,
     ) -> Self {
+        let waiting = WaitingSupervisors::new(log_json, &coord.backend_spec());
         Scheduler {
             config,
             coord,
@@ -68,6 +71,7 @@ impl<C: Coordinator> Scheduler<C> {
             log_json,
             metrics: Arc::default(),
             missed_up_to: Default::default(),
+            waiting,
         }
     }
 
@@ -119,6 +123,7 @@ impl<C: Coordinator> Scheduler<C> {
                     tracing::warn!(term = leadership.term, "leadership lost: stopped firing");
                     self.metrics.not_leading("lost");
                     drop(leadership);
+                    self.waiting.clear();
                 }
             }
         }
@@ -126,6 +131,7 @@ impl<C: Coordinator> Scheduler<C> {
             running = running.len(),
             "stopping: no new fires; waiting for running jobs"
         );
+        self.waiting.clear();
         let forced = self.drain(&mut stop, &mut running).await;
         self.coord.shutdown().await;
         Ok(forced)

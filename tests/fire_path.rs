@@ -1,0 +1,154 @@
+//! Supervisors started ahead of their tick (`executor::waiting`): a run
+//! handed to one is supervised and recorded as any other, even with the
+//! scheduler gone; one still waiting ends with the scheduler and starts
+//! nothing; a dead one is passed over.
+
+mod common;
+use common::*;
+use rustix::process::{kill_process, Pid, Signal};
+use std::time::{Duration, Instant};
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| parent_of(*p) == Some(pid))
+        .collect()
+}
+
+/// Whether `pid` was started as a supervisor waiting for its run (its
+/// environment as it started; the supervisor drops the variable itself).
+fn started_waiting(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| {
+            env.split(|b| *b == 0)
+                .any(|v| v.starts_with(b"BGSCHED_SUPERVISE_WAIT="))
+        })
+        .unwrap_or(false)
+}
+
+/// A job line of shell that records `<1 if its supervisor was started
+/// waiting, else 0> <its pid>` in `runs`.
+const RECORD_HOW: &str = "w=$(tr \"\\0\" \"\\n\" < /proc/$PPID/environ | grep -c ^BGSCHED_SUPERVISE_WAIT=); echo \"$w $$\" >> {dir}/runs";
+
+#[test]
+fn a_run_handed_to_a_waiting_supervisor_survives_kill_9_of_the_scheduler_and_is_recorded() {
+    // The first run through a supervisor that was waiting holds on until
+    // released; the others end at once.
+    let env = Env::new().config(&format!(
+        "[jobs.held]\nschedule = \"@every 1s\"\noverlap = \"skip\"\n\
+         shell = '{RECORD_HOW}; if [ $w = 1 ] && [ ! -e {{dir}}/held ]; then echo $$ > {{dir}}/held; \
+         while [ ! -e {{dir}}/release ]; do sleep 0.05; done; echo released; fi'\n"
+    ));
+    let mut run = env.spawn_run("a");
+    wait_until(PATIENCE, "a run through a waiting supervisor", || {
+        !env.lines("held").is_empty()
+    });
+    let job_pid: i32 = env.lines("held")[0].parse().unwrap();
+    let supervisor = parent_of(job_pid).expect("its supervisor");
+    assert!(started_waiting(supervisor), "started ahead of its tick");
+    run.kill9();
+    std::fs::write(env.path("release"), "").unwrap();
+    wait_until(PATIENCE, "the run recorded by its own supervisor", || {
+        env.records("held").iter().any(|r| {
+            r["pid"] == job_pid && r["outcome"] == "success" && r["supervisor_pid"] == supervisor
+        })
+    });
+    let record = env
+        .records("held")
+        .into_iter()
+        .find(|r| r["pid"] == job_pid)
+        .unwrap();
+    assert!(
+        record["output_tail"].as_str().unwrap().contains("released"),
+        "{record}"
+    );
+}
+
+#[test]
+fn a_waiting_supervisor_ends_with_the_scheduler_killed_and_starts_no_job() {
+    // One long run keeps every later tick skipped, so the supervisor
+    // started for each of them is left waiting.
+    let env = Env::new().config(&format!(
+        "[jobs.long]\nschedule = \"@every 1s\"\noverlap = \"skip\"\n\
+         shell = '{RECORD_HOW}; sleep 600'\n"
+    ));
+    let mut run = env.spawn_run("a");
+    wait_until(PATIENCE, "the long run", || !env.lines("runs").is_empty());
+    let job_pid: i32 = env.lines("runs")[0]
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let supervisor = parent_of(job_pid).unwrap();
+    let mut waiting = Vec::new();
+    wait_until(PATIENCE, "a supervisor left waiting", || {
+        waiting = children_of(run.pid())
+            .into_iter()
+            .filter(|p| *p != supervisor && started_waiting(*p))
+            .collect();
+        !waiting.is_empty()
+    });
+    run.kill9();
+    wait_until(PATIENCE, "the waiting supervisors to end", || {
+        waiting.iter().all(|p| !alive(*p))
+    });
+    assert_eq!(
+        env.lines("runs").len(),
+        1,
+        "no job started: {:?}",
+        env.lines("runs")
+    );
+    assert!(alive(supervisor) && alive(job_pid), "the run goes on");
+    let _ = kill_process(Pid::from_raw(supervisor).unwrap(), Signal::TERM);
+    wait_until(PATIENCE, "the run to end", || !alive(job_pid));
+}
+
+#[test]
+fn a_waiting_supervisor_that_died_is_passed_over_and_the_run_starts_anyway() {
+    let env = Env::new().config(&format!(
+        "[jobs.beat]\nschedule = \"@every 1s\"\nshell = '{RECORD_HOW}'\n"
+    ));
+    let run = env.spawn_run("a");
+    wait_until(PATIENCE, "a first run", || !env.lines("runs").is_empty());
+    // For a while, kill every supervisor waiting for the next tick (they
+    // start 250 ms ahead, and ticks fall on whole seconds): the ticks
+    // still run, through supervisors started at the tick. Never close to
+    // a tick, where one may just have been handed its run.
+    let before = env.lines("runs").len();
+    let mut killed = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) || env.lines("runs").len() < before + 2 {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "runs went on: {:?}",
+            env.lines("runs")
+        );
+        let fraction = chrono::Utc::now().timestamp_subsec_millis();
+        if (780..950).contains(&fraction) {
+            for p in children_of(run.pid()) {
+                if started_waiting(p)
+                    && children_of(p).is_empty()
+                    && kill_process(Pid::from_raw(p).unwrap(), Signal::KILL).is_ok()
+                {
+                    killed += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(killed > 0, "some supervisor was waiting");
+    let runs = env.lines("runs");
+    assert!(
+        runs[before..].iter().any(|l| l.starts_with("0 ")),
+        "a run started the slower way: {runs:?}"
+    );
+    wait_until(PATIENCE, "every run recorded", || {
+        env.records("beat")
+            .iter()
+            .all(|r| r["outcome"] == "success")
+            && env.records("beat").len() >= runs.len()
+    });
+}

@@ -152,3 +152,109 @@ fn a_waiting_supervisor_that_died_is_passed_over_and_the_run_starts_anyway() {
             && env.records("beat").len() >= runs.len()
     });
 }
+
+#[test]
+fn claims_due_together_with_one_job_still_running_skip_that_job_only() {
+    // Twenty jobs due on every tick, one of them still running.
+    let mut toml = String::from(
+        "[jobs.long]\nschedule = \"@every 1s\"\noverlap = \"skip\"\nshell = 'echo $$ >> {dir}/long; sleep 600'\n",
+    );
+    for i in 0..20 {
+        toml.push_str(&format!(
+            "[jobs.j{i:02}]\nschedule = \"@every 1s\"\noverlap = \"skip\"\n\
+             shell = 'echo \"$BGSCHED_SCHEDULED_AT\" >> {{dir}}/j{i:02}'\n"
+        ));
+    }
+    let env = Env::new().config(&toml);
+    let _run = env.spawn_run("a");
+    wait_until(PATIENCE, "the long run", || !env.lines("long").is_empty());
+    // Three ticks after it started: every other job fired each of them.
+    wait_until(PATIENCE, "three skips of the long job", || {
+        env.records("long")
+            .iter()
+            .filter(|r| r["outcome"] == "skipped")
+            .count()
+            >= 3
+    });
+    let skipped: Vec<String> = env
+        .records("long")
+        .iter()
+        .filter(|r| r["outcome"] == "skipped")
+        .map(|r| r["tick"].as_str().unwrap().to_string())
+        .collect();
+    for i in 0..20 {
+        let job = format!("j{i:02}");
+        wait_until(
+            PATIENCE,
+            &format!("{job} recorded for the skipped ticks"),
+            || {
+                let ran: Vec<String> = env
+                    .records(&job)
+                    .iter()
+                    .filter(|r| r["outcome"] == "success")
+                    .map(|r| r["tick"].as_str().unwrap().to_string())
+                    .collect();
+                skipped.iter().all(|t| ran.contains(t))
+            },
+        );
+        assert!(
+            env.records(&job).iter().all(|r| r["outcome"] == "success"),
+            "{job}: {:?}",
+            env.records(&job)
+        );
+    }
+    assert_eq!(env.lines("long").len(), 1, "the long job started once");
+    // Each tick is in the claims journal once per job.
+    let journal = std::fs::read_to_string(env.state_dir().join("claims.journal")).unwrap();
+    for tick in &skipped {
+        let at = chrono::DateTime::parse_from_rfc3339(tick)
+            .unwrap()
+            .to_rfc3339();
+        let lines = journal.lines().filter(|l| l.starts_with(&at)).count();
+        assert_eq!(lines, 21, "{tick}:\n{journal}");
+    }
+}
+
+#[test]
+fn a_tick_in_the_claims_journal_is_not_fired_again_after_its_last_tick_was_lost() {
+    // As a power loss right after a claim can leave it: the journal holds
+    // the tick, the job's last_tick still the one before.
+    use chrono::{DurationRound, Utc};
+    let hour = Utc::now()
+        .duration_trunc(chrono::Duration::hours(1))
+        .unwrap();
+    let env = Env::new().config(
+        "[jobs.hourly]\nschedule = \"0 * * * *\"\ncatchup = \"2h\"\nshell = 'echo ran >> {dir}/hourly'\n\
+         [jobs.beat]\nschedule = \"@every 1s\"\nshell = 'echo beat >> {dir}/beat'\n",
+    );
+    let dir = env.state_dir().join("jobs").join("hourly");
+    std::fs::create_dir_all(&dir).unwrap();
+    let before = hour - chrono::Duration::hours(1);
+    std::fs::write(dir.join("last_tick"), before.to_rfc3339()).unwrap();
+    std::fs::write(
+        env.state_dir().join("claims.journal"),
+        format!(
+            "{} \"hourly\"\n{} \"hou",
+            hour.to_rfc3339(),
+            hour.to_rfc3339()
+        ),
+    )
+    .unwrap();
+    let _run = env.spawn_run("a");
+    // A catch-up would fire at once, long before the second beat.
+    wait_until(PATIENCE, "two beats", || env.lines("beat").len() >= 2);
+    assert!(
+        env.lines("hourly").is_empty(),
+        "the claimed tick fired again"
+    );
+    assert!(
+        env.records("hourly").is_empty(),
+        "{:?}",
+        env.records("hourly")
+    );
+    let last = std::fs::read_to_string(dir.join("last_tick")).unwrap();
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(last.trim()).unwrap(),
+        hour
+    );
+}

@@ -134,10 +134,10 @@ impl Standalone {
                 }
             }
             // The tick counts as fired even if it is then skipped, so no
-            // later start catches it up. Made durable before anything runs:
-            // a tick must not fire twice even across a power loss.
-            let path = dir.join("last_tick");
-            atomic_write(&path, req.tick.to_rfc3339().as_bytes(), true)?;
+            // later start catches it up. Made durable before anything runs
+            // (a tick must not fire twice even across a power loss), with
+            // the claims in flight beside it.
+            self.commit_tick(req.job, req.tick)?;
         }
         let (hold, turn) = self.overlap_hold(req.job, req.overlap)?;
         Ok(Claim {
@@ -192,6 +192,8 @@ impl Standalone {
     }
 
     pub(super) fn lead_with(&self, file: File, instance: &str) -> Result<Leadership> {
+        // Ticks the last leader claimed whose `last_tick` a crash undid.
+        self.fold_journal()?;
         let term = self.last_term()? + 1;
         let term_path = self.root.join("term");
         self.clear_way(&term_path);

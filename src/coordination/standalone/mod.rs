@@ -10,6 +10,7 @@
 //! <state>/jobs/<job>/run.lock    flock held by the active run's supervisor (overlap skip/queue/replace)
 //! <state>/jobs/<job>/queue.lock  flock held by the one run waiting for run.lock (queue/replace)
 //! <state>/jobs/<job>/last_tick   the newest tick fired by a scheduler
+//! <state>/claims.journal         ticks claimed since the last_tick files were synced (see `journal`)
 //! <state>/jobs/<job>/runs/<run-id>.json
 //!                                history; a `running` entry is flocked by its supervisor
 //! <any of these>.corrupt         a file that could not be read, set aside (see below)
@@ -43,6 +44,7 @@ use std::time::Duration;
 
 mod coordinator;
 mod files;
+mod journal;
 mod leadership;
 mod recorder;
 mod records;
@@ -60,6 +62,8 @@ pub struct Standalone {
     /// Per job, held to read and move its `last_tick`, so that a claim and
     /// a `missed` entry of this process never move it back.
     last_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<std::sync::Mutex<()>>>>>,
+    /// Claims made durable together (see `journal`).
+    journal: Arc<journal::Journal>,
 }
 
 impl Standalone {
@@ -71,6 +75,7 @@ impl Standalone {
             history_limit: history_limit.max(1),
             repair: None,
             last_locks: Arc::default(),
+            journal: Arc::default(),
         })
     }
 

@@ -1232,6 +1232,79 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
     });
 }
 
+/// Claims in flight together go out as one transaction (issue 13), and
+/// when that transaction's answer is lost, each claim finds out for itself
+/// how it went: the skip is a skip, the runs are runs, each once.
+#[test]
+fn claims_sent_together_with_their_answer_lost_are_each_found_again() {
+    use bgsched::config::Overlap;
+    use bgsched::coordination::{
+        ClaimRejected, ClaimRequest, Coordinator, Etcd as Backend, Trigger, Turn,
+    };
+    use chrono::{TimeZone, Utc};
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let proxy = common::proxy::LossyProxy::start(etcd.client_port());
+    let mut cfg = etcd_config(vec![proxy.endpoint()], "/batchlost");
+    cfg.cluster.lease_ttl = Duration::from_secs(20);
+    let endpoint = etcd.endpoint();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = Backend::connect(cfg.clone()).await.expect("connect");
+        let lead = a.acquire_leadership("a").await.expect("a leads");
+        let req = |job, secs: i64| ClaimRequest {
+            job,
+            tick: Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap(),
+            trigger: Trigger::Schedule,
+            instance: "a",
+            overlap: Overlap::Skip,
+            advances_schedule: true,
+            request: None,
+        };
+        let running = a.claim(&lead, req("busy", 0)).await.expect("first claim");
+        // Leases ready, so the three claims below need no grant and go out
+        // in one transaction, which the proxy answers into a cut.
+        a.prepare(3).await;
+        proxy.lose_next_answers();
+        let (busy, b, c) = tokio::join!(
+            a.claim(&lead, req("busy", 1)),
+            a.claim(&lead, req("b", 1)),
+            a.claim(&lead, req("c", 1)),
+        );
+        assert!(proxy.cut_done().is_some_and(|n| n > 0), "no request went out blind");
+        assert!(
+            matches!(&busy, Err(ClaimRejected::StillRunning(Some(r))) if r.key.run_id == running.run_id),
+            "{busy:?}"
+        );
+        let (b, c) = (b.expect("b's run"), c.expect("c's run"));
+        assert!(matches!((&b.turn, &c.turn), (Turn::Now, Turn::Now)));
+        // One transaction: every key the three claims wrote has one revision.
+        let mut client = etcd_client::Client::connect([endpoint.as_str()], None)
+            .await
+            .unwrap();
+        let mut revisions = Vec::new();
+        for key in [
+            "/batchlost/last/busy".to_string(),
+            "/batchlost/last/b".to_string(),
+            "/batchlost/last/c".to_string(),
+            format!("/batchlost/active/b/{}", b.run_id),
+            format!("/batchlost/active/c/{}", c.run_id),
+        ] {
+            let got = client.get(key.as_str(), None).await.unwrap();
+            let kv = got.kvs().first().unwrap_or_else(|| panic!("{key} missing"));
+            revisions.push(kv.mod_revision());
+        }
+        revisions.dedup();
+        assert_eq!(revisions.len(), 1, "{revisions:?}");
+        // Each taken once: asking again is "already fired".
+        for job in ["busy", "b", "c"] {
+            let again = a.claim(&lead, req(job, 1)).await;
+            assert!(matches!(again, Err(ClaimRejected::AlreadyFired(_))), "{job}: {again:?}");
+        }
+        drop(running);
+    });
+}
+
 /// README "What holds", a tick is never silently lost: a skipped tick's
 /// entry is written by its claim transaction, so a leader killed between
 /// the claim and its own entry leaves the skip recorded (found by the

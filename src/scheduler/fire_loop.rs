@@ -8,11 +8,12 @@ use crate::executor::waiting;
 /// (`Coordinator::prepare`).
 pub(super) const PREPARE_AHEAD: chrono::Duration = chrono::Duration::milliseconds(250);
 
-/// Jobs whose claims are in flight at once. More overlap round trips and
-/// fsyncs no better, and under overload they only make every claim (and
-/// the start after it) later: with a bound, the first claims return and
-/// start in time while later ones wait their turn.
-pub(super) const CLAIMS_IN_FLIGHT: usize = 64;
+/// Jobs whose claims are in flight at once. The backends make the claims
+/// in flight durable together (one etcd transaction of at most 100 claims,
+/// one fsync standalone); more in flight only make every claim (and the
+/// start after it) later under overload: with a bound, the first claims
+/// return and start in time while later ones wait their turn.
+pub(super) const CLAIMS_IN_FLIGHT: usize = 100;
 
 /// The next config sent to a reloadable scheduler; never, if none can come.
 pub(super) async fn next_config(rx: &mut watch::Receiver<Arc<Config>>) -> Arc<Config> {

@@ -95,7 +95,6 @@ impl Etcd {
                 }
             }
         }
-        let mut client = self.client.clone();
         // The earlier attempt's lease, while young enough to trust: should
         // that attempt commit after all, it wrote the same marker, bound to
         // the same lease.
@@ -254,7 +253,7 @@ impl Etcd {
             }
             return Err((ClaimRejected::NotLeader, false));
         }
-        let resp = match client.txn(txn).await {
+        let (resp, rev) = match self.claim_batches.txn(&self.client, txn).await {
             Ok(r) => r,
             Err(e) => {
                 // The transaction may have committed with its answer lost,
@@ -265,19 +264,18 @@ impl Etcd {
                     Ok(Some(found)) => self.settled(found, term, run_id, &[&this]),
                     Ok(None) => {
                         self.keep_uncertain(req, this);
-                        Err(backend(etcd_err("claim")(e)))
+                        Err(backend(e))
                     }
                     Err(_) => {
                         self.forget_last(req.job);
                         self.keep_uncertain(req, this);
-                        Err(backend(etcd_err("claim")(e)))
+                        Err(backend(e))
                     }
                 };
             }
         };
         if resp.succeeded() {
-            // Of every key this transaction wrote (a skip's entry too).
-            let rev = resp.header().map_or(0, |h| h.revision());
+            // `rev`: of every key this transaction wrote (a skip's entry too).
             if req.advances_schedule {
                 self.last
                     .lock()

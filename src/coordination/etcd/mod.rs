@@ -49,6 +49,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+mod batch;
 mod claim;
 mod clocks;
 mod config;
@@ -175,6 +176,8 @@ pub struct Etcd {
     /// scheduler's fuller entry replaces that one instead of adding a
     /// second (see `claim_once`).
     claimed_skips: Mutex<HashMap<(String, DateTime<Utc>), claim::ClaimedSkip>>,
+    /// Claim transactions in flight at once go out as one (see `batch`).
+    claim_batches: batch::ClaimBatches,
 }
 
 impl Etcd {
@@ -239,6 +242,7 @@ impl Etcd {
             marker_watch: Mutex::new(None),
             uncertain: Mutex::new(HashMap::new()),
             claimed_skips: Mutex::new(HashMap::new()),
+            claim_batches: Default::default(),
             cfg,
         })
     }

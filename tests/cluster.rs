@@ -1385,3 +1385,43 @@ fn a_skip_is_recorded_by_its_claim_and_the_schedulers_entry_replaces_it() {
         drop(running);
     });
 }
+
+/// `list` of a cluster with more jobs than one etcd answer may carry (the
+/// client takes at most 4 MiB; 100,000 jobs' last ticks are 11 MB): the
+/// last ticks are read in pages, found by the 100,000-job scale benchmark.
+#[test]
+fn the_last_ticks_of_more_jobs_than_one_page_are_all_read() {
+    use bgsched::coordination::Etcd as Backend;
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let cfg = etcd_config(vec![etcd.endpoint()], "/pages");
+    let endpoint = etcd.endpoint();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = etcd_client::Client::connect([endpoint.as_str()], None)
+            .await
+            .unwrap();
+        // Padded (an unknown field, ignored) so that 10,050 of them pass
+        // the 4 MiB a single answer may carry.
+        let value = format!(
+            r#"{{"tick":"2026-12-01T10:00:00Z","term":7,"run_id":"01a233ca-713a-7528-8973-a4a1d8531d3c","pad":"{}"}}"#,
+            "x".repeat(400)
+        );
+        let jobs = 10_050;
+        for chunk in (0..jobs).collect::<Vec<_>>().chunks(100) {
+            let puts: Vec<etcd_client::TxnOp> = chunk
+                .iter()
+                .map(|i| {
+                    etcd_client::TxnOp::put(format!("/pages/last/job-{i:05}"), value.as_str(), None)
+                })
+                .collect();
+            client.txn(etcd_client::Txn::new().and_then(puts)).await.unwrap();
+        }
+        let backend = Backend::connect(cfg).await.expect("connect");
+        let ticks = backend.last_ticks().await.expect("last ticks");
+        assert_eq!(ticks.len(), jobs);
+        assert!(ticks.contains_key("job-00000") && ticks.contains_key("job-10049"));
+        let tick: chrono::DateTime<chrono::Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
+        assert!(ticks.values().all(|t| *t == tick), "the padded values were read as ticks");
+    });
+}

@@ -7,6 +7,23 @@ use super::*;
 /// (`--max-txn-ops`); two per job stays well below.
 const JOBS_PER_TXN: usize = 50;
 
+/// Last ticks per read: about 110 bytes each, far under the client's
+/// 4 MiB message limit.
+const LAST_TICKS_PER_PAGE: i64 = 1_000;
+
+/// The end of the range of keys that start with `prefix`, as etcd's
+/// `with_prefix` computes it.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 impl Etcd {
     /// Every job's last fired tick (`P/last/<job>`).
     pub async fn last_ticks(&self) -> Result<HashMap<String, DateTime<Utc>>> {
@@ -21,21 +38,41 @@ impl Etcd {
     /// Every job's last fired tick with the revision of its key, which the
     /// claim transaction compares.
     pub(super) async fn read_last_ticks(&self) -> Result<Vec<(String, DateTime<Utc>, i64)>> {
-        let resp = self
-            .client
-            .clone()
-            .get(self.keys.lasts(), Some(GetOptions::new().with_prefix()))
-            .await
-            .map_err(etcd_err("read last ticks"))?;
-        let prefix_len = self.keys.lasts().len();
-        Ok(resp
-            .kvs()
-            .iter()
-            .map(|kv| {
-                let job = String::from_utf8_lossy(&kv.key()[prefix_len..]).into_owned();
-                (job, last_tick_of(kv), kv.mod_revision())
-            })
-            .collect())
+        let prefix = self.keys.lasts();
+        // In pages, at one revision: one answer for 100,000 jobs would
+        // pass the client's 4 MiB message limit.
+        let range_end = prefix_end(prefix.as_bytes());
+        let mut from = prefix.clone().into_bytes();
+        let mut revision = 0;
+        let mut out = Vec::new();
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(range_end.clone())
+                .with_limit(LAST_TICKS_PER_PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let resp = self
+                .client
+                .clone()
+                .get(from.clone(), Some(opts))
+                .await
+                .map_err(etcd_err("read last ticks"))?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                let job = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+                out.push((job, last_tick_of(kv), kv.mod_revision()));
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(out),
+            }
+        }
     }
 
     /// Leader info with the term read from the key's create revision.

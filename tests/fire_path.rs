@@ -258,3 +258,51 @@ fn a_tick_in_the_claims_journal_is_not_fired_again_after_its_last_tick_was_lost(
         hour
     );
 }
+
+#[test]
+fn a_job_handed_to_a_waiting_supervisor_is_born_in_its_runs_cgroup_and_the_supervisor_is_not() {
+    // Where run cgroups can be made, a waiting supervisor enters its
+    // run's cgroup ahead of the tick (moving in is slow) and moves back
+    // out once its job runs.
+    let env = Env::new().config(&format!(
+        "[jobs.where]\nschedule = \"@every 1s\"\noverlap = \"skip\"\n\
+         shell = '{RECORD_HOW}; cat /proc/self/cgroup > {{dir}}/job.$$; sleep 0.5; \
+         cat /proc/$PPID/cgroup > {{dir}}/supervisor.$$; echo $PPID > {{dir}}/ppid.$$; mv {{dir}}/job.$$ {{dir}}/done.$$'\n"
+    ));
+    let _run = env.spawn_run("a");
+    let mut found = None;
+    wait_until(PATIENCE, "a run through a waiting supervisor", || {
+        found = env.lines("runs").iter().find_map(|l| {
+            let (w, pid) = l.split_once(' ')?;
+            (w == "1" && env.path(&format!("done.{pid}")).exists()).then(|| pid.to_string())
+        });
+        found.is_some()
+    });
+    let pid = found.unwrap();
+    let job = std::fs::read_to_string(env.path(&format!("done.{pid}"))).unwrap();
+    let supervisor = std::fs::read_to_string(env.path(&format!("supervisor.{pid}"))).unwrap();
+    let ppid = std::fs::read_to_string(env.path(&format!("ppid.{pid}"))).unwrap();
+    let v2 = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .unwrap_or("")
+            .to_string()
+    };
+    if !v2(&job).contains("bgsched-run-") {
+        eprintln!("no run cgroups on this machine: {job}");
+        return;
+    }
+    assert!(
+        v2(&job).ends_with(&format!("/bgsched-run-sup{}-1", ppid.trim())),
+        "the job is in its supervisor's run cgroup: {job}"
+    );
+    assert!(
+        !v2(&supervisor).contains("bgsched-run-"),
+        "the supervisor moved back out: {supervisor}"
+    );
+    wait_until(PATIENCE, "the run recorded", || {
+        env.records("where")
+            .iter()
+            .any(|r| r["pid"] == pid.parse::<i64>().unwrap() && r["outcome"] == "success")
+    });
+}

@@ -26,6 +26,7 @@ pub(super) async fn run_attempt<R: RunRecorder>(
         Ok(spawned) => spawned,
         Err(reason) => {
             if let Some(c) = cgroup {
+                c.leave();
                 c.remove();
             }
             tracing::error!(job = %spec.key.job, run_id = %spec.key.run_id, "could not start: {reason}");
@@ -36,6 +37,9 @@ pub(super) async fn run_attempt<R: RunRecorder>(
     };
     let pid = child.id().unwrap_or(0);
     rec.pid = Some(pid);
+    if let Some(c) = &cgroup {
+        c.leave();
+    }
     if spec.report_pid {
         // The scheduler reads this to kill what is left of the job's group
         // should this supervisor die without cleaning up.
@@ -363,7 +367,7 @@ pub(super) fn spawn_job(
     // If the supervisor itself is killed (`kill -9`, the OOM killer), its
     // job must not run on unsupervised: it would hold no lock and no lease,
     // so another run could start beside it.
-    let procs = cgroup.map(contain::RunCgroup::procs);
+    let procs = cgroup.and_then(contain::RunCgroup::procs);
     // SAFETY: prctl, open and write are async-signal-safe, and nothing in
     // the closure allocates.
     unsafe {

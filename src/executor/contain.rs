@@ -13,7 +13,7 @@
 //! Where a cgroup v2 can be created below the supervisor's own (bgsched
 //! runs as root, or systemd delegated its cgroup), each attempt also gets a
 //! cgroup of its own, `bgsched-run-<run id>-<attempt>`, which the job
-//! enters before it executes; the end of the run then writes
+//! enters before it executes (or is born in: see [`enter_ready_cgroup`]); the end of the run then writes
 //! `cgroup.kill`, which reaches every process in it at once, and removes
 //! the cgroup. The subreaper stays underneath either way: it needs no
 //! privilege, works on any Linux, and is what reaps the killed processes.
@@ -57,14 +57,64 @@ pub const CGROUP_ENV: &str = "BGSCHED_CGROUP";
 pub struct RunCgroup {
     dir: PathBuf,
     /// `<dir>/cgroup.procs`, ready for the child to write itself into
-    /// between fork and exec (where nothing may allocate).
-    procs: CString,
+    /// between fork and exec (where nothing may allocate); `None` when the
+    /// supervisor is in it already (see [`enter_ready_cgroup`]), so the
+    /// job is born inside.
+    procs: Option<CString>,
+    /// The supervisor's own cgroup, which it returns to once the job runs.
+    parent: PathBuf,
+}
+
+/// The cgroup a supervisor started ahead of its tick moved itself into
+/// while it waited, to be its first attempt's (renamed then).
+static READY: std::sync::Mutex<Option<(PathBuf, PathBuf)>> = std::sync::Mutex::new(None);
+
+/// In a supervisor waiting for its run: create a cgroup below its own and
+/// move itself into it, so that its job, forked inside, starts without
+/// moving in. Moving a process between cgroups waits for the kernel's
+/// cgroup lock (about 10 ms on a busy machine), which otherwise falls
+/// between the job's fork and its exec; this way it is paid before the
+/// tick, and once more when the supervisor moves back out, after the job
+/// has started.
+pub fn enter_ready_cgroup() {
+    if std::env::var_os(CGROUP_ENV).is_some_and(|v| v == "off") {
+        return;
+    }
+    let Ok(parent) = own_cgroup_dir() else {
+        return;
+    };
+    remove_stale(&parent);
+    // Named by the supervisor, not the run (unknown yet; cgroup v2 cannot
+    // rename): see `ready_cgroup_name`.
+    let dir = parent.join(ready_cgroup_name(std::process::id()));
+    if std::fs::create_dir(&dir).is_err() {
+        return;
+    }
+    if std::fs::write(dir.join("cgroup.procs"), "0").is_err() {
+        let _ = std::fs::remove_dir(&dir);
+        return;
+    }
+    *READY.lock().expect("ready cgroup lock") = Some((dir, parent));
 }
 
 impl RunCgroup {
     /// Create the attempt's cgroup, or say (at debug level) why the job
     /// is contained by the subreaper alone.
     pub fn create(run_id: &str, attempt: u32) -> Option<RunCgroup> {
+        let name = format!("bgsched-run-{run_id}-{attempt}");
+        let ready = READY.lock().expect("ready cgroup lock").take();
+        if let Some((dir, parent)) = ready {
+            if attempt == 1 {
+                tracing::debug!(cgroup = %dir.display(), "containing the job's descendants with a child subreaper and a cgroup (entered ahead of the tick)");
+                return Some(RunCgroup {
+                    dir,
+                    procs: None,
+                    parent,
+                });
+            }
+            leave(&parent);
+            let _ = std::fs::remove_dir(&dir);
+        }
         let wanted = if std::env::var_os(CGROUP_ENV).is_some_and(|v| v == "off") {
             Err(format!("{CGROUP_ENV}=off"))
         } else {
@@ -72,12 +122,12 @@ impl RunCgroup {
         };
         match wanted.and_then(|()| own_cgroup_dir()).and_then(|parent| {
             remove_stale(&parent);
-            let dir = parent.join(format!("bgsched-run-{run_id}-{attempt}"));
+            let dir = parent.join(&name);
             std::fs::create_dir(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-            Ok(dir)
+            Ok((dir, parent))
         }) {
-            Ok(dir) => {
+            Ok((dir, parent)) => {
                 tracing::debug!(cgroup = %dir.display(), "containing the job's descendants with a child subreaper and a cgroup");
                 let procs = CString::new(
                     dir.join("cgroup.procs")
@@ -85,7 +135,11 @@ impl RunCgroup {
                         .into_encoded_bytes(),
                 )
                 .ok()?;
-                Some(RunCgroup { dir, procs })
+                Some(RunCgroup {
+                    dir,
+                    procs: Some(procs),
+                    parent,
+                })
             }
             Err(why) => {
                 tracing::debug!(
@@ -96,14 +150,28 @@ impl RunCgroup {
         }
     }
 
-    /// The path a child hands to [`enter_cgroup`].
-    pub fn procs(&self) -> CString {
+    /// The path a child hands to [`enter_cgroup`], unless it is born in
+    /// the cgroup.
+    pub fn procs(&self) -> Option<CString> {
         self.procs.clone()
     }
 
+    /// Once the job runs: a supervisor whose job was born in the cgroup
+    /// moves back to its own, so that the end of the run kills the job's
+    /// processes and not the supervisor.
+    pub fn leave(&self) {
+        if self.procs.is_none() {
+            leave(&self.parent);
+        }
+    }
+
     /// Kill everything in the cgroup at once (kernels before 5.14 have no
-    /// `cgroup.kill`; the subreaper's walk covers those).
+    /// `cgroup.kill`; the subreaper's walk covers those). Never while the
+    /// supervisor is still in it (it could not move back out).
     pub fn kill(&self) {
+        if self.procs.is_none() && own_cgroup_dir().is_ok_and(|own| own == self.dir) {
+            return;
+        }
         let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
     }
 
@@ -117,6 +185,28 @@ impl RunCgroup {
             }
             Ok(()) => {}
         }
+    }
+}
+
+/// In a supervisor that waited for a run that never came: leave and remove
+/// the cgroup it entered.
+pub fn discard_ready_cgroup() {
+    if let Some((dir, parent)) = READY.lock().expect("ready cgroup lock").take() {
+        leave(&parent);
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// The first attempt's cgroup of a run handed to supervisor `pid` that
+/// was started ahead of its tick.
+fn ready_cgroup_name(pid: u32) -> String {
+    format!("bgsched-run-sup{pid}-1")
+}
+
+/// Move this process into the cgroup `parent`.
+fn leave(parent: &Path) {
+    if let Err(e) = std::fs::write(parent.join("cgroup.procs"), "0") {
+        tracing::warn!(cgroup = %parent.display(), "cannot move the supervisor back to its cgroup: {e}");
     }
 }
 
@@ -152,19 +242,20 @@ fn remove_stale(parent: &Path) {
 /// In the scheduler, after a supervisor died without cleaning up: kill
 /// what is left in its run's cgroups (made below the cgroup the supervisor
 /// inherited from this process) and remove them once empty.
-pub async fn kill_run_cgroups(run_id: &str) {
+pub async fn kill_run_cgroups(run_id: &str, supervisor_pid: u32) {
     let Ok(parent) = own_cgroup_dir() else {
         return;
     };
     let prefix = format!("bgsched-run-{run_id}-");
+    let ready = ready_cgroup_name(supervisor_pid);
     let Ok(entries) = std::fs::read_dir(&parent) else {
         return;
     };
     for dir in entries.flatten().map(|e| e.path()) {
-        if !dir
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-        {
+        if !dir.file_name().is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with(&prefix) || n == ready
+        }) {
             continue;
         }
         let _ = std::fs::write(dir.join("cgroup.kill"), "1");

@@ -43,9 +43,13 @@ pub fn main() -> Result<(), EntryError> {
             unsafe { std::env::remove_var(WAIT_ENV) };
             log::init(format == "json", "info");
             let runtime = runtime()?;
+            super::contain::enter_ready_cgroup();
             match wait_for_run().map_err(EntryError::Spec)? {
                 Some((spec, lock)) => (spec, lock, runtime),
-                None => return Ok(()),
+                None => {
+                    super::contain::discard_ready_cgroup();
+                    return Ok(());
+                }
             }
         }
         None => {

@@ -116,7 +116,7 @@ impl Supervisors {
             }
             if !clean {
                 // What left the group is still in the run's cgroup, if it has one.
-                super::contain::kill_run_cgroups(&run_id).await;
+                super::contain::kill_run_cgroups(&run_id, pid).await;
             }
             (pid, clean, handback.filter(|_| clean))
         };

@@ -1124,13 +1124,24 @@ fn a_marker_that_expires_between_two_terms_is_recorded_lost_by_the_next_leader()
 /// again by the claimer, whichever way it went: committed as a skip under
 /// `overlap = "skip"`, it is that skip, not an error whose retry finds the
 /// tick taken and records it missed; committed as a run, it is that run.
+/// Instance "a"'s claim of `job`'s tick `secs` after 2027-01-15T08:00:00Z,
+/// under `overlap = "skip"`.
+fn skip_claim(job: &str, secs: i64) -> bgsched::coordination::ClaimRequest<'_> {
+    use chrono::TimeZone;
+    bgsched::coordination::ClaimRequest {
+        job,
+        tick: chrono::Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap(),
+        trigger: bgsched::coordination::Trigger::Schedule,
+        instance: "a",
+        overlap: bgsched::config::Overlap::Skip,
+        advances_schedule: true,
+        request: None,
+    }
+}
+
 #[test]
 fn a_claim_committed_with_its_answer_lost_is_found_again() {
-    use bgsched::config::Overlap;
-    use bgsched::coordination::{
-        ClaimRejected, ClaimRequest, Coordinator, Etcd as Backend, Trigger, Turn,
-    };
-    use chrono::{TimeZone, Utc};
+    use bgsched::coordination::{ClaimRejected, Coordinator, Etcd as Backend, Turn};
     let _serial = serial();
     let etcd = Etcd::start();
     let proxy = common::proxy::LossyProxy::start(etcd.client_port());
@@ -1143,24 +1154,15 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
     rt.block_on(async {
         let a = Backend::connect(cfg.clone()).await.expect("connect");
         let lead = a.acquire_leadership("a").await.expect("a leads");
-        let req = |job, secs: i64| ClaimRequest {
-            job,
-            tick: Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap(),
-            trigger: Trigger::Schedule,
-            instance: "a",
-            overlap: Overlap::Skip,
-            advances_schedule: true,
-            request: None,
-        };
-        let running = a.claim(&lead, req("job", 0)).await.expect("first claim");
+        let running = a.claim(&lead, skip_claim("job", 0)).await.expect("first claim");
         assert!(matches!(running.turn, Turn::Now));
         // A skip leaves its lease spare: the next claim needs no grant, so
         // its transaction is the first request sent blind.
-        let skip = a.claim(&lead, req("job", 1)).await;
+        let skip = a.claim(&lead, skip_claim("job", 1)).await;
         assert!(matches!(skip, Err(ClaimRejected::StillRunning(_))), "{skip:?}");
 
         proxy.lose_next_answers();
-        let blind = a.claim(&lead, req("job", 2)).await;
+        let blind = a.claim(&lead, skip_claim("job", 2)).await;
         assert!(proxy.cut_done().is_some_and(|n| n > 0), "no request went out blind");
         match &blind {
             Err(ClaimRejected::StillRunning(Some(active))) => {
@@ -1171,13 +1173,13 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
         let last = common::etcd::kv_range_prefix(&endpoint, "/lostanswer/last/job").unwrap();
         assert!(last[0].1.contains("2027-01-15T08:00:02Z"), "{last:?}");
         // Taken once: asking again is "already fired".
-        let again = a.claim(&lead, req("job", 2)).await;
+        let again = a.claim(&lead, skip_claim("job", 2)).await;
         assert!(matches!(again, Err(ClaimRejected::AlreadyFired(_))), "{again:?}");
 
         // Committed as a run: that run, its marker under the run id
         // returned. (The blind claim above left its lease spare again.)
         proxy.lose_next_answers();
-        let started = a.claim(&lead, req("other", 1)).await;
+        let started = a.claim(&lead, skip_claim("other", 1)).await;
         assert!(proxy.cut_done().is_some_and(|n| n > 0), "no request went out blind");
         let started = started.expect("the run committed with its answer lost");
         let marker = format!("/lostanswer/active/other/{}", started.run_id);
@@ -1191,16 +1193,16 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
         // scheduler's, moments later) goes out as the same claim, so it
         // still finds the skip its first attempt committed. (A skip first,
         // for a spare lease.)
-        let skip = a.claim(&lead, req("job", 3)).await;
+        let skip = a.claim(&lead, skip_claim("job", 3)).await;
         assert!(matches!(skip, Err(ClaimRejected::StillRunning(_))), "{skip:?}");
         proxy.lose_answers_times(2);
-        let unknown = a.claim(&lead, req("job", 4)).await;
+        let unknown = a.claim(&lead, skip_claim("job", 4)).await;
         // The read-back went out blind too, or was written into the cut
         // connection and never arrived: either way the claim cannot tell.
         let blind = proxy.calm();
         assert!(blind >= 1, "the claim was not sent blind: {unknown:?}");
         assert!(matches!(unknown, Err(ClaimRejected::Backend(_))), "{unknown:?}");
-        let retried = a.claim(&lead, req("job", 4)).await;
+        let retried = a.claim(&lead, skip_claim("job", 4)).await;
         assert!(
             matches!(&retried, Err(ClaimRejected::StillRunning(Some(r))) if r.key.run_id == running.run_id),
             "the retry of a claim committed unanswered came back as {retried:?}"
@@ -1210,10 +1212,10 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
         // hears back (nobody keeps its lease alive): the retry is told so,
         // and leaves the tick to that run's `lost` record.
         // (A skip first, for a young spare lease.)
-        let skip = a.claim(&lead, req("job", 5)).await;
+        let skip = a.claim(&lead, skip_claim("job", 5)).await;
         assert!(matches!(skip, Err(ClaimRejected::StillRunning(_))), "{skip:?}");
         proxy.lose_answers_times(2);
-        let unknown = a.claim(&lead, req("fresh", 0)).await;
+        let unknown = a.claim(&lead, skip_claim("fresh", 0)).await;
         assert!(proxy.calm() >= 1, "the claim was not sent blind: {unknown:?}");
         assert!(matches!(unknown, Err(ClaimRejected::Backend(_))), "{unknown:?}");
         // The leader records the run `lost` once its marker expires.
@@ -1223,7 +1225,7 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
                 .iter()
                 .any(|(_, v)| v.contains("\"outcome\":\"lost\""))
         });
-        let retried = a.claim(&lead, req("fresh", 0)).await;
+        let retried = a.claim(&lead, skip_claim("fresh", 0)).await;
         assert!(
             matches!(retried, Err(ClaimRejected::Ended(_))),
             "the retry of a run whose marker expired came back as {retried:?}"
@@ -1237,11 +1239,7 @@ fn a_claim_committed_with_its_answer_lost_is_found_again() {
 /// how it went: the skip is a skip, the runs are runs, each once.
 #[test]
 fn claims_sent_together_with_their_answer_lost_are_each_found_again() {
-    use bgsched::config::Overlap;
-    use bgsched::coordination::{
-        ClaimRejected, ClaimRequest, Coordinator, Etcd as Backend, Trigger, Turn,
-    };
-    use chrono::{TimeZone, Utc};
+    use bgsched::coordination::{ClaimRejected, Coordinator, Etcd as Backend, Turn};
     let _serial = serial();
     let etcd = Etcd::start();
     let proxy = common::proxy::LossyProxy::start(etcd.client_port());
@@ -1252,24 +1250,15 @@ fn claims_sent_together_with_their_answer_lost_are_each_found_again() {
     rt.block_on(async {
         let a = Backend::connect(cfg.clone()).await.expect("connect");
         let lead = a.acquire_leadership("a").await.expect("a leads");
-        let req = |job, secs: i64| ClaimRequest {
-            job,
-            tick: Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap(),
-            trigger: Trigger::Schedule,
-            instance: "a",
-            overlap: Overlap::Skip,
-            advances_schedule: true,
-            request: None,
-        };
-        let running = a.claim(&lead, req("busy", 0)).await.expect("first claim");
+        let running = a.claim(&lead, skip_claim("busy", 0)).await.expect("first claim");
         // Leases ready, so the three claims below need no grant and go out
         // in one transaction, which the proxy answers into a cut.
         a.prepare(3).await;
         proxy.lose_next_answers();
         let (busy, b, c) = tokio::join!(
-            a.claim(&lead, req("busy", 1)),
-            a.claim(&lead, req("b", 1)),
-            a.claim(&lead, req("c", 1)),
+            a.claim(&lead, skip_claim("busy", 1)),
+            a.claim(&lead, skip_claim("b", 1)),
+            a.claim(&lead, skip_claim("c", 1)),
         );
         assert!(proxy.cut_done().is_some_and(|n| n > 0), "no request went out blind");
         assert!(
@@ -1298,7 +1287,7 @@ fn claims_sent_together_with_their_answer_lost_are_each_found_again() {
         assert_eq!(revisions.len(), 1, "{revisions:?}");
         // Each taken once: asking again is "already fired".
         for job in ["busy", "b", "c"] {
-            let again = a.claim(&lead, req(job, 1)).await;
+            let again = a.claim(&lead, skip_claim(job, 1)).await;
             assert!(matches!(again, Err(ClaimRejected::AlreadyFired(_))), "{job}: {again:?}");
         }
         drop(running);

@@ -306,3 +306,34 @@ fn a_job_handed_to_a_waiting_supervisor_is_born_in_its_runs_cgroup_and_the_super
             .any(|r| r["pid"] == pid.parse::<i64>().unwrap() && r["outcome"] == "success")
     });
 }
+
+#[test]
+fn a_supervisor_killed_before_it_recorded_anything_leaves_its_run_recorded_lost() {
+    // Waiting out its jitter, a supervisor has written no record yet; the
+    // scheduler that started it records the run lost (README: a tick is
+    // never silently lost).
+    let env = Env::new().config(
+        "[jobs.late]\nschedule = \"@every 1s\"\njitter = \"1h\"\nshell = 'echo ran >> {dir}/ran'\n",
+    );
+    let run = env.spawn_run("a");
+    let handed_over = |p: &i32| {
+        std::fs::read_link(format!("/proc/{p}/fd/0"))
+            .is_ok_and(|t| t == std::path::Path::new("/dev/null"))
+    };
+    let mut supervisor = None;
+    wait_until(PATIENCE, "a supervisor waiting out its jitter", || {
+        supervisor = children_of(run.pid()).into_iter().find(handed_over);
+        supervisor.is_some()
+    });
+    assert!(env.records("late").is_empty(), "{:?}", env.records("late"));
+    kill_process(Pid::from_raw(supervisor.unwrap()).unwrap(), Signal::KILL).unwrap();
+    wait_until(PATIENCE, "the run recorded lost", || {
+        env.records("late").iter().any(|r| {
+            r["outcome"] == "lost"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("before it recorded the run"))
+        })
+    });
+    assert!(env.lines("ran").is_empty());
+}

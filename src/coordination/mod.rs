@@ -385,6 +385,19 @@ pub trait Coordinator: Send + Sync + 'static {
     /// Returns the records it wrote.
     fn reap_lost(&self, job: &str) -> impl Future<Output = Vec<RunRecord>> + Send;
 
+    /// Record as lost the run `key` whose supervisor died before writing
+    /// any record of it (killed in its first milliseconds), if it has none
+    /// still. Returns the record written. A backend whose claim leaves a
+    /// trace of the run of its own (etcd's marker, which expires into a
+    /// `lost` record) needs nothing more.
+    fn reap_unrecorded(
+        &self,
+        key: &crate::model::RunKey,
+    ) -> impl Future<Output = Option<RunRecord>> + Send {
+        let _ = key;
+        async { None }
+    }
+
     /// Mark a trigger request as answered without a run (e.g. skipped).
     fn finish_request(&self, run_id: &str) -> impl Future<Output = ()> + Send;
 

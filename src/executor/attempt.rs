@@ -37,9 +37,6 @@ pub(super) async fn run_attempt<R: RunRecorder>(
     };
     let pid = child.id().unwrap_or(0);
     rec.pid = Some(pid);
-    if let Some(c) = &cgroup {
-        c.leave();
-    }
     if spec.report_pid {
         // The scheduler reads this to kill what is left of the job's group
         // should this supervisor die without cleaning up.
@@ -47,6 +44,11 @@ pub(super) async fn run_attempt<R: RunRecorder>(
     }
     if let Err(e) = recorder.started(&rec).await {
         tracing::error!(job = %spec.key.job, run_id = %spec.key.run_id, "could not record the run start: {e}");
+    }
+    // After the record (the move out waits for the kernel's cgroup lock): a
+    // supervisor killed meanwhile must leave its run recorded as running.
+    if let Some(c) = &cgroup {
+        c.leave();
     }
     tracing::info!(
         job = %spec.key.job, run_id = %spec.key.run_id, tick = %spec.key.tick.to_rfc3339(),

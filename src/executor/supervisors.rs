@@ -4,6 +4,7 @@
 
 use super::report::{self, Report};
 use super::{run_span, RunSpec};
+use crate::model::RunKey;
 use crate::observe::Metrics;
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use std::collections::HashMap;
@@ -13,8 +14,7 @@ use tracing::Instrument;
 
 /// A supervisor started and not yet reaped.
 struct Tracked {
-    job: String,
-    run_id: String,
+    key: RunKey,
 }
 
 /// The supervisors started by one scheduler.
@@ -48,7 +48,7 @@ impl Supervisors {
     pub fn runs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.by_pid
             .values()
-            .map(|t| (t.job.as_str(), t.run_id.as_str()))
+            .map(|t| (t.key.job.as_str(), t.key.run_id.as_str()))
     }
 
     /// Send `sig` to every supervisor (not to their jobs: each supervisor
@@ -62,16 +62,14 @@ impl Supervisors {
     }
 
     pub fn track(&mut self, mut child: tokio::process::Child, spec: &RunSpec) {
-        let (job, run_id) = (spec.key.job.as_str(), spec.key.run_id.clone());
         let pid = child.id().unwrap_or(0);
         self.by_pid.insert(
             pid,
             Tracked {
-                job: job.to_string(),
-                run_id,
+                key: spec.key.clone(),
             },
         );
-        let job = job.to_string();
+        let job = spec.key.job.clone();
         let run_id = spec.key.run_id.clone();
         let (tick, trigger) = (spec.key.tick, spec.key.trigger);
         let metrics = self.metrics.clone();
@@ -124,12 +122,12 @@ impl Supervisors {
     }
 
     /// Resolves when a supervisor exits (never, if none runs), with its
-    /// job if it did not exit cleanly, and what its run handed back.
-    pub async fn reap_one(&mut self) -> (Option<String>, Option<String>) {
+    /// run if it did not exit cleanly, and what its run handed back.
+    pub async fn reap_one(&mut self) -> (Option<RunKey>, Option<String>) {
         match self.reaper.join_next().await {
             Some(Ok((pid, clean, handback))) => {
                 let tracked = self.by_pid.remove(&pid);
-                (tracked.filter(|_| !clean).map(|t| t.job), handback)
+                (tracked.filter(|_| !clean).map(|t| t.key), handback)
             }
             Some(Err(_)) => (None, None),
             None => std::future::pending().await,

@@ -151,8 +151,12 @@ impl<C: Coordinator> Scheduler<C> {
                     if let Some(token) = handback {
                         self.coord.take_back(&token);
                     }
-                    if let Some(job) = died {
-                        for rec in self.coord.reap_lost(&job).await {
+                    if let Some(key) = died {
+                        let mut lost = self.coord.reap_lost(&key.job).await;
+                        if !lost.iter().any(|r| r.key.run_id == key.run_id) {
+                            lost.extend(self.coord.reap_unrecorded(&key).await);
+                        }
+                        for rec in lost {
                             self.after_lost(rec);
                         }
                     }

@@ -105,6 +105,28 @@ impl Coordinator for Standalone {
         })
     }
 
+    async fn reap_unrecorded(&self, key: &crate::model::RunKey) -> Option<RunRecord> {
+        let path = self
+            .job_dir(&key.job)
+            .join("runs")
+            .join(format!("{}.json", key.run_id));
+        if !matches!(self.load(&key.job, &path), Loaded::Missing) {
+            return None;
+        }
+        let rec = RunRecord::not_run(
+            key.clone(),
+            Outcome::Lost,
+            "its supervisor process vanished before it recorded the run".into(),
+        );
+        match self.record(&rec).await {
+            Ok(_) => Some(rec),
+            Err(e) => {
+                tracing::error!(job = %key.job, run_id = %key.run_id, "could not record the lost run: {e}");
+                None
+            }
+        }
+    }
+
     async fn finish_request(&self, _run_id: &str) {}
 
     fn backend_spec(&self) -> BackendSpec {

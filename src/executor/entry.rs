@@ -4,7 +4,7 @@
 //! ahead of its tick, from the scheduler's hand-over (see `waiting`). One
 //! run, recorded through the backend the spec names.
 
-use super::waiting::{wait_for_run, WAIT_ENV};
+use super::waiting::{wait_for_run, CGROUP_AHEAD_ENV, WAIT_ENV};
 use super::{adopt_hold, read_spec, report, supervise, Echo};
 use crate::config::Overlap;
 use crate::coordination::etcd::EtcdRecorder;
@@ -43,7 +43,11 @@ pub fn main() -> Result<(), EntryError> {
             unsafe { std::env::remove_var(WAIT_ENV) };
             log::init(format == "json", "info");
             let runtime = runtime()?;
-            super::contain::enter_ready_cgroup();
+            if std::env::var_os(CGROUP_AHEAD_ENV).is_some() {
+                // SAFETY: as above.
+                unsafe { std::env::remove_var(CGROUP_AHEAD_ENV) };
+                super::contain::enter_ready_cgroup();
+            }
             match wait_for_run().map_err(EntryError::Spec)? {
                 Some((spec, lock)) => (spec, lock, runtime),
                 None => {

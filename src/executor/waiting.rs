@@ -43,6 +43,17 @@ const SPARE: usize = 4;
 /// when it is started to wait for its run on stdin.
 pub(super) const WAIT_ENV: &str = "BGSCHED_SUPERVISE_WAIT";
 
+/// Set (to `1`) beside [`WAIT_ENV`] when the waiting supervisor is to
+/// enter its run's cgroup ahead of the tick (`contain::enter_ready_cgroup`).
+pub(super) const CGROUP_AHEAD_ENV: &str = "BGSCHED_SUPERVISE_CGROUP_AHEAD";
+
+/// Up to this many runs due together, their supervisors enter their runs'
+/// cgroups ahead of the tick. Moves between cgroups take the kernel's
+/// cgroup lock one after another (about 10 ms each here), so for more than
+/// this, going in and out again would cost the burst twice what the job's
+/// own move in costs.
+const CGROUP_AHEAD_MAX: usize = 64;
+
 /// How long before a tick its supervisors start: long enough for `runs`
 /// of them to get through start-up on a small machine (about 3 ms of CPU
 /// each), at least `floor`.
@@ -114,7 +125,7 @@ impl WaitingSupervisors {
                 if wanted.load(Ordering::SeqCst) == 0 {
                     break;
                 }
-                match start_waiting(log_json, &hidden) {
+                match start_waiting(log_json, runs <= CGROUP_AHEAD_MAX, &hidden) {
                     Ok(w) => waiting.lock().expect("waiting lock").push_back(w),
                     Err(e) => {
                         tracing::warn!("could not start a supervisor ahead of its tick (runs start the slower way): {e}");
@@ -154,7 +165,11 @@ impl WaitingSupervisors {
 }
 
 /// Start one supervisor that waits for its run on a socket as its stdin.
-fn start_waiting(log_json: bool, hidden: &[OsString]) -> std::io::Result<Waiting> {
+fn start_waiting(
+    log_json: bool,
+    cgroup_ahead: bool,
+    hidden: &[OsString],
+) -> std::io::Result<Waiting> {
     use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
     // Close-on-exec both: the child gets its end as stdin (a copy the
     // spawn makes), and no other spawn inherits either.
@@ -167,6 +182,9 @@ fn start_waiting(log_json: bool, hidden: &[OsString]) -> std::io::Result<Waiting
     let mut cmd = Command::new(own_exe()?);
     for name in hidden {
         cmd.env_remove(name);
+    }
+    if cgroup_ahead {
+        cmd.env(CGROUP_AHEAD_ENV, "1");
     }
     let child = cmd
         .arg(SUPERVISE_COMMAND)

@@ -22,10 +22,13 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `event tick unix-time run-id trigger instance token` per line.
+/// `event tick unix-time run-id trigger instance token` per line. The
+/// clock is read with SIGTERM ignored: a run replaced right as it starts
+/// gets SIGTERM in its whole group, `date` included, and must still write
+/// a whole line.
 fn ledger_cmd(event: &str) -> String {
     format!(
-        "echo \"{event} $BGSCHED_SCHEDULED_AT $(date +%s.%N) $BGSCHED_RUN_ID $BGSCHED_TRIGGER $BGSCHED_INSTANCE $BGSCHED_FENCING_TOKEN\" >> {{dir}}/ledger"
+        "echo \"{event} $BGSCHED_SCHEDULED_AT $(trap \"\" TERM; date +%s.%N) $BGSCHED_RUN_ID $BGSCHED_TRIGGER $BGSCHED_INSTANCE $BGSCHED_FENCING_TOKEN\" >> {{dir}}/ledger"
     )
 }
 

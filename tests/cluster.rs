@@ -1249,7 +1249,11 @@ fn claims_sent_together_with_their_answer_lost_are_each_found_again() {
     let mut cfg = etcd_config(vec![proxy.endpoint()], "/batchlost");
     cfg.cluster.lease_ttl = Duration::from_secs(20);
     let endpoint = etcd.endpoint();
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    // One thread: the three claims are queued before the sender runs.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let a = Backend::connect(cfg.clone()).await.expect("connect");
         let lead = a.acquire_leadership("a").await.expect("a leads");
@@ -1415,5 +1419,31 @@ fn the_last_ticks_of_more_jobs_than_one_page_are_all_read() {
         assert!(ticks.contains_key("job-00000") && ticks.contains_key("job-10049"));
         let tick: chrono::DateTime<chrono::Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
         assert!(ticks.values().all(|t| *t == tick), "the padded values were read as ticks");
+    });
+}
+
+/// A claim slowed down by etcd (the soak, seed 20261205: an election
+/// among the members while the claims were out) returns with its run lease
+/// too old to trust; while the lease lives it is renewed and the run
+/// starts, instead of the tick being dropped as overloaded.
+#[test]
+fn a_claimed_runs_lease_too_old_to_trust_is_renewed_while_it_lives() {
+    use bgsched::coordination::{Coordinator, Etcd as Backend, Hold};
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let cfg = etcd_config(vec![etcd.endpoint()], "/refresh");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = Backend::connect(cfg.clone()).await.expect("connect");
+        let lead = a.acquire_leadership("a").await.expect("a leads");
+        let mut claim = a.claim(&lead, skip_claim("job", 0)).await.expect("claim");
+        let Hold::Lease { granted_at, .. } = &mut claim.hold else {
+            panic!("a cluster claim holds a lease: {:?}", claim.hold)
+        };
+        // As if the claim had taken a whole lease TTL to come back.
+        *granted_at = chrono::Utc::now() - chrono::Duration::from_std(cfg.cluster.lease_ttl).unwrap();
+        assert!(a.too_late_to_start(&claim.hold).is_some());
+        assert!(a.refresh_hold(&mut claim.hold).await, "the live lease is renewed");
+        assert_eq!(a.too_late_to_start(&claim.hold), None);
     });
 }

@@ -368,6 +368,14 @@ pub trait Coordinator: Send + Sync + 'static {
         None
     }
 
+    /// Make a claim's hold that became [`Self::too_late_to_start`] fresh
+    /// again if it still holds (a run lease renewed: its marker lives on).
+    /// Returns whether it did.
+    fn refresh_hold(&self, hold: &mut Hold) -> impl Future<Output = bool> + Send {
+        let _ = hold;
+        async { false }
+    }
+
     /// Append a history entry that no supervisor writes (skips, missed ticks).
     /// `Ok(false)`: not written, and never will be (an entry of that id
     /// exists, or the entry's leadership term is over).

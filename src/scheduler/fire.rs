@@ -208,7 +208,7 @@ impl<C: Coordinator> Scheduler<C> {
                 tracing::info!(job = %job.name, failures = streak.failures, "claims work again after {} failed attempt(s)", streak.failures);
             }
         }
-        let claim = match claimed {
+        let mut claim = match claimed {
             Ok(claim) => claim,
             Err(rejected) if rejected.is_skip() => {
                 let total = state.skipped.entry(job.name.clone()).or_default();
@@ -292,6 +292,11 @@ impl<C: Coordinator> Scheduler<C> {
                     .to_string(),
             ))
         } else {
+            if self.coord.too_late_to_start(&claim.hold).is_some()
+                && self.coord.refresh_hold(&mut claim.hold).await
+            {
+                tracing::info!(job = %job.name, run_id = %claim.run_id, "the claim took long: its run lease was renewed to start it");
+            }
             self.coord.too_late_to_start(&claim.hold).map(|why| {
                 (
                     MissedWhy::Overloaded,

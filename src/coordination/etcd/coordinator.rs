@@ -136,6 +136,22 @@ impl Coordinator for Etcd {
         })
     }
 
+    async fn refresh_hold(&self, hold: &mut Hold) -> bool {
+        // A claim slowed down by etcd (an election among the members) can
+        // return with its lease too old to trust; renewed, it is as good
+        // as a new one, and the claimed run still starts.
+        let Hold::Lease { id, granted_at } = hold else {
+            return false;
+        };
+        match self.renew_lease(*id).await {
+            Some(at) => {
+                *granted_at = at;
+                true
+            }
+            None => false,
+        }
+    }
+
     async fn claim(
         &self,
         leadership: &Leadership,

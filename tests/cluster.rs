@@ -1441,9 +1441,13 @@ fn a_claimed_runs_lease_too_old_to_trust_is_renewed_while_it_lives() {
             panic!("a cluster claim holds a lease: {:?}", claim.hold)
         };
         // As if the claim had taken a whole lease TTL to come back.
-        *granted_at = chrono::Utc::now() - chrono::Duration::from_std(cfg.cluster.lease_ttl).unwrap();
+        *granted_at =
+            chrono::Utc::now() - chrono::Duration::from_std(cfg.cluster.lease_ttl).unwrap();
         assert!(a.too_late_to_start(&claim.hold).is_some());
-        assert!(a.refresh_hold(&mut claim.hold).await, "the live lease is renewed");
+        assert!(
+            a.refresh_hold(&mut claim.hold).await,
+            "the live lease is renewed"
+        );
         assert_eq!(a.too_late_to_start(&claim.hold), None);
     });
 }

@@ -79,6 +79,9 @@ struct Args {
     /// Keep the scratch directory (configs, ledgers, logs) and print its path.
     #[arg(long)]
     keep: bool,
+    /// Jobs due together in the burst scenario (default 1,000; 100 with --quick).
+    #[arg(long)]
+    burst_jobs: Option<usize>,
     /// Scenarios to run (default: all, in this order).
     #[arg(value_enum)]
     scenarios: Vec<Scenario>,
@@ -120,6 +123,7 @@ fn bench(args: Args) -> Result<i32> {
         .context("scratch directory")?;
     let mut ctx = Ctx {
         quick: args.quick,
+        burst_jobs: args.burst_jobs,
         bin: bgsched_bin()?,
         stamp: stamp_argv()?,
         work: work.path().to_path_buf(),
@@ -194,6 +198,7 @@ fn bench(args: Args) -> Result<i32> {
 /// Shared state of one bench invocation.
 struct Ctx {
     quick: bool,
+    burst_jobs: Option<usize>,
     bin: PathBuf,
     /// The job command up to its file and tag arguments.
     stamp: Vec<String>,
@@ -1855,7 +1860,7 @@ struct Burst {
 }
 
 fn burst(ctx: &mut Ctx) -> Result<String> {
-    let n = if ctx.quick { 100 } else { 1000 };
+    let n = ctx.burst_jobs.unwrap_or(if ctx.quick { 100 } else { 1000 });
     let mut out = format!(
         "## burst\n\n{n} jobs due on the same second (a 6-field cron naming that second), fired once. \
          Lateness per job as in precision (the child's own clock minus the tick). \

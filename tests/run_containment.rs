@@ -339,20 +339,19 @@ fn own_cgroup_dir() -> Option<std::path::PathBuf> {
     Some(std::path::Path::new(&mountpoint).join(rel.trim_start_matches('/')))
 }
 
-/// A run cgroup left behind (its supervisor and its scheduler both killed
-/// before they could remove it) is removed by a later supervisor once it
-/// is empty and over a minute old; a young one is left alone.
-#[test]
-fn run_cgroups_left_behind_are_swept_by_the_next_run() {
+/// A stale and a young run cgroup, as left behind by a supervisor and a
+/// scheduler both killed before they could remove them; `None` where
+/// cgroups cannot be made here.
+fn left_behind_cgroups(tag: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     let Some(parent) = own_cgroup_dir() else {
         eprintln!("no cgroup v2 here: nothing to sweep");
-        return;
+        return None;
     };
-    let stale = parent.join(format!("bgsched-run-left-behind-{}-1", std::process::id()));
-    let young = parent.join(format!("bgsched-run-young-{}-1", std::process::id()));
+    let stale = parent.join(format!("bgsched-run-left-{tag}-{}-1", std::process::id()));
+    let young = parent.join(format!("bgsched-run-young-{tag}-{}-1", std::process::id()));
     if fs::create_dir(&stale).is_err() {
         eprintln!("cannot create cgroups here: nothing to sweep");
-        return;
+        return None;
     }
     fs::create_dir(&young).unwrap();
     let old = std::process::Command::new("touch")
@@ -361,12 +360,45 @@ fn run_cgroups_left_behind_are_swept_by_the_next_run() {
         .status()
         .unwrap();
     assert!(old.success());
+    Some((stale, young))
+}
+
+/// A run cgroup left behind is removed by the next `bgsched trigger` once
+/// it is empty and over a minute old; a young one is left alone.
+#[test]
+fn run_cgroups_left_behind_are_swept_by_the_next_trigger() {
+    let Some((stale, young)) = left_behind_cgroups("trigger") else {
+        return;
+    };
     let env = Env::new().config(&format!("[jobs.escaper]\n{}", escaping_job("echo done")));
     env.trigger_detached("escaper");
     wait_for_record(&env, "escaper", "first");
     let (stale_left, young_left) = (stale.exists(), young.exists());
     let _ = fs::remove_dir(&stale);
     let _ = fs::remove_dir(&young);
+    assert!(!stale_left, "{} was not swept", stale.display());
+    assert!(young_left, "{} was swept though young", young.display());
+}
+
+/// The scheduler sweeps them too, when it readies supervisors for a tick
+/// (at most once a minute); the supervisors themselves never list the run
+/// cgroups.
+#[test]
+fn run_cgroups_left_behind_are_swept_by_the_scheduler() {
+    let Some((stale, young)) = left_behind_cgroups("scheduler") else {
+        return;
+    };
+    let env = Env::new().config("[jobs.ticker]\nschedule = \"@every 1s\"\ncommand = [\"true\"]\n");
+    let mut run = env.spawn_run("a");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while stale.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (stale_left, young_left) = (stale.exists(), young.exists());
+    let _ = fs::remove_dir(&stale);
+    let _ = fs::remove_dir(&young);
+    run.signal(Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
     assert!(!stale_left, "{} was not swept", stale.display());
     assert!(young_left, "{} was swept though young", young.display());
 }

@@ -73,6 +73,7 @@ async fn locally(
     spec.key.term = state.leader()?.map_or(0, |l| l.term);
     spec.turn = turn;
     spec.log_json = cli.log_format == LogFormat::Json;
+    executor::contain::sweep_stale_cgroups();
     if detach {
         let run_id = spec.key.run_id.clone();
         executor::spawn_supervisor(spec, hold, true).map_err(anyhow::Error::from)?;

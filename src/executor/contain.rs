@@ -83,7 +83,6 @@ pub fn enter_ready_cgroup() {
     let Ok(parent) = own_cgroup_dir() else {
         return;
     };
-    remove_stale(&parent);
     // Named by the supervisor, not the run (unknown yet; cgroup v2 cannot
     // rename): see `ready_cgroup_name`.
     let dir = parent.join(ready_cgroup_name(std::process::id()));
@@ -121,7 +120,6 @@ impl RunCgroup {
             Ok(())
         };
         match wanted.and_then(|()| own_cgroup_dir()).and_then(|parent| {
-            remove_stale(&parent);
             let dir = parent.join(&name);
             std::fs::create_dir(&dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -178,7 +176,7 @@ impl RunCgroup {
     /// Remove the cgroup once it is empty (after [`kill_descendants`]).
     pub fn remove(self) {
         match std::fs::remove_dir(&self.dir) {
-            // Swept by another supervisor's `remove_stale` already.
+            // Swept already (its supervisor was thought gone).
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 tracing::warn!(cgroup = %self.dir.display(), "cannot remove the run's cgroup: {e}");
@@ -214,6 +212,27 @@ fn leave(parent: &Path) {
 /// supervisor and scheduler were both killed before removing it).
 const STALE: Duration = Duration::from_secs(60);
 
+/// In a process that starts supervisors (the scheduler, `bgsched
+/// trigger`): remove the run cgroups left behind below its own cgroup, at
+/// most once a minute. Not in each supervisor: the sweep lists every run
+/// cgroup there, so 1,000 runs due together would each list 1,000.
+pub fn sweep_stale_cgroups() {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    if std::env::var_os(CGROUP_ENV).is_some_and(|v| v == "off") {
+        return;
+    }
+    {
+        let mut last = LAST.lock().expect("sweep lock");
+        if last.is_some_and(|t| t.elapsed() < STALE) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+    }
+    if let Ok(parent) = own_cgroup_dir() {
+        remove_stale(&parent);
+    }
+}
+
 /// Remove the empty run cgroups left behind below `parent`. One in use is
 /// never removed: the kernel refuses to remove a populated cgroup, and a
 /// new one is younger than [`STALE`].
@@ -222,18 +241,20 @@ fn remove_stale(parent: &Path) {
         return;
     };
     for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("bgsched-run-")
+        {
+            continue;
+        }
         let old = entry
             .metadata()
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > STALE);
-        if old
-            && entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with("bgsched-run-")
-        {
+        if old {
             let _ = std::fs::remove_dir(entry.path());
         }
     }
@@ -365,9 +386,30 @@ fn descendants() -> Vec<(i32, bool)> {
     found
 }
 
+/// Whether this process has any child, living or a zombie, without
+/// reaping one (the job's own process may be waited for elsewhere). A
+/// subreaper with no child has no descendant at all: an orphan below it is
+/// re-parented to it, so every living descendant has a chain of living
+/// parents up to one of its children. That spares the scan of all of
+/// `/proc` in the usual case, where the job left nothing behind; the scan
+/// costs O(processes on the host) per run, and with 1,000 runs due together
+/// it was most of the machine's CPU.
+fn has_children() -> bool {
+    use rustix::process::{WaitId, WaitIdOptions};
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    loop {
+        match rustix::process::waitid(WaitId::All, options) {
+            Err(rustix::io::Errno::CHILD) => return false,
+            Err(rustix::io::Errno::INTR) => continue,
+            // A child, or an error that proves nothing: scan to be sure.
+            _ => return true,
+        }
+    }
+}
+
 /// Send `signal` to every living descendant (in a supervisor only).
 pub fn signal_descendants(signal: Signal) {
-    if !SUPERVISOR.load(Ordering::Relaxed) {
+    if !SUPERVISOR.load(Ordering::Relaxed) || !has_children() {
         return;
     }
     for (pid, zombie) in descendants() {
@@ -391,6 +433,9 @@ pub async fn kill_descendants() {
         // only find fewer new ones.
         signal_descendants(Signal::KILL);
         while let Ok(Some(_)) = rustix::process::wait(rustix::process::WaitOptions::NOHANG) {}
+        if !has_children() {
+            return;
+        }
         let left = descendants();
         if left.is_empty() {
             return;

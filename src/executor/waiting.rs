@@ -121,6 +121,7 @@ impl WaitingSupervisors {
         // (that would compete with the tick they are for).
         let need = runs.saturating_sub(self.waiting());
         tokio::task::spawn_blocking(move || {
+            super::contain::sweep_stale_cgroups();
             for _ in 0..need {
                 if wanted.load(Ordering::SeqCst) == 0 {
                     break;

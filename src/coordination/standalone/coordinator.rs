@@ -53,6 +53,10 @@ impl Coordinator for Standalone {
         .expect("claim task panicked")
     }
 
+    async fn prepare(&self, fires: usize) {
+        self.expect_claims(fires);
+    }
+
     async fn begin_schedules(&self, _: &Leadership, jobs: &[&str], at: DateTime<Utc>) {
         // Not made durable: losing it only means the job starts from the
         // next start, as it would without it; thousands of fsyncs would

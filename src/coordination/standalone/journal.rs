@@ -4,8 +4,19 @@
 //! second. So the claims in flight at once share one: each appends a line
 //! `<tick> <job as a JSON string>` to `<state>/claims.journal`, and whichever
 //! claim finds no write under way writes every line queued so far with one
-//! `fdatasync` (group commit), then moves each job's `last_tick` (renamed
-//! into place, not synced: the journal holds the tick until it is).
+//! `fdatasync` (group commit). Then each claim moves its job's `last_tick`
+//! (renamed into place, not synced: the journal holds the tick until it
+//! is) on its own thread: that is a file created per claim, and one writer
+//! creating 50 in a row took 15 ms of every tick with 50 jobs due.
+//!
+//! Claims of one tick reach the journal a few milliseconds apart (each on a
+//! blocking thread of its own), and a writer that took only those already
+//! queued wrote them in several batches, each waiting for the disk behind
+//! the previous one: with 50 jobs due together, the last claim returned
+//! 55 ms after the first. So the scheduler says how many claims are coming
+//! ([`Standalone::expect_claims`], from the backend's `prepare`). The first
+//! to arrive is written at once (so one job's start waits for nobody), and
+//! the next writer waits for all the rest, or [`LINGER`] at most.
 //!
 //! The journal is folded into the `last_tick` files (those synced, then the
 //! journal emptied) when a scheduler starts leading and once it holds
@@ -19,6 +30,9 @@ use std::sync::{Condvar, Mutex, OnceLock};
 
 /// Lines after which the journal is folded into the `last_tick` files.
 const FOLD_AT: usize = 4096;
+
+/// The longest a writer waits for the rest of the claims it expects.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// One claim's line, and its answer once written.
 struct Queued {
@@ -37,6 +51,16 @@ struct State {
     unsynced: HashSet<String>,
     /// Batches written (each one `fdatasync`).
     batches: u64,
+    /// Claims announced as coming together and not written yet.
+    expected: usize,
+    /// Whether the first of those went out already.
+    first_written: bool,
+    /// [`LINGER`], unless a test needs it longer.
+    linger: Option<std::time::Duration>,
+    /// Claims whose line is written but whose `last_tick` is not moved
+    /// yet; a fold waits for them (it must not empty the journal of a tick
+    /// that is not in its `last_tick`).
+    moving: usize,
 }
 
 /// The claims journal of one state directory.
@@ -44,6 +68,8 @@ struct State {
 pub(super) struct Journal {
     state: Mutex<State>,
     written: Condvar,
+    /// A claim was queued (for a writer waiting for the ones it expects).
+    arrived: Condvar,
 }
 
 impl std::fmt::Debug for Journal {
@@ -57,6 +83,14 @@ impl Standalone {
         self.root.join("claims.journal")
     }
 
+    /// About `claims` claims follow together (a tick with that many runs
+    /// due): the journal's writer waits for them to write them as one.
+    pub(super) fn expect_claims(&self, claims: usize) {
+        let mut st = self.journal.state.lock().expect("journal lock");
+        st.expected = claims;
+        st.first_written = false;
+    }
+
     /// Make `tick` of `job` durable and move its `last_tick` to it. Called
     /// with the job's last-tick lock held.
     pub(super) fn commit_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<()> {
@@ -67,20 +101,58 @@ impl Standalone {
             tick,
             done: done.clone(),
         });
+        // A writer may be waiting for this one.
+        self.journal.arrived.notify_one();
         loop {
             if let Some(answer) = done.get() {
-                return answer
-                    .clone()
-                    .map_err(|cause| io_err(&self.journal_path())(std::io::Error::other(cause)));
+                if let Err(cause) = answer {
+                    return Err(io_err(&self.journal_path())(std::io::Error::other(
+                        cause.clone(),
+                    )));
+                }
+                drop(st);
+                // A claim whose `last_tick` could not be moved fails alone
+                // (its retry finds the tick unclaimed and journals it again).
+                let last = self.job_dir(job).join("last_tick");
+                let moved = atomic_write(&last, tick.to_rfc3339().as_bytes(), false);
+                let mut st = self.journal.state.lock().expect("journal lock");
+                st.moving -= 1;
+                if st.moving == 0 {
+                    self.journal.written.notify_all();
+                }
+                return moved;
             }
             if st.writing {
                 st = self.journal.written.wait(st).expect("journal lock");
                 continue;
             }
             st.writing = true;
+            let linger_until = std::time::Instant::now() + st.linger.unwrap_or(LINGER);
+            while st.first_written && st.queue.len() < st.expected {
+                let left = linger_until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    // Some never came (fires dropped as too late): stop
+                    // waiting for this tick's.
+                    st.expected = 0;
+                    break;
+                }
+                st = self
+                    .journal
+                    .arrived
+                    .wait_timeout(st, left)
+                    .expect("journal lock")
+                    .0;
+            }
             let batch = std::mem::take(&mut st.queue);
+            st.expected = st.expected.saturating_sub(batch.len());
+            st.first_written = true;
             let mut file = st.file.take();
             let fold = st.lines >= FOLD_AT;
+            if fold {
+                while st.moving > 0 {
+                    st = self.journal.written.wait(st).expect("journal lock");
+                }
+            }
             let unsynced = if fold {
                 std::mem::take(&mut st.unsynced)
             } else {
@@ -92,37 +164,37 @@ impl Standalone {
             st.file = file;
             st.writing = false;
             st.batches += 1;
-            let answers = match written {
-                Ok((folded, moved)) => {
+            let answer = match written {
+                Ok(folded) => {
                     if folded {
                         st.lines = 0;
                     }
                     st.lines += batch.len();
                     st.unsynced.extend(batch.iter().map(|q| q.job.clone()));
-                    moved
+                    st.moving += batch.len();
+                    Ok(())
                 }
                 Err(e) => {
                     // Whatever was to be folded is folded next time.
                     st.unsynced.extend(unsynced);
-                    vec![Err(e.to_string()); batch.len()]
+                    Err(e.to_string())
                 }
             };
-            for (q, answer) in batch.iter().zip(answers) {
-                let _ = q.done.set(answer);
+            for q in &batch {
+                let _ = q.done.set(answer.clone());
             }
             self.journal.written.notify_all();
         }
     }
 
-    /// Fold (if `unsynced` is not empty), append the batch with one
-    /// `fdatasync`, then move each job's `last_tick`. Returns whether it
-    /// folded, and how each move went.
+    /// Fold (if `unsynced` is not empty) and append the batch with one
+    /// `fdatasync`. Returns whether it folded.
     fn write_batch(
         &self,
         file: &mut Option<File>,
         batch: &[Queued],
         unsynced: &HashSet<String>,
-    ) -> std::io::Result<(bool, Vec<std::result::Result<(), String>>)> {
+    ) -> std::io::Result<bool> {
         let path = self.journal_path();
         let folded = !unsynced.is_empty();
         if folded {
@@ -157,18 +229,7 @@ impl Standalone {
             *file = None;
             return Err(e);
         }
-        // Each on its own: a claim whose `last_tick` could not be moved
-        // fails alone (its retry finds the tick unclaimed and journals it
-        // again).
-        let moved = batch
-            .iter()
-            .map(|q| {
-                let last = self.job_dir(&q.job).join("last_tick");
-                atomic_write(&last, q.tick.to_rfc3339().as_bytes(), false)
-                    .map_err(|e| e.to_string())
-            })
-            .collect();
-        Ok((folded, moved))
+        Ok(folded)
     }
 
     /// Sync the `last_tick` files of `jobs` (their renames included).
@@ -298,6 +359,52 @@ mod tests {
             );
         }
         assert_eq!(state.journal_ticks().len(), 8);
+    }
+
+    #[test]
+    fn the_claims_announced_go_out_as_the_first_alone_then_all_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Standalone::open(dir.path(), 10).unwrap();
+        let tick: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
+        // Long enough that however slowly the claims below arrive on a busy
+        // machine, the writer waits for all of them.
+        state.journal.state.lock().unwrap().linger = Some(std::time::Duration::from_secs(60));
+        state.expect_claims(8);
+        let claim = |i: usize| {
+            let state = state.clone();
+            std::thread::spawn(move || {
+                let job = format!("job {i}");
+                state.ensure_dir(&state.job_dir(&job)).unwrap();
+                state.commit_tick(&job, tick)
+            })
+        };
+        claim(0).join().unwrap().unwrap();
+        assert_eq!(
+            state.journal.state.lock().unwrap().batches,
+            1,
+            "the first goes out at once"
+        );
+        // The rest arrive 20 ms apart: without the wait, each would be a
+        // batch (and an fsync) of its own.
+        let rest: Vec<_> = (1..8)
+            .map(|i| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                claim(i)
+            })
+            .collect();
+        for c in rest {
+            c.join().unwrap().unwrap();
+        }
+        let st = state.journal.state.lock().unwrap();
+        assert_eq!(st.batches, 2, "the other seven in one batch");
+        assert_eq!((st.expected, st.moving), (0, 0));
+        drop(st);
+        for i in 0..8 {
+            assert_eq!(
+                state.last_fired_sync(&format!("job {i}")).unwrap(),
+                Some(tick)
+            );
+        }
     }
 
     #[test]

@@ -212,21 +212,26 @@ fn leave(parent: &Path) {
 /// supervisor and scheduler were both killed before removing it).
 const STALE: Duration = Duration::from_secs(60);
 
-/// In a process that starts supervisors (the scheduler, `bgsched
-/// trigger`): remove the run cgroups left behind below its own cgroup, at
-/// most once a minute. Not in each supervisor: the sweep lists every run
-/// cgroup there, so 1,000 runs due together would each list 1,000.
-pub fn sweep_stale_cgroups() {
+/// Whether this process last swept (see [`sweep_stale_cgroups`]) a minute
+/// ago or more, or never; if so, it counts as sweeping now.
+pub fn sweep_due() -> bool {
     static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().expect("sweep lock");
+    if last.is_some_and(|t| t.elapsed() < STALE) {
+        return false;
+    }
+    *last = Some(std::time::Instant::now());
+    true
+}
+
+/// In a process that starts supervisors (the scheduler, at most once a
+/// minute: see [`sweep_due`]; `bgsched trigger`): remove the run cgroups
+/// left behind below its own cgroup. Not in each supervisor: the sweep
+/// lists every run cgroup there, so 1,000 runs due together would each
+/// list 1,000.
+pub fn sweep_stale_cgroups() {
     if std::env::var_os(CGROUP_ENV).is_some_and(|v| v == "off") {
         return;
-    }
-    {
-        let mut last = LAST.lock().expect("sweep lock");
-        if last.is_some_and(|t| t.elapsed() < STALE) {
-            return;
-        }
-        *last = Some(std::time::Instant::now());
     }
     if let Ok(parent) = own_cgroup_dir() {
         remove_stale(&parent);

@@ -97,6 +97,9 @@ impl WaitingSupervisors {
     /// Have `runs` supervisors waiting (at most [`MAX_WAITING`]), started
     /// in the background; those beyond `runs` and a few spare end.
     pub fn prepare(&self, runs: usize) {
+        if super::contain::sweep_due() {
+            tokio::task::spawn_blocking(super::contain::sweep_stale_cgroups);
+        }
         let runs = runs.min(MAX_WAITING);
         self.wanted.store(runs, Ordering::SeqCst);
         {
@@ -121,7 +124,6 @@ impl WaitingSupervisors {
         // (that would compete with the tick they are for).
         let need = runs.saturating_sub(self.waiting());
         tokio::task::spawn_blocking(move || {
-            super::contain::sweep_stale_cgroups();
             for _ in 0..need {
                 if wanted.load(Ordering::SeqCst) == 0 {
                     break;

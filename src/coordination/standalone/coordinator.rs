@@ -37,6 +37,13 @@ impl Coordinator for Standalone {
         let request = req.request.map(str::to_string);
         let (tick, trigger, overlap, advances_schedule) =
             (req.tick, req.trigger, req.overlap, req.advances_schedule);
+        // Counted from here: the hop to a blocking thread is what spreads
+        // the claims of one tick over milliseconds.
+        let mut arrival = if advances_schedule {
+            self.arrival()
+        } else {
+            super::journal::Arrival::none()
+        };
         tokio::task::spawn_blocking(move || {
             let req = ClaimRequest {
                 job: &job,
@@ -47,14 +54,14 @@ impl Coordinator for Standalone {
                 advances_schedule,
                 request: request.as_deref(),
             };
-            this.claim_sync(term, &req)
+            this.claim_sync(term, &req, &mut arrival)
         })
         .await
         .expect("claim task panicked")
     }
 
-    async fn prepare(&self, fires: usize) {
-        self.expect_claims(fires);
+    async fn prepare(&self, _fires: usize) {
+        self.claims_ahead();
     }
 
     async fn begin_schedules(&self, _: &Leadership, jobs: &[&str], at: DateTime<Utc>) {

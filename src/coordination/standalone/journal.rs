@@ -13,10 +13,11 @@
 //! blocking thread of its own), and a writer that took only those already
 //! queued wrote them in several batches, each waiting for the disk behind
 //! the previous one: with 50 jobs due together, the last claim returned
-//! 55 ms after the first. So the scheduler says how many claims are coming
-//! ([`Standalone::expect_claims`], from the backend's `prepare`). The first
-//! to arrive is written at once (so one job's start waits for nobody), and
-//! the next writer waits for all the rest, or [`LINGER`] at most.
+//! 55 ms after the first. So a claim counts as arriving from the moment the
+//! scheduler makes it ([`Arrival`]) until it is queued here. Of a tick's
+//! claims (the backend's `prepare` says a tick is next), the first is
+//! written at once, so one job's start waits for nobody; the next writer
+//! waits until no claim is arriving, or [`LINGER`] at most.
 //!
 //! The journal is folded into the `last_tick` files (those synced, then the
 //! journal emptied) when a scheduler starts leading and once it holds
@@ -51,9 +52,9 @@ struct State {
     unsynced: HashSet<String>,
     /// Batches written (each one `fdatasync`).
     batches: u64,
-    /// Claims announced as coming together and not written yet.
-    expected: usize,
-    /// Whether the first of those went out already.
+    /// Claims made and not yet queued (see [`Arrival`]).
+    arriving: usize,
+    /// Whether the first claim since the last `claims_ahead` went out.
     first_written: bool,
     /// [`LINGER`], unless a test needs it longer.
     linger: Option<std::time::Duration>,
@@ -61,6 +62,28 @@ struct State {
     /// yet; a fold waits for them (it must not empty the journal of a tick
     /// that is not in its `last_tick`).
     moving: usize,
+}
+
+/// A claim under way to the journal; dropped without reaching it (the
+/// tick was fired already, an error), it stops counting.
+pub(super) struct Arrival {
+    journal: Option<Arc<Journal>>,
+}
+
+impl Arrival {
+    /// For a claim that does not journal (a manual run).
+    pub(super) fn none() -> Arrival {
+        Arrival { journal: None }
+    }
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        if let Some(journal) = self.journal.take() {
+            journal.state.lock().expect("journal lock").arriving -= 1;
+            journal.arrived.notify_one();
+        }
+    }
 }
 
 /// The claims journal of one state directory.
@@ -83,17 +106,32 @@ impl Standalone {
         self.root.join("claims.journal")
     }
 
-    /// About `claims` claims follow together (a tick with that many runs
-    /// due): the journal's writer waits for them to write them as one.
-    pub(super) fn expect_claims(&self, claims: usize) {
-        let mut st = self.journal.state.lock().expect("journal lock");
-        st.expected = claims;
-        st.first_written = false;
+    /// The claims of a new tick follow: the first is written at once.
+    pub(super) fn claims_ahead(&self) {
+        self.journal
+            .state
+            .lock()
+            .expect("journal lock")
+            .first_written = false;
+    }
+
+    /// A claim that will reach [`Standalone::commit_tick`] is under way
+    /// (counted until it is queued there, or dropped).
+    pub(super) fn arrival(&self) -> Arrival {
+        self.journal.state.lock().expect("journal lock").arriving += 1;
+        Arrival {
+            journal: Some(self.journal.clone()),
+        }
     }
 
     /// Make `tick` of `job` durable and move its `last_tick` to it. Called
     /// with the job's last-tick lock held.
-    pub(super) fn commit_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<()> {
+    pub(super) fn commit_tick(
+        &self,
+        job: &str,
+        tick: DateTime<Utc>,
+        arrival: &mut Arrival,
+    ) -> Result<()> {
         let done = Arc::new(OnceLock::new());
         let mut st = self.journal.state.lock().expect("journal lock");
         st.queue.push(Queued {
@@ -101,8 +139,11 @@ impl Standalone {
             tick,
             done: done.clone(),
         });
-        // A writer may be waiting for this one.
-        self.journal.arrived.notify_one();
+        if arrival.journal.take().is_some() {
+            st.arriving -= 1;
+            // A writer may be waiting for this one.
+            self.journal.arrived.notify_one();
+        }
         loop {
             if let Some(answer) = done.get() {
                 if let Err(cause) = answer {
@@ -128,12 +169,9 @@ impl Standalone {
             }
             st.writing = true;
             let linger_until = std::time::Instant::now() + st.linger.unwrap_or(LINGER);
-            while st.first_written && st.queue.len() < st.expected {
+            while st.first_written && st.arriving > 0 {
                 let left = linger_until.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() {
-                    // Some never came (fires dropped as too late): stop
-                    // waiting for this tick's.
-                    st.expected = 0;
                     break;
                 }
                 st = self
@@ -144,7 +182,6 @@ impl Standalone {
                     .0;
             }
             let batch = std::mem::take(&mut st.queue);
-            st.expected = st.expected.saturating_sub(batch.len());
             st.first_written = true;
             let mut file = st.file.take();
             let fold = st.lines >= FOLD_AT;
@@ -332,7 +369,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let job = format!("job {i}");
                     state.ensure_dir(&state.job_dir(&job)).unwrap();
-                    state.commit_tick(&job, tick)
+                    state.commit_tick(&job, tick, &mut Arrival::none())
                 })
             })
             .collect();
@@ -362,44 +399,51 @@ mod tests {
     }
 
     #[test]
-    fn the_claims_announced_go_out_as_the_first_alone_then_all_the_rest() {
+    fn of_a_ticks_claims_the_first_goes_out_alone_then_all_the_rest_together() {
         let dir = tempfile::tempdir().unwrap();
         let state = Standalone::open(dir.path(), 10).unwrap();
         let tick: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
         // Long enough that however slowly the claims below arrive on a busy
         // machine, the writer waits for all of them.
         state.journal.state.lock().unwrap().linger = Some(std::time::Duration::from_secs(60));
-        state.expect_claims(8);
-        let claim = |i: usize| {
+        state.claims_ahead();
+        // As the scheduler does: all eight are made at once, then reach
+        // the journal one by one.
+        let mut arrivals: Vec<Arrival> = (0..8).map(|_| state.arrival()).collect();
+        let claim = |i: usize, mut arrival: Arrival| {
             let state = state.clone();
             std::thread::spawn(move || {
                 let job = format!("job {i}");
                 state.ensure_dir(&state.job_dir(&job)).unwrap();
-                state.commit_tick(&job, tick)
+                state.commit_tick(&job, tick, &mut arrival)
             })
         };
-        claim(0).join().unwrap().unwrap();
+        claim(0, arrivals.remove(0)).join().unwrap().unwrap();
         assert_eq!(
             state.journal.state.lock().unwrap().batches,
             1,
             "the first goes out at once"
         );
+        // One never comes (its tick was fired already): dropping it ends
+        // the wait as its arrival would.
+        drop(arrivals.pop());
         // The rest arrive 20 ms apart: without the wait, each would be a
         // batch (and an fsync) of its own.
-        let rest: Vec<_> = (1..8)
-            .map(|i| {
+        let rest: Vec<_> = (1..)
+            .zip(arrivals)
+            .map(|(i, arrival)| {
                 std::thread::sleep(std::time::Duration::from_millis(20));
-                claim(i)
+                claim(i, arrival)
             })
             .collect();
         for c in rest {
             c.join().unwrap().unwrap();
         }
         let st = state.journal.state.lock().unwrap();
-        assert_eq!(st.batches, 2, "the other seven in one batch");
-        assert_eq!((st.expected, st.moving), (0, 0));
+        assert_eq!(st.batches, 2, "the other six in one batch");
+        assert_eq!((st.arriving, st.moving), (0, 0));
         drop(st);
-        for i in 0..8 {
+        for i in 0..7 {
             assert_eq!(
                 state.last_fired_sync(&format!("job {i}")).unwrap(),
                 Some(tick)
@@ -418,7 +462,7 @@ mod tests {
         )
         .unwrap();
         state.ensure_dir(&state.job_dir("b")).unwrap();
-        state.commit_tick("b", tick).unwrap();
+        state.commit_tick("b", tick, &mut Arrival::none()).unwrap();
         let ticks = state.journal_ticks();
         assert_eq!(ticks.get("b"), Some(&tick));
         assert_eq!(ticks.len(), 1, "{ticks:?}");

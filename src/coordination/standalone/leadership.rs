@@ -122,6 +122,7 @@ impl Standalone {
         &self,
         term: u64,
         req: &ClaimRequest<'_>,
+        arrival: &mut super::journal::Arrival,
     ) -> Result<Claim, ClaimRejected> {
         let dir = self.job_dir(req.job);
         self.ensure_dir(&dir)?;
@@ -137,7 +138,7 @@ impl Standalone {
             // later start catches it up. Made durable before anything runs
             // (a tick must not fire twice even across a power loss), with
             // the claims in flight beside it.
-            self.commit_tick(req.job, req.tick)?;
+            self.commit_tick(req.job, req.tick, arrival)?;
         }
         let (hold, turn) = self.overlap_hold(req.job, req.overlap)?;
         Ok(Claim {

@@ -142,7 +142,7 @@ fn a_corrupt_run_record_is_set_aside_and_everything_else_goes_on() {
 #[test]
 fn misplaced_or_garbage_state_files_do_not_stop_the_scheduler() {
     let mut toml = String::new();
-    for job in ["a", "b", "c"] {
+    for job in ["a", "b", "c", "d"] {
         toml.push_str(&format!(
             "[jobs.{job}]\nschedule = \"@every 1s\"\nshell = '{}'\n\n",
             ledger_line(job, "ledger")
@@ -158,6 +158,8 @@ fn misplaced_or_garbage_state_files_do_not_stop_the_scheduler() {
     fs::write(jobs.join("a/runs"), "not a directory").unwrap();
     fs::create_dir(jobs.join("b/last_tick")).unwrap();
     fs::write(jobs.join("c/last_tick"), "\u{0}\u{0}garbage").unwrap();
+    // d: a file where its whole directory belongs.
+    fs::write(jobs.join("d"), "not a directory").unwrap();
 
     env.list_json();
     for job in ["a", "b", "c"] {
@@ -170,14 +172,22 @@ fn misplaced_or_garbage_state_files_do_not_stop_the_scheduler() {
     let port = run.http_port();
     wait_until(PATIENCE, "every job to fire", || {
         let lines = env.lines("ledger");
-        ["a ", "b ", "c "]
+        ["a ", "b ", "c ", "d "]
             .iter()
             .all(|j| lines.iter().filter(|l| l.starts_with(j)).count() >= 2)
     });
-    for (job, name) in [("a", "runs"), ("b", "last_tick"), ("c", "last_tick")] {
-        let path = jobs.join(job).join(name);
+    for (job, name) in [
+        ("a", "runs"),
+        ("b", "last_tick"),
+        ("c", "last_tick"),
+        ("d", ""),
+    ] {
+        let path = match name {
+            "" => jobs.join(job),
+            name => jobs.join(job).join(name),
+        };
         assert!(
-            jobs.join(job).join(format!("{name}.corrupt")).exists(),
+            PathBuf::from(format!("{}.corrupt", path.display())).exists(),
             "{path:?} not set aside"
         );
         assert_eq!(
@@ -193,14 +203,14 @@ fn misplaced_or_garbage_state_files_do_not_stop_the_scheduler() {
     assert!(jobs.join("a/runs").is_dir());
     assert_eq!(
         sample(&metrics(port), "bgsched_state_files_corrupt_total"),
-        3.0
+        4.0
     );
     wait_until(PATIENCE, "a's runs to be recorded again", || {
         history_json(&env, &["a"])
             .iter()
             .any(|r| r["outcome"] == "success")
     });
-    for job in ["a", "b", "c"] {
+    for job in ["a", "b", "c", "d"] {
         let entries = history_json(&env, &[job]);
         assert_eq!(unreadable(&entries).len(), 1, "{job}: {entries:#?}");
     }

@@ -1,7 +1,7 @@
 //! Benchmark harness for bgsched.
 //!
 //! ```text
-//! scripts/bench [--quick] [--out FILE] [--keep] [precision|failover|scale|burst ...]
+//! scripts/bench [--quick] [--out FILE] [--keep] [--burst-jobs N] [precision|failover|scale|burst ...]
 //! cargo run --release --example bench -- ...   (needs target/release/bgsched; scripts/bench builds it)
 //! ```
 //!
@@ -26,7 +26,7 @@
 //!   watch on `<prefix>/leader`, fires through the ledger.
 //! - **scale**: generated configs of 1k/10k/100k rarely-firing jobs:
 //!   start-up, RSS, idle CPU, `check` and `list` wall time.
-//! - **burst**: 1,000 jobs due on the same second, standalone and cluster;
+//! - **burst**: 1,000 jobs (`--burst-jobs N`) due on the same second, standalone and cluster;
 //!   in cluster mode, etcd requests per fire from etcd's `/metrics`.
 //!
 //! `--quick` shrinks every scenario for a CI smoke run. The harness never

@@ -271,3 +271,25 @@ pub(super) fn wait_for_run() -> Result<Option<(RunSpec, Option<OwnedFd>)>, Strin
     spec.hold_fd = None;
     Ok(Some((spec, lock)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// README: "250 ms, or 3 ms per run if that is longer", for at most
+    /// 1,024 waiting supervisors.
+    #[test]
+    fn the_lead_time_grows_with_the_runs_due_up_to_the_cap() {
+        let floor = Duration::from_millis(250);
+        assert_eq!(lead_time(1, floor), floor);
+        assert_eq!(lead_time(50, floor), floor);
+        assert_eq!(lead_time(1000, floor), Duration::from_secs(3));
+        assert_eq!(
+            lead_time(MAX_WAITING, floor),
+            Duration::from_millis(3 * 1024)
+        );
+        assert_eq!(lead_time(100_000, floor), lead_time(MAX_WAITING, floor));
+        assert_eq!(MAX_WAITING, 1024);
+    }
+}

@@ -176,7 +176,7 @@ impl RunCgroup {
     /// Remove the cgroup once it is empty (after [`kill_descendants`]).
     pub fn remove(self) {
         match std::fs::remove_dir(&self.dir) {
-            // Swept already (its supervisor was thought gone).
+            // Swept already: empty and over a minute old when the sweep came.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
                 tracing::warn!(cgroup = %self.dir.display(), "cannot remove the run's cgroup: {e}");

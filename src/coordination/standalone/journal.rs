@@ -39,7 +39,7 @@ const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 struct Queued {
     job: String,
     tick: DateTime<Utc>,
-    done: Arc<OnceLock<Answer>>,
+    done: Arc<OnceLock<std::result::Result<(), String>>>,
 }
 
 #[derive(Default)]
@@ -62,16 +62,6 @@ struct State {
     /// yet; a fold waits for them (it must not empty the journal of a tick
     /// that is not in its `last_tick`).
     moving: usize,
-}
-
-/// How a claim's line went.
-#[derive(Clone)]
-enum Answer {
-    /// Durable; the claim moves its `last_tick` itself.
-    Written,
-    /// Durable, and its `last_tick` moved by the writer (how that went).
-    Moved(std::result::Result<(), String>),
-    Failed(String),
 }
 
 /// A claim under way to the journal; dropped without reaching it (the
@@ -155,21 +145,16 @@ impl Standalone {
             self.journal.arrived.notify_one();
         }
         loop {
-            // A claim whose `last_tick` could not be moved fails alone (its
-            // retry finds the tick unclaimed and journals it again).
-            let last = self.job_dir(job).join("last_tick");
             if let Some(answer) = done.get() {
-                let failed = |cause: &String, path: &Path| {
-                    Err(io_err(path)(std::io::Error::other(cause.clone())))
-                };
-                match answer {
-                    Answer::Failed(cause) => return failed(cause, &self.journal_path()),
-                    Answer::Moved(Err(cause)) => return failed(cause, &last),
-                    Answer::Moved(Ok(())) => return Ok(()),
-                    Answer::Written => {}
+                if let Err(cause) = answer {
+                    return Err(io_err(&self.journal_path())(std::io::Error::other(
+                        cause.clone(),
+                    )));
                 }
                 drop(st);
-                let moved = atomic_write(&last, tick.to_rfc3339().as_bytes(), false);
+                // A claim whose `last_tick` could not be moved fails alone
+                // (its retry finds the tick unclaimed and journals it again).
+                let moved = self.move_last_tick(job, tick);
                 let mut st = self.journal.state.lock().expect("journal lock");
                 st.moving -= 1;
                 if st.moving == 0 {
@@ -211,21 +196,6 @@ impl Standalone {
             };
             drop(st);
             let written = self.write_batch(&mut file, &batch, &unsynced);
-            // A lone claim (the first of a tick, or a job due alone) moves
-            // its `last_tick` before the next batch's fsync begins: a
-            // rename waits behind a journal commit under way, which cost
-            // the first start of every tick 3-5 ms.
-            let moved_here = match (&written, batch.as_slice()) {
-                (Ok(_), [q]) => Some(
-                    atomic_write(
-                        &self.job_dir(&q.job).join("last_tick"),
-                        q.tick.to_rfc3339().as_bytes(),
-                        false,
-                    )
-                    .map_err(|e| e.to_string()),
-                ),
-                _ => None,
-            };
             st = self.journal.state.lock().expect("journal lock");
             st.file = file;
             st.writing = false;
@@ -237,18 +207,13 @@ impl Standalone {
                     }
                     st.lines += batch.len();
                     st.unsynced.extend(batch.iter().map(|q| q.job.clone()));
-                    match moved_here {
-                        Some(moved) => Answer::Moved(moved),
-                        None => {
-                            st.moving += batch.len();
-                            Answer::Written
-                        }
-                    }
+                    st.moving += batch.len();
+                    Ok(())
                 }
                 Err(e) => {
                     // Whatever was to be folded is folded next time.
                     st.unsynced.extend(unsynced);
-                    Answer::Failed(e.to_string())
+                    Err(e.to_string())
                 }
             };
             for q in &batch {
@@ -303,6 +268,13 @@ impl Standalone {
         Ok(folded)
     }
 
+    /// Replace `job`'s `last_tick` with `tick`, not synced (the journal
+    /// holds the tick until a fold syncs it).
+    fn move_last_tick(&self, job: &str, tick: DateTime<Utc>) -> Result<()> {
+        let last = self.job_dir(job).join("last_tick");
+        atomic_write(&last, tick.to_rfc3339().as_bytes(), false)
+    }
+
     /// Sync the `last_tick` files of `jobs` (their renames included).
     fn sync_last_ticks(&self, jobs: &HashSet<String>) -> std::io::Result<()> {
         for job in jobs {
@@ -351,11 +323,7 @@ impl Standalone {
             let _last = lock.lock().expect("last tick lock");
             if self.last_fired_sync(job)?.is_none_or(|last| last < *tick) {
                 self.ensure_dir(&self.job_dir(job))?;
-                atomic_write(
-                    &self.job_dir(job).join("last_tick"),
-                    tick.to_rfc3339().as_bytes(),
-                    false,
-                )?;
+                self.move_last_tick(job, *tick)?;
             }
         }
         // No claim is in flight: a leadership is only starting.

@@ -207,11 +207,10 @@ impl Standalone {
             // that is taken (`set_aside` fills the first free name), so it
             // is listed only when one of the first two names is there.
             if let Some(job) = only {
-                let jobs = self.root.join("jobs");
                 let first = [format!("{job}.corrupt"), format!("{job}.2.corrupt")];
                 if !first
                     .iter()
-                    .any(|n| fs::symlink_metadata(jobs.join(n)).is_ok())
+                    .any(|n| fs::symlink_metadata(dir.join(n)).is_ok())
                 {
                     continue;
                 }

@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -180,6 +181,9 @@ pub struct RunRecord {
     /// it (`overlap = "replace"`, standalone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supervisor_pid: Option<u32>,
+    /// The parameters a manual run was given (and the defaults it took).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
 }
 
 fn zero_as_null<S: serde::Serializer>(term: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -220,6 +224,7 @@ impl RunRecord {
             output_tail: String::new(),
             attempt: 1,
             supervisor_pid: None,
+            params: BTreeMap::new(),
         }
     }
 }

@@ -236,3 +236,65 @@ fn history_is_bounded_by_the_retention_limit() {
     }
     assert_eq!(env.records("a").len(), 3);
 }
+
+/// README "Parameters": declared ones reach the job as variables and as one
+/// JSON file, and the record keeps them; anything else is refused with
+/// exit 2 before a run starts.
+#[test]
+fn trigger_passes_declared_parameters_and_refuses_the_rest() {
+    let env = Env::new().config(
+        r#"[jobs.order]
+schedule = "@yearly"
+shell = 'echo "id=$BGSCHED_PARAM_ORDER_ID mode=$BGSCHED_PARAM_MODE file=$(cat "$BGSCHED_PARAMS_FILE" | tr -d " \n")"; stat -c %a "$BGSCHED_PARAMS_FILE"; echo "$BGSCHED_PARAMS_FILE" > where'
+[jobs.order.params]
+order_id = { required = true, pattern = "[0-9]+" }
+mode = { default = "fast", pattern = "fast|slow" }
+"#,
+    );
+    let out = env
+        .cmd(&["trigger", "order", "--param", "order_id=42"])
+        .run()
+        .success();
+    assert!(
+        out.stdout
+            .contains("id=42 mode=fast file={\"mode\":\"fast\",\"order_id\":\"42\"}\n600\n"),
+        "{out:?}"
+    );
+    let file = std::fs::read_to_string(env.path("where")).unwrap();
+    assert!(
+        !std::path::Path::new(file.trim()).exists(),
+        "the parameters file outlived its run: {file}"
+    );
+    let recs = env.records("order");
+    assert_eq!(recs.len(), 1);
+    assert_eq!(
+        recs[0]["params"],
+        serde_json::json!({"order_id": "42", "mode": "fast"})
+    );
+    for (args, says) in [
+        (
+            vec!["-p", "order_id=4x2"],
+            "bgsched: parameter \"order_id\" = \"4x2\" does not match its pattern \"[0-9]+\"\n",
+        ),
+        // The pattern must match the whole value, not a part of it.
+        (
+            vec!["-p", "order_id=1; rm -rf /"],
+            "bgsched: parameter \"order_id\" = \"1; rm -rf /\" does not match its pattern \"[0-9]+\"\n",
+        ),
+        (vec![], "bgsched: job \"order\" requires parameter \"order_id\"\n"),
+        (
+            vec!["-p", "order_id=1", "-p", "PATH=/tmp"],
+            "bgsched: job \"order\" has no parameter \"PATH\"; it declares mode, order_id\n",
+        ),
+    ] {
+        let mut argv = vec!["trigger", "order"];
+        argv.extend(args);
+        let out = env.cmd(&argv).run().code(2);
+        assert_eq!(out.stderr, says, "{argv:?}");
+    }
+    assert_eq!(
+        env.records("order").len(),
+        1,
+        "a refused trigger recorded a run"
+    );
+}

@@ -49,6 +49,14 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `NAME=VALUE` of `trigger --param`; the value may hold further `=`.
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(format!("expected NAME=VALUE, found {s:?}")),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -80,6 +88,9 @@ pub enum Command {
     Trigger {
         /// The job to run.
         job: String,
+        /// A parameter the job declares ([jobs.NAME.params]), as NAME=VALUE; repeatable.
+        #[arg(long = "param", short = 'p', value_name = "NAME=VALUE", value_parser = parse_param)]
+        params: Vec<(String, String)>,
         /// Start it in the background, print its run id and return.
         #[arg(long)]
         detach: bool,

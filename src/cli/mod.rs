@@ -47,10 +47,14 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             Command::List { json } => list::list(&cli, *json).await,
             Command::Trigger {
                 job,
+                params,
                 detach,
                 instance_id,
                 timeout,
-            } => trigger::trigger(&cli, job, *detach, instance_id.clone(), *timeout).await,
+            } => {
+                let params = params.iter().cloned().collect();
+                trigger::trigger(&cli, job, &params, *detach, instance_id.clone(), *timeout).await
+            }
             Command::History {
                 job,
                 count,

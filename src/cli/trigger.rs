@@ -15,22 +15,30 @@ use crate::executor::{self, run_span, Echo, RunSpec};
 use crate::model::{new_run_id, RunKey};
 use crate::signals::{Sig, Signals};
 use chrono::{SecondsFormat, Utc};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::Instrument;
 
 pub async fn trigger(
     cli: &Cli,
     name: &str,
+    params: &BTreeMap<String, String>,
     detach: bool,
     instance: Option<String>,
     timeout: Duration,
 ) -> Result<(), CliError> {
     let config = load_config(cli)?;
     let job = find_job(&config, name)?;
+    // Refused before anything is asked of the backend or recorded.
+    let params = job
+        .resolve_params(params)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     let instance = instance_id(instance);
     match open_backend(cli, &config).await? {
-        Backend::Standalone(state) => locally(cli, &state, job, detach, instance).await,
-        Backend::Cluster(etcd) => through_leader(&etcd, job, detach, instance, timeout).await,
+        Backend::Standalone(state) => locally(cli, &state, job, params, detach, instance).await,
+        Backend::Cluster(etcd) => {
+            through_leader(&etcd, job, params, detach, instance, timeout).await
+        }
     }
 }
 
@@ -38,6 +46,7 @@ async fn locally(
     cli: &Cli,
     state: &Standalone,
     job: &Job,
+    params: BTreeMap<String, String>,
     detach: bool,
     instance: String,
 ) -> Result<(), CliError> {
@@ -72,6 +81,7 @@ async fn locally(
     spec.key.instance = instance;
     spec.key.term = state.leader()?.map_or(0, |l| l.term);
     spec.turn = turn;
+    spec.params = params;
     spec.log_json = cli.log_format == LogFormat::Json;
     executor::contain::sweep_stale_cgroups();
     if detach {
@@ -122,6 +132,7 @@ fn skip_reason(active: Option<&RunRecord>) -> String {
 async fn through_leader(
     etcd: &Etcd,
     job: &Job,
+    params: BTreeMap<String, String>,
     detach: bool,
     instance: String,
     timeout: Duration,
@@ -132,7 +143,7 @@ async fn through_leader(
         ctrl_c.next().await;
     };
     match etcd
-        .request_run(&job.name, &run_id, instance, timeout, interrupted)
+        .request_run(&job.name, &run_id, params, instance, timeout, interrupted)
         .await?
     {
         Asked::Taken => {}

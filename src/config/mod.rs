@@ -242,6 +242,8 @@ pub struct Job {
     pub jitter: Duration,
     /// argv run after a run ends failed, timed out, killed or lost.
     pub on_failure: Option<Vec<String>>,
+    /// `[jobs.<name>.params]`: what a manual run may be given, by name.
+    pub params: BTreeMap<String, Param>,
 }
 
 impl Job {
@@ -256,6 +258,122 @@ impl Job {
         key.push(0);
         key.extend(tick.timestamp_millis().to_le_bytes());
         Duration::from_millis(fnv1a(&key) % (range + 1))
+    }
+}
+
+/// One declared parameter of a job (`[jobs.<name>.params]`). A manual run
+/// may carry only declared parameters, each matching its pattern, so a
+/// caller cannot set arbitrary environment variables of the job.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Param {
+    /// A run without it is refused (unless it has a default).
+    pub required: bool,
+    /// The whole value must match.
+    pub pattern: Option<Pattern>,
+    /// Taken when a run does not give the parameter.
+    pub default: Option<String>,
+}
+
+/// A parameter's pattern: a regular expression the whole value must match.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    /// As written in the config, for messages.
+    pub source: String,
+    anchored: regex::Regex,
+}
+
+impl Pattern {
+    pub fn new(source: &str) -> Result<Pattern, regex::Error> {
+        // Anchored whatever the config wrote: "[0-9]+" must not let
+        // "1; rm -rf /" through because it contains a digit.
+        let anchored = regex::Regex::new(&format!("^(?:{source})$"))?;
+        Ok(Pattern {
+            source: source.to_string(),
+            anchored,
+        })
+    }
+
+    pub fn matches(&self, value: &str) -> bool {
+        self.anchored.is_match(value)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// The longest value a parameter may have: it becomes an environment
+/// variable, and the whole record travels through etcd.
+pub const MAX_PARAM_VALUE: usize = 16 * 1024;
+
+/// The environment variable that carries parameter `name` to the job.
+pub fn param_env_name(name: &str) -> String {
+    format!("BGSCHED_PARAM_{}", name.to_ascii_uppercase())
+}
+
+/// Why the parameters given to a manual run are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParamError(pub String);
+
+impl Job {
+    /// The parameters of a manual run given `given`: each declared, each
+    /// matching its pattern, required ones present, defaults filled in.
+    pub fn resolve_params(
+        &self,
+        given: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, ParamError> {
+        for name in given.keys() {
+            if !self.params.contains_key(name) {
+                let declared = if self.params.is_empty() {
+                    "it declares none ([jobs.NAME.params])".to_string()
+                } else {
+                    let names: Vec<&str> = self.params.keys().map(String::as_str).collect();
+                    format!("it declares {}", names.join(", "))
+                };
+                return Err(ParamError(format!(
+                    "job \"{}\" has no parameter \"{name}\"; {declared}",
+                    self.name
+                )));
+            }
+        }
+        let mut out = BTreeMap::new();
+        for (name, param) in &self.params {
+            let value = match (given.get(name), &param.default) {
+                (Some(v), _) => v.clone(),
+                (None, Some(d)) => d.clone(),
+                (None, None) if param.required => {
+                    return Err(ParamError(format!(
+                        "job \"{}\" requires parameter \"{name}\"",
+                        self.name
+                    )))
+                }
+                (None, None) => continue,
+            };
+            if value.len() > MAX_PARAM_VALUE {
+                return Err(ParamError(format!(
+                    "parameter \"{name}\" is {} bytes long; at most {MAX_PARAM_VALUE} are allowed",
+                    value.len()
+                )));
+            }
+            if value.contains('\0') {
+                return Err(ParamError(format!(
+                    "parameter \"{name}\" must not contain a NUL byte"
+                )));
+            }
+            if let Some(p) = &param.pattern {
+                if !p.matches(&value) {
+                    return Err(ParamError(format!(
+                        "parameter \"{name}\" = {value:?} does not match its pattern {:?}",
+                        p.source
+                    )));
+                }
+            }
+            out.insert(name.clone(), value);
+        }
+        Ok(out)
     }
 }
 

@@ -72,6 +72,10 @@ pub struct TriggerRequest {
     pub job: String,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
+    /// As the requester gave them; the leader checks them against its own
+    /// config before the run starts.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// Held while this instance leads.

@@ -359,6 +359,12 @@ pub(super) fn spawn_job(
         .env("BGSCHED_INSTANCE", &spec.key.instance)
         .env("BGSCHED_FENCING_TOKEN", spec.key.term.to_string())
         .env("BGSCHED_ATTEMPT", attempt.to_string());
+    if !spec.params.is_empty() {
+        for (name, value) in &spec.params {
+            cmd.env(crate::config::param_env_name(name), value);
+        }
+        cmd.env(PARAMS_FILE_ENV, params_path(spec));
+    }
     let pipe_err = |e: std::io::Error| format!("cannot create the output pipe: {e}");
     let (reader, writer) = std::io::pipe().map_err(pipe_err)?;
     cmd.stdout(writer.try_clone().map_err(pipe_err)?)

@@ -101,6 +101,17 @@ pub async fn supervise<R: RunRecorder>(
         drop(hold);
         None
     };
+    let params = match ParamsFile::write(spec) {
+        Ok(file) => file,
+        Err(e) => {
+            let mut rec = spec.unstarted(format!("could not write its parameters file: {e}"));
+            finish(&mut rec, recorder).await;
+            return Supervised {
+                record: rec,
+                interrupted: false,
+            };
+        }
+    };
     let mut attempt = 1;
     let (rec, stopped_because) = loop {
         let (mut rec, stopped_because) =
@@ -139,6 +150,7 @@ pub async fn supervise<R: RunRecorder>(
         }
         attempt += 1;
     };
+    drop(params);
     let mut rec = rec;
     finish(&mut rec, recorder).await;
     drop(hold);
@@ -156,6 +168,45 @@ pub async fn supervise<R: RunRecorder>(
     Supervised {
         record: rec,
         interrupted,
+    }
+}
+
+/// Names the JSON file that holds all of a run's parameters.
+pub const PARAMS_FILE_ENV: &str = "BGSCHED_PARAMS_FILE";
+
+/// Where a run's parameters file lives while the run does.
+fn params_path(spec: &RunSpec) -> PathBuf {
+    std::env::temp_dir().join(format!("bgsched-params-{}.json", spec.key.run_id))
+}
+
+/// A run's parameters as one JSON object, readable by the job only
+/// (mode 0600), removed when the run ends.
+struct ParamsFile(Option<PathBuf>);
+
+impl ParamsFile {
+    fn write(spec: &RunSpec) -> std::io::Result<ParamsFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if spec.params.is_empty() {
+            return Ok(ParamsFile(None));
+        }
+        let path = params_path(spec);
+        let body = serde_json::to_vec_pretty(&spec.params).expect("strings serialize");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            // Never through a name someone else put there first.
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(&body)?;
+        Ok(ParamsFile(Some(path)))
+    }
+}
+
+impl Drop for ParamsFile {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -45,6 +45,10 @@ pub struct RunSpec {
     /// Whether the run waits for (or replaces) an active run first.
     #[serde(default)]
     pub turn: Turn,
+    /// A manual run's parameters, already checked against the job's
+    /// declarations (`Job::resolve_params`).
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
 }
 
 /// Start a background supervisor for `spec`, handing it `hold`. The
@@ -250,6 +254,7 @@ impl RunSpec {
             on_failure: job.on_failure.clone(),
             overlap: job.overlap,
             turn: Turn::Now,
+            params: BTreeMap::new(),
         }
     }
 
@@ -278,6 +283,7 @@ impl RunSpec {
             output_tail: String::new(),
             attempt: 1,
             supervisor_pid: Some(std::process::id()),
+            params: self.params.clone(),
         }
     }
 }

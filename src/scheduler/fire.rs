@@ -127,7 +127,7 @@ impl<C: Coordinator> Scheduler<C> {
                     job,
                     tick,
                     trigger: Trigger::Manual,
-                    request: Some(&req.run_id),
+                    request: Some(&req),
                 },
                 state,
             )
@@ -179,7 +179,7 @@ impl<C: Coordinator> Scheduler<C> {
             instance: &self.instance,
             overlap: job.overlap,
             advances_schedule: request.is_none(),
-            request,
+            request: request.map(|r| r.run_id.as_str()),
         };
         self.coord.claim(leadership, req).await
     }
@@ -200,6 +200,8 @@ impl<C: Coordinator> Scheduler<C> {
             trigger,
             request,
         } = fire;
+        let params = request.map(|r| job.resolve_params(&r.params));
+        let request = request.map(|r| r.run_id.as_str());
         if let Err(e) = &claimed {
             self.metrics.claim_rejected(e.kind());
         }
@@ -304,6 +306,10 @@ impl<C: Coordinator> Scheduler<C> {
                 )
             })
         };
+        let params = match params {
+            None => Ok(Default::default()),
+            Some(checked) => checked.map_err(|e| e.to_string()),
+        };
         if let Some((why, reason)) = not_starting {
             // The claim consumed the tick: its entry (under the claim's run
             // id, which also ends a cluster marker) is the tick's only trace.
@@ -322,15 +328,7 @@ impl<C: Coordinator> Scheduler<C> {
                 self.metrics.overloaded(&job.name, 1);
             }
             tracing::warn!(job = %job.name, run_id = %rec.key.run_id, tick = %tick.to_rfc3339(), "tick missed: {reason}");
-            match request {
-                Some(id) => {
-                    if let Err(e) = self.coord.record_claimed(&rec).await {
-                        tracing::error!(job = %job.name, "could not record the missed run: {e}");
-                    }
-                    self.coord.finish_request(id).await;
-                }
-                None => self.record_in_background(rec),
-            }
+            self.finish_claimed(rec, request).await;
             return Fired::NotStarted;
         }
         let mut spec = RunSpec::new(
@@ -354,6 +352,25 @@ impl<C: Coordinator> Scheduler<C> {
         }
         spec.turn = claim.turn;
         spec.log_json = self.log_json;
+        spec.params = match params {
+            Ok(params) => params,
+            Err(why) => {
+                // Checked by the requester against its config; this
+                // leader's may declare them otherwise.
+                let mut rec = self.entry(
+                    leadership.term,
+                    job,
+                    tick,
+                    trigger,
+                    Outcome::StartFailed,
+                    format!("not started: {why}"),
+                );
+                rec.key.run_id = spec.key.run_id;
+                tracing::warn!(job = %job.name, run_id = %rec.key.run_id, "trigger request refused: {why}");
+                self.finish_claimed(rec, request).await;
+                return Fired::NotStarted;
+            }
+        };
         if trigger != Trigger::Manual {
             // Decided here, from the job and tick alone, so whichever replica
             // fires the tick picks the same delay.
@@ -381,6 +398,23 @@ impl<C: Coordinator> Scheduler<C> {
                 self.record_in_background(rec);
                 Fired::NotStarted
             }
+        }
+    }
+}
+
+impl<C: Coordinator> Scheduler<C> {
+    /// Record the entry of a claimed run that did not start. A requester
+    /// waits for it under its own run id, so it is written before the
+    /// request is let go; a tick's entry goes out in the background.
+    async fn finish_claimed(&self, rec: RunRecord, request: Option<&str>) {
+        match request {
+            Some(id) => {
+                if let Err(e) = self.coord.record_claimed(&rec).await {
+                    tracing::error!(job = %rec.key.job, "could not record the {} entry: {e}", rec.outcome);
+                }
+                self.coord.finish_request(id).await;
+            }
+            None => self.record_in_background(rec),
         }
     }
 }

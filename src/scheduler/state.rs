@@ -27,8 +27,8 @@ pub(super) struct Fire<'a> {
     pub(super) job: &'a Job,
     pub(super) tick: DateTime<Utc>,
     pub(super) trigger: Trigger,
-    /// The trigger request's id, for a manual run.
-    pub(super) request: Option<&'a str>,
+    /// The trigger request, for a manual run.
+    pub(super) request: Option<&'a TriggerRequest>,
 }
 
 impl<'a> Fire<'a> {

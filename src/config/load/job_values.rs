@@ -189,4 +189,149 @@ impl<'a, 'i> Item<'a, 'i> {
         }
         env
     }
+
+    /// `[jobs.<name>.params]`: `NAME = { required, pattern, default }`.
+    pub(super) fn params(&self, r: &mut Report) -> Option<BTreeMap<String, Param>> {
+        let table = self.table(r)?;
+        let mut params = Some(BTreeMap::new());
+        let mut upper: BTreeMap<String, String> = BTreeMap::new();
+        for (key, value) in table.iter() {
+            let name: &str = key.get_ref();
+            let label = format!("params.{}", shown(name));
+            let valid_name = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_name {
+                r.error(
+                    key.span().start,
+                    format!(
+                        "parameter name {} must be letters, digits and '_', not starting with a digit \
+                         (it becomes the variable {})",
+                        quoted(name),
+                        crate::config::param_env_name("NAME")
+                    ),
+                );
+                params = None;
+            } else if let Some(other) = upper.insert(name.to_ascii_uppercase(), name.to_owned()) {
+                r.error(
+                    key.span().start,
+                    format!(
+                        "parameters \"{other}\" and \"{name}\" would both be the variable {}",
+                        crate::config::param_env_name(name)
+                    ),
+                );
+                params = None;
+            }
+            let item = Item {
+                label: Cow::Owned(label),
+                key_at: key.span().start,
+                value,
+            };
+            let param = item.param(r);
+            match (param, &mut params) {
+                (Some(p), Some(params)) => {
+                    params.insert(name.to_owned(), p);
+                }
+                _ => params = None,
+            }
+        }
+        params
+    }
+
+    /// One parameter's declaration.
+    fn param(&self, r: &mut Report) -> Option<Param> {
+        let table = self.expect(
+            r,
+            "a table like { required = true, pattern = \"^[0-9]+$\", default = \"1\" }",
+            |_| "",
+            |v| match v {
+                DeValue::Table(t) => Some(t),
+                _ => None,
+            },
+        )?;
+        let mut param = Param::default();
+        let mut ok = true;
+        let mut default_at = None;
+        for (key, value) in table.iter() {
+            let item = Item {
+                label: Cow::Owned(format!("{}.{}", self.label, shown(key.get_ref()))),
+                key_at: key.span().start,
+                value,
+            };
+            match key.get_ref().as_ref() {
+                "required" => match item.boolean(r) {
+                    Some(b) => param.required = b,
+                    None => ok = false,
+                },
+                "description" => ok &= item.string(r).is_some(),
+                "pattern" => match item.str(r) {
+                    Some(src) => match Pattern::new(src) {
+                        Ok(p) => param.pattern = Some(p),
+                        Err(e) => {
+                            let why = e.to_string();
+                            let why = why.lines().last().unwrap_or("").trim();
+                            let why = why.strip_prefix("error: ").unwrap_or(why);
+                            r.error(
+                                item.value_at(),
+                                format!(
+                                    "{} {} is not a valid regular expression: {why}",
+                                    item.label,
+                                    quoted(src)
+                                ),
+                            );
+                            ok = false;
+                        }
+                    },
+                    None => ok = false,
+                },
+                "default" => match item.os_str(r) {
+                    Some(d) => {
+                        default_at = Some(item.value_at());
+                        param.default = Some(d.to_owned());
+                    }
+                    None => ok = false,
+                },
+                other => {
+                    let hint =
+                        did_you_mean(other, ["required", "pattern", "default", "description"])
+                            .map(|k| format!("; did you mean `{k}`?"))
+                            .unwrap_or_else(|| {
+                                " (expected one of: required, pattern, default, description)"
+                                    .to_string()
+                            });
+                    r.error(
+                        key.span().start,
+                        format!("unknown key `{}` in {}{hint}", shown(other), self.label),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if let (Some(d), Some(p), Some(at)) = (&param.default, &param.pattern, default_at) {
+            if !p.matches(d) {
+                r.error(
+                    at,
+                    format!(
+                        "{}.default {} does not match its pattern {}",
+                        self.label,
+                        quoted(d),
+                        quoted(&p.source)
+                    ),
+                );
+                ok = false;
+            }
+        }
+        if param.required && param.default.is_some() {
+            if let Some(at) = default_at {
+                r.error(
+                    at,
+                    format!(
+                        "{} has a default, so it is never missing; drop `required` or the default",
+                        self.label
+                    ),
+                );
+            }
+            ok = false;
+        }
+        ok.then_some(param)
+    }
 }

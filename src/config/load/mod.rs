@@ -8,7 +8,7 @@
 
 use super::{
     base_dir, ClusterSettings, Config, ConfigError, ConfigErrors, HttpSettings, Job, Overlap,
-    Program, SchedulerSettings, Secret,
+    Param, Pattern, Program, SchedulerSettings, Secret,
 };
 use crate::schedule::{duration_reason, quoted, shown, Schedule};
 use chrono_tz::Tz;

@@ -175,6 +175,7 @@ job_keys! {
     retry_backoff_max: Option<Duration> = None => some_positive_duration,
     jitter: Duration = Duration::ZERO => duration,
     on_failure: Option<Vec<String>> = None => hook,
+    params,
 }
 
 impl Section {
@@ -291,6 +292,10 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
     let working_dir = f.working_dir.as_ref().and_then(|i| i.path(r));
     let env = f.env.as_ref().and_then(|i| i.env(r)).unwrap_or_default();
     let enabled = f.enabled.as_ref().and_then(|i| i.boolean(r));
+    let params = match f.params.as_ref() {
+        Some(i) => i.params(r),
+        None => Some(BTreeMap::new()),
+    };
     let backoff = own.retry_backoff;
     let backoff_max = match (own.retry_backoff_max, f.retry_backoff_max.as_ref()) {
         // The job's own cap must hold; an inherited one, or the built-in
@@ -337,6 +342,7 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
         retry_backoff_max: backoff_max.filter(|max| *max >= backoff.unwrap_or_default())?,
         jitter: own.jitter?,
         on_failure: own.on_failure?,
+        params: params?,
     })
 }
 

@@ -412,7 +412,7 @@ fn unknown_keys_at_every_level_suggest_the_closest_key() {
                 "jobs.toml:4:1: job \"backup\": unknown key `time_out`; did you mean `timeout`?",
                 "jobs.toml:5:1: job \"backup\": unknown key `working_directory`; did you mean `working_dir`?",
                 "jobs.toml:6:1: job \"backup\": unknown key `history`; `history` belongs in [scheduler]",
-                "jobs.toml:7:1: job \"backup\": unknown key `color` (expected one of: description, schedule, timezone, command, shell, working_dir, env, timeout, enabled, overlap, catchup, kill_grace, retries, retry_backoff, retry_backoff_max, jitter, on_failure)",
+                "jobs.toml:7:1: job \"backup\": unknown key `color` (expected one of: description, schedule, timezone, command, shell, working_dir, env, timeout, enabled, overlap, catchup, kill_grace, retries, retry_backoff, retry_backoff_max, jitter, on_failure, params)",
             ],
         );
 }
@@ -1617,4 +1617,32 @@ fn oversized_input_is_refused_up_front() {
             src.len()
         )
     );
+}
+
+#[test]
+fn parameter_declarations_are_checked_where_they_are_written() {
+    assert_errors(
+        "[jobs.a]\nschedule = \"@daily\"\nshell = \"true\"\n[jobs.a.params]\n\"9x\" = {}\nx = { pattern = \"(\" }\ny = { default = \"b\", pattern = \"a\" }\nz = { requird = true }\nQ = 3\nq = {}\nr = { required = true, default = \"1\" }\n",
+        &[
+            "jobs.toml:5:1: job \"a\": parameter name \"9x\" must be letters, digits and '_', not starting with a digit (it becomes the variable BGSCHED_PARAM_NAME)",
+            "jobs.toml:6:17: job \"a\": params.x.pattern \"(\" is not a valid regular expression: unclosed group",
+            "jobs.toml:7:17: job \"a\": params.y.default \"b\" does not match its pattern \"a\"",
+            "jobs.toml:8:7: job \"a\": unknown key `requird` in params.z; did you mean `required`?",
+            "jobs.toml:9:5: job \"a\": params.Q must be a table like { required = true, pattern = \"^[0-9]+$\", default = \"1\" }, found integer",
+            "jobs.toml:10:1: job \"a\": parameters \"Q\" and \"q\" would both be the variable BGSCHED_PARAM_Q",
+            "jobs.toml:11:34: job \"a\": params.r has a default, so it is never missing; drop `required` or the default",
+        ],
+    );
+    let config = load_str(
+        Path::new("jobs.toml"),
+        b"[jobs.a]\nschedule = \"@daily\"\nshell = \"true\"\nparams = { n = { pattern = \"[0-9]+\", default = \"7\" } }\n",
+    )
+    .unwrap();
+    let job = &config.jobs["a"];
+    let none = BTreeMap::new();
+    assert_eq!(job.resolve_params(&none).unwrap()["n"], "7");
+    let given = BTreeMap::from([("n".to_string(), "12".to_string())]);
+    assert_eq!(job.resolve_params(&given).unwrap()["n"], "12");
+    let partial = BTreeMap::from([("n".to_string(), "12a".to_string())]);
+    assert!(job.resolve_params(&partial).is_err());
 }

@@ -3,6 +3,7 @@
 //! the run then leaves.
 
 use super::*;
+use std::collections::BTreeMap;
 use std::future::Future;
 
 /// How asking the leader to run a job ended.
@@ -39,6 +40,7 @@ impl Etcd {
         &self,
         job: &str,
         run_id: &str,
+        params: BTreeMap<String, String>,
         instance: String,
         timeout: Duration,
         interrupted: impl Future<Output = ()>,
@@ -50,6 +52,7 @@ impl Etcd {
             job: job.to_string(),
             requested_by: instance,
             requested_at: Utc::now(),
+            params,
         };
         let lease = client
             .lease_grant(timeout.as_secs().max(1) as i64 + 5, None)

@@ -4,6 +4,7 @@
 //! `docs/ARCHITECTURE.md` for the map of the modules and how one tick flows
 //! from the timer to a finished run record.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod coordination;

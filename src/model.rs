@@ -235,6 +235,14 @@ pub fn new_run_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// `given` as a run id in its canonical form, if it is one. Checked before
+/// it is used: a run id becomes part of a path or key.
+pub fn parse_run_id(given: &str) -> Option<String> {
+    uuid::Uuid::parse_str(given.trim())
+        .ok()
+        .map(|id| id.hyphenated().to_string())
+}
+
 /// Milliseconds from `from` to `to`, never negative.
 pub fn duration_ms(from: DateTime<Utc>, to: DateTime<Utc>) -> u64 {
     (to - from).num_milliseconds().max(0) as u64

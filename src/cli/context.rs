@@ -66,33 +66,5 @@ pub fn instance_id(given: Option<String>) -> String {
 
 /// Look a job up by name, suggesting close names when it is not there.
 pub fn find_job<'c>(config: &'c Config, name: &str) -> Result<&'c Job, CliError> {
-    if let Some(job) = config.jobs.get(name) {
-        return Ok(job);
-    }
-    let mut close: Vec<(f64, &str)> = config
-        .jobs
-        .keys()
-        .map(|k| (strsim::jaro_winkler(k, name), k.as_str()))
-        .filter(|(score, _)| *score > 0.7)
-        .collect();
-    close.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let hint = match close.as_slice() {
-        [] => format!(
-            "; jobs in {}: {}",
-            config.path.display(),
-            config.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
-        ),
-        c => format!(
-            "; did you mean {}?",
-            c.iter()
-                .take(3)
-                .map(|(_, n)| format!("\"{n}\""))
-                .collect::<Vec<_>>()
-                .join(" or ")
-        ),
-    };
-    Err(CliError::UnknownJob(format!(
-        "no job named \"{name}\" in {}{hint}",
-        config.path.display()
-    )))
+    config.job_named(name).map_err(CliError::UnknownJob)
 }

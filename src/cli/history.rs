@@ -63,9 +63,7 @@ pub async fn history(
 /// Run ids are UUIDs; any spelling the uuid crate accepts is taken, and
 /// turned into the canonical one records are stored under.
 fn parse_run_id(given: &str) -> Result<String, CliError> {
-    uuid::Uuid::parse_str(given.trim())
-        .map(|id| id.hyphenated().to_string())
-        .map_err(|_| {
+    crate::model::parse_run_id(given).ok_or_else(|| {
             CliError::Usage(format!(
                 "--output {given:?} is not a run id (a UUID such as 019ab6f2-5c1e-7d3a-9f4b-2c8e1a0d6b37, as `bgsched history` shows)"
             ))

@@ -2,6 +2,7 @@
 
 use super::context::{backend_config, instance_id};
 use super::{Cli, CliError, LogFormat};
+use crate::api;
 use crate::coordination::{Backend, BackendChoice, Coordinator, Etcd, Standalone};
 use crate::observe::{http, Metrics};
 use crate::reload::{self, Reloader};
@@ -32,8 +33,9 @@ pub async fn run(
             reload_metrics.set_config(s.generation, s.last_reload_ok);
         }
     });
+    let log_json = cli.log_format == LogFormat::Json;
     let served = match http_flag.or(config.http.listen) {
-        Some(addr) => Some(serve_http(addr, &reloader, &metrics, &instance).await?),
+        Some(addr) => Some(serve_http(addr, &reloader, &metrics, &instance, log_json).await?),
         None => None,
     };
     let serve_backend = |backend| {
@@ -68,7 +70,6 @@ pub async fn run(
             }
         }
     });
-    let log_json = cli.log_format == LogFormat::Json;
     let forced = match backend_config(cli, &config)? {
         BackendChoice::Standalone(dir) => {
             let state = Arc::new(
@@ -155,6 +156,7 @@ async fn serve_http(
     reloader: &Reloader,
     metrics: &Arc<Metrics>,
     instance: &str,
+    log_json: bool,
 ) -> Result<Arc<http::Served>, CliError> {
     let listener = http::Listener::bind(addr)
         .await
@@ -169,8 +171,12 @@ async fn serve_http(
         instance: instance.to_string(),
         backend: std::sync::OnceLock::new(),
     });
-    listener.serve(served.clone());
-    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz and /status on http://{bound}");
+    let config = reloader.config();
+    if config.http.tokens.is_none() && !bound.ip().is_loopback() {
+        tracing::warn!(addr = %bound, "the API on a non-loopback address has no [http] tokens_file: anyone who reaches it can read jobs and runs (it is read-only without tokens)");
+    }
+    listener.serve(served.clone(), api::routes(api::Api::new(served.clone(), log_json)));
+    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz, /status and /api/v1 on http://{bound}");
     Ok(served)
 }
 

@@ -2,6 +2,7 @@
 //! reports every problem at once with file, line:column and job name.
 
 mod load;
+mod tokens;
 
 use crate::schedule::Schedule;
 use chrono_tz::Tz;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use load::{load, load_str, read};
+pub use tokens::{Scope, Tokens};
 
 /// Retention of run records per job when the config does not say.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
@@ -31,6 +33,41 @@ pub struct Config {
     pub http: HttpSettings,
 }
 
+impl Config {
+    /// The job called `name`, or why not in words, with the closest names.
+    pub fn job_named(&self, name: &str) -> Result<&Job, String> {
+        if let Some(job) = self.jobs.get(name) {
+            return Ok(job);
+        }
+        let mut close: Vec<(f64, &str)> = self
+            .jobs
+            .keys()
+            .map(|k| (strsim::jaro_winkler(k, name), k.as_str()))
+            .filter(|(score, _)| *score > 0.7)
+            .collect();
+        close.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let hint = match close.as_slice() {
+            [] => format!(
+                "; jobs in {}: {}",
+                self.path.display(),
+                self.jobs.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            c => format!(
+                "; did you mean {}?",
+                c.iter()
+                    .take(3)
+                    .map(|(_, n)| format!("\"{n}\""))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            ),
+        };
+        Err(format!(
+            "no job named \"{name}\" in {}{hint}",
+            self.path.display()
+        ))
+    }
+}
+
 /// The `[http]` table. Off unless `listen` is set: an open port is a
 /// decision for whoever deploys bgsched, not a default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +75,11 @@ pub struct HttpSettings {
     /// `listen`: an IP address and port, e.g. `127.0.0.1:9187`; port 0
     /// picks a free one (the bound address is logged).
     pub listen: Option<std::net::SocketAddr>,
+    /// `tokens_file`, read at load time: who may call `/api/v1`. Without
+    /// it the API is open and read-only.
+    pub tokens: Option<Tokens>,
+    /// The file the tokens came from, for messages.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// The `[scheduler]` table: settings of the scheduler process itself.

@@ -51,22 +51,32 @@ pub struct RunSpec {
     pub params: BTreeMap<String, String>,
 }
 
+/// Where a supervisor's stdout (its pid report) and stderr (its log) go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SupervisorOutput {
+    /// The scheduler's: it reads the pid report; the log joins its own.
+    Scheduler,
+    /// A run the API started in `bgsched run`: the log joins the
+    /// scheduler's, nobody reads a pid report.
+    LogOnly,
+    /// `trigger --detach`: nothing. Nobody is left to read them, and
+    /// holding the caller's pipes open would keep whoever reads them
+    /// waiting for the whole run.
+    Nothing,
+}
+
 /// Start a background supervisor for `spec`, handing it `hold`. The
 /// supervisor lives in its own process group, so a Ctrl-C meant for the
 /// scheduler's terminal does not reach it; the scheduler forwards shutdown
 /// itself.
-///
-/// A `detached` supervisor (from `trigger --detach`) gets no stdout/stderr:
-/// nobody is left to read them, and holding the caller's pipes open would
-/// keep whoever reads them waiting for the whole run.
 pub fn spawn_supervisor(
     mut spec: RunSpec,
     hold: Hold,
-    detached: bool,
+    output: SupervisorOutput,
 ) -> std::io::Result<tokio::process::Child> {
     let lock = take_hold(&mut spec, hold)?;
-    spec.report_pid = !detached;
-    reexec(spec, lock, detached)
+    spec.report_pid = output == SupervisorOutput::Scheduler;
+    reexec(spec, lock, output)
 }
 
 /// Move `hold` into `spec` (a lease) or out as the descriptor to hand
@@ -101,7 +111,7 @@ pub(super) fn own_exe() -> std::io::Result<PathBuf> {
 pub(super) fn reexec(
     mut spec: RunSpec,
     lock: Option<OwnedFd>,
-    detached: bool,
+    output: SupervisorOutput,
 ) -> std::io::Result<tokio::process::Child> {
     use std::os::fd::AsRawFd;
     spec.hold_fd = lock.as_ref().map(|fd| fd.as_raw_fd());
@@ -113,11 +123,11 @@ pub(super) fn reexec(
     let spec_fd = spec_file(&spec)?;
     let spec_raw = spec_fd.as_raw_fd();
     let mut cmd = Command::new(own_exe()?);
-    if detached {
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-    } else {
-        cmd.stdout(Stdio::piped());
-    }
+    match output {
+        SupervisorOutput::Scheduler => cmd.stdout(Stdio::piped()),
+        SupervisorOutput::LogOnly => cmd.stdout(Stdio::null()),
+        SupervisorOutput::Nothing => cmd.stdout(Stdio::null()).stderr(Stdio::null()),
+    };
     for name in secret_vars(&spec.backend) {
         cmd.env_remove(name);
     }

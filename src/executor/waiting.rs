@@ -17,7 +17,7 @@
 //! not `PR_SET_PDEATHSIG`: it fires when the spawning *thread* exits, and
 //! must be unset, racily, the moment a run arrives.
 
-use super::spec::{own_exe, read_spec_from, reexec, spec_file, take_hold};
+use super::spec::{own_exe, read_spec_from, reexec, spec_file, take_hold, SupervisorOutput};
 use super::{secret_vars, RunSpec, SUPERVISE_COMMAND};
 use crate::coordination::{BackendSpec, Hold};
 use std::collections::VecDeque;
@@ -163,7 +163,7 @@ impl WaitingSupervisors {
                 Err(e) => tracing::debug!("a waiting supervisor did not take its run: {e}"),
             }
         }
-        reexec(spec, lock, false)
+        reexec(spec, lock, SupervisorOutput::Scheduler)
     }
 }
 

@@ -4,7 +4,7 @@
 use super::status;
 use super::Metrics;
 use crate::config::Config;
-use crate::coordination::Backend;
+use crate::coordination::{Backend, CoordError};
 use crate::model::MAX_SLEEP;
 use crate::reload::ReloadStatus;
 use axum::extract::State;
@@ -38,6 +38,24 @@ pub struct Served {
 /// scheduling.
 pub struct Listener(tokio::net::TcpListener);
 
+impl Served {
+    /// The status model of the config in use (as `list --json` builds it).
+    pub async fn view(&self, backend: &Backend) -> Result<status::ListView, CoordError> {
+        let now = chrono::Utc::now();
+        let config = self.config.borrow().clone();
+        let hash = self.reload.borrow().config_hash.clone();
+        match backend {
+            // Reading the state directory blocks (a file per history entry):
+            // let the runtime move the fire loop off this worker meanwhile.
+            Backend::Standalone(_) => tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current()
+                    .block_on(status::build(&config, &hash, backend, now))
+            }),
+            Backend::Cluster(_) => status::build(&config, &hash, backend, now).await,
+        }
+    }
+}
+
 impl Listener {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Listener> {
         tokio::net::TcpListener::bind(addr).await.map(Listener)
@@ -48,15 +66,17 @@ impl Listener {
         self.0.local_addr()
     }
 
-    /// Serve on the current runtime until the process ends.
-    pub fn serve(self, served: Arc<Served>) {
+    /// Serve on the current runtime until the process ends, with `more`
+    /// routes (the API's) beside the endpoints here.
+    pub fn serve(self, served: Arc<Served>, more: Router) {
         let app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/status", get(status))
             .fallback(not_found)
-            .with_state(served);
+            .with_state(served)
+            .merge(more);
         tokio::spawn(async move {
             if let Err(e) = axum::serve(self.0, app).await {
                 tracing::error!("http server stopped: {e}");
@@ -183,18 +203,7 @@ async fn status(State(s): Shared) -> Response {
             json!({ "error": "not connected to etcd yet" }),
         );
     };
-    let now = chrono::Utc::now();
-    let config = s.config.borrow().clone();
-    let hash = s.reload.borrow().config_hash.clone();
-    let built = match backend {
-        // Reading the state directory blocks (a file per history entry):
-        // let the runtime move the fire loop off this worker meanwhile.
-        Backend::Standalone(_) => tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(status::build(&config, &hash, backend, now))
-        }),
-        Backend::Cluster(_) => status::build(&config, &hash, backend, now).await,
-    };
-    match built {
+    match s.view(backend).await {
         Ok(view) => {
             let mut body = json!({
                 "instance": s.instance,

@@ -32,6 +32,8 @@ pub(super) const ETCD_CLIENT_PORT: u16 = 2379;
 /// A password file holds one line; anything this big is the wrong file
 /// (or a device like /dev/zero, which would never end).
 pub(super) const MAX_PASSWORD_FILE_SIZE: u64 = 64 * 1024;
+/// A tokens file holds a few lines; a bigger one is the wrong file.
+pub(super) const MAX_TOKENS_FILE_SIZE: u64 = 1024 * 1024;
 
 /// Checks `[cluster]` completely, even after its first problem, and returns
 /// it only if it is fully valid. `base` is the directory relative file

@@ -252,6 +252,37 @@ impl<'a, 'i> Item<'a, 'i> {
         None
     }
 
+    /// `[http] tokens_file`: read and checked now, so a broken file stops
+    /// `check` and `run` with its line, not the first API call.
+    pub(super) fn tokens_file(&self, r: &mut Report, base: &Path) -> Option<(PathBuf, Tokens)> {
+        let path = resolved(base, self.path(r)?);
+        let mut text = String::new();
+        let read = open_readable(&path).and_then(|file| {
+            file.take(MAX_TOKENS_FILE_SIZE + 1)
+                .read_to_string(&mut text)
+                .map_err(|e| e.to_string())
+        });
+        let problem = match read {
+            Err(reason) => format!("cannot be read: {reason}"),
+            Ok(n) if n as u64 > MAX_TOKENS_FILE_SIZE => {
+                format!("is larger than {} KiB", MAX_TOKENS_FILE_SIZE / 1024)
+            }
+            Ok(_) => match Tokens::parse(&text) {
+                Ok(tokens) => return Some((path, tokens)),
+                Err(why) => why,
+            },
+        };
+        r.error(
+            self.value_at(),
+            format!(
+                "{} {}: {problem}",
+                self.label,
+                quoted(&path.display().to_string())
+            ),
+        );
+        None
+    }
+
     /// The file's content without its trailing line break; the content
     /// never reaches a message, only the file's name does.
     pub(super) fn password_file(&self, r: &mut Report, base: &Path) -> Option<Secret> {

@@ -8,7 +8,7 @@
 
 use super::{
     base_dir, ClusterSettings, Config, ConfigError, ConfigErrors, HttpSettings, Job, Overlap,
-    Param, Pattern, Program, SchedulerSettings, Secret,
+    Param, Pattern, Program, SchedulerSettings, Secret, Tokens,
 };
 use crate::schedule::{duration_reason, quoted, shown, Schedule};
 use chrono_tz::Tz;
@@ -190,7 +190,7 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let http = top
         .http
         .as_ref()
-        .map(|item| http(&mut r, item))
+        .map(|item| http(&mut r, item, base_dir(path)))
         .unwrap_or_default();
     let built_in = Defaults {
         catchup: default_catchup(cluster.as_ref()),

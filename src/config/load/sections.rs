@@ -80,7 +80,7 @@ keys! {
         password_env, password_file,
     }
     /// `[http]`.
-    HttpKeys (Http) { listen }
+    HttpKeys (Http) { listen, tokens_file }
 }
 
 /// The keys of a job, declared once. A key with a type is one `[defaults]`
@@ -207,13 +207,17 @@ pub(super) fn scheduler(r: &mut Report, item: &Item) -> SchedulerSettings {
     settings
 }
 
-pub(super) fn http(r: &mut Report, item: &Item) -> HttpSettings {
+pub(super) fn http(r: &mut Report, item: &Item, base: &Path) -> HttpSettings {
     let mut settings = HttpSettings::default();
     let Some(table) = item.table(r) else {
         return settings;
     };
     let f = HttpKeys::of(r, table);
     settings.listen = f.listen.as_ref().and_then(|i| i.listen(r));
+    if let Some((path, tokens)) = f.tokens_file.as_ref().and_then(|i| i.tokens_file(r, base)) {
+        settings.tokens_file = Some(path);
+        settings.tokens = Some(tokens);
+    }
     settings
 }
 

@@ -1,0 +1,356 @@
+//! `POST /api/v1/jobs/{job}/runs`, `GET /api/v1/runs/{run_id}` (with a long
+//! poll) and `GET /api/v1/runs/{run_id}/output`.
+
+use super::{allow, json_reply, Api, ApiError};
+use crate::config::Job;
+use crate::coordination::etcd::{Asked, Seen};
+use crate::coordination::{
+    manual_tick, Backend, ClaimRejected, Coordinator, HistoryReader, Outcome, RunRecord, Trigger,
+};
+use crate::executor::{spawn_supervisor, RunSpec, SupervisorOutput};
+use crate::model::{new_run_id, parse_run_id, RunKey};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{SecondsFormat, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a cluster replica waits for the leader to take a run request.
+const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest `?wait=` a caller may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+/// How often a long poll looks at the run again.
+const POLL: Duration = Duration::from_millis(100);
+/// How long an accepted run whose record never appears stays `pending`.
+const PENDING_FOR: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+    #[serde(default)]
+    at: Option<String>,
+}
+
+pub(super) async fn start(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    allow(&api, &headers, &Method::POST, uri.path())?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is larger than {} KiB", super::MAX_BODY / 1024),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the body: {e}"))
+        }
+    })?;
+    let req: StartBody = if body.iter().all(u8::is_ascii_whitespace) {
+        StartBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the body must be a JSON object like {{\"params\": {{\"NAME\": \"value\"}}}}: {e}"
+            ))
+        })?
+    };
+    let config = api.config();
+    let job = config
+        .job_named(&name)
+        .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", why))?;
+    if req.at.is_some() {
+        return Err(ApiError::bad_request(
+            "\"at\" (a run at a later time) is not supported by this version; leave it out to run now",
+        ));
+    }
+    let params = job
+        .resolve_params(&req.params)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_params", e.to_string()))?;
+    let run_id = match api.backend()? {
+        Backend::Standalone(state) => start_here(&api, state, job, params).await?,
+        Backend::Cluster(etcd) => {
+            let run_id = new_run_id();
+            let asked = etcd
+                .request_run(
+                    &job.name,
+                    &run_id,
+                    params,
+                    api.served.instance.clone(),
+                    LEADER_TIMEOUT,
+                    std::future::pending(),
+                )
+                .await
+                .map_err(ApiError::backend)?;
+            if asked != Asked::Taken {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_leader",
+                    format!(
+                        "no leader accepted the run within {}",
+                        humantime::format_duration(LEADER_TIMEOUT)
+                    ),
+                ));
+            }
+            // A skip is recorded before the leader lets the request go.
+            if let Seen::Recorded(rec) = etcd
+                .wait_for_record(&job.name, &run_id, true)
+                .await
+                .map_err(ApiError::backend)?
+            {
+                if rec.outcome == Outcome::Skipped {
+                    let active = etcd.active(&job.name).await.ok().and_then(|a| a.into_iter().next());
+                    return Err(still_running(job, rec.reason.as_deref().unwrap_or("already running"), active));
+                }
+            }
+            run_id
+        }
+    };
+    api.accepted
+        .lock()
+        .expect("accepted lock poisoned")
+        .insert(run_id.clone(), (job.name.clone(), Instant::now()));
+    let status_url = format!("/api/v1/runs/{run_id}");
+    let mut resp = json_reply(
+        StatusCode::ACCEPTED,
+        &json!({ "run_id": run_id, "job": job.name, "status_url": status_url }),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&status_url) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// Standalone: claim the job's overlap hold and start a supervisor here,
+/// as `bgsched trigger --detach` does; the skip of a refused run is
+/// recorded as the CLI's is.
+async fn start_here(
+    api: &Api,
+    state: &crate::coordination::Standalone,
+    job: &Job,
+    params: BTreeMap<String, String>,
+) -> Result<String, ApiError> {
+    let now = manual_tick(Utc::now());
+    let (hold, turn) = match state.overlap_hold(&job.name, job.overlap) {
+        Ok(held) => held,
+        Err(rejected) if rejected.is_skip() => {
+            let active = match &rejected {
+                ClaimRejected::StillRunning(active) => active.as_deref().cloned(),
+                _ => None,
+            };
+            let reason = rejected.to_string();
+            let mut rec = RunRecord::not_run(
+                RunKey::new(&job.name, now, Trigger::Manual, &api.served.instance),
+                Outcome::Skipped,
+                reason.clone(),
+            );
+            rec.key.term = 0;
+            if let Err(e) = state.record_until_written(&rec).await {
+                tracing::error!(job = %job.name, "could not record the skip: {e}");
+            }
+            return Err(still_running(job, &reason, active));
+        }
+        Err(e) => return Err(ApiError::backend(e)),
+    };
+    let mut spec = RunSpec::new(
+        job,
+        new_run_id(),
+        now,
+        Trigger::Manual,
+        state.backend_spec(),
+    );
+    spec.key.instance = api.served.instance.clone();
+    spec.key.term = state
+        .leader()
+        .map_err(ApiError::backend)?
+        .map_or(0, |l| l.term);
+    spec.turn = turn;
+    spec.params = params;
+    spec.log_json = api.log_json;
+    let run_id = spec.key.run_id.clone();
+    let mut child = spawn_supervisor(spec, hold, SupervisorOutput::LogOnly).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "start_failed",
+            format!("could not start the run's supervisor: {e}"),
+        )
+    })?;
+    tracing::info!(job = %job.name, run_id = %run_id, "run started through the API");
+    // Reaped here; the supervisor owns the run and its record.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(run_id)
+}
+
+/// 409: the job runs and `overlap = "skip"` refuses another run.
+fn still_running(job: &Job, reason: &str, active: Option<RunRecord>) -> ApiError {
+    let mut message = format!(
+        "job \"{}\" is {reason}; skipped (overlap = \"{}\")",
+        job.name, job.overlap
+    );
+    if let Some(a) = &active {
+        message = format!(
+            "job \"{}\" is already running since {} on instance {} (run {}); skipped (overlap = \"{}\")",
+            job.name,
+            a.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            a.key.instance,
+            a.key.run_id,
+            job.overlap
+        );
+    }
+    ApiError::new(StatusCode::CONFLICT, "still_running", message)
+        .with("active", serde_json::to_value(active).expect("records serialize"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GetQuery {
+    wait: Option<String>,
+}
+
+/// What a run id names right now.
+enum Found {
+    Record(Box<RunRecord>),
+    /// Accepted here; its supervisor has not written a record yet.
+    Pending(String),
+}
+
+impl Api {
+    /// The run's newest entry, looked for in `job`'s history if known.
+    async fn find(&self, run_id: &str, job: Option<&str>) -> Result<Option<Found>, ApiError> {
+        let backend = self.backend()?;
+        let config = self.config();
+        let accepted = {
+            let mut accepted = self.accepted.lock().expect("accepted lock poisoned");
+            accepted.retain(|_, (_, at)| at.elapsed() < PENDING_FOR);
+            accepted.get(run_id).map(|(job, _)| job.clone())
+        };
+        let jobs: Vec<&str> = match job.or(accepted.as_deref()) {
+            Some(job) => vec![job],
+            None => config.jobs.keys().map(String::as_str).collect(),
+        };
+        let found = match backend {
+            Backend::Standalone(s) => tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(s.find_run(&jobs, run_id))
+            }),
+            Backend::Cluster(e) => e.find_run(&jobs, run_id).await,
+        }
+        .map_err(ApiError::backend)?;
+        Ok(match (found, accepted) {
+            (Some(rec), _) => {
+                self.accepted
+                    .lock()
+                    .expect("accepted lock poisoned")
+                    .remove(run_id);
+                Some(Found::Record(Box::new(rec)))
+            }
+            (None, Some(job)) => Some(Found::Pending(job)),
+            (None, None) => None,
+        })
+    }
+}
+
+fn run_id_of(given: &str) -> Result<String, ApiError> {
+    parse_run_id(given).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{given:?} is not a run id (a UUID, as POST .../runs and `bgsched history` give them)"
+        ))
+    })
+}
+
+fn unknown_run(run_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_run",
+        format!("no run {run_id} in the history of any job (pruned, or never existed)"),
+    )
+}
+
+pub(super) async fn get(
+    State(api): State<Arc<Api>>,
+    Path(given): Path<String>,
+    query: Result<Query<GetQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Response, ApiError> {
+    allow(&api, &headers, &Method::GET, uri.path())?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let run_id = run_id_of(&given)?;
+    let wait = match query.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(w) => match humantime::parse_duration(w) {
+            Ok(d) if d <= MAX_WAIT => d,
+            Ok(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "wait={w} is longer than {}",
+                    humantime::format_duration(MAX_WAIT)
+                )))
+            }
+            Err(e) => {
+                return Err(ApiError::bad_request(format!(
+                    "wait={w:?} is not a duration such as 30s or 2m ({e})"
+                )))
+            }
+        },
+    };
+    let deadline = Instant::now() + wait;
+    let mut job = None;
+    loop {
+        let found = api
+            .find(&run_id, job.as_deref())
+            .await?
+            .ok_or_else(|| unknown_run(&run_id))?;
+        let done = Instant::now() >= deadline;
+        match found {
+            Found::Record(rec) if rec.outcome != Outcome::Running || done => {
+                return Ok(json_reply(
+                    StatusCode::OK,
+                    &serde_json::to_value(&rec).expect("records serialize"),
+                ));
+            }
+            Found::Pending(j) if done => {
+                return Ok(json_reply(
+                    StatusCode::OK,
+                    &json!({ "run_id": run_id, "job": j, "outcome": "pending" }),
+                ));
+            }
+            Found::Record(rec) => job = Some(rec.key.job),
+            Found::Pending(j) => job = Some(j),
+        }
+        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+}
+
+pub(super) async fn output(
+    State(api): State<Arc<Api>>,
+    Path(given): Path<String>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Response, ApiError> {
+    allow(&api, &headers, &Method::GET, uri.path())?;
+    let run_id = run_id_of(&given)?;
+    let text = match api.find(&run_id, None).await? {
+        Some(Found::Record(rec)) => rec.output_tail,
+        Some(Found::Pending(_)) => String::new(),
+        None => return Err(unknown_run(&run_id)),
+    };
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response())
+}

@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "executor",
     "reload",
     "observe-readers",
+    "api",
     "scheduler",
     "cli",
 ];

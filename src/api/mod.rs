@@ -104,7 +104,11 @@ impl ApiError {
 
     /// A backend that could not answer: the cause in words, 503.
     fn backend(e: impl std::fmt::Display) -> ApiError {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
     }
 }
 
@@ -141,7 +145,12 @@ fn allow(api: &Api, headers: &HeaderMap, method: &Method, path: &str) -> Result<
     } else {
         Scope::Trigger
     };
-    auth::check(&api.config().http, headers, need, &format!("{method} {path}"))
+    auth::check(
+        &api.config().http,
+        headers,
+        need,
+        &format!("{method} {path}"),
+    )
 }
 
 /// An `/api/v1` path nothing answers.
@@ -149,7 +158,10 @@ pub async fn unknown_endpoint(method: Method, uri: axum::http::Uri) -> Response 
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no endpoint {method} {}; see README \"HTTP API\"", uri.path()),
+        format!(
+            "no endpoint {method} {}; see README \"HTTP API\"",
+            uri.path()
+        ),
     )
     .into_response()
 }

@@ -111,8 +111,16 @@ pub(super) async fn start(
                 .map_err(ApiError::backend)?
             {
                 if rec.outcome == Outcome::Skipped {
-                    let active = etcd.active(&job.name).await.ok().and_then(|a| a.into_iter().next());
-                    return Err(still_running(job, rec.reason.as_deref().unwrap_or("already running"), active));
+                    let active = etcd
+                        .active(&job.name)
+                        .await
+                        .ok()
+                        .and_then(|a| a.into_iter().next());
+                    return Err(still_running(
+                        job,
+                        rec.reason.as_deref().unwrap_or("already running"),
+                        active,
+                    ));
                 }
             }
             run_id
@@ -211,8 +219,10 @@ fn still_running(job: &Job, reason: &str, active: Option<RunRecord>) -> ApiError
             job.overlap
         );
     }
-    ApiError::new(StatusCode::CONFLICT, "still_running", message)
-        .with("active", serde_json::to_value(active).expect("records serialize"))
+    ApiError::new(StatusCode::CONFLICT, "still_running", message).with(
+        "active",
+        serde_json::to_value(active).expect("records serialize"),
+    )
 }
 
 #[derive(Debug, Deserialize)]

@@ -175,8 +175,11 @@ async fn serve_http(
     if config.http.tokens.is_none() && !bound.ip().is_loopback() {
         tracing::warn!(addr = %bound, "the API on a non-loopback address has no [http] tokens_file: anyone who reaches it can read jobs and runs (it is read-only without tokens)");
     }
-    listener.serve(served.clone(), api::routes(api::Api::new(served.clone(), log_json)));
-    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz, /status and /api/v1 on http://{bound}");
+    listener.serve(
+        served.clone(),
+        api::routes(api::Api::new(served.clone(), log_json)),
+    );
+    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz, /api/v1 and /status on http://{bound}");
     Ok(served)
 }
 

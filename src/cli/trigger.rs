@@ -86,7 +86,8 @@ async fn locally(
     executor::contain::sweep_stale_cgroups();
     if detach {
         let run_id = spec.key.run_id.clone();
-        executor::spawn_supervisor(spec, hold, executor::SupervisorOutput::Nothing).map_err(anyhow::Error::from)?;
+        executor::spawn_supervisor(spec, hold, executor::SupervisorOutput::Nothing)
+            .map_err(anyhow::Error::from)?;
         print_out(&format!("{run_id}\n"));
         return Ok(());
     }

@@ -118,10 +118,9 @@ mod tests {
 
     #[test]
     fn a_tokens_file_gives_each_token_its_scope_and_refuses_mistakes_by_line() {
-        let t = Tokens::parse(
-            "# ops\n0123456789abcdef0123 admin\n\n  fedcba9876543210fedc   read  \n",
-        )
-        .unwrap();
+        let t =
+            Tokens::parse("# ops\n0123456789abcdef0123 admin\n\n  fedcba9876543210fedc   read  \n")
+                .unwrap();
         assert_eq!(t.scope_of("0123456789abcdef0123"), Some(Scope::Admin));
         assert_eq!(t.scope_of("fedcba9876543210fedc"), Some(Scope::Read));
         assert_eq!(t.scope_of("fedcba9876543210fed"), None);

@@ -1,0 +1,564 @@
+//! The HTTP API (`/api/v1`, README "HTTP API") over real HTTP against the
+//! real binary: standalone, and three replicas on a real etcd.
+
+mod common;
+
+use common::etcd::{http_request, Etcd};
+use common::*;
+use serde_json::{json, Value};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Replicas and long polls: one test at a time on a loaded 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const READ: &str = "read-token-0123456789";
+const TRIGGER: &str = "trigger-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789";
+
+const TOKENS: &str = "# who may call the API\nread-token-0123456789 read\ntrigger-token-0123456789 trigger\n\nadmin-token-0123456789 admin\n";
+
+/// A job taking parameters, a job that runs long, one that fails.
+fn jobs() -> String {
+    format!(
+        r#"[jobs.order]
+schedule = "@yearly"
+shell = 'echo "order $BGSCHED_PARAM_ORDER_ID in $BGSCHED_PARAM_MODE mode"; cat "$BGSCHED_PARAMS_FILE"'
+[jobs.order.params]
+order_id = {{ required = true, pattern = "[0-9]+" }}
+mode = {{ default = "fast", pattern = "fast|slow" }}
+
+[jobs.long]
+schedule = "@yearly"
+shell = '{}; sleep 600'
+
+[jobs.fails]
+schedule = "@yearly"
+shell = 'echo broken >&2; exit 3'
+"#,
+        ledger_line("start", "ledger")
+    )
+}
+
+/// One API call: (status, the JSON body, or the text as a JSON string).
+#[track_caller]
+fn call(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+    let (status, text) = http_request(port, method, path, body, Duration::from_secs(60), &headers)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// An error reply: its status, code and message.
+#[track_caller]
+fn assert_error(reply: (u16, Value), status: u16, code: &str, message: &str) {
+    assert_eq!(reply.0, status, "{reply:?}");
+    assert_eq!(reply.1["error"]["code"], code, "{reply:?}");
+    let said = reply.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(said.contains(message), "expected {message:?} in {reply:?}");
+}
+
+fn standalone(with_tokens: bool) -> (Env, Scheduler, u16) {
+    let mut toml = jobs();
+    if with_tokens {
+        toml.push_str("\n[http]\ntokens_file = \"tokens\"\n");
+    }
+    let env = Env::new().config(&toml);
+    env.write("tokens", TOKENS);
+    let run = env.spawn_run_with("api", &["--http", "127.0.0.1:0"]);
+    let port = run.http_port();
+    (env, run, port)
+}
+
+#[test]
+fn a_caller_triggers_with_parameters_and_gets_the_result_by_long_poll() {
+    let _serial = serial();
+    let (env, _run, port) = standalone(true);
+    let (status, accepted) = call(
+        port,
+        "POST",
+        "/api/v1/jobs/order/runs",
+        Some(TRIGGER),
+        Some(r#"{"params": {"order_id": "42"}}"#),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    assert_eq!(accepted["status_url"], format!("/api/v1/runs/{run_id}"));
+    let (status, rec) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{run_id}?wait=30s"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    assert_eq!(rec["run_id"], run_id.as_str());
+    assert_eq!(rec["trigger"], "manual");
+    assert_eq!(rec["params"], json!({"order_id": "42", "mode": "fast"}));
+    let expected = "order 42 in fast mode\n{\n  \"mode\": \"fast\",\n  \"order_id\": \"42\"\n}";
+    assert_eq!(rec["output_tail"], expected);
+    let (status, out) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{run_id}/output"),
+        Some(READ),
+        None,
+    );
+    assert_eq!((status, out), (200, Value::String(expected.into())));
+    // The record is the one `history` shows.
+    let recs = env.records("order");
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["run_id"], run_id.as_str());
+
+    // A failing run's result says so, with its exit code.
+    let (_, accepted) = call(port, "POST", "/api/v1/jobs/fails/runs", Some(ADMIN), None);
+    let run_id = accepted["run_id"].as_str().unwrap();
+    let (_, rec) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{run_id}?wait=30s"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(
+        (rec["outcome"].clone(), rec["exit_code"].clone()),
+        (json!("failed"), json!(3)),
+        "{rec}"
+    );
+
+    // Without `wait` a running run answers at once, as running.
+    let (_, accepted) = call(
+        port,
+        "POST",
+        "/api/v1/jobs/long/runs",
+        Some(TRIGGER),
+        Some("{}"),
+    );
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    wait_until(PATIENCE, "the long run to be recorded running", || {
+        call(
+            port,
+            "GET",
+            &format!("/api/v1/runs/{run_id}"),
+            Some(READ),
+            None,
+        )
+        .1["outcome"]
+            == "running"
+    });
+    // A short wait on a run that goes on ends with the run still running.
+    let (status, rec) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{run_id}?wait=300ms"),
+        Some(READ),
+        None,
+    );
+    assert_eq!((status, rec["outcome"].clone()), (200, json!("running")));
+    // Only one run of "long": overlap = "skip" refuses the next with the active run.
+    let refused = call(port, "POST", "/api/v1/jobs/long/runs", Some(TRIGGER), None);
+    assert_eq!(
+        refused.1["active"]["run_id"],
+        run_id.as_str(),
+        "{refused:?}"
+    );
+    assert_error(refused, 409, "still_running", "is already running since");
+    assert!(
+        env.records("long")
+            .iter()
+            .any(|r| r["outcome"] == "skipped"),
+        "the refusal is recorded as a skip"
+    );
+    kill_running(&env, "long");
+}
+
+/// Kill the job's process group through its recorded pid.
+fn kill_running(env: &Env, job: &str) {
+    for r in env.job_view(job)["running"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        if let Some(pid) = r["pid"].as_i64() {
+            let _ = rustix::process::kill_process_group(
+                rustix::process::Pid::from_raw(pid as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_gets_its_status_and_a_one_line_message_and_changes_nothing() {
+    let _serial = serial();
+    let (env, _run, port) = standalone(true);
+    let post =
+        |path: &str, token: Option<&str>, body: Option<&str>| call(port, "POST", path, token, body);
+    assert_error(
+        post("/api/v1/jobs/ordr/runs", Some(TRIGGER), None),
+        404,
+        "unknown_job",
+        "no job named \"ordr\"",
+    );
+    assert_error(
+        post("/api/v1/jobs/ordr/runs", Some(TRIGGER), None),
+        404,
+        "unknown_job",
+        "did you mean \"order\"?",
+    );
+    assert_error(
+        post(
+            "/api/v1/jobs/order/runs",
+            Some(TRIGGER),
+            Some("{\"params\": "),
+        ),
+        400,
+        "bad_request",
+        "the body must be a JSON object",
+    );
+    assert_error(
+        post("/api/v1/jobs/order/runs", Some(TRIGGER), Some("[1]")),
+        400,
+        "bad_request",
+        "the body must be a JSON object",
+    );
+    assert_error(
+        post(
+            "/api/v1/jobs/order/runs",
+            Some(TRIGGER),
+            Some(r#"{"prams": {}}"#),
+        ),
+        400,
+        "bad_request",
+        "unknown field `prams`",
+    );
+    assert_error(
+        post(
+            "/api/v1/jobs/order/runs",
+            Some(TRIGGER),
+            Some(r#"{"params": {"order_id": 42}}"#),
+        ),
+        400,
+        "bad_request",
+        "expected a string",
+    );
+    assert_error(
+        post(
+            "/api/v1/jobs/order/runs",
+            Some(TRIGGER),
+            Some(r#"{"params": {"order_id": "1", "PATH": "/tmp"}}"#),
+        ),
+        400,
+        "bad_params",
+        "job \"order\" has no parameter \"PATH\"; it declares mode, order_id",
+    );
+    assert_error(
+        post(
+            "/api/v1/jobs/order/runs",
+            Some(TRIGGER),
+            Some(r#"{"params": {"order_id": "1; rm -rf /"}}"#),
+        ),
+        400,
+        "bad_params",
+        "does not match its pattern \"[0-9]+\"",
+    );
+    assert_error(
+        post("/api/v1/jobs/order/runs", Some(TRIGGER), Some("{}")),
+        400,
+        "bad_params",
+        "job \"order\" requires parameter \"order_id\"",
+    );
+    let big = format!(
+        "{{\"params\": {{\"order_id\": \"{}\"}}}}",
+        "1".repeat(1024 * 1024 + 1)
+    );
+    assert_error(
+        post("/api/v1/jobs/order/runs", Some(TRIGGER), Some(&big)),
+        413,
+        "too_large",
+        "larger than 1024 KiB",
+    );
+    // Tokens and scopes.
+    assert_error(
+        post("/api/v1/jobs/order/runs", None, None),
+        401,
+        "unauthorized",
+        "Authorization: Bearer TOKEN",
+    );
+    assert_error(
+        post(
+            "/api/v1/jobs/order/runs",
+            Some("not-a-token-0123456789"),
+            None,
+        ),
+        401,
+        "unauthorized",
+        "not one of [http] tokens_file",
+    );
+    assert_error(
+        post("/api/v1/jobs/order/runs", Some(READ), None),
+        403,
+        "forbidden",
+        "POST /api/v1/jobs/order/runs needs a token of scope trigger; this one has scope read",
+    );
+    assert_error(
+        call(port, "GET", "/api/v1/jobs", None, None),
+        401,
+        "unauthorized",
+        "send a token",
+    );
+    assert_error(
+        call(
+            port,
+            "GET",
+            "/api/v1/jobs",
+            Some("wrong-token-0123456789"),
+            None,
+        ),
+        401,
+        "unauthorized",
+        "not one of",
+    );
+    // Run ids.
+    assert_error(
+        call(port, "GET", "/api/v1/runs/nope", Some(READ), None),
+        400,
+        "bad_request",
+        "\"nope\" is not a run id",
+    );
+    assert_error(
+        call(
+            port,
+            "GET",
+            "/api/v1/runs/01a23502-01e4-71d8-91b7-a38fc6a0586e",
+            Some(READ),
+            None,
+        ),
+        404,
+        "unknown_run",
+        "no run 01a23502-01e4-71d8-91b7-a38fc6a0586e",
+    );
+    assert_error(
+        call(
+            port,
+            "GET",
+            "/api/v1/runs/01a23502-01e4-71d8-91b7-a38fc6a0586e/output",
+            Some(READ),
+            None,
+        ),
+        404,
+        "unknown_run",
+        "no run",
+    );
+    assert_error(
+        call(
+            port,
+            "GET",
+            "/api/v1/runs/01a23502-01e4-71d8-91b7-a38fc6a0586e?wait=forever",
+            Some(READ),
+            None,
+        ),
+        400,
+        "bad_request",
+        "wait=\"forever\" is not a duration",
+    );
+    assert_error(
+        call(
+            port,
+            "GET",
+            "/api/v1/runs/01a23502-01e4-71d8-91b7-a38fc6a0586e?wait=1h",
+            Some(READ),
+            None,
+        ),
+        400,
+        "bad_request",
+        "wait=1h is longer than 10m",
+    );
+    assert_error(
+        call(port, "GET", "/api/v1/jobs/nope", Some(READ), None),
+        404,
+        "unknown_job",
+        "no job named \"nope\"",
+    );
+    assert_error(
+        call(port, "GET", "/api/v1/nothing-here", Some(READ), None),
+        404,
+        "not_found",
+        "no endpoint GET /api/v1/nothing-here",
+    );
+    // Nothing ran, nothing was recorded.
+    for job in ["order", "long", "fails"] {
+        assert!(env.records(job).is_empty(), "{job}: {:?}", env.records(job));
+    }
+    // The open endpoints stay open with a tokens file.
+    assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(http_get(port, "/metrics").map(|r| r.0), Some(200));
+}
+
+#[test]
+fn jobs_are_listed_as_list_json_shows_them() {
+    let _serial = serial();
+    let (env, _run, port) = standalone(false);
+    let (status, all) = call(port, "GET", "/api/v1/jobs", None, None);
+    assert_eq!(status, 200, "{all}");
+    let names: Vec<&str> = all["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fails", "long", "order"]);
+    assert_eq!(all["mode"], "standalone");
+    let (status, one) = call(port, "GET", "/api/v1/jobs/order", None, None);
+    assert_eq!(status, 200);
+    let listed = env.job_view("order");
+    for key in [
+        "name", "schedule", "timezone", "overlap", "state", "enabled",
+    ] {
+        assert_eq!(one[key], listed[key], "{key}");
+    }
+    // Without a tokens file the API is open and read-only.
+    assert_error(
+        call(port, "POST", "/api/v1/jobs/fails/runs", None, None),
+        403,
+        "read_only",
+        "[http] tokens_file is not set",
+    );
+    assert_error(
+        call(port, "POST", "/api/v1/jobs/fails/runs", Some(ADMIN), None),
+        403,
+        "read_only",
+        "read-only",
+    );
+    assert!(env.records("fails").is_empty());
+}
+
+#[test]
+fn a_tokens_file_that_cannot_be_used_stops_check_with_its_line() {
+    let env = Env::new().config(&format!("{}\n[http]\ntokens_file = \"tokens\"\n", jobs()));
+    env.write("tokens", "read-token-0123456789 read\nshort admin\n");
+    let out = env.cmd(&["check"]).run().code(78);
+    let tokens = env.path("tokens");
+    assert!(
+        out.stderr.contains(&format!(
+            "tokens_file \"{}\": line 2: the token is shorter than 16 characters",
+            tokens.display()
+        )),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains("read-token"),
+        "a token reached a message: {out:?}"
+    );
+}
+
+/// Three replicas: a run asked of any replica runs once, on the leader,
+/// and any replica answers for its result.
+#[test]
+fn in_a_cluster_any_replica_starts_a_run_on_the_leader_and_any_answers_for_it() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/api\"\nlease_ttl = \"2s\"\n\n[http]\ntokens_file = \"tokens\"\n\n{}",
+        etcd.endpoint(),
+        jobs()
+    ));
+    env.write("tokens", TOKENS);
+    let replicas: Vec<Scheduler> = ["a", "b", "c"]
+        .iter()
+        .map(|i| env.spawn_run_with(i, &["--http", "127.0.0.1:0"]))
+        .collect();
+    let ports: Vec<u16> = replicas.iter().map(Scheduler::http_port).collect();
+    let mut leader = None;
+    wait_until(PATIENCE, "a leader", || {
+        leader = env.list_json()["leader"]["instance"]
+            .as_str()
+            .map(str::to_string);
+        leader.is_some()
+    });
+    let leader = leader.unwrap();
+    let follower = ["a", "b", "c"].iter().position(|i| **i != leader).unwrap();
+    let other = ["a", "b", "c"].iter().rposition(|i| **i != leader).unwrap();
+    let (status, accepted) = call(
+        ports[follower],
+        "POST",
+        "/api/v1/jobs/order/runs",
+        Some(TRIGGER),
+        Some(r#"{"params": {"order_id": "7", "mode": "slow"}}"#),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    let (status, rec) = call(
+        ports[other],
+        "GET",
+        &format!("/api/v1/runs/{run_id}?wait=30s"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    assert_eq!(rec["instance"], leader.as_str(), "ran on the leader");
+    assert_eq!(rec["params"], json!({"order_id": "7", "mode": "slow"}));
+    assert!(
+        rec["output_tail"]
+            .as_str()
+            .unwrap()
+            .starts_with("order 7 in slow mode\n"),
+        "{rec}"
+    );
+
+    // Skip holds cluster-wide: a second run asked of another replica is refused.
+    let (_, accepted) = call(
+        ports[other],
+        "POST",
+        "/api/v1/jobs/long/runs",
+        Some(TRIGGER),
+        None,
+    );
+    let long_id = accepted["run_id"].as_str().unwrap().to_string();
+    wait_until(PATIENCE, "the long run to start", || {
+        !env.lines("ledger").is_empty()
+    });
+    let refused = call(
+        ports[follower],
+        "POST",
+        "/api/v1/jobs/long/runs",
+        Some(TRIGGER),
+        None,
+    );
+    assert_eq!(
+        refused.1["active"]["run_id"],
+        long_id.as_str(),
+        "{refused:?}"
+    );
+    assert_error(refused, 409, "still_running", "already running");
+    assert_eq!(env.lines("ledger").len(), 1, "the refused run started");
+    kill_running(&env, "long");
+    // Bad parameters are refused by the replica asked, before the leader sees them.
+    assert_error(
+        call(
+            ports[follower],
+            "POST",
+            "/api/v1/jobs/order/runs",
+            Some(TRIGGER),
+            Some(r#"{"params": {"order_id": "x"}}"#),
+        ),
+        400,
+        "bad_params",
+        "does not match",
+    );
+    drop(replicas);
+}

@@ -68,6 +68,8 @@ pub enum Outcome {
     /// Not a run but a state file of the job's history that cannot be read
     /// (standalone); `reason` names the file and says why.
     Unreadable,
+    /// Stopped because a caller cancelled it (`bgsched cancel`, the API).
+    Cancelled,
 }
 
 impl Outcome {
@@ -105,6 +107,7 @@ impl fmt::Display for Outcome {
             Outcome::Skipped => "skipped",
             Outcome::Missed => "missed",
             Outcome::Unreadable => "unreadable",
+            Outcome::Cancelled => "cancelled",
         })
     }
 }

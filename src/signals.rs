@@ -20,6 +20,8 @@ pub enum Sig {
     Hup,
     /// A newer run replaces this one (`overlap = "replace"`, supervisor).
     Usr1,
+    /// A caller cancels this run (`bgsched cancel`, the API; supervisor).
+    Usr2,
 }
 
 impl Sig {
@@ -29,6 +31,7 @@ impl Sig {
             Sig::Int => "SIGINT",
             Sig::Hup => "SIGHUP",
             Sig::Usr1 => "SIGUSR1",
+            Sig::Usr2 => "SIGUSR2",
         }
     }
 
@@ -38,6 +41,7 @@ impl Sig {
             Sig::Int => SignalKind::interrupt(),
             Sig::Hup => SignalKind::hangup(),
             Sig::Usr1 => SignalKind::user_defined1(),
+            Sig::Usr2 => SignalKind::user_defined2(),
         }
     }
 }

@@ -39,6 +39,11 @@ shell = '{}; sleep 600'
 [jobs.fails]
 schedule = "@yearly"
 shell = 'echo broken >&2; exit 3'
+
+[jobs.tree]
+schedule = "@yearly"
+kill_grace = "2s"
+shell = 'setsid sleep 600 & echo $! > grandchild; sleep 600'
 "#,
         ledger_line("start", "ledger")
     )
@@ -400,7 +405,7 @@ fn bad_input_gets_its_status_and_a_one_line_message_and_changes_nothing() {
         "no endpoint GET /api/v1/nothing-here",
     );
     // Nothing ran, nothing was recorded.
-    for job in ["order", "long", "fails"] {
+    for job in ["order", "long", "fails", "tree"] {
         assert!(env.records(job).is_empty(), "{job}: {:?}", env.records(job));
     }
     // The open endpoints stay open with a tokens file.
@@ -420,7 +425,7 @@ fn jobs_are_listed_as_list_json_shows_them() {
         .iter()
         .map(|j| j["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["fails", "long", "order"]);
+    assert_eq!(names, ["fails", "long", "order", "tree"]);
     assert_eq!(all["mode"], "standalone");
     let (status, one) = call(port, "GET", "/api/v1/jobs/order", None, None);
     assert_eq!(status, 200);
@@ -546,7 +551,28 @@ fn in_a_cluster_any_replica_starts_a_run_on_the_leader_and_any_answers_for_it() 
     );
     assert_error(refused, 409, "still_running", "already running");
     assert_eq!(env.lines("ledger").len(), 1, "the refused run started");
-    kill_running(&env, "long");
+    // Any replica cancels it, wherever it runs.
+    let (status, asked) = call(
+        ports[follower],
+        "POST",
+        &format!("/api/v1/runs/{long_id}/cancel"),
+        Some(TRIGGER),
+        None,
+    );
+    assert_eq!(status, 202, "{asked}");
+    let (_, rec) = call(
+        ports[other],
+        "GET",
+        &format!("/api/v1/runs/{long_id}?wait=30s"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(rec["outcome"], "cancelled", "{rec}");
+    let by = format!(
+        "cancelled by the API on instance {}",
+        ["a", "b", "c"][follower]
+    );
+    assert!(rec["reason"].as_str().unwrap().starts_with(&by), "{rec}");
     // Bad parameters are refused by the replica asked, before the leader sees them.
     assert_error(
         call(
@@ -561,4 +587,123 @@ fn in_a_cluster_any_replica_starts_a_run_on_the_leader_and_any_answers_for_it() 
         "does not match",
     );
     drop(replicas);
+}
+
+/// Pid of a process that is still there (not a zombie).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn cancel_records_cancelled_and_ends_the_whole_process_tree() {
+    let _serial = serial();
+    let (env, _run, port) = standalone(true);
+    let (_, accepted) = call(port, "POST", "/api/v1/jobs/tree/runs", Some(TRIGGER), None);
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    let mut grandchild = 0;
+    wait_until(PATIENCE, "the job's escaped grandchild", || {
+        grandchild = std::fs::read_to_string(env.path("grandchild"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        grandchild > 0
+    });
+    wait_until(PATIENCE, "the run's running record", || {
+        call(
+            port,
+            "GET",
+            &format!("/api/v1/runs/{run_id}"),
+            Some(READ),
+            None,
+        )
+        .1["outcome"]
+            == "running"
+    });
+    let cancel = format!("/api/v1/runs/{run_id}/cancel");
+    assert_error(
+        call(port, "POST", &cancel, Some(READ), None),
+        403,
+        "forbidden",
+        "needs a token of scope trigger",
+    );
+    let (status, asked) = call(port, "POST", &cancel, Some(TRIGGER), None);
+    assert_eq!(status, 202, "{asked}");
+    let (_, rec) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{run_id}?wait=30s"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(rec["outcome"], "cancelled", "{rec}");
+    assert_eq!(
+        rec["reason"], "cancelled by the API on instance api: job stopped",
+        "{rec}"
+    );
+    wait_until(PATIENCE, "the escaped grandchild to be gone", || {
+        !running(grandchild)
+    });
+    // A run that ended cannot be cancelled again; nor one that never was.
+    assert_error(
+        call(port, "POST", &cancel, Some(TRIGGER), None),
+        409,
+        "not_running",
+        "already ended: cancelled",
+    );
+    assert_error(
+        call(
+            port,
+            "POST",
+            "/api/v1/runs/01a23502-01e4-71d8-91b7-a38fc6a0586e/cancel",
+            Some(TRIGGER),
+            None,
+        ),
+        404,
+        "unknown_run",
+        "no run",
+    );
+    // The CLI verb: the same engine call, waiting for the record.
+    let _ = std::fs::remove_file(env.path("grandchild"));
+    let run_id = env.trigger_detached("tree");
+    wait_until(PATIENCE, "the second run's running record", || {
+        env.records("tree")
+            .iter()
+            .any(|r| r["run_id"] == run_id.as_str() && r["outcome"] == "running")
+    });
+    let out = env.cmd(&["cancel", &run_id]).run().success();
+    assert!(
+        out.stderr
+            .contains(&format!("run {run_id} of \"tree\": cancelled after")),
+        "{out:?}"
+    );
+    let rec = env
+        .records("tree")
+        .into_iter()
+        .find(|r| r["run_id"] == run_id.as_str())
+        .unwrap();
+    assert_eq!(rec["outcome"], "cancelled");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("cancelled by bgsched cancel on "),
+        "{rec}"
+    );
+    let out = env.cmd(&["cancel", &run_id]).run().code(1);
+    assert_eq!(
+        out.stderr,
+        format!("bgsched: run {run_id} of job \"tree\" already ended: cancelled\n")
+    );
+    env.cmd(&["cancel", "01a23502-01e4-71d8-91b7-a38fc6a0586e"])
+        .run()
+        .code(64);
+    env.cmd(&["cancel", "nope"]).run().code(2);
 }

@@ -65,6 +65,7 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/jobs/{job}/runs", post(runs::start))
         .route("/api/v1/runs/{run_id}", get(runs::get))
         .route("/api/v1/runs/{run_id}/output", get(runs::output))
+        .route("/api/v1/runs/{run_id}/cancel", post(runs::cancel))
         .route("/api/v1/{*rest}", axum::routing::any(unknown_endpoint))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)

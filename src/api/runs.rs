@@ -5,7 +5,8 @@ use super::{allow, json_reply, Api, ApiError};
 use crate::config::Job;
 use crate::coordination::etcd::{Asked, Seen};
 use crate::coordination::{
-    manual_tick, Backend, ClaimRejected, Coordinator, HistoryReader, Outcome, RunRecord, Trigger,
+    manual_tick, Backend, Cancel, ClaimRejected, Coordinator, HistoryReader, Outcome, RunRecord,
+    Trigger,
 };
 use crate::executor::{spawn_supervisor, RunSpec, SupervisorOutput};
 use crate::model::{new_run_id, parse_run_id, RunKey};
@@ -363,4 +364,49 @@ pub(super) async fn output(
         text,
     )
         .into_response())
+}
+
+pub(super) async fn cancel(
+    State(api): State<Arc<Api>>,
+    Path(given): Path<String>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Response, ApiError> {
+    allow(&api, &headers, &Method::POST, uri.path())?;
+    let run_id = run_id_of(&given)?;
+    let not_running = |why: String| ApiError::new(StatusCode::CONFLICT, "not_running", why);
+    let rec = match api.find(&run_id, None).await? {
+        None => return Err(unknown_run(&run_id)),
+        Some(Found::Pending(job)) => {
+            return Err(not_running(format!(
+                "run {run_id} of job \"{job}\" has not started yet; try again shortly"
+            )))
+        }
+        Some(Found::Record(rec)) => rec,
+    };
+    let ended = |rec: &RunRecord| {
+        not_running(format!(
+            "run {run_id} of job \"{}\" already ended: {}",
+            rec.key.job, rec.outcome
+        ))
+    };
+    if rec.outcome != Outcome::Running {
+        return Err(ended(&rec));
+    }
+    let by = format!("the API on instance {}", api.served.instance);
+    match api
+        .backend()?
+        .cancel(&rec.key.job, &run_id, &by)
+        .await
+        .map_err(ApiError::backend)?
+    {
+        Cancel::Asked => {
+            tracing::info!(job = %rec.key.job, run_id = %run_id, "cancel asked through the API");
+            Ok(json_reply(
+                StatusCode::ACCEPTED,
+                &json!({ "run_id": run_id, "job": rec.key.job, "status_url": format!("/api/v1/runs/{run_id}") }),
+            ))
+        }
+        Cancel::NotRunning => Err(ended(&rec)),
+    }
 }

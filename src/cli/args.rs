@@ -101,6 +101,14 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Cancel a running run: SIGTERM to its processes, SIGKILL after the job's kill_grace; recorded "cancelled".
+    Cancel {
+        /// The run's id (from `trigger --detach`, `history` or the API).
+        run_id: String,
+        /// Return once the supervisor was told, without waiting for the record.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Validate the config; print each job's next fire time.
     Check,
     /// Print a job's next fire instants.

@@ -112,6 +112,7 @@ impl CliError {
                 | Outcome::Skipped
                 | Outcome::Missed
                 | Outcome::Unreadable => exit::FAILURE,
+                Outcome::Cancelled => exit::FORCED_STOP,
             },
         }
     }

@@ -4,6 +4,7 @@
 //! instance id, backend); then one file per command.
 
 mod args;
+mod cancel;
 mod check;
 mod context;
 mod docs;
@@ -55,6 +56,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 let params = params.iter().cloned().collect();
                 trigger::trigger(&cli, job, &params, *detach, instance_id.clone(), *timeout).await
             }
+            Command::Cancel { run_id, no_wait } => cancel::cancel(&cli, run_id, *no_wait).await,
             Command::History {
                 job,
                 count,

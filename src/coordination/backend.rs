@@ -4,7 +4,7 @@
 //! [`Coordinator`](super::Coordinator) instead and never sees this.
 
 use super::etcd::EtcdConfig;
-use super::{CoordError, Etcd, HistoryReader, Result, RunRecord, Standalone};
+use super::{Cancel, CoordError, Etcd, HistoryReader, Result, RunRecord, Standalone, CANCELLED};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -46,6 +46,30 @@ impl Backend {
                     ))),
                 }
             }
+        }
+    }
+}
+
+impl Backend {
+    /// Ask the supervisor of run `run_id` of `job` to stop the job (SIGTERM
+    /// to its group, SIGKILL after `kill_grace`) and record it
+    /// `cancelled`, `by` naming who asked. Standalone the supervisor gets
+    /// SIGUSR2; in a cluster, where it may run on another machine, a stop
+    /// key bound to the run's own lease, which its supervisor watches.
+    pub async fn cancel(&self, job: &str, run_id: &str, by: &str) -> Result<Cancel> {
+        match self {
+            Backend::Standalone(s) => {
+                let active = s.active(job).await?;
+                let Some(run) = active.iter().find(|r| r.key.run_id == run_id) else {
+                    return Ok(Cancel::NotRunning);
+                };
+                Ok(if s.cancel(run, &format!("{CANCELLED} by {by}")) {
+                    Cancel::Asked
+                } else {
+                    Cancel::NotRunning
+                })
+            }
+            Backend::Cluster(e) => e.cancel(job, run_id, &format!("{CANCELLED} by {by}")).await,
         }
     }
 }

@@ -53,6 +53,19 @@ pub enum CoordError {
 
 pub type Result<T, E = CoordError> = std::result::Result<T, E>;
 
+/// How a cancel request's reason begins, in the etcd stop key of a run and
+/// in its record (`cancelled by <who>`).
+pub const CANCELLED: &str = "cancelled";
+
+/// What came of asking to cancel a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// Its supervisor was told; it stops the job and records `cancelled`.
+    Asked,
+    /// It is not running (anymore).
+    NotRunning,
+}
+
 /// Who currently leads, as far as the backend knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderInfo {
@@ -474,6 +487,12 @@ pub trait RunRecorder: Send {
     /// After `finished`: what the run held and the next claim may reuse, as
     /// a token for `Coordinator::take_back` on the scheduler's side.
     fn handback(&self) -> Option<String> {
+        None
+    }
+    /// Who cancelled the run, once its supervisor got the signal to
+    /// (standalone: the canceller leaves it in a file, since a signal
+    /// carries no words; in etcd the stop key's value says it).
+    fn cancelled_by(&mut self) -> Option<String> {
         None
     }
     /// Store the record of a failed attempt that is about to be retried,

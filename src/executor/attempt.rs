@@ -75,11 +75,21 @@ pub(super) async fn run_attempt<R: RunRecorder>(
         status = child.wait() => (status, None),
         why = replaced(&mut replacements) => {
             tracing::info!(job = %spec.key.job, run_id = %spec.key.run_id, "stopping: {why}");
+            let because = if why.starts_with(crate::coordination::CANCELLED) {
+                StopReason::Cancelled
+            } else {
+                StopReason::Replaced
+            };
             replace_reason = Some(why);
-            (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(StopReason::Replaced))
+            (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(because))
         }
         () = deadline => (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(StopReason::Timeout)),
-        why = stop => (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(why)),
+        why = stop => {
+            if why == StopReason::Cancelled {
+                replace_reason = recorder.cancelled_by();
+            }
+            (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(why))
+        }
         why = recorder.fenced() => {
             // The run's mark is about to expire: stop the job now, without
             // a grace period, so it never runs unmarked next to a new run.
@@ -117,6 +127,7 @@ pub(super) async fn run_attempt<R: RunRecorder>(
             rec.outcome = match (stopped_because, st.code()) {
                 (Some(StopReason::Timeout), _) => Outcome::TimedOut,
                 (Some(StopReason::Fenced), _) => Outcome::Lost,
+                (Some(StopReason::Cancelled), _) => Outcome::Cancelled,
                 (_, Some(0)) => Outcome::Success,
                 (_, Some(_)) => Outcome::Failed,
                 (_, None) => Outcome::Killed,
@@ -127,6 +138,12 @@ pub(super) async fn run_attempt<R: RunRecorder>(
                     humantime::format_duration(spec.timeout.unwrap_or_default())
                 )),
                 Some(StopReason::Fenced) => fence_reason.take(),
+                Some(StopReason::Cancelled) => Some(format!(
+                    "{}: job stopped",
+                    replace_reason
+                        .take()
+                        .unwrap_or_else(|| crate::coordination::CANCELLED.into())
+                )),
                 Some(StopReason::Replaced) => Some(format!(
                     "{}: job stopped",
                     replace_reason
@@ -172,6 +189,8 @@ pub enum StopReason {
     Terminated,
     /// The supervisor got SIGINT.
     Interrupted,
+    /// A caller cancelled the run (SIGUSR2, or a cancel key in etcd).
+    Cancelled,
 }
 
 impl StopReason {
@@ -179,6 +198,7 @@ impl StopReason {
         match sig {
             Sig::Int => StopReason::Interrupted,
             Sig::Usr1 => StopReason::Replaced,
+            Sig::Usr2 => StopReason::Cancelled,
             Sig::Term | Sig::Hup => StopReason::Terminated,
         }
     }
@@ -191,6 +211,7 @@ impl StopReason {
             StopReason::Replaced => "replaced",
             StopReason::Terminated => "terminated",
             StopReason::Interrupted => "interrupted",
+            StopReason::Cancelled => "cancelled",
         }
     }
 
@@ -204,7 +225,7 @@ impl StopReason {
 /// stop request can never kill the supervisor with the default action and
 /// orphan the run.
 pub(super) fn stop_signals() -> Signals {
-    Signals::listen(&[Sig::Term, Sig::Int, Sig::Usr1]).unwrap_or_default()
+    Signals::listen(&[Sig::Term, Sig::Int, Sig::Usr1, Sig::Usr2]).unwrap_or_default()
 }
 
 /// The next stop request.

@@ -6,7 +6,6 @@
 
 use super::waiting::{wait_for_run, CGROUP_AHEAD_ENV, WAIT_ENV};
 use super::{adopt_hold, read_spec, report, supervise, Echo};
-use crate::config::Overlap;
 use crate::coordination::etcd::EtcdRecorder;
 use crate::coordination::{BackendSpec, CoordError, Outcome, RunRecorder, Standalone};
 use crate::observe::log;
@@ -82,14 +81,12 @@ pub fn main() -> Result<(), EntryError> {
                             "{SUPERVISE_COMMAND}: cluster run without a lease"
                         )));
                     };
-                    let stoppable = spec.overlap == Overlap::Replace;
                     match EtcdRecorder::start(
                         cfg,
                         &spec.key.job,
                         &spec.key.run_id,
                         lease,
                         granted_at,
-                        stoppable,
                     ) {
                         Ok(mut recorder) => {
                             let done = supervise(&spec, &mut recorder, hold, Echo::Log).await;

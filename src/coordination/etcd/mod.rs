@@ -31,8 +31,9 @@
 
 use super::clock::{ClockVerdict, ClockWatch};
 use super::{
-    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, HistoryReader, Hold,
-    LeaderInfo, Leadership, Outcome, Result, RunRecord, RunRecorder, TriggerRequest, Turn,
+    BackendSpec, Cancel, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator,
+    HistoryReader, Hold, LeaderInfo, Leadership, Outcome, Result, RunRecord, RunRecorder,
+    TriggerRequest, Turn,
 };
 use crate::config::Overlap;
 use crate::model::new_run_id;

@@ -47,7 +47,6 @@ impl EtcdRecorder {
         run_id: &str,
         lease: i64,
         granted_at: DateTime<Utc>,
-        stoppable: bool,
     ) -> Result<Self> {
         let age = (Utc::now() - granted_at).to_std().unwrap_or_default();
         if age >= cfg.fence_after() {
@@ -69,7 +68,8 @@ impl EtcdRecorder {
         )));
         let keys = Keys::new(&cfg.cluster.prefix);
         let (stop_tx, stop) = watch::channel(None);
-        let stop_watcher = stoppable.then(|| {
+        // Every run can be cancelled, and a replaceable one replaced.
+        let stop_watcher = Some({
             tokio::spawn(watch_stop_request(
                 cfg.clone(),
                 client.clone(),

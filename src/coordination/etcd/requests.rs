@@ -157,6 +157,39 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Put the stop key of run `run_id`, bound to the lease of its running
+    /// marker: it goes away with the run, however the run ends.
+    pub async fn cancel(&self, job: &str, run_id: &str, why: &str) -> Result<Cancel> {
+        let keys = self.keys();
+        let mut client = self.client();
+        let marker = client
+            .get(keys.active(job, run_id), None)
+            .await
+            .map_err(unreachable)?;
+        let Some(kv) = marker.kvs().first() else {
+            return Ok(Cancel::NotRunning);
+        };
+        let put = Txn::new()
+            .when([Compare::create_revision(
+                keys.active(job, run_id),
+                CompareOp::Equal,
+                kv.create_revision(),
+            )])
+            .and_then([TxnOp::put(
+                keys.stop_request(job, run_id),
+                why,
+                Some(PutOptions::new().with_lease(kv.lease())),
+            )]);
+        let done = client.txn(put).await.map_err(unreachable)?;
+        Ok(if done.succeeded() {
+            Cancel::Asked
+        } else {
+            Cancel::NotRunning
+        })
+    }
+}
+
 /// A request etcd did not answer: exit 69, as for an unreachable etcd.
 fn unreachable(e: etcd_client::Error) -> CoordError {
     CoordError::Unreachable(format!("etcd: {}", in_words(&e)))

@@ -12,28 +12,41 @@ pub struct StandaloneRecorder {
     pub(super) run_lock: Option<File>,
 }
 
-/// Ask an active run to stop so a newer one can replace it: its supervisor
-/// takes SIGUSR1 as "replaced" and stops the job gracefully. A record
-/// without a supervisor pid (written by an older bgsched) only names the
-/// job's group, which then gets SIGTERM.
-pub(super) fn stop_for_replacement(active: &RunRecord) {
+/// Ask an active run's supervisor to stop its job gracefully: SIGUSR1 is
+/// "replaced by a newer run", SIGUSR2 "cancelled". A record without a
+/// supervisor pid (written by an older bgsched) only names the job's group,
+/// which then gets SIGTERM. Returns whether anyone was signalled.
+pub fn ask_to_stop(active: &RunRecord, why: rustix::process::Signal) -> bool {
     use rustix::process::{kill_process, kill_process_group, Pid, Signal};
     let pid = |p: u32| Pid::from_raw(p as i32);
     match (
         active.supervisor_pid.and_then(pid),
         active.pid.and_then(pid),
     ) {
-        (Some(supervisor), _) => {
-            let _ = kill_process(supervisor, Signal::USR1);
-        }
-        (None, Some(group)) => {
-            let _ = kill_process_group(group, Signal::TERM);
-        }
-        (None, None) => {}
+        (Some(supervisor), _) => kill_process(supervisor, why).is_ok(),
+        (None, Some(group)) => kill_process_group(group, Signal::TERM).is_ok(),
+        (None, None) => false,
     }
 }
 
 impl Standalone {
+    /// Where a canceller says who it is, for the run's record.
+    pub(super) fn cancel_note(&self, job: &str, run_id: &str) -> PathBuf {
+        self.job_dir(job).join(format!("cancel.{run_id}"))
+    }
+
+    /// Cancel `run` (active): note who asks, then signal its supervisor.
+    pub fn cancel(&self, run: &RunRecord, why: &str) -> bool {
+        let note = self.cancel_note(&run.key.job, &run.key.run_id);
+        // Best effort: without the note the record says "cancelled".
+        let _ = fs::write(&note, why);
+        let asked = ask_to_stop(run, rustix::process::Signal::USR2);
+        if !asked {
+            let _ = fs::remove_file(&note);
+        }
+        asked
+    }
+
     /// The recorder a run's supervisor uses.
     pub fn recorder(&self, job: &str, run_id: &str) -> StandaloneRecorder {
         StandaloneRecorder {
@@ -74,7 +87,7 @@ impl RunRecorder for StandaloneRecorder {
         if let Turn::Replace { .. } = turn {
             // Whoever runs now, not whoever ran at claim time.
             for active in self.state.active_runs(&self.job)? {
-                stop_for_replacement(&active);
+                ask_to_stop(&active, rustix::process::Signal::USR1);
             }
         }
         let path = self.state.job_dir(&self.job).join("run.lock");
@@ -83,6 +96,15 @@ impl RunRecorder for StandaloneRecorder {
         let file = lock_detached(file).await.map_err(io_err(&path))?;
         self.run_lock = Some(file);
         Ok(())
+    }
+
+    fn cancelled_by(&mut self) -> Option<String> {
+        // The record's file is named after the run id.
+        let run_id = self.path.file_stem()?.to_str()?.to_string();
+        let path = self.state.cancel_note(&self.job, &run_id);
+        let why = fs::read_to_string(&path).ok()?;
+        let _ = fs::remove_file(&path);
+        Some(why.trim().to_string()).filter(|w| !w.is_empty())
     }
 
     fn replacements(&mut self) -> tokio::sync::watch::Receiver<Option<String>> {

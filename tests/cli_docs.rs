@@ -6,10 +6,11 @@ mod common;
 use common::*;
 use std::process::Command;
 
-const COMMANDS: [&str; 8] = [
+const COMMANDS: [&str; 9] = [
     "run",
     "list",
     "trigger",
+    "cancel",
     "check",
     "next",
     "history",
@@ -28,6 +29,10 @@ fn completions_name_every_command_and_no_internal_one() {
         assert!(
             out.stdout.contains("--output"),
             "{shell} lacks history's --output"
+        );
+        assert!(
+            out.stdout.contains("--param"),
+            "{shell} lacks trigger's --param"
         );
         assert!(
             !out.stdout.contains("__supervise"),

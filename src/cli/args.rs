@@ -6,7 +6,7 @@ use std::path::PathBuf;
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success (for trigger: the job succeeded)
-  1    operational error (state directory, I/O)
+  1    operational error (state directory, I/O); cancel: the run had already ended
   2    bad command-line usage
   64   unknown job name or run id
   69   cluster: etcd unreachable, or no leader accepted the trigger in time
@@ -16,7 +16,7 @@ Exit codes:
   124  trigger: the job timed out
   127  trigger: the job's command could not start
   128+N trigger: the job was killed by signal N
-  130  run: stopped by a second SIGINT/SIGTERM; trigger: interrupted (Ctrl-C)
+  130  run: stopped by a second SIGINT/SIGTERM; trigger: interrupted (Ctrl-C), or its run was cancelled
   other trigger: the job's own exit code";
 
 #[derive(Debug, Parser)]

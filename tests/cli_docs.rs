@@ -31,7 +31,7 @@ fn completions_name_every_command_and_no_internal_one() {
             "{shell} lacks history's --output"
         );
         assert!(
-            out.stdout.contains("--param"),
+            out.stdout.contains("--param") || out.stdout.contains("-l param"),
             "{shell} lacks trigger's --param"
         );
         assert!(

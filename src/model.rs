@@ -70,6 +70,8 @@ pub enum Outcome {
     Unreadable,
     /// Stopped because a caller cancelled it (`bgsched cancel`, the API).
     Cancelled,
+    /// Not a run: the stretch a job was paused, with how many ticks it held back.
+    Paused,
 }
 
 impl Outcome {
@@ -77,7 +79,7 @@ impl Outcome {
     pub fn is_run(self) -> bool {
         !matches!(
             self,
-            Outcome::Skipped | Outcome::Missed | Outcome::Unreadable
+            Outcome::Skipped | Outcome::Missed | Outcome::Unreadable | Outcome::Paused
         )
     }
 
@@ -108,6 +110,7 @@ impl fmt::Display for Outcome {
             Outcome::Missed => "missed",
             Outcome::Unreadable => "unreadable",
             Outcome::Cancelled => "cancelled",
+            Outcome::Paused => "paused",
         })
     }
 }

@@ -44,6 +44,10 @@ shell = 'echo broken >&2; exit 3'
 schedule = "@yearly"
 kill_grace = "2s"
 shell = 'setsid sleep 600 & echo $! > grandchild; sleep 600'
+
+[jobs.beat]
+schedule = "@every 1s"
+shell = 'echo "$BGSCHED_TRIGGER $BGSCHED_INSTANCE" >> beats'
 "#,
         ledger_line("start", "ledger")
     )
@@ -425,7 +429,7 @@ fn jobs_are_listed_as_list_json_shows_them() {
         .iter()
         .map(|j| j["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["fails", "long", "order", "tree"]);
+    assert_eq!(names, ["beat", "fails", "long", "order", "tree"]);
     assert_eq!(all["mode"], "standalone");
     let (status, one) = call(port, "GET", "/api/v1/jobs/order", None, None);
     assert_eq!(status, 200);
@@ -706,4 +710,270 @@ fn cancel_records_cancelled_and_ends_the_whole_process_tree() {
         .run()
         .code(64);
     env.cmd(&["cancel", "nope"]).run().code(2);
+}
+
+/// Lines of the `beat` job's file so far.
+fn beats(env: &Env) -> usize {
+    env.lines("beats").len()
+}
+
+/// Wait for `n` more beats than `since`.
+#[track_caller]
+fn beats_again(env: &Env, since: usize, n: usize) {
+    wait_until(PATIENCE, "the beat job to fire", || beats(env) >= since + n);
+}
+
+/// No beat for `secs` (each second is a tick).
+#[track_caller]
+fn no_beats_for(env: &Env, secs: u64) {
+    let before = beats(env);
+    std::thread::sleep(Duration::from_secs(secs));
+    assert_eq!(beats(env), before, "a paused job fired");
+}
+
+#[test]
+fn a_pause_holds_across_a_reload_and_a_restart_and_is_one_entry_on_resume() {
+    let _serial = serial();
+    let (env, mut run, port) = standalone(true);
+    beats_again(&env, 0, 1);
+    let pause = "/api/v1/jobs/beat/pause";
+    assert_error(
+        call(port, "POST", pause, Some(TRIGGER), None),
+        403,
+        "forbidden",
+        "needs a token of scope admin; this one has scope trigger",
+    );
+    assert_error(
+        call(
+            port,
+            "POST",
+            pause,
+            Some(ADMIN),
+            Some(r#"{"until": "2020-01-01T00:00:00Z"}"#),
+        ),
+        400,
+        "bad_request",
+        "is not in the future",
+    );
+    assert_error(
+        call(
+            port,
+            "POST",
+            pause,
+            Some(ADMIN),
+            Some(r#"{"until": "soon"}"#),
+        ),
+        400,
+        "bad_request",
+        "is not an RFC 3339 instant",
+    );
+    assert_error(
+        call(port, "POST", "/api/v1/jobs/beet/pause", Some(ADMIN), None),
+        404,
+        "unknown_job",
+        "did you mean \"beat\"?",
+    );
+    assert_error(
+        call(port, "POST", "/api/v1/jobs/beat/resume", Some(ADMIN), None),
+        409,
+        "not_paused",
+        "is not paused",
+    );
+    let (status, paused) = call(
+        port,
+        "POST",
+        pause,
+        Some(ADMIN),
+        Some(r#"{"manual": false}"#),
+    );
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["paused"]["by"], "the API on instance api");
+    assert_error(
+        call(port, "POST", pause, Some(ADMIN), None),
+        409,
+        "already_paused",
+        "is already paused",
+    );
+    // A run started before the pause may still end; then the job is paused.
+    let mut view = Value::Null;
+    wait_until(PATIENCE, "the job to show paused", || {
+        view = call(port, "GET", "/api/v1/jobs/beat", Some(READ), None).1;
+        view["state"] == "paused"
+    });
+    assert_eq!(view["next_run"], Value::Null, "{view}");
+    assert_eq!(env.job_view("beat")["paused"]["manual"], false);
+    // Manual runs are refused too, as asked, by the API and the CLI.
+    assert_error(
+        call(port, "POST", "/api/v1/jobs/beat/runs", Some(TRIGGER), None),
+        409,
+        "paused",
+        "with manual runs off",
+    );
+    env.cmd(&["trigger", "beat"])
+        .run()
+        .code(75)
+        .stderr_has("is paused since");
+    no_beats_for(&env, 3);
+    // A reload does not undo it...
+    let config = std::fs::read_to_string(env.path("jobs.toml")).unwrap();
+    env.write(
+        "jobs.toml",
+        &format!("{config}\n[jobs.added]\nschedule = \"@yearly\"\nshell = \"true\"\n"),
+    );
+    run.signal(rustix::process::Signal::HUP);
+    wait_until(PATIENCE, "the reload", || {
+        run.log_text().contains("config reloaded")
+    });
+    no_beats_for(&env, 2);
+    // ...nor a restart after kill -9.
+    run.kill9();
+    let run = env.spawn_run_with("api2", &["--http", "127.0.0.1:0"]);
+    let port = run.http_port();
+    wait_until(PATIENCE, "the new scheduler to lead", || {
+        run.log_text().contains("leading")
+    });
+    no_beats_for(&env, 3);
+    let before = beats(&env);
+    let (status, resumed) = call(port, "POST", "/api/v1/jobs/beat/resume", Some(ADMIN), None);
+    assert_eq!(status, 200, "{resumed}");
+    beats_again(&env, before, 2);
+    // One `paused` entry for the whole stretch, with its ticks; none missed.
+    let recs = env.records("beat");
+    let paused: Vec<&Value> = recs.iter().filter(|r| r["outcome"] == "paused").collect();
+    assert_eq!(paused.len(), 1, "{recs:#?}");
+    assert!(
+        paused[0]["missed_ticks"].as_u64().unwrap() >= 8,
+        "{:?}",
+        paused[0]
+    );
+    let reason = paused[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("paused by the API on instance api from "),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("resumed by the API on instance api2"),
+        "{reason}"
+    );
+    assert!(
+        !recs.iter().any(|r| r["outcome"] == "missed"),
+        "paused ticks recorded missed: {recs:#?}"
+    );
+    // The held-back ticks are not caught up.
+    assert!(
+        !env.lines("beats").iter().any(|l| l.starts_with("catchup")),
+        "{:?}",
+        env.lines("beats")
+    );
+}
+
+#[test]
+fn a_pause_with_until_ends_by_itself_and_the_job_fires_again() {
+    let _serial = serial();
+    let (env, _run, port) = standalone(true);
+    beats_again(&env, 0, 1);
+    let until = (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339();
+    let (status, paused) = call(
+        port,
+        "POST",
+        "/api/v1/jobs/beat/pause",
+        Some(ADMIN),
+        Some(&format!(r#"{{"until": "{until}"}}"#)),
+    );
+    assert_eq!(status, 200, "{paused}");
+    let before = beats(&env);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(beats(&env), before, "fired while paused");
+    beats_again(&env, before, 2);
+    wait_until(PATIENCE, "the pause's entry", || {
+        env.records("beat").iter().any(|r| {
+            r["outcome"] == "paused"
+                && r["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("its pause ended by itself")
+        })
+    });
+}
+
+/// The pause lives in etcd: the leader's successor after `kill -9` keeps
+/// it, and any replica resumes it.
+#[test]
+fn in_a_cluster_a_pause_holds_across_a_leader_kill_9_and_any_replica_resumes_it() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/pause\"\nlease_ttl = \"2s\"\n\n[http]\ntokens_file = \"tokens\"\n\n{}",
+        etcd.endpoint(),
+        jobs()
+    ));
+    env.write("tokens", TOKENS);
+    let mut replicas: Vec<Scheduler> = ["a", "b", "c"]
+        .iter()
+        .map(|i| env.spawn_run_with(i, &["--http", "127.0.0.1:0"]))
+        .collect();
+    let ports: Vec<u16> = replicas.iter().map(Scheduler::http_port).collect();
+    beats_again(&env, 0, 2);
+    let leader = env.list_json()["leader"]["instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let li = ["a", "b", "c"].iter().position(|i| **i == leader).unwrap();
+    let follower = (li + 1) % 3;
+    let (status, paused) = call(
+        ports[follower],
+        "POST",
+        "/api/v1/jobs/beat/pause",
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(status, 200, "{paused}");
+    // Manual runs still run unless the pause says otherwise.
+    let (status, _) = call(
+        ports[follower],
+        "POST",
+        "/api/v1/jobs/beat/runs",
+        Some(TRIGGER),
+        None,
+    );
+    assert_eq!(status, 202);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = beats(&env);
+    replicas[li].kill9();
+    wait_until(PATIENCE, "a new leader", || {
+        env.list_json()["leader"]["instance"]
+            .as_str()
+            .is_some_and(|l| l != leader)
+    });
+    no_beats_for(&env, 4);
+    assert_eq!(beats(&env), before);
+    let out = env.cmd(&["resume", "beat"]).run().success();
+    assert!(out.stderr.contains("job \"beat\" resumed; "), "{out:?}");
+    beats_again(&env, before, 2);
+    let lines = env.lines("beats");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("manual")).count(),
+        1,
+        "{lines:?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.starts_with("catchup")),
+        "paused ticks caught up: {lines:?}"
+    );
+    let recs = history_json(&env, "beat");
+    assert_eq!(
+        recs.iter().filter(|r| r["outcome"] == "paused").count(),
+        1,
+        "{recs:#?}"
+    );
+    assert!(!recs.iter().any(|r| r["outcome"] == "missed"), "{recs:#?}");
+    drop(replicas);
+}
+
+fn history_json(env: &Env, job: &str) -> Vec<Value> {
+    let out = env
+        .cmd(&["history", job, "-n", "200", "--json"])
+        .run()
+        .success();
+    serde_json::from_str(&out.stdout).expect("history --json")
 }

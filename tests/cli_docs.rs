@@ -6,11 +6,13 @@ mod common;
 use common::*;
 use std::process::Command;
 
-const COMMANDS: [&str; 9] = [
+const COMMANDS: [&str; 11] = [
     "run",
     "list",
     "trigger",
     "cancel",
+    "pause",
+    "resume",
     "check",
     "next",
     "history",

@@ -1,10 +1,16 @@
 //! `GET /api/v1/jobs` and `GET /api/v1/jobs/{job}`: the model of
 //! `list --json`.
 
-use super::{allow, json_reply, Api, ApiError};
+use super::{allow, allow_scope, body_of, json_reply, Api, ApiError};
+use crate::config::Scope;
+use crate::coordination::{pause_until, Pause, PauseChange};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
 use std::sync::Arc;
 
 pub(super) async fn list(
@@ -47,4 +53,90 @@ pub(super) async fn one(
 
 fn to_json(v: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(v).expect("the status model serializes")
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PauseBody {
+    until: Option<String>,
+    manual: Option<bool>,
+}
+
+pub(super) async fn pause(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    allow_scope(&api, &headers, Scope::Admin, &Method::POST, uri.path())?;
+    let req: PauseBody = body_of(
+        body,
+        r#"{"until": "2026-12-24T18:00:00Z", "manual": false}"#,
+    )?;
+    let config = api.config();
+    let job = config
+        .job_named(&name)
+        .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", why))?;
+    let until = req
+        .until
+        .as_deref()
+        .map(|u| pause_until(u, chrono::Utc::now()))
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let by = format!("the API on instance {}", api.served.instance);
+    let pause = Pause::new(&by, until, req.manual.unwrap_or(true));
+    match api
+        .backend()?
+        .pause(&job.name, pause)
+        .await
+        .map_err(ApiError::backend)?
+    {
+        PauseChange::Done(p) => {
+            tracing::info!(job = %job.name, by = %p.by, "job paused");
+            Ok(json_reply(
+                StatusCode::OK,
+                &json!({ "job": job.name, "paused": p }),
+            ))
+        }
+        PauseChange::Unchanged(p) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_paused",
+            format!("job \"{}\" is already paused", job.name),
+        )
+        .with("paused", json!(p))),
+    }
+}
+
+pub(super) async fn resume(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+) -> Result<Response, ApiError> {
+    allow_scope(&api, &headers, Scope::Admin, &Method::POST, uri.path())?;
+    let config = api.config();
+    let job = config
+        .job_named(&name)
+        .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", why))?;
+    let by = format!("the API on instance {}", api.served.instance);
+    match api
+        .backend()?
+        .resume(job, &by, &api.served.instance)
+        .await
+        .map_err(ApiError::backend)?
+    {
+        PauseChange::Done(p) => {
+            tracing::info!(job = %job.name, by = %by, "job resumed");
+            Ok(json_reply(
+                StatusCode::OK,
+                &json!({ "job": job.name, "resumed": p }),
+            ))
+        }
+        PauseChange::Unchanged(_) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_paused",
+            format!("job \"{}\" is not paused", job.name),
+        )),
+    }
 }

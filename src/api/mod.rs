@@ -63,6 +63,8 @@ pub fn routes(api: Arc<Api>) -> Router {
         .route("/api/v1/jobs", get(jobs::list))
         .route("/api/v1/jobs/{job}", get(jobs::one))
         .route("/api/v1/jobs/{job}/runs", post(runs::start))
+        .route("/api/v1/jobs/{job}/pause", post(jobs::pause))
+        .route("/api/v1/jobs/{job}/resume", post(jobs::resume))
         .route("/api/v1/runs/{run_id}", get(runs::get))
         .route("/api/v1/runs/{run_id}/output", get(runs::output))
         .route("/api/v1/runs/{run_id}/cancel", post(runs::cancel))
@@ -139,19 +141,57 @@ fn json_reply(status: StatusCode, body: &serde_json::Value) -> Response {
         .into_response()
 }
 
-/// Check the caller may do `what` (method and path, for the message).
+/// Check the caller may call `method path`: `GET` needs `read`, other
+/// methods `trigger`, except where the route asks for more.
 fn allow(api: &Api, headers: &HeaderMap, method: &Method, path: &str) -> Result<(), ApiError> {
     let need = if method == Method::GET {
         Scope::Read
     } else {
         Scope::Trigger
     };
+    allow_scope(api, headers, need, method, path)
+}
+
+fn allow_scope(
+    api: &Api,
+    headers: &HeaderMap,
+    need: Scope,
+    method: &Method,
+    path: &str,
+) -> Result<(), ApiError> {
     auth::check(
         &api.config().http,
         headers,
         need,
         &format!("{method} {path}"),
     )
+}
+
+/// A JSON request body of type `T`: empty means `T::default()`; anything
+/// else that is not `T` is a 400 saying why, a body over [`MAX_BODY`] 413.
+fn body_of<T: serde::de::DeserializeOwned + Default>(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    example: &str,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is larger than {} KiB", MAX_BODY / 1024),
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read the body: {e}"))
+        }
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body must be a JSON object like {example}: {e}"
+        ))
+    })
 }
 
 /// An `/api/v1` path nothing answers.

@@ -1,7 +1,7 @@
 //! `POST /api/v1/jobs/{job}/runs`, `GET /api/v1/runs/{run_id}` (with a long
 //! poll) and `GET /api/v1/runs/{run_id}/output`.
 
-use super::{allow, json_reply, Api, ApiError};
+use super::{allow, body_of, json_reply, Api, ApiError};
 use crate::config::Job;
 use crate::coordination::etcd::{Asked, Seen};
 use crate::coordination::{
@@ -48,26 +48,7 @@ pub(super) async fn start(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     allow(&api, &headers, &Method::POST, uri.path())?;
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body is larger than {} KiB", super::MAX_BODY / 1024),
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read the body: {e}"))
-        }
-    })?;
-    let req: StartBody = if body.iter().all(u8::is_ascii_whitespace) {
-        StartBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!(
-                "the body must be a JSON object like {{\"params\": {{\"NAME\": \"value\"}}}}: {e}"
-            ))
-        })?
-    };
+    let req: StartBody = body_of(body, r#"{"params": {"NAME": "value"}}"#)?;
     let config = api.config();
     let job = config
         .job_named(&name)
@@ -80,7 +61,24 @@ pub(super) async fn start(
     let params = job
         .resolve_params(&req.params)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_params", e.to_string()))?;
-    let run_id = match api.backend()? {
+    let backend = api.backend()?;
+    if let Some(p) = backend
+        .pause_now(&job.name)
+        .await
+        .map_err(ApiError::backend)?
+        .filter(|p| p.is_active(Utc::now()) && !p.manual)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "paused",
+            crate::coordination::paused_refusal(&job.name, &p),
+        )
+        .with(
+            "paused",
+            serde_json::to_value(p).expect("a pause serializes"),
+        ));
+    }
+    let run_id = match backend {
         Backend::Standalone(state) => start_here(&api, state, job, params).await?,
         Backend::Cluster(etcd) => {
             let run_id = new_run_id();

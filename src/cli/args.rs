@@ -6,11 +6,12 @@ use std::path::PathBuf;
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success (for trigger: the job succeeded)
-  1    operational error (state directory, I/O); cancel: the run had already ended
+  1    operational error (state directory, I/O); cancel: the run had already ended;
+       pause/resume: the job is paused already / is not paused
   2    bad command-line usage
   64   unknown job name or run id
   69   cluster: etcd unreachable, or no leader accepted the trigger in time
-  75   trigger: skipped, a run of the job is still active
+  75   trigger: skipped, a run of the job is still active, or the job is paused with manual runs off
   77   cluster: etcd authentication failed (user or password refused)
   78   invalid config file
   124  trigger: the job timed out
@@ -108,6 +109,22 @@ pub enum Command {
         /// Return once the supervisor was told, without waiting for the record.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Pause a job: its ticks do not fire (recorded as one "paused" entry on resume), durably, until resumed.
+    Pause {
+        /// The job.
+        job: String,
+        /// Resume by itself at this instant (RFC 3339, within a year).
+        #[arg(long)]
+        until: Option<String>,
+        /// Refuse manual runs (trigger, the API) too while paused.
+        #[arg(long)]
+        no_manual: bool,
+    },
+    /// Resume a paused job: its next tick fires; the ticks held back are not caught up.
+    Resume {
+        /// The job.
+        job: String,
     },
     /// Validate the config; print each job's next fire time.
     Check,

@@ -113,6 +113,7 @@ impl CliError {
                 | Outcome::Missed
                 | Outcome::Unreadable => exit::FAILURE,
                 Outcome::Cancelled => exit::FORCED_STOP,
+                Outcome::Paused => exit::FAILURE,
             },
         }
     }

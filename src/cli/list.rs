@@ -137,7 +137,20 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
                 relative(r.started_at - now),
                 r.key.instance
             ),
-            None => job.state.to_string(),
+            None => match &job.paused {
+                Some(p) => format!(
+                    "paused{} by {}{}",
+                    p.until
+                        .map(|u| format!(
+                            " until {}",
+                            u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        ))
+                        .unwrap_or_default(),
+                    p.by,
+                    if p.manual { "" } else { ", manual runs off" }
+                ),
+                None => job.state.to_string(),
+            },
         };
         let skips = if job.recent_skips > 0 {
             format!(", {} skipped", job.recent_skips)

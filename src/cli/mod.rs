@@ -12,6 +12,7 @@ mod error;
 mod history;
 mod list;
 mod next;
+mod pause;
 mod run;
 mod trigger;
 
@@ -57,6 +58,12 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 trigger::trigger(&cli, job, &params, *detach, instance_id.clone(), *timeout).await
             }
             Command::Cancel { run_id, no_wait } => cancel::cancel(&cli, run_id, *no_wait).await,
+            Command::Pause {
+                job,
+                until,
+                no_manual,
+            } => pause::pause(&cli, job, until.as_deref(), *no_manual).await,
+            Command::Resume { job } => pause::resume(&cli, job).await,
             Command::History {
                 job,
                 count,

@@ -34,7 +34,17 @@ pub async fn trigger(
         .resolve_params(params)
         .map_err(|e| CliError::Usage(e.to_string()))?;
     let instance = instance_id(instance);
-    match open_backend(cli, &config).await? {
+    let backend = open_backend(cli, &config).await?;
+    if let Some(p) = backend
+        .pause_now(&job.name)
+        .await?
+        .filter(|p| p.is_active(Utc::now()) && !p.manual)
+    {
+        return Err(CliError::Skipped(crate::coordination::paused_refusal(
+            &job.name, &p,
+        )));
+    }
+    match backend {
         Backend::Standalone(state) => locally(cli, &state, job, params, detach, instance).await,
         Backend::Cluster(etcd) => {
             through_leader(&etcd, job, params, detach, instance, timeout).await

@@ -4,7 +4,13 @@
 //! [`Coordinator`](super::Coordinator) instead and never sees this.
 
 use super::etcd::EtcdConfig;
-use super::{Cancel, CoordError, Etcd, HistoryReader, Result, RunRecord, Standalone, CANCELLED};
+use super::{
+    Cancel, CoordError, Coordinator, Etcd, HistoryReader, Pause, PauseChange, Result, RunRecord,
+    Standalone, CANCELLED,
+};
+use crate::config::Job;
+use chrono::Utc;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -71,6 +77,66 @@ impl Backend {
             }
             Backend::Cluster(e) => e.cancel(job, run_id, &format!("{CANCELLED} by {by}")).await,
         }
+    }
+}
+
+/// Pausing and resuming jobs: the same calls for the CLI and the API.
+impl Backend {
+    /// The job's newest pause, read now.
+    pub async fn pause_now(&self, job: &str) -> Result<Option<Pause>> {
+        Ok(match self {
+            Backend::Standalone(s) => s.pause_of(job),
+            Backend::Cluster(e) => e.read_pauses().await?.remove(job),
+        })
+    }
+
+    /// Every job's newest pause (`list`, the API).
+    pub async fn pauses(&self, jobs: &[&str]) -> Result<HashMap<String, Pause>> {
+        match self {
+            Backend::Standalone(s) => Ok(jobs
+                .iter()
+                .filter_map(|j| Some((j.to_string(), s.pause_of(j)?)))
+                .collect()),
+            Backend::Cluster(e) => e.read_pauses().await,
+        }
+    }
+
+    /// Pause `job` with `pause`, unless it is paused already.
+    pub async fn pause(&self, job: &str, pause: Pause) -> Result<PauseChange> {
+        let change = move |now: Option<Pause>| match now {
+            Some(p) if p.is_active(Utc::now()) => PauseChange::Unchanged(Some(p)),
+            _ => PauseChange::Done(pause),
+        };
+        match self {
+            Backend::Standalone(s) => s.change_pause(job, change),
+            Backend::Cluster(e) => e.change_pause(job, change).await,
+        }
+    }
+
+    /// Resume `job` if it is paused, and write the pause's one history
+    /// entry (how many ticks it held back).
+    pub async fn resume(&self, job: &Job, by: &str, instance: &str) -> Result<PauseChange> {
+        let now = Utc::now();
+        let change = |current: Option<Pause>| match current {
+            Some(mut p) if p.is_active(now) => {
+                p.resumed_at = Some(now);
+                p.resumed_by = Some(by.to_string());
+                PauseChange::Done(p)
+            }
+            other => PauseChange::Unchanged(other),
+        };
+        let changed = match self {
+            Backend::Standalone(s) => s.change_pause(&job.name, change)?,
+            Backend::Cluster(e) => e.change_pause(&job.name, change).await?,
+        };
+        if let PauseChange::Done(p) = &changed {
+            let entry = p.entry(job, instance);
+            match self {
+                Backend::Standalone(s) => Coordinator::record(&**s, &entry).await?,
+                Backend::Cluster(e) => Coordinator::record(&**e, &entry).await?,
+            };
+        }
+        Ok(changed)
     }
 }
 

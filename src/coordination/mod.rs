@@ -12,6 +12,7 @@ pub mod channel;
 pub mod clock;
 pub mod etcd;
 mod fsutil;
+mod pause;
 pub mod standalone;
 
 use crate::config::Overlap;
@@ -26,6 +27,7 @@ pub use crate::model::{manual_tick, Outcome, RunKey, RunRecord, Trigger};
 
 pub use backend::{Backend, BackendChoice};
 pub use etcd::Etcd;
+pub use pause::{pause_until, paused_refusal, Pause, PauseChange};
 pub use standalone::Standalone;
 
 /// Errors of the coordination layer.
@@ -375,6 +377,13 @@ pub trait Coordinator: Send + Sync + 'static {
     /// the claim's, instead of adding a second entry for the tick.
     fn claimed_skip(&self, job: &str, tick: DateTime<Utc>) -> Option<String> {
         let _ = (job, tick);
+        None
+    }
+
+    /// The job's newest pause, if it has one (active or not): asked for
+    /// every due tick, so answered from what the backend already holds.
+    fn pause_of(&self, job: &str) -> Option<Pause> {
+        let _ = job;
         None
     }
 

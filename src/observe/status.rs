@@ -6,7 +6,7 @@ use super::log::local_rfc3339;
 use crate::config::Config;
 use crate::coordination::etcd::MemberInfo;
 use crate::coordination::{
-    Backend, CoordError, Coordinator, HistoryReader, LeaderInfo, Outcome, RunRecord,
+    Backend, CoordError, Coordinator, HistoryReader, LeaderInfo, Outcome, Pause, RunRecord,
 };
 use crate::model::LATE_TOLERANCE;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -65,6 +65,9 @@ pub struct JobView {
     /// view (beyond 1s): that clock went back, or a replica with a clock
     /// ahead fired it.
     pub last_tick_ahead: Option<String>,
+    /// Set while the job is paused (`bgsched pause`): since when, until
+    /// when, by whom, whether manual runs still run.
+    pub paused: Option<Pause>,
 }
 
 /// Transactions reading jobs' history in flight at once (each covers many
@@ -133,9 +136,14 @@ pub async fn build(
         }
         Backend::Cluster(e) => e.last_ticks().await?,
     };
+    let pauses = {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        backend.pauses(&names).await?
+    };
     let reads = read_jobs(backend, names, limit).await?;
     let mut jobs = Vec::new();
     for (job, (history, running)) in config.jobs.values().zip(reads) {
+        let paused = pauses.get(&job.name).filter(|p| p.is_active(now)).cloned();
         let last_run = history
             .iter()
             .find(|r| r.outcome.is_run() && r.outcome != Outcome::Running)
@@ -147,15 +155,20 @@ pub async fn build(
             timezone: job.timezone.name().to_string(),
             enabled: job.enabled,
             overlap: job.overlap.to_string(),
-            state: match (job.enabled, running.is_empty()) {
-                (_, false) => "running",
-                (false, true) => "disabled",
-                (true, true) => "idle",
+            state: match (job.enabled, running.is_empty(), &paused) {
+                (_, false, _) => "running",
+                (false, true, _) => "disabled",
+                (true, true, Some(_)) => "paused",
+                (true, true, None) => "idle",
             },
-            next_run: job
-                .enabled
-                .then(|| job.schedule.next_after(now))
-                .flatten()
+            // A paused job's next run is its first tick after the pause;
+            // none while paused without an end.
+            next_run: match (&paused, job.enabled) {
+                (_, false) | (Some(Pause { until: None, .. }), _) => None,
+                (Some(Pause { until: Some(u), .. }), true) => Some((*u).max(now)),
+                (None, true) => Some(now),
+            }
+            .and_then(|after| job.schedule.next_after(after))
                 .map(|t| local_rfc3339(job, t)),
             running,
             last_run,
@@ -182,6 +195,7 @@ pub async fn build(
                         humantime::format_duration(ahead)
                     )
                 }),
+            paused,
         });
     }
     let view = match backend {

@@ -116,6 +116,26 @@ impl<C: Coordinator> Scheduler<C> {
         };
         let now = Utc::now();
         let tick = crate::coordination::manual_tick(now);
+        if let Some(p) = self
+            .coord
+            .pause_of(&job.name)
+            .filter(|p| p.is_active(now) && !p.manual)
+        {
+            // Checked by the requester too; the pause may be newer.
+            let reason = crate::coordination::paused_refusal(&job.name, &p);
+            let mut rec = self.entry(
+                leadership.term,
+                job,
+                tick,
+                Trigger::Manual,
+                Outcome::Skipped,
+                reason.clone(),
+            );
+            rec.key.run_id = req.run_id.clone();
+            tracing::warn!(job = %job.name, run_id = %req.run_id, "trigger request refused: {reason}");
+            self.finish_claimed(rec, Some(&req.run_id)).await;
+            return;
+        }
         tracing::info!(
             job = %job.name, run_id = %req.run_id, tick = %tick.to_rfc3339(), instance = %self.instance,
             term = leadership.term, requested_by = %req.requested_by, "trigger request"

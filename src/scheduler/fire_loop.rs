@@ -247,7 +247,10 @@ impl<C: Coordinator> Scheduler<C> {
                 }
                 due.pop();
                 let job = jobs[i];
-                let plan = plan_due(job, tick, now);
+                let mut plan = plan_due(job, tick, now);
+                if let Some(pause) = self.coord.pause_of(&job.name) {
+                    self.hold_back_paused(job, &pause, &mut plan, now);
+                }
                 let backoff = state.backoff(&job.name).filter(|t| *t > now);
                 let missed = plan.missed.map(|m| {
                     let why = match held_back {

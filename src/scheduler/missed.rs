@@ -70,6 +70,47 @@ impl<C: Coordinator> Scheduler<C> {
         });
     }
 
+    /// Take a paused job's ticks out of `plan`: while it is paused none
+    /// fires and none counts as missed, and neither do the ticks of its
+    /// last pause after it ended (a leader that starts later finds them
+    /// unfired). A pause that ended by its `until` has nobody to write its
+    /// entry but the scheduler; under the pause's own id, so written once
+    /// however many replicas try.
+    pub(super) fn hold_back_paused(
+        &self,
+        job: &Job,
+        pause: &crate::coordination::Pause,
+        plan: &mut DuePlan,
+        now: DateTime<Utc>,
+    ) {
+        if pause.is_active(now) {
+            if !plan.fires.is_empty() {
+                tracing::debug!(job = %job.name, paused_since = %pause.since.to_rfc3339(), "paused: the tick does not fire");
+            }
+            plan.fires.clear();
+            plan.missed = None;
+            return;
+        }
+        plan.fires.retain(|(t, _)| !pause.covers(*t));
+        if plan
+            .missed
+            .is_some_and(|(_, oldest, newest)| pause.covers(oldest) && pause.covers(newest))
+        {
+            plan.missed = None;
+        }
+        let ended_by_itself = pause.resumed_at.is_none();
+        if ended_by_itself
+            && self
+                .recorded_pauses
+                .lock()
+                .expect("pauses lock")
+                .insert(pause.id.clone())
+        {
+            tracing::info!(job = %job.name, "pause ended by itself: the job fires again");
+            self.record_in_background_then(pause.entry(job, &self.instance), false, || {});
+        }
+    }
+
     /// `job`'s last fired tick, `last`, is ahead of this clock: say so, and
     /// resume from this clock if the backend vouches for it, else from
     /// `last` (at most once). Returns the tick to resume after.

@@ -43,6 +43,8 @@ pub struct Scheduler<C: Coordinator> {
     /// ticks do not advance the backend's last fired tick, so a new term
     /// of this process resumes after these rather than count them again.
     missed_up_to: Arc<std::sync::Mutex<HashMap<String, DateTime<Utc>>>>,
+    /// Pauses that ended by their `until` whose entry this process wrote.
+    recorded_pauses: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Supervisors started ahead of the next tick, waiting for its runs.
     waiting: WaitingSupervisors,
 }
@@ -71,6 +73,7 @@ impl<C: Coordinator> Scheduler<C> {
             log_json,
             metrics: Arc::default(),
             missed_up_to: Default::default(),
+            recorded_pauses: Default::default(),
             waiting,
         }
     }

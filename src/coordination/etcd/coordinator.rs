@@ -34,11 +34,21 @@ impl Coordinator for Etcd {
                     let (key_tx, key_ok) = watch::channel(true);
                     let guard = self.guard_leadership(term, alive, key_tx);
                     let clock_guard = self.guard_clock(term, key_ok, valid_tx);
+                    let pauses = match self.watch_pauses().await {
+                        Ok(task) => task,
+                        Err(e) => {
+                            tracing::warn!(term, "won leadership but {e}; resigning and retrying");
+                            self.resign_term(term).await;
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                    };
                     let (req_tx, req_rx) = mpsc::channel(256);
                     let requests = self.watch_requests(req_tx);
                     let (lost_tx, lost_rx) = mpsc::channel(256);
                     let lost_runs = self.record_lost_runs(lost_tx);
-                    let hold = AbortOnDrop(vec![guard, clock_guard, requests, lost_runs]);
+                    let hold = AbortOnDrop(vec![guard, clock_guard, requests, lost_runs, pauses]);
                     return Ok(Leadership::new(term, valid, Some(req_rx), Box::new(hold))
                         .with_lost_runs(lost_rx)
                         .with_fence(vouched));
@@ -279,6 +289,10 @@ impl Coordinator for Etcd {
         Err(CoordError::Etcd(
             "write record: the job's last tick kept moving under it".into(),
         ))
+    }
+
+    fn pause_of(&self, job: &str) -> Option<crate::coordination::Pause> {
+        self.cached_pause(job)
     }
 
     fn claimed_skip(&self, job: &str, tick: DateTime<Utc>) -> Option<String> {

@@ -67,6 +67,13 @@ impl Keys {
     pub fn history(&self, job: &str, run_id: &str) -> String {
         format!("{}/history/{job}/{run_id}", self.0)
     }
+    pub fn pauses(&self) -> String {
+        format!("{}/pause/", self.0)
+    }
+    /// A job's newest pause (`bgsched pause`).
+    pub fn pause(&self, job: &str) -> String {
+        format!("{}/pause/{job}", self.0)
+    }
     pub fn requests(&self) -> String {
         format!("{}/requests/", self.0)
     }

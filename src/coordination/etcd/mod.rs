@@ -13,6 +13,7 @@
 //!                               which the run's supervisor keeps alive
 //! P/history/<job>/<run-id>      run records (bounded per job)
 //! P/requests/<run-id>           `bgsched trigger` requests, bound to the requester's lease
+//! P/pause/<job>                 the job's newest pause (see `coordination::Pause`)
 //! ```
 //!
 //! A fire is claimed in one transaction that succeeds only if the leader
@@ -58,6 +59,7 @@ mod coordinator;
 mod keys;
 mod leadership;
 mod leases;
+mod pause;
 mod recorder;
 mod records;
 mod requests;
@@ -141,6 +143,9 @@ fn parse<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T> {
 
 /// The etcd backend.
 pub struct Etcd {
+    /// The leader's watched copy of `P/pause/`: read for every due tick,
+    /// so it must not cost a round trip.
+    pauses: Arc<Mutex<HashMap<String, super::Pause>>>,
     cfg: EtcdConfig,
     client: Client,
     keys: Keys,
@@ -244,6 +249,7 @@ impl Etcd {
             uncertain: Mutex::new(HashMap::new()),
             claimed_skips: Mutex::new(HashMap::new()),
             claim_batches: Default::default(),
+            pauses: Arc::default(),
             cfg,
         })
     }

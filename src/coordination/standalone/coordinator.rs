@@ -89,6 +89,10 @@ impl Coordinator for Standalone {
         }
     }
 
+    fn pause_of(&self, job: &str) -> Option<crate::coordination::Pause> {
+        Standalone::pause_of(self, job)
+    }
+
     async fn record(&self, record: &RunRecord) -> Result<bool> {
         let dir = self.runs_dir(&record.key.job)?;
         write_record(&dir.join(format!("{}.json", record.key.run_id)), record)?;

@@ -46,6 +46,7 @@ mod coordinator;
 mod files;
 mod journal;
 mod leadership;
+mod pause;
 mod recorder;
 mod records;
 use files::*;

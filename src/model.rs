@@ -180,6 +180,11 @@ pub struct RunRecord {
     /// The last bytes of the run's combined stdout and stderr.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub output_tail: String,
+    /// How many bytes of output the run's (last) attempt printed in all,
+    /// of which `output_tail` is the end: a follower that saw the first
+    /// ones prints the rest from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_bytes: Option<u64>,
     /// Which attempt of its run this is: 1, or more for a job with `retries`.
     #[serde(default = "first_attempt", skip_serializing_if = "is_first_attempt")]
     pub attempt: u32,
@@ -228,6 +233,7 @@ impl RunRecord {
             pid: None,
             missed_ticks: None,
             output_tail: String::new(),
+            output_bytes: None,
             attempt: 1,
             supervisor_pid: None,
             params: BTreeMap::new(),

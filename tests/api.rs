@@ -45,6 +45,10 @@ schedule = "@yearly"
 kill_grace = "2s"
 shell = 'setsid sleep 600 & echo $! > grandchild; sleep 600'
 
+[jobs.ticker]
+schedule = "@yearly"
+shell = 'for i in 1 2 3 4 5 6; do echo "line $i"; sleep 0.4; done'
+
 [jobs.beat]
 schedule = "@every 1s"
 shell = 'echo "$BGSCHED_TRIGGER $BGSCHED_INSTANCE" >> beats'
@@ -429,7 +433,7 @@ fn jobs_are_listed_as_list_json_shows_them() {
         .iter()
         .map(|j| j["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["beat", "fails", "long", "order", "tree"]);
+    assert_eq!(names, ["beat", "fails", "long", "order", "ticker", "tree"]);
     assert_eq!(all["mode"], "standalone");
     let (status, one) = call(port, "GET", "/api/v1/jobs/order", None, None);
     assert_eq!(status, 200);
@@ -976,4 +980,139 @@ fn history_json(env: &Env, job: &str) -> Vec<Value> {
         .run()
         .success();
     serde_json::from_str(&out.stdout).expect("history --json")
+}
+
+const TICKER_OUTPUT: &str = "line 1\nline 2\nline 3\nline 4\nline 5\nline 6\n";
+
+/// Follow the ticker's run through `bgsched logs -f` and through the API
+/// on `port`: each gets the first line while the run still goes on, and
+/// the whole output, exactly, once it has ended.
+fn follow_the_ticker(env: &Env, port: u16, run_id: &str) {
+    use std::io::{Read, Write};
+    let mut logs = env.cmd(&["logs", "-f", run_id]).0;
+    logs.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut logs = logs.spawn().expect("spawn logs -f");
+    let mut stdout = logs.stdout.take().unwrap();
+    let mut request = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        request,
+        "GET /api/v1/runs/{run_id}/output?follow=true HTTP/1.0\r\nAuthorization: Bearer {READ}\r\n\r\n"
+    )
+    .unwrap();
+    request.set_read_timeout(Some(PATIENCE)).unwrap();
+    // The first line arrives while the run is still running, on both.
+    let mut cli = Vec::new();
+    let mut api = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&cli).contains("line 1\n") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "logs -f ended early: {:?}",
+            String::from_utf8_lossy(&cli)
+        );
+        cli.extend_from_slice(&buf[..n]);
+    }
+    while !String::from_utf8_lossy(&api).contains("line 1\n") {
+        let n = request.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the API's stream ended early: {:?}",
+            String::from_utf8_lossy(&api)
+        );
+        api.extend_from_slice(&buf[..n]);
+    }
+    let (_, rec) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{run_id}"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(
+        rec["outcome"], "running",
+        "the output came only after the run: {rec}"
+    );
+    // Then everything, and each ends when the run does.
+    stdout.read_to_end(&mut cli).unwrap();
+    request.read_to_end(&mut api).unwrap();
+    assert!(logs.wait().unwrap().success());
+    assert_eq!(String::from_utf8_lossy(&cli), TICKER_OUTPUT);
+    let api = String::from_utf8_lossy(&api);
+    let (head, body) = api.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+    assert_eq!(body, TICKER_OUTPUT);
+    let (_, rec) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{run_id}"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    // Without -f: the kept output of the ended run.
+    let out = env.cmd(&["logs", run_id]).run().success();
+    assert_eq!(out.stdout, TICKER_OUTPUT);
+}
+
+#[test]
+fn logs_follow_streams_a_live_run_and_ends_with_it() {
+    let _serial = serial();
+    let (env, _run, port) = standalone(true);
+    let (_, accepted) = call(
+        port,
+        "POST",
+        "/api/v1/jobs/ticker/runs",
+        Some(TRIGGER),
+        None,
+    );
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    follow_the_ticker(&env, port, &run_id);
+    env.cmd(&["logs", "01a23502-01e4-71d8-91b7-a38fc6a0586e"])
+        .run()
+        .code(64);
+    env.cmd(&["logs", "-f", "nope"]).run().code(2);
+}
+
+#[test]
+fn in_a_cluster_logs_follow_streams_a_run_on_the_leader_from_another_replica() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/follow\"\nlease_ttl = \"2s\"\n\n[http]\ntokens_file = \"tokens\"\n\n{}",
+        etcd.endpoint(),
+        jobs()
+    ));
+    env.write("tokens", TOKENS);
+    let replicas: Vec<Scheduler> = ["a", "b"]
+        .iter()
+        .map(|i| env.spawn_run_with(i, &["--http", "127.0.0.1:0"]))
+        .collect();
+    let ports: Vec<u16> = replicas.iter().map(Scheduler::http_port).collect();
+    let mut leader = None;
+    wait_until(PATIENCE, "a leader", || {
+        leader = env.list_json()["leader"]["instance"]
+            .as_str()
+            .map(str::to_string);
+        leader.is_some()
+    });
+    let follower = if leader.as_deref() == Some("a") { 1 } else { 0 };
+    let (status, accepted) = call(
+        ports[follower],
+        "POST",
+        "/api/v1/jobs/ticker/runs",
+        Some(TRIGGER),
+        None,
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    follow_the_ticker(&env, ports[follower], &run_id);
+    // Nothing followed is left in etcd once the run is recorded.
+    let left = common::etcd::kv_range_prefix(&etcd.endpoint(), "/follow/output/").unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    drop(replicas);
 }

@@ -6,13 +6,14 @@ mod common;
 use common::*;
 use std::process::Command;
 
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 12] = [
     "run",
     "list",
     "trigger",
     "cancel",
     "pause",
     "resume",
+    "logs",
     "check",
     "next",
     "history",

@@ -343,23 +343,63 @@ pub(super) async fn get(
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OutputQuery {
+    follow: Option<bool>,
+}
+
 pub(super) async fn output(
     State(api): State<Arc<Api>>,
     Path(given): Path<String>,
+    query: Result<Query<OutputQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     OriginalUri(uri): OriginalUri,
 ) -> Result<Response, ApiError> {
     allow(&api, &headers, &Method::GET, uri.path())?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let run_id = run_id_of(&given)?;
-    let text = match api.find(&run_id, None).await? {
-        Some(Found::Record(rec)) => rec.output_tail,
-        Some(Found::Pending(_)) => String::new(),
-        None => return Err(unknown_run(&run_id)),
+    let found = api
+        .find(&run_id, None)
+        .await?
+        .ok_or_else(|| unknown_run(&run_id))?;
+    let text_plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    let follow = query.follow.unwrap_or(false);
+    let job = match found {
+        Found::Record(rec) if !follow => {
+            return Ok((StatusCode::OK, text_plain, rec.output_tail).into_response())
+        }
+        Found::Pending(_) if !follow => {
+            return Ok((StatusCode::OK, text_plain, String::new()).into_response())
+        }
+        Found::Record(rec) => rec.key.job,
+        Found::Pending(job) => job,
     };
+    // Streamed (chunked) as the run goes on; ends when it has ended.
+    let backend = api.backend()?.clone();
+    // Unbounded: the copy must not drop output for a slow reader; it is
+    // bounded by what the run prints while the request lasts.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let sent = tx.clone();
+        let followed = backend
+            .follow_output(&job, &run_id, move |text| {
+                let _ = sent.send(text.to_string());
+            })
+            .await;
+        if let Err(e) = followed {
+            let _ = tx.send(format!("\n[bgsched: following stopped: {e}]\n"));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|text| (Ok::<_, std::convert::Infallible>(Bytes::from(text)), rx))
+    });
     Ok((
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        text,
+        text_plain,
+        axum::body::Body::from_stream(stream),
     )
         .into_response())
 }

@@ -126,6 +126,14 @@ pub enum Command {
         /// The job.
         job: String,
     },
+    /// Print a run's output; with -f, follow it as the run goes on, until it ends.
+    Logs {
+        /// The run's id (from `trigger --detach`, `history` or the API).
+        run_id: String,
+        /// Follow the output of a running run until it ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
     /// Validate the config; print each job's next fire time.
     Check,
     /// Print a job's next fire instants.

@@ -11,6 +11,7 @@ mod docs;
 mod error;
 mod history;
 mod list;
+mod logs;
 mod next;
 mod pause;
 mod run;
@@ -64,6 +65,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 no_manual,
             } => pause::pause(&cli, job, until.as_deref(), *no_manual).await,
             Command::Resume { job } => pause::resume(&cli, job).await,
+            Command::Logs { run_id, follow } => logs::logs(&cli, run_id, *follow).await,
             Command::History {
                 job,
                 count,

@@ -11,6 +11,7 @@ mod backend;
 pub mod channel;
 pub mod clock;
 pub mod etcd;
+mod follow;
 mod fsutil;
 mod pause;
 pub mod standalone;
@@ -477,6 +478,13 @@ pub trait HistoryReader: Sync {
     ) -> impl Future<Output = Result<Option<RunRecord>>> + Send;
 }
 
+/// A running attempt's output as far as it is kept (the executor's tail).
+pub trait LiveOutput: Send + Sync {
+    /// (the offset the text starts at, which is later than `from` when
+    /// that part is no longer kept, the text from there to now).
+    fn since(&self, from: u64) -> (u64, String);
+}
+
 /// The supervisor's view of the backend: keeps one run's record current.
 pub trait RunRecorder: Send {
     /// Store `record` (outcome `running`) and mark the run active.
@@ -502,6 +510,21 @@ pub trait RunRecorder: Send {
     /// (standalone: the canceller leaves it in a file, since a signal
     /// carries no words; in etcd the stop key's value says it).
     fn cancelled_by(&mut self) -> Option<String> {
+        None
+    }
+    /// Where attempt `attempt` copies its output as it comes, for
+    /// followers (standalone: a file; etcd publishes instead).
+    fn live_file(&mut self, attempt: u32) -> Option<std::fs::File> {
+        let _ = attempt;
+        None
+    }
+    /// Publish `tail` while someone follows the run (etcd), until the
+    /// returned task is stopped.
+    fn publish_live(
+        &mut self,
+        output: std::sync::Arc<dyn LiveOutput>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let _ = output;
         None
     }
     /// Store the record of a failed attempt that is about to be retried,

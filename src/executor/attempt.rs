@@ -56,7 +56,9 @@ pub(super) async fn run_attempt<R: RunRecorder>(
         "run started"
     );
 
-    let tail = Tail::default();
+    let tail = Tail::with_live(recorder.live_file(attempt));
+    // Published while someone follows the run (cluster); ends with the attempt.
+    let live = LivePublisher(recorder.publish_live(std::sync::Arc::new(tail.clone())));
     // One pipe for stdout and stderr (see `spawn_job`): one reader.
     let readers = [combined.map(|p| spawn_pump(p, Stream::Combined, spec, &tail, echo))];
     let group = Pid::from_raw(pid as i32);
@@ -160,10 +162,23 @@ pub(super) async fn run_attempt<R: RunRecorder>(
         }
     }
     rec.output_tail = tail.contents();
+    rec.output_bytes = Some(tail.total());
+    drop(live);
     let ended = Utc::now();
     rec.ended_at = Some(ended);
     rec.duration_ms = Some(duration_ms(rec.started_at, ended));
     (rec, stopped_because)
+}
+
+/// Stops a run's live output publisher when the attempt ends.
+struct LivePublisher(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for LivePublisher {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// How a supervised run ended.

@@ -38,21 +38,71 @@ impl Stream {
 /// replaced (before the cut, so the replacement cannot grow the tail past
 /// its bound); shared by the readers of a run.
 #[derive(Clone, Default)]
-pub struct Tail(Arc<Mutex<VecDeque<u8>>>);
+pub struct Tail(Arc<Mutex<TailBuf>>);
+
+#[derive(Default)]
+struct TailBuf {
+    buf: VecDeque<u8>,
+    /// Bytes pushed so far: the offset just after the newest one.
+    total: u64,
+    /// Where a follower reads the output while the run goes on
+    /// (standalone: a file in the state directory), every byte of it.
+    live: Option<std::fs::File>,
+}
 
 impl Tail {
+    /// A tail that also copies everything to `live` as it comes.
+    pub fn with_live(live: Option<std::fs::File>) -> Tail {
+        Tail(Arc::new(Mutex::new(TailBuf {
+            live,
+            ..TailBuf::default()
+        })))
+    }
+
     fn push(&self, text: &str) {
-        let bytes = text.as_bytes();
-        let mut buf = self.0.lock().expect("tail lock poisoned");
-        let bytes = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
-        let excess = (buf.len() + bytes.len()).saturating_sub(TAIL_BYTES);
-        buf.drain(..excess);
-        buf.extend(bytes);
+        let all = text.as_bytes();
+        let mut t = self.0.lock().expect("tail lock poisoned");
+        if let Some(live) = &mut t.live {
+            // A follower's copy; the record's tail does not depend on it.
+            if std::io::Write::write_all(live, all).is_err() {
+                t.live = None;
+            }
+        }
+        t.total += all.len() as u64;
+        let bytes = &all[all.len().saturating_sub(TAIL_BYTES)..];
+        let excess = (t.buf.len() + bytes.len()).saturating_sub(TAIL_BYTES);
+        t.buf.drain(..excess);
+        t.buf.extend(bytes);
+    }
+
+    /// Bytes of output so far.
+    pub fn total(&self) -> u64 {
+        self.0.lock().expect("tail lock poisoned").total
+    }
+
+    /// What is kept from offset `from` on: (the offset it starts at, which
+    /// is later than `from` when that part is no longer kept, the text).
+    pub fn since(&self, from: u64) -> (u64, String) {
+        let t = self.0.lock().expect("tail lock poisoned");
+        let kept_from = t.total - t.buf.len() as u64;
+        let start = from.clamp(kept_from, t.total);
+        let skip = (start - kept_from) as usize;
+        let (a, b) = t.buf.as_slices();
+        let bytes: Vec<u8> = a.iter().chain(b).skip(skip).copied().collect();
+        // Whole characters only: a cut one starts at the next.
+        let lead = bytes
+            .iter()
+            .position(|b| (*b as i8) >= -0x40)
+            .unwrap_or(bytes.len());
+        (
+            start + lead as u64,
+            String::from_utf8_lossy(&bytes[lead..]).into_owned(),
+        )
     }
 
     pub fn contents(&self) -> String {
-        let buf = self.0.lock().expect("tail lock poisoned");
-        let (a, b) = buf.as_slices();
+        let t = self.0.lock().expect("tail lock poisoned");
+        let (a, b) = t.buf.as_slices();
         let bytes = [a, b].concat();
         // The cut may have split a character: start at the next one.
         let start = bytes
@@ -60,6 +110,12 @@ impl Tail {
             .position(|b| (*b as i8) >= -0x40)
             .unwrap_or(bytes.len());
         String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+}
+
+impl crate::coordination::LiveOutput for Tail {
+    fn since(&self, from: u64) -> (u64, String) {
+        Tail::since(self, from)
     }
 }
 

@@ -291,6 +291,7 @@ impl RunSpec {
             pid: None,
             missed_ticks: None,
             output_tail: String::new(),
+            output_bytes: None,
             attempt: 1,
             supervisor_pid: Some(std::process::id()),
             params: self.params.clone(),

@@ -74,6 +74,16 @@ impl Keys {
     pub fn pause(&self, job: &str) -> String {
         format!("{}/pause/{job}", self.0)
     }
+    pub fn followers(&self, run_id: &str) -> String {
+        format!("{}/follow/{run_id}/", self.0)
+    }
+    pub fn outputs(&self, run_id: &str) -> String {
+        format!("{}/output/{run_id}/", self.0)
+    }
+    /// Zero-padded, so that the keys sort as the offsets do.
+    pub fn output(&self, run_id: &str, offset: u64) -> String {
+        format!("{}/output/{run_id}/{offset:020}", self.0)
+    }
     pub fn requests(&self) -> String {
         format!("{}/requests/", self.0)
     }

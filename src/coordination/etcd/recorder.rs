@@ -224,6 +224,20 @@ impl RunRecorder for EtcdRecorder {
         }
     }
 
+    fn publish_live(
+        &mut self,
+        output: Arc<dyn crate::coordination::LiveOutput>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        Some(super::follow::publish(
+            self.cfg.clone(),
+            self.client.clone(),
+            self.keys.clone(),
+            self.run_id.clone(),
+            self.lease,
+            output,
+        ))
+    }
+
     fn replacements(&mut self) -> watch::Receiver<Option<String>> {
         self.stop.clone()
     }
@@ -261,6 +275,11 @@ impl RunRecorder for EtcdRecorder {
                     None,
                 ),
                 TxnOp::delete(self.keys.active(&self.job, &self.run_id), None),
+                // Published output goes with the run: the record has its tail.
+                TxnOp::delete(
+                    self.keys.outputs(&self.run_id),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
                 // A run that never got its turn leaves the waiting place.
                 TxnOp::txn(
                     Txn::new()

@@ -29,7 +29,19 @@ pub fn ask_to_stop(active: &RunRecord, why: rustix::process::Signal) -> bool {
     }
 }
 
+impl StandaloneRecorder {
+    /// The record's file is named after the run id.
+    fn run_id(&self) -> Option<String> {
+        Some(self.path.file_stem()?.to_str()?.to_string())
+    }
+}
+
 impl Standalone {
+    /// Where a running attempt's output grows, for `logs -f`.
+    pub fn live_path(&self, job: &str, run_id: &str) -> PathBuf {
+        self.job_dir(job).join("live").join(format!("{run_id}.out"))
+    }
+
     /// Where a canceller says who it is, for the run's record.
     pub(super) fn cancel_note(&self, job: &str, run_id: &str) -> PathBuf {
         self.job_dir(job).join(format!("cancel.{run_id}"))
@@ -99,8 +111,7 @@ impl RunRecorder for StandaloneRecorder {
     }
 
     fn cancelled_by(&mut self) -> Option<String> {
-        // The record's file is named after the run id.
-        let run_id = self.path.file_stem()?.to_str()?.to_string();
+        let run_id = self.run_id()?;
         let path = self.state.cancel_note(&self.job, &run_id);
         let why = fs::read_to_string(&path).ok()?;
         let _ = fs::remove_file(&path);
@@ -119,9 +130,21 @@ impl RunRecorder for StandaloneRecorder {
     async fn finished(&mut self, record: &RunRecord) -> Result<()> {
         // The run's locks are kept meanwhile, so it still counts as active.
         let result = self.state.write_until_written(&self.path, record).await;
+        // Followers finish from the record's tail now.
+        if let Some(run_id) = self.run_id() {
+            let _ = fs::remove_file(self.state.live_path(&self.job, &run_id));
+        }
         self.held = None;
         self.run_lock = None;
         result
+    }
+
+    fn live_file(&mut self, _attempt: u32) -> Option<File> {
+        let run_id = self.run_id()?;
+        let path = self.state.live_path(&self.job, &run_id);
+        fs::create_dir_all(path.parent()?).ok()?;
+        // Each attempt starts the file anew; a follower starts over with it.
+        File::create(&path).ok()
     }
 
     async fn fenced(&mut self) -> String {

@@ -49,11 +49,18 @@ shell = 'setsid sleep 600 & echo $! > grandchild; sleep 600'
 schedule = "@yearly"
 shell = 'for i in 1 2 3 4 5 6; do echo "line $i"; sleep 0.4; done'
 
+[jobs.later]
+schedule = "@yearly"
+shell = '{}; echo "later $BGSCHED_PARAM_WHAT"'
+[jobs.later.params]
+what = {{ default = "nothing" }}
+
 [jobs.beat]
 schedule = "@every 1s"
 shell = 'echo "$BGSCHED_TRIGGER $BGSCHED_INSTANCE" >> beats'
 "#,
-        ledger_line("start", "ledger")
+        ledger_line("start", "ledger"),
+        ledger_line("later", "later-ledger")
     )
 }
 
@@ -433,7 +440,10 @@ fn jobs_are_listed_as_list_json_shows_them() {
         .iter()
         .map(|j| j["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["beat", "fails", "long", "order", "ticker", "tree"]);
+    assert_eq!(
+        names,
+        ["beat", "fails", "later", "long", "order", "ticker", "tree"]
+    );
     assert_eq!(all["mode"], "standalone");
     let (status, one) = call(port, "GET", "/api/v1/jobs/order", None, None);
     assert_eq!(status, 200);
@@ -1114,5 +1124,174 @@ fn in_a_cluster_logs_follow_streams_a_run_on_the_leader_from_another_replica() {
     // Nothing followed is left in etcd once the run is recorded.
     let left = common::etcd::kv_range_prefix(&etcd.endpoint(), "/follow/output/").unwrap();
     assert!(left.is_empty(), "{left:?}");
+    drop(replicas);
+}
+
+fn in_secs(secs: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(secs))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[test]
+fn a_run_at_a_later_time_fires_once_at_it_across_a_restart() {
+    let _serial = serial();
+    let (env, mut run, port) = standalone(true);
+    let start = "/api/v1/jobs/later/runs";
+    assert_error(
+        call(
+            port,
+            "POST",
+            start,
+            Some(TRIGGER),
+            Some(r#"{"at": "2020-01-01T00:00:00Z"}"#),
+        ),
+        400,
+        "bad_request",
+        "at 2020-01-01T00:00:00Z is not in the future",
+    );
+    let far = in_secs(400 * 86_400);
+    assert_error(
+        call(
+            port,
+            "POST",
+            start,
+            Some(TRIGGER),
+            Some(&format!(r#"{{"at": "{far}"}}"#)),
+        ),
+        400,
+        "bad_request",
+        "is more than a year ahead",
+    );
+    let at = in_secs(4);
+    let (status, accepted) = call(
+        port,
+        "POST",
+        start,
+        Some(TRIGGER),
+        Some(&format!(r#"{{"at": "{at}", "params": {{"what": "api"}}}}"#)),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    let (_, rec) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{run_id}"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(rec["outcome"], "scheduled", "{rec}");
+    assert_eq!(
+        env.job_view("later")["scheduled"][0]["run_id"],
+        run_id.as_str()
+    );
+    // The CLI verb: the same call.
+    let out = env
+        .cmd(&["trigger", "later", "--at", &in_secs(5), "-p", "what=cli"])
+        .run()
+        .success();
+    let cli_id = out.stdout.trim().to_string();
+    env.cmd(&["trigger", "later", "--at", "yesterday"])
+        .run()
+        .code(2);
+    // The scheduler dies and another takes over before the time comes.
+    run.kill9();
+    let run = env.spawn_run_with("api2", &["--http", "127.0.0.1:0"]);
+    let port = run.http_port();
+    let (_, rec) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{run_id}?wait=30s"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    assert_eq!(rec["params"], json!({"what": "api"}));
+    assert_eq!(rec["output_tail"], "later api\n");
+    let started =
+        chrono::DateTime::parse_from_rfc3339(rec["started_at"].as_str().unwrap()).unwrap();
+    let at = chrono::DateTime::parse_from_rfc3339(&at).unwrap();
+    assert!(started >= at, "started {started}, before its time {at}");
+    assert!(
+        started - at < chrono::Duration::seconds(2),
+        "started {started}, long after {at}"
+    );
+    let (_, rec) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{cli_id}?wait=30s"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(
+        (rec["outcome"].clone(), rec["output_tail"].clone()),
+        (json!("success"), json!("later cli\n")),
+        "{rec}"
+    );
+    // Each fired once.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        env.lines("later-ledger").len(),
+        2,
+        "{:?}",
+        env.lines("later-ledger")
+    );
+    assert!(env.job_view("later")["scheduled"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn in_a_cluster_a_run_at_a_later_time_fires_once_across_a_leader_kill_9() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/at\"\nlease_ttl = \"2s\"\n\n[http]\ntokens_file = \"tokens\"\n\n{}",
+        etcd.endpoint(),
+        jobs()
+    ));
+    env.write("tokens", TOKENS);
+    let mut replicas: Vec<Scheduler> = ["a", "b", "c"]
+        .iter()
+        .map(|i| env.spawn_run_with(i, &["--http", "127.0.0.1:0"]))
+        .collect();
+    let ports: Vec<u16> = replicas.iter().map(Scheduler::http_port).collect();
+    let mut leader = None;
+    wait_until(PATIENCE, "a leader", || {
+        leader = env.list_json()["leader"]["instance"]
+            .as_str()
+            .map(str::to_string);
+        leader.is_some()
+    });
+    let leader = leader.unwrap();
+    let li = ["a", "b", "c"].iter().position(|i| **i == leader).unwrap();
+    let follower = (li + 1) % 3;
+    let at = in_secs(5);
+    let (status, accepted) = call(
+        ports[follower],
+        "POST",
+        "/api/v1/jobs/later/runs",
+        Some(TRIGGER),
+        Some(&format!(r#"{{"at": "{at}"}}"#)),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    replicas[li].kill9();
+    let (_, rec) = call(
+        ports[follower],
+        "GET",
+        &format!("/api/v1/runs/{run_id}?wait=60s"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    assert_ne!(rec["instance"], leader.as_str(), "the dead leader ran it");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        env.lines("later-ledger").len(),
+        1,
+        "{:?}",
+        env.lines("later-ledger")
+    );
     drop(replicas);
 }

@@ -6,7 +6,7 @@ use crate::config::Job;
 use crate::coordination::etcd::{Asked, Seen};
 use crate::coordination::{
     manual_tick, Backend, Cancel, ClaimRejected, Coordinator, HistoryReader, Outcome, RunRecord,
-    Trigger,
+    Trigger, TriggerRequest,
 };
 use crate::executor::{spawn_supervisor, RunSpec, SupervisorOutput};
 use crate::model::{new_run_id, parse_run_id, RunKey};
@@ -53,11 +53,12 @@ pub(super) async fn start(
     let job = config
         .job_named(&name)
         .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", why))?;
-    if req.at.is_some() {
-        return Err(ApiError::bad_request(
-            "\"at\" (a run at a later time) is not supported by this version; leave it out to run now",
-        ));
-    }
+    let at = req
+        .at
+        .as_deref()
+        .map(|t| crate::coordination::run_at(t, Utc::now()))
+        .transpose()
+        .map_err(ApiError::bad_request)?;
     let params = job
         .resolve_params(&req.params)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_params", e.to_string()))?;
@@ -76,6 +77,26 @@ pub(super) async fn start(
         .with(
             "paused",
             serde_json::to_value(p).expect("a pause serializes"),
+        ));
+    }
+    if let Some(at) = at {
+        let req = TriggerRequest {
+            run_id: new_run_id(),
+            job: job.name.clone(),
+            requested_by: format!("the API on instance {}", api.served.instance),
+            requested_at: Utc::now(),
+            params,
+            at: Some(at),
+        };
+        backend
+            .schedule_run(&req)
+            .await
+            .map_err(ApiError::backend)?;
+        tracing::info!(job = %job.name, run_id = %req.run_id, at = %at.to_rfc3339(), "run scheduled through the API");
+        let status_url = format!("/api/v1/runs/{}", req.run_id);
+        return Ok(json_reply(
+            StatusCode::ACCEPTED,
+            &json!({ "run_id": req.run_id, "job": job.name, "status_url": status_url, "at": at }),
         ));
     }
     let run_id = match backend {
@@ -235,6 +256,8 @@ enum Found {
     Record(Box<RunRecord>),
     /// Accepted here; its supervisor has not written a record yet.
     Pending(String),
+    /// A one-off run at a later time, not due yet (or not claimed yet).
+    Scheduled(Box<TriggerRequest>),
 }
 
 impl Api {
@@ -267,7 +290,13 @@ impl Api {
                 Some(Found::Record(Box::new(rec)))
             }
             (None, Some(job)) => Some(Found::Pending(job)),
-            (None, None) => None,
+            (None, None) => backend
+                .scheduled_runs()
+                .await
+                .map_err(ApiError::backend)?
+                .into_iter()
+                .find(|r| r.run_id == run_id)
+                .map(|r| Found::Scheduled(Box::new(r))),
         })
     }
 }
@@ -336,8 +365,15 @@ pub(super) async fn get(
                     &json!({ "run_id": run_id, "job": j, "outcome": "pending" }),
                 ));
             }
+            Found::Scheduled(req) if done => {
+                return Ok(json_reply(
+                    StatusCode::OK,
+                    &json!({ "run_id": run_id, "job": req.job, "outcome": "scheduled", "at": req.at, "params": req.params }),
+                ));
+            }
             Found::Record(rec) => job = Some(rec.key.job),
             Found::Pending(j) => job = Some(j),
+            Found::Scheduled(_) => {}
         }
         tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
@@ -369,11 +405,12 @@ pub(super) async fn output(
         Found::Record(rec) if !follow => {
             return Ok((StatusCode::OK, text_plain, rec.output_tail).into_response())
         }
-        Found::Pending(_) if !follow => {
+        Found::Pending(_) | Found::Scheduled(_) if !follow => {
             return Ok((StatusCode::OK, text_plain, String::new()).into_response())
         }
         Found::Record(rec) => rec.key.job,
         Found::Pending(job) => job,
+        Found::Scheduled(req) => req.job,
     };
     // Streamed (chunked) as the run goes on; ends when it has ended.
     let backend = api.backend()?.clone();
@@ -418,6 +455,13 @@ pub(super) async fn cancel(
         Some(Found::Pending(job)) => {
             return Err(not_running(format!(
                 "run {run_id} of job \"{job}\" has not started yet; try again shortly"
+            )))
+        }
+        Some(Found::Scheduled(req)) => {
+            return Err(not_running(format!(
+                "run {run_id} of job \"{}\" is scheduled for {} and has not started",
+                req.job,
+                req.at.map(|a| a.to_rfc3339()).unwrap_or_default()
             )))
         }
         Some(Found::Record(rec)) => rec,

@@ -95,6 +95,9 @@ pub enum Command {
         /// Start it in the background, print its run id and return.
         #[arg(long)]
         detach: bool,
+        /// Run it once at this instant instead (RFC 3339, within a year): print its run id and return.
+        #[arg(long, value_name = "RFC3339", conflicts_with = "detach")]
+        at: Option<String>,
         /// Name of this instance in the run record (default: hostname-pid).
         #[arg(long, env = "BGSCHED_INSTANCE_ID")]
         instance_id: Option<String>,

@@ -157,6 +157,14 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
         } else {
             String::new()
         };
+        let scheduled = match job.scheduled.first().and_then(|r| r.at) {
+            Some(at) => format!(
+                ", {} scheduled (next {})",
+                job.scheduled.len(),
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            None => String::new(),
+        };
         let unreadable = match job.unreadable.len() {
             0 => String::new(),
             1 => ", 1 unreadable state file (bgsched history)".to_string(),
@@ -167,7 +175,7 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
             format!("{} ({})", job.schedule, job.timezone),
             next,
             last,
-            format!("{state}{skips}{unreadable}"),
+            format!("{state}{skips}{scheduled}{unreadable}"),
         ]);
     }
     println!("{table}");

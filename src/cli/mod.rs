@@ -52,11 +52,18 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 job,
                 params,
                 detach,
+                at,
                 instance_id,
                 timeout,
             } => {
                 let params = params.iter().cloned().collect();
-                trigger::trigger(&cli, job, &params, *detach, instance_id.clone(), *timeout).await
+                match at {
+                    Some(at) => trigger::at(&cli, job, params, at, instance_id.clone()).await,
+                    None => {
+                        trigger::trigger(&cli, job, &params, *detach, instance_id.clone(), *timeout)
+                            .await
+                    }
+                }
             }
             Command::Cancel { run_id, no_wait } => cancel::cancel(&cli, run_id, *no_wait).await,
             Command::Pause {

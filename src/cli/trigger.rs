@@ -52,6 +52,35 @@ pub async fn trigger(
     }
 }
 
+/// `trigger --at`: keep the run as scheduled; the leader claims it at
+/// its time, like a tick, so it fires once across restarts and failovers.
+pub async fn at(
+    cli: &Cli,
+    name: &str,
+    params: BTreeMap<String, String>,
+    at: &str,
+    instance: Option<String>,
+) -> Result<(), CliError> {
+    let config = load_config(cli)?;
+    let job = find_job(&config, name)?;
+    let at = crate::coordination::run_at(at, Utc::now())
+        .map_err(|e| CliError::Usage(format!("--at: {e}")))?;
+    let params = job
+        .resolve_params(&params)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    let req = crate::coordination::TriggerRequest {
+        run_id: new_run_id(),
+        job: job.name.clone(),
+        requested_by: instance_id(instance),
+        requested_at: Utc::now(),
+        params,
+        at: Some(at),
+    };
+    open_backend(cli, &config).await?.schedule_run(&req).await?;
+    print_out(&format!("{}\n", req.run_id));
+    Ok(())
+}
+
 async fn locally(
     cli: &Cli,
     state: &Standalone,

@@ -6,7 +6,7 @@
 use super::etcd::EtcdConfig;
 use super::{
     Cancel, CoordError, Coordinator, Etcd, HistoryReader, Pause, PauseChange, Result, RunRecord,
-    Standalone, CANCELLED,
+    Standalone, TriggerRequest, CANCELLED,
 };
 use crate::config::Job;
 use chrono::Utc;
@@ -76,6 +76,24 @@ impl Backend {
                 })
             }
             Backend::Cluster(e) => e.cancel(job, run_id, &format!("{CANCELLED} by {by}")).await,
+        }
+    }
+}
+
+/// One-off runs at a later time.
+impl Backend {
+    pub async fn schedule_run(&self, req: &TriggerRequest) -> Result<()> {
+        match self {
+            Backend::Standalone(s) => s.schedule_run(req),
+            Backend::Cluster(e) => e.schedule_run(req).await,
+        }
+    }
+
+    /// The one-off runs not claimed yet, by time.
+    pub async fn scheduled_runs(&self) -> Result<Vec<TriggerRequest>> {
+        match self {
+            Backend::Standalone(s) => Ok(s.scheduled_runs()),
+            Backend::Cluster(e) => e.scheduled_runs().await,
         }
     }
 }

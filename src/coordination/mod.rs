@@ -28,7 +28,7 @@ pub use crate::model::{manual_tick, Outcome, RunKey, RunRecord, Trigger};
 
 pub use backend::{Backend, BackendChoice};
 pub use etcd::Etcd;
-pub use pause::{pause_until, paused_refusal, Pause, PauseChange};
+pub use pause::{pause_until, paused_refusal, run_at, Pause, PauseChange};
 pub use standalone::Standalone;
 
 /// Errors of the coordination layer.
@@ -92,6 +92,10 @@ pub struct TriggerRequest {
     /// config before the run starts.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub params: std::collections::BTreeMap<String, String>,
+    /// A run at a later time (`trigger --at`, the API's `at`): kept as a
+    /// scheduled run until then, when the leader turns it into a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// Held while this instance leads.
@@ -113,6 +117,17 @@ pub struct Leadership {
     /// Backend-specific resources that embody leadership (a locked file, a
     /// watch task); dropping them gives leadership up.
     _hold: Box<dyn Send + Sync>,
+    /// Tasks that serve this leadership only (turning scheduled runs into
+    /// requests); stopped with it.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
 impl Leadership {
@@ -129,7 +144,25 @@ impl Leadership {
             requests,
             lost: None,
             _hold: hold,
+            tasks: Vec::new(),
         }
+    }
+
+    /// Requests from a backend task that lives as long as this leadership.
+    pub fn with_requests(
+        mut self,
+        requests: mpsc::Receiver<TriggerRequest>,
+        task: tokio::task::JoinHandle<()>,
+    ) -> Self {
+        self.requests = Some(requests);
+        self.tasks.push(task);
+        self
+    }
+
+    /// A task that lives as long as this leadership.
+    pub fn with_task(mut self, task: tokio::task::JoinHandle<()>) -> Self {
+        self.tasks.push(task);
+        self
     }
 
     pub fn with_lost_runs(mut self, lost: mpsc::Receiver<RunRecord>) -> Self {

@@ -116,16 +116,27 @@ impl Pause {
 
 /// The `until` of a pause as given (RFC 3339): in the future, within a year.
 pub fn pause_until(given: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    future_instant("until", given, now)
+}
+
+/// The `at` of a one-off run as given (RFC 3339): in the future, within a year.
+pub fn run_at(given: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    future_instant("at", given, now)
+}
+
+fn future_instant(what: &str, given: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     let t = DateTime::parse_from_rfc3339(given.trim())
         .map_err(|e| {
-            format!("until {given:?} is not an RFC 3339 instant such as 2026-12-24T18:00:00Z ({e})")
+            format!(
+                "{what} {given:?} is not an RFC 3339 instant such as 2026-12-24T18:00:00Z ({e})"
+            )
         })?
         .with_timezone(&Utc);
     if t <= now {
-        return Err(format!("until {given} is not in the future"));
+        return Err(format!("{what} {given} is not in the future"));
     }
     if t > now + chrono::Duration::days(366) {
-        return Err(format!("until {given} is more than a year ahead"));
+        return Err(format!("{what} {given} is more than a year ahead"));
     }
     Ok(t)
 }

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::coordination::etcd::MemberInfo;
 use crate::coordination::{
     Backend, CoordError, Coordinator, HistoryReader, LeaderInfo, Outcome, Pause, RunRecord,
+    TriggerRequest,
 };
 use crate::model::LATE_TOLERANCE;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -68,6 +69,8 @@ pub struct JobView {
     /// Set while the job is paused (`bgsched pause`): since when, until
     /// when, by whom, whether manual runs still run.
     pub paused: Option<Pause>,
+    /// One-off runs at a later time (`trigger --at`), by time.
+    pub scheduled: Vec<TriggerRequest>,
 }
 
 /// Transactions reading jobs' history in flight at once (each covers many
@@ -140,6 +143,7 @@ pub async fn build(
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         backend.pauses(&names).await?
     };
+    let mut scheduled = backend.scheduled_runs().await?;
     let reads = read_jobs(backend, names, limit).await?;
     let mut jobs = Vec::new();
     for (job, (history, running)) in config.jobs.values().zip(reads) {
@@ -196,6 +200,11 @@ pub async fn build(
                     )
                 }),
             paused,
+            scheduled: {
+                let (mine, rest) = scheduled.drain(..).partition(|r| r.job == job.name);
+                scheduled = rest;
+                mine
+            },
         });
     }
     let view = match backend {

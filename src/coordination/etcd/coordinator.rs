@@ -48,7 +48,15 @@ impl Coordinator for Etcd {
                     let requests = self.watch_requests(req_tx);
                     let (lost_tx, lost_rx) = mpsc::channel(256);
                     let lost_runs = self.record_lost_runs(lost_tx);
-                    let hold = AbortOnDrop(vec![guard, clock_guard, requests, lost_runs, pauses]);
+                    let scheduled = self.serve_scheduled();
+                    let hold = AbortOnDrop(vec![
+                        guard,
+                        clock_guard,
+                        requests,
+                        lost_runs,
+                        pauses,
+                        scheduled,
+                    ]);
                     return Ok(Leadership::new(term, valid, Some(req_rx), Box::new(hold))
                         .with_lost_runs(lost_rx)
                         .with_fence(vouched));

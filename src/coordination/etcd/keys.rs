@@ -84,6 +84,13 @@ impl Keys {
     pub fn output(&self, run_id: &str, offset: u64) -> String {
         format!("{}/output/{run_id}/{offset:020}", self.0)
     }
+    pub fn scheduleds(&self) -> String {
+        format!("{}/scheduled/", self.0)
+    }
+    /// A one-off run at a later time, until it is due.
+    pub fn scheduled(&self, run_id: &str) -> String {
+        format!("{}/scheduled/{run_id}", self.0)
+    }
     pub fn requests(&self) -> String {
         format!("{}/requests/", self.0)
     }

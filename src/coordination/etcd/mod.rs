@@ -13,7 +13,11 @@
 //!                               which the run's supervisor keeps alive
 //! P/history/<job>/<run-id>      run records (bounded per job)
 //! P/requests/<run-id>           `bgsched trigger` requests, bound to the requester's lease
+//!                               (a due scheduled run's, on none)
+//! P/follow/<run-id>/<id>        a follower of the run's output, on its own lease
+//! P/output/<run-id>/<offset>    the run's output while followed, on the run's lease
 //! P/pause/<job>                 the job's newest pause (see `coordination::Pause`)
+//! P/scheduled/<run-id>          a one-off run at a later time; a request once due
 //! ```
 //!
 //! A fire is claimed in one transaction that succeeds only if the leader

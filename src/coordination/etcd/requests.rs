@@ -53,6 +53,7 @@ impl Etcd {
             requested_by: instance,
             requested_at: Utc::now(),
             params,
+            at: None,
         };
         let lease = client
             .lease_grant(timeout.as_secs().max(1) as i64 + 5, None)
@@ -193,4 +194,85 @@ impl Etcd {
 /// A request etcd did not answer: exit 69, as for an unreachable etcd.
 fn unreachable(e: etcd_client::Error) -> CoordError {
     CoordError::Unreachable(format!("etcd: {}", in_words(&e)))
+}
+
+/// How often the leader looks for scheduled runs it has not seen yet.
+const SCHEDULED_LOOK_EVERY: Duration = Duration::from_secs(1);
+
+impl Etcd {
+    /// Keep `req` (with its `at`) under `P/scheduled/` until it is due.
+    pub async fn schedule_run(&self, req: &TriggerRequest) -> Result<()> {
+        self.client()
+            .put(self.keys().scheduled(&req.run_id), json(req), None)
+            .await
+            .map_err(unreachable)?;
+        Ok(())
+    }
+
+    /// The one-off runs not claimed yet: scheduled, or due and waiting.
+    pub async fn scheduled_runs(&self) -> Result<Vec<TriggerRequest>> {
+        let mut client = self.client();
+        let mut all = Vec::new();
+        for prefix in [self.keys().scheduleds(), self.keys().requests()] {
+            let resp = client
+                .get(prefix, Some(GetOptions::new().with_prefix()))
+                .await
+                .map_err(unreachable)?;
+            all.extend(
+                resp.kvs()
+                    .iter()
+                    .filter_map(|kv| parse::<TriggerRequest>(kv).ok())
+                    .filter(|r| r.at.is_some()),
+            );
+        }
+        all.sort_by(|a, b| (a.at, &a.run_id).cmp(&(b.at, &b.run_id)));
+        Ok(all)
+    }
+
+    /// The leader's side: at its time, each scheduled run becomes a
+    /// request (one transaction, so only once), which the leader then
+    /// claims like any other: the claim takes the request away, so the
+    /// run fires once, whichever leader gets to it.
+    pub(super) fn serve_scheduled(&self) -> tokio::task::JoinHandle<()> {
+        let mut client = self.client.clone();
+        let keys = self.keys.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = Utc::now();
+                let mut next =
+                    now + chrono::Duration::from_std(SCHEDULED_LOOK_EVERY).unwrap_or_default();
+                if let Ok(resp) = client
+                    .get(keys.scheduleds(), Some(GetOptions::new().with_prefix()))
+                    .await
+                {
+                    for kv in resp.kvs() {
+                        let Ok(req) = parse::<TriggerRequest>(kv) else {
+                            continue;
+                        };
+                        match req.at {
+                            Some(at) if at > now => next = next.min(at),
+                            _ => {
+                                let sched = keys.scheduled(&req.run_id);
+                                let txn = Txn::new()
+                                    .when([Compare::mod_revision(
+                                        sched.clone(),
+                                        CompareOp::Equal,
+                                        kv.mod_revision(),
+                                    )])
+                                    .and_then([
+                                        TxnOp::delete(sched, None),
+                                        TxnOp::put(keys.request(&req.run_id), json(&req), None),
+                                    ]);
+                                if let Err(e) = client.txn(txn).await {
+                                    tracing::warn!(job = %req.job, run_id = %req.run_id, "could not hand a scheduled run to the leader yet: {}", in_words(&e));
+                                }
+                            }
+                        }
+                    }
+                }
+                let wait = (next - Utc::now()).to_std().unwrap_or_default();
+                tokio::time::sleep(wait.min(SCHEDULED_LOOK_EVERY)).await;
+            }
+        })
+    }
 }

@@ -11,9 +11,11 @@ impl Coordinator for Standalone {
         let file = lock_detached(file).await.map_err(io_err(&lock_path))?;
         let this = self.clone();
         let instance = instance.to_string();
-        tokio::task::spawn_blocking(move || this.lead_with(file, &instance))
+        let leadership = tokio::task::spawn_blocking(move || this.lead_with(file, &instance))
             .await
-            .expect("leader task panicked")
+            .expect("leader task panicked")?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        Ok(leadership.with_requests(rx, self.serve_requests(tx)))
     }
 
     async fn resign(&self, leadership: Leadership) {
@@ -142,7 +144,9 @@ impl Coordinator for Standalone {
         }
     }
 
-    async fn finish_request(&self, _run_id: &str) {}
+    async fn finish_request(&self, run_id: &str) {
+        self.forget_request(run_id);
+    }
 
     fn backend_spec(&self) -> BackendSpec {
         BackendSpec::Standalone {

@@ -140,6 +140,12 @@ impl Standalone {
             // the claims in flight beside it.
             self.commit_tick(req.job, req.tick, arrival)?;
         }
+        if let Some(id) = req.request {
+            // Taken whatever follows (a skip included), as a tick is.
+            if !self.take_request(id)? {
+                return Err(ClaimRejected::RequestGone(id.to_string()));
+            }
+        }
         let (hold, turn) = self.overlap_hold(req.job, req.overlap)?;
         Ok(Claim {
             run_id: req.request.map_or_else(new_run_id, str::to_string),

@@ -49,6 +49,7 @@ mod leadership;
 mod pause;
 mod recorder;
 mod records;
+mod requests;
 use files::*;
 pub use recorder::*;
 use records::*;

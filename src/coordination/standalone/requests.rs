@@ -1,0 +1,183 @@
+//! Runs asked of the standalone leader: one-off runs at a later time
+//! (`scheduled/<run-id>.json`), which become requests
+//! (`requests/<run-id>.json`) when due. A claim takes a request by renaming
+//! it to `<run-id>.claimed`, which only one claim can do, so a run fires
+//! once even across a restart; the claimed file goes once the run's
+//! record exists.
+
+use super::*;
+use crate::coordination::TriggerRequest;
+use std::collections::HashSet;
+use tokio::sync::mpsc;
+
+/// How long a claimed request may go without its run's record before the
+/// run counts as lost (the scheduler stopped between claim and start).
+const CLAIMED_FOR: Duration = Duration::from_secs(60);
+/// The longest wait between looks at the two directories.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+impl Standalone {
+    fn scheduled_dir(&self) -> PathBuf {
+        self.root.join("scheduled")
+    }
+
+    fn requests_dir(&self) -> PathBuf {
+        self.root.join("requests")
+    }
+
+    /// Keep `req` (with its `at`) until it is due.
+    pub fn schedule_run(&self, req: &TriggerRequest) -> Result<()> {
+        let dir = self.scheduled_dir();
+        self.ensure_dir(&dir)?;
+        let json = serde_json::to_vec_pretty(req).expect("a request serializes");
+        atomic_write(&dir.join(format!("{}.json", req.run_id)), &json, true)
+    }
+
+    /// The one-off runs whose record does not exist yet: scheduled, due
+    /// and waiting, or claimed and starting.
+    pub fn scheduled_runs(&self) -> Vec<TriggerRequest> {
+        let mut all = read_requests(&self.scheduled_dir(), "json");
+        all.extend(read_requests(&self.requests_dir(), "json"));
+        all.extend(read_requests(&self.requests_dir(), "claimed").into_iter().filter(|r| {
+            !self
+                .job_dir(&r.job)
+                .join("runs")
+                .join(format!("{}.json", r.run_id))
+                .exists()
+        }));
+        all.sort_by(|a, b| (a.at, &a.run_id).cmp(&(b.at, &b.run_id)));
+        all
+    }
+
+    /// Take request `id` for a claim: true for exactly one caller.
+    pub(super) fn take_request(&self, id: &str) -> Result<bool> {
+        let dir = self.requests_dir();
+        let from = dir.join(format!("{id}.json"));
+        match fs::rename(&from, dir.join(format!("{id}.claimed"))) {
+            Ok(()) => {
+                sync_dir(&dir);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err(&from)(e)),
+        }
+    }
+
+    pub(super) fn forget_request(&self, id: &str) {
+        let dir = self.requests_dir();
+        let _ = fs::remove_file(dir.join(format!("{id}.claimed")));
+        let _ = fs::remove_file(dir.join(format!("{id}.json")));
+    }
+
+    /// The leader's side: due scheduled runs become requests, and each
+    /// request goes to the fire loop once; claimed ones are cleared once
+    /// recorded, or recorded lost if their run never started.
+    pub(super) fn serve_requests(
+        &self,
+        tx: mpsc::Sender<TriggerRequest>,
+    ) -> tokio::task::JoinHandle<()> {
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut sent: HashSet<String> = HashSet::new();
+            loop {
+                let now = Utc::now();
+                let mut next = now + chrono::Duration::from_std(LOOK_EVERY).unwrap_or_default();
+                let requests = state.requests_dir();
+                for req in read_requests(&state.scheduled_dir(), "json") {
+                    match req.at {
+                        Some(at) if at > now => next = next.min(at),
+                        _ => {
+                            let _ = state.ensure_dir(&requests);
+                            let from = state.scheduled_dir().join(format!("{}.json", req.run_id));
+                            if fs::rename(&from, requests.join(format!("{}.json", req.run_id)))
+                                .is_ok()
+                            {
+                                sync_dir(&requests);
+                            }
+                        }
+                    }
+                }
+                for req in read_requests(&requests, "json") {
+                    if sent.insert(req.run_id.clone()) && tx.send(req).await.is_err() {
+                        return;
+                    }
+                }
+                state.settle_claimed();
+                let wait = (next - Utc::now()).to_std().unwrap_or_default();
+                tokio::time::sleep(wait.min(LOOK_EVERY)).await;
+            }
+        })
+    }
+
+    fn settle_claimed(&self) {
+        let Ok(entries) = fs::read_dir(self.requests_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|x| x != "claimed") {
+                continue;
+            }
+            let Some(req) = read_request(&path) else {
+                let _ = fs::remove_file(&path);
+                continue;
+            };
+            let record = self
+                .job_dir(&req.job)
+                .join("runs")
+                .join(format!("{}.json", req.run_id));
+            if record.exists() {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let age = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .unwrap_or_default();
+            if age >= CLAIMED_FOR {
+                let mut rec = RunRecord::not_run(
+                    crate::model::RunKey::new(
+                        &req.job,
+                        req.at.unwrap_or(req.requested_at),
+                        crate::model::Trigger::Manual,
+                        &req.requested_by,
+                    ),
+                    Outcome::Lost,
+                    "claimed, but its supervisor never started (the scheduler stopped in between)"
+                        .to_string(),
+                );
+                rec.key.run_id = req.run_id.clone();
+                rec.key.term = 0;
+                if super::records::write_record(&record, &rec).is_ok() {
+                    tracing::warn!(job = %req.job, run_id = %req.run_id, "run lost: claimed, never started");
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+    }
+}
+
+fn read_request(path: &Path) -> Option<TriggerRequest> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+fn read_requests(dir: &Path, ext: &str) -> Vec<TriggerRequest> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .filter_map(|p| read_request(&p))
+        .collect()
+}
+
+/// Make a rename in `dir` durable.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}

@@ -90,6 +90,36 @@ fn assert_error(reply: (u16, Value), status: u16, code: &str, message: &str) {
     assert!(said.contains(message), "expected {message:?} in {reply:?}");
 }
 
+/// Replicas `names` of a cluster on a fresh etcd, under `prefix`, each
+/// serving the API (with the tokens) on a port of its own.
+fn cluster(prefix: &str, names: &[&str]) -> (Etcd, Env, Vec<Scheduler>, Vec<u16>) {
+    let etcd = Etcd::start();
+    let env = Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"{prefix}\"\nlease_ttl = \"2s\"\n\n[http]\ntokens_file = \"tokens\"\n\n{}",
+        etcd.endpoint(),
+        jobs()
+    ));
+    env.write("tokens", TOKENS);
+    let replicas: Vec<Scheduler> = names
+        .iter()
+        .map(|i| env.spawn_run_with(i, &["--http", "127.0.0.1:0"]))
+        .collect();
+    let ports = replicas.iter().map(Scheduler::http_port).collect();
+    (etcd, env, replicas, ports)
+}
+
+/// The cluster's leader, once it has one.
+fn leader_of(env: &Env) -> String {
+    let mut leader = None;
+    wait_until(PATIENCE, "a leader", || {
+        leader = env.list_json()["leader"]["instance"]
+            .as_str()
+            .map(str::to_string);
+        leader.is_some()
+    });
+    leader.unwrap()
+}
+
 fn standalone(with_tokens: bool) -> (Env, Scheduler, u16) {
     let mut toml = jobs();
     if with_tokens {
@@ -493,26 +523,8 @@ fn a_tokens_file_that_cannot_be_used_stops_check_with_its_line() {
 #[test]
 fn in_a_cluster_any_replica_starts_a_run_on_the_leader_and_any_answers_for_it() {
     let _serial = serial();
-    let etcd = Etcd::start();
-    let env = Env::new().config(&format!(
-        "[cluster]\netcd = [\"{}\"]\nprefix = \"/api\"\nlease_ttl = \"2s\"\n\n[http]\ntokens_file = \"tokens\"\n\n{}",
-        etcd.endpoint(),
-        jobs()
-    ));
-    env.write("tokens", TOKENS);
-    let replicas: Vec<Scheduler> = ["a", "b", "c"]
-        .iter()
-        .map(|i| env.spawn_run_with(i, &["--http", "127.0.0.1:0"]))
-        .collect();
-    let ports: Vec<u16> = replicas.iter().map(Scheduler::http_port).collect();
-    let mut leader = None;
-    wait_until(PATIENCE, "a leader", || {
-        leader = env.list_json()["leader"]["instance"]
-            .as_str()
-            .map(str::to_string);
-        leader.is_some()
-    });
-    let leader = leader.unwrap();
+    let (_etcd, env, replicas, ports) = cluster("/api", &["a", "b", "c"]);
+    let leader = leader_of(&env);
     let follower = ["a", "b", "c"].iter().position(|i| **i != leader).unwrap();
     let other = ["a", "b", "c"].iter().rposition(|i| **i != leader).unwrap();
     let (status, accepted) = call(
@@ -915,18 +927,7 @@ fn a_pause_with_until_ends_by_itself_and_the_job_fires_again() {
 #[test]
 fn in_a_cluster_a_pause_holds_across_a_leader_kill_9_and_any_replica_resumes_it() {
     let _serial = serial();
-    let etcd = Etcd::start();
-    let env = Env::new().config(&format!(
-        "[cluster]\netcd = [\"{}\"]\nprefix = \"/pause\"\nlease_ttl = \"2s\"\n\n[http]\ntokens_file = \"tokens\"\n\n{}",
-        etcd.endpoint(),
-        jobs()
-    ));
-    env.write("tokens", TOKENS);
-    let mut replicas: Vec<Scheduler> = ["a", "b", "c"]
-        .iter()
-        .map(|i| env.spawn_run_with(i, &["--http", "127.0.0.1:0"]))
-        .collect();
-    let ports: Vec<u16> = replicas.iter().map(Scheduler::http_port).collect();
+    let (_etcd, env, mut replicas, ports) = cluster("/pause", &["a", "b", "c"]);
     beats_again(&env, 0, 2);
     let leader = env.list_json()["leader"]["instance"]
         .as_str()
@@ -1091,26 +1092,8 @@ fn logs_follow_streams_a_live_run_and_ends_with_it() {
 #[test]
 fn in_a_cluster_logs_follow_streams_a_run_on_the_leader_from_another_replica() {
     let _serial = serial();
-    let etcd = Etcd::start();
-    let env = Env::new().config(&format!(
-        "[cluster]\netcd = [\"{}\"]\nprefix = \"/follow\"\nlease_ttl = \"2s\"\n\n[http]\ntokens_file = \"tokens\"\n\n{}",
-        etcd.endpoint(),
-        jobs()
-    ));
-    env.write("tokens", TOKENS);
-    let replicas: Vec<Scheduler> = ["a", "b"]
-        .iter()
-        .map(|i| env.spawn_run_with(i, &["--http", "127.0.0.1:0"]))
-        .collect();
-    let ports: Vec<u16> = replicas.iter().map(Scheduler::http_port).collect();
-    let mut leader = None;
-    wait_until(PATIENCE, "a leader", || {
-        leader = env.list_json()["leader"]["instance"]
-            .as_str()
-            .map(str::to_string);
-        leader.is_some()
-    });
-    let follower = if leader.as_deref() == Some("a") { 1 } else { 0 };
+    let (etcd, env, replicas, ports) = cluster("/follow", &["a", "b"]);
+    let follower = if leader_of(&env) == "a" { 1 } else { 0 };
     let (status, accepted) = call(
         ports[follower],
         "POST",
@@ -1244,26 +1227,8 @@ fn a_run_at_a_later_time_fires_once_at_it_across_a_restart() {
 #[test]
 fn in_a_cluster_a_run_at_a_later_time_fires_once_across_a_leader_kill_9() {
     let _serial = serial();
-    let etcd = Etcd::start();
-    let env = Env::new().config(&format!(
-        "[cluster]\netcd = [\"{}\"]\nprefix = \"/at\"\nlease_ttl = \"2s\"\n\n[http]\ntokens_file = \"tokens\"\n\n{}",
-        etcd.endpoint(),
-        jobs()
-    ));
-    env.write("tokens", TOKENS);
-    let mut replicas: Vec<Scheduler> = ["a", "b", "c"]
-        .iter()
-        .map(|i| env.spawn_run_with(i, &["--http", "127.0.0.1:0"]))
-        .collect();
-    let ports: Vec<u16> = replicas.iter().map(Scheduler::http_port).collect();
-    let mut leader = None;
-    wait_until(PATIENCE, "a leader", || {
-        leader = env.list_json()["leader"]["instance"]
-            .as_str()
-            .map(str::to_string);
-        leader.is_some()
-    });
-    let leader = leader.unwrap();
+    let (_etcd, env, mut replicas, ports) = cluster("/at", &["a", "b", "c"]);
+    let leader = leader_of(&env);
     let li = ["a", "b", "c"].iter().position(|i| **i == leader).unwrap();
     let follower = (li + 1) % 3;
     let at = in_secs(5);
@@ -1294,4 +1259,94 @@ fn in_a_cluster_a_run_at_a_later_time_fires_once_across_a_leader_kill_9() {
         env.lines("later-ledger")
     );
     drop(replicas);
+}
+
+/// A self-signed certificate for 127.0.0.1, made with openssl(1).
+fn self_signed(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (env.path("cert.pem"), env.path("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .output()
+        .expect("openssl (Debian's openssl; scripts/test installs it)");
+    assert!(made.status.success(), "{made:?}");
+    (cert, key)
+}
+
+#[test]
+fn with_cert_file_and_key_file_the_listener_speaks_https_only() {
+    let _serial = serial();
+    let env = Env::new().config(&format!(
+        "{}\n[http]\ntokens_file = \"tokens\"\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n",
+        jobs()
+    ));
+    env.write("tokens", TOKENS);
+    let (cert, _) = self_signed(&env);
+    env.cmd(&["check"]).run().success();
+    let run = env.spawn_run_with("tls", &["--http", "127.0.0.1:0"]);
+    const MARK: &str = "/status on https://127.0.0.1:";
+    let mut port = 0u16;
+    wait_until(PATIENCE, "the https address in the log", || {
+        let log = run.log_text();
+        port = log
+            .find(MARK)
+            .map(|at| {
+                log[at + MARK.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        port > 0
+    });
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&cert)
+        .args(["-H", &format!("Authorization: Bearer {READ}")])
+        .arg(format!("https://127.0.0.1:{port}/api/v1/jobs/order"))
+        .output()
+        .expect("curl (Debian's curl; scripts/test installs it)");
+    assert!(curl.status.success(), "{curl:?}");
+    let job: Value = serde_json::from_slice(&curl.stdout).unwrap();
+    assert_eq!(job["name"], "order");
+    // Plain HTTP on the same port gets no answer.
+    let plain = http_request(port, "GET", "/healthz", None, Duration::from_secs(5), &[]);
+    assert!(!matches!(plain, Ok((200, _))), "{plain:?}");
+
+    // Files that cannot serve are refused where they are named.
+    let env = Env::new().config(&format!("{}\n[http]\ncert_file = \"cert.pem\"\n", jobs()));
+    env.cmd(&["check"])
+        .run()
+        .code(78)
+        .stderr_has("cert_file needs key_file too");
+    let env = Env::new().config(&format!(
+        "{}\n[http]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"\n",
+        jobs()
+    ));
+    env.write("cert.pem", "not a certificate\n");
+    env.write("key.pem", "not a key\n");
+    env.cmd(&["check"])
+        .run()
+        .code(78)
+        .stderr_has("no PEM certificate in it");
 }

@@ -4,12 +4,10 @@
 use super::{allow, body_of, json_reply, Api, ApiError};
 use crate::config::Job;
 use crate::coordination::etcd::{Asked, Seen};
-use crate::coordination::{
-    manual_tick, Backend, Cancel, ClaimRejected, Coordinator, HistoryReader, Outcome, RunRecord,
-    Trigger, TriggerRequest,
-};
-use crate::executor::{spawn_supervisor, RunSpec, SupervisorOutput};
-use crate::model::{new_run_id, parse_run_id, RunKey};
+use crate::coordination::{Backend, Cancel, HistoryReader, Outcome, RunRecord, TriggerRequest};
+use crate::executor::manual::Refused;
+use crate::executor::{spawn_supervisor, SupervisorOutput};
+use crate::model::{new_run_id, parse_run_id};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{OriginalUri, Path, Query, State};
@@ -170,42 +168,14 @@ async fn start_here(
     job: &Job,
     params: BTreeMap<String, String>,
 ) -> Result<String, ApiError> {
-    let now = manual_tick(Utc::now());
-    let (hold, turn) = match state.overlap_hold(&job.name, job.overlap) {
-        Ok(held) => held,
-        Err(rejected) if rejected.is_skip() => {
-            let active = match &rejected {
-                ClaimRejected::StillRunning(active) => active.as_deref().cloned(),
-                _ => None,
-            };
-            let reason = rejected.to_string();
-            let mut rec = RunRecord::not_run(
-                RunKey::new(&job.name, now, Trigger::Manual, &api.served.instance),
-                Outcome::Skipped,
-                reason.clone(),
-            );
-            rec.key.term = 0;
-            if let Err(e) = state.record_until_written(&rec).await {
-                tracing::error!(job = %job.name, "could not record the skip: {e}");
+    let (mut spec, hold) =
+        match crate::executor::manual::prepare(state, job, &api.served.instance, params).await {
+            Ok(prepared) => prepared,
+            Err(Refused::Skipped { reason, active }) => {
+                return Err(still_running(job, &reason, active.map(|a| *a)))
             }
-            return Err(still_running(job, &reason, active));
-        }
-        Err(e) => return Err(ApiError::backend(e)),
-    };
-    let mut spec = RunSpec::new(
-        job,
-        new_run_id(),
-        now,
-        Trigger::Manual,
-        state.backend_spec(),
-    );
-    spec.key.instance = api.served.instance.clone();
-    spec.key.term = state
-        .leader()
-        .map_err(ApiError::backend)?
-        .map_or(0, |l| l.term);
-    spec.turn = turn;
-    spec.params = params;
+            Err(Refused::Backend(e)) => return Err(ApiError::backend(e)),
+        };
     spec.log_json = api.log_json;
     let run_id = spec.key.run_id.clone();
     let mut child = spawn_supervisor(spec, hold, SupervisorOutput::LogOnly).map_err(|e| {

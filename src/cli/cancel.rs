@@ -1,7 +1,7 @@
 //! `bgsched cancel <run-id>`: stop a running run and see it recorded
 //! `cancelled`, from any machine in a cluster.
 
-use super::context::{instance_id, load_config, open_backend};
+use super::context::{instance_id, load_config, open_backend, run_id_arg, unknown_run};
 use super::trigger::summary;
 use super::{Cli, CliError};
 use crate::coordination::{Cancel, HistoryReader, Outcome, RunRecord};
@@ -13,17 +13,11 @@ const RECORD_SLACK: Duration = Duration::from_secs(30);
 
 pub async fn cancel(cli: &Cli, given: &str, no_wait: bool) -> Result<(), CliError> {
     let config = load_config(cli)?;
-    let run_id = crate::model::parse_run_id(given).ok_or_else(|| {
-        CliError::Usage(format!(
-            "{given:?} is not a run id (a UUID such as 019ab6f2-5c1e-7d3a-9f4b-2c8e1a0d6b37, as `bgsched history` shows)"
-        ))
-    })?;
+    let run_id = run_id_arg(given)?;
     let jobs: Vec<&str> = config.jobs.keys().map(String::as_str).collect();
     let backend = open_backend(cli, &config).await?;
     let Some(rec) = backend.find_run(&jobs, &run_id).await? else {
-        return Err(CliError::UnknownRun(format!(
-            "no run {run_id} in the history of any job (pruned, or never existed); `bgsched history` lists recent runs"
-        )));
+        return Err(unknown_run(&run_id));
     };
     let ended = |rec: &RunRecord| {
         CliError::Other(anyhow::anyhow!(

@@ -64,6 +64,23 @@ pub fn instance_id(given: Option<String>) -> String {
     })
 }
 
+/// A run id given on the command line, in its canonical form; exit 2 if it
+/// is not one (it becomes part of a path or key).
+pub fn run_id_arg(given: &str) -> Result<String, CliError> {
+    crate::model::parse_run_id(given).ok_or_else(|| {
+        CliError::Usage(format!(
+            "{given:?} is not a run id (a UUID such as 019ab6f2-5c1e-7d3a-9f4b-2c8e1a0d6b37, as `bgsched history` shows)"
+        ))
+    })
+}
+
+/// The run of that id, among every job's, or exit 64.
+pub fn unknown_run(run_id: &str) -> CliError {
+    CliError::UnknownRun(format!(
+        "no run {run_id} in the history of any job (pruned, or never existed); `bgsched history` lists recent runs"
+    ))
+}
+
 /// Look a job up by name, suggesting close names when it is not there.
 pub fn find_job<'c>(config: &'c Config, name: &str) -> Result<&'c Job, CliError> {
     config.job_named(name).map_err(CliError::UnknownJob)

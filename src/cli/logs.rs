@@ -1,7 +1,7 @@
 //! `bgsched logs <run-id> [-f]`: a run's output; with `-f`, as it comes,
 //! until the run ends (from any machine in a cluster).
 
-use super::context::{load_config, open_backend};
+use super::context::{load_config, open_backend, run_id_arg, unknown_run};
 use super::trigger::summary;
 use super::{Cli, CliError};
 use crate::coordination::HistoryReader;
@@ -12,11 +12,7 @@ const NOT_YET_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn logs(cli: &Cli, given: &str, follow: bool) -> Result<(), CliError> {
     let config = load_config(cli)?;
-    let run_id = crate::model::parse_run_id(given).ok_or_else(|| {
-        CliError::Usage(format!(
-            "{given:?} is not a run id (a UUID such as 019ab6f2-5c1e-7d3a-9f4b-2c8e1a0d6b37, as `bgsched history` shows)"
-        ))
-    })?;
+    let run_id = run_id_arg(given)?;
     let jobs: Vec<&str> = config.jobs.keys().map(String::as_str).collect();
     let backend = open_backend(cli, &config).await?;
     let mut found = backend.find_run(&jobs, &run_id).await?;
@@ -28,9 +24,7 @@ pub async fn logs(cli: &Cli, given: &str, follow: bool) -> Result<(), CliError> 
         found = backend.find_run(&jobs, &run_id).await?;
     }
     let Some(rec) = found else {
-        return Err(CliError::UnknownRun(format!(
-            "no run {run_id} in the history of any job (pruned, or never existed); `bgsched history` lists recent runs"
-        )));
+        return Err(unknown_run(&run_id));
     };
     if !follow {
         let mut out = std::io::stdout();

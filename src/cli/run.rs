@@ -175,11 +175,14 @@ async fn serve_http(
     if config.http.tokens.is_none() && !bound.ip().is_loopback() {
         tracing::warn!(addr = %bound, "the API on a non-loopback address has no [http] tokens_file: anyone who reaches it can read jobs and runs (it is read-only without tokens)");
     }
+    let tls = config.http.tls.as_ref().map(|t| t.config.clone());
+    let scheme = if tls.is_some() { "https" } else { "http" };
     listener.serve(
         served.clone(),
         api::routes(api::Api::new(served.clone(), log_json)),
+        tls,
     );
-    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz, /api/v1 and /status on http://{bound}");
+    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz, /api/v1 and /status on {scheme}://{bound}");
     Ok(served)
 }
 

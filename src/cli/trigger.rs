@@ -8,13 +8,11 @@ use super::context::{find_job, instance_id, load_config, open_backend};
 use super::{Cli, CliError, LogFormat};
 use crate::config::Job;
 use crate::coordination::etcd::{Asked, Seen};
-use crate::coordination::{
-    Backend, ClaimRejected, Coordinator, Etcd, Hold, Outcome, RunRecord, Standalone, Trigger,
-};
-use crate::executor::{self, run_span, Echo, RunSpec};
-use crate::model::{new_run_id, RunKey};
+use crate::coordination::{Backend, Etcd, Hold, Outcome, RunRecord, Standalone};
+use crate::executor::{self, run_span, Echo};
+use crate::model::new_run_id;
 use crate::signals::{Sig, Signals};
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::Instrument;
@@ -89,38 +87,13 @@ async fn locally(
     detach: bool,
     instance: String,
 ) -> Result<(), CliError> {
-    let now = crate::coordination::manual_tick(Utc::now());
-    let (hold, turn) = match state.overlap_hold(&job.name, job.overlap) {
-        Ok(held) => held,
-        Err(rejected) if rejected.is_skip() => {
-            let reason = match &rejected {
-                ClaimRejected::StillRunning(active) => skip_reason(active.as_deref()),
-                other => other.to_string(),
-            };
-            let mut rec = RunRecord::not_run(
-                RunKey::new(&job.name, now, Trigger::Manual, &instance),
-                Outcome::Skipped,
-                reason.clone(),
-            );
-            rec.key.term = 0;
-            if let Err(e) = state.record_until_written(&rec).await {
-                eprintln!("bgsched: could not record the skip: {e}");
-            }
-            return Err(skipped(job, &reason));
+    let (mut spec, hold) = match executor::manual::prepare(state, job, &instance, params).await {
+        Ok(prepared) => prepared,
+        Err(executor::manual::Refused::Skipped { reason, .. }) => {
+            return Err(skipped(job, &reason))
         }
-        Err(e) => return Err(anyhow::Error::from(e).into()),
+        Err(executor::manual::Refused::Backend(e)) => return Err(anyhow::Error::from(e).into()),
     };
-    let mut spec = RunSpec::new(
-        job,
-        new_run_id(),
-        now,
-        Trigger::Manual,
-        state.backend_spec(),
-    );
-    spec.key.instance = instance;
-    spec.key.term = state.leader()?.map_or(0, |l| l.term);
-    spec.turn = turn;
-    spec.params = params;
     spec.log_json = cli.log_format == LogFormat::Json;
     executor::contain::sweep_stale_cgroups();
     if detach {
@@ -151,20 +124,6 @@ fn skipped(job: &Job, reason: &str) -> CliError {
         "job \"{}\" is {reason}; skipped (overlap = \"{}\")",
         job.name, job.overlap
     ))
-}
-
-/// "already running since … on instance … (run …, pid …)".
-fn skip_reason(active: Option<&RunRecord>) -> String {
-    match active {
-        Some(r) => format!(
-            "already running since {} on instance {} (run {}{})",
-            r.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
-            r.key.instance,
-            r.key.run_id,
-            r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
-        ),
-        None => "already running (its run is just starting)".to_string(),
-    }
 }
 
 /// Ask the leader to run the job, wait until it accepts (or `timeout`

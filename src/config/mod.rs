@@ -2,6 +2,7 @@
 //! reports every problem at once with file, line:column and job name.
 
 mod load;
+mod tls;
 mod tokens;
 
 use crate::schedule::Schedule;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use load::{load, load_str, read};
+pub use tls::{load_tls, ListenerTls};
 pub use tokens::{Scope, Tokens};
 
 /// Retention of run records per job when the config does not say.
@@ -80,6 +82,8 @@ pub struct HttpSettings {
     pub tokens: Option<Tokens>,
     /// The file the tokens came from, for messages.
     pub tokens_file: Option<PathBuf>,
+    /// `cert_file` and `key_file`: serve HTTPS instead of HTTP.
+    pub tls: Option<ListenerTls>,
 }
 
 /// The `[scheduler]` table: settings of the scheduler process itself.

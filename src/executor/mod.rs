@@ -13,6 +13,7 @@ mod attempt;
 pub mod contain;
 pub mod entry;
 mod hooks;
+pub mod manual;
 pub mod output;
 pub mod report;
 mod spec;

@@ -67,8 +67,13 @@ impl Listener {
     }
 
     /// Serve on the current runtime until the process ends, with `more`
-    /// routes (the API's) beside the endpoints here.
-    pub fn serve(self, served: Arc<Served>, more: Router) {
+    /// routes (the API's) beside the endpoints here; over TLS with `tls`.
+    pub fn serve(
+        self,
+        served: Arc<Served>,
+        more: Router,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) {
         let app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
@@ -77,11 +82,84 @@ impl Listener {
             .fallback(not_found)
             .with_state(served)
             .merge(more);
+        let Some(tls) = tls else {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(self.0, app).await {
+                    tracing::error!("http server stopped: {e}");
+                }
+            });
+            return;
+        };
+        let listener = TlsListener::start(self.0, tls);
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(self.0, app).await {
-                tracing::error!("http server stopped: {e}");
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("https server stopped: {e}");
             }
         });
+    }
+}
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Connections whose TLS handshake is done. Handshakes run beside each
+/// other, so a slow or silent client holds up nobody else.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    addr: SocketAddr,
+}
+
+impl TlsListener {
+    fn start(tcp: tokio::net::TcpListener, tls: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
+        let addr = tcp
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // E.g. out of file descriptors: wait, do not spin.
+                        tracing::warn!("https: cannot accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_WITHIN, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "https: TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "https: TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener { ready, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accepting task only ends with the runtime.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
     }
 }
 

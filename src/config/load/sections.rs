@@ -80,7 +80,7 @@ keys! {
         password_env, password_file,
     }
     /// `[http]`.
-    HttpKeys (Http) { listen, tokens_file }
+    HttpKeys (Http) { listen, tokens_file, cert_file, key_file }
 }
 
 /// The keys of a job, declared once. A key with a type is one `[defaults]`
@@ -217,6 +217,31 @@ pub(super) fn http(r: &mut Report, item: &Item, base: &Path) -> HttpSettings {
     if let Some((path, tokens)) = f.tokens_file.as_ref().and_then(|i| i.tokens_file(r, base)) {
         settings.tokens_file = Some(path);
         settings.tokens = Some(tokens);
+    }
+    let cert = f
+        .cert_file
+        .as_ref()
+        .and_then(|i| Some((i.value_at(), i.path(r)?)));
+    let key = f
+        .key_file
+        .as_ref()
+        .and_then(|i| Some((i.value_at(), i.path(r)?)));
+    match (cert, key) {
+        (Some((at, cert)), Some((_, key))) => {
+            match crate::config::load_tls(&resolved(base, cert), &resolved(base, key)) {
+                Ok(tls) => settings.tls = Some(tls),
+                Err(why) => r.error(at, why),
+            }
+        }
+        (Some((at, _)), None) => r.error(
+            at,
+            "cert_file needs key_file too (the certificate's private key)",
+        ),
+        (None, Some((at, _))) => r.error(
+            at,
+            "key_file needs cert_file too (the certificate it belongs to)",
+        ),
+        (None, None) => {}
     }
     settings
 }

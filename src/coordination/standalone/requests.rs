@@ -38,13 +38,17 @@ impl Standalone {
     pub fn scheduled_runs(&self) -> Vec<TriggerRequest> {
         let mut all = read_requests(&self.scheduled_dir(), "json");
         all.extend(read_requests(&self.requests_dir(), "json"));
-        all.extend(read_requests(&self.requests_dir(), "claimed").into_iter().filter(|r| {
-            !self
-                .job_dir(&r.job)
-                .join("runs")
-                .join(format!("{}.json", r.run_id))
-                .exists()
-        }));
+        all.extend(
+            read_requests(&self.requests_dir(), "claimed")
+                .into_iter()
+                .filter(|r| {
+                    !self
+                        .job_dir(&r.job)
+                        .join("runs")
+                        .join(format!("{}.json", r.run_id))
+                        .exists()
+                }),
+        );
         all.sort_by(|a, b| (a.at, &a.run_id).cmp(&(b.at, &b.run_id)));
         all
     }

@@ -55,6 +55,18 @@ shell = '{}; echo "later $BGSCHED_PARAM_WHAT"'
 [jobs.later.params]
 what = {{ default = "nothing" }}
 
+[jobs.retried]
+schedule = "@yearly"
+retries = 1
+retry_backoff = "300ms"
+shell = 'echo "attempt $BGSCHED_ATTEMPT"; sleep 0.5; [ "$BGSCHED_ATTEMPT" = 2 ]'
+
+[jobs.slowretry]
+schedule = "@yearly"
+retries = 1
+retry_backoff = "1m"
+shell = 'echo failing; echo $$ > slowretry-pid; exit 1'
+
 [jobs.beat]
 schedule = "@every 1s"
 shell = 'echo "$BGSCHED_TRIGGER $BGSCHED_INSTANCE" >> beats'
@@ -1349,4 +1361,59 @@ fn with_cert_file_and_key_file_the_listener_speaks_https_only() {
         .run()
         .code(78)
         .stderr_has("no PEM certificate in it");
+}
+
+#[test]
+fn a_follower_sees_every_attempt_of_a_retried_run_and_a_cancel_between_them_ends_it() {
+    let _serial = serial();
+    let (env, _run, port) = standalone(true);
+    let (_, accepted) = call(
+        port,
+        "POST",
+        "/api/v1/jobs/retried/runs",
+        Some(TRIGGER),
+        None,
+    );
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    let out = env.cmd(&["logs", "-f", &run_id]).run().success();
+    assert_eq!(out.stdout, "attempt 1\nattempt 2\n");
+    // A cancel while the run waits for its retry ends it cancelled.
+    let (_, accepted) = call(
+        port,
+        "POST",
+        "/api/v1/jobs/slowretry/runs",
+        Some(TRIGGER),
+        None,
+    );
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    // The first attempt's process is gone: the run waits for its retry.
+    wait_until(PATIENCE, "the first attempt to end", || {
+        std::fs::read_to_string(env.path("slowretry-pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .is_some_and(|pid: i32| !running(pid))
+    });
+    let (status, asked) = call(
+        port,
+        "POST",
+        &format!("/api/v1/runs/{run_id}/cancel"),
+        Some(TRIGGER),
+        None,
+    );
+    assert_eq!(status, 202, "{asked}");
+    let (_, rec) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{run_id}?wait=30s"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(rec["outcome"], "cancelled", "{rec}");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("cancelled by the API on instance api before retry 1"),
+        "{rec}"
+    );
 }

@@ -88,7 +88,7 @@ pub(super) async fn pause(
     let pause = Pause::new(&by, until, req.manual.unwrap_or(true));
     match api
         .backend()?
-        .pause(&job.name, pause)
+        .pause(job, pause)
         .await
         .map_err(ApiError::backend)?
     {

@@ -122,7 +122,7 @@ pub(super) async fn start(
                     ),
                 ));
             }
-            // A skip is recorded before the leader lets the request go.
+            // Until the run's marker or its skip entry exists.
             if let Seen::Recorded(rec) = etcd
                 .wait_for_record(&job.name, &run_id, true)
                 .await
@@ -391,7 +391,11 @@ pub(super) async fn output(
         let sent = tx.clone();
         let followed = backend
             .follow_output(&job, &run_id, move |text| {
-                let _ = sent.send(text.to_string());
+                // A reader that disconnected ends the follow.
+                if text.is_empty() {
+                    return !sent.is_closed();
+                }
+                sent.send(text.to_string()).is_ok()
             })
             .await;
         if let Err(e) = followed {

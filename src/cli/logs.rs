@@ -36,8 +36,9 @@ pub async fn logs(cli: &Cli, given: &str, follow: bool) -> Result<(), CliError> 
         .follow_output(&rec.key.job, &run_id, |text| {
             // A reader that went away ends the copy, not the run.
             let mut out = std::io::stdout();
-            let _ = out.write_all(text.as_bytes());
-            let _ = out.flush();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .is_ok()
         })
         .await?;
     if let Some(rec) = ended {

@@ -21,7 +21,7 @@ pub async fn pause(
     let backend = open_backend(cli, &config).await?;
     let by = format!("bgsched pause on {}", instance_id(None));
     match backend
-        .pause(&job.name, Pause::new(&by, until, !no_manual))
+        .pause(job, Pause::new(&by, until, !no_manual))
         .await?
     {
         PauseChange::Done(p) => {

@@ -120,7 +120,22 @@ impl Backend {
     }
 
     /// Pause `job` with `pause`, unless it is paused already.
-    pub async fn pause(&self, job: &str, pause: Pause) -> Result<PauseChange> {
+    pub async fn pause(&self, job: &Job, pause: Pause) -> Result<PauseChange> {
+        // A pause that ended by itself may have no entry yet (the leader
+        // writes it at the job's next tick): write it before the record
+        // of that pause is replaced. Under the pause's own id, so once.
+        if let Some(ended) = self
+            .pause_now(&job.name)
+            .await?
+            .filter(|p| !p.is_active(Utc::now()))
+        {
+            let entry = ended.entry(job, "");
+            match self {
+                Backend::Standalone(s) => Coordinator::record(&**s, &entry).await?,
+                Backend::Cluster(e) => Coordinator::record(&**e, &entry).await?,
+            };
+        }
+        let job = job.name.as_str();
         let change = move |now: Option<Pause>| match now {
             Some(p) if p.is_active(Utc::now()) => PauseChange::Unchanged(Some(p)),
             _ => PauseChange::Done(pause),

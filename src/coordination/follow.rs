@@ -16,30 +16,37 @@ struct Seen {
 }
 
 impl Seen {
-    /// Print the part of `text` (starting at offset `start`) not printed yet.
-    fn take(&mut self, start: u64, text: &str, emit: &mut impl FnMut(&str)) {
+    /// Print the part of `text` (starting at offset `start`) not printed
+    /// yet. False once the reader has gone away.
+    fn take(&mut self, start: u64, text: &str, emit: &mut impl FnMut(&str) -> bool) -> bool {
         let end = start + text.len() as u64;
         if end <= self.next {
-            return;
+            return true;
         }
         if start > self.next {
-            emit(&format!(
+            if !emit(&format!(
                 "\n[bgsched: {} bytes of output not kept]\n",
                 start - self.next
-            ));
+            )) {
+                return false;
+            }
             self.next = start;
         }
         let skip = (self.next - start) as usize;
-        emit(&String::from_utf8_lossy(&text.as_bytes()[skip..]));
         self.next = end;
+        emit(&String::from_utf8_lossy(&text.as_bytes()[skip..]))
     }
 
     /// The end of a finished run, from its record.
-    fn finish(&mut self, rec: &RunRecord, emit: &mut impl FnMut(&str)) {
+    fn finish(&mut self, rec: &RunRecord, emit: &mut impl FnMut(&str) -> bool) {
         let tail = &rec.output_tail;
         match rec.output_bytes {
-            Some(total) => self.take(total.saturating_sub(tail.len() as u64), tail, emit),
-            None if self.next == 0 => emit(tail),
+            Some(total) => {
+                self.take(total.saturating_sub(tail.len() as u64), tail, emit);
+            }
+            None if self.next == 0 => {
+                emit(tail);
+            }
             None => {}
         }
     }
@@ -47,13 +54,14 @@ impl Seen {
 
 impl Backend {
     /// Pass the output of run `run_id` of `job` to `emit` as it comes,
-    /// until the run has ended; returns its final record (None if it was
-    /// never recorded).
+    /// until the run has ended or `emit` says its reader is gone; returns
+    /// the run's final record (None if it was never recorded, or the
+    /// reader went first).
     pub async fn follow_output(
         &self,
         job: &str,
         run_id: &str,
-        mut emit: impl FnMut(&str),
+        mut emit: impl FnMut(&str) -> bool,
     ) -> Result<Option<RunRecord>> {
         let mut seen = Seen { next: 0 };
         let _following = match self {
@@ -62,27 +70,32 @@ impl Backend {
         };
         let began = Instant::now();
         loop {
+            // Asked with nothing to say: is the reader still there?
+            if !emit("") {
+                return Ok(None);
+            }
             let rec = self.find_run(&[job], run_id).await?;
             match self {
                 Backend::Standalone(s) => {
                     if let Ok(bytes) = std::fs::read(s.live_path(job, run_id)) {
-                        if (bytes.len() as u64) < seen.next {
-                            // A retry's attempt starts its file anew.
-                            seen.next = 0;
-                        }
-                        let new = &bytes[seen.next as usize..];
+                        let from = (seen.next as usize).min(bytes.len());
+                        let new = &bytes[from..];
                         // Whole characters only; a half-written one comes next time.
                         let whole = match std::str::from_utf8(new) {
                             Ok(s) => s.len(),
                             Err(e) => e.valid_up_to(),
                         };
                         let text = String::from_utf8_lossy(&new[..whole]).into_owned();
-                        seen.take(seen.next, &text, &mut emit);
+                        if !seen.take(seen.next, &text, &mut emit) {
+                            return Ok(None);
+                        }
                     }
                 }
                 Backend::Cluster(e) => {
                     for (start, text) in e.output_since(run_id, seen.next).await? {
-                        seen.take(start, &text, &mut emit);
+                        if !seen.take(start, &text, &mut emit) {
+                            return Ok(None);
+                        }
                     }
                 }
             }

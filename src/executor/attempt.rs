@@ -16,6 +16,7 @@ pub(super) async fn run_attempt<R: RunRecorder>(
     recorder: &mut R,
     signals: &mut Signals,
     echo: Echo,
+    printed_before: u64,
 ) -> (RunRecord, Option<StopReason>) {
     let started_at = Utc::now();
     let mut rec = spec.record(Outcome::Running, started_at);
@@ -56,7 +57,7 @@ pub(super) async fn run_attempt<R: RunRecorder>(
         "run started"
     );
 
-    let tail = Tail::with_live(recorder.live_file(attempt));
+    let tail = Tail::with_live(recorder.live_file(attempt), printed_before);
     // Published while someone follows the run (cluster); ends with the attempt.
     let live = LivePublisher(recorder.publish_live(std::sync::Arc::new(tail.clone())));
     // One pipe for stdout and stderr (see `spawn_job`): one reader.

@@ -65,13 +65,25 @@ pub async fn supervise<R: RunRecorder>(
     contain::become_subreaper();
     if !spec.delay.is_zero() {
         tracing::info!(job = %spec.key.job, run_id = %spec.key.run_id, delay_ms = spec.delay.as_millis() as u64, "jitter: starting later");
+        let mut stops = recorder.replacements();
         let stopped = tokio::select! {
             () = tokio::time::sleep(spec.delay) => None,
-            why = stop_requested(&mut signals) => Some(format!("supervisor {} during the jitter delay: not started", why.word())),
+            why = stop_requested(&mut signals) => Some(match why {
+                StopReason::Cancelled => cancelled(recorder.cancelled_by(), "during the jitter delay"),
+                why => format!("supervisor {} during the jitter delay: not started", why.word()),
+            }),
+            why = attempt::replaced(&mut stops) => Some(format!("{why} during the jitter delay: not started")),
             why = recorder.fenced() => Some(why),
         };
         if let Some(reason) = stopped {
             let mut rec = spec.unstarted(reason);
+            if rec
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(crate::coordination::CANCELLED))
+            {
+                rec.outcome = Outcome::Cancelled;
+            }
             finish(&mut rec, recorder).await;
             return Supervised {
                 record: rec,
@@ -114,9 +126,12 @@ pub async fn supervise<R: RunRecorder>(
         }
     };
     let mut attempt = 1;
+    // Output offsets run on across attempts (see `Tail::with_live`).
+    let mut printed = 0;
     let (rec, stopped_because) = loop {
         let (mut rec, stopped_because) =
-            run_attempt(spec, attempt, recorder, &mut signals, echo).await;
+            run_attempt(spec, attempt, recorder, &mut signals, echo, printed).await;
+        printed = rec.output_bytes.unwrap_or(printed);
         let failed = matches!(
             rec.outcome,
             Outcome::Failed | Outcome::TimedOut | Outcome::Killed
@@ -131,11 +146,28 @@ pub async fn supervise<R: RunRecorder>(
             job = %spec.key.job, run_id = %spec.key.run_id, attempt, outcome = %rec.outcome,
             retry_in_ms = wait.as_millis() as u64, "attempt failed: retrying"
         );
+        let mut stops = recorder.replacements();
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            // Cancelled (or replaced) while waiting: not retried.
+            why = attempt::replaced(&mut stops) => {
+                let because = if why.starts_with(crate::coordination::CANCELLED) {
+                    rec.outcome = Outcome::Cancelled;
+                    StopReason::Cancelled
+                } else {
+                    StopReason::Replaced
+                };
+                rec.reason = Some(format!("{why} before retry {attempt}: not retried"));
+                break (rec, Some(because));
+            }
             // Stopped while waiting: the failed attempt is the run's result.
             why = stop_requested(&mut signals) => {
-                rec.reason = Some(format!("{}; not retried: supervisor {}", rec.reason.unwrap_or_else(|| rec.outcome.to_string()), why.word()));
+                if why == StopReason::Cancelled {
+                    rec.outcome = Outcome::Cancelled;
+                    rec.reason = Some(cancelled(recorder.cancelled_by(), &format!("before retry {attempt}")));
+                } else {
+                    rec.reason = Some(format!("{}; not retried: supervisor {}", rec.reason.unwrap_or_else(|| rec.outcome.to_string()), why.word()));
+                }
                 break (rec, Some(why));
             }
             why = recorder.fenced() => {
@@ -209,6 +241,14 @@ impl Drop for ParamsFile {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// The reason of a run cancelled `when`, as the canceller said who it is.
+fn cancelled(by: Option<String>, when: &str) -> String {
+    format!(
+        "{} {when}: not started",
+        by.unwrap_or_else(|| crate::coordination::CANCELLED.to_string())
+    )
 }
 
 /// The wait before retry number `retry` (1 for the first): `first`,

@@ -51,10 +51,13 @@ struct TailBuf {
 }
 
 impl Tail {
-    /// A tail that also copies everything to `live` as it comes.
-    pub fn with_live(live: Option<std::fs::File>) -> Tail {
+    /// A tail that also copies everything to `live` as it comes, its
+    /// offsets going on from `base` (what the run's earlier attempts
+    /// printed), so a follower sees one stream across retries.
+    pub fn with_live(live: Option<std::fs::File>, base: u64) -> Tail {
         Tail(Arc::new(Mutex::new(TailBuf {
             live,
+            total: base,
             ..TailBuf::default()
         })))
     }

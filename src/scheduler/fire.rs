@@ -153,7 +153,11 @@ impl<C: Coordinator> Scheduler<C> {
             )
             .await
         {
-            Fired::Started(child, spec) => running.track(*child, &spec),
+            Fired::Started(child, spec) => {
+                running.track(*child, &spec);
+                // Its supervisor runs: standalone, the claimed request goes.
+                self.coord.finish_request(&req.run_id).await;
+            }
             Fired::NotStarted | Fired::Superseded => {}
             // The request key lives as long as its requester waits; keep
             // trying while the backend is in trouble.

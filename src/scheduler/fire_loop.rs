@@ -206,6 +206,14 @@ impl<C: Coordinator> Scheduler<C> {
                         let Some(job) = config.jobs.get(&job) else {
                             continue;
                         };
+                        if self
+                            .coord
+                            .pause_of(&job.name)
+                            .is_some_and(|p| p.covers(tick) || p.is_active(now))
+                        {
+                            // Paused since the claim failed: held back, not missed.
+                            continue;
+                        }
                         let Some(trigger) = in_time(job, tick, trigger, now) else {
                             let why = if held_back.is_some() {
                                 MissedWhy::HeldBack

@@ -98,15 +98,18 @@ impl<C: Coordinator> Scheduler<C> {
         {
             plan.missed = None;
         }
-        let ended_by_itself = pause.resumed_at.is_none();
-        if ended_by_itself
-            && self
-                .recorded_pauses
-                .lock()
-                .expect("pauses lock")
-                .insert(pause.id.clone())
+        // Resumed, its entry was written by whoever resumed it, unless that
+        // write failed; ended by itself, nobody else writes it. Written
+        // under the pause's id, so at most once however often this is.
+        if self
+            .recorded_pauses
+            .lock()
+            .expect("pauses lock")
+            .insert(pause.id.clone())
         {
-            tracing::info!(job = %job.name, "pause ended by itself: the job fires again");
+            if pause.resumed_at.is_none() {
+                tracing::info!(job = %job.name, "pause ended by itself: the job fires again");
+            }
             self.record_in_background_then(pause.entry(job, &self.instance), false, || {});
         }
     }

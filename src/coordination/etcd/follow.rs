@@ -9,6 +9,9 @@ use crate::coordination::LiveOutput;
 
 /// How often a followed supervisor publishes what its job printed.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// Published output older than this behind the newest is deleted: what a
+/// supervisor keeps of a run's output (the record's tail) is as much.
+const KEEP: u64 = 64 * 1024;
 /// How often a follower looks for new output.
 const POLL_EVERY: Duration = Duration::from_millis(250);
 
@@ -65,14 +68,22 @@ pub(super) fn publish(
                 loop {
                     let (start, text) = output.since(published);
                     if !text.is_empty() {
-                        client
-                            .put(
+                        // Chunks a follower can no longer need go in the
+                        // same write, so a long followed run keeps at most
+                        // about what its supervisor keeps in etcd.
+                        let trim_to = keys.output(&run_id, start.saturating_sub(KEEP));
+                        let txn = Txn::new().and_then([
+                            TxnOp::put(
                                 keys.output(&run_id, start),
                                 text.as_bytes(),
                                 Some(PutOptions::new().with_lease(lease)),
-                            )
-                            .await
-                            .map_err(etcd_err("publish output"))?;
+                            ),
+                            TxnOp::delete(
+                                keys.outputs(&run_id),
+                                Some(DeleteOptions::new().with_range(trim_to)),
+                            ),
+                        ]);
+                        client.txn(txn).await.map_err(etcd_err("publish output"))?;
                         published = start + text.len() as u64;
                     }
                     if checked.elapsed() >= Duration::from_secs(2) {

@@ -115,9 +115,11 @@ impl Etcd {
         Ok(Asked::Taken)
     }
 
-    /// Wait for the record of run `run_id` of `job`, taken by a leader. A
-    /// skip is recorded before the request is taken away, so it is known
-    /// at once; with `detach`, a run not recorded yet is [`Seen::NotYet`].
+    /// Wait for the record of run `run_id` of `job`, taken by a leader.
+    /// The claim that takes the request also writes the run's marker, or,
+    /// for a skip, the leader records it right after; so with `detach`
+    /// this waits until one of the two exists, and a run that is marked
+    /// but not recorded yet is [`Seen::NotYet`].
     pub async fn wait_for_record(&self, job: &str, run_id: &str, detach: bool) -> Result<Seen> {
         let keys = self.keys();
         let mut client = self.client();
@@ -127,22 +129,34 @@ impl Etcd {
                 .get(keys.history(job, run_id), None)
                 .await
                 .map_err(unreachable)?;
-            match hist.kvs().first() {
-                Some(kv) => {
-                    let rec: RunRecord = parse(kv)?;
-                    if detach && rec.outcome != Outcome::Skipped {
-                        return Ok(Seen::NotYet);
-                    }
-                    return Ok(Seen::Recorded(Box::new(rec)));
+            if let Some(kv) = hist.kvs().first() {
+                let rec: RunRecord = parse(kv)?;
+                if detach && rec.outcome != Outcome::Skipped {
+                    return Ok(Seen::NotYet);
                 }
-                None if detach => return Ok(Seen::NotYet),
-                None => {}
+                return Ok(Seen::Recorded(Box::new(rec)));
             }
             let active = client
                 .get(keys.active(job, run_id), None)
                 .await
                 .map_err(unreachable)?;
-            if active.kvs().is_empty() {
+            // A queued run waits under `P/queued/<job>` instead.
+            let queued = client
+                .get(keys.queued(job), None)
+                .await
+                .map_err(unreachable)?;
+            let waits = queued
+                .kvs()
+                .first()
+                .and_then(|kv| parse::<RunRecord>(kv).ok())
+                .is_some_and(|r| r.key.run_id == run_id);
+            let alive = waits || !active.kvs().is_empty();
+            if detach && alive {
+                return Ok(Seen::NotYet);
+            }
+            if alive {
+                unseen_since = None;
+            } else {
                 // Between acceptance and the marker there is no gap (one
                 // transaction), so a run that is neither active nor recorded
                 // for two lease TTLs lost its leader before it started.
@@ -150,8 +164,6 @@ impl Etcd {
                 if since.elapsed() > self.config().cluster.lease_ttl * 2 {
                     return Ok(Seen::Vanished);
                 }
-            } else {
-                unseen_since = None;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

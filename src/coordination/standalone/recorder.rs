@@ -139,12 +139,18 @@ impl RunRecorder for StandaloneRecorder {
         result
     }
 
-    fn live_file(&mut self, _attempt: u32) -> Option<File> {
+    fn live_file(&mut self, attempt: u32) -> Option<File> {
         let run_id = self.run_id()?;
         let path = self.state.live_path(&self.job, &run_id);
         fs::create_dir_all(path.parent()?).ok()?;
-        // Each attempt starts the file anew; a follower starts over with it.
-        File::create(&path).ok()
+        // One stream for the whole run: retries append to it.
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .truncate(false)
+            .open(&path)
+            .ok()
+            .filter(|f| attempt > 1 || f.set_len(0).is_ok())
     }
 
     async fn fenced(&mut self) -> String {

@@ -3,7 +3,9 @@
 //! (`requests/<run-id>.json`) when due. A claim takes a request by renaming
 //! it to `<run-id>.claimed`, which only one claim can do, so a run fires
 //! once even across a restart; the claimed file goes once the run's
-//! record exists.
+//! supervisor has started (from then on the scheduler that started it
+//! answers for the run, as for a tick's). One left behind a minute after
+//! its claim means the scheduler died in between: the run is recorded lost.
 
 use super::*;
 use crate::coordination::TriggerRequest;
@@ -57,8 +59,13 @@ impl Standalone {
     pub(super) fn take_request(&self, id: &str) -> Result<bool> {
         let dir = self.requests_dir();
         let from = dir.join(format!("{id}.json"));
-        match fs::rename(&from, dir.join(format!("{id}.claimed"))) {
+        let claimed = dir.join(format!("{id}.claimed"));
+        match fs::rename(&from, &claimed) {
             Ok(()) => {
+                // Its age counts from the claim, not from when it was asked for.
+                if let Ok(f) = fs::File::options().write(true).open(&claimed) {
+                    let _ = f.set_modified(std::time::SystemTime::now());
+                }
                 sync_dir(&dir);
                 Ok(true)
             }

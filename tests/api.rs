@@ -484,7 +484,17 @@ fn jobs_are_listed_as_list_json_shows_them() {
         .collect();
     assert_eq!(
         names,
-        ["beat", "fails", "later", "long", "order", "ticker", "tree"]
+        [
+            "beat",
+            "fails",
+            "later",
+            "long",
+            "order",
+            "retried",
+            "slowretry",
+            "ticker",
+            "tree"
+        ]
     );
     assert_eq!(all["mode"], "standalone");
     let (status, one) = call(port, "GET", "/api/v1/jobs/order", None, None);

@@ -288,6 +288,12 @@ fn log_changes(old: &Config, new: &Config) {
     for name in old.jobs.keys().filter(|n| !new.jobs.contains_key(*n)) {
         tracing::info!(job = %name, "config reload: job removed; a running run of it finishes");
     }
+    if old.notify != new.notify {
+        tracing::info!(
+            webhooks = new.notify.webhooks.len(),
+            "config reload: [notify] changed, applies from the next notification"
+        );
+    }
 }
 
 /// Watch the config file for changes: its directory (editors replace the

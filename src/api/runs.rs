@@ -186,9 +186,21 @@ async fn start_here(
         )
     })?;
     tracing::info!(job = %job.name, run_id = %run_id, "run started through the API");
-    // Reaped here; the supervisor owns the run and its record.
+    // Reaped here; the supervisor owns the run and its record, which the
+    // webhooks are told of once it is final.
+    let (served, job_name, id) = (api.served.clone(), job.name.clone(), run_id.clone());
     tokio::spawn(async move {
         let _ = child.wait().await;
+        let (Some(backend), Some(notifier)) = (served.backend.get(), served.notifier.get()) else {
+            return;
+        };
+        match backend.find_run(&[job_name.as_str()], &id).await {
+            Ok(Some(rec)) => notifier.entry(&rec),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(job = %job_name, run_id = %id, "no notification for this run: its record cannot be read ({e})")
+            }
+        }
     });
     Ok(run_id)
 }

@@ -4,7 +4,7 @@ use super::context::{backend_config, instance_id};
 use super::{Cli, CliError, LogFormat};
 use crate::api;
 use crate::coordination::{Backend, BackendChoice, Coordinator, Etcd, Standalone};
-use crate::observe::{http, Metrics};
+use crate::observe::{http, Metrics, Notifier};
 use crate::reload::{self, Reloader};
 use crate::scheduler::Scheduler;
 use crate::signals::{Sig, Signals};
@@ -38,10 +38,20 @@ pub async fn run(
         Some(addr) => Some(serve_http(addr, &reloader, &metrics, &instance, log_json).await?),
         None => None,
     };
-    let serve_backend = |backend| {
+    // The webhooks are sent from here, with the history of `backend` to
+    // tell a recovery; the API hands the runs it starts to them too.
+    let serve_backend = |backend: Backend| {
+        let notifier = Notifier::start(
+            reloader.subscribe(),
+            backend.clone(),
+            metrics.clone(),
+            instance.clone(),
+        );
         if let Some(served) = &served {
             let _ = served.backend.set(backend);
+            let _ = served.notifier.set(notifier.clone());
         }
+        notifier
     };
     // Reload requests; one queued is enough, since a reload reads the
     // newest file anyway.
@@ -75,7 +85,7 @@ pub async fn run(
             let state = Arc::new(
                 Standalone::open(&dir, config.scheduler.history_limit)?.repairing(metrics.clone()),
             );
-            serve_backend(Backend::Standalone(state.clone()));
+            let notifier = serve_backend(Backend::Standalone(state.clone()));
             tracing::info!(
                 config = %config.path.display(), state_dir = %dir.display(), instance = %instance,
                 "bgsched {} starting (standalone)", env!("CARGO_PKG_VERSION")
@@ -83,6 +93,7 @@ pub async fn run(
             schedule(
                 reloader,
                 state,
+                notifier,
                 metrics,
                 instance,
                 log_json,
@@ -103,10 +114,11 @@ pub async fn run(
                 // Waiting for etcd is this process working as intended.
                 () = beat_forever(&metrics) => unreachable!(),
             };
-            serve_backend(Backend::Cluster(etcd.clone()));
+            let notifier = serve_backend(Backend::Cluster(etcd.clone()));
             schedule(
                 reloader,
                 etcd,
+                notifier,
                 metrics,
                 instance,
                 log_json,
@@ -127,6 +139,7 @@ pub async fn run(
 async fn schedule<C: Coordinator>(
     reloader: Reloader,
     coord: Arc<C>,
+    notifier: Arc<Notifier>,
     metrics: Arc<Metrics>,
     instance: String,
     log_json: bool,
@@ -144,7 +157,8 @@ async fn schedule<C: Coordinator>(
         instance.clone(),
         log_json,
     )
-    .with_metrics(metrics);
+    .with_metrics(metrics)
+    .with_notifier(notifier);
     tokio::spawn(reloader.serve(coord, instance, reloads));
     Ok(scheduler.run(stop).await?)
 }
@@ -170,6 +184,7 @@ async fn serve_http(
         metrics: metrics.clone(),
         instance: instance.to_string(),
         backend: std::sync::OnceLock::new(),
+        notifier: std::sync::OnceLock::new(),
     });
     let config = reloader.config();
     if config.http.tokens.is_none() && !bound.ip().is_loopback() {

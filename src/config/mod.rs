@@ -2,6 +2,7 @@
 //! reports every problem at once with file, line:column and job name.
 
 mod load;
+mod notify;
 mod tls;
 mod tokens;
 
@@ -14,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use load::{load, load_str, read};
+pub use notify::{
+    Event, NotifySettings, Webhook, DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT,
+};
 pub use tls::{load_tls, ListenerTls};
 pub use tokens::{Scope, Tokens};
 
@@ -33,6 +37,8 @@ pub struct Config {
     pub cluster: Option<ClusterSettings>,
     /// `[http]`: the observability endpoints of `bgsched run`.
     pub http: HttpSettings,
+    /// `[notify]`: who is told when runs fail, recover or do not happen.
+    pub notify: NotifySettings,
 }
 
 impl Config {

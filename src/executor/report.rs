@@ -2,8 +2,8 @@
 //! its stdout: the job's pid once the job runs (a bare number), then the
 //! run's outcome once it is recorded (a JSON object). The scheduler needs
 //! the pid to clean up after a supervisor that dies, and the outcome for
-//! its metrics; everything else about the run is in its record. The outcome
-//! line may hand back what the run held and no longer needs (in a cluster:
+//! its metrics and notifications, which is why the outcome line also
+//! carries the record as written. The outcome line may hand back what the run held and no longer needs (in a cluster:
 //! its lease, for the next claim; see `Coordinator::take_back`).
 
 use super::RunSpec;
@@ -12,21 +12,24 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Ended {
     outcome: Outcome,
     duration_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     handback: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    record: Option<Box<RunRecord>>,
 }
 
 /// One line of a supervisor's report.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Report {
     /// The job runs with this pid (= its process group).
     Started(i32),
-    /// The run is over and recorded; and what it hands back, if anything.
-    Ended(Outcome, Duration, Option<String>),
+    /// The run is over and recorded: how, how long it took, what it hands
+    /// back, if anything, and the record.
+    Ended(Outcome, Duration, Option<String>, Option<Box<RunRecord>>),
 }
 
 /// In the supervisor: report the final record, if a scheduler listens.
@@ -38,6 +41,7 @@ pub fn ended(spec: &RunSpec, record: &RunRecord, handback: Option<String>) {
         outcome: record.outcome,
         duration_ms: record.duration_ms.unwrap_or(0),
         handback,
+        record: Some(Box::new(record.clone())),
     };
     let json = serde_json::to_string(&line).expect("report serializes");
     // Nobody listening any more (the scheduler died) is no reason to fail.
@@ -55,6 +59,7 @@ pub fn parse(line: &str) -> Option<Report> {
         ended.outcome,
         Duration::from_millis(ended.duration_ms),
         ended.handback,
+        ended.record,
     ))
 }
 
@@ -70,6 +75,7 @@ mod tests {
             Some(Report::Ended(
                 Outcome::TimedOut,
                 Duration::from_millis(1500),
+                None,
                 None
             ))
         );
@@ -78,7 +84,8 @@ mod tests {
             Some(Report::Ended(
                 Outcome::Success,
                 Duration::from_millis(3),
-                Some("lease 7 1700000000000".into())
+                Some("lease 7 1700000000000".into()),
+                None
             ))
         );
         assert_eq!(parse("garbage"), None);

@@ -1,11 +1,12 @@
 //! The supervisors a scheduler started: tracked by pid, reaped as they
-//! exit, their two report lines read (see `report`) for the metrics, and
+//! exit, their two report lines read (see `report`) for the metrics and
+//! notifications, and
 //! what a supervisor that died left of its job killed.
 
 use super::report::{self, Report};
 use super::{run_span, RunSpec};
 use crate::model::RunKey;
-use crate::observe::Metrics;
+use crate::observe::{Metrics, Notifier};
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,14 +25,16 @@ pub struct Supervisors {
     /// handed back.
     reaper: JoinSet<(u32, bool, Option<String>)>,
     metrics: Arc<Metrics>,
+    notifier: Arc<Notifier>,
 }
 
 impl Supervisors {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, notifier: Arc<Notifier>) -> Self {
         Supervisors {
             by_pid: HashMap::new(),
             reaper: JoinSet::new(),
             metrics,
+            notifier,
         }
     }
 
@@ -73,6 +76,7 @@ impl Supervisors {
         let run_id = spec.key.run_id.clone();
         let (tick, trigger) = (spec.key.tick, spec.key.trigger);
         let metrics = self.metrics.clone();
+        let notifier = self.notifier.clone();
         metrics.supervisor_started();
         let reap = async move {
             // The supervisor reports its job's pid (= process group), then
@@ -92,9 +96,12 @@ impl Supervisors {
                             }
                             group = Pid::from_raw(pid);
                         }
-                        Some(Report::Ended(outcome, took, held)) => {
+                        Some(Report::Ended(outcome, took, held, record)) => {
                             ended = Some((outcome, took));
                             handback = held;
+                            if let Some(record) = record {
+                                notifier.entry(&record);
+                            }
                         }
                         None => {}
                     }

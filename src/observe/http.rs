@@ -32,6 +32,8 @@ pub struct Served {
     /// Set once the backend is open: in a cluster, `run` serves while it
     /// is still connecting, so that probes can tell "starting" from "dead".
     pub backend: OnceLock<Backend>,
+    /// Set with the backend: told how the runs the API starts here end.
+    pub notifier: OnceLock<Arc<super::Notifier>>,
 }
 
 /// A bound listener, so that a bad address fails `run` before it starts

@@ -50,6 +50,12 @@ struct ChangeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    event: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: String,
 }
@@ -101,6 +107,8 @@ pub struct Metrics {
     clock_skew: Gauge<f64, AtomicU64>,
     clock_steps_back: Counter,
     last_tick_ahead: Family<JobLabels, Counter>,
+    webhook_attempts: Family<WebhookLabels, Counter>,
+    webhooks_undelivered: Family<WebhookLabels, Counter>,
     /// Milliseconds after `born` of the scheduler loop's last turn.
     heartbeat: AtomicU64,
     born: Instant,
@@ -137,6 +145,8 @@ impl Metrics {
             clock_skew: Gauge::default(),
             clock_steps_back: Counter::default(),
             last_tick_ahead: Family::default(),
+            webhook_attempts: Family::default(),
+            webhooks_undelivered: Family::default(),
             heartbeat: AtomicU64::new(0),
             born: Instant::now(),
         };
@@ -250,6 +260,16 @@ impl Metrics {
             "Times a job's last fired tick was found ahead of this instance's clock (beyond the tolerance), by job",
             m.last_tick_ahead.clone(),
         );
+        r.register(
+            "webhook_attempts",
+            "Webhook delivery attempts ([notify]), by event and result (delivered, failed)",
+            m.webhook_attempts.clone(),
+        );
+        r.register(
+            "webhooks_undelivered",
+            "Webhook notifications given up, by event and result (retries_exhausted, refused, queue_full)",
+            m.webhooks_undelivered.clone(),
+        );
         m.set_config(1, true);
         m.beat();
         m
@@ -270,6 +290,26 @@ impl Metrics {
     /// in HELP and TYPE and has no UNIT or EOF lines.
     pub fn encode_prometheus(&self) -> String {
         openmetrics_to_prometheus(&self.encode())
+    }
+
+    /// One webhook delivery attempt for `event` ended: `delivered` or `failed`.
+    pub fn webhook_attempt(&self, event: &str, result: &str) {
+        self.webhook_attempts
+            .get_or_create(&WebhookLabels {
+                event: event.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// A notification for `event` will not be delivered, and why.
+    pub fn webhook_undelivered(&self, event: &str, result: &str) {
+        self.webhooks_undelivered
+            .get_or_create(&WebhookLabels {
+                event: event.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// A fire's job process is running (its supervisor reported its pid).

@@ -433,8 +433,12 @@ impl<C: Coordinator> Scheduler<C> {
     async fn finish_claimed(&self, rec: RunRecord, request: Option<&str>) {
         match request {
             Some(id) => {
-                if let Err(e) = self.coord.record_claimed(&rec).await {
-                    tracing::error!(job = %rec.key.job, "could not record the {} entry: {e}", rec.outcome);
+                match self.coord.record_claimed(&rec).await {
+                    Ok(true) => self.notifier.entry(&rec),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(job = %rec.key.job, "could not record the {} entry: {e}", rec.outcome)
+                    }
                 }
                 self.coord.finish_request(id).await;
             }

@@ -190,6 +190,7 @@ impl<C: Coordinator> Scheduler<C> {
     /// A run was recorded `lost` (its supervisor is gone): its `on_failure`
     /// hook is ours to run, as nobody else is left to.
     pub(super) fn after_lost(&self, rec: RunRecord) {
+        self.notifier.entry(&rec);
         // The newest config: the hook as it is now configured, none for a
         // job removed since.
         let config = self.config.borrow().clone();
@@ -225,6 +226,7 @@ impl<C: Coordinator> Scheduler<C> {
         written: impl FnOnce() + Send + 'static,
     ) {
         let coord = self.coord.clone();
+        let notifier = self.notifier.clone();
         let span = record_span(&rec);
         tokio::spawn(async move {
             let mut delay = std::time::Duration::from_millis(100);
@@ -237,7 +239,10 @@ impl<C: Coordinator> Scheduler<C> {
                     coord.record(&rec).await
                 };
                 match result {
-                    Ok(true) => return written(),
+                    Ok(true) => {
+                        notifier.entry(&rec);
+                        return written();
+                    }
                     Ok(false) => return,
                     // A local filesystem error (a full disk) is waited out
                     // however long it lasts: the entry is the tick's only

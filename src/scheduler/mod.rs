@@ -12,7 +12,7 @@ pub use crate::model::{LATE_TOLERANCE, MAX_SLEEP, OVERLOADED};
 
 use crate::executor::run_span;
 use crate::observe::log::record_span;
-use crate::observe::Metrics;
+use crate::observe::{Metrics, Notifier};
 use chrono::{DateTime, Utc};
 use futures_util::stream::StreamExt;
 use rustix::process::Signal;
@@ -39,6 +39,8 @@ pub struct Scheduler<C: Coordinator> {
     instance: String,
     log_json: bool,
     metrics: Arc<Metrics>,
+    /// Told of every entry this scheduler writes or sees a run end with.
+    notifier: Arc<Notifier>,
     /// Per job, the newest tick this process recorded as missed. Missed
     /// ticks do not advance the backend's last fired tick, so a new term
     /// of this process resumes after these rather than count them again.
@@ -72,6 +74,7 @@ impl<C: Coordinator> Scheduler<C> {
             instance,
             log_json,
             metrics: Arc::default(),
+            notifier: Notifier::off(),
             missed_up_to: Default::default(),
             recorded_pauses: Default::default(),
             waiting,
@@ -84,10 +87,16 @@ impl<C: Coordinator> Scheduler<C> {
         self
     }
 
+    /// Send `[notify]`'s webhooks through `notifier` (by default nobody is told).
+    pub fn with_notifier(mut self, notifier: Arc<Notifier>) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
     /// Run until `stop` counts a stop request. Returns whether the stop was
     /// forced (a second request), in which case runs were killed at once.
     pub async fn run(&self, mut stop: watch::Receiver<u32>) -> anyhow::Result<bool> {
-        let mut running = Supervisors::new(self.metrics.clone());
+        let mut running = Supervisors::new(self.metrics.clone(), self.notifier.clone());
         loop {
             let jobs = self.config.borrow().jobs.len();
             tracing::info!(instance = %self.instance, jobs, "waiting for leadership");

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub mod builder;
 pub mod etcd;
 pub mod proxy;
+pub mod webhook;
 #[allow(unused_imports)]
 pub use builder::Test;
 

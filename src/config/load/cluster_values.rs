@@ -284,7 +284,8 @@ impl<'a, 'i> Item<'a, 'i> {
     }
 
     /// The file's content without its trailing line break; the content
-    /// never reaches a message, only the file's name does.
+    /// never reaches a message, only the file's name does. (Also a
+    /// webhook's `secret_file`.)
     pub(super) fn password_file(&self, r: &mut Report, base: &Path) -> Option<Secret> {
         let path = resolved(base, self.path(r)?);
         let mut bytes = Vec::new();
@@ -296,8 +297,13 @@ impl<'a, 'i> Item<'a, 'i> {
         let problem = match read {
             Err(reason) => format!("cannot be read: {reason}"),
             Ok(_) if bytes.len() as u64 > MAX_PASSWORD_FILE_SIZE => format!(
-                "is larger than {} KiB; it should hold only the password",
-                MAX_PASSWORD_FILE_SIZE / 1024
+                "is larger than {} KiB; it should hold only the {}",
+                MAX_PASSWORD_FILE_SIZE / 1024,
+                if self.label.starts_with("secret") {
+                    "secret"
+                } else {
+                    "password"
+                }
             ),
             Ok(_) => match String::from_utf8(bytes) {
                 Err(_) => "is not valid UTF-8".to_string(),

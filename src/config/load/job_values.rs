@@ -95,11 +95,7 @@ impl<'a, 'i> Item<'a, 'i> {
         )?;
         let mut argv = Some(Vec::with_capacity(array.len()));
         for (index, element) in array.iter().enumerate() {
-            let item = Item {
-                label: Cow::Owned(format!("{}[{index}]", self.label)),
-                key_at: element.span().start,
-                value: element,
-            };
+            let item = self.element(index, element);
             let arg = item.os_str(r);
             // Later arguments may legitimately be empty (`-N ""`); the
             // program may not.

@@ -7,13 +7,14 @@
 //! and only build a [`Config`] when nothing was found.
 
 use super::{
-    base_dir, ClusterSettings, Config, ConfigError, ConfigErrors, HttpSettings, Job, Overlap,
-    Param, Pattern, Program, SchedulerSettings, Secret, Tokens,
+    base_dir, ClusterSettings, Config, ConfigError, ConfigErrors, Event, HttpSettings, Job,
+    NotifySettings, Overlap, Param, Pattern, Program, SchedulerSettings, Secret, Tokens, Webhook,
+    DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT,
 };
 use crate::schedule::{duration_reason, quoted, shown, Schedule};
 use chrono_tz::Tz;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::env::VarError;
 use std::fs::File;
 use std::io::Read;
@@ -28,10 +29,12 @@ use toml::Spanned;
 mod cluster;
 mod cluster_values;
 mod job_values;
+mod notify;
 mod report;
 mod sections;
 mod values;
 use cluster::*;
+use notify::*;
 use report::*;
 use sections::*;
 use values::*;
@@ -192,6 +195,11 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .as_ref()
         .map(|item| http(&mut r, item, base_dir(path)))
         .unwrap_or_default();
+    let notify = top
+        .notify
+        .as_ref()
+        .map(|item| notify(&mut r, item, base_dir(path)))
+        .unwrap_or_default();
     let built_in = Defaults {
         catchup: default_catchup(cluster.as_ref()),
         ..Defaults::default()
@@ -215,6 +223,7 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         jobs,
         cluster,
         http,
+        notify,
     };
     resolve_relative_paths(&mut config);
     Ok(config)

@@ -1,5 +1,6 @@
 //! The sections and their keys: which keys each section has, the
-//! `[scheduler]`, `[http]` and `[defaults]` sections, and the jobs.
+//! `[scheduler]`, `[http]`, `[notify]` and `[defaults]` sections, and the
+//! jobs.
 
 use super::*;
 
@@ -29,6 +30,8 @@ pub(super) enum Section {
     Job,
     Cluster,
     Http,
+    Notify,
+    Webhook,
 }
 
 /// Every key of every section, declared once: the declaration gives the
@@ -71,7 +74,7 @@ macro_rules! keys {
 
 keys! {
     /// The top level.
-    TopKeys (Top) { scheduler, defaults, jobs, cluster, http }
+    TopKeys (Top) { scheduler, defaults, jobs, cluster, http, notify }
     /// `[scheduler]`.
     SchedulerKeys (Scheduler) { state_dir, shutdown_grace, history }
     /// `[cluster]`.
@@ -81,6 +84,10 @@ keys! {
     }
     /// `[http]`.
     HttpKeys (Http) { listen, tokens_file, cert_file, key_file }
+    /// `[notify]`.
+    NotifyKeys (Notify) { webhook }
+    /// `[[notify.webhook]]`.
+    WebhookKeys (Webhook) { url, events, secret_file, timeout, retries }
 }
 
 /// The keys of a job, declared once. A key with a type is one `[defaults]`
@@ -187,6 +194,8 @@ impl Section {
             Section::Job => JobKeys::KEYS,
             Section::Cluster => ClusterKeys::KEYS,
             Section::Http => HttpKeys::KEYS,
+            Section::Notify => NotifyKeys::KEYS,
+            Section::Webhook => WebhookKeys::KEYS,
         }
     }
 }
@@ -456,6 +465,7 @@ impl Section {
                 ("bind", "listen"),
                 ("port", "listen"),
             ],
+            Section::Webhook => &[("endpoint", "url"), ("uri", "url"), ("event", "events")],
             _ => &[],
         };
         aliases
@@ -472,6 +482,8 @@ impl Section {
             Section::Job => "a job table ([jobs.<name>])",
             Section::Cluster => "[cluster]",
             Section::Http => "[http]",
+            Section::Notify => "[notify]",
+            Section::Webhook => "[[notify.webhook]]",
         }
     }
 
@@ -479,7 +491,12 @@ impl Section {
         let shown = shown(key);
         let what = match self {
             Section::Top => format!("unknown top-level key `{shown}`"),
-            Section::Scheduler | Section::Defaults | Section::Cluster | Section::Http => {
+            Section::Scheduler
+            | Section::Defaults
+            | Section::Cluster
+            | Section::Http
+            | Section::Notify
+            | Section::Webhook => {
                 format!("unknown key `{shown}` in {}", self.title())
             }
             // The job is already named in the error's prefix.
@@ -502,6 +519,12 @@ impl Section {
         .collect();
         if !homes.is_empty() {
             return format!("{what}; `{shown}` belongs in {}", homes.join(" or "));
+        }
+        if self == Section::Webhook && key.eq_ignore_ascii_case("secret") {
+            return format!(
+                "{what}; keep the secret out of the config: set secret_file \
+                 (a file holding it)"
+            );
         }
         if self == Section::Cluster && key.eq_ignore_ascii_case("password") {
             return format!(

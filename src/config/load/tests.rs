@@ -1646,3 +1646,54 @@ fn parameter_declarations_are_checked_where_they_are_written() {
     let partial = BTreeMap::from([("n".to_string(), "12a".to_string())]);
     assert!(job.resolve_params(&partial).is_err());
 }
+
+#[test]
+fn webhooks_take_their_defaults_and_their_secret_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hook.secret"), "s3cret-key\n").unwrap();
+    let path = dir.path().join("jobs.toml");
+    let text = "[[notify.webhook]]\nurl = \"https://hooks.example.com/a\"\nsecret_file = \"hook.secret\"\n\n[[notify.webhook]]\nurl = \"http://127.0.0.1:9/b\"\nevents = [\"succeeded\", \"failed\"]\ntimeout = \"2s\"\nretries = 0\n";
+    let config = load_str(&path, text.as_bytes()).unwrap();
+    let [first, second] = config.notify.webhooks.as_slice() else {
+        panic!("two webhooks: {:?}", config.notify);
+    };
+    assert_eq!(first.url, "https://hooks.example.com/a");
+    assert_eq!(first.events, Event::defaults());
+    assert!(!first.events.contains(&Event::Succeeded));
+    assert_eq!(
+        first.secret.as_ref().map(|s| s.expose()),
+        Some("s3cret-key")
+    );
+    assert_eq!(
+        (first.timeout, first.retries),
+        (DEFAULT_WEBHOOK_TIMEOUT, DEFAULT_WEBHOOK_RETRIES)
+    );
+    assert_eq!(
+        second.events,
+        BTreeSet::from([Event::Succeeded, Event::Failed])
+    );
+    assert_eq!(
+        (second.timeout, second.retries),
+        (Duration::from_secs(2), 0)
+    );
+    assert!(second.secret.is_none());
+    assert!(!format!("{config:?}").contains("s3cret-key"));
+}
+
+#[test]
+fn webhook_mistakes_are_reported_where_they_are_written() {
+    assert_errors(
+        "[[notify.webhook]]\nevents = [\"failed\", \"recoverd\", 3]\nsecret = \"x\"\n\n[[notify.webhook]]\nurl = \"ftp://example.com/x\"\nevents = []\n\n[[notify.webhook]]\nurl = \"hooks.example.com\"\nsecret_file = \"/nonexistent/hook.secret\"\ntimeout = \"0s\"\n\n[notify]\n",
+        &[
+            "jobs.toml:1:1: missing url; add e.g. url = \"https://hooks.example.com/bgsched\"",
+            "jobs.toml:2:21: \"recoverd\" is not an event; did you mean \"recovered\"? events are failed, recovered, succeeded, missed, lost",
+            "jobs.toml:2:33: events[2] must be a string, found integer",
+            "jobs.toml:3:1: unknown key `secret` in [[notify.webhook]]; keep the secret out of the config: set secret_file (a file holding it)",
+            "jobs.toml:6:7: url \"ftp://example.com/x\" has the scheme \"ftp\"; only http and https are sent to; write e.g. \"https://hooks.example.com/bgsched\"",
+            "jobs.toml:7:10: events must not be empty; name some of: failed, recovered, succeeded, missed, lost",
+            "jobs.toml:10:7: url \"hooks.example.com\" is not a URL (relative URL without a base); write e.g. \"https://hooks.example.com/bgsched\"",
+            "jobs.toml:11:15: secret_file \"/nonexistent/hook.secret\" cannot be read: No such file or directory (os error 2)",
+            "jobs.toml:12:11: timeout must be greater than zero",
+        ],
+    );
+}

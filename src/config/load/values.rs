@@ -52,6 +52,15 @@ impl<'a, 'i> Item<'a, 'i> {
         }
     }
 
+    /// The `index`th element of this array item, labelled `label[index]`.
+    pub(super) fn element(&self, index: usize, value: &'a Spanned<DeValue<'i>>) -> Self {
+        Item {
+            label: Cow::Owned(format!("{}[{index}]", self.label)),
+            key_at: value.span().start,
+            value,
+        }
+    }
+
     pub(super) fn value(&self) -> &'a DeValue<'i> {
         self.value.get_ref()
     }

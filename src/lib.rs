@@ -10,6 +10,7 @@ pub mod config;
 pub mod coordination;
 pub mod executor;
 pub mod model;
+pub mod notify;
 pub mod observe;
 pub mod reload;
 pub mod schedule;

@@ -18,6 +18,7 @@ const LAYERS: &[&str] = &[
     "config",
     "observe",
     "coordination",
+    "notify",
     "executor",
     "reload",
     "observe-readers",

@@ -6,7 +6,8 @@
 use super::report::{self, Report};
 use super::{run_span, RunSpec};
 use crate::model::RunKey;
-use crate::observe::{Metrics, Notifier};
+use crate::notify::Notifier;
+use crate::observe::Metrics;
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use std::collections::HashMap;
 use std::sync::Arc;

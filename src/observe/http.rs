@@ -33,7 +33,7 @@ pub struct Served {
     /// is still connecting, so that probes can tell "starting" from "dead".
     pub backend: OnceLock<Backend>,
     /// Set with the backend: told how the runs the API starts here end.
-    pub notifier: OnceLock<Arc<super::Notifier>>,
+    pub notifier: OnceLock<Arc<crate::notify::Notifier>>,
 }
 
 /// A bound listener, so that a bad address fails `run` before it starts

@@ -5,8 +5,6 @@
 pub mod http;
 pub mod log;
 pub mod metrics;
-pub mod notify;
 pub mod status;
 
 pub use metrics::Metrics;
-pub use notify::Notifier;

@@ -11,8 +11,9 @@ use crate::executor::{retry_backoff, RunSpec, Supervisors, WaitingSupervisors};
 pub use crate::model::{LATE_TOLERANCE, MAX_SLEEP, OVERLOADED};
 
 use crate::executor::run_span;
+use crate::notify::Notifier;
 use crate::observe::log::record_span;
-use crate::observe::{Metrics, Notifier};
+use crate::observe::Metrics;
 use chrono::{DateTime, Utc};
 use futures_util::stream::StreamExt;
 use rustix::process::Signal;

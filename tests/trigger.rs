@@ -271,6 +271,13 @@ mode = { default = "fast", pattern = "fast|slow" }
         recs[0]["params"],
         serde_json::json!({"order_id": "42", "mode": "fast"})
     );
+    let table = env.cmd(&["history", "order"]).run().success().stdout;
+    let (head, row) = table.split_once('\n').unwrap();
+    assert!(head.trim_end().ends_with("OUTCOME  PARAMS"), "{table}");
+    assert!(
+        row.trim_end().ends_with("success  mode=fast order_id=42"),
+        "{table}"
+    );
     for (args, says) in [
         (
             vec!["-p", "order_id=4x2"],

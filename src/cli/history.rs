@@ -116,12 +116,18 @@ fn print_output(rec: &RunRecord, json: bool) {
 
 fn print_table(runs: &[RunRecord]) {
     let mut table = comfy_table::Table::new();
+    let mut header = vec![
+        "RUN ID", "JOB", "TICK", "TRIGGER", "INSTANCE", "TERM", "STARTED", "DURATION", "OUTCOME",
+    ];
+    // Only where a run had any, so that jobs without parameters keep the
+    // narrower table.
+    let with_params = runs.iter().any(|r| !r.params.is_empty());
+    if with_params {
+        header.push("PARAMS");
+    }
     table
         .load_preset(comfy_table::presets::NOTHING)
-        .set_header([
-            "RUN ID", "JOB", "TICK", "TRIGGER", "INSTANCE", "TERM", "STARTED", "DURATION",
-            "OUTCOME",
-        ]);
+        .set_header(header);
     let now = Utc::now();
     for rec in runs {
         if rec.outcome == Outcome::Unreadable {
@@ -150,7 +156,7 @@ fn print_table(runs: &[RunRecord]) {
             (_, Some(ms)) => duration(ms),
             (_, None) => "-".to_string(),
         };
-        table.add_row([
+        let mut row = vec![
             rec.key.run_id.clone(),
             rec.key.job.clone(),
             // Milliseconds only where the tick has them (manual runs).
@@ -167,9 +173,41 @@ fn print_table(runs: &[RunRecord]) {
             rec.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             duration,
             outcome_detail(rec),
-        ]);
+        ];
+        if with_params {
+            row.push(params_shown(rec));
+        }
+        table.add_row(row);
     }
     println!("{table}");
+}
+
+/// `mode=fast order_id=42`; a value with anything but plain characters
+/// (spaces, quotes, control characters) is shown as a JSON string, and a
+/// long one cut short (`--json` has them whole).
+fn params_shown(rec: &RunRecord) -> String {
+    const LONG: usize = 40;
+    if rec.params.is_empty() {
+        return "-".to_string();
+    }
+    let plain = |v: &str| {
+        !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-./:@,+%=".contains(c))
+    };
+    rec.params
+        .iter()
+        .map(|(name, value)| {
+            let short: String = value.chars().take(LONG).collect();
+            let cut = if short.len() < value.len() { "…" } else { "" };
+            if plain(&short) {
+                format!("{name}={short}{cut}")
+            } else {
+                format!("{name}={}{cut}", serde_json::Value::String(short))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// As every duration prints (README "Output forms"): "250ms", "1m 3s 12ms".

@@ -1354,6 +1354,20 @@ fn with_cert_file_and_key_file_the_listener_speaks_https_only() {
     // Plain HTTP on the same port gets no answer.
     let plain = http_request(port, "GET", "/healthz", None, Duration::from_secs(5), &[]);
     assert!(!matches!(plain, Ok((200, _))), "{plain:?}");
+    // A client that connects and says nothing is let go after the
+    // handshake's 10 s, so idle sockets cannot pile up.
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(40)))
+        .unwrap();
+    let since = std::time::Instant::now();
+    let read = std::io::Read::read(&mut idle, &mut [0u8; 64]);
+    let waited = since.elapsed();
+    assert!(
+        matches!(read, Ok(0) | Err(_))
+            && waited >= Duration::from_secs(9)
+            && waited < Duration::from_secs(35),
+        "{read:?} after {waited:?}"
+    );
 
     // Files that cannot serve are refused where they are named.
     let env = Env::new().config(&format!("{}\n[http]\ncert_file = \"cert.pem\"\n", jobs()));
@@ -1426,4 +1440,78 @@ fn a_follower_sees_every_attempt_of_a_retried_run_and_a_cancel_between_them_ends
             .starts_with("cancelled by the API on instance api before retry 1"),
         "{rec}"
     );
+}
+
+#[test]
+fn without_tokens_a_non_loopback_listener_is_warned_about() {
+    let _serial = serial();
+    const WARNING: &str = "the API on a non-loopback address has no [http] tokens_file";
+    let env = Env::new().config(&jobs());
+    let open = env.spawn_run_with("open", &["--http", "0.0.0.0:0"]);
+    open.http_port();
+    assert!(open.log_text().contains(WARNING), "{}", open.log_text());
+    drop(open);
+    drop(env);
+    let (env, run, _) = standalone(false);
+    assert!(!run.log_text().contains(WARNING), "{}", run.log_text());
+    drop(env);
+    let env = Env::new().config(&format!("{}\n[http]\ntokens_file = \"tokens\"\n", jobs()));
+    env.write("tokens", TOKENS);
+    let guarded = env.spawn_run_with("guarded", &["--http", "0.0.0.0:0"]);
+    guarded.http_port();
+    assert!(
+        !guarded.log_text().contains(WARNING),
+        "{}",
+        guarded.log_text()
+    );
+}
+
+#[test]
+fn a_standalone_run_claimed_but_never_started_is_recorded_lost_after_a_minute() {
+    let _serial = serial();
+    let env = Env::new().config(&jobs());
+    // Kept for later while no scheduler runs, then found claimed and
+    // untouched for two minutes, as if the scheduler died between the
+    // claim and the start.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let out = env
+        .cmd(&["trigger", "later", "--at", &later])
+        .run()
+        .success();
+    let run_id = out.stdout.trim().to_string();
+    let scheduled = env
+        .state_dir()
+        .join("scheduled")
+        .join(format!("{run_id}.json"));
+    let requests = env.state_dir().join("requests");
+    std::fs::create_dir_all(&requests).unwrap();
+    let claimed = requests.join(format!("{run_id}.claimed"));
+    std::fs::rename(&scheduled, &claimed).unwrap();
+    let two_minutes_ago = std::time::SystemTime::now() - Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(&claimed)
+        .unwrap()
+        .set_modified(two_minutes_ago)
+        .unwrap();
+    let _run = env.spawn_run("settles");
+    let mut lost = None;
+    wait_until(PATIENCE, "the lost record", || {
+        lost = env
+            .records("later")
+            .into_iter()
+            .find(|r| r["run_id"] == run_id.as_str());
+        lost.is_some()
+    });
+    let lost = lost.unwrap();
+    assert_eq!(lost["outcome"], "lost", "{lost}");
+    assert!(
+        lost["reason"]
+            .as_str()
+            .unwrap()
+            .contains("its supervisor never started"),
+        "{lost}"
+    );
+    assert!(!claimed.exists());
+    assert!(env.lines("later-ledger").is_empty(), "it ran after all");
 }

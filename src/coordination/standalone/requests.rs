@@ -161,9 +161,18 @@ impl Standalone {
                 );
                 rec.key.run_id = req.run_id.clone();
                 rec.key.term = 0;
-                if super::records::write_record(&record, &rec).is_ok() {
-                    tracing::warn!(job = %req.job, run_id = %req.run_id, "run lost: claimed, never started");
-                    let _ = fs::remove_file(&path);
+                // A job that never ran has no runs/ directory yet.
+                let written = self
+                    .runs_dir(&req.job)
+                    .and_then(|_| super::records::write_record(&record, &rec));
+                match written {
+                    Ok(()) => {
+                        tracing::warn!(job = %req.job, run_id = %req.run_id, "run lost: claimed, never started");
+                        let _ = fs::remove_file(&path);
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = %req.job, run_id = %req.run_id, "a run claimed but never started cannot be recorded lost yet: {e}")
+                    }
                 }
             }
         }

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod coordination;
+pub mod dashboard;
 pub mod executor;
 pub mod model;
 pub mod notify;

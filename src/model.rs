@@ -195,6 +195,10 @@ pub struct RunRecord {
     /// The parameters a manual run was given (and the defaults it took).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, String>,
+    /// A failed attempt that was retried: an entry of its own, not the
+    /// run's result (which is the entry under the run's id).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retried: bool,
 }
 
 fn zero_as_null<S: serde::Serializer>(term: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -237,6 +241,7 @@ impl RunRecord {
             attempt: 1,
             supervisor_pid: None,
             params: BTreeMap::new(),
+            retried: false,
         }
     }
 }

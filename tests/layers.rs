@@ -23,6 +23,7 @@ const LAYERS: &[&str] = &[
     "reload",
     "observe-readers",
     "api",
+    "dashboard",
     "scheduler",
     "cli",
 ];

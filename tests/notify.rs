@@ -192,7 +192,10 @@ shell = 'echo beat >> beats'
     assert_eq!(
         sample(
             &metrics,
-            r#"bgsched_webhook_attempts_total{event="recovered",result="delivered"}"#
+            &format!(
+                r#"bgsched_webhook_attempts_total{{event="recovered",webhook="http://127.0.0.1:{}/…",result="delivered"}}"#,
+                receiver.port
+            )
         ),
         1.0,
         "{metrics}"
@@ -200,14 +203,27 @@ shell = 'echo beat >> beats'
     assert!(
         sample(
             &metrics,
-            r#"bgsched_webhook_attempts_total{event="failed",result="failed"}"#
-        ) >= 3.0,
+            &format!(
+                r#"bgsched_webhook_attempts_total{{event="failed",webhook="http://127.0.0.1:{}/…",result="failed"}}"#,
+                receiver.port
+            )
+        ) == 1.0
+            && sample(
+                &metrics,
+                &format!(
+                    r#"bgsched_webhook_attempts_total{{event="failed",webhook="http://127.0.0.1:{}/…",result="failed"}}"#,
+                    silent.port
+                )
+            ) == 2.0,
         "the 503 and the two timeouts: {metrics}"
     );
     assert_eq!(
         sample(
             &metrics,
-            r#"bgsched_webhooks_undelivered_total{event="failed",result="retries_exhausted"}"#
+            &format!(
+                r#"bgsched_webhooks_undelivered_total{{event="failed",webhook="http://127.0.0.1:{}/…",result="retries_exhausted"}}"#,
+                silent.port
+            )
         ),
         1.0,
         "{metrics}"
@@ -314,4 +330,77 @@ shell = 'echo broken; exit 3'
         );
     }
     drop(replicas);
+}
+
+#[test]
+fn a_run_that_succeeded_on_a_retry_is_no_failure_to_recover_from() {
+    let receiver = Receiver::start();
+    let env = Env::new().config(&format!(
+        r#"[[notify.webhook]]
+url = "{}"
+events = ["failed", "recovered", "succeeded"]
+
+[http]
+tokens_file = "tokens"
+
+[jobs.retried]
+schedule = "@yearly"
+retries = 1
+retry_backoff = "100ms"
+shell = 'if [ -e failed-once ]; then echo fine; else touch failed-once; exit 3; fi'
+"#,
+        receiver.url("/hook")
+    ));
+    env.write("tokens", &format!("{TOKEN} trigger\n"));
+    let run = env.spawn_run_with("retries", &["--http", "127.0.0.1:0"]);
+    let port = run.http_port();
+    wait_until(PATIENCE, "the scheduler ready", || {
+        http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    // Its first attempt fails, the retry succeeds: the run succeeded.
+    run_through_api(port, "retried");
+    receiver.wait_for("the first run's succeeded", |got| !got.is_empty());
+    run_through_api(port, "retried");
+    receiver.wait_for("the second run's succeeded", |got| got.len() >= 2);
+    std::thread::sleep(Duration::from_secs(1));
+    let events: Vec<String> = receiver
+        .deliveries()
+        .iter()
+        .map(|d| d.event().to_string())
+        .collect();
+    assert_eq!(events, ["succeeded", "succeeded"]);
+}
+
+#[test]
+fn a_stopping_scheduler_still_retries_what_it_was_delivering() {
+    let receiver = Receiver::start();
+    receiver.answer_next(&[503]);
+    let env = Env::new().config(&format!(
+        r#"[[notify.webhook]]
+url = "{}"
+events = ["failed"]
+
+[http]
+tokens_file = "tokens"
+
+{FLAKY}"#,
+        receiver.url("/hook")
+    ));
+    env.write("tokens", &format!("{TOKEN} trigger\n"));
+    let mut run = env.spawn_run_with("stopping", &["--http", "127.0.0.1:0"]);
+    let port = run.http_port();
+    wait_until(PATIENCE, "the scheduler ready", || {
+        http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+    run_through_api(port, "flaky");
+    receiver.wait_for("the refused attempt", |got| !got.is_empty());
+    run.signal(rustix::process::Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0), "{}", run.log_text());
+    let got = receiver.deliveries();
+    assert_eq!(
+        got.iter().map(|d| d.answered).collect::<Vec<_>>(),
+        [Some(503), Some(200)],
+        "the retry was not sent before the scheduler stopped: {}",
+        run.log_text()
+    );
 }

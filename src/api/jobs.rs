@@ -27,6 +27,9 @@ pub(super) async fn list(
     Ok(json_reply(StatusCode::OK, &to_json(&view)))
 }
 
+/// Ticks listed by `GET /api/v1/jobs/{job}` as `next_runs`.
+const NEXT_RUNS: usize = 5;
+
 pub(super) async fn one(
     State(api): State<Arc<Api>>,
     Path(name): Path<String>,
@@ -48,7 +51,28 @@ pub(super) async fn one(
         .drain(..)
         .find(|j| j.name == name)
         .expect("the view has every job of the config");
-    Ok(json_reply(StatusCode::OK, &to_json(&job)))
+    let mut reply = to_json(&job);
+    // The next few ticks, for a person planning around them; the list has
+    // only the next one of each job.
+    if job.enabled {
+        let schedule = &config.jobs[&name].schedule;
+        let after = match &job.paused {
+            Some(p) => p.until.map(|u| u.max(chrono::Utc::now())),
+            None => Some(chrono::Utc::now()),
+        };
+        let next: Vec<String> = after
+            .into_iter()
+            .flat_map(|after| {
+                schedule
+                    .iter_after(after)
+                    .take(NEXT_RUNS)
+                    .collect::<Vec<_>>()
+            })
+            .map(|t| crate::observe::log::local_rfc3339(&config.jobs[&name], t))
+            .collect();
+        reply["next_runs"] = json!(next);
+    }
+    Ok(json_reply(StatusCode::OK, &reply))
 }
 
 fn to_json(v: &impl serde::Serialize) -> serde_json::Value {

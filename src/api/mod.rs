@@ -4,6 +4,7 @@
 //! asked of the leader through etcd, so any replica answers.
 
 mod auth;
+mod history;
 mod jobs;
 mod runs;
 
@@ -60,9 +61,13 @@ impl Api {
 /// The routes of `/api/v1`, ready to merge into the listener's router.
 pub fn routes(api: Arc<Api>) -> Router {
     Router::new()
+        .route("/api/v1/auth", get(auth::whoami))
         .route("/api/v1/jobs", get(jobs::list))
         .route("/api/v1/jobs/{job}", get(jobs::one))
-        .route("/api/v1/jobs/{job}/runs", post(runs::start))
+        .route(
+            "/api/v1/jobs/{job}/runs",
+            post(runs::start).get(history::list),
+        )
         .route("/api/v1/jobs/{job}/pause", post(jobs::pause))
         .route("/api/v1/jobs/{job}/resume", post(jobs::resume))
         .route("/api/v1/runs/{run_id}", get(runs::get))

@@ -195,7 +195,10 @@ async fn start_here(
             return;
         };
         match backend.find_run(&[job_name.as_str()], &id).await {
-            Ok(Some(rec)) => notifier.entry(&rec),
+            // A supervisor that died leaves its run to be recorded `lost`
+            // by the scheduler, which notifies that once.
+            Ok(Some(rec)) if rec.outcome != Outcome::Lost => notifier.entry(&rec),
+            Ok(Some(_)) => {}
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(job = %job_name, run_id = %id, "no notification for this run: its record cannot be read ({e})")

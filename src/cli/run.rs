@@ -135,6 +135,9 @@ pub async fn run(
     Ok(())
 }
 
+/// How long a stopping scheduler waits for webhook deliveries in flight.
+const NOTIFY_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Run the scheduler on `coord` while `reloader` applies each request on
 /// `reloads`. Returns whether the stop was forced.
 async fn schedule<C: Coordinator>(
@@ -159,9 +162,14 @@ async fn schedule<C: Coordinator>(
         log_json,
     )
     .with_metrics(metrics)
-    .with_notifier(notifier);
+    .with_notifier(notifier.clone());
     tokio::spawn(reloader.serve(coord, instance, reloads));
-    Ok(scheduler.run(stop).await?)
+    let forced = scheduler.run(stop).await?;
+    if !forced {
+        // The notifications of the runs the stop waited for, among others.
+        notifier.drain(NOTIFY_DRAIN).await;
+    }
+    Ok(forced)
 }
 
 /// Bind `[http] listen` (or `--http`) and serve the endpoints; the backend
@@ -195,7 +203,7 @@ async fn serve_http(
     let scheme = if tls.is_some() { "https" } else { "http" };
     listener.serve(
         served.clone(),
-        api::routes(api::Api::new(served.clone(), log_json)),
+        api::routes(api::Api::new(served.clone(), log_json)).merge(crate::dashboard::routes()),
         tls,
     );
     tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz, /api/v1 and /status on {scheme}://{bound}");

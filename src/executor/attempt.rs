@@ -185,6 +185,9 @@ impl Drop for LivePublisher {
 /// How a supervised run ended.
 pub struct Supervised {
     pub record: RunRecord,
+    /// Whether `record` was written (a cluster run's may be refused, its
+    /// run already recorded `lost` by a new leader).
+    pub written: bool,
     /// A stop signal to the supervisor ended the run (e.g. Ctrl-C on `trigger`).
     pub interrupted: bool,
 }

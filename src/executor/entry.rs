@@ -73,7 +73,7 @@ pub fn main() -> Result<(), EntryError> {
                     let state = Standalone::open(state_dir, *history_limit)?;
                     let mut recorder = state.recorder(&spec.key.job, &spec.key.run_id);
                     let done = supervise(&spec, &mut recorder, hold, Echo::Log).await;
-                    report::ended(&spec, &done.record, None);
+                    report::ended(&spec, &done.record, done.written, None);
                 }
                 BackendSpec::Etcd(cfg) => {
                     let Some((lease, granted_at)) = spec.lease else {
@@ -90,7 +90,7 @@ pub fn main() -> Result<(), EntryError> {
                     ) {
                         Ok(mut recorder) => {
                             let done = supervise(&spec, &mut recorder, hold, Echo::Log).await;
-                            report::ended(&spec, &done.record, recorder.handback());
+                            report::ended(&spec, &done.record, done.written, recorder.handback());
                         }
                         Err(e) => {
                             // The command was fine; the scheduler was too
@@ -103,7 +103,7 @@ pub fn main() -> Result<(), EntryError> {
                             rec.outcome = Outcome::Missed;
                             rec.missed_ticks = Some(1);
                             EtcdRecorder::record_unstarted(cfg, &rec).await;
-                            report::ended(&spec, &rec, None);
+                            report::ended(&spec, &rec, false, None);
                         }
                     }
                 }

@@ -84,9 +84,10 @@ pub async fn supervise<R: RunRecorder>(
             {
                 rec.outcome = Outcome::Cancelled;
             }
-            finish(&mut rec, recorder).await;
+            let written = finish(&mut rec, recorder).await;
             return Supervised {
                 record: rec,
+                written,
                 interrupted: true,
             };
         }
@@ -103,9 +104,10 @@ pub async fn supervise<R: RunRecorder>(
         if let Some((reason, interrupted)) = stopped {
             tracing::warn!(job = %spec.key.job, run_id = %spec.key.run_id, "{reason}");
             let mut rec = spec.unstarted(reason);
-            finish(&mut rec, recorder).await;
+            let written = finish(&mut rec, recorder).await;
             return Supervised {
                 record: rec,
+                written,
                 interrupted,
             };
         }
@@ -118,9 +120,10 @@ pub async fn supervise<R: RunRecorder>(
         Ok(file) => file,
         Err(e) => {
             let mut rec = spec.unstarted(format!("could not write its parameters file: {e}"));
-            finish(&mut rec, recorder).await;
+            let written = finish(&mut rec, recorder).await;
             return Supervised {
                 record: rec,
+                written,
                 interrupted: false,
             };
         }
@@ -178,6 +181,7 @@ pub async fn supervise<R: RunRecorder>(
         // The failed attempt becomes an entry of its own; the run's id (and
         // its running mark) carries on with the next attempt.
         rec.key.run_id = crate::model::new_run_id();
+        rec.retried = true;
         if let Err(e) = recorder.attempt_failed(&rec).await {
             tracing::error!(job = %spec.key.job, run_id = %spec.key.run_id, attempt, "could not record the failed attempt: {e}");
         }
@@ -185,7 +189,7 @@ pub async fn supervise<R: RunRecorder>(
     };
     drop(params);
     let mut rec = rec;
-    finish(&mut rec, recorder).await;
+    let written = finish(&mut rec, recorder).await;
     drop(hold);
     tracing::info!(
         job = %spec.key.job, run_id = %spec.key.run_id, outcome = %rec.outcome,
@@ -200,6 +204,7 @@ pub async fn supervise<R: RunRecorder>(
     }
     Supervised {
         record: rec,
+        written,
         interrupted,
     }
 }
@@ -258,10 +263,15 @@ pub fn retry_backoff(first: Duration, max: Duration, retry: u32) -> Duration {
     first.checked_mul(factor).unwrap_or(max).min(max)
 }
 
-async fn finish<R: RunRecorder>(rec: &mut RunRecord, recorder: &mut R) {
+/// Write the final record; whether it was written.
+async fn finish<R: RunRecorder>(rec: &mut RunRecord, recorder: &mut R) -> bool {
     let ended = *rec.ended_at.get_or_insert_with(Utc::now);
     rec.duration_ms = Some(duration_ms(rec.started_at, ended));
-    if let Err(e) = recorder.finished(rec).await {
-        tracing::error!(job = %rec.key.job, run_id = %rec.key.run_id, "could not write the run record: {e}");
+    match recorder.finished(rec).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(job = %rec.key.job, run_id = %rec.key.run_id, "could not write the run record: {e}");
+            false
+        }
     }
 }

@@ -32,8 +32,10 @@ pub enum Report {
     Ended(Outcome, Duration, Option<String>, Option<Box<RunRecord>>),
 }
 
-/// In the supervisor: report the final record, if a scheduler listens.
-pub fn ended(spec: &RunSpec, record: &RunRecord, handback: Option<String>) {
+/// In the supervisor: report the final record, if a scheduler listens;
+/// the record itself only if it was `written` (what was not recorded is
+/// not notified either).
+pub fn ended(spec: &RunSpec, record: &RunRecord, written: bool, handback: Option<String>) {
     if !spec.report_pid {
         return;
     }
@@ -41,7 +43,7 @@ pub fn ended(spec: &RunSpec, record: &RunRecord, handback: Option<String>) {
         outcome: record.outcome,
         duration_ms: record.duration_ms.unwrap_or(0),
         handback,
-        record: Some(Box::new(record.clone())),
+        record: written.then(|| Box::new(record.clone())),
     };
     let json = serde_json::to_string(&line).expect("report serializes");
     // Nobody listening any more (the scheduler died) is no reason to fail.

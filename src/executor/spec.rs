@@ -295,6 +295,7 @@ impl RunSpec {
             attempt: 1,
             supervisor_pid: Some(std::process::id()),
             params: self.params.clone(),
+            retried: false,
         }
     }
 }

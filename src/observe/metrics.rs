@@ -52,6 +52,7 @@ struct ChangeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WebhookLabels {
     event: String,
+    webhook: String,
     result: String,
 }
 
@@ -262,12 +263,12 @@ impl Metrics {
         );
         r.register(
             "webhook_attempts",
-            "Webhook delivery attempts ([notify]), by event and result (delivered, failed)",
+            "Webhook delivery attempts ([notify]), by event, webhook (scheme://host:port) and result (delivered, failed)",
             m.webhook_attempts.clone(),
         );
         r.register(
             "webhooks_undelivered",
-            "Webhook notifications given up, by event and result (retries_exhausted, refused, queue_full)",
+            "Webhook notifications given up, by event, webhook and result (retries_exhausted, refused, queue_full, no_client)",
             m.webhooks_undelivered.clone(),
         );
         m.set_config(1, true);
@@ -292,21 +293,24 @@ impl Metrics {
         openmetrics_to_prometheus(&self.encode())
     }
 
-    /// One webhook delivery attempt for `event` ended: `delivered` or `failed`.
-    pub fn webhook_attempt(&self, event: &str, result: &str) {
+    /// One delivery attempt for `event` to `webhook` (as logs show it)
+    /// ended: `delivered` or `failed`.
+    pub fn webhook_attempt(&self, event: &str, webhook: &str, result: &str) {
         self.webhook_attempts
             .get_or_create(&WebhookLabels {
                 event: event.to_string(),
+                webhook: webhook.to_string(),
                 result: result.to_string(),
             })
             .inc();
     }
 
-    /// A notification for `event` will not be delivered, and why.
-    pub fn webhook_undelivered(&self, event: &str, result: &str) {
+    /// A notification for `event` to `webhook` will not be delivered, and why.
+    pub fn webhook_undelivered(&self, event: &str, webhook: &str, result: &str) {
         self.webhooks_undelivered
             .get_or_create(&WebhookLabels {
                 event: event.to_string(),
+                webhook: webhook.to_string(),
                 result: result.to_string(),
             })
             .inc();

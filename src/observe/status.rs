@@ -13,6 +13,7 @@ use crate::model::LATE_TOLERANCE;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::StreamExt;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// The stable JSON document of `list --json` (documented in README).
 #[derive(Debug, Serialize)]
@@ -42,6 +43,8 @@ pub struct JobView {
     pub name: String,
     pub description: Option<String>,
     pub schedule: String,
+    /// The schedule in words (see `Schedule::describe`).
+    pub schedule_words: String,
     pub timezone: String,
     pub enabled: bool,
     pub overlap: String,
@@ -71,7 +74,25 @@ pub struct JobView {
     pub paused: Option<Pause>,
     /// One-off runs at a later time (`trigger --at`), by time.
     pub scheduled: Vec<TriggerRequest>,
+    /// The outcomes of the newest finished runs, newest first (at most
+    /// [`RECENT_OUTCOMES`]), for a glance at how the job has been doing.
+    pub recent_outcomes: Vec<Outcome>,
+    /// The parameters the job declares (`[jobs.NAME.params]`).
+    pub params: BTreeMap<String, ParamView>,
 }
+
+/// A declared parameter, as the dashboard's trigger form needs it.
+#[derive(Debug, Serialize)]
+pub struct ParamView {
+    pub required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+/// How many outcomes `recent_outcomes` holds at most.
+pub const RECENT_OUTCOMES: usize = 20;
 
 /// Transactions reading jobs' history in flight at once (each covers many
 /// jobs; see `Etcd::recent_and_active`).
@@ -156,6 +177,7 @@ pub async fn build(
             name: job.name.clone(),
             description: job.description.clone(),
             schedule: job.schedule.as_str().to_string(),
+            schedule_words: job.schedule.describe().to_string(),
             timezone: job.timezone.name().to_string(),
             enabled: job.enabled,
             overlap: job.overlap.to_string(),
@@ -205,6 +227,24 @@ pub async fn build(
                 scheduled = rest;
                 mine
             },
+            recent_outcomes: history
+                .iter()
+                .filter(|r| r.outcome.is_run() && r.outcome != Outcome::Running)
+                .take(RECENT_OUTCOMES)
+                .map(|r| r.outcome)
+                .collect(),
+            params: job
+                .params
+                .iter()
+                .map(|(name, p)| {
+                    let view = ParamView {
+                        required: p.required,
+                        pattern: p.pattern.as_ref().map(|p| p.source.clone()),
+                        default: p.default.clone(),
+                    };
+                    (name.clone(), view)
+                })
+                .collect(),
         });
     }
     let view = match backend {

@@ -127,6 +127,9 @@ pub struct Schedule {
     source: String,
     tz: Tz,
     kind: Kind,
+    /// [`Schedule::describe`], made on first use: it parses the pattern,
+    /// and a status page asks for every job's each time.
+    words: std::sync::OnceLock<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -186,6 +189,7 @@ impl Schedule {
             source: expr.to_string(),
             tz,
             kind,
+            words: std::sync::OnceLock::new(),
         };
         schedule.check_fires(cron.as_ref())?;
         Ok(schedule)
@@ -268,6 +272,18 @@ impl Schedule {
         let cron = self.cron();
         let first = self.next_with(cron.as_ref(), after);
         std::iter::successors(first, move |tick| self.next_with(cron.as_ref(), *tick))
+    }
+
+    /// The schedule in words, for people ("Every 10 seconds", croner's
+    /// English description of a cron pattern), in the job's zone.
+    pub fn describe(&self) -> &str {
+        self.words.get_or_init(|| match &self.kind {
+            Kind::Every(secs) => format!(
+                "Every {}",
+                humantime::format_duration(Duration::from_secs(secs.unsigned_abs()))
+            ),
+            Kind::Cron { .. } => self.cron().map_or_else(String::new, |c| c.describe()),
+        })
     }
 
     /// The expression as the user wrote it.

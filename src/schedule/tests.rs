@@ -1557,3 +1557,17 @@ fn santiago_midnight_gap() {
         (6, "01:00".to_string())
     );
 }
+
+#[test]
+fn a_schedule_is_described_in_words() {
+    let described = |expr: &str| Schedule::parse(expr, UTC).unwrap().describe().to_string();
+    assert_eq!(described("@every 90s"), "Every 1m 30s");
+    let daily = described("30 2 * * *");
+    assert!(daily.contains("02:30"), "{daily}");
+    assert_eq!(described("@daily"), described("0 0 * * *"));
+    let weekly = described("0 9 * * MON-FRI");
+    assert!(
+        weekly.contains("Monday") && weekly.contains("Friday"),
+        "{weekly}"
+    );
+}

@@ -110,7 +110,9 @@ impl<C: Coordinator> Scheduler<C> {
                 format!("no job named \"{}\" in the leader's config", req.job),
             );
             rec.key.run_id = req.run_id.clone();
-            let _ = self.coord.record(&rec).await;
+            if let Ok(true) = self.coord.record(&rec).await {
+                self.notifier.entry(&rec);
+            }
             self.coord.finish_request(&req.run_id).await;
             return;
         };

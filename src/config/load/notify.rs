@@ -81,6 +81,8 @@ impl Item<'_, '_> {
     /// An `http://` or `https://` URL with a host.
     pub(super) fn webhook_url(&self, r: &mut Report) -> Option<String> {
         let written = self.str(r)?;
+        // Not quoted back: a webhook URL's path often holds its token, and
+        // this message reaches logs (a rejected reload).
         let problem = match reqwest::Url::parse(written) {
             Ok(url) if !matches!(url.scheme(), "http" | "https") => {
                 format!(
@@ -95,9 +97,8 @@ impl Item<'_, '_> {
         r.error(
             self.value_at(),
             format!(
-                "{} {} {problem}; write e.g. \"https://hooks.example.com/bgsched\"",
-                self.label,
-                quoted(written)
+                "{} {problem}; write e.g. \"https://hooks.example.com/bgsched\"",
+                self.label
             ),
         );
         None

@@ -1,0 +1,562 @@
+// The bgsched dashboard: a page over the public /api/v1 endpoints.
+// Everything shown is built with DOM calls (never innerHTML), so text from
+// jobs and runs cannot become markup.
+"use strict";
+
+const PAGE = 100; // jobs per page of the overview table
+const POLL_MS = 2000; // how often the open view reads the API again
+const SCOPES = ["read", "trigger", "admin"];
+
+const state = {
+  token: sessionStorage.getItem("bgsched-token") || "",
+  auth: null, // {tokens_file, scope, read_only} once known
+  timer: null, // the open view's poll
+  follow: null, // the AbortController of a followed output
+  jobsPage: 0,
+  filter: "",
+  stateFilter: "",
+};
+
+// ---------------------------------------------------------------------
+// Helpers
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (state.token) headers["Authorization"] = "Bearer " + state.token;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const resp = await fetch("/api/v1" + path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await resp.text();
+  let json = null;
+  try {
+    json = JSON.parse(text);
+  } catch (_) {
+    json = null;
+  }
+  if (!resp.ok) {
+    const err = (json && json.error) || {};
+    throw new ApiError(resp.status, err.code || "error", err.message || text || resp.statusText);
+  }
+  return json === null ? text : json;
+}
+
+function enc(s) {
+  return encodeURIComponent(s);
+}
+
+function has(scope) {
+  if (!state.auth || state.auth.read_only) return false;
+  return SCOPES.indexOf(state.auth.scope) >= SCOPES.indexOf(scope);
+}
+
+/// Why an action needing `scope` is not allowed, or null.
+function whyNot(scope) {
+  if (has(scope)) return null;
+  if (!state.auth) return "sign in with a token first";
+  if (state.auth.read_only) return "the API is read-only: the scheduler has no [http] tokens_file";
+  return "needs a token of scope " + scope + " (this one has " + state.auth.scope + ")";
+}
+
+/// A button for an action that needs `scope`: disabled, saying why, when
+/// the token does not allow it.
+function action(label, scope, onclick, extra) {
+  const why = whyNot(scope);
+  const b = el("button", Object.assign({ type: "button", onclick, disabled: !!why, title: why || "" }, extra || {}), label);
+  return why ? [b, el("span", { class: "why" }, why)] : [b];
+}
+
+function relative(iso) {
+  if (!iso) return "";
+  const ms = new Date(iso).getTime() - Date.now();
+  const s = Math.round(Math.abs(ms) / 1000);
+  let text;
+  if (s < 60) text = s + "s";
+  else if (s < 3600) text = Math.round(s / 60) + "m";
+  else if (s < 86400) text = Math.round(s / 3600) + "h";
+  else text = Math.round(s / 86400) + "d";
+  return ms >= 0 ? "in " + text : text + " ago";
+}
+
+/// A time shown locally, with how far away it is (kept current).
+function when(iso) {
+  if (!iso) return el("span", { class: "muted" }, "–");
+  const d = new Date(iso);
+  return el(
+    "time",
+    { datetime: iso, title: iso },
+    d.toLocaleString(),
+    " ",
+    el("span", { class: "rel", "data-at": iso }, "(" + relative(iso) + ")"),
+  );
+}
+
+function tickRelative() {
+  for (const e of document.querySelectorAll(".rel[data-at]")) {
+    e.textContent = "(" + relative(e.dataset.at) + ")";
+  }
+}
+
+function duration(ms) {
+  if (ms === undefined || ms === null) return "";
+  if (ms < 1000) return ms + "ms";
+  const s = ms / 1000;
+  if (s < 60) return s.toFixed(1) + "s";
+  const m = Math.floor(s / 60);
+  return m + "m " + Math.round(s - m * 60) + "s";
+}
+
+function outcome(o) {
+  return el("span", { class: "outcome o-" + o }, o);
+}
+
+function banner(text, kind) {
+  document.getElementById("banners").append(el("div", { class: "banner " + (kind || "warn") }, text));
+}
+
+function clearBanners() {
+  document.getElementById("banners").replaceChildren();
+}
+
+function show(...nodes) {
+  const shown = nodes.flat(2).filter((n) => n !== null && n !== undefined);
+  document.getElementById("view").replaceChildren(...shown);
+}
+
+function stop() {
+  if (state.timer) clearInterval(state.timer);
+  state.timer = null;
+  if (state.follow) state.follow.abort();
+  state.follow = null;
+}
+
+/// Run `load` now and every POLL_MS, never two at once.
+function poll(load) {
+  let busy = false;
+  const once = async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      await load();
+    } catch (e) {
+      failed(e);
+    } finally {
+      busy = false;
+    }
+  };
+  once();
+  state.timer = setInterval(once, POLL_MS);
+}
+
+function failed(e) {
+  clearBanners();
+  if (e instanceof ApiError && e.status === 401) {
+    stop();
+    state.auth = null;
+    showScope();
+    show(
+      el("section", { class: "signin" },
+        el("h1", {}, "A token is needed"),
+        el("p", {}, "This scheduler has an [http] tokens_file: every call needs a token. Enter one in the Token field above."),
+        el("p", { class: "muted" }, e.message)),
+    );
+    document.getElementById("token").focus();
+    return;
+  }
+  banner(e.message || String(e), "error");
+}
+
+// ---------------------------------------------------------------------
+// Token
+
+async function loadAuth() {
+  state.auth = await api("GET", "/auth");
+  showScope();
+}
+
+function showScope() {
+  const s = document.getElementById("scope");
+  if (!state.auth) s.textContent = state.token ? "token not accepted" : "no token";
+  else if (state.auth.read_only) s.textContent = "read-only API";
+  else s.textContent = "scope: " + state.auth.scope;
+}
+
+function setupToken() {
+  const input = document.getElementById("token");
+  input.value = state.token;
+  document.getElementById("token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    state.token = input.value.trim();
+    sessionStorage.setItem("bgsched-token", state.token);
+    route();
+  });
+  document.getElementById("token-forget").addEventListener("click", () => {
+    state.token = "";
+    input.value = "";
+    sessionStorage.removeItem("bgsched-token");
+    route();
+  });
+}
+
+// ---------------------------------------------------------------------
+// Overview
+
+function overviewHeader(view) {
+  const leader = view.leader;
+  const parts = [el("h1", {}, "Overview")];
+  const facts = el("dl", { class: "facts" },
+    el("dt", {}, "Mode"), el("dd", { id: "ov-mode" }, view.mode),
+    el("dt", {}, "Leader"),
+    el("dd", { id: "ov-leader" }, leader ? leader.instance + " (term " + leader.term + ")" : "none"),
+    el("dt", {}, "Config"), el("dd", {}, el("code", {}, view.config_hash.slice(0, 12))),
+  );
+  parts.push(facts);
+  if (view.mode === "cluster") {
+    const rows = view.members.map((m) =>
+      el("tr", { class: leader && m.instance === leader.instance ? "leader" : "" },
+        el("td", {}, m.instance, leader && m.instance === leader.instance ? " ★" : ""),
+        el("td", {}, m.host),
+        el("td", {}, el("code", {}, (m.config_hash || "").slice(0, 12))),
+        el("td", {}, when(m.since))));
+    parts.push(el("h2", {}, "Members"),
+      el("table", { id: "members" },
+        el("thead", {}, el("tr", {}, el("th", {}, "Instance"), el("th", {}, "Host"), el("th", {}, "Config"), el("th", {}, "Up since"))),
+        el("tbody", {}, rows)));
+  }
+  return parts;
+}
+
+function overviewBanners(view) {
+  clearBanners();
+  if (view.configs_differ) banner("The members run different configs (see their hashes): reload or restart them so they agree.");
+  if (view.mode === "cluster" && !view.leader) banner("No leader: nothing fires until a replica wins the election.", "error");
+  for (const u of view.unreadable || []) banner(u);
+  for (const j of view.jobs) {
+    if (j.last_tick_ahead) banner(j.name + ": " + j.last_tick_ahead);
+  }
+}
+
+function jobState(j) {
+  if (j.state === "running" && j.running.length) return "running since " + new Date(j.running[0].started_at).toLocaleTimeString();
+  if (j.state === "paused" && j.paused && j.paused.until) return "paused until " + new Date(j.paused.until).toLocaleString();
+  return j.state;
+}
+
+function strip(outcomes) {
+  // Oldest left, newest right.
+  return el("span", { class: "strip", "aria-label": "recent outcomes: " + outcomes.join(", ") },
+    outcomes.slice().reverse().map((o) => el("i", { class: "o-" + o, title: o })));
+}
+
+function jobRow(j) {
+  const last = j.last_run;
+  return el("tr", { "data-job": j.name },
+    el("td", {}, el("a", { href: "#/jobs/" + enc(j.name) }, j.name),
+      j.description ? el("div", { class: "muted small" }, j.description) : null),
+    el("td", {}, j.schedule_words, el("div", {}, el("code", {}, j.schedule))),
+    el("td", { class: "wide" }, j.timezone),
+    el("td", { class: "next" }, when(j.next_run)),
+    el("td", {}, last ? [outcome(last.outcome), " ", duration(last.duration_ms), el("div", { class: "small" }, when(last.started_at))] : el("span", { class: "muted" }, "never")),
+    el("td", { class: "wide" }, strip(j.recent_outcomes || [])),
+    el("td", { class: "state s-" + j.state }, jobState(j)));
+}
+
+function jobsTable(view) {
+  const needle = state.filter.toLowerCase();
+  const matching = view.jobs.filter((j) =>
+    (!needle || j.name.toLowerCase().includes(needle) || (j.description || "").toLowerCase().includes(needle)) &&
+    (!state.stateFilter || j.state === state.stateFilter));
+  const pages = Math.max(1, Math.ceil(matching.length / PAGE));
+  state.jobsPage = Math.min(state.jobsPage, pages - 1);
+  const shown = matching.slice(state.jobsPage * PAGE, (state.jobsPage + 1) * PAGE);
+  const pager = el("div", { class: "pager" },
+    el("span", { id: "jobs-count" }, matching.length + " of " + view.jobs.length + " jobs"),
+    pages > 1 ? [
+      el("button", { type: "button", disabled: state.jobsPage === 0, onclick: () => { state.jobsPage--; renderOverview(view); } }, "‹ Previous"),
+      " page " + (state.jobsPage + 1) + " of " + pages + " ",
+      el("button", { type: "button", disabled: state.jobsPage >= pages - 1, onclick: () => { state.jobsPage++; renderOverview(view); } }, "Next ›"),
+    ] : null);
+  return [
+    pager,
+    el("div", { class: "scroll" },
+      el("table", { id: "jobs" },
+        el("thead", {}, el("tr", {},
+          ["Job", "Schedule", "Zone", "Next run", "Last run", "Recent", "State"].map((h, i) =>
+            el("th", { class: i === 2 || i === 5 ? "wide" : "" }, h)))),
+        el("tbody", {}, shown.map(jobRow)))),
+  ];
+}
+
+let lastView = null;
+
+function renderOverview(view) {
+  lastView = view;
+  const filter = el("input", { id: "filter", type: "search", placeholder: "Filter by name (press /)", value: state.filter,
+    "aria-label": "Filter jobs by name" });
+  filter.addEventListener("input", () => { state.filter = filter.value; state.jobsPage = 0; renderJobs(); });
+  const select = el("select", { id: "state-filter", "aria-label": "Filter jobs by state" },
+    ["", "running", "idle", "paused", "disabled"].map((s) =>
+      el("option", { value: s, selected: s === state.stateFilter }, s || "any state")));
+  select.addEventListener("change", () => { state.stateFilter = select.value; state.jobsPage = 0; renderJobs(); });
+  const focused = document.activeElement && document.activeElement.id;
+  const caret = focused === "filter" ? document.activeElement.selectionStart : null;
+  show(el("section", {}, overviewHeader(view)),
+    el("section", {}, el("h2", {}, "Jobs"), el("div", { class: "filters" }, filter, select), el("div", { id: "jobs-area" }, jobsTable(view))));
+  overviewBanners(view);
+  if (focused === "filter") {
+    filter.focus();
+    if (caret !== null) filter.setSelectionRange(caret, caret);
+  }
+}
+
+function renderJobs() {
+  if (lastView) document.getElementById("jobs-area").replaceChildren(...jobsTable(lastView));
+}
+
+async function overview() {
+  poll(async () => {
+    const view = await api("GET", "/jobs");
+    if (!document.getElementById("jobs-area")) renderOverview(view);
+    else {
+      lastView = view;
+      // Only what changes: the header and the table; the filter keeps focus.
+      const header = document.querySelector("main section");
+      header.replaceChildren(...overviewHeader(view));
+      renderJobs();
+      overviewBanners(view);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------
+// A job
+
+function paramsForm(job) {
+  const names = Object.keys(job.params || {});
+  const inputs = names.map((name) => {
+    const p = job.params[name];
+    return el("label", { class: "param" }, name + (p.required ? " *" : ""),
+      el("input", { name, "data-param": name, required: p.required, placeholder: p.default || "", pattern: p.pattern || null,
+        title: p.pattern ? "must match " + p.pattern : "" }));
+  });
+  const form = el("form", { id: "trigger-form", class: "inline" }, inputs);
+  const start = async () => {
+    const params = {};
+    for (const i of form.querySelectorAll("input[data-param]")) if (i.value !== "") params[i.dataset.param] = i.value;
+    try {
+      const accepted = await api("POST", "/jobs/" + enc(job.name) + "/runs", { params });
+      location.hash = "#/runs/" + accepted.run_id;
+    } catch (e) {
+      failed(e);
+    }
+  };
+  form.addEventListener("submit", (ev) => { ev.preventDefault(); start(); });
+  form.append(...action("Run now", "trigger", () => { if (form.reportValidity()) start(); }, { id: "trigger" }));
+  return form;
+}
+
+function pauseControls(job) {
+  if (job.paused) {
+    return el("div", { class: "inline" },
+      "Paused since ", when(job.paused.since), job.paused.until ? [" until ", when(job.paused.until)] : null, " ",
+      ...action("Resume", "admin", async () => {
+        try { await api("POST", "/jobs/" + enc(job.name) + "/resume", {}); openJob(job.name); } catch (e) { failed(e); }
+      }, { id: "resume" }));
+  }
+  const until = el("input", { id: "pause-until", type: "datetime-local", "aria-label": "Pause until (optional)" });
+  return el("div", { class: "inline" }, el("label", {}, "until ", until), " ",
+    ...action("Pause", "admin", async () => {
+      const body = until.value ? { until: new Date(until.value).toISOString() } : {};
+      try { await api("POST", "/jobs/" + enc(job.name) + "/pause", body); openJob(job.name); } catch (e) { failed(e); }
+    }, { id: "pause" }));
+}
+
+function historyTable(job, runs) {
+  return el("table", { id: "history" },
+    el("thead", {}, el("tr", {}, ["Run", "Tick", "Trigger", "Instance", "Started", "Duration", "Outcome"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, runs.map((r) => el("tr", {},
+      el("td", {}, el("a", { href: "#/runs/" + r.run_id }, r.run_id.slice(0, 13) + "…")),
+      el("td", {}, new Date(r.tick).toLocaleString()),
+      el("td", {}, r.trigger),
+      el("td", {}, r.instance),
+      el("td", {}, when(r.started_at)),
+      el("td", {}, duration(r.duration_ms)),
+      el("td", {}, outcome(r.outcome), r.exit_code ? " (exit " + r.exit_code + ")" : "")))));
+}
+
+async function openJob(name) {
+  stop();
+  clearBanners();
+  let job;
+  try {
+    job = await api("GET", "/jobs/" + enc(name));
+  } catch (e) {
+    return failed(e);
+  }
+  const outcomeFilter = el("select", { id: "outcome-filter", "aria-label": "Filter runs by outcome" },
+    ["", "success", "failed", "timed_out", "killed", "cancelled", "lost", "skipped", "missed", "paused"].map((o) => el("option", { value: o }, o || "any outcome")));
+  const area = el("div", { id: "history-area" });
+  const older = el("button", { type: "button", id: "older", hidden: true }, "Older runs");
+  let before = null;
+  const loadRuns = async (more) => {
+    const q = new URLSearchParams({ limit: "20" });
+    if (more && before) q.set("before", before);
+    if (outcomeFilter.value) q.set("outcome", outcomeFilter.value);
+    const page = await api("GET", "/jobs/" + enc(name) + "/runs?" + q);
+    const table = historyTable(job, page.runs);
+    if (more) area.querySelector("tbody").append(...table.querySelector("tbody").children);
+    else area.replaceChildren(table);
+    before = page.next;
+    older.hidden = !page.next;
+  };
+  outcomeFilter.addEventListener("change", () => loadRuns(false).catch(failed));
+  older.addEventListener("click", () => loadRuns(true).catch(failed));
+  const params = Object.entries(job.params || {});
+  show(
+    el("p", {}, el("a", { href: "#/" }, "← all jobs")),
+    el("h1", {}, job.name),
+    job.description ? el("p", {}, job.description) : null,
+    el("dl", { class: "facts" },
+      el("dt", {}, "Schedule"), el("dd", {}, job.schedule_words, " ", el("code", {}, job.schedule)),
+      el("dt", {}, "Time zone"), el("dd", {}, job.timezone),
+      el("dt", {}, "State"), el("dd", { id: "job-state" }, jobState(job)),
+      el("dt", {}, "Overlap"), el("dd", {}, job.overlap),
+      el("dt", {}, "Enabled"), el("dd", {}, job.enabled ? "yes" : "no"),
+      el("dt", {}, "Next runs"), el("dd", {}, el("ul", { id: "next-runs" }, (job.next_runs || []).map((t) => el("li", {}, when(t)))))),
+    params.length ? [el("h2", {}, "Parameters"), el("table", { id: "params" },
+      el("thead", {}, el("tr", {}, ["Name", "Required", "Pattern", "Default"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, params.map(([n, p]) => el("tr", {}, el("td", {}, n), el("td", {}, p.required ? "yes" : "no"),
+        el("td", {}, p.pattern ? el("code", {}, p.pattern) : ""), el("td", {}, p.default || "")))))] : null,
+    el("h2", {}, "Run"), paramsForm(job),
+    el("h2", {}, "Pause"), pauseControls(job),
+    job.running.length ? [el("h2", {}, "Running now"), historyTable(job, job.running)] : null,
+    el("h2", {}, "History"), el("div", { class: "filters" }, outcomeFilter), area, older,
+  );
+  try { await loadRuns(false); } catch (e) { failed(e); }
+}
+
+// ---------------------------------------------------------------------
+// A run
+
+function recordFacts(r) {
+  const rows = [
+    ["Job", el("a", { href: "#/jobs/" + enc(r.job) }, r.job)],
+    ["Outcome", el("span", { id: "run-outcome" }, outcome(r.outcome))],
+    ["Tick", r.tick ? new Date(r.tick).toLocaleString() : ""],
+    ["Trigger", r.trigger || ""],
+    ["Instance", r.instance || ""],
+    ["Term", r.term || "–"],
+    ["Started", r.started_at ? when(r.started_at) : ""],
+    ["Duration", duration(r.duration_ms)],
+    ["Exit code", r.exit_code === undefined ? "" : String(r.exit_code)],
+    ["Reason", r.reason || ""],
+    ["Parameters", Object.entries(r.params || {}).map(([k, v]) => el("div", {}, el("code", {}, k + "=" + v)))],
+  ];
+  return el("dl", { class: "facts", id: "run-facts" }, rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
+async function followOutput(id, pre) {
+  const ctl = new AbortController();
+  state.follow = ctl;
+  const headers = state.token ? { Authorization: "Bearer " + state.token } : {};
+  const resp = await fetch("/api/v1/runs/" + id + "/output?follow=true", { headers, signal: ctl.signal });
+  if (!resp.ok || !resp.body) throw new ApiError(resp.status, "error", await resp.text());
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  pre.textContent = "";
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    pre.append(decoder.decode(value, { stream: true }));
+    pre.scrollTop = pre.scrollHeight;
+  }
+}
+
+async function openRun(id) {
+  stop();
+  clearBanners();
+  const pre = el("pre", { id: "output", tabindex: "0", "aria-label": "Output" });
+  const facts = el("div", { id: "facts-area" });
+  const actions = el("div", { class: "inline", id: "run-actions" });
+  const live = el("span", { id: "live", class: "muted" });
+  show(el("p", {}, el("a", { href: "#/" }, "← all jobs")), el("h1", {}, "Run ", el("code", {}, id)), facts, actions,
+    el("h2", {}, "Output ", live), pre);
+  let following = false;
+  let ended = false;
+  const refresh = async () => {
+    const r = await api("GET", "/runs/" + id);
+    facts.replaceChildren(recordFacts(r));
+    const running = r.outcome === "running" || r.outcome === "pending";
+    actions.replaceChildren(...(running ? action("Cancel", "trigger", async () => {
+      try { await api("POST", "/runs/" + id + "/cancel", {}); } catch (e) { failed(e); }
+    }, { id: "cancel" }) : []));
+    if (running && !following) {
+      following = true;
+      live.textContent = "(live)";
+      followOutput(id, pre).catch((e) => { if (e.name !== "AbortError") failed(e); })
+        .finally(() => { live.textContent = ""; });
+    } else if (!running && !following && !ended && r.outcome !== "scheduled") {
+      ended = true;
+      pre.textContent = await api("GET", "/runs/" + id + "/output");
+    }
+  };
+  poll(refresh);
+}
+
+// ---------------------------------------------------------------------
+// Routing
+
+async function route() {
+  stop();
+  clearBanners();
+  try {
+    await loadAuth();
+  } catch (e) {
+    return failed(e);
+  }
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const job = hash.match(/^\/jobs\/(.+)$/);
+  const run = hash.match(/^\/runs\/([0-9a-f-]{36})$/);
+  if (job) return openJob(decodeURIComponent(job[1]));
+  if (run) return openRun(run[1]);
+  return overview();
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setupToken();
+  window.addEventListener("hashchange", route);
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "/" && document.activeElement.tagName !== "INPUT") {
+      const f = document.getElementById("filter");
+      if (f) { ev.preventDefault(); f.focus(); }
+    }
+  });
+  setInterval(tickRelative, 1000);
+  route();
+});

@@ -13,11 +13,10 @@ use common::*;
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One browser at a time on a 2-core machine.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -251,7 +250,7 @@ shell = 'echo backed up'
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_lists_jobs_triggers_follows_cancels_and_pauses() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let Some(b) = browser().await else { return };
     let env = Env::new().config(&format!("[http]\ntokens_file = \"tokens\"\n\n{JOBS}"));
     env.write("tokens", &format!("{READ} read\n{ADMIN} admin\n"));
@@ -348,7 +347,7 @@ async fn the_dashboard_lists_jobs_triggers_follows_cancels_and_pauses() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_jobs_render_and_without_tokens_the_actions_are_disabled() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let Some(b) = browser().await else { return };
     let mut toml = String::new();
     for i in 0..1000 {
@@ -392,7 +391,7 @@ async fn a_thousand_jobs_render_and_without_tokens_the_actions_are_disabled() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_a_cluster_the_dashboard_shows_the_leader_and_members_and_the_change_after_kill_9() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let Some(b) = browser().await else { return };
     let etcd = Etcd::start();
     let env = Env::new().config(&format!(

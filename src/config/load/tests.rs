@@ -386,7 +386,7 @@ fn unknown_keys_at_every_level_suggest_the_closest_key() {
     );
     assert_errors(
             "title = \"x\"\n",
-            &["jobs.toml:1:1: unknown top-level key `title` (expected one of: scheduler, defaults, jobs, cluster, http)"],
+            &["jobs.toml:1:1: unknown top-level key `title` (expected one of: scheduler, defaults, jobs, cluster, http, notify)"],
         );
     assert_errors(
         "[scheduler]\nhistroy = 5\nstate = \"x\"\n",

@@ -120,16 +120,8 @@ fn cluster(prefix: &str, names: &[&str]) -> (Etcd, Env, Vec<Scheduler>, Vec<u16>
     (etcd, env, replicas, ports)
 }
 
-/// The cluster's leader, once it has one.
 fn leader_of(env: &Env) -> String {
-    let mut leader = None;
-    wait_until(PATIENCE, "a leader", || {
-        leader = env.list_json()["leader"]["instance"]
-            .as_str()
-            .map(str::to_string);
-        leader.is_some()
-    });
-    leader.unwrap()
+    env.leader()
 }
 
 fn standalone(with_tokens: bool) -> (Env, Scheduler, u16) {

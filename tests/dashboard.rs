@@ -223,12 +223,6 @@ fn list_job(env: &Env, job: &str) -> Value {
     env.job_view(job)
 }
 
-fn wait_ready(port: u16) {
-    wait_until(PATIENCE, "the scheduler ready", || {
-        http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
-    });
-}
-
 const JOBS: &str = r#"[jobs.order]
 description = "Ships one order"
 schedule = "*/5 * * * *"
@@ -294,6 +288,7 @@ async fn the_dashboard_lists_jobs_triggers_follows_cancels_and_pauses() {
     b.open(&format!("{base}#/jobs/order")).await;
     b.wait_text("h1", "order").await;
     b.wait_count("#next-runs li", 5).await;
+    b.wait_text("#job-config", "step $i of order").await;
     b.type_into("input[data-param=\"order_id\"]", "42").await;
     b.click("#trigger").await;
     b.wait_text("#output", "step 1 of order 42").await;
@@ -345,6 +340,16 @@ async fn the_dashboard_lists_jobs_triggers_follows_cancels_and_pauses() {
     b.screenshot("overview.png").await;
 }
 
+/// The response head of `GET path`, lower-cased.
+fn head_of(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    reply.split("\r\n\r\n").next().unwrap().to_ascii_lowercase()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_jobs_render_and_without_tokens_the_actions_are_disabled() {
     let _serial = SERIAL.lock().await;
@@ -360,6 +365,18 @@ async fn a_thousand_jobs_render_and_without_tokens_the_actions_are_disabled() {
     let run = env.spawn_run_with("many", &["--http", "127.0.0.1:0"]);
     let port = run.http_port();
     wait_ready(port);
+    // Only its own script, style and API; nothing inline, nothing from elsewhere.
+    for path in ["/", "/dashboard/app.js", "/dashboard/app.css"] {
+        let head = head_of(port, path);
+        assert!(
+            head.starts_with("http/1.0 200") || head.starts_with("http/1.1 200"),
+            "{path}: {head}"
+        );
+        assert!(
+            head.contains("content-security-policy: default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'"),
+            "{path}: {head}"
+        );
+    }
     let started = Instant::now();
     b.open(&format!("http://127.0.0.1:{port}/")).await;
     b.wait_text("#jobs-count", "1000 of 1000 jobs").await;
@@ -376,6 +393,18 @@ async fn a_thousand_jobs_render_and_without_tokens_the_actions_are_disabled() {
         .await
         .expect("script");
     println!("overview of 1,000 jobs rendered in {page_ms} ms, of which GET /api/v1/jobs took {api_ms} ms");
+    // On a phone-sized screen nothing sticks out sideways.
+    b.client.set_window_size(420, 900).await.unwrap();
+    let fits = b
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fits, json!(true), "the page is wider than a narrow screen");
+    b.client.set_window_size(1280, 900).await.unwrap();
     // The filter narrows the table without a reload.
     b.type_into("#filter", "job-09").await;
     b.wait_text("#jobs-count", "100 of 1000 jobs").await;
@@ -404,14 +433,7 @@ async fn in_a_cluster_the_dashboard_shows_the_leader_and_members_and_the_change_
         .map(|i| env.spawn_run_with(i, &["--http", "127.0.0.1:0"]))
         .collect();
     let ports: Vec<u16> = replicas.iter().map(Scheduler::http_port).collect();
-    let mut leader = String::new();
-    wait_until(PATIENCE, "a leader", || {
-        leader = env.list_json()["leader"]["instance"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        !leader.is_empty()
-    });
+    let leader = env.leader();
     let li = names.iter().position(|n| *n == leader).unwrap();
     let watcher = (li + 1) % 3;
     b.open(&format!("http://127.0.0.1:{}/", ports[watcher]))

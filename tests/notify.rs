@@ -105,9 +105,7 @@ shell = 'echo beat >> beats'
     env.write("tokens", &format!("{TOKEN} trigger\n"));
     let run = env.spawn_run_with("notify", &["--http", "127.0.0.1:0"]);
     let port = run.http_port();
-    wait_until(PATIENCE, "the scheduler ready", || {
-        http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
-    });
+    wait_ready(port);
 
     let first_run = run_through_api(port, "flaky");
     let got = receiver.wait_for("failed, refused once and then delivered", |got| {
@@ -301,13 +299,7 @@ shell = 'echo broken; exit 3'
         receiver.url("/hook")
     ));
     let replicas: Vec<Scheduler> = ["a", "b", "c"].iter().map(|i| env.spawn_run(i)).collect();
-    let mut leader = None;
-    wait_until(PATIENCE, "a leader", || {
-        leader = env.list_json()["leader"]["instance"]
-            .as_str()
-            .map(str::to_string);
-        leader.is_some()
-    });
+    let leader = env.leader();
     let runs: Vec<String> = (0..2).map(|_| env.trigger_detached("fails")).collect();
     let got = receiver.wait_for("both failures", |got| got.len() >= 2);
     std::thread::sleep(Duration::from_secs(3));
@@ -322,12 +314,7 @@ shell = 'echo broken; exit 3'
     expected.sort_unstable();
     assert_eq!(notified, expected);
     for d in &got_now {
-        assert_eq!(
-            d.json["sent_by"],
-            leader.as_deref().unwrap(),
-            "{:?}",
-            d.json
-        );
+        assert_eq!(d.json["sent_by"], leader.as_str(), "{:?}", d.json);
     }
     drop(replicas);
 }
@@ -354,9 +341,7 @@ shell = 'if [ -e failed-once ]; then echo fine; else touch failed-once; exit 3; 
     env.write("tokens", &format!("{TOKEN} trigger\n"));
     let run = env.spawn_run_with("retries", &["--http", "127.0.0.1:0"]);
     let port = run.http_port();
-    wait_until(PATIENCE, "the scheduler ready", || {
-        http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
-    });
+    wait_ready(port);
     // Its first attempt fails, the retry succeeds: the run succeeded.
     run_through_api(port, "retried");
     receiver.wait_for("the first run's succeeded", |got| !got.is_empty());
@@ -389,9 +374,7 @@ tokens_file = "tokens"
     env.write("tokens", &format!("{TOKEN} trigger\n"));
     let mut run = env.spawn_run_with("stopping", &["--http", "127.0.0.1:0"]);
     let port = run.http_port();
-    wait_until(PATIENCE, "the scheduler ready", || {
-        http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
-    });
+    wait_ready(port);
     run_through_api(port, "flaky");
     receiver.wait_for("the refused attempt", |got| !got.is_empty());
     run.signal(rustix::process::Signal::TERM);

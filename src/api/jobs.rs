@@ -72,7 +72,32 @@ pub(super) async fn one(
             .collect();
         reply["next_runs"] = json!(next);
     }
+    reply["config"] = settings(&config.jobs[&name]);
     Ok(json_reply(StatusCode::OK, &reply))
+}
+
+/// The job's settings as the config gives them (with `[defaults]`
+/// applied), for a person reading the job page. Of `env`, the names
+/// only: values are often credentials.
+fn settings(job: &crate::config::Job) -> serde_json::Value {
+    let human = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let mut v = json!({
+        "timeout": job.timeout.map(human),
+        "catchup": human(job.catchup),
+        "kill_grace": human(job.kill_grace),
+        "retries": job.retries,
+        "retry_backoff": human(job.retry_backoff),
+        "retry_backoff_max": human(job.retry_backoff_max),
+        "jitter": human(job.jitter),
+        "working_dir": job.working_dir.as_ref().map(|d| d.display().to_string()),
+        "env": job.env.keys().collect::<Vec<_>>(),
+        "on_failure": job.on_failure,
+    });
+    match &job.program {
+        crate::config::Program::Argv(argv) => v["command"] = json!(argv),
+        crate::config::Program::Shell(line) => v["shell"] = json!(line),
+    }
+    v
 }
 
 fn to_json(v: &impl serde::Serialize) -> serde_json::Value {

@@ -385,3 +385,24 @@ pub fn etcd_config(
         history_limit: 10,
     }
 }
+
+impl Env {
+    /// The cluster's leader (from `list --json`), once it has one.
+    pub fn leader(&self) -> String {
+        let mut leader = None;
+        wait_until(PATIENCE, "a leader", || {
+            leader = self.list_json()["leader"]["instance"]
+                .as_str()
+                .map(str::to_string);
+            leader.is_some()
+        });
+        leader.expect("a leader")
+    }
+}
+
+/// Waits until the scheduler serving `port` answers `/readyz` with 200.
+pub fn wait_ready(port: u16) {
+    wait_until(PATIENCE, "the scheduler ready", || {
+        http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+    });
+}

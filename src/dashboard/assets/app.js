@@ -76,7 +76,7 @@ function has(scope) {
   return SCOPES.indexOf(state.auth.scope) >= SCOPES.indexOf(scope);
 }
 
-/// Why an action needing `scope` is not allowed, or null.
+// Why an action needing `scope` is not allowed, or null.
 function whyNot(scope) {
   if (has(scope)) return null;
   if (!state.auth) return "sign in with a token first";
@@ -84,8 +84,8 @@ function whyNot(scope) {
   return "needs a token of scope " + scope + " (this one has " + state.auth.scope + ")";
 }
 
-/// A button for an action that needs `scope`: disabled, saying why, when
-/// the token does not allow it.
+// A button for an action that needs `scope`: disabled, saying why, when
+// the token does not allow it.
 function action(label, scope, onclick, extra) {
   const why = whyNot(scope);
   const b = el("button", Object.assign({ type: "button", onclick, disabled: !!why, title: why || "" }, extra || {}), label);
@@ -104,7 +104,7 @@ function relative(iso) {
   return ms >= 0 ? "in " + text : text + " ago";
 }
 
-/// A time shown locally, with how far away it is (kept current).
+// A time shown locally, with how far away it is (kept current).
 function when(iso) {
   if (!iso) return el("span", { class: "muted" }, "–");
   const d = new Date(iso);
@@ -156,7 +156,7 @@ function stop() {
   state.follow = null;
 }
 
-/// Run `load` now and every POLL_MS, never two at once.
+// Run `load` now and every POLL_MS, never two at once.
 function poll(load) {
   let busy = false;
   const once = async () => {
@@ -339,9 +339,24 @@ function renderJobs() {
   if (lastView) document.getElementById("jobs-area").replaceChildren(...jobsTable(lastView));
 }
 
+// `/readyz` of the replica serving this page (public, like /api/v1): not
+// ready (etcd session unconfirmed, clock skewed, still connecting) shows
+// as a banner.
+async function readiness() {
+  try {
+    const resp = await fetch("/readyz");
+    if (resp.ok) return null;
+    const body = await resp.json();
+    const why = Object.entries(body).filter(([k]) => k !== "status").map(([k, v]) => k + ": " + v).join("; ");
+    return "This replica is not ready (" + why + ").";
+  } catch (_) {
+    return "This replica does not answer /readyz.";
+  }
+}
+
 async function overview() {
   poll(async () => {
-    const view = await api("GET", "/jobs");
+    const [view, notReady] = await Promise.all([api("GET", "/jobs"), readiness()]);
     if (!document.getElementById("jobs-area")) renderOverview(view);
     else {
       lastView = view;
@@ -351,6 +366,7 @@ async function overview() {
       renderJobs();
       overviewBanners(view);
     }
+    if (notReady) banner(notReady, "error");
   });
 }
 
@@ -448,17 +464,36 @@ async function openJob(name) {
       el("dt", {}, "State"), el("dd", { id: "job-state" }, jobState(job)),
       el("dt", {}, "Overlap"), el("dd", {}, job.overlap),
       el("dt", {}, "Enabled"), el("dd", {}, job.enabled ? "yes" : "no"),
-      el("dt", {}, "Next runs"), el("dd", {}, el("ul", { id: "next-runs" }, (job.next_runs || []).map((t) => el("li", {}, when(t)))))),
+      el("dt", {}, "Next runs"), el("dd", {}, (job.next_runs || []).length
+        ? el("ul", { id: "next-runs" }, job.next_runs.map((t) => el("li", {}, when(t))))
+        : el("span", { class: "muted" }, job.paused ? "none while paused" : "none"))),
     params.length ? [el("h2", {}, "Parameters"), el("table", { id: "params" },
       el("thead", {}, el("tr", {}, ["Name", "Required", "Pattern", "Default"].map((h) => el("th", {}, h)))),
       el("tbody", {}, params.map(([n, p]) => el("tr", {}, el("td", {}, n), el("td", {}, p.required ? "yes" : "no"),
         el("td", {}, p.pattern ? el("code", {}, p.pattern) : ""), el("td", {}, p.default || "")))))] : null,
+    el("h2", {}, "Config"), configFacts(job.config || {}),
     el("h2", {}, "Run"), paramsForm(job),
     el("h2", {}, "Pause"), pauseControls(job),
     job.running.length ? [el("h2", {}, "Running now"), historyTable(job, job.running)] : null,
     el("h2", {}, "History"), el("div", { class: "filters" }, outcomeFilter), area, older,
   );
   try { await loadRuns(false); } catch (e) { failed(e); }
+}
+
+function configFacts(c) {
+  const rows = [
+    ["Command", c.command ? el("code", {}, c.command.join(" ")) : null],
+    ["Shell", c.shell ? el("code", {}, c.shell) : null],
+    ["Working directory", c.working_dir],
+    ["Environment", c.env && c.env.length ? c.env.join(", ") : null],
+    ["Timeout", c.timeout || "none"],
+    ["Retries", c.retries ? c.retries + " (backoff " + c.retry_backoff + ", at most " + c.retry_backoff_max + ")" : "0"],
+    ["Catch-up", c.catchup],
+    ["Jitter", c.jitter],
+    ["Kill grace", c.kill_grace],
+    ["On failure", c.on_failure ? el("code", {}, c.on_failure.join(" ")) : null],
+  ].filter(([, v]) => v !== null && v !== undefined && v !== "");
+  return el("dl", { class: "facts", id: "job-config" }, rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
 
 // ---------------------------------------------------------------------

@@ -387,3 +387,65 @@ tokens_file = "tokens"
         run.log_text()
     );
 }
+
+#[test]
+fn an_api_run_whose_supervisor_is_killed_ends_with_it_and_is_lost_once() {
+    let receiver = Receiver::start();
+    let env = Env::new().config(&format!(
+        r#"[[notify.webhook]]
+url = "{}"
+events = ["lost", "failed"]
+
+[http]
+tokens_file = "tokens"
+
+[jobs.long]
+schedule = "@yearly"
+shell = 'echo $$ > job-pid; sleep 600'
+"#,
+        receiver.url("/hook")
+    ));
+    env.write("tokens", &format!("{TOKEN} trigger\n"));
+    let run = env.spawn_run_with("killer", &["--http", "127.0.0.1:0"]);
+    let port = run.http_port();
+    wait_ready(port);
+    let auth = format!("Bearer {TOKEN}");
+    let (status, body) = http_request(
+        port,
+        "POST",
+        "/api/v1/jobs/long/runs",
+        Some("{}"),
+        PATIENCE,
+        &[("Authorization", auth.as_str())],
+    )
+    .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let mut supervisor = 0;
+    let mut job = 0;
+    wait_until(PATIENCE, "the run going", || {
+        let running = env.job_view("long")["running"].clone();
+        supervisor = running[0]["supervisor_pid"].as_i64().unwrap_or(0) as i32;
+        job = env
+            .lines("job-pid")
+            .first()
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        supervisor > 0 && job > 0
+    });
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(supervisor).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    wait_until(PATIENCE, "the job gone with its supervisor", || !alive(job));
+    let got = receiver.wait_for("lost", |got| !got.is_empty());
+    assert_eq!(got[0].event(), "lost", "{got:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        receiver.deliveries().len(),
+        1,
+        "{:?}",
+        receiver.deliveries()
+    );
+    assert_eq!(env.records("long")[0]["outcome"], "lost");
+}

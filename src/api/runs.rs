@@ -98,7 +98,7 @@ pub(super) async fn start(
         ));
     }
     let run_id = match backend {
-        Backend::Standalone(state) => start_here(&api, state, job, params).await?,
+        Backend::Standalone(state) => start_here(&api, state.clone(), job, params).await?,
         Backend::Cluster(etcd) => {
             let run_id = new_run_id();
             let asked = etcd
@@ -164,12 +164,14 @@ pub(super) async fn start(
 /// recorded as the CLI's is.
 async fn start_here(
     api: &Api,
-    state: &crate::coordination::Standalone,
+    state: Arc<crate::coordination::Standalone>,
     job: &Job,
     params: BTreeMap<String, String>,
 ) -> Result<String, ApiError> {
     let (mut spec, hold) =
-        match crate::executor::manual::prepare(state, job, &api.served.instance, params).await {
+        match crate::executor::manual::prepare(state.as_ref(), job, &api.served.instance, params)
+            .await
+        {
             Ok(prepared) => prepared,
             Err(Refused::Skipped { reason, active }) => {
                 return Err(still_running(job, &reason, active.map(|a| *a)))
@@ -178,7 +180,11 @@ async fn start_here(
         };
     spec.log_json = api.log_json;
     let run_id = spec.key.run_id.clone();
-    let mut child = spawn_supervisor(spec, hold, SupervisorOutput::LogOnly).map_err(|e| {
+    // Reported to this process like the scheduler's own supervisors, so
+    // that the run counts in the metrics, its end is notified, and a
+    // supervisor that dies does not leave its job running unsupervised.
+    let watched = spec.clone();
+    let child = spawn_supervisor(spec, hold, SupervisorOutput::Scheduler).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "start_failed",
@@ -186,23 +192,26 @@ async fn start_here(
         )
     })?;
     tracing::info!(job = %job.name, run_id = %run_id, "run started through the API");
-    // Reaped here; the supervisor owns the run and its record, which the
-    // webhooks are told of once it is final.
-    let (served, job_name, id) = (api.served.clone(), job.name.clone(), run_id.clone());
+    let notifier = api
+        .served
+        .notifier
+        .get()
+        .cloned()
+        .unwrap_or_else(crate::notify::Notifier::off);
+    let reap = crate::executor::watch_supervisor(
+        child,
+        &watched,
+        api.served.metrics.clone(),
+        notifier.clone(),
+    );
     tokio::spawn(async move {
-        let _ = child.wait().await;
-        let (Some(backend), Some(notifier)) = (served.backend.get(), served.notifier.get()) else {
+        let (_, clean, _) = reap.await;
+        if clean {
             return;
-        };
-        match backend.find_run(&[job_name.as_str()], &id).await {
-            // A supervisor that died leaves its run to be recorded `lost`
-            // by the scheduler, which notifies that once.
-            Ok(Some(rec)) if rec.outcome != Outcome::Lost => notifier.entry(&rec),
-            Ok(Some(_)) => {}
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(job = %job_name, run_id = %id, "no notification for this run: its record cannot be read ({e})")
-            }
+        }
+        // Recorded `lost` now rather than at the scheduler's next look.
+        for rec in crate::coordination::reap_after_death(state.as_ref(), &watched.key).await {
+            notifier.entry(&rec);
         }
     });
     Ok(run_id)

@@ -487,6 +487,21 @@ pub trait Coordinator: Send + Sync + 'static {
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
 }
 
+/// The run of `key`, whose supervisor died without recording its end,
+/// recorded `lost` (with the other runs of its job that are gone too):
+/// what the scheduler does when one of its supervisors dies uncleanly, and
+/// the API when one of its own does.
+pub async fn reap_after_death<C: Coordinator>(
+    coord: &C,
+    key: &crate::model::RunKey,
+) -> Vec<RunRecord> {
+    let mut lost = coord.reap_lost(&key.job).await;
+    if !lost.iter().any(|r| r.key.run_id == key.run_id) {
+        lost.extend(coord.reap_unrecorded(key).await);
+    }
+    lost
+}
+
 /// Reading run history, for `list` and `history`: the same questions asked
 /// of either backend, so no command needs to know where records live.
 pub trait HistoryReader: Sync {

@@ -65,7 +65,7 @@ impl Supervisors {
         }
     }
 
-    pub fn track(&mut self, mut child: tokio::process::Child, spec: &RunSpec) {
+    pub fn track(&mut self, child: tokio::process::Child, spec: &RunSpec) {
         let pid = child.id().unwrap_or(0);
         self.by_pid.insert(
             pid,
@@ -73,60 +73,8 @@ impl Supervisors {
                 key: spec.key.clone(),
             },
         );
-        let job = spec.key.job.clone();
-        let run_id = spec.key.run_id.clone();
-        let (tick, trigger) = (spec.key.tick, spec.key.trigger);
-        let metrics = self.metrics.clone();
-        let notifier = self.notifier.clone();
-        metrics.supervisor_started();
-        let reap = async move {
-            // The supervisor reports its job's pid (= process group), then
-            // the run's outcome (see `executor::report`).
-            let (mut group, mut ended, mut handback) = (None, None, None);
-            if let Some(out) = child.stdout.take() {
-                use tokio::io::AsyncBufReadExt;
-                let mut lines = tokio::io::BufReader::new(out).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    match report::parse(&line) {
-                        Some(Report::Started(pid)) => {
-                            // A retry reports the pid of each attempt; only
-                            // the first start is the fire's.
-                            match group {
-                                None => metrics.run_started(&job, tick, trigger),
-                                Some(_) => metrics.retried(&job),
-                            }
-                            group = Pid::from_raw(pid);
-                        }
-                        Some(Report::Ended(outcome, took, held, record)) => {
-                            ended = Some((outcome, took));
-                            handback = held;
-                            if let Some(record) = record {
-                                notifier.entry(&record);
-                            }
-                        }
-                        None => {}
-                    }
-                }
-            }
-            let status = child.wait().await;
-            metrics.run_ended(&job, ended);
-            metrics.supervisor_ended();
-            // A supervisor that died without cleaning up (kill -9, OOM
-            // killer) took only its direct child along (PDEATHSIG); the
-            // rest of the job's group must not run on unsupervised.
-            let clean = status.as_ref().is_ok_and(|s| s.success());
-            if let (false, Some(g)) = (clean, group) {
-                if kill_process_group(g, Signal::KILL).is_ok() {
-                    tracing::warn!(job = %job, supervisor_pid = pid, "supervisor died: killed what was left of its job");
-                }
-            }
-            if !clean {
-                // What left the group is still in the run's cgroup, if it has one.
-                super::contain::kill_run_cgroups(&run_id, pid).await;
-            }
-            (pid, clean, handback.filter(|_| clean))
-        };
-        self.reaper.spawn(reap.instrument(run_span(spec)));
+        let reap = watch(child, spec, self.metrics.clone(), self.notifier.clone());
+        self.reaper.spawn(reap);
     }
 
     /// Resolves when a supervisor exits (never, if none runs), with its
@@ -141,4 +89,70 @@ impl Supervisors {
             None => std::future::pending().await,
         }
     }
+}
+
+/// Follow one supervisor (started with `SupervisorOutput::Scheduler`) to
+/// its end: its report lines for the metrics and the notifications, and,
+/// if it died without cleaning up, what is left of its job killed.
+/// Resolves to its pid, whether it exited cleanly, and what its run handed
+/// back. For the scheduler's own supervisors and the API's alike.
+pub fn watch(
+    mut child: tokio::process::Child,
+    spec: &RunSpec,
+    metrics: Arc<Metrics>,
+    notifier: Arc<Notifier>,
+) -> impl std::future::Future<Output = (u32, bool, Option<String>)> + Send + 'static {
+    let pid = child.id().unwrap_or(0);
+    let job = spec.key.job.clone();
+    let run_id = spec.key.run_id.clone();
+    let (tick, trigger) = (spec.key.tick, spec.key.trigger);
+    metrics.supervisor_started();
+    let reap = async move {
+        // The supervisor reports its job's pid (= process group), then
+        // the run's outcome (see `executor::report`).
+        let (mut group, mut ended, mut handback) = (None, None, None);
+        if let Some(out) = child.stdout.take() {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match report::parse(&line) {
+                    Some(Report::Started(pid)) => {
+                        // A retry reports the pid of each attempt; only
+                        // the first start is the fire's.
+                        match group {
+                            None => metrics.run_started(&job, tick, trigger),
+                            Some(_) => metrics.retried(&job),
+                        }
+                        group = Pid::from_raw(pid);
+                    }
+                    Some(Report::Ended(outcome, took, held, record)) => {
+                        ended = Some((outcome, took));
+                        handback = held;
+                        if let Some(record) = record {
+                            notifier.entry(&record);
+                        }
+                    }
+                    None => {}
+                }
+            }
+        }
+        let status = child.wait().await;
+        metrics.run_ended(&job, ended);
+        metrics.supervisor_ended();
+        // A supervisor that died without cleaning up (kill -9, OOM
+        // killer) took only its direct child along (PDEATHSIG); the
+        // rest of the job's group must not run on unsupervised.
+        let clean = status.as_ref().is_ok_and(|s| s.success());
+        if let (false, Some(g)) = (clean, group) {
+            if kill_process_group(g, Signal::KILL).is_ok() {
+                tracing::warn!(job = %job, supervisor_pid = pid, "supervisor died: killed what was left of its job");
+            }
+        }
+        if !clean {
+            // What left the group is still in the run's cgroup, if it has one.
+            super::contain::kill_run_cgroups(&run_id, pid).await;
+        }
+        (pid, clean, handback.filter(|_| clean))
+    };
+    reap.instrument(run_span(spec))
 }

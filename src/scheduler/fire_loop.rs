@@ -152,11 +152,7 @@ impl<C: Coordinator> Scheduler<C> {
                         self.coord.take_back(&token);
                     }
                     if let Some(key) = died {
-                        let mut lost = self.coord.reap_lost(&key.job).await;
-                        if !lost.iter().any(|r| r.key.run_id == key.run_id) {
-                            lost.extend(self.coord.reap_unrecorded(&key).await);
-                        }
-                        for rec in lost {
+                        for rec in crate::coordination::reap_after_death(&*self.coord, &key).await {
                             self.after_lost(rec);
                         }
                     }

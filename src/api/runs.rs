@@ -268,14 +268,17 @@ impl Api {
             Some(job) => vec![job],
             None => config.jobs.keys().map(String::as_str).collect(),
         };
-        let found = match backend {
-            Backend::Standalone(s) => tokio::task::block_in_place(|| {
-                tokio::runtime::Handle::current().block_on(s.find_run(&jobs, run_id))
-            }),
-            Backend::Cluster(e) => e.find_run(&jobs, run_id).await,
-        }
-        .map_err(ApiError::backend)?;
-        Ok(match (found, accepted) {
+        let record = || async {
+            match backend {
+                Backend::Standalone(s) => tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(s.find_run(&jobs, run_id))
+                }),
+                Backend::Cluster(e) => e.find_run(&jobs, run_id).await,
+            }
+            .map_err(ApiError::backend)
+        };
+        let found = record().await?;
+        Ok(match (found, accepted.clone()) {
             (Some(rec), _) => {
                 self.accepted
                     .lock()
@@ -284,13 +287,20 @@ impl Api {
                 Some(Found::Record(Box::new(rec)))
             }
             (None, Some(job)) => Some(Found::Pending(job)),
-            (None, None) => backend
-                .scheduled_runs()
-                .await
-                .map_err(ApiError::backend)?
-                .into_iter()
-                .find(|r| r.run_id == run_id)
-                .map(|r| Found::Scheduled(Box::new(r))),
+            (None, None) => {
+                let scheduled = backend
+                    .scheduled_runs()
+                    .await
+                    .map_err(ApiError::backend)?
+                    .into_iter()
+                    .find(|r| r.run_id == run_id);
+                match scheduled {
+                    Some(r) => Some(Found::Scheduled(Box::new(r))),
+                    // It may have left the scheduled runs for its record
+                    // between the two looks.
+                    None => record().await?.map(|rec| Found::Record(Box::new(rec))),
+                }
+            }
         })
     }
 }

@@ -11,7 +11,7 @@ mod common;
 use common::etcd::Etcd;
 use common::*;
 use fantoccini::{Client, ClientBuilder};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -219,10 +219,6 @@ impl Browser {
     }
 }
 
-fn list_job(env: &Env, job: &str) -> Value {
-    env.job_view(job)
-}
-
 const JOBS: &str = r#"[jobs.order]
 description = "Ships one order"
 schedule = "*/5 * * * *"
@@ -329,11 +325,11 @@ async fn the_dashboard_lists_jobs_triggers_follows_cancels_and_pauses() {
     b.wait_text("h1", "nightly").await;
     b.click("#pause").await;
     b.wait_text("#job-state", "paused").await;
-    assert_eq!(list_job(&env, "nightly")["state"], "paused");
+    assert_eq!(env.job_view("nightly")["state"], "paused");
     b.screenshot("job.png").await;
     b.click("#resume").await;
     b.wait_text("#job-state", "idle").await;
-    assert_eq!(list_job(&env, "nightly")["state"], "idle");
+    assert_eq!(env.job_view("nightly")["state"], "idle");
 
     b.open(&base).await;
     b.wait_count("#jobs tbody tr", 3).await;

@@ -60,6 +60,16 @@ fn run_through_api(port: u16, job: &str) -> String {
     run_id
 }
 
+/// `bgsched run` as `instance` with the API on a free port, the token
+/// [`TOKEN`] allowed to start runs, once it is ready: it and its port.
+fn serve_api(env: &Env, instance: &str) -> (Scheduler, u16) {
+    env.write("tokens", &format!("{TOKEN} trigger\n"));
+    let run = env.spawn_run_with(instance, &["--http", "127.0.0.1:0"]);
+    let port = run.http_port();
+    wait_ready(port);
+    (run, port)
+}
+
 fn of_job<'a>(got: &'a [Delivery], job: &str) -> Vec<&'a Delivery> {
     got.iter().filter(|d| d.json["job"] == job).collect()
 }
@@ -102,10 +112,7 @@ shell = 'echo beat >> beats'
         silent.url("/silent")
     ));
     env.write("hook.secret", &format!("{SECRET}\n"));
-    env.write("tokens", &format!("{TOKEN} trigger\n"));
-    let run = env.spawn_run_with("notify", &["--http", "127.0.0.1:0"]);
-    let port = run.http_port();
-    wait_ready(port);
+    let (run, port) = serve_api(&env, "notify");
 
     let first_run = run_through_api(port, "flaky");
     let got = receiver.wait_for("failed, refused once and then delivered", |got| {
@@ -338,10 +345,7 @@ shell = 'if [ -e failed-once ]; then echo fine; else touch failed-once; exit 3; 
 "#,
         receiver.url("/hook")
     ));
-    env.write("tokens", &format!("{TOKEN} trigger\n"));
-    let run = env.spawn_run_with("retries", &["--http", "127.0.0.1:0"]);
-    let port = run.http_port();
-    wait_ready(port);
+    let (_run, port) = serve_api(&env, "retries");
     // Its first attempt fails, the retry succeeds: the run succeeded.
     run_through_api(port, "retried");
     receiver.wait_for("the first run's succeeded", |got| !got.is_empty());
@@ -371,10 +375,7 @@ tokens_file = "tokens"
 {FLAKY}"#,
         receiver.url("/hook")
     ));
-    env.write("tokens", &format!("{TOKEN} trigger\n"));
-    let mut run = env.spawn_run_with("stopping", &["--http", "127.0.0.1:0"]);
-    let port = run.http_port();
-    wait_ready(port);
+    let (mut run, port) = serve_api(&env, "stopping");
     run_through_api(port, "flaky");
     receiver.wait_for("the refused attempt", |got| !got.is_empty());
     run.signal(rustix::process::Signal::TERM);
@@ -405,10 +406,7 @@ shell = 'echo $$ > job-pid; sleep 600'
 "#,
         receiver.url("/hook")
     ));
-    env.write("tokens", &format!("{TOKEN} trigger\n"));
-    let run = env.spawn_run_with("killer", &["--http", "127.0.0.1:0"]);
-    let port = run.http_port();
-    wait_ready(port);
+    let (_run, port) = serve_api(&env, "killer");
     let auth = format!("Bearer {TOKEN}");
     let (status, body) = http_request(
         port,

@@ -35,9 +35,7 @@ pub(super) async fn list(
     allow(&api, &headers, &Method::GET, uri.path())?;
     let Query(page) = page.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let config = api.config();
-    config
-        .job_named(&name)
-        .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", why))?;
+    Api::job(&config, &name)?;
     let limit = page.limit.unwrap_or(PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(

@@ -38,9 +38,7 @@ pub(super) async fn one(
 ) -> Result<Response, ApiError> {
     allow(&api, &headers, &Method::GET, uri.path())?;
     let config = api.config();
-    config
-        .job_named(&name)
-        .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", why))?;
+    let settled = Api::job(&config, &name)?;
     let mut view = api
         .served
         .view(api.backend()?)
@@ -55,7 +53,7 @@ pub(super) async fn one(
     // The next few ticks, for a person planning around them; the list has
     // only the next one of each job.
     if job.enabled {
-        let schedule = &config.jobs[&name].schedule;
+        let schedule = &settled.schedule;
         let after = match &job.paused {
             Some(p) => p.until.map(|u| u.max(chrono::Utc::now())),
             None => Some(chrono::Utc::now()),
@@ -68,11 +66,11 @@ pub(super) async fn one(
                     .take(NEXT_RUNS)
                     .collect::<Vec<_>>()
             })
-            .map(|t| crate::observe::log::local_rfc3339(&config.jobs[&name], t))
+            .map(|t| crate::observe::log::local_rfc3339(settled, t))
             .collect();
         reply["next_runs"] = json!(next);
     }
-    reply["config"] = settings(&config.jobs[&name]);
+    reply["config"] = settings(settled);
     Ok(json_reply(StatusCode::OK, &reply))
 }
 
@@ -124,9 +122,7 @@ pub(super) async fn pause(
         r#"{"until": "2026-12-24T18:00:00Z", "manual": false}"#,
     )?;
     let config = api.config();
-    let job = config
-        .job_named(&name)
-        .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", why))?;
+    let job = Api::job(&config, &name)?;
     let until = req
         .until
         .as_deref()
@@ -165,9 +161,7 @@ pub(super) async fn resume(
 ) -> Result<Response, ApiError> {
     allow_scope(&api, &headers, Scope::Admin, &Method::POST, uri.path())?;
     let config = api.config();
-    let job = config
-        .job_named(&name)
-        .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", why))?;
+    let job = Api::job(&config, &name)?;
     let by = format!("the API on instance {}", api.served.instance);
     match api
         .backend()?

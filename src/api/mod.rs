@@ -47,6 +47,14 @@ impl Api {
         self.served.config.borrow().clone()
     }
 
+    /// The job called `name` in the config in use, or 404 `unknown_job`
+    /// with the closest names.
+    fn job<'c>(config: &'c Config, name: &str) -> Result<&'c crate::config::Job, ApiError> {
+        config
+            .job_named(name)
+            .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", why))
+    }
+
     fn backend(&self) -> Result<&Backend, ApiError> {
         self.served.backend.get().ok_or_else(|| {
             ApiError::new(

@@ -48,9 +48,7 @@ pub(super) async fn start(
     allow(&api, &headers, &Method::POST, uri.path())?;
     let req: StartBody = body_of(body, r#"{"params": {"NAME": "value"}}"#)?;
     let config = api.config();
-    let job = config
-        .job_named(&name)
-        .map_err(|why| ApiError::new(StatusCode::NOT_FOUND, "unknown_job", why))?;
+    let job = Api::job(&config, &name)?;
     let at = req
         .at
         .as_deref()

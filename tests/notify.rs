@@ -447,3 +447,49 @@ shell = 'echo $$ > job-pid; sleep 600'
     );
     assert_eq!(env.records("long")[0]["outcome"], "lost");
 }
+
+#[test]
+fn a_refusal_other_than_408_429_or_5xx_is_not_retried() {
+    let receiver = Receiver::start();
+    receiver.answer_next(&[404, 302]);
+    let env = Env::new().config(&format!(
+        r#"[[notify.webhook]]
+url = "{}"
+events = ["failed"]
+
+[http]
+tokens_file = "tokens"
+
+[jobs.fails]
+schedule = "@yearly"
+shell = 'exit 3'
+"#,
+        receiver.url("/hook")
+    ));
+    let (run, port) = serve_api(&env, "refused");
+    run_through_api(port, "fails");
+    run_through_api(port, "fails");
+    receiver.wait_for("both refusals", |got| got.len() >= 2);
+    wait_until(PATIENCE, "both given up", || {
+        run.log_text().matches("not retried").count() >= 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let answered: Vec<_> = receiver.deliveries().iter().map(|d| d.answered).collect();
+    assert_eq!(
+        answered,
+        [Some(404), Some(302)],
+        "a refusal was retried (or a redirect followed)"
+    );
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!(
+                r#"bgsched_webhooks_undelivered_total{{event="failed",webhook="http://127.0.0.1:{}/…",result="refused"}}"#,
+                receiver.port
+            )
+        ),
+        2.0,
+        "{metrics}"
+    );
+}

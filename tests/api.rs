@@ -1409,14 +1409,24 @@ fn a_follower_sees_every_attempt_of_a_retried_run_and_a_cancel_between_them_ends
             .and_then(|p| p.trim().parse().ok())
             .is_some_and(|pid: i32| !running(pid))
     });
-    let (status, asked) = call(
-        port,
-        "POST",
-        &format!("/api/v1/runs/{run_id}/cancel"),
-        Some(TRIGGER),
-        None,
-    );
-    assert_eq!(status, 202, "{asked}");
+    // Between attempts the run's entry is being rewritten: a cancel in that
+    // instant is told to try again shortly, as a caller would.
+    let mut reply = (0, Value::Null);
+    wait_until(PATIENCE, "the cancel accepted", || {
+        reply = call(
+            port,
+            "POST",
+            &format!("/api/v1/runs/{run_id}/cancel"),
+            Some(TRIGGER),
+            None,
+        );
+        let again = reply.0 == 409
+            && reply.1["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("try again shortly"));
+        !again
+    });
+    assert_eq!(reply.0, 202, "{}", reply.1);
     let (_, rec) = call(
         port,
         "GET",

@@ -2,10 +2,10 @@
 //! (`scheduled/<run-id>.json`), which become requests
 //! (`requests/<run-id>.json`) when due. A claim takes a request by renaming
 //! it to `<run-id>.claimed`, which only one claim can do, so a run fires
-//! once even across a restart; the claimed file goes once the run's
-//! supervisor has started (from then on the scheduler that started it
-//! answers for the run, as for a tick's). One left behind a minute after
-//! its claim means the scheduler died in between: the run is recorded lost.
+//! once even across a restart; the claimed file goes once the run has a
+//! record (from then on the run's supervisor answers for it, as for a
+//! tick's). One left without a record a minute after its claim means the
+//! run never started: it is recorded lost.
 
 use super::*;
 use crate::coordination::TriggerRequest;
@@ -43,13 +43,7 @@ impl Standalone {
         all.extend(
             read_requests(&self.requests_dir(), "claimed")
                 .into_iter()
-                .filter(|r| {
-                    !self
-                        .job_dir(&r.job)
-                        .join("runs")
-                        .join(format!("{}.json", r.run_id))
-                        .exists()
-                }),
+                .filter(|r| !self.recorded(r)),
         );
         all.sort_by(|a, b| (a.at, &a.run_id).cmp(&(b.at, &b.run_id)));
         all
@@ -74,10 +68,25 @@ impl Standalone {
         }
     }
 
+    /// Let request `id` go. A run that just started has no record yet: its
+    /// supervisor writes one a moment later. Until then the claimed file is
+    /// all that shows the run exists, so it stays, and `settle_claimed`
+    /// clears it once the record is there (or records the run lost).
     pub(super) fn forget_request(&self, id: &str) {
         let dir = self.requests_dir();
-        let _ = fs::remove_file(dir.join(format!("{id}.claimed")));
+        let claimed = dir.join(format!("{id}.claimed"));
+        let unrecorded = read_request(&claimed).is_some_and(|req| !self.recorded(&req));
+        if !unrecorded {
+            let _ = fs::remove_file(claimed);
+        }
         let _ = fs::remove_file(dir.join(format!("{id}.json")));
+    }
+
+    fn recorded(&self, req: &TriggerRequest) -> bool {
+        self.job_dir(&req.job)
+            .join("runs")
+            .join(format!("{}.json", req.run_id))
+            .exists()
     }
 
     /// The leader's side: due scheduled runs become requests, and each
@@ -133,14 +142,14 @@ impl Standalone {
                 let _ = fs::remove_file(&path);
                 continue;
             };
+            if self.recorded(&req) {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
             let record = self
                 .job_dir(&req.job)
                 .join("runs")
                 .join(format!("{}.json", req.run_id));
-            if record.exists() {
-                let _ = fs::remove_file(&path);
-                continue;
-            }
             let age = entry
                 .metadata()
                 .and_then(|m| m.modified())
@@ -199,5 +208,47 @@ fn read_requests(dir: &Path, ext: &str) -> Vec<TriggerRequest> {
 fn sync_dir(dir: &Path) {
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_started_run_stays_findable_until_its_record_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Standalone::open(dir.path(), 10).unwrap();
+        let req = TriggerRequest {
+            run_id: crate::model::new_run_id(),
+            job: "later".into(),
+            requested_by: "test".into(),
+            requested_at: Utc::now(),
+            params: Default::default(),
+            at: Some(Utc::now()),
+        };
+        let requests = state.requests_dir();
+        state.ensure_dir(&requests).unwrap();
+        let json = serde_json::to_vec(&req).unwrap();
+        fs::write(requests.join(format!("{}.json", req.run_id)), json).unwrap();
+        assert!(state.take_request(&req.run_id).unwrap());
+        // Its supervisor started but has not written the record yet.
+        state.forget_request(&req.run_id);
+        let ids = |state: &Standalone| -> Vec<String> {
+            state
+                .scheduled_runs()
+                .into_iter()
+                .map(|r| r.run_id)
+                .collect()
+        };
+        assert_eq!(ids(&state), [req.run_id.clone()]);
+        let runs = state.runs_dir(&req.job).unwrap();
+        fs::write(runs.join(format!("{}.json", req.run_id)), "{}").unwrap();
+        assert_eq!(ids(&state), Vec::<String>::new());
+        state.settle_claimed();
+        assert!(!requests.join(format!("{}.claimed", req.run_id)).exists());
+        // A request answered with a record goes at once.
+        state.forget_request(&req.run_id);
+        assert_eq!(fs::read_dir(&requests).unwrap().count(), 0);
     }
 }

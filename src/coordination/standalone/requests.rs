@@ -241,7 +241,7 @@ mod tests {
                 .map(|r| r.run_id)
                 .collect()
         };
-        assert_eq!(ids(&state), [req.run_id.clone()]);
+        assert_eq!(ids(&state), std::slice::from_ref(&req.run_id));
         let runs = state.runs_dir(&req.job).unwrap();
         fs::write(runs.join(format!("{}.json", req.run_id)), "{}").unwrap();
         assert_eq!(ids(&state), Vec::<String>::new());

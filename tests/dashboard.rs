@@ -199,6 +199,32 @@ impl Browser {
         )
     }
 
+    async fn js(&self, script: &str) -> serde_json::Value {
+        self.client.execute(script, vec![]).await.expect("script")
+    }
+
+    /// Waits until `script` returns true.
+    async fn wait_js(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.js(script).await != json!(true) {
+            if Instant::now() > deadline {
+                let body = self.text("body").await.unwrap_or_default();
+                panic!("timed out waiting for {what}; the page says:\n{body}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether, on a phone-sized screen, nothing sticks out sideways.
+    async fn fits_a_phone(&self) -> bool {
+        self.client.set_window_size(420, 900).await.unwrap();
+        let fits = self
+            .js("return document.documentElement.scrollWidth <= window.innerWidth + 1;")
+            .await;
+        self.client.set_window_size(1280, 900).await.unwrap();
+        fits == json!(true)
+    }
+
     async fn hash(&self) -> String {
         self.client
             .current_url()
@@ -336,6 +362,147 @@ async fn the_dashboard_lists_jobs_triggers_follows_cancels_and_pauses() {
     b.screenshot("overview.png").await;
 }
 
+const LIVELY: &str = r#"[jobs.ticker]
+schedule = "@yearly"
+shell = 'for i in $(seq 1 60); do echo "tick $i"; sleep 0.4; done'
+
+[jobs.report]
+schedule = "@yearly"
+shell = 'echo "report for $BGSCHED_PARAM_REGION $BGSCHED_PARAM_YEAR"'
+[jobs.report.params]
+region = { required = true }
+year = { default = "2026" }
+"#;
+
+/// The number of the last `tick N` line in `text`.
+fn last_tick(text: &str) -> u32 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("tick ")?.trim().parse().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_keep_up_say_what_is_not_there_and_outlive_a_scheduler_restart() {
+    let _serial = SERIAL.lock().await;
+    let Some(b) = browser().await else { return };
+    let env = Env::new().config(&format!("[http]\ntokens_file = \"tokens\"\n\n{LIVELY}"));
+    env.write("tokens", &format!("{ADMIN} admin\n"));
+    // A port of its own, so the page keeps its address across restarts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut run = env.spawn_run_with("dash", &["--http", &listen]);
+    wait_ready(port);
+    let base = format!("http://127.0.0.1:{port}/");
+    b.open(&base).await;
+    b.use_token(ADMIN).await;
+    b.wait_count("#jobs tbody tr", 2).await;
+
+    // Links to what is not there say so, instead of loading forever.
+    for (hash, title, says) in [
+        ("#/jobs/nope", "No such job", "nope"),
+        ("#/jobs/%E0%A4%A", "No such job", "is not a job name"),
+        (
+            "#/runs/0190c5a8-0000-7000-8000-000000000001",
+            "No such run",
+            "0190c5a8",
+        ),
+        ("#/runs/xyz", "No such run", "is not a run id"),
+        ("#/elsewhere", "No such page", "#/elsewhere"),
+    ] {
+        b.open(&format!("{base}{hash}")).await;
+        b.wait_text(".notfound h1", title).await;
+        b.wait_text(".notfound", says).await;
+    }
+
+    // The overview's redraw keeps a focused job link focused.
+    b.open(&base).await;
+    b.wait_count("#jobs tbody tr", 2).await;
+    b.js("document.querySelector('#jobs').dataset.old = '1'; \
+          document.querySelector('#jobs a[href=\"#/jobs/report\"]').focus(); return true;")
+        .await;
+    b.wait_js(
+        "a redraw of the table",
+        "return !document.querySelector('#jobs[data-old]');",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.activeElement.getAttribute('href');")
+            .await,
+        json!("#/jobs/report"),
+        "focus left the job link"
+    );
+
+    // A job page shows runs that start while it is open.
+    b.open(&format!("{base}#/jobs/report")).await;
+    b.wait_text("#no-runs", "No runs yet").await;
+    env.cmd(&["trigger", "report", "-p", "region=eu"])
+        .run()
+        .success();
+    b.wait_count("#history tbody tr", 1).await;
+    b.wait_text("#history", "success").await;
+    assert!(b.fits_a_phone().await, "the job page is wider than a phone");
+    // Enter in a field of a form with two starts the run.
+    b.type_into("input[data-param=\"region\"]", "us\u{E007}")
+        .await;
+    b.wait_js(
+        "the run page",
+        "return location.hash.startsWith('#/runs/');",
+    )
+    .await;
+    b.wait_text("#run-outcome", "success").await;
+    b.wait_text("#output", "report for us 2026").await;
+
+    // A run followed live goes on being followed across a kill -9 and
+    // restart of the scheduler (its supervisor lives on).
+    b.open(&format!("{base}#/jobs/ticker")).await;
+    b.wait_text("h1", "ticker").await;
+    b.click("#trigger").await;
+    b.wait_text("#output", "tick 2").await;
+    assert_eq!(b.text("#live").await.as_deref(), Some("(live)"));
+    let run_page = b.hash().await;
+    run.kill9();
+    b.wait_text("#banners", "does not answer").await;
+    let before = last_tick(&b.text("#output").await.unwrap_or_default());
+    let mut run = env.spawn_run_with("dash2", &["--http", &listen]);
+    wait_ready(port);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let shown = last_tick(&b.text("#output").await.unwrap_or_default());
+        if shown >= before + 3 && b.text("#live").await.as_deref() == Some("(live)") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "output not followed again after the restart: tick {shown}, {before} before; the page says:\n{}",
+            b.text("body").await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.wait_count("#banners .banner", 0).await;
+    assert_eq!(b.hash().await, run_page);
+
+    // A page asked for while the scheduler is down appears once it is back.
+    run.kill9();
+    b.wait_text("#banners", "does not answer").await;
+    b.js("location.hash = '#/jobs/report'; return true;").await;
+    let _run = env.spawn_run_with("dash3", &["--http", &listen]);
+    b.wait_text("h1", "report").await;
+    b.wait_count("#banners .banner", 0).await;
+    let ticker = env
+        .records("ticker")
+        .into_iter()
+        .next()
+        .expect("the ticker's record");
+    env.cmd(&["cancel", ticker["run_id"].as_str().unwrap()])
+        .run()
+        .success();
+}
+
 /// The response head of `GET path`, lower-cased.
 fn head_of(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
@@ -389,18 +556,7 @@ async fn a_thousand_jobs_render_and_without_tokens_the_actions_are_disabled() {
         .await
         .expect("script");
     println!("overview of 1,000 jobs rendered in {page_ms} ms, of which GET /api/v1/jobs took {api_ms} ms");
-    // On a phone-sized screen nothing sticks out sideways.
-    b.client.set_window_size(420, 900).await.unwrap();
-    let fits = b
-        .client
-        .execute(
-            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(fits, json!(true), "the page is wider than a narrow screen");
-    b.client.set_window_size(1280, 900).await.unwrap();
+    assert!(b.fits_a_phone().await, "the overview is wider than a phone");
     // The filter narrows the table without a reload.
     b.type_into("#filter", "job-09").await;
     b.wait_text("#jobs-count", "100 of 1000 jobs").await;

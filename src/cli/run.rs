@@ -206,7 +206,7 @@ async fn serve_http(
         api::routes(api::Api::new(served.clone(), log_json)).merge(crate::dashboard::routes()),
         tls,
     );
-    tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz, /api/v1 and /status on {scheme}://{bound}");
+    tracing::info!(addr = %bound, "serving the dashboard (/), /api/v1, /metrics, /healthz, /readyz and /status on {scheme}://{bound}");
     Ok(served)
 }
 

@@ -11,6 +11,7 @@ const state = {
   token: sessionStorage.getItem("bgsched-token") || "",
   auth: null, // {tokens_file, scope, read_only} once known
   timer: null, // the open view's poll
+  gen: 0, // which view is open: a load for an older one shows nothing
   follow: null, // the AbortController of a followed output
   jobsPage: 0,
   filter: "",
@@ -48,11 +49,16 @@ async function api(method, path, body) {
   const headers = {};
   if (state.token) headers["Authorization"] = "Bearer " + state.token;
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const resp = await fetch("/api/v1" + path, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
+  let resp;
+  try {
+    resp = await fetch("/api/v1" + path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (e) {
+    throw new ApiError(0, "unreachable", "The scheduler does not answer (" + e.message + "); trying again.");
+  }
   const text = await resp.text();
   let json = null;
   try {
@@ -136,8 +142,14 @@ function outcome(o) {
   return el("span", { class: "outcome o-" + o }, o);
 }
 
-function banner(text, kind) {
-  document.getElementById("banners").append(el("div", { class: "banner " + (kind || "warn") }, text));
+// `polled` banners say what the open view's last load found wrong; the
+// next load that succeeds takes them away.
+function banner(text, kind, polled) {
+  document.getElementById("banners").append(el("div", { class: "banner " + (kind || "warn"), "data-polled": polled ? "1" : null }, text));
+}
+
+function clearPolledBanners() {
+  for (const b of document.querySelectorAll("#banners [data-polled]")) b.remove();
 }
 
 function clearBanners() {
@@ -149,23 +161,36 @@ function show(...nodes) {
   document.getElementById("view").replaceChildren(...shown);
 }
 
+// Leave the open view: its poll, its followed output and any load still
+// under way for it (that one finds `live()` false and shows nothing).
 function stop() {
+  state.gen++;
   if (state.timer) clearInterval(state.timer);
   state.timer = null;
   if (state.follow) state.follow.abort();
   state.follow = null;
 }
 
-// Run `load` now and every POLL_MS, never two at once.
+// For a view being opened: true while it is still the open one.
+function current() {
+  const gen = state.gen;
+  return () => gen === state.gen;
+}
+
+// Run `load(live)` now and every POLL_MS, never two at once, for as long
+// as the view that started it is open. `load` checks `live()` after each
+// await before it shows anything.
 function poll(load) {
+  const live = current();
   let busy = false;
   const once = async () => {
-    if (busy) return;
+    if (busy || !live()) return;
     busy = true;
     try {
-      await load();
+      await load(live);
+      if (live()) clearPolledBanners();
     } catch (e) {
-      failed(e);
+      if (live()) failed(e, true);
     } finally {
       busy = false;
     }
@@ -174,8 +199,19 @@ function poll(load) {
   state.timer = setInterval(once, POLL_MS);
 }
 
-function failed(e) {
+// What a link to something that does not exist (any more) shows.
+function notFound(what, message) {
+  stop();
   clearBanners();
+  show(el("section", { class: "notfound" },
+    el("h1", {}, "No such " + what),
+    el("p", {}, message),
+    el("p", {}, el("a", { href: "#/" }, "← all jobs"))));
+}
+
+function failed(e, polled) {
+  if (!polled) clearBanners();
+  else clearPolledBanners();
   if (e instanceof ApiError && e.status === 401) {
     stop();
     state.auth = null;
@@ -189,7 +225,7 @@ function failed(e) {
     document.getElementById("token").focus();
     return;
   }
-  banner(e.message || String(e), "error");
+  banner(e.message || String(e), "error", polled);
 }
 
 // ---------------------------------------------------------------------
@@ -335,8 +371,19 @@ function renderOverview(view) {
   }
 }
 
+// Redrawn every poll; a focused link or button in it is focused again in
+// the new table, so keyboard users keep their place.
 function renderJobs() {
-  if (lastView) document.getElementById("jobs-area").replaceChildren(...jobsTable(lastView));
+  if (!lastView) return;
+  const area = document.getElementById("jobs-area");
+  const f = document.activeElement;
+  const had = f && area.contains(f) ? { href: f.getAttribute("href"), text: f.textContent } : null;
+  area.replaceChildren(...jobsTable(lastView));
+  if (had) {
+    const again = [...area.querySelectorAll("a, button")].find((e) =>
+      had.href ? e.getAttribute("href") === had.href : e.textContent === had.text);
+    if (again) again.focus();
+  }
 }
 
 // `/readyz` of the replica serving this page (public, like /api/v1): not
@@ -355,8 +402,9 @@ async function readiness() {
 }
 
 async function overview() {
-  poll(async () => {
+  poll(async (live) => {
     const [view, notReady] = await Promise.all([api("GET", "/jobs"), readiness()]);
+    if (!live()) return;
     if (!document.getElementById("jobs-area")) renderOverview(view);
     else {
       lastView = view;
@@ -366,19 +414,22 @@ async function overview() {
       renderJobs();
       overviewBanners(view);
     }
-    if (notReady) banner(notReady, "error");
+    if (notReady) banner(notReady, "error", true);
   });
 }
 
 // ---------------------------------------------------------------------
 // A job
 
+// The pattern is checked by the scheduler, which says what is wrong: it
+// is a Rust regular expression, not always one a browser reads alike.
 function paramsForm(job) {
   const names = Object.keys(job.params || {});
+  const cannot = !!whyNot("trigger");
   const inputs = names.map((name) => {
     const p = job.params[name];
     return el("label", { class: "param" }, name + (p.required ? " *" : ""),
-      el("input", { name, "data-param": name, required: p.required, placeholder: p.default || "", pattern: p.pattern || null,
+      el("input", { name, "data-param": name, required: p.required, placeholder: p.default || "", disabled: cannot,
         title: p.pattern ? "must match " + p.pattern : "" }));
   });
   const form = el("form", { id: "trigger-form", class: "inline" }, inputs);
@@ -392,8 +443,9 @@ function paramsForm(job) {
       failed(e);
     }
   };
+  // A submit button, so Enter in any field starts the run too.
   form.addEventListener("submit", (ev) => { ev.preventDefault(); start(); });
-  form.append(...action("Run now", "trigger", () => { if (form.reportValidity()) start(); }, { id: "trigger" }));
+  form.append(...action("Run now", "trigger", null, { id: "trigger", type: "submit" }));
   return form;
 }
 
@@ -405,7 +457,7 @@ function pauseControls(job) {
         try { await api("POST", "/jobs/" + enc(job.name) + "/resume", {}); openJob(job.name); } catch (e) { failed(e); }
       }, { id: "resume" }));
   }
-  const until = el("input", { id: "pause-until", type: "datetime-local", "aria-label": "Pause until (optional)" });
+  const until = el("input", { id: "pause-until", type: "datetime-local", "aria-label": "Pause until (optional)", disabled: !!whyNot("admin") });
   return el("div", { class: "inline" }, el("label", {}, "until ", until), " ",
     ...action("Pause", "admin", async () => {
       const body = until.value ? { until: new Date(until.value).toISOString() } : {};
@@ -413,8 +465,8 @@ function pauseControls(job) {
     }, { id: "pause" }));
 }
 
-function historyTable(job, runs) {
-  return el("table", { id: "history" },
+function historyTable(runs, id) {
+  return el("table", { id },
     el("thead", {}, el("tr", {}, ["Run", "Tick", "Trigger", "Instance", "Started", "Duration", "Outcome"].map((h) => el("th", {}, h)))),
     el("tbody", {}, runs.map((r) => el("tr", {},
       el("td", {}, el("a", { href: "#/runs/" + r.run_id }, r.run_id.slice(0, 13) + "…")),
@@ -426,34 +478,67 @@ function historyTable(job, runs) {
       el("td", {}, outcome(r.outcome), r.exit_code ? " (exit " + r.exit_code + ")" : "")))));
 }
 
+function nextRuns(job) {
+  return (job.next_runs || []).length
+    ? el("ul", { id: "next-runs" }, job.next_runs.map((t) => el("li", {}, when(t))))
+    : el("span", { class: "muted" }, job.paused ? "none while paused" : "none");
+}
+
+// What changes while a job page is open: redrawn from each poll, apart
+// from the form fields, which keep what is typed into them.
+function jobLive(job) {
+  return {
+    state: el("dd", { id: "job-state" }, jobState(job)),
+    next: el("dd", {}, nextRuns(job)),
+    running: el("div", {}, job.running.length ? [el("h2", {}, "Running now"), el("div", { class: "scroll" }, historyTable(job.running, "running"))] : []),
+    scheduled: el("div", {}, (job.scheduled || []).length ? [el("h2", {}, "Scheduled"), el("ul", { id: "scheduled" },
+      job.scheduled.map((r) => el("li", {}, when(r.at), " ", el("a", { href: "#/runs/" + r.run_id }, r.run_id.slice(0, 13) + "…"),
+        Object.keys(r.params || {}).length ? [" ", el("code", {}, Object.entries(r.params).map(([k, v]) => k + "=" + v).join(" "))] : null)))] : []),
+    pause: el("div", {}, pauseControls(job)),
+  };
+}
+
 async function openJob(name) {
   stop();
   clearBanners();
+  const live = current();
   let job;
   try {
     job = await api("GET", "/jobs/" + enc(name));
   } catch (e) {
+    if (!live()) return;
+    if (e.status === 404) return notFound("job", e.message);
     return failed(e);
   }
+  if (!live()) return;
   const outcomeFilter = el("select", { id: "outcome-filter", "aria-label": "Filter runs by outcome" },
     ["", "success", "failed", "timed_out", "killed", "cancelled", "lost", "skipped", "missed", "paused"].map((o) => el("option", { value: o }, o || "any outcome")));
-  const area = el("div", { id: "history-area" });
+  const area = el("div", { id: "history-area", class: "scroll" });
   const older = el("button", { type: "button", id: "older", hidden: true }, "Older runs");
   let before = null;
+  let expanded = false; // older pages shown: the poll leaves the table be
   const loadRuns = async (more) => {
     const q = new URLSearchParams({ limit: "20" });
     if (more && before) q.set("before", before);
     if (outcomeFilter.value) q.set("outcome", outcomeFilter.value);
     const page = await api("GET", "/jobs/" + enc(name) + "/runs?" + q);
-    const table = historyTable(job, page.runs);
-    if (more) area.querySelector("tbody").append(...table.querySelector("tbody").children);
-    else area.replaceChildren(table);
+    if (!live()) return;
+    if (more) {
+      expanded = true;
+      area.querySelector("tbody").append(...historyTable(page.runs, "history").querySelector("tbody").children);
+    } else {
+      expanded = false;
+      area.replaceChildren(page.runs.length ? historyTable(page.runs, "history")
+        : el("p", { class: "muted", id: "no-runs" }, outcomeFilter.value ? "No runs with outcome " + outcomeFilter.value + "." : "No runs yet."));
+    }
     before = page.next;
     older.hidden = !page.next;
   };
   outcomeFilter.addEventListener("change", () => loadRuns(false).catch(failed));
   older.addEventListener("click", () => loadRuns(true).catch(failed));
   const params = Object.entries(job.params || {});
+  const parts = jobLive(job);
+  let paused = JSON.stringify(job.paused || null);
   show(
     el("p", {}, el("a", { href: "#/" }, "← all jobs")),
     el("h1", {}, job.name),
@@ -461,23 +546,44 @@ async function openJob(name) {
     el("dl", { class: "facts" },
       el("dt", {}, "Schedule"), el("dd", {}, job.schedule_words, " ", el("code", {}, job.schedule)),
       el("dt", {}, "Time zone"), el("dd", {}, job.timezone),
-      el("dt", {}, "State"), el("dd", { id: "job-state" }, jobState(job)),
+      el("dt", {}, "State"), parts.state,
       el("dt", {}, "Overlap"), el("dd", {}, job.overlap),
       el("dt", {}, "Enabled"), el("dd", {}, job.enabled ? "yes" : "no"),
-      el("dt", {}, "Next runs"), el("dd", {}, (job.next_runs || []).length
-        ? el("ul", { id: "next-runs" }, job.next_runs.map((t) => el("li", {}, when(t))))
-        : el("span", { class: "muted" }, job.paused ? "none while paused" : "none"))),
-    params.length ? [el("h2", {}, "Parameters"), el("table", { id: "params" },
+      el("dt", {}, "Next runs"), parts.next),
+    params.length ? [el("h2", {}, "Parameters"), el("div", { class: "scroll" }, el("table", { id: "params" },
       el("thead", {}, el("tr", {}, ["Name", "Required", "Pattern", "Default"].map((h) => el("th", {}, h)))),
       el("tbody", {}, params.map(([n, p]) => el("tr", {}, el("td", {}, n), el("td", {}, p.required ? "yes" : "no"),
-        el("td", {}, p.pattern ? el("code", {}, p.pattern) : ""), el("td", {}, p.default || "")))))] : null,
+        el("td", {}, p.pattern ? el("code", {}, p.pattern) : ""), el("td", {}, p.default || ""))))))] : null,
     el("h2", {}, "Config"), configFacts(job.config || {}),
     el("h2", {}, "Run"), paramsForm(job),
-    el("h2", {}, "Pause"), pauseControls(job),
-    job.running.length ? [el("h2", {}, "Running now"), historyTable(job, job.running)] : null,
+    el("h2", {}, "Pause"), parts.pause,
+    parts.running,
+    parts.scheduled,
     el("h2", {}, "History"), el("div", { class: "filters" }, outcomeFilter), area, older,
   );
-  try { await loadRuns(false); } catch (e) { failed(e); }
+  let first = true;
+  poll(async (live) => {
+    if (!first) {
+      let fresh;
+      try {
+        fresh = await api("GET", "/jobs/" + enc(name));
+      } catch (e) {
+        if (live() && e.status === 404) return notFound("job", e.message + " (it left the config)");
+        throw e;
+      }
+      if (!live()) return;
+      const now = jobLive(fresh);
+      for (const k of ["state", "next", "running", "scheduled"]) parts[k].replaceChildren(...now[k].childNodes);
+      const p = JSON.stringify(fresh.paused || null);
+      // Redrawn only when it changes: a date being typed stays.
+      if (p !== paused) {
+        paused = p;
+        parts.pause.replaceChildren(...now.pause.childNodes);
+      }
+    }
+    first = false;
+    if (!expanded) await loadRuns(false);
+  });
 }
 
 function configFacts(c) {
@@ -544,21 +650,33 @@ async function openRun(id) {
     el("h2", {}, "Output ", live), pre);
   let following = false;
   let ended = false;
-  const refresh = async () => {
-    const r = await api("GET", "/runs/" + id);
+  const refresh = async (open) => {
+    let r;
+    try {
+      r = await api("GET", "/runs/" + id);
+    } catch (e) {
+      if (open() && e.status === 404) return notFound("run", e.message);
+      throw e;
+    }
+    if (!open()) return;
     facts.replaceChildren(recordFacts(r));
     const running = r.outcome === "running" || r.outcome === "pending";
     actions.replaceChildren(...(running ? action("Cancel", "trigger", async () => {
       try { await api("POST", "/runs/" + id + "/cancel", {}); } catch (e) { failed(e); }
     }, { id: "cancel" }) : []));
     if (running && !following) {
+      // Followed again whenever the stream ends while the run goes on (a
+      // scheduler restart, a lost connection): it replays from the start.
       following = true;
       live.textContent = "(live)";
-      followOutput(id, pre).catch((e) => { if (e.name !== "AbortError") failed(e); })
-        .finally(() => { live.textContent = ""; });
+      followOutput(id, pre)
+        .catch((e) => { if (e.name !== "AbortError" && open()) failed(e, true); })
+        .finally(() => { following = false; if (open()) live.textContent = ""; });
     } else if (!running && !following && !ended && r.outcome !== "scheduled") {
+      const text = await api("GET", "/runs/" + id + "/output");
+      if (!open()) return;
       ended = true;
-      pre.textContent = await api("GET", "/runs/" + id + "/output");
+      pre.textContent = text;
     }
   };
   poll(refresh);
@@ -570,16 +688,35 @@ async function openRun(id) {
 async function route() {
   stop();
   clearBanners();
+  const live = current();
   try {
     await loadAuth();
   } catch (e) {
-    return failed(e);
+    if (!live()) return;
+    failed(e);
+    // Not a token problem (the scheduler is down or restarting): the same
+    // page is asked for again, so it appears once the scheduler answers.
+    if (e.status !== 401) setTimeout(() => { if (live()) route(); }, POLL_MS);
+    return;
   }
+  if (!live()) return;
   const hash = location.hash.replace(/^#/, "") || "/";
   const job = hash.match(/^\/jobs\/(.+)$/);
-  const run = hash.match(/^\/runs\/([0-9a-f-]{36})$/);
-  if (job) return openJob(decodeURIComponent(job[1]));
-  if (run) return openRun(run[1]);
+  const run = hash.match(/^\/runs\/([^/]+)$/);
+  if (job) {
+    let name;
+    try {
+      name = decodeURIComponent(job[1]);
+    } catch (_) {
+      return notFound("job", "\"" + job[1] + "\" is not a job name.");
+    }
+    return openJob(name);
+  }
+  if (run) {
+    if (!/^[0-9a-f-]{36}$/.test(run[1])) return notFound("run", "\"" + run[1] + "\" is not a run id.");
+    return openRun(run[1]);
+  }
+  if (hash !== "/") return notFound("page", "Nothing is at #" + hash + ".");
   return overview();
 }
 

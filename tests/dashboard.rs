@@ -303,6 +303,8 @@ async fn the_dashboard_lists_jobs_triggers_follows_cancels_and_pauses() {
     assert!(disabled, "trigger is enabled with a read token");
     assert!(why.contains("needs a token of scope trigger"), "{why}");
     assert!(b.disabled("#pause").await.0);
+    assert!(b.disabled("input[data-param=\"order_id\"]").await.0);
+    assert!(b.disabled("#pause-until").await.0);
 
     // An admin token: trigger with a parameter, and watch it live.
     b.use_token(ADMIN).await;
@@ -467,6 +469,21 @@ async fn pages_keep_up_say_what_is_not_there_and_outlive_a_scheduler_restart() {
     let run_page = b.hash().await;
     run.kill9();
     b.wait_text("#banners", "does not answer").await;
+    // The banner stays in view on a page scrolled far down.
+    b.js("const tall = document.createElement('div'); tall.id = 'tall'; tall.style.height = '4000px'; \
+          document.body.append(tall); window.scrollTo(0, 3000); return true;")
+        .await;
+    assert_eq!(
+        b.js(
+            "const r = document.querySelector('#banners .banner').getBoundingClientRect(); \
+              return window.scrollY > 1000 && r.top >= 0 && r.bottom <= window.innerHeight;"
+        )
+        .await,
+        json!(true),
+        "the banner scrolled out of view"
+    );
+    b.js("document.body.style.paddingBottom = ''; return true;")
+        .await;
     let before = last_tick(&b.text("#output").await.unwrap_or_default());
     let mut run = env.spawn_run_with("dash2", &["--http", &listen]);
     wait_ready(port);

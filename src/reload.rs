@@ -41,7 +41,7 @@ pub fn load(path: &Path) -> Result<(Config, String), ConfigErrors> {
 }
 
 /// Each enabled job of `config` whose schedule has ended by `now` (its
-/// years are over), with how to say so. Such a job is loaded, not refused
+/// years or its active range are over), with how to say so. Such a job is loaded, not refused
 /// (see `Schedule::parse`), but a user must hear that it never fires again.
 pub fn ended_jobs(config: &Config, now: DateTime<Utc>) -> Vec<(&str, String)> {
     config
@@ -50,15 +50,19 @@ pub fn ended_jobs(config: &Config, now: DateTime<Utc>) -> Vec<(&str, String)> {
         .filter(|job| job.enabled)
         .filter_map(|job| {
             let last = job.schedule.ended(now)?;
-            Some((
-                job.name.as_str(),
-                format!(
-                    "job \"{}\": schedule \"{}\" has ended: its last fire was {}; it never fires again",
+            let last = crate::observe::log::local_rfc3339(job, last);
+            let text = match job.schedule.active().until.filter(|u| *u <= now) {
+                Some(until) => format!(
+                    "job \"{}\": its active range ended at {} (active_until): its last fire was {last}; it never fires again",
                     job.name,
-                    job.schedule,
-                    crate::observe::log::local_rfc3339(job, last)
+                    crate::observe::log::local_rfc3339(job, until),
                 ),
-            ))
+                None => format!(
+                    "job \"{}\": schedule \"{}\" has ended: its last fire was {last}; it never fires again",
+                    job.name, job.schedule,
+                ),
+            };
+            Some((job.name.as_str(), text))
         })
         .collect()
 }

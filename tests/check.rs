@@ -15,7 +15,7 @@ const BAD: &[(&str, &str, &str)] = &[
     (
         "wrong type",
         "[jobs.a]\nschedule = 5\ncommand = [\"true\"]\n",
-        ":2:12: job \"a\": schedule must be a string, found integer",
+        ":2:12: job \"a\": schedule must be a string (or an array of strings for several schedules), found integer",
     ),
     (
         "unknown key with hint",

@@ -103,10 +103,20 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
                 let at = DateTime::parse_from_rfc3339(t)
                     .map(|t| t.with_timezone(&Utc))
                     .unwrap_or(now);
-                format!("{} ({})", t, relative(at - now))
+                match job.active_from.filter(|f| *f > now) {
+                    Some(_) => format!("{} ({}, when it becomes active)", t, relative(at - now)),
+                    None => format!("{} ({})", t, relative(at - now)),
+                }
             }
             None if !job.enabled => "-".to_string(),
-            None => "never".to_string(),
+            None => match job.active_until.filter(|u| *u <= now) {
+                Some(u) => format!(
+                    "never (active until {}, {})",
+                    in_zone(&job.timezone, u),
+                    relative(u - now)
+                ),
+                None => "never".to_string(),
+            },
         };
         // Both columns in the job's zone with its offset, as `next` prints.
         let zone: Option<chrono_tz::Tz> = job.timezone.parse().ok();
@@ -183,6 +193,16 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
 
 /// "in 4m", "3s ago": one coarse unit is enough to read at a glance. The
 /// future rounds up, so a run due in 300ms is "in 1s", never "just now".
+/// `t` in the zone named `zone` (UTC where that is not a zone).
+fn in_zone(zone: &str, t: DateTime<Utc>) -> String {
+    match zone.parse::<chrono_tz::Tz>() {
+        Ok(tz) => t
+            .with_timezone(&tz)
+            .to_rfc3339_opts(SecondsFormat::Secs, false),
+        Err(_) => t.to_rfc3339_opts(SecondsFormat::Secs, true),
+    }
+}
+
 fn relative(d: chrono::Duration) -> String {
     let ms = d.num_milliseconds();
     let secs = if ms > 0 { (ms + 999) / 1000 } else { ms / 1000 };

@@ -31,12 +31,37 @@ pub fn next(
             None => break,
         }
     }
+    let active = job.schedule.active();
+    if let Some(from) = active.from.filter(|f| *f > after) {
+        // The first line is not simply the schedule's next match.
+        eprintln!(
+            "bgsched: job \"{}\" is active from {}: no fire before it",
+            job.name,
+            local_rfc3339(job, from)
+        );
+    }
     if ticks.len() < count {
         // Fewer lines than asked for must not look like a cut-off listing.
         let last = ticks.last().copied().unwrap_or(after);
-        let fields: Vec<&str> = job.schedule.as_str().split_whitespace().collect();
-        let why = match fields.as_slice() {
-            [_, _, _, _, _, _, years] => format!("its years ({years}) are over"),
+        let exprs: Vec<&str> = job.schedule.expressions().collect();
+        let fields: Vec<&str> = exprs[0].split_whitespace().collect();
+        let why = match (active.until, fields.as_slice()) {
+            (Some(until), _)
+                if job.schedule.next_after(last).is_none() && {
+                    // Ended by the range, not by the expressions.
+                    let open = job.schedule.clone().within(crate::schedule::Active {
+                        from: active.from,
+                        until: None,
+                    });
+                    open.next_after(last).is_some()
+                } =>
+            {
+                let verb = if until <= Utc::now() { "ended" } else { "ends" };
+                format!("its active range {verb} at {}", local_rfc3339(job, until))
+            }
+            (_, [_, _, _, _, _, _, years]) if exprs.len() == 1 => {
+                format!("its years ({years}) are over")
+            }
             _ => "its schedule matches no later date".to_string(),
         };
         eprintln!(

@@ -79,6 +79,12 @@ pub struct JobView {
     pub recent_outcomes: Vec<Outcome>,
     /// The parameters the job declares (`[jobs.NAME.params]`).
     pub params: BTreeMap<String, ParamView>,
+    /// The job's active range (`active_from`, `active_until`): no fire
+    /// outside it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_from: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_until: Option<DateTime<Utc>>,
 }
 
 /// A declared parameter, as the dashboard's trigger form needs it.
@@ -245,6 +251,8 @@ pub async fn build(
                     (name.clone(), view)
                 })
                 .collect(),
+            active_from: job.schedule.active().from,
+            active_until: job.schedule.active().until,
         });
     }
     let view = match backend {

@@ -121,15 +121,31 @@ pub(crate) fn duration_reason(error: &humantime::DurationError) -> String {
     }
 }
 
-/// A parsed schedule bound to its time zone.
+/// A job's schedule: one or more expressions in the job's time zone, whose
+/// ticks are the union of theirs (an instant two of them share is one
+/// tick), within the job's active range.
 #[derive(Debug, Clone)]
 pub struct Schedule {
+    parts: Box<[Expr]>,
+    active: Active,
+    /// [`Schedule::describe`], made on first use: it parses the patterns,
+    /// and a status page asks for every job's each time.
+    words: std::sync::OnceLock<String>,
+}
+
+/// When a job may fire: no tick before `from`, none at or after `until`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Active {
+    pub from: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// One parsed expression bound to its time zone.
+#[derive(Debug, Clone)]
+struct Expr {
     source: String,
     tz: Tz,
     kind: Kind,
-    /// [`Schedule::describe`], made on first use: it parses the pattern,
-    /// and a status page asks for every job's each time.
-    words: std::sync::OnceLock<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -151,11 +167,17 @@ fn croner_parser() -> CronParser {
         .build()
 }
 
-/// Two schedules are equal when written identically for the same zone; used
-/// to tell whether a reloaded job's schedule changed.
+/// Two schedules are equal when written identically for the same zone and
+/// range; used to tell whether a reloaded job's schedule changed.
 impl PartialEq for Schedule {
     fn eq(&self, other: &Self) -> bool {
-        self.source == other.source && self.tz == other.tz
+        self.active == other.active
+            && self.parts.len() == other.parts.len()
+            && self
+                .parts
+                .iter()
+                .zip(other.parts.iter())
+                .all(|(a, b)| a.source == b.source && a.tz == b.tz)
     }
 }
 
@@ -163,9 +185,13 @@ impl Eq for Schedule {}
 
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.source)
+        f.write_str(&self.as_str())
     }
 }
+
+/// Between the expressions of a schedule as one line shows them (a comma
+/// belongs to cron's lists).
+pub const SEPARATOR: &str = " | ";
 
 impl Schedule {
     /// Parse `expr` (5-field, 6-field with leading seconds, 7-field with
@@ -176,6 +202,158 @@ impl Schedule {
     /// [`Schedule::ended`]); refusing it would stop every other job of the
     /// file at the next restart.
     pub fn parse(expr: &str, tz: Tz) -> Result<Schedule, ScheduleError> {
+        Ok(Schedule {
+            parts: Box::new([Expr::parse(expr, tz)?]),
+            active: Active::default(),
+            words: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The union of `schedules` (at least one, all of one zone).
+    pub fn any_of(schedules: Vec<Schedule>) -> Schedule {
+        assert!(!schedules.is_empty(), "a schedule has an expression");
+        Schedule {
+            parts: schedules
+                .into_iter()
+                .flat_map(|s| s.parts.into_vec())
+                .collect(),
+            active: Active::default(),
+            words: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// This schedule with no tick outside `active`.
+    pub fn within(mut self, active: Active) -> Schedule {
+        self.active = active;
+        self.words = std::sync::OnceLock::new();
+        self
+    }
+
+    pub fn active(&self) -> Active {
+        self.active
+    }
+
+    /// The expressions as written.
+    pub fn expressions(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().map(|p| p.source.as_str())
+    }
+
+    /// The patterns parsed for a walk, one per expression.
+    fn crons(&self) -> Vec<Option<Cron>> {
+        self.parts.iter().map(Expr::cron).collect()
+    }
+
+    /// The first tick strictly after `after`: the earliest of the
+    /// expressions' within the active range.
+    fn next_in(&self, crons: &[Option<Cron>], after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let after = match self.active.from {
+            // A tick at `from` itself counts.
+            Some(from) if after < from => from - TimeDelta::nanoseconds(1),
+            _ => after,
+        };
+        let next = self
+            .parts
+            .iter()
+            .zip(crons)
+            .filter_map(|(p, c)| p.next_with(c.as_ref(), after))
+            .min()?;
+        match self.active.until {
+            Some(until) if next >= until => None,
+            _ => Some(next),
+        }
+    }
+
+    /// When the schedule has no fire after `now` (its years or its active
+    /// range are over): its last fire.
+    pub fn ended(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let crons = self.crons();
+        if self.next_in(&crons, now).is_some() {
+            return None;
+        }
+        // Some fire follows every instant before the last one and none
+        // follows it: bisect on that, to the second.
+        let (mut lo, mut hi) = (DateTime::UNIX_EPOCH, now);
+        self.next_in(&crons, lo)?;
+        while hi - lo > chrono::Duration::seconds(1) {
+            let mid = lo + (hi - lo) / 2;
+            match self.next_in(&crons, mid) {
+                Some(_) => lo = mid,
+                None => hi = mid,
+            }
+        }
+        self.next_in(&crons, lo)
+    }
+
+    /// The first fire instant (tick) strictly after `after`, or `None` if the
+    /// schedule never fires again.
+    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.next_in(&self.crons(), after)
+    }
+
+    /// Successive ticks strictly after `after`, strictly increasing. The
+    /// patterns are parsed once for the whole walk.
+    pub fn iter_after(&self, after: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        let crons = self.crons();
+        let first = self.next_in(&crons, after);
+        std::iter::successors(first, move |tick| self.next_in(&crons, *tick))
+    }
+
+    /// The schedule in words, for people ("Every 10 seconds", croner's
+    /// English description of a cron pattern), in the job's zone, with its
+    /// active range.
+    pub fn describe(&self) -> &str {
+        self.words.get_or_init(|| {
+            let mut words: Vec<String> = self.parts.iter().map(Expr::describe).collect();
+            let fmt = |t: DateTime<Utc>| {
+                t.with_timezone(&self.timezone())
+                    .format("%Y-%m-%d %H:%M %Z")
+                    .to_string()
+            };
+            match (self.active.from, self.active.until) {
+                (None, None) => {}
+                (Some(f), None) => words.push(format!("from {}", fmt(f))),
+                (None, Some(u)) => words.push(format!("until {}", fmt(u))),
+                (Some(f), Some(u)) => words.push(format!("from {} until {}", fmt(f), fmt(u))),
+            }
+            words.join("; ")
+        })
+    }
+
+    /// The expressions as the user wrote them, on one line.
+    pub fn as_str(&self) -> std::borrow::Cow<'_, str> {
+        match &*self.parts {
+            [one] => std::borrow::Cow::Borrowed(&one.source),
+            many => many
+                .iter()
+                .map(|p| p.source.as_str())
+                .collect::<Vec<_>>()
+                .join(SEPARATOR)
+                .into(),
+        }
+    }
+
+    pub fn timezone(&self) -> Tz {
+        self.parts[0].tz
+    }
+
+    /// `Some(interval)` for a single `@every` schedule.
+    pub fn every(&self) -> Option<Duration> {
+        match &*self.parts {
+            [one] => one.every(),
+            _ => None,
+        }
+    }
+
+    /// Whether cron(8) would treat a single-expression job as fixed-time for
+    /// DST (see the module docs): gap times run once after the gap, repeated
+    /// times once.
+    pub fn is_fixed_time(&self) -> bool {
+        matches!(&*self.parts, [one] if one.is_fixed_time())
+    }
+}
+
+impl Expr {
+    fn parse(expr: &str, tz: Tz) -> Result<Expr, ScheduleError> {
         let text = expr.trim();
         if text.is_empty() {
             return Err(ScheduleError::new("empty expression"));
@@ -185,14 +363,13 @@ impl Schedule {
         } else {
             parse_fields(text)?
         };
-        let schedule = Schedule {
+        let expr = Expr {
             source: expr.to_string(),
             tz,
             kind,
-            words: std::sync::OnceLock::new(),
         };
-        schedule.check_fires(cron.as_ref())?;
-        Ok(schedule)
+        expr.check_fires(cron.as_ref())?;
+        Ok(expr)
     }
 
     fn check_fires(&self, cron: Option<&Cron>) -> Result<(), ScheduleError> {
@@ -208,27 +385,6 @@ impl Schedule {
         }))
     }
 
-    /// When the schedule has no fire after `now` (its years are over): its
-    /// last fire.
-    pub fn ended(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        let cron = self.cron();
-        if self.next_with(cron.as_ref(), now).is_some() {
-            return None;
-        }
-        // Some fire follows every instant before the last one and none
-        // follows it: bisect on that, to the second.
-        let (mut lo, mut hi) = (DateTime::UNIX_EPOCH, now);
-        self.next_with(cron.as_ref(), lo)?;
-        while hi - lo > chrono::Duration::seconds(1) {
-            let mid = lo + (hi - lo) / 2;
-            match self.next_with(cron.as_ref(), mid) {
-                Some(_) => lo = mid,
-                None => hi = mid,
-            }
-        }
-        self.next_with(cron.as_ref(), lo)
-    }
-
     /// The pattern parsed for a search (`None` for `@every`).
     fn cron(&self) -> Option<Cron> {
         match &self.kind {
@@ -239,12 +395,6 @@ impl Schedule {
                     .expect("a validated pattern parses again"),
             ),
         }
-    }
-
-    /// The first fire instant (tick) strictly after `after`, or `None` if the
-    /// expression never matches again.
-    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.next_with(self.cron().as_ref(), after)
     }
 
     /// `next_after` with the pattern already parsed (`cron` is `Some` for
@@ -266,46 +416,24 @@ impl Schedule {
         }
     }
 
-    /// Successive ticks strictly after `after`, strictly increasing. The
-    /// pattern is parsed once for the whole walk.
-    pub fn iter_after(&self, after: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
-        let cron = self.cron();
-        let first = self.next_with(cron.as_ref(), after);
-        std::iter::successors(first, move |tick| self.next_with(cron.as_ref(), *tick))
-    }
-
-    /// The schedule in words, for people ("Every 10 seconds", croner's
-    /// English description of a cron pattern), in the job's zone.
-    pub fn describe(&self) -> &str {
-        self.words.get_or_init(|| match &self.kind {
+    fn describe(&self) -> String {
+        match &self.kind {
             Kind::Every(secs) => format!(
                 "Every {}",
                 humantime::format_duration(Duration::from_secs(secs.unsigned_abs()))
             ),
             Kind::Cron { .. } => self.cron().map_or_else(String::new, |c| c.describe()),
-        })
+        }
     }
 
-    /// The expression as the user wrote it.
-    pub fn as_str(&self) -> &str {
-        &self.source
-    }
-
-    pub fn timezone(&self) -> Tz {
-        self.tz
-    }
-
-    /// `Some(interval)` for `@every` schedules.
-    pub fn every(&self) -> Option<Duration> {
+    fn every(&self) -> Option<Duration> {
         match self.kind {
             Kind::Every(secs) => Some(Duration::from_secs(secs.unsigned_abs())),
             Kind::Cron { .. } => None,
         }
     }
 
-    /// Whether cron(8) would treat the job as fixed-time for DST (see the
-    /// module docs): gap times run once after the gap, repeated times once.
-    pub fn is_fixed_time(&self) -> bool {
+    fn is_fixed_time(&self) -> bool {
         matches!(self.kind, Kind::Cron { fixed: true, .. })
     }
 }

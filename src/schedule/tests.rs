@@ -1571,3 +1571,93 @@ fn a_schedule_is_described_in_words() {
         "{weekly}"
     );
 }
+
+// ---- several schedules, active ranges --------------------------------
+
+fn walk(s: &Schedule, from: &str, n: usize) -> Vec<String> {
+    s.iter_after(at(from)).take(n).map(rfc).collect()
+}
+
+#[test]
+fn several_schedules_fire_the_union_and_a_shared_instant_once() {
+    let s = Schedule::any_of(vec![
+        sched("*/2 * * * * *", UTC),
+        sched("*/3 * * * * *", UTC),
+    ]);
+    let got: Vec<String> = walk(&s, "2027-01-01T00:00:00Z", 8);
+    let want: Vec<String> = [2, 3, 4, 6, 8, 9, 10, 12]
+        .iter()
+        .map(|s| format!("2027-01-01T00:00:{s:02}Z"))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(s.as_str(), "*/2 * * * * * | */3 * * * * *");
+    assert_eq!(s.expressions().count(), 2);
+    // Weekdays at 9, weekends at noon, in the job's zone.
+    let s = Schedule::any_of(vec![
+        sched("0 9 * * 1-5", Berlin),
+        sched("0 12 * * 6,0", Berlin),
+    ]);
+    assert_eq!(
+        walk(&s, "2027-01-08T00:00:00Z", 4), // a Friday
+        [
+            "2027-01-08T08:00:00Z",
+            "2027-01-09T11:00:00Z",
+            "2027-01-10T11:00:00Z",
+            "2027-01-11T08:00:00Z"
+        ]
+    );
+    assert_ne!(s, sched("0 9 * * 1-5", Berlin));
+}
+
+#[test]
+fn no_tick_falls_outside_the_active_range() {
+    let range = Active {
+        from: Some(at("2027-01-01T00:00:20Z")),
+        until: Some(at("2027-01-01T00:00:50Z")),
+    };
+    let s = sched("@every 10s", UTC).within(range);
+    // `from` is a tick itself; `until` is not.
+    assert_eq!(
+        walk(&s, "2027-01-01T00:00:00Z", 10),
+        [
+            "2027-01-01T00:00:20Z",
+            "2027-01-01T00:00:30Z",
+            "2027-01-01T00:00:40Z"
+        ]
+    );
+    assert_eq!(s.next_after(at("2027-01-01T00:00:40Z")), None);
+    assert_eq!(
+        s.ended(at("2027-01-01T01:00:00Z")),
+        Some(at("2027-01-01T00:00:40Z"))
+    );
+    assert_eq!(s.ended(at("2027-01-01T00:00:35Z")), None);
+    assert_ne!(s, sched("@every 10s", UTC), "a new range is a new schedule");
+    assert!(
+        s.describe()
+            .starts_with("Every 10s; from 2027-01-01 00:00 UTC until"),
+        "{}",
+        s.describe()
+    );
+    // Only a start, only an end.
+    let from = sched("@hourly", UTC).within(Active {
+        from: Some(at("2027-06-01T10:30:00Z")),
+        until: None,
+    });
+    assert_eq!(
+        next_of(&from, "2020-01-01T00:00:00Z"),
+        "2027-06-01T11:00:00Z"
+    );
+    let until = sched("@hourly", UTC).within(Active {
+        from: None,
+        until: Some(at("2027-06-01T10:30:00Z")),
+    });
+    assert_eq!(
+        next_of(&until, "2027-06-01T09:10:00Z"),
+        "2027-06-01T10:00:00Z"
+    );
+    assert_eq!(until.next_after(at("2027-06-01T10:00:00Z")), None);
+}
+
+fn next_of(s: &Schedule, after: &str) -> String {
+    rfc(s.next_after(at(after)).expect("a next tick"))
+}

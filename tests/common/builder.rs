@@ -9,7 +9,7 @@
 //!     .config("[jobs.a]\nschedule = 5\ncommand = [\"true\"]\n")
 //!     .args(&["check"])
 //!     .status(78)
-//!     .stderr("{dir}/jobs.toml:2:12: job \"a\": schedule must be a string, found integer\nbgsched: 1 error in the config\n")
+//!     .stderr("{dir}/jobs.toml:2:12: job \"a\": schedule must be a string (or an array of strings for several schedules), found integer\nbgsched: 1 error in the config\n")
 //!     .run();
 //! ```
 

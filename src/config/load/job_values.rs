@@ -2,6 +2,7 @@
 //! environments, overlap policies, time zones.
 
 use super::*;
+use chrono::{DateTime, TimeZone, Utc};
 
 impl<'a, 'i> Item<'a, 'i> {
     pub(super) fn overlap(&self, r: &mut Report) -> Option<Overlap> {
@@ -46,8 +47,60 @@ impl<'a, 'i> Item<'a, 'i> {
         None
     }
 
+    /// One expression, or an array of them (the union of their ticks).
     pub(super) fn schedule(&self, r: &mut Report, tz: Tz) -> Option<Schedule> {
-        let expr = self.str(r)?;
+        let DeValue::Array(items) = self.value() else {
+            return self.one_schedule(
+                r,
+                tz,
+                "a string (or an array of strings for several schedules)",
+            );
+        };
+        if items.is_empty() {
+            r.error(
+                self.value_at(),
+                "schedule must list at least one expression, \
+                 e.g. schedule = [\"0 9 * * 1-5\", \"0 12 * * 6,0\"]",
+            );
+            return None;
+        }
+        let mut parts = Some(Vec::with_capacity(items.len()));
+        let mut seen: Vec<String> = Vec::new();
+        for (index, element) in items.iter().enumerate() {
+            let item = self.element(index, element);
+            let one = item.one_schedule(r, tz, "a string");
+            if let Some(text) = as_str(element.get_ref()) {
+                // Written alike but for spacing or case: the same ticks.
+                let same = text
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase();
+                if let Some(first) = seen.iter().position(|s| *s == same) {
+                    r.error(
+                        item.value_at(),
+                        format!(
+                            "{} repeats {}[{first}] ({}); list each schedule once",
+                            item.label,
+                            self.label,
+                            quoted(text)
+                        ),
+                    );
+                    parts = None;
+                }
+                seen.push(same);
+            }
+            match (one, &mut parts) {
+                (Some(s), Some(all)) => all.push(s),
+                (None, _) => parts = None,
+                _ => {}
+            }
+        }
+        parts.map(Schedule::any_of)
+    }
+
+    fn one_schedule(&self, r: &mut Report, tz: Tz, what: &str) -> Option<Schedule> {
+        let expr = self.expect(r, what, |_| "", as_str)?;
         if expr.trim().is_empty() {
             r.error(
                 self.value_at(),
@@ -65,6 +118,68 @@ impl<'a, 'i> Item<'a, 'i> {
                 None
             }
         }
+    }
+
+    /// `active_from` / `active_until`: an RFC 3339 time, a local date and
+    /// time, or a date, the last two in the job's zone. A date is the start
+    /// of that day, or for `until` (`end_of_day`) the end of it, so
+    /// `active_until = 2027-03-31` still fires on the 31st.
+    pub(super) fn instant(
+        &self,
+        r: &mut Report,
+        tz: Tz,
+        end_of_day: bool,
+    ) -> Option<DateTime<Utc>> {
+        let text = match self.value() {
+            DeValue::String(s) => s.to_string(),
+            DeValue::Datetime(d) => d.to_string(),
+            _ => String::new(),
+        };
+        let text = text.trim();
+        let local = |naive: chrono::NaiveDateTime| {
+            // In a spring-forward gap: the instant the gap ends.
+            (0..=180).find_map(|m| {
+                tz.from_local_datetime(&(naive + chrono::TimeDelta::minutes(m)))
+                    .earliest()
+            })
+        };
+        let parsed = DateTime::parse_from_rfc3339(text)
+            .map(|t| t.with_timezone(&Utc))
+            .ok()
+            .or_else(|| {
+                [
+                    "%Y-%m-%dT%H:%M:%S",
+                    "%Y-%m-%d %H:%M:%S",
+                    "%Y-%m-%dT%H:%M",
+                    "%Y-%m-%d %H:%M",
+                ]
+                .iter()
+                .find_map(|f| chrono::NaiveDateTime::parse_from_str(text, f).ok())
+                .and_then(local)
+                .map(|t| t.with_timezone(&Utc))
+            })
+            .or_else(|| {
+                let day = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+                let day = if end_of_day { day.succ_opt()? } else { day };
+                local(day.and_time(chrono::NaiveTime::MIN)).map(|t| t.with_timezone(&Utc))
+            });
+        if parsed.is_none() {
+            r.error(
+                self.value_at(),
+                format!(
+                    "{} must be a time like 2027-01-31T09:00:00Z (or without the offset, in the \
+                     job's time zone) or a date like 2027-01-31, found {}",
+                    self.label,
+                    match self.value() {
+                        DeValue::String(s) => quoted(s),
+                        DeValue::Datetime(d) if d.date.is_none() =>
+                            format!("{d} (a time of day with no date)"),
+                        other => type_name(other).to_string(),
+                    }
+                ),
+            );
+        }
+        parsed
     }
 
     /// A hook command, which is unset unless given (`on_failure`).

@@ -183,6 +183,8 @@ job_keys! {
     jitter: Duration = Duration::ZERO => duration,
     on_failure: Option<Vec<String>> = None => hook,
     params,
+    active_from,
+    active_until,
 }
 
 impl Section {
@@ -326,6 +328,31 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
             None
         }
     };
+    let zone = own.timezone.unwrap_or(Tz::UTC);
+    let from = f.active_from.as_ref().map(|i| i.instant(r, zone, false));
+    let until = f.active_until.as_ref().map(|i| i.instant(r, zone, true));
+    // Outer `None`: not given; inner: given but bad (and reported).
+    let mut active = match (from, until) {
+        (Some(None), _) | (_, Some(None)) => None,
+        (from, until) => Some(crate::schedule::Active {
+            from: from.flatten(),
+            until: until.flatten(),
+        }),
+    };
+    if let (Some(Some(from)), Some(Some(until)), Some(at)) = (from, until, f.active_until.as_ref())
+    {
+        if until <= from {
+            active = None;
+            r.error(
+                at.value_at(),
+                format!(
+                    "active_until ({}) is not after active_from ({}); the job would never fire",
+                    until.to_rfc3339(),
+                    from.to_rfc3339()
+                ),
+            );
+        }
+    }
     let program = program(r, item.key_at, f.command.as_ref(), f.shell.as_ref());
     let working_dir = f.working_dir.as_ref().and_then(|i| i.path(r));
     let env = f.env.as_ref().and_then(|i| i.env(r)).unwrap_or_default();
@@ -365,7 +392,7 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
     Some(Job {
         name: name.to_owned(),
         description,
-        schedule: schedule?,
+        schedule: schedule?.within(active?),
         timezone: own.timezone?,
         program: program?,
         working_dir,

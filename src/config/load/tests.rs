@@ -301,7 +301,7 @@ fn columns_count_characters_and_skip_a_byte_order_mark() {
 fn wrong_types_name_the_expected_and_found_type() {
     assert_errors(
         "[jobs.backup]\nschedule = 5\ncommand = [\"x\"]\n",
-        &["jobs.toml:2:12: job \"backup\": schedule must be a string, found integer"],
+        &["jobs.toml:2:12: job \"backup\": schedule must be a string (or an array of strings for several schedules), found integer"],
     );
     assert_errors(
             "[jobs.backup]\nschedule = \"* * * * *\"\ncommand = \"ls -l\"\n",
@@ -412,7 +412,7 @@ fn unknown_keys_at_every_level_suggest_the_closest_key() {
                 "jobs.toml:4:1: job \"backup\": unknown key `time_out`; did you mean `timeout`?",
                 "jobs.toml:5:1: job \"backup\": unknown key `working_directory`; did you mean `working_dir`?",
                 "jobs.toml:6:1: job \"backup\": unknown key `history`; `history` belongs in [scheduler]",
-                "jobs.toml:7:1: job \"backup\": unknown key `color` (expected one of: description, schedule, timezone, command, shell, working_dir, env, timeout, enabled, overlap, catchup, kill_grace, retries, retry_backoff, retry_backoff_max, jitter, on_failure, params)",
+                "jobs.toml:7:1: job \"backup\": unknown key `color` (expected one of: description, schedule, timezone, command, shell, working_dir, env, timeout, enabled, overlap, catchup, kill_grace, retries, retry_backoff, retry_backoff_max, jitter, on_failure, params, active_from, active_until)",
             ],
         );
 }
@@ -1695,5 +1695,48 @@ fn webhook_mistakes_are_reported_where_they_are_written() {
             "jobs.toml:11:15: secret_file \"/nonexistent/hook.secret\" cannot be read: No such file or directory (os error 2)",
             "jobs.toml:12:11: timeout must be greater than zero",
         ],
+    );
+}
+
+#[test]
+fn an_active_range_is_read_in_the_jobs_zone_and_a_closing_date_still_fires_that_day() {
+    let config = valid(
+        r#"
+[jobs.campaign]
+schedule = ["0 9 * * *", "0 18 * * *"]
+timezone = "Europe/Berlin"
+active_from = "2027-03-01T09:00:00"
+active_until = 2027-03-31
+command = ["/usr/bin/mail"]
+
+[jobs.exact]
+schedule = "@daily"
+active_from = 2027-03-01T00:00:00-05:00
+command = ["/usr/bin/mail"]
+"#,
+    );
+    let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+    let campaign = &config.jobs["campaign"].schedule;
+    assert_eq!(campaign.expressions().count(), 2);
+    // Summer time begins on the 28th: the day ends at 22:00 UTC.
+    assert_eq!(
+        campaign.active(),
+        crate::schedule::Active {
+            from: Some(at("2027-03-01T08:00:00Z")),
+            until: Some(at("2027-03-31T22:00:00Z")),
+        }
+    );
+    assert_eq!(
+        campaign.next_after(at("2027-01-01T00:00:00Z")),
+        Some(at("2027-03-01T08:00:00Z"))
+    );
+    assert_eq!(
+        campaign.next_after(at("2027-03-31T07:00:00Z")),
+        Some(at("2027-03-31T16:00:00Z"))
+    );
+    assert_eq!(campaign.next_after(at("2027-03-31T16:00:00Z")), None);
+    assert_eq!(
+        config.jobs["exact"].schedule.active().from,
+        Some(at("2027-03-01T05:00:00Z"))
     );
 }

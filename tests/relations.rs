@@ -1,0 +1,179 @@
+//! Jobs whose schedules are more than one expression: several schedules
+//! (the union of their ticks) and active ranges (README "Several schedules
+//! and active ranges"), standalone and in a 3-replica cluster on real etcd,
+//! the jobs writing a ledger of the ticks they ran for.
+
+mod common;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use common::etcd::Etcd;
+use common::*;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// The ticks (as Unix seconds) the ledger's runs were started for, in the
+/// order they ran, checking that none ran twice.
+fn ledger_ticks(env: &Env) -> Vec<i64> {
+    let ticks: Vec<i64> = env
+        .lines("ledger")
+        .iter()
+        .map(|l| {
+            let tick = l.split(' ').nth(1).unwrap_or_default();
+            DateTime::parse_from_rfc3339(tick)
+                .unwrap_or_else(|e| panic!("ledger line {l:?}: {e}"))
+                .timestamp()
+        })
+        .collect();
+    let unique: BTreeSet<i64> = ticks.iter().copied().collect();
+    assert_eq!(unique.len(), ticks.len(), "a tick fired twice: {ticks:?}");
+    ticks
+}
+
+fn union_of_2s_and_3s(ticks: impl Iterator<Item = i64>) -> Vec<i64> {
+    ticks.filter(|t| t % 2 == 0 || t % 3 == 0).collect()
+}
+
+fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// A whole second `secs` from now.
+fn in_secs(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(Utc::now().timestamp() + 1 + secs, 0).unwrap()
+}
+
+#[test]
+fn a_job_with_two_schedules_fires_their_union_and_a_shared_instant_once() {
+    let env = Env::new().config(&format!(
+        "[jobs.union]\nschedule = [\"*/2 * * * * *\", \"*/3 * * * * *\"]\nshell = '{}'\n",
+        ledger_line("start", "ledger")
+    ));
+    let _run = env.spawn_run("a");
+    // 13 s hold at least two instants both expressions share.
+    wait_until(PATIENCE, "13 s of fires", || {
+        let t = ledger_ticks(&env);
+        t.len() >= 2 && t[t.len() - 1] - t[0] >= 13
+    });
+    let ticks = ledger_ticks(&env);
+    let (first, last) = (ticks[0], ticks[ticks.len() - 1]);
+    assert_eq!(
+        ticks,
+        union_of_2s_and_3s(first..=last),
+        "not the union of the two schedules' ticks"
+    );
+    assert!(ticks.iter().filter(|t| *t % 6 == 0).count() >= 2);
+    assert_eq!(
+        env.job_view("union")["schedule"],
+        "*/2 * * * * * | */3 * * * * *"
+    );
+}
+
+#[test]
+fn no_fire_outside_the_active_range_and_next_and_list_say_so() {
+    let from = in_secs(4);
+    let until = from + chrono::Duration::seconds(4);
+    let env = Env::new().config(&format!(
+        "[jobs.window]\nschedule = \"@every 1s\"\ncatchup = \"1h\"\n\
+         active_from = \"{}\"\nactive_until = \"{}\"\nshell = '{}'\n",
+        rfc(from),
+        rfc(until),
+        ledger_line("start", "ledger")
+    ));
+    // Before it: the first fire is at its start, and `next` says why.
+    let out = env.cmd(&["next", "window", "-n", "2"]).run().success();
+    assert_eq!(
+        out.stdout.lines().next(),
+        Some(rfc(from).replace('Z', "+00:00").as_str())
+    );
+    assert!(out.stderr.contains("is active from"), "{}", out.stderr);
+    let view = env.job_view("window");
+    assert_eq!(view["active_from"], rfc(from));
+    assert_eq!(view["active_until"], rfc(until));
+    env.cmd(&["list"])
+        .run()
+        .success()
+        .stdout_has("when it becomes active");
+
+    let mut run = env.spawn_run("a");
+    wait_until(PATIENCE, "the range over", || {
+        Utc::now() > until + chrono::Duration::seconds(2)
+    });
+    let ticks = ledger_ticks(&env);
+    let want: Vec<i64> = (from.timestamp()..until.timestamp()).collect();
+    assert_eq!(ticks, want, "fires outside [{from}, {until})");
+    // A restart after it, with catch-up on: nothing to catch up.
+    run.kill9();
+    let _run = env.spawn_run("b");
+    wait_until(PATIENCE, "the restarted scheduler up", || {
+        env.list_json()["leader"]["instance"] == "b"
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ledger_ticks(&env), want, "a fire after the range");
+    let out = env.cmd(&["next", "window"]).run().success();
+    assert!(
+        out.stderr.contains("its active range ended"),
+        "{}",
+        out.stderr
+    );
+    env.cmd(&["list"])
+        .run()
+        .success()
+        .stdout_has("never (active until");
+    env.cmd(&["check"])
+        .run()
+        .success()
+        .stderr_has("its active range ended at");
+    // A manual run is not bound by the range.
+    env.cmd(&["trigger", "window"]).run().success();
+    let lines = env.lines("ledger");
+    assert_eq!(lines.len(), want.len() + 1, "{lines:?}");
+    assert!(lines[want.len()].contains(" manual "), "{lines:?}");
+}
+
+#[test]
+fn in_a_cluster_two_schedules_and_a_range_fire_once_each_across_a_leader_kill_9() {
+    let etcd = Etcd::start();
+    let until = in_secs(14);
+    let env = Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/relations\"\nlease_ttl = \"2s\"\n\n\
+         [jobs.union]\nschedule = [\"*/2 * * * * *\", \"*/3 * * * * *\"]\n\
+         active_until = \"{}\"\nshell = '{}'\n",
+        etcd.endpoint(),
+        rfc(until),
+        ledger_line("start", "ledger")
+    ));
+    let mut replicas: Vec<Scheduler> = ["a", "b", "c"].map(|i| env.spawn_run(i)).into();
+    let leader = env.leader();
+    wait_until(PATIENCE, "4 fires", || ledger_ticks(&env).len() >= 4);
+    let at = ["a", "b", "c"].iter().position(|i| *i == leader).unwrap();
+    replicas[at].kill9();
+    wait_until(PATIENCE, "the range over", || {
+        Utc::now() > until + chrono::Duration::seconds(3)
+    });
+    let ticks = ledger_ticks(&env);
+    let allowed = union_of_2s_and_3s(ticks[0]..until.timestamp());
+    for t in &ticks {
+        assert!(
+            allowed.contains(t),
+            "tick {t} is not one of the schedules' in range: {ticks:?}"
+        );
+    }
+    let instances: BTreeSet<String> = env
+        .lines("ledger")
+        .iter()
+        .filter_map(|l| l.split(' ').nth(5).map(str::to_string))
+        .collect();
+    assert!(
+        instances.len() >= 2,
+        "no replica took over after the kill: {instances:?}"
+    );
+    // What the failover cost is recorded, not lost: every tick in range
+    // ran, was caught up or is in the job's history as missed or skipped.
+    let fired = ticks.len() as u64;
+    wait_until(PATIENCE, "every tick accounted for", || {
+        let job = env.job_view("union");
+        let missed = job["recent_missed"].as_u64().unwrap_or(0);
+        let skipped = job["recent_skips"].as_u64().unwrap_or(0);
+        fired + missed + skipped >= allowed.len() as u64
+    });
+}

@@ -27,6 +27,8 @@ pub enum Trigger {
     Schedule,
     Catchup,
     Manual,
+    /// A start of an `@continuous` service (the first, or a restart).
+    Service,
 }
 
 /// The tick of a manual run accepted at `now`: `now` to the millisecond, in
@@ -41,6 +43,7 @@ impl fmt::Display for Trigger {
             Trigger::Schedule => "schedule",
             Trigger::Catchup => "catchup",
             Trigger::Manual => "manual",
+            Trigger::Service => "service",
         })
     }
 }

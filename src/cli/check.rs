@@ -21,6 +21,7 @@ pub fn check(cli: &Cli) -> Result<(), CliError> {
     for job in config.jobs.values() {
         let next = match (job.enabled, job.schedule.next_after(now)) {
             (false, _) => "disabled".to_string(),
+            (true, _) if job.schedule.is_continuous() => "service: always running".to_string(),
             (true, Some(t)) => format!("next {}", local_rfc3339(job, t)),
             (true, None) => "never fires again".to_string(),
         };

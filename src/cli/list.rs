@@ -109,6 +109,7 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
                 }
             }
             None if !job.enabled => "-".to_string(),
+            None if job.service.is_some() => "service (always running)".to_string(),
             None => match job.active_until.filter(|u| *u <= now) {
                 Some(u) => format!(
                     "never (active until {}, {})",
@@ -142,6 +143,12 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
             None => "never".to_string(),
         };
         let state = match job.running.first() {
+            Some(r) if job.service.is_some() => format!(
+                "service up {} on {}, {} restart(s)",
+                relative(now - r.started_at).trim_start_matches("in "),
+                r.key.instance,
+                job.service.as_ref().map_or(0, |s| s.restarts)
+            ),
             Some(r) => format!(
                 "running since {} on {}",
                 relative(r.started_at - now),

@@ -14,6 +14,16 @@ pub fn next(
 ) -> Result<(), CliError> {
     let config = load_config(cli)?;
     let job = find_job(&config, name)?;
+    if job.schedule.is_continuous() {
+        eprintln!(
+            "bgsched: job \"{}\" is a service (@continuous): it has no fire times; the leader keeps it running",
+            job.name
+        );
+        if json {
+            println!("[]");
+        }
+        return Ok(());
+    }
     let after = match after {
         Some(s) => DateTime::parse_from_rfc3339(s)
             .map_err(|e| CliError::Usage(format!("--after {s:?} is not an RFC 3339 instant: {e}")))?

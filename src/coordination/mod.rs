@@ -469,6 +469,14 @@ pub trait Coordinator: Send + Sync + 'static {
     /// Mark a trigger request as answered without a run (e.g. skipped).
     fn finish_request(&self, run_id: &str) -> impl Future<Output = ()> + Send;
 
+    /// Whether a run of `job` is active, on any instance. A service's start
+    /// asks first, every second while it runs elsewhere, so that costs a
+    /// read instead of a claim. `false` where unknown: the claim decides.
+    fn run_active(&self, job: &str) -> impl Future<Output = Result<bool>> + Send {
+        let _ = job;
+        std::future::ready(Ok(false))
+    }
+
     /// Tell the other instances which config (content hash) this one uses
     /// from now on. Backends without peers have no one to tell.
     fn announce_config(

@@ -24,7 +24,7 @@ pub use attempt::*;
 pub use entry::SUPERVISE_COMMAND;
 pub use hooks::*;
 pub use spec::*;
-pub use supervisors::{watch as watch_supervisor, Supervisors};
+pub use supervisors::{watch as watch_supervisor, Reaped, Supervisors};
 pub use waiting::WaitingSupervisors;
 
 use crate::config::{Job, Overlap, Program};

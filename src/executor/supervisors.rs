@@ -19,6 +19,14 @@ struct Tracked {
     key: RunKey,
 }
 
+/// A supervisor that exited: its run, whether it exited cleanly (having
+/// recorded its run), and what its run handed back.
+pub struct Reaped {
+    pub key: Option<RunKey>,
+    pub clean: bool,
+    pub handback: Option<String>,
+}
+
 /// The supervisors started by one scheduler.
 pub struct Supervisors {
     by_pid: HashMap<u32, Tracked>,
@@ -77,15 +85,30 @@ impl Supervisors {
         self.reaper.spawn(reap);
     }
 
-    /// Resolves when a supervisor exits (never, if none runs), with its
-    /// run if it did not exit cleanly, and what its run handed back.
-    pub async fn reap_one(&mut self) -> (Option<RunKey>, Option<String>) {
-        match self.reaper.join_next().await {
-            Some(Ok((pid, clean, handback))) => {
-                let tracked = self.by_pid.remove(&pid);
-                (tracked.filter(|_| !clean).map(|t| t.key), handback)
+    /// Send `sig` to the supervisors of the jobs `which` picks.
+    pub fn signal_jobs(&self, sig: Signal, which: impl Fn(&str) -> bool) {
+        for (pid, t) in &self.by_pid {
+            if which(&t.key.job) {
+                if let Some(p) = Pid::from_raw(*pid as i32) {
+                    let _ = kill_process(p, sig);
+                }
             }
-            Some(Err(_)) => (None, None),
+        }
+    }
+
+    /// Resolves when a supervisor exits (never, if none runs).
+    pub async fn reap_one(&mut self) -> Reaped {
+        match self.reaper.join_next().await {
+            Some(Ok((pid, clean, handback))) => Reaped {
+                key: self.by_pid.remove(&pid).map(|t| t.key),
+                clean,
+                handback,
+            },
+            Some(Err(_)) => Reaped {
+                key: None,
+                clean: true,
+                handback: None,
+            },
             None => std::future::pending().await,
         }
     }

@@ -85,6 +85,19 @@ pub struct JobView {
     pub active_from: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_until: Option<DateTime<Utc>>,
+    /// For an `@continuous` service: how long it has been up, and how
+    /// often it was restarted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceView {
+    /// When the running instance started; `None` while none runs.
+    pub up_since: Option<DateTime<Utc>>,
+    /// Its starts in the retained history that have ended: each was
+    /// followed by a restart.
+    pub restarts: usize,
 }
 
 /// A declared parameter, as the dashboard's trigger form needs it.
@@ -179,6 +192,7 @@ pub async fn build(
             .iter()
             .find(|r| r.outcome.is_run() && r.outcome != Outcome::Running)
             .cloned();
+        let view_running_since = running.first().map(|r| r.started_at);
         jobs.push(JobView {
             name: job.name.clone(),
             description: job.description.clone(),
@@ -253,6 +267,17 @@ pub async fn build(
                 .collect(),
             active_from: job.schedule.active().from,
             active_until: job.schedule.active().until,
+            service: job.schedule.is_continuous().then(|| ServiceView {
+                up_since: view_running_since,
+                restarts: history
+                    .iter()
+                    .filter(|r| {
+                        r.key.trigger == crate::model::Trigger::Service
+                            && r.outcome.is_run()
+                            && r.outcome != Outcome::Running
+                    })
+                    .count(),
+            }),
         });
     }
     let view = match backend {

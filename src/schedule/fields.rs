@@ -4,7 +4,7 @@
 use super::*;
 
 pub(super) const NICKNAMES: &str =
-    "@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, @every <duration>";
+    "@yearly, @annually, @monthly, @weekly, @daily, @midnight, @hourly, @every <duration>, @continuous";
 
 /// A schedule's kind, and for cron kinds the pattern as parsed by validation.
 pub(super) type Parsed = (Kind, Option<Cron>);
@@ -16,6 +16,7 @@ pub(super) fn parse_nickname(text: &str) -> Result<Parsed, ScheduleError> {
     };
     let fields = match word.to_ascii_lowercase().as_str() {
         "@every" => return parse_every(rest),
+        "@continuous" if rest.is_empty() => return Ok((Kind::Continuous, None)),
         "@yearly" | "@annually" => "0 0 1 1 *",
         "@monthly" => "0 0 1 * *",
         "@weekly" => "0 0 * * 0",

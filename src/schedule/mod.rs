@@ -158,6 +158,8 @@ enum Kind {
     /// costs microseconds and happens once per fire. `fixed` is the cron(8)
     /// DST class, decided from the expression's text.
     Cron { pattern: Box<str>, fixed: bool },
+    /// `@continuous`: no ticks; a service the leader keeps running.
+    Continuous,
 }
 
 fn croner_parser() -> CronParser {
@@ -344,6 +346,12 @@ impl Schedule {
         }
     }
 
+    /// `@continuous`: a service, with no ticks, that the leader keeps
+    /// running (see `scheduler::services`).
+    pub fn is_continuous(&self) -> bool {
+        matches!(&*self.parts, [one] if matches!(one.kind, Kind::Continuous))
+    }
+
     /// Whether cron(8) would treat a single-expression job as fixed-time for
     /// DST (see the module docs): gap times run once after the gap, repeated
     /// times once.
@@ -373,7 +381,9 @@ impl Expr {
     }
 
     fn check_fires(&self, cron: Option<&Cron>) -> Result<(), ScheduleError> {
-        if self.next_with(cron, DateTime::UNIX_EPOCH).is_some() {
+        if matches!(self.kind, Kind::Continuous)
+            || self.next_with(cron, DateTime::UNIX_EPOCH).is_some()
+        {
             return Ok(());
         }
         Err(ScheduleError::new(match self.kind {
@@ -381,14 +391,14 @@ impl Expr {
                 "@every interval {} is too long: it never fires",
                 humantime::format_duration(Duration::from_secs(secs.unsigned_abs()))
             ),
-            Kind::Cron { .. } => "never fires: no date matches it".to_string(),
+            Kind::Cron { .. } | Kind::Continuous => "never fires: no date matches it".to_string(),
         }))
     }
 
     /// The pattern parsed for a search (`None` for `@every`).
     fn cron(&self) -> Option<Cron> {
         match &self.kind {
-            Kind::Every(_) => None,
+            Kind::Every(_) | Kind::Continuous => None,
             Kind::Cron { pattern, .. } => Some(
                 croner_parser()
                     .parse(pattern)
@@ -412,7 +422,7 @@ impl Expr {
                 after,
             }
             .next(),
-            (Kind::Cron { .. }, None) => None,
+            (Kind::Cron { .. }, None) | (Kind::Continuous, _) => None,
         }
     }
 
@@ -423,13 +433,14 @@ impl Expr {
                 humantime::format_duration(Duration::from_secs(secs.unsigned_abs()))
             ),
             Kind::Cron { .. } => self.cron().map_or_else(String::new, |c| c.describe()),
+            Kind::Continuous => "Always running, restarted when it exits".to_string(),
         }
     }
 
     fn every(&self) -> Option<Duration> {
         match self.kind {
             Kind::Every(secs) => Some(Duration::from_secs(secs.unsigned_abs())),
-            Kind::Cron { .. } => None,
+            Kind::Cron { .. } | Kind::Continuous => None,
         }
     }
 

@@ -71,6 +71,8 @@ impl<C: Coordinator> Scheduler<C> {
         }
         // A job that never fired counts from now, also for the next leader.
         self.coord.begin_schedules(leadership, &first, now).await;
+        let mut services = services::Services::default();
+        services.follow(&config, now);
         let mut requests = leadership.requests.take();
         let mut lost = leadership.lost.take();
         let mut state = FireState {
@@ -111,10 +113,15 @@ impl<C: Coordinator> Scheduler<C> {
             let prepare_at = next_due
                 .filter(|t| prepared_for != Some(*t))
                 .map(|t| t - ahead);
-            let wake = [next_due, state.next_retry(), prepare_at]
-                .into_iter()
-                .flatten()
-                .min();
+            let wake = [
+                next_due,
+                state.next_retry(),
+                prepare_at,
+                services.next_wake(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             // Counted on the monotonic clock from the last turn, so a wall
             // clock that steps back meanwhile is noticed at the wake-up
             // (below), not only after a MAX_SLEEP.
@@ -147,13 +154,18 @@ impl<C: Coordinator> Scheduler<C> {
                     }
                     continue;
                 }
-                (died, handback) = running.reap_one() => {
-                    if let Some(token) = handback {
-                        self.coord.take_back(&token);
+                reaped = running.reap_one() => {
+                    if let Some(token) = &reaped.handback {
+                        self.coord.take_back(token);
                     }
-                    if let Some(key) = died {
-                        for rec in crate::coordination::reap_after_death(&*self.coord, &key).await {
-                            self.after_lost(rec);
+                    if let Some(key) = &reaped.key {
+                        if let Some(job) = config.jobs.get(&key.job).filter(|_| services.is_service(&key.job)) {
+                            services.ended(job, &key.run_id, Utc::now());
+                        }
+                        if !reaped.clean {
+                            for rec in crate::coordination::reap_after_death(&*self.coord, key).await {
+                                self.after_lost(rec);
+                            }
                         }
                     }
                     continue;
@@ -244,6 +256,8 @@ impl<C: Coordinator> Scheduler<C> {
                     }
                 }
             }
+            self.keep_services(&config, leadership, &mut services, running, &mut state)
+                .await;
             let mut batch: Vec<(&Job, Vec<Planned>, Option<MissedEntry>)> = Vec::new();
             while let Some(Reverse((tick, i))) = due.peek().copied() {
                 if tick > now {
@@ -393,6 +407,7 @@ impl<C: Coordinator> Scheduler<C> {
                 );
                 due = new_due;
                 prepared_for = None;
+                services.follow(&new, now);
                 config = new;
                 jobs = scheduled(&config);
             }
@@ -413,6 +428,17 @@ impl<C: Coordinator> Scheduler<C> {
         let mut terminated = false;
         // Draining is the loop turning too (`shutdown_grace` may be long).
         let mut beat = tokio::time::interval(MAX_SLEEP / 4);
+        // A service never ends by itself: it is stopped at once, with its
+        // kill grace, while other runs may finish within the grace.
+        {
+            let config = self.config.borrow();
+            running.signal_jobs(Signal::TERM, |job| {
+                config
+                    .jobs
+                    .get(job)
+                    .is_some_and(|j| j.schedule.is_continuous())
+            });
+        }
         while !running.is_empty() {
             if forced && !terminated {
                 // SIGTERM starts the supervisor's stop; the SIGINT after it

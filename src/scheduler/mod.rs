@@ -28,6 +28,7 @@ mod fire;
 mod fire_loop;
 mod missed;
 mod plan;
+mod services;
 mod state;
 pub use plan::*;
 use state::*;

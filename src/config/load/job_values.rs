@@ -90,6 +90,14 @@ impl<'a, 'i> Item<'a, 'i> {
                 }
                 seen.push(same);
             }
+            if one.as_ref().is_some_and(Schedule::is_continuous) {
+                r.error(
+                    item.value_at(),
+                    "@continuous is a schedule of its own: write schedule = \"@continuous\", \
+                     not in a list",
+                );
+                parts = None;
+            }
             match (one, &mut parts) {
                 (Some(s), Some(all)) => all.push(s),
                 (None, _) => parts = None,

@@ -353,6 +353,26 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
             );
         }
     }
+    if schedule.as_ref().is_some_and(Schedule::is_continuous) {
+        // A service has no ticks to overlap, catch up or delay, and is
+        // restarted whatever the outcome.
+        let meaningless = [
+            ("overlap", &f.overlap, "it never overlaps itself"),
+            ("catchup", &f.catchup, "it has no ticks to catch up"),
+            ("jitter", &f.jitter, "it has no ticks to delay"),
+            ("retries", &f.retries, "it is restarted whenever it exits"),
+            ("active_from", &f.active_from, "it has no ticks to bound"),
+            ("active_until", &f.active_until, "it has no ticks to bound"),
+        ];
+        for (key, given, why) in meaningless {
+            if let Some(i) = given {
+                r.error(
+                    i.key_at,
+                    format!("{key} means nothing for an @continuous service ({why}); remove it"),
+                );
+            }
+        }
+    }
     let program = program(r, item.key_at, f.command.as_ref(), f.shell.as_ref());
     let working_dir = f.working_dir.as_ref().and_then(|i| i.path(r));
     let env = f.env.as_ref().and_then(|i| i.env(r)).unwrap_or_default();
@@ -389,7 +409,7 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
     if !name_ok {
         return None;
     }
-    Some(Job {
+    let mut job = Job {
         name: name.to_owned(),
         description,
         schedule: schedule?.within(active?),
@@ -408,7 +428,15 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
         jitter: own.jitter?,
         on_failure: own.on_failure?,
         params: params?,
-    })
+    };
+    if job.schedule.is_continuous() {
+        // What `[defaults]` says about ticks does not apply to a service.
+        job.overlap = Overlap::Skip;
+        job.catchup = Duration::ZERO;
+        job.jitter = Duration::ZERO;
+        job.retries = 0;
+    }
+    Some(job)
 }
 
 /// Names become file names and CLI arguments, hence the narrow alphabet, and

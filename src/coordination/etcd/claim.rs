@@ -143,7 +143,9 @@ impl Etcd {
             let entry = RunRecord::not_run(key.clone(), Outcome::Skipped, reason.to_string());
             TxnOp::put(self.keys.history(req.job, run_id), json(&entry), None)
         };
-        let own_entry = req.request.is_none();
+        // A service's start found it running elsewhere: nothing to record
+        // (it is asked again every second while it runs there).
+        let own_entry = req.request.is_none() && req.trigger != crate::model::Trigger::Service;
         let leader_key = self.keys.leader();
         let last_key = self.keys.last(req.job);
         let actives = self.keys.actives(req.job);
@@ -537,7 +539,7 @@ impl Etcd {
     /// The claim of a scheduled tick skipped it and wrote its entry at
     /// revision `rev`.
     fn skipped_by_claim(&self, req: &ClaimRequest<'_>, run_id: &str, rev: i64) {
-        if req.request.is_some() {
+        if req.request.is_some() || req.trigger == crate::model::Trigger::Service {
             return;
         }
         let now = Utc::now();

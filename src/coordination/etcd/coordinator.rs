@@ -317,6 +317,19 @@ impl Coordinator for Etcd {
         Vec::new()
     }
 
+    async fn run_active(&self, job: &str) -> Result<bool> {
+        let resp = self
+            .client
+            .clone()
+            .get(
+                self.keys.actives(job),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map_err(etcd_err("look up active runs"))?;
+        Ok(resp.count() > 0)
+    }
+
     async fn finish_request(&self, run_id: &str) {
         let _ = self
             .client

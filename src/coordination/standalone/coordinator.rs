@@ -148,6 +148,12 @@ impl Coordinator for Standalone {
         self.forget_request(run_id);
     }
 
+    async fn run_active(&self, job: &str) -> Result<bool> {
+        // Held by every run of a job that does not overlap itself, also one
+        // whose scheduler is gone; taken and let go again at once.
+        Ok(self.try_run_lock(job)?.is_none())
+    }
+
     fn backend_spec(&self) -> BackendSpec {
         BackendSpec::Standalone {
             state_dir: self.root.clone(),

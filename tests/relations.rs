@@ -177,3 +177,212 @@ fn in_a_cluster_two_schedules_and_a_range_fire_once_each_across_a_leader_kill_9(
         fired + missed + skipped >= allowed.len() as u64
     });
 }
+
+/// Each instance of a service (by the pid of its shell), with the instance
+/// of bgsched it ran under and the first and last of its heartbeats.
+#[derive(Debug, Clone)]
+struct Life {
+    pid: i32,
+    instance: String,
+    first: f64,
+    last: f64,
+}
+
+/// A service's job: a heartbeat to the ledger every 0.1 s, `beats` of them
+/// (forever if `None`).
+fn heartbeat(beats: Option<u32>) -> String {
+    let line = "echo \"beat $$ $BGSCHED_INSTANCE $(date +%s.%N)\" >> {dir}/ledger; sleep 0.1";
+    match beats {
+        Some(n) => format!("for i in $(seq 1 {n}); do {line}; done"),
+        None => format!("while :; do {line}; done"),
+    }
+}
+
+/// The lives in the ledger, by their first beat, checking that no two
+/// overlap: at no moment did two instances run.
+fn lives(env: &Env) -> Vec<Life> {
+    let mut lives: Vec<Life> = Vec::new();
+    for l in env.lines("ledger") {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f.len(), 4, "malformed ledger line {l:?}");
+        let (pid, t): (i32, f64) = (f[1].parse().unwrap(), f[3].parse().unwrap());
+        match lives.iter_mut().find(|x| x.pid == pid) {
+            Some(x) => x.last = x.last.max(t),
+            None => lives.push(Life {
+                pid,
+                instance: f[2].to_string(),
+                first: t,
+                last: t,
+            }),
+        }
+    }
+    lives.sort_by(|a, b| a.first.total_cmp(&b.first));
+    for pair in lives.windows(2) {
+        assert!(
+            pair[1].first > pair[0].last,
+            "two instances alive at once: {:?} and {:?}; all: {lives:#?}",
+            pair[0],
+            pair[1]
+        );
+    }
+    lives
+}
+
+fn now_secs() -> f64 {
+    Utc::now().timestamp_micros() as f64 / 1e6
+}
+
+#[test]
+fn a_service_is_restarted_after_it_exits_outlives_a_kill_9_once_and_stops_on_sigterm() {
+    let env = Env::new().config(&format!(
+        "[jobs.worker]\nschedule = \"@continuous\"\nretry_backoff = \"1s\"\nkill_grace = \"2s\"\n\
+         shell = '{}'\n",
+        heartbeat(Some(15))
+    ));
+    env.cmd(&["next", "worker"])
+        .run()
+        .success()
+        .stderr_has("is a service (@continuous)");
+    env.cmd(&["check"])
+        .run()
+        .success()
+        .stdout_has("service: always running");
+    let mut run = env.spawn_run("a");
+    wait_until(PATIENCE, "three instances", || lives(&env).len() >= 3);
+    let l = lives(&env);
+    for pair in l.windows(2) {
+        let gap = pair[1].first - pair[0].last;
+        assert!(gap > 0.5, "restarted before its backoff: {gap:.2}s; {l:#?}");
+    }
+    let view = env.job_view("worker");
+    assert!(view["service"]["restarts"].as_u64().unwrap() >= 2, "{view}");
+    let recs = env.records("worker");
+    assert!(recs.iter().all(|r| r["trigger"] == "service"), "{recs:#?}");
+
+    // The scheduler dies: its instance runs on to its end, and the next
+    // scheduler starts the next one only after it, not beside it.
+    wait_until(PATIENCE, "an instance running", || {
+        lives(&env)
+            .last()
+            .is_some_and(|x| now_secs() - x.last < 0.5)
+    });
+    env.cmd(&["list"]).run().success().stdout_has("service up");
+    let running = lives(&env).len();
+    run.kill9();
+    let mut run = env.spawn_run("b");
+    wait_until(PATIENCE, "an instance under the new scheduler", || {
+        lives(&env).iter().any(|x| x.instance == "b")
+    });
+    let l = lives(&env);
+    assert!(l.len() > running);
+
+    // SIGTERM stops the running instance at once and starts no other.
+    wait_until(PATIENCE, "an instance running", || {
+        lives(&env)
+            .last()
+            .is_some_and(|x| now_secs() - x.last < 0.5)
+    });
+    run.signal(rustix::process::Signal::TERM);
+    assert_eq!(run.wait_exit(PATIENCE), Some(0));
+    let stopped = now_secs();
+    let l = lives(&env);
+    let last = l.last().unwrap();
+    assert!(
+        last.last < stopped,
+        "beats after the scheduler stopped: {last:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        lives(&env).len(),
+        l.len(),
+        "an instance started after SIGTERM"
+    );
+}
+
+#[test]
+fn in_a_cluster_one_service_instance_runs_across_sigstop_kill_9_and_sigterm_of_leaders() {
+    let etcd = Etcd::start();
+    let env = Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/services\"\nlease_ttl = \"2s\"\n\n\
+         [jobs.worker]\nschedule = \"@continuous\"\nretry_backoff = \"1s\"\nkill_grace = \"2s\"\n\
+         shell = '{}'\n",
+        etcd.endpoint(),
+        heartbeat(None)
+    ));
+    let names = ["a", "b", "c"];
+    let mut replicas: Vec<Scheduler> = names.map(|i| env.spawn_run(i)).into();
+    let index = |name: &str| names.iter().position(|n| *n == name).unwrap();
+    wait_until(PATIENCE, "the service running", || !lives(&env).is_empty());
+    let first = lives(&env)[0].clone();
+
+    // SIGSTOP of the leader that started it: another leads, the instance
+    // (its own supervisor keeps its lease) runs on, and no second starts.
+    let stopped = &replicas[index(&first.instance)];
+    stopped.signal(rustix::process::Signal::STOP);
+    wait_until(PATIENCE, "another leader", || {
+        env.list_json()["leader"]["instance"]
+            .as_str()
+            .is_some_and(|l| l != first.instance)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    stopped.signal(rustix::process::Signal::CONT);
+    assert_eq!(
+        lives(&env).len(),
+        1,
+        "a second instance: {:#?}",
+        lives(&env)
+    );
+
+    // kill -9 of the leader: still the one instance.
+    let leader = env.leader();
+    replicas[index(&leader)].kill9();
+    wait_until(PATIENCE, "a new leader", || {
+        env.list_json()["leader"]["instance"]
+            .as_str()
+            .is_some_and(|l| l != leader)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lives(&env).len(),
+        1,
+        "a second instance: {:#?}",
+        lives(&env)
+    );
+    if leader != first.instance {
+        replicas[index(&leader)] = env.spawn_run(&leader);
+    }
+
+    // The instance exits (killed): the leader starts the next one.
+    let pid = rustix::process::Pid::from_raw(first.pid).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    wait_until(PATIENCE, "a restart", || lives(&env).len() >= 2);
+    let second = lives(&env)[1].clone();
+    assert_eq!(second.instance, env.leader(), "not restarted by the leader");
+
+    // SIGTERM of that leader stops it; the next leader starts it again.
+    replicas[index(&second.instance)].signal(rustix::process::Signal::TERM);
+    wait_until(PATIENCE, "a start by the next leader", || {
+        lives(&env)
+            .iter()
+            .any(|x| x.first > second.first && x.instance != second.instance)
+    });
+    let all = lives(&env);
+    // Each instance that ended has its record, under the instance that
+    // started it.
+    wait_until(PATIENCE, "the two ended instances recorded", || {
+        let out = env.cmd(&["history", "worker", "--json"]).run().success();
+        let recs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+        let ended: Vec<&serde_json::Value> = recs
+            .iter()
+            .filter(|r| r["trigger"] == "service" && r["outcome"] != "running")
+            .collect();
+        ended.len() >= 2
+            && ended
+                .iter()
+                .any(|r| r["instance"] == first.instance.as_str())
+            && ended
+                .iter()
+                .any(|r| r["instance"] == second.instance.as_str())
+    });
+    println!("service lives: {all:#?}");
+}

@@ -185,3 +185,51 @@ impl<C: Coordinator> Scheduler<C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_wait_a_doubling_backoff_until_a_run_lasts() {
+        let config = crate::config::load_str(
+            std::path::Path::new("jobs.toml"),
+            b"[jobs.w]\nschedule = \"@continuous\"\nretry_backoff = \"2s\"\n\
+              retry_backoff_max = \"5s\"\ncommand = [\"w\"]\n",
+        )
+        .unwrap();
+        let job = &config.jobs["w"];
+        let t0: DateTime<Utc> = "2027-01-01T00:00:00Z".parse().unwrap();
+        let secs = chrono::Duration::seconds;
+        let mut s = Services::default();
+        s.follow(&config, t0);
+        assert_eq!(s.due(t0), ["w"]);
+        let mut now = t0;
+        // Short runs: 2 s, 4 s, then the 5 s cap.
+        for (i, wait) in [2, 4, 5, 5].into_iter().enumerate() {
+            let id = format!("run-{i}");
+            s.started("w", &id, now);
+            assert_eq!(s.next_wake(), None, "nothing to try while it runs here");
+            now += secs(1);
+            s.ended(job, &id, now);
+            assert_eq!(s.next_wake(), Some(now + secs(wait)));
+            assert!(s.due(now).is_empty());
+            now += secs(wait);
+        }
+        // A run of a minute resets it.
+        s.started("w", "long", now);
+        now += secs(60);
+        s.ended(job, "long", now);
+        assert_eq!(s.next_wake(), Some(now + secs(2)));
+        // Another run's end (not ours) changes nothing.
+        s.started("w", "mine", now);
+        s.ended(job, "other", now);
+        assert_eq!(s.next_wake(), None);
+        // Gone from the config: forgotten.
+        s.follow(
+            &crate::config::load_str(std::path::Path::new("jobs.toml"), b"").unwrap(),
+            now,
+        );
+        assert!(!s.is_service("w"));
+    }
+}

@@ -386,3 +386,50 @@ fn in_a_cluster_one_service_instance_runs_across_sigstop_kill_9_and_sigterm_of_l
     });
     println!("service lives: {all:#?}");
 }
+
+/// Whether the newest instance beat within the last half second.
+fn beating(env: &Env) -> bool {
+    lives(env).last().is_some_and(|x| now_secs() - x.last < 0.5)
+}
+
+#[test]
+fn a_reload_that_disables_a_service_stops_it_and_a_pause_holds_its_restart() {
+    let service = |enabled: bool| {
+        format!(
+            "[jobs.worker]\nschedule = \"@continuous\"\nretry_backoff = \"1s\"\nkill_grace = \"2s\"\n\
+             enabled = {enabled}\nshell = '{}'\n",
+            heartbeat(None)
+        )
+    };
+    let env = Env::new().config(&service(true));
+    let run = env.spawn_run("a");
+    wait_until(PATIENCE, "the service running", || beating(&env));
+    env.write("jobs.toml", &service(false));
+    run.signal(rustix::process::Signal::HUP);
+    wait_until(PATIENCE, "the service stopped", || !beating(&env));
+    let stopped = lives(&env).len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lives(&env).len(), stopped, "started again while disabled");
+    assert!(!beating(&env));
+    env.write("jobs.toml", &service(true));
+    run.signal(rustix::process::Signal::HUP);
+    wait_until(PATIENCE, "running again", || {
+        lives(&env).len() > stopped && beating(&env)
+    });
+
+    // Paused, a running instance runs on; one that exits is not restarted
+    // until the job is resumed.
+    env.cmd(&["pause", "worker"]).run().success();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(beating(&env), "the pause stopped the running instance");
+    let l = lives(&env);
+    let pid = rustix::process::Pid::from_raw(l.last().unwrap().pid).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    wait_until(PATIENCE, "the instance gone", || !beating(&env));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lives(&env).len(), l.len(), "restarted while paused");
+    env.cmd(&["resume", "worker"]).run().success();
+    wait_until(PATIENCE, "restarted after the resume", || {
+        lives(&env).len() > l.len() && beating(&env)
+    });
+}

@@ -85,10 +85,10 @@ impl Supervisors {
         self.reaper.spawn(reap);
     }
 
-    /// Send `sig` to the supervisors of the jobs `which` picks.
-    pub fn signal_jobs(&self, sig: Signal, which: impl Fn(&str) -> bool) {
+    /// Send `sig` to the supervisors of the runs `which` picks.
+    pub fn signal_where(&self, sig: Signal, which: impl Fn(&RunKey) -> bool) {
         for (pid, t) in &self.by_pid {
-            if which(&t.key.job) {
+            if which(&t.key) {
                 if let Some(p) = Pid::from_raw(*pid as i32) {
                     let _ = kill_process(p, sig);
                 }

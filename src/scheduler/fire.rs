@@ -204,7 +204,10 @@ impl<C: Coordinator> Scheduler<C> {
             trigger,
             instance: &self.instance,
             overlap: job.overlap,
-            advances_schedule: request.is_none(),
+            // A service's start is not a tick of a schedule: its instant
+            // comes from the clock, which may step back; the overlap check
+            // alone keeps it single.
+            advances_schedule: request.is_none() && trigger != Trigger::Service,
             request: request.map(|r| r.run_id.as_str()),
         };
         self.coord.claim(leadership, req).await

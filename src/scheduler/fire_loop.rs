@@ -256,8 +256,6 @@ impl<C: Coordinator> Scheduler<C> {
                     }
                 }
             }
-            self.keep_services(&config, leadership, &mut services, running, &mut state)
-                .await;
             let mut batch: Vec<(&Job, Vec<Planned>, Option<MissedEntry>)> = Vec::new();
             while let Some(Reverse((tick, i))) = due.peek().copied() {
                 if tick > now {
@@ -387,6 +385,10 @@ impl<C: Coordinator> Scheduler<C> {
             }
             drop(claims);
             held_back = None;
+            // After the ticks due: a service running elsewhere costs a read
+            // per turn, which must not make a tick late.
+            self.keep_services(&config, leadership, &mut services, running, &mut state)
+                .await;
             if let Some(new) = reloaded {
                 let now = Utc::now();
                 let new_due = reschedule(&jobs, &due, &scheduled(&new), now);
@@ -408,6 +410,12 @@ impl<C: Coordinator> Scheduler<C> {
                 due = new_due;
                 prepared_for = None;
                 services.follow(&new, now);
+                // A service the reload removed or disabled is stopped (it
+                // would never end); a changed one runs on and starts with
+                // its new config next time.
+                running.signal_where(Signal::TERM, |key| {
+                    key.trigger == Trigger::Service && !services.is_service(&key.job)
+                });
                 config = new;
                 jobs = scheduled(&config);
             }
@@ -430,15 +438,7 @@ impl<C: Coordinator> Scheduler<C> {
         let mut beat = tokio::time::interval(MAX_SLEEP / 4);
         // A service never ends by itself: it is stopped at once, with its
         // kill grace, while other runs may finish within the grace.
-        {
-            let config = self.config.borrow();
-            running.signal_jobs(Signal::TERM, |job| {
-                config
-                    .jobs
-                    .get(job)
-                    .is_some_and(|j| j.schedule.is_continuous())
-            });
-        }
+        running.signal_where(Signal::TERM, |key| key.trigger == Trigger::Service);
         while !running.is_empty() {
             if forced && !terminated {
                 // SIGTERM starts the supervisor's stop; the SIGINT after it

@@ -353,6 +353,23 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
             );
         }
     }
+    if let (Some(s), Some(range)) = (&schedule, active) {
+        let at = f.active_until.as_ref().or(f.active_from.as_ref());
+        let bounded = s.clone().within(range);
+        let start = range.from.map_or(chrono::DateTime::UNIX_EPOCH, |f| {
+            f - chrono::TimeDelta::nanoseconds(1)
+        });
+        if let Some(at) = at.filter(|_| !s.is_continuous() && bounded.next_after(start).is_none()) {
+            r.error(
+                at.value_at(),
+                format!(
+                    "no tick of schedule {} falls within active_from..active_until; the job would never fire",
+                    quoted(&s.as_str())
+                ),
+            );
+            active = None;
+        }
+    }
     if schedule.as_ref().is_some_and(Schedule::is_continuous) {
         // A service has no ticks to overlap, catch up or delay, and is
         // restarted whatever the outcome.

@@ -233,7 +233,7 @@ fn now_secs() -> f64 {
 }
 
 #[test]
-fn a_service_is_restarted_after_it_exits_outlives_a_kill_9_once_and_stops_on_sigterm() {
+fn a_service_is_restarted_after_it_exits_taken_over_after_a_kill_9_and_stopped_by_sigterm() {
     let env = Env::new().config(&format!(
         "[jobs.worker]\nschedule = \"@continuous\"\nretry_backoff = \"1s\"\nkill_grace = \"2s\"\n\
          shell = '{}'\n",
@@ -259,8 +259,8 @@ fn a_service_is_restarted_after_it_exits_outlives_a_kill_9_once_and_stops_on_sig
     let recs = env.records("worker");
     assert!(recs.iter().all(|r| r["trigger"] == "service"), "{recs:#?}");
 
-    // The scheduler dies: its instance runs on to its end, and the next
-    // scheduler starts the next one only after it, not beside it.
+    // The scheduler dies: the next one has the orphaned instance stopped,
+    // then starts its own, never beside it.
     wait_until(PATIENCE, "an instance running", || {
         lives(&env)
             .last()
@@ -275,6 +275,14 @@ fn a_service_is_restarted_after_it_exits_outlives_a_kill_9_once_and_stops_on_sig
     });
     let l = lives(&env);
     assert!(l.len() > running);
+    wait_until(PATIENCE, "the orphaned instance recorded cancelled", || {
+        env.records("worker").iter().any(|r| {
+            r["outcome"] == "cancelled"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("the service moves to the leader"))
+        })
+    });
 
     // SIGTERM stops the running instance at once and starts no other.
     wait_until(PATIENCE, "an instance running", || {
@@ -299,6 +307,34 @@ fn a_service_is_restarted_after_it_exits_outlives_a_kill_9_once_and_stops_on_sig
     );
 }
 
+/// Waits until the newest instance runs under `instance` and beats.
+fn running_under(env: &Env, instance: &str) -> Life {
+    let mut newest = None;
+    wait_until(
+        PATIENCE,
+        &format!("the service running under {instance}"),
+        || {
+            newest = lives(env).last().cloned();
+            newest
+                .as_ref()
+                .is_some_and(|x| x.instance == instance && now_secs() - x.last < 0.5)
+        },
+    );
+    newest.expect("checked")
+}
+
+fn leader_other_than(env: &Env, old: &str) -> String {
+    let mut leader = None;
+    wait_until(PATIENCE, "another leader", || {
+        leader = env.list_json()["leader"]["instance"]
+            .as_str()
+            .filter(|l| *l != old)
+            .map(str::to_string);
+        leader.is_some()
+    });
+    leader.expect("checked")
+}
+
 #[test]
 fn in_a_cluster_one_service_instance_runs_across_sigstop_kill_9_and_sigterm_of_leaders() {
     let etcd = Etcd::start();
@@ -312,77 +348,53 @@ fn in_a_cluster_one_service_instance_runs_across_sigstop_kill_9_and_sigterm_of_l
     let names = ["a", "b", "c"];
     let mut replicas: Vec<Scheduler> = names.map(|i| env.spawn_run(i)).into();
     let index = |name: &str| names.iter().position(|n| *n == name).unwrap();
-    wait_until(PATIENCE, "the service running", || !lives(&env).is_empty());
-    let first = lives(&env)[0].clone();
-
-    // SIGSTOP of the leader that started it: another leads, the instance
-    // (its own supervisor keeps its lease) runs on, and no second starts.
-    let stopped = &replicas[index(&first.instance)];
-    stopped.signal(rustix::process::Signal::STOP);
-    wait_until(PATIENCE, "another leader", || {
-        env.list_json()["leader"]["instance"]
-            .as_str()
-            .is_some_and(|l| l != first.instance)
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    stopped.signal(rustix::process::Signal::CONT);
-    assert_eq!(
-        lives(&env).len(),
-        1,
-        "a second instance: {:#?}",
-        lives(&env)
-    );
-
-    // kill -9 of the leader: still the one instance.
     let leader = env.leader();
-    replicas[index(&leader)].kill9();
-    wait_until(PATIENCE, "a new leader", || {
-        env.list_json()["leader"]["instance"]
-            .as_str()
-            .is_some_and(|l| l != leader)
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(
-        lives(&env).len(),
-        1,
-        "a second instance: {:#?}",
-        lives(&env)
-    );
-    if leader != first.instance {
-        replicas[index(&leader)] = env.spawn_run(&leader);
-    }
+    let first = running_under(&env, &leader);
+
+    // SIGSTOP of its leader: the next leader has the instance (whose own
+    // supervisor still runs) stopped, then starts it under itself; every
+    // check of the ledger (`lives`) also finds no two alive at once.
+    replicas[index(&leader)].signal(rustix::process::Signal::STOP);
+    let next = leader_other_than(&env, &leader);
+    let second = running_under(&env, &next);
+    assert_ne!(second.pid, first.pid);
+    replicas[index(&leader)].signal(rustix::process::Signal::CONT);
+
+    // kill -9 of that leader: its instance is orphaned, and the one after
+    // takes the service over the same way.
+    replicas[index(&next)].kill9();
+    let third_leader = leader_other_than(&env, &next);
+    let third = running_under(&env, &third_leader);
+    assert_ne!(third.pid, second.pid);
+    replicas[index(&next)] = env.spawn_run(&next);
 
     // The instance exits (killed): the leader starts the next one.
-    let pid = rustix::process::Pid::from_raw(first.pid).unwrap();
+    let pid = rustix::process::Pid::from_raw(third.pid).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
-    wait_until(PATIENCE, "a restart", || lives(&env).len() >= 2);
-    let second = lives(&env)[1].clone();
-    assert_eq!(second.instance, env.leader(), "not restarted by the leader");
+    wait_until(PATIENCE, "a restart", || {
+        lives(&env).last().is_some_and(|x| x.pid != third.pid)
+    });
+    let fourth = running_under(&env, &env.leader());
 
     // SIGTERM of that leader stops it; the next leader starts it again.
-    replicas[index(&second.instance)].signal(rustix::process::Signal::TERM);
-    wait_until(PATIENCE, "a start by the next leader", || {
-        lives(&env)
-            .iter()
-            .any(|x| x.first > second.first && x.instance != second.instance)
-    });
+    replicas[index(&fourth.instance)].signal(rustix::process::Signal::TERM);
+    let last_leader = leader_other_than(&env, &fourth.instance);
+    running_under(&env, &last_leader);
     let all = lives(&env);
-    // Each instance that ended has its record, under the instance that
-    // started it.
-    wait_until(PATIENCE, "the two ended instances recorded", || {
+    // Each instance that ended has its record: moved ones `cancelled`.
+    wait_until(PATIENCE, "the ended instances recorded", || {
         let out = env.cmd(&["history", "worker", "--json"]).run().success();
         let recs: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
-        let ended: Vec<&serde_json::Value> = recs
+        let moved = recs
             .iter()
-            .filter(|r| r["trigger"] == "service" && r["outcome"] != "running")
-            .collect();
-        ended.len() >= 2
-            && ended
-                .iter()
-                .any(|r| r["instance"] == first.instance.as_str())
-            && ended
-                .iter()
-                .any(|r| r["instance"] == second.instance.as_str())
+            .filter(|r| {
+                r["outcome"] == "cancelled"
+                    && r["reason"]
+                        .as_str()
+                        .is_some_and(|w| w.contains("the service moves to the leader"))
+            })
+            .count();
+        moved >= 2 && recs.iter().all(|r| r["trigger"] == "service")
     });
     println!("service lives: {all:#?}");
 }

@@ -69,6 +69,14 @@ pub enum Cancel {
     NotRunning,
 }
 
+/// Whether a job has an active run (see `Coordinator::job_activity`).
+#[derive(Debug)]
+pub enum Activity {
+    Idle,
+    /// Active; the run's record or marker, where it can be read yet.
+    Active(Option<Box<RunRecord>>),
+}
+
 /// Who currently leads, as far as the backend knows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderInfo {
@@ -471,10 +479,21 @@ pub trait Coordinator: Send + Sync + 'static {
 
     /// Whether a run of `job` is active, on any instance. A service's start
     /// asks first, every second while it runs elsewhere, so that costs a
-    /// read instead of a claim. `false` where unknown: the claim decides.
-    fn run_active(&self, job: &str) -> impl Future<Output = Result<bool>> + Send {
+    /// read instead of a claim. `Idle` where unknown: the claim decides.
+    fn job_activity(&self, job: &str) -> impl Future<Output = Result<Activity>> + Send {
         let _ = job;
-        std::future::ready(Ok(false))
+        std::future::ready(Ok(Activity::Idle))
+    }
+
+    /// Ask the supervisor of the active `run` to stop its job (recorded
+    /// `cancelled`, with `why`), as `bgsched cancel` does.
+    fn cancel_run(
+        &self,
+        run: &RunRecord,
+        why: &str,
+    ) -> impl Future<Output = Result<Cancel>> + Send {
+        let _ = (run, why);
+        std::future::ready(Ok(Cancel::NotRunning))
     }
 
     /// Tell the other instances which config (content hash) this one uses

@@ -85,6 +85,11 @@ impl Supervisors {
         self.reaper.spawn(reap);
     }
 
+    /// Whether run `run_id` is one of these supervisors'.
+    pub fn tracks(&self, run_id: &str) -> bool {
+        self.by_pid.values().any(|t| t.key.run_id == run_id)
+    }
+
     /// Send `sig` to the supervisors of the runs `which` picks.
     pub fn signal_where(&self, sig: Signal, which: impl Fn(&RunKey) -> bool) {
         for (pid, t) in &self.by_pid {

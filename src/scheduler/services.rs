@@ -8,6 +8,7 @@
 //! ended or been fenced by its own supervisor.
 
 use super::*;
+use crate::coordination::{Activity, CANCELLED};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ struct Service {
     backoff: Duration,
     /// The run this scheduler started, and when.
     ours: Option<(String, DateTime<Utc>)>,
+    /// An instance running elsewhere that was asked to stop.
+    asked: Option<String>,
 }
 
 /// The services of the config, as this leader sees them.
@@ -58,6 +61,7 @@ impl Services {
                     next_try: now,
                     backoff: job.retry_backoff,
                     ours: None,
+                    asked: None,
                 });
         }
     }
@@ -98,7 +102,20 @@ impl Services {
     pub(super) fn started(&mut self, job: &str, run_id: &str, now: DateTime<Utc>) {
         if let Some(s) = self.by_job.get_mut(job) {
             s.ours = Some((run_id.to_string(), now));
+            s.asked = None;
         }
+    }
+
+    /// Whether to ask `run_id` to stop: once per instance.
+    fn ask_once(&mut self, job: &str, run_id: &str) -> bool {
+        let Some(s) = self.by_job.get_mut(job) else {
+            return false;
+        };
+        if s.asked.as_deref() == Some(run_id) {
+            return false;
+        }
+        s.asked = Some(run_id.to_string());
+        true
     }
 
     /// The supervisor of `run_id` exited: restart after the backoff, which
@@ -146,9 +163,37 @@ impl<C: Coordinator> Scheduler<C> {
                 services.later(&name, now);
                 continue;
             }
-            match self.coord.run_active(&name).await {
-                Ok(false) => {}
-                Ok(true) => {
+            match self.coord.job_activity(&name).await {
+                Ok(Activity::Idle) => {}
+                Ok(Activity::Active(Some(run)))
+                    if run.key.trigger == Trigger::Service && running.tracks(&run.key.run_id) =>
+                {
+                    // Started here in an earlier term: ours again.
+                    services.started(&name, &run.key.run_id, run.started_at);
+                    continue;
+                }
+                Ok(Activity::Active(Some(run))) if run.key.trigger == Trigger::Service => {
+                    // Left by a scheduler that died or no longer leads: the
+                    // service moves to the leader once that one has ended.
+                    if services.ask_once(&name, &run.key.run_id) {
+                        let why = format!(
+                            "{CANCELLED} by {}: the service moves to the leader",
+                            self.instance
+                        );
+                        match self.coord.cancel_run(&run, &why).await {
+                            Ok(_) => {
+                                tracing::info!(job = %name, run_id = %run.key.run_id, on = %run.key.instance, "service runs under another scheduler; asked it to stop, to start it here")
+                            }
+                            Err(e) => {
+                                tracing::warn!(job = %name, run_id = %run.key.run_id, "could not ask the service's instance elsewhere to stop: {e}")
+                            }
+                        }
+                    }
+                    services.later(&name, now);
+                    continue;
+                }
+                // A manual run, or one not readable yet: it ends by itself.
+                Ok(Activity::Active(_)) => {
                     services.later(&name, now);
                     continue;
                 }

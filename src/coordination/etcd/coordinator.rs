@@ -1,6 +1,7 @@
 //! The `Coordinator` interface over etcd: what the scheduler calls.
 
 use super::*;
+use crate::coordination::{Activity, Cancel};
 
 impl Coordinator for Etcd {
     async fn acquire_leadership(&self, instance: &str) -> Result<Leadership> {
@@ -317,17 +318,24 @@ impl Coordinator for Etcd {
         Vec::new()
     }
 
-    async fn run_active(&self, job: &str) -> Result<bool> {
+    async fn job_activity(&self, job: &str) -> Result<Activity> {
         let resp = self
             .client
             .clone()
             .get(
                 self.keys.actives(job),
-                Some(GetOptions::new().with_prefix().with_count_only()),
+                Some(GetOptions::new().with_prefix().with_limit(1)),
             )
             .await
             .map_err(etcd_err("look up active runs"))?;
-        Ok(resp.count() > 0)
+        Ok(match resp.kvs().first() {
+            None => Activity::Idle,
+            Some(kv) => Activity::Active(parse::<RunRecord>(kv).ok().map(Box::new)),
+        })
+    }
+
+    async fn cancel_run(&self, run: &RunRecord, why: &str) -> Result<Cancel> {
+        self.cancel(&run.key.job, &run.key.run_id, why).await
     }
 
     async fn finish_request(&self, run_id: &str) {

@@ -1,6 +1,7 @@
 //! The `Coordinator` interface over the local state directory.
 
 use super::*;
+use crate::coordination::{Activity, Cancel};
 
 impl Coordinator for Standalone {
     async fn acquire_leadership(&self, instance: &str) -> Result<Leadership> {
@@ -148,10 +149,23 @@ impl Coordinator for Standalone {
         self.forget_request(run_id);
     }
 
-    async fn run_active(&self, job: &str) -> Result<bool> {
+    async fn job_activity(&self, job: &str) -> Result<Activity> {
         // Held by every run of a job that does not overlap itself, also one
         // whose scheduler is gone; taken and let go again at once.
-        Ok(self.try_run_lock(job)?.is_none())
+        if self.try_run_lock(job)?.is_some() {
+            return Ok(Activity::Idle);
+        }
+        Ok(Activity::Active(
+            self.active_runs(job)?.into_iter().next().map(Box::new),
+        ))
+    }
+
+    async fn cancel_run(&self, run: &RunRecord, why: &str) -> Result<Cancel> {
+        Ok(if self.cancel(run, why) {
+            Cancel::Asked
+        } else {
+            Cancel::NotRunning
+        })
     }
 
     fn backend_spec(&self) -> BackendSpec {

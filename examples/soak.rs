@@ -74,6 +74,11 @@
 //! - **Failover gaps**: per fault, injection to the first `start` after it
 //!   (any run), and for leader faults to the first `start` carrying a larger
 //!   fencing token than any before the fault (a new term).
+//! - **Service** (`svc`, `@continuous`, must be 0): its instances, told
+//!   apart by (pid, run id) in its heartbeat ledger (`beat <pid> <run_id>
+//!   <instance> <unix_ns>` every 0.1 s), never beat at the same time: each
+//!   one's first beat comes after the previous one's last. It must also
+//!   have run at all; the longest gap between instances is reported.
 //! - **Orphans** (must be 0): after all replicas exited (plus 2 s), any live
 //!   process whose environment carries this phase's `SOAK_TAG` or whose
 //!   command line names the phase directory.
@@ -216,7 +221,25 @@ if [ "$1" != 0 ]; then sleep "$1"; fi
 echo "end $BGSCHED_JOB $BGSCHED_SCHEDULED_AT $BGSCHED_RUN_ID $BGSCHED_INSTANCE $BGSCHED_FENCING_TOKEN $(date +%s%N) 0" >> "$SOAK_LEDGER"
 "#;
 
-fn config_text(ports: &[u16], prefix: &str, script: &Path, ledger: &Path) -> String {
+/// The `@continuous` service every phase also runs: one heartbeat line
+/// (`beat <pid> <run_id> <instance> <unix_ns>`) every 0.1 s to its own
+/// ledger, while it runs.
+const SERVICE: &str = "svc";
+const SERVICE_SCRIPT: &str = r#"#!/bin/sh
+# bgsched soak service: a heartbeat every 0.1 s while it runs.
+while :; do
+  echo "beat $$ $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s%N)" >> "$SOAK_SERVICE_LEDGER"
+  sleep 0.1
+done
+"#;
+
+fn config_text(
+    ports: &[u16],
+    prefix: &str,
+    script: &Path,
+    ledger: &Path,
+    service: (&Path, &Path),
+) -> String {
     let endpoints = ports
         .iter()
         .map(|p| format!("\"http://127.0.0.1:{p}\""))
@@ -239,6 +262,13 @@ fn config_text(ports: &[u16], prefix: &str, script: &Path, ledger: &Path) -> Str
             ledger.display()
         );
     }
+    let _ = write!(
+        text,
+        "\n[jobs.{SERVICE}]\nschedule = \"@continuous\"\nretry_backoff = \"1s\"\nkill_grace = \"1s\"\n\
+         command = [\"/bin/sh\", \"{}\"]\nenv = {{ SOAK_SERVICE_LEDGER = \"{}\" }}\n",
+        service.0.display(),
+        service.1.display()
+    );
     text
 }
 
@@ -995,6 +1025,10 @@ struct Phase {
 /// Everything the verifier looks at, for one phase.
 struct PhaseData {
     name: &'static str,
+    /// The service's heartbeats: (pid, run id, instance, unix ns).
+    beats: Vec<(i32, String, String, i64)>,
+    /// Its records.
+    service_records: Vec<Rec>,
     /// Due ticks are counted in [lo, hi] (unix seconds).
     window: (i64, i64),
     starts: Vec<Start>,
@@ -1320,6 +1354,9 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
     let script = dir.join("job.sh");
     fs::write(&script, JOB_SCRIPT).expect("job script");
     let ledger = dir.join("ledger");
+    let service_script = dir.join("service.sh");
+    fs::write(&service_script, SERVICE_SCRIPT).expect("service script");
+    let service_ledger = dir.join("service-ledger");
     let prefix = format!("/soak/{}/{name}", ctx.run_tag);
     let tag = format!("{}/{name}", ctx.run_tag);
     ctx.say(&format!(
@@ -1344,7 +1381,17 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
         let instance = format!("r{}", i + 1);
         let config = dir.join(format!("{instance}.toml"));
         let ports: Vec<u16> = px.iter().map(|p| p.port).collect();
-        fs::write(&config, config_text(&ports, &prefix, &script, &ledger)).expect("config");
+        fs::write(
+            &config,
+            config_text(
+                &ports,
+                &prefix,
+                &script,
+                &ledger,
+                (&service_script, &service_ledger),
+            ),
+        )
+        .expect("config");
         replicas.push(Replica {
             log: dir.join(format!("{instance}.log")),
             state_dir: dir.join(format!("state-{instance}")),
@@ -1529,10 +1576,35 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
             .count() as u64;
         let _ = fs::write(ph.dir.join(format!("{member}.log")), log);
     }
+    // The service is checked on its own (it has no ticks).
+    let (service_records, history) = match history {
+        Some(all) => {
+            let (svc, rest): (Vec<Rec>, Vec<Rec>) = all.into_iter().partition(|x| x.job == SERVICE);
+            (svc, Some(rest))
+        }
+        None => (Vec::new(), None),
+    };
+    let mut malformed = Vec::new();
+    let mut beats = Vec::new();
+    for line in fs::read_to_string(&service_ledger)
+        .unwrap_or_default()
+        .lines()
+    {
+        let f: Vec<&str> = line.split(' ').collect();
+        match (
+            f.as_slice(),
+            f.get(1).and_then(|p| p.parse().ok()),
+            f.get(4).and_then(|t| t.parse().ok()),
+        ) {
+            (["beat", _, run_id, instance, _], Some(pid), Some(at)) => {
+                beats.push((pid, run_id.to_string(), instance.to_string(), at))
+            }
+            _ => malformed.push(format!("service ledger: {line}")),
+        }
+    }
     let text = fs::read_to_string(&ledger).unwrap_or_default();
     let mut starts = Vec::new();
     let mut ends = HashMap::new();
-    let mut malformed = Vec::new();
     for line in text.lines() {
         if let Some(s) = parse_start(line) {
             starts.push(s);
@@ -1560,6 +1632,8 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
     PhaseData {
         etcd_slow,
         name,
+        beats,
+        service_records,
         window: (ready / NS + MARGIN_START_S, stop / NS - MARGIN_END_S),
         starts,
         ends,
@@ -1946,6 +2020,7 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
         }
     }
     r.must_be_zero("**stale-term runs** (token decreased)", &stale);
+    verify_service(d, &mut r, &t);
     r.must_be_zero("**orphaned processes** after the run", &d.orphans);
 
     r.listed(
@@ -2165,6 +2240,63 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
         d.etcd_slow,
     );
     r
+}
+
+/// The `@continuous` service: its instances (by their heartbeats) never
+/// overlap, it ran at all, and its longest outage is reported.
+fn verify_service(d: &PhaseData, r: &mut Report, t: &dyn Fn(i64) -> String) {
+    // (pid, run id) -> (instance, first beat, last beat)
+    let mut lives: Vec<((i32, &str), (&str, i64, i64))> = Vec::new();
+    for (pid, run_id, instance, at) in &d.beats {
+        match lives
+            .iter_mut()
+            .find(|(k, _)| *k == (*pid, run_id.as_str()))
+        {
+            Some((_, v)) => {
+                v.1 = v.1.min(*at);
+                v.2 = v.2.max(*at);
+            }
+            None => lives.push(((*pid, run_id.as_str()), (instance.as_str(), *at, *at))),
+        }
+    }
+    lives.sort_by_key(|(_, v)| v.1);
+    let mut overlapping = Vec::new();
+    let mut longest_down = 0i64;
+    for pair in lives.windows(2) {
+        let ((_, a_run), (a_inst, _, a_last)) = pair[0];
+        let ((_, b_run), (b_inst, b_first, _)) = pair[1];
+        if b_first <= a_last {
+            overlapping.push(format!(
+                "run {b_run} on {b_inst} beat from {} while run {a_run} on {a_inst} beat until {}",
+                t(b_first),
+                t(a_last)
+            ));
+        }
+        longest_down = longest_down.max(b_first - a_last);
+    }
+    r.count("service instances (@continuous)", lives.len() as u64);
+    r.must_be_zero(
+        "**service instances alive at once** (@continuous)",
+        &overlapping,
+    );
+    let never = if lives.is_empty() {
+        vec!["no heartbeat in the whole phase".to_string()]
+    } else {
+        Vec::new()
+    };
+    r.must_be_zero("**service never ran** (@continuous)", &never);
+    r.count(
+        "service: longest stretch between instances (ms)",
+        (longest_down.max(0) / 1_000_000) as u64,
+    );
+    let unrecorded: Vec<String> = lives
+        .iter()
+        .filter(|((_, run), _)| !d.service_records.iter().any(|x| x.run_id == *run))
+        .map(|((pid, run), (inst, first, _))| {
+            format!("run {run} pid {pid} on {inst} from {}", t(*first))
+        })
+        .collect();
+    r.listed("service instances without a record", &unrecorded);
 }
 
 // ---------------------------------------------------------------- output

@@ -2244,9 +2244,12 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
 
 /// The `@continuous` service: its instances (by their heartbeats) never
 /// overlap, it ran at all, and its longest outage is reported.
+/// One instance of the service, named by (pid, run id): where it ran, its
+/// first and last beat.
+type Life<'a> = ((i32, &'a str), (&'a str, i64, i64));
+
 fn verify_service(d: &PhaseData, r: &mut Report, t: &dyn Fn(i64) -> String) {
-    // (pid, run id) -> (instance, first beat, last beat)
-    let mut lives: Vec<((i32, &str), (&str, i64, i64))> = Vec::new();
+    let mut lives: Vec<Life> = Vec::new();
     for (pid, run_id, instance, at) in &d.beats {
         match lives
             .iter_mut()

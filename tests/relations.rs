@@ -228,6 +228,28 @@ fn lives(env: &Env) -> Vec<Life> {
     lives
 }
 
+/// Ends what is left of a service's instances when a test ends, passed or
+/// failed: a service never ends by itself, and the test's schedulers die
+/// by SIGKILL, leaving their supervisors.
+struct EndServices<'a>(&'a Env);
+
+impl Drop for EndServices<'_> {
+    fn drop(&mut self) {
+        let pids: BTreeSet<i32> = self
+            .0
+            .lines("ledger")
+            .iter()
+            .filter_map(|l| l.split(' ').nth(1)?.parse().ok())
+            .collect();
+        for pid in pids {
+            // Each instance leads its own process group.
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
 fn now_secs() -> f64 {
     Utc::now().timestamp_micros() as f64 / 1e6
 }
@@ -239,6 +261,7 @@ fn a_service_is_restarted_after_it_exits_taken_over_after_a_kill_9_and_stopped_b
          shell = '{}'\n",
         heartbeat(Some(15))
     ));
+    let _end = EndServices(&env);
     env.cmd(&["next", "worker"])
         .run()
         .success()
@@ -345,6 +368,7 @@ fn in_a_cluster_one_service_instance_runs_across_sigstop_kill_9_and_sigterm_of_l
         etcd.endpoint(),
         heartbeat(None)
     ));
+    let _end = EndServices(&env);
     let names = ["a", "b", "c"];
     let mut replicas: Vec<Scheduler> = names.map(|i| env.spawn_run(i)).into();
     let index = |name: &str| names.iter().position(|n| *n == name).unwrap();
@@ -414,6 +438,7 @@ fn a_reload_that_disables_a_service_stops_it_and_a_pause_holds_its_restart() {
         )
     };
     let env = Env::new().config(&service(true));
+    let _end = EndServices(&env);
     let run = env.spawn_run("a");
     wait_until(PATIENCE, "the service running", || beating(&env));
     env.write("jobs.toml", &service(false));

@@ -17,6 +17,8 @@ use tracing::Instrument;
 /// A supervisor started and not yet reaped.
 struct Tracked {
     key: RunKey,
+    /// Its reaper task, to know which supervisor a failed task was for.
+    task: tokio::task::Id,
 }
 
 /// A supervisor that exited: its run, whether it exited cleanly (having
@@ -75,14 +77,15 @@ impl Supervisors {
 
     pub fn track(&mut self, child: tokio::process::Child, spec: &RunSpec) {
         let pid = child.id().unwrap_or(0);
+        let reap = watch(child, spec, self.metrics.clone(), self.notifier.clone());
+        let task = self.reaper.spawn(reap).id();
         self.by_pid.insert(
             pid,
             Tracked {
                 key: spec.key.clone(),
+                task,
             },
         );
-        let reap = watch(child, spec, self.metrics.clone(), self.notifier.clone());
-        self.reaper.spawn(reap);
     }
 
     /// Whether run `run_id` is one of these supervisors'.
@@ -109,11 +112,21 @@ impl Supervisors {
                 clean,
                 handback,
             },
-            Some(Err(_)) => Reaped {
-                key: None,
-                clean: true,
-                handback: None,
-            },
+            // Its reaper failed (a panic): forget the supervisor rather
+            // than wait for it for ever. Whether it still runs is unknown,
+            // so it is not taken for dead (its lock or lease says).
+            Some(Err(e)) => {
+                let pid = self
+                    .by_pid
+                    .iter()
+                    .find(|(_, t)| t.task == e.id())
+                    .map(|(pid, _)| *pid);
+                Reaped {
+                    key: pid.and_then(|p| self.by_pid.remove(&p)).map(|t| t.key),
+                    clean: true,
+                    handback: None,
+                }
+            }
             None => std::future::pending().await,
         }
     }

@@ -299,6 +299,9 @@ function overviewBanners(view) {
 }
 
 function jobState(j) {
+  if (j.service && j.state === "running" && j.running.length) {
+    return "service up " + relative(j.running[0].started_at).replace(/ ago$/, "") + ", " + j.service.restarts + " restart(s)";
+  }
   if (j.state === "running" && j.running.length) return "running since " + new Date(j.running[0].started_at).toLocaleTimeString();
   if (j.state === "paused" && j.paused && j.paused.until) return "paused until " + new Date(j.paused.until).toLocaleString();
   return j.state;
@@ -317,7 +320,7 @@ function jobRow(j) {
       j.description ? el("div", { class: "muted small" }, j.description) : null),
     el("td", {}, j.schedule_words, el("div", {}, el("code", {}, j.schedule))),
     el("td", { class: "wide" }, j.timezone),
-    el("td", { class: "next" }, when(j.next_run)),
+    el("td", { class: "next" }, j.service ? "always running (service)" : when(j.next_run)),
     el("td", {}, last ? [outcome(last.outcome), " ", duration(last.duration_ms), el("div", { class: "small" }, when(last.started_at))] : el("span", { class: "muted" }, "never")),
     el("td", { class: "wide" }, strip(j.recent_outcomes || [])),
     el("td", { class: "state s-" + j.state }, jobState(j)));
@@ -479,6 +482,7 @@ function historyTable(runs, id) {
 }
 
 function nextRuns(job) {
+  if (job.service) return el("span", { class: "muted" }, "none: a service, kept running");
   return (job.next_runs || []).length
     ? el("ul", { id: "next-runs" }, job.next_runs.map((t) => el("li", {}, when(t))))
     : el("span", { class: "muted" }, job.paused ? "none while paused" : "none");

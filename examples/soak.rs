@@ -2703,6 +2703,18 @@ mod tests {
         }
         PhaseData {
             name: "test",
+            // One service instance, beating over the whole window.
+            beats: (0..50)
+                .map(|i| {
+                    (
+                        7,
+                        "svc-0".to_string(),
+                        "r1".to_string(),
+                        T0 * NS + i * 100_000_000,
+                    )
+                })
+                .collect(),
+            service_records: vec![],
             window: (T0, T0 + 5),
             starts,
             ends: ends.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -2783,6 +2795,33 @@ mod tests {
         d.watches.get_mut("l0").unwrap().last_alive = Some(T0 * NS + 1_900_000_000);
         let r = verify(&d, T0 * NS);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
+    }
+
+    #[test]
+    fn two_service_instances_beating_at_once_are_a_violation_and_none_at_all_too() {
+        let (starts, ends) = clean_beats();
+        let mut d = data(starts, ends);
+        // A second instance from 2 s on, while the first beats until 4.9 s.
+        d.beats.extend((20..30).map(|i| {
+            (
+                8,
+                "svc-1".to_string(),
+                "r2".to_string(),
+                T0 * NS + i * 100_000_000,
+            )
+        }));
+        let r = verify(&d, T0 * NS);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(r.violations[0].contains("service instances alive at once"));
+        // After the first one's last beat: fine.
+        d.beats.retain(|b| b.0 == 7);
+        d.beats
+            .push((8, "svc-1".into(), "r2".into(), T0 * NS + 5_100_000_000));
+        assert!(verify(&d, T0 * NS).violations.is_empty());
+        d.beats.clear();
+        let r = verify(&d, T0 * NS);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(r.violations[0].contains("service never ran"));
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub fn ended_jobs(config: &Config, now: DateTime<Utc>) -> Vec<(&str, String)> {
             let last = crate::observe::log::local_rfc3339(job, last);
             let text = match job.schedule.active().until.filter(|u| *u <= now) {
                 Some(until) => format!(
-                    "job \"{}\": its active range ended at {} (active_until): its last fire was {last}; it never fires again",
+                    "job \"{}\": its active range ended at {} (active_until): it has no tick after its last, {last}",
                     job.name,
                     crate::observe::log::local_rfc3339(job, until),
                 ),
@@ -289,8 +289,12 @@ fn log_changes(old: &Config, new: &Config) {
             Some(_) => {}
         }
     }
-    for name in old.jobs.keys().filter(|n| !new.jobs.contains_key(*n)) {
-        tracing::info!(job = %name, "config reload: job removed; a running run of it finishes");
+    for (name, was) in old.jobs.iter().filter(|(n, _)| !new.jobs.contains_key(*n)) {
+        if was.schedule.is_continuous() {
+            tracing::info!(job = %name, "config reload: service removed; its running instance is stopped");
+        } else {
+            tracing::info!(job = %name, "config reload: job removed; a running run of it finishes");
+        }
     }
     if old.notify != new.notify {
         tracing::info!(

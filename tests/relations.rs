@@ -439,8 +439,33 @@ fn a_reload_that_disables_a_service_stops_it_and_a_pause_holds_its_restart() {
     };
     let env = Env::new().config(&service(true));
     let _end = EndServices(&env);
+    // A manual run started while no scheduler runs: the scheduler has it
+    // stopped and starts its own instance.
+    env.cmd(&["trigger", "worker", "--detach"]).run().success();
+    wait_until(PATIENCE, "the manual run beating", || beating(&env));
     let run = env.spawn_run("a");
-    wait_until(PATIENCE, "the service running", || beating(&env));
+    wait_until(PATIENCE, "the scheduler's own instance", || {
+        lives(&env).len() >= 2 && beating(&env)
+    });
+    let manual = env
+        .records("worker")
+        .into_iter()
+        .find(|r| r["trigger"] == "manual")
+        .expect("the manual run's record");
+    wait_until(PATIENCE, "the manual run recorded cancelled", || {
+        env.records("worker").iter().any(|r| {
+            r["run_id"] == manual["run_id"]
+                && r["outcome"] == "cancelled"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|w| w.contains("the service moves to the leader"))
+        })
+    });
+    // A manual run while it runs is refused.
+    env.cmd(&["trigger", "worker"])
+        .run()
+        .code(75)
+        .stderr_has("is already running");
     env.write("jobs.toml", &service(false));
     run.signal(rustix::process::Signal::HUP);
     wait_until(PATIENCE, "the service stopped", || !beating(&env));
@@ -459,12 +484,20 @@ fn a_reload_that_disables_a_service_stops_it_and_a_pause_holds_its_restart() {
     env.cmd(&["pause", "worker"]).run().success();
     std::thread::sleep(Duration::from_secs(1));
     assert!(beating(&env), "the pause stopped the running instance");
+    env.cmd(&["list"])
+        .run()
+        .success()
+        .stdout_has("paused: not restarted when it exits");
     let l = lives(&env);
     let pid = rustix::process::Pid::from_raw(l.last().unwrap().pid).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
     wait_until(PATIENCE, "the instance gone", || !beating(&env));
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(lives(&env).len(), l.len(), "restarted while paused");
+    env.cmd(&["list"])
+        .run()
+        .success()
+        .stdout_has("paused (service)");
     env.cmd(&["resume", "worker"]).run().success();
     wait_until(PATIENCE, "restarted after the resume", || {
         lives(&env).len() > l.len() && beating(&env)

@@ -109,6 +109,7 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
                 }
             }
             None if !job.enabled => "-".to_string(),
+            None if job.service.is_some() && job.paused.is_some() => "paused (service)".to_string(),
             None if job.service.is_some() => "service (always running)".to_string(),
             None => match job.active_until.filter(|u| *u <= now) {
                 Some(u) => format!(
@@ -144,10 +145,15 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
         };
         let state = match job.running.first() {
             Some(r) if job.service.is_some() => format!(
-                "service up {} on {}, {} restart(s)",
+                "service up {} on {}, {} restart(s){}",
                 relative(now - r.started_at).trim_start_matches("in "),
                 r.key.instance,
-                job.service.as_ref().map_or(0, |s| s.restarts)
+                job.service.as_ref().map_or(0, |s| s.restarts),
+                if job.paused.is_some() {
+                    "; paused: not restarted when it exits"
+                } else {
+                    ""
+                }
             ),
             Some(r) => format!(
                 "running since {} on {}",

@@ -52,7 +52,10 @@ pub fn next(
     }
     if ticks.len() < count {
         // Fewer lines than asked for must not look like a cut-off listing.
-        let last = ticks.last().copied().unwrap_or(after);
+        let last = ticks
+            .last()
+            .copied()
+            .unwrap_or_else(|| chrono::SubsecRound::trunc_subsecs(after, 0));
         let exprs: Vec<&str> = job.schedule.expressions().collect();
         let fields: Vec<&str> = exprs[0].split_whitespace().collect();
         let why = match (active.until, fields.as_slice()) {

@@ -305,7 +305,11 @@ impl Schedule {
     /// active range.
     pub fn describe(&self) -> &str {
         self.words.get_or_init(|| {
-            let mut words: Vec<String> = self.parts.iter().map(Expr::describe).collect();
+            let mut words: Vec<String> = self
+                .parts
+                .iter()
+                .map(|p| p.describe().trim_end_matches('.').to_string())
+                .collect();
             let fmt = |t: DateTime<Utc>| {
                 t.with_timezone(&self.timezone())
                     .format("%Y-%m-%d %H:%M %Z")

@@ -438,7 +438,16 @@ impl<C: Coordinator> Scheduler<C> {
         let mut beat = tokio::time::interval(MAX_SLEEP / 4);
         // A service never ends by itself: it is stopped at once, with its
         // kill grace, while other runs may finish within the grace.
-        running.signal_where(Signal::TERM, |key| key.trigger == Trigger::Service);
+        {
+            let config = self.config.borrow();
+            running.signal_where(Signal::TERM, |key| {
+                key.trigger == Trigger::Service
+                    || config
+                        .jobs
+                        .get(&key.job)
+                        .is_some_and(|j| j.schedule.is_continuous())
+            });
+        }
         while !running.is_empty() {
             if forced && !terminated {
                 // SIGTERM starts the supervisor's stop; the SIGINT after it

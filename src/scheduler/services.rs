@@ -165,16 +165,16 @@ impl<C: Coordinator> Scheduler<C> {
             }
             match self.coord.job_activity(&name).await {
                 Ok(Activity::Idle) => {}
-                Ok(Activity::Active(Some(run)))
-                    if run.key.trigger == Trigger::Service && running.tracks(&run.key.run_id) =>
-                {
-                    // Started here in an earlier term: ours again.
+                Ok(Activity::Active(Some(run))) if running.tracks(&run.key.run_id) => {
+                    // Started here (in an earlier term, or as a manual
+                    // run): this instance is ours.
                     services.started(&name, &run.key.run_id, run.started_at);
                     continue;
                 }
-                Ok(Activity::Active(Some(run))) if run.key.trigger == Trigger::Service => {
-                    // Left by a scheduler that died or no longer leads: the
-                    // service moves to the leader once that one has ended.
+                Ok(Activity::Active(Some(run))) => {
+                    // Left by a scheduler that died or no longer leads, or
+                    // a manual run started beside any scheduler: the service
+                    // moves to the leader once that one has ended.
                     if services.ask_once(&name, &run.key.run_id) {
                         let why = format!(
                             "{CANCELLED} by {}: the service moves to the leader",
@@ -192,8 +192,8 @@ impl<C: Coordinator> Scheduler<C> {
                     services.later(&name, now);
                     continue;
                 }
-                // A manual run, or one not readable yet: it ends by itself.
-                Ok(Activity::Active(_)) => {
+                // Its record is not readable yet: look again shortly.
+                Ok(Activity::Active(None)) => {
                     services.later(&name, now);
                     continue;
                 }

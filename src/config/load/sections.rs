@@ -363,8 +363,18 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
             r.error(
                 at.value_at(),
                 format!(
-                    "no tick of schedule {} falls within active_from..active_until; the job would never fire",
-                    quoted(&s.as_str())
+                    "no tick of schedule {} falls {}; the job would never fire",
+                    quoted(&s.as_str()),
+                    match (range.from, range.until) {
+                        (Some(f), Some(u)) => format!(
+                            "from {} (active_from) until {} (active_until)",
+                            f.to_rfc3339(),
+                            u.to_rfc3339()
+                        ),
+                        (Some(f), None) => format!("after {} (active_from)", f.to_rfc3339()),
+                        (None, Some(u)) => format!("before {} (active_until)", u.to_rfc3339()),
+                        (None, None) => "at all".to_string(),
+                    }
                 ),
             );
             active = None;

@@ -461,6 +461,19 @@ fn a_reload_that_disables_a_service_stops_it_and_a_pause_holds_its_restart() {
                     .is_some_and(|w| w.contains("the service moves to the leader"))
         })
     });
+    // `logs` of the running instance says where its output so far is.
+    let mut running_id = String::new();
+    wait_until(PATIENCE, "the running instance listed", || {
+        running_id = env.job_view("worker")["running"][0]["run_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        !running_id.is_empty()
+    });
+    env.cmd(&["logs", &running_id])
+        .run()
+        .success()
+        .stderr_has("is still running; its output so far: bgsched logs -f");
     // A manual run while it runs is refused.
     env.cmd(&["trigger", "worker"])
         .run()

@@ -27,6 +27,14 @@ pub async fn logs(cli: &Cli, given: &str, follow: bool) -> Result<(), CliError> 
         return Err(unknown_run(&run_id));
     };
     if !follow {
+        if rec.outcome == crate::model::Outcome::Running {
+            // Its record gets the output's tail when it ends; until then an
+            // empty answer must not look like a run that printed nothing.
+            eprintln!(
+                "bgsched: run {run_id} of job \"{}\" is still running; its output so far: bgsched logs -f {run_id}",
+                rec.key.job
+            );
+        }
         let mut out = std::io::stdout();
         let _ = out.write_all(rec.output_tail.as_bytes());
         let _ = out.flush();

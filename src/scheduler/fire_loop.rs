@@ -42,6 +42,7 @@ impl<C: Coordinator> Scheduler<C> {
         let mut config = updates.borrow_and_update().clone();
         let mut jobs = scheduled(&config);
         let mut due: Due = BinaryHeap::new();
+        self.missed_written().await;
         let now = Utc::now();
         let mut began = now;
         let mut first = Vec::new();

@@ -63,11 +63,29 @@ impl<C: Coordinator> Scheduler<C> {
         // leaves them to the next term, which records them itself.
         let up_to = self.missed_up_to.clone();
         let job_name = job.name.clone();
+        let pending = Pending::new(&self.missed_pending);
         self.record_in_background_then(rec, false, move || {
+            // Counted as pending until `up_to` says so (or, unwritten,
+            // until the task drops this closure).
+            let _pending = pending;
             let mut up_to = up_to.lock().expect("missed lock");
             let newest_known = up_to.entry(job_name).or_insert(newest);
             *newest_known = (*newest_known).max(newest);
         });
+    }
+
+    /// Wait, at most a second, for the missed entries still being written
+    /// (a term that just ended may have one in flight).
+    pub(super) async fn missed_written(&self) {
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        while self
+            .missed_pending
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Take a paused job's ticks out of `plan`: while it is paused none
@@ -266,5 +284,21 @@ impl<C: Coordinator> Scheduler<C> {
             }
         }
         .instrument(span));
+    }
+}
+
+/// One missed entry being written (see `Scheduler::missed_pending`).
+struct Pending(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Pending {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Pending {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Pending(count.clone())
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -47,6 +47,10 @@ pub struct Scheduler<C: Coordinator> {
     /// ticks do not advance the backend's last fired tick, so a new term
     /// of this process resumes after these rather than count them again.
     missed_up_to: Arc<std::sync::Mutex<HashMap<String, DateTime<Utc>>>>,
+    /// Missed entries still being written: a new term waits for them (a
+    /// moment) before it reads `missed_up_to`, or it would record their
+    /// ticks missed a second time.
+    missed_pending: Arc<std::sync::atomic::AtomicUsize>,
     /// Pauses that ended by their `until` whose entry this process wrote.
     recorded_pauses: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Supervisors started ahead of the next tick, waiting for its runs.
@@ -78,6 +82,7 @@ impl<C: Coordinator> Scheduler<C> {
             metrics: Arc::default(),
             notifier: Notifier::off(),
             missed_up_to: Default::default(),
+            missed_pending: Default::default(),
             recorded_pauses: Default::default(),
             waiting,
         }

@@ -2048,6 +2048,7 @@ async fn claim_round_trips(ep: &str, n: usize, m: &mut BTreeMap<&str, Vec<f64>>)
                     overlap: Overlap::Skip,
                     advances_schedule: true,
                     request: None,
+                    group: None,
                 },
             )
             .await

@@ -941,6 +941,7 @@ fn a_missed_entry_moves_the_last_tick_and_a_claimed_ticks_entry_outlives_its_ter
         overlap: Overlap::Allow,
         advances_schedule: true,
         request: None,
+        group: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -1099,6 +1100,7 @@ fn a_marker_that_expires_between_two_terms_is_recorded_lost_by_the_next_leader()
                     overlap: Overlap::Skip,
                     advances_schedule: true,
                     request: None,
+                    group: None,
                 },
             )
             .await
@@ -1141,6 +1143,7 @@ fn skip_claim(job: &str, secs: i64) -> bgsched::coordination::ClaimRequest<'_> {
         overlap: bgsched::config::Overlap::Skip,
         advances_schedule: true,
         request: None,
+        group: None,
     }
 }
 
@@ -1330,6 +1333,7 @@ fn a_skip_is_recorded_by_its_claim_and_the_schedulers_entry_replaces_it() {
         overlap: Overlap::Skip,
         advances_schedule: true,
         request: None,
+        group: None,
     };
     let entries = || {
         common::etcd::kv_range_prefix(&endpoint, "/ownskip/history/job/")

@@ -516,3 +516,181 @@ fn a_reload_that_disables_a_service_stops_it_and_a_pause_holds_its_restart() {
         lives(&env).len() > l.len() && beating(&env)
     });
 }
+
+/// One run of a group's job as its ledger lines tell: job, start, end
+/// (`None` while it still runs).
+#[derive(Debug, Clone)]
+struct Span {
+    job: String,
+    start: f64,
+    end: Option<f64>,
+}
+
+/// A group job's shell: a start and an end line around `secs` of work.
+fn spanning(secs: f64) -> String {
+    let line = |event: &str| {
+        format!("echo \"{event} $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s.%N)\" >> {{dir}}/spans")
+    };
+    format!("{}; sleep {secs}; {}", line("start"), line("end"))
+}
+
+fn spans(env: &Env) -> Vec<Span> {
+    let mut runs: Vec<(String, Span)> = Vec::new();
+    for l in env.lines("spans") {
+        let f: Vec<&str> = l.split(' ').collect();
+        assert_eq!(f.len(), 5, "malformed line {l:?}");
+        let t: f64 = f[4].parse().unwrap();
+        match (f[0], runs.iter_mut().find(|(id, _)| id == f[2])) {
+            ("start", None) => runs.push((
+                f[2].to_string(),
+                Span {
+                    job: f[1].to_string(),
+                    start: t,
+                    end: None,
+                },
+            )),
+            ("end", Some((_, s))) => s.end = Some(t),
+            _ => panic!("line out of order: {l:?}"),
+        }
+    }
+    runs.into_iter().map(|(_, s)| s).collect()
+}
+
+/// The most runs of `jobs` alive at one moment, by their ledger lines.
+fn most_at_once(spans: &[Span], jobs: &[&str]) -> usize {
+    let mut events: Vec<(f64, i32)> = Vec::new();
+    for s in spans.iter().filter(|s| jobs.contains(&s.job.as_str())) {
+        events.push((s.start, 1));
+        events.push((s.end.unwrap_or(f64::INFINITY), -1));
+    }
+    // An end before a start at the same instant: they did not overlap.
+    events.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in events {
+        now += d;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+fn group_full_skips(records: &[serde_json::Value], group: &str) -> usize {
+    let prefix = format!("group {group} full");
+    records
+        .iter()
+        .filter(|r| {
+            r["outcome"] == "skipped"
+                && r["reason"].as_str().is_some_and(|w| w.starts_with(&prefix))
+        })
+        .count()
+}
+
+fn history_json(env: &Env, job: &str) -> Vec<serde_json::Value> {
+    let out = env
+        .cmd(&["history", job, "-n", "500", "--json"])
+        .run()
+        .success();
+    serde_json::from_str(&out.stdout).expect("history --json")
+}
+
+const GROUP_JOBS: &str = "[groups.db]\nlimit = 1\n\n[groups.pair]\nlimit = 2\n\n\
+    [jobs.a]\nschedule = \"@every 1s\"\ngroup = \"db\"\nshell = '{a}'\n\n\
+    [jobs.b]\nschedule = \"@every 1s\"\ngroup = \"db\"\nshell = '{a}'\n\n\
+    [jobs.q]\nschedule = \"@every 2s\"\ngroup = \"db\"\noverlap = \"queue\"\nshell = '{q}'\n\n\
+    [jobs.x]\nschedule = \"@every 1s\"\ngroup = \"pair\"\nshell = '{a}'\n\n\
+    [jobs.y]\nschedule = \"@every 1s\"\ngroup = \"pair\"\nshell = '{a}'\n\n\
+    [jobs.z]\nschedule = \"@every 1s\"\ngroup = \"pair\"\nshell = '{a}'\n";
+
+fn group_jobs() -> String {
+    GROUP_JOBS
+        .replace("{a}", &spanning(0.6))
+        .replace("{q}", &spanning(0.3))
+}
+
+/// README "Concurrency groups": at most `limit` runs of a group's jobs at
+/// once; a fire that finds the group full skips (`overlap = "skip"`, with
+/// an entry naming the group) or waits for a place (`"queue"`).
+#[test]
+fn a_group_holds_at_most_its_limit_a_full_group_skips_or_queues() {
+    let env = Env::new().config(&group_jobs());
+    let _run = env.spawn_run("a");
+    let began = now_secs();
+    wait_until(PATIENCE, "12 s of colliding fires", || {
+        now_secs() - began > 12.0 && spans(&env).iter().filter(|s| s.job == "q").count() >= 3
+    });
+    let s = spans(&env);
+    assert_eq!(
+        most_at_once(&s, &["a", "b", "q"]),
+        1,
+        "group db ran more than one at once: {s:#?}"
+    );
+    assert_eq!(
+        most_at_once(&s, &["x", "y", "z"]),
+        2,
+        "group pair is not held at 2: {s:#?}"
+    );
+    let skipped: usize = ["a", "b"]
+        .iter()
+        .map(|j| group_full_skips(&env.records(j), "db"))
+        .sum();
+    assert!(skipped >= 5, "no 'group db full' skips recorded");
+    // A queueing job waits for its place instead of skipping.
+    assert_eq!(group_full_skips(&env.records("q"), "db"), 0);
+    assert!(
+        env.records("b")
+            .iter()
+            .filter_map(|r| r["reason"].as_str())
+            .any(|w| w.starts_with("group db full: held by run ")),
+        "a group-full skip does not name the run holding the group"
+    );
+}
+
+/// The same across a 3-replica cluster for 60 s, with the leader killed
+/// (`kill -9`) and another one stopped (SIGSTOP) on the way: a place is
+/// held by the run's lease, so it outlives its scheduler and frees when
+/// the run ends or its lease expires.
+#[test]
+fn in_a_cluster_a_group_of_one_never_overlaps_across_a_leader_kill_9_and_sigstop() {
+    let etcd = Etcd::start();
+    let env = Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/groups\"\nlease_ttl = \"2s\"\n\n{}",
+        etcd.endpoint(),
+        group_jobs()
+    ));
+    let names = ["a", "b", "c"];
+    let mut replicas: Vec<Scheduler> = names.map(|i| env.spawn_run(i)).into();
+    let began = now_secs();
+    let leader = env.leader();
+    wait_until(PATIENCE, "20 s of fires", || now_secs() - began > 20.0);
+    replicas[names.iter().position(|i| *i == leader).unwrap()].kill9();
+    let second = leader_other_than(&env, &leader);
+    wait_until(PATIENCE, "40 s of fires", || now_secs() - began > 40.0);
+    let stopped = names.iter().position(|i| *i == second).unwrap();
+    replicas[stopped].signal(rustix::process::Signal::STOP);
+    wait_until(PATIENCE, "60 s of fires", || now_secs() - began > 60.0);
+    replicas[stopped].signal(rustix::process::Signal::CONT);
+    let s = spans(&env);
+    assert_eq!(
+        most_at_once(&s, &["a", "b", "q"]),
+        1,
+        "group db ran more than one at once: {s:#?}"
+    );
+    assert!(
+        most_at_once(&s, &["x", "y", "z"]) <= 2,
+        "group pair ran more than 2 at once: {s:#?}"
+    );
+    let instances: BTreeSet<String> = env
+        .lines("spans")
+        .iter()
+        .filter_map(|l| l.split(' ').nth(3).map(str::to_string))
+        .collect();
+    assert!(
+        instances.len() >= 3,
+        "the group's runs did not move with the leader: {instances:?}"
+    );
+    assert!(
+        s.iter().filter(|r| r.job == "q").count() >= 20,
+        "q did not keep running: {s:#?}"
+    );
+    assert!(group_full_skips(&history_json(&env, "b"), "db") >= 10);
+    assert_eq!(group_full_skips(&history_json(&env, "q"), "db"), 0);
+}

@@ -96,7 +96,9 @@ pub(super) async fn start(
         ));
     }
     let run_id = match backend {
-        Backend::Standalone(state) => start_here(&api, state.clone(), job, params).await?,
+        Backend::Standalone(state) => {
+            start_here(&api, state.clone(), job, config.group_of(job), params).await?
+        }
         Backend::Cluster(etcd) => {
             let run_id = new_run_id();
             let asked = etcd
@@ -164,25 +166,31 @@ async fn start_here(
     api: &Api,
     state: Arc<crate::coordination::Standalone>,
     job: &Job,
+    group: Option<&crate::config::Group>,
     params: BTreeMap<String, String>,
 ) -> Result<String, ApiError> {
-    let (mut spec, hold) =
-        match crate::executor::manual::prepare(state.as_ref(), job, &api.served.instance, params)
-            .await
-        {
-            Ok(prepared) => prepared,
-            Err(Refused::Skipped { reason, active }) => {
-                return Err(still_running(job, &reason, active.map(|a| *a)))
-            }
-            Err(Refused::Backend(e)) => return Err(ApiError::backend(e)),
-        };
+    let (mut spec, hold, seat) = match crate::executor::manual::prepare(
+        state.as_ref(),
+        job,
+        group,
+        &api.served.instance,
+        params,
+    )
+    .await
+    {
+        Ok(prepared) => prepared,
+        Err(Refused::Skipped { reason, active }) => {
+            return Err(still_running(job, &reason, active.map(|a| *a)))
+        }
+        Err(Refused::Backend(e)) => return Err(ApiError::backend(e)),
+    };
     spec.log_json = api.log_json;
     let run_id = spec.key.run_id.clone();
     // Reported to this process like the scheduler's own supervisors, so
     // that the run counts in the metrics, its end is notified, and a
     // supervisor that dies does not leave its job running unsupervised.
     let watched = spec.clone();
-    let child = spawn_supervisor(spec, hold, SupervisorOutput::Scheduler).map_err(|e| {
+    let child = spawn_supervisor(spec, hold, seat, SupervisorOutput::Scheduler).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "start_failed",

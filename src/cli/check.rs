@@ -18,6 +18,9 @@ pub fn check(cli: &Cli) -> Result<(), CliError> {
     for (_, text) in reload::ended_jobs(&config, now) {
         eprintln!("bgsched: warning: {text}");
     }
+    for text in config.group_warnings() {
+        eprintln!("bgsched: warning: {text}");
+    }
     for job in config.jobs.values() {
         let next = match (job.enabled, job.schedule.next_after(now)) {
             (false, _) => "disabled".to_string(),

@@ -43,7 +43,18 @@ pub async fn trigger(
         )));
     }
     match backend {
-        Backend::Standalone(state) => locally(cli, &state, job, params, detach, instance).await,
+        Backend::Standalone(state) => {
+            locally(
+                cli,
+                &state,
+                job,
+                config.group_of(job),
+                params,
+                detach,
+                instance,
+            )
+            .await
+        }
         Backend::Cluster(etcd) => {
             through_leader(&etcd, job, params, detach, instance, timeout).await
         }
@@ -83,22 +94,24 @@ async fn locally(
     cli: &Cli,
     state: &Standalone,
     job: &Job,
+    group: Option<&crate::config::Group>,
     params: BTreeMap<String, String>,
     detach: bool,
     instance: String,
 ) -> Result<(), CliError> {
-    let (mut spec, hold) = match executor::manual::prepare(state, job, &instance, params).await {
-        Ok(prepared) => prepared,
-        Err(executor::manual::Refused::Skipped { reason, .. }) => {
-            return Err(skipped(job, &reason))
-        }
-        Err(executor::manual::Refused::Backend(e)) => return Err(anyhow::Error::from(e).into()),
-    };
+    let (mut spec, hold, seat) =
+        match executor::manual::prepare(state, job, group, &instance, params).await {
+            Ok(prepared) => prepared,
+            Err(executor::manual::Refused::Skipped { reason, .. }) => {
+                return Err(skipped(job, &reason))
+            }
+            Err(executor::manual::Refused::Backend(e)) => return Err(anyhow::Error::from(e).into()),
+        };
     spec.log_json = cli.log_format == LogFormat::Json;
     executor::contain::sweep_stale_cgroups();
     if detach {
         let run_id = spec.key.run_id.clone();
-        executor::spawn_supervisor(spec, hold, executor::SupervisorOutput::Nothing)
+        executor::spawn_supervisor(spec, hold, seat, executor::SupervisorOutput::Nothing)
             .map_err(anyhow::Error::from)?;
         print_out(&format!("{run_id}\n"));
         return Ok(());
@@ -108,7 +121,8 @@ async fn locally(
         _ => None,
     };
     let mut recorder = state.recorder(&job.name, &spec.key.run_id);
-    let done = executor::supervise(&spec, &mut recorder, lock, Echo::Terminal)
+    let seat = seat.and_then(|s| s.lock);
+    let done = executor::supervise(&spec, &mut recorder, lock, seat, Echo::Terminal)
         .instrument(run_span(&spec))
         .await;
     eprintln!("bgsched: {}", summary(&done.record));

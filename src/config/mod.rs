@@ -32,6 +32,8 @@ pub struct Config {
     pub scheduler: SchedulerSettings,
     /// Jobs by name, sorted by name.
     pub jobs: BTreeMap<String, Job>,
+    /// `[groups.<name>]`: concurrency groups, by name.
+    pub groups: Groups,
     /// `[cluster]`: replicas coordinate through etcd instead of a local
     /// state directory. `None` means standalone.
     pub cluster: Option<ClusterSettings>,
@@ -41,7 +43,46 @@ pub struct Config {
     pub notify: NotifySettings,
 }
 
+/// Concurrency groups by name.
+pub type Groups = BTreeMap<String, Group>;
+
+/// `[groups.<name>]`: at most `limit` runs of the jobs that name this group
+/// run at once, across all of them (and across the cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub limit: u32,
+}
+
 impl Config {
+    /// The group `job` belongs to, if any.
+    pub fn group_of(&self, job: &Job) -> Option<&Group> {
+        self.groups.get(job.group.as_deref()?)
+    }
+
+    /// Harmless oddities `check` and `run` mention: a group no job or only
+    /// one job names limits nothing across jobs.
+    pub fn group_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for g in self.groups.values() {
+            let members: Vec<&str> = self
+                .jobs
+                .values()
+                .filter(|j| j.group.as_deref() == Some(&g.name))
+                .map(|j| j.name.as_str())
+                .collect();
+            match members.as_slice() {
+                [] => out.push(format!("group \"{}\" has no jobs", g.name)),
+                [one] => out.push(format!(
+                    "group \"{}\" has one job (\"{one}\"); it limits only that job's own runs",
+                    g.name
+                )),
+                _ => {}
+            }
+        }
+        out
+    }
+
     /// The job called `name`, or why not in words, with the closest names.
     pub fn job_named(&self, name: &str) -> Result<&Job, String> {
         if let Some(job) = self.jobs.get(name) {
@@ -296,6 +337,8 @@ pub struct Job {
     pub on_failure: Option<Vec<String>>,
     /// `[jobs.<name>.params]`: what a manual run may be given, by name.
     pub params: BTreeMap<String, Param>,
+    /// The concurrency group (`group = "<name>"`) whose limit its runs count against.
+    pub group: Option<String>,
 }
 
 impl Job {

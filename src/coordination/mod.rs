@@ -239,6 +239,27 @@ pub struct ClaimRequest<'a> {
     pub advances_schedule: bool,
     /// The run id chosen by a [`TriggerRequest`] this claim answers.
     pub request: Option<&'a str>,
+    /// The concurrency group the job belongs to: the claim also takes one
+    /// of its places, or follows `overlap` when all are held.
+    pub group: Option<&'a crate::config::Group>,
+}
+
+/// A run's concurrency group, as its supervisor knows it: the group, its
+/// limit, and the place its claim took (`None`: it waits for one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSeat {
+    pub group: String,
+    pub limit: u32,
+    pub index: Option<u32>,
+}
+
+/// A place in a concurrency group, taken by a claim: which one, and
+/// (standalone) the lock that holds it, handed to the run's supervisor
+/// like the run lock.
+#[derive(Debug)]
+pub struct Seat {
+    pub index: u32,
+    pub lock: Option<OwnedFd>,
 }
 
 /// What a run's supervisor must keep for as long as the run is alive, so
@@ -262,6 +283,10 @@ pub struct Claim {
     pub term: u64,
     pub hold: Hold,
     pub turn: Turn,
+    /// The group place the claim took. `None` for a job in a group means
+    /// its supervisor waits for one after its turn (`overlap = "queue"`
+    /// or `"replace"` with the group full).
+    pub seat: Option<Seat>,
 }
 
 /// When a claimed run may start.
@@ -286,6 +311,11 @@ pub enum ClaimRejected {
     StillRunning(Option<Box<RunRecord>>),
     #[error("a run is already waiting for the active one to end: {}", describe_running(.0.as_deref()))]
     AlreadyQueued(Option<Box<RunRecord>>),
+    #[error("group {group} full: {}", describe_holders(.holders))]
+    GroupFull {
+        group: String,
+        holders: Vec<RunRecord>,
+    },
     #[error("tick {0} was already fired")]
     AlreadyFired(DateTime<Utc>),
     #[error("this instance is not the leader")]
@@ -307,7 +337,9 @@ impl ClaimRejected {
     pub fn is_skip(&self) -> bool {
         matches!(
             self,
-            ClaimRejected::StillRunning(_) | ClaimRejected::AlreadyQueued(_)
+            ClaimRejected::StillRunning(_)
+                | ClaimRejected::AlreadyQueued(_)
+                | ClaimRejected::GroupFull { .. }
         )
     }
 
@@ -316,6 +348,7 @@ impl ClaimRejected {
         match self {
             ClaimRejected::StillRunning(_) => "still_running",
             ClaimRejected::AlreadyQueued(_) => "already_queued",
+            ClaimRejected::GroupFull { .. } => "group_full",
             ClaimRejected::AlreadyFired(_) => "already_fired",
             ClaimRejected::NotLeader => "not_leader",
             ClaimRejected::RequestGone(_) => "request_gone",
@@ -323,6 +356,30 @@ impl ClaimRejected {
             ClaimRejected::Backend(_) => "backend_error",
         }
     }
+}
+
+/// The start of a skip's reason when the job's group was full; the read
+/// back of a claim whose answer was lost knows its skip by it.
+pub const GROUP_FULL: &str = "group ";
+
+/// "held by run … of backup (since …), …" for a full group's message.
+fn describe_holders(holders: &[RunRecord]) -> String {
+    if holders.is_empty() {
+        return "all its places are held".to_string();
+    }
+    let runs: Vec<String> = holders
+        .iter()
+        .map(|r| {
+            format!(
+                "run {} of {} (since {})",
+                r.key.run_id,
+                r.key.job,
+                r.started_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
+        .collect();
+    format!("held by {}", runs.join(", "))
 }
 
 fn describe_running(active: Option<&RunRecord>) -> String {
@@ -576,6 +633,18 @@ pub trait RunRecorder: Send {
     /// "replace"`): the reason, once there is one. A backend that delivers
     /// the request otherwise (standalone: SIGUSR1) never sends.
     fn replacements(&mut self) -> watch::Receiver<Option<String>>;
+    /// The run holds the place `seat.index` of its group since its claim
+    /// (standalone: by `lock`), which `finished` gives up.
+    fn seated(&mut self, seat: &GroupSeat, lock: Option<OwnedFd>);
+    /// After its turn, for a run whose claim found its group full: wait
+    /// until one of the group's places is free and take it.
+    /// `record` is the run's, which the place names (for whoever finds
+    /// the group full).
+    fn take_seat(
+        &mut self,
+        seat: &GroupSeat,
+        record: &RunRecord,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// After `finished`: what the run held and the next claim may reuse, as
     /// a token for `Coordinator::take_back` on the scheduler's side.
     fn handback(&self) -> Option<String> {

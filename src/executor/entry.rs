@@ -34,7 +34,7 @@ pub fn main() -> Result<(), EntryError> {
             .build()
             .map_err(EntryError::Runtime)
     };
-    let (spec, hold, runtime) = match std::env::var_os(WAIT_ENV) {
+    let (spec, hold, seat, runtime) = match std::env::var_os(WAIT_ENV) {
         // Started ahead of its tick: the start-up comes first, then the
         // wait for the run (see `waiting`).
         Some(format) => {
@@ -48,7 +48,7 @@ pub fn main() -> Result<(), EntryError> {
                 super::contain::enter_ready_cgroup();
             }
             match wait_for_run().map_err(EntryError::Spec)? {
-                Some((spec, lock)) => (spec, lock, runtime),
+                Some((spec, lock, seat)) => (spec, lock, seat, runtime),
                 None => {
                     super::contain::discard_ready_cgroup();
                     return Ok(());
@@ -58,8 +58,9 @@ pub fn main() -> Result<(), EntryError> {
         None => {
             let spec = read_spec().map_err(EntryError::Spec)?;
             let hold = adopt_hold(spec.hold_fd);
+            let seat = adopt_hold(spec.seat_fd);
             log::init(spec.log_json, "info");
-            (spec, hold, runtime()?)
+            (spec, hold, seat, runtime()?)
         }
     };
     let span = super::run_span(&spec);
@@ -72,7 +73,7 @@ pub fn main() -> Result<(), EntryError> {
                 } => {
                     let state = Standalone::open(state_dir, *history_limit)?;
                     let mut recorder = state.recorder(&spec.key.job, &spec.key.run_id);
-                    let done = supervise(&spec, &mut recorder, hold, Echo::Log).await;
+                    let done = supervise(&spec, &mut recorder, hold, seat, Echo::Log).await;
                     report::ended(&spec, &done.record, done.written, None);
                 }
                 BackendSpec::Etcd(cfg) => {
@@ -89,7 +90,7 @@ pub fn main() -> Result<(), EntryError> {
                         granted_at,
                     ) {
                         Ok(mut recorder) => {
-                            let done = supervise(&spec, &mut recorder, hold, Echo::Log).await;
+                            let done = supervise(&spec, &mut recorder, hold, seat, Echo::Log).await;
                             report::ended(&spec, &done.record, done.written, recorder.handback());
                         }
                         Err(e) => {

@@ -3,9 +3,10 @@
 //! skip of a refused run recorded, and the spec its supervisor runs.
 
 use super::RunSpec;
-use crate::config::Job;
+use crate::config::{Group, Job};
 use crate::coordination::{
-    manual_tick, ClaimRejected, Coordinator, Hold, Outcome, RunRecord, Standalone, Trigger,
+    manual_tick, ClaimRejected, Coordinator, GroupSeat, Hold, Outcome, RunRecord, Seat, Standalone,
+    Trigger,
 };
 use crate::model::{new_run_id, RunKey};
 use chrono::{SecondsFormat, Utc};
@@ -28,11 +29,13 @@ pub enum Refused {
 pub async fn prepare(
     state: &Standalone,
     job: &Job,
+    group: Option<&Group>,
     instance: &str,
     params: BTreeMap<String, String>,
-) -> Result<(RunSpec, Hold), Refused> {
+) -> Result<(RunSpec, Hold, Option<Seat>), Refused> {
     let now = manual_tick(Utc::now());
-    let (hold, turn) = match state.overlap_hold(&job.name, job.overlap) {
+    let run_id = new_run_id();
+    let (hold, turn, seat) = match state.overlap_hold(&job.name, &run_id, job.overlap, group) {
         Ok(held) => held,
         Err(rejected) if rejected.is_skip() => {
             let active = match &rejected {
@@ -56,13 +59,7 @@ pub async fn prepare(
         }
         Err(e) => return Err(Refused::Backend(e)),
     };
-    let mut spec = RunSpec::new(
-        job,
-        new_run_id(),
-        now,
-        Trigger::Manual,
-        state.backend_spec(),
-    );
+    let mut spec = RunSpec::new(job, run_id, now, Trigger::Manual, state.backend_spec());
     spec.key.instance = instance.to_string();
     spec.key.term = state
         .leader()
@@ -70,7 +67,12 @@ pub async fn prepare(
         .map_or(0, |l| l.term);
     spec.turn = turn;
     spec.params = params;
-    Ok((spec, hold))
+    spec.group = group.map(|g| GroupSeat {
+        group: g.name.clone(),
+        limit: g.limit,
+        index: seat.as_ref().map(|s| s.index),
+    });
+    Ok((spec, hold, seat))
 }
 
 /// "already running since … on instance … (run …, pid …)".

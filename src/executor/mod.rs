@@ -28,7 +28,9 @@ pub use supervisors::{watch as watch_supervisor, Reaped, Supervisors};
 pub use waiting::WaitingSupervisors;
 
 use crate::config::{Job, Overlap, Program};
-use crate::coordination::{BackendSpec, Hold, Outcome, RunRecord, RunRecorder, Trigger, Turn};
+use crate::coordination::{
+    BackendSpec, GroupSeat, Hold, Outcome, RunRecord, RunRecorder, Seat, Trigger, Turn,
+};
 use crate::model::{duration_ms, RunKey};
 use crate::signals::{Sig, Signals};
 use chrono::{DateTime, Utc};
@@ -59,9 +61,13 @@ pub async fn supervise<R: RunRecorder>(
     spec: &RunSpec,
     recorder: &mut R,
     hold: Option<OwnedFd>,
+    seat: Option<OwnedFd>,
     echo: Echo,
 ) -> Supervised {
     let mut signals = stop_signals();
+    if let Some(group) = spec.group.as_ref().filter(|g| g.index.is_some()) {
+        recorder.seated(group, seat);
+    }
     contain::become_subreaper();
     if !spec.delay.is_zero() {
         tracing::info!(job = %spec.key.job, run_id = %spec.key.run_id, delay_ms = spec.delay.as_millis() as u64, "jitter: starting later");
@@ -116,6 +122,24 @@ pub async fn supervise<R: RunRecorder>(
         drop(hold);
         None
     };
+    if let Some(group) = spec.group.as_ref().filter(|g| g.index.is_none()) {
+        tracing::info!(job = %spec.key.job, run_id = %spec.key.run_id, group = %group.group, "waiting for a place in its group");
+        let waiting = spec.record(Outcome::Running, Utc::now());
+        let stopped = tokio::select! {
+            taken = recorder.take_seat(group, &waiting) => taken.err().map(|e| (format!("could not take a place in group {}: {e}", group.group), false)),
+            why = stop_requested(&mut signals) => Some((format!("supervisor {} while waiting for a place in group {}: not started", why.word(), group.group), true)),
+        };
+        if let Some((reason, interrupted)) = stopped {
+            tracing::warn!(job = %spec.key.job, run_id = %spec.key.run_id, "{reason}");
+            let mut rec = spec.unstarted(reason);
+            let written = finish(&mut rec, recorder).await;
+            return Supervised {
+                record: rec,
+                written,
+                interrupted,
+            };
+        }
+    }
     let params = match ParamsFile::write(spec) {
         Ok(file) => file,
         Err(e) => {

@@ -49,6 +49,12 @@ pub struct RunSpec {
     /// declarations (`Job::resolve_params`).
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// The job's concurrency group and the place the claim took in it.
+    #[serde(default)]
+    pub group: Option<GroupSeat>,
+    /// Descriptor number of the inherited lock of that place (standalone).
+    #[serde(default)]
+    pub seat_fd: Option<i32>,
 }
 
 /// Where a supervisor's stdout (its pid report) and stderr (its log) go.
@@ -72,11 +78,23 @@ pub enum SupervisorOutput {
 pub fn spawn_supervisor(
     mut spec: RunSpec,
     hold: Hold,
+    seat: Option<Seat>,
     output: SupervisorOutput,
 ) -> std::io::Result<tokio::process::Child> {
     let lock = take_hold(&mut spec, hold)?;
+    let seat = seat_lock(seat)?;
     spec.report_pid = output == SupervisorOutput::Scheduler;
-    reexec(spec, lock, output)
+    reexec(spec, lock, seat, output)
+}
+
+/// The lock of a group place to hand over (standalone), above the
+/// standard descriptors as [`take_hold`]'s.
+pub(super) fn seat_lock(seat: Option<Seat>) -> std::io::Result<Option<OwnedFd>> {
+    use std::os::fd::AsRawFd;
+    Ok(match seat.and_then(|s| s.lock) {
+        Some(fd) if fd.as_raw_fd() <= 2 => Some(rustix::io::fcntl_dupfd_cloexec(&fd, 3)?),
+        other => other,
+    })
 }
 
 /// Move `hold` into `spec` (a lease) or out as the descriptor to hand
@@ -111,11 +129,13 @@ pub(super) fn own_exe() -> std::io::Result<PathBuf> {
 pub(super) fn reexec(
     mut spec: RunSpec,
     lock: Option<OwnedFd>,
+    seat: Option<OwnedFd>,
     output: SupervisorOutput,
 ) -> std::io::Result<tokio::process::Child> {
     use std::os::fd::AsRawFd;
     spec.hold_fd = lock.as_ref().map(|fd| fd.as_raw_fd());
-    if let Some(fd) = &lock {
+    spec.seat_fd = seat.as_ref().map(|fd| fd.as_raw_fd());
+    for fd in lock.iter().chain(seat.iter()) {
         // Inherited by exactly this spawn: the scheduler spawns from one task
         // and closes its copy right after.
         rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
@@ -151,6 +171,7 @@ pub(super) fn reexec(
     // Closing our copy does not release the lock: the supervisor's
     // descriptor refers to the same open file description.
     drop(lock);
+    drop(seat);
     drop(spec_fd);
     child
 }
@@ -265,6 +286,8 @@ impl RunSpec {
             overlap: job.overlap,
             turn: Turn::Now,
             params: BTreeMap::new(),
+            group: None,
+            seat_fd: None,
         }
     }
 

@@ -17,9 +17,11 @@
 //! not `PR_SET_PDEATHSIG`: it fires when the spawning *thread* exits, and
 //! must be unset, racily, the moment a run arrives.
 
-use super::spec::{own_exe, read_spec_from, reexec, spec_file, take_hold, SupervisorOutput};
+use super::spec::{
+    own_exe, read_spec_from, reexec, seat_lock, spec_file, take_hold, SupervisorOutput,
+};
 use super::{secret_vars, RunSpec, SUPERVISE_COMMAND};
-use crate::coordination::{BackendSpec, Hold};
+use crate::coordination::{BackendSpec, Hold, Seat};
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{IoSlice, IoSliceMut};
@@ -149,8 +151,14 @@ impl WaitingSupervisors {
     /// Start the supervisor of `spec` with `hold`: hand it to a waiting
     /// supervisor, or, with none alive, re-execute one as
     /// [`super::spawn_supervisor`] does.
-    pub fn start(&self, mut spec: RunSpec, hold: Hold) -> std::io::Result<Child> {
+    pub fn start(
+        &self,
+        mut spec: RunSpec,
+        hold: Hold,
+        seat: Option<Seat>,
+    ) -> std::io::Result<Child> {
         let lock = take_hold(&mut spec, hold)?;
+        let seat = seat_lock(seat)?;
         spec.report_pid = true;
         loop {
             let next = self.waiting.lock().expect("waiting lock").pop_front();
@@ -158,12 +166,12 @@ impl WaitingSupervisors {
             if !matches!(w.child.try_wait(), Ok(None)) {
                 continue;
             }
-            match hand_over(&w.control, &spec, lock.as_ref()) {
+            match hand_over(&w.control, &spec, lock.as_ref(), seat.as_ref()) {
                 Ok(()) => return Ok(w.child),
                 Err(e) => tracing::debug!("a waiting supervisor did not take its run: {e}"),
             }
         }
-        reexec(spec, lock, SupervisorOutput::Scheduler)
+        reexec(spec, lock, seat, SupervisorOutput::Scheduler)
     }
 }
 
@@ -203,13 +211,28 @@ fn start_waiting(
     })
 }
 
-/// Send the run: one byte, with the spec's memfd and the lock attached.
-fn hand_over(control: &OwnedFd, spec: &RunSpec, lock: Option<&OwnedFd>) -> std::io::Result<()> {
+/// A run handed to a waiting supervisor: its spec and the claim's locks
+/// (the job's, the group place's).
+pub(super) type HandedOver = (RunSpec, Option<OwnedFd>, Option<OwnedFd>);
+
+/// Send the run: one byte, with the spec's memfd and the locks attached
+/// (the spec says which are there).
+fn hand_over(
+    control: &OwnedFd,
+    spec: &RunSpec,
+    lock: Option<&OwnedFd>,
+    seat: Option<&OwnedFd>,
+) -> std::io::Result<()> {
     use rustix::net::{sendmsg, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-    let spec_fd = spec_file(spec)?;
+    use std::os::fd::AsRawFd;
+    let mut spec = spec.clone();
+    spec.hold_fd = lock.map(AsRawFd::as_raw_fd);
+    spec.seat_fd = seat.map(AsRawFd::as_raw_fd);
+    let spec_fd = spec_file(&spec)?;
     let mut fds = vec![spec_fd.as_fd()];
     fds.extend(lock.map(|l| l.as_fd()));
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    fds.extend(seat.map(|l| l.as_fd()));
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut cmsg = SendAncillaryBuffer::new(&mut space);
     cmsg.push(SendAncillaryMessage::ScmRights(&fds));
     // NOSIGNAL: a supervisor that died makes this an error, not a SIGPIPE.
@@ -223,14 +246,15 @@ fn hand_over(control: &OwnedFd, spec: &RunSpec, lock: Option<&OwnedFd>) -> std::
 }
 
 /// In a waiting supervisor: block until the scheduler hands over a run
-/// (its spec and the claim's lock), or `None` once it never will.
-pub(super) fn wait_for_run() -> Result<Option<(RunSpec, Option<OwnedFd>)>, String> {
+/// (its spec and the claim's locks: the job's, the group place's), or
+/// `None` once it never will.
+pub(super) fn wait_for_run() -> Result<Option<HandedOver>, String> {
     use rustix::net::{recvmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     // SAFETY: fd 0 is the control socket this process was started with; it
     // stays open until replaced below.
     let control = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
     let mut byte = [0u8; 1];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut cmsg = RecvAncillaryBuffer::new(&mut space);
     let got = loop {
         match recvmsg(
@@ -267,9 +291,11 @@ pub(super) fn wait_for_run() -> Result<Option<(RunSpec, Option<OwnedFd>)>, Strin
         .next()
         .ok_or_else(|| format!("{SUPERVISE_COMMAND}: a run arrived without its spec"))?;
     let mut spec = read_spec_from(spec_fd)?;
-    let lock = fds.next();
+    let lock = spec.hold_fd.and_then(|_| fds.next());
+    let seat = spec.seat_fd.and_then(|_| fds.next());
     spec.hold_fd = None;
-    Ok(Some((spec, lock)))
+    spec.seat_fd = None;
+    Ok(Some((spec, lock, seat)))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! or record and log why not); manual triggers; retries.
 
 use super::*;
+use crate::coordination::GroupSeat;
 use crate::model::RunKey;
 
 impl<C: Coordinator> Scheduler<C> {
@@ -198,6 +199,7 @@ impl<C: Coordinator> Scheduler<C> {
             request,
         }: Fire<'_>,
     ) -> Result<Claim, ClaimRejected> {
+        let group = self.group_of(job);
         let req = ClaimRequest {
             job: &job.name,
             tick,
@@ -209,8 +211,14 @@ impl<C: Coordinator> Scheduler<C> {
             // alone keeps it single.
             advances_schedule: request.is_none() && trigger != Trigger::Service,
             request: request.map(|r| r.run_id.as_str()),
+            group: group.as_ref(),
         };
         self.coord.claim(leadership, req).await
+    }
+
+    /// The concurrency group `job` belongs to in the config in use.
+    fn group_of(&self, job: &Job) -> Option<crate::config::Group> {
+        self.config.borrow().group_of(job).cloned()
     }
 
     /// Act on a claim's result: start the supervisor, or record and log
@@ -380,6 +388,11 @@ impl<C: Coordinator> Scheduler<C> {
             }
         }
         spec.turn = claim.turn;
+        spec.group = self.group_of(job).map(|g| GroupSeat {
+            group: g.name,
+            limit: g.limit,
+            index: claim.seat.as_ref().map(|s| s.index),
+        });
         spec.log_json = self.log_json;
         spec.params = match params {
             Ok(params) => params,
@@ -406,7 +419,7 @@ impl<C: Coordinator> Scheduler<C> {
             spec.delay = job.jitter_for(tick);
         }
         let span = run_span(&spec);
-        match self.waiting.start(spec.clone(), claim.hold) {
+        match self.waiting.start(spec.clone(), claim.hold, claim.seat) {
             Ok(child) => {
                 let pid = child.id().unwrap_or(0);
                 span.in_scope(|| tracing::debug!(supervisor_pid = pid, "fired"));

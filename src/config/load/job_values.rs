@@ -5,6 +5,44 @@ use super::*;
 use chrono::{DateTime, TimeZone, Utc};
 
 impl<'a, 'i> Item<'a, 'i> {
+    /// `group = "<name>"`: a group declared in `[groups]`. `Some(None)` is
+    /// no group; `None` a bad value (reported).
+    pub(super) fn group(
+        &self,
+        r: &mut Report,
+        groups: &Groups,
+        schedule: Option<&Schedule>,
+    ) -> Option<Option<String>> {
+        let name = self.str(r)?;
+        if schedule.is_some_and(Schedule::is_continuous) {
+            r.error(
+                self.key_at,
+                "group means nothing for an @continuous service (it would hold a place \
+                 of the group for good); remove it",
+            );
+            return None;
+        }
+        if groups.contains_key(name) {
+            return Some(Some(name.to_owned()));
+        }
+        let hint = match did_you_mean(name, groups.keys().map(String::as_str)) {
+            Some(close) => format!("; did you mean \"{close}\"?"),
+            None if groups.is_empty() => format!(
+                "; declare it, e.g. [groups.{}] limit = 1",
+                if name.is_empty() { "<name>" } else { name }
+            ),
+            None => format!(
+                " (declared groups: {})",
+                groups.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
+        r.error(
+            self.value_at(),
+            format!("unknown group {}{hint}", quoted(name)),
+        );
+        None
+    }
+
     pub(super) fn overlap(&self, r: &mut Report) -> Option<Overlap> {
         let s = self.expect(
             r,

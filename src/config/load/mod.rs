@@ -7,9 +7,9 @@
 //! and only build a [`Config`] when nothing was found.
 
 use super::{
-    base_dir, ClusterSettings, Config, ConfigError, ConfigErrors, Event, HttpSettings, Job,
-    NotifySettings, Overlap, Param, Pattern, Program, SchedulerSettings, Secret, Tokens, Webhook,
-    DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT,
+    base_dir, ClusterSettings, Config, ConfigError, ConfigErrors, Event, Group, Groups,
+    HttpSettings, Job, NotifySettings, Overlap, Param, Pattern, Program, SchedulerSettings, Secret,
+    Tokens, Webhook, DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT,
 };
 use crate::schedule::{duration_reason, quoted, shown, Schedule};
 use chrono_tz::Tz;
@@ -208,10 +208,15 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         Some(item) => defaults(&mut r, item, built_in),
         None => built_in,
     };
+    let groups = top
+        .groups
+        .as_ref()
+        .map(|item| groups(&mut r, item))
+        .unwrap_or_default();
     let jobs = top
         .jobs
         .as_ref()
-        .map(|item| jobs(&mut r, item, &defaults))
+        .map(|item| jobs(&mut r, item, &defaults, &groups))
         .unwrap_or_default();
 
     if r.has_errors() {
@@ -221,6 +226,7 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         path: path.to_path_buf(),
         scheduler,
         jobs,
+        groups,
         cluster,
         http,
         notify,

@@ -32,6 +32,7 @@ pub(super) enum Section {
     Http,
     Notify,
     Webhook,
+    Group,
 }
 
 /// Every key of every section, declared once: the declaration gives the
@@ -74,7 +75,7 @@ macro_rules! keys {
 
 keys! {
     /// The top level.
-    TopKeys (Top) { scheduler, defaults, jobs, cluster, http, notify }
+    TopKeys (Top) { scheduler, defaults, jobs, groups, cluster, http, notify }
     /// `[scheduler]`.
     SchedulerKeys (Scheduler) { state_dir, shutdown_grace, history }
     /// `[cluster]`.
@@ -88,6 +89,8 @@ keys! {
     NotifyKeys (Notify) { webhook }
     /// `[[notify.webhook]]`.
     WebhookKeys (Webhook) { url, events, secret_file, timeout, retries }
+    /// `[groups.<name>]`.
+    GroupKeys (Group) { limit }
 }
 
 /// The keys of a job, declared once. A key with a type is one `[defaults]`
@@ -185,6 +188,7 @@ job_keys! {
     params,
     active_from,
     active_until,
+    group,
 }
 
 impl Section {
@@ -198,6 +202,7 @@ impl Section {
             Section::Http => HttpKeys::KEYS,
             Section::Notify => NotifyKeys::KEYS,
             Section::Webhook => WebhookKeys::KEYS,
+            Section::Group => GroupKeys::KEYS,
         }
     }
 }
@@ -257,7 +262,52 @@ pub(super) fn http(r: &mut Report, item: &Item, base: &Path) -> HttpSettings {
     settings
 }
 
-pub(super) fn jobs(r: &mut Report, item: &Item, defaults: &Defaults) -> BTreeMap<String, Job> {
+/// The most runs a concurrency group may allow at once: each place is a
+/// key (cluster) or lock file (standalone) that a claim tries in turn.
+pub(super) const GROUP_LIMIT_RANGE: RangeInclusive<i64> = 1..=64;
+
+pub(super) fn groups(r: &mut Report, item: &Item) -> BTreeMap<String, Group> {
+    let mut groups = BTreeMap::new();
+    let Some(table) = item.table(r) else {
+        return groups;
+    };
+    for (key, value) in table.iter() {
+        let name: &str = key.get_ref();
+        let entry = Item::entry(key, value);
+        let name_ok = job_name(r, name, entry.key_at, "group");
+        let Some(t) = entry.table(r) else { continue };
+        let f = GroupKeys::of(r, t);
+        let limit = match f.limit.as_ref() {
+            Some(i) => i.integer_in(r, GROUP_LIMIT_RANGE, "runs of the group's jobs at once"),
+            None => {
+                r.error(
+                    entry.key_at,
+                    format!("group \"{name}\" needs a limit; add e.g. limit = 1"),
+                );
+                None
+            }
+        };
+        // A bad limit is reported here; its jobs still find the group
+        // (no config is built from a file with errors).
+        if name_ok {
+            groups.insert(
+                name.to_owned(),
+                Group {
+                    name: name.to_owned(),
+                    limit: limit.unwrap_or(1) as u32,
+                },
+            );
+        }
+    }
+    groups
+}
+
+pub(super) fn jobs(
+    r: &mut Report,
+    item: &Item,
+    defaults: &Defaults,
+    groups: &Groups,
+) -> BTreeMap<String, Job> {
     let mut jobs = BTreeMap::new();
     let table = match item.value() {
         DeValue::Table(table) => table,
@@ -280,7 +330,7 @@ pub(super) fn jobs(r: &mut Report, item: &Item, defaults: &Defaults) -> BTreeMap
     for (key, value) in table.iter() {
         let name: &str = key.get_ref();
         let entry = Item::entry(key, value);
-        if let Some(job) = r.in_job(name, |r| job(r, &entry, defaults)) {
+        if let Some(job) = r.in_job(name, |r| job(r, &entry, defaults, groups)) {
             jobs.insert(name.to_owned(), job);
         }
     }
@@ -289,9 +339,14 @@ pub(super) fn jobs(r: &mut Report, item: &Item, defaults: &Defaults) -> BTreeMap
 
 /// Checks one job completely, even after its first problem, and returns it
 /// only if it is fully valid.
-pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Job> {
+pub(super) fn job(
+    r: &mut Report,
+    item: &Item,
+    defaults: &Defaults,
+    groups: &Groups,
+) -> Option<Job> {
     let name = item.label.as_ref();
-    let name_ok = job_name(r, name, item.key_at);
+    let name_ok = job_name(r, name, item.key_at, "job");
     let table = match item.value() {
         DeValue::Table(table) => table,
         other => {
@@ -400,6 +455,10 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
             }
         }
     }
+    let group = match f.group.as_ref() {
+        Some(i) => i.group(r, groups, schedule.as_ref()),
+        None => Some(None),
+    };
     let program = program(r, item.key_at, f.command.as_ref(), f.shell.as_ref());
     let working_dir = f.working_dir.as_ref().and_then(|i| i.path(r));
     let env = f.env.as_ref().and_then(|i| i.env(r)).unwrap_or_default();
@@ -455,6 +514,7 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
         jitter: own.jitter?,
         on_failure: own.on_failure?,
         params: params?,
+        group: group?,
     };
     if job.schedule.is_continuous() {
         // What `[defaults]` says about ticks does not apply to a service.
@@ -468,7 +528,7 @@ pub(super) fn job(r: &mut Report, item: &Item, defaults: &Defaults) -> Option<Jo
 
 /// Names become file names and CLI arguments, hence the narrow alphabet, and
 /// no `.`/`..`, which would name a directory instead of a file.
-pub(super) fn job_name(r: &mut Report, name: &str, at: usize) -> bool {
+pub(super) fn job_name(r: &mut Report, name: &str, at: usize, what: &str) -> bool {
     let problem = if name.is_empty() {
         "the name must not be empty".to_string()
     } else if let Some(bad) = name
@@ -486,7 +546,7 @@ pub(super) fn job_name(r: &mut Report, name: &str, at: usize) -> bool {
     } else {
         return true;
     };
-    r.error(at, format!("invalid job name: {problem}"));
+    r.error(at, format!("invalid {what} name: {problem}"));
     false
 }
 
@@ -566,6 +626,7 @@ impl Section {
             Section::Http => "[http]",
             Section::Notify => "[notify]",
             Section::Webhook => "[[notify.webhook]]",
+            Section::Group => "a group table ([groups.<name>])",
         }
     }
 
@@ -578,7 +639,8 @@ impl Section {
             | Section::Cluster
             | Section::Http
             | Section::Notify
-            | Section::Webhook => {
+            | Section::Webhook
+            | Section::Group => {
                 format!("unknown key `{shown}` in {}", self.title())
             }
             // The job is already named in the error's prefix.

@@ -7,6 +7,11 @@
 //! answers each nested transaction as it would alone. A lone claim goes out
 //! as it is, so a single fire waits for nothing.
 //!
+//! etcd evaluates every compare of a transaction, nested ones included,
+//! before it applies any operation, so two claims of one concurrency group
+//! in one batch would both find the same place free: a batch holds at
+//! most one claim per group, and the others go in the next.
+//!
 //! A batch whose answer is lost fails every claim in it alike; each claim
 //! then finds out for itself whether it went through (`claim_once`'s
 //! read-back), exactly as a lone claim does.
@@ -23,7 +28,8 @@ pub(super) const MAX_CLAIMS_PER_TXN: usize = 100;
 /// was applied at.
 pub(super) type Answer = std::result::Result<(TxnResponse, i64), CoordError>;
 
-type Queued = (Txn, oneshot::Sender<Answer>);
+/// A claim's transaction, its group (if any), and where its answer goes.
+type Queued = (Txn, Option<String>, oneshot::Sender<Answer>);
 
 /// The queue of claim transactions, and the task that sends them.
 #[derive(Default)]
@@ -32,8 +38,10 @@ pub(super) struct ClaimBatches {
 }
 
 impl ClaimBatches {
-    /// Send `txn` with whatever other claims are waiting.
-    pub(super) async fn txn(&self, client: &Client, txn: Txn) -> Answer {
+    /// Send `txn`, a claim of a job in `group` (if any), with whatever
+    /// other claims are waiting.
+    pub(super) async fn txn(&self, client: &Client, txn: Txn, group: Option<&str>) -> Answer {
+        let group = group.map(str::to_string);
         let (tx, rx) = oneshot::channel();
         let lost = || CoordError::Etcd("claim: the claim sender stopped".into());
         {
@@ -43,11 +51,11 @@ impl ClaimBatches {
                 tokio::spawn(send_batches(client.clone(), queued));
                 sender
             });
-            if let Err(mpsc::error::SendError((txn, tx))) = sender.send((txn, tx)) {
+            if let Err(mpsc::error::SendError((txn, group, tx))) = sender.send((txn, group, tx)) {
                 // Its task ended with the runtime it ran on: a new one.
                 let (sender, queued) = mpsc::unbounded_channel();
                 tokio::spawn(send_batches(client.clone(), queued));
-                sender.send((txn, tx)).map_err(|_| lost())?;
+                sender.send((txn, group, tx)).map_err(|_| lost())?;
                 *queue = Some(sender);
             }
         }
@@ -57,8 +65,28 @@ impl ClaimBatches {
 
 async fn send_batches(mut client: Client, mut queued: mpsc::UnboundedReceiver<Queued>) {
     let mut batch = Vec::new();
-    while queued.recv_many(&mut batch, MAX_CLAIMS_PER_TXN).await > 0 {
-        let (txns, answers): (Vec<Txn>, Vec<oneshot::Sender<Answer>>) = batch.drain(..).unzip();
+    let mut later: Vec<Queued> = Vec::new();
+    loop {
+        if later.is_empty() {
+            if queued.recv_many(&mut batch, MAX_CLAIMS_PER_TXN).await == 0 {
+                return;
+            }
+        } else {
+            batch.append(&mut later);
+            while batch.len() < MAX_CLAIMS_PER_TXN {
+                match queued.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
+                }
+            }
+        }
+        let mut groups = std::collections::HashSet::new();
+        let (now, next): (Vec<Queued>, Vec<Queued>) = batch
+            .drain(..)
+            .partition(|(_, group, _)| group.as_ref().is_none_or(|g| groups.insert(g.clone())));
+        later = next;
+        let (txns, answers): (Vec<Txn>, Vec<oneshot::Sender<Answer>>) =
+            now.into_iter().map(|(txn, _, tx)| (txn, tx)).unzip();
         if txns.len() == 1 {
             let txn = txns.into_iter().next().expect("one");
             let answer = client.txn(txn).await.map_or_else(

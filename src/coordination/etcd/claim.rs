@@ -2,6 +2,7 @@
 //! when its answer was lost.
 
 use super::*;
+use crate::coordination::Seat;
 use crate::model::RunKey;
 
 /// Which claim: job, request, and for a scheduled tick the tick (a
@@ -15,6 +16,10 @@ pub(super) fn uncertain_key(req: &ClaimRequest<'_>) -> UncertainKey {
         req.request.is_none().then_some(req.tick),
     )
 }
+
+/// What the read-back of a claim found: its turn and group place, or why
+/// it did not start.
+pub(super) type Settled = std::result::Result<(Turn, Option<u32>), ClaimRejected>;
 
 /// A claim transaction with its answer lost.
 pub(super) struct Uncertain {
@@ -50,6 +55,108 @@ pub(super) struct ClaimedSkip {
 /// skips (the scheduler's entry, naming the active run, replaces them).
 const SKIPPED_RUNNING: &str = "already running";
 const SKIPPED_WAITING: &str = "a run is already waiting for the active one to end";
+
+/// Take the first free place of `group` (one nested transaction per
+/// place, as etcd has no "count below"): each level runs `then` and puts
+/// `seat` at its place, bound to `lease`; with every place held, `full`.
+/// A level's `then` and the next level share keys, which etcd allows
+/// between the two branches of one transaction.
+pub(super) fn seat_chain(
+    keys: &Keys,
+    group: &crate::config::Group,
+    lease: i64,
+    seat: &RunRecord,
+    then: &[TxnOp],
+    full: Vec<TxnOp>,
+) -> Txn {
+    let mut otherwise = full;
+    let mut level = Txn::new().and_then(otherwise.clone());
+    for index in (0..group.limit).rev() {
+        let key = keys.seat(&group.name, index);
+        let mut ops = then.to_vec();
+        ops.push(TxnOp::put(
+            key.clone(),
+            json(seat),
+            Some(PutOptions::new().with_lease(lease)),
+        ));
+        level = Txn::new()
+            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(ops)
+            .or_else(otherwise);
+        otherwise = vec![TxnOp::txn(level.clone())];
+    }
+    level
+}
+
+/// Which place a [`seat_chain`] took (`Ok`), or the responses of its
+/// `full` branch. `resp` is the transaction that holds the chain.
+pub(super) fn seat_taken(
+    resp: etcd_client::TxnResponse,
+) -> std::result::Result<u32, Vec<TxnOpResponse>> {
+    match resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Txn(t) => Some(t),
+        _ => None,
+    }) {
+        Some(t) => seat_taken_from(t, 0),
+        None => Err(Vec::new()),
+    }
+}
+
+/// [`seat_taken`] from the chain's level `index`, answered as `level`.
+fn seat_taken_from(
+    level: etcd_client::TxnResponse,
+    mut index: u32,
+) -> std::result::Result<u32, Vec<TxnOpResponse>> {
+    let mut level = Some(level);
+    while let Some(t) = level {
+        if t.succeeded() {
+            return Ok(index);
+        }
+        let mut responses = t.op_responses();
+        match responses
+            .iter()
+            .position(|r| matches!(r, TxnOpResponse::Txn(_)))
+        {
+            Some(i) => {
+                let TxnOpResponse::Txn(next) = responses.swap_remove(i) else {
+                    unreachable!("position matched a Txn")
+                };
+                level = Some(next);
+                index += 1;
+            }
+            None => return Err(responses),
+        }
+    }
+    Err(Vec::new())
+}
+
+/// Which place a [`seat_chain`] sent as a transaction of its own took.
+pub(super) fn seat_taken_at_top(resp: etcd_client::TxnResponse) -> std::result::Result<u32, ()> {
+    if resp.succeeded() {
+        return Ok(0);
+    }
+    let next = resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Txn(t) => Some(t),
+        _ => None,
+    });
+    match next {
+        Some(t) => seat_taken_from(t, 1).map_err(|_| ()),
+        None => Err(()),
+    }
+}
+
+/// The runs a `full` branch's read of the group's places found.
+fn holders_of(responses: Vec<TxnOpResponse>) -> Vec<RunRecord> {
+    responses
+        .into_iter()
+        .filter_map(|r| match r {
+            TxnOpResponse::Get(mut g) => Some(g.take_kvs()),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|kv| parse::<RunRecord>(&kv).ok())
+        .collect()
+}
 
 /// The tick stored in a `P/last/<job>` key. An unreadable value must not
 /// stop the job for good: treat it as "long ago" (the claim's revision
@@ -196,11 +303,45 @@ impl Etcd {
         let no_active =
             || Compare::create_revision(actives.clone(), CompareOp::Equal, 0).with_prefix();
         let no_queued = || Compare::create_revision(queued_key.clone(), CompareOp::Equal, 0);
+        // In a group, the start also takes a place of the group; with all
+        // held, a skipping job skips (its entry in the claim, as for a
+        // running job) and a queueing one starts waiting for a place.
+        let group_full = req.group.map(|g| {
+            format!(
+                "group {} full: all its {} place(s) are held",
+                g.name, g.limit
+            )
+        });
+        let start = |full: Vec<TxnOp>| -> TxnOp {
+            match req.group {
+                None => put_marker(&marker_key),
+                Some(g) => TxnOp::txn(seat_chain(
+                    &self.keys,
+                    g,
+                    lease,
+                    &marker,
+                    &[put_marker(&marker_key)],
+                    full,
+                )),
+            }
+        };
+        let full_skip = || -> Vec<TxnOp> {
+            let Some(g) = req.group else {
+                return Vec::new();
+            };
+            [TxnOp::get(
+                self.keys.seats(&g.name),
+                Some(GetOptions::new().with_prefix()),
+            )]
+            .into_iter()
+            .chain(own_entry.then(|| skip_entry(group_full.as_deref().unwrap_or_default())))
+            .collect()
+        };
         let inner = match req.overlap {
-            Overlap::Allow => Txn::new().and_then([put_marker(&marker_key)]),
+            Overlap::Allow => Txn::new().and_then([start(full_skip())]),
             Overlap::Skip => Txn::new()
                 .when([no_active()])
-                .and_then([put_marker(&marker_key)])
+                .and_then([start(full_skip())])
                 .or_else(
                     [get_active()]
                         .into_iter()
@@ -212,7 +353,7 @@ impl Etcd {
             // single waiting place if it is free.
             Overlap::Queue | Overlap::Replace => Txn::new()
                 .when([no_active(), no_queued()])
-                .and_then([put_marker(&marker_key)])
+                .and_then([start(vec![put_marker(&marker_key)])])
                 .or_else([TxnOp::txn(
                     Txn::new()
                         .when([no_queued()])
@@ -231,7 +372,7 @@ impl Etcd {
             TxnOp::get(last_key.clone(), None),
             TxnOp::get(self.keys.request(req.request.unwrap_or("-")), None),
         ]);
-        let claim = |turn| Claim {
+        let claim = |turn, seat: Option<u32>| Claim {
             run_id: run_id.to_string(),
             term,
             hold: Hold::Lease {
@@ -239,6 +380,7 @@ impl Etcd {
                 granted_at,
             },
             turn,
+            seat: seat.map(|index| Seat { index, lock: None }),
         };
         // The lease grant may have taken a while: the self-fencing rule is
         // about when the claim is sent.
@@ -255,7 +397,11 @@ impl Etcd {
             }
             return Err((ClaimRejected::NotLeader, false));
         }
-        let (resp, rev) = match self.claim_batches.txn(&self.client, txn).await {
+        let (resp, rev) = match self
+            .claim_batches
+            .txn(&self.client, txn, req.group.map(|g| g.name.as_str()))
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 // The transaction may have committed with its answer lost,
@@ -294,7 +440,27 @@ impl Etcd {
                 )));
             };
             if inner.succeeded() {
-                return Ok(claim(Turn::Now));
+                let Some(g) = req.group else {
+                    return Ok(claim(Turn::Now, None));
+                };
+                return match seat_taken(inner) {
+                    Ok(index) => Ok(claim(Turn::Now, Some(index))),
+                    // Started without a place: it waits for one.
+                    Err(_) if matches!(req.overlap, Overlap::Queue | Overlap::Replace) => {
+                        Ok(claim(Turn::Now, None))
+                    }
+                    Err(full) => {
+                        self.give_back_lease(lease, granted_at);
+                        self.skipped_by_claim(req, run_id, rev);
+                        Err((
+                            ClaimRejected::GroupFull {
+                                group: g.name.clone(),
+                                holders: holders_of(full),
+                            },
+                            false,
+                        ))
+                    }
+                };
             }
             let first_active = |responses: Vec<TxnOpResponse>| {
                 responses
@@ -317,10 +483,13 @@ impl Etcd {
                 let took_place = place.succeeded();
                 let active = first_active(place.op_responses());
                 if took_place {
-                    return Ok(claim(match req.overlap {
-                        Overlap::Replace => Turn::Replace { active },
-                        _ => Turn::Queued,
-                    }));
+                    return Ok(claim(
+                        match req.overlap {
+                            Overlap::Replace => Turn::Replace { active },
+                            _ => Turn::Queued,
+                        },
+                        None,
+                    ));
                 }
                 self.give_back_lease(lease, granted_at);
                 self.skipped_by_claim(req, run_id, rev);
@@ -392,11 +561,11 @@ impl Etcd {
         &self,
         req: &ClaimRequest<'_>,
         run_id: &str,
-    ) -> std::result::Result<
-        Option<(std::result::Result<Turn, ClaimRejected>, i64)>,
-        etcd_client::Error,
-    > {
+    ) -> std::result::Result<Option<(Settled, i64)>, etcd_client::Error> {
         let get = |key: String| TxnOp::get(key, None);
+        let seats = req
+            .group
+            .map_or_else(|| self.keys.seats("-"), |g| self.keys.seats(&g.name));
         let read = Txn::new().and_then([
             get(self.keys.active(req.job, run_id)),
             get(self.keys.queued(req.job)),
@@ -407,11 +576,12 @@ impl Etcd {
                 Some(GetOptions::new().with_prefix().with_limit(1)),
             ),
             get(self.keys.history(req.job, run_id)),
+            TxnOp::get(seats, Some(GetOptions::new().with_prefix())),
         ]);
         let resp = self.client.clone().txn(read).await?;
         let gets = kvs_of(resp);
-        let Ok([marker, queued, last, request, active, history]) =
-            <[Vec<KeyValue>; 6]>::try_from(gets)
+        let Ok([marker, queued, last, request, active, history, seats]) =
+            <[Vec<KeyValue>; 7]>::try_from(gets)
         else {
             return Ok(None);
         };
@@ -425,7 +595,12 @@ impl Etcd {
             };
         }
         if let Some(kv) = marker.first() {
-            return Ok(Some((Ok(Turn::Now), kv.lease())));
+            // Its place, if it took one: the one bound to the same lease.
+            let seat = seats
+                .iter()
+                .filter(|s| s.lease() == kv.lease())
+                .find_map(|s| s.key_str().ok()?.rsplit('/').next()?.parse().ok());
+            return Ok(Some((Ok((Turn::Now, seat)), kv.lease())));
         }
         let active = active
             .first()
@@ -437,7 +612,7 @@ impl Etcd {
                     Overlap::Replace => Turn::Replace { active },
                     _ => Turn::Queued,
                 };
-                return Ok(Some((Ok(turn), kv.lease())));
+                return Ok(Some((Ok((turn, None)), kv.lease())));
             }
         }
         // Taken, but no marker and no waiting place of ours: the claim
@@ -455,10 +630,18 @@ impl Etcd {
         // Or it claimed a run whose marker is gone already (expired while
         // unanswered): that run is recorded `lost` under its own id, so the
         // tick needs no other record.
-        let own_skip = history
+        let own_skip_entry = history
             .first()
-            .filter(|kv| parse::<RunRecord>(kv).is_ok_and(|r| r.outcome == Outcome::Skipped))
-            .map(KeyValue::mod_revision);
+            .and_then(|kv| Some((parse::<RunRecord>(kv).ok()?, kv.mod_revision())))
+            .filter(|(r, _)| r.outcome == Outcome::Skipped);
+        let own_skip = own_skip_entry.as_ref().map(|(_, rev)| *rev);
+        let group_full = own_skip_entry.as_ref().and_then(|(r, _)| {
+            let g = req.group?;
+            r.reason
+                .as_deref()
+                .is_some_and(|why| why.starts_with(&format!("group {} full", g.name)))
+                .then(|| g.name.clone())
+        });
         let ended = (!history.is_empty() && own_skip.is_none())
             || self
                 .ended
@@ -469,6 +652,10 @@ impl Etcd {
                 .any(|(_, r)| r.key.run_id == run_id);
         let rejected = match req.overlap {
             _ if ended => ClaimRejected::Ended(run_id.to_string()),
+            _ if group_full.is_some() => ClaimRejected::GroupFull {
+                group: group_full.unwrap_or_default(),
+                holders: seats.iter().filter_map(|kv| parse(kv).ok()).collect(),
+            },
             Overlap::Allow => ClaimRejected::Ended(run_id.to_string()),
             // A scheduled skip writes its entry in the claim: without one,
             // the claim went through as a run whose marker has ended since
@@ -490,7 +677,7 @@ impl Etcd {
     /// marker; the others are free again).
     pub(super) fn settled(
         &self,
-        (found, bound): (std::result::Result<Turn, ClaimRejected>, i64),
+        (found, bound): (Settled, i64),
         term: u64,
         run_id: &str,
         sent: &[&Uncertain],
@@ -498,7 +685,7 @@ impl Etcd {
         for u in sent.iter().filter(|u| u.lease != bound) {
             self.give_back_lease(u.lease, u.granted_at);
         }
-        let turn = found.map_err(|rejected| (rejected, false))?;
+        let (turn, seat) = found.map_err(|rejected| (rejected, false))?;
         // A lease of unknown age is not trusted: the run is refused at start.
         let granted_at = sent
             .iter()
@@ -513,6 +700,7 @@ impl Etcd {
                 granted_at,
             },
             turn,
+            seat: seat.map(|index| Seat { index, lock: None }),
         })
     }
 

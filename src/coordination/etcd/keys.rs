@@ -108,4 +108,12 @@ impl Keys {
     pub fn stop_request(&self, job: &str, run_id: &str) -> String {
         format!("{}/stop/{job}/{run_id}", self.0)
     }
+    /// The places of concurrency group `group`: a run of one of its jobs
+    /// holds one for its life, bound to its lease.
+    pub fn seats(&self, group: &str) -> String {
+        format!("{}/groups/{group}/", self.0)
+    }
+    pub fn seat(&self, group: &str, index: u32) -> String {
+        format!("{}/groups/{group}/{index}", self.0)
+    }
 }

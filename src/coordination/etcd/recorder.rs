@@ -22,6 +22,8 @@ pub struct EtcdRecorder {
     /// The run's lease, renewed one last time after the final record and no
     /// longer renewed by this process: the next claim may bind to it.
     pub(super) spare: Option<(i64, DateTime<Utc>)>,
+    /// The key of the run's place in its concurrency group.
+    pub(super) seat: Option<String>,
 }
 
 impl Drop for EtcdRecorder {
@@ -90,6 +92,7 @@ impl EtcdRecorder {
             stop,
             stop_watcher,
             spare: None,
+            seat: None,
         })
     }
 
@@ -160,14 +163,7 @@ impl RunRecorder for EtcdRecorder {
             }
         }
         let queued = self.keys.queued(&self.job);
-        let mut alive = self.alive.clone();
-        let lease_lost = async move {
-            while *alive.borrow_and_update() {
-                if alive.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
+        let lease_lost = lease_lost(self.alive.clone());
         tokio::pin!(lease_lost);
         loop {
             // Move from the waiting place to the running mark in one step,
@@ -193,7 +189,7 @@ impl RunRecorder for EtcdRecorder {
                 ]);
             let resp = tokio::select! {
                 r = client.txn(txn) => r.map_err(etcd_err("take the run's turn"))?,
-                () = &mut lease_lost => return Err(CoordError::Etcd("the run's lease could not be renewed while it waited".into())),
+                () = &mut lease_lost => return Err(waited_too_long()),
             };
             if resp.succeeded() {
                 return Ok(());
@@ -201,25 +197,48 @@ impl RunRecorder for EtcdRecorder {
             // Wait for a run to end; any change under the prefix since the
             // failed attempt's revision wakes us.
             let from = resp.header().map_or(0, |h| h.revision()) + 1;
-            let opts = WatchOptions::new().with_prefix().with_start_revision(from);
-            let ended = async {
-                match client.watch(actives.clone(), Some(opts)).await {
-                    Ok(mut stream) => {
-                        while let Ok(Some(r)) = stream.message().await {
-                            if r.events()
-                                .iter()
-                                .any(|e| e.event_type() == EventType::Delete)
-                            {
-                                break;
-                            }
-                        }
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            };
             tokio::select! {
-                () = ended => {}
-                () = &mut lease_lost => return Err(CoordError::Etcd("the run's lease could not be renewed while it waited".into())),
+                () = a_delete_under(&mut client, &actives, from) => {}
+                () = &mut lease_lost => return Err(waited_too_long()),
+            }
+        }
+    }
+
+    fn seated(
+        &mut self,
+        seat: &crate::coordination::GroupSeat,
+        _lock: Option<std::os::fd::OwnedFd>,
+    ) {
+        self.seat = seat.index.map(|i| self.keys.seat(&seat.group, i));
+    }
+
+    async fn take_seat(
+        &mut self,
+        seat: &crate::coordination::GroupSeat,
+        record: &RunRecord,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let group = crate::config::Group {
+            name: seat.group.clone(),
+            limit: seat.limit,
+        };
+        let seats = self.keys.seats(&group.name);
+        let lease_lost = lease_lost(self.alive.clone());
+        tokio::pin!(lease_lost);
+        loop {
+            let txn = claim::seat_chain(&self.keys, &group, self.lease, record, &[], Vec::new());
+            let resp = tokio::select! {
+                r = client.txn(txn) => r.map_err(etcd_err("take a place in the group"))?,
+                () = &mut lease_lost => return Err(waited_too_long()),
+            };
+            let from = resp.header().map_or(0, |h| h.revision()) + 1;
+            if let Ok(index) = claim::seat_taken_at_top(resp) {
+                self.seat = Some(self.keys.seat(&group.name, index));
+                return Ok(());
+            }
+            tokio::select! {
+                () = a_delete_under(&mut client, &seats, from) => {}
+                () = &mut lease_lost => return Err(waited_too_long()),
             }
         }
     }
@@ -280,6 +299,19 @@ impl RunRecorder for EtcdRecorder {
                     self.keys.outputs(&self.run_id),
                     Some(DeleteOptions::new().with_prefix()),
                 ),
+                // Its group place is free again.
+                TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::lease(
+                            self.seat.clone().unwrap_or_else(|| self.keys.seat("-", 0)),
+                            CompareOp::Equal,
+                            self.lease,
+                        )])
+                        .and_then([TxnOp::delete(
+                            self.seat.clone().unwrap_or_else(|| self.keys.seat("-", 0)),
+                            None,
+                        )]),
+                ),
                 // A run that never got its turn leaves the waiting place.
                 TxnOp::txn(
                     Txn::new()
@@ -339,5 +371,38 @@ impl RunRecorder for EtcdRecorder {
             }
         }
         "lost contact with etcd: the run's lease could not be renewed in time, so the job was killed before its running marker could expire".to_string()
+    }
+}
+
+/// Resolves once the run's lease could not be renewed (`alive` false).
+async fn lease_lost(mut alive: watch::Receiver<bool>) {
+    while *alive.borrow_and_update() {
+        if alive.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+fn waited_too_long() -> CoordError {
+    CoordError::Etcd("the run's lease could not be renewed while it waited".into())
+}
+
+/// Resolves at the first deletion under `prefix` from revision `from` on
+/// (a run ended, a place was freed); after a short pause if the watch
+/// cannot be set up, so the caller simply looks again.
+async fn a_delete_under(client: &mut Client, prefix: &str, from: i64) {
+    let opts = WatchOptions::new().with_prefix().with_start_revision(from);
+    match client.watch(prefix.to_string(), Some(opts)).await {
+        Ok(mut stream) => {
+            while let Ok(Some(r)) = stream.message().await {
+                if r.events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete)
+                {
+                    break;
+                }
+            }
+        }
+        Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
     }
 }

@@ -40,6 +40,7 @@ impl Coordinator for Standalone {
         let request = req.request.map(str::to_string);
         let (tick, trigger, overlap, advances_schedule) =
             (req.tick, req.trigger, req.overlap, req.advances_schedule);
+        let group = req.group.cloned();
         // Counted from here: the hop to a blocking thread is what spreads
         // the claims of one tick over milliseconds.
         let mut arrival = if advances_schedule {
@@ -56,6 +57,7 @@ impl Coordinator for Standalone {
                 overlap,
                 advances_schedule,
                 request: request.as_deref(),
+                group: group.as_ref(),
             };
             this.claim_sync(term, &req, &mut arrival)
         })

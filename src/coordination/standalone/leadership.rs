@@ -91,9 +91,35 @@ impl Standalone {
         }
     }
 
-    /// What a new run of `job` holds under its overlap policy, and when it
-    /// may start; or why it may not run at all.
-    pub fn overlap_hold(&self, job: &str, overlap: Overlap) -> Result<(Hold, Turn), ClaimRejected> {
+    /// What a new run `run_id` of `job` holds under its overlap policy and
+    /// its group's limit, and when it may start; or why it may not run.
+    pub fn overlap_hold(
+        &self,
+        job: &str,
+        run_id: &str,
+        overlap: Overlap,
+        group: Option<&crate::config::Group>,
+    ) -> Result<(Hold, Turn, Option<Seat>), ClaimRejected> {
+        let (hold, turn) = self.own_hold(job, overlap)?;
+        let Some(group) = group.filter(|_| turn == Turn::Now) else {
+            // A queued run takes its group place after its turn.
+            return Ok((hold, turn, None));
+        };
+        if let Some(seat) = self.try_seat(group, job, run_id)? {
+            return Ok((hold, turn, Some(seat)));
+        }
+        match overlap {
+            // It waits for a place once it has its turn (it holds the
+            // job's own lock meanwhile, so the job's next ticks skip).
+            Overlap::Queue | Overlap::Replace => Ok((hold, turn, None)),
+            Overlap::Skip | Overlap::Allow => Err(ClaimRejected::GroupFull {
+                group: group.name.clone(),
+                holders: self.seat_holders(group),
+            }),
+        }
+    }
+
+    fn own_hold(&self, job: &str, overlap: Overlap) -> Result<(Hold, Turn), ClaimRejected> {
         let active = || -> Result<Option<Box<RunRecord>>, ClaimRejected> {
             Ok(self.active_runs(job)?.into_iter().next().map(Box::new))
         };
@@ -116,6 +142,72 @@ impl Standalone {
                 }
             }
         }
+    }
+
+    /// The lock file of place `index` of `group`.
+    pub(super) fn seat_path(&self, group: &str, index: u32) -> PathBuf {
+        self.root
+            .join("groups")
+            .join(group)
+            .join(format!("{index}.lock"))
+    }
+
+    /// Take a free place of `group` for run `run_id` of `job`, if one is:
+    /// its lock, with the run named in the file for whoever finds the
+    /// group full.
+    pub(super) fn try_seat(
+        &self,
+        group: &crate::config::Group,
+        job: &str,
+        run_id: &str,
+    ) -> Result<Option<Seat>> {
+        let dir = self.root.join("groups").join(&group.name);
+        self.ensure_dir(&dir)?;
+        for index in 0..group.limit {
+            let path = self.seat_path(&group.name, index);
+            let file = self.open_lock(&path)?;
+            if try_lock(&file).map_err(io_err(&path))? {
+                name_holder(&file, job, run_id);
+                return Ok(Some(Seat {
+                    index,
+                    lock: Some(file.into()),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The active runs holding `group`'s places, as far as their files say.
+    pub(super) fn seat_holders(&self, group: &crate::config::Group) -> Vec<RunRecord> {
+        let mut holders = Vec::new();
+        for index in 0..group.limit {
+            let path = self.seat_path(&group.name, index);
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let Some((job, run_id)) = text.trim().split_once(' ') else {
+                continue;
+            };
+            let found = self
+                .active_runs(job)
+                .ok()
+                .and_then(|a| a.into_iter().find(|r| r.key.run_id == run_id));
+            // A run claimed a moment ago has no record yet: it is named by
+            // its place's file, since it was written.
+            let holder = found.unwrap_or_else(|| {
+                let since = fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .map_or_else(|_| Utc::now(), DateTime::<Utc>::from);
+                let mut key =
+                    crate::model::RunKey::new(job, since, crate::model::Trigger::Schedule, "");
+                key.run_id = run_id.to_string();
+                let mut r = RunRecord::not_run(key, Outcome::Running, String::new());
+                r.started_at = since;
+                r
+            });
+            holders.push(holder);
+        }
+        holders
     }
 
     pub(super) fn claim_sync(
@@ -146,12 +238,14 @@ impl Standalone {
                 return Err(ClaimRejected::RequestGone(id.to_string()));
             }
         }
-        let (hold, turn) = self.overlap_hold(req.job, req.overlap)?;
+        let run_id = req.request.map_or_else(new_run_id, str::to_string);
+        let (hold, turn, seat) = self.overlap_hold(req.job, &run_id, req.overlap, req.group)?;
         Ok(Claim {
-            run_id: req.request.map_or_else(new_run_id, str::to_string),
+            run_id,
             term,
             hold,
             turn,
+            seat,
         })
     }
 
@@ -237,4 +331,15 @@ impl Standalone {
         let (valid_tx, valid) = tokio::sync::watch::channel(true);
         Ok(Leadership::new(term, valid, None, Box::new((file, valid_tx))).with_lost_runs(lost))
     }
+}
+
+/// Write who holds a group place into its (locked) file. Best effort: it
+/// only feeds the message of a claim that finds the group full.
+pub(super) fn name_holder(file: &File, job: &str, run_id: &str) {
+    use std::io::{Seek, Write};
+    let mut f = file;
+    let _ = f
+        .set_len(0)
+        .and_then(|()| f.seek(std::io::SeekFrom::Start(0)))
+        .and_then(|_| f.write_all(format!("{job} {run_id}\n").as_bytes()));
 }

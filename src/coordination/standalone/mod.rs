@@ -30,8 +30,9 @@ use super::fsutil::{
     atomic_write, io_err, lock_detached, open_lock_file, set_aside, try_lock, wrong_kind,
 };
 use super::{
-    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, HistoryReader, Hold,
-    LeaderInfo, Leadership, Outcome, Result, RunRecord, RunRecorder, Turn,
+    BackendSpec, Claim, ClaimRejected, ClaimRequest, CoordError, Coordinator, GroupSeat,
+    HistoryReader, Hold, LeaderInfo, Leadership, Outcome, Result, RunRecord, RunRecorder, Seat,
+    Turn,
 };
 use crate::config::Overlap;
 use crate::observe::Metrics;

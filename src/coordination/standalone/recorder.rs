@@ -10,6 +10,8 @@ pub struct StandaloneRecorder {
     pub(super) held: Option<File>,
     /// The run lock, when this run took its turn after waiting for it.
     pub(super) run_lock: Option<File>,
+    /// The run's place in its concurrency group.
+    pub(super) seat: Option<File>,
 }
 
 /// Ask an active run's supervisor to stop its job gracefully: SIGUSR1 is
@@ -70,6 +72,7 @@ impl Standalone {
                 .join(format!("{run_id}.json")),
             held: None,
             run_lock: None,
+            seat: None,
         }
     }
 }
@@ -110,6 +113,35 @@ impl RunRecorder for StandaloneRecorder {
         Ok(())
     }
 
+    fn seated(&mut self, _seat: &GroupSeat, lock: Option<OwnedFd>) {
+        self.seat = lock.map(File::from);
+    }
+
+    async fn take_seat(&mut self, seat: &GroupSeat, _record: &RunRecord) -> Result<()> {
+        let group = crate::config::Group {
+            name: seat.group.clone(),
+            limit: seat.limit,
+        };
+        let run_id = self.run_id().unwrap_or_default();
+        // A lone place is waited for by the kernel; with several, any may
+        // free first, so look again every 100 ms.
+        if seat.limit == 1 {
+            let path = self.state.seat_path(&group.name, 0);
+            let file = self.state.open_lock(&path)?;
+            let file = lock_detached(file).await.map_err(io_err(&path))?;
+            super::leadership::name_holder(&file, &self.job, &run_id);
+            self.seat = Some(file);
+            return Ok(());
+        }
+        loop {
+            if let Some(taken) = self.state.try_seat(&group, &self.job, &run_id)? {
+                self.seat = taken.lock.map(File::from);
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn cancelled_by(&mut self) -> Option<String> {
         let run_id = self.run_id()?;
         let path = self.state.cancel_note(&self.job, &run_id);
@@ -136,6 +168,7 @@ impl RunRecorder for StandaloneRecorder {
         }
         self.held = None;
         self.run_lock = None;
+        self.seat = None;
         result
     }
 

@@ -29,6 +29,67 @@ pub enum Trigger {
     Manual,
     /// A start of an `@continuous` service (the first, or a restart).
     Service,
+    /// Started by the end of an upstream run (`after`).
+    After,
+}
+
+/// Which ends of an upstream run start a dependent job (`after`'s `on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum On {
+    #[default]
+    Success,
+    /// Failed, timed out, killed, or could not start.
+    Failure,
+    /// Any of those, success, or cancelled.
+    Always,
+}
+
+impl On {
+    /// Whether a run that ended `outcome` (recorded by its own
+    /// supervisor) starts the dependent.
+    pub fn matches(self, outcome: Outcome) -> bool {
+        let failure = matches!(
+            outcome,
+            Outcome::Failed | Outcome::TimedOut | Outcome::Killed | Outcome::StartFailed
+        );
+        match self {
+            On::Success => outcome == Outcome::Success,
+            On::Failure => failure,
+            On::Always => failure || matches!(outcome, Outcome::Success | Outcome::Cancelled),
+        }
+    }
+}
+
+impl fmt::Display for On {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            On::Success => "success",
+            On::Failure => "failure",
+            On::Always => "always",
+        })
+    }
+}
+
+/// A job that runs after another one's runs end (the reverse of its
+/// `after`), as the upstream's supervisor knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependent {
+    pub job: String,
+    pub on: On,
+    /// `after_all`: it runs once every upstream has ended so since its
+    /// last run; each end only marks its upstream done.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// The upstream run whose end started a run (`after`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub job: String,
+    pub run_id: String,
+    /// What the upstream's supervisor recorded it as.
+    pub outcome: Outcome,
 }
 
 /// The tick of a manual run accepted at `now`: `now` to the millisecond, in
@@ -44,6 +105,7 @@ impl fmt::Display for Trigger {
             Trigger::Catchup => "catchup",
             Trigger::Manual => "manual",
             Trigger::Service => "service",
+            Trigger::After => "after",
         })
     }
 }
@@ -253,6 +315,13 @@ impl RunRecord {
 /// sort by start.
 pub fn new_run_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// The run id named by `name`, the same wherever and however often it is
+/// made (UUID v5): for a run that must be asked for once even when the
+/// asking is repeated (an `after_all` run after a crash).
+pub fn run_id_from(name: &str) -> String {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
 }
 
 /// `given` as a run id in its canonical form, if it is one. Checked before

@@ -694,3 +694,215 @@ fn in_a_cluster_a_group_of_one_never_overlaps_across_a_leader_kill_9_and_sigstop
     assert!(group_full_skips(&history_json(&env, "b"), "db") >= 10);
     assert_eq!(group_full_skips(&history_json(&env, "q"), "db"), 0);
 }
+
+/// One line a job of an `after` chain wrote: `<job> <run id> <upstream
+/// run id or -> <trigger> <unix time>`.
+#[derive(Debug, Clone)]
+struct Step {
+    job: String,
+    run_id: String,
+    upstream: String,
+    trigger: String,
+    at: f64,
+}
+
+fn step_line(job_outcome: &str) -> String {
+    format!(
+        "echo \"$BGSCHED_JOB $BGSCHED_RUN_ID ${{BGSCHED_UPSTREAM_RUN_ID:--}} $BGSCHED_TRIGGER $(date +%s.%N) {job_outcome}\" >> {{dir}}/steps"
+    )
+}
+
+fn steps(env: &Env) -> Vec<Step> {
+    env.lines("steps")
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert!(f.len() >= 5, "malformed line {l:?}");
+            Step {
+                job: f[0].to_string(),
+                run_id: f[1].to_string(),
+                upstream: f[2].to_string(),
+                trigger: f[3].to_string(),
+                at: f[4].parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// The run ids of `job`'s runs whose lines end with `word`.
+fn runs_of(env: &Env, job: &str, word: &str) -> Vec<String> {
+    env.lines("steps")
+        .iter()
+        .filter(|l| l.starts_with(&format!("{job} ")) && l.ends_with(&format!(" {word}")))
+        .map(|l| l.split(' ').nth(1).unwrap().to_string())
+        .collect()
+}
+
+/// `dependent`'s runs by the upstream run that started each, checking that
+/// no upstream run started two and that each says `after`.
+fn started_after(env: &Env, dependent: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for s in steps(env).into_iter().filter(|s| s.job == dependent) {
+        assert_eq!(s.trigger, "after", "{s:?}");
+        assert!(
+            seen.insert(s.upstream.clone()),
+            "two runs of {dependent} after upstream run {}",
+            s.upstream
+        );
+    }
+    seen
+}
+
+/// Extract succeeds on every other tick and fails on the others; a load
+/// follows its successes, an alert its failures.
+fn chain_jobs(extract_every: &str) -> String {
+    format!(
+        "[jobs.extract]\nschedule = \"@every {extract_every}\"\n\
+         shell = 'sleep 0.2; if [ $(( $(date -d \"$BGSCHED_SCHEDULED_AT\" +%s) / 2 % 2 )) = 0 ]; then {} ; else {} ; exit 1; fi'\n\n\
+         [jobs.load]\nafter = [\"extract\"]\nshell = '{}'\n\n\
+         [jobs.alert]\nafter = [{{ job = \"extract\", on = \"failure\" }}]\nshell = '{}'\n\n\
+         [jobs.b]\nschedule = \"@every 3s\"\nshell = '{}'\n\n\
+         [jobs.report]\nafter = [\"load\", \"b\"]\nafter_all = true\nshell = '{}'\n",
+        step_line("ok"),
+        step_line("failed"),
+        step_line("ok"),
+        step_line("ok"),
+        step_line("ok"),
+        step_line("ok"),
+    )
+}
+
+/// Every run in `upstream` that ended more than 3 s ago started exactly one
+/// run in `started`, and nothing else did.
+fn each_once(env: &Env, upstream: &[String], started: &BTreeSet<String>, what: &str) {
+    let by_id: std::collections::BTreeMap<String, f64> =
+        steps(env).into_iter().map(|s| (s.run_id, s.at)).collect();
+    let settled = now_secs() - 3.0;
+    for id in upstream {
+        if by_id.get(id).is_some_and(|t| *t < settled) {
+            assert!(
+                started.contains(id),
+                "{what}: upstream run {id} started no run"
+            );
+        }
+    }
+    for id in started {
+        assert!(
+            upstream.contains(id),
+            "{what}: a run after {id}, which is not one of {upstream:?}"
+        );
+    }
+}
+
+/// Each `report` run came after a run of every job it waits for since the
+/// previous report (or the start).
+fn fan_in_waited(env: &Env) -> usize {
+    let all = steps(env);
+    let mut last = 0.0;
+    let mut reports = 0;
+    for r in all.iter().filter(|s| s.job == "report") {
+        for up in ["load", "b"] {
+            assert!(
+                all.iter()
+                    .any(|s| s.job == up && s.at > last && s.at < r.at),
+                "report ran at {} without a run of {up} since {last}: {all:#?}",
+                r.at
+            );
+        }
+        last = r.at;
+        reports += 1;
+    }
+    reports
+}
+
+/// README "Jobs after jobs": a dependent runs once per upstream run that
+/// ended the way it asks (success by default, failure for the alert), with
+/// `BGSCHED_TRIGGER=after` and the upstream run's id; an `after_all` job
+/// runs once all of its upstream jobs have ended since its last run.
+#[test]
+fn a_dependent_runs_once_per_upstream_run_that_ended_its_way_and_fan_in_waits_for_all() {
+    let env = Env::new().config(&chain_jobs("1s"));
+    let _run = env.spawn_run("a");
+    wait_until(PATIENCE, "three loads, alerts and reports", || {
+        let s = steps(&env);
+        ["load", "alert", "report"]
+            .iter()
+            .all(|j| s.iter().filter(|x| x.job == *j).count() >= 3)
+    });
+    each_once(
+        &env,
+        &runs_of(&env, "extract", "ok"),
+        &started_after(&env, "load"),
+        "load",
+    );
+    each_once(
+        &env,
+        &runs_of(&env, "extract", "failed"),
+        &started_after(&env, "alert"),
+        "alert",
+    );
+    assert!(fan_in_waited(&env) >= 3);
+    let load = env.job_view("load");
+    assert_eq!(load["after"], "after extract", "{load}");
+    assert_eq!(
+        env.job_view("extract")["then"],
+        serde_json::json!(["alert", "load"])
+    );
+    env.cmd(&["next", "load"])
+        .run()
+        .success()
+        .stderr_has("has no schedule of its own: it runs after extract");
+}
+
+/// In a 3-replica cluster the dependent's run is asked for in the same
+/// transaction as the upstream's record, so a leader killed (`kill -9`)
+/// right after an upstream run ended still leaves exactly one run of the
+/// dependent, started by the next leader.
+#[test]
+fn in_a_cluster_a_dependent_runs_once_per_upstream_run_across_a_leader_kill_9_right_after_it() {
+    let etcd = Etcd::start();
+    let env = Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/after\"\nlease_ttl = \"2s\"\n\n{}",
+        etcd.endpoint(),
+        chain_jobs("2s")
+    ));
+    let names = ["a", "b", "c"];
+    let mut replicas: Vec<Scheduler> = names.map(|i| env.spawn_run(i)).into();
+    let leader = env.leader();
+    wait_until(PATIENCE, "a load", || {
+        !started_after(&env, "load").is_empty()
+    });
+    // The moment the next extract run has ended.
+    let before = runs_of(&env, "extract", "ok").len();
+    wait_until(PATIENCE, "another successful extract", || {
+        runs_of(&env, "extract", "ok").len() > before
+    });
+    let ended = runs_of(&env, "extract", "ok").last().cloned().unwrap();
+    replicas[names.iter().position(|i| *i == leader).unwrap()].kill9();
+    leader_other_than(&env, &leader);
+    wait_until(
+        PATIENCE,
+        "the load after the extract that ended as its leader died",
+        || started_after(&env, "load").contains(&ended),
+    );
+    let after_kill = steps(&env).len();
+    wait_until(PATIENCE, "more of the chain under the new leader", || {
+        let s = steps(&env);
+        s.len() > after_kill + 6
+            && s.iter()
+                .any(|x| x.job == "report" && x.at > now_secs() - 20.0)
+    });
+    each_once(
+        &env,
+        &runs_of(&env, "extract", "ok"),
+        &started_after(&env, "load"),
+        "load",
+    );
+    each_once(
+        &env,
+        &runs_of(&env, "extract", "failed"),
+        &started_after(&env, "alert"),
+        "alert",
+    );
+    assert!(fan_in_waited(&env) >= 1);
+}

@@ -83,6 +83,7 @@ pub(super) async fn start(
             requested_at: Utc::now(),
             params,
             at: Some(at),
+            upstream: None,
         };
         backend
             .schedule_run(&req)

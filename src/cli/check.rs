@@ -25,13 +25,16 @@ pub fn check(cli: &Cli) -> Result<(), CliError> {
         let next = match (job.enabled, job.schedule.next_after(now)) {
             (false, _) => "disabled".to_string(),
             (true, _) if job.schedule.is_continuous() => "service: always running".to_string(),
+            (true, None) if job.schedule.is_none() => {
+                "runs only after its upstream jobs".to_string()
+            }
             (true, Some(t)) => format!("next {}", local_rfc3339(job, t)),
             (true, None) => "never fires again".to_string(),
         };
         println!(
             "  {:<24} {:<20} {:<16} {next}",
             job.name,
-            job.schedule.as_str(),
+            job.when_words(),
             job.timezone.name()
         );
     }

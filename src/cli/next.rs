@@ -24,6 +24,17 @@ pub fn next(
         }
         return Ok(());
     }
+    if job.schedule.is_none() {
+        eprintln!(
+            "bgsched: job \"{}\" has no schedule of its own: it runs {}",
+            job.name,
+            job.after_words().unwrap_or_default()
+        );
+        if json {
+            println!("[]");
+        }
+        return Ok(());
+    }
     let after = match after {
         Some(s) => DateTime::parse_from_rfc3339(s)
             .map_err(|e| CliError::Usage(format!("--after {s:?} is not an RFC 3339 instant: {e}")))?

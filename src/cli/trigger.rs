@@ -84,6 +84,7 @@ pub async fn at(
         requested_at: Utc::now(),
         params,
         at: Some(at),
+        upstream: None,
     };
     open_backend(cli, &config).await?.schedule_run(&req).await?;
     print_out(&format!("{}\n", req.run_id));

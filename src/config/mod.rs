@@ -339,9 +339,52 @@ pub struct Job {
     pub params: BTreeMap<String, Param>,
     /// The concurrency group (`group = "<name>"`) whose limit its runs count against.
     pub group: Option<String>,
+    /// `after`: the upstream jobs whose runs' ends start this job.
+    pub after: Vec<After>,
+    /// `after_all`: it runs once all of `after` have ended so since its
+    /// last run, instead of after each.
+    pub after_all: bool,
+    /// The jobs whose `after` names this job (computed at load).
+    pub dependents: Vec<crate::model::Dependent>,
+}
+
+/// One upstream job of `after`, and which of its ends count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    pub job: String,
+    pub on: crate::model::On,
 }
 
 impl Job {
+    /// `after` in words: "after extract", "after extract (on failure)",
+    /// "after all of extract, transform".
+    pub fn after_words(&self) -> Option<String> {
+        if self.after.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = self
+            .after
+            .iter()
+            .map(|a| match a.on {
+                crate::model::On::Success => a.job.clone(),
+                on => format!("{} (on {on})", a.job),
+            })
+            .collect();
+        Some(match self.after_all {
+            true => format!("after all of {}", names.join(", ")),
+            false => format!("after {}", names.join(", ")),
+        })
+    }
+
+    /// When the job runs, in one line: its schedule, its `after`, or both.
+    pub fn when_words(&self) -> String {
+        match (self.schedule.is_none(), self.after_words()) {
+            (true, Some(after)) => after,
+            (false, Some(after)) => format!("{}; {after}", self.schedule.as_str()),
+            (_, None) => self.schedule.as_str().into_owned(),
+        }
+    }
+
     /// The jitter delay of the run for `tick`: the same on every replica
     /// and every retry of the claim, spread evenly over `[0, jitter]`.
     pub fn jitter_for(&self, tick: chrono::DateTime<chrono::Utc>) -> Duration {

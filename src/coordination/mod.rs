@@ -104,6 +104,9 @@ pub struct TriggerRequest {
     /// scheduled run until then, when the leader turns it into a request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<DateTime<Utc>>,
+    /// A run started by the end of this upstream run (`after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<crate::model::Upstream>,
 }
 
 /// Held while this instance leads.
@@ -253,6 +256,17 @@ pub struct GroupSeat {
     pub index: Option<u32>,
 }
 
+impl GroupSeat {
+    /// `group` with the place `seat` took in it, if any.
+    pub fn of(group: Option<&crate::config::Group>, seat: Option<&Seat>) -> Option<GroupSeat> {
+        group.map(|g| GroupSeat {
+            group: g.name.clone(),
+            limit: g.limit,
+            index: seat.map(|s| s.index),
+        })
+    }
+}
+
 /// A place in a concurrency group, taken by a claim: which one, and
 /// (standalone) the lock that holds it, handed to the run's supervisor
 /// like the run lock.
@@ -287,6 +301,9 @@ pub struct Claim {
     /// its supervisor waits for one after its turn (`overlap = "queue"`
     /// or `"replace"` with the group full).
     pub seat: Option<Seat>,
+    /// The group the claim counted the run in, as its supervisor must
+    /// know it (the config may be reloaded before the run starts).
+    pub group: Option<GroupSeat>,
 }
 
 /// When a claimed run may start.
@@ -514,6 +531,17 @@ pub trait Coordinator: Send + Sync + 'static {
         self.record(record)
     }
 
+    /// `job` runs after all of `upstreams` (`after_all`): once each has
+    /// marked an end since the job's last such run, turn the marks into
+    /// one request for its run (exactly once, as one step under this
+    /// leadership; the request then goes as any other). Whether it did.
+    fn fan_in(
+        &self,
+        leadership: &Leadership,
+        job: &str,
+        upstreams: &[String],
+    ) -> impl Future<Output = Result<bool>> + Send;
+
     /// Record runs of `job` whose supervisor died without finishing them.
     /// Returns the records it wrote.
     fn reap_lost(&self, job: &str) -> impl Future<Output = Vec<RunRecord>> + Send;
@@ -633,8 +661,9 @@ pub trait RunRecorder: Send {
     /// "replace"`): the reason, once there is one. A backend that delivers
     /// the request otherwise (standalone: SIGUSR1) never sends.
     fn replacements(&mut self) -> watch::Receiver<Option<String>>;
-    /// The run holds the place `seat.index` of its group since its claim
-    /// (standalone: by `lock`), which `finished` gives up.
+    /// The run counts in `seat.group`, holding the place `seat.index`
+    /// since its claim if that took one (standalone: by `lock`); `finished`
+    /// gives up whatever place it holds then.
     fn seated(&mut self, seat: &GroupSeat, lock: Option<OwnedFd>);
     /// After its turn, for a run whose claim found its group full: wait
     /// until one of the group's places is free and take it.
@@ -645,6 +674,11 @@ pub trait RunRecorder: Send {
         seat: &GroupSeat,
         record: &RunRecord,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// The runs this run's end starts (`after`), and the `after_all`
+    /// dependents whose wait it marks done: written with its final record
+    /// by `finished`, so that they are asked for exactly when the run is
+    /// recorded.
+    fn will_trigger(&mut self, requests: Vec<TriggerRequest>, marks: Vec<String>);
     /// After `finished`: what the run held and the next claim may reuse, as
     /// a token for `Coordinator::take_back` on the scheduler's side.
     fn handback(&self) -> Option<String> {

@@ -399,6 +399,11 @@ pub(super) fn spawn_job(
         .env("BGSCHED_INSTANCE", &spec.key.instance)
         .env("BGSCHED_FENCING_TOKEN", spec.key.term.to_string())
         .env("BGSCHED_ATTEMPT", attempt.to_string());
+    if let Some(up) = &spec.upstream {
+        cmd.env("BGSCHED_UPSTREAM_JOB", &up.job)
+            .env("BGSCHED_UPSTREAM_RUN_ID", &up.run_id)
+            .env("BGSCHED_UPSTREAM_OUTCOME", up.outcome.to_string());
+    }
     if !spec.params.is_empty() {
         for (name, value) in &spec.params {
             cmd.env(crate::config::param_env_name(name), value);

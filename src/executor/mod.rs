@@ -65,7 +65,7 @@ pub async fn supervise<R: RunRecorder>(
     echo: Echo,
 ) -> Supervised {
     let mut signals = stop_signals();
-    if let Some(group) = spec.group.as_ref().filter(|g| g.index.is_some()) {
+    if let Some(group) = &spec.group {
         recorder.seated(group, seat);
     }
     contain::become_subreaper();
@@ -90,7 +90,7 @@ pub async fn supervise<R: RunRecorder>(
             {
                 rec.outcome = Outcome::Cancelled;
             }
-            let written = finish(&mut rec, recorder).await;
+            let written = finish(spec, &mut rec, recorder).await;
             return Supervised {
                 record: rec,
                 written,
@@ -110,7 +110,7 @@ pub async fn supervise<R: RunRecorder>(
         if let Some((reason, interrupted)) = stopped {
             tracing::warn!(job = %spec.key.job, run_id = %spec.key.run_id, "{reason}");
             let mut rec = spec.unstarted(reason);
-            let written = finish(&mut rec, recorder).await;
+            let written = finish(spec, &mut rec, recorder).await;
             return Supervised {
                 record: rec,
                 written,
@@ -132,7 +132,7 @@ pub async fn supervise<R: RunRecorder>(
         if let Some((reason, interrupted)) = stopped {
             tracing::warn!(job = %spec.key.job, run_id = %spec.key.run_id, "{reason}");
             let mut rec = spec.unstarted(reason);
-            let written = finish(&mut rec, recorder).await;
+            let written = finish(spec, &mut rec, recorder).await;
             return Supervised {
                 record: rec,
                 written,
@@ -144,7 +144,7 @@ pub async fn supervise<R: RunRecorder>(
         Ok(file) => file,
         Err(e) => {
             let mut rec = spec.unstarted(format!("could not write its parameters file: {e}"));
-            let written = finish(&mut rec, recorder).await;
+            let written = finish(spec, &mut rec, recorder).await;
             return Supervised {
                 record: rec,
                 written,
@@ -213,7 +213,7 @@ pub async fn supervise<R: RunRecorder>(
     };
     drop(params);
     let mut rec = rec;
-    let written = finish(&mut rec, recorder).await;
+    let written = finish(spec, &mut rec, recorder).await;
     drop(hold);
     tracing::info!(
         job = %spec.key.job, run_id = %spec.key.run_id, outcome = %rec.outcome,
@@ -288,9 +288,20 @@ pub fn retry_backoff(first: Duration, max: Duration, retry: u32) -> Duration {
 }
 
 /// Write the final record; whether it was written.
-async fn finish<R: RunRecorder>(rec: &mut RunRecord, recorder: &mut R) -> bool {
+async fn finish<R: RunRecorder>(spec: &RunSpec, rec: &mut RunRecord, recorder: &mut R) -> bool {
     let ended = *rec.ended_at.get_or_insert_with(Utc::now);
     rec.duration_ms = Some(duration_ms(rec.started_at, ended));
+    // The runs this end starts go out with the record (see `after`).
+    let next = dependent_runs(spec, rec);
+    let marks: Vec<String> = spec
+        .dependents
+        .iter()
+        .filter(|d| d.all && d.on.matches(rec.outcome))
+        .map(|d| d.job.clone())
+        .collect();
+    if !next.is_empty() || !marks.is_empty() {
+        recorder.will_trigger(next, marks);
+    }
     match recorder.finished(rec).await {
         Ok(()) => true,
         Err(e) => {
@@ -298,4 +309,28 @@ async fn finish<R: RunRecorder>(rec: &mut RunRecord, recorder: &mut R) -> bool {
             false
         }
     }
+}
+
+/// The requests for the dependents of `spec`'s run (`after`) that its end,
+/// `rec`, starts: one each, its run id chosen here, so that writing them
+/// again (a retried record) asks for the same runs.
+fn dependent_runs(spec: &RunSpec, rec: &RunRecord) -> Vec<crate::coordination::TriggerRequest> {
+    let upstream = crate::model::Upstream {
+        job: spec.key.job.clone(),
+        run_id: spec.key.run_id.clone(),
+        outcome: rec.outcome,
+    };
+    spec.dependents
+        .iter()
+        .filter(|d| !d.all && d.on.matches(rec.outcome))
+        .map(|d| crate::coordination::TriggerRequest {
+            run_id: crate::model::new_run_id(),
+            job: d.job.clone(),
+            requested_by: format!("after {} run {}", spec.key.job, spec.key.run_id),
+            requested_at: Utc::now(),
+            params: BTreeMap::new(),
+            at: None,
+            upstream: Some(upstream.clone()),
+        })
+        .collect()
 }

@@ -55,6 +55,13 @@ pub struct RunSpec {
     /// Descriptor number of the inherited lock of that place (standalone).
     #[serde(default)]
     pub seat_fd: Option<i32>,
+    /// The jobs whose `after` names this one: their runs go out with this
+    /// run's record.
+    #[serde(default)]
+    pub dependents: Vec<crate::model::Dependent>,
+    /// The upstream run whose end started this one (`after`).
+    #[serde(default)]
+    pub upstream: Option<crate::model::Upstream>,
 }
 
 /// Where a supervisor's stdout (its pid report) and stderr (its log) go.
@@ -135,11 +142,10 @@ pub(super) fn reexec(
     use std::os::fd::AsRawFd;
     spec.hold_fd = lock.as_ref().map(|fd| fd.as_raw_fd());
     spec.seat_fd = seat.as_ref().map(|fd| fd.as_raw_fd());
-    for fd in lock.iter().chain(seat.iter()) {
-        // Inherited by exactly this spawn: the scheduler spawns from one task
-        // and closes its copy right after.
-        rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-    }
+    // Inherited by exactly this spawn: cleared in the child only (below),
+    // since other threads spawn meanwhile (waiting supervisors, API runs)
+    // and must not take the locks along.
+    let inherited: Vec<i32> = spec.hold_fd.into_iter().chain(spec.seat_fd).collect();
     let spec_fd = spec_file(&spec)?;
     let spec_raw = spec_fd.as_raw_fd();
     let mut cmd = Command::new(own_exe()?);
@@ -158,6 +164,10 @@ pub(super) fn reexec(
             // close-on-exec, so no other spawn can pick it up.
             let fd = std::os::fd::BorrowedFd::borrow_raw(spec_raw);
             rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            for raw in &inherited {
+                let fd = std::os::fd::BorrowedFd::borrow_raw(*raw);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
             Ok(())
         });
     }
@@ -288,6 +298,8 @@ impl RunSpec {
             params: BTreeMap::new(),
             group: None,
             seat_fd: None,
+            dependents: job.dependents.clone(),
+            upstream: None,
         }
     }
 

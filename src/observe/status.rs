@@ -85,6 +85,12 @@ pub struct JobView {
     pub active_from: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub active_until: Option<DateTime<Utc>>,
+    /// `after` in words ("after extract"), if the job runs after others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// The jobs that run after this one's runs end.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<String>,
     /// For an `@continuous` service: how long it has been up, and how
     /// often it was restarted.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -196,8 +202,12 @@ pub async fn build(
         jobs.push(JobView {
             name: job.name.clone(),
             description: job.description.clone(),
-            schedule: job.schedule.as_str().to_string(),
-            schedule_words: job.schedule.describe().to_string(),
+            schedule: job.when_words(),
+            schedule_words: match (job.schedule.is_none(), job.after_words()) {
+                (true, Some(after)) => after,
+                (false, Some(after)) => format!("{}; {after}", job.schedule.describe()),
+                (_, None) => job.schedule.describe().to_string(),
+            },
             timezone: job.timezone.name().to_string(),
             enabled: job.enabled,
             overlap: job.overlap.to_string(),
@@ -267,6 +277,8 @@ pub async fn build(
                 .collect(),
             active_from: job.schedule.active().from,
             active_until: job.schedule.active().until,
+            after: job.after_words(),
+            then: job.dependents.iter().map(|d| d.job.clone()).collect(),
             service: job.schedule.is_continuous().then(|| ServiceView {
                 up_since: view_running_since,
                 restarts: history

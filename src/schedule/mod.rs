@@ -160,6 +160,9 @@ enum Kind {
     Cron { pattern: Box<str>, fixed: bool },
     /// `@continuous`: no ticks; a service the leader keeps running.
     Continuous,
+    /// No ticks at all: a job that runs only after other jobs (`after`)
+    /// or when triggered.
+    Never,
 }
 
 fn croner_parser() -> CronParser {
@@ -222,6 +225,24 @@ impl Schedule {
             active: Active::default(),
             words: std::sync::OnceLock::new(),
         }
+    }
+
+    /// No schedule of its own: a job with `after` and no `schedule`.
+    pub fn none(tz: Tz) -> Schedule {
+        Schedule {
+            parts: Box::new([Expr {
+                source: "-".to_string(),
+                tz,
+                kind: Kind::Never,
+            }]),
+            active: Active::default(),
+            words: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Whether this is [`Schedule::none`].
+    pub fn is_none(&self) -> bool {
+        matches!(&*self.parts, [one] if matches!(one.kind, Kind::Never))
     }
 
     /// This schedule with no tick outside `active`.
@@ -385,7 +406,7 @@ impl Expr {
     }
 
     fn check_fires(&self, cron: Option<&Cron>) -> Result<(), ScheduleError> {
-        if matches!(self.kind, Kind::Continuous)
+        if matches!(self.kind, Kind::Continuous | Kind::Never)
             || self.next_with(cron, DateTime::UNIX_EPOCH).is_some()
         {
             return Ok(());
@@ -395,14 +416,16 @@ impl Expr {
                 "@every interval {} is too long: it never fires",
                 humantime::format_duration(Duration::from_secs(secs.unsigned_abs()))
             ),
-            Kind::Cron { .. } | Kind::Continuous => "never fires: no date matches it".to_string(),
+            Kind::Cron { .. } | Kind::Continuous | Kind::Never => {
+                "never fires: no date matches it".to_string()
+            }
         }))
     }
 
     /// The pattern parsed for a search (`None` for `@every`).
     fn cron(&self) -> Option<Cron> {
         match &self.kind {
-            Kind::Every(_) | Kind::Continuous => None,
+            Kind::Every(_) | Kind::Continuous | Kind::Never => None,
             Kind::Cron { pattern, .. } => Some(
                 croner_parser()
                     .parse(pattern)
@@ -426,7 +449,7 @@ impl Expr {
                 after,
             }
             .next(),
-            (Kind::Cron { .. }, None) | (Kind::Continuous, _) => None,
+            (Kind::Cron { .. }, None) | (Kind::Continuous | Kind::Never, _) => None,
         }
     }
 
@@ -438,13 +461,14 @@ impl Expr {
             ),
             Kind::Cron { .. } => self.cron().map_or_else(String::new, |c| c.describe()),
             Kind::Continuous => "Always running, restarted when it exits".to_string(),
+            Kind::Never => "No schedule of its own".to_string(),
         }
     }
 
     fn every(&self) -> Option<Duration> {
         match self.kind {
             Kind::Every(secs) => Some(Duration::from_secs(secs.unsigned_abs())),
-            Kind::Cron { .. } | Kind::Continuous => None,
+            Kind::Cron { .. } | Kind::Continuous | Kind::Never => None,
         }
     }
 

@@ -2,7 +2,6 @@
 //! or record and log why not); manual triggers; retries.
 
 use super::*;
-use crate::coordination::GroupSeat;
 use crate::model::RunKey;
 
 impl<C: Coordinator> Scheduler<C> {
@@ -119,10 +118,32 @@ impl<C: Coordinator> Scheduler<C> {
         };
         let now = Utc::now();
         let tick = crate::coordination::manual_tick(now);
+        // A run after an upstream one stands for the job's own work like a
+        // tick, so a pause holds it back even where manual runs still work.
+        let trigger = match req.upstream {
+            Some(_) => Trigger::After,
+            None => Trigger::Manual,
+        };
+        if trigger == Trigger::After && !job.enabled {
+            let up = req.upstream.as_ref().map_or("", |u| u.job.as_str());
+            let reason = format!("disabled: not run after {up}");
+            let mut rec = self.entry(
+                leadership.term,
+                job,
+                tick,
+                trigger,
+                Outcome::Skipped,
+                reason.clone(),
+            );
+            rec.key.run_id = req.run_id.clone();
+            tracing::info!(job = %job.name, run_id = %req.run_id, "{reason}");
+            self.finish_claimed(rec, Some(&req.run_id)).await;
+            return;
+        }
         if let Some(p) = self
             .coord
             .pause_of(&job.name)
-            .filter(|p| p.is_active(now) && !p.manual)
+            .filter(|p| p.is_active(now) && (!p.manual || trigger == Trigger::After))
         {
             // Checked by the requester too; the pause may be newer.
             let reason = crate::coordination::paused_refusal(&job.name, &p);
@@ -130,7 +151,7 @@ impl<C: Coordinator> Scheduler<C> {
                 leadership.term,
                 job,
                 tick,
-                Trigger::Manual,
+                trigger,
                 Outcome::Skipped,
                 reason.clone(),
             );
@@ -149,7 +170,7 @@ impl<C: Coordinator> Scheduler<C> {
                 Fire {
                     job,
                     tick,
-                    trigger: Trigger::Manual,
+                    trigger,
                     request: Some(&req),
                 },
                 state,
@@ -238,6 +259,7 @@ impl<C: Coordinator> Scheduler<C> {
             request,
         } = fire;
         let params = request.map(|r| job.resolve_params(&r.params));
+        let upstream = request.and_then(|r| r.upstream.clone());
         let request = request.map(|r| r.run_id.as_str());
         if let Err(e) = &claimed {
             self.metrics.claim_rejected(e.kind());
@@ -377,6 +399,7 @@ impl<C: Coordinator> Scheduler<C> {
         );
         spec.key.instance = self.instance.clone();
         spec.key.term = claim.term;
+        spec.upstream = upstream;
         match &claim.turn {
             Turn::Now => {}
             Turn::Queued => {
@@ -388,11 +411,7 @@ impl<C: Coordinator> Scheduler<C> {
             }
         }
         spec.turn = claim.turn;
-        spec.group = self.group_of(job).map(|g| GroupSeat {
-            group: g.name,
-            limit: g.limit,
-            index: claim.seat.as_ref().map(|s| s.index),
-        });
+        spec.group = claim.group.clone();
         spec.log_json = self.log_json;
         spec.params = match params {
             Ok(params) => params,

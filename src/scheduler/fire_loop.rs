@@ -74,6 +74,7 @@ impl<C: Coordinator> Scheduler<C> {
         self.coord.begin_schedules(leadership, &first, now).await;
         let mut services = services::Services::default();
         services.follow(&config, now);
+        let mut fan_in = super::after::FanIn::default();
         let mut requests = leadership.requests.take();
         let mut lost = leadership.lost.take();
         let mut state = FireState {
@@ -119,6 +120,7 @@ impl<C: Coordinator> Scheduler<C> {
                 state.next_retry(),
                 prepare_at,
                 services.next_wake(),
+                fan_in.next_wake(&config),
             ]
             .into_iter()
             .flatten()
@@ -390,6 +392,9 @@ impl<C: Coordinator> Scheduler<C> {
             // per turn, which must not make a tick late.
             self.keep_services(&config, leadership, &mut services, running, &mut state)
                 .await;
+            if !state.stopping() {
+                self.fan_in(&config, leadership, &mut fan_in).await;
+            }
             if let Some(new) = reloaded {
                 let now = Utc::now();
                 let new_due = reschedule(&jobs, &due, &scheduled(&new), now);

@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+mod after;
 mod fire;
 mod fire_loop;
 mod missed;
@@ -162,11 +163,19 @@ mod tests {
     use super::*;
 
     /// What every mock backend below answers alike: no lost runs, no
-    /// requests, a standalone spec nobody opens.
+    /// requests, no fan-in, a standalone spec nobody opens.
     macro_rules! mock_backend_rest {
         () => {
             async fn reap_lost(&self, _: &str) -> Vec<RunRecord> {
                 Vec::new()
+            }
+            async fn fan_in(
+                &self,
+                _: &Leadership,
+                _: &str,
+                _: &[String],
+            ) -> crate::coordination::Result<bool> {
+                Ok(false)
             }
             async fn finish_request(&self, _: &str) {}
             fn backend_spec(&self) -> crate::coordination::BackendSpec {

@@ -5,6 +5,97 @@ use super::*;
 use chrono::{DateTime, TimeZone, Utc};
 
 impl<'a, 'i> Item<'a, 'i> {
+    /// `after = ["extract"]` or `[{ job = "extract", on = "failure" }]`,
+    /// each entry with where it is; `job` is the job being read.
+    pub(super) fn after(&self, r: &mut Report, job: &str) -> Option<Vec<(After, usize)>> {
+        let array = self.non_empty_array(
+            r,
+            "an array of job names like [\"extract\"], or of tables like [{ job = \"extract\", on = \"success\" }]",
+            |_| "",
+            || "after must not be empty; name the jobs this one runs after".to_string(),
+        )?;
+        let mut out = Some(Vec::new());
+        let mut seen = BTreeSet::new();
+        for (index, element) in array.iter().enumerate() {
+            let item = self.element(index, element);
+            let entry = match item.value() {
+                DeValue::String(s) => Some(After {
+                    job: s.to_string(),
+                    on: crate::model::On::Success,
+                }),
+                DeValue::Table(t) => item.after_table(r, t),
+                other => {
+                    r.error(
+                        item.value_at(),
+                        format!(
+                            "{} must be a job name or a table like {{ job = \"extract\", on = \"success\" }}, found {}",
+                            item.label,
+                            type_name(other)
+                        ),
+                    );
+                    None
+                }
+            };
+            let Some(entry) = entry else {
+                out = None;
+                continue;
+            };
+            if entry.job == job {
+                r.error(item.value_at(), "a job cannot run after itself");
+                out = None;
+            } else if !seen.insert(entry.job.clone()) {
+                r.error(
+                    item.value_at(),
+                    format!("after names \"{}\" twice", shown(&entry.job)),
+                );
+                out = None;
+            } else if let Some(list) = out.as_mut() {
+                list.push((entry, item.value_at()));
+            }
+        }
+        out
+    }
+
+    fn after_table(&self, r: &mut Report, t: &'a DeTable<'i>) -> Option<After> {
+        let (mut job, mut on, mut ok) = (None, crate::model::On::Success, true);
+        for (key, value) in t.iter() {
+            let item = Item::entry(key, value);
+            match key.get_ref().as_ref() {
+                "job" => job = item.string(r),
+                "on" => match item.str(r) {
+                    Some("success") => on = crate::model::On::Success,
+                    Some("failure") => on = crate::model::On::Failure,
+                    Some("always") => on = crate::model::On::Always,
+                    Some(other) => {
+                        r.error(
+                            item.value_at(),
+                            format!(
+                                "on must be \"success\", \"failure\" or \"always\", found {}",
+                                quoted(other)
+                            ),
+                        );
+                        ok = false;
+                    }
+                    None => ok = false,
+                },
+                other => {
+                    r.error(
+                        key.span().start,
+                        format!(
+                            "unknown key `{}` in an after entry (expected job, on)",
+                            shown(other)
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        if job.is_none() {
+            r.error(self.value_at(), "an after entry needs job = \"<name>\"");
+        }
+        Some(After { job: job?, on }).filter(|_| ok)
+    }
+
     /// `group = "<name>"`: a group declared in `[groups]`. `Some(None)` is
     /// no group; `None` a bad value (reported).
     pub(super) fn group(

@@ -7,7 +7,7 @@
 //! and only build a [`Config`] when nothing was found.
 
 use super::{
-    base_dir, ClusterSettings, Config, ConfigError, ConfigErrors, Event, Group, Groups,
+    base_dir, After, ClusterSettings, Config, ConfigError, ConfigErrors, Event, Group, Groups,
     HttpSettings, Job, NotifySettings, Overlap, Param, Pattern, Program, SchedulerSettings, Secret,
     Tokens, Webhook, DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT,
 };

@@ -189,6 +189,8 @@ job_keys! {
     active_from,
     active_until,
     group,
+    after,
+    after_all,
 }
 
 impl Section {
@@ -263,8 +265,10 @@ pub(super) fn http(r: &mut Report, item: &Item, base: &Path) -> HttpSettings {
 }
 
 /// The most runs a concurrency group may allow at once: each place is a
-/// key (cluster) or lock file (standalone) that a claim tries in turn.
-pub(super) const GROUP_LIMIT_RANGE: RangeInclusive<i64> = 1..=64;
+/// key (cluster) or lock file (standalone) that a claim tries in turn, one
+/// nested transaction level each, and etcd gives each level a smaller
+/// share of its 128 operations (`--max-txn-ops`).
+pub(super) const GROUP_LIMIT_RANGE: RangeInclusive<i64> = 1..=16;
 
 pub(super) fn groups(r: &mut Report, item: &Item) -> BTreeMap<String, Group> {
     let mut groups = BTreeMap::new();
@@ -327,14 +331,126 @@ pub(super) fn jobs(
             return jobs;
         }
     };
+    let mut edges: Vec<Edge> = Vec::new();
+    let mut bad = false;
     for (key, value) in table.iter() {
         let name: &str = key.get_ref();
         let entry = Item::entry(key, value);
-        if let Some(job) = r.in_job(name, |r| job(r, &entry, defaults, groups)) {
-            jobs.insert(name.to_owned(), job);
+        match r.in_job(name, |r| job(r, &entry, defaults, groups, &mut edges)) {
+            Some(job) => {
+                jobs.insert(name.to_owned(), job);
+            }
+            None => bad = true,
+        }
+    }
+    // The graph only once every job is known; a job with errors may be
+    // named by others, so its name still counts as known.
+    let known: BTreeSet<&str> = table.iter().map(|(k, _)| k.get_ref().as_ref()).collect();
+    check_after(r, &edges, &known, &jobs, bad);
+    for edge in &edges {
+        let all = jobs.get(&edge.from).is_some_and(|j| j.after_all);
+        let on = edge.on;
+        if let Some(up) = jobs.get_mut(&edge.to) {
+            up.dependents.push(crate::model::Dependent {
+                job: edge.from.clone(),
+                on,
+                all,
+            });
         }
     }
     jobs
+}
+
+/// One `after` entry: job `from` runs after `to`'s runs end `on`; `at` is
+/// where the entry is.
+pub(super) struct Edge {
+    pub(super) from: String,
+    pub(super) to: String,
+    pub(super) on: crate::model::On,
+    pub(super) at: usize,
+}
+
+/// Unknown upstream jobs, services on either end, and cycles, each at the
+/// `after` entry that closes it.
+fn check_after(
+    r: &mut Report,
+    edges: &[Edge],
+    known: &BTreeSet<&str>,
+    jobs: &BTreeMap<String, Job>,
+    some_bad: bool,
+) {
+    for e in edges {
+        r.in_job(&e.from, |r| {
+            if !known.contains(e.to.as_str()) {
+                let hint = match did_you_mean(&e.to, known.iter().copied()) {
+                    Some(close) => format!("; did you mean \"{close}\"?"),
+                    None => String::new(),
+                };
+                r.error(e.at, format!("after names unknown job {}{hint}", quoted(&e.to)));
+            } else if jobs.get(&e.to).is_some_and(|j| j.schedule.is_continuous()) {
+                r.error(
+                    e.at,
+                    format!(
+                        "after names \"{}\", an @continuous service: its runs end only to be restarted",
+                        e.to
+                    ),
+                );
+            }
+        });
+    }
+    if some_bad {
+        return;
+    }
+    // Depth-first over the edges in file order: the first edge that leads
+    // back to a job on the current path closes a cycle.
+    let mut next: BTreeMap<&str, Vec<&Edge>> = BTreeMap::new();
+    for e in edges {
+        next.entry(e.from.as_str()).or_default().push(e);
+    }
+    let mut done: BTreeSet<&str> = BTreeSet::new();
+    for e in edges {
+        let mut path: Vec<&str> = Vec::new();
+        if let Some((closing, cycle)) = find_cycle(e.from.as_str(), &next, &mut path, &mut done) {
+            r.in_job(&closing.from, |r| {
+                r.error(
+                    closing.at,
+                    format!(
+                        "after makes a cycle: {}; no job of it would ever run",
+                        cycle.join(" -> ")
+                    ),
+                )
+            });
+            return;
+        }
+    }
+}
+
+fn find_cycle<'e>(
+    job: &'e str,
+    next: &BTreeMap<&'e str, Vec<&'e Edge>>,
+    path: &mut Vec<&'e str>,
+    done: &mut BTreeSet<&'e str>,
+) -> Option<(&'e Edge, Vec<String>)> {
+    if done.contains(job) {
+        return None;
+    }
+    path.push(job);
+    for e in next.get(job).into_iter().flatten() {
+        if let Some(start) = path.iter().position(|p| *p == e.to) {
+            // Shown in the order the jobs run: upstream first.
+            let mut cycle: Vec<String> =
+                path[start..].iter().rev().map(|s| s.to_string()).collect();
+            cycle.rotate_right(1);
+            cycle.push(e.to.clone());
+            return Some((e, cycle));
+        }
+        if let Some(found) = find_cycle(&e.to, next, path, done) {
+            return Some(found);
+        }
+    }
+    path.pop();
+    done.insert(job);
+    None
 }
 
 /// Checks one job completely, even after its first problem, and returns it
@@ -344,6 +460,7 @@ pub(super) fn job(
     item: &Item,
     defaults: &Defaults,
     groups: &Groups,
+    edges: &mut Vec<Edge>,
 ) -> Option<Job> {
     let name = item.label.as_ref();
     let name_ok = job_name(r, name, item.key_at, "job");
@@ -371,10 +488,16 @@ pub(super) fn job(
     let own = f.inherit(r, defaults);
 
     let description = f.description.as_ref().and_then(|i| i.string(r));
+    let after = match f.after.as_ref() {
+        Some(i) => i.after(r, name),
+        None => Some(Vec::new()),
+    };
     let schedule = match f.schedule.as_ref() {
         // The cron syntax does not depend on the zone, so a bad zone still
         // lets the expression be checked.
         Some(i) => i.schedule(r, own.timezone.unwrap_or(Tz::UTC)),
+        // A job that runs after others needs no schedule of its own.
+        None if f.after.is_some() => Some(Schedule::none(own.timezone.unwrap_or(Tz::UTC))),
         None => {
             r.error(
                 item.key_at,
@@ -459,6 +582,36 @@ pub(super) fn job(
         Some(i) => i.group(r, groups, schedule.as_ref()),
         None => Some(None),
     };
+    let after_all = f.after_all.as_ref().and_then(|i| i.boolean(r));
+    if let (Some(true), Some(at)) = (after_all, f.after_all.as_ref()) {
+        match (f.after.as_ref(), after.as_deref()) {
+            (None, _) => r.error(at.key_at, "after_all needs after (the jobs to wait for)"),
+            (Some(_), Some([_])) => r.error(
+                at.key_at,
+                "after_all means nothing with one upstream job; remove it",
+            ),
+            _ => {}
+        }
+    }
+    if let (true, Some(i)) = (
+        schedule.as_ref().is_some_and(Schedule::is_continuous),
+        f.after.as_ref(),
+    ) {
+        r.error(
+            i.key_at,
+            "after means nothing for an @continuous service (it is always running); remove it",
+        );
+    }
+    if let Some(list) = &after {
+        for (a, at) in list {
+            edges.push(Edge {
+                from: name.to_owned(),
+                to: a.job.clone(),
+                on: a.on,
+                at: *at,
+            });
+        }
+    }
     let program = program(r, item.key_at, f.command.as_ref(), f.shell.as_ref());
     let working_dir = f.working_dir.as_ref().and_then(|i| i.path(r));
     let env = f.env.as_ref().and_then(|i| i.env(r)).unwrap_or_default();
@@ -515,6 +668,9 @@ pub(super) fn job(
         on_failure: own.on_failure?,
         params: params?,
         group: group?,
+        after: after?.into_iter().map(|(a, _)| a).collect(),
+        after_all: after_all.unwrap_or(false),
+        dependents: Vec::new(),
     };
     if job.schedule.is_continuous() {
         // What `[defaults]` says about ticks does not apply to a service.

@@ -28,8 +28,14 @@ pub(super) const MAX_CLAIMS_PER_TXN: usize = 100;
 /// was applied at.
 pub(super) type Answer = std::result::Result<(TxnResponse, i64), CoordError>;
 
-/// A claim's transaction, its group (if any), and where its answer goes.
-type Queued = (Txn, Option<String>, oneshot::Sender<Answer>);
+/// A claim's transaction, its group and the group's limit (if any), and
+/// where its answer goes.
+type Queued = (Txn, Option<(String, u32)>, oneshot::Sender<Answer>);
+
+/// Operations etcd takes in one list of a transaction; a nested level
+/// gets what its parent leaves, and a group claim's places nest two
+/// operations deep each.
+const MAX_TXN_OPS: usize = 128;
 
 /// The queue of claim transactions, and the task that sends them.
 #[derive(Default)]
@@ -40,8 +46,13 @@ pub(super) struct ClaimBatches {
 impl ClaimBatches {
     /// Send `txn`, a claim of a job in `group` (if any), with whatever
     /// other claims are waiting.
-    pub(super) async fn txn(&self, client: &Client, txn: Txn, group: Option<&str>) -> Answer {
-        let group = group.map(str::to_string);
+    pub(super) async fn txn(
+        &self,
+        client: &Client,
+        txn: Txn,
+        group: Option<(&str, u32)>,
+    ) -> Answer {
+        let group = group.map(|(g, limit)| (g.to_string(), limit));
         let (tx, rx) = oneshot::channel();
         let lost = || CoordError::Etcd("claim: the claim sender stopped".into());
         {
@@ -81,9 +92,20 @@ async fn send_batches(mut client: Client, mut queued: mpsc::UnboundedReceiver<Qu
             }
         }
         let mut groups = std::collections::HashSet::new();
-        let (now, next): (Vec<Queued>, Vec<Queued>) = batch
-            .drain(..)
-            .partition(|(_, group, _)| group.as_ref().is_none_or(|g| groups.insert(g.clone())));
+        let (mut now, mut next): (Vec<Queued>, Vec<Queued>) =
+            batch.drain(..).partition(|(_, group, _)| {
+                group.as_ref().is_none_or(|(g, _)| groups.insert(g.clone()))
+            });
+        // The deepest group claim leaves room for fewer claims beside it.
+        let deepest = |q: &[Queued]| {
+            q.iter()
+                .filter_map(|(_, g, _)| g.as_ref().map(|(_, l)| *l as usize))
+                .max()
+                .unwrap_or(0)
+        };
+        while now.len() > 1 && now.len() + 2 * deepest(&now) + 8 > MAX_TXN_OPS {
+            next.insert(0, now.pop().expect("more than one"));
+        }
         later = next;
         let (txns, answers): (Vec<Txn>, Vec<oneshot::Sender<Answer>>) =
             now.into_iter().map(|(txn, _, tx)| (txn, tx)).unzip();

@@ -2,7 +2,7 @@
 //! when its answer was lost.
 
 use super::*;
-use crate::coordination::Seat;
+use crate::coordination::{GroupSeat, Seat};
 use crate::model::RunKey;
 
 /// Which claim: job, request, and for a scheduled tick the tick (a
@@ -186,7 +186,7 @@ impl Etcd {
         let earlier_sent = earlier.is_some();
         if let Some(u) = &earlier {
             match self.settle(req, run_id).await {
-                Ok(Some(found)) => return self.settled(found, term, run_id, &[u]),
+                Ok(Some(found)) => return self.settled(req.group, found, term, run_id, &[u]),
                 Ok(None) => {}
                 Err(e) => {
                     self.keep_uncertain(req, earlier.expect("matched Some"));
@@ -381,6 +381,10 @@ impl Etcd {
             },
             turn,
             seat: seat.map(|index| Seat { index, lock: None }),
+            group: GroupSeat::of(
+                req.group,
+                seat.map(|index| Seat { index, lock: None }).as_ref(),
+            ),
         };
         // The lease grant may have taken a while: the self-fencing rule is
         // about when the claim is sent.
@@ -399,7 +403,11 @@ impl Etcd {
         }
         let (resp, rev) = match self
             .claim_batches
-            .txn(&self.client, txn, req.group.map(|g| g.name.as_str()))
+            .txn(
+                &self.client,
+                txn,
+                req.group.map(|g| (g.name.as_str(), g.limit)),
+            )
             .await
         {
             Ok(r) => r,
@@ -409,7 +417,7 @@ impl Etcd {
                 // Until that is known, the next attempt reuses its run id
                 // and lease.
                 return match self.settle(req, run_id).await {
-                    Ok(Some(found)) => self.settled(found, term, run_id, &[&this]),
+                    Ok(Some(found)) => self.settled(req.group, found, term, run_id, &[&this]),
                     Ok(None) => {
                         self.keep_uncertain(req, this);
                         Err(backend(e))
@@ -514,7 +522,7 @@ impl Etcd {
         };
         if ours {
             return match self.settle(req, run_id).await {
-                Ok(Some(found)) => self.settled(found, term, run_id, &[&this]),
+                Ok(Some(found)) => self.settled(req.group, found, term, run_id, &[&this]),
                 _ => {
                     self.forget_last(req.job);
                     self.keep_uncertain(req, this);
@@ -677,6 +685,7 @@ impl Etcd {
     /// marker; the others are free again).
     pub(super) fn settled(
         &self,
+        group: Option<&crate::config::Group>,
         (found, bound): (Settled, i64),
         term: u64,
         run_id: &str,
@@ -701,6 +710,7 @@ impl Etcd {
             },
             turn,
             seat: seat.map(|index| Seat { index, lock: None }),
+            group: GroupSeat::of(group, seat.map(|index| Seat { index, lock: None }).as_ref()),
         })
     }
 

@@ -4,6 +4,63 @@ use super::*;
 use crate::coordination::{Activity, Cancel};
 
 impl Coordinator for Etcd {
+    async fn fan_in(
+        &self,
+        leadership: &Leadership,
+        job: &str,
+        upstreams: &[String],
+    ) -> Result<bool> {
+        let mut client = self.client.clone();
+        let found = client
+            .get(self.keys.marks(job), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd_err("read the ends a job waits for"))?;
+        let mut marks = Vec::new();
+        for up in upstreams {
+            let key = self.keys.mark(job, up);
+            let Some(kv) = found.kvs().iter().find(|kv| kv.key() == key.as_bytes()) else {
+                return Ok(false);
+            };
+            marks.push((
+                key,
+                kv.mod_revision(),
+                parse::<crate::model::Upstream>(kv).ok(),
+            ));
+        }
+        let req = TriggerRequest {
+            run_id: new_run_id(),
+            job: job.to_string(),
+            requested_by: format!("after all of {}", upstreams.join(", ")),
+            requested_at: Utc::now(),
+            params: Default::default(),
+            at: None,
+            upstream: marks.last().and_then(|(_, _, up)| up.clone()),
+        };
+        // Only while leading, and only the marks read: a newer end that
+        // arrives meanwhile counts for the next run instead.
+        let when: Vec<Compare> = std::iter::once(Compare::create_revision(
+            self.keys.leader(),
+            CompareOp::Equal,
+            leadership.term as i64,
+        ))
+        .chain(
+            marks
+                .iter()
+                .map(|(key, rev, _)| Compare::mod_revision(key.clone(), CompareOp::Equal, *rev)),
+        )
+        .collect();
+        let ops: Vec<TxnOp> = marks
+            .iter()
+            .map(|(key, _, _)| TxnOp::delete(key.clone(), None))
+            .chain([TxnOp::put(self.keys.request(&req.run_id), json(&req), None)])
+            .collect();
+        let resp = client
+            .txn(Txn::new().when(when).and_then(ops))
+            .await
+            .map_err(etcd_err("ask for the run after all of its upstream jobs"))?;
+        Ok(resp.succeeded())
+    }
+
     async fn acquire_leadership(&self, instance: &str) -> Result<Leadership> {
         let mut delay = Duration::from_millis(200);
         let mut announced = None;

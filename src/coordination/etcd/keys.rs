@@ -108,6 +108,13 @@ impl Keys {
     pub fn stop_request(&self, job: &str, run_id: &str) -> String {
         format!("{}/stop/{job}/{run_id}", self.0)
     }
+    /// The ends of `job`'s upstream jobs it waits for (`after_all`).
+    pub fn marks(&self, job: &str) -> String {
+        format!("{}/after/{job}/", self.0)
+    }
+    pub fn mark(&self, job: &str, upstream: &str) -> String {
+        format!("{}/after/{job}/{upstream}", self.0)
+    }
     /// The places of concurrency group `group`: a run of one of its jobs
     /// holds one for its life, bound to its lease.
     pub fn seats(&self, group: &str) -> String {

@@ -22,8 +22,13 @@ pub struct EtcdRecorder {
     /// The run's lease, renewed one last time after the final record and no
     /// longer renewed by this process: the next claim may bind to it.
     pub(super) spare: Option<(i64, DateTime<Utc>)>,
-    /// The key of the run's place in its concurrency group.
-    pub(super) seat: Option<String>,
+    /// The run's concurrency group: `finished` frees every place of it
+    /// bound to the run's lease, whichever it took (or may have taken,
+    /// when an answer was lost).
+    pub(super) group: Option<crate::config::Group>,
+    /// The runs its end starts (`after`), and the `after_all` jobs it marks.
+    pub(super) next: Vec<crate::coordination::TriggerRequest>,
+    pub(super) marks: Vec<String>,
 }
 
 impl Drop for EtcdRecorder {
@@ -92,7 +97,9 @@ impl EtcdRecorder {
             stop,
             stop_watcher,
             spare: None,
-            seat: None,
+            group: None,
+            next: Vec::new(),
+            marks: Vec::new(),
         })
     }
 
@@ -204,12 +211,24 @@ impl RunRecorder for EtcdRecorder {
         }
     }
 
+    fn will_trigger(
+        &mut self,
+        requests: Vec<crate::coordination::TriggerRequest>,
+        marks: Vec<String>,
+    ) {
+        self.next = requests;
+        self.marks = marks;
+    }
+
     fn seated(
         &mut self,
         seat: &crate::coordination::GroupSeat,
         _lock: Option<std::os::fd::OwnedFd>,
     ) {
-        self.seat = seat.index.map(|i| self.keys.seat(&seat.group, i));
+        self.group = Some(crate::config::Group {
+            name: seat.group.clone(),
+            limit: seat.limit,
+        });
     }
 
     async fn take_seat(
@@ -222,20 +241,39 @@ impl RunRecorder for EtcdRecorder {
             name: seat.group.clone(),
             limit: seat.limit,
         };
+        self.group = Some(group.clone());
         let seats = self.keys.seats(&group.name);
         let lease_lost = lease_lost(self.alive.clone());
         tokio::pin!(lease_lost);
         loop {
             let txn = claim::seat_chain(&self.keys, &group, self.lease, record, &[], Vec::new());
-            let resp = tokio::select! {
-                r = client.txn(txn) => r.map_err(etcd_err("take a place in the group"))?,
+            let sent = tokio::select! {
+                r = client.txn(txn) => r,
                 () = &mut lease_lost => return Err(waited_too_long()),
             };
-            let from = resp.header().map_or(0, |h| h.revision()) + 1;
-            if let Ok(index) = claim::seat_taken_at_top(resp) {
-                self.seat = Some(self.keys.seat(&group.name, index));
-                return Ok(());
-            }
+            let from = match sent {
+                Ok(resp) => {
+                    let from = resp.header().map_or(0, |h| h.revision()) + 1;
+                    if claim::seat_taken_at_top(resp).is_ok() {
+                        return Ok(());
+                    }
+                    from
+                }
+                Err(e) => {
+                    // It may have gone through with its answer lost: a
+                    // place bound to this run's lease is ours.
+                    tracing::warn!(run_id = %self.run_id, "taking a place in group {}: {e}; looking again", group.name);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let held = client
+                        .get(seats.clone(), Some(GetOptions::new().with_prefix()))
+                        .await
+                        .map_err(etcd_err("read the group's places"))?;
+                    if held.kvs().iter().any(|kv| kv.lease() == self.lease) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+            };
             tokio::select! {
                 () = a_delete_under(&mut client, &seats, from) => {}
                 () = &mut lease_lost => return Err(waited_too_long()),
@@ -299,18 +337,54 @@ impl RunRecorder for EtcdRecorder {
                     self.keys.outputs(&self.run_id),
                     Some(DeleteOptions::new().with_prefix()),
                 ),
-                // Its group place is free again.
+                // The runs its end starts, asked for in the same step as
+                // its record, exactly once: a retry of this transaction
+                // after an answer was lost finds the marker gone.
                 TxnOp::txn(
                     Txn::new()
-                        .when([Compare::lease(
-                            self.seat.clone().unwrap_or_else(|| self.keys.seat("-", 0)),
-                            CompareOp::Equal,
-                            self.lease,
+                        .when([Compare::create_revision(
+                            self.keys.active(&self.job, &self.run_id),
+                            CompareOp::Greater,
+                            0,
                         )])
-                        .and_then([TxnOp::delete(
-                            self.seat.clone().unwrap_or_else(|| self.keys.seat("-", 0)),
-                            None,
-                        )]),
+                        .and_then(
+                            self.next
+                                .iter()
+                                .map(|req| {
+                                    TxnOp::put(self.keys.request(&req.run_id), json(req), None)
+                                })
+                                .chain(self.marks.iter().map(|job| {
+                                    let up = crate::model::Upstream {
+                                        job: self.job.clone(),
+                                        run_id: self.run_id.clone(),
+                                        outcome: record.outcome,
+                                    };
+                                    TxnOp::put(self.keys.mark(job, &self.job), json(&up), None)
+                                }))
+                                .collect::<Vec<_>>(),
+                        ),
+                ),
+                // Its group places are free again: whichever it holds.
+                TxnOp::txn(
+                    Txn::new().and_then(
+                        self.group
+                            .iter()
+                            .flat_map(|g| {
+                                (0..g.limit).map(|i| {
+                                    let place = self.keys.seat(&g.name, i);
+                                    TxnOp::txn(
+                                        Txn::new()
+                                            .when([Compare::lease(
+                                                place.clone(),
+                                                CompareOp::Equal,
+                                                self.lease,
+                                            )])
+                                            .and_then([TxnOp::delete(place, None)]),
+                                    )
+                                })
+                            })
+                            .collect::<Vec<_>>(),
+                    ),
                 ),
                 // A run that never got its turn leaves the waiting place.
                 TxnOp::txn(

@@ -54,6 +54,7 @@ impl Etcd {
             requested_at: Utc::now(),
             params,
             at: None,
+            upstream: None,
         };
         let lease = client
             .lease_grant(timeout.as_secs().max(1) as i64 + 5, None)

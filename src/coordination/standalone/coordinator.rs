@@ -118,6 +118,13 @@ impl Coordinator for Standalone {
         Ok(true)
     }
 
+    async fn fan_in(&self, _: &Leadership, job: &str, upstreams: &[String]) -> Result<bool> {
+        let (this, job, upstreams) = (self.clone(), job.to_string(), upstreams.to_vec());
+        tokio::task::spawn_blocking(move || this.fan_in_sync(&job, &upstreams))
+            .await
+            .unwrap_or_else(|e| Err(CoordError::Etcd(format!("fan-in task: {e}"))))
+    }
+
     async fn reap_lost(&self, job: &str) -> Vec<RunRecord> {
         Standalone::reap_lost(self, job).unwrap_or_else(|e| {
             tracing::error!(job, "could not record lost runs: {e}");

@@ -245,6 +245,7 @@ impl Standalone {
             term,
             hold,
             turn,
+            group: super::super::GroupSeat::of(req.group, seat.as_ref()),
             seat,
         })
     }

@@ -12,6 +12,9 @@ pub struct StandaloneRecorder {
     pub(super) run_lock: Option<File>,
     /// The run's place in its concurrency group.
     pub(super) seat: Option<File>,
+    /// The runs its end starts (`after`), and the `after_all` jobs it marks.
+    pub(super) next: Vec<crate::coordination::TriggerRequest>,
+    pub(super) marks: Vec<String>,
 }
 
 /// Ask an active run's supervisor to stop its job gracefully: SIGUSR1 is
@@ -73,6 +76,8 @@ impl Standalone {
             held: None,
             run_lock: None,
             seat: None,
+            next: Vec::new(),
+            marks: Vec::new(),
         }
     }
 }
@@ -111,6 +116,15 @@ impl RunRecorder for StandaloneRecorder {
         let file = lock_detached(file).await.map_err(io_err(&path))?;
         self.run_lock = Some(file);
         Ok(())
+    }
+
+    fn will_trigger(
+        &mut self,
+        requests: Vec<crate::coordination::TriggerRequest>,
+        marks: Vec<String>,
+    ) {
+        self.next = requests;
+        self.marks = marks;
     }
 
     fn seated(&mut self, _seat: &GroupSeat, lock: Option<OwnedFd>) {
@@ -160,6 +174,25 @@ impl RunRecorder for StandaloneRecorder {
     }
 
     async fn finished(&mut self, record: &RunRecord) -> Result<()> {
+        // The runs its end starts are asked for first: should this process
+        // die before the record is written, the leader finds the run
+        // recorded lost and lets them go (see `serve_requests`); the other
+        // way round, a crash in between would lose them unseen.
+        for req in std::mem::take(&mut self.next) {
+            if let Err(e) = self.state.ask_for(&req) {
+                tracing::error!(job = %req.job, upstream = %self.job, "could not ask for the run after this one: {e}");
+            }
+        }
+        let upstream = crate::model::Upstream {
+            job: self.job.clone(),
+            run_id: self.run_id().unwrap_or_default(),
+            outcome: record.outcome,
+        };
+        for job in std::mem::take(&mut self.marks) {
+            if let Err(e) = self.state.mark_upstream(&job, &upstream) {
+                tracing::error!(job = %job, upstream = %self.job, "could not mark this run's end for the job waiting for it: {e}");
+            }
+        }
         // The run's locks are kept meanwhile, so it still counts as active.
         let result = self.state.write_until_written(&self.path, record).await;
         // Followers finish from the record's tail now.

@@ -35,6 +35,96 @@ impl Standalone {
         atomic_write(&dir.join(format!("{}.json", req.run_id)), &json, true)
     }
 
+    /// Ask the leader for the run `req` at once (a dependent's, `after`).
+    pub(crate) fn ask_for(&self, req: &TriggerRequest) -> Result<()> {
+        let dir = self.requests_dir();
+        self.ensure_dir(&dir)?;
+        let json = serde_json::to_vec_pretty(req).expect("a request serializes");
+        atomic_write(&dir.join(format!("{}.json", req.run_id)), &json, true)
+    }
+
+    /// Where `job` (`after_all`) keeps the ends of its upstream jobs that
+    /// it has not run after yet: `<upstream>.json` each.
+    fn marks_dir(&self, job: &str) -> PathBuf {
+        self.job_dir(job).join("after")
+    }
+
+    /// Mark `up`'s end for `job` (`after_all`), replacing an older mark.
+    pub(crate) fn mark_upstream(&self, job: &str, up: &crate::model::Upstream) -> Result<()> {
+        let dir = self.marks_dir(job);
+        self.ensure_dir(&dir)?;
+        let json = serde_json::to_vec_pretty(up).expect("an upstream serializes");
+        atomic_write(&dir.join(format!("{}.json", up.job)), &json, true)
+    }
+
+    /// The leader's side of `after_all` (see `Coordinator::fan_in`). The
+    /// request's run id comes from the marks, so a crash between writing it
+    /// and removing them writes the same request again, which is then
+    /// found taken or recorded.
+    pub(super) fn fan_in_sync(&self, job: &str, upstreams: &[String]) -> Result<bool> {
+        let dir = self.marks_dir(job);
+        let mut marks = Vec::new();
+        for up in upstreams {
+            let path = dir.join(format!("{up}.json"));
+            let Ok(bytes) = fs::read(&path) else {
+                return Ok(false);
+            };
+            let Ok(mark) = serde_json::from_slice::<crate::model::Upstream>(&bytes) else {
+                self.corrupt(
+                    &path,
+                    "not a mark of an upstream run's end",
+                    "it is ignored",
+                );
+                return Ok(false);
+            };
+            match self.upstream_ended_so(&mark) {
+                None => return Ok(false),
+                Some(true) => marks.push((path, mark)),
+                Some(false) => {
+                    // Its supervisor died after marking: recorded lost.
+                    let _ = fs::remove_file(&path);
+                    return Ok(false);
+                }
+            }
+        }
+        let ids: Vec<&str> = marks.iter().map(|(_, m)| m.run_id.as_str()).collect();
+        let run_id = crate::model::run_id_from(&format!("{job} after {}", ids.join(" ")));
+        let req = TriggerRequest {
+            run_id: run_id.clone(),
+            job: job.to_string(),
+            requested_by: format!("after all of {}", upstreams.join(", ")),
+            requested_at: Utc::now(),
+            params: Default::default(),
+            at: None,
+            upstream: marks.last().map(|(_, m)| m.clone()),
+        };
+        let requests = self.requests_dir();
+        let taken = requests.join(format!("{run_id}.claimed")).exists() || self.recorded(&req);
+        if !taken {
+            self.ask_for(&req)?;
+        }
+        for (path, _) in &marks {
+            let _ = fs::remove_file(path);
+        }
+        sync_dir(&dir);
+        Ok(!taken)
+    }
+
+    /// Whether the upstream run of an `after` request ended as its request
+    /// says: `None` while its record does not tell yet (it still runs, or
+    /// its supervisor is writing it).
+    fn upstream_ended_so(&self, up: &crate::model::Upstream) -> Option<bool> {
+        let path = self
+            .job_dir(&up.job)
+            .join("runs")
+            .join(format!("{}.json", up.run_id));
+        let rec: RunRecord = serde_json::from_slice(&fs::read(path).ok()?).ok()?;
+        match rec.outcome {
+            Outcome::Running => None,
+            outcome => Some(outcome == up.outcome),
+        }
+    }
+
     /// The one-off runs whose record does not exist yet: scheduled, due
     /// and waiting, or claimed and starting.
     pub fn scheduled_runs(&self) -> Vec<TriggerRequest> {
@@ -118,7 +208,25 @@ impl Standalone {
                     }
                 }
                 for req in read_requests(&requests, "json") {
-                    if sent.insert(req.run_id.clone()) && tx.send(req).await.is_err() {
+                    if sent.contains(&req.run_id) {
+                        continue;
+                    }
+                    // A dependent's run waits for its upstream's record,
+                    // and goes if that says otherwise (its supervisor died
+                    // after asking: the run is recorded lost).
+                    if let Some(up) = &req.upstream {
+                        match state.upstream_ended_so(up) {
+                            None => continue,
+                            Some(true) => {}
+                            Some(false) => {
+                                tracing::warn!(job = %req.job, upstream_job = %up.job, upstream_run_id = %up.run_id, "not running after an upstream run that is not recorded {}", up.outcome);
+                                state.forget_request(&req.run_id);
+                                continue;
+                            }
+                        }
+                    }
+                    sent.insert(req.run_id.clone());
+                    if tx.send(req).await.is_err() {
                         return;
                     }
                 }
@@ -226,6 +334,7 @@ mod tests {
             requested_at: Utc::now(),
             params: Default::default(),
             at: Some(Utc::now()),
+            upstream: None,
         };
         let requests = state.requests_dir();
         state.ensure_dir(&requests).unwrap();

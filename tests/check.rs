@@ -212,9 +212,13 @@ fn check_prints_each_job_with_its_next_fire() {
         "slow-sync",
         "nightly-cleanup",
         "monthly-report",
+        "extract",
+        "load",
+        "vacuum",
     ] {
         assert!(out.stdout.contains(job), "{}", out.stdout);
     }
+    assert!(out.stdout.contains("after extract"), "{}", out.stdout);
     assert!(out.stdout.contains("Europe/Berlin"));
     assert!(out.stdout.contains("disabled"));
 }

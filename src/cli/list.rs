@@ -111,6 +111,7 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
             None if !job.enabled => "-".to_string(),
             None if job.service.is_some() && job.paused.is_some() => "paused (service)".to_string(),
             None if job.service.is_some() => "service (always running)".to_string(),
+            None if job.after.is_some() => "when its upstream ends".to_string(),
             None => match job.active_until.filter(|u| *u <= now) {
                 Some(u) => format!(
                     "never (active until {}, {})",

@@ -412,7 +412,7 @@ fn unknown_keys_at_every_level_suggest_the_closest_key() {
                 "jobs.toml:4:1: job \"backup\": unknown key `time_out`; did you mean `timeout`?",
                 "jobs.toml:5:1: job \"backup\": unknown key `working_directory`; did you mean `working_dir`?",
                 "jobs.toml:6:1: job \"backup\": unknown key `history`; `history` belongs in [scheduler]",
-                "jobs.toml:7:1: job \"backup\": unknown key `color` (expected one of: description, schedule, timezone, command, shell, working_dir, env, timeout, enabled, overlap, catchup, kill_grace, retries, retry_backoff, retry_backoff_max, jitter, on_failure, params, active_from, active_until, group)",
+                "jobs.toml:7:1: job \"backup\": unknown key `color` (expected one of: description, schedule, timezone, command, shell, working_dir, env, timeout, enabled, overlap, catchup, kill_grace, retries, retry_backoff, retry_backoff_max, jitter, on_failure, params, active_from, active_until, group, after, after_all)",
             ],
         );
 }

@@ -237,3 +237,19 @@ fn run_list_and_trigger_refuse_a_bad_config_with_78() {
             .run();
     }
 }
+
+/// README "Concurrency groups": a group no job or only one job names is
+/// harmless, so `check` warns about it and accepts the file.
+#[test]
+fn a_group_with_one_job_or_none_is_a_warning() {
+    let env = Env::new().config(
+        "[groups.db]\nlimit = 1\n\n[groups.spare]\nlimit = 2\n\n\
+         [jobs.load]\nschedule = \"@daily\"\ngroup = \"db\"\ncommand = [\"true\"]\n",
+    );
+    let out = env.cmd(&["check"]).run().success();
+    assert_eq!(
+        out.stderr,
+        "bgsched: warning: group \"db\" has one job (\"load\"); it limits only that job's own runs\n\
+         bgsched: warning: group \"spare\" has no jobs\n"
+    );
+}

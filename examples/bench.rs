@@ -2049,6 +2049,7 @@ async fn claim_round_trips(ep: &str, n: usize, m: &mut BTreeMap<&str, Vec<f64>>)
                     advances_schedule: true,
                     request: None,
                     group: None,
+                    upstream: None,
                 },
             )
             .await

@@ -264,6 +264,10 @@ pub struct RunRecord {
     /// run's result (which is the entry under the run's id).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retried: bool,
+    /// For a run after another job's (`after`): the upstream run whose end
+    /// started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Upstream>,
 }
 
 fn zero_as_null<S: serde::Serializer>(term: &u64, s: S) -> Result<S::Ok, S::Error> {
@@ -306,6 +310,7 @@ impl RunRecord {
             attempt: 1,
             supervisor_pid: None,
             params: BTreeMap::new(),
+            upstream: None,
             retried: false,
         }
     }
@@ -315,13 +320,6 @@ impl RunRecord {
 /// sort by start.
 pub fn new_run_id() -> String {
     uuid::Uuid::now_v7().to_string()
-}
-
-/// The run id named by `name`, the same wherever and however often it is
-/// made (UUID v5): for a run that must be asked for once even when the
-/// asking is repeated (an `after_all` run after a crash).
-pub fn run_id_from(name: &str) -> String {
-    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string()
 }
 
 /// `given` as a run id in its canonical form, if it is one. Checked before

@@ -942,6 +942,7 @@ fn a_missed_entry_moves_the_last_tick_and_a_claimed_ticks_entry_outlives_its_ter
         advances_schedule: true,
         request: None,
         group: None,
+        upstream: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -1101,6 +1102,7 @@ fn a_marker_that_expires_between_two_terms_is_recorded_lost_by_the_next_leader()
                     advances_schedule: true,
                     request: None,
                     group: None,
+                    upstream: None,
                 },
             )
             .await
@@ -1144,6 +1146,7 @@ fn skip_claim(job: &str, secs: i64) -> bgsched::coordination::ClaimRequest<'_> {
         advances_schedule: true,
         request: None,
         group: None,
+        upstream: None,
     }
 }
 
@@ -1334,6 +1337,7 @@ fn a_skip_is_recorded_by_its_claim_and_the_schedulers_entry_replaces_it() {
         advances_schedule: true,
         request: None,
         group: None,
+        upstream: None,
     };
     let entries = || {
         common::etcd::kv_range_prefix(&endpoint, "/ownskip/history/job/")

@@ -245,6 +245,9 @@ pub struct ClaimRequest<'a> {
     /// The concurrency group the job belongs to: the claim also takes one
     /// of its places, or follows `overlap` when all are held.
     pub group: Option<&'a crate::config::Group>,
+    /// For a run after another job's: the upstream run, which its marker
+    /// (and so a `lost` record of it) names.
+    pub upstream: Option<&'a crate::model::Upstream>,
 }
 
 /// A run's concurrency group, as its supervisor knows it: the group, its

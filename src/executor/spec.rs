@@ -330,6 +330,7 @@ impl RunSpec {
             attempt: 1,
             supervisor_pid: Some(std::process::id()),
             params: self.params.clone(),
+            upstream: self.upstream.clone(),
             retried: false,
         }
     }

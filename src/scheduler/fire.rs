@@ -233,6 +233,7 @@ impl<C: Coordinator> Scheduler<C> {
             advances_schedule: request.is_none() && trigger != Trigger::Service,
             request: request.map(|r| r.run_id.as_str()),
             group: group.as_ref(),
+            upstream: request.and_then(|r| r.upstream.as_ref()),
         };
         self.coord.claim(leadership, req).await
     }
@@ -284,6 +285,7 @@ impl<C: Coordinator> Scheduler<C> {
                     Outcome::Skipped,
                     reason.clone(),
                 );
+                rec.upstream = upstream.clone();
                 if let Some(id) = request {
                     // The requester waits for a record under its own run id.
                     rec.key.run_id = id.to_string();
@@ -381,6 +383,7 @@ impl<C: Coordinator> Scheduler<C> {
                 reason.clone(),
             );
             rec.key.run_id = claim.run_id;
+            rec.upstream = upstream.clone();
             rec.missed_ticks = Some(1);
             self.metrics.missed(&job.name, 1);
             if why == MissedWhy::Overloaded {

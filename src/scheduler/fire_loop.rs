@@ -177,7 +177,8 @@ impl<C: Coordinator> Scheduler<C> {
                     self.after_lost(rec);
                     continue;
                 }
-                Some(req) = recv_from(&mut requests), if !fenced => {
+                // A stopping scheduler takes no more: the next leader will.
+                Some(req) = recv_from(&mut requests), if !fenced && !state.stopping() => {
                     self.answer_request(&config, leadership, req, Utc::now(), running, &mut state).await;
                     continue;
                 }

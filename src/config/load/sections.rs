@@ -361,6 +361,10 @@ pub(super) fn jobs(
     jobs
 }
 
+/// The most jobs that may run after one job: the requests for all of them
+/// go into one etcd transaction (at most 128 operations).
+const MAX_DEPENDENTS: usize = 100;
+
 /// One `after` entry: job `from` runs after `to`'s runs end `on`; `at` is
 /// where the entry is.
 pub(super) struct Edge {
@@ -397,6 +401,23 @@ fn check_after(
                 );
             }
         });
+    }
+    let mut fan_out: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in edges {
+        let n = fan_out.entry(e.to.as_str()).or_default();
+        *n += 1;
+        // Their requests go into the upstream run's final transaction.
+        if *n == MAX_DEPENDENTS + 1 {
+            r.in_job(&e.from, |r| {
+                r.error(
+                    e.at,
+                    format!(
+                        "more than {MAX_DEPENDENTS} jobs run after \"{}\"; chain them through fewer jobs",
+                        e.to
+                    ),
+                )
+            });
+        }
     }
     if some_bad {
         return;
@@ -620,6 +641,18 @@ pub(super) fn job(
         Some(i) => i.params(r),
         None => Some(BTreeMap::new()),
     };
+    if let (Some(i), Some(p)) = (f.after.as_ref(), params.as_ref()) {
+        if let Some((name, _)) = p.iter().find(|(_, p)| p.required && p.default.is_none()) {
+            r.error(
+                i.key_at,
+                format!(
+                    "a run after another job gets no parameters, but params.{} is required \
+                     without a default; give it a default",
+                    shown(name)
+                ),
+            );
+        }
+    }
     let backoff = own.retry_backoff;
     let backoff_max = match (own.retry_backoff_max, f.retry_backoff_max.as_ref()) {
         // The job's own cap must hold; an inherited one, or the built-in

@@ -1740,3 +1740,24 @@ command = ["/usr/bin/mail"]
         Some(at("2027-03-01T05:00:00Z"))
     );
 }
+
+#[test]
+fn more_than_100_jobs_after_one_job_is_an_error_at_the_101st() {
+    let mut text = String::from("[jobs.up]\nschedule = \"@hourly\"\ncommand = [\"true\"]\n");
+    for i in 0..101 {
+        text.push_str(&format!(
+            "[jobs.d{i:03}]\nafter = [\"up\"]\ncommand = [\"true\"]\n"
+        ));
+    }
+    let errors = load_str(std::path::Path::new("jobs.toml"), text.as_bytes())
+        .expect_err("101 dependents")
+        .0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].job.as_deref(), Some("d100"));
+    assert!(
+        errors[0]
+            .message
+            .contains("more than 100 jobs run after \"up\""),
+        "{errors:?}"
+    );
+}

@@ -236,6 +236,7 @@ impl Etcd {
             term,
         };
         let mut marker = RunRecord::not_run(key.clone(), Outcome::Running, String::new());
+        marker.upstream = req.upstream.cloned();
         marker.ended_at = None;
         marker.duration_ms = None;
         marker.reason = None;
@@ -252,7 +253,10 @@ impl Etcd {
         };
         // A service's start found it running elsewhere: nothing to record
         // (it is asked again every second while it runs there).
-        let own_entry = req.request.is_none() && req.trigger != crate::model::Trigger::Service;
+        // (A run after an upstream one is like a tick: nobody waits for
+        // it, and its skip must survive the leader.)
+        let own_entry = (req.request.is_none() || req.trigger == crate::model::Trigger::After)
+            && req.trigger != crate::model::Trigger::Service;
         let leader_key = self.keys.leader();
         let last_key = self.keys.last(req.job);
         let actives = self.keys.actives(req.job);
@@ -668,7 +672,10 @@ impl Etcd {
             // A scheduled skip writes its entry in the claim: without one,
             // the claim went through as a run whose marker has ended since
             // (its `lost` record may still be on its way).
-            Overlap::Skip if req.request.is_none() && own_skip.is_none() => {
+            Overlap::Skip
+                if (req.request.is_none() || req.trigger == crate::model::Trigger::After)
+                    && own_skip.is_none() =>
+            {
                 ClaimRejected::Ended(run_id.to_string())
             }
             Overlap::Skip => ClaimRejected::StillRunning(active),
@@ -737,7 +744,8 @@ impl Etcd {
     /// The claim of a scheduled tick skipped it and wrote its entry at
     /// revision `rev`.
     fn skipped_by_claim(&self, req: &ClaimRequest<'_>, run_id: &str, rev: i64) {
-        if req.request.is_some() || req.trigger == crate::model::Trigger::Service {
+        let after = req.trigger == crate::model::Trigger::After;
+        if (req.request.is_some() && !after) || req.trigger == crate::model::Trigger::Service {
             return;
         }
         let now = Utc::now();

@@ -15,7 +15,7 @@ impl Coordinator for Etcd {
             .get(self.keys.marks(job), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(etcd_err("read the ends a job waits for"))?;
-        let mut marks = Vec::new();
+        let mut marks: Vec<(String, i64, Option<crate::model::Upstream>)> = Vec::new();
         for up in upstreams {
             let key = self.keys.mark(job, up);
             let Some(kv) = found.kvs().iter().find(|kv| kv.key() == key.as_bytes()) else {
@@ -27,6 +27,11 @@ impl Coordinator for Etcd {
                 parse::<crate::model::Upstream>(kv).ok(),
             ));
         }
+        let newest = marks
+            .iter()
+            .filter_map(|(_, rev, up)| Some((*rev, up.clone()?)))
+            .max_by_key(|(rev, _)| *rev)
+            .map(|(_, up)| up);
         let req = TriggerRequest {
             run_id: new_run_id(),
             job: job.to_string(),
@@ -34,10 +39,10 @@ impl Coordinator for Etcd {
             requested_at: Utc::now(),
             params: Default::default(),
             at: None,
-            upstream: marks.last().and_then(|(_, _, up)| up.clone()),
+            upstream: newest,
         };
-        // Only while leading, and only the marks read: a newer end that
-        // arrives meanwhile counts for the next run instead.
+        // Only while leading, and only the marks read: if a newer end
+        // replaced one meanwhile, the next look uses that one.
         let when: Vec<Compare> = std::iter::once(Compare::create_revision(
             self.keys.leader(),
             CompareOp::Equal,

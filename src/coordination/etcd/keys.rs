@@ -108,7 +108,9 @@ impl Keys {
     pub fn stop_request(&self, job: &str, run_id: &str) -> String {
         format!("{}/stop/{job}/{run_id}", self.0)
     }
-    /// The ends of `job`'s upstream jobs it waits for (`after_all`).
+    /// The newest end of each of `job`'s upstream jobs that it waits for
+    /// (`after_all`), one key per upstream job: a newer end replaces it,
+    /// and the fan-in's compare of its revision sees that.
     pub fn marks(&self, job: &str) -> String {
         format!("{}/after/{job}/", self.0)
     }

@@ -324,6 +324,20 @@ impl RunRecorder for EtcdRecorder {
         // for a while: etcd may be briefly away, and the record matters.
         let mut delay = Duration::from_millis(100);
         let give_up = Instant::now() + Duration::from_secs(120);
+        let history = self.keys.history(&self.job, &self.run_id);
+        let next_ops: Vec<TxnOp> = self
+            .next
+            .iter()
+            .map(|req| TxnOp::put(self.keys.request(&req.run_id), json(req), None))
+            .chain(self.marks.iter().map(|job| {
+                let up = crate::model::Upstream {
+                    job: self.job.clone(),
+                    run_id: self.run_id.clone(),
+                    outcome: record.outcome,
+                };
+                TxnOp::put(self.keys.mark(job, &self.job), json(&up), None)
+            }))
+            .collect();
         let mut client = loop {
             let txn = Txn::new().and_then([
                 TxnOp::put(
@@ -338,31 +352,29 @@ impl RunRecorder for EtcdRecorder {
                     Some(DeleteOptions::new().with_prefix()),
                 ),
                 // The runs its end starts, asked for in the same step as
-                // its record, exactly once: a retry of this transaction
-                // after an answer was lost finds the marker gone.
+                // its record, exactly once: unless the history already
+                // holds this very record (a retry of this transaction
+                // after its answer was lost). A `lost` record the leader
+                // wrote meanwhile, or an earlier attempt's, is replaced
+                // and the runs asked for. (A value compare fails on a
+                // missing key, hence the two branches.)
                 TxnOp::txn(
                     Txn::new()
                         .when([Compare::create_revision(
-                            self.keys.active(&self.job, &self.run_id),
-                            CompareOp::Greater,
+                            history.clone(),
+                            CompareOp::Equal,
                             0,
                         )])
-                        .and_then(
-                            self.next
-                                .iter()
-                                .map(|req| {
-                                    TxnOp::put(self.keys.request(&req.run_id), json(req), None)
-                                })
-                                .chain(self.marks.iter().map(|job| {
-                                    let up = crate::model::Upstream {
-                                        job: self.job.clone(),
-                                        run_id: self.run_id.clone(),
-                                        outcome: record.outcome,
-                                    };
-                                    TxnOp::put(self.keys.mark(job, &self.job), json(&up), None)
-                                }))
-                                .collect::<Vec<_>>(),
-                        ),
+                        .and_then(next_ops.clone())
+                        .or_else([TxnOp::txn(
+                            Txn::new()
+                                .when([Compare::value(
+                                    history.clone(),
+                                    CompareOp::NotEqual,
+                                    json(record),
+                                )])
+                                .and_then(next_ops.clone()),
+                        )]),
                 ),
                 // Its group places are free again: whichever it holds.
                 TxnOp::txn(

@@ -41,6 +41,7 @@ impl Coordinator for Standalone {
         let (tick, trigger, overlap, advances_schedule) =
             (req.tick, req.trigger, req.overlap, req.advances_schedule);
         let group = req.group.cloned();
+        let upstream = req.upstream.cloned();
         // Counted from here: the hop to a blocking thread is what spreads
         // the claims of one tick over milliseconds.
         let mut arrival = if advances_schedule {
@@ -58,6 +59,7 @@ impl Coordinator for Standalone {
                 advances_schedule,
                 request: request.as_deref(),
                 group: group.as_ref(),
+                upstream: upstream.as_ref(),
             };
             this.claim_sync(term, &req, &mut arrival)
         })

@@ -178,20 +178,23 @@ impl RunRecorder for StandaloneRecorder {
         // die before the record is written, the leader finds the run
         // recorded lost and lets them go (see `serve_requests`); the other
         // way round, a crash in between would lose them unseen.
+        let run_id = self.run_id().unwrap_or_default();
         for req in std::mem::take(&mut self.next) {
-            if let Err(e) = self.state.ask_for(&req) {
-                tracing::error!(job = %req.job, upstream = %self.job, "could not ask for the run after this one: {e}");
-            }
+            let what = format!("request for the run of {} after this one", req.job);
+            super::records::until_written(&what, &self.job, &run_id, || self.state.ask_for(&req))
+                .await?;
         }
         let upstream = crate::model::Upstream {
             job: self.job.clone(),
-            run_id: self.run_id().unwrap_or_default(),
+            run_id: run_id.clone(),
             outcome: record.outcome,
         };
         for job in std::mem::take(&mut self.marks) {
-            if let Err(e) = self.state.mark_upstream(&job, &upstream) {
-                tracing::error!(job = %job, upstream = %self.job, "could not mark this run's end for the job waiting for it: {e}");
-            }
+            let what = format!("mark of this run's end for {job}");
+            super::records::until_written(&what, &self.job, &run_id, || {
+                self.state.mark_upstream(&job, &upstream)
+            })
+            .await?;
         }
         // The run's locks are kept meanwhile, so it still counts as active.
         let result = self.state.write_until_written(&self.path, record).await;

@@ -183,38 +183,59 @@ impl Standalone {
     }
 
     pub(super) async fn write_until_written(&self, path: &Path, record: &RunRecord) -> Result<()> {
-        // A stop request ends the retrying (the caller says the record is
-        // not written) instead of the process.
-        let mut stop = Signals::listen(&[Sig::Term, Sig::Int]).unwrap_or_default();
-        let mut wait = RECORD_RETRY_FIRST;
-        let mut failures = 0u32;
         let what = if record.outcome.is_run() {
             "run record".to_string()
         } else {
             format!("{} entry", record.outcome)
         };
-        loop {
-            let written = self
-                .runs_dir(&record.key.job)
-                .and_then(|_| write_record(path, record));
-            let e = match written {
-                Ok(()) => {
-                    if failures > 0 {
-                        tracing::info!(job = %record.key.job, run_id = %record.key.run_id, failures, "{what} written after {failures} failed attempt(s)");
-                    }
-                    return self.prune(&record.key.job);
+        until_written(&what, &record.key.job, &record.key.run_id, || {
+            self.runs_dir(&record.key.job)
+                .and_then(|_| write_record(path, record))
+        })
+        .await?;
+        self.prune(&record.key.job)
+    }
+}
+
+/// Run `write` until it succeeds (a full disk may free up), doubling the
+/// wait; a stop request ends the retrying (the caller says it is not
+/// written) instead of the process.
+pub(super) async fn until_written(
+    what: &str,
+    job: &str,
+    run_id: &str,
+    mut write: impl FnMut() -> Result<()>,
+) -> Result<()> {
+    let mut stop = Signals::listen(&[Sig::Term, Sig::Int]).unwrap_or_default();
+    let mut wait = RECORD_RETRY_FIRST;
+    let mut failures = 0u32;
+    loop {
+        let e = match write() {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(
+                        job,
+                        run_id,
+                        failures,
+                        "{what} written after {failures} failed attempt(s)"
+                    );
                 }
-                Err(e) => e,
-            };
-            failures += 1;
-            if failures == 1 {
-                tracing::error!(job = %record.key.job, run_id = %record.key.run_id, "could not write the {what} ({e}); trying again until it is written");
+                return Ok(());
             }
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = stop.next() => return Err(e),
-            }
-            wait = (wait * 2).min(RECORD_RETRY_MAX);
+            Err(e) => e,
+        };
+        failures += 1;
+        if failures == 1 {
+            tracing::error!(
+                job,
+                run_id,
+                "could not write the {what} ({e}); trying again until it is written"
+            );
         }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.next() => return Err(e),
+        }
+        wait = (wait * 2).min(RECORD_RETRY_MAX);
     }
 }

@@ -12,6 +12,13 @@ use crate::coordination::TriggerRequest;
 use std::collections::HashSet;
 use tokio::sync::mpsc;
 
+/// A fan-in under way: its request and the marks it uses up.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FanInIntent {
+    req: TriggerRequest,
+    taken: Vec<PathBuf>,
+}
+
 /// How long a claimed request may go without its run's record before the
 /// run counts as lost (the scheduler stopped between claim and start).
 const CLAIMED_FOR: Duration = Duration::from_secs(60);
@@ -44,70 +51,108 @@ impl Standalone {
     }
 
     /// Where `job` (`after_all`) keeps the ends of its upstream jobs that
-    /// it has not run after yet: `<upstream>.json` each.
+    /// it has not run after yet: `<upstream>/<run-id>.json` each.
     fn marks_dir(&self, job: &str) -> PathBuf {
         self.job_dir(job).join("after")
     }
 
-    /// Mark `up`'s end for `job` (`after_all`), replacing an older mark.
+    /// Mark `up`'s end for `job` (`after_all`). Older marks of the same
+    /// upstream go: several ends before the others' count once.
     pub(crate) fn mark_upstream(&self, job: &str, up: &crate::model::Upstream) -> Result<()> {
-        let dir = self.marks_dir(job);
+        let dir = self.marks_dir(job).join(&up.job);
         self.ensure_dir(&dir)?;
+        let name = format!("{}.json", up.run_id);
         let json = serde_json::to_vec_pretty(up).expect("an upstream serializes");
-        atomic_write(&dir.join(format!("{}.json", up.job)), &json, true)
+        atomic_write(&dir.join(&name), &json, true)?;
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "json") && entry.file_name() != *name {
+                let _ = fs::remove_file(path);
+            }
+        }
+        Ok(())
     }
 
     /// The leader's side of `after_all` (see `Coordinator::fan_in`). The
-    /// request's run id comes from the marks, so a crash between writing it
-    /// and removing them writes the same request again, which is then
-    /// found taken or recorded.
+    /// marks it uses up and the request's run id are written down first
+    /// (`taking.json`), so that a crash part way is finished, not redone,
+    /// at the next look, and a mark that arrives meanwhile stays for the
+    /// next run.
     pub(super) fn fan_in_sync(&self, job: &str, upstreams: &[String]) -> Result<bool> {
         let dir = self.marks_dir(job);
-        let mut marks = Vec::new();
+        let intent_path = dir.join("taking.json");
+        if let Some(intent) = fs::read(&intent_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<FanInIntent>(&b).ok())
+        {
+            return self.finish_fan_in(&intent_path, intent).map(|_| false);
+        }
+        let mut taken: Vec<PathBuf> = Vec::new();
+        let mut newest: Option<crate::model::Upstream> = None;
         for up in upstreams {
-            let path = dir.join(format!("{up}.json"));
-            let Ok(bytes) = fs::read(&path) else {
-                return Ok(false);
-            };
-            let Ok(mark) = serde_json::from_slice::<crate::model::Upstream>(&bytes) else {
-                self.corrupt(
-                    &path,
-                    "not a mark of an upstream run's end",
-                    "it is ignored",
-                );
-                return Ok(false);
-            };
-            match self.upstream_ended_so(&mark) {
-                None => return Ok(false),
-                Some(true) => marks.push((path, mark)),
-                Some(false) => {
+            let mut ready = false;
+            for entry in fs::read_dir(dir.join(up)).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|x| x != "json") {
+                    continue;
+                }
+                let Some(mark) = fs::read(&path)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<crate::model::Upstream>(&b).ok())
+                else {
+                    continue;
+                };
+                match self.upstream_ended_so(&mark) {
+                    None => {}
+                    Some(true) => {
+                        ready = true;
+                        if newest.as_ref().is_none_or(|n| n.run_id < mark.run_id) {
+                            newest = Some(mark.clone());
+                        }
+                        taken.push(path);
+                    }
                     // Its supervisor died after marking: recorded lost.
-                    let _ = fs::remove_file(&path);
-                    return Ok(false);
+                    Some(false) => {
+                        let _ = fs::remove_file(&path);
+                    }
                 }
             }
+            if !ready {
+                return Ok(false);
+            }
         }
-        let ids: Vec<&str> = marks.iter().map(|(_, m)| m.run_id.as_str()).collect();
-        let run_id = crate::model::run_id_from(&format!("{job} after {}", ids.join(" ")));
         let req = TriggerRequest {
-            run_id: run_id.clone(),
+            run_id: crate::model::new_run_id(),
             job: job.to_string(),
             requested_by: format!("after all of {}", upstreams.join(", ")),
             requested_at: Utc::now(),
             params: Default::default(),
             at: None,
-            upstream: marks.last().map(|(_, m)| m.clone()),
+            upstream: newest,
         };
+        let intent = FanInIntent { req, taken };
+        let json = serde_json::to_vec_pretty(&intent).expect("a fan-in serializes");
+        atomic_write(&intent_path, &json, true)?;
+        self.finish_fan_in(&intent_path, intent)
+    }
+
+    fn finish_fan_in(&self, intent_path: &Path, intent: FanInIntent) -> Result<bool> {
         let requests = self.requests_dir();
-        let taken = requests.join(format!("{run_id}.claimed")).exists() || self.recorded(&req);
-        if !taken {
-            self.ask_for(&req)?;
+        let asked = requests
+            .join(format!("{}.json", intent.req.run_id))
+            .exists()
+            || requests
+                .join(format!("{}.claimed", intent.req.run_id))
+                .exists()
+            || self.recorded(&intent.req);
+        if !asked {
+            self.ask_for(&intent.req)?;
         }
-        for (path, _) in &marks {
+        for path in &intent.taken {
             let _ = fs::remove_file(path);
         }
-        sync_dir(&dir);
-        Ok(!taken)
+        let _ = fs::remove_file(intent_path);
+        Ok(!asked)
     }
 
     /// Whether the upstream run of an `after` request ended as its request
@@ -207,7 +252,10 @@ impl Standalone {
                         }
                     }
                 }
-                for req in read_requests(&requests, "json") {
+                let pending = read_requests(&requests, "json");
+                // Only requests still there can come again.
+                sent.retain(|id| pending.iter().any(|r| &r.run_id == id));
+                for req in pending {
                     if sent.contains(&req.run_id) {
                         continue;
                     }
@@ -216,6 +264,14 @@ impl Standalone {
                     // after asking: the run is recorded lost).
                     if let Some(up) = &req.upstream {
                         match state.upstream_ended_so(up) {
+                            // An upstream that never gets a record (its
+                            // supervisor died before writing any) cannot
+                            // hold the request for ever.
+                            None if now - req.requested_at > chrono::Duration::minutes(10) => {
+                                tracing::warn!(job = %req.job, upstream_job = %up.job, upstream_run_id = %up.run_id, "not running after an upstream run that has had no record for 10 minutes");
+                                state.forget_request(&req.run_id);
+                                continue;
+                            }
                             None => continue,
                             Some(true) => {}
                             Some(false) => {
@@ -278,6 +334,7 @@ impl Standalone {
                 );
                 rec.key.run_id = req.run_id.clone();
                 rec.key.term = 0;
+                rec.upstream = req.upstream.clone();
                 // A job that never ran has no runs/ directory yet.
                 let written = self
                     .runs_dir(&req.job)
@@ -359,5 +416,104 @@ mod tests {
         // A request answered with a record goes at once.
         state.forget_request(&req.run_id);
         assert_eq!(fs::read_dir(&requests).unwrap().count(), 0);
+    }
+
+    /// A finished run of `job` with `outcome`, recorded, as its mark names it.
+    fn ended(state: &Standalone, job: &str, outcome: Outcome) -> crate::model::Upstream {
+        let rec = RunRecord::not_run(
+            crate::model::RunKey::new(job, Utc::now(), crate::model::Trigger::Schedule, "t"),
+            outcome,
+            String::new(),
+        );
+        let runs = state.runs_dir(job).unwrap();
+        fs::write(
+            runs.join(format!("{}.json", rec.key.run_id)),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+        crate::model::Upstream {
+            job: job.into(),
+            run_id: rec.key.run_id,
+            outcome,
+        }
+    }
+
+    fn requests_of(state: &Standalone) -> Vec<TriggerRequest> {
+        read_requests(&state.requests_dir(), "json")
+    }
+
+    #[test]
+    fn a_fan_in_asks_once_when_every_upstream_ended_and_a_crash_part_way_does_not_ask_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Standalone::open(dir.path(), 10).unwrap();
+        let ups = ["a".to_string(), "b".to_string()];
+        state
+            .mark_upstream("r", &ended(&state, "a", Outcome::Success))
+            .unwrap();
+        assert!(!state.fan_in_sync("r", &ups).unwrap(), "b has not ended");
+        // A second end of a replaces the first: both count once.
+        state
+            .mark_upstream("r", &ended(&state, "a", Outcome::Success))
+            .unwrap();
+        let last_b = ended(&state, "b", Outcome::Success);
+        state.mark_upstream("r", &last_b).unwrap();
+        assert!(state.fan_in_sync("r", &ups).unwrap());
+        let asked = requests_of(&state);
+        assert_eq!(asked.len(), 1);
+        assert!(
+            !state.fan_in_sync("r", &ups).unwrap(),
+            "the marks are used up"
+        );
+
+        // Killed after writing down the next fan-in, before its request:
+        // the next look finishes it, once.
+        state
+            .mark_upstream("r", &ended(&state, "a", Outcome::Success))
+            .unwrap();
+        state
+            .mark_upstream("r", &ended(&state, "b", Outcome::Success))
+            .unwrap();
+        let marks: Vec<PathBuf> = ["a", "b"]
+            .iter()
+            .flat_map(|u| fs::read_dir(state.marks_dir("r").join(u)).unwrap())
+            .map(|e| e.unwrap().path())
+            .collect();
+        let intent = FanInIntent {
+            req: TriggerRequest {
+                run_id: crate::model::new_run_id(),
+                ..asked[0].clone()
+            },
+            taken: marks,
+        };
+        fs::write(
+            state.marks_dir("r").join("taking.json"),
+            serde_json::to_vec(&intent).unwrap(),
+        )
+        .unwrap();
+        assert!(!state.fan_in_sync("r", &ups).unwrap());
+        assert_eq!(requests_of(&state).len(), 2);
+        assert!(!state.marks_dir("r").join("taking.json").exists());
+        assert!(
+            !state.fan_in_sync("r", &ups).unwrap(),
+            "nothing asked twice"
+        );
+        assert_eq!(requests_of(&state).len(), 2);
+
+        // An upstream recorded otherwise than its mark says (its supervisor
+        // died after marking): the mark goes, nothing is asked.
+        state
+            .mark_upstream("r", &ended(&state, "a", Outcome::Success))
+            .unwrap();
+        let mut lost = ended(&state, "b", Outcome::Lost);
+        lost.outcome = Outcome::Success;
+        state.mark_upstream("r", &lost).unwrap();
+        assert!(!state.fan_in_sync("r", &ups).unwrap());
+        assert_eq!(
+            fs::read_dir(state.marks_dir("r").join("b"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(requests_of(&state).len(), 2);
     }
 }

@@ -109,6 +109,22 @@ pub struct TriggerRequest {
     pub upstream: Option<crate::model::Upstream>,
 }
 
+impl TriggerRequest {
+    /// The request for a run of `job` after `upstream` ended; `why` says
+    /// who asks (`after extract run …`, `after all of a, b`).
+    pub fn after(job: &str, why: String, upstream: Option<crate::model::Upstream>) -> Self {
+        TriggerRequest {
+            run_id: crate::model::new_run_id(),
+            job: job.to_string(),
+            requested_by: why,
+            requested_at: Utc::now(),
+            params: Default::default(),
+            at: None,
+            upstream,
+        }
+    }
+}
+
 /// Held while this instance leads.
 pub struct Leadership {
     pub term: u64,

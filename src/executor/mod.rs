@@ -108,14 +108,7 @@ pub async fn supervise<R: RunRecorder>(
             why = stop_requested(&mut signals) => Some((format!("supervisor {} while waiting for the active run: not started", why.word()), true)),
         };
         if let Some((reason, interrupted)) = stopped {
-            tracing::warn!(job = %spec.key.job, run_id = %spec.key.run_id, "{reason}");
-            let mut rec = spec.unstarted(reason);
-            let written = finish(spec, &mut rec, recorder).await;
-            return Supervised {
-                record: rec,
-                written,
-                interrupted,
-            };
+            return not_started(spec, recorder, reason, interrupted).await;
         }
         // The waiting place is free for the next run; the run lock is the
         // recorder's now.
@@ -130,14 +123,7 @@ pub async fn supervise<R: RunRecorder>(
             why = stop_requested(&mut signals) => Some((format!("supervisor {} while waiting for a place in group {}: not started", why.word(), group.group), true)),
         };
         if let Some((reason, interrupted)) = stopped {
-            tracing::warn!(job = %spec.key.job, run_id = %spec.key.run_id, "{reason}");
-            let mut rec = spec.unstarted(reason);
-            let written = finish(spec, &mut rec, recorder).await;
-            return Supervised {
-                record: rec,
-                written,
-                interrupted,
-            };
+            return not_started(spec, recorder, reason, interrupted).await;
         }
     }
     let params = match ParamsFile::write(spec) {
@@ -288,6 +274,23 @@ pub fn retry_backoff(first: Duration, max: Duration, retry: u32) -> Duration {
 }
 
 /// Write the final record; whether it was written.
+/// The end of a run stopped before its job started: recorded `start_failed`.
+async fn not_started<R: RunRecorder>(
+    spec: &RunSpec,
+    recorder: &mut R,
+    reason: String,
+    interrupted: bool,
+) -> Supervised {
+    tracing::warn!(job = %spec.key.job, run_id = %spec.key.run_id, "{reason}");
+    let mut rec = spec.unstarted(reason);
+    let written = finish(spec, &mut rec, recorder).await;
+    Supervised {
+        record: rec,
+        written,
+        interrupted,
+    }
+}
+
 async fn finish<R: RunRecorder>(spec: &RunSpec, rec: &mut RunRecord, recorder: &mut R) -> bool {
     let ended = *rec.ended_at.get_or_insert_with(Utc::now);
     rec.duration_ms = Some(duration_ms(rec.started_at, ended));
@@ -323,14 +326,9 @@ fn dependent_runs(spec: &RunSpec, rec: &RunRecord) -> Vec<crate::coordination::T
     spec.dependents
         .iter()
         .filter(|d| !d.all && d.on.matches(rec.outcome))
-        .map(|d| crate::coordination::TriggerRequest {
-            run_id: crate::model::new_run_id(),
-            job: d.job.clone(),
-            requested_by: format!("after {} run {}", spec.key.job, spec.key.run_id),
-            requested_at: Utc::now(),
-            params: BTreeMap::new(),
-            at: None,
-            upstream: Some(upstream.clone()),
+        .map(|d| {
+            let why = format!("after {} run {}", spec.key.job, spec.key.run_id);
+            crate::coordination::TriggerRequest::after(&d.job, why, Some(upstream.clone()))
         })
         .collect()
 }

@@ -124,29 +124,17 @@ impl<C: Coordinator> Scheduler<C> {
             Some(_) => Trigger::After,
             None => Trigger::Manual,
         };
-        if trigger == Trigger::After && !job.enabled {
+        let refused = if trigger == Trigger::After && !job.enabled {
             let up = req.upstream.as_ref().map_or("", |u| u.job.as_str());
-            let reason = format!("disabled: not run after {up}");
-            let mut rec = self.entry(
-                leadership.term,
-                job,
-                tick,
-                trigger,
-                Outcome::Skipped,
-                reason.clone(),
-            );
-            rec.key.run_id = req.run_id.clone();
-            tracing::info!(job = %job.name, run_id = %req.run_id, "{reason}");
-            self.finish_claimed(rec, Some(&req.run_id)).await;
-            return;
-        }
-        if let Some(p) = self
-            .coord
-            .pause_of(&job.name)
-            .filter(|p| p.is_active(now) && (!p.manual || trigger == Trigger::After))
-        {
+            Some(format!("disabled: not run after {up}"))
+        } else {
             // Checked by the requester too; the pause may be newer.
-            let reason = crate::coordination::paused_refusal(&job.name, &p);
+            self.coord
+                .pause_of(&job.name)
+                .filter(|p| p.is_active(now) && (!p.manual || trigger == Trigger::After))
+                .map(|p| crate::coordination::paused_refusal(&job.name, &p))
+        };
+        if let Some(reason) = refused {
             let mut rec = self.entry(
                 leadership.term,
                 job,
@@ -156,6 +144,7 @@ impl<C: Coordinator> Scheduler<C> {
                 reason.clone(),
             );
             rec.key.run_id = req.run_id.clone();
+            rec.upstream = req.upstream.clone();
             tracing::warn!(job = %job.name, run_id = %req.run_id, "trigger request refused: {reason}");
             self.finish_claimed(rec, Some(&req.run_id)).await;
             return;

@@ -32,15 +32,8 @@ impl Coordinator for Etcd {
             .filter_map(|(_, rev, up)| Some((*rev, up.clone()?)))
             .max_by_key(|(rev, _)| *rev)
             .map(|(_, up)| up);
-        let req = TriggerRequest {
-            run_id: new_run_id(),
-            job: job.to_string(),
-            requested_by: format!("after all of {}", upstreams.join(", ")),
-            requested_at: Utc::now(),
-            params: Default::default(),
-            at: None,
-            upstream: newest,
-        };
+        let why = format!("after all of {}", upstreams.join(", "));
+        let req = TriggerRequest::after(job, why, newest);
         // Only while leading, and only the marks read: if a newer end
         // replaced one meanwhile, the next look uses that one.
         let when: Vec<Compare> = std::iter::once(Compare::create_revision(

@@ -121,15 +121,8 @@ impl Standalone {
                 return Ok(false);
             }
         }
-        let req = TriggerRequest {
-            run_id: crate::model::new_run_id(),
-            job: job.to_string(),
-            requested_by: format!("after all of {}", upstreams.join(", ")),
-            requested_at: Utc::now(),
-            params: Default::default(),
-            at: None,
-            upstream: newest,
-        };
+        let why = format!("after all of {}", upstreams.join(", "));
+        let req = TriggerRequest::after(job, why, newest);
         let intent = FanInIntent { req, taken };
         let json = serde_json::to_vec_pretty(&intent).expect("a fan-in serializes");
         atomic_write(&intent_path, &json, true)?;

@@ -79,6 +79,12 @@
 //!   <instance> <unix_ns>` every 0.1 s), never beat at the same time: each
 //!   one's first beat comes after the previous one's last. It must also
 //!   have run at all; the longest gap between instances is reported.
+//! - **Concurrency group** (`ga`, `gb`, `@every 1s` each, 0.4 s of work,
+//!   in `[groups.gsoak] limit = 1`, must be 0): by their own ledger
+//!   (`gstart`/`gend <job> <run_id> <instance> <unix_ns>`, the end also
+//!   written on SIGTERM), no run of the group starts before the one before
+//!   it ended; a run with no end line (SIGKILLed) is reported apart. The
+//!   group must also have run.
 //! - **Orphans** (must be 0): after all replicas exited (plus 2 s), any live
 //!   process whose environment carries this phase's `SOAK_TAG` or whose
 //!   command line names the phase directory.
@@ -233,12 +239,23 @@ while :; do
 done
 "#;
 
+/// The jobs of the soak's concurrency group, which never run together.
+const GROUP_JOBS: [&str; 2] = ["ga", "gb"];
+const GROUP_SCRIPT: &str = r#"#!/bin/sh
+# bgsched soak group job: 0.4 s of work between a start and an end line.
+trap 'echo "gend $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s%N)" >> "$SOAK_GROUP_LEDGER"; exit 143' TERM
+echo "gstart $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s%N)" >> "$SOAK_GROUP_LEDGER"
+sleep 0.4
+echo "gend $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s%N)" >> "$SOAK_GROUP_LEDGER"
+"#;
+
 fn config_text(
     ports: &[u16],
     prefix: &str,
     script: &Path,
     ledger: &Path,
     service: (&Path, &Path),
+    group: (&Path, &Path),
 ) -> String {
     let endpoints = ports
         .iter()
@@ -269,6 +286,16 @@ fn config_text(
         service.0.display(),
         service.1.display()
     );
+    let _ = write!(text, "\n[groups.gsoak]\nlimit = 1\n");
+    for job in GROUP_JOBS {
+        let _ = write!(
+            text,
+            "\n[jobs.{job}]\nschedule = \"@every 1s\"\ngroup = \"gsoak\"\nkill_grace = \"1s\"\n\
+             command = [\"/bin/sh\", \"{}\"]\nenv = {{ SOAK_GROUP_LEDGER = \"{}\" }}\n",
+            group.0.display(),
+            group.1.display()
+        );
+    }
     text
 }
 
@@ -1023,12 +1050,25 @@ struct Phase {
 }
 
 /// Everything the verifier looks at, for one phase.
+/// One run of a job of the soak's concurrency group.
+#[derive(Debug, Clone)]
+struct GroupRun {
+    job: String,
+    run_id: String,
+    instance: String,
+    start: i64,
+    /// Its end line (`None`: SIGKILLed, or still running at the end).
+    end: Option<i64>,
+}
+
 struct PhaseData {
     name: &'static str,
     /// The service's heartbeats: (pid, run id, instance, unix ns).
     beats: Vec<(i32, String, String, i64)>,
     /// Its records.
     service_records: Vec<Rec>,
+    /// The concurrency group's runs, by its ledger.
+    group_runs: Vec<GroupRun>,
     /// Due ticks are counted in [lo, hi] (unix seconds).
     window: (i64, i64),
     starts: Vec<Start>,
@@ -1357,6 +1397,9 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
     let service_script = dir.join("service.sh");
     fs::write(&service_script, SERVICE_SCRIPT).expect("service script");
     let service_ledger = dir.join("service-ledger");
+    let group_script = dir.join("group.sh");
+    fs::write(&group_script, GROUP_SCRIPT).expect("group script");
+    let group_ledger = dir.join("group-ledger");
     let prefix = format!("/soak/{}/{name}", ctx.run_tag);
     let tag = format!("{}/{name}", ctx.run_tag);
     ctx.say(&format!(
@@ -1389,6 +1432,7 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
                 &script,
                 &ledger,
                 (&service_script, &service_ledger),
+                (&group_script, &group_ledger),
             ),
         )
         .expect("config");
@@ -1576,15 +1620,42 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
             .count() as u64;
         let _ = fs::write(ph.dir.join(format!("{member}.log")), log);
     }
-    // The service is checked on its own (it has no ticks).
+    // The service and the group are checked on their own (by their own
+    // ledgers).
     let (service_records, history) = match history {
         Some(all) => {
-            let (svc, rest): (Vec<Rec>, Vec<Rec>) = all.into_iter().partition(|x| x.job == SERVICE);
+            let (svc, rest): (Vec<Rec>, Vec<Rec>) = all
+                .into_iter()
+                .filter(|x| !GROUP_JOBS.contains(&x.job.as_str()))
+                .partition(|x| x.job == SERVICE);
             (svc, Some(rest))
         }
         None => (Vec::new(), None),
     };
     let mut malformed = Vec::new();
+    let mut group_runs: Vec<GroupRun> = Vec::new();
+    for line in fs::read_to_string(&group_ledger)
+        .unwrap_or_default()
+        .lines()
+    {
+        let f: Vec<&str> = line.split(' ').collect();
+        match (f.as_slice(), f.get(4).and_then(|t| t.parse::<i64>().ok())) {
+            (["gstart", job, run_id, instance, _], Some(at)) => group_runs.push(GroupRun {
+                job: job.to_string(),
+                run_id: run_id.to_string(),
+                instance: instance.to_string(),
+                start: at,
+                end: None,
+            }),
+            (["gend", _, run_id, _, _], Some(at)) => {
+                match group_runs.iter_mut().find(|g| g.run_id == *run_id) {
+                    Some(g) => g.end = Some(g.end.map_or(at, |e: i64| e.min(at))),
+                    None => malformed.push(format!("group ledger, an end without a start: {line}")),
+                }
+            }
+            _ => malformed.push(format!("group ledger: {line}")),
+        }
+    }
     let mut beats = Vec::new();
     for line in fs::read_to_string(&service_ledger)
         .unwrap_or_default()
@@ -1634,6 +1705,7 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
         name,
         beats,
         service_records,
+        group_runs,
         window: (ready / NS + MARGIN_START_S, stop / NS - MARGIN_END_S),
         starts,
         ends,
@@ -2021,6 +2093,7 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
     }
     r.must_be_zero("**stale-term runs** (token decreased)", &stale);
     verify_service(d, &mut r, &t);
+    verify_group(d, &mut r, &t);
     r.must_be_zero("**orphaned processes** after the run", &d.orphans);
 
     r.listed(
@@ -2300,6 +2373,55 @@ fn verify_service(d: &PhaseData, r: &mut Report, t: &dyn Fn(i64) -> String) {
         })
         .collect();
     r.listed("service instances without a record", &unrecorded);
+}
+
+/// The concurrency group of one: each run starts after every earlier one
+/// ended (by their end lines); a run without an end line cannot be judged
+/// and is listed apart.
+fn verify_group(d: &PhaseData, r: &mut Report, t: &dyn Fn(i64) -> String) {
+    let mut runs = d.group_runs.clone();
+    runs.sort_by_key(|g| g.start);
+    let mut overlapping = Vec::new();
+    let mut unknown = Vec::new();
+    // The latest end so far, and whose.
+    let mut busy_until: Option<(i64, &GroupRun)> = None;
+    for g in &runs {
+        if let Some((until, by)) = busy_until {
+            if g.start < until {
+                overlapping.push(format!(
+                    "{} run {} on {} started {} while {} run {} on {} ran until {}",
+                    g.job,
+                    g.run_id,
+                    g.instance,
+                    t(g.start),
+                    by.job,
+                    by.run_id,
+                    by.instance,
+                    t(until)
+                ));
+            }
+        }
+        match g.end {
+            Some(end) if busy_until.is_none_or(|(u, _)| end > u) => busy_until = Some((end, g)),
+            Some(_) => {}
+            None => unknown.push(format!(
+                "{} run {} on {} from {}",
+                g.job,
+                g.run_id,
+                g.instance,
+                t(g.start)
+            )),
+        }
+    }
+    r.count("group runs (ga, gb in a group of 1)", runs.len() as u64);
+    r.must_be_zero("**group runs alive at once** (limit 1)", &overlapping);
+    let never = if runs.is_empty() {
+        vec!["no run of the group in the whole phase".to_string()]
+    } else {
+        Vec::new()
+    };
+    r.must_be_zero("**group never ran**", &never);
+    r.listed("group runs without an end line", &unknown);
 }
 
 // ---------------------------------------------------------------- output
@@ -2715,6 +2837,22 @@ mod tests {
                 })
                 .collect(),
             service_records: vec![],
+            group_runs: vec![
+                GroupRun {
+                    job: "ga".into(),
+                    run_id: "g1".into(),
+                    instance: "r1".into(),
+                    start: T0 * NS,
+                    end: Some(T0 * NS + 400_000_000),
+                },
+                GroupRun {
+                    job: "gb".into(),
+                    run_id: "g2".into(),
+                    instance: "r1".into(),
+                    start: (T0 + 1) * NS,
+                    end: Some((T0 + 1) * NS + 400_000_000),
+                },
+            ],
             window: (T0, T0 + 5),
             starts,
             ends: ends.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -2822,6 +2960,26 @@ mod tests {
         let r = verify(&d, T0 * NS);
         assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
         assert!(r.violations[0].contains("service never ran"));
+    }
+
+    #[test]
+    fn group_runs_alive_at_once_are_a_violation_and_none_at_all_too() {
+        let (starts, ends) = clean_beats();
+        let mut d = data(starts, ends);
+        assert!(verify(&d, T0 * NS).violations.is_empty());
+        // gb starts while ga still runs.
+        d.group_runs[1].start = T0 * NS + 300_000_000;
+        let r = verify(&d, T0 * NS);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(r.violations[0].contains("group runs alive at once"));
+        // One without an end line is listed, not judged.
+        d.group_runs[1].start = (T0 + 1) * NS;
+        d.group_runs[0].end = None;
+        assert!(verify(&d, T0 * NS).violations.is_empty());
+        d.group_runs.clear();
+        let r = verify(&d, T0 * NS);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(r.violations[0].contains("group never ran"));
     }
 
     #[test]

@@ -776,6 +776,13 @@ fn chain_jobs(extract_every: &str) -> String {
 /// record of `dependent` naming it (a run, or a skip or `lost` entry: what
 /// a tick's claim may also end as), a successful one has its run in the
 /// ledger, and no run of `dependent` names another upstream run.
+fn asked_again(r: &serde_json::Value) -> bool {
+    r["outcome"] == "lost"
+        && r["reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("asked for again"))
+}
+
 fn each_once(env: &Env, upstream: &[String], dependent: &str) {
     let by_id: std::collections::BTreeMap<String, f64> =
         steps(env).into_iter().map(|s| (s.run_id, s.at)).collect();
@@ -789,9 +796,11 @@ fn each_once(env: &Env, upstream: &[String], dependent: &str) {
         if by_id.get(id).is_none_or(|t| *t >= settled) {
             continue;
         }
+        // A claim whose leader died before starting it is recorded lost
+        // and asked for again: that entry is not the upstream run's one.
         let of: Vec<&serde_json::Value> = records
             .iter()
-            .filter(|r| r["upstream"]["run_id"] == id.as_str())
+            .filter(|r| r["upstream"]["run_id"] == id.as_str() && !asked_again(r))
             .collect();
         assert_eq!(
             of.len(),
@@ -889,28 +898,14 @@ fn in_a_cluster_a_dependent_runs_once_per_upstream_run_across_a_leader_kill_9_ri
     let ended = runs_of(&env, "extract", "ok").last().cloned().unwrap();
     replicas[names.iter().position(|i| *i == leader).unwrap()].kill9();
     leader_other_than(&env, &leader);
-    // Claimed exactly once, by whichever leader: it ran, or (the leader
-    // died between its claim and its start, as a tick's run can) it is
-    // recorded lost; never twice, never without a record.
-    let mut of_ended = Vec::new();
+    // It runs once, by whichever leader: also when the leader died
+    // between its claim and its start (that claim is recorded lost and
+    // the run asked for again).
     wait_until(
         PATIENCE,
-        "a record of the load after the extract that ended as its leader died",
-        || {
-            of_ended = history_json(&env, "load")
-                .into_iter()
-                .filter(|r| r["upstream"]["run_id"] == ended.as_str() && r["outcome"] != "running")
-                .collect();
-            !of_ended.is_empty()
-        },
+        "the load after the extract that ended as its leader died",
+        || started_after(&env, "load").contains(&ended),
     );
-    assert_eq!(of_ended.len(), 1, "{of_ended:#?}");
-    if of_ended[0]["outcome"] == "success" {
-        assert!(started_after(&env, "load").contains(&ended));
-    } else {
-        assert_eq!(of_ended[0]["outcome"], "lost", "{of_ended:#?}");
-        assert!(!started_after(&env, "load").contains(&ended));
-    }
     let after_kill = steps(&env).len();
     wait_until(PATIENCE, "more of the chain under the new leader", || {
         let s = steps(&env);
@@ -921,4 +916,93 @@ fn in_a_cluster_a_dependent_runs_once_per_upstream_run_across_a_leader_kill_9_ri
     each_once(&env, &runs_of(&env, "extract", "ok"), "load");
     each_once(&env, &runs_of(&env, "extract", "failed"), "alert");
     assert!(fan_in_waited(&env) >= 1);
+}
+
+/// In a cluster a dependent's claim whose leader died before any
+/// supervisor took it over (its marker expires naming no supervisor) is
+/// recorded lost and asked for again in the same step, so the dependent
+/// still runs once. The dead leader's marker is written here as its claim
+/// writes it, bound to a lease nobody renews.
+#[test]
+fn in_a_cluster_a_dependents_claim_that_no_supervisor_took_over_is_asked_for_again() {
+    use common::etcd::{base64_encode, http};
+    let etcd = Etcd::start();
+    let env = Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/again\"\nlease_ttl = \"2s\"\n\n\
+         [jobs.extract]\nschedule = \"@yearly\"\ncommand = [\"true\"]\n\n\
+         [jobs.load]\nafter = [\"extract\"]\nshell = '{}'\n",
+        etcd.endpoint(),
+        step_line("ok")
+    ));
+    let _run = env.spawn_run("a");
+    env.leader();
+    let port = etcd.client_port();
+    let (status, granted) = http(port, "POST", "/v3/lease/grant", Some(r#"{"TTL": 2}"#)).unwrap();
+    assert_eq!(status, 200, "{granted}");
+    let lease: serde_json::Value = serde_json::from_str(&granted).unwrap();
+    let lease = lease["ID"].as_str().unwrap().to_string();
+    let (claimed, upstream) = (
+        "01a23900-0000-7000-8000-000000000001",
+        "01a23900-0000-7000-8000-0000000000aa",
+    );
+    let marker = serde_json::json!({
+        "run_id": claimed, "job": "load", "tick": rfc(Utc::now()), "trigger": "after",
+        "instance": "gone", "term": 1, "outcome": "running", "started_at": rfc(Utc::now()),
+        "upstream": { "job": "extract", "run_id": upstream, "outcome": "success" },
+    });
+    let body = format!(
+        r#"{{"key":"{}","value":"{}","lease":"{lease}"}}"#,
+        base64_encode(format!("/again/active/load/{claimed}").as_bytes()),
+        base64_encode(marker.to_string().as_bytes())
+    );
+    let (status, put) = http(port, "POST", "/v3/kv/put", Some(&body)).unwrap();
+    assert_eq!(status, 200, "{put}");
+    wait_until(
+        PATIENCE,
+        "load run after the upstream its lost claim named",
+        || started_after(&env, "load").contains(upstream),
+    );
+    let records = history_json(&env, "load");
+    let lost: Vec<&serde_json::Value> = records.iter().filter(|r| r["run_id"] == claimed).collect();
+    assert_eq!(lost.len(), 1, "{records:#?}");
+    assert!(asked_again(lost[0]), "{records:#?}");
+    assert_eq!(steps(&env).iter().filter(|s| s.job == "load").count(), 1);
+
+    // One a supervisor had taken over was under way: lost, not run again.
+    let (under_way, upstream2) = (
+        "01a23900-0000-7000-8000-000000000002",
+        "01a23900-0000-7000-8000-0000000000bb",
+    );
+    let (_, granted) = http(port, "POST", "/v3/lease/grant", Some(r#"{"TTL": 2}"#)).unwrap();
+    let lease: serde_json::Value = serde_json::from_str(&granted).unwrap();
+    let mut marker = marker;
+    marker["run_id"] = under_way.into();
+    marker["upstream"]["run_id"] = upstream2.into();
+    marker["supervisor_pid"] = 4_000_000.into();
+    let body = format!(
+        r#"{{"key":"{}","value":"{}","lease":"{}"}}"#,
+        base64_encode(format!("/again/active/load/{under_way}").as_bytes()),
+        base64_encode(marker.to_string().as_bytes()),
+        lease["ID"].as_str().unwrap()
+    );
+    assert_eq!(
+        http(port, "POST", "/v3/kv/put", Some(&body)).unwrap().0,
+        200
+    );
+    wait_until(PATIENCE, "the run under way recorded lost", || {
+        history_json(&env, "load")
+            .iter()
+            .any(|r| r["run_id"] == under_way && r["outcome"] == "lost")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !started_after(&env, "load").contains(upstream2),
+        "a run under way was run again"
+    );
+    let of: Vec<serde_json::Value> = history_json(&env, "load")
+        .into_iter()
+        .filter(|r| r["upstream"]["run_id"] == upstream2)
+        .collect();
+    assert_eq!(of.len(), 1, "{of:#?}");
+    assert!(!asked_again(&of[0]), "{of:#?}");
 }

@@ -668,6 +668,15 @@ pub trait LiveOutput: Send + Sync {
 pub trait RunRecorder: Send {
     /// Store `record` (outcome `running`) and mark the run active.
     fn started(&mut self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send;
+    /// Before anything else, for a run after another job's (`after`): say
+    /// that a supervisor took the claimed run over, so that a claim whose
+    /// leader died before handing it over is told apart from a run that
+    /// was under way, and is asked for again (etcd; standalone the claimed
+    /// request file tells).
+    fn taken_over(&mut self, record: &RunRecord) -> impl Future<Output = Result<()>> + Send {
+        let _ = record;
+        std::future::ready(Ok(()))
+    }
     /// For a queued or replacing run (see [`Turn`]): wait until the job's
     /// active run has ended (asking it to stop first, for `Replace`), then
     /// mark `record`'s run as the active one.

@@ -65,6 +65,16 @@ pub async fn supervise<R: RunRecorder>(
     echo: Echo,
 ) -> Supervised {
     let mut signals = stop_signals();
+    if spec.key.trigger == Trigger::After && spec.turn == Turn::Now {
+        let marked = recorder
+            .taken_over(&spec.record(Outcome::Running, Utc::now()))
+            .await;
+        if let Err(e) = marked {
+            // Not started rather than perhaps run twice.
+            let reason = format!("not started: could not mark the run taken over ({e})");
+            return not_started(spec, recorder, reason, false).await;
+        }
+    }
     if let Some(group) = &spec.group {
         recorder.seated(group, seat);
     }

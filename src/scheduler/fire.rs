@@ -424,7 +424,7 @@ impl<C: Coordinator> Scheduler<C> {
                 return Fired::NotStarted;
             }
         };
-        if trigger != Trigger::Manual {
+        if matches!(trigger, Trigger::Schedule | Trigger::Catchup) {
             // Decided here, from the job and tick alone, so whichever replica
             // fires the tick picks the same delay.
             spec.delay = job.jitter_for(tick);

@@ -143,6 +143,43 @@ impl RunRecorder for EtcdRecorder {
         Ok(())
     }
 
+    async fn taken_over(&mut self, record: &RunRecord) -> Result<()> {
+        // The claim's marker, now naming this supervisor; only while it
+        // exists (an expired one stays gone).
+        let active = self.keys.active(&self.job, &self.run_id);
+        let mut marker = record.clone();
+        marker.supervisor_pid = Some(std::process::id());
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                active.clone(),
+                CompareOp::Greater,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                active,
+                json(&marker),
+                Some(PutOptions::new().with_lease(self.lease)),
+            )]);
+        // A few tries within the fencing window: without the mark, a
+        // marker that expires later would have the run asked for again.
+        let mut last = None;
+        for _ in 0..5 {
+            let sent = async {
+                self.client()
+                    .await?
+                    .txn(txn.clone())
+                    .await
+                    .map_err(etcd_err("mark the run taken over"))
+            };
+            match sent.await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(last.unwrap_or_else(|| CoordError::Etcd("mark the run taken over".into())))
+    }
+
     async fn take_turn(&mut self, turn: &Turn, record: &RunRecord) -> Result<()> {
         let mut client = self.client().await?;
         let actives = self.keys.actives(&self.job);

@@ -203,11 +203,38 @@ impl Etcd {
                     rec.reason = Some("its running marker expired: the supervisor died or lost etcd before recording the run".into());
                     rec.duration_ms = Some((now - rec.started_at).num_milliseconds().max(0) as u64);
                     rec.ended_at = Some(now);
+                    // A run after another job's that no supervisor took
+                    // over (its leader died between claim and start) never
+                    // began: it is asked for again, in the same step.
+                    let again = (rec.key.trigger == crate::model::Trigger::After
+                        && rec.supervisor_pid.is_none())
+                    .then(|| {
+                        TriggerRequest::after(
+                            &rec.key.job,
+                            format!(
+                                "again: run {} was claimed but never started",
+                                rec.key.run_id
+                            ),
+                            rec.upstream.clone(),
+                        )
+                    });
+                    if let Some(req) = &again {
+                        rec.reason = Some(format!(
+                            "claimed, but its leader stopped before starting it; asked for again as run {}",
+                            req.run_id
+                        ));
+                    }
                     tracing::warn!(job = %rec.key.job, run_id = %rec.key.run_id, instance = %rec.key.instance, "run lost");
                     // Only if the supervisor did not record it meanwhile.
                     let txn = Txn::new()
                         .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                        .and_then([TxnOp::put(key, json(&rec), None)]);
+                        .and_then(
+                            std::iter::once(TxnOp::put(key, json(&rec), None))
+                                .chain(again.iter().map(|req| {
+                                    TxnOp::put(keys.request(&req.run_id), json(req), None)
+                                }))
+                                .collect::<Vec<_>>(),
+                        );
                     if client.txn(txn).await.is_ok_and(|r| r.succeeded()) {
                         let _ = recorded.try_send(rec);
                     }

@@ -994,6 +994,8 @@ fn in_a_cluster_a_dependents_claim_that_no_supervisor_took_over_is_asked_for_aga
             .iter()
             .any(|r| r["run_id"] == under_way && r["outcome"] == "lost")
     });
+    // A request for it would have been written with that record: give
+    // its run the time the first one took to show, and more.
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         !started_after(&env, "load").contains(upstream2),

@@ -375,77 +375,69 @@ impl RunRecorder for EtcdRecorder {
                 TxnOp::put(self.keys.mark(job, &self.job), json(&up), None)
             }))
             .collect();
+        // The runs its end starts, asked for in the same step as its
+        // record, exactly once: unless the history already holds this very
+        // record (a retry of this transaction after its answer was lost). A
+        // `lost` record the leader wrote meanwhile, or an earlier attempt's,
+        // is replaced and the runs asked for. (A value compare fails on a
+        // missing key, hence the two branches.) Only where there are such
+        // runs: the compare carries the whole record.
+        let dependents = (!next_ops.is_empty()).then(|| {
+            TxnOp::txn(
+                Txn::new()
+                    .when([Compare::create_revision(
+                        history.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then(next_ops.clone())
+                    .or_else([TxnOp::txn(
+                        Txn::new()
+                            .when([Compare::value(
+                                history.clone(),
+                                CompareOp::NotEqual,
+                                json(record),
+                            )])
+                            .and_then(next_ops),
+                    )]),
+            )
+        });
+        // Its group places are free again: whichever it holds.
+        let places = self.group.iter().flat_map(|g| {
+            (0..g.limit).map(|i| {
+                let place = self.keys.seat(&g.name, i);
+                TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::lease(place.clone(), CompareOp::Equal, self.lease)])
+                        .and_then([TxnOp::delete(place, None)]),
+                )
+            })
+        });
+        let ops: Vec<TxnOp> = [
+            TxnOp::put(history.clone(), json(record), None),
+            TxnOp::delete(self.keys.active(&self.job, &self.run_id), None),
+            // Published output goes with the run: the record has its tail.
+            TxnOp::delete(
+                self.keys.outputs(&self.run_id),
+                Some(DeleteOptions::new().with_prefix()),
+            ),
+            // A run that never got its turn leaves the waiting place.
+            TxnOp::txn(
+                Txn::new()
+                    .when([Compare::lease(
+                        self.keys.queued(&self.job),
+                        CompareOp::Equal,
+                        self.lease,
+                    )])
+                    .and_then([TxnOp::delete(self.keys.queued(&self.job), None)]),
+            ),
+        ]
+        .into_iter()
+        .chain(dependents)
+        .chain(places)
+        .collect();
         let mut client = loop {
-            let txn = Txn::new().and_then([
-                TxnOp::put(
-                    self.keys.history(&self.job, &self.run_id),
-                    json(record),
-                    None,
-                ),
-                TxnOp::delete(self.keys.active(&self.job, &self.run_id), None),
-                // Published output goes with the run: the record has its tail.
-                TxnOp::delete(
-                    self.keys.outputs(&self.run_id),
-                    Some(DeleteOptions::new().with_prefix()),
-                ),
-                // The runs its end starts, asked for in the same step as
-                // its record, exactly once: unless the history already
-                // holds this very record (a retry of this transaction
-                // after its answer was lost). A `lost` record the leader
-                // wrote meanwhile, or an earlier attempt's, is replaced
-                // and the runs asked for. (A value compare fails on a
-                // missing key, hence the two branches.)
-                TxnOp::txn(
-                    Txn::new()
-                        .when([Compare::create_revision(
-                            history.clone(),
-                            CompareOp::Equal,
-                            0,
-                        )])
-                        .and_then(next_ops.clone())
-                        .or_else([TxnOp::txn(
-                            Txn::new()
-                                .when([Compare::value(
-                                    history.clone(),
-                                    CompareOp::NotEqual,
-                                    json(record),
-                                )])
-                                .and_then(next_ops.clone()),
-                        )]),
-                ),
-                // Its group places are free again: whichever it holds.
-                TxnOp::txn(
-                    Txn::new().and_then(
-                        self.group
-                            .iter()
-                            .flat_map(|g| {
-                                (0..g.limit).map(|i| {
-                                    let place = self.keys.seat(&g.name, i);
-                                    TxnOp::txn(
-                                        Txn::new()
-                                            .when([Compare::lease(
-                                                place.clone(),
-                                                CompareOp::Equal,
-                                                self.lease,
-                                            )])
-                                            .and_then([TxnOp::delete(place, None)]),
-                                    )
-                                })
-                            })
-                            .collect::<Vec<_>>(),
-                    ),
-                ),
-                // A run that never got its turn leaves the waiting place.
-                TxnOp::txn(
-                    Txn::new()
-                        .when([Compare::lease(
-                            self.keys.queued(&self.job),
-                            CompareOp::Equal,
-                            self.lease,
-                        )])
-                        .and_then([TxnOp::delete(self.keys.queued(&self.job), None)]),
-                ),
-            ]);
+            let txn = Txn::new().and_then(ops.clone());
             let attempt = async {
                 let mut client = self.client().await?;
                 client.txn(txn).await.map_err(etcd_err("write record"))?;

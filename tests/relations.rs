@@ -1008,3 +1008,39 @@ fn in_a_cluster_a_dependents_claim_that_no_supervisor_took_over_is_asked_for_aga
     assert_eq!(of.len(), 1, "{of:#?}");
     assert!(!asked_again(&of[0]), "{of:#?}");
 }
+
+/// README "Jobs after jobs": a disabled job's and a paused job's `after`
+/// runs are recorded as skipped, naming the upstream run, and do not run
+/// (a pause holds them back even where manual runs still work).
+#[test]
+fn a_disabled_or_paused_dependent_records_its_after_runs_skipped() {
+    let env = Env::new().config(&format!(
+        "[jobs.extract]\nschedule = \"@every 1s\"\nshell = '{}'\n\n\
+         [jobs.off]\nafter = [\"extract\"]\nenabled = false\nshell = '{}'\n\n\
+         [jobs.held]\nafter = [\"extract\"]\nshell = '{}'\n",
+        step_line("ok"),
+        step_line("ok"),
+        step_line("ok")
+    ));
+    env.cmd(&["pause", "held"]).run().success();
+    let _run = env.spawn_run("a");
+    let skipped = |job: &str, why: &str| {
+        history_json(&env, job)
+            .iter()
+            .filter(|r| {
+                r["outcome"] == "skipped"
+                    && r["trigger"] == "after"
+                    && r["upstream"]["job"] == "extract"
+                    && r["reason"].as_str().is_some_and(|w| w.contains(why))
+            })
+            .count()
+    };
+    wait_until(PATIENCE, "after-runs of both skipped", || {
+        skipped("off", "disabled: not run after extract") >= 2 && skipped("held", "paused") >= 2
+    });
+    let ran: Vec<Step> = steps(&env)
+        .into_iter()
+        .filter(|s| s.job != "extract")
+        .collect();
+    assert!(ran.is_empty(), "{ran:?}");
+}

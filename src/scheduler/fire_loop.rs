@@ -90,6 +90,7 @@ impl<C: Coordinator> Scheduler<C> {
         let mut held_back: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
         // The wall clock against the monotonic one, to notice it step back.
         let mut turned = (Utc::now(), tokio::time::Instant::now());
+        let mut timer = super::timer::Timer::new();
         loop {
             self.metrics.beat();
             let mut reloaded = None;
@@ -184,7 +185,7 @@ impl<C: Coordinator> Scheduler<C> {
                 }
                 // Applied below, after what is due under the old config.
                 new = next_config(&mut updates), if !fenced => reloaded = Some(new),
-                () = tokio::time::sleep(wait), if !fenced => {}
+                () = timer.sleep(wait), if !fenced => {}
             }
             if leadership.is_fenced() && reloaded.is_none() {
                 continue;

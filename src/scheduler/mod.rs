@@ -31,6 +31,7 @@ mod missed;
 mod plan;
 mod services;
 mod state;
+mod timer;
 pub use plan::*;
 use state::*;
 

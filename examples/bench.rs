@@ -624,15 +624,17 @@ impl Table {
     }
 }
 
+/// What `c a...` printed, trimmed; empty if it could not run.
+fn cmd(c: &str, a: &[&str]) -> String {
+    Command::new(c)
+        .args(a)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 fn header(ctx: &Ctx) -> String {
-    let cmd = |c: &str, a: &[&str]| {
-        Command::new(c)
-            .args(a)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
     let rev = cmd("git", &["rev-parse", "--short", "HEAD"]);
     let dirty = if cmd("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
         ""
@@ -660,7 +662,7 @@ fn header(ctx: &Ctx) -> String {
     format!(
         "# bgsched benchmark results{}\n\n\
          - date: {}\n- bgsched: {} at {rev}{dirty}\n- machine: {} cores ({cpu}), kernel {}, {etcd_version}\n\
-         - load average at start: {}\n- scratch (state dirs, etcd data): {} ({})\n\
+         - load average at start: {}\n- scratch (state dirs, etcd data; `$TMPDIR` picks where): {} ({})\n\
          - job command: `{}`; its exec cost (spawn to its first clock reading, from this harness): {exec}\n\n",
         if ctx.quick { " (--quick: smoke run, figures not meaningful)" } else { "" },
         Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -669,8 +671,43 @@ fn header(ctx: &Ctx) -> String {
         cmd("uname", &["-r"]),
         loadavg(),
         ctx.work.display(),
-        cmd("stat", &["-f", "-c", "%T", &ctx.work.display().to_string()]),
+        filesystem(&ctx.work),
         ctx.stamp.join(" "),
+    )
+}
+
+/// The scratch directory's filesystem in words, for ext4 with or without
+/// a journal: without one, ext4's inode allocator passes over every inode
+/// freed in the last minutes, and the runs' record files cost far more
+/// (README, Performance).
+fn filesystem(dir: &std::path::Path) -> String {
+    let dir = dir.display().to_string();
+    let found = cmd("findmnt", &["-no", "SOURCE,FSTYPE", "--target", &dir]);
+    let mut words = found.split_whitespace();
+    let (Some(source), Some(fstype)) = (words.next(), words.next()) else {
+        return cmd("stat", &["-f", "-c", "%T", &dir]);
+    };
+    if fstype != "ext4" {
+        return format!("{fstype} on {source}");
+    }
+    let dev = source.trim_start_matches("/dev/");
+    let journal = std::fs::read_dir("/proc/fs/jbd2").is_ok_and(|mut d| {
+        d.any(|e| {
+            e.is_ok_and(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix(dev)
+                    .is_some_and(|rest| rest.starts_with('-'))
+            })
+        })
+    });
+    format!(
+        "ext4 on {source}, {}",
+        if journal {
+            "with a journal"
+        } else {
+            "without a journal"
+        }
     )
 }
 

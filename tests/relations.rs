@@ -695,6 +695,85 @@ fn in_a_cluster_a_group_of_one_never_overlaps_across_a_leader_kill_9_and_sigstop
     assert_eq!(group_full_skips(&history_json(&env, "q"), "db"), 0);
 }
 
+/// README "Concurrency groups": manual runs count and are counted like
+/// scheduled ones, and `"replace"` replaces only its own job's run: with a
+/// triggered run holding the group of one, a triggered skipping job is
+/// refused for the full group, and a triggered replacing job waits for the
+/// place instead of stopping the other job's run, which ends on its own.
+#[test]
+fn manual_runs_count_in_a_group_and_replace_never_stops_another_jobs_run() {
+    let env = Env::new().config(&format!(
+        "[groups.db]\nlimit = 1\n\n\
+         [jobs.a]\nschedule = \"@yearly\"\ngroup = \"db\"\nshell = '{}'\n\n\
+         [jobs.b]\nschedule = \"@yearly\"\ngroup = \"db\"\nshell = '{}'\n\n\
+         [jobs.r]\nschedule = \"@yearly\"\ngroup = \"db\"\noverlap = \"replace\"\nshell = '{}'\n",
+        spanning(4.0),
+        spanning(0.1),
+        spanning(0.1)
+    ));
+    let a = env.trigger_detached("a");
+    wait_until(PATIENCE, "a's run to start", || {
+        spans(&env).iter().any(|s| s.job == "a")
+    });
+    env.cmd(&["trigger", "b"])
+        .run()
+        .code(75)
+        .stderr_has("group db full: held by run ");
+    env.trigger_detached("r");
+    wait_until(PATIENCE, "r's run to end", || {
+        spans(&env).iter().any(|s| s.job == "r" && s.end.is_some())
+    });
+    let s = spans(&env);
+    let of = |job: &str| s.iter().find(|x| x.job == job).cloned().unwrap();
+    let (ran_a, ran_r) = (of("a"), of("r"));
+    let a_end = ran_a.end.expect("a was stopped before its end");
+    assert!(a_end - ran_a.start >= 3.9, "a did not run its 4 s: {s:#?}");
+    assert!(
+        ran_r.start >= a_end,
+        "r started before a left the group: {s:#?}"
+    );
+    assert!(
+        !s.iter().any(|x| x.job == "b"),
+        "b ran in a full group: {s:#?}"
+    );
+    let recorded = env.records("a");
+    assert!(
+        recorded
+            .iter()
+            .any(|r| r["run_id"] == a.as_str() && r["outcome"] == "success"),
+        "{recorded:#?}"
+    );
+}
+
+/// README "Jobs after jobs": a dependent's run takes no `jitter`. With a
+/// jitter of an hour, each run after an upstream run still starts within
+/// seconds of that upstream run's end.
+#[test]
+fn a_dependents_run_takes_no_jitter() {
+    let env = Env::new().config(&format!(
+        "[jobs.extract]\nschedule = \"@every 1s\"\nshell = '{}'\n\n\
+         [jobs.load]\nafter = [\"extract\"]\njitter = \"1h\"\nshell = '{}'\n",
+        step_line("ok"),
+        step_line("ok")
+    ));
+    let _run = env.spawn_run("a");
+    wait_until(PATIENCE, "three loads", || {
+        steps(&env).iter().filter(|s| s.job == "load").count() >= 3
+    });
+    let all = steps(&env);
+    for load in all.iter().filter(|s| s.job == "load") {
+        let up = all
+            .iter()
+            .find(|s| s.run_id == load.upstream)
+            .unwrap_or_else(|| panic!("no extract run {}: {all:#?}", load.upstream));
+        assert!(
+            load.at - up.at < 5.0,
+            "load started {:.1} s after its upstream run: {all:#?}",
+            load.at - up.at
+        );
+    }
+}
+
 /// One line a job of an `after` chain wrote: `<job> <run id> <upstream
 /// run id or -> <trigger> <unix time>`.
 #[derive(Debug, Clone)]

@@ -48,7 +48,7 @@ fn libc_sigpipe() -> i32 {
 #[test]
 fn next_ends_quietly_when_its_reader_goes_away() {
     let env = Env::new().config("[jobs.a]\nschedule = \"* * * * * *\"\ncommand = [\"true\"]\n");
-    reader_goes_away(&env, &["next", "a", "-n", "100000"]);
+    reader_goes_away(&env, &["next", "a", "-n", "10000"]);
 }
 
 #[test]
@@ -190,6 +190,35 @@ fn etcd_that_refuses_connections_is_named_and_said_in_words() {
         .expect("the line");
     says_refused_in_words("run", line, &endpoint);
     assert!(!line.contains("(etcd: "), "etcd said once: {line}");
+}
+
+/// README's command table: `next -n` takes at most 10,000; a larger count
+/// is a usage error in words, not an allocation that aborts the process.
+#[test]
+fn next_refuses_a_count_over_10000_as_a_usage_error() {
+    for huge in ["10001", "99999999999", "18446744073709551615"] {
+        Test::new()
+            .config(ENDING)
+            .args(&["next", "monthly", "-n", huge])
+            .status(2)
+            .stderr_has("invalid value")
+            .stderr_has("-n <COUNT>")
+            .run();
+    }
+    let out = Test::new()
+        .config(ENDING)
+        .args(&[
+            "next",
+            "monthly",
+            "-n",
+            "10000",
+            "--after",
+            "2026-01-01T00:00:00Z",
+        ])
+        .stdout_has("2026-02-01T00:00:00+00:00\n")
+        .stdout_has("2859-05-01T00:00:00+00:00\n")
+        .run();
+    assert_eq!(out.stdout.lines().count(), 10_000);
 }
 
 /// README "Schedules": 7 fields have a trailing year; once the years are

@@ -143,9 +143,9 @@ pub enum Command {
     Next {
         /// The job.
         job: String,
-        /// How many instants.
-        #[arg(short = 'n', default_value_t = 5)]
-        count: usize,
+        /// How many instants (1 to 10,000).
+        #[arg(short = 'n', default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        count: u32,
         /// Start after this instant (RFC 3339; default now).
         #[arg(long)]
         after: Option<String>,

@@ -32,7 +32,7 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
             count,
             after,
             json,
-        } => return next::next(&cli, job, *count, after.as_deref(), *json),
+        } => return next::next(&cli, job, *count as usize, after.as_deref(), *json),
         // Neither reads the config: packagers generate these at build time.
         Command::Completions { shell } => return docs::completions(*shell),
         Command::Man { command } => return docs::man(command.as_deref()),

@@ -718,7 +718,7 @@ fn manual_runs_count_in_a_group_and_replace_never_stops_another_jobs_run() {
     env.cmd(&["trigger", "b"])
         .run()
         .code(75)
-        .stderr_has("group db full: held by run ");
+        .stderr_has("job \"b\" skipped (overlap = \"skip\"): group db full: held by run ");
     env.trigger_detached("r");
     wait_until(PATIENCE, "r's run to end", || {
         spans(&env).iter().any(|s| s.job == "r" && s.end.is_some())

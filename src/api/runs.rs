@@ -227,7 +227,7 @@ async fn start_here(
 /// 409: the job runs and `overlap = "skip"` refuses another run.
 fn still_running(job: &Job, reason: &str, active: Option<RunRecord>) -> ApiError {
     let mut message = format!(
-        "job \"{}\" is {reason}; skipped (overlap = \"{}\")",
+        "job \"{}\" skipped (overlap = \"{}\"): {reason}",
         job.name, job.overlap
     );
     if let Some(a) = &active {

@@ -136,7 +136,7 @@ async fn locally(
 /// The job was skipped because it runs.
 fn skipped(job: &Job, reason: &str) -> CliError {
     CliError::Skipped(format!(
-        "job \"{}\" is {reason}; skipped (overlap = \"{}\")",
+        "job \"{}\" skipped (overlap = \"{}\"): {reason}",
         job.name, job.overlap
     ))
 }

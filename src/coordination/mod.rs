@@ -345,7 +345,7 @@ pub enum Turn {
 pub enum ClaimRejected {
     #[error("already running: {}", describe_running(.0.as_deref()))]
     StillRunning(Option<Box<RunRecord>>),
-    #[error("a run is already waiting for the active one to end: {}", describe_running(.0.as_deref()))]
+    #[error("a run is already waiting for the active one to end (the active one: {})", describe_running(.0.as_deref()))]
     AlreadyQueued(Option<Box<RunRecord>>),
     #[error("group {group} full: {}", describe_holders(.holders))]
     GroupFull {

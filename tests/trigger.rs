@@ -305,3 +305,19 @@ mode = { default = "fast", pattern = "fast|slow" }
         "a refused trigger recorded a run"
     );
 }
+
+/// README "Retries": a retried run's failed attempts are entries of their
+/// own, and the run's record is its final attempt's: that is the job's
+/// last run in `list`, not the newer entry of an earlier attempt.
+#[test]
+fn list_shows_a_retried_runs_final_attempt_as_its_last_run() {
+    let env = Env::new().config(
+        "[jobs.flaky]\nschedule = \"@yearly\"\nretries = 2\nretry_backoff = \"100ms\"\n\
+         shell = 'exit $((10 + BGSCHED_ATTEMPT))'\n",
+    );
+    env.cmd(&["trigger", "flaky"]).run().code(13);
+    let last = &env.job_view("flaky")["last_run"];
+    assert_eq!(last["attempt"], 3, "{last}");
+    assert_eq!(last["exit_code"], 13, "{last}");
+    assert_ne!(last["retried"], true, "{last}");
+}

@@ -194,9 +194,11 @@ pub async fn build(
     let mut jobs = Vec::new();
     for (job, (history, running)) in config.jobs.values().zip(reads) {
         let paused = pauses.get(&job.name).filter(|p| p.is_active(now)).cloned();
+        // A retried attempt's entry has an id of its own, newer than its
+        // run's, so it comes first; the run's final record is the last run.
         let last_run = history
             .iter()
-            .find(|r| r.outcome.is_run() && r.outcome != Outcome::Running)
+            .find(|r| r.outcome.is_run() && r.outcome != Outcome::Running && !r.retried)
             .cloned();
         let view_running_since = running.first().map(|r| r.started_at);
         jobs.push(JobView {

@@ -321,3 +321,32 @@ fn list_shows_a_retried_runs_final_attempt_as_its_last_run() {
     assert_eq!(last["exit_code"], 13, "{last}");
     assert_ne!(last["retried"], true, "{last}");
 }
+
+/// README "Output": a foreground `trigger` copies the job's output to its
+/// stdout as the job wrote it: a carriage return, bytes that are not
+/// UTF-8, a line longer than the log's 16 KiB cut and a last line without
+/// a newline all arrive unchanged.
+#[test]
+fn a_foreground_trigger_copies_the_jobs_output_byte_for_byte() {
+    let env = Env::new().config(
+        "[jobs.raw]\nschedule = \"@yearly\"\n\
+         shell = 'printf \"a\\r\\nb\\377\\376\\n\"; head -c 20000 /dev/zero | tr \"\\000\" x; printf end'\n",
+    );
+    let out = env
+        .cmd(&["trigger", "raw"])
+        .spawn()
+        .wait_with_output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let got = out.stdout;
+    let mut want = b"a\r\nb\xff\xfe\n".to_vec();
+    want.extend(std::iter::repeat_n(b'x', 20_000));
+    want.extend(b"end");
+    assert!(
+        got == want,
+        "{} bytes, starting {:?}, ending {:?}",
+        got.len(),
+        String::from_utf8_lossy(&got[..got.len().min(12)]),
+        String::from_utf8_lossy(&got[got.len().saturating_sub(12)..])
+    );
+}

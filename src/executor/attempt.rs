@@ -302,18 +302,22 @@ pub(super) fn spawn_pump(
     echo: Echo,
 ) -> tokio::task::JoinHandle<()> {
     let (job, run_id) = (spec.key.job.clone(), spec.key.run_id.clone());
+    if echo == Echo::Terminal && stream != Stream::Stderr {
+        // A reader that went away (`trigger job | head -1`) must not take
+        // the run down: the output still goes to the record.
+        return tokio::spawn(output::copy(pipe, tail.clone(), |bytes| {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(bytes).and_then(|()| out.flush());
+        }));
+    }
     // In the run's span (see `run_span`), like every event of the run.
     tokio::spawn(tracing::Instrument::in_current_span(pump(
         pipe,
         stream,
         tail.clone(),
         move |stream, line| match (echo, stream) {
-            // A reader that went away (`trigger job | head -1`) must not
-            // take the run down: the output still goes to the record.
-            (Echo::Terminal, Stream::Stdout | Stream::Combined) => {
-                let _ = writeln!(std::io::stdout(), "{line}");
-            }
-            (Echo::Terminal, Stream::Stderr) => {
+            // A stream of its own for stderr goes to stderr.
+            (Echo::Terminal, _) => {
                 let _ = writeln!(std::io::stderr(), "{line}");
             }
             (Echo::Log, Stream::Stdout | Stream::Combined) => {

@@ -226,6 +226,28 @@ where
     }
 }
 
+/// Read `pipe` to its end: every byte goes to `tail`, and to `out` as it
+/// came (a foreground `trigger` copies the job's output unchanged: carriage
+/// returns, long lines, bytes that are not UTF-8 and a last line without a
+/// newline included).
+pub async fn copy<R, F>(mut pipe: R, tail: Tail, mut out: F)
+where
+    R: AsyncRead + Unpin,
+    F: FnMut(&[u8]),
+{
+    let mut chunk = vec![0u8; 8192];
+    let mut decoder = Decoder::default();
+    loop {
+        let n = match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        tail.push(&decoder.decode(&chunk[..n]));
+        out(&chunk[..n]);
+    }
+    tail.push(&decoder.finish());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -332,21 +332,17 @@ pub(super) fn jobs(
         }
     };
     let mut edges: Vec<Edge> = Vec::new();
-    let mut bad = false;
     for (key, value) in table.iter() {
         let name: &str = key.get_ref();
         let entry = Item::entry(key, value);
-        match r.in_job(name, |r| job(r, &entry, defaults, groups, &mut edges)) {
-            Some(job) => {
-                jobs.insert(name.to_owned(), job);
-            }
-            None => bad = true,
+        if let Some(job) = r.in_job(name, |r| job(r, &entry, defaults, groups, &mut edges)) {
+            jobs.insert(name.to_owned(), job);
         }
     }
     // The graph only once every job is known; a job with errors may be
     // named by others, so its name still counts as known.
     let known: BTreeSet<&str> = table.iter().map(|(k, _)| k.get_ref().as_ref()).collect();
-    check_after(r, &edges, &known, &jobs, bad);
+    check_after(r, &edges, &known, &jobs);
     for edge in &edges {
         let all = jobs.get(&edge.from).is_some_and(|j| j.after_all);
         let on = edge.on;
@@ -381,7 +377,6 @@ fn check_after(
     edges: &[Edge],
     known: &BTreeSet<&str>,
     jobs: &BTreeMap<String, Job>,
-    some_bad: bool,
 ) {
     for e in edges {
         r.in_job(&e.from, |r| {
@@ -419,9 +414,9 @@ fn check_after(
             });
         }
     }
-    if some_bad {
-        return;
-    }
+    // A cycle among the edges read is one whatever else is wrong (a job
+    // with errors can only have fewer edges), so it is reported with the
+    // rest, as every other problem is.
     // Depth-first over the edges in file order: the first edge that leads
     // back to a job on the current path closes a cycle.
     let mut next: BTreeMap<&str, Vec<&Edge>> = BTreeMap::new();

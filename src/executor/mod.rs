@@ -187,7 +187,9 @@ pub async fn supervise<R: RunRecorder>(
             why = stop_requested(&mut signals) => {
                 if why == StopReason::Cancelled {
                     rec.outcome = Outcome::Cancelled;
-                    rec.reason = Some(cancelled(recorder.cancelled_by(), &format!("before retry {attempt}")));
+                    // The failed attempt ran: not "not started", as `cancelled` says.
+                    let by = recorder.cancelled_by().unwrap_or_else(|| crate::coordination::CANCELLED.to_string());
+                    rec.reason = Some(format!("{by} before retry {attempt}: not retried"));
                 } else {
                     rec.reason = Some(format!("{}; not retried: supervisor {}", rec.reason.unwrap_or_else(|| rec.outcome.to_string()), why.word()));
                 }

@@ -64,13 +64,17 @@ fn replace_stops_the_active_run_gracefully_then_starts() {
     });
     // In the foreground: returns once the replacement itself has run.
     env.cmd(&["trigger", "r"]).run().success();
+    let second = env
+        .records("r")
+        .iter()
+        .find(|r| r["run_id"] != first.as_str() && r["outcome"] == "success")
+        .map(|r| r["run_id"].as_str().unwrap().to_string())
+        .expect("the replacing run's record");
     assert_eq!(events(&env), ["start 0", "term 0", "start 1", "end 1"]);
     wait_until(PATIENCE, "the replaced run's record", || {
         env.records("r").iter().any(|r| {
             r["run_id"] == first.as_str()
-                && r["reason"]
-                    .as_str()
-                    .is_some_and(|why| why.contains("replaced"))
+                && r["reason"] == format!("replaced by run {second}: job stopped").as_str()
         })
     });
 }

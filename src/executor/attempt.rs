@@ -88,7 +88,7 @@ pub(super) async fn run_attempt<R: RunRecorder>(
         }
         () = deadline => (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(StopReason::Timeout)),
         why = stop => {
-            if why == StopReason::Cancelled {
+            if matches!(why, StopReason::Cancelled | StopReason::Replaced) {
                 replace_reason = recorder.cancelled_by();
             }
             (terminate(&mut child, group, spec.kill_grace, signals, recorder).await, Some(why))

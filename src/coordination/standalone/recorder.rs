@@ -105,9 +105,17 @@ impl RunRecorder for StandaloneRecorder {
 
     async fn take_turn(&mut self, turn: &Turn, _record: &RunRecord) -> Result<()> {
         if let Turn::Replace { .. } = turn {
-            // Whoever runs now, not whoever ran at claim time.
+            // Whoever runs now, not whoever ran at claim time. The note
+            // names this run in the replaced one's record, as a cancel's
+            // names who cancelled.
             for active in self.state.active_runs(&self.job)? {
-                ask_to_stop(&active, rustix::process::Signal::USR1);
+                let note = self.state.cancel_note(&self.job, &active.key.run_id);
+                if let Some(own) = self.run_id() {
+                    let _ = fs::write(&note, format!("replaced by run {own}"));
+                }
+                if !ask_to_stop(&active, rustix::process::Signal::USR1) {
+                    let _ = fs::remove_file(&note);
+                }
             }
         }
         let path = self.state.job_dir(&self.job).join("run.lock");
@@ -179,6 +187,9 @@ impl RunRecorder for StandaloneRecorder {
         // recorded lost and lets them go (see `serve_requests`); the other
         // way round, a crash in between would lose them unseen.
         let run_id = self.run_id().unwrap_or_default();
+        // A stop note nobody read (the run was stopped while it waited for
+        // a retry, say) goes with the run.
+        let _ = fs::remove_file(self.state.cancel_note(&self.job, &run_id));
         for req in std::mem::take(&mut self.next) {
             let what = format!("request for the run of {} after this one", req.job);
             super::records::until_written(&what, &self.job, &run_id, || self.state.ask_for(&req))

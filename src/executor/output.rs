@@ -171,15 +171,13 @@ impl Decoder {
 
 /// Read `pipe` to its end: every byte goes to `tail`, and each line (lossy
 /// UTF-8, cut at [`MAX_LINE`]) to `sink`.
-pub async fn pump<R, F>(mut pipe: R, stream: Stream, tail: Tail, mut sink: F)
+pub async fn pump<R, F>(pipe: R, stream: Stream, tail: Tail, mut sink: F)
 where
     R: AsyncRead + Unpin,
     F: FnMut(Stream, &str),
 {
     let mut pending: Vec<u8> = Vec::new();
     let mut truncated = false;
-    let mut chunk = vec![0u8; 8192];
-    let mut decoder = Decoder::default();
     let mut emit = |bytes: &[u8], truncated: bool| {
         let mut line = String::from_utf8_lossy(bytes).into_owned();
         if line.ends_with('\r') {
@@ -190,13 +188,7 @@ where
         }
         sink(stream, &line);
     };
-    loop {
-        let n = match pipe.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        tail.push(&decoder.decode(&chunk[..n]));
-        let mut rest = &chunk[..n];
+    copy(pipe, tail, |mut rest| {
         while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
             // A truncated line was already emitted when it overflowed.
             if !truncated {
@@ -219,8 +211,8 @@ where
                 truncated = true;
             }
         }
-    }
-    tail.push(&decoder.finish());
+    })
+    .await;
     if !pending.is_empty() && !truncated {
         emit(&pending, false);
     }

@@ -478,7 +478,7 @@ fn a_reload_that_disables_a_service_stops_it_and_a_pause_holds_its_restart() {
     env.cmd(&["trigger", "worker"])
         .run()
         .code(75)
-        .stderr_has("is already running");
+        .stderr_has("skipped (overlap = \"skip\"): already running since");
     env.write("jobs.toml", &service(false));
     run.signal(rustix::process::Signal::HUP);
     wait_until(PATIENCE, "the service stopped", || !beating(&env));

@@ -85,7 +85,7 @@ pub async fn supervise<R: RunRecorder>(
         let stopped = tokio::select! {
             () = tokio::time::sleep(spec.delay) => None,
             why = stop_requested(&mut signals) => Some(match why {
-                StopReason::Cancelled => cancelled(recorder.cancelled_by(), "during the jitter delay"),
+                StopReason::Cancelled => cancelled(recorder.cancelled_by(), "during the jitter delay: not started"),
                 why => format!("supervisor {} during the jitter delay: not started", why.word()),
             }),
             why = attempt::replaced(&mut stops) => Some(format!("{why} during the jitter delay: not started")),
@@ -187,9 +187,7 @@ pub async fn supervise<R: RunRecorder>(
             why = stop_requested(&mut signals) => {
                 if why == StopReason::Cancelled {
                     rec.outcome = Outcome::Cancelled;
-                    // The failed attempt ran: not "not started", as `cancelled` says.
-                    let by = recorder.cancelled_by().unwrap_or_else(|| crate::coordination::CANCELLED.to_string());
-                    rec.reason = Some(format!("{by} before retry {attempt}: not retried"));
+                    rec.reason = Some(cancelled(recorder.cancelled_by(), &format!("before retry {attempt}: not retried")));
                 } else {
                     rec.reason = Some(format!("{}; not retried: supervisor {}", rec.reason.unwrap_or_else(|| rec.outcome.to_string()), why.word()));
                 }
@@ -270,10 +268,11 @@ impl Drop for ParamsFile {
     }
 }
 
-/// The reason of a run cancelled `when`, as the canceller said who it is.
+/// The reason of a run cancelled `when` (and what became of it), as the
+/// canceller said who it is.
 fn cancelled(by: Option<String>, when: &str) -> String {
     format!(
-        "{} {when}: not started",
+        "{} {when}",
         by.unwrap_or_else(|| crate::coordination::CANCELLED.to_string())
     )
 }

@@ -47,17 +47,24 @@ impl Standalone {
         self.job_dir(job).join("live").join(format!("{run_id}.out"))
     }
 
-    /// Where a canceller says who it is, for the run's record.
-    pub(super) fn cancel_note(&self, job: &str, run_id: &str) -> PathBuf {
+    /// Where whoever asks a run to stop (a canceller, a replacing run)
+    /// says who it is, for the run's record.
+    pub(super) fn stop_note(&self, job: &str, run_id: &str) -> PathBuf {
         self.job_dir(job).join(format!("cancel.{run_id}"))
     }
 
     /// Cancel `run` (active): note who asks, then signal its supervisor.
     pub fn cancel(&self, run: &RunRecord, why: &str) -> bool {
-        let note = self.cancel_note(&run.key.job, &run.key.run_id);
-        // Best effort: without the note the record says "cancelled".
+        self.ask_with_note(run, why, rustix::process::Signal::USR2)
+    }
+
+    /// Leave `why` in `run`'s stop note, then signal its supervisor; the
+    /// note goes again if nobody was signalled. Best effort: without the
+    /// note the record gives the signal's plain reason.
+    fn ask_with_note(&self, run: &RunRecord, why: &str, signal: rustix::process::Signal) -> bool {
+        let note = self.stop_note(&run.key.job, &run.key.run_id);
         let _ = fs::write(&note, why);
-        let asked = ask_to_stop(run, rustix::process::Signal::USR2);
+        let asked = ask_to_stop(run, signal);
         if !asked {
             let _ = fs::remove_file(&note);
         }
@@ -108,14 +115,10 @@ impl RunRecorder for StandaloneRecorder {
             // Whoever runs now, not whoever ran at claim time. The note
             // names this run in the replaced one's record, as a cancel's
             // names who cancelled.
+            let why = format!("replaced by run {}", self.run_id().unwrap_or_default());
             for active in self.state.active_runs(&self.job)? {
-                let note = self.state.cancel_note(&self.job, &active.key.run_id);
-                if let Some(own) = self.run_id() {
-                    let _ = fs::write(&note, format!("replaced by run {own}"));
-                }
-                if !ask_to_stop(&active, rustix::process::Signal::USR1) {
-                    let _ = fs::remove_file(&note);
-                }
+                self.state
+                    .ask_with_note(&active, &why, rustix::process::Signal::USR1);
             }
         }
         let path = self.state.job_dir(&self.job).join("run.lock");
@@ -166,7 +169,7 @@ impl RunRecorder for StandaloneRecorder {
 
     fn cancelled_by(&mut self) -> Option<String> {
         let run_id = self.run_id()?;
-        let path = self.state.cancel_note(&self.job, &run_id);
+        let path = self.state.stop_note(&self.job, &run_id);
         let why = fs::read_to_string(&path).ok()?;
         let _ = fs::remove_file(&path);
         Some(why.trim().to_string()).filter(|w| !w.is_empty())
@@ -189,7 +192,7 @@ impl RunRecorder for StandaloneRecorder {
         let run_id = self.run_id().unwrap_or_default();
         // A stop note nobody read (the run was stopped while it waited for
         // a retry, say) goes with the run.
-        let _ = fs::remove_file(self.state.cancel_note(&self.job, &run_id));
+        let _ = fs::remove_file(self.state.stop_note(&self.job, &run_id));
         for req in std::mem::take(&mut self.next) {
             let what = format!("request for the run of {} after this one", req.job);
             super::records::until_written(&what, &self.job, &run_id, || self.state.ask_for(&req))

@@ -63,6 +63,9 @@ pub struct RunCgroup {
     procs: Option<CString>,
     /// The supervisor's own cgroup, which it returns to once the job runs.
     parent: PathBuf,
+    /// Whether the supervisor, born in `dir` with its job, has moved back
+    /// to `parent`.
+    left: AtomicBool,
 }
 
 /// The cgroup a supervisor started ahead of its tick moved itself into
@@ -76,13 +79,14 @@ static READY: std::sync::Mutex<Option<(PathBuf, PathBuf)>> = std::sync::Mutex::n
 /// between the job's fork and its exec; this way it is paid before the
 /// tick, and once more when the supervisor moves back out, after the job
 /// has started.
-pub fn enter_ready_cgroup() {
+///
+/// `parent` is the cgroup the supervisor was started in: its scheduler's
+/// (see [`scheduler_cgroup`]), so the supervisor need not look it up.
+pub fn enter_ready_cgroup(parent: &Path) {
     if std::env::var_os(CGROUP_ENV).is_some_and(|v| v == "off") {
         return;
     }
-    let Ok(parent) = own_cgroup_dir() else {
-        return;
-    };
+    let parent = parent.to_path_buf();
     // Named by the supervisor, not the run (unknown yet; cgroup v2 cannot
     // rename): see `ready_cgroup_name`.
     let dir = parent.join(ready_cgroup_name(std::process::id()));
@@ -109,6 +113,7 @@ impl RunCgroup {
                     dir,
                     procs: None,
                     parent,
+                    left: AtomicBool::new(false),
                 });
             }
             leave(&parent);
@@ -137,6 +142,7 @@ impl RunCgroup {
                     dir,
                     procs: Some(procs),
                     parent,
+                    left: AtomicBool::new(false),
                 })
             }
             Err(why) => {
@@ -158,8 +164,8 @@ impl RunCgroup {
     /// moves back to its own, so that the end of the run kills the job's
     /// processes and not the supervisor.
     pub fn leave(&self) {
-        if self.procs.is_none() {
-            leave(&self.parent);
+        if self.procs.is_none() && leave(&self.parent) {
+            self.left.store(true, Ordering::Relaxed);
         }
     }
 
@@ -167,7 +173,7 @@ impl RunCgroup {
     /// `cgroup.kill`; the subreaper's walk covers those). Never while the
     /// supervisor is still in it (it could not move back out).
     pub fn kill(&self) {
-        if self.procs.is_none() && own_cgroup_dir().is_ok_and(|own| own == self.dir) {
+        if self.procs.is_none() && !self.left.load(Ordering::Relaxed) {
             return;
         }
         let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
@@ -201,11 +207,22 @@ fn ready_cgroup_name(pid: u32) -> String {
     format!("bgsched-run-sup{pid}-1")
 }
 
-/// Move this process into the cgroup `parent`.
-fn leave(parent: &Path) {
-    if let Err(e) = std::fs::write(parent.join("cgroup.procs"), "0") {
-        tracing::warn!(cgroup = %parent.display(), "cannot move the supervisor back to its cgroup: {e}");
+/// Move this process into the cgroup `parent`; whether it moved.
+fn leave(parent: &Path) -> bool {
+    match std::fs::write(parent.join("cgroup.procs"), "0") {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(cgroup = %parent.display(), "cannot move the supervisor back to its cgroup: {e}");
+            false
+        }
     }
+}
+
+/// The scheduler's own cgroup, which the supervisors it starts are born
+/// in; looked up once (a scheduler does not move), `None` without cgroup v2.
+pub fn scheduler_cgroup() -> Option<&'static Path> {
+    static OWN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| own_cgroup_dir().ok()).as_deref()
 }
 
 /// A run cgroup older than this that is still there was left behind (its
@@ -269,12 +286,12 @@ fn remove_stale(parent: &Path) {
 /// what is left in its run's cgroups (made below the cgroup the supervisor
 /// inherited from this process) and remove them once empty.
 pub async fn kill_run_cgroups(run_id: &str, supervisor_pid: u32) {
-    let Ok(parent) = own_cgroup_dir() else {
+    let Some(parent) = scheduler_cgroup() else {
         return;
     };
     let prefix = format!("bgsched-run-{run_id}-");
     let ready = ready_cgroup_name(supervisor_pid);
-    let Ok(entries) = std::fs::read_dir(&parent) else {
+    let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
     for dir in entries.flatten().map(|e| e.path()) {
@@ -313,25 +330,38 @@ fn own_cgroup_dir() -> Result<PathBuf, String> {
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
         .ok_or("no cgroup v2 hierarchy")?;
+    let (root, mountpoint) = cgroup2_mount()?;
+    let rel = Path::new(rel);
+    let rel = rel.strip_prefix(root).unwrap_or(rel);
+    let dir = mountpoint.join(rel.strip_prefix("/").unwrap_or(rel));
+    if !dir.join("cgroup.procs").exists() {
+        return Err(format!("{} is not a cgroup", dir.display()));
+    }
+    Ok(dir)
+}
+
+/// Where the cgroup v2 hierarchy is mounted: its root as this process
+/// sees it, and the mount point. Found once per process: the kernel builds
+/// `/proc/self/mountinfo` afresh on every read, which cost a supervisor
+/// about 7 % of its CPU when it read it at every cgroup step of its run.
+fn cgroup2_mount() -> Result<&'static (PathBuf, PathBuf), String> {
+    static MOUNT: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    if let Some(found) = MOUNT.get() {
+        return Ok(found);
+    }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
     // `id parent dev root mountpoint options ... - fstype source options`
-    let (root, mountpoint) = mounts
+    let found = mounts
         .lines()
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
             (right.split_whitespace().next()? == "cgroup2").then_some(())?;
             let mut f = left.split_whitespace();
-            Some((f.nth(3)?.to_string(), f.next()?.to_string()))
+            Some((PathBuf::from(f.nth(3)?), PathBuf::from(f.next()?)))
         })
         .ok_or("cgroup2 is not mounted")?;
-    let rel = Path::new(rel);
-    let rel = rel.strip_prefix(&root).unwrap_or(rel);
-    let dir = Path::new(&mountpoint).join(rel.strip_prefix("/").unwrap_or(rel));
-    if !dir.join("cgroup.procs").exists() {
-        return Err(format!("{} is not a cgroup", dir.display()));
-    }
-    Ok(dir)
+    Ok(MOUNT.get_or_init(|| found))
 }
 
 /// One process in `/proc`: its parent and whether it is a zombie.

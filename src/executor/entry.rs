@@ -42,10 +42,10 @@ pub fn main() -> Result<(), EntryError> {
             unsafe { std::env::remove_var(WAIT_ENV) };
             log::init(format == "json", "info");
             let runtime = runtime()?;
-            if std::env::var_os(CGROUP_AHEAD_ENV).is_some() {
+            if let Some(parent) = std::env::var_os(CGROUP_AHEAD_ENV) {
                 // SAFETY: as above.
                 unsafe { std::env::remove_var(CGROUP_AHEAD_ENV) };
-                super::contain::enter_ready_cgroup();
+                super::contain::enter_ready_cgroup(std::path::Path::new(&parent));
             }
             match wait_for_run().map_err(EntryError::Spec)? {
                 Some((spec, lock, seat)) => (spec, lock, seat, runtime),

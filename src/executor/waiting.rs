@@ -45,8 +45,9 @@ const SPARE: usize = 4;
 /// when it is started to wait for its run on stdin.
 pub(super) const WAIT_ENV: &str = "BGSCHED_SUPERVISE_WAIT";
 
-/// Set (to `1`) beside [`WAIT_ENV`] when the waiting supervisor is to
-/// enter its run's cgroup ahead of the tick (`contain::enter_ready_cgroup`).
+/// Set beside [`WAIT_ENV`] when the waiting supervisor is to enter its
+/// run's cgroup ahead of the tick (`contain::enter_ready_cgroup`): to the
+/// cgroup it is born in, its scheduler's.
 pub(super) const CGROUP_AHEAD_ENV: &str = "BGSCHED_SUPERVISE_CGROUP_AHEAD";
 
 /// Up to this many runs due together, their supervisors enter their runs'
@@ -171,6 +172,7 @@ impl WaitingSupervisors {
                 Err(e) => tracing::debug!("a waiting supervisor did not take its run: {e}"),
             }
         }
+        tracing::debug!("no supervisor waiting: starting one the slower way");
         reexec(spec, lock, seat, SupervisorOutput::Scheduler)
     }
 }
@@ -194,8 +196,8 @@ fn start_waiting(
     for name in hidden {
         cmd.env_remove(name);
     }
-    if cgroup_ahead {
-        cmd.env(CGROUP_AHEAD_ENV, "1");
+    if let Some(dir) = super::contain::scheduler_cgroup().filter(|_| cgroup_ahead) {
+        cmd.env(CGROUP_AHEAD_ENV, dir);
     }
     let child = cmd
         .arg(SUPERVISE_COMMAND)

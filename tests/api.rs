@@ -1275,6 +1275,199 @@ fn in_a_cluster_a_run_at_a_later_time_fires_once_across_a_leader_kill_9() {
     drop(replicas);
 }
 
+/// The reason a run at a later time cancelled by `by` gets.
+fn cancelled_before(by: &str, at: &str) -> String {
+    let at = chrono::DateTime::parse_from_rfc3339(at)
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    format!(
+        "cancelled by {by} before its time ({}): not started",
+        at.to_rfc3339()
+    )
+}
+
+/// Past `at` (and a start's worth), the job's ledger is still empty.
+#[track_caller]
+fn never_started(env: &Env, at: &str) {
+    let at = chrono::DateTime::parse_from_rfc3339(at).unwrap();
+    let until = at + chrono::Duration::seconds(2);
+    while chrono::Utc::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(env.lines("later-ledger"), Vec::<String>::new());
+}
+
+#[test]
+fn a_run_at_a_later_time_cancelled_before_its_time_never_starts_and_is_recorded() {
+    let _serial = serial();
+    let (env, _run, port) = standalone(true);
+    let at = in_secs(3);
+    let (status, accepted) = call(
+        port,
+        "POST",
+        "/api/v1/jobs/later/runs",
+        Some(TRIGGER),
+        Some(&format!(r#"{{"at": "{at}", "params": {{"what": "api"}}}}"#)),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    let cancel = format!("/api/v1/runs/{run_id}/cancel");
+    let (status, rec) = call(port, "POST", &cancel, Some(TRIGGER), None);
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(
+        (
+            &rec["run_id"],
+            &rec["outcome"],
+            &rec["reason"],
+            &rec["trigger"],
+            &rec["params"]
+        ),
+        (
+            &json!(run_id),
+            &json!("cancelled"),
+            &json!(cancelled_before("the API on instance api", &at)),
+            &json!("manual"),
+            &json!({"what": "api"})
+        ),
+        "{rec}"
+    );
+    // It is an entry of the job's history now, and no longer scheduled.
+    let (_, got) = call(
+        port,
+        "GET",
+        &format!("/api/v1/runs/{run_id}"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(got["outcome"], "cancelled", "{got}");
+    assert!(env.job_view("later")["scheduled"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert_error(
+        call(port, "POST", &cancel, Some(TRIGGER), None),
+        409,
+        "not_running",
+        "already ended: cancelled",
+    );
+    // The CLI verb does the same.
+    let cli_at = in_secs(3);
+    let out = env
+        .cmd(&["trigger", "later", "--at", &cli_at, "-p", "what=cli"])
+        .run()
+        .success();
+    let cli_id = out.stdout.trim().to_string();
+    let out = env.cmd(&["cancel", &cli_id]).run().success();
+    let rec = env
+        .records("later")
+        .into_iter()
+        .find(|r| r["run_id"] == cli_id.as_str())
+        .expect("the CLI's cancel is recorded");
+    let reason = rec["reason"].as_str().unwrap();
+    assert_eq!(
+        out.stderr,
+        format!("bgsched: run {cli_id} of \"later\": cancelled ({reason})\n")
+    );
+    assert!(
+        reason.starts_with("cancelled by bgsched cancel on ")
+            && reason.ends_with(&format!(
+                "before its time ({}): not started",
+                chrono::DateTime::parse_from_rfc3339(&cli_at)
+                    .unwrap()
+                    .with_timezone(&chrono::Utc)
+                    .to_rfc3339()
+            )),
+        "{rec}"
+    );
+    never_started(&env, &cli_at);
+}
+
+/// A cancel killed after taking the run away and before recording it.
+#[test]
+fn a_run_at_a_later_time_taken_by_a_killed_cancel_is_recorded_cancelled() {
+    let _serial = serial();
+    let (env, _run, _port) = standalone(true);
+    let run_id = "01a23e00-0000-7000-8000-000000000001";
+    let at = in_secs(2);
+    let dir = env.state_dir().join("scheduled");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{run_id}.cancelling")),
+        json!({
+            "run_id": run_id,
+            "job": "later",
+            "requested_by": "bgsched trigger on test",
+            "requested_at": in_secs(0),
+            "at": at,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    wait_until(PATIENCE, "the cancelled record", || {
+        env.records("later").iter().any(|r| r["run_id"] == run_id)
+    });
+    let rec = env
+        .records("later")
+        .into_iter()
+        .find(|r| r["run_id"] == run_id)
+        .unwrap();
+    assert_eq!(
+        (&rec["outcome"], &rec["reason"]),
+        (
+            &json!("cancelled"),
+            &json!(cancelled_before(
+                "a caller unknown (its cancel stopped before recording the run)",
+                &at
+            ))
+        ),
+        "{rec}"
+    );
+    assert!(!dir.join(format!("{run_id}.cancelling")).exists());
+    never_started(&env, &at);
+}
+
+#[test]
+fn in_a_cluster_a_run_at_a_later_time_cancelled_before_its_time_never_starts() {
+    let _serial = serial();
+    let (_etcd, env, replicas, ports) = cluster("/at-cancel", &["a"]);
+    let at = in_secs(3);
+    let (status, accepted) = call(
+        ports[0],
+        "POST",
+        "/api/v1/jobs/later/runs",
+        Some(TRIGGER),
+        Some(&format!(r#"{{"at": "{at}"}}"#)),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    let (status, rec) = call(
+        ports[0],
+        "POST",
+        &format!("/api/v1/runs/{run_id}/cancel"),
+        Some(TRIGGER),
+        None,
+    );
+    assert_eq!(status, 200, "{rec}");
+    assert_eq!(
+        (&rec["outcome"], &rec["reason"]),
+        (
+            &json!("cancelled"),
+            &json!(cancelled_before("the API on instance a", &at))
+        ),
+        "{rec}"
+    );
+    never_started(&env, &at);
+    let (_, got) = call(
+        ports[0],
+        "GET",
+        &format!("/api/v1/runs/{run_id}"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(got["outcome"], "cancelled", "{got}");
+    drop(replicas);
+}
+
 /// A self-signed certificate for 127.0.0.1, made with openssl(1).
 fn self_signed(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (env.path("cert.pem"), env.path("key.pem"));

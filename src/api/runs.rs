@@ -465,7 +465,27 @@ pub(super) async fn cancel(
     allow(&api, &headers, &Method::POST, uri.path())?;
     let run_id = run_id_of(&given)?;
     let not_running = |why: String| ApiError::new(StatusCode::CONFLICT, "not_running", why);
-    let rec = match api.find(&run_id, None).await? {
+    let by = format!("the API on instance {}", api.served.instance);
+    let mut found = api.find(&run_id, None).await?;
+    if matches!(found, Some(Found::Scheduled(_))) {
+        let cancelled = api
+            .backend()?
+            .cancel_scheduled(&run_id, &by, &api.served.instance)
+            .await
+            .map_err(ApiError::backend)?;
+        match cancelled {
+            Some(rec) => {
+                tracing::info!(job = %rec.key.job, run_id = %run_id, "run at a later time cancelled through the API");
+                return Ok(json_reply(
+                    StatusCode::OK,
+                    &serde_json::to_value(&rec).expect("records serialize"),
+                ));
+            }
+            // Its time came meanwhile: it is (about to be) a run now.
+            None => found = api.find(&run_id, None).await?,
+        }
+    }
+    let rec = match found {
         None => return Err(unknown_run(&run_id)),
         Some(Found::Pending(job)) => {
             return Err(not_running(format!(
@@ -474,9 +494,8 @@ pub(super) async fn cancel(
         }
         Some(Found::Scheduled(req)) => {
             return Err(not_running(format!(
-                "run {run_id} of job \"{}\" is scheduled for {} and has not started",
-                req.job,
-                req.at.map(|a| a.to_rfc3339()).unwrap_or_default()
+                "run {run_id} of job \"{}\" is starting; try again shortly",
+                req.job
             )))
         }
         Some(Found::Record(rec)) => rec,
@@ -490,7 +509,6 @@ pub(super) async fn cancel(
     if rec.outcome != Outcome::Running {
         return Err(ended(&rec));
     }
-    let by = format!("the API on instance {}", api.served.instance);
     match api
         .backend()?
         .cancel(&rec.key.job, &run_id, &by)

@@ -105,7 +105,7 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
-    /// Cancel a running run: SIGTERM to its processes, SIGKILL after the job's kill_grace; recorded "cancelled".
+    /// Cancel a run: a running one gets SIGTERM, SIGKILL after the job's kill_grace; one at a later time never starts. Recorded "cancelled".
     Cancel {
         /// The run's id (from `trigger --detach`, `history` or the API).
         run_id: String,

@@ -1,5 +1,6 @@
 //! `bgsched cancel <run-id>`: stop a running run and see it recorded
-//! `cancelled`, from any machine in a cluster.
+//! `cancelled`, from any machine in a cluster; a run at a later time is
+//! cancelled before it starts.
 
 use super::context::{instance_id, load_config, open_backend, run_id_arg, unknown_run};
 use super::trigger::summary;
@@ -16,8 +17,32 @@ pub async fn cancel(cli: &Cli, given: &str, no_wait: bool) -> Result<(), CliErro
     let run_id = run_id_arg(given)?;
     let jobs: Vec<&str> = config.jobs.keys().map(String::as_str).collect();
     let backend = open_backend(cli, &config).await?;
-    let Some(rec) = backend.find_run(&jobs, &run_id).await? else {
-        return Err(unknown_run(&run_id));
+    let by = format!("bgsched cancel on {}", instance_id(None));
+    let rec = match backend.find_run(&jobs, &run_id).await? {
+        Some(rec) => rec,
+        None => {
+            // A run at a later time: taken away before its time, it is
+            // recorded cancelled at once.
+            let scheduled = backend.scheduled_runs().await?;
+            if !scheduled.iter().any(|r| r.run_id == run_id) {
+                return Err(unknown_run(&run_id));
+            }
+            match backend
+                .cancel_scheduled(&run_id, &by, &instance_id(None))
+                .await?
+            {
+                Some(rec) => {
+                    eprintln!("bgsched: {}", summary(&rec));
+                    return Ok(());
+                }
+                // Its time came meanwhile.
+                None => backend.find_run(&jobs, &run_id).await?.ok_or_else(|| {
+                    CliError::Other(anyhow::anyhow!(
+                        "run {run_id} is starting; try again shortly"
+                    ))
+                })?,
+            }
+        }
     };
     let ended = |rec: &RunRecord| {
         CliError::Other(anyhow::anyhow!(
@@ -29,7 +54,6 @@ pub async fn cancel(cli: &Cli, given: &str, no_wait: bool) -> Result<(), CliErro
     if rec.outcome != Outcome::Running {
         return Err(ended(&rec));
     }
-    let by = format!("bgsched cancel on {}", instance_id(None));
     if backend.cancel(&rec.key.job, &run_id, &by).await? == Cancel::NotRunning {
         return Err(ended(&rec));
     }

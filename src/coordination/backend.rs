@@ -89,6 +89,22 @@ impl Backend {
         }
     }
 
+    /// Cancel the run at a later time `run_id` before its time, as `by` on
+    /// `instance`: its `cancelled` record, or `None` if it is not waiting
+    /// for its time (any more: it may be starting).
+    pub async fn cancel_scheduled(
+        &self,
+        run_id: &str,
+        by: &str,
+        instance: &str,
+    ) -> Result<Option<RunRecord>> {
+        let record = |req: &TriggerRequest| req.cancelled_before_its_time(by, instance);
+        match self {
+            Backend::Standalone(s) => s.cancel_scheduled(run_id, record),
+            Backend::Cluster(e) => e.cancel_scheduled(run_id, record).await,
+        }
+    }
+
     /// The one-off runs not claimed yet, by time.
     pub async fn scheduled_runs(&self) -> Result<Vec<TriggerRequest>> {
         match self {

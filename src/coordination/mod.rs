@@ -110,6 +110,27 @@ pub struct TriggerRequest {
 }
 
 impl TriggerRequest {
+    /// The record of this run at a later time when `by` (who asks, as in
+    /// `cancelled by <by>`) on `instance` cancels it before its time: it
+    /// never starts.
+    pub fn cancelled_before_its_time(&self, by: &str, instance: &str) -> RunRecord {
+        let at = self.at.unwrap_or(self.requested_at);
+        let mut key = RunKey::new(&self.job, at, Trigger::Manual, instance);
+        key.run_id = self.run_id.clone();
+        let mut rec = RunRecord::not_run(
+            key,
+            Outcome::Cancelled,
+            format!(
+                "{CANCELLED} by {by} before its time ({}): not started",
+                at.to_rfc3339()
+            ),
+        );
+        rec.params = self.params.clone();
+        // It never ran.
+        rec.duration_ms = None;
+        rec
+    }
+
     /// The request for a run of `job` after `upstream` ended; `why` says
     /// who asks (`after extract run …`, `after all of a, b`).
     pub fn after(job: &str, why: String, upstream: Option<crate::model::Upstream>) -> Self {

@@ -222,6 +222,37 @@ impl Etcd {
         Ok(())
     }
 
+    /// Take the run at a later time `run_id` away before its time and
+    /// record it cancelled (`record` makes the entry of the request), in
+    /// one transaction against the leader's turning it into a request;
+    /// `None` if it is not waiting for its time (any more).
+    pub async fn cancel_scheduled(
+        &self,
+        run_id: &str,
+        record: impl FnOnce(&TriggerRequest) -> RunRecord,
+    ) -> Result<Option<RunRecord>> {
+        let keys = self.keys();
+        let mut client = self.client();
+        let key = keys.scheduled(run_id);
+        let got = client.get(key.clone(), None).await.map_err(unreachable)?;
+        let Some(kv) = got.kvs().first() else {
+            return Ok(None);
+        };
+        let rec = record(&parse::<TriggerRequest>(kv)?);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([
+                TxnOp::delete(key, None),
+                TxnOp::put(keys.history(&rec.key.job, run_id), json(&rec), None),
+            ]);
+        let done = client.txn(txn).await.map_err(unreachable)?;
+        Ok(done.succeeded().then_some(rec))
+    }
+
     /// The one-off runs not claimed yet: scheduled, or due and waiting.
     pub async fn scheduled_runs(&self) -> Result<Vec<TriggerRequest>> {
         let mut client = self.client();

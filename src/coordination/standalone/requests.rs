@@ -22,6 +22,8 @@ struct FanInIntent {
 /// How long a claimed request may go without its run's record before the
 /// run counts as lost (the scheduler stopped between claim and start).
 const CLAIMED_FOR: Duration = Duration::from_secs(60);
+/// What a run at a later time that a cancel took is renamed to.
+const CANCELLING: &str = "cancelling";
 /// The longest wait between looks at the two directories.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
@@ -163,6 +165,68 @@ impl Standalone {
         }
     }
 
+    /// Take the run at a later time `run_id` away before its time and
+    /// record it cancelled (`record` makes the entry of the request); `None`
+    /// if it is not waiting for its time (any more). The take is a rename,
+    /// as the leader's turning it into a request is, so only one of them
+    /// gets it; one taken but not yet recorded (a crash in between) is
+    /// recorded by the leader's next look (`settle_cancelled`).
+    pub fn cancel_scheduled(
+        &self,
+        run_id: &str,
+        record: impl FnOnce(&TriggerRequest) -> RunRecord,
+    ) -> Result<Option<RunRecord>> {
+        let dir = self.scheduled_dir();
+        let from = dir.join(format!("{run_id}.json"));
+        let taken = dir.join(format!("{run_id}.{CANCELLING}"));
+        match fs::rename(&from, &taken) {
+            Ok(()) => sync_dir(&dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&from)(e)),
+        }
+        let Some(req) = read_request(&taken) else {
+            return Err(CoordError::Corrupt {
+                path: taken.display().to_string(),
+                reason: "not a run request".to_string(),
+            });
+        };
+        let rec = record(&req);
+        self.write_cancelled(&taken, &rec)?;
+        Ok(Some(rec))
+    }
+
+    /// Record `rec`, the entry of the cancelled request at `taken`, and
+    /// let the request go.
+    fn write_cancelled(&self, taken: &Path, rec: &RunRecord) -> Result<()> {
+        let record = self
+            .runs_dir(&rec.key.job)?
+            .join(format!("{}.json", rec.key.run_id));
+        super::records::write_record(&record, rec)?;
+        let _ = fs::remove_file(taken);
+        Ok(())
+    }
+
+    /// Record the runs at a later time that a cancel took away and could
+    /// not record (it was killed in between).
+    fn settle_cancelled(&self) {
+        for req in read_requests(&self.scheduled_dir(), CANCELLING) {
+            let taken = self
+                .scheduled_dir()
+                .join(format!("{}.{CANCELLING}", req.run_id));
+            if self.recorded(&req) {
+                let _ = fs::remove_file(&taken);
+                continue;
+            }
+            let rec = req.cancelled_before_its_time(
+                "a caller unknown (its cancel stopped before recording the run)",
+                "",
+            );
+            if let Err(e) = self.write_cancelled(&taken, &rec) {
+                tracing::warn!(job = %req.job, run_id = %req.run_id, "a cancelled run at a later time cannot be recorded yet: {e}");
+            }
+        }
+    }
+
     /// The one-off runs whose record does not exist yet: scheduled, due
     /// and waiting, or claimed and starting.
     pub fn scheduled_runs(&self) -> Vec<TriggerRequest> {
@@ -280,6 +344,7 @@ impl Standalone {
                     }
                 }
                 state.settle_claimed();
+                state.settle_cancelled();
                 let wait = (next - Utc::now()).to_std().unwrap_or_default();
                 tokio::time::sleep(wait.min(LOOK_EVERY)).await;
             }

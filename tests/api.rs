@@ -1124,6 +1124,20 @@ fn in_a_cluster_logs_follow_streams_a_run_on_the_leader_from_another_replica() {
     drop(replicas);
 }
 
+/// Ask for a run of `later` with `body` (its `at`); its run id.
+#[track_caller]
+fn run_later(port: u16, body: &str) -> String {
+    let (status, accepted) = call(
+        port,
+        "POST",
+        "/api/v1/jobs/later/runs",
+        Some(TRIGGER),
+        Some(body),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    accepted["run_id"].as_str().unwrap().to_string()
+}
+
 fn in_secs(secs: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::seconds(secs))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -1160,15 +1174,10 @@ fn a_run_at_a_later_time_fires_once_at_it_across_a_restart() {
         "is more than a year ahead",
     );
     let at = in_secs(4);
-    let (status, accepted) = call(
+    let run_id = run_later(
         port,
-        "POST",
-        start,
-        Some(TRIGGER),
-        Some(&format!(r#"{{"at": "{at}", "params": {{"what": "api"}}}}"#)),
+        &format!(r#"{{"at": "{at}", "params": {{"what": "api"}}}}"#),
     );
-    assert_eq!(status, 202, "{accepted}");
-    let run_id = accepted["run_id"].as_str().unwrap().to_string();
     let (_, rec) = call(
         port,
         "GET",
@@ -1246,15 +1255,7 @@ fn in_a_cluster_a_run_at_a_later_time_fires_once_across_a_leader_kill_9() {
     let li = ["a", "b", "c"].iter().position(|i| **i == leader).unwrap();
     let follower = (li + 1) % 3;
     let at = in_secs(5);
-    let (status, accepted) = call(
-        ports[follower],
-        "POST",
-        "/api/v1/jobs/later/runs",
-        Some(TRIGGER),
-        Some(&format!(r#"{{"at": "{at}"}}"#)),
-    );
-    assert_eq!(status, 202, "{accepted}");
-    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    let run_id = run_later(ports[follower], &format!(r#"{{"at": "{at}"}}"#));
     replicas[li].kill9();
     let (_, rec) = call(
         ports[follower],
@@ -1302,15 +1303,10 @@ fn a_run_at_a_later_time_cancelled_before_its_time_never_starts_and_is_recorded(
     let _serial = serial();
     let (env, _run, port) = standalone(true);
     let at = in_secs(3);
-    let (status, accepted) = call(
+    let run_id = run_later(
         port,
-        "POST",
-        "/api/v1/jobs/later/runs",
-        Some(TRIGGER),
-        Some(&format!(r#"{{"at": "{at}", "params": {{"what": "api"}}}}"#)),
+        &format!(r#"{{"at": "{at}", "params": {{"what": "api"}}}}"#),
     );
-    assert_eq!(status, 202, "{accepted}");
-    let run_id = accepted["run_id"].as_str().unwrap().to_string();
     let cancel = format!("/api/v1/runs/{run_id}/cancel");
     let (status, rec) = call(port, "POST", &cancel, Some(TRIGGER), None);
     assert_eq!(status, 200, "{rec}");
@@ -1430,16 +1426,10 @@ fn a_run_at_a_later_time_taken_by_a_killed_cancel_is_recorded_cancelled() {
 fn in_a_cluster_a_run_at_a_later_time_cancelled_before_its_time_never_starts() {
     let _serial = serial();
     let (_etcd, env, replicas, ports) = cluster("/at-cancel", &["a"]);
+    // Until it is connected to etcd, the API answers 503 "starting".
+    leader_of(&env);
     let at = in_secs(3);
-    let (status, accepted) = call(
-        ports[0],
-        "POST",
-        "/api/v1/jobs/later/runs",
-        Some(TRIGGER),
-        Some(&format!(r#"{{"at": "{at}"}}"#)),
-    );
-    assert_eq!(status, 202, "{accepted}");
-    let run_id = accepted["run_id"].as_str().unwrap().to_string();
+    let run_id = run_later(ports[0], &format!(r#"{{"at": "{at}"}}"#));
     let (status, rec) = call(
         ports[0],
         "POST",

@@ -41,6 +41,56 @@ pub struct Config {
     pub http: HttpSettings,
     /// `[notify]`: who is told when runs fail, recover or do not happen.
     pub notify: NotifySettings,
+    /// `[member]` (and `run --label`): what this replica offers the
+    /// leader's placement of `run_on` jobs.
+    pub member: MemberSettings,
+}
+
+/// `[member]`: this replica as a place to run jobs whose `run_on` is not
+/// `"leader"`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MemberSettings {
+    /// `labels = { zone = "a" }`, merged with `bgsched run --label k=v`
+    /// (the command line wins).
+    pub labels: BTreeMap<String, String>,
+    /// At most this many placed runs at once on this member; `None`: no bound.
+    pub max_runs: Option<u32>,
+}
+
+/// `run_on`: which replica executes a job's runs (the leader always claims).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOn {
+    /// The leader itself, as before placement existed.
+    #[default]
+    Leader,
+    /// Any live member, the one with the fewest active runs.
+    Any,
+    /// A live member whose labels include all of these.
+    Labels(BTreeMap<String, String>),
+}
+
+impl RunOn {
+    /// Whether a member with `labels` may run the job.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            RunOn::Leader | RunOn::Any => true,
+            RunOn::Labels(want) => want.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        }
+    }
+}
+
+impl fmt::Display for RunOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunOn::Leader => f.write_str("leader"),
+            RunOn::Any => f.write_str("any"),
+            RunOn::Labels(l) => {
+                let words: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(f, "labels {}", words.join(","))
+            }
+        }
+    }
 }
 
 /// Concurrency groups by name.
@@ -346,6 +396,8 @@ pub struct Job {
     pub after_all: bool,
     /// The jobs whose `after` names this job (computed at load).
     pub dependents: Vec<crate::model::Dependent>,
+    /// `run_on`: where its runs execute in a cluster (standalone: here).
+    pub run_on: RunOn,
 }
 
 /// One upstream job of `after`, and which of its ends count.

@@ -230,6 +230,7 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         cluster,
         http,
         notify,
+        member: Default::default(),
     };
     resolve_relative_paths(&mut config);
     Ok(config)

@@ -677,6 +677,7 @@ pub(super) fn job(
         return None;
     }
     let mut job = Job {
+        run_on: crate::config::RunOn::Leader,
         name: name.to_owned(),
         description,
         schedule: schedule?.within(active?),

@@ -102,6 +102,9 @@ pub enum Reloaded {
 pub struct Reloader {
     path: PathBuf,
     hash: String,
+    /// `run --label`: merged over each reloaded file's `[member] labels`,
+    /// as over the first one's, so that only a change in the file counts.
+    labels: Vec<(String, String)>,
     config: watch::Sender<Arc<Config>>,
     status: watch::Sender<ReloadStatus>,
 }
@@ -118,9 +121,17 @@ impl Reloader {
         Reloader {
             path: config.path.clone(),
             hash,
+            labels: Vec::new(),
             config: watch::channel(Arc::new(config)).0,
             status: watch::channel(status).0,
         }
+    }
+
+    /// The `run --label` labels, already merged into the config given to
+    /// [`Reloader::new`], to merge into every reloaded one too.
+    pub fn with_labels(mut self, labels: Vec<(String, String)>) -> Self {
+        self.labels = labels;
+        self
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -181,7 +192,7 @@ impl Reloader {
             return Reloaded::Unchanged;
         }
         let old = self.config();
-        let new = keep_restart_only(&old, new);
+        let (new, _) = self.keep_restart_only(&old, new);
         log_changes(&old, &new);
         warn_ended(&new);
         // The other replicas and `list` learn the hash before this instance
@@ -207,6 +218,14 @@ impl Reloader {
         let generation = self.status.borrow().generation;
         tracing::info!(reason = why, hash = %hash, generation, "config reloaded");
         Reloaded::Applied
+    }
+
+    /// `new` as read from the file, with the `run --label` labels merged in
+    /// and the restart-only settings of `old` put back; also what was put
+    /// back (each logged as a warning).
+    fn keep_restart_only(&self, old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
+        new.member.merge_labels(&self.labels);
+        keep_restart_only(old, new)
     }
 
     /// Reload for each request on `requests` (its text says why: "SIGHUP",
@@ -243,10 +262,13 @@ impl Request {
 /// `new`, with the settings that cannot change while running put back to
 /// their values in `old`, and a warning for each that differs: the backend
 /// (state directory, etcd connection, history retention handed to every
-/// supervisor) is opened and the HTTP listener bound once at start.
-fn keep_restart_only(old: &Config, mut new: Config) -> Config {
-    let warn = |what: &str| {
+/// supervisor) is opened and the HTTP listener bound once at start. Also
+/// returns what differed.
+fn keep_restart_only(old: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
+    let mut kept = Vec::new();
+    let mut warn = |what: &'static str| {
         tracing::warn!("config reload: {what} changed; this needs a restart, keeping the value in use until then");
+        kept.push(what);
     };
     if new.cluster != old.cluster {
         let what = match (&old.cluster, &new.cluster) {
@@ -269,7 +291,12 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
         warn("[scheduler] history");
         new.scheduler.history_limit = old.scheduler.history_limit;
     }
-    new
+    // What this replica offers placement, with `run --label` merged in.
+    if new.member != old.member {
+        warn("[member]");
+        new.member = old.member.clone();
+    }
+    (new, kept)
 }
 
 /// One line per added, removed and changed job, so the log says what a
@@ -427,12 +454,58 @@ mod tests {
     fn restart_only_settings_keep_their_old_values() {
         let old = cfg("[scheduler]\nstate_dir = \"/a\"\nhistory = 5\nshutdown_grace = \"1s\"\n");
         let new = cfg("[scheduler]\nstate_dir = \"/b\"\nhistory = 7\nshutdown_grace = \"2s\"\n[http]\nlisten = \"127.0.0.1:9\"\n[cluster]\netcd = [\"http://127.0.0.1:2379\"]\n");
-        let kept = keep_restart_only(&old, new);
+        let (kept, what) = keep_restart_only(&old, new);
+        assert_eq!(
+            what,
+            [
+                "a [cluster] table was added",
+                "[http] listen",
+                "[scheduler] state_dir",
+                "[scheduler] history"
+            ]
+        );
         assert_eq!(kept.scheduler.state_dir, Some(PathBuf::from("/a")));
         assert_eq!(kept.scheduler.history_limit, 5);
         assert!(kept.cluster.is_none());
         assert!(kept.http.listen.is_none());
         // Read at shutdown, so it may change.
         assert_eq!(kept.scheduler.shutdown_grace, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn member_settings_are_restart_only() {
+        let old = cfg("[member]\nlabels = { zone = \"a\" }\nmax_runs = 2\n");
+        let new = cfg("[member]\nlabels = { zone = \"b\" }\n");
+        let (kept, what) = keep_restart_only(&old, new);
+        assert_eq!(kept.member, old.member);
+        assert_eq!(what, ["[member]"]);
+    }
+
+    /// `run --label` is merged into each reloaded config as into the first:
+    /// a reload that leaves `[member]` alone (or changes only a label the
+    /// command line overrides) changes nothing restart-only; one that
+    /// changes it keeps the merged labels in use.
+    #[test]
+    fn command_line_labels_are_merged_into_each_reload() {
+        let file = |zone: &str, disk: &str| {
+            cfg(&format!(
+                "[member]\nlabels = {{ zone = \"{zone}\", disk = \"{disk}\" }}\n"
+            ))
+        };
+        let labels = vec![("zone".to_string(), "cli".to_string())];
+        let mut first = file("a", "ssd");
+        first.member.merge_labels(&labels);
+        let want = std::collections::BTreeMap::from([
+            ("disk".to_string(), "ssd".to_string()),
+            ("zone".to_string(), "cli".to_string()),
+        ]);
+        assert_eq!(first.member.labels, want);
+        let reloader = Reloader::new(first.clone(), "h".into()).with_labels(labels);
+        for same in [file("a", "ssd"), file("b", "ssd")] {
+            let (same, what) = reloader.keep_restart_only(&first, same);
+            assert_eq!((same.member.labels, what), (want.clone(), vec![]));
+        }
+        let (kept, what) = reloader.keep_restart_only(&first, file("a", "hdd"));
+        assert_eq!((kept.member.labels, what), (want, vec!["[member]"]));
     }
 }

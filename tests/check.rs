@@ -93,6 +93,11 @@ const BAD: &[(&str, &str, &str)] = &[
         ":3:11: job \"a\": timeout must be greater than zero",
     ),
     (
+        "bad run_on",
+        "[jobs.a]\nschedule = \"@daily\"\nrun_on = \"anywhere\"\ncommand = [\"true\"]\n",
+        ":3:10: job \"a\": run_on must be \"leader\", \"any\" or a table like { labels = { zone = \"a\" } }, found \"anywhere\"",
+    ),
+    (
         "bad env name",
         "[jobs.a]\nschedule = \"@daily\"\nenv = { \"A=B\" = \"x\" }\ncommand = [\"true\"]\n",
         "job \"a\": env variable name \"A=B\" must not contain '='",
@@ -252,4 +257,47 @@ fn a_group_with_one_job_or_none_is_a_warning() {
         "bgsched: warning: group \"db\" has one job (\"load\"); it limits only that job's own runs\n\
          bgsched: warning: group \"spare\" has no jobs\n"
     );
+}
+
+/// README "Configuration reference": a bad `run_on` is a config error,
+/// located at its value and naming the job, like every other key's.
+#[test]
+fn a_bad_run_on_label_is_located_and_names_the_job() {
+    Test::new()
+        .config("[jobs.a]\nschedule = \"@daily\"\ncommand = [\"true\"]\nrun_on = { labels = { zone = \"eu west\" } }\n")
+        .args(&["check"])
+        .status(78)
+        .stderr(concat!(
+            "{dir}/jobs.toml:4:30: job \"a\": run_on.labels.zone: label value \"eu west\" may hold only ASCII letters, digits, '.', '_' and '-', found ' '\n",
+            "bgsched: 1 error in the config\n",
+        ))
+        .run();
+}
+
+/// Standalone everything runs here, so `run_on` without `[cluster]` is
+/// valid; `check` says where the job would run in a cluster.
+#[test]
+fn check_accepts_run_on_without_a_cluster_and_says_it() {
+    let out = Test::new()
+        .config("[member]\nlabels = { zone = \"a\" }\nmax_runs = 2\n\n\
+                 [jobs.a]\nschedule = \"@daily\"\ncommand = [\"true\"]\nrun_on = { labels = { zone = \"a\", gpu = \"yes\" } }\n\n\
+                 [jobs.b]\nschedule = \"@daily\"\ncommand = [\"true\"]\nrun_on = \"any\"\n\n\
+                 [jobs.c]\nschedule = \"@daily\"\ncommand = [\"true\"]\n")
+        .args(&["check"])
+        .stdout_has("ok, 3 job(s)")
+        .run();
+    let line = |job: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(job))
+            .unwrap_or_else(|| panic!("no line of {job}: {}", out.stdout))
+            .to_string()
+    };
+    assert!(
+        line("a ").ends_with("  run_on labels gpu=yes,zone=a"),
+        "{}",
+        out.stdout
+    );
+    assert!(line("b ").ends_with("  run_on any"), "{}", out.stdout);
+    assert!(!line("c ").contains("run_on"), "{}", out.stdout);
 }

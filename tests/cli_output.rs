@@ -419,3 +419,54 @@ fn a_standalone_manual_tick_is_milliseconds_and_no_term_is_omitted() {
         .unwrap_or_else(|| panic!("{}", out.stderr));
     assert!(started.get("term").is_none(), "{started}");
 }
+
+/// `run --label KEY=VALUE`: a malformed one is a usage error in words
+/// (exit 2), before any config is read.
+#[test]
+fn run_refuses_a_malformed_label_as_a_usage_error() {
+    for (label, says) in [
+        ("bad", "expected KEY=VALUE, found \"bad\""),
+        ("=a", "label name \"\" must not be empty"),
+        ("zone=", "label value \"\" must not be empty"),
+        (
+            "zone=eu west",
+            "label value \"eu west\" may hold only ASCII letters, digits, '.', '_' and '-', found ' '",
+        ),
+        (
+            "my/zone=a",
+            "label name \"my/zone\" may hold only ASCII letters, digits, '.', '_' and '-', found '/'",
+        ),
+    ] {
+        Test::new()
+            .args(&["run", "--label", "zone=a", "--label", label])
+            .status(2)
+            .stderr_has(&format!("invalid value '{label}' for '--label <KEY=VALUE>': {says}"))
+            .run();
+    }
+}
+
+/// `list --json` says each job's `run_on`: `"leader"`, `"any"` or
+/// `{"labels": {...}}`.
+#[test]
+fn list_json_has_each_jobs_run_on() {
+    let env = Env::new().config(
+        "[jobs.a]\nschedule = \"@daily\"\ncommand = [\"true\"]\n\n\
+         [jobs.b]\nschedule = \"@daily\"\ncommand = [\"true\"]\nrun_on = \"any\"\n\n\
+         [jobs.c]\nschedule = \"@daily\"\ncommand = [\"true\"]\nrun_on = { labels = { zone = \"a\", gpu = \"yes\" } }\n",
+    );
+    let list = env.list_json();
+    let run_on: Vec<&serde_json::Value> = list["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| &j["run_on"])
+        .collect();
+    assert_eq!(
+        run_on,
+        [
+            &serde_json::json!("leader"),
+            &serde_json::json!("any"),
+            &serde_json::json!({"labels": {"gpu": "yes", "zone": "a"}}),
+        ]
+    );
+}

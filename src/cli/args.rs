@@ -58,6 +58,19 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `KEY=VALUE` of `run --label`: both plain words, as in `[member] labels`.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = s.split_once('=') else {
+        return Err(format!("expected KEY=VALUE, found {s:?}"));
+    };
+    for (what, word) in [("name", key), ("value", value)] {
+        if let Some(problem) = crate::config::label_problem(word) {
+            return Err(format!("label {what} {word:?} {problem}"));
+        }
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -78,6 +91,9 @@ pub enum Command {
         /// Reload the config when its file changes (as on SIGHUP).
         #[arg(long)]
         watch_config: bool,
+        /// A label of this replica for jobs' run_on, as KEY=VALUE; repeatable, overrides [member] labels.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
     },
     /// Show each job: schedule, next run, last run and whether it runs now.
     List {

@@ -2,6 +2,7 @@
 
 use super::context::load_config;
 use super::{Cli, CliError};
+use crate::config::RunOn;
 use crate::observe::log::local_rfc3339;
 use crate::reload;
 use chrono::Utc;
@@ -31,8 +32,13 @@ pub fn check(cli: &Cli) -> Result<(), CliError> {
             (true, Some(t)) => format!("next {}", local_rfc3339(job, t)),
             (true, None) => "never fires again".to_string(),
         };
+        // In a cluster, where its runs go; said only when not the leader.
+        let placed = match &job.run_on {
+            RunOn::Leader => String::new(),
+            other => format!("  run_on {other}"),
+        };
         println!(
-            "  {:<24} {:<20} {:<16} {next}",
+            "  {:<24} {:<20} {:<16} {next}{placed}",
             job.name,
             job.when_words(),
             job.timezone.name()

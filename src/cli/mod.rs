@@ -46,7 +46,8 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 instance_id,
                 http,
                 watch_config,
-            } => run::run(&cli, instance_id.clone(), *http, *watch_config).await,
+                labels,
+            } => run::run(&cli, instance_id.clone(), *http, *watch_config, labels).await,
             Command::List { json } => list::list(&cli, *json).await,
             Command::Trigger {
                 job,

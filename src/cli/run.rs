@@ -16,13 +16,17 @@ pub async fn run(
     instance: Option<String>,
     http_flag: Option<std::net::SocketAddr>,
     watch_config: bool,
+    labels: &[(String, String)],
 ) -> Result<(), CliError> {
     // Installed first: until then, SIGHUP's default action ends the process.
     let mut signals =
         Signals::listen(&[Sig::Hup, Sig::Term, Sig::Int]).map_err(anyhow::Error::from)?;
-    let (config, hash) = reload::load(&cli.config)?;
+    let (mut config, hash) = reload::load(&cli.config)?;
+    // `--label` over `[member] labels`, before anything reads them; every
+    // reload merges them again.
+    config.member.merge_labels(labels);
     reload::warn_ended(&config);
-    let reloader = Reloader::new(config, hash);
+    let reloader = Reloader::new(config, hash).with_labels(labels.to_vec());
     let config = reloader.config();
     let instance = instance_id(instance);
     let metrics = Arc::new(Metrics::new());

@@ -57,6 +57,29 @@ pub struct MemberSettings {
     pub max_runs: Option<u32>,
 }
 
+impl MemberSettings {
+    /// `labels` (from `bgsched run --label`) over these: each replaces the
+    /// file's value of its key.
+    pub fn merge_labels(&mut self, labels: &[(String, String)]) {
+        self.labels.extend(labels.iter().cloned());
+    }
+}
+
+/// Why `s` cannot be a label's name or value, if it cannot: labels are
+/// matched exactly and shown in `check` and logs, so they are plain words
+/// of `[A-Za-z0-9._-]`.
+pub fn label_problem(s: &str) -> Option<String> {
+    if s.is_empty() {
+        return Some("must not be empty".to_string());
+    }
+    let bad = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))?;
+    Some(format!(
+        "may hold only ASCII letters, digits, '.', '_' and '-', found {bad:?}"
+    ))
+}
+
 /// `run_on`: which replica executes a job's runs (the leader always claims).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

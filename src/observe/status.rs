@@ -3,7 +3,7 @@
 //! (the running scheduler) show the same document.
 
 use super::log::local_rfc3339;
-use crate::config::Config;
+use crate::config::{Config, RunOn};
 use crate::coordination::etcd::MemberInfo;
 use crate::coordination::{
     Backend, CoordError, Coordinator, HistoryReader, LeaderInfo, Outcome, Pause, RunRecord,
@@ -48,6 +48,9 @@ pub struct JobView {
     pub timezone: String,
     pub enabled: bool,
     pub overlap: String,
+    /// Where its runs execute in a cluster: `"leader"`, `"any"` or
+    /// `{"labels": {...}}`.
+    pub run_on: RunOn,
     /// `running`, `idle` or `disabled`.
     pub state: &'static str,
     /// RFC 3339 in the job's time zone.
@@ -213,6 +216,7 @@ pub async fn build(
             timezone: job.timezone.name().to_string(),
             enabled: job.enabled,
             overlap: job.overlap.to_string(),
+            run_on: job.run_on.clone(),
             state: match (job.enabled, running.is_empty(), &paused) {
                 (_, false, _) => "running",
                 (false, true, _) => "disabled",

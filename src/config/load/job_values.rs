@@ -1,5 +1,6 @@
 //! Typed reads of the values only jobs have: schedules, commands, shells,
-//! environments, overlap policies, time zones.
+//! environments, overlap policies, time zones, placement (`run_on`, and
+//! the labels and bound of `[member]` it is matched against).
 
 use super::*;
 use chrono::{DateTime, TimeZone, Utc};
@@ -158,6 +159,161 @@ impl<'a, 'i> Item<'a, 'i> {
                 None
             }
         }
+    }
+
+    /// `run_on = "leader"`, `"any"` or `{ labels = { zone = "a" } }`.
+    pub(super) fn run_on(&self, r: &mut Report) -> Option<RunOn> {
+        const WHAT: &str = "\"leader\", \"any\" or a table like { labels = { zone = \"a\" } }";
+        match self.value() {
+            DeValue::Table(t) => self.run_on_table(r, t),
+            DeValue::String(s) => match s.as_ref() {
+                "leader" => Some(RunOn::Leader),
+                "any" => Some(RunOn::Any),
+                other => {
+                    let hint = match did_you_mean(other, ["leader", "any"]) {
+                        Some(close) => format!("; did you mean \"{close}\"?"),
+                        None => String::new(),
+                    };
+                    r.error(
+                        self.value_at(),
+                        format!(
+                            "{} must be {WHAT}, found {}{hint}",
+                            self.label,
+                            quoted(other)
+                        ),
+                    );
+                    None
+                }
+            },
+            other => {
+                r.error(
+                    self.value_at(),
+                    format!("{} must be {WHAT}, found {}", self.label, type_name(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// `{ labels = { ... } }`: `labels`, non-empty, is its only key.
+    fn run_on_table(&self, r: &mut Report, t: &'a DeTable<'i>) -> Option<RunOn> {
+        let example = format!("{} = {{ labels = {{ zone = \"a\" }} }}", self.label);
+        let (mut labels, mut given, mut ok) = (None, false, true);
+        for (key, value) in t.iter() {
+            match key.get_ref().as_ref() {
+                "labels" => {
+                    given = true;
+                    let item = Item {
+                        label: Cow::Owned(format!("{}.labels", self.label)),
+                        key_at: key.span().start,
+                        value,
+                    };
+                    labels = item.labels(r);
+                    if labels.as_ref().is_some_and(BTreeMap::is_empty) {
+                        r.error(
+                            item.value_at(),
+                            format!(
+                                "{} must not be empty; name the labels a member needs, \
+                                 e.g. {{ zone = \"a\" }} (or write {} = \"any\")",
+                                item.label, self.label
+                            ),
+                        );
+                        labels = None;
+                    }
+                }
+                other => {
+                    ok = false;
+                    let hint = match did_you_mean(other, ["labels"]) {
+                        Some(close) => format!("; did you mean `{close}`?"),
+                        None => format!(" (its only key is labels: {example})"),
+                    };
+                    r.error(
+                        key.span().start,
+                        format!("unknown key `{}` in {}{hint}", shown(other), self.label),
+                    );
+                }
+            }
+        }
+        // An unknown key already said what to write.
+        if !given && ok {
+            r.error(
+                self.value_at(),
+                format!("{} needs labels, e.g. {example}", self.label),
+            );
+        }
+        labels.filter(|_| ok).map(RunOn::Labels)
+    }
+
+    /// A table of label names to values, each a plain word
+    /// ([`crate::config::label_problem`]); it may be empty.
+    pub(super) fn labels(&self, r: &mut Report) -> Option<BTreeMap<String, String>> {
+        let table = self.expect(
+            r,
+            "a table of strings like { zone = \"a\" }",
+            |_| "",
+            |v| match v {
+                DeValue::Table(t) => Some(t),
+                _ => None,
+            },
+        )?;
+        let mut labels = Some(BTreeMap::new());
+        for (key, value) in table.iter() {
+            let name: &str = key.get_ref();
+            if let Some(problem) = crate::config::label_problem(name) {
+                r.error(
+                    key.span().start,
+                    format!("{}: label name {} {problem}", self.label, quoted(name)),
+                );
+                labels = None;
+            }
+            let item = Item {
+                label: Cow::Owned(format!("{}.{}", self.label, shown(name))),
+                key_at: key.span().start,
+                value,
+            };
+            let quote_hint = |v: &DeValue| match v {
+                DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) => {
+                    " (put the value in quotes)"
+                }
+                _ => "",
+            };
+            let value = item.expect(r, "a string", quote_hint, as_str).filter(|v| {
+                let problem = crate::config::label_problem(v);
+                if let Some(problem) = &problem {
+                    r.error(
+                        item.value_at(),
+                        format!("{}: label value {} {problem}", item.label, quoted(v)),
+                    );
+                }
+                problem.is_none()
+            });
+            match (value, &mut labels) {
+                (Some(value), Some(labels)) => {
+                    labels.insert(name.to_owned(), value.to_owned());
+                }
+                _ => labels = None,
+            }
+        }
+        labels
+    }
+
+    /// `[member] max_runs`: at least 1 (unset is no bound).
+    pub(super) fn max_runs(&self, r: &mut Report) -> Option<u32> {
+        let zero = matches!(self.value(), DeValue::Integer(n)
+            if i64::from_str_radix(n.as_str(), n.radix()) == Ok(0));
+        if zero {
+            r.error(
+                self.value_at(),
+                format!(
+                    "{} must be at least 1: with 0 no run could be placed on this member; \
+                     leave it out for no bound",
+                    self.label
+                ),
+            );
+            return None;
+        }
+        let n = self.integer_in(r, MAX_RUNS_RANGE, "placed runs at once on this member")?;
+        u32::try_from(n).ok()
     }
 
     pub(super) fn timezone(&self, r: &mut Report) -> Option<Tz> {

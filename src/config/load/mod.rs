@@ -8,8 +8,8 @@
 
 use super::{
     base_dir, After, ClusterSettings, Config, ConfigError, ConfigErrors, Event, Group, Groups,
-    HttpSettings, Job, NotifySettings, Overlap, Param, Pattern, Program, SchedulerSettings, Secret,
-    Tokens, Webhook, DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT,
+    HttpSettings, Job, MemberSettings, NotifySettings, Overlap, Param, Pattern, Program, RunOn,
+    SchedulerSettings, Secret, Tokens, Webhook, DEFAULT_WEBHOOK_RETRIES, DEFAULT_WEBHOOK_TIMEOUT,
 };
 use crate::schedule::{duration_reason, quoted, shown, Schedule};
 use chrono_tz::Tz;
@@ -200,6 +200,11 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .as_ref()
         .map(|item| notify(&mut r, item, base_dir(path)))
         .unwrap_or_default();
+    let member = top
+        .member
+        .as_ref()
+        .map(|item| member(&mut r, item))
+        .unwrap_or_default();
     let built_in = Defaults {
         catchup: default_catchup(cluster.as_ref()),
         ..Defaults::default()
@@ -230,7 +235,7 @@ fn check(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         cluster,
         http,
         notify,
-        member: Default::default(),
+        member,
     };
     resolve_relative_paths(&mut config);
     Ok(config)

@@ -33,6 +33,7 @@ pub(super) enum Section {
     Notify,
     Webhook,
     Group,
+    Member,
 }
 
 /// Every key of every section, declared once: the declaration gives the
@@ -75,7 +76,7 @@ macro_rules! keys {
 
 keys! {
     /// The top level.
-    TopKeys (Top) { scheduler, defaults, jobs, groups, cluster, http, notify }
+    TopKeys (Top) { scheduler, defaults, jobs, groups, cluster, http, notify, member }
     /// `[scheduler]`.
     SchedulerKeys (Scheduler) { state_dir, shutdown_grace, history }
     /// `[cluster]`.
@@ -91,6 +92,8 @@ keys! {
     WebhookKeys (Webhook) { url, events, secret_file, timeout, retries }
     /// `[groups.<name>]`.
     GroupKeys (Group) { limit }
+    /// `[member]`.
+    MemberKeys (Member) { labels, max_runs }
 }
 
 /// The keys of a job, declared once. A key with a type is one `[defaults]`
@@ -191,6 +194,7 @@ job_keys! {
     group,
     after,
     after_all,
+    run_on: RunOn = RunOn::Leader => run_on,
 }
 
 impl Section {
@@ -205,6 +209,7 @@ impl Section {
             Section::Notify => NotifyKeys::KEYS,
             Section::Webhook => WebhookKeys::KEYS,
             Section::Group => GroupKeys::KEYS,
+            Section::Member => MemberKeys::KEYS,
         }
     }
 }
@@ -261,6 +266,30 @@ pub(super) fn http(r: &mut Report, item: &Item, base: &Path) -> HttpSettings {
         ),
         (None, None) => {}
     }
+    settings
+}
+
+/// `max_runs` of `[member]`: placed runs at once on one member.
+pub(super) const MAX_RUNS_RANGE: RangeInclusive<i64> = 1..=10_000;
+
+/// `[member]`: what this replica offers the placement of `run_on` jobs.
+pub(super) fn member(r: &mut Report, item: &Item) -> MemberSettings {
+    let mut settings = MemberSettings::default();
+    let hint = |v: &DeValue| match v {
+        DeValue::Array(_) => " (write [member], not [[member]])",
+        _ => "",
+    };
+    let Some(table) = item.expect(r, "a table", hint, |v| match v {
+        DeValue::Table(t) => Some(t),
+        _ => None,
+    }) else {
+        return settings;
+    };
+    let f = MemberKeys::of(r, table);
+    if let Some(labels) = f.labels.as_ref().and_then(|i| i.labels(r)) {
+        settings.labels = labels;
+    }
+    settings.max_runs = f.max_runs.as_ref().and_then(|i| i.max_runs(r));
     settings
 }
 
@@ -677,7 +706,6 @@ pub(super) fn job(
         return None;
     }
     let mut job = Job {
-        run_on: crate::config::RunOn::Leader,
         name: name.to_owned(),
         description,
         schedule: schedule?.within(active?),
@@ -700,6 +728,7 @@ pub(super) fn job(
         after: after?.into_iter().map(|(a, _)| a).collect(),
         after_all: after_all.unwrap_or(false),
         dependents: Vec::new(),
+        run_on: own.run_on?,
     };
     if job.schedule.is_continuous() {
         // What `[defaults]` says about ticks does not apply to a service.
@@ -812,6 +841,7 @@ impl Section {
             Section::Notify => "[notify]",
             Section::Webhook => "[[notify.webhook]]",
             Section::Group => "a group table ([groups.<name>])",
+            Section::Member => "[member]",
         }
     }
 
@@ -825,12 +855,20 @@ impl Section {
             | Section::Http
             | Section::Notify
             | Section::Webhook
-            | Section::Group => {
+            | Section::Group
+            | Section::Member => {
                 format!("unknown key `{shown}` in {}", self.title())
             }
             // The job is already named in the error's prefix.
             Section::Job => format!("unknown key `{shown}`"),
         };
+        // In a job, labels are what it needs of a member, not its own.
+        if matches!(self, Section::Job | Section::Defaults) && key == "labels" {
+            return format!(
+                "{what}; to run the job on members with these labels write \
+                 run_on = {{ labels = {{ ... }} }} (a replica's own labels belong in [member])"
+            );
+        }
         // `user` or `prefix` in a job most likely means something else
         // than the cluster settings of that name.
         let cluster_is_a_home = matches!(self, Section::Top | Section::Scheduler);
@@ -840,6 +878,7 @@ impl Section {
             Section::Job,
             Section::Cluster,
             Section::Http,
+            Section::Member,
         ]
         .into_iter()
         .filter(|s| *s != self && (*s != Section::Cluster || cluster_is_a_home))

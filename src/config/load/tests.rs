@@ -386,7 +386,7 @@ fn unknown_keys_at_every_level_suggest_the_closest_key() {
     );
     assert_errors(
             "title = \"x\"\n",
-            &["jobs.toml:1:1: unknown top-level key `title` (expected one of: scheduler, defaults, jobs, groups, cluster, http, notify)"],
+            &["jobs.toml:1:1: unknown top-level key `title` (expected one of: scheduler, defaults, jobs, groups, cluster, http, notify, member)"],
         );
     assert_errors(
         "[scheduler]\nhistroy = 5\nstate = \"x\"\n",
@@ -412,7 +412,7 @@ fn unknown_keys_at_every_level_suggest_the_closest_key() {
                 "jobs.toml:4:1: job \"backup\": unknown key `time_out`; did you mean `timeout`?",
                 "jobs.toml:5:1: job \"backup\": unknown key `working_directory`; did you mean `working_dir`?",
                 "jobs.toml:6:1: job \"backup\": unknown key `history`; `history` belongs in [scheduler]",
-                "jobs.toml:7:1: job \"backup\": unknown key `color` (expected one of: description, schedule, timezone, command, shell, working_dir, env, timeout, enabled, overlap, catchup, kill_grace, retries, retry_backoff, retry_backoff_max, jitter, on_failure, params, active_from, active_until, group, after, after_all)",
+                "jobs.toml:7:1: job \"backup\": unknown key `color` (expected one of: description, schedule, timezone, command, shell, working_dir, env, timeout, enabled, overlap, catchup, kill_grace, retries, retry_backoff, retry_backoff_max, jitter, on_failure, params, active_from, active_until, group, after, after_all, run_on)",
             ],
         );
 }
@@ -1759,5 +1759,199 @@ fn more_than_100_jobs_after_one_job_is_an_error_at_the_101st() {
             .message
             .contains("more than 100 jobs run after \"up\""),
         "{errors:?}"
+    );
+}
+
+// Placement: run_on and [member]
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn run_on_is_the_leader_unless_said_and_takes_each_form() {
+    assert_eq!(valid(&job_with("")).jobs["backup"].run_on, RunOn::Leader);
+    for (line, want) in [
+        ("run_on = \"leader\"", RunOn::Leader),
+        ("run_on = \"any\"", RunOn::Any),
+        (
+            "run_on = { labels = { zone = \"a\", gpu = \"true\" } }",
+            RunOn::Labels(labels(&[("gpu", "true"), ("zone", "a")])),
+        ),
+        (
+            "run_on.labels.rack = \"r-1.2_x\"",
+            RunOn::Labels(labels(&[("rack", "r-1.2_x")])),
+        ),
+        (
+            "[jobs.backup.run_on.labels]\nzone = \"b\"",
+            RunOn::Labels(labels(&[("zone", "b")])),
+        ),
+    ] {
+        // No [cluster]: standalone runs everything here, and accepts it.
+        let config = valid(&job_with(line));
+        assert!(config.cluster.is_none());
+        assert_eq!(config.jobs["backup"].run_on, want, "{line}");
+    }
+}
+
+#[test]
+fn run_on_is_inherited_from_defaults_unless_the_job_says() {
+    let src = "[defaults]\nrun_on = { labels = { zone = \"a\" } }\n\n\
+               [jobs.one]\nschedule = \"@daily\"\ncommand = [\"true\"]\n\n\
+               [jobs.two]\nschedule = \"@daily\"\ncommand = [\"true\"]\nrun_on = \"leader\"\n\n\
+               [jobs.three]\nschedule = \"@daily\"\ncommand = [\"true\"]\nrun_on = \"any\"\n";
+    let config = valid(src);
+    assert_eq!(
+        config.jobs["one"].run_on,
+        RunOn::Labels(labels(&[("zone", "a")]))
+    );
+    assert_eq!(config.jobs["two"].run_on, RunOn::Leader);
+    assert_eq!(config.jobs["three"].run_on, RunOn::Any);
+    let config = valid(&format!("[defaults]\nrun_on = \"any\"\n{}", job_with("")));
+    assert_eq!(config.jobs["backup"].run_on, RunOn::Any);
+}
+
+#[test]
+fn bad_run_on_values_are_located_and_name_the_job() {
+    let label_chars = "may hold only ASCII letters, digits, '.', '_' and '-', found";
+    let cases: &[(&str, String)] = &[
+        (
+            "run_on = \"anyy\"",
+            "4:10: job \"backup\": run_on must be \"leader\", \"any\" or a table like { labels = { zone = \"a\" } }, found \"anyy\"; did you mean \"any\"?".into(),
+        ),
+        (
+            "run_on = \"Leader\"",
+            "4:10: job \"backup\": run_on must be \"leader\", \"any\" or a table like { labels = { zone = \"a\" } }, found \"Leader\"; did you mean \"leader\"?".into(),
+        ),
+        (
+            "run_on = \"somewhere\"",
+            "4:10: job \"backup\": run_on must be \"leader\", \"any\" or a table like { labels = { zone = \"a\" } }, found \"somewhere\"".into(),
+        ),
+        (
+            "run_on = [\"any\"]",
+            "4:10: job \"backup\": run_on must be \"leader\", \"any\" or a table like { labels = { zone = \"a\" } }, found array".into(),
+        ),
+        (
+            "run_on = {}",
+            "4:10: job \"backup\": run_on needs labels, e.g. run_on = { labels = { zone = \"a\" } }".into(),
+        ),
+        (
+            "run_on = { labels = { zone = \"a\" }, max = 1 }",
+            "4:37: job \"backup\": unknown key `max` in run_on (its only key is labels: run_on = { labels = { zone = \"a\" } })".into(),
+        ),
+        (
+            "run_on = { zone = \"a\" }",
+            "4:12: job \"backup\": unknown key `zone` in run_on (its only key is labels: run_on = { labels = { zone = \"a\" } })".into(),
+        ),
+        (
+            "run_on = { label = { zone = \"a\" } }",
+            "4:12: job \"backup\": unknown key `label` in run_on; did you mean `labels`?".into(),
+        ),
+        (
+            "run_on = { labels = {} }",
+            "4:21: job \"backup\": run_on.labels must not be empty; name the labels a member needs, e.g. { zone = \"a\" } (or write run_on = \"any\")".into(),
+        ),
+        (
+            "run_on = { labels = \"zone=a\" }",
+            "4:21: job \"backup\": run_on.labels must be a table of strings like { zone = \"a\" }, found string".into(),
+        ),
+        (
+            "run_on = { labels = { gpu = true } }",
+            "4:29: job \"backup\": run_on.labels.gpu must be a string, found boolean (put the value in quotes)".into(),
+        ),
+        (
+            "run_on = { labels = { \"my zone\" = \"a\" } }",
+            format!("4:23: job \"backup\": run_on.labels: label name \"my zone\" {label_chars} ' '"),
+        ),
+        (
+            "run_on = { labels = { zone = \"eu/west\" } }",
+            format!("4:30: job \"backup\": run_on.labels.zone: label value \"eu/west\" {label_chars} '/'"),
+        ),
+        (
+            "run_on = { labels = { zone = \"\" } }",
+            "4:30: job \"backup\": run_on.labels.zone: label value \"\" must not be empty".into(),
+        ),
+        (
+            "run_on = { labels = { \"\" = \"a\" } }",
+            "4:23: job \"backup\": run_on.labels: label name \"\" must not be empty".into(),
+        ),
+        (
+            "labels = { zone = \"a\" }",
+            "4:1: job \"backup\": unknown key `labels`; to run the job on members with these labels write run_on = { labels = { ... } } (a replica's own labels belong in [member])".into(),
+        ),
+    ];
+    for (line, expected) in cases {
+        assert_errors(&job_with(line), &[&format!("jobs.toml:{expected}")]);
+    }
+    // In [defaults]: once, at its place, with no job named.
+    assert_errors(
+        &format!("[defaults]\nrun_on = \"everywhere\"\n{}", job_with("")),
+        &["jobs.toml:2:10: run_on must be \"leader\", \"any\" or a table like { labels = { zone = \"a\" } }, found \"everywhere\""],
+    );
+    // Every problem of one table at once.
+    assert_errors(
+        &job_with("run_on = { labels = { \"a b\" = \"x\", c = \"d/e\", f = 1 }, zone = \"a\" }"),
+        &[
+            &format!("jobs.toml:4:23: job \"backup\": run_on.labels: label name \"a b\" {label_chars} ' '"),
+            &format!("jobs.toml:4:40: job \"backup\": run_on.labels.c: label value \"d/e\" {label_chars} '/'"),
+            "jobs.toml:4:51: job \"backup\": run_on.labels.f must be a string, found integer (put the value in quotes)",
+            "jobs.toml:4:56: job \"backup\": unknown key `zone` in run_on (its only key is labels: run_on = { labels = { zone = \"a\" } })",
+        ],
+    );
+}
+
+#[test]
+fn member_takes_labels_and_a_bound() {
+    assert_eq!(valid("").member, MemberSettings::default());
+    let config = valid("[member]\nlabels = { zone = \"a\", gpu = \"true\" }\nmax_runs = 4\n");
+    assert_eq!(
+        config.member,
+        MemberSettings {
+            labels: labels(&[("gpu", "true"), ("zone", "a")]),
+            max_runs: Some(4),
+        }
+    );
+    // No labels is no labels; no bound is no bound.
+    let config = valid("[member]\nlabels = {}\n");
+    assert_eq!(config.member, MemberSettings::default());
+}
+
+#[test]
+fn member_mistakes_are_located() {
+    let label_chars = "may hold only ASCII letters, digits, '.', '_' and '-', found";
+    assert_errors(
+        "[member]\nlabels = { zone = \"a b\", gpu = true }\nmax_runs = 0\nlable = \"x\"\n",
+        &[
+            &format!("jobs.toml:2:19: labels.zone: label value \"a b\" {label_chars} ' '"),
+            "jobs.toml:2:32: labels.gpu must be a string, found boolean (put the value in quotes)",
+            "jobs.toml:3:12: max_runs must be at least 1: with 0 no run could be placed on this member; leave it out for no bound",
+            "jobs.toml:4:1: unknown key `lable` in [member]; did you mean `labels`?",
+        ],
+    );
+    assert_errors(
+        "[member]\nlabels = \"zone=a\"\nmax_runs = -2\n",
+        &[
+            "jobs.toml:2:10: labels must be a table of strings like { zone = \"a\" }, found string",
+            "jobs.toml:3:12: max_runs must be between 1 and 10000 (placed runs at once on this member), found -2",
+        ],
+    );
+    assert_errors(
+        "[member]\nmax_runs = \"2\"\n",
+        &["jobs.toml:2:12: max_runs must be an integer, found string"],
+    );
+    assert_errors(
+        "[[member]]\n",
+        &["jobs.toml:1:1: member must be a table, found array (write [member], not [[member]])"],
+    );
+    assert_errors(
+        "max_runs = 2\n",
+        &["jobs.toml:1:1: unknown top-level key `max_runs`; `max_runs` belongs in [member]"],
+    );
+    assert_errors(
+        &job_with("max_runs = 2"),
+        &["jobs.toml:4:1: job \"backup\": unknown key `max_runs`; `max_runs` belongs in [member]"],
     );
 }

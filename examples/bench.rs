@@ -2087,6 +2087,10 @@ async fn claim_round_trips(ep: &str, n: usize, m: &mut BTreeMap<&str, Vec<f64>>)
                     request: None,
                     group: None,
                     upstream: None,
+                    run_on: &bgsched::config::RunOn::Leader,
+                    placement: None,
+                    params: None,
+                    first_attempt: None,
                 },
             )
             .await

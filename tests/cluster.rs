@@ -943,6 +943,10 @@ fn a_missed_entry_moves_the_last_tick_and_a_claimed_ticks_entry_outlives_its_ter
         request: None,
         group: None,
         upstream: None,
+        run_on: &bgsched::config::RunOn::Leader,
+        placement: None,
+        params: None,
+        first_attempt: None,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -1103,6 +1107,10 @@ fn a_marker_that_expires_between_two_terms_is_recorded_lost_by_the_next_leader()
                     request: None,
                     group: None,
                     upstream: None,
+                    run_on: &bgsched::config::RunOn::Leader,
+                    placement: None,
+                    params: None,
+                    first_attempt: None,
                 },
             )
             .await
@@ -1147,6 +1155,10 @@ fn skip_claim(job: &str, secs: i64) -> bgsched::coordination::ClaimRequest<'_> {
         request: None,
         group: None,
         upstream: None,
+        run_on: &bgsched::config::RunOn::Leader,
+        placement: None,
+        params: None,
+        first_attempt: None,
     }
 }
 
@@ -1338,6 +1350,10 @@ fn a_skip_is_recorded_by_its_claim_and_the_schedulers_entry_replaces_it() {
         request: None,
         group: None,
         upstream: None,
+        run_on: &bgsched::config::RunOn::Leader,
+        placement: None,
+        params: None,
+        first_attempt: None,
     };
     let entries = || {
         common::etcd::kv_range_prefix(&endpoint, "/ownskip/history/job/")

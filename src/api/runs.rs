@@ -84,6 +84,8 @@ pub(super) async fn start(
             params,
             at: Some(at),
             upstream: None,
+            placement: Default::default(),
+            first_attempt: None,
         };
         backend
             .schedule_run(&req)

@@ -119,6 +119,12 @@ pub async fn run(
                 // Waiting for etcd is this process working as intended.
                 () = beat_forever(&metrics) => unreachable!(),
             };
+            // Before the session starts, so the member key offers it at once.
+            etcd.offer(crate::coordination::etcd::Offer {
+                labels: config.member.labels.clone(),
+                max_runs: config.member.max_runs,
+                leaving: false,
+            });
             let notifier = serve_backend(Backend::Cluster(etcd.clone()));
             schedule(
                 reloader,

@@ -85,6 +85,8 @@ pub async fn at(
         params,
         at: Some(at),
         upstream: None,
+        placement: Default::default(),
+        first_attempt: None,
     };
     open_backend(cli, &config).await?.schedule_run(&req).await?;
     print_out(&format!("{}\n", req.run_id));

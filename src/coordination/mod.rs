@@ -107,6 +107,57 @@ pub struct TriggerRequest {
     /// A run started by the end of this upstream run (`after`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<crate::model::Upstream>,
+    /// Where it runs, if not where the job's `run_on` says (`trigger
+    /// --on`, the API's `on`; a retry of a lost run avoids the member
+    /// that lost it).
+    #[serde(default, skip_serializing_if = "Where::is_default")]
+    pub placement: Where,
+    /// The attempt the run starts at (a retry of a run lost on a member
+    /// goes on counting its attempts); `None`: the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt: Option<u32>,
+}
+
+/// A manual run's say in its placement, over the job's `run_on`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Where {
+    /// Run on this member (its instance name) only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<String>,
+    /// Run on a member with all of these labels.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Never on these members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid: Vec<String>,
+}
+
+impl Where {
+    pub fn is_default(&self) -> bool {
+        *self == Where::default()
+    }
+}
+
+/// A claimed run the leader placed on another member: what that member
+/// needs, beside its own config's job, to start it (`P/assign/<member>/<run-id>`,
+/// written by the claim transaction, bound to the run's lease).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// `instance` is the executing member.
+    pub key: RunKey,
+    pub turn: Turn,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupSeat>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub params: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<crate::model::Upstream>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt: Option<u32>,
+    /// The run's lease.
+    pub lease: i64,
+    /// Who placed it.
+    pub leader: String,
 }
 
 impl TriggerRequest {
@@ -142,6 +193,8 @@ impl TriggerRequest {
             params: Default::default(),
             at: None,
             upstream,
+            placement: Where::default(),
+            first_attempt: None,
         }
     }
 }
@@ -285,6 +338,14 @@ pub struct ClaimRequest<'a> {
     /// For a run after another job's: the upstream run, which its marker
     /// (and so a `lost` record of it) names.
     pub upstream: Option<&'a crate::model::Upstream>,
+    /// Where the run executes (a backend without members runs it here).
+    pub run_on: &'a crate::config::RunOn,
+    /// A manual run's say in its placement.
+    pub placement: Option<&'a Where>,
+    /// A run placed elsewhere starts with these (checked) parameters.
+    pub params: Option<&'a std::collections::BTreeMap<String, String>>,
+    /// The attempt the run starts at, if not the first.
+    pub first_attempt: Option<u32>,
 }
 
 /// A run's concurrency group, as its supervisor knows it: the group, its
@@ -344,6 +405,9 @@ pub struct Claim {
     /// The group the claim counted the run in, as its supervisor must
     /// know it (the config may be reloaded before the run starts).
     pub group: Option<GroupSeat>,
+    /// The member the claim placed the run on, when that is not this
+    /// instance: its supervisor starts there, and nothing starts here.
+    pub placed_on: Option<String>,
 }
 
 /// When a claimed run may start.
@@ -379,6 +443,9 @@ pub enum ClaimRejected {
     NotLeader,
     #[error("trigger request {0} was already handled or withdrawn")]
     RequestGone(String),
+    /// No live member may take the run (`run_on`): why, in words.
+    #[error("{0}")]
+    NoMember(String),
     /// An unanswered claim went through as run `{0}`, whose marker ended
     /// before the answer came: that run's own record tells.
     #[error(
@@ -409,6 +476,7 @@ impl ClaimRejected {
             ClaimRejected::AlreadyFired(_) => "already_fired",
             ClaimRejected::NotLeader => "not_leader",
             ClaimRejected::RequestGone(_) => "request_gone",
+            ClaimRejected::NoMember(_) => "no_member",
             ClaimRejected::Ended(_) => "ended",
             ClaimRejected::Backend(_) => "backend_error",
         }
@@ -630,6 +698,35 @@ pub trait Coordinator: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send {
         let _ = (instance, hash);
         std::future::ready(Ok(()))
+    }
+
+    /// The runs the leader places on `instance` (see [`Assignment`]), for
+    /// as long as this process lives; `None` for a backend without members.
+    fn assignments(&self, instance: &str) -> Option<mpsc::Receiver<Assignment>> {
+        let _ = instance;
+        None
+    }
+
+    /// Take `assignment` over to start it here: exactly one taker wins
+    /// (`None`: another did, or its lease is gone and the leader records
+    /// the run `lost`), and its hold is then fresh.
+    fn take_assignment(
+        &self,
+        assignment: &Assignment,
+    ) -> impl Future<Output = Result<Option<Hold>>> + Send {
+        let _ = assignment;
+        std::future::ready(Ok(None))
+    }
+
+    /// Ask the leader for a run (a request as `trigger` makes).
+    fn ask(&self, request: &TriggerRequest) -> impl Future<Output = Result<()>> + Send {
+        let _ = request;
+        std::future::ready(Ok(()))
+    }
+
+    /// This instance is stopping: take no more placements.
+    fn leave(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
     }
 
     /// Where this backend's supervisors record.

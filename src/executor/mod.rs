@@ -148,7 +148,7 @@ pub async fn supervise<R: RunRecorder>(
             };
         }
     };
-    let mut attempt = 1;
+    let mut attempt = spec.first_attempt.max(1);
     // Output offsets run on across attempts (see `Tail::with_live`).
     let mut printed = 0;
     let (rec, stopped_because) = loop {

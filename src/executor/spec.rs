@@ -62,6 +62,10 @@ pub struct RunSpec {
     /// The upstream run whose end started this one (`after`).
     #[serde(default)]
     pub upstream: Option<crate::model::Upstream>,
+    /// The attempt it starts at (a retry of a run lost on a member goes
+    /// on counting); 0 and 1 both mean the first.
+    #[serde(default)]
+    pub first_attempt: u32,
 }
 
 /// Where a supervisor's stdout (its pid report) and stderr (its log) go.
@@ -300,6 +304,7 @@ impl RunSpec {
             seat_fd: None,
             dependents: job.dependents.clone(),
             upstream: None,
+            first_attempt: 1,
         }
     }
 

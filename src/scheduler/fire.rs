@@ -33,7 +33,7 @@ impl<C: Coordinator> Scheduler<C> {
     ) -> bool {
         match fired {
             Fired::Started(child, spec) => running.track(*child, &spec),
-            Fired::NotStarted => {}
+            Fired::NotStarted | Fired::Placed => {}
             Fired::Superseded => return true,
             Fired::Retry => {
                 let at = state.backoff(&job.name).unwrap_or_else(Utc::now);
@@ -171,13 +171,14 @@ impl<C: Coordinator> Scheduler<C> {
                 // Its supervisor runs: standalone, the claimed request goes.
                 self.coord.finish_request(&req.run_id).await;
             }
+            Fired::Placed => {}
             Fired::NotStarted | Fired::Superseded => {}
             // The request key lives as long as its requester waits; keep
             // trying while the backend is in trouble.
             Fired::Retry if now - since < chrono::Duration::minutes(5) => {
                 state.retries.push(Retry::Request {
                     at: state.backoff(&job.name).unwrap_or(now),
-                    req,
+                    req: Box::new(req),
                     since,
                 })
             }
@@ -210,6 +211,16 @@ impl<C: Coordinator> Scheduler<C> {
         }: Fire<'_>,
     ) -> Result<Claim, ClaimRejected> {
         let group = self.group_of(job);
+        // A run placed elsewhere takes its parameters along, checked here;
+        // ones that fail the check are refused here, as before placement.
+        let params = request.map(|r| job.resolve_params(&r.params));
+        let (run_on, params) = match &params {
+            // A service lives with the leader that keeps it running.
+            _ if trigger == Trigger::Service => (&crate::config::RunOn::Leader, None),
+            Some(Err(_)) => (&crate::config::RunOn::Leader, None),
+            Some(Ok(p)) => (&job.run_on, Some(p)),
+            None => (&job.run_on, None),
+        };
         let req = ClaimRequest {
             job: &job.name,
             tick,
@@ -223,6 +234,10 @@ impl<C: Coordinator> Scheduler<C> {
             request: request.map(|r| r.run_id.as_str()),
             group: group.as_ref(),
             upstream: request.and_then(|r| r.upstream.as_ref()),
+            run_on,
+            placement: request.map(|r| &r.placement),
+            params,
+            first_attempt: request.and_then(|r| r.first_attempt),
         };
         self.coord.claim(leadership, req).await
     }
@@ -250,6 +265,7 @@ impl<C: Coordinator> Scheduler<C> {
         } = fire;
         let params = request.map(|r| job.resolve_params(&r.params));
         let upstream = request.and_then(|r| r.upstream.clone());
+        let first_attempt = request.and_then(|r| r.first_attempt).unwrap_or(1);
         let request = request.map(|r| r.run_id.as_str());
         if let Err(e) = &claimed {
             self.metrics.claim_rejected(e.kind());
@@ -308,6 +324,28 @@ impl<C: Coordinator> Scheduler<C> {
                         tracing::debug!(job = %job.name, tick = %t.to_rfc3339(), reason, rejected_total = total, "tick already fired");
                         return Fired::Superseded;
                     }
+                    // Nothing was claimed; the entry is the fire's trace
+                    // (and, for a tick, moves its last tick on, as any
+                    // missed entry does).
+                    ClaimRejected::NoMember(why) => {
+                        let mut rec = self.entry(
+                            leadership.term,
+                            job,
+                            tick,
+                            trigger,
+                            Outcome::Missed,
+                            format!("not run: {why}"),
+                        );
+                        rec.upstream = upstream.clone();
+                        rec.missed_ticks = Some(1);
+                        if let Some(id) = request {
+                            rec.key.run_id = id.to_string();
+                        }
+                        self.metrics.missed(&job.name, 1);
+                        tracing::warn!(job = %job.name, run_id = %rec.key.run_id, tick = %tick.to_rfc3339(), "not run: {why}");
+                        self.finish_claimed(rec, request).await;
+                        return Fired::NotStarted;
+                    }
                     ClaimRejected::Backend(e) => {
                         // Not decided either way: try again shortly, so a
                         // brief etcd hiccup does not cost the tick, and
@@ -337,6 +375,11 @@ impl<C: Coordinator> Scheduler<C> {
                 return Fired::NotStarted;
             }
         };
+        if let Some(member) = &claim.placed_on {
+            self.metrics.fired(&job.name, trigger);
+            tracing::info!(job = %job.name, run_id = %claim.run_id, on = %member, "fired: placed on member {member}");
+            return Fired::Placed;
+        }
         let not_starting = if state.stopping() {
             Some((
                 MissedWhy::Idle,
@@ -392,6 +435,7 @@ impl<C: Coordinator> Scheduler<C> {
         spec.key.instance = self.instance.clone();
         spec.key.term = claim.term;
         spec.upstream = upstream;
+        spec.first_attempt = first_attempt;
         match &claim.turn {
             Turn::Now => {}
             Turn::Queued => {

@@ -32,11 +32,39 @@ pub(super) async fn recv_from<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>
 }
 
 impl<C: Coordinator> Scheduler<C> {
+    /// After a supervisor exited: take back what its run handed back, and
+    /// record its run lost if it died without recording it.
+    pub(super) async fn reaped(
+        &self,
+        reaped: crate::executor::Reaped,
+        services: Option<(&Config, &mut services::Services)>,
+    ) {
+        if let Some(token) = &reaped.handback {
+            self.coord.take_back(token);
+        }
+        let Some(key) = &reaped.key else { return };
+        if let Some((config, services)) = services {
+            if let Some(job) = config
+                .jobs
+                .get(&key.job)
+                .filter(|_| services.is_service(&key.job))
+            {
+                services.ended(job, &key.run_id, Utc::now());
+            }
+        }
+        if !reaped.clean {
+            for rec in crate::coordination::reap_after_death(&*self.coord, key).await {
+                self.after_lost(rec);
+            }
+        }
+    }
+
     pub(super) async fn fire_loop(
         &self,
         leadership: &mut Leadership,
         stop: &mut watch::Receiver<u32>,
         running: &mut Supervisors,
+        assigned: &mut Option<tokio::sync::mpsc::Receiver<crate::coordination::Assignment>>,
     ) -> anyhow::Result<LoopEnd> {
         let mut updates = self.config.clone();
         let mut config = updates.borrow_and_update().clone();
@@ -159,19 +187,11 @@ impl<C: Coordinator> Scheduler<C> {
                     continue;
                 }
                 reaped = running.reap_one() => {
-                    if let Some(token) = &reaped.handback {
-                        self.coord.take_back(token);
-                    }
-                    if let Some(key) = &reaped.key {
-                        if let Some(job) = config.jobs.get(&key.job).filter(|_| services.is_service(&key.job)) {
-                            services.ended(job, &key.run_id, Utc::now());
-                        }
-                        if !reaped.clean {
-                            for rec in crate::coordination::reap_after_death(&*self.coord, key).await {
-                                self.after_lost(rec);
-                            }
-                        }
-                    }
+                    self.reaped(reaped, Some((&config, &mut services))).await;
+                    continue;
+                }
+                Some(a) = recv_from(assigned) => {
+                    self.run_assigned(a, running).await;
                     continue;
                 }
                 Some(rec) = recv_from(&mut lost) => {
@@ -256,7 +276,7 @@ impl<C: Coordinator> Scheduler<C> {
                         }
                     }
                     Retry::Request { req, since, .. } => {
-                        self.answer_request(&config, leadership, req, since, running, &mut state)
+                        self.answer_request(&config, leadership, *req, since, running, &mut state)
                             .await;
                     }
                 }

@@ -28,6 +28,7 @@ mod after;
 mod fire;
 mod fire_loop;
 mod missed;
+mod placed;
 mod plan;
 mod services;
 mod state;
@@ -57,6 +58,8 @@ pub struct Scheduler<C: Coordinator> {
     recorded_pauses: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Supervisors started ahead of the next tick, waiting for its runs.
     waiting: WaitingSupervisors,
+    /// Runs placed here lately (see `placed`).
+    placed_lately: std::sync::Mutex<placed::Recent>,
 }
 
 impl<C: Coordinator> Scheduler<C> {
@@ -87,6 +90,7 @@ impl<C: Coordinator> Scheduler<C> {
             missed_pending: Default::default(),
             recorded_pauses: Default::default(),
             waiting,
+            placed_lately: Default::default(),
         }
     }
 
@@ -106,6 +110,8 @@ impl<C: Coordinator> Scheduler<C> {
     /// forced (a second request), in which case runs were killed at once.
     pub async fn run(&self, mut stop: watch::Receiver<u32>) -> anyhow::Result<bool> {
         let mut running = Supervisors::new(self.metrics.clone(), self.notifier.clone());
+        // Runs the leader places here, leader or not.
+        let mut assigned = self.coord.assignments(&self.instance);
         loop {
             let jobs = self.config.borrow().jobs.len();
             tracing::info!(instance = %self.instance, jobs, "waiting for leadership");
@@ -122,6 +128,8 @@ impl<C: Coordinator> Scheduler<C> {
                     l = &mut campaign => break Some(l?),
                     _ = stop.changed() => break None,
                     _ = beat.tick() => self.metrics.beat(),
+                    Some(a) = fire_loop::recv_from(&mut assigned) => self.run_assigned(a, &mut running).await,
+                    reaped = running.reap_one() => self.reaped(reaped, None).await,
                 }
             };
             let Some(mut leadership) = won else {
@@ -130,7 +138,7 @@ impl<C: Coordinator> Scheduler<C> {
             self.metrics.leading(leadership.term);
             tracing::info!(instance = %self.instance, term = leadership.term, "leading: firing jobs");
             match self
-                .fire_loop(&mut leadership, &mut stop, &mut running)
+                .fire_loop(&mut leadership, &mut stop, &mut running, &mut assigned)
                 .await?
             {
                 LoopEnd::Stop => {
@@ -148,6 +156,8 @@ impl<C: Coordinator> Scheduler<C> {
                 }
             }
         }
+        // No more placements here; the runs here may finish.
+        self.coord.leave().await;
         tracing::info!(
             running = running.len(),
             "stopping: no new fires; waiting for running jobs"

@@ -223,7 +223,7 @@ impl<C: Coordinator> Scheduler<C> {
                     services.started(&name, &spec.key.run_id, Utc::now());
                     running.track(*child, &spec);
                 }
-                Fired::NotStarted | Fired::Superseded | Fired::Retry => {
+                Fired::NotStarted | Fired::Placed | Fired::Superseded | Fired::Retry => {
                     services.later(&name, Utc::now())
                 }
             }

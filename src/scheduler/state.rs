@@ -48,6 +48,8 @@ pub(super) enum Fired {
     Started(Box<tokio::process::Child>, Box<RunSpec>),
     /// Skipped, not leader, or could not start: decided, and recorded.
     NotStarted,
+    /// Claimed for another member, which starts it.
+    Placed,
     /// The tick (or a later one) was already claimed.
     Superseded,
     /// The backend could not answer; the claim may be retried.
@@ -64,7 +66,7 @@ pub(super) enum Retry {
     },
     Request {
         at: DateTime<Utc>,
-        req: TriggerRequest,
+        req: Box<TriggerRequest>,
         since: DateTime<Utc>,
     },
 }

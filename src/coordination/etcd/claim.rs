@@ -26,6 +26,8 @@ pub(super) struct Uncertain {
     pub(super) run_id: String,
     pub(super) lease: i64,
     pub(super) granted_at: DateTime<Utc>,
+    /// The member it placed the run on.
+    pub(super) executor: String,
 }
 
 /// Moving `P/last/<job>` to `last`: the put, and the compare that it is
@@ -66,14 +68,14 @@ pub(super) fn seat_chain(
     group: &crate::config::Group,
     lease: i64,
     seat: &RunRecord,
-    then: &[TxnOp],
+    then: &dyn Fn(u32) -> Vec<TxnOp>,
     full: Vec<TxnOp>,
 ) -> Txn {
     let mut otherwise = full;
     let mut level = Txn::new().and_then(otherwise.clone());
     for index in (0..group.limit).rev() {
         let key = keys.seat(&group.name, index);
-        let mut ops = then.to_vec();
+        let mut ops = then(index);
         ops.push(TxnOp::put(
             key.clone(),
             json(seat),
@@ -186,7 +188,9 @@ impl Etcd {
         let earlier_sent = earlier.is_some();
         if let Some(u) = &earlier {
             match self.settle(req, run_id).await {
-                Ok(Some(found)) => return self.settled(req.group, found, term, run_id, &[u]),
+                Ok(Some(found)) => {
+                    return self.settled(req.group, found, term, run_id, &[u], req.instance)
+                }
                 Ok(None) => {}
                 Err(e) => {
                     self.keep_uncertain(req, earlier.expect("matched Some"));
@@ -205,6 +209,16 @@ impl Etcd {
         // The earlier attempt's lease, while young enough to trust: should
         // that attempt commit after all, it wrote the same marker, bound to
         // the same lease.
+        // Where the run executes: an unanswered earlier attempt's choice
+        // (it may have committed with it).
+        let me = req.instance;
+        let executor = match &earlier {
+            Some(u) => u.executor.clone(),
+            None => match self.placement.choose(me, req.run_on, req.placement, run_id) {
+                Ok(m) => m,
+                Err(why) => return Err((ClaimRejected::NoMember(why), false)),
+            },
+        };
         let young = Utc::now() - self.spare_lease_max_age();
         let (lease, granted_at) = match &earlier {
             Some(u) if u.granted_at > young => (u.lease, u.granted_at),
@@ -225,6 +239,7 @@ impl Etcd {
             run_id: run_id.to_string(),
             lease,
             granted_at,
+            executor: executor.clone(),
         };
         // The run's marker and a skip's entry name the same claim.
         let key = RunKey {
@@ -232,7 +247,7 @@ impl Etcd {
             job: req.job.to_string(),
             tick: req.tick,
             trigger: req.trigger,
-            instance: req.instance.to_string(),
+            instance: executor.clone(),
             term,
         };
         let mut marker = RunRecord::not_run(key.clone(), Outcome::Running, String::new());
@@ -298,6 +313,37 @@ impl Etcd {
                 Some(PutOptions::new().with_lease(lease)),
             )
         };
+        // Placed on another member: the branch that starts (or queues) the
+        // run also tells that member, in the same transaction.
+        let remote = executor != me;
+        let assign = |turn: Turn, seat: Option<u32>| -> Vec<TxnOp> {
+            if !remote {
+                return Vec::new();
+            }
+            let a = crate::coordination::Assignment {
+                key: key.clone(),
+                turn,
+                group: GroupSeat::of(
+                    req.group,
+                    seat.map(|index| Seat { index, lock: None }).as_ref(),
+                ),
+                params: req.params.cloned().unwrap_or_default(),
+                upstream: req.upstream.cloned(),
+                first_attempt: req.first_attempt,
+                lease,
+                leader: me.to_string(),
+            };
+            vec![TxnOp::put(
+                self.keys.assign(&executor, run_id),
+                json(&a),
+                Some(PutOptions::new().with_lease(lease)),
+            )]
+        };
+        let with_marker = |seat: Option<u32>| -> Vec<TxnOp> {
+            std::iter::once(put_marker(&marker_key))
+                .chain(assign(Turn::Now, seat))
+                .collect()
+        };
         let get_active = || {
             TxnOp::get(
                 actives.clone(),
@@ -316,17 +362,17 @@ impl Etcd {
                 g.name, g.limit
             )
         });
-        let start = |full: Vec<TxnOp>| -> TxnOp {
+        let start = |full: Vec<TxnOp>| -> Vec<TxnOp> {
             match req.group {
-                None => put_marker(&marker_key),
-                Some(g) => TxnOp::txn(seat_chain(
+                None => with_marker(None),
+                Some(g) => vec![TxnOp::txn(seat_chain(
                     &self.keys,
                     g,
                     lease,
                     &marker,
-                    &[put_marker(&marker_key)],
+                    &|index| with_marker(Some(index)),
                     full,
-                )),
+                ))],
             }
         };
         let full_skip = || -> Vec<TxnOp> {
@@ -342,10 +388,10 @@ impl Etcd {
             .collect()
         };
         let inner = match req.overlap {
-            Overlap::Allow => Txn::new().and_then([start(full_skip())]),
+            Overlap::Allow => Txn::new().and_then(start(full_skip())),
             Overlap::Skip => Txn::new()
                 .when([no_active()])
-                .and_then([start(full_skip())])
+                .and_then(start(full_skip()))
                 .or_else(
                     [get_active()]
                         .into_iter()
@@ -357,11 +403,22 @@ impl Etcd {
             // single waiting place if it is free.
             Overlap::Queue | Overlap::Replace => Txn::new()
                 .when([no_active(), no_queued()])
-                .and_then([start(vec![put_marker(&marker_key)])])
+                .and_then(start(with_marker(None)))
                 .or_else([TxnOp::txn(
                     Txn::new()
                         .when([no_queued()])
-                        .and_then([put_marker(&queued_key), get_active()])
+                        .and_then(
+                            [put_marker(&queued_key), get_active()]
+                                .into_iter()
+                                .chain(assign(
+                                    match req.overlap {
+                                        Overlap::Replace => Turn::Replace { active: None },
+                                        _ => Turn::Queued,
+                                    },
+                                    None,
+                                ))
+                                .collect::<Vec<_>>(),
+                        )
                         .or_else(
                             [get_active()]
                                 .into_iter()
@@ -389,6 +446,7 @@ impl Etcd {
                 req.group,
                 seat.map(|index| Seat { index, lock: None }).as_ref(),
             ),
+            placed_on: remote.then(|| executor.clone()),
         };
         // The lease grant may have taken a while: the self-fencing rule is
         // about when the claim is sent.
@@ -421,7 +479,9 @@ impl Etcd {
                 // Until that is known, the next attempt reuses its run id
                 // and lease.
                 return match self.settle(req, run_id).await {
-                    Ok(Some(found)) => self.settled(req.group, found, term, run_id, &[&this]),
+                    Ok(Some(found)) => {
+                        self.settled(req.group, found, term, run_id, &[&this], req.instance)
+                    }
                     Ok(None) => {
                         self.keep_uncertain(req, this);
                         Err(backend(e))
@@ -526,7 +586,9 @@ impl Etcd {
         };
         if ours {
             return match self.settle(req, run_id).await {
-                Ok(Some(found)) => self.settled(req.group, found, term, run_id, &[&this]),
+                Ok(Some(found)) => {
+                    self.settled(req.group, found, term, run_id, &[&this], req.instance)
+                }
                 _ => {
                     self.forget_last(req.job);
                     self.keep_uncertain(req, this);
@@ -697,6 +759,7 @@ impl Etcd {
         term: u64,
         run_id: &str,
         sent: &[&Uncertain],
+        me: &str,
     ) -> std::result::Result<Claim, (ClaimRejected, bool)> {
         for u in sent.iter().filter(|u| u.lease != bound) {
             self.give_back_lease(u.lease, u.granted_at);
@@ -708,7 +771,13 @@ impl Etcd {
             .find(|u| u.lease == bound)
             .map_or(DateTime::<Utc>::MIN_UTC, |u| u.granted_at);
         tracing::info!(run_id, "a claim whose answer was lost had gone through");
+        let placed_on = sent
+            .iter()
+            .find(|u| u.lease == bound)
+            .map(|u| u.executor.clone())
+            .filter(|e| e != me);
         Ok(Claim {
+            placed_on,
             run_id: run_id.to_string(),
             term,
             hold: Hold::Lease {

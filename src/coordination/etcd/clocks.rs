@@ -37,6 +37,7 @@ pub(super) async fn watch_member_clocks(
     keys: Keys,
     me: String,
     clock: Arc<ClockWatch>,
+    placement: Arc<super::placement::Placement>,
 ) {
     let prefix = keys.members();
     let name_of = |key: &[u8]| String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
@@ -47,6 +48,11 @@ pub(super) async fn watch_member_clocks(
                 .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
                 .await?;
             let rev = now.header().map_or(0, |h| h.revision());
+            placement.members_are(
+                now.kvs()
+                    .iter()
+                    .filter_map(|kv| parse::<MemberInfo>(kv).ok()),
+            );
             // Values read now were written up to a heartbeat ago: only
             // writes seen as they happen measure an offset.
             clock.expect(
@@ -67,6 +73,14 @@ pub(super) async fn watch_member_clocks(
                 for e in resp.events() {
                     let Some(kv) = e.kv() else { continue };
                     let name = name_of(kv.key());
+                    match e.event_type() {
+                        EventType::Delete => placement.member_gone(&name),
+                        EventType::Put => {
+                            if let Ok(m) = parse::<MemberInfo>(kv) {
+                                placement.member_put(m);
+                            }
+                        }
+                    }
                     if name == me {
                         continue;
                     }

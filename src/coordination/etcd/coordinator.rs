@@ -241,7 +241,13 @@ impl Coordinator for Etcd {
             if attempts > 0 && !leadership.is_valid() {
                 return Err(ClaimRejected::NotLeader);
             }
-            match self.claim_once(leadership, &req, &run_id).await {
+            let claimed = self.claim_once(leadership, &req, &run_id).await;
+            // Only a run started elsewhere keeps its place there until its
+            // marker shows (a queued one counts once it runs).
+            if !matches!(&claimed, Ok(c) if c.turn == Turn::Now) {
+                self.placement.release(&run_id);
+            }
+            match claimed {
                 Ok(claim) => return Ok(claim),
                 Err((_, true)) if attempts < 3 => attempts += 1,
                 Err((e, _)) => return Err(e),
@@ -391,6 +397,30 @@ impl Coordinator for Etcd {
 
     async fn cancel_run(&self, run: &RunRecord, why: &str) -> Result<Cancel> {
         self.cancel(&run.key.job, &run.key.run_id, why).await
+    }
+
+    fn assignments(
+        &self,
+        instance: &str,
+    ) -> Option<mpsc::Receiver<crate::coordination::Assignment>> {
+        Some(self.watch_assignments(instance))
+    }
+
+    async fn take_assignment(&self, a: &crate::coordination::Assignment) -> Result<Option<Hold>> {
+        self.take(a).await
+    }
+
+    async fn ask(&self, request: &TriggerRequest) -> Result<()> {
+        self.client
+            .clone()
+            .put(self.keys.request(&request.run_id), json(request), None)
+            .await
+            .map_err(etcd_err("ask for a run"))?;
+        Ok(())
+    }
+
+    async fn leave(&self) {
+        self.mark_leaving().await;
     }
 
     async fn finish_request(&self, run_id: &str) {

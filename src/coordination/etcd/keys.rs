@@ -30,6 +30,9 @@ pub struct MemberInfo {
     /// every heartbeat, so the members can compare clocks (`clock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock: Option<DateTime<Utc>>,
+    /// What it offers placement (`[member]`, `run --label`).
+    #[serde(default)]
+    pub offer: super::placement::Offer,
 }
 
 impl Keys {
@@ -124,5 +127,12 @@ impl Keys {
     }
     pub fn seat(&self, group: &str, index: u32) -> String {
         format!("{}/groups/{group}/{index}", self.0)
+    }
+    /// The runs placed on `member` that it has not taken over yet.
+    pub fn assigns(&self, member: &str) -> String {
+        format!("{}/assign/{member}/", self.0)
+    }
+    pub fn assign(&self, member: &str, run_id: &str) -> String {
+        format!("{}/assign/{member}/{run_id}", self.0)
     }
 }

@@ -58,6 +58,7 @@ impl Etcd {
             since: Utc::now(),
             config_hash: self.config_hash.lock().expect("hash lock").clone(),
             clock: Some(Utc::now()),
+            offer: self.offer.lock().expect("offer lock").clone(),
         };
         client
             .put(
@@ -74,6 +75,7 @@ impl Etcd {
                     self.client.clone(),
                     self.keys.all_actives(),
                     self.ended.clone(),
+                    self.placement.clone(),
                     EndedMarkers::keep(self.cfg.cluster.lease_ttl),
                 )));
             }
@@ -86,6 +88,7 @@ impl Etcd {
                     self.keys.clone(),
                     instance.to_string(),
                     self.clock.clone(),
+                    self.placement.clone(),
                 )));
             }
         }

@@ -18,6 +18,8 @@
 //! P/output/<run-id>/<offset>    the run's output while followed, on the run's lease
 //! P/pause/<job>                 the job's newest pause (see `coordination::Pause`)
 //! P/scheduled/<run-id>          a one-off run at a later time; a request once due
+//! P/assign/<member>/<run-id>    a claimed run placed on another member (`run_on`),
+//!                               on the run's lease, until that member takes it over
 //! ```
 //!
 //! A fire is claimed in one transaction that succeeds only if the leader
@@ -65,6 +67,7 @@ mod keys;
 mod leadership;
 mod leases;
 mod pause;
+mod placement;
 mod recorder;
 mod records;
 mod requests;
@@ -77,6 +80,7 @@ pub use follow::{Following, FOLLOW_POLL};
 pub use keys::*;
 use leadership::*;
 pub use leases::*;
+pub use placement::Offer;
 pub use recorder::*;
 pub use requests::*;
 use watches::*;
@@ -190,6 +194,11 @@ pub struct Etcd {
     claimed_skips: Mutex<HashMap<(String, DateTime<Utc>), claim::ClaimedSkip>>,
     /// Claim transactions in flight at once go out as one (see `batch`).
     claim_batches: batch::ClaimBatches,
+    /// The members and who runs what, for the leader's placement.
+    placement: Arc<placement::Placement>,
+    /// What this member offers placement.
+    offer: Mutex<Offer>,
+    assignment_watch: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Etcd {
@@ -256,6 +265,9 @@ impl Etcd {
             claimed_skips: Mutex::new(HashMap::new()),
             claim_batches: Default::default(),
             pauses: Arc::default(),
+            placement: Arc::default(),
+            offer: Mutex::default(),
+            assignment_watch: Mutex::default(),
             cfg,
         })
     }
@@ -300,6 +312,14 @@ impl Drop for Etcd {
             t.abort();
         }
         if let Some(t) = self.marker_watch.lock().expect("marker watch lock").take() {
+            t.abort();
+        }
+        for t in self
+            .assignment_watch
+            .lock()
+            .expect("assignment watch lock")
+            .drain(..)
+        {
             t.abort();
         }
     }

@@ -283,7 +283,14 @@ impl RunRecorder for EtcdRecorder {
         let lease_lost = lease_lost(self.alive.clone());
         tokio::pin!(lease_lost);
         loop {
-            let txn = claim::seat_chain(&self.keys, &group, self.lease, record, &[], Vec::new());
+            let txn = claim::seat_chain(
+                &self.keys,
+                &group,
+                self.lease,
+                record,
+                &|_| Vec::new(),
+                Vec::new(),
+            );
             let sent = tokio::select! {
                 r = client.txn(txn) => r,
                 () = &mut lease_lost => return Err(waited_too_long()),

@@ -55,6 +55,8 @@ impl Etcd {
             params,
             at: None,
             upstream: None,
+            placement: Default::default(),
+            first_attempt: None,
         };
         let lease = client
             .lease_grant(timeout.as_secs().max(1) as i64 + 5, None)

@@ -53,10 +53,27 @@ pub(super) async fn watch_ended_markers(
     mut client: Client,
     prefix: String,
     ended: Arc<EndedMarkers>,
+    placement: Arc<super::placement::Placement>,
     keep: Duration,
 ) {
     let mut next: Option<i64> = None;
     loop {
+        if next.is_none() {
+            // Who runs what now, for placement; then every change.
+            let Ok(now) = client
+                .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+                .await
+            else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            placement.markers_are(
+                now.kvs()
+                    .iter()
+                    .filter_map(|kv| parse::<RunRecord>(kv).ok()),
+            );
+            next = now.header().map(|h| h.revision() + 1);
+        }
         let mut opts = WatchOptions::new().with_prefix().with_prev_key();
         if let Some(rev) = next {
             opts = opts.with_start_revision(rev);
@@ -76,9 +93,13 @@ pub(super) async fn watch_ended_markers(
             }
             for event in resp.events() {
                 if event.event_type() != EventType::Delete {
+                    if let Some(Ok(rec)) = event.kv().map(parse::<RunRecord>) {
+                        placement.marker_put(&rec);
+                    }
                     continue;
                 }
                 if let Some(Ok(rec)) = event.prev_kv().map(parse::<RunRecord>) {
+                    placement.marker_gone(&rec.key.run_id);
                     ended.push(rec, keep);
                 }
             }

@@ -60,6 +60,10 @@ impl Coordinator for Standalone {
                 request: request.as_deref(),
                 group: group.as_ref(),
                 upstream: upstream.as_ref(),
+                run_on: &crate::config::RunOn::Leader,
+                placement: None,
+                params: None,
+                first_attempt: None,
             };
             this.claim_sync(term, &req, &mut arrival)
         })

@@ -247,6 +247,7 @@ impl Standalone {
             turn,
             group: super::super::GroupSeat::of(req.group, seat.as_ref()),
             seat,
+            placed_on: None,
         })
     }
 

@@ -450,6 +450,8 @@ mod tests {
             params: Default::default(),
             at: Some(Utc::now()),
             upstream: None,
+            placement: Default::default(),
+            first_attempt: None,
         };
         let requests = state.requests_dir();
         state.ensure_dir(&requests).unwrap();

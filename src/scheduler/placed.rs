@@ -1,0 +1,167 @@
+//! A member's side of placement: runs the leader placed on this instance
+//! (`run_on`), taken over and started here; and a run lost on a member,
+//! retried on another.
+
+use super::*;
+use crate::coordination::{Assignment, Seat, Where};
+
+/// Placed runs taken within this window size the pool of supervisors kept
+/// waiting for the next ones.
+const RECENT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The placed runs this instance took lately, to keep as many supervisors
+/// ready for the next ones.
+#[derive(Default)]
+pub(super) struct Recent(std::collections::VecDeque<tokio::time::Instant>);
+
+impl Recent {
+    fn took(&mut self) -> usize {
+        let now = tokio::time::Instant::now();
+        while self.0.front().is_some_and(|t| now - *t > RECENT) {
+            self.0.pop_front();
+        }
+        self.0.push_back(now);
+        self.0.len()
+    }
+}
+
+impl<C: Coordinator> Scheduler<C> {
+    /// Take `a` over and start its supervisor here. Whatever goes wrong
+    /// before the start is recorded under the run's id, which ends its
+    /// marker; a run never taken over is recorded `lost` by the leader.
+    pub(super) async fn run_assigned(&self, a: Assignment, running: &mut Supervisors) {
+        // Listed again after a broken watch: already ours.
+        if running.tracks(&a.key.run_id) {
+            return;
+        }
+        let mut hold = match self.coord.take_assignment(&a).await {
+            Ok(Some(hold)) => hold,
+            Ok(None) => {
+                tracing::debug!(job = %a.key.job, run_id = %a.key.run_id, "placed run already taken over, or its lease is gone");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(job = %a.key.job, run_id = %a.key.run_id, "could not take over a run placed here (its lease runs out and the leader records it lost): {e}");
+                return;
+            }
+        };
+        let config = self.config.borrow().clone();
+        let refused = |reason: String| {
+            let mut rec = RunRecord::not_run(a.key.clone(), Outcome::StartFailed, reason);
+            rec.upstream = a.upstream.clone();
+            rec
+        };
+        let Some(job) = config.jobs.get(&a.key.job) else {
+            let rec = refused(format!(
+                "not started: member {} has no job named \"{}\" in its config",
+                self.instance, a.key.job
+            ));
+            tracing::error!(job = %a.key.job, run_id = %a.key.run_id, "a run placed here is of a job this member's config does not have");
+            self.record_placed(rec).await;
+            return;
+        };
+        if self.coord.too_late_to_start(&hold).is_some() {
+            self.coord.refresh_hold(&mut hold).await;
+        }
+        if let Some(why) = self.coord.too_late_to_start(&hold) {
+            let mut rec = refused(format!(
+                "{OVERLOADED}: member {} could not start the run placed on it in time ({why}); it was not started",
+                self.instance
+            ));
+            rec.outcome = Outcome::Missed;
+            rec.missed_ticks = Some(1);
+            self.record_placed(rec).await;
+            return;
+        }
+        let mut spec = RunSpec::new(
+            job,
+            a.key.run_id.clone(),
+            a.key.tick,
+            a.key.trigger,
+            self.coord.backend_spec(),
+        );
+        spec.key = a.key.clone();
+        spec.upstream = a.upstream.clone();
+        spec.turn = a.turn.clone();
+        spec.group = a.group.clone();
+        spec.params = a.params.clone();
+        spec.log_json = self.log_json;
+        spec.first_attempt = a.first_attempt.unwrap_or(1);
+        if matches!(a.key.trigger, Trigger::Schedule | Trigger::Catchup) {
+            spec.delay = job.jitter_for(a.key.tick);
+        }
+        let seat = a
+            .group
+            .as_ref()
+            .and_then(|g| g.index)
+            .map(|index| Seat { index, lock: None });
+        let span = run_span(&spec);
+        match self.waiting.start(spec.clone(), hold, seat) {
+            Ok(child) => {
+                let pid = child.id().unwrap_or(0);
+                span.in_scope(|| tracing::debug!(supervisor_pid = pid, placed_by = %a.leader, "started a run placed here"));
+                self.metrics.fired(&job.name, a.key.trigger);
+                running.track(child, &spec);
+                let ready = self.placed_lately.lock().expect("recent lock").took();
+                self.waiting.prepare(ready);
+            }
+            Err(e) => {
+                tracing::error!(job = %job.name, "could not start a supervisor: {e}");
+                self.record_placed(refused(format!("could not start its supervisor: {e}")))
+                    .await;
+            }
+        }
+    }
+
+    async fn record_placed(&self, rec: RunRecord) {
+        match self.coord.record_claimed(&rec).await {
+            Ok(true) => self.notifier.entry(&rec),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(job = %rec.key.job, run_id = %rec.key.run_id, "could not record the {} entry: {e}", rec.outcome)
+            }
+        }
+    }
+
+    /// A run of a placed job recorded `lost` with retries left: ask for
+    /// its next attempt on another member (the leader answers the request
+    /// as any other, so it is claimed once).
+    pub(super) fn retry_lost_elsewhere(&self, job: &crate::config::Job, rec: &RunRecord) {
+        if job.run_on == crate::config::RunOn::Leader || rec.outcome != Outcome::Lost {
+            return;
+        }
+        let attempt = rec.attempt.max(1);
+        if attempt > job.retries {
+            return;
+        }
+        let lost_on = rec.key.instance.clone();
+        let mut req = TriggerRequest::after(
+            &job.name,
+            format!(
+                "retry {} of run {}, lost on member {lost_on}",
+                attempt + 1,
+                rec.key.run_id
+            ),
+            rec.upstream.clone(),
+        );
+        req.params = rec.params.clone();
+        req.first_attempt = Some(attempt + 1);
+        req.placement = Where {
+            avoid: vec![lost_on.clone()],
+            ..Where::default()
+        };
+        tracing::warn!(job = %job.name, run_id = %rec.key.run_id, retry_run_id = %req.run_id, lost_on = %lost_on, "run lost on a member: asking for its retry on another");
+        let coord = self.coord.clone();
+        tokio::spawn(async move {
+            for wait in [0u64, 200, 1_000, 5_000] {
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                match coord.ask(&req).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(job = %req.job, "could not ask for the retry of a lost run: {e}")
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,543 @@
+//! Runs spread over the replicas (`run_on`, README "Running as
+//! replicas"): three real `bgsched run` replicas on a real etcd, the jobs
+//! writing a ledger of where and for which tick they ran, and the
+//! assertions made on that ledger and on the recorded history.
+
+mod common;
+
+use common::etcd::Etcd;
+use common::*;
+use rustix::process::Signal;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+/// One replica set at a time: each test is three schedulers and etcd.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn cluster(etcd: &Etcd, rest: &str) -> Env {
+    Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/placement\"\nlease_ttl = \"2s\"\n\n{rest}",
+        etcd.endpoint()
+    ))
+}
+
+/// A job whose run writes `start` and `end` ledger lines around `sleep`.
+fn job(name: &str, keys: &str, sleep: &str) -> String {
+    format!(
+        "[jobs.{name}]\nschedule = \"@every 1s\"\n{keys}\nshell = '{}; sleep {sleep}; {}'\n",
+        ledger_line("start", "ledger"),
+        ledger_line("end", "ledger")
+    )
+}
+
+#[derive(Debug, Clone)]
+struct Line {
+    event: String,
+    tick: String,
+    at: f64,
+    run_id: String,
+    trigger: String,
+    instance: String,
+    job: String,
+}
+
+/// The ledger, each line tagged with its job (the run id's records say
+/// which; the ledger line names the run).
+fn ledger(env: &Env, file: &str) -> Vec<Line> {
+    env.lines(file)
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f.len(), 7, "malformed ledger line {l:?}");
+            Line {
+                event: f[0].into(),
+                tick: f[1].into(),
+                at: f[2].parse().unwrap(),
+                run_id: f[3].into(),
+                trigger: f[4].into(),
+                instance: f[5].into(),
+                job: f[6].into(),
+            }
+        })
+        .collect()
+}
+
+/// [`ledger_line`] with the job's name as a last field.
+fn ledger_line(event: &str, file: &str) -> String {
+    format!("echo \"{event} $BGSCHED_SCHEDULED_AT $(date +%s.%N) $BGSCHED_RUN_ID $BGSCHED_TRIGGER $BGSCHED_INSTANCE $BGSCHED_JOB\" >> {{dir}}/{file}")
+}
+
+/// [`wait_until`], saying on a timeout what the replicas logged and the
+/// ledger holds.
+fn wait_or_tell(env: &Env, within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > within {
+            let logs: Vec<String> = ["a", "b", "c"]
+                .iter()
+                .map(|i| {
+                    let text =
+                        std::fs::read_to_string(env.path(&format!("{i}.log"))).unwrap_or_default();
+                    let tail: Vec<&str> = text
+                        .lines()
+                        .rev()
+                        .filter(|l| !l.contains(" DEBUG ") && !l.contains(" TRACE "))
+                        .take(40)
+                        .collect();
+                    format!(
+                        "--- {i}.log (last lines, newest first)\n{}",
+                        tail.join("\n")
+                    )
+                })
+                .collect();
+            let jobs: BTreeSet<String> = ledger(env, "ledger").into_iter().map(|l| l.job).collect();
+            let records: Vec<String> = jobs
+                .iter()
+                .flat_map(|j| history(env, j))
+                .map(|r| r.to_string())
+                .collect();
+            panic!(
+                "timed out after {within:?} waiting for {what}\nledger:\n{}\nrecords:\n{}\n{}",
+                env.lines("ledger").join("\n"),
+                records.join("\n"),
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn leader_of(env: &Env) -> Option<String> {
+    env.list_json()["leader"]["instance"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// `bgsched history --json` of `job`, all entries.
+fn history(env: &Env, job: &str) -> Vec<serde_json::Value> {
+    let out = env
+        .cmd(&["history", job, "--json", "-n", "1000"])
+        .run()
+        .success();
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("history --json: {e}: {}", out.stdout))
+}
+
+/// Every process under `pid` (the scheduler, its supervisors, their jobs).
+fn tree_of(pid: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Some(parent) = parent_of(p) {
+            children.entry(parent).or_default().push(p);
+        }
+    }
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        all.extend(children.get(&all[i]).cloned().unwrap_or_default());
+        i += 1;
+    }
+    all
+}
+
+/// The machine of `replica` is gone: SIGSTOP its whole tree (so nothing
+/// in it reacts), then SIGKILL every process of it.
+fn kill_machine(replica: &mut Scheduler) {
+    let tree = tree_of(replica.pid());
+    for sig in [Signal::STOP, Signal::KILL] {
+        for p in &tree {
+            if let Some(pid) = rustix::process::Pid::from_raw(*p) {
+                let _ = rustix::process::kill_process(pid, sig);
+            }
+        }
+    }
+    replica.kill9();
+}
+
+/// Per job, the ticks with a start in the ledger, checking none twice.
+fn ticks_started(lines: &[Line]) -> BTreeMap<String, BTreeSet<String>> {
+    let mut started: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for l in lines
+        .iter()
+        .filter(|l| l.event == "start" && l.trigger == "schedule")
+    {
+        assert!(
+            started
+                .entry(l.job.clone())
+                .or_default()
+                .insert(l.tick.clone()),
+            "tick {} of {} fired twice: {:#?}",
+            l.tick,
+            l.job,
+            lines
+                .iter()
+                .filter(|x| x.job == l.job && x.tick == l.tick)
+                .collect::<Vec<_>>()
+        );
+    }
+    started
+}
+
+/// No two runs of one job overlapped (each job is `overlap = "skip"`).
+fn assert_no_overlap(lines: &[Line]) {
+    let mut spans: HashMap<(&str, &str), (f64, f64)> = HashMap::new();
+    for l in lines {
+        let span = spans
+            .entry((l.job.as_str(), l.run_id.as_str()))
+            .or_insert((l.at, f64::MAX));
+        if l.event == "end" {
+            span.1 = l.at;
+        }
+    }
+    let mut by_job: BTreeMap<&str, Vec<(f64, f64, &str)>> = BTreeMap::new();
+    for ((job, id), (s, e)) in spans {
+        by_job.entry(job).or_default().push((s, e, id));
+    }
+    for (job, mut spans) in by_job {
+        spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for w in spans.windows(2) {
+            assert!(
+                w[1].0 >= w[0].1,
+                "runs {} and {} of {job} overlapped",
+                w[0].2,
+                w[1].2
+            );
+        }
+    }
+}
+
+#[test]
+fn thirty_jobs_on_any_member_spread_over_three_replicas_once_per_tick_without_overlap() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let jobs: String = (0..30)
+        .map(|i| job(&format!("j{i:02}"), "run_on = \"any\"", "0.5"))
+        .collect();
+    let env = cluster(&etcd, &jobs);
+    let replicas: Vec<Scheduler> = ["a", "b", "c"].iter().map(|i| env.spawn_run(i)).collect();
+    wait_until(PATIENCE, "a leader", || leader_of(&env).is_some());
+    let began = now_secs();
+    wait_until(Duration::from_secs(120), "60 s of runs", || {
+        now_secs() - began > 60.0
+    });
+    // Stopped gracefully, so the runs under way end and are recorded.
+    for r in &replicas {
+        r.signal(Signal::TERM);
+    }
+    for mut r in replicas {
+        assert_eq!(
+            r.wait_exit(Duration::from_secs(30)),
+            Some(0),
+            "{}",
+            r.log_text()
+        );
+    }
+    let lines = ledger(&env, "ledger");
+    let started = ticks_started(&lines);
+    assert_no_overlap(&lines);
+    let starts: Vec<&Line> = lines.iter().filter(|l| l.event == "start").collect();
+    let total = starts.len();
+    assert!(total >= 30 * 40, "only {total} runs in 60 s");
+    for member in ["a", "b", "c"] {
+        let here = starts.iter().filter(|l| l.instance == member).count();
+        assert!(
+            here * 5 >= total,
+            "member {member} executed {here} of {total} runs (under 20 %)"
+        );
+    }
+    // Every tick between a job's first and last run is accounted for: a
+    // run, or an entry saying why not.
+    for (job, ticks) in &started {
+        let recorded: BTreeSet<String> = history(&env, job)
+            .iter()
+            .filter_map(|r| r["tick"].as_str().map(|t| t.replace("+00:00", "Z")))
+            .collect();
+        let secs = |t: &str| chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp();
+        let first = secs(ticks.iter().next().unwrap());
+        let last = secs(ticks.iter().next_back().unwrap());
+        let norm: BTreeSet<i64> = ticks.iter().map(|t| secs(t)).collect();
+        let rec: BTreeSet<i64> = recorded.iter().map(|t| secs(t)).collect();
+        for t in first..=last {
+            assert!(
+                norm.contains(&t) || rec.contains(&t),
+                "tick {t} of {job} neither ran nor was recorded"
+            );
+        }
+        // Each run the ledger saw has its record, naming where it ran.
+        let records = history(&env, job);
+        for l in lines.iter().filter(|l| l.job == *job && l.event == "start") {
+            let r = records
+                .iter()
+                .find(|r| r["run_id"] == l.run_id.as_str())
+                .unwrap_or_else(|| panic!("run {} of {job} has no record", l.run_id));
+            assert_eq!(r["instance"], l.instance.as_str(), "{r:#}");
+            assert_eq!(r["outcome"], "success", "{r:#}");
+        }
+    }
+}
+
+#[test]
+fn a_member_lost_with_its_machine_has_its_runs_recorded_lost_and_retried_on_another() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let jobs: String = (0..6)
+        .map(|i| {
+            job(
+                &format!("w{i}"),
+                "run_on = \"any\"\nretries = 1\nretry_backoff = \"100ms\"\nschedule = \"@every 1h\"",
+                "4",
+            )
+            .replacen("schedule = \"@every 1s\"\n", "", 1)
+        })
+        .collect();
+    let env = cluster(&etcd, &jobs);
+    let mut replicas: HashMap<String, Scheduler> = ["a", "b", "c"]
+        .iter()
+        .map(|i| (i.to_string(), env.spawn_run(i)))
+        .collect();
+    wait_until(PATIENCE, "a leader", || leader_of(&env).is_some());
+    let leader = leader_of(&env).unwrap();
+    // Every member live in the leader's view before the runs are asked for.
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..6 {
+        env.cmd(&["trigger", &format!("w{i}"), "--detach"])
+            .run()
+            .success();
+    }
+    let victim = ["a", "b", "c"]
+        .into_iter()
+        .find(|m| *m != leader)
+        .unwrap()
+        .to_string();
+    wait_until(
+        PATIENCE,
+        "a run started on a member other than the leader",
+        || {
+            ledger(&env, "ledger")
+                .iter()
+                .any(|l| l.event == "start" && l.instance == victim)
+        },
+    );
+    let mut gone = replicas.remove(&victim).unwrap();
+    kill_machine(&mut gone);
+    let on_victim: Vec<Line> = ledger(&env, "ledger")
+        .into_iter()
+        .filter(|l| l.event == "start" && l.instance == victim)
+        .collect();
+    for lost in &on_victim {
+        wait_or_tell(
+            &env,
+            Duration::from_secs(40),
+            "the lost run retried and ended",
+            || {
+                let records = history(&env, &lost.job);
+                let was_lost = records
+                    .iter()
+                    .any(|r| r["run_id"] == lost.run_id.as_str() && r["outcome"] == "lost");
+                let retried = records.iter().any(|r| {
+                    r["outcome"] == "success"
+                        && r["instance"] != victim.as_str()
+                        && r["attempt"] == 2
+                        && r["run_id"] != lost.run_id.as_str()
+                });
+                was_lost && retried
+            },
+        );
+    }
+    // Each lost run was retried exactly once, and not on the lost member.
+    for lost in &on_victim {
+        let retries: Vec<Line> = ledger(&env, "ledger")
+            .into_iter()
+            .filter(|l| l.job == lost.job && l.event == "start" && l.run_id != lost.run_id)
+            .collect();
+        assert_eq!(retries.len(), 1, "{retries:#?}");
+        assert_ne!(retries[0].instance, victim);
+    }
+}
+
+#[test]
+fn a_leader_killed_leaves_the_members_runs_running_and_recorded() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let jobs: String = (0..6)
+        .map(|i| job(&format!("k{i}"), "run_on = \"any\"", "3"))
+        .collect();
+    let env = cluster(&etcd, &jobs);
+    let mut replicas: HashMap<String, Scheduler> = ["a", "b", "c"]
+        .iter()
+        .map(|i| (i.to_string(), env.spawn_run(i)))
+        .collect();
+    wait_until(PATIENCE, "a leader", || leader_of(&env).is_some());
+    let leader = leader_of(&env).unwrap();
+    wait_until(PATIENCE, "runs on both other members", || {
+        let l = ledger(&env, "ledger");
+        ["a", "b", "c"]
+            .iter()
+            .filter(|m| **m != leader)
+            .all(|m| l.iter().any(|x| x.event == "start" && x.instance == *m))
+    });
+    replicas.get_mut(&leader).unwrap().kill9();
+    let at_kill = now_secs();
+    let running: Vec<Line> = {
+        let l = ledger(&env, "ledger");
+        l.iter()
+            .filter(|s| {
+                s.event == "start"
+                    && s.instance != leader
+                    && !l.iter().any(|e| e.event == "end" && e.run_id == s.run_id)
+            })
+            .cloned()
+            .collect()
+    };
+    assert!(!running.is_empty(), "no member run under way at the kill");
+    for r in &running {
+        wait_until(Duration::from_secs(20), "the member's run recorded", || {
+            history(&env, &r.job)
+                .iter()
+                .any(|x| x["run_id"] == r.run_id.as_str() && x["outcome"] == "success")
+        });
+    }
+    let ended: Vec<Line> = ledger(&env, "ledger")
+        .into_iter()
+        .filter(|l| l.event == "end" && running.iter().any(|r| r.run_id == l.run_id))
+        .collect();
+    assert_eq!(
+        ended.len(),
+        running.len(),
+        "a member's run did not run to its end"
+    );
+    wait_until(PATIENCE, "a new leader placing runs", || {
+        ledger(&env, "ledger")
+            .iter()
+            .any(|l| l.event == "start" && l.at > at_kill + 1.0)
+    });
+    let lines = ledger(&env, "ledger");
+    ticks_started(&lines);
+    assert_no_overlap(&lines);
+}
+
+#[test]
+fn labels_place_runs_only_on_matching_members_and_a_job_no_member_matches_is_recorded_missed() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let jobs = format!(
+        "{}{}{}",
+        job("zone_a", "run_on = { labels = { zone = \"a\" } }", "0.1"),
+        job("zone_b", "run_on = { labels = { zone = \"b\" } }", "0.1"),
+        job("zone_z", "run_on = { labels = { zone = \"z\" } }", "0.1"),
+    );
+    let env = cluster(&etcd, &jobs);
+    let _a = env.spawn_run_with("a", &["--label", "zone=a"]);
+    let _b = env.spawn_run_with("b", &["--label", "zone=b"]);
+    let _c = env.spawn_run_with("c", &["--label", "zone=b"]);
+    wait_until(PATIENCE, "a leader", || leader_of(&env).is_some());
+    wait_until(PATIENCE, "runs of zone_b on both b members", || {
+        let l = ledger(&env, "ledger");
+        ["b", "c"]
+            .iter()
+            .all(|m| l.iter().any(|x| x.job == "zone_b" && x.instance == *m))
+    });
+    wait_until(PATIENCE, "a recorded miss of zone_z", || {
+        history(&env, "zone_z").iter().any(|r| {
+            r["outcome"] == "missed"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("no live member matches labels zone=z"))
+        })
+    });
+    let lines = ledger(&env, "ledger");
+    assert!(lines.iter().any(|l| l.job == "zone_a"), "zone_a never ran");
+    for l in &lines {
+        match l.job.as_str() {
+            "zone_a" => assert_eq!(l.instance, "a", "{l:?}"),
+            "zone_b" => assert_ne!(l.instance, "a", "{l:?}"),
+            other => panic!("{other} ran: {l:?}"),
+        }
+    }
+    ticks_started(&lines);
+}
+
+#[test]
+fn a_member_stopped_by_sigterm_finishes_its_runs_and_takes_no_new_ones() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let jobs: String = (0..6)
+        .map(|i| job(&format!("s{i}"), "run_on = \"any\"", "2"))
+        .collect();
+    let env = cluster(
+        &etcd,
+        &format!("[scheduler]\nshutdown_grace = \"30s\"\n\n{jobs}"),
+    );
+    let mut replicas: HashMap<String, Scheduler> = ["a", "b", "c"]
+        .iter()
+        .map(|i| (i.to_string(), env.spawn_run(i)))
+        .collect();
+    wait_until(PATIENCE, "a leader", || leader_of(&env).is_some());
+    let leader = leader_of(&env).unwrap();
+    let leaving = ["a", "b", "c"]
+        .into_iter()
+        .find(|m| *m != leader)
+        .unwrap()
+        .to_string();
+    wait_until(PATIENCE, "a run on the member that will leave", || {
+        ledger(&env, "ledger")
+            .iter()
+            .any(|l| l.event == "start" && l.instance == leaving)
+    });
+    let member = replicas.get_mut(&leaving).unwrap();
+    member.signal(Signal::TERM);
+    let at_term = now_secs();
+    assert_eq!(member.wait_exit(Duration::from_secs(30)), Some(0));
+    let lines = ledger(&env, "ledger");
+    let starts_there: Vec<&Line> = lines
+        .iter()
+        .filter(|l| l.event == "start" && l.instance == leaving)
+        .collect();
+    for s in &starts_there {
+        assert!(
+            lines
+                .iter()
+                .any(|e| e.event == "end" && e.run_id == s.run_id),
+            "run {} on the leaving member did not finish",
+            s.run_id
+        );
+        // Placed at most a moment after the SIGTERM (the leader hears of
+        // the leave through etcd).
+        assert!(
+            s.at < at_term + 0.5,
+            "placed on {leaving} after it left: {s:?}"
+        );
+        let rec = history(&env, &s.job);
+        assert!(
+            rec.iter()
+                .any(|r| r["run_id"] == s.run_id.as_str() && r["outcome"] == "success"),
+            "{rec:#?}"
+        );
+    }
+    // The others go on with all the runs.
+    let later = now_secs();
+    wait_until(PATIENCE, "runs after the member left", || {
+        ledger(&env, "ledger")
+            .iter()
+            .filter(|l| l.event == "start" && l.at > later)
+            .count()
+            >= 6
+    });
+    for l in ledger(&env, "ledger").iter().filter(|l| l.at > later) {
+        assert_ne!(l.instance, leaving, "{l:?}");
+    }
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}

@@ -541,3 +541,88 @@ fn now_secs() -> f64 {
         .unwrap()
         .as_secs_f64()
 }
+
+/// The `/metrics` text of a replica.
+fn metrics(port: u16) -> String {
+    common::etcd::http(port, "GET", "/metrics", None)
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_manual_run_goes_where_trigger_on_or_label_says_and_metrics_count_per_member() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = cluster(
+        &etcd,
+        &job("m", "schedule = \"@every 1h\"", "0.1").replacen("schedule = \"@every 1s\"\n", "", 1),
+    );
+    let a = env.spawn_run_with("a", &["--label", "zone=a", "--http", "127.0.0.1:0"]);
+    let b = env.spawn_run_with("b", &["--label", "zone=b", "--http", "127.0.0.1:0"]);
+    let c = env.spawn_run_with("c", &["--http", "127.0.0.1:0"]);
+    wait_until(PATIENCE, "a leader", || leader_of(&env).is_some());
+    let leader = leader_of(&env).unwrap();
+    // Every member live in the leader's view first.
+    std::thread::sleep(Duration::from_secs(1));
+    let ran_on = |args: &[&str]| -> String {
+        let mut all = vec!["trigger", "m"];
+        all.extend_from_slice(args);
+        let out = env.cmd(&all).run().success();
+        let line = out
+            .stderr
+            .lines()
+            .find(|l| l.contains(" on instance "))
+            .unwrap_or_else(|| panic!("no summary line: {}", out.stderr))
+            .to_string();
+        line.rsplit(' ').next().unwrap_or_default().to_string()
+    };
+    for member in ["a", "b", "c"] {
+        assert_eq!(ran_on(&["--on", member]), member);
+    }
+    assert_eq!(ran_on(&["--label", "zone=b"]), "b");
+    assert_eq!(ran_on(&["--label", "zone=a"]), "a");
+    // Nobody by that name: recorded, and said, rather than run elsewhere.
+    let out = env.cmd(&["trigger", "m", "--on", "nobody"]).run();
+    assert!(
+        out.stderr
+            .contains("no live member matches the name nobody"),
+        "{}",
+        out.stderr
+    );
+    let rec = history(&env, "m");
+    assert!(
+        rec.iter().any(|r| r["outcome"] == "missed"
+            && r["reason"]
+                .as_str()
+                .is_some_and(|w| w.contains("the name nobody"))),
+        "{rec:#?}"
+    );
+    // The leader counts what it placed on each other member; every
+    // replica shows the members' active runs.
+    let port = [&a, &b, &c]
+        .into_iter()
+        .find(|r| r.instance == leader)
+        .unwrap()
+        .http_port();
+    let text = metrics(port);
+    for member in ["a", "b", "c"].into_iter().filter(|m| *m != leader) {
+        let series = format!("bgsched_placements_total{{member=\"{member}\"}}");
+        let n: f64 = text
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in:\n{text}"));
+        assert!(n >= 1.0, "{series} = {n}");
+    }
+    assert!(
+        text.contains("bgsched_member_active_runs{member=\"a\"}"),
+        "{text}"
+    );
+    // Standalone there is no member to choose.
+    let alone = Env::new().config(&job("m", "", "0"));
+    alone
+        .cmd(&["trigger", "m", "--on", "a"])
+        .run()
+        .code(2)
+        .stderr_has("--on and --label choose a member of a cluster");
+}

@@ -36,6 +36,12 @@ struct StartBody {
     params: BTreeMap<String, String>,
     #[serde(default)]
     at: Option<String>,
+    /// Cluster mode: the member (instance id) to run on.
+    #[serde(default)]
+    on: Option<String>,
+    /// Cluster mode: labels a member must have to run it.
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
 }
 
 pub(super) async fn start(
@@ -58,6 +64,19 @@ pub(super) async fn start(
     let params = job
         .resolve_params(&req.params)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_params", e.to_string()))?;
+    let placement = crate::coordination::Where {
+        on: req.on.clone(),
+        labels: req.labels.clone(),
+        avoid: Vec::new(),
+    };
+    if req.on.is_some() && !req.labels.is_empty() {
+        return Err(ApiError::bad_request("give either on or labels, not both"));
+    }
+    if config.cluster.is_none() && !placement.is_default() {
+        return Err(ApiError::bad_request(
+            "on and labels choose a member of a cluster; without [cluster] every run starts here",
+        ));
+    }
     let backend = api.backend()?;
     if let Some(p) = backend
         .pause_now(&job.name)
@@ -84,7 +103,7 @@ pub(super) async fn start(
             params,
             at: Some(at),
             upstream: None,
-            placement: Default::default(),
+            placement: placement.clone(),
             first_attempt: None,
         };
         backend
@@ -108,7 +127,7 @@ pub(super) async fn start(
                 .request_run(
                     &job.name,
                     &run_id,
-                    params,
+                    (params, placement),
                     api.served.instance.clone(),
                     LEADER_TIMEOUT,
                     std::future::pending(),

@@ -120,6 +120,12 @@ pub enum Command {
         /// Cluster mode: how long to wait for a leader to accept the request.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Cluster mode: run it on this member (its instance id), whatever the job's run_on.
+        #[arg(long, value_name = "MEMBER")]
+        on: Option<String>,
+        /// Cluster mode: run it on a member with this label, as KEY=VALUE; repeatable.
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, conflicts_with = "on")]
+        labels: Vec<(String, String)>,
     },
     /// Cancel a run: a running one gets SIGTERM, SIGKILL after the job's kill_grace; one at a later time never starts. Recorded "cancelled".
     Cancel {

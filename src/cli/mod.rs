@@ -56,13 +56,26 @@ fn dispatch(cli: Cli) -> Result<(), CliError> {
                 at,
                 instance_id,
                 timeout,
+                on,
+                labels,
             } => {
                 let params = params.iter().cloned().collect();
+                let placement = crate::coordination::Where {
+                    on: on.clone(),
+                    labels: labels.iter().cloned().collect(),
+                    avoid: Vec::new(),
+                };
                 match at {
-                    Some(at) => trigger::at(&cli, job, params, at, instance_id.clone()).await,
+                    Some(at) => {
+                        trigger::at(&cli, job, params, at, instance_id.clone(), placement).await
+                    }
                     None => {
-                        trigger::trigger(&cli, job, &params, *detach, instance_id.clone(), *timeout)
-                            .await
+                        let how = trigger::How {
+                            detach: *detach,
+                            timeout: *timeout,
+                            placement,
+                        };
+                        trigger::trigger(&cli, job, &params, instance_id.clone(), how).await
                     }
                 }
             }

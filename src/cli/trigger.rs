@@ -8,7 +8,7 @@ use super::context::{find_job, instance_id, load_config, open_backend};
 use super::{Cli, CliError, LogFormat};
 use crate::config::Job;
 use crate::coordination::etcd::{Asked, Seen};
-use crate::coordination::{Backend, Etcd, Hold, Outcome, RunRecord, Standalone};
+use crate::coordination::{Backend, Etcd, Hold, Outcome, RunRecord, Standalone, Where};
 use crate::executor::{self, run_span, Echo};
 use crate::model::new_run_id;
 use crate::signals::{Sig, Signals};
@@ -17,16 +17,40 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tracing::Instrument;
 
+/// How `trigger` asks for its run.
+pub struct How {
+    pub detach: bool,
+    /// Cluster mode: how long to wait for a leader.
+    pub timeout: Duration,
+    /// `--on`, `--label`: where it runs, over the job's `run_on`.
+    pub placement: Where,
+}
+
+/// `--on` and `--label` place a run on a member; standalone there is none.
+fn needs_cluster(config: &crate::config::Config, placement: &Where) -> Result<(), CliError> {
+    if config.cluster.is_none() && !placement.is_default() {
+        return Err(CliError::Usage(
+            "--on and --label choose a member of a cluster; without [cluster] every run starts here"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn trigger(
     cli: &Cli,
     name: &str,
     params: &BTreeMap<String, String>,
-    detach: bool,
     instance: Option<String>,
-    timeout: Duration,
+    How {
+        detach,
+        timeout,
+        placement,
+    }: How,
 ) -> Result<(), CliError> {
     let config = load_config(cli)?;
     let job = find_job(&config, name)?;
+    needs_cluster(&config, &placement)?;
     // Refused before anything is asked of the backend or recorded.
     let params = job
         .resolve_params(params)
@@ -56,7 +80,12 @@ pub async fn trigger(
             .await
         }
         Backend::Cluster(etcd) => {
-            through_leader(&etcd, job, params, detach, instance, timeout).await
+            let how = How {
+                detach,
+                timeout,
+                placement,
+            };
+            through_leader(&etcd, job, params, instance, how).await
         }
     }
 }
@@ -69,9 +98,11 @@ pub async fn at(
     params: BTreeMap<String, String>,
     at: &str,
     instance: Option<String>,
+    placement: Where,
 ) -> Result<(), CliError> {
     let config = load_config(cli)?;
     let job = find_job(&config, name)?;
+    needs_cluster(&config, &placement)?;
     let at = crate::coordination::run_at(at, Utc::now())
         .map_err(|e| CliError::Usage(format!("--at: {e}")))?;
     let params = job
@@ -85,7 +116,7 @@ pub async fn at(
         params,
         at: Some(at),
         upstream: None,
-        placement: Default::default(),
+        placement,
         first_attempt: None,
     };
     open_backend(cli, &config).await?.schedule_run(&req).await?;
@@ -149,9 +180,12 @@ async fn through_leader(
     etcd: &Etcd,
     job: &Job,
     params: BTreeMap<String, String>,
-    detach: bool,
     instance: String,
-    timeout: Duration,
+    How {
+        detach,
+        timeout,
+        placement,
+    }: How,
 ) -> Result<(), CliError> {
     let run_id = new_run_id();
     let mut ctrl_c = Signals::listen(&[Sig::Int]).map_err(anyhow::Error::from)?;
@@ -159,7 +193,14 @@ async fn through_leader(
         ctrl_c.next().await;
     };
     match etcd
-        .request_run(&job.name, &run_id, params, instance, timeout, interrupted)
+        .request_run(
+            &job.name,
+            &run_id,
+            (params, placement),
+            instance,
+            timeout,
+            interrupted,
+        )
         .await?
     {
         Asked::Taken => {}

@@ -183,6 +183,7 @@ async fn metrics(State(s): Shared, headers: axum::http::HeaderMap) -> Response {
         // Measured by the backend; read when scraped.
         s.metrics
             .set_clock_skew(e.clock_verdict().skew_secs().unwrap_or_default());
+        s.metrics.set_members(&e.active_per_member());
     }
     let accept = headers
         .get_all(header::ACCEPT)

@@ -57,6 +57,11 @@ struct WebhookLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabels {
+    member: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OpLabels {
     op: String,
 }
@@ -110,6 +115,8 @@ pub struct Metrics {
     last_tick_ahead: Family<JobLabels, Counter>,
     webhook_attempts: Family<WebhookLabels, Counter>,
     webhooks_undelivered: Family<WebhookLabels, Counter>,
+    member_active_runs: Family<MemberLabels, Gauge>,
+    placements: Family<MemberLabels, Counter>,
     /// Milliseconds after `born` of the scheduler loop's last turn.
     heartbeat: AtomicU64,
     born: Instant,
@@ -148,6 +155,8 @@ impl Metrics {
             last_tick_ahead: Family::default(),
             webhook_attempts: Family::default(),
             webhooks_undelivered: Family::default(),
+            member_active_runs: Family::default(),
+            placements: Family::default(),
             heartbeat: AtomicU64::new(0),
             born: Instant::now(),
         };
@@ -188,6 +197,16 @@ impl Metrics {
             "retries",
             "Attempts after the first of failed runs (retries = N), by job",
             m.retries.clone(),
+        );
+        r.register(
+            "member_active_runs",
+            "Cluster: the active runs each member executes, as this instance sees the running markers",
+            m.member_active_runs.clone(),
+        );
+        r.register(
+            "placements",
+            "Cluster: runs this instance's claims placed on another member (run_on), by member",
+            m.placements.clone(),
         );
         r.register(
             "is_leader",
@@ -394,6 +413,27 @@ impl Metrics {
                 job: job.to_string(),
             })
             .inc_by(ticks);
+    }
+
+    /// Per member: its active runs (read from the backend when scraped).
+    pub fn set_members(&self, members: &[(String, usize)]) {
+        self.member_active_runs.clear();
+        for (member, active) in members {
+            self.member_active_runs
+                .get_or_create(&MemberLabels {
+                    member: member.clone(),
+                })
+                .set(i64::try_from(*active).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// A claim of this instance placed a run on `member`.
+    pub fn placed(&self, member: &str) {
+        self.placements
+            .get_or_create(&MemberLabels {
+                member: member.to_string(),
+            })
+            .inc();
     }
 
     pub fn set_clock_skew(&self, seconds: f64) {

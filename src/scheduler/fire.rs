@@ -377,6 +377,7 @@ impl<C: Coordinator> Scheduler<C> {
         };
         if let Some(member) = &claim.placed_on {
             self.metrics.fired(&job.name, trigger);
+            self.metrics.placed(member);
             tracing::info!(job = %job.name, run_id = %claim.run_id, on = %member, "fired: placed on member {member}");
             return Fired::Placed;
         }

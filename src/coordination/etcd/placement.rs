@@ -161,21 +161,12 @@ impl Placement {
         Ok(name)
     }
 
-    /// Per member: its active runs and the placements this replica made.
-    pub fn per_member(&self) -> Vec<(String, usize, u64)> {
+    /// Per live member: its active runs.
+    pub fn per_member(&self) -> Vec<(String, usize)> {
         let v = self.state.lock().expect("placement lock");
-        let mut names: Vec<&String> = v.members.keys().chain(v.placed.keys()).collect();
-        names.sort();
-        names.dedup();
-        names
-            .into_iter()
-            .map(|n| {
-                (
-                    n.clone(),
-                    v.active.values().filter(|m| *m == n).count(),
-                    v.placed.get(n).copied().unwrap_or(0),
-                )
-            })
+        v.members
+            .keys()
+            .map(|n| (n.clone(), v.active.values().filter(|m| *m == n).count()))
             .collect()
     }
 }
@@ -236,8 +227,9 @@ impl Etcd {
         *self.offer.lock().expect("offer lock") = offer;
     }
 
-    /// The leader's view of the members, for `/metrics`.
-    pub fn placements(&self) -> Vec<(String, usize, u64)> {
+    /// The active runs of each live member, as this replica sees the
+    /// running markers (for `/metrics`).
+    pub fn active_per_member(&self) -> Vec<(String, usize)> {
         self.placement.per_member()
     }
 

@@ -40,7 +40,7 @@ impl Etcd {
         &self,
         job: &str,
         run_id: &str,
-        params: BTreeMap<String, String>,
+        (params, placement): (BTreeMap<String, String>, crate::coordination::Where),
         instance: String,
         timeout: Duration,
         interrupted: impl Future<Output = ()>,
@@ -55,7 +55,7 @@ impl Etcd {
             params,
             at: None,
             upstream: None,
-            placement: Default::default(),
+            placement,
             first_attempt: None,
         };
         let lease = client

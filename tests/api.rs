@@ -284,6 +284,16 @@ fn bad_input_gets_its_status_and_a_one_line_message_and_changes_nothing() {
         "the body must be a JSON object",
     );
     assert_error(
+        post(
+            "/api/v1/jobs/order/runs",
+            Some(TRIGGER),
+            Some(r#"{"params": {"order_id": "1"}, "on": "a"}"#),
+        ),
+        400,
+        "bad_request",
+        "on and labels choose a member of a cluster",
+    );
+    assert_error(
         post("/api/v1/jobs/order/runs", Some(TRIGGER), Some("[1]")),
         400,
         "bad_request",
@@ -567,6 +577,41 @@ fn in_a_cluster_any_replica_starts_a_run_on_the_leader_and_any_answers_for_it() 
             .unwrap()
             .starts_with("order 7 in slow mode\n"),
         "{rec}"
+    );
+
+    // "on" places the run on a member, whatever the job's run_on says.
+    let (status, accepted) = call(
+        ports[follower],
+        "POST",
+        "/api/v1/jobs/order/runs",
+        Some(TRIGGER),
+        Some(&format!(
+            r#"{{"params": {{"order_id": "8", "mode": "slow"}}, "on": "{}"}}"#,
+            ["a", "b", "c"][other]
+        )),
+    );
+    assert_eq!(status, 202, "{accepted}");
+    let placed = accepted["run_id"].as_str().unwrap().to_string();
+    let (_, rec) = call(
+        ports[follower],
+        "GET",
+        &format!("/api/v1/runs/{placed}?wait=30s"),
+        Some(READ),
+        None,
+    );
+    assert_eq!(rec["outcome"], "success", "{rec}");
+    assert_eq!(rec["instance"], ["a", "b", "c"][other], "{rec}");
+    assert_error(
+        call(
+            ports[follower],
+            "POST",
+            "/api/v1/jobs/order/runs",
+            Some(TRIGGER),
+            Some(r#"{"params": {"order_id": "9"}, "labels": {"zone": "a b"}}"#),
+        ),
+        400,
+        "bad_request",
+        "labels: label value \"a b\" may hold only",
     );
 
     // Skip holds cluster-wide: a second run asked of another replica is refused.

@@ -72,6 +72,15 @@ pub(super) async fn start(
     if req.on.is_some() && !req.labels.is_empty() {
         return Err(ApiError::bad_request("give either on or labels, not both"));
     }
+    for (k, v) in &req.labels {
+        for (what, word) in [("name", k), ("value", v)] {
+            if let Some(problem) = crate::config::label_problem(word) {
+                return Err(ApiError::bad_request(format!(
+                    "labels: label {what} {word:?} {problem}"
+                )));
+            }
+        }
+    }
     if config.cluster.is_none() && !placement.is_default() {
         return Err(ApiError::bad_request(
             "on and labels choose a member of a cluster; without [cluster] every run starts here",

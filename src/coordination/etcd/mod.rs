@@ -31,7 +31,8 @@
 //! One file per part: `config` (how to reach etcd, timings), `words`
 //! (errors in words), `keys` (the layout above), `leadership` (session,
 //! term, fencing), `clocks` (clock agreement), `leases` (session and run
-//! leases, spares), `claim` (the transaction above and its read-back),
+//! leases, spares), `placement` (which member executes a `run_on` job's
+//! run; a member's assignments), `claim` (the transaction above and its read-back),
 //! `watches` (stop requests, ended markers, trigger requests), `records`
 //! (entries, pruning, reads), `requests` (a `trigger` through the leader), `coordinator` (the `Coordinator` interface)
 //! and `recorder` (a supervisor's side of its run).

@@ -182,6 +182,9 @@ struct JobDef {
     sleep: &'static str,
     /// The outcome bgsched should record when nothing interferes.
     expect: &'static str,
+    /// `run_on = "any"`: the leader places its runs on any live member
+    /// (else they run on the leader, the default).
+    placed: bool,
 }
 
 const JOBS: [JobDef; 4] = [
@@ -191,6 +194,7 @@ const JOBS: [JobDef; 4] = [
         toml: "schedule = \"@every 1s\"\n",
         sleep: "0",
         expect: "success",
+        placed: true,
     },
     JobDef {
         name: "cron6",
@@ -198,6 +202,7 @@ const JOBS: [JobDef; 4] = [
         toml: "schedule = \"*/2 * * * * *\"\n",
         sleep: "0",
         expect: "success",
+        placed: false,
     },
     JobDef {
         name: "long",
@@ -205,6 +210,7 @@ const JOBS: [JobDef; 4] = [
         toml: "schedule = \"@every 1s\"\noverlap = \"skip\"\n",
         sleep: "3",
         expect: "success",
+        placed: true,
     },
     JobDef {
         name: "slowpoke",
@@ -212,6 +218,7 @@ const JOBS: [JobDef; 4] = [
         toml: "schedule = \"@every 3s\"\ntimeout = \"1s\"\nkill_grace = \"1s\"\n",
         sleep: "5",
         expect: "timed_out",
+        placed: false,
     },
 ];
 
@@ -239,8 +246,9 @@ while :; do
 done
 "#;
 
-/// The jobs of the soak's concurrency group, which never run together.
-const GROUP_JOBS: [&str; 2] = ["ga", "gb"];
+/// The jobs of the soak's concurrency group, which never run together:
+/// (name, `run_on = "any"`).
+const GROUP_JOBS: [(&str, bool); 2] = [("ga", true), ("gb", false)];
 const GROUP_SCRIPT: &str = r#"#!/bin/sh
 # bgsched soak group job: 0.4 s of work between a start and an end line.
 trap 'echo "gend $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s%N)" >> "$SOAK_GROUP_LEDGER"; exit 143' TERM
@@ -248,6 +256,15 @@ echo "gstart $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s%N)" >> "$
 sleep 0.4
 echo "gend $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s%N)" >> "$SOAK_GROUP_LEDGER"
 "#;
+
+/// The `run_on` line of a job: `"any"` when placed, none (the leader) else.
+fn run_on(placed: bool) -> &'static str {
+    if placed {
+        "run_on = \"any\"\n"
+    } else {
+        ""
+    }
+}
 
 fn config_text(
     ports: &[u16],
@@ -271,9 +288,10 @@ fn config_text(
     for job in &JOBS {
         let _ = write!(
             text,
-            "\n[jobs.{}]\n{}command = [\"/bin/sh\", \"{}\", \"{}\"]\nenv = {{ SOAK_LEDGER = \"{}\" }}\n",
+            "\n[jobs.{}]\n{}{}command = [\"/bin/sh\", \"{}\", \"{}\"]\nenv = {{ SOAK_LEDGER = \"{}\" }}\n",
             job.name,
             job.toml,
+            run_on(job.placed),
             script.display(),
             job.sleep,
             ledger.display()
@@ -287,11 +305,12 @@ fn config_text(
         service.1.display()
     );
     let _ = write!(text, "\n[groups.gsoak]\nlimit = 1\n");
-    for job in GROUP_JOBS {
+    for (job, placed) in GROUP_JOBS {
         let _ = write!(
             text,
-            "\n[jobs.{job}]\nschedule = \"@every 1s\"\ngroup = \"gsoak\"\nkill_grace = \"1s\"\n\
+            "\n[jobs.{job}]\nschedule = \"@every 1s\"\ngroup = \"gsoak\"\nkill_grace = \"1s\"\n{}\
              command = [\"/bin/sh\", \"{}\"]\nenv = {{ SOAK_GROUP_LEDGER = \"{}\" }}\n",
+            run_on(placed),
             group.0.display(),
             group.1.display()
         );
@@ -1626,7 +1645,7 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
         Some(all) => {
             let (svc, rest): (Vec<Rec>, Vec<Rec>) = all
                 .into_iter()
-                .filter(|x| !GROUP_JOBS.contains(&x.job.as_str()))
+                .filter(|x| !GROUP_JOBS.iter().any(|(g, _)| *g == x.job))
                 .partition(|x| x.job == SERVICE);
             (svc, Some(rest))
         }

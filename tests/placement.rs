@@ -452,6 +452,15 @@ fn labels_place_runs_only_on_matching_members_and_a_job_no_member_matches_is_rec
                     .is_some_and(|why| why.contains("no live member matches labels zone=z"))
         })
     });
+    // `list` shows each member's labels and where each job last ran.
+    let out = env.cmd(&["list"]).run().success();
+    assert!(out.stdout.contains("labels zone=a"), "{}", out.stdout);
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("zone_a "))
+        .unwrap_or_else(|| panic!("no zone_a row: {}", out.stdout));
+    assert!(row.contains(" on a"), "{row}");
     let lines = ledger(&env, "ledger");
     assert!(lines.iter().any(|l| l.job == "zone_a"), "zone_a never ran");
     for l in &lines {

@@ -43,8 +43,24 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
             .members
             .iter()
             .map(|m| {
+                let mut offer = String::new();
+                if !m.offer.labels.is_empty() {
+                    let labels: Vec<String> = m
+                        .offer
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    offer.push_str(&format!(", labels {}", labels.join(",")));
+                }
+                if let Some(max) = m.offer.max_runs {
+                    offer.push_str(&format!(", max_runs {max}"));
+                }
+                if m.offer.leaving {
+                    offer.push_str(", leaving");
+                }
                 format!(
-                    "{} ({}, pid {}, config {})",
+                    "{} ({}, pid {}, config {}{offer})",
                     m.instance,
                     m.host,
                     m.pid,
@@ -123,9 +139,14 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
         };
         // Both columns in the job's zone with its offset, as `next` prints.
         let zone: Option<chrono_tz::Tz> = job.timezone.parse().ok();
+        // In a cluster, where it ran.
+        let on = |r: &crate::coordination::RunRecord| match view.members.is_empty() {
+            true => String::new(),
+            false => format!(" on {}", r.key.instance),
+        };
         let last = match &job.last_run {
             Some(r) => format!(
-                "{} ({}) {}{}",
+                "{} ({}) {}{}{}",
                 relative(r.started_at - now),
                 match zone {
                     Some(tz) => r
@@ -140,7 +161,8 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
                         " in {}",
                         humantime::format_duration(std::time::Duration::from_millis(ms))
                     ))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                on(r)
             ),
             None => "never".to_string(),
         };

@@ -105,7 +105,7 @@ mod etcd;
 
 use clap::{Parser, ValueEnum};
 use rustix::process::{Pid, Signal};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -226,12 +226,15 @@ fn job_def(name: &str) -> Option<&'static JobDef> {
     JOBS.iter().find(|j| j.name == name)
 }
 
+/// Every time in the ledgers is the machine's true clock: `date` runs
+/// without the skewed replica's libfaketime (which its supervisors and
+/// jobs inherit), so runs placed on that replica compare with the others'.
 const JOB_SCRIPT: &str = r#"#!/bin/sh
 # bgsched soak job: $1 = seconds to sleep. One appended line per event.
-trap 'echo "end $BGSCHED_JOB $BGSCHED_SCHEDULED_AT $BGSCHED_RUN_ID $BGSCHED_INSTANCE $BGSCHED_FENCING_TOKEN $(date +%s%N) killed" >> "$SOAK_LEDGER"; exit 143' TERM
-echo "start $BGSCHED_JOB $BGSCHED_SCHEDULED_AT $BGSCHED_RUN_ID $BGSCHED_TRIGGER $BGSCHED_INSTANCE $BGSCHED_FENCING_TOKEN $(date +%s%N) $$" >> "$SOAK_LEDGER"
+trap 'echo "end $BGSCHED_JOB $BGSCHED_SCHEDULED_AT $BGSCHED_RUN_ID $BGSCHED_INSTANCE $BGSCHED_FENCING_TOKEN $(env -u LD_PRELOAD date +%s%N) killed" >> "$SOAK_LEDGER"; exit 143' TERM
+echo "start $BGSCHED_JOB $BGSCHED_SCHEDULED_AT $BGSCHED_RUN_ID $BGSCHED_TRIGGER $BGSCHED_INSTANCE $BGSCHED_FENCING_TOKEN $(env -u LD_PRELOAD date +%s%N) $$" >> "$SOAK_LEDGER"
 if [ "$1" != 0 ]; then sleep "$1"; fi
-echo "end $BGSCHED_JOB $BGSCHED_SCHEDULED_AT $BGSCHED_RUN_ID $BGSCHED_INSTANCE $BGSCHED_FENCING_TOKEN $(date +%s%N) 0" >> "$SOAK_LEDGER"
+echo "end $BGSCHED_JOB $BGSCHED_SCHEDULED_AT $BGSCHED_RUN_ID $BGSCHED_INSTANCE $BGSCHED_FENCING_TOKEN $(env -u LD_PRELOAD date +%s%N) 0" >> "$SOAK_LEDGER"
 "#;
 
 /// The `@continuous` service every phase also runs: one heartbeat line
@@ -241,7 +244,7 @@ const SERVICE: &str = "svc";
 const SERVICE_SCRIPT: &str = r#"#!/bin/sh
 # bgsched soak service: a heartbeat every 0.1 s while it runs.
 while :; do
-  echo "beat $$ $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s%N)" >> "$SOAK_SERVICE_LEDGER"
+  echo "beat $$ $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(env -u LD_PRELOAD date +%s%N)" >> "$SOAK_SERVICE_LEDGER"
   sleep 0.1
 done
 "#;
@@ -251,10 +254,10 @@ done
 const GROUP_JOBS: [(&str, bool); 2] = [("ga", true), ("gb", false)];
 const GROUP_SCRIPT: &str = r#"#!/bin/sh
 # bgsched soak group job: 0.4 s of work between a start and an end line.
-trap 'echo "gend $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s%N)" >> "$SOAK_GROUP_LEDGER"; exit 143' TERM
-echo "gstart $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s%N)" >> "$SOAK_GROUP_LEDGER"
+trap 'echo "gend $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(env -u LD_PRELOAD date +%s%N)" >> "$SOAK_GROUP_LEDGER"; exit 143' TERM
+echo "gstart $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(env -u LD_PRELOAD date +%s%N)" >> "$SOAK_GROUP_LEDGER"
 sleep 0.4
-echo "gend $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(date +%s%N)" >> "$SOAK_GROUP_LEDGER"
+echo "gend $BGSCHED_JOB $BGSCHED_RUN_ID $BGSCHED_INSTANCE $(env -u LD_PRELOAD date +%s%N)" >> "$SOAK_GROUP_LEDGER"
 "#;
 
 /// The `run_on` line of a job: `"any"` when placed, none (the leader) else.
@@ -973,6 +976,43 @@ struct Rec {
     reason: String,
 }
 
+/// A libfaketime relative offset (`+1h`, `-30m`, `+90`: seconds unless
+/// suffixed m, h, d or y), in ns.
+fn faketime_offset(s: &str) -> Option<i64> {
+    let (sign, rest) = match s.as_bytes().first()? {
+        b'+' => (1.0, &s[1..]),
+        b'-' => (-1.0, &s[1..]),
+        _ => return None,
+    };
+    let (number, unit) = match rest.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&rest[..i], c),
+        _ => (rest, 's'),
+    };
+    let scale = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        'd' => 86_400.0,
+        'y' => 365.0 * 86_400.0,
+        _ => return None,
+    };
+    let n: f64 = number.parse().ok()?;
+    Some((sign * n * scale * NS as f64) as i64)
+}
+
+/// A record's times on the true clock. A record the skewed replica wrote
+/// (of a run placed on it) has its times `offset` off, while the leader's
+/// records of such runs (`lost` when their marker expired) have the true
+/// clock: a time nearer the run's tick without the offset had it.
+fn unskew(x: &mut Rec, offset: i64) {
+    let tick = x.tick * NS;
+    for t in [&mut x.started_at, &mut x.ended_at].into_iter().flatten() {
+        if (*t - offset - tick).abs() < (*t - tick).abs() {
+            *t -= offset;
+        }
+    }
+}
+
 fn parse_rec(v: &serde_json::Value) -> Option<Rec> {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     Some(Rec {
@@ -1088,6 +1128,15 @@ struct PhaseData {
     service_records: Vec<Rec>,
     /// The concurrency group's runs, by its ledger.
     group_runs: Vec<GroupRun>,
+    /// The group's records (checked by its ledger; those of the job kept on
+    /// the leader name the leader of their term).
+    group_records: Vec<Rec>,
+    /// The replicas' instances.
+    members: Vec<String>,
+    /// The replica whose wall clock is off (`--skew`), if any.
+    skewed: Option<String>,
+    /// From when the first leader was elected to the final SIGTERM (unix ns).
+    span: (i64, i64),
     /// Due ticks are counted in [lo, hi] (unix seconds).
     window: (i64, i64),
     starts: Vec<Start>,
@@ -1639,17 +1688,32 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
             .count() as u64;
         let _ = fs::write(ph.dir.join(format!("{member}.log")), log);
     }
+    let skewed = ph
+        .replicas
+        .iter()
+        .find(|r| r.fake_clock.is_some())
+        .map(|r| r.instance.clone());
+    let offset = ctx.skew.as_deref().and_then(faketime_offset);
+    let history = history.map(|mut all| {
+        if let (Some(skewed), Some(offset)) = (&skewed, offset) {
+            for x in all.iter_mut().filter(|x| x.instance == *skewed) {
+                unskew(x, offset);
+            }
+        }
+        all
+    });
     // The service and the group are checked on their own (by their own
     // ledgers).
-    let (service_records, history) = match history {
+    let (service_records, group_records, history) = match history {
         Some(all) => {
-            let (svc, rest): (Vec<Rec>, Vec<Rec>) = all
+            let (group, rest): (Vec<Rec>, Vec<Rec>) = all
                 .into_iter()
-                .filter(|x| !GROUP_JOBS.iter().any(|(g, _)| *g == x.job))
-                .partition(|x| x.job == SERVICE);
-            (svc, Some(rest))
+                .partition(|x| GROUP_JOBS.iter().any(|(g, _)| *g == x.job));
+            let (svc, rest): (Vec<Rec>, Vec<Rec>) =
+                rest.into_iter().partition(|x| x.job == SERVICE);
+            (svc, group, Some(rest))
         }
-        None => (Vec::new(), None),
+        None => (Vec::new(), Vec::new(), None),
     };
     let mut malformed = Vec::new();
     let mut group_runs: Vec<GroupRun> = Vec::new();
@@ -1716,6 +1780,7 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
         &watches,
         history.as_deref(),
     );
+    let members = ph.replicas.iter().map(|r| r.instance.clone()).collect();
     let Phase {
         faults, anomalies, ..
     } = ph;
@@ -1725,6 +1790,10 @@ fn run_phase(ctx: &mut Ctx, name: &'static str, cluster: bool, len: Duration) ->
         beats,
         service_records,
         group_runs,
+        group_records,
+        members,
+        skewed,
+        span: (ready, stop),
         window: (ready / NS + MARGIN_START_S, stop / NS - MARGIN_END_S),
         starts,
         ends,
@@ -1764,6 +1833,10 @@ struct Report {
     violations: Vec<String>,
     details: Vec<String>,
     fired_any: bool,
+    /// Runs of the `run_on = "any"` jobs, per executing member.
+    placed_on: BTreeMap<String, u64>,
+    /// ns with two or more members able to take placed runs, of the phase's.
+    members_up: (i64, i64),
 }
 
 impl Report {
@@ -1809,6 +1882,86 @@ fn fmt_rel(ns: i64, epoch: i64) -> String {
     format!("+{:.3}s", secs(ns - epoch))
 }
 
+/// A job whose runs stay with the leader (`run_on` not set, the service).
+fn kept_on_leader(job: &str) -> bool {
+    match job_def(job) {
+        Some(def) => !def.placed,
+        None => !GROUP_JOBS.iter().any(|(g, placed)| *g == job && *placed),
+    }
+}
+
+/// Whether `s` was claimed after fault `f` was injected: by a later term,
+/// or for a tick after the injection (a tick is claimed at its time, not
+/// ahead of it). A run claimed before may start after: one placed on
+/// another member starts when that member has taken it over, whatever
+/// happened to the leader meanwhile.
+fn claimed_after(s: &Start, f: &Fault) -> bool {
+    s.tick * NS > f.injected || f.term_before.is_some_and(|term| s.token > term)
+}
+
+/// How long two or more members could take placed runs, of the phase
+/// (ns, sampled every 0.1 s): a replica is out while killed, stopped,
+/// restarting after SIGTERM or cut off from etcd; all are while etcd has
+/// no quorum.
+fn members_up(d: &PhaseData) -> (i64, i64) {
+    let (from, to) = d.span;
+    let step = NS / 10;
+    let during = |f: &Fault, t: i64| f.injected <= t && t <= f.healed;
+    let mut multi = 0;
+    let mut t = from;
+    while t < to {
+        let up = if d
+            .faults
+            .iter()
+            .any(|f| f.on_etcd && !f.quorum_kept && during(f, t))
+        {
+            0
+        } else {
+            d.members
+                .iter()
+                .filter(|m| {
+                    !d.faults
+                        .iter()
+                        .any(|f| f.instance.as_deref() == Some(m.as_str()) && during(f, t))
+                })
+                .count()
+        };
+        if up >= 2 {
+            multi += step;
+        }
+        t += step;
+    }
+    (multi, (to - from).max(0))
+}
+
+/// Over the whole soak: the `run_on = "any"` jobs ran on fewer than two
+/// members although two or more were up most of the time.
+fn placement_stuck(reports: &[(&str, Report)]) -> Option<String> {
+    let mut on: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut multi, mut total) = (0i64, 0i64);
+    for (_, r) in reports {
+        for (m, n) in &r.placed_on {
+            *on.entry(m.as_str()).or_default() += n;
+        }
+        multi += r.members_up.0;
+        total += r.members_up.1;
+    }
+    let used: Vec<String> = on
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(m, n)| format!("{m}: {n}"))
+        .collect();
+    (2 * multi > total && used.len() < 2).then(|| {
+        format!(
+            "the run_on = \"any\" jobs ran on {} member(s) ({}) while 2 or more members were up {:.0} s of {:.0} s",
+            used.len(),
+            if used.is_empty() { "no run".to_string() } else { used.join(", ") },
+            secs(multi),
+            secs(total)
+        )
+    })
+}
+
 fn verify(d: &PhaseData, epoch: i64) -> Report {
     let mut r = Report {
         fired_any: !d.starts.is_empty(),
@@ -1819,6 +1972,29 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
     let tk = |tick: i64| fmt_tick(tick, epoch);
     let history: &[Rec] = d.history.as_deref().unwrap_or(&[]);
     let recs: HashMap<&str, &Rec> = history.iter().map(|x| (x.run_id.as_str(), x)).collect();
+
+    // Who led each term. A run's token is the term of the leader that
+    // claimed it, but the instance of a placed run is the member that
+    // executed it: only what runs on the leader (the runs and records of
+    // the jobs kept there, the service) names the leader of its term, as
+    // does etcd's leader key read at each fault.
+    let mut led: BTreeMap<u64, BTreeSet<&str>> = BTreeMap::new();
+    for s in d.starts.iter().filter(|s| kept_on_leader(&s.job)) {
+        led.entry(s.token).or_default().insert(&s.instance);
+    }
+    for x in history
+        .iter()
+        .chain(&d.service_records)
+        .chain(&d.group_records)
+        .filter(|x| x.term > 0 && kept_on_leader(&x.job))
+    {
+        led.entry(x.term).or_default().insert(&x.instance);
+    }
+    for f in &d.faults {
+        if let (Some(l), Some(term)) = (&f.leader_before, f.term_before) {
+            led.entry(term).or_default().insert(l);
+        }
+    }
 
     // Where each run ends, as far as we know: (at least, at most).
     let end_bounds = |s: &Start| -> (i64, Option<i64>) {
@@ -2020,6 +2196,30 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
     r.count("ticks fired (in window)", fired_all);
     r.count("runs in the ledger (all)", d.starts.len() as u64);
 
+    // Placement: which member executed the runs of the `run_on = "any"`
+    // jobs (their ledgers name the executor).
+    for m in &d.members {
+        let n = d
+            .starts
+            .iter()
+            .filter(|s| s.instance == *m && !kept_on_leader(&s.job))
+            .count()
+            + d.group_runs
+                .iter()
+                .filter(|g| g.instance == *m && !kept_on_leader(&g.job))
+                .count();
+        r.placed_on.insert(m.clone(), n as u64);
+        r.count(
+            &format!("runs of `run_on = \"any\"` jobs executed on {m}"),
+            n as u64,
+        );
+    }
+    r.members_up = members_up(d);
+    r.count(
+        "seconds with 2 or more members up (to place runs on)",
+        (r.members_up.0 / NS) as u64,
+    );
+
     // Fired twice.
     let mut twice = Vec::new();
     let mut keys: Vec<_> = by_tick.keys().copied().collect();
@@ -2111,6 +2311,27 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
         }
     }
     r.must_be_zero("**stale-term runs** (token decreased)", &stale);
+    let two_leaders: Vec<String> = led
+        .iter()
+        .filter(|(_, l)| l.len() > 1)
+        .map(|(term, l)| {
+            let l: Vec<&str> = l.iter().copied().collect();
+            format!("term {term}: {}", l.join(", "))
+        })
+        .collect();
+    r.must_be_zero(
+        "**terms with two leaders** (runs kept on the leader, on two members)",
+        &two_leaders,
+    );
+    let skewed_led: Vec<String> = match &d.skewed {
+        Some(sk) => led
+            .iter()
+            .filter(|(_, l)| l.contains(sk.as_str()))
+            .map(|(term, _)| format!("{sk} (clock skewed) led term {term}"))
+            .collect(),
+        None => Vec::new(),
+    };
+    r.must_be_zero("**terms led by the skewed replica**", &skewed_led);
     verify_service(d, &mut r, &t);
     verify_group(d, &mut r, &t);
     r.must_be_zero("**orphaned processes** after the run", &d.orphans);
@@ -2139,7 +2360,7 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
         let first = d
             .starts
             .iter()
-            .filter(|s| s.at > f.injected)
+            .filter(|s| s.at > f.injected && claimed_after(s, f))
             .map(|s| s.at)
             .min();
         match first {
@@ -2262,10 +2483,17 @@ fn verify(d: &PhaseData, epoch: i64) -> Report {
             _ => {
                 let at = x.started_at.unwrap_or(x.tick * NS);
                 let to = x.ended_at.unwrap_or(at);
+                // The fault hit the member the run was placed on, or the
+                // leader that claimed it (the same replica unless placed).
+                let claimer = |f: &Fault| {
+                    f.instance
+                        .as_deref()
+                        .is_some_and(|i| led.get(&x.term).is_some_and(|l| l.contains(i)))
+                };
                 match d
                     .faults
                     .iter()
-                    .find(|f| f.affects(&x.instance) && f.overlaps(at - 2 * NS, to))
+                    .find(|f| (f.affects(&x.instance) || claimer(f)) && f.overlaps(at - 2 * NS, to))
                 {
                     Some(f) => {
                         never_ran_explained.push(format!("{what}; fault #{} {}", f.id, f.kind))
@@ -2703,7 +2931,7 @@ fn main() {
             let after = |from: i64| {
                 d.starts
                     .iter()
-                    .filter(|s| s.at > from)
+                    .filter(|s| s.at > from && claimed_after(s, f))
                     .min_by_key(|s| s.at)
                     .map_or("nothing".to_string(), |s| {
                         format!(
@@ -2757,6 +2985,10 @@ fn main() {
                 println!("- {v}");
             }
         }
+    }
+    if let Some(why) = placement_stuck(&reports) {
+        failed = true;
+        println!("\n### VIOLATION: placement\n\n- {why}");
     }
     if !leftovers.is_empty() {
         failed = true;
@@ -2872,6 +3104,10 @@ mod tests {
                     end: Some((T0 + 1) * NS + 400_000_000),
                 },
             ],
+            group_records: vec![],
+            members: vec!["r1".into(), "r2".into(), "r3".into()],
+            skewed: Some("r3".into()),
+            span: (T0 * NS, (T0 + 6) * NS),
             window: (T0, T0 + 5),
             starts,
             ends: ends.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
@@ -3074,6 +3310,193 @@ mod tests {
             "{:?}",
             r.violations
         );
+    }
+
+    /// A fault of `kind` on replica `instance` from `from_ms` to `to_ms`
+    /// after T0, while r1 led term 5.
+    fn fault(kind: &'static str, instance: &str, from_ms: i64, to_ms: i64) -> Fault {
+        Fault {
+            id: 1,
+            phase: "test",
+            kind,
+            target: instance.into(),
+            instance: Some(instance.into()),
+            on_leader: instance == "r1",
+            cuts_etcd: kind.starts_with("blackhole"),
+            on_etcd: false,
+            leader_before: Some("r1".into()),
+            term_before: Some(5),
+            injected: T0 * NS + from_ms * 1_000_000,
+            healed: T0 * NS + to_ms * 1_000_000,
+            quorum_kept: false,
+            elected: None,
+            note: String::new(),
+        }
+    }
+
+    fn row(r: &Report, label: &str) -> u64 {
+        match &r
+            .rows
+            .iter()
+            .find(|x| x.label.starts_with(label))
+            .unwrap_or_else(|| panic!("no row {label:?}"))
+            .cell
+        {
+            Cell::Count(n) => *n,
+            c => panic!("{c:?}"),
+        }
+    }
+
+    #[test]
+    fn placed_runs_on_other_members_carry_their_claimers_token() {
+        // beat is placed: its runs go to r2 and r3 (the skewed replica)
+        // under r1's term 5, while cron6 and slowpoke stay with r1.
+        let (mut starts, ends) = clean_beats();
+        for (i, s) in starts.iter_mut().enumerate() {
+            s.instance = ["r2", "r3"][i % 2].into();
+        }
+        starts.push(start("cron6", T0, "c0", "r1", 5, 10));
+        let mut ends = ends;
+        ends.push(("c0", end_at(30, T0)));
+        let r = verify(&data(starts, ends), T0 * NS);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        // r1: ga (placed; gb is kept on the leader).
+        assert_eq!(row(&r, "runs of `run_on = \"any\"` jobs executed on r1"), 1);
+        assert_eq!(row(&r, "runs of `run_on = \"any\"` jobs executed on r2"), 3);
+        assert_eq!(row(&r, "runs of `run_on = \"any\"` jobs executed on r3"), 3);
+    }
+
+    #[test]
+    fn a_leader_job_on_two_members_in_one_term_and_a_term_of_the_skewed_replica_are_violations() {
+        let (mut starts, mut ends) = clean_beats();
+        // r1 led term 5 (the missed records of cron6 say so): a cron6 run
+        // of term 5 on r2 did not run on its leader.
+        starts.push(start("cron6", T0, "c0", "r2", 5, 10));
+        ends.push(("c0", end_at(30, T0)));
+        let r = verify(&data(starts.clone(), ends.clone()), T0 * NS);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(r.violations[0].contains("terms with two leaders"));
+        // The skewed replica ran a run kept on the leader: it led.
+        starts.pop();
+        starts.push(start("cron6", T0 + 4, "c1", "r3", 7, 10));
+        ends.push(("c1", end_at(30, T0 + 4)));
+        let r = verify(&data(starts, ends), T0 * NS);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(r.violations[0].contains("terms led by the skewed replica"));
+    }
+
+    #[test]
+    fn a_placed_run_never_started_is_explained_by_a_fault_on_its_member_or_its_claimer() {
+        let (mut starts, mut ends) = clean_beats();
+        starts.retain(|s| s.tick != T0 + 2);
+        ends.retain(|(id, _)| *id != "b2");
+        let mut d = data(starts, ends);
+        // Claimed by r1 (term 5), placed on r2, its marker expired.
+        let history = d.history.as_mut().unwrap();
+        history.retain(|x| !(x.job == "beat" && x.tick == T0 + 2));
+        let mut lost = missed("beat", T0 + 2, 1);
+        lost.run_id = "lost-b2".into();
+        lost.outcome = "lost".into();
+        lost.instance = "r2".into();
+        lost.ended_at = Some((T0 + 4) * NS);
+        history.push(lost);
+        let explained = |d: &PhaseData| {
+            let r = verify(d, T0 * NS);
+            assert!(r.violations.is_empty(), "{:?}", r.violations);
+            (
+                row(&r, "history: claimed, never ran (explained"),
+                row(&r, "history: claimed, never ran (unexplained"),
+            )
+        };
+        assert_eq!(explained(&d), (0, 1));
+        for (kind, on) in [("SIGSTOP leader", "r1"), ("blackhole follower", "r2")] {
+            d.faults = vec![fault(kind, on, 1000, 3000)];
+            assert_eq!(explained(&d), (1, 0), "{kind} {on}");
+        }
+        d.faults = vec![fault("blackhole follower", "r3", 1000, 3000)];
+        assert_eq!(explained(&d), (0, 1));
+    }
+
+    #[test]
+    fn a_run_claimed_before_a_leader_fault_is_no_start_after_it() {
+        let (mut starts, ends) = clean_beats();
+        // Tick 1, claimed by r1 at its time, placed on r2, starts there
+        // after r1 was killed at 1.2 s; the next leader's first run
+        // (term 7) starts at 2.01 s.
+        starts[1].instance = "r2".into();
+        starts[1].at = (T0 + 1) * NS + 500_000_000;
+        for s in &mut starts[2..] {
+            s.token = 7;
+        }
+        let mut d = data(starts, ends);
+        d.faults = vec![fault("kill -9 leader", "r1", 1200, 1800)];
+        let r = verify(&d, T0 * NS);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        let gaps = &r.gaps["kill -9 leader"];
+        assert_eq!(gaps.0.len(), 1);
+        assert!((gaps.0[0] - 0.81).abs() < 1e-6, "{gaps:?}");
+        assert!((gaps.1[0] - 0.81).abs() < 1e-6, "{gaps:?}");
+    }
+
+    #[test]
+    fn placed_runs_on_one_member_fail_the_soak_only_if_others_were_up() {
+        let report = |on: &[(&str, u64)], up: (i64, i64)| Report {
+            placed_on: on.iter().map(|(m, n)| (m.to_string(), *n)).collect(),
+            members_up: up,
+            ..Report::default()
+        };
+        let spread = [
+            ("a", report(&[("r1", 9), ("r2", 0)], (60 * NS, 100 * NS))),
+            ("b", report(&[("r1", 0), ("r2", 1)], (0, 20 * NS))),
+        ];
+        assert_eq!(placement_stuck(&spread), None);
+        let stuck = [
+            ("a", report(&[("r1", 9), ("r2", 0)], (60 * NS, 100 * NS))),
+            ("b", report(&[("r1", 5), ("r2", 0)], (0, 10 * NS))),
+        ];
+        let why = placement_stuck(&stuck).expect("stuck on r1");
+        assert!(why.contains("1 member(s) (r1: 14)"), "{why}");
+        // Two or more members up for only half the soak: not judged.
+        let alone = [("a", report(&[("r1", 9)], (50 * NS, 100 * NS)))];
+        assert_eq!(placement_stuck(&alone), None);
+        // Nothing placed at all, with members up: stuck too.
+        let none = [("a", report(&[("r1", 0), ("r2", 0)], (90 * NS, 100 * NS)))];
+        assert!(placement_stuck(&none).is_some());
+    }
+
+    #[test]
+    fn members_are_up_unless_a_fault_holds_them_or_etcd_is_gone() {
+        let (starts, ends) = clean_beats();
+        let mut d = data(starts, ends);
+        assert_eq!(members_up(&d), (6 * NS, 6 * NS));
+        // r1 and r2 out at once for 1 s (overlapping faults), then
+        // etcd gone for 1 s.
+        let mut etcd = fault("etcd stop/restart", "etcd0", 4000, 4900);
+        etcd.instance = None;
+        etcd.on_etcd = true;
+        d.faults = vec![
+            fault("kill -9 leader", "r1", 1000, 1950),
+            fault("SIGSTOP leader", "r2", 1000, 1950),
+            etcd,
+        ];
+        assert_eq!(members_up(&d), (4 * NS, 6 * NS));
+    }
+
+    #[test]
+    fn the_skewed_replicas_record_times_are_put_back_on_the_true_clock() {
+        assert_eq!(faketime_offset("+1h"), Some(3600 * NS));
+        assert_eq!(faketime_offset("-30m"), Some(-1800 * NS));
+        assert_eq!(faketime_offset("+90"), Some(90 * NS));
+        assert_eq!(faketime_offset("+1.5d"), Some(129_600 * NS));
+        assert_eq!(faketime_offset("@2020-01-01 00:00:00"), None);
+        assert_eq!(faketime_offset("1h"), None);
+        // Written by the skewed replica: an hour ahead; by the leader: not.
+        let mut x = missed("beat", T0, 1);
+        x.started_at = Some(T0 * NS + 3600 * NS + 5);
+        x.ended_at = Some(T0 * NS + 2 * NS);
+        unskew(&mut x, 3600 * NS);
+        assert_eq!(x.started_at, Some(T0 * NS + 5));
+        assert_eq!(x.ended_at, Some(T0 * NS + 2 * NS));
     }
 
     #[test]

@@ -325,8 +325,8 @@ impl<C: Coordinator> Scheduler<C> {
                         return Fired::Superseded;
                     }
                     // Nothing was claimed; the entry is the fire's trace
-                    // (and, for a tick, moves its last tick on, as any
-                    // missed entry does).
+                    // (and, for a tick, moves its last tick on, as a
+                    // plan's missed entry does).
                     ClaimRejected::NoMember(why) => {
                         let mut rec = self.entry(
                             leadership.term,
@@ -343,7 +343,12 @@ impl<C: Coordinator> Scheduler<C> {
                         }
                         self.metrics.missed(&job.name, 1);
                         tracing::warn!(job = %job.name, run_id = %rec.key.run_id, tick = %tick.to_rfc3339(), "not run: {why}");
-                        self.finish_claimed(rec, request).await;
+                        match request {
+                            Some(_) => self.finish_claimed(rec, request).await,
+                            // Not a claimed entry: written as a plan's
+                            // missed entry is, under this term.
+                            None => self.record_in_background_then(rec, false, || {}),
+                        }
                         return Fired::NotStarted;
                     }
                     ClaimRejected::Backend(e) => {

@@ -15,6 +15,10 @@ pub(super) const PREPARE_AHEAD: chrono::Duration = chrono::Duration::millisecond
 /// return and start in time while later ones wait their turn.
 pub(super) const CLAIMS_IN_FLIGHT: usize = 100;
 
+/// How long a stopping member still takes the runs placed on it before
+/// the leader heard that it leaves.
+const LATE_PLACEMENTS: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The next config sent to a reloadable scheduler; never, if none can come.
 pub(super) async fn next_config(rx: &mut watch::Receiver<Arc<Config>>) -> Arc<Config> {
     match rx.changed().await {
@@ -456,7 +460,16 @@ impl<C: Coordinator> Scheduler<C> {
         &self,
         stop: &mut watch::Receiver<u32>,
         running: &mut Supervisors,
+        assigned: &mut Option<tokio::sync::mpsc::Receiver<crate::coordination::Assignment>>,
     ) -> bool {
+        // A run placed here just before the leader heard that this member
+        // leaves is still started, not left to expire as lost.
+        let late = tokio::time::sleep(match assigned {
+            Some(_) => LATE_PLACEMENTS,
+            None => std::time::Duration::ZERO,
+        });
+        tokio::pin!(late);
+        let mut late_over = assigned.is_none();
         let shutdown_grace = self.config.borrow().scheduler.shutdown_grace;
         let grace = tokio::time::sleep(shutdown_grace);
         tokio::pin!(grace);
@@ -476,7 +489,7 @@ impl<C: Coordinator> Scheduler<C> {
                         .is_some_and(|j| j.schedule.is_continuous())
             });
         }
-        while !running.is_empty() {
+        while !running.is_empty() || !late_over {
             if forced && !terminated {
                 // SIGTERM starts the supervisor's stop; the SIGINT after it
                 // tells it to skip the grace period and SIGKILL the group.
@@ -487,6 +500,10 @@ impl<C: Coordinator> Scheduler<C> {
             tokio::select! {
                 _ = running.reap_one() => {}
                 _ = beat.tick() => self.metrics.beat(),
+                () = &mut late, if !late_over => late_over = true,
+                Some(a) = recv_from(assigned), if !late_over && !forced => {
+                    self.run_assigned(a, running).await;
+                }
                 () = &mut grace, if !terminated => {
                     tracing::warn!(running = running.len(), "shutdown grace over: terminating running jobs");
                     for (job, run_id) in running.runs() {

@@ -142,6 +142,8 @@ impl<C: Coordinator> Scheduler<C> {
                 .await?
             {
                 LoopEnd::Stop => {
+                    // Leaving first, so the next leader places nothing here.
+                    self.coord.leave().await;
                     // Resign at once so a standby takes over while our runs
                     // finish; their supervisors keep them marked as active.
                     self.coord.resign(leadership).await;
@@ -163,7 +165,7 @@ impl<C: Coordinator> Scheduler<C> {
             "stopping: no new fires; waiting for running jobs"
         );
         self.waiting.clear();
-        let forced = self.drain(&mut stop, &mut running).await;
+        let forced = self.drain(&mut stop, &mut running, &mut assigned).await;
         self.coord.shutdown().await;
         Ok(forced)
     }

@@ -130,6 +130,11 @@ impl<C: Coordinator> Scheduler<C> {
         if job.run_on == crate::config::RunOn::Leader || rec.outcome != Outcome::Lost {
             return;
         }
+        // A run after another job's that no supervisor took over was asked
+        // for again with its `lost` record already.
+        if rec.key.trigger == Trigger::After && rec.supervisor_pid.is_none() {
+            return;
+        }
         let attempt = rec.attempt.max(1);
         if attempt > job.retries {
             return;

@@ -96,14 +96,16 @@ async fn send_batches(mut client: Client, mut queued: mpsc::UnboundedReceiver<Qu
             batch.drain(..).partition(|(_, group, _)| {
                 group.as_ref().is_none_or(|(g, _)| groups.insert(g.clone()))
             });
-        // The deepest group claim leaves room for fewer claims beside it.
+        // The deepest group claim leaves room for fewer claims beside it:
+        // each of its levels is a nested transaction of up to three
+        // operations (the place, the marker, a placed run's assignment).
         let deepest = |q: &[Queued]| {
             q.iter()
                 .filter_map(|(_, g, _)| g.as_ref().map(|(_, l)| *l as usize))
                 .max()
                 .unwrap_or(0)
         };
-        while now.len() > 1 && now.len() + 2 * deepest(&now) + 8 > MAX_TXN_OPS {
+        while now.len() > 1 && now.len() + 3 * deepest(&now) + 8 > MAX_TXN_OPS {
             next.insert(0, now.pop().expect("more than one"));
         }
         later = next;

@@ -252,6 +252,9 @@ impl Etcd {
         };
         let mut marker = RunRecord::not_run(key.clone(), Outcome::Running, String::new());
         marker.upstream = req.upstream.cloned();
+        // A retry of a lost run that is lost again before its supervisor
+        // rewrites the marker still counts its attempt.
+        marker.attempt = req.first_attempt.unwrap_or(1);
         marker.ended_at = None;
         marker.duration_ms = None;
         marker.reason = None;
@@ -771,11 +774,9 @@ impl Etcd {
             .find(|u| u.lease == bound)
             .map_or(DateTime::<Utc>::MIN_UTC, |u| u.granted_at);
         tracing::info!(run_id, "a claim whose answer was lost had gone through");
-        let placed_on = sent
-            .iter()
-            .find(|u| u.lease == bound)
-            .map(|u| u.executor.clone())
-            .filter(|e| e != me);
+        // Every attempt of one claim places on the same member (a retry
+        // reuses the first attempt's choice), whichever lease committed.
+        let placed_on = sent.first().map(|u| u.executor.clone()).filter(|e| e != me);
         Ok(Claim {
             placed_on,
             run_id: run_id.to_string(),

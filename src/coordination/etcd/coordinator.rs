@@ -411,9 +411,20 @@ impl Coordinator for Etcd {
     }
 
     async fn ask(&self, request: &TriggerRequest) -> Result<()> {
+        // Asked again after an answer was lost, the request must not come
+        // back once the leader took it (its marker or record exists).
+        let (job, id) = (&request.job, &request.run_id);
+        let absent = |key: String| Compare::create_revision(key, CompareOp::Equal, 0);
+        let txn = Txn::new()
+            .when([
+                absent(self.keys.request(id)),
+                absent(self.keys.active(job, id)),
+                absent(self.keys.history(job, id)),
+            ])
+            .and_then([TxnOp::put(self.keys.request(id), json(request), None)]);
         self.client
             .clone()
-            .put(self.keys.request(&request.run_id), json(request), None)
+            .txn(txn)
             .await
             .map_err(etcd_err("ask for a run"))?;
         Ok(())

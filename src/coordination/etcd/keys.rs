@@ -100,6 +100,10 @@ impl Keys {
     pub fn request(&self, run_id: &str) -> String {
         format!("{}/requests/{run_id}", self.0)
     }
+    /// The waiting runs of every job.
+    pub fn all_queued(&self) -> String {
+        format!("{}/queued/", self.0)
+    }
     /// The single run of `job` waiting for the active one to end.
     pub fn queued(&self, job: &str) -> String {
         format!("{}/queued/{job}", self.0)

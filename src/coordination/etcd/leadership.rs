@@ -75,9 +75,22 @@ impl Etcd {
                     self.client.clone(),
                     self.keys.all_actives(),
                     self.ended.clone(),
-                    self.placement.clone(),
+                    Some(self.placement.clone()),
                     EndedMarkers::keep(self.cfg.cluster.lease_ttl),
                 )));
+                // A waiting run's place that expires (its supervisor gone
+                // before its turn, or a placed run never taken over) is a
+                // lost run too.
+                self.watch_tasks
+                    .lock()
+                    .expect("watch tasks lock")
+                    .push(tokio::spawn(watch_ended_markers(
+                        self.client.clone(),
+                        self.keys.all_queued(),
+                        self.ended.clone(),
+                        None,
+                        EndedMarkers::keep(self.cfg.cluster.lease_ttl),
+                    )));
             }
         }
         {

@@ -199,7 +199,8 @@ pub struct Etcd {
     placement: Arc<placement::Placement>,
     /// What this member offers placement.
     offer: Mutex<Offer>,
-    assignment_watch: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Watches of this process: its assignments, the waiting places.
+    watch_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Etcd {
@@ -268,7 +269,7 @@ impl Etcd {
             pauses: Arc::default(),
             placement: Arc::default(),
             offer: Mutex::default(),
-            assignment_watch: Mutex::default(),
+            watch_tasks: Mutex::default(),
             cfg,
         })
     }
@@ -315,12 +316,7 @@ impl Drop for Etcd {
         if let Some(t) = self.marker_watch.lock().expect("marker watch lock").take() {
             t.abort();
         }
-        for t in self
-            .assignment_watch
-            .lock()
-            .expect("assignment watch lock")
-            .drain(..)
-        {
+        for t in self.watch_tasks.lock().expect("watch tasks lock").drain(..) {
             t.abort();
         }
     }

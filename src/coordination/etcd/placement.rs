@@ -281,9 +281,9 @@ impl Etcd {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        self.assignment_watch
+        self.watch_tasks
             .lock()
-            .expect("assignment watch lock")
+            .expect("watch tasks lock")
             .push(task);
         rx
     }

@@ -53,7 +53,7 @@ pub(super) async fn watch_ended_markers(
     mut client: Client,
     prefix: String,
     ended: Arc<EndedMarkers>,
-    placement: Arc<super::placement::Placement>,
+    placement: Option<Arc<super::placement::Placement>>,
     keep: Duration,
 ) {
     let mut next: Option<i64> = None;
@@ -67,11 +67,13 @@ pub(super) async fn watch_ended_markers(
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             };
-            placement.markers_are(
-                now.kvs()
-                    .iter()
-                    .filter_map(|kv| parse::<RunRecord>(kv).ok()),
-            );
+            if let Some(p) = &placement {
+                p.markers_are(
+                    now.kvs()
+                        .iter()
+                        .filter_map(|kv| parse::<RunRecord>(kv).ok()),
+                );
+            }
             next = now.header().map(|h| h.revision() + 1);
         }
         let mut opts = WatchOptions::new().with_prefix().with_prev_key();
@@ -93,13 +95,17 @@ pub(super) async fn watch_ended_markers(
             }
             for event in resp.events() {
                 if event.event_type() != EventType::Delete {
-                    if let Some(Ok(rec)) = event.kv().map(parse::<RunRecord>) {
-                        placement.marker_put(&rec);
+                    if let (Some(p), Some(Ok(rec))) =
+                        (&placement, event.kv().map(parse::<RunRecord>))
+                    {
+                        p.marker_put(&rec);
                     }
                     continue;
                 }
                 if let Some(Ok(rec)) = event.prev_kv().map(parse::<RunRecord>) {
-                    placement.marker_gone(&rec.key.run_id);
+                    if let Some(p) = &placement {
+                        p.marker_gone(&rec.key.run_id);
+                    }
                     ended.push(rec, keep);
                 }
             }
@@ -246,9 +252,15 @@ impl Etcd {
                         ));
                     }
                     tracing::warn!(job = %rec.key.job, run_id = %rec.key.run_id, instance = %rec.key.instance, "run lost");
-                    // Only if the supervisor did not record it meanwhile.
+                    // Only if the supervisor did not record it meanwhile,
+                    // and (for a waiting run's place) it did not move on
+                    // to its running mark.
+                    let marker = keys.active(&rec.key.job, &rec.key.run_id);
                     let txn = Txn::new()
-                        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                        .when([
+                            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                            Compare::create_revision(marker, CompareOp::Equal, 0),
+                        ])
                         .and_then(
                             std::iter::once(TxnOp::put(key, json(&rec), None))
                                 .chain(again.iter().map(|req| {
@@ -257,7 +269,8 @@ impl Etcd {
                                 .collect::<Vec<_>>(),
                         );
                     if client.txn(txn).await.is_ok_and(|r| r.succeeded()) {
-                        let _ = recorded.try_send(rec);
+                        // Waited for: the leader retries and hooks each one.
+                        let _ = recorded.send(rec).await;
                     }
                 }
                 added.await;

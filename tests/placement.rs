@@ -653,3 +653,61 @@ fn a_manual_run_goes_where_trigger_on_or_label_says_and_metrics_count_per_member
         .code(2)
         .stderr_has("--on and --label choose a member of a cluster");
 }
+
+#[test]
+fn a_queued_run_whose_member_is_lost_before_its_turn_is_recorded_lost() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = cluster(
+        &etcd,
+        &job(
+            "q",
+            "schedule = \"@every 1h\"\noverlap = \"queue\"\nrun_on = { labels = { role = \"w\" } }",
+            "8",
+        )
+        .replacen("schedule = \"@every 1s\"\n", "", 1),
+    );
+    // The leader has no label: both runs go to the two workers.
+    let _a = env.spawn_run("a");
+    wait_until(PATIENCE, "a leading", || {
+        leader_of(&env).as_deref() == Some("a")
+    });
+    let mut workers: HashMap<String, Scheduler> = ["b", "c"]
+        .iter()
+        .map(|i| (i.to_string(), env.spawn_run_with(i, &["--label", "role=w"])))
+        .collect();
+    wait_until(PATIENCE, "both workers listed", || {
+        env.list_json()["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 3)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let first = env.trigger_detached("q");
+    wait_until(PATIENCE, "the first run started", || {
+        ledger(&env, "ledger").iter().any(|l| l.run_id == first)
+    });
+    let runs_first = ledger(&env, "ledger")
+        .into_iter()
+        .find(|l| l.run_id == first)
+        .unwrap()
+        .instance;
+    let second = env.trigger_detached("q");
+    let waiting_on = if runs_first == "b" { "c" } else { "b" };
+    // The queued run waits on the other worker; its machine goes.
+    std::thread::sleep(Duration::from_secs(1));
+    kill_machine(workers.get_mut(waiting_on).unwrap());
+    wait_or_tell(
+        &env,
+        Duration::from_secs(30),
+        "the queued run recorded lost",
+        || {
+            history(&env, "q")
+                .iter()
+                .any(|r| r["run_id"] == second.as_str() && r["outcome"] == "lost")
+        },
+    );
+    assert!(
+        !ledger(&env, "ledger").iter().any(|l| l.run_id == second),
+        "the queued run started"
+    );
+}

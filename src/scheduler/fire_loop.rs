@@ -195,7 +195,7 @@ impl<C: Coordinator> Scheduler<C> {
                     continue;
                 }
                 Some(a) = recv_from(assigned) => {
-                    self.run_assigned(a, running).await;
+                    self.run_assigned(a, assigned, running).await;
                     continue;
                 }
                 Some(rec) = recv_from(&mut lost) => {
@@ -502,7 +502,7 @@ impl<C: Coordinator> Scheduler<C> {
                 _ = beat.tick() => self.metrics.beat(),
                 () = &mut late, if !late_over => late_over = true,
                 Some(a) = recv_from(assigned), if !late_over && !forced => {
-                    self.run_assigned(a, running).await;
+                    self.run_assigned(a, assigned, running).await;
                 }
                 () = &mut grace, if !terminated => {
                     tracing::warn!(running = running.len(), "shutdown grace over: terminating running jobs");

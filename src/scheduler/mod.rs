@@ -128,7 +128,7 @@ impl<C: Coordinator> Scheduler<C> {
                     l = &mut campaign => break Some(l?),
                     _ = stop.changed() => break None,
                     _ = beat.tick() => self.metrics.beat(),
-                    Some(a) = fire_loop::recv_from(&mut assigned) => self.run_assigned(a, &mut running).await,
+                    Some(a) = fire_loop::recv_from(&mut assigned) => self.run_assigned(a, &mut assigned, &mut running).await,
                     reaped = running.reap_one() => self.reaped(reaped, None).await,
                 }
             };

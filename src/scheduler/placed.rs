@@ -3,7 +3,11 @@
 //! retried on another.
 
 use super::*;
-use crate::coordination::{Assignment, Seat, Where};
+use crate::coordination::{Assignment, Hold, Seat, Where};
+
+/// Assignments taken over together, at most (as many claims go out in one
+/// transaction).
+const MAX_TAKEN_AT_ONCE: usize = 100;
 
 /// Placed runs taken within this window size the pool of supervisors kept
 /// waiting for the next ones.
@@ -26,25 +30,46 @@ impl Recent {
 }
 
 impl<C: Coordinator> Scheduler<C> {
-    /// Take `a` over and start its supervisor here. Whatever goes wrong
-    /// before the start is recorded under the run's id, which ends its
-    /// marker; a run never taken over is recorded `lost` by the leader.
-    pub(super) async fn run_assigned(&self, a: Assignment, running: &mut Supervisors) {
-        // Listed again after a broken watch: already ours.
-        if running.tracks(&a.key.run_id) {
-            return;
+    /// Take `first` over, with every assignment already waiting behind it
+    /// (the runs of one tick come together), all at once, and start their
+    /// supervisors here.
+    pub(super) async fn run_assigned(
+        &self,
+        first: Assignment,
+        more: &mut Option<tokio::sync::mpsc::Receiver<Assignment>>,
+        running: &mut Supervisors,
+    ) {
+        let mut batch = vec![first];
+        if let Some(rx) = more {
+            while batch.len() < MAX_TAKEN_AT_ONCE {
+                match rx.try_recv() {
+                    Ok(a) => batch.push(a),
+                    Err(_) => break,
+                }
+            }
         }
-        let mut hold = match self.coord.take_assignment(&a).await {
-            Ok(Some(hold)) => hold,
-            Ok(None) => {
-                tracing::debug!(job = %a.key.job, run_id = %a.key.run_id, "placed run already taken over, or its lease is gone");
-                return;
+        // Listed again after a broken watch: already ours.
+        batch.retain(|a| !running.tracks(&a.key.run_id));
+        let taken =
+            futures_util::future::join_all(batch.iter().map(|a| self.coord.take_assignment(a)))
+                .await;
+        for (a, taken) in batch.into_iter().zip(taken) {
+            match taken {
+                Ok(Some(hold)) => self.start_assigned(a, hold, running).await,
+                Ok(None) => {
+                    tracing::debug!(job = %a.key.job, run_id = %a.key.run_id, "placed run already taken over, or its lease is gone")
+                }
+                Err(e) => {
+                    tracing::warn!(job = %a.key.job, run_id = %a.key.run_id, "could not take over a run placed here (its lease runs out and the leader records it lost): {e}")
+                }
             }
-            Err(e) => {
-                tracing::warn!(job = %a.key.job, run_id = %a.key.run_id, "could not take over a run placed here (its lease runs out and the leader records it lost): {e}");
-                return;
-            }
-        };
+        }
+    }
+
+    /// Start the supervisor of `a`, taken over with `hold`. Whatever goes
+    /// wrong before the start is recorded under the run's id, which ends
+    /// its marker; a run never taken over is recorded `lost` by the leader.
+    async fn start_assigned(&self, a: Assignment, mut hold: Hold, running: &mut Supervisors) {
         let config = self.config.borrow().clone();
         let refused = |reason: String| {
             let mut rec = RunRecord::not_run(a.key.clone(), Outcome::StartFailed, reason);

@@ -237,50 +237,11 @@ impl Etcd {
     /// each new one (re-listed when the watch breaks; the take decides).
     pub(super) fn watch_assignments(&self, instance: &str) -> mpsc::Receiver<Assignment> {
         let (tx, rx) = mpsc::channel(1024);
-        let mut client = self.client.clone();
-        let prefix = self.keys.assigns(instance);
-        let task = tokio::spawn(async move {
-            loop {
-                let listed = client
-                    .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-                    .await;
-                let Ok(resp) = listed else {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                };
-                for kv in resp.kvs() {
-                    if let Ok(a) = parse::<Assignment>(kv) {
-                        if tx.send(a).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                let rev = resp.header().map_or(0, |h| h.revision());
-                let opts = WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1);
-                let Ok(mut stream) = client.watch(prefix.clone(), Some(opts)).await else {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                };
-                while let Ok(Some(resp)) = stream.message().await {
-                    if resp.canceled() {
-                        break;
-                    }
-                    for event in resp.events() {
-                        if event.event_type() != EventType::Put {
-                            continue;
-                        }
-                        if let Some(Ok(a)) = event.kv().map(parse::<Assignment>) {
-                            if tx.send(a).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
+        let task = tokio::spawn(super::watches::stream_puts(
+            self.client.clone(),
+            self.keys.assigns(instance),
+            tx,
+        ));
         self.watch_tasks
             .lock()
             .expect("watch tasks lock")

@@ -114,6 +114,55 @@ pub(super) async fn watch_ended_markers(
     }
 }
 
+/// Send every value under `prefix` into `tx`: those there now, then each
+/// one put; listed again after a compaction or a broken watch (the
+/// receiver tells repeats apart), until `tx` closes.
+pub(super) async fn stream_puts<T: serde::de::DeserializeOwned>(
+    mut client: Client,
+    prefix: String,
+    tx: mpsc::Sender<T>,
+) {
+    loop {
+        let Ok(resp) = client
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await
+        else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        for kv in resp.kvs() {
+            if let Ok(value) = parse::<T>(kv) {
+                if tx.send(value).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let rev = resp.header().map_or(0, |h| h.revision());
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(rev + 1);
+        let Ok(mut stream) = client.watch(prefix.clone(), Some(opts)).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        while let Ok(Some(resp)) = stream.message().await {
+            if resp.canceled() {
+                break;
+            }
+            for event in resp.events() {
+                if event.event_type() != EventType::Put {
+                    continue;
+                }
+                if let Some(Ok(value)) = event.kv().map(parse::<T>) {
+                    if tx.send(value).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Markers deleted (a run recorded, or its lease expired), newest last.
 #[derive(Default)]
 pub(super) struct EndedMarkers {
@@ -150,51 +199,7 @@ impl Etcd {
         &self,
         tx: mpsc::Sender<TriggerRequest>,
     ) -> tokio::task::JoinHandle<()> {
-        let client = self.client.clone();
-        let prefix = self.keys.requests();
-        tokio::spawn(async move {
-            let mut client = client;
-            loop {
-                let Ok(resp) = client
-                    .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-                    .await
-                else {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                };
-                for kv in resp.kvs() {
-                    if let Ok(req) = parse::<TriggerRequest>(kv) {
-                        if tx.send(req).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                let rev = resp.header().map_or(0, |h| h.revision());
-                let opts = WatchOptions::new()
-                    .with_prefix()
-                    .with_start_revision(rev + 1);
-                let Ok(mut stream) = client.watch(prefix.clone(), Some(opts)).await else {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                };
-                // On compaction, cancellation or a broken stream: list again and rewatch.
-                while let Ok(Some(resp)) = stream.message().await {
-                    if resp.canceled() {
-                        break;
-                    }
-                    for event in resp.events() {
-                        if event.event_type() != EventType::Put {
-                            continue;
-                        }
-                        if let Some(Ok(req)) = event.kv().map(parse::<TriggerRequest>) {
-                            if tx.send(req).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            }
-        })
+        tokio::spawn(stream_puts(self.client.clone(), self.keys.requests(), tx))
     }
 
     /// Record runs whose marker expired without a final record (their

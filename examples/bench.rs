@@ -1146,7 +1146,7 @@ fn placement(ctx: &mut Ctx) -> Result<String> {
     let mut out = format!(
         "## placement\n\n{jobs} jobs firing every second on two replicas on this machine, {rounds} interleaved rounds of {secs} ticks per variant. \
          Lateness = the child's own clock reading minus the tick, as in precision. Remote: the leader's claim places the run on the \
-         other member, which sees its assignment through an etcd watch, takes it over (one transaction and one lease renewal, in parallel) \
+         other member, which sees its assignment through an etcd watch, renews the run's lease (a keepalive) \
          and hands it to a waiting supervisor.\n\n"
     );
     let mut t = Table::new(&[

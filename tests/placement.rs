@@ -711,3 +711,49 @@ fn a_queued_run_whose_member_is_lost_before_its_turn_is_recorded_lost() {
         "the queued run started"
     );
 }
+
+#[test]
+fn a_member_restarted_under_its_instance_id_never_starts_a_run_placed_on_its_previous_process() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let env = cluster(
+        &etcd,
+        &job(
+            "r",
+            "schedule = \"@every 1h\"\nrun_on = { labels = { role = \"w\" } }",
+            "4",
+        )
+        .replacen("schedule = \"@every 1s\"\n", "", 1),
+    );
+    let _a = env.spawn_run("a");
+    wait_until(PATIENCE, "a leading", || {
+        leader_of(&env).as_deref() == Some("a")
+    });
+    let mut b = env.spawn_run_with("b", &["--label", "role=w"]);
+    wait_until(PATIENCE, "b listed", || {
+        env.list_json()["members"]
+            .as_array()
+            .is_some_and(|m| m.len() == 2)
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let id = env.trigger_detached("r");
+    wait_until(PATIENCE, "the run started on b", || {
+        ledger(&env, "ledger")
+            .iter()
+            .any(|l| l.run_id == id && l.instance == "b")
+    });
+    // The scheduler alone dies; its supervisor goes on. The same instance
+    // id comes back at once and lists the assignment, still there.
+    b.kill9();
+    let _b = env.spawn_run_with("b", &["--label", "role=w"]);
+    wait_or_tell(&env, Duration::from_secs(30), "the run recorded", || {
+        history(&env, "r")
+            .iter()
+            .any(|r| r["run_id"] == id.as_str() && r["outcome"] == "success")
+    });
+    let starts = ledger(&env, "ledger")
+        .into_iter()
+        .filter(|l| l.run_id == id && l.event == "start")
+        .count();
+    assert_eq!(starts, 1, "the run started {starts} times");
+}

@@ -158,6 +158,8 @@ pub struct Assignment {
     pub lease: i64,
     /// Who placed it.
     pub leader: String,
+    /// The member's process it is for (its `MemberInfo::process`).
+    pub process: String,
 }
 
 impl TriggerRequest {

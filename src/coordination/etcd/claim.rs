@@ -26,8 +26,9 @@ pub(super) struct Uncertain {
     pub(super) run_id: String,
     pub(super) lease: i64,
     pub(super) granted_at: DateTime<Utc>,
-    /// The member it placed the run on.
+    /// The member it placed the run on, and that member's process.
     pub(super) executor: String,
+    pub(super) executor_process: Option<String>,
 }
 
 /// Moving `P/last/<job>` to `last`: the put, and the compare that it is
@@ -212,8 +213,8 @@ impl Etcd {
         // Where the run executes: an unanswered earlier attempt's choice
         // (it may have committed with it).
         let me = req.instance;
-        let executor = match &earlier {
-            Some(u) => u.executor.clone(),
+        let (executor, executor_process) = match &earlier {
+            Some(u) => (u.executor.clone(), u.executor_process.clone()),
             None => match self.placement.choose(me, req.run_on, req.placement, run_id) {
                 Ok(m) => m,
                 Err(why) => return Err((ClaimRejected::NoMember(why), false)),
@@ -240,6 +241,7 @@ impl Etcd {
             lease,
             granted_at,
             executor: executor.clone(),
+            executor_process: executor_process.clone(),
         };
         // The run's marker and a skip's entry name the same claim.
         let key = RunKey {
@@ -335,6 +337,7 @@ impl Etcd {
                 first_attempt: req.first_attempt,
                 lease,
                 leader: me.to_string(),
+                process: executor_process.clone().unwrap_or_default(),
             };
             vec![TxnOp::put(
                 self.keys.assign(&executor, run_id),

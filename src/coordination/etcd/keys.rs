@@ -33,6 +33,11 @@ pub struct MemberInfo {
     /// What it offers placement (`[member]`, `run --label`).
     #[serde(default)]
     pub offer: super::placement::Offer,
+    /// Chosen by the process at its start: a run placed on the member is
+    /// for this process only (one restarted, or another under the same
+    /// instance id, never starts it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
 }
 
 impl Keys {

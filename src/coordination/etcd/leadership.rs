@@ -59,6 +59,7 @@ impl Etcd {
             config_hash: self.config_hash.lock().expect("hash lock").clone(),
             clock: Some(Utc::now()),
             offer: self.offer.lock().expect("offer lock").clone(),
+            process: Some(self.process.clone()),
         };
         client
             .put(

@@ -199,6 +199,11 @@ pub struct Etcd {
     placement: Arc<placement::Placement>,
     /// What this member offers placement.
     offer: Mutex<Offer>,
+    /// This process among the members (see `MemberInfo::process`).
+    process: String,
+    /// Placed runs this process took over lately: a watch listed again
+    /// must not start one twice.
+    taken: Mutex<HashMap<String, Instant>>,
     /// Watches of this process: its assignments, the waiting places.
     watch_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -269,6 +274,8 @@ impl Etcd {
             pauses: Arc::default(),
             placement: Arc::default(),
             offer: Mutex::default(),
+            process: new_run_id(),
+            taken: Mutex::default(),
             watch_tasks: Mutex::default(),
             cfg,
         })

@@ -20,6 +20,10 @@ pub struct Offer {
     pub leaving: bool,
 }
 
+/// How long a taken assignment is remembered: longer than its key can
+/// live (the run's final record deletes it; else its lease expires).
+const TAKEN_KEPT: Duration = Duration::from_secs(3600);
+
 /// Reservations older than this are forgotten: a claim that went through
 /// shows as a marker long before.
 const RESERVATION_KEPT: Duration = Duration::from_secs(30);
@@ -114,10 +118,10 @@ impl Placement {
         run_on: &RunOn,
         asked: Option<&Where>,
         run_id: &str,
-    ) -> std::result::Result<String, String> {
+    ) -> std::result::Result<(String, Option<String>), String> {
         let asked = asked.filter(|w| !w.is_default());
         let Some(rule) = placement_rule(run_on, asked) else {
-            return Ok(me.to_string());
+            return Ok((me.to_string(), None));
         };
         let mut v = self.state.lock().expect("placement lock");
         v.reserved
@@ -130,7 +134,8 @@ impl Placement {
             if avoid.contains(name) || !rule.admits(name, &offer.labels) {
                 continue;
             }
-            if offer.leaving {
+            // Leaving, or from before placement (nothing to address).
+            if offer.leaving || m.process.is_none() {
                 continue;
             }
             matching += 1;
@@ -155,10 +160,11 @@ impl Placement {
             });
         };
         let name = name.to_string();
+        let process = v.members.get(&name).and_then(|m| m.process.clone());
         v.reserved
             .insert(run_id.to_string(), (name.clone(), Instant::now()));
         *v.placed.entry(name.clone()).or_default() += 1;
-        Ok(name)
+        Ok((name, process))
     }
 
     /// Per live member: its active runs.
@@ -249,26 +255,28 @@ impl Etcd {
         rx
     }
 
-    /// Take `a` (delete its key if it is still there) and renew its lease
-    /// at once, so this member's clock counts the hold from its own
-    /// renewal: the leader's grant instant is another machine's clock.
+    /// Take `a` over: it is for this process and not taken yet. Its lease
+    /// is renewed at once, so this member's clock counts the hold from its
+    /// own renewal (the leader's grant instant is another machine's clock);
+    /// a lease already gone means the leader records the run lost.
     pub(super) async fn take(&self, a: &Assignment) -> Result<Option<Hold>> {
-        let key = self.keys.assign(&a.key.instance, &a.key.run_id);
-        let take = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Greater, 0)])
-            .and_then([TxnOp::delete(key, None)]);
-        let mut client = self.client.clone();
-        let (taken, renewed) = tokio::join!(client.txn(take), self.renew_lease(a.lease));
-        let taken = taken.map_err(etcd_err("take the assignment"))?;
-        if !taken.succeeded() {
+        if a.process != self.process {
             return Ok(None);
         }
-        // Not renewed: a hold of unknown age, which the start renews or
-        // refuses.
-        Ok(Some(Hold::Lease {
-            id: a.lease,
-            granted_at: renewed.unwrap_or(DateTime::<Utc>::MIN_UTC),
-        }))
+        {
+            let mut taken = self.taken.lock().expect("taken lock");
+            taken.retain(|_, at| at.elapsed() < TAKEN_KEPT);
+            if taken.insert(a.key.run_id.clone(), Instant::now()).is_some() {
+                return Ok(None);
+            }
+        }
+        Ok(self
+            .renew_lease(a.lease)
+            .await
+            .map(|granted_at| Hold::Lease {
+                id: a.lease,
+                granted_at,
+            }))
     }
 
     /// Rewrite this member's key as leaving, so the leader places nothing
@@ -309,6 +317,7 @@ mod tests {
             since: Utc::now(),
             config_hash: None,
             clock: None,
+            process: Some(format!("p-{name}")),
             offer: Offer {
                 labels: labels
                     .iter()
@@ -330,7 +339,11 @@ mod tests {
         ]);
         let mut on = Vec::new();
         for i in 0..9 {
-            on.push(p.choose("a", &RunOn::Any, None, &format!("r{i}")).unwrap());
+            on.push(
+                p.choose("a", &RunOn::Any, None, &format!("r{i}"))
+                    .unwrap()
+                    .0,
+            );
         }
         for m in ["a", "b", "c"] {
             assert_eq!(on.iter().filter(|o| *o == m).count(), 3, "{on:?}");
@@ -338,14 +351,14 @@ mod tests {
         // A refused claim gives its place back: the member with the fewest
         // runs takes the next, whatever it was placed before.
         p.release("r0");
-        assert_eq!(p.choose("a", &RunOn::Any, None, "r9").unwrap(), "a");
+        assert_eq!(p.choose("a", &RunOn::Any, None, "r9").unwrap().0, "a");
         // Idle members take turns.
         let p = Placement::default();
         p.members_are([member("a", &[], None), member("b", &[], None)]);
         let turns: Vec<String> = (0..4)
             .map(|i| {
                 let id = format!("t{i}");
-                let m = p.choose("a", &RunOn::Any, None, &id).unwrap();
+                let m = p.choose("a", &RunOn::Any, None, &id).unwrap().0;
                 p.release(&id);
                 m
             })
@@ -364,7 +377,7 @@ mod tests {
             leaving,
         ]);
         let zone_a = RunOn::Labels([("zone".to_string(), "a".to_string())].into());
-        assert_eq!(p.choose("b", &zone_a, None, "r1").unwrap(), "a");
+        assert_eq!(p.choose("b", &zone_a, None, "r1").unwrap().0, "a");
         assert_eq!(
             p.choose("b", &zone_a, None, "r2").unwrap_err(),
             "all 1 member(s) matching labels zone=a are full (max_runs)"
@@ -379,21 +392,27 @@ mod tests {
             ..Where::default()
         };
         p.release("r1");
-        assert_eq!(p.choose("b", &RunOn::Any, Some(&avoid), "r4").unwrap(), "a");
+        assert_eq!(
+            p.choose("b", &RunOn::Any, Some(&avoid), "r4").unwrap().0,
+            "a"
+        );
         // The leader's own jobs stay with it, whoever else is there.
-        assert_eq!(p.choose("b", &RunOn::Leader, None, "r5").unwrap(), "b");
+        assert_eq!(p.choose("b", &RunOn::Leader, None, "r5").unwrap().0, "b");
         let on = Where {
             on: Some("b".into()),
             ..Where::default()
         };
-        assert_eq!(p.choose("a", &RunOn::Leader, Some(&on), "r6").unwrap(), "b");
+        assert_eq!(
+            p.choose("a", &RunOn::Leader, Some(&on), "r6").unwrap().0,
+            "b"
+        );
     }
 
     #[test]
     fn a_marker_seen_counts_in_place_of_its_reservation_and_its_end_frees_it() {
         let p = Placement::default();
         p.members_are([member("a", &[], Some(1)), member("b", &[], Some(1))]);
-        let first = p.choose("a", &RunOn::Any, None, "r1").unwrap();
+        let first = p.choose("a", &RunOn::Any, None, "r1").unwrap().0;
         let mut rec = RunRecord::not_run(
             crate::model::RunKey::new("j", Utc::now(), crate::model::Trigger::Schedule, &first),
             Outcome::Running,
@@ -401,10 +420,10 @@ mod tests {
         );
         rec.key.run_id = "r1".into();
         p.marker_put(&rec);
-        let second = p.choose("a", &RunOn::Any, None, "r2").unwrap();
+        let second = p.choose("a", &RunOn::Any, None, "r2").unwrap().0;
         assert_ne!(first, second);
         assert!(p.choose("a", &RunOn::Any, None, "r3").is_err());
         p.marker_gone("r1");
-        assert_eq!(p.choose("a", &RunOn::Any, None, "r3").unwrap(), first);
+        assert_eq!(p.choose("a", &RunOn::Any, None, "r3").unwrap().0, first);
     }
 }

@@ -423,6 +423,9 @@ impl RunRecorder for EtcdRecorder {
         let ops: Vec<TxnOp> = [
             TxnOp::put(history.clone(), json(record), None),
             TxnOp::delete(self.keys.active(&self.job, &self.run_id), None),
+            // A placed run's assignment goes with it (its lease may live on
+            // as a spare).
+            TxnOp::delete(self.keys.assign(&record.key.instance, &self.run_id), None),
             // Published output goes with the run: the record has its tail.
             TxnOp::delete(
                 self.keys.outputs(&self.run_id),

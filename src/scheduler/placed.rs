@@ -50,10 +50,15 @@ impl<C: Coordinator> Scheduler<C> {
         }
         // Listed again after a broken watch: already ours.
         batch.retain(|a| !running.tracks(&a.key.run_id));
-        let taken =
-            futures_util::future::join_all(batch.iter().map(|a| self.coord.take_assignment(a)))
-                .await;
-        for (a, taken) in batch.into_iter().zip(taken) {
+        // Each starts as soon as its own take-over is done.
+        let mut taking: futures_util::stream::FuturesUnordered<_> = batch
+            .into_iter()
+            .map(|a| async move {
+                let taken = self.coord.take_assignment(&a).await;
+                (a, taken)
+            })
+            .collect();
+        while let Some((a, taken)) = taking.next().await {
             match taken {
                 Ok(Some(hold)) => self.start_assigned(a, hold, running).await,
                 Ok(None) => {

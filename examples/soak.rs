@@ -31,6 +31,14 @@
 //! end   <job> <tick> <run_id> <instance> <token> <unix_ns> <exit|killed>
 //! ```
 //!
+//! Every other scheduled job (`beat`, `long`, and `ga` of the group) has
+//! `run_on = "any"`: the leader places its runs on a live member, so
+//! `<instance>` is the member that executed the run and `<token>` the term
+//! of the leader that claimed it. The others (`cron6`, `slowpoke`, `gb`)
+//! and the service stay with the leader, so their instance is the leader of
+//! their term. `<unix_ns>` (and the times of the other ledgers) is the true
+//! clock, also on the skewed replica (`date` runs without its libfaketime).
+//!
 //! A monitor thread tails the ledger and polls `/proc/<pid>` of every run's
 //! job process (the leader of the job's process group) every 20 ms, so runs
 //! that die without an `end` line (SIGKILL by self-fencing) still have an
@@ -66,14 +74,28 @@
 //!   A tick that also falls inside a fault of another kind (the leader
 //!   paused, killed or cut off just after the member came back) is left to
 //!   that fault; it must still be accounted for by a record.
+//! - **Who led a term**: only what stays with the leader names it: the
+//!   runs and records of the jobs kept on the leader (their instance), the
+//!   service's records, and etcd's leader key read at each fault. **Terms
+//!   with two leaders** (must be 0): a term named with two instances by
+//!   these (a job kept on the leader ran elsewhere).
 //! - **Skewed clock**: with 3 or more replicas, the last one runs with its
 //!   wall clock `--skew` off (default +1h, through libfaketime) and is
-//!   started once a leader is elected; it must never lead, so none of its
-//!   runs may show up (they would carry ticks an hour off and fail the
-//!   rules above).
+//!   started once a leader is elected. It may execute placed runs (their
+//!   ticks come from the leader; the times of the records it writes are
+//!   put back by `--skew` for the checks), but it must never lead: **terms
+//!   led by the skewed replica** must be 0.
+//! - **Placement**: the runs of the `run_on = "any"` jobs per executing
+//!   member, and the time two or more members were up (not killed,
+//!   stopped, cut off from etcd, nor all of them by an etcd outage). The
+//!   soak fails if over the whole soak those jobs ran on fewer than two
+//!   members while two or more were up more than half of the time.
 //! - **Failover gaps**: per fault, injection to the first `start` after it
-//!   (any run), and for leader faults to the first `start` carrying a larger
-//!   fencing token than any before the fault (a new term).
+//!   of a run claimed after it (a larger token than the leader's before the
+//!   fault, or a tick after the injection: a run the leader placed just
+//!   before may start on another member after the leader's fault), and for
+//!   leader faults to the first `start` carrying a larger fencing token
+//!   than any before the fault (a new term).
 //! - **Service** (`svc`, `@continuous`, must be 0): its instances, told
 //!   apart by (pid, run id) in its heartbeat ledger (`beat <pid> <run_id>
 //!   <instance> <unix_ns>` every 0.1 s), never beat at the same time: each
@@ -91,10 +113,14 @@
 //! - **History cross-check** (`<prefix>/history/` via the etcd HTTP gateway):
 //!   every ledger run has a record with its run id, tick, term, instance and
 //!   trigger, and outcome success (timed_out for slowpoke); a lost/killed
-//!   outcome is "explained" when a proxy cut of that replica or an etcd fault
-//!   overlaps the run. Every success record has a ledger start line. Records
-//!   of runs that never started are classified as explained (a fault hit the
-//!   claiming replica or etcd around then) or not.
+//!   outcome is "explained" when a proxy cut of the replica that executed
+//!   it or an etcd fault overlaps the run. Every success record has a ledger
+//!   start line. Records of runs that never started (a placed run whose
+//!   member did not take it over is recorded `lost` by the leader when its
+//!   marker expires, as a claimed run the leader never started) are
+//!   classified as explained (a fault hit the member it was placed on, the
+//!   leader that claimed it, or etcd around then) or not; the tick rules
+//!   count them as records of their ticks either way.
 //!
 //! Exit status: 0 when every must-be-0 figure is 0 and something fired; 1
 //! otherwise; 130 on Ctrl-C. The temp dir is kept (and printed) on failure

@@ -270,13 +270,18 @@ impl Etcd {
                 return Ok(None);
             }
         }
-        Ok(self
-            .renew_lease(a.lease)
-            .await
-            .map(|granted_at| Hold::Lease {
-                id: a.lease,
-                granted_at,
-            }))
+        // A renewal that fails may have met an etcd member going down (the
+        // stream is opened anew on a healthy one): tried again briefly.
+        for wait in [0, 100, 200, 400] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            if let Some(granted_at) = self.renew_lease(a.lease).await {
+                return Ok(Some(Hold::Lease {
+                    id: a.lease,
+                    granted_at,
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// Rewrite this member's key as leaving, so the leader places nothing

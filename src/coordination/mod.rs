@@ -278,6 +278,22 @@ impl Leadership {
         self
     }
 
+    /// Whether leadership is not lost (it may be fenced for now). Once
+    /// false, false for good.
+    pub fn is_held(&self) -> bool {
+        *self.valid.borrow()
+    }
+
+    /// Why a claim may not start now: lost, or only fenced (checked in
+    /// that order, so a fence that lifts meanwhile is still told apart
+    /// from a loss).
+    pub fn refusal(&self) -> ClaimRejected {
+        match self.is_held() {
+            true => ClaimRejected::Fenced,
+            false => ClaimRejected::NotLeader,
+        }
+    }
+
     /// Whether this leader may start a claim now: not lost, not fenced.
     pub fn is_valid(&self) -> bool {
         *self.valid.borrow() && !self.is_fenced()
@@ -443,6 +459,12 @@ pub enum ClaimRejected {
     AlreadyFired(DateTime<Utc>),
     #[error("this instance is not the leader")]
     NotLeader,
+    /// The leader could not vouch for its leadership when the claim was to
+    /// go out: nothing was sent, and the fire waits to be vouched for.
+    #[error(
+        "fenced: the backend could not vouch for this leadership when the claim was to go out"
+    )]
+    Fenced,
     #[error("trigger request {0} was already handled or withdrawn")]
     RequestGone(String),
     /// No live member may take the run (`run_on`): why, in words.
@@ -477,6 +499,7 @@ impl ClaimRejected {
             ClaimRejected::GroupFull { .. } => "group_full",
             ClaimRejected::AlreadyFired(_) => "already_fired",
             ClaimRejected::NotLeader => "not_leader",
+            ClaimRejected::Fenced => "fenced",
             ClaimRejected::RequestGone(_) => "request_gone",
             ClaimRejected::NoMember(_) => "no_member",
             ClaimRejected::Ended(_) => "ended",
@@ -882,6 +905,10 @@ mod tests {
             !leadership.is_valid(),
             "past the vouched-for instant no claim may start"
         );
+        assert!(
+            matches!(leadership.refusal(), ClaimRejected::Fenced),
+            "a fenced claim is held back, not refused as by a lost leader"
+        );
         let lost = tokio::time::timeout(Duration::from_millis(200), leadership.lost()).await;
         assert!(lost.is_err(), "fenced is not lost");
         let renewed = Instant::now() + Duration::from_secs(60);
@@ -901,6 +928,7 @@ mod tests {
         let leadership = Leadership::new(3, valid, None, Box::new(())).with_fence(fence);
         valid_tx.send(false).unwrap();
         assert!(!leadership.is_valid());
+        assert!(matches!(leadership.refusal(), ClaimRejected::NotLeader));
         // `vouched` returns for a lost leadership too, so the fire loop sees
         // the loss instead of waiting for a renewal that never comes.
         tokio::time::timeout(Duration::from_secs(1), leadership.vouched())

@@ -316,6 +316,12 @@ impl<C: Coordinator> Scheduler<C> {
                 match e {
                     // Fenced between plan and claim: the tick is held back
                     // with the others and planned again once vouched for.
+                    // (`Fenced` even when the fence lifted since: a lost
+                    // leadership says `NotLeader`.)
+                    ClaimRejected::Fenced => {
+                        tracing::debug!(job = %job.name, tick = %tick.to_rfc3339(), "fenced before the claim went out; holding the tick back");
+                        return Fired::Retry;
+                    }
                     ClaimRejected::NotLeader if leadership.is_fenced() => {
                         tracing::debug!(job = %job.name, tick = %tick.to_rfc3339(), "fenced before the claim went out; holding the tick back");
                         return Fired::Retry;

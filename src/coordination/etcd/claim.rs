@@ -467,7 +467,7 @@ impl Etcd {
                 }
                 None => self.give_back_lease(lease, granted_at),
             }
-            return Err((ClaimRejected::NotLeader, false));
+            return Err((leadership.refusal(), false));
         }
         let (resp, rev) = match self
             .claim_batches

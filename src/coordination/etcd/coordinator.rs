@@ -232,14 +232,14 @@ impl Coordinator for Etcd {
         req: ClaimRequest<'_>,
     ) -> Result<Claim, ClaimRejected> {
         if !leadership.is_valid() {
-            return Err(ClaimRejected::NotLeader);
+            return Err(leadership.refusal());
         }
         let run_id = self.run_id_for(&req);
         let mut attempts = 0;
         loop {
             // The self-fencing rule holds for every attempt.
             if attempts > 0 && !leadership.is_valid() {
-                return Err(ClaimRejected::NotLeader);
+                return Err(leadership.refusal());
             }
             let claimed = self.claim_once(leadership, &req, &run_id).await;
             // Only a run started elsewhere keeps its place there until its

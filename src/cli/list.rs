@@ -45,13 +45,8 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
             .map(|m| {
                 let mut offer = String::new();
                 if !m.offer.labels.is_empty() {
-                    let labels: Vec<String> = m
-                        .offer
-                        .labels
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect();
-                    offer.push_str(&format!(", labels {}", labels.join(",")));
+                    let labels = crate::config::label_words(&m.offer.labels);
+                    offer.push_str(&format!(", labels {labels}"));
                 }
                 if let Some(max) = m.offer.max_runs {
                     offer.push_str(&format!(", max_runs {max}"));

@@ -103,15 +103,19 @@ impl RunOn {
     }
 }
 
+/// Labels in words, as `check`, `list` and the missed entries show them:
+/// `gpu=true,zone=a`.
+pub fn label_words(labels: &BTreeMap<String, String>) -> String {
+    let words: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    words.join(",")
+}
+
 impl fmt::Display for RunOn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RunOn::Leader => f.write_str("leader"),
             RunOn::Any => f.write_str("any"),
-            RunOn::Labels(l) => {
-                let words: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                write!(f, "labels {}", words.join(","))
-            }
+            RunOn::Labels(l) => write!(f, "labels {}", label_words(l)),
         }
     }
 }

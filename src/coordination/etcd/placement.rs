@@ -52,12 +52,6 @@ impl View {
     }
 }
 
-/// `labels` in words: `zone=a,gpu=true`.
-fn words(labels: &BTreeMap<String, String>) -> String {
-    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    l.join(",")
-}
-
 impl Placement {
     pub(super) fn members_are(&self, members: impl IntoIterator<Item = MemberInfo>) {
         let mut v = self.state.lock().expect("placement lock");
@@ -197,7 +191,7 @@ impl Rule<'_> {
     fn describe(&self, avoid: &[String]) -> String {
         let what = match self {
             Rule::Any => "run_on = \"any\"".to_string(),
-            Rule::Labels(l) => format!("labels {}", words(l)),
+            Rule::Labels(l) => format!("labels {}", crate::config::label_words(l)),
             Rule::On(on) => format!("the name {on}"),
         };
         match avoid {

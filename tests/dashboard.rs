@@ -252,12 +252,20 @@ impl Browser {
     }
 }
 
-const JOBS: &str = r#"[jobs.order]
+/// The test jobs. Their schedules are picked half a day (nightly) and half
+/// an hour (order) away from now: a scheduled fire in the middle of a test
+/// would make the test's own trigger of the job `skipped` (`overlap =
+/// "skip"`), as it once did in CI at 04:10 with `*/5`.
+fn jobs(now: chrono::DateTime<chrono::Utc>) -> String {
+    use chrono::Timelike;
+    let order_minute = (now.minute() + 30) % 60;
+    format!(
+        r#"[jobs.order]
 description = "Ships one order"
-schedule = "*/5 * * * *"
+schedule = "{order_minute} * * * *"
 shell = 'for i in 1 2 3 4 5 6; do echo "step $i of order $BGSCHED_PARAM_ORDER_ID"; sleep 0.6; done'
 [jobs.order.params]
-order_id = { required = true, pattern = "[0-9]+" }
+order_id = {{ required = true, pattern = "[0-9]+" }}
 
 [jobs.long]
 description = "Runs until it is cancelled"
@@ -266,16 +274,32 @@ shell = 'echo started; sleep 600'
 
 [jobs.nightly]
 description = "Nightly backup"
-schedule = "30 2 * * *"
-timezone = "Europe/Berlin"
+schedule = "{NIGHTLY}"
+timezone = "UTC"
 shell = 'echo backed up'
-"#;
+"#,
+        NIGHTLY = nightly(now.hour())
+    )
+}
+
+/// `nightly`'s schedule: 02:30 UTC unless the test runs within hours of it.
+fn nightly(hour: u32) -> &'static str {
+    if (1..=3).contains(&hour) {
+        "30 14 * * *"
+    } else {
+        "30 2 * * *"
+    }
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_lists_jobs_triggers_follows_cancels_and_pauses() {
     let _serial = SERIAL.lock().await;
     let Some(b) = browser().await else { return };
-    let env = Env::new().config(&format!("[http]\ntokens_file = \"tokens\"\n\n{JOBS}"));
+    let now = chrono::Utc::now();
+    let env = Env::new().config(&format!(
+        "[http]\ntokens_file = \"tokens\"\n\n{}",
+        jobs(now)
+    ));
     env.write("tokens", &format!("{READ} read\n{ADMIN} admin\n"));
     let run = env.spawn_run_with("dash", &["--http", "127.0.0.1:0"]);
     let port = run.http_port();
@@ -311,9 +335,10 @@ async fn the_dashboard_lists_jobs_triggers_follows_cancels_and_pauses() {
             "{job}'s next run on hover: {title}"
         );
     }
+    let nightly_at = nightly(chrono::Timelike::hour(&now));
     let nightly = b.text("#jobs tr[data-job=\"nightly\"]").await.unwrap();
     assert!(
-        nightly.contains("Nightly backup") && nightly.contains("30 2 * * *"),
+        nightly.contains("Nightly backup") && nightly.contains(nightly_at),
         "{nightly}"
     );
     assert!(nightly.contains("success"), "its last run: {nightly}");
@@ -621,8 +646,9 @@ async fn in_a_cluster_the_dashboard_shows_the_leader_and_members_and_the_change_
     let Some(b) = browser().await else { return };
     let etcd = Etcd::start();
     let env = Env::new().config(&format!(
-        "[cluster]\netcd = [\"{}\"]\nprefix = \"/dash\"\nlease_ttl = \"2s\"\n\n{JOBS}",
-        etcd.endpoint()
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/dash\"\nlease_ttl = \"2s\"\n\n{}",
+        etcd.endpoint(),
+        jobs(chrono::Utc::now())
     ));
     let names = ["a", "b", "c"];
     let mut replicas: Vec<Scheduler> = names

@@ -7,7 +7,7 @@ use common::etcd::{http_request, Etcd};
 use common::*;
 use serde_json::{json, Value};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Replicas and long polls: one test at a time on a loaded 2-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -1432,6 +1432,7 @@ fn a_run_at_a_later_time_taken_by_a_killed_cancel_is_recorded_cancelled() {
     let at = in_secs(2);
     let dir = env.state_dir().join("scheduled");
     std::fs::create_dir_all(&dir).unwrap();
+    let taken_at = Instant::now();
     std::fs::write(
         dir.join(format!("{run_id}.cancelling")),
         json!({
@@ -1444,9 +1445,24 @@ fn a_run_at_a_later_time_taken_by_a_killed_cancel_is_recorded_cancelled() {
         .to_string(),
     )
     .unwrap();
+    // A cancel may still be at work on a taken file this young: the leader,
+    // looking every second, leaves it to the cancel for 10 s.
+    while taken_at.elapsed() < Duration::from_secs(4) {
+        assert!(
+            !env.records("later").iter().any(|r| r["run_id"] == run_id),
+            "recorded {:?} after the take, under a cancel that may still be at work",
+            taken_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     wait_until(PATIENCE, "the cancelled record", || {
         env.records("later").iter().any(|r| r["run_id"] == run_id)
     });
+    assert!(
+        taken_at.elapsed() >= Duration::from_secs(10),
+        "recorded {:?} after the take",
+        taken_at.elapsed()
+    );
     let rec = env
         .records("later")
         .into_iter()

@@ -24,6 +24,10 @@ struct FanInIntent {
 const CLAIMED_FOR: Duration = Duration::from_secs(60);
 /// What a run at a later time that a cancel took is renamed to.
 const CANCELLING: &str = "cancelling";
+/// How long a cancel may take from its rename to its record before the
+/// leader takes it for killed and records the run itself: the leader must
+/// not write its "a caller unknown" record under a cancel still at work.
+const CANCEL_RECORDS_WITHIN: Duration = Duration::from_secs(10);
 /// The longest wait between looks at the two directories.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
@@ -179,6 +183,11 @@ impl Standalone {
         let dir = self.scheduled_dir();
         let from = dir.join(format!("{run_id}.json"));
         let taken = dir.join(format!("{run_id}.{CANCELLING}"));
+        // A rename keeps the file's time, and the leader tells a cancel at
+        // work from a killed one by the taken file's age.
+        if let Ok(f) = fs::File::options().write(true).open(&from) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         match fs::rename(&from, &taken) {
             Ok(()) => sync_dir(&dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -213,6 +222,15 @@ impl Standalone {
             let taken = self
                 .scheduled_dir()
                 .join(format!("{}.{CANCELLING}", req.run_id));
+            // A time ahead of the clock (the clock stepped back) counts as
+            // old: a run left unrecorded is worse than a wrong reason.
+            let age = fs::metadata(&taken)
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or(Duration::MAX))
+                .unwrap_or(Duration::MAX);
+            if age < CANCEL_RECORDS_WITHIN {
+                continue;
+            }
             if self.recorded(&req) {
                 let _ = fs::remove_file(&taken);
                 continue;

@@ -757,3 +757,107 @@ fn a_member_restarted_under_its_instance_id_never_starts_a_run_placed_on_its_pre
         .count();
     assert_eq!(starts, 1, "the run started {starts} times");
 }
+
+#[test]
+fn a_members_own_config_and_max_runs_decide_what_it_runs_and_services_stay_on_the_leader() {
+    let _serial = serial();
+    let etcd = Etcd::start();
+    let on_b = "run_on = { labels = { role = \"b\" } }";
+    let service = "[jobs.svc]\nschedule = \"@continuous\"\nrun_on = \"any\"\n\
+                   shell = 'echo $BGSCHED_INSTANCE >> {dir}/svc; sleep 1'\n";
+    let both = format!(
+        "{service}{}{}",
+        job("slow1", &format!("{on_b}\noverlap = \"queue\""), "2"),
+        job("slow2", on_b, "2"),
+    );
+    // The leader's config has the job `lacking`; the members' has not.
+    let leader_env = cluster(
+        &etcd,
+        &format!(
+            "{both}{}",
+            job("lacking", "run_on = { labels = { role = \"c\" } }", "0")
+        ),
+    );
+    let members_env = cluster(
+        &etcd,
+        &format!("[member]\nlabels = {{ role = \"b\" }}\nmax_runs = 1\n\n{both}"),
+    );
+    let _a = leader_env.spawn_run("a");
+    wait_until(PATIENCE, "a leading", || {
+        leader_of(&leader_env).as_deref() == Some("a")
+    });
+    let _b = members_env.spawn_run("b");
+    let _c = members_env.spawn_run_with("c", &["--label", "role=c"]);
+
+    let reason_of = |job: &str, outcome: &str, words: &str| {
+        history(&leader_env, job).iter().any(|r| {
+            r["outcome"] == outcome && r["reason"].as_str().is_some_and(|w| w.contains(words))
+        })
+    };
+    wait_until(PATIENCE, "a run of `lacking` refused by member c", || {
+        reason_of(
+            "lacking",
+            "start_failed",
+            "member c has no job named \"lacking\" in its config",
+        )
+    });
+    // A queue job does not wait for room on a full member: its tick is missed.
+    wait_until(PATIENCE, "slow1 and slow2 missed for b being full", || {
+        ["slow1", "slow2"].iter().all(|job| {
+            reason_of(
+                job,
+                "missed",
+                "all 1 member(s) matching labels role=b are full (max_runs)",
+            )
+        })
+    });
+    wait_until(PATIENCE, "four runs ended on b", || {
+        ledger(&members_env, "ledger")
+            .iter()
+            .filter(|l| l.event == "end")
+            .count()
+            >= 4
+    });
+    let out = leader_env.cmd(&["list"]).run().success();
+    assert!(
+        out.stderr.contains("replicas run different configs")
+            || out.stdout.contains("replicas run different configs"),
+        "{out:?}"
+    );
+
+    // max_runs = 1: the runs on b, of both jobs, one after another.
+    let lines = ledger(&members_env, "ledger");
+    let mut spans: BTreeMap<&str, (f64, f64, &str)> = BTreeMap::new();
+    for l in &lines {
+        assert_eq!(l.instance, "b", "only b has role=b: {l:?}");
+        let span = spans
+            .entry(l.run_id.as_str())
+            .or_insert((l.at, f64::MAX, l.job.as_str()));
+        if l.event == "end" {
+            span.1 = l.at;
+        }
+    }
+    let mut spans: Vec<_> = spans.into_iter().collect();
+    spans.sort_by(|x, y| x.1 .0.total_cmp(&y.1 .0));
+    for w in spans.windows(2) {
+        assert!(
+            w[1].1 .0 >= w[0].1 .1,
+            "two runs on b at once, over its max_runs = 1: {:?} and {:?}",
+            w[0],
+            w[1]
+        );
+    }
+    // Neither a role=b job nor `lacking` ran on the leader.
+    assert_eq!(leader_env.lines("ledger"), Vec::<String>::new());
+
+    // The service asked to run on "any" member runs on the leader alone.
+    wait_until(PATIENCE, "the service started twice", || {
+        leader_env.lines("svc").len() >= 2
+    });
+    assert!(
+        leader_env.lines("svc").iter().all(|i| i == "a"),
+        "{:?}",
+        leader_env.lines("svc")
+    );
+    assert_eq!(members_env.lines("svc"), Vec::<String>::new());
+}

@@ -377,6 +377,20 @@ fn a_member_lost_with_its_machine_has_its_runs_recorded_lost_and_retried_on_anot
             .collect();
         assert_eq!(retries.len(), 1, "{retries:#?}");
         assert_ne!(retries[0].instance, victim);
+        // The retry was asked for with the `lost` record, which names it.
+        let records = history(&env, &lost.job);
+        let lost_record = records
+            .iter()
+            .find(|r| r["run_id"] == lost.run_id.as_str())
+            .unwrap();
+        assert_eq!(
+            lost_record["reason"],
+            format!(
+                "its running marker expired: the supervisor died or lost etcd before recording the run; its retry is run {}",
+                retries[0].run_id
+            ),
+            "{lost_record}"
+        );
     }
 }
 

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 // The vocabulary is the model's; the backends' callers find it here too.
@@ -557,6 +558,10 @@ pub enum BackendSpec {
     Etcd(etcd::EtcdConfig),
 }
 
+/// See [`Coordinator::retry_lost_with`]: the next attempt of a run
+/// recorded `lost`, if its job has one left.
+pub type LostRetry = Arc<dyn Fn(&RunRecord) -> Option<TriggerRequest> + Send + Sync>;
+
 /// The scheduler's view of the backend.
 pub trait Coordinator: Send + Sync + 'static {
     /// Wait until this instance leads. Standbys block here.
@@ -743,10 +748,12 @@ pub trait Coordinator: Send + Sync + 'static {
         std::future::ready(Ok(None))
     }
 
-    /// Ask the leader for a run (a request as `trigger` makes).
-    fn ask(&self, request: &TriggerRequest) -> impl Future<Output = Result<()>> + Send {
-        let _ = request;
-        std::future::ready(Ok(()))
+    /// What a run this backend records `lost` is asked for again as (the
+    /// scheduler's answer from its config): the leader writes that request
+    /// in the transaction of the `lost` record itself. Only a backend that
+    /// places runs on other members records such losses.
+    fn retry_lost_with(&self, retry: LostRetry) {
+        let _ = retry;
     }
 
     /// This instance is stopping: take no more placements.

@@ -215,7 +215,6 @@ impl<C: Coordinator> Scheduler<C> {
         let Some(job) = config.jobs.get(&rec.key.job) else {
             return;
         };
-        self.retry_lost_elsewhere(job, &rec);
         let Some(hook) = job.on_failure.clone() else {
             return;
         };

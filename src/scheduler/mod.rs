@@ -79,6 +79,7 @@ impl<C: Coordinator> Scheduler<C> {
         log_json: bool,
     ) -> Self {
         let waiting = WaitingSupervisors::new(log_json, &coord.backend_spec());
+        coord.retry_lost_with(placed::lost_retry(config.clone()));
         Scheduler {
             config,
             coord,

@@ -3,7 +3,7 @@
 //! retried on another.
 
 use super::*;
-use crate::coordination::{Assignment, Hold, Seat, Where};
+use crate::coordination::{Assignment, Hold, LostRetry, Seat, Where};
 
 /// Assignments taken over together, at most (as many claims go out in one
 /// transaction).
@@ -152,22 +152,22 @@ impl<C: Coordinator> Scheduler<C> {
             }
         }
     }
+}
 
-    /// A run of a placed job recorded `lost` with retries left: ask for
-    /// its next attempt on another member (the leader answers the request
-    /// as any other, so it is claimed once).
-    pub(super) fn retry_lost_elsewhere(&self, job: &crate::config::Job, rec: &RunRecord) {
+/// The retry of a placed job's run recorded `lost` with retries left, from
+/// the newest config: its next attempt as a request that avoids the lost
+/// member (the leader writes it with the `lost` record and answers it as
+/// any other, so it is claimed once).
+pub(super) fn lost_retry(config: watch::Receiver<Arc<Config>>) -> LostRetry {
+    Arc::new(move |rec: &RunRecord| {
+        let config = config.borrow().clone();
+        let job = config.jobs.get(&rec.key.job)?;
         if job.run_on == crate::config::RunOn::Leader || rec.outcome != Outcome::Lost {
-            return;
-        }
-        // A run after another job's that no supervisor took over was asked
-        // for again with its `lost` record already.
-        if rec.key.trigger == Trigger::After && rec.supervisor_pid.is_none() {
-            return;
+            return None;
         }
         let attempt = rec.attempt.max(1);
         if attempt > job.retries {
-            return;
+            return None;
         }
         let lost_on = rec.key.instance.clone();
         let mut req = TriggerRequest::after(
@@ -182,21 +182,9 @@ impl<C: Coordinator> Scheduler<C> {
         req.params = rec.params.clone();
         req.first_attempt = Some(attempt + 1);
         req.placement = Where {
-            avoid: vec![lost_on.clone()],
+            avoid: vec![lost_on],
             ..Where::default()
         };
-        tracing::warn!(job = %job.name, run_id = %rec.key.run_id, retry_run_id = %req.run_id, lost_on = %lost_on, "run lost on a member: asking for its retry on another");
-        let coord = self.coord.clone();
-        tokio::spawn(async move {
-            for wait in [0u64, 200, 1_000, 5_000] {
-                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-                match coord.ask(&req).await {
-                    Ok(()) => return,
-                    Err(e) => {
-                        tracing::warn!(job = %req.job, "could not ask for the retry of a lost run: {e}")
-                    }
-                }
-            }
-        });
-    }
+        Some(req)
+    })
 }

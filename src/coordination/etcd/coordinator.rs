@@ -410,24 +410,8 @@ impl Coordinator for Etcd {
         self.take(a).await
     }
 
-    async fn ask(&self, request: &TriggerRequest) -> Result<()> {
-        // Asked again after an answer was lost, the request must not come
-        // back once the leader took it (its marker or record exists).
-        let (job, id) = (&request.job, &request.run_id);
-        let absent = |key: String| Compare::create_revision(key, CompareOp::Equal, 0);
-        let txn = Txn::new()
-            .when([
-                absent(self.keys.request(id)),
-                absent(self.keys.active(job, id)),
-                absent(self.keys.history(job, id)),
-            ])
-            .and_then([TxnOp::put(self.keys.request(id), json(request), None)]);
-        self.client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(etcd_err("ask for a run"))?;
-        Ok(())
+    fn retry_lost_with(&self, retry: crate::coordination::LostRetry) {
+        *self.lost_retry.lock().expect("lost retry lock") = Some(retry);
     }
 
     async fn leave(&self) {

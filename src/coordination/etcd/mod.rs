@@ -206,6 +206,8 @@ pub struct Etcd {
     taken: Mutex<HashMap<String, Instant>>,
     /// Watches of this process: its assignments, the waiting places.
     watch_tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The scheduler's retry of a run recorded `lost` (see `record_lost`).
+    lost_retry: Mutex<Option<super::LostRetry>>,
 }
 
 impl Etcd {
@@ -277,6 +279,7 @@ impl Etcd {
             process: new_run_id(),
             taken: Mutex::default(),
             watch_tasks: Mutex::default(),
+            lost_retry: Mutex::default(),
             cfg,
         })
     }

@@ -204,7 +204,8 @@ impl Etcd {
 
     /// Record runs whose marker expired without a final record (their
     /// supervisor died or was cut off for good) as `lost`, so every run
-    /// leaves a record. Runs on the leader only.
+    /// leaves a record. Runs on the leader only. One etcd cannot answer
+    /// (a member down, a leader election) is tried again, never dropped.
     pub(super) fn record_lost_runs(
         &self,
         recorded: mpsc::Sender<RunRecord>,
@@ -212,74 +213,126 @@ impl Etcd {
         let client = self.client.clone();
         let keys = self.keys.clone();
         let ended = self.ended.clone();
+        let retry = self.lost_retry.lock().expect("lost retry lock").clone();
+        let keep = EndedMarkers::keep(self.cfg.cluster.lease_ttl);
         tokio::spawn(async move {
             let mut client = client;
             loop {
                 // What every replica saw lately, the leader's predecessors'
                 // term included, then each deletion as it comes.
                 let added = ended.added.notified();
-                for mut rec in ended.take() {
-                    // A supervisor that finished wrote the record in the
-                    // same transaction that deleted the marker.
-                    let key = keys.history(&rec.key.job, &rec.key.run_id);
-                    // Only whether it exists: the record itself may be large.
-                    let counted = client
-                        .get(key.clone(), Some(GetOptions::new().with_count_only()))
-                        .await;
-                    match counted {
-                        Ok(r) if r.count() == 0 => {}
-                        _ => continue,
-                    }
-                    let now = Utc::now();
-                    rec.outcome = Outcome::Lost;
-                    rec.reason = Some("its running marker expired: the supervisor died or lost etcd before recording the run".into());
-                    rec.duration_ms = Some((now - rec.started_at).num_milliseconds().max(0) as u64);
-                    rec.ended_at = Some(now);
-                    // A run after another job's that no supervisor took
-                    // over (its leader died between claim and start) never
-                    // began: it is asked for again, in the same step.
-                    let again = (rec.key.trigger == crate::model::Trigger::After
-                        && rec.supervisor_pid.is_none())
-                    .then(|| {
-                        TriggerRequest::after(
-                            &rec.key.job,
-                            format!(
-                                "again: run {} was claimed but never started",
-                                rec.key.run_id
-                            ),
-                            rec.upstream.clone(),
-                        )
-                    });
-                    if let Some(req) = &again {
-                        rec.reason = Some(format!(
-                            "claimed, but its leader stopped before starting it; asked for again as run {}",
-                            req.run_id
-                        ));
-                    }
-                    tracing::warn!(job = %rec.key.job, run_id = %rec.key.run_id, instance = %rec.key.instance, "run lost");
-                    // Only if the supervisor did not record it meanwhile,
-                    // and (for a waiting run's place) it did not move on
-                    // to its running mark.
-                    let marker = keys.active(&rec.key.job, &rec.key.run_id);
-                    let txn = Txn::new()
-                        .when([
-                            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                            Compare::create_revision(marker, CompareOp::Equal, 0),
-                        ])
-                        .and_then(
-                            std::iter::once(TxnOp::put(key, json(&rec), None))
-                                .chain(again.iter().map(|req| {
-                                    TxnOp::put(keys.request(&req.run_id), json(req), None)
-                                }))
-                                .collect::<Vec<_>>(),
-                        );
-                    if client.txn(txn).await.is_ok_and(|r| r.succeeded()) {
+                let mut not_yet = Vec::new();
+                let mut why = None;
+                for rec in ended.take() {
+                    match record_lost(&mut client, &keys, retry.as_ref(), rec.clone()).await {
                         // Waited for: the leader retries and hooks each one.
-                        let _ = recorded.send(rec).await;
+                        Ok(Some(lost)) => {
+                            let _ = recorded.send(lost).await;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            why = Some(e);
+                            not_yet.push(rec);
+                        }
                     }
                 }
-                added.await;
+                if let Some(e) = why {
+                    tracing::warn!(
+                        runs = not_yet.len(),
+                        "lost runs cannot be recorded yet, trying again: {e}"
+                    );
+                    for rec in not_yet {
+                        ended.push(rec, keep);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                } else {
+                    added.await;
+                }
             }
         })
     }
+}
+
+/// Record `rec`, a run whose marker ended, as `lost` unless its supervisor
+/// recorded it: the record written, `None` if there was nothing to write.
+/// A run after another job's that never started, or one `retry` asks for
+/// again, has its next run asked for in the same transaction, so no leader
+/// dying in between can leave it recorded but never retried.
+async fn record_lost(
+    client: &mut Client,
+    keys: &Keys,
+    retry: Option<&crate::coordination::LostRetry>,
+    mut rec: RunRecord,
+) -> Result<Option<RunRecord>> {
+    // A supervisor that finished wrote the record in the same transaction
+    // that deleted the marker.
+    let key = keys.history(&rec.key.job, &rec.key.run_id);
+    // Only whether it exists: the record itself may be large.
+    let counted = client
+        .get(key.clone(), Some(GetOptions::new().with_count_only()))
+        .await
+        .map_err(etcd_err("look up a lost run's record"))?;
+    if counted.count() > 0 {
+        return Ok(None);
+    }
+    let now = Utc::now();
+    rec.outcome = Outcome::Lost;
+    rec.reason = Some(
+        "its running marker expired: the supervisor died or lost etcd before recording the run"
+            .into(),
+    );
+    rec.duration_ms = Some((now - rec.started_at).num_milliseconds().max(0) as u64);
+    rec.ended_at = Some(now);
+    // A run after another job's that no supervisor took over (its leader
+    // died between claim and start) never began: it is asked for again.
+    let never_began =
+        rec.key.trigger == crate::model::Trigger::After && rec.supervisor_pid.is_none();
+    let again = if never_began {
+        let req = TriggerRequest::after(
+            &rec.key.job,
+            format!(
+                "again: run {} was claimed but never started",
+                rec.key.run_id
+            ),
+            rec.upstream.clone(),
+        );
+        rec.reason = Some(format!(
+            "claimed, but its leader stopped before starting it; asked for again as run {}",
+            req.run_id
+        ));
+        Some(req)
+    } else {
+        let req = retry.and_then(|retry| retry(&rec));
+        if let Some(req) = &req {
+            rec.reason = Some(format!(
+                "{}; its retry is run {}",
+                rec.reason.as_deref().unwrap_or_default(),
+                req.run_id
+            ));
+        }
+        req
+    };
+    tracing::warn!(job = %rec.key.job, run_id = %rec.key.run_id, instance = %rec.key.instance, retry = ?again.as_ref().map(|r| &r.run_id), "run lost");
+    // Only if the supervisor did not record it meanwhile, and (for a
+    // waiting run's place) it did not move on to its running mark.
+    let marker = keys.active(&rec.key.job, &rec.key.run_id);
+    let txn = Txn::new()
+        .when([
+            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            Compare::create_revision(marker, CompareOp::Equal, 0),
+        ])
+        .and_then(
+            std::iter::once(TxnOp::put(key, json(&rec), None))
+                .chain(
+                    again
+                        .iter()
+                        .map(|req| TxnOp::put(keys.request(&req.run_id), json(req), None)),
+                )
+                .collect::<Vec<_>>(),
+        );
+    let done = client
+        .txn(txn)
+        .await
+        .map_err(etcd_err("record a lost run"))?;
+    Ok(done.succeeded().then_some(rec))
 }

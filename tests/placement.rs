@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::etcd::Etcd;
+use common::etcd::{Etcd, EtcdCluster};
 use common::*;
 use rustix::process::Signal;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -874,4 +874,81 @@ fn a_members_own_config_and_max_runs_decide_what_it_runs_and_services_stay_on_th
         leader_env.lines("svc")
     );
     assert_eq!(members_env.lines("svc"), Vec::<String>::new());
+}
+
+#[test]
+fn a_member_cut_off_from_etcd_kills_its_placed_run_and_the_leader_records_it_lost() {
+    let _serial = serial();
+    let mut etcd = EtcdCluster::start(3);
+    let endpoints = etcd.endpoints();
+    let config = |endpoints: &[String], member: &str| {
+        let list: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+        format!(
+            "[cluster]\netcd = [{}]\nprefix = \"/placement\"\nlease_ttl = \"2s\"\n\n{member}\
+             [jobs.far]\nschedule = \"@yearly\"\nrun_on = {{ labels = {{ role = \"b\" }} }}\n\
+             shell = 'echo $$ > {{dir}}/far.pid; {}; exec sleep 60'\n",
+            list.join(", "),
+            ledger_line("start", "ledger")
+        )
+    };
+    // The leader reaches etcd through members 1 and 2; b only through 0,
+    // whose death (quorum kept) cuts b off.
+    let leader_env = Env::new().config(&config(&endpoints[1..], ""));
+    let b_env = Env::new().config(&config(
+        &endpoints[..1],
+        "[member]\nlabels = { role = \"b\" }\n\n",
+    ));
+    let _a = leader_env.spawn_run("a");
+    wait_until(PATIENCE, "a leading", || {
+        leader_of(&leader_env).as_deref() == Some("a")
+    });
+    let _b = b_env.spawn_run("b");
+    wait_until(PATIENCE, "b among the members", || {
+        leader_env.list_json()["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["instance"] == "b"))
+    });
+    let run_id = leader_env.trigger_detached("far");
+    wait_until(PATIENCE, "the run started on b", || {
+        ledger(&b_env, "ledger")
+            .iter()
+            .any(|l| l.run_id == run_id && l.instance == "b")
+    });
+    let pid: i32 = b_env.lines("far.pid")[0].trim().parse().unwrap();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    assert!(alive(pid), "the job's process before the cut");
+
+    etcd.kill_member(0);
+    let cut = std::time::Instant::now();
+    // The fencing window is 2/3 of lease_ttl (1.3 s here); generous for a
+    // loaded machine.
+    wait_until(
+        Duration::from_secs(10),
+        "the cut-off member's job killed",
+        || !alive(pid),
+    );
+    let killed_after = cut.elapsed();
+    wait_until(PATIENCE, "the run recorded lost by the leader", || {
+        history(&leader_env, "far")
+            .iter()
+            .any(|r| r["run_id"] == run_id.as_str() && r["outcome"] == "lost")
+    });
+    let rec = history(&leader_env, "far")
+        .into_iter()
+        .find(|r| r["run_id"] == run_id.as_str())
+        .unwrap();
+    assert_eq!(rec["instance"], "b", "{rec}");
+    assert!(
+        killed_after < Duration::from_secs(6),
+        "killed {killed_after:?} after the cut"
+    );
 }

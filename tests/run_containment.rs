@@ -402,3 +402,22 @@ fn run_cgroups_left_behind_are_swept_by_the_scheduler() {
     assert!(!stale_left, "{} was not swept", stale.display());
     assert!(young_left, "{} was swept though young", young.display());
 }
+
+/// A job asked to stop gets SIGTERM once: many programs take a second one
+/// as "stop now, skip the cleanup", which would cut the kill grace short.
+/// (The SIGTERM meant for descendants that left the group once reached the
+/// group's processes too, and what the job's handler had just started.)
+#[test]
+fn a_job_asked_to_stop_gets_sigterm_once() {
+    let env = Env::new().config(
+        "[jobs.tidy]\nschedule = \"@yearly\"\ntimeout = \"500ms\"\nkill_grace = \"10s\"\n\
+         shell = 'trap \"echo term >> {dir}/terms\" TERM; i=0; while [ $i -lt 30 ]; do sleep 0.05; i=$((i+1)); done; echo done >> {dir}/terms'\n",
+    );
+    for _ in 0..3 {
+        env.cmd(&["trigger", "tidy"]).run();
+    }
+    assert_eq!(
+        env.lines("terms"),
+        ["term", "done", "term", "done", "term", "done"]
+    );
+}

@@ -280,7 +280,7 @@ pub(super) async fn terminate<R: RunRecorder>(
         let _ = kill_process_group(g, Signal::TERM);
     }
     // Those that left the group are asked to stop too, at the same time.
-    contain::signal_descendants(Signal::TERM);
+    contain::signal_descendants_outside(group, Signal::TERM);
     tokio::select! {
         status = child.wait() => return status,
         () = tokio::time::sleep(grace) => {}

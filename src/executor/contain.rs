@@ -364,9 +364,11 @@ fn cgroup2_mount() -> Result<&'static (PathBuf, PathBuf), String> {
     Ok(MOUNT.get_or_init(|| found))
 }
 
-/// One process in `/proc`: its parent and whether it is a zombie.
+/// One process in `/proc`: its parent, its process group and whether it
+/// is a zombie.
 struct Proc {
     ppid: i32,
+    pgrp: i32,
     zombie: bool,
 }
 
@@ -388,13 +390,17 @@ fn processes() -> HashMap<i32, Proc> {
         };
         let mut fields = rest.split_whitespace();
         let state = fields.next().unwrap_or("");
-        let Some(ppid) = fields.next().and_then(|p| p.parse().ok()) else {
+        let (Some(ppid), Some(pgrp)) = (
+            fields.next().and_then(|p| p.parse().ok()),
+            fields.next().and_then(|p| p.parse().ok()),
+        ) else {
             continue;
         };
         all.insert(
             pid,
             Proc {
                 ppid,
+                pgrp,
                 zombie: state == "Z",
             },
         );
@@ -402,8 +408,8 @@ fn processes() -> HashMap<i32, Proc> {
     all
 }
 
-/// Every process below this one: (pid, is a zombie).
-fn descendants() -> Vec<(i32, bool)> {
+/// Every process below this one: (pid, process group, is a zombie).
+fn descendants() -> Vec<(i32, i32, bool)> {
     let me = std::process::id() as i32;
     let all = processes();
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -414,7 +420,7 @@ fn descendants() -> Vec<(i32, bool)> {
     let mut todo = vec![me];
     while let Some(parent) = todo.pop() {
         for child in children.get(&parent).into_iter().flatten() {
-            found.push((*child, all[child].zombie));
+            found.push((*child, all[child].pgrp, all[child].zombie));
             todo.push(*child);
         }
     }
@@ -444,11 +450,23 @@ fn has_children() -> bool {
 
 /// Send `signal` to every living descendant (in a supervisor only).
 pub fn signal_descendants(signal: Signal) {
+    signal_descendants_outside(None, signal);
+}
+
+/// Send `signal` to every living descendant outside process group `group`
+/// (all of them for `None`; in a supervisor only). The group had its own
+/// signal: a second SIGTERM reads to many programs as "stop now", and would
+/// also reach what the job's handler of the first has just started.
+pub fn signal_descendants_outside(group: Option<Pid>, signal: Signal) {
     if !SUPERVISOR.load(Ordering::Relaxed) || !has_children() {
         return;
     }
-    for (pid, zombie) in descendants() {
-        if let (false, Some(pid)) = (zombie, Pid::from_raw(pid)) {
+    let group = group.map(Pid::as_raw_pid);
+    for (pid, pgrp, zombie) in descendants() {
+        if zombie || Some(pgrp) == group {
+            continue;
+        }
+        if let Some(pid) = Pid::from_raw(pid) {
             let _ = rustix::process::kill_process(pid, signal);
         }
     }
@@ -476,7 +494,7 @@ pub async fn kill_descendants() {
             return;
         }
         if tokio::time::Instant::now() >= deadline {
-            let pids: Vec<String> = left.iter().map(|(p, _)| p.to_string()).collect();
+            let pids: Vec<String> = left.iter().map(|(p, _, _)| p.to_string()).collect();
             tracing::warn!(
                 "processes of the job still there after SIGKILL for {}s: {}",
                 KILL_PATIENCE.as_secs(),

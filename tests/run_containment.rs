@@ -59,6 +59,7 @@ fn alternating_lines() -> Vec<String> {
 
 #[test]
 fn stdout_and_stderr_keep_the_order_the_job_wrote_them_in_the_record_and_the_log() {
+    let _cgroups = beside_others();
     let env = Env::new().config(&format!(
         "[jobs.talk]\nschedule = \"@every 1s\"\nshell = '''[ -e {{dir}}/first ] && exit 0; echo $BGSCHED_RUN_ID > {{dir}}/first; i=1; while [ $i -le {ALTERNATING} ]; do if [ $((i % 2)) = 1 ]; then echo out$i; else echo err$i >&2; fi; i=$((i + 1)); done'''\n"
     ));
@@ -85,6 +86,7 @@ fn stdout_and_stderr_keep_the_order_the_job_wrote_them_in_the_record_and_the_log
 
 #[test]
 fn a_foreground_trigger_keeps_the_order_in_its_record_and_on_its_stdout() {
+    let _cgroups = beside_others();
     let env = Env::new().config(&format!(
         "[jobs.talk]\nschedule = \"@yearly\"\nshell = '''i=1; while [ $i -le {ALTERNATING} ]; do if [ $((i % 2)) = 1 ]; then echo out$i; else echo err$i >&2; fi; i=$((i + 1)); done'''\n"
     ));
@@ -102,6 +104,7 @@ fn a_foreground_trigger_keeps_the_order_in_its_record_and_on_its_stdout() {
 
 #[test]
 fn the_tail_is_the_last_64_kib_even_of_one_10_mb_line() {
+    let _cgroups = beside_others();
     const MARKER: &str = "END-OF-THE-HUGE-LINE-7f3a";
     let env = Env::new().config(&format!(
         "[jobs.huge]\nschedule = \"@yearly\"\nshell = '''echo $BGSCHED_RUN_ID > {{dir}}/first; head -c 10000000 /dev/zero | tr '\\0' x; printf {MARKER}'''\n"
@@ -156,6 +159,7 @@ fn assert_gone(rec: &Value, escaped: &[i32]) {
 
 #[test]
 fn descendants_that_left_the_group_are_killed_when_the_run_ends() {
+    let _cgroups = beside_others();
     let env = Env::new().config(&format!("[jobs.escaper]\n{}", escaping_job("echo done")));
     env.trigger_detached("escaper");
     check_killed_at_run_end(&env);
@@ -164,6 +168,7 @@ fn descendants_that_left_the_group_are_killed_when_the_run_ends() {
 /// Without cgroups the subreaper alone finds and kills them.
 #[test]
 fn descendants_that_left_the_group_are_killed_without_cgroups_too() {
+    let _cgroups = beside_others();
     let env = Env::new().config(&format!("[jobs.escaper]\n{}", escaping_job("echo done")));
     let out = env
         .cmd(&["trigger", "escaper"])
@@ -191,6 +196,7 @@ fn check_killed_at_run_end(env: &Env) {
 
 #[test]
 fn descendants_that_left_the_group_are_killed_on_timeout_under_run() {
+    let _cgroups = beside_others();
     let env = Env::new().config(&format!(
         "[jobs.escaper]\ntimeout = \"2s\"\nkill_grace = \"1s\"\n{}",
         escaping_job("sleep 1000").replace("@yearly", "@every 1s")
@@ -231,6 +237,7 @@ fn descendants_that_left_the_group_are_killed_on_timeout_under_run() {
 
 #[test]
 fn descendants_that_left_the_group_are_killed_when_run_shuts_down() {
+    let _cgroups = beside_others();
     let env = Env::new().config(&format!(
         "[scheduler]\nshutdown_grace = \"1s\"\n\n[jobs.escaper]\nkill_grace = \"1s\"\n{}",
         escaping_job("sleep 1000").replace("@yearly", "@every 1s")
@@ -253,6 +260,7 @@ fn descendants_that_left_the_group_are_killed_when_run_shuts_down() {
 /// even the processes that left the job's group go.
 #[test]
 fn descendants_that_left_the_group_go_when_their_supervisor_is_killed() {
+    let _cgroups = beside_others();
     let env = Env::new().config(&format!(
         "[jobs.escaper]\n{}",
         escaping_job("sleep 1000").replace("@yearly", "@every 1s")
@@ -297,6 +305,7 @@ fn descendants_that_left_the_group_go_when_their_supervisor_is_killed() {
 /// which are the scheduler's descendants too.
 #[test]
 fn the_hook_of_a_lost_run_leaves_the_other_runs_alone() {
+    let _cgroups = beside_others();
     let env = Env::new().config(
         "[scheduler]\nshutdown_grace = \"1s\"\n\n[jobs.doomed]\nschedule = \"@every 1s\"\nshell = '[ -e {dir}/doomed ] && exit 0; echo $$ > {dir}/doomed; sleep 600'\n\
          on_failure = [\"/bin/sh\", \"-c\", 'echo $BGSCHED_OUTCOME >> {dir}/hook']\n\n\
@@ -339,6 +348,20 @@ fn own_cgroup_dir() -> Option<std::path::PathBuf> {
     Some(std::path::Path::new(&mountpoint).join(rel.trim_start_matches('/')))
 }
 
+/// Every run started here sweeps the stale run cgroups below this test
+/// process's cgroup, which all its tests share: a sweep test runs alone,
+/// or another test's run would sweep its stale cgroup first (and the
+/// scheduler's test then stop a scheduler still starting up).
+static CGROUPS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CGROUPS.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn beside_others() -> std::sync::RwLockReadGuard<'static, ()> {
+    CGROUPS.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A stale and a young run cgroup, as left behind by a supervisor and a
 /// scheduler both killed before they could remove them; `None` where
 /// cgroups cannot be made here.
@@ -367,6 +390,7 @@ fn left_behind_cgroups(tag: &str) -> Option<(std::path::PathBuf, std::path::Path
 /// it is empty and over a minute old; a young one is left alone.
 #[test]
 fn run_cgroups_left_behind_are_swept_by_the_next_trigger() {
+    let _cgroups = alone();
     let Some((stale, young)) = left_behind_cgroups("trigger") else {
         return;
     };
@@ -385,6 +409,7 @@ fn run_cgroups_left_behind_are_swept_by_the_next_trigger() {
 /// cgroups.
 #[test]
 fn run_cgroups_left_behind_are_swept_by_the_scheduler() {
+    let _cgroups = alone();
     let Some((stale, young)) = left_behind_cgroups("scheduler") else {
         return;
     };
@@ -409,6 +434,7 @@ fn run_cgroups_left_behind_are_swept_by_the_scheduler() {
 /// group's processes too, and what the job's handler had just started.)
 #[test]
 fn a_job_asked_to_stop_gets_sigterm_once() {
+    let _cgroups = beside_others();
     let env = Env::new().config(
         "[jobs.tidy]\nschedule = \"@yearly\"\ntimeout = \"500ms\"\nkill_grace = \"10s\"\n\
          shell = 'trap \"echo term >> {dir}/terms\" TERM; i=0; while [ $i -lt 30 ]; do sleep 0.05; i=$((i+1)); done; echo done >> {dir}/terms'\n",

@@ -253,6 +253,39 @@ impl Scheduler {
     }
 }
 
+impl Drop for Env {
+    /// What a test leaves running must not outlive it: a run whose
+    /// supervisor outlives its killed scheduler (by design) would go on
+    /// for its whole `sleep 600`, loading the machine for the tests after.
+    /// Every process started from here works in this directory (the
+    /// scheduler, its supervisors, their jobs and what those started).
+    fn drop(&mut self) {
+        let dir = fs::canonicalize(self.dir()).unwrap_or_else(|_| self.dir().to_path_buf());
+        let me = std::process::id() as i32;
+        for _ in 0..5 {
+            let here: Vec<rustix::process::Pid> = fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|pid| *pid != me)
+                .filter(|pid| fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir))
+                .filter_map(rustix::process::Pid::from_raw)
+                .collect();
+            if here.is_empty() {
+                return;
+            }
+            // Stopped first, so that none reacts to another's death.
+            for sig in [rustix::process::Signal::STOP, rustix::process::Signal::KILL] {
+                for pid in &here {
+                    let _ = rustix::process::kill_process(*pid, sig);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Scheduler {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {

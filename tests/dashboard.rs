@@ -396,6 +396,26 @@ async fn the_dashboard_lists_jobs_triggers_follows_cancels_and_pauses() {
             .is_some_and(|r| r["outcome"] == "cancelled")
     });
 
+    // A run at a later time is cancelled from its page before its time.
+    let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let later = env.cmd(&["trigger", "long", "--at", &at]).run().success();
+    let later = later.stdout.trim().to_string();
+    b.open(&format!("{base}#/runs/{later}")).await;
+    b.wait_text("#run-outcome", "scheduled").await;
+    b.click("#cancel").await;
+    b.wait_text("#run-outcome", "cancelled").await;
+    let rec = env
+        .records("long")
+        .into_iter()
+        .find(|r| r["run_id"] == later.as_str())
+        .unwrap_or_else(|| panic!("no record of {later}"));
+    assert!(
+        rec["reason"]
+            .as_str()
+            .is_some_and(|why| why.contains("before its time") && why.ends_with("not started")),
+        "{rec}"
+    );
+
     // Pause and resume from the job page.
     b.open(&format!("{base}#/jobs/nightly")).await;
     b.wait_text("h1", "nightly").await;

@@ -682,7 +682,9 @@ async function openRun(id) {
     if (!open()) return;
     facts.replaceChildren(recordFacts(r));
     const running = r.outcome === "running" || r.outcome === "pending";
-    actions.replaceChildren(...(running ? action("Cancel", "trigger", async () => {
+    // A run at a later time is cancelled before its time: it never starts.
+    const cancellable = running || r.outcome === "scheduled";
+    actions.replaceChildren(...(cancellable ? action("Cancel", "trigger", async () => {
       try { await api("POST", "/runs/" + id + "/cancel", {}); } catch (e) { failed(e); }
     }, { id: "cancel" }) : []));
     if (running && !following) {

@@ -952,3 +952,88 @@ fn a_member_cut_off_from_etcd_kills_its_placed_run_and_the_leader_records_it_los
         "killed {killed_after:?} after the cut"
     );
 }
+
+/// etcd refuses the leader the lost record for a while (here: its user's
+/// right to the history keys is taken away, as a misconfigured role or an
+/// etcd with no quorum would): the record is written once etcd takes it
+/// again, never dropped.
+#[test]
+fn a_lost_run_that_etcd_will_not_take_the_record_of_for_a_while_is_recorded_once_it_does() {
+    let _serial = serial();
+    const USER: &str = "sched";
+    const PW: &str = "pw-for-the-lost-run-test";
+    let etcd = Etcd::start_with_auth(USER, PW);
+    let as_root = |path: &str, body: String| {
+        etcd.call_as("root", PW, path, &body);
+    };
+    let key = |k: &str| common::etcd::base64_encode(k.as_bytes());
+    let grant = |role: &str, from: &str, to: &str| {
+        as_root(
+            "/v3/auth/role/grant",
+            format!(
+                r#"{{"name":"{role}","perm":{{"permType":"READWRITE","key":"{}","range_end":"{}"}}}}"#,
+                key(from),
+                key(to)
+            ),
+        )
+    };
+    // Everything but the history keys, and the history keys, as two roles.
+    as_root("/v3/auth/role/add", r#"{"name":"rest"}"#.into());
+    grant("rest", "\0", "/lost/history/");
+    grant("rest", "/lost/history0", "\0");
+    as_root("/v3/auth/role/add", r#"{"name":"history"}"#.into());
+    grant("history", "/lost/history/", "/lost/history0");
+    let user_role = |what: &str, role: &str| {
+        let body = match what {
+            "grant" => format!(r#"{{"user":"{USER}","role":"{role}"}}"#),
+            _ => format!(r#"{{"name":"{USER}","role":"{role}"}}"#),
+        };
+        as_root(&format!("/v3/auth/user/{what}"), body);
+    };
+    user_role("grant", "rest");
+    user_role("grant", "history");
+    user_role("revoke", "readwrite");
+
+    let env =
+        Env::new().config(&format!(
+        "[cluster]\netcd = [\"{}\"]\nprefix = \"/lost\"\nlease_ttl = \"2s\"\nuser = \"{USER}\"\n\
+         password_file = \"{{dir}}/pw\"\n\n{}",
+        etcd.endpoint(),
+        job("far", "run_on = { labels = { role = \"b\" } }\nschedule = \"@yearly\"", "600")
+            .replacen("schedule = \"@every 1s\"\n", "", 1)
+    ));
+    env.write("pw", PW);
+    let a = env.spawn_run("a");
+    wait_until(PATIENCE, "a leading", || {
+        leader_of(&env).as_deref() == Some("a")
+    });
+    let mut b = env.spawn_run_with("b", &["--label", "role=b"]);
+    wait_until(PATIENCE, "b among the members", || {
+        env.list_json()["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["instance"] == "b"))
+    });
+    let run_id = env.trigger_detached("far");
+    wait_until(PATIENCE, "the run started on b", || {
+        ledger(&env, "ledger").iter().any(|l| l.run_id == run_id)
+    });
+
+    user_role("revoke", "history");
+    kill_machine(&mut b);
+    wait_until(
+        PATIENCE,
+        "the leader failing to record the lost run",
+        || a.log_text().contains("lost runs cannot be recorded yet"),
+    );
+    user_role("grant", "history");
+    wait_until(PATIENCE, "the lost run recorded", || {
+        history(&env, "far")
+            .iter()
+            .any(|r| r["run_id"] == run_id.as_str() && r["outcome"] == "lost")
+    });
+    let records: Vec<_> = history(&env, "far")
+        .into_iter()
+        .filter(|r| r["run_id"] == run_id.as_str())
+        .collect();
+    assert_eq!(records.len(), 1, "{records:#?}");
+}

@@ -133,15 +133,15 @@ impl Etcd {
         etcd
     }
 
-    /// Every key and value (lossy UTF-8), read as `user`, of an etcd started
-    /// with [`Etcd::start_with_auth`].
-    pub fn dump_as(&self, user: &str, password: &str) -> Vec<(String, String)> {
-        let body = format!(r#"{{"name":"{user}","password":"{password}"}}"#);
+    /// POST `body` to the JSON gateway's `path` as `user` of an etcd started
+    /// with [`Etcd::start_with_auth`]: the reply, failing the test unless 200.
+    pub fn call_as(&self, user: &str, password: &str, path: &str, body: &str) -> String {
+        let login = format!(r#"{{"name":"{user}","password":"{password}"}}"#);
         let token = match http(
             self.client_port,
             "POST",
             "/v3/auth/authenticate",
-            Some(&body),
+            Some(&login),
         ) {
             Ok((200, reply)) => serde_json::from_str::<serde_json::Value>(&reply)
                 .ok()
@@ -149,19 +149,25 @@ impl Etcd {
                 .unwrap_or_else(|| self.fail(&format!("no token in {reply}"))),
             other => self.fail(&format!("authenticate: {other:?}")),
         };
-        let all = base64_encode(b"\0");
-        let range = format!(r#"{{"key":"{all}","range_end":"{all}"}}"#);
-        let reply = match http_request(
+        match http_request(
             self.client_port,
             "POST",
-            "/v3/kv/range",
-            Some(&range),
+            path,
+            Some(body),
             Duration::from_secs(15),
             &[("Authorization", &token)],
         ) {
             Ok((200, reply)) => reply,
-            other => self.fail(&format!("range of every key: {other:?}")),
-        };
+            other => self.fail(&format!("{path} {body}: {other:?}")),
+        }
+    }
+
+    /// Every key and value (lossy UTF-8), read as `user`, of an etcd started
+    /// with [`Etcd::start_with_auth`].
+    pub fn dump_as(&self, user: &str, password: &str) -> Vec<(String, String)> {
+        let all = base64_encode(b"\0");
+        let range = format!(r#"{{"key":"{all}","range_end":"{all}"}}"#);
+        let reply = self.call_as(user, password, "/v3/kv/range", &range);
         let json: serde_json::Value = serde_json::from_str(&reply).expect("range reply is JSON");
         let text = |v: &serde_json::Value| {
             String::from_utf8_lossy(&base64_decode(v.as_str().unwrap_or("")).unwrap_or_default())

@@ -204,8 +204,9 @@ impl Etcd {
 
     /// Record runs whose marker expired without a final record (their
     /// supervisor died or was cut off for good) as `lost`, so every run
-    /// leaves a record. Runs on the leader only. One etcd cannot answer
-    /// (a member down, a leader election) is tried again, never dropped.
+    /// leaves a record. Runs on the leader only. One etcd cannot take now
+    /// (a member down, a leader election) is tried again, with a backoff,
+    /// and one this term could not finish is left to the next.
     pub(super) fn record_lost_runs(
         &self,
         recorded: mpsc::Sender<RunRecord>,
@@ -217,14 +218,22 @@ impl Etcd {
         let keep = EndedMarkers::keep(self.cfg.cluster.lease_ttl);
         tokio::spawn(async move {
             let mut client = client;
+            let mut backoff = LOST_RETRY_FIRST;
             loop {
                 // What every replica saw lately, the leader's predecessors'
                 // term included, then each deletion as it comes.
                 let added = ended.added.notified();
-                let mut not_yet = Vec::new();
+                let mut batch = Unrecorded {
+                    ended: ended.clone(),
+                    keep,
+                    left: ended.take().into(),
+                    again: Vec::new(),
+                };
                 let mut why = None;
-                for rec in ended.take() {
-                    match record_lost(&mut client, &keys, retry.as_ref(), rec.clone()).await {
+                while let Some(rec) = batch.left.front().cloned() {
+                    let done = record_lost(&mut client, &keys, retry.as_ref(), rec).await;
+                    let rec = batch.left.pop_front().expect("the entry just tried");
+                    match done {
                         // Waited for: the leader retries and hooks each one.
                         Ok(Some(lost)) => {
                             let _ = recorded.send(lost).await;
@@ -232,24 +241,51 @@ impl Etcd {
                         Ok(None) => {}
                         Err(e) => {
                             why = Some(e);
-                            not_yet.push(rec);
+                            batch.again.push(rec);
                         }
                     }
                 }
-                if let Some(e) = why {
+                let Some(e) = why else {
+                    backoff = LOST_RETRY_FIRST;
+                    drop(batch);
+                    added.await;
+                    continue;
+                };
+                // Once per outage: the next tries only if they succeed.
+                if backoff == LOST_RETRY_FIRST {
                     tracing::warn!(
-                        runs = not_yet.len(),
+                        runs = batch.again.len(),
                         "lost runs cannot be recorded yet, trying again: {e}"
                     );
-                    for rec in not_yet {
-                        ended.push(rec, keep);
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                } else {
-                    added.await;
                 }
+                drop(batch);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(LOST_RETRY_MOST);
             }
         })
+    }
+}
+
+/// The first wait before a lost run's record etcd did not take is tried
+/// again, and the longest.
+const LOST_RETRY_FIRST: Duration = Duration::from_millis(500);
+const LOST_RETRY_MOST: Duration = Duration::from_secs(5);
+
+/// Ended markers taken off the list to be recorded: those not recorded
+/// yet go back on it when this goes, also when the task is aborted
+/// mid-way (leadership lost), so the next term records them.
+struct Unrecorded {
+    ended: Arc<EndedMarkers>,
+    keep: Duration,
+    left: std::collections::VecDeque<RunRecord>,
+    again: Vec<RunRecord>,
+}
+
+impl Drop for Unrecorded {
+    fn drop(&mut self) {
+        for rec in self.again.drain(..).chain(self.left.drain(..)) {
+            self.ended.push(rec, self.keep);
+        }
     }
 }
 
@@ -312,7 +348,6 @@ async fn record_lost(
         }
         req
     };
-    tracing::warn!(job = %rec.key.job, run_id = %rec.key.run_id, instance = %rec.key.instance, retry = ?again.as_ref().map(|r| &r.run_id), "run lost");
     // Only if the supervisor did not record it meanwhile, and (for a
     // waiting run's place) it did not move on to its running mark.
     let marker = keys.active(&rec.key.job, &rec.key.run_id);
@@ -334,5 +369,9 @@ async fn record_lost(
         .txn(txn)
         .await
         .map_err(etcd_err("record a lost run"))?;
-    Ok(done.succeeded().then_some(rec))
+    if !done.succeeded() {
+        return Ok(None);
+    }
+    tracing::warn!(job = %rec.key.job, run_id = %rec.key.run_id, instance = %rec.key.instance, retry = ?again.as_ref().map(|r| &r.run_id), "run lost");
+    Ok(Some(rec))
 }

@@ -613,6 +613,29 @@ fn in_a_cluster_any_replica_starts_a_run_on_the_leader_and_any_answers_for_it() 
         "bad_request",
         "labels: label value \"a b\" may hold only",
     );
+    for (body, why) in [
+        (
+            r#"{"params": {"order_id": "9"}, "on": ""}"#,
+            "on: name a member (its instance id), not an empty string",
+        ),
+        (
+            r#"{"params": {"order_id": "9"}, "labels": {}}"#,
+            "labels: give at least one label",
+        ),
+    ] {
+        assert_error(
+            call(
+                ports[follower],
+                "POST",
+                "/api/v1/jobs/order/runs",
+                Some(TRIGGER),
+                Some(body),
+            ),
+            400,
+            "bad_request",
+            why,
+        );
+    }
 
     // Skip holds cluster-wide: a second run asked of another replica is refused.
     let (_, accepted) = call(

@@ -282,9 +282,10 @@ fn check_accepts_run_on_without_a_cluster_and_says_it() {
         .config("[member]\nlabels = { zone = \"a\" }\nmax_runs = 2\n\n\
                  [jobs.a]\nschedule = \"@daily\"\ncommand = [\"true\"]\nrun_on = { labels = { zone = \"a\", gpu = \"yes\" } }\n\n\
                  [jobs.b]\nschedule = \"@daily\"\ncommand = [\"true\"]\nrun_on = \"any\"\n\n\
-                 [jobs.c]\nschedule = \"@daily\"\ncommand = [\"true\"]\n")
+                 [jobs.c]\nschedule = \"@daily\"\ncommand = [\"true\"]\n\n\
+                 [jobs.svc]\nschedule = \"@continuous\"\ncommand = [\"true\"]\nrun_on = \"any\"\n")
         .args(&["check"])
-        .stdout_has("ok, 3 job(s)")
+        .stdout_has("ok, 4 job(s)")
         .run();
     let line = |job: &str| {
         out.stdout
@@ -300,4 +301,9 @@ fn check_accepts_run_on_without_a_cluster_and_says_it() {
     );
     assert!(line("b ").ends_with("  run_on any"), "{}", out.stdout);
     assert!(!line("c ").contains("run_on"), "{}", out.stdout);
+    assert!(
+        line("svc ").ends_with("  (run_on does not apply: a service runs on the leader)"),
+        "{}",
+        out.stdout
+    );
 }

@@ -623,7 +623,11 @@ fn a_manual_run_goes_where_trigger_on_or_label_says_and_metrics_count_per_member
     assert_eq!(ran_on(&["--label", "zone=b"]), "b");
     assert_eq!(ran_on(&["--label", "zone=a"]), "a");
     // Nobody by that name: recorded, and said, rather than run elsewhere.
-    let out = env.cmd(&["trigger", "m", "--on", "nobody"]).run();
+    let out = env.cmd(&["trigger", "m", "--on", "nobody"]).run().code(69);
+    env.cmd(&["trigger", "m", "--on", ""])
+        .run()
+        .code(2)
+        .stderr_has("--on <MEMBER>");
     assert!(
         out.stderr
             .contains("no live member matches the name nobody"),

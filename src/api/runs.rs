@@ -39,9 +39,9 @@ struct StartBody {
     /// Cluster mode: the member (instance id) to run on.
     #[serde(default)]
     on: Option<String>,
-    /// Cluster mode: labels a member must have to run it.
+    /// Cluster mode: labels a member must have to run it (at least one).
     #[serde(default)]
-    labels: BTreeMap<String, String>,
+    labels: Option<BTreeMap<String, String>>,
 }
 
 pub(super) async fn start(
@@ -64,15 +64,26 @@ pub(super) async fn start(
     let params = job
         .resolve_params(&req.params)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_params", e.to_string()))?;
-    let placement = crate::coordination::Where {
-        on: req.on.clone(),
-        labels: req.labels.clone(),
-        avoid: Vec::new(),
-    };
-    if req.on.is_some() && !req.labels.is_empty() {
+    if req.on.is_some() && req.labels.is_some() {
         return Err(ApiError::bad_request("give either on or labels, not both"));
     }
-    for (k, v) in &req.labels {
+    if req.on.as_deref().is_some_and(|m| m.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "on: name a member (its instance id), not an empty string",
+        ));
+    }
+    if req.labels.as_ref().is_some_and(BTreeMap::is_empty) {
+        return Err(ApiError::bad_request(
+            "labels: give at least one label, as {\"KEY\": \"value\"}",
+        ));
+    }
+    let labels = req.labels.clone().unwrap_or_default();
+    let placement = crate::coordination::Where {
+        on: req.on.clone(),
+        labels: labels.clone(),
+        avoid: Vec::new(),
+    };
+    for (k, v) in &labels {
         for (what, word) in [("name", k), ("value", v)] {
             if let Some(problem) = crate::config::label_problem(word) {
                 return Err(ApiError::bad_request(format!(

@@ -121,7 +121,7 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
         /// Cluster mode: run it on this member (its instance id), whatever the job's run_on.
-        #[arg(long, value_name = "MEMBER")]
+        #[arg(long, value_name = "MEMBER", value_parser = clap::builder::NonEmptyStringValueParser::new())]
         on: Option<String>,
         /// Cluster mode: run it on a member with this label, as KEY=VALUE; repeatable.
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, conflicts_with = "on")]

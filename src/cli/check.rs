@@ -35,6 +35,9 @@ pub fn check(cli: &Cli) -> Result<(), CliError> {
         // In a cluster, where its runs go; said only when not the leader.
         let placed = match &job.run_on {
             RunOn::Leader => String::new(),
+            _ if job.schedule.is_continuous() => {
+                "  (run_on does not apply: a service runs on the leader)".to_string()
+            }
             other => format!("  run_on {other}"),
         };
         println!(

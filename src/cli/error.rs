@@ -107,11 +107,11 @@ impl CliError {
                 Outcome::Killed => 128 + signal.unwrap_or(9),
                 Outcome::TimedOut => 124,
                 Outcome::StartFailed => 127,
-                Outcome::Lost
-                | Outcome::Running
-                | Outcome::Skipped
-                | Outcome::Missed
-                | Outcome::Unreadable => exit::FAILURE,
+                // No member could take it (placement), or none in time.
+                Outcome::Missed => exit::UNAVAILABLE,
+                Outcome::Lost | Outcome::Running | Outcome::Skipped | Outcome::Unreadable => {
+                    exit::FAILURE
+                }
                 Outcome::Cancelled => exit::FORCED_STOP,
                 Outcome::Paused => exit::FAILURE,
             },

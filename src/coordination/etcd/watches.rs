@@ -372,6 +372,6 @@ async fn record_lost(
     if !done.succeeded() {
         return Ok(None);
     }
-    tracing::warn!(job = %rec.key.job, run_id = %rec.key.run_id, instance = %rec.key.instance, retry = ?again.as_ref().map(|r| &r.run_id), "run lost");
+    tracing::warn!(job = %rec.key.job, run_id = %rec.key.run_id, instance = %rec.key.instance, retry = again.as_ref().map_or("none", |r| r.run_id.as_str()), "run lost");
     Ok(Some(rec))
 }

@@ -493,6 +493,13 @@ fn labels_place_runs_only_on_matching_members_and_a_job_no_member_matches_is_rec
         .find(|l| l.trim_start().starts_with("zone_a "))
         .unwrap_or_else(|| panic!("no zone_a row: {}", out.stdout));
     assert!(row.contains(" on a"), "{row}");
+    // A job no member can take says so in its row, not only "never".
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("zone_z "))
+        .unwrap_or_else(|| panic!("no zone_z row: {}", out.stdout));
+    assert!(row.contains("never") && row.contains(" missed"), "{row}");
     let lines = ledger(&env, "ledger");
     assert!(lines.iter().any(|l| l.job == "zone_a"), "zone_a never ran");
     for l in &lines {

@@ -193,11 +193,16 @@ fn print_table(view: &ListView, now: DateTime<Utc>) {
                 None => job.state.to_string(),
             },
         };
-        let skips = if job.recent_skips > 0 {
+        let mut skips = if job.recent_skips > 0 {
             format!(", {} skipped", job.recent_skips)
         } else {
             String::new()
         };
+        // A job whose ticks all go unrun (no member matches it, it keeps
+        // missing its time) shows it here, not only as "never".
+        if job.recent_missed > 0 {
+            skips.push_str(&format!(", {} missed", job.recent_missed));
+        }
         let scheduled = match job.scheduled.first().and_then(|r| r.at) {
             Some(at) => format!(
                 ", {} scheduled (next {})",

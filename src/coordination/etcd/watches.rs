@@ -219,6 +219,8 @@ impl Etcd {
         tokio::spawn(async move {
             let mut client = client;
             let mut backoff = LOST_RETRY_FIRST;
+            // Runs whose last try this term failed (see `record_lost`).
+            let mut failed = std::collections::HashSet::new();
             loop {
                 // What every replica saw lately, the leader's predecessors'
                 // term included, then each deletion as it comes.
@@ -231,16 +233,22 @@ impl Etcd {
                 };
                 let mut why = None;
                 while let Some(rec) = batch.left.front().cloned() {
-                    let done = record_lost(&mut client, &keys, retry.as_ref(), rec).await;
+                    let tried_before = failed.contains(&rec.key.run_id);
+                    let done =
+                        record_lost(&mut client, &keys, retry.as_ref(), rec, tried_before).await;
                     let rec = batch.left.pop_front().expect("the entry just tried");
                     match done {
                         // Waited for: the leader retries and hooks each one.
                         Ok(Some(lost)) => {
+                            failed.remove(&rec.key.run_id);
                             let _ = recorded.send(lost).await;
                         }
-                        Ok(None) => {}
+                        Ok(None) => {
+                            failed.remove(&rec.key.run_id);
+                        }
                         Err(e) => {
                             why = Some(e);
+                            failed.insert(rec.key.run_id.clone());
                             batch.again.push(rec);
                         }
                     }
@@ -299,6 +307,7 @@ async fn record_lost(
     keys: &Keys,
     retry: Option<&crate::coordination::LostRetry>,
     mut rec: RunRecord,
+    tried_before: bool,
 ) -> Result<Option<RunRecord>> {
     // A supervisor that finished wrote the record in the same transaction
     // that deleted the marker.
@@ -309,6 +318,22 @@ async fn record_lost(
         .await
         .map_err(etcd_err("look up a lost run's record"))?;
     if counted.count() > 0 {
+        // An earlier try of this term whose answer was lost may have
+        // written it: then it is this leader's to hook, as if answered
+        // (another leader writing it in that very window would hook it
+        // twice; one lost answer must not leave it unhooked).
+        if tried_before {
+            let stored = client
+                .get(key, None)
+                .await
+                .map_err(etcd_err("read a lost run's record"))?;
+            let ours = stored
+                .kvs()
+                .first()
+                .and_then(|kv| serde_json::from_slice::<RunRecord>(kv.value()).ok())
+                .filter(|r| r.outcome == Outcome::Lost);
+            return Ok(ours);
+        }
         return Ok(None);
     }
     let now = Utc::now();

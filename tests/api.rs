@@ -601,19 +601,11 @@ fn in_a_cluster_any_replica_starts_a_run_on_the_leader_and_any_answers_for_it() 
     );
     assert_eq!(rec["outcome"], "success", "{rec}");
     assert_eq!(rec["instance"], ["a", "b", "c"][other], "{rec}");
-    assert_error(
-        call(
-            ports[follower],
-            "POST",
-            "/api/v1/jobs/order/runs",
-            Some(TRIGGER),
-            Some(r#"{"params": {"order_id": "9"}, "labels": {"zone": "a b"}}"#),
-        ),
-        400,
-        "bad_request",
-        "labels: label value \"a b\" may hold only",
-    );
     for (body, why) in [
+        (
+            r#"{"params": {"order_id": "9"}, "labels": {"zone": "a b"}}"#,
+            "labels: label value \"a b\" may hold only",
+        ),
         (
             r#"{"params": {"order_id": "9"}, "on": ""}"#,
             "on: name a member (its instance id), not an empty string",

@@ -117,6 +117,21 @@ fn leader_of(env: &Env) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `a` started first and leading, then `b` (with `b_args`) among the members.
+fn leader_a_then_member_b(env: &Env, b_args: &[&str]) -> (Scheduler, Scheduler) {
+    let a = env.spawn_run("a");
+    wait_until(PATIENCE, "a leading", || {
+        leader_of(env).as_deref() == Some("a")
+    });
+    let b = env.spawn_run_with("b", b_args);
+    wait_until(PATIENCE, "b among the members", || {
+        env.list_json()["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["instance"] == "b"))
+    });
+    (a, b)
+}
+
 /// `bgsched history --json` of `job`, all entries.
 fn history(env: &Env, job: &str) -> Vec<serde_json::Value> {
     let out = env
@@ -750,16 +765,7 @@ fn a_member_restarted_under_its_instance_id_never_starts_a_run_placed_on_its_pre
         )
         .replacen("schedule = \"@every 1s\"\n", "", 1),
     );
-    let _a = env.spawn_run("a");
-    wait_until(PATIENCE, "a leading", || {
-        leader_of(&env).as_deref() == Some("a")
-    });
-    let mut b = env.spawn_run_with("b", &["--label", "role=w"]);
-    wait_until(PATIENCE, "b listed", || {
-        env.list_json()["members"]
-            .as_array()
-            .is_some_and(|m| m.len() == 2)
-    });
+    let (_a, mut b) = leader_a_then_member_b(&env, &["--label", "role=w"]);
     std::thread::sleep(Duration::from_secs(1));
     let id = env.trigger_detached("r");
     wait_until(PATIENCE, "the run started on b", || {
@@ -1014,16 +1020,7 @@ fn a_lost_run_that_etcd_will_not_take_the_record_of_for_a_while_is_recorded_once
             .replacen("schedule = \"@every 1s\"\n", "", 1)
     ));
     env.write("pw", PW);
-    let a = env.spawn_run("a");
-    wait_until(PATIENCE, "a leading", || {
-        leader_of(&env).as_deref() == Some("a")
-    });
-    let mut b = env.spawn_run_with("b", &["--label", "role=b"]);
-    wait_until(PATIENCE, "b among the members", || {
-        env.list_json()["members"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m["instance"] == "b"))
-    });
+    let (a, mut b) = leader_a_then_member_b(&env, &["--label", "role=b"]);
     let run_id = env.trigger_detached("far");
     wait_until(PATIENCE, "the run started on b", || {
         ledger(&env, "ledger").iter().any(|l| l.run_id == run_id)

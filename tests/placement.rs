@@ -119,16 +119,12 @@ fn leader_of(env: &Env) -> Option<String> {
 
 /// `a` started first and leading, then `b` (with `b_args`) among the members.
 fn leader_a_then_member_b(env: &Env, b_args: &[&str]) -> (Scheduler, Scheduler) {
-    let a = env.spawn_run("a");
+    let a = env.spawn_run_with("a", &["--http", "127.0.0.1:0"]);
     wait_until(PATIENCE, "a leading", || {
         leader_of(env).as_deref() == Some("a")
     });
     let b = env.spawn_run_with("b", b_args);
-    wait_until(PATIENCE, "b among the members", || {
-        env.list_json()["members"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m["instance"] == "b"))
-    });
+    sees_members(a.http_port(), &["b"]);
     (a, b)
 }
 
@@ -333,12 +329,15 @@ fn a_member_lost_with_its_machine_has_its_runs_recorded_lost_and_retried_on_anot
     let env = cluster(&etcd, &jobs);
     let mut replicas: HashMap<String, Scheduler> = ["a", "b", "c"]
         .iter()
-        .map(|i| (i.to_string(), env.spawn_run(i)))
+        .map(|i| {
+            let run = env.spawn_run_with(i, &["--http", "127.0.0.1:0"]);
+            (i.to_string(), run)
+        })
         .collect();
     wait_until(PATIENCE, "a leader", || leader_of(&env).is_some());
     let leader = leader_of(&env).unwrap();
     // Every member live in the leader's view before the runs are asked for.
-    std::thread::sleep(Duration::from_secs(1));
+    sees_members(replicas[&leader].http_port(), &["a", "b", "c"]);
     for i in 0..6 {
         env.cmd(&["trigger", &format!("w{i}"), "--detach"])
             .run()
@@ -612,6 +611,18 @@ fn metrics(port: u16) -> String {
         .unwrap_or_default()
 }
 
+/// Wait until the replica serving `port` sees each of `members` live: a
+/// leader places only on members its watch has seen, a beat after they
+/// are listed in etcd.
+fn sees_members(port: u16, members: &[&str]) {
+    wait_until(PATIENCE, "the leader's view holds every member", || {
+        let text = metrics(port);
+        members
+            .iter()
+            .all(|m| text.contains(&format!("bgsched_member_active_runs{{member=\"{m}\"}}")))
+    });
+}
+
 #[test]
 fn a_manual_run_goes_where_trigger_on_or_label_says_and_metrics_count_per_member() {
     let _serial = serial();
@@ -626,7 +637,12 @@ fn a_manual_run_goes_where_trigger_on_or_label_says_and_metrics_count_per_member
     wait_until(PATIENCE, "a leader", || leader_of(&env).is_some());
     let leader = leader_of(&env).unwrap();
     // Every member live in the leader's view first.
-    std::thread::sleep(Duration::from_secs(1));
+    let leader_port = [&a, &b, &c]
+        .into_iter()
+        .find(|r| r.instance == leader)
+        .unwrap()
+        .http_port();
+    sees_members(leader_port, &["a", "b", "c"]);
     let ran_on = |args: &[&str]| -> String {
         let mut all = vec!["trigger", "m"];
         all.extend_from_slice(args);
@@ -666,12 +682,7 @@ fn a_manual_run_goes_where_trigger_on_or_label_says_and_metrics_count_per_member
     );
     // The leader counts what it placed on each other member; every
     // replica shows the members' active runs.
-    let port = [&a, &b, &c]
-        .into_iter()
-        .find(|r| r.instance == leader)
-        .unwrap()
-        .http_port();
-    let text = metrics(port);
+    let text = metrics(leader_port);
     for member in ["a", "b", "c"].into_iter().filter(|m| *m != leader) {
         let series = format!("bgsched_placements_total{{member=\"{member}\"}}");
         let n: f64 = text
@@ -708,7 +719,7 @@ fn a_queued_run_whose_member_is_lost_before_its_turn_is_recorded_lost() {
         .replacen("schedule = \"@every 1s\"\n", "", 1),
     );
     // The leader has no label: both runs go to the two workers.
-    let _a = env.spawn_run("a");
+    let a = env.spawn_run_with("a", &["--http", "127.0.0.1:0"]);
     wait_until(PATIENCE, "a leading", || {
         leader_of(&env).as_deref() == Some("a")
     });
@@ -716,12 +727,7 @@ fn a_queued_run_whose_member_is_lost_before_its_turn_is_recorded_lost() {
         .iter()
         .map(|i| (i.to_string(), env.spawn_run_with(i, &["--label", "role=w"])))
         .collect();
-    wait_until(PATIENCE, "both workers listed", || {
-        env.list_json()["members"]
-            .as_array()
-            .is_some_and(|m| m.len() == 3)
-    });
-    std::thread::sleep(Duration::from_secs(1));
+    sees_members(a.http_port(), &["b", "c"]);
     let first = env.trigger_detached("q");
     wait_until(PATIENCE, "the first run started", || {
         ledger(&env, "ledger").iter().any(|l| l.run_id == first)
@@ -734,7 +740,17 @@ fn a_queued_run_whose_member_is_lost_before_its_turn_is_recorded_lost() {
     let second = env.trigger_detached("q");
     let waiting_on = if runs_first == "b" { "c" } else { "b" };
     // The queued run waits on the other worker; its machine goes.
-    std::thread::sleep(Duration::from_secs(1));
+    wait_until(
+        PATIENCE,
+        "the second run queued on the other worker",
+        || {
+            common::etcd::kv_get(&etcd.endpoint(), "/placement/queued/q")
+                .ok()
+                .flatten()
+                .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+                .is_some_and(|m| m["run_id"] == second.as_str() && m["instance"] == waiting_on)
+        },
+    );
     kill_machine(workers.get_mut(waiting_on).unwrap());
     wait_or_tell(
         &env,
@@ -766,7 +782,6 @@ fn a_member_restarted_under_its_instance_id_never_starts_a_run_placed_on_its_pre
         .replacen("schedule = \"@every 1s\"\n", "", 1),
     );
     let (_a, mut b) = leader_a_then_member_b(&env, &["--label", "role=w"]);
-    std::thread::sleep(Duration::from_secs(1));
     let id = env.trigger_detached("r");
     wait_until(PATIENCE, "the run started on b", || {
         ledger(&env, "ledger")
